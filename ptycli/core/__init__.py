@@ -1,0 +1,2 @@
+"""The data model: containers, storages, views, pods, geometry, scan patterns."""
+from .base import Base  # noqa: F401

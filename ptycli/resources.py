@@ -1,0 +1,1 @@
+"""Procedurally generated test images (placeholder)."""

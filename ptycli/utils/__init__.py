@@ -1,0 +1,2 @@
+"""Utilities: parameter trees and array helpers."""
+from .parameters import Param  # noqa: F401
