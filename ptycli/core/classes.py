@@ -118,7 +118,7 @@ class Storage(Base):
                 raise ValueError("storage shape must be (layers, rows, cols) of positive sizes, got %r" % (shape,))
             self.data = np.empty(shape, dtype=self.dtype)
             self.data.fill(fill)
-        self.layermap = list(range(self.data.shape[0])) if layermap is None else list(layermap)
+        self.layermap = range(self.data.shape[0]) if layermap is None else layermap
         if len(self.layermap) != self.data.shape[0]:
             raise ValueError("layermap has %d entries for %d buffer layers" % (len(self.layermap), self.data.shape[0]))
         self._psize = _pair(psize)
@@ -129,6 +129,16 @@ class Storage(Base):
             self.origin = origin
 
     # -- coordinate system ------------------------------------------------
+    @property
+    def layermap(self):
+        """Layer index held by each buffer row (a list)."""
+        return self._layermap
+
+    @layermap.setter
+    def layermap(self, value):
+        self._layermap = [int(v) for v in value]
+        self._rowmap = {layer: row for row, layer in enumerate(self._layermap)}
+
     @property
     def psize(self):
         """Pixel size in metres, ndarray ``(rows, cols)``; setting keeps ``center``."""
@@ -247,9 +257,8 @@ class Storage(Base):
         else:
             views = v
         origin = self.origin
-        rowmap = {layer: row for row, layer in enumerate(self.layermap)}
         for view in views:
-            view._place(self, origin, rowmap)
+            view._place(self, origin, self._rowmap)
 
     def get_view_coverage(self):
         """Number of active views covering each pixel, an array of the buffer's shape."""
@@ -276,18 +285,44 @@ class Storage(Base):
         """
         if update:
             self.update_views()
-        active = [v for v in self._views.values() if v.active]
-        if not active:
+        bounds = self.view_bounds()
+        if bounds is None:
             return self
-        low = np.min([v.dlow for v in active], axis=0)
-        high = np.max([v.dhigh for v in active], axis=0)
-        layers = sorted({v.layer for v in active})
-        old_shape = np.array(self.data.shape[-2:])
+        low, high, layers = bounds
         if self.padonly:
             low = np.minimum(low, 0)
-            high = np.maximum(high, old_shape)
+            high = np.maximum(high, self.data.shape[-2:])
             layers = sorted(set(layers) | set(self.layermap))
+        return self.resize(low, high, layers)
+
+    def view_bounds(self):
+        """``(low, high, layers)`` spanned by the active views, or None without any.
+
+        ``low``/``high`` are per-axis buffer indices (``min dlow``, ``max dhigh``)
+        and ``layers`` the sorted layer indices the active views use.
+        """
+        active = [v for v in self._views.values() if v.active]
+        if not active:
+            return None
+        low = np.min([v.dlow for v in active], axis=0)
+        high = np.max([v.dhigh for v in active], axis=0)
+        return low, high, sorted({v.layer for v in active})
+
+    def resize(self, low, high, layers=None):
+        """Make the buffer span pixel indices ``low`` to ``high`` and hold ``layers``.
+
+        Indices are relative to the current buffer (they may be negative or
+        beyond its end); data in the overlap is kept, new pixels and layers
+        get ``fill_value``, and ``center`` shifts so that physical
+        coordinates stay put. Views are re-placed.
+        """
+        low = np.asarray(low, dtype=int)
+        high = np.asarray(high, dtype=int)
+        layers = list(self.layermap) if layers is None else [int(v) for v in layers]
+        old_shape = np.array(self.data.shape[-2:])
         new_shape = high - low
+        if np.any(new_shape < 1):
+            raise ValueError("storage %s: empty bounds %s..%s" % (self.ID, low, high))
         if (np.all(low == 0) and np.all(new_shape == old_shape) and layers == self.layermap):
             return self
         new = np.empty((len(layers),) + tuple(int(n) for n in new_shape), dtype=self.dtype)
