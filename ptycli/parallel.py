@@ -1,0 +1,376 @@
+"""MPI facade: the only module in ptycli that talks to MPI.
+
+Everything else imports from here::
+
+    from ptycli import parallel
+    start, stop = parallel.block_range(n_frames)   # frames owned by this rank
+    parallel.allreduce(numerator)                  # in place, no-op in one process
+    if parallel.master:
+        save(...)
+
+When ptycli runs as a single process, or mpi4py is not installed, or it fails
+to import, the module falls back to a serial stub: ``rank == 0``,
+``size == 1``, reductions are no-ops and ``comm`` is a small object with the
+mpi4py methods ptycli uses. No warning is printed in that case.
+
+MPI is only initialised when the process was started by an MPI launcher
+(``mpirun``/``mpiexec``/``srun``; detected from the environment variables they
+set). A plain ``ptycli ...`` therefore does not pay the MPI start-up cost
+(about a second for a singleton Open MPI process). Set ``PTYCLI_MPI=1`` to
+import mpi4py anyway, or ``PTYCLI_MPI=0`` to never use it.
+"""
+
+import os
+import sys
+
+import numpy as np
+
+__all__ = [
+    "MPI",
+    "comm",
+    "rank",
+    "size",
+    "MPIenabled",
+    "master",
+    "launcher_size",
+    "allreduce",
+    "allreduce_scalar",
+    "bcast",
+    "bcast_array",
+    "barrier",
+    "gather",
+    "allgather",
+    "abort",
+    "block_range",
+    "cpu_count",
+    "fft_workers",
+    "describe",
+    "launch_problem",
+]
+
+# Environment variables through which MPI launchers tell a process its rank /
+# world size: Open MPI, PMIx (Open MPI 5, srun --mpi=pmix), MPICH/Intel MPI
+# (Hydra, PMI), MVAPICH, Cray ALPS/PALS.
+_SIZE_VARS = (
+    "OMPI_COMM_WORLD_SIZE",
+    "PMI_SIZE",
+    "PMIX_SIZE",
+    "MV2_COMM_WORLD_SIZE",
+    "PALS_SIZE",
+    "ALPS_APP_PE_COUNT",
+)
+_RANK_VARS = (
+    "OMPI_COMM_WORLD_RANK",
+    "PMIX_RANK",
+    "PMI_RANK",
+    "MV2_COMM_WORLD_RANK",
+    "PALS_RANKID",
+    "ALPS_APP_PE",
+)
+_LOCAL_SIZE_VARS = (
+    "OMPI_COMM_WORLD_LOCAL_SIZE",
+    "MPI_LOCALNRANKS",
+    "MV2_COMM_WORLD_LOCAL_SIZE",
+    "PALS_LOCAL_SIZE",
+)
+
+_OPS = ("sum", "prod", "max", "min", "land", "lor", "band", "bor")
+
+
+def _env_int(names):
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            try:
+                return int(value)
+            except ValueError:
+                continue
+    return None
+
+
+def _launched():
+    """True when an MPI launcher started this process."""
+    return any(os.environ.get(name) for name in _SIZE_VARS + _RANK_VARS)
+
+
+#: world size announced by the launcher (None when not launched by one)
+launcher_size = _env_int(_SIZE_VARS)
+
+#: why MPI is not used (None when it is); shown by ``ptycli info``
+_disabled_reason = None
+
+
+def _load_mpi():
+    """Import ``mpi4py.MPI`` if appropriate; return the module or None."""
+    global _disabled_reason
+    mode = os.environ.get("PTYCLI_MPI", "auto").strip().lower()
+    if mode in ("0", "off", "no", "false", "never"):
+        _disabled_reason = "disabled by PTYCLI_MPI"
+        return None
+    if mode in ("", "auto") and not _launched():
+        _disabled_reason = "not started by an MPI launcher"
+        return None
+    try:
+        from mpi4py import MPI as _MPI  # noqa: N811
+    except ImportError:
+        _disabled_reason = "mpi4py is not installed"
+        return None
+    except Exception as exc:  # broken MPI library, missing libmpi, ...
+        _disabled_reason = f"mpi4py failed to import ({type(exc).__name__}: {exc})"
+        return None
+    return _MPI
+
+
+class _SerialComm:
+    """Stand-in for ``MPI.COMM_WORLD`` in a single process.
+
+    Implements the subset of the mpi4py communicator API that ptycli uses,
+    with single-process semantics.
+    """
+
+    rank = 0
+    size = 1
+
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return 1
+
+    def Barrier(self):
+        pass
+
+    barrier = Barrier
+
+    def Allreduce(self, sendbuf, recvbuf, op=None):
+        # MPI.IN_PLACE is None in the stub: the data are already in recvbuf.
+        if sendbuf is not None and sendbuf is not recvbuf:
+            np.copyto(np.asarray(recvbuf), np.asarray(sendbuf))
+
+    def allreduce(self, obj, op=None):
+        return obj
+
+    def Bcast(self, buf, root=0):
+        pass
+
+    def bcast(self, obj, root=0):
+        return obj
+
+    def gather(self, obj, root=0):
+        return [obj]
+
+    def allgather(self, obj):
+        return [obj]
+
+    def Abort(self, errorcode=1):
+        raise SystemExit(errorcode)
+
+    def __repr__(self):
+        return "<ptycli.parallel serial communicator (size 1)>"
+
+
+#: the ``mpi4py.MPI`` module, or None when MPI is not in use
+MPI = _load_mpi()
+
+if MPI is not None:
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    size = comm.Get_size()
+else:
+    comm = _SerialComm()
+    rank = 0
+    size = 1
+
+#: True when mpi4py is in use (the communicator may still have size 1)
+MPIenabled = MPI is not None
+#: True on rank 0, the process that prints and writes files
+master = rank == 0
+
+
+def _mpi_op(op):
+    name = str(op).lower()
+    if name not in _OPS:
+        raise ValueError(f"unknown reduction {op!r}; use one of {', '.join(_OPS)}")
+    return getattr(MPI, name.upper()) if MPI is not None else name
+
+
+def allreduce(a, op="sum"):
+    """Reduce a numpy array over all ranks, in place; return it.
+
+    ``op`` is one of ``'sum', 'prod', 'max', 'min', 'land', 'lor', 'band',
+    'bor'``. A no-op when ``size == 1``. Non-contiguous arrays are reduced
+    through a contiguous copy and written back.
+    """
+    op_ = _mpi_op(op)
+    if size == 1:
+        return a
+    if not isinstance(a, np.ndarray):
+        raise TypeError(
+            f"allreduce works in place on numpy arrays, got {type(a).__name__}; "
+            "use allreduce_scalar for Python numbers"
+        )
+    if a.flags.c_contiguous:
+        comm.Allreduce(MPI.IN_PLACE, a, op=op_)
+    else:
+        buf = np.ascontiguousarray(a)
+        comm.Allreduce(MPI.IN_PLACE, buf, op=op_)
+        a[...] = buf
+    return a
+
+
+def allreduce_scalar(x, op="sum"):
+    """Reduce a Python/numpy scalar (or any picklable value) over all ranks."""
+    op_ = _mpi_op(op)
+    if size == 1:
+        return x
+    return comm.allreduce(x, op=op_)
+
+
+def bcast(obj, root=0):
+    """Broadcast a picklable object from ``root``; every rank returns it."""
+    if size == 1:
+        return obj
+    return comm.bcast(obj, root=root)
+
+
+def bcast_array(a, root=0):
+    """Broadcast a numpy array from ``root`` in place.
+
+    Every rank must pass an array of the same shape and dtype.
+    """
+    if size == 1:
+        return a
+    if not a.flags.c_contiguous:
+        buf = np.ascontiguousarray(a)
+        comm.Bcast(buf, root=root)
+        a[...] = buf
+    else:
+        comm.Bcast(a, root=root)
+    return a
+
+
+def barrier():
+    """Wait until every rank reaches this point."""
+    if size > 1:
+        comm.Barrier()
+
+
+def gather(obj, root=0):
+    """Gather one picklable object per rank: a list on ``root``, None elsewhere."""
+    if size == 1:
+        return [obj]
+    return comm.gather(obj, root=root)
+
+
+def allgather(obj):
+    """Gather one picklable object per rank; every rank gets the list."""
+    if size == 1:
+        return [obj]
+    return comm.allgather(obj)
+
+
+def abort(code=1):
+    """Stop all ranks with exit status ``code``.
+
+    Under MPI this calls ``MPI_Abort`` (use it when one rank hit an error the
+    others cannot know about, so they do not wait forever). In one process it
+    raises ``SystemExit(code)`` so that cleanup still runs.
+    """
+    if size > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        comm.Abort(code)
+    raise SystemExit(code)
+
+
+def block_range(n_items, rank=None, size=None):
+    """Return the ``(start, stop)`` block of ``n_items`` owned by ``rank``.
+
+    Items are split into ``size`` contiguous blocks whose lengths differ by at
+    most one, the earlier ranks taking the extra items. With more ranks than
+    items the last ranks get empty blocks (``start == stop``). ``rank`` and
+    ``size`` default to this process's rank and the world size.
+    """
+    if rank is None:
+        rank = globals()["rank"]
+    if size is None:
+        size = globals()["size"]
+    n_items, rank, size = int(n_items), int(rank), int(size)
+    if n_items < 0:
+        raise ValueError(f"n_items must be >= 0, got {n_items}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    if not 0 <= rank < size:
+        raise ValueError(f"rank must be in [0, {size}), got {rank}")
+    base, extra = divmod(n_items, size)
+    start = rank * base + min(rank, extra)
+    stop = start + base + (1 if rank < extra else 0)
+    return start, stop
+
+
+def cpu_count():
+    """Number of CPU cores this process may run on (respects affinity masks)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def fft_workers():
+    """Threads for ``scipy.fft`` in this process.
+
+    ``PTYCLI_FFT_WORKERS`` wins when set. Otherwise the cores this process may
+    use, shared between the ranks on this node when the launcher did not
+    pin each rank to its own cores.
+    """
+    env = os.environ.get("PTYCLI_FFT_WORKERS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            pass
+    cores = cpu_count()
+    total = os.cpu_count() or cores
+    if cores < total:  # pinned by the launcher: these cores are ours
+        return max(1, cores)
+    local = _env_int(_LOCAL_SIZE_VARS) or size
+    return max(1, cores // max(1, local))
+
+
+def launch_problem():
+    """A one-line warning when ``mpirun -n N`` (N > 1) started a serial process.
+
+    Each of the N processes would then run the whole job on its own. Returns
+    None when everything is consistent.
+    """
+    if not (launcher_size and launcher_size > 1 and size == 1):
+        return None
+    if _disabled_reason == "mpi4py is not installed":
+        fix = "install MPI support with: pip install 'ptycli[mpi]'"
+    elif _disabled_reason == "disabled by PTYCLI_MPI":
+        fix = "unset PTYCLI_MPI to use MPI"
+    else:
+        fix = "check that mpi4py was built for the MPI library of this mpirun"
+    reason = _disabled_reason or "mpi4py sees a single process"
+    return (
+        f"started by an MPI launcher as one of {launcher_size} processes, but MPI "
+        f"is not in use ({reason}); every process runs the whole job; {fix}"
+    )
+
+
+def describe():
+    """A dict describing the MPI setup (for ``ptycli info`` and provenance)."""
+    info = {
+        "mpi_enabled": MPIenabled,
+        "mpi_size": size,
+        "mpi_rank": rank,
+        "mpi_library": None,
+        "mpi_disabled_reason": _disabled_reason,
+    }
+    if MPI is not None:
+        try:
+            first = MPI.Get_library_version().strip().splitlines()[0]
+            info["mpi_library"] = first.split(",")[0].strip()
+        except Exception:  # pragma: no cover - very old mpi4py
+            info["mpi_library"] = "unknown"
+    return info
