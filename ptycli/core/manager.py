@@ -1,0 +1,225 @@
+"""Scan models: how one scan's data become storages, views and pods.
+
+A scan model loads this process's frames through the scan's loader, makes
+the scan's geometry, fills the diffraction and mask storages, creates one pod
+per frame, probe mode and object mode, and initialises probe, object and exit
+waves.
+
+``Full``
+    Mixed states: ``coherence.num_probe_modes`` probe modes and
+    ``coherence.num_object_modes`` object modes, so each frame has
+    ``modes = probe modes x object modes`` pods whose intensities add
+    incoherently.
+``Vanilla``
+    One probe mode and one object mode; the probe starts as a simple
+    circular aperture unless ``illumination.model`` names another model.
+
+Storage IDs are ``'S' + label`` in every container (probe and object use the
+label of the scan they share with, when ``probe_share``/``object_share`` is
+set). Diffraction and mask layers are global frame indices; exit layers are
+``frame * modes + probe_mode * object_modes + object_mode``; probe layers are
+probe modes, object layers object modes.
+"""
+
+import logging
+
+import numpy as np
+
+from .. import parallel
+from ..errors import ConfigError
+from .classes import POD, View
+from .geometry import Geo
+from .illumination import init_probe
+from .sample import init_object
+
+__all__ = ["ScanModel", "Full", "Vanilla", "SCAN_MODELS", "get_scan_model"]
+
+log = logging.getLogger("ptycli")
+
+
+class ScanModel:
+    """Base of the scan models (see the module docstring).
+
+    Parameters
+    ----------
+    ptycho : Ptycho
+        The managing object with containers ``probe, obj, exit, diff, mask``.
+    label : str
+        Scan label (the key under ``scans``).
+    pars : Param
+        Validated ``scans.<label>`` parameters.
+    """
+
+    NAME = None
+    default_probe_model = "auto"
+
+    def __init__(self, ptycho, label, pars):
+        self.ptycho = ptycho
+        self.label = label
+        self.p = pars
+        self.data = None
+        self.geometry = None
+        self.pods = []
+        self.sid = "S" + label
+        self.probe_sid = "S" + (pars.get("probe_share") or label)
+        self.object_sid = "S" + (pars.get("object_share") or label)
+
+    # -- modes ----------------------------------------------------------
+    @property
+    def num_probe_modes(self):
+        return int(self.p.coherence.num_probe_modes)
+
+    @property
+    def num_object_modes(self):
+        return int(self.p.coherence.num_object_modes)
+
+    @property
+    def modes(self):
+        """Pods per frame."""
+        return self.num_probe_modes * self.num_object_modes
+
+    # -- building -------------------------------------------------------
+    def load(self):
+        """Load this process's frames through the scan's loader."""
+        from ..scans import get_loader
+
+        loader_cls = get_loader(self.p.data.name)
+        loader = loader_cls(self.p.data)
+        self.data = loader.load(rank=parallel.rank, size=parallel.size)
+        d = self.data
+        if self.p.data.get("label") in (None, "") and not d.label:
+            d.label = self.label
+        log.info("scan %s: %d frames of %d x %d on this process (%d in all), loader %s",
+                 self.label, len(d.indices), d.shape[0], d.shape[1], d.num_frames_total,
+                 loader_cls.NAME)
+        return d
+
+    def make_geometry(self):
+        """The scan's :class:`Geo` from the loaded geometry."""
+        d = self.data
+        g = dict(energy=float(d.energy_kev), distance=float(d.distance_m),
+                 psize=tuple(float(v) for v in np.broadcast_to(d.psize_m, (2,))),
+                 shape=tuple(int(s) for s in d.shape), propagation=self.p.propagation)
+        self.geometry = Geo(owner=self.ptycho, ID="G" + self.label, pars=g)
+        return self.geometry
+
+    def positions_m(self):
+        """This process's scan positions in metres, (n, 2) as (y, x)."""
+        d = self.data
+        pos = np.asarray(d.positions, dtype=float)
+        if d.positions_unit == "pixel":
+            pos = pos * self.geometry.resolution
+        return pos
+
+    def build(self):
+        """Create storages, views and pods for this process's frames."""
+        P = self.ptycho
+        d = self.data
+        G = self.geometry
+        shape = tuple(int(s) for s in d.shape)
+        n = len(d.indices)
+        npr, nob = self.num_probe_modes, self.num_object_modes
+        res = G.resolution
+        # storages made up front, so views find them with the right layers
+        diff = P.diff.new_storage(ID=self.sid, data=np.asarray(d.intensities, dtype=P.FType).reshape((n,) + shape),
+                                  psize=G.psize, layermap=[int(i) for i in d.indices])
+        mask = P.mask.new_storage(ID=self.sid, data=np.asarray(d.mask, dtype=P.FType).reshape((n,) + shape),
+                                  psize=G.psize, layermap=[int(i) for i in d.indices])
+        if self.probe_sid not in P.probe.S:
+            P.probe.new_storage(ID=self.probe_sid, shape=(npr,) + shape, psize=res)
+        elif P.probe.S[self.probe_sid].nlayers != npr:
+            raise ConfigError("scans.%s.probe_share: the shared probe has %d modes, this scan asks for %d; "
+                              "give both scans the same coherence.num_probe_modes"
+                              % (self.label, P.probe.S[self.probe_sid].nlayers, npr))
+        if self.object_sid not in P.obj.S:
+            P.obj.new_storage(ID=self.object_sid, shape=(nob,) + shape, psize=res, fill=1.0)
+        exit_layers = [int(g) * self.modes + k for g in d.indices for k in range(self.modes)]
+        P.exit.new_storage(ID=self.sid, shape=(len(exit_layers),) + shape, psize=res, layermap=exit_layers)
+        positions = self.positions_m()
+        self.pods = []
+        rule = dict(shape=shape, active=True)
+        for i in range(n):
+            g = int(d.indices[i])
+            dv = View(P.diff, None, dict(rule, storageID=self.sid, psize=G.psize, layer=g))
+            mv = View(P.mask, None, dict(rule, storageID=self.sid, psize=G.psize, layer=g))
+            for pm in range(npr):
+                for om in range(nob):
+                    pv = View(P.probe, None, dict(rule, storageID=self.probe_sid, psize=res, layer=pm))
+                    ov = View(P.obj, None, dict(rule, storageID=self.object_sid, psize=res, layer=om,
+                                                coord=positions[i]))
+                    ev = View(P.exit, None, dict(rule, storageID=self.sid, psize=res,
+                                                 layer=g * self.modes + pm * nob + om))
+                    pod = POD(P, model=self, views=dict(probe=pv, obj=ov, exit=ev, diff=dv, mask=mv),
+                              geometry=G)
+                    self.pods.append(pod)
+        return self.pods
+
+    def fit_object(self):
+        """Resize the object storage to the views of all processes' frames."""
+        S = self.ptycho.obj.S[self.object_sid]
+        S.update_views()
+        bounds = S.view_bounds()
+        if bounds is None:
+            low, high = np.array([2**30, 2**30]), -np.array([2**30, 2**30])
+        else:
+            low, high = bounds[0], bounds[1]
+        ext = np.concatenate([-low, high]).astype(np.int64)
+        parallel.allreduce(ext, op="max")
+        S.resize(-ext[:2], ext[2:], layers=range(self.num_object_modes))
+
+    def init_probe(self):
+        """Fill the probe storage from the ``illumination`` parameters."""
+        P = self.ptycho
+        S = P.probe.S[self.probe_sid]
+        if self.probe_sid != self.sid:
+            return  # the scan that owns the shared probe initialises it
+        d = self.data
+        modes = init_probe(self.p.illumination, d.shape, self.geometry.resolution, self.geometry.propagator,
+                           num_modes=self.num_probe_modes, intensities=d.intensities, mask=d.mask,
+                           lam_m=self.geometry.lam, default_model=self.default_probe_model)
+        S.fill(modes.astype(S.dtype))
+
+    def init_object(self):
+        """Fill the object storage from the ``sample`` parameters."""
+        S = self.ptycho.obj.S[self.object_sid]
+        if self.object_sid != self.sid:
+            return
+        modes = init_object(self.p.sample, S.shape[-2:], num_modes=self.num_object_modes)
+        S.fill(modes.astype(S.dtype))
+
+    def init_exit(self):
+        """Exit waves ``probe * object`` for every pod."""
+        for pod in self.pods:
+            pod.exit = pod.probe * pod.object
+
+
+class Full(ScanModel):
+    """Mixed-state scan model: probe modes x object modes pods per frame."""
+
+    NAME = "Full"
+
+
+class Vanilla(ScanModel):
+    """Single-mode scan model with a circular-aperture probe guess."""
+
+    NAME = "Vanilla"
+    default_probe_model = "aperture"
+
+    @property
+    def num_probe_modes(self):
+        return 1
+
+    @property
+    def num_object_modes(self):
+        return 1
+
+
+SCAN_MODELS = {"Full": Full, "Vanilla": Vanilla}
+
+
+def get_scan_model(name):
+    """The scan model class called ``name`` (case-insensitive)."""
+    for key, cls in SCAN_MODELS.items():
+        if key.lower() == str(name).lower():
+            return cls
+    raise ConfigError("unknown scan model %r; valid: %s" % (name, ", ".join(SCAN_MODELS)))
