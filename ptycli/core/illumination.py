@@ -98,8 +98,17 @@ def aperture(shape, psize_m, form="circ", size_m=None, size_fraction=0.5, edge_p
     return np.asarray(ap, dtype=float)
 
 
-def probe_from_data(intensities, mask, propagator):
+def probe_from_data(intensities, mask, propagator, iterations=50):
     """Probe guess from the mean diffraction pattern.
+
+    The square root of the mean measured pattern, propagated back to the
+    sample plane, gives the probe's far-field amplitude but not its phase.
+    The guess is refined by ``iterations`` rounds of error reduction on that
+    single pattern: keep the measured far-field amplitude, and confine the
+    probe to a soft circular support whose diameter is half that of the
+    pattern's autocorrelation (the autocorrelation of a probe of diameter
+    ``D`` spans ``2 D``). This carries the probe's size, and much of a
+    defocused or structured probe's phase, into the starting guess.
 
     Parameters
     ----------
@@ -107,14 +116,16 @@ def probe_from_data(intensities, mask, propagator):
         Measured, centred intensities of this process's frames.
     mask : ndarray (n, rows, cols) of bool
         Valid pixels.
-    propagator : object with ``bw``
-        Detector-to-sample propagator.
+    propagator : object with ``fw`` and ``bw``
+        Sample-to-detector propagator.
+    iterations : int
+        Error-reduction rounds (0 keeps the plain back-propagation).
 
     Returns
     -------
     probe : ndarray complex128 (rows, cols)
-        ``bw(sqrt(mean I))`` scaled so that ``sum |probe|^2`` equals the mean
-        number of counts per frame.
+        Scaled so that ``sum |probe|^2`` equals the mean number of counts per
+        frame.
     """
     from .. import parallel
 
@@ -124,10 +135,26 @@ def probe_from_data(intensities, mask, propagator):
     sums[1] = valid.sum(axis=0)
     parallel.allreduce(sums)
     counts = sums[1]
-    mean_pattern = np.where(counts > 0, sums[0] / np.maximum(counts, 1), 0.0)
-    # pixels masked in every frame: borrow the mean of the valid ones around
+    measured = counts > 0
+    mean_pattern = np.where(measured, sums[0] / np.maximum(counts, 1), 0.0)
     amplitude = np.sqrt(np.clip(mean_pattern, 0, None))
     probe = np.asarray(propagator.bw(amplitude.astype(np.complex128)), dtype=np.complex128)
+    if iterations > 0:
+        shape = probe.shape
+        # autocorrelation of the exit waves: inverse transform of the mean intensity
+        auto = np.abs(np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(mean_pattern))))
+        yy, xx = np.indices(shape)
+        r = np.hypot(yy - shape[0] // 2, xx - shape[1] // 2)
+        inside = auto > 0.05 * auto.max()
+        auto_radius = np.percentile(r[inside], 95) if np.any(inside) else min(shape) / 4
+        radius = float(np.clip(auto_radius / 2, 2.0, min(shape) / 2 - 1))
+        support = smooth_step(radius - r, 2.0)
+        guess = support.astype(np.complex128)
+        for _ in range(int(iterations)):
+            far = propagator.fw(guess)
+            far = np.where(measured, amplitude * np.exp(1j * np.angle(far)), far)
+            guess = propagator.bw(far) * support
+        probe = guess
     photons = float(np.sum(mean_pattern))
     power = float(np.sum(np.abs(probe) ** 2))
     if power > 0 and photons > 0:

@@ -1,0 +1,369 @@
+"""Declared parameters of one scan: ``scans.<label>``.
+
+Names follow PtyPy where PtyPy users know them::
+
+    scans:
+      MF:                       # the label: letters, digits, '_' and '-'
+        name: Full              # scan model: Full (mixed states) or Vanilla
+        propagation: farfield   # farfield or nearfield
+        data:                   # the loader and its own parameters
+          name: MoonFlowerScan
+          shape: 128
+        illumination: {model: auto, photons: null, aperture: {...}, ...}
+        sample: {model: fill, fill: 1.0, fill_phase: 0.0, diversity: {...}}
+        coherence: {num_probe_modes: 1, num_object_modes: 1}
+        probe_share: null       # label of another scan whose probe this one uses
+        object_share: null
+        tags: []
+
+``data`` is validated by the loader named in ``data.name`` (see
+:mod:`ptycli.params.registry`); the other groups are declared here.
+
+This module also holds the :class:`~ptycli.params.declare.Parameter`
+subclasses for values the basic types cannot express (a word or a file path,
+a strictly positive number, a list of words, a registered name, a path
+template, a verbosity level); :mod:`ptycli.params.tree` uses them too.
+"""
+
+import re
+import string
+
+from ..errors import ConfigError
+from ..utils.parameters import Param
+from .declare import Parameter, ParamSet
+from .registry import LOADERS, SCAN_MODELS, suggest
+
+__all__ = [
+    "ModelParameter",
+    "PositiveFloat",
+    "WordList",
+    "RegistryName",
+    "PathTemplate",
+    "ILLUMINATION_MODELS",
+    "SAMPLE_MODELS",
+    "ARRAY_FILE_EXTENSIONS",
+    "ILLUMINATION",
+    "SAMPLE",
+    "COHERENCE",
+    "DATA",
+    "SCAN",
+    "check_label",
+    "scan_paramset",
+    "validate_data",
+    "validate_scan",
+]
+
+#: File name endings accepted as an array file for ``illumination.model`` / ``sample.model``.
+ARRAY_FILE_EXTENSIONS = (".npy", ".h5", ".hdf5", ".ptyr")
+#: Words of ``illumination.model`` (anything else must be an array file path).
+ILLUMINATION_MODELS = ("auto", "flat", "aperture", "focused", "moon")
+#: Words of ``sample.model``.
+SAMPLE_MODELS = ("fill", "flower")
+
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+
+# -- parameter kinds ------------------------------------------------------------
+
+class ModelParameter(Parameter):
+    """A model word (case-insensitive, returned lower-case) or an array file path.
+
+    A path is any string ending in one of :data:`ARRAY_FILE_EXTENSIONS`
+    (whether the file exists is checked when it is loaded).
+    """
+
+    def __init__(self, name, default, words, doc, extensions=ARRAY_FILE_EXTENSIONS):
+        super().__init__(name, default, "str", doc)
+        self.words = tuple(words)
+        self.extensions = tuple(extensions)
+
+    def expected(self):
+        return "one of %s, or a file path ending %s" % (", ".join(self.words), "/".join(self.extensions))
+
+    def check(self, value, path=None):
+        path = path or self.name
+        if not isinstance(value, str) or not value.strip():
+            self._fail(path, value)
+        text = value.strip()
+        for w in self.words:
+            if text.lower() == w:
+                return w
+        if text.lower().endswith(self.extensions):
+            return text
+        hint = suggest(text, self.words)
+        raise ConfigError("%s: unknown model %r%s; expected %s" % (
+            path, value, " (did you mean %s?)" % " or ".join(hint) if hint else "", self.expected()))
+
+
+class PositiveFloat(Parameter):
+    """A number strictly greater than zero (optionally null)."""
+
+    def __init__(self, name, default, doc, nullable=None, unit=None):
+        super().__init__(name, default, "float", doc, nullable=nullable, unit=unit)
+
+    def expected(self):
+        return "a number > 0" + (" (or null)" if self.nullable else "")
+
+    def check(self, value, path=None):
+        value = super().check(value, path)
+        if value is not None and value <= 0:
+            self._fail(path or self.name, value, "must be greater than 0")
+        return value
+
+
+class WordList(Parameter):
+    """A list of strings; a single string means a list of one.
+
+    With ``choices`` every item must be one of them (case-insensitive,
+    returned as declared, duplicates dropped). ``min_items`` sets how many
+    items are needed.
+    """
+
+    def __init__(self, name, default, doc, choices=None, min_items=0):
+        super().__init__(name, list(default), "list", doc)
+        self.words = None if choices is None else list(choices)
+        self.min_items = min_items
+
+    def expected(self):
+        if self.words:
+            text = "a list of %s" % ", ".join(self.words)
+        else:
+            text = "a list of strings"
+        if self.min_items:
+            text += " (at least %d)" % self.min_items
+        return text
+
+    def check(self, value, path=None):
+        path = path or self.name
+        if value is None:
+            value = []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            self._fail(path, value)
+        out = []
+        for item in value:
+            if not isinstance(item, str):
+                self._fail(path, value, "item %r is not a string" % (item,))
+            if self.words is not None:
+                match = [w for w in self.words if w.lower() == item.strip().lower()]
+                if not match:
+                    hint = suggest(item, self.words)
+                    raise ConfigError("%s: unknown value %r%s; expected %s" % (
+                        path, item, " (did you mean %s?)" % " or ".join(hint) if hint else "",
+                        self.expected()))
+                item = match[0]
+            if item not in out:
+                out.append(item)
+        if len(out) < self.min_items:
+            self._fail(path, value, "needs at least %d item%s" % (self.min_items, "s" if self.min_items > 1 else ""))
+        return out
+
+
+class RegistryName(Parameter):
+    """The name of a registered loader, engine or scan model (case-insensitive).
+
+    Returns the canonical spelling. ``expected()`` lists the names registered
+    at the time of asking.
+    """
+
+    def __init__(self, name, default, registry, doc, nullable=None):
+        super().__init__(name, default, "str", doc, nullable=nullable)
+        self.registry = registry
+
+    def expected(self):
+        names = self.registry.names()
+        kind = self.registry.kind
+        text = ("one of " + ", ".join(names)) if names else "the name of %s %s" % (
+            "an" if kind[0] in "aeiou" else "a", kind)
+        return text + (" (or null)" if self.nullable else "")
+
+    def check(self, value, path=None):
+        if value is None and self.nullable:
+            return None
+        return self.registry.get(value, path or self.name).name
+
+
+class PathTemplate(Parameter):
+    """A file path with ``{field}`` placeholders (Python format syntax).
+
+    Only the declared ``fields`` may appear; format specs are allowed
+    (``{iterations:04d}``). Write ``{{``/``}}`` for literal braces.
+    """
+
+    def __init__(self, name, default, fields, doc, nullable=None):
+        super().__init__(name, default, "path", doc, nullable=nullable)
+        self.fields = tuple(fields)
+
+    def expected(self):
+        return "a file path, may contain %s" % ", ".join("{%s}" % f for f in self.fields) + (
+            " (or null)" if self.nullable else "")
+
+    def check(self, value, path=None):
+        path = path or self.name
+        value = super().check(value, path)
+        if value is None:
+            return None
+        if not value.strip():
+            self._fail(path, value, "empty path")
+        try:
+            parsed = list(string.Formatter().parse(value))
+        except ValueError as exc:
+            raise ConfigError("%s: malformed template %r (%s); write {{ and }} for literal braces" % (
+                path, value, exc)) from None
+        for _, field, _, _ in parsed:
+            if field is None:
+                continue
+            base = re.split(r"[.\[]", field, maxsplit=1)[0]
+            if base not in self.fields:
+                hint = suggest(base, self.fields)
+                raise ConfigError("%s: unknown placeholder {%s}%s; expected %s" % (
+                    path, field, " (did you mean {%s}?)" % "} or {".join(hint) if hint else "",
+                    self.expected()))
+        return value
+
+
+def check_label(label, path):
+    """Check a scan or engine label (a mapping key); return it.
+
+    Labels name storages and groups in result files: letters, digits, ``_``
+    and ``-``, not starting with ``-``.
+    """
+    if not isinstance(label, str) or not _LABEL_RE.match(label):
+        raise ConfigError("%s: invalid label %r; use letters, digits, '_' and '-' (e.g. MF, scan_01)"
+                          % (path, label))
+    return label
+
+
+# -- declarations ----------------------------------------------------------------
+
+ILLUMINATION = ParamSet("illumination", [
+    ModelParameter(
+        "model", "auto", ILLUMINATION_MODELS,
+        "initial probe: auto (derived from the data), flat, aperture, focused (aperture then lens), "
+        "moon (test image), or a .npy/.h5 file holding a probe (2D, or 3D modes)"),
+    PositiveFloat(
+        "photons", None,
+        "photons in the initial probe; null scales it to the mean measured counts per frame",
+        unit="photons"),
+    ParamSet("aperture", [
+        Parameter("form", "circ", "str", "aperture shape", choices=["circ", "rect"]),
+        Parameter("size", None, "pair", "aperture diameter (circ) or side lengths (rect); "
+                  "null uses size_fraction of the frame", low=0.0, unit="m"),
+        Parameter("size_fraction", 0.5, "float", "aperture size as a fraction of the frame "
+                  "(used when size is null)", low=0.0, high=1.0),
+        Parameter("edge", 2.0, "float", "width of the smoothed aperture edge", low=0.0, unit="px"),
+        Parameter("central_stop", None, "float", "central beam stop as a fraction of the aperture "
+                  "size; null for none", low=0.0, high=1.0),
+        Parameter("offset", (0.0, 0.0), "pair", "offset of the aperture from the frame centre (y, x)",
+                  unit="m"),
+    ], "aperture of the aperture/focused models"),
+    ParamSet("propagation", [
+        Parameter("focussed", None, "float", "focal distance of a lens after the aperture; "
+                  "null for no lens", unit="m"),
+        Parameter("parallel", None, "float", "propagation distance applied to the initial probe "
+                  "(defocus); null for none", unit="m"),
+    ], "propagation of the modelled probe"),
+    ParamSet("diversity", [
+        Parameter("noise", (0.5, 1.0), "pair", "amplitude and phase noise of the extra probe modes",
+                  low=0.0),
+        Parameter("power", 0.1, "float", "power of each extra mode relative to the first",
+                  low=0.0, high=1.0),
+        Parameter("seed", 1, "int", "random seed of the mode noise"),
+    ], "how extra probe modes differ from the first"),
+], "initial probe (illumination) model")
+
+SAMPLE = ParamSet("sample", [
+    ModelParameter(
+        "model", "fill", SAMPLE_MODELS,
+        "initial object: fill (constant), flower (test image), or a .npy/.h5 file holding an object"),
+    Parameter("fill", 1.0, "float", "amplitude of the constant object (fill model)"),
+    Parameter("fill_phase", 0.0, "float", "phase of the constant object (fill model)", unit="rad"),
+    ParamSet("diversity", [
+        Parameter("noise", (0.0, 0.0), "pair", "amplitude and phase noise of the extra object modes",
+                  low=0.0),
+        Parameter("power", 0.1, "float", "power of each extra mode relative to the first",
+                  low=0.0, high=1.0),
+        Parameter("seed", 1, "int", "random seed of the mode noise"),
+    ], "how extra object modes differ from the first"),
+], "initial object (sample) model")
+
+COHERENCE = ParamSet("coherence", [
+    Parameter("num_probe_modes", 1, "int", "number of incoherent probe modes", low=1),
+    Parameter("num_object_modes", 1, "int", "number of incoherent object modes", low=1),
+], "mixed-state (partial coherence) modes")
+
+#: ``data`` as declared for every loader: only ``name``; the rest comes from the loader.
+DATA = ParamSet("data", [
+    RegistryName("name", None, LOADERS, "scan loader that reads (or simulates) the frames", nullable=True),
+], "the scan's data source: a loader and its parameters")
+
+SCAN = ParamSet("scan", [
+    RegistryName("name", "Full", SCAN_MODELS, "scan model: Full (mixed states) or Vanilla (single mode)"),
+    Parameter("propagation", "farfield", "str", "propagation between sample and detector",
+              choices=["farfield", "nearfield"]),
+    DATA,
+    ILLUMINATION,
+    SAMPLE,
+    COHERENCE,
+    Parameter("probe_share", None, "str", "label of another scan whose probe this scan uses; "
+              "null for its own probe"),
+    Parameter("object_share", None, "str", "label of another scan whose object this scan uses; "
+              "null for its own object"),
+    WordList("tags", [], "free tags of the scan (kept in the result file)"),
+], "one scan: model, data source, initial probe and object")
+
+
+def scan_paramset(model_name="Full"):
+    """The ParamSet of a scan using scan model ``model_name`` (its extra entries added)."""
+    entry = SCAN_MODELS.find(model_name)
+    if entry is None or not len(entry.paramset.entries):
+        return SCAN
+    return SCAN.extended("scan", list(entry.paramset))
+
+
+def _named_set_validate(tree, path, entry, what):
+    """Validate a mapping (without 'name') against ``entry.paramset``; 'name' first."""
+    rest = {k: v for k, v in tree.items() if k != "name"}
+    validated = entry.paramset.validate(rest, path)
+    out = Param()
+    out["name"] = entry.name
+    for key, value in validated.items():
+        if key != "name":
+            out[key] = value
+    return out
+
+
+def validate_data(tree, path="scans.<label>.data"):
+    """Validate ``scans.<label>.data`` through the loader named in ``name``.
+
+    Returns a Param whose first key is the loader's canonical ``name``,
+    followed by the loader's parameters with defaults filled in.
+    """
+    if tree is None:
+        LOADERS.get(None, path + ".name")
+    if not isinstance(tree, dict):
+        names = LOADERS.names()
+        raise ConfigError("%s: expected a mapping with at least 'name' (the loader%s), got %r" % (
+            path, ": one of " + ", ".join(names) if names else "", tree))
+    entry = LOADERS.get(tree.get("name"), path + ".name")
+    return _named_set_validate(tree, path, entry, "loader")
+
+
+def validate_scan(tree, path="scans.<label>"):
+    """Validate one scan mapping; return it complete with defaults.
+
+    Cross-scan checks (``probe_share``/``object_share`` naming existing scans)
+    are done by :func:`ptycli.params.tree.validate`.
+    """
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError("%s: expected a mapping of scan parameters (name, data, illumination, ...), got %r"
+                          % (path, tree))
+    model = SCAN_MODELS.get(tree.get("name", SCAN["name"].default), path + ".name")
+    rest = {k: v for k, v in tree.items() if k != "data"}
+    out = scan_paramset(model.name).validate(rest, path)
+    out["name"] = model.name
+    out["data"] = validate_data(tree.get("data"), path + ".data")
+    return out

@@ -1,0 +1,583 @@
+"""The parameter tree of a run: top-level declarations, validation, listings.
+
+A configuration (``config.yaml``) is a mapping::
+
+    verbose_level: info        # 0..5 as in PtyPy, or critical/error/warning/info/inspect/debug
+    data_type: single          # single or double precision
+    run: null                  # run label; null = the config file's name (see resolve_run_label)
+    io:
+      home: ./                 # output folder
+      rfile: '{home}/{run}.h5' # result file template
+      checkpoint: {interval: 50, path: null}
+      format: [h5]             # h5 and/or cxi
+    scans:                     # label -> scan (see ptycli.params.scan)
+      MF: {data: {name: MoonFlowerScan}}
+    engines:                   # label -> engine; run in the order written here
+      dm: {name: DM, numiter: 100}
+      ml: {name: ML, numiter: 50}
+
+Engine order
+------------
+Engines run in the order their labels appear in the ``engines`` mapping of
+the YAML file (YAML mappings are read, and Python dicts kept, in document
+order). Labels are *not* sorted. An override (``engines.new.name=ML``) that
+adds a label puts it after the existing ones. :func:`engine_sequence`
+returns them in this order.
+
+Functions
+---------
+:func:`validate` (complete, checked tree), :func:`defaults`,
+:func:`describe` (rows for ``ptycli params``), :func:`dump_defaults_yaml`,
+:func:`apply_overrides`, :func:`engine_sequence`, :func:`resolve_run_label`,
+:func:`result_path`, :func:`checkpoint_path`, :func:`share_owner`.
+"""
+
+import collections
+import os
+
+import yaml
+
+from ..errors import ConfigError
+from ..utils.parameters import Param
+from .declare import Parameter, ParamSet
+from .registry import ENGINES, LOADERS, load_plugins, suggest
+from .scan import (DATA, SCAN, PathTemplate, RegistryName, WordList, check_label, scan_paramset,
+                   validate_data, validate_scan, _named_set_validate)
+
+__all__ = [
+    "TOP",
+    "ENGINE",
+    "IO",
+    "VerboseLevel",
+    "Row",
+    "validate",
+    "validate_engine",
+    "defaults",
+    "scan_defaults",
+    "engine_paramset",
+    "describe",
+    "dump_defaults_yaml",
+    "apply_overrides",
+    "parse_override",
+    "engine_sequence",
+    "resolve_run_label",
+    "result_path",
+    "checkpoint_path",
+    "share_owner",
+    "TEMPLATE_FIELDS",
+]
+
+#: Placeholders allowed in ``io.rfile`` and ``io.checkpoint.path``.
+TEMPLATE_FIELDS = ("home", "run", "engine", "iterations")
+
+_LEVEL_NAMES = ("critical", "error", "warning", "info", "inspect", "debug")
+
+
+class VerboseLevel(Parameter):
+    """PtyPy's ``verbose_level``: an integer 0..5 or a level name.
+
+    Integers (also as strings, ``'3'``) are returned as ``int``; names
+    case-insensitively as lower-case words (``warn`` gives ``warning``).
+    """
+
+    def __init__(self, name, default, doc):
+        super().__init__(name, default, "any", doc)
+
+    def expected(self):
+        return "an integer 0..5 or one of " + ", ".join(_LEVEL_NAMES)
+
+    def check(self, value, path=None):
+        path = path or self.name
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "warn":
+                return "warning"
+            if text in _LEVEL_NAMES:
+                return text
+            try:
+                value = int(text)
+            except ValueError:
+                hint = suggest(text, _LEVEL_NAMES)
+                raise ConfigError("%s: unknown level %r%s; expected %s" % (
+                    path, value, " (did you mean %s?)" % " or ".join(hint) if hint else "",
+                    self.expected())) from None
+        if isinstance(value, bool) or not isinstance(value, int) and not (
+                isinstance(value, float) and value.is_integer()):
+            self._fail(path, value)
+        value = int(value)
+        if not 0 <= value <= 5:
+            self._fail(path, value, "out of range")
+        return value
+
+
+IO = ParamSet("io", [
+    Parameter("home", "./", "path", "output folder; relative paths are relative to the working directory"),
+    PathTemplate("rfile", "{home}/{run}.h5", TEMPLATE_FIELDS,
+                 "result file; placeholders {home}, {run}, {engine} (last engine label), "
+                 "{iterations} (total iterations)"),
+    ParamSet("checkpoint", [
+        Parameter("interval", 50, "int", "write a checkpoint every this many iterations; "
+                  "0 writes one only when an engine ends", low=0),
+        PathTemplate("path", None, TEMPLATE_FIELDS, "checkpoint file; null puts it next to the result "
+                     "(<result>.checkpoint.h5)", nullable=True),
+    ], "checkpoints for resuming a run"),
+    WordList("format", ["h5"], "result formats to write: h5 (ptycli/HDF5) and/or cxi", choices=["h5", "cxi"],
+             min_items=1),
+], "output files")
+
+TOP = ParamSet("", [
+    VerboseLevel("verbose_level", "info", "logging verbosity: 0 critical, 1 error, 2 warning, 3 info, "
+                 "4 inspect, 5 debug (or the name)"),
+    Parameter("data_type", "single", "str", "floating-point precision of the reconstruction",
+              choices=["single", "double"]),
+    Parameter("run", None, "str", "run label used in output names; null takes the config file's name"),
+    IO,
+    Parameter("scans", {}, "dict", "the scans, by label (see scans.<label>.*); a run needs at least one",
+              nullable=True),
+    Parameter("engines", {}, "dict", "the engines, by label, run in the order written (see engines.<label>.*)",
+              nullable=True),
+], "a ptycli run")
+
+#: Parameters common to every engine; an engine's own ParamSet is added to these.
+ENGINE = ParamSet("engine", [
+    RegistryName("name", None, ENGINES, "reconstruction engine", nullable=True),
+    Parameter("numiter", 20, "int", "number of iterations", low=0),
+], "one engine of the chain")
+
+
+# -- validation --------------------------------------------------------------------
+
+def engine_paramset(name):
+    """Declarations of engine ``name`` (any case): :data:`ENGINE` plus the engine's own."""
+    entry = ENGINES.get(name)
+    return ENGINE.extended(entry.name, list(entry.paramset), doc=ENGINE.doc)
+
+
+def validate_engine(tree, path="engines.<label>"):
+    """Validate one engine mapping through the engine named in ``name``; 'name' first."""
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError("%s: expected a mapping with at least 'name' and 'numiter', got %r" % (path, tree))
+    entry = ENGINES.get(tree.get("name"), path + ".name")
+    merged = ENGINE.extended(entry.name, list(entry.paramset))
+    return _named_set_validate(tree, path, entry._replace(paramset=merged), "engine")
+
+
+def _labelled(tree, key, check_one):
+    value = tree.get(key)
+    if value is None:
+        return Param()
+    out = Param()
+    for label, sub in value.items():
+        path = "%s.%s" % (key, label)
+        check_label(label, path)
+        out[label] = check_one(sub, path)
+    return out
+
+
+def validate(tree=None, require_scans=False, require_engines=False):
+    """Check a configuration tree; return it complete with defaults.
+
+    Loads the loader/engine plugins first (:func:`registry.load_plugins`).
+
+    Parameters
+    ----------
+    tree : dict or Param or None
+        The configuration (dotted keys allowed). Not modified.
+    require_scans, require_engines : bool
+        Demand at least one scan / engine (``ptycli reconstruct`` needs both,
+        ``ptycli simulate`` only scans; model building alone needs neither).
+
+    Returns
+    -------
+    Param
+        A new tree: every declared key present, values converted to their
+        declared types (pairs as tuples of floats), canonical names for
+        loaders, engines and scan models, scans and engines in given order.
+
+    Raises
+    ------
+    ConfigError
+        Naming the dotted path, what was expected and, for unknown keys or
+        names, the closest valid ones.
+    """
+    load_plugins()
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError("top level: expected a mapping of parameters, got %r" % (tree,))
+    tree = Param(tree)
+    out = TOP.validate(tree, "")
+    out["scans"] = _labelled(out, "scans", validate_scan)
+    out["engines"] = _labelled(out, "engines", validate_engine)
+    _check_shares(out.scans)
+    if require_scans and not out.scans:
+        names = LOADERS.names()
+        raise ConfigError("scans: no scan given; add one, e.g. scans.MF.data.name: %s"
+                          % ("MoonFlowerScan" if "MoonFlowerScan" in LOADERS or not names else names[0]))
+    if require_engines and not out.engines:
+        names = ENGINES.names()
+        raise ConfigError("engines: no engine given; add one, e.g. engines.%s.name: %s%s" % (
+            "dm" if "DM" in ENGINES or not names else names[0].lower(),
+            "DM" if "DM" in ENGINES or not names else names[0],
+            " (registered: %s)" % ", ".join(names) if names else ""))
+    return out
+
+
+def _check_shares(scans):
+    for what in ("probe", "object"):
+        key = what + "_share"
+        for label, scan in scans.items():
+            target = scan.get(key)
+            if target is None:
+                continue
+            path = "scans.%s.%s" % (label, key)
+            if target == label:
+                raise ConfigError("%s: a scan cannot share its %s with itself; use null" % (path, what))
+            if target not in scans:
+                hint = suggest(target, [s for s in scans if s != label])
+                raise ConfigError("%s: no scan labelled %r%s; expected the label of another scan (%s)" % (
+                    path, target, " (did you mean %s?)" % " or ".join(hint) if hint else "",
+                    ", ".join(s for s in scans if s != label) or "there is no other scan"))
+            further = scans[target].get(key)
+            if further is not None:
+                raise ConfigError("%s: scan %r itself takes its %s from %r; name %r directly" % (
+                    path, target, what, further, further))
+
+
+def share_owner(p, label, what="probe"):
+    """Label of the scan that owns the probe (``what='probe'``) or object used by scan ``label``."""
+    return p.scans[label].get(what + "_share") or label
+
+
+def defaults():
+    """The top-level defaults (no scans, no engines) as a Param."""
+    return TOP.defaults()
+
+
+def scan_defaults(loader="MoonFlowerScan"):
+    """A complete, validated scan using ``loader`` with its defaults (``loader`` must be registered)."""
+    load_plugins()
+    return validate_scan({"data": {"name": loader}}, "scans.<label>")
+
+
+def engine_sequence(p):
+    """The engines of tree ``p`` in run order: a list of ``(label, Param)``.
+
+    The order is the order of the labels in the ``engines`` mapping as
+    written in the YAML file (see the module docstring).
+    """
+    engines = p.get("engines") if isinstance(p, dict) else None
+    return [(label, sub) for label, sub in (engines or {}).items()]
+
+
+# -- run label and output paths ----------------------------------------------------------
+
+def resolve_run_label(p, config_path=None):
+    """Set ``p.run`` when it is null: the config file's name without extension.
+
+    Standard input, text or no file give ``'ptycli'``. Returns the label.
+    """
+    if p.get("run"):
+        return p["run"]
+    label = "ptycli"
+    if config_path not in (None, "-") and "\n" not in str(config_path):
+        stem = os.path.splitext(os.path.basename(os.fspath(config_path)))[0]
+        if stem:
+            label = stem
+    p["run"] = label
+    return label
+
+
+def _fill(template, p, engine, iterations):
+    home = os.path.expanduser(str(p.io.home))
+    if engine is None:
+        seq = engine_sequence(p)
+        engine = seq[-1][0] if seq else "none"
+    fields = dict(home=home, run=p.get("run") or "ptycli", engine=engine, iterations=int(iterations or 0))
+    try:
+        text = template.format(**fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError("io: cannot fill the template %r (%s)" % (template, exc)) from None
+    return os.path.normpath(os.path.expanduser(text))
+
+
+def result_path(p, engine=None, iterations=None):
+    """The result file of validated tree ``p``: ``io.rfile`` with its placeholders filled.
+
+    ``engine`` defaults to the label of the last engine, ``iterations`` to 0.
+    """
+    return _fill(p.io.rfile, p, engine, iterations)
+
+
+def checkpoint_path(p, engine=None, iterations=None):
+    """The checkpoint file: ``io.checkpoint.path`` filled, or ``<result>.checkpoint.h5``."""
+    if p.io.checkpoint.get("path"):
+        return _fill(p.io.checkpoint.path, p, engine, iterations)
+    root, ext = os.path.splitext(result_path(p, engine, iterations))
+    return root + ".checkpoint" + (ext or ".h5")
+
+
+# -- overrides ---------------------------------------------------------------------------
+
+def parse_override(text):
+    """Split ``'a.b.c=value'`` into ``('a.b.c', typed value)``; the value is read as YAML.
+
+    ``3`` gives an int, ``0.5`` a float, ``true`` a bool, ``[1, 2]`` a list,
+    ``null`` None; text that is not valid YAML is kept as a string.
+    """
+    if not isinstance(text, str):
+        raise ConfigError("override %r: expected a string KEY=VALUE" % (text,))
+    if "=" not in text:
+        raise ConfigError("override %r: missing '='; write KEY=VALUE, e.g. engines.dm.numiter=50" % text)
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError("override %r: empty key; write KEY=VALUE, e.g. engines.dm.numiter=50" % text)
+    parts = key.split(".")
+    if any(not part.strip() or part != part.strip() for part in parts):
+        raise ConfigError("override %r: malformed key %r (empty part or spaces); write dotted names "
+                          "such as scans.MF.data.shape" % (text, key))
+    raw = raw.strip()
+    if not raw:
+        raise ConfigError("override %r: no value after '='; write %s=null to clear it or %s='' for an "
+                          "empty string" % (text, key, key))
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(tree, overrides):
+    """Return a copy of ``tree`` with ``KEY=VALUE`` overrides applied, in order.
+
+    Parameters
+    ----------
+    tree : dict or Param
+        The configuration (not modified).
+    overrides : str or sequence of str
+        Items such as ``'engines.dm.numiter=50'``; the value is read as YAML
+        (see :func:`parse_override`). Missing intermediate levels are created
+        (a null level becomes a mapping); a new engine label is appended after
+        the existing ones. Keys are checked later by :func:`validate`.
+    """
+    out = Param(tree or {}).copy()
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    for text in overrides or ():
+        key, value = parse_override(text)
+        parts = key.split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = dict.get(node, part)
+            if child is None:
+                child = Param()
+                dict.__setitem__(node, part, child)
+            elif not isinstance(child, dict):
+                raise ConfigError("override %r: %s holds %r, not a mapping, so it has no key %r" % (
+                    text, ".".join(parts[:i + 1]), child, parts[i + 1]))
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+# -- listings ----------------------------------------------------------------------------
+
+#: One row of ``ptycli params``: dotted path, default, words for the type, doc, unit.
+Row = collections.namedtuple("Row", "path default type doc unit")
+
+
+def _rows_of(ps, prefix, out, skip=()):
+    for e in ps:
+        if e.name in skip:
+            continue
+        path = "%s.%s" % (prefix, e.name) if prefix else e.name
+        if isinstance(e, ParamSet):
+            _rows_of(e, path, out)
+        else:
+            out.append(Row(path, e.default, e.expected(), e.doc, e.unit))
+
+
+def _all_rows():
+    load_plugins()
+    rows = []
+    _rows_of(TOP, "", rows, skip=("scans", "engines"))
+    rows.append(Row("scans", {}, TOP["scans"].expected(), TOP["scans"].doc, None))
+    _rows_of(SCAN, "scans.<label>", rows)
+    for entry in LOADERS.entries():
+        _rows_of(entry.paramset, "scans.<label>.data[%s]" % entry.name, rows, skip=("name",))
+    rows.append(Row("engines", {}, TOP["engines"].expected(), TOP["engines"].doc, None))
+    _rows_of(ENGINE, "engines.<label>", rows)
+    for entry in ENGINES.entries():
+        _rows_of(entry.paramset, "engines.<label>[%s]" % entry.name, rows, skip=("name", "numiter"))
+    return rows
+
+
+def _part_matches(q, r):
+    ql = q.lower()
+    base, _, qual = r.partition("[")
+    qual = qual[:-1] if qual else None
+    if ql == r.lower():
+        return True
+    if base == "<label>":
+        if qual is not None and q in ENGINES:
+            return ql == qual.lower()
+        return "[" not in q
+    return qual is not None and q == base
+
+
+def describe(path=None):
+    """Rows ``(path, default, type, doc, unit)`` of all declared parameters, or of those under ``path``.
+
+    Row paths use ``<label>`` for scan and engine labels and name the loader
+    or engine a parameter belongs to in brackets::
+
+        scans.<label>.illumination.photons
+        scans.<label>.data[MoonFlowerScan].shape
+        engines.<label>.numiter
+        engines.<label>[DM].alpha
+
+    ``path`` selects rows by dotted prefix: a concrete label matches
+    ``<label>`` (``scans.MF.sample``), ``data`` matches every loader's rows
+    (``data[HDF5]`` one loader's), and under ``engines`` a registered engine
+    name selects that engine (``engines.DM`` gives the common rows and DM's).
+
+    Raises
+    ------
+    ConfigError
+        When nothing matches (with the closest paths).
+    """
+    rows = _all_rows()
+    if not path:
+        return rows
+    query = [q for q in str(path).strip().split(".")]
+    if any(not q for q in query):
+        raise ConfigError("params: malformed path %r" % path)
+    hits = []
+    for row in rows:
+        parts = row.path.split(".")
+        if len(parts) < len(query):
+            continue
+        if all(_part_matches(q, r) for q, r in zip(query, parts)):
+            hits.append(row)
+    if not hits:
+        prefixes = sorted({".".join(r.path.split(".")[:n]) for r in rows for n in range(1, len(query) + 1)})
+        hint = suggest(path, prefixes)
+        raise ConfigError("params: no parameter matches %r%s" % (
+            path, " (did you mean %s?)" % " or ".join(hint) if hint else ""))
+    return hits
+
+
+# -- commented default YAML -------------------------------------------------------------
+
+def _flow(value):
+    from .yamlio import to_plain
+
+    text = yaml.safe_dump([to_plain(value)], default_flow_style=True, width=10 ** 9,
+                          allow_unicode=True).strip()
+    return text[1:-1]
+
+
+def _comment(e):
+    words = e.expected()
+    unit = " [%s]" % e.unit if e.unit else ""
+    doc = e.doc[:1].upper() + e.doc[1:] if e.doc else ""
+    return "%s%s; %s" % (doc, unit, words)
+
+
+def _emit(ps, values, indent, lines):
+    pad = " " * indent
+    for e in ps:
+        if isinstance(e, ParamSet):
+            if e.doc:
+                lines.append("%s# %s" % (pad, e.doc[:1].upper() + e.doc[1:]))
+            lines.append("%s%s:" % (pad, e.name))
+            _emit(e, values.get(e.name) or Param(), indent + 2, lines)
+        else:
+            lines.append("%s# %s" % (pad, _comment(e)))
+            lines.append("%s%s: %s" % (pad, e.name, _flow(values.get(e.name, e.default))))
+
+
+def _commented(lines, indent):
+    pad = " " * indent
+    return [pad + "# " + line[indent:] if line.strip() else line for line in lines]
+
+
+def _example_scan(indent):
+    """Lines of scan 'MF' (MoonFlowerScan) and whether they are real (not commented)."""
+    entry = LOADERS.find("MoonFlowerScan")
+    if entry is not None:
+        data_ps = ParamSet("data", [DATA["name"]] + [e for e in entry.paramset if e.name != "name"], DATA.doc)
+        values = SCAN.defaults()
+        values["data"] = data_ps.defaults()
+        values["data"]["name"] = entry.name
+        ps = ParamSet("scan", [data_ps if e.name == "data" else e for e in SCAN], SCAN.doc)
+    else:
+        ps = SCAN
+        values = SCAN.defaults()
+        values["data"] = Param(name="MoonFlowerScan")
+    lines = ["%s# %s; the label (here MF) is free" % (" " * indent, SCAN.doc[:1].upper() + SCAN.doc[1:]),
+             " " * indent + "MF:"]
+    _emit(ps, values, indent + 2, lines)
+    return lines, entry is not None
+
+
+def _example_engine(indent):
+    names = ENGINES.names()
+    name = "DM" if "DM" in ENGINES else (names[0] if names else None)
+    if name is None:
+        lines = [" " * indent + "dm:", " " * (indent + 2) + "# " + _comment(ENGINE["name"]),
+                 " " * (indent + 2) + "name: DM",
+                 " " * (indent + 2) + "# " + _comment(ENGINE["numiter"]),
+                 " " * (indent + 2) + "numiter: %d" % ENGINE["numiter"].default]
+        return lines, False
+    ps = engine_paramset(name)
+    values = ps.defaults()
+    values["name"] = ENGINES.find(name).name
+    lines = [" " * indent + "%s:" % name.lower()]
+    _emit(ps, values, indent + 2, lines)
+    return lines, True
+
+
+def dump_defaults_yaml():
+    """A complete commented YAML configuration with every parameter at its default.
+
+    Each key is preceded by a ``# doc [unit]; expected values`` comment. The
+    scans section shows one scan ``MF`` using the MoonFlowerScan loader and
+    the engines section one engine (``dm``: DM, or the first registered
+    engine); when that loader or no engine is installed, the example is
+    written as comments (and the mapping left empty), so the text always
+    loads and validates.
+    """
+    from .. import __version__
+
+    load_plugins()
+    lines = ["# ptycli %s configuration: every parameter at its default." % __version__,
+             "# Keys you leave out take these values; see `ptycli params` for a listing.", ""]
+    top_rest = ParamSet("", [e for e in TOP if e.name not in ("scans", "engines")], TOP.doc)
+    _emit(top_rest, TOP.defaults(), 0, lines)
+
+    lines.append("")
+    lines.append("# " + _comment(TOP["scans"]))
+    scan_lines, real = _example_scan(2)
+    if real:
+        lines.append("scans:")
+        lines.extend(scan_lines)
+    else:
+        lines.append("scans: {}")
+        lines.append("  # the MoonFlowerScan loader is not installed; a scan looks like this:")
+        lines.extend(_commented(scan_lines, 2))
+
+    lines.append("")
+    lines.append("# " + _comment(TOP["engines"]))
+    eng_lines, real = _example_engine(2)
+    if real:
+        lines.append("engines:")
+        lines.extend(eng_lines)
+    else:
+        lines.append("engines: {}")
+        lines.append("  # no engine is installed; an engine looks like this:")
+        lines.extend(_commented(eng_lines, 2))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,838 @@
+"""Scan loaders: the common frame-preparation pipeline and its parameters.
+
+A loader turns an input (a file, a folder, a simulation) into a
+:class:`ScanData`: this MPI rank's diffraction frames, ready for the model
+builder (centred, cropped, oriented, binned, with a validity mask), plus the
+scan positions and the experimental geometry.
+
+Writing a loader
+----------------
+Subclass :class:`ScanLoader`, set ``NAME`` and ``PARAMS`` (the common
+parameters extended with your own through ``ScanLoader.PARAMS.extended``),
+decorate with :func:`register` and implement two methods::
+
+    @register
+    class MyScan(ScanLoader):
+        NAME = "MyScan"
+        PARAMS = ScanLoader.PARAMS.extended("MyScan", [Parameter(...)])
+
+        def read_meta(self):
+            # cheap: no frames. Required keys: num_frames, frame_shape.
+            # Optional: energy_kev, distance_m, psize_m (scalar or (2,)),
+            # positions_unit ('m'/'pixel'), center ((2,) raw-frame pixels),
+            # num_positions, label, propagation, ground_truth (dict), meta (dict)
+            return {"num_frames": n, "frame_shape": (h, w), ...}
+
+        def read_frames(self, start, stop):
+            # frames start..stop-1 (global indices, stop <= num_frames)
+            # required: data (n,h,w), positions (n,2) (y, x)
+            # optional: mask ((n,h,w) or (h,w), nonzero = valid), dark, flat
+            #           ((n,h,w) or (h,w)), indices (n,)
+            return {"data": ..., "positions": ...}
+
+        def read_static(self):          # optional
+            # frame-independent arrays held by the file: mask, dark, flat
+            # ((h,w); dark/flat may also be a (k,h,w) stack that is averaged)
+            return {}
+
+Then ``MyScan.from_pars({...}).load()`` returns a :class:`ScanData`.
+
+Pipeline (applied by :meth:`ScanLoader.load`, in this order)
+------------------------------------------------------------
+0. frame selection: the first ``num_frames`` frames (all when null), split
+   into contiguous per-rank blocks with :func:`ptycli.parallel.block_range`;
+   each rank reads only its own block, ``chunk_size`` frames per call.
+   Positions are checked as they are read: one (y, x) pair per frame, all
+   finite (:class:`~ptycli.errors.DataError` naming the file otherwise).
+1. mask: the file's mask (per frame or static) AND the ``mask`` file
+   (zero = ignore). Shapes are those of the raw frames.
+2. invalid values: NaN, +-Inf and negative raw counts (detector gap/flag
+   values; raw counts are never negative), and pixels where the dark is not
+   finite, are set to 0 and masked; ONE warning on the ``ptycli`` logger gives
+   the number of pixels and frames (summed over all ranks).
+3. dark subtraction (``dark`` file, else the loader's dark): negative results
+   are noise around zero and are clipped to 0 (kept valid).
+4. flat-field division (``flat`` file, else the loader's flat), the flat
+   normalised to a mean of 1 over its usable pixels; pixels where the flat is
+   not positive and finite are masked. Every masked pixel holds 0 from here on.
+5. ``fftshifted``: frames with the zero frequency at pixel [0, 0] are shifted
+   so that it is at ``frame_shape // 2``.
+6. ``orientation``: transpose, then flip up-down, then flip left-right (see
+   :func:`orientation_flags` for the integer encoding).
+7. centre: ``center`` null uses the file's centre when it states one, else
+   'auto'; 'auto' is the mass centre of the valid intensities summed over all
+   frames of all ranks; 'geometric' is ``frame_shape // 2``; a pair is a pixel
+   position in the raw frame as stored in the file (mapped through steps 5-6).
+8. crop/pad to ``shape * rebin`` about the (rounded) centre, so that it lands
+   on pixel ``(shape * rebin) // 2``; padded pixels are masked. With ``shape``
+   null the frame keeps its size (rounded down to a multiple of ``rebin``).
+9. ``rebin``: sum r x r blocks; a binned pixel is valid only if all its
+   sub-pixels are; the detector pixel size is multiplied by r.
+10. final checks: frames whose valid pixels hold no counts are reported in one
+    warning; positions get ``positions_swap`` (y <-> x), ``positions_flip``
+    (negate y and/or x) and ``positions_scale``.
+
+Geometry: ``energy`` (keV), ``distance`` (m) and ``psize`` (detector pixel, m)
+from the configuration override the file's values; a quantity missing from both
+is a :class:`~ptycli.errors.ConfigError` naming the parameter.
+"""
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from .. import parallel
+from ..errors import ConfigError, DataError
+from ..log import get_logger
+from ..params.declare import Parameter, ParamSet
+from ..utils.parameters import Param
+
+__all__ = [
+    "ScanData",
+    "ScanLoader",
+    "LOADERS",
+    "register",
+    "get_loader",
+    "orientation_flags",
+    "COMMON_PARAMS",
+]
+
+logger = get_logger("ptycli.scans")
+
+#: registered loaders, by NAME
+LOADERS = {}
+
+
+def register(cls):
+    """Class decorator: record a loader in :data:`LOADERS` (and the params registry)."""
+    if not getattr(cls, "NAME", None):
+        raise TypeError("%s needs a NAME to be registered" % cls.__name__)
+    cls.PARAMS = cls.PARAMS.extended(cls.NAME, [
+        Parameter("name", cls.NAME, "str", "loader name (%s)" % cls.NAME)])
+    LOADERS[cls.NAME] = cls
+    try:
+        from ..params.registry import register_loader
+    except ImportError:
+        pass
+    else:
+        register_loader(cls.NAME, cls.PARAMS, cls)
+    return cls
+
+
+def get_loader(name):
+    """The loader class registered under ``name`` (case-insensitive)."""
+    if name in LOADERS:
+        return LOADERS[name]
+    for key, cls in LOADERS.items():
+        if key.lower() == str(name).lower():
+            return cls
+    from ..params.declare import closest
+    hint = closest(name, LOADERS)
+    raise ConfigError("unknown scan loader %r%s; available: %s" % (
+        name, " (did you mean %s?)" % " or ".join(hint) if hint else "",
+        ", ".join(sorted(LOADERS))))
+
+
+@dataclasses.dataclass
+class ScanData:
+    """Prepared frames of one MPI rank plus scan and geometry information.
+
+    Frames are centred: the zero frequency is at pixel ``shape // 2``.
+    Invalid pixels (``mask`` False) hold 0.
+    """
+
+    #: (n, H, W) float32 photon counts of this rank's frames
+    intensities: np.ndarray
+    #: (n, H, W) bool, True = valid
+    mask: np.ndarray
+    #: (n, 2) float64 (y, x) scan positions
+    positions: np.ndarray
+    #: 'm' or 'pixel' (pixels of the sample plane of the final geometry)
+    positions_unit: str
+    #: (n,) int global frame indices (0 .. num_frames_total-1)
+    indices: np.ndarray
+    #: frames over all ranks
+    num_frames_total: int
+    energy_kev: float
+    distance_m: float
+    #: (2,) detector pixel size (after rebinning), m
+    psize_m: np.ndarray
+    #: (H, W) frame shape
+    shape: tuple
+    label: str = ""
+    #: the file or folder the frames came from
+    source: str = ""
+    meta: dict = dataclasses.field(default_factory=dict)
+    #: e.g. {'object': array, 'probe': array, 'object_psize_m': ..., 'probe_psize_m': ...}
+    ground_truth: Optional[dict] = None
+
+    @property
+    def num_frames(self):
+        """Frames held by this rank."""
+        return int(self.intensities.shape[0])
+
+    @property
+    def wavelength_m(self):
+        """Wavelength in metres."""
+        return 1.23984193e-9 / float(self.energy_kev)
+
+    def positions_in_metres(self, resolution):
+        """Positions in metres, converting pixel units with ``resolution`` (y, x) m."""
+        if self.positions_unit == "m":
+            return self.positions.copy()
+        return self.positions * np.broadcast_to(np.asarray(resolution, float), (2,))
+
+
+# ---------------------------------------------------------------------------
+# common parameters
+
+COMMON_PARAMS = ParamSet("scan_data", [
+    Parameter("name", None, "str", "loader name", nullable=True),
+    Parameter("dfile", None, "path", "input file (or folder) to read", nullable=True),
+    Parameter("label", None, "str", "scan label (default: from the file or the file name)",
+              nullable=True),
+    Parameter("num_frames", None, "int", "use only the first N frames (null = all)", low=1,
+              nullable=True),
+    Parameter("chunk_size", 100, "int", "frames read per call", low=1),
+    Parameter("shape", None, "intpair",
+              "frame shape after crop/pad about the centre and rebinning (null = keep)",
+              low=1, nullable=True, unit="pixel"),
+    Parameter("center", None, "any",
+              "diffraction centre: null (the file's, else auto), 'auto' (mass centre), "
+              "'geometric' (frame centre) or [row, col] in raw-frame pixels", nullable=True),
+    Parameter("fftshifted", False, "bool",
+              "frames have the zero frequency at pixel [0, 0] (shift to centred first)"),
+    Parameter("orientation", None, "any",
+              "frame orientation: integer 0..7 (4 transpose + 2 flipud + 1 fliplr, applied "
+              "in that order) or [transpose, flipud, fliplr]", nullable=True),
+    Parameter("rebin", 1, "int", "sum r x r detector pixels (the pixel size grows r times)",
+              low=1),
+    Parameter("energy", None, "float", "photon energy (overrides the file)", low=0.0,
+              nullable=True, unit="keV"),
+    Parameter("distance", None, "float", "sample-detector distance (overrides the file)",
+              low=0.0, nullable=True, unit="m"),
+    Parameter("psize", None, "pair", "detector pixel size (overrides the file)", low=0.0,
+              nullable=True, unit="m"),
+    Parameter("positions_unit", None, "str",
+              "unit of the positions: 'm' or 'pixel' (null = from the file, else 'm')",
+              choices=["m", "pixel"], nullable=True),
+    Parameter("positions_scale", 1.0, "float", "multiplier applied to the positions"),
+    Parameter("positions_swap", False, "bool", "swap the y and x columns of the positions"),
+    Parameter("positions_flip", None, "any",
+              "negate positions: [flip_y, flip_x] booleans, or one boolean for both",
+              nullable=True),
+    Parameter("dark", None, "path", "dark frame .npy/.h5 file, subtracted (null = the file's)",
+              nullable=True),
+    Parameter("flat", None, "path", "flat-field .npy/.h5 file, divided (null = the file's)",
+              nullable=True),
+    Parameter("mask", None, "path",
+              "mask .npy/.h5 file (0 = ignore pixel), combined with the file's mask; "
+              "'file.h5:/dataset' picks a dataset", nullable=True),
+], doc="scan data: input file, frame preparation and geometry")
+
+
+# ---------------------------------------------------------------------------
+# small helpers
+
+
+def orientation_flags(orientation, where="orientation"):
+    """``(transpose, flipud, fliplr)`` for an orientation setting.
+
+    Integers 0..7 encode ``4 * transpose + 2 * flipud + 1 * fliplr`` (so 1 is
+    a left-right flip, 2 an up-down flip, 4 a transpose; PtyPy's meaning).
+    The operations are applied in the order transpose, flipud, fliplr.
+    A sequence of three booleans is taken as is; None means 0.
+    """
+    if orientation is None:
+        return (False, False, False)
+    if isinstance(orientation, (bool, np.bool_)):
+        raise ConfigError("%s: expected an integer 0..7 or [transpose, flipud, fliplr], got %r"
+                          % (where, orientation))
+    if isinstance(orientation, (int, np.integer)):
+        o = int(orientation)
+        if not 0 <= o <= 7:
+            raise ConfigError("%s: integer must be in 0..7 (4 transpose + 2 flipud + 1 "
+                              "fliplr), got %d" % (where, o))
+        return (bool(o & 4), bool(o & 2), bool(o & 1))
+    if isinstance(orientation, (list, tuple)) and len(orientation) == 3:
+        out = []
+        for v in orientation:
+            if isinstance(v, (bool, np.bool_)) or v in (0, 1):
+                out.append(bool(v))
+            else:
+                break
+        else:
+            return tuple(out)
+    raise ConfigError("%s: expected an integer 0..7 or [transpose, flipud, fliplr] booleans, "
+                      "got %r" % (where, orientation))
+
+
+def _orient(a, flags):
+    """Apply (transpose, flipud, fliplr) to the last two axes of ``a``."""
+    transpose, flipud, fliplr = flags
+    if transpose:
+        a = np.swapaxes(a, -1, -2)
+    if flipud:
+        a = a[..., ::-1, :]
+    if fliplr:
+        a = a[..., :, ::-1]
+    return a
+
+
+def _orient_point(point, shape, flags):
+    """Map a (row, col) point of a frame of ``shape`` through :func:`_orient`."""
+    y, x = float(point[0]), float(point[1])
+    h, w = shape
+    transpose, flipud, fliplr = flags
+    if transpose:
+        y, x, h, w = x, y, w, h
+    if flipud:
+        y = h - 1 - y
+    if fliplr:
+        x = w - 1 - x
+    return np.array([y, x])
+
+
+def _oriented_shape(shape, flags):
+    return (shape[1], shape[0]) if flags[0] else tuple(shape)
+
+
+def _crop_pad(a, mask, center, target):
+    """Crop/pad the last two axes so that pixel ``center`` lands at ``target // 2``.
+
+    Returns new (data, mask); padded pixels hold 0 and are masked.
+    """
+    n = a.shape[0]
+    h, w = a.shape[-2:]
+    th, tw = target
+    cy, cx = (int(np.floor(c + 0.5)) for c in center)
+    y0, x0 = cy - th // 2, cx - tw // 2
+    out = np.zeros((n, th, tw), dtype=a.dtype)
+    outm = np.zeros((n, th, tw), dtype=bool)
+    sy0, sy1 = max(y0, 0), min(y0 + th, h)
+    sx0, sx1 = max(x0, 0), min(x0 + tw, w)
+    if sy1 > sy0 and sx1 > sx0:
+        out[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = a[:, sy0:sy1, sx0:sx1]
+        outm[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = mask[:, sy0:sy1, sx0:sx1]
+    return out, outm
+
+
+def _rebin(a, mask, r):
+    """Sum r x r blocks; a block is valid only when all its pixels are."""
+    if r == 1:
+        return a, mask
+    n, h, w = a.shape
+    a = a.reshape(n, h // r, r, w // r, r).sum(axis=(2, 4), dtype=np.float64)
+    m = mask.reshape(n, h // r, r, w // r, r).all(axis=(2, 4))
+    a = np.where(m, a, 0.0).astype(np.float32)
+    return a, m
+
+
+def _as_stack(arr, n, frame_shape, what, source):
+    """Broadcast a (h,w) or (n,h,w) array to (n,h,w); DataError on a shape mismatch."""
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[-2:] != tuple(frame_shape) or arr.shape[0] not in (1, n):
+        raise DataError("%s: %s has shape %s, expected %s or %s" % (
+            source, what, arr.shape, tuple(frame_shape), (n,) + tuple(frame_shape)),
+            hint="give a %s with the shape of the raw detector frames" % what)
+    return arr
+
+
+def load_array_file(path, what, param):
+    """Read a 2-D or 3-D array from ``.npy``/``.npz`` or HDF5 (``file.h5:/dataset``)."""
+    spec = str(path)
+    dataset = None
+    if not os.path.exists(spec) and ":" in spec:
+        spec, dataset = spec.rsplit(":", 1)
+    if not os.path.exists(spec):
+        raise ConfigError("%s: %s file %s does not exist" % (param, what, spec),
+                          hint="fix the path or set %s to null" % param)
+    low = spec.lower()
+    try:
+        if low.endswith(".npy"):
+            return np.load(spec, allow_pickle=False)
+        if low.endswith(".npz"):
+            with np.load(spec, allow_pickle=False) as z:
+                keys = list(z.keys())
+                key = dataset or (what if what in keys else keys[0] if len(keys) == 1 else None)
+                if key is None or key not in keys:
+                    raise ConfigError("%s: %s file %s holds arrays %s; name one as %s:NAME"
+                                      % (param, what, spec, ", ".join(keys), spec))
+                return z[key]
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise DataError("%s: cannot read %s file %s (%s)" % (param, what, spec, exc)) from exc
+    import h5py
+    try:
+        f = h5py.File(spec, "r")
+    except OSError as exc:
+        raise DataError("%s: %s file %s is neither .npy nor a readable HDF5 file (%s)" % (
+            param, what, spec, exc)) from exc
+    with f:
+        if dataset is None:
+            found = []
+            f.visititems(lambda n, o: found.append(n) if isinstance(o, h5py.Dataset)
+                         and o.ndim in (2, 3) else None)
+            for cand in (what, "mask", "data"):
+                if cand in found:
+                    dataset = cand
+                    break
+            else:
+                if len(found) == 1:
+                    dataset = found[0]
+                else:
+                    raise ConfigError("%s: %s file %s holds %d 2-D/3-D datasets; name one as "
+                                      "%s:/path" % (param, what, spec, len(found), spec))
+        if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
+            raise DataError("%s: %s file %s has no dataset %s" % (param, what, spec, dataset))
+        return f[dataset][()]
+
+
+def _normalise_center(value, where):
+    if value is None:
+        return None
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("auto", "geometric"):
+            return v
+        raise ConfigError("%s: expected null, 'auto', 'geometric' or [row, col], got %r"
+                          % (where, value))
+    try:
+        arr = np.asarray(value, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        arr = np.zeros(0)
+    if arr.size == 1:
+        arr = np.repeat(arr, 2)
+    if arr.size != 2 or not np.all(np.isfinite(arr)):
+        raise ConfigError("%s: expected null, 'auto', 'geometric' or [row, col], got %r"
+                          % (where, value))
+    return arr
+
+
+def _normalise_flip(value, where):
+    if value is None:
+        return (False, False)
+    if isinstance(value, (bool, np.bool_)):
+        return (bool(value), bool(value))
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, (bool, np.bool_)) or v in (0, 1) for v in value):
+        return (bool(value[0]), bool(value[1]))
+    raise ConfigError("%s: expected [flip_y, flip_x] booleans or one boolean, got %r"
+                      % (where, value))
+
+
+class ScanLoader:
+    """Base class of the scan loaders (see the module docstring).
+
+    Parameters
+    ----------
+    pars : dict or Param
+        Parameters already validated against ``PARAMS`` (use :meth:`from_pars`
+        to validate a plain dict).
+    path : str, optional
+        Dotted configuration path of these parameters, used in error messages.
+    """
+
+    NAME = None
+    PARAMS = COMMON_PARAMS
+
+    def __init__(self, pars=None, path=None):
+        if pars is None:
+            pars = self.PARAMS.defaults()
+        self.pars = pars if isinstance(pars, Param) else Param(pars)
+        self.path = path or "scan.data"
+        p = self.pars
+        self.orientation = orientation_flags(p.get("orientation"), self._where("orientation"))
+        self.center = _normalise_center(p.get("center"), self._where("center"))
+        self.positions_flip = _normalise_flip(p.get("positions_flip"),
+                                              self._where("positions_flip"))
+        for key in ("energy", "distance"):
+            v = p.get(key)
+            if v is not None and not v > 0:
+                raise ConfigError("%s: must be positive, got %r" % (self._where(key), v))
+        if p.get("psize") is not None and not min(p.psize) > 0:
+            raise ConfigError("%s: must be positive, got %r" % (self._where("psize"), p.psize))
+        self._meta = None
+
+    @classmethod
+    def from_pars(cls, pars=None, path=None):
+        """Validate ``pars`` against ``PARAMS`` (filling defaults) and build the loader."""
+        path = path or "scan.data"
+        return cls(cls.PARAMS.validate(dict(pars or {}), path), path=path)
+
+    # -- to implement -------------------------------------------------------
+    def read_meta(self):
+        """Frame count, frame shape and what the input says about the geometry."""
+        raise NotImplementedError
+
+    def read_frames(self, start, stop):
+        """Frames ``start .. stop-1``: dict with data, positions (+ optional keys)."""
+        raise NotImplementedError
+
+    def read_static(self):
+        """Frame-independent arrays of the input: optional mask, dark, flat."""
+        return {}
+
+    # -- helpers for subclasses ---------------------------------------------
+    def _where(self, key):
+        return "%s.%s" % (self.path, key) if self.path else key
+
+    @property
+    def source(self):
+        """The input's name for messages."""
+        return str(self.pars.get("dfile") or self.NAME or type(self).__name__)
+
+    def require_dfile(self):
+        """The ``dfile`` path; ConfigError if unset, DataError if it does not exist."""
+        dfile = self.pars.get("dfile")
+        if not dfile:
+            raise ConfigError("%s: no input given" % self._where("dfile"),
+                              hint="set dfile to the path of the %s input" % (self.NAME or "scan"))
+        if not os.path.exists(dfile):
+            raise DataError("%s: input %s does not exist" % (self._where("dfile"), dfile),
+                            hint="check the path", validation=True)
+        return str(dfile)
+
+    def meta(self):
+        """:meth:`read_meta`, cached and checked."""
+        if self._meta is None:
+            m = dict(self.read_meta())
+            for key in ("num_frames", "frame_shape"):
+                if key not in m:
+                    raise DataError("%s: loader %s did not report %s" % (self.source, self.NAME, key))
+            m["num_frames"] = int(m["num_frames"])
+            m["frame_shape"] = tuple(int(s) for s in m["frame_shape"])
+            if len(m["frame_shape"]) != 2:
+                raise DataError("%s: frames must be 2-D, got frame shape %s" % (
+                    self.source, m["frame_shape"]))
+            self._meta = m
+        return self._meta
+
+    # -- geometry ---------------------------------------------------------------
+    def geometry(self):
+        """``(energy_kev, distance_m, psize_m (2,))`` of the raw detector, config first."""
+        m = self.meta()
+        p = self.pars
+        values = {}
+        for key, mkey in (("energy", "energy_kev"), ("distance", "distance_m"),
+                          ("psize", "psize_m")):
+            v = p.get(key)
+            if v is None:
+                v = m.get(mkey)
+            if v is None:
+                unit = {"energy": "keV", "distance": "m", "psize": "m"}[key]
+                raise ConfigError(
+                    "%s: not given and %s does not state it" % (self._where(key), self.source),
+                    hint="set %s (in %s)" % (self._where(key), unit))
+            values[key] = v
+        psize = np.asarray(values["psize"], dtype=np.float64).reshape(-1)
+        if psize.size not in (1, 2):
+            raise DataError("%s: psize %s must be one or two values" % (self.source, psize))
+        psize = np.broadcast_to(psize, (2,)).copy()
+        energy, distance = float(values["energy"]), float(values["distance"])
+        for key, v in (("energy", energy), ("distance", distance), ("psize", psize)):
+            if not np.all(np.isfinite(v)) or not np.all(np.asarray(v) > 0):
+                raise DataError("%s: %s is %s; it must be positive" % (self.source, key, v),
+                                hint="set %s in the configuration" % self._where(key))
+        return energy, distance, psize
+
+    # -- the pipeline -------------------------------------------------------
+    def load(self, rank=None, size=None):
+        """Read this rank's frames and prepare them (see the module docstring).
+
+        ``rank``/``size`` default to :mod:`ptycli.parallel`'s; passing others
+        reads that block without any MPI communication (for tests and tools).
+        """
+        collective = rank is None and size is None and parallel.size > 1
+        rank = parallel.rank if rank is None else int(rank)
+        size = parallel.size if size is None else int(size)
+        p = self.pars
+        src = self.source
+
+        m = self.meta()
+        energy, distance, psize = self.geometry()
+        nmax = m["num_frames"]
+        if nmax < 1:
+            raise DataError("%s: contains no frames" % src)
+        ntot = nmax if p.get("num_frames") is None else min(int(p.num_frames), nmax)
+        npos = m.get("num_positions")
+        if npos is not None and int(npos) < ntot:
+            raise DataError("%s: %d positions for %d frames" % (src, int(npos), ntot),
+                            hint="give one position per frame, or set num_frames to %d"
+                            % int(npos))
+        start, stop = parallel.block_range(ntot, rank, size)
+        raw_shape = m["frame_shape"]
+        flags = self.orientation
+        oshape = _oriented_shape(raw_shape, flags)
+        rebin = int(p.get("rebin") or 1)
+        if p.get("shape") is not None:
+            target = tuple(int(s) * rebin for s in p.shape)
+        else:
+            target = tuple((s // rebin) * rebin for s in oshape)
+            if min(target) < 1:
+                raise ConfigError("%s: rebin %d is larger than the frame %s" % (
+                    self._where("rebin"), rebin, raw_shape))
+
+        # static arrays: configuration files first, then the loader's own
+        static = dict(self.read_static() or {})
+        ext_mask = self._external("mask", raw_shape)
+        dark = self._external("dark", raw_shape)
+        flat = self._external("flat", raw_shape)
+        if dark is None and static.get("dark") is not None:
+            dark = self._static_frame(static["dark"], raw_shape, "dark")
+        if flat is None and static.get("flat") is not None:
+            flat = self._static_frame(static["flat"], raw_shape, "flat")
+        static_mask = None
+        if static.get("mask") is not None:
+            static_mask = self._static_frame(static["mask"], raw_shape, "mask") != 0
+        if ext_mask is not None:
+            ext_mask = ext_mask != 0
+            static_mask = ext_mask if static_mask is None else static_mask & ext_mask
+        flat_ok = None
+        if flat is not None:
+            flat, flat_ok = self._normalise_flat(flat)
+
+        center = self._fixed_center(m, raw_shape, oshape, flags)
+        chunk = int(p.get("chunk_size") or 100)
+        n_local = stop - start
+        out_shape = tuple(t // rebin for t in target)
+        intens = np.zeros((n_local,) + out_shape, dtype=np.float32)
+        mask = np.zeros((n_local,) + out_shape, dtype=bool)
+        positions = np.zeros((n_local, 2), dtype=np.float64)
+        indices = np.arange(start, stop, dtype=np.int64)
+        held = []  # oriented chunks kept until the centre is known
+        total = np.zeros(oshape, dtype=np.float64)
+        bad_pix = 0
+        bad_frames = 0
+        error = None
+        try:
+            for c0 in range(start, stop, chunk):
+                c1 = min(c0 + chunk, stop)
+                d, mk, pos, idx, nbad, nbf = self._read_chunk(
+                    c0, c1, raw_shape, static_mask, dark, flat, flat_ok)
+                bad_pix += nbad
+                bad_frames += nbf
+                positions[c0 - start:c1 - start] = pos
+                if idx is not None:
+                    indices[c0 - start:c1 - start] = idx
+                if p.get("fftshifted"):
+                    d = np.fft.fftshift(d, axes=(-2, -1))
+                    mk = np.fft.fftshift(mk, axes=(-2, -1))
+                d = np.ascontiguousarray(_orient(d, flags))
+                mk = np.ascontiguousarray(_orient(mk, flags))
+                if center is None:
+                    total += d.sum(axis=0, dtype=np.float64)
+                    held.append((c0 - start, d, mk))
+                else:
+                    self._finish(d, mk, center, target, rebin, intens, mask, c0 - start)
+        except Exception as exc:  # keep the ranks in step before collectives
+            error = exc
+        if collective:
+            failed = parallel.allreduce_scalar(1 if error is not None else 0)
+            if failed and error is None:
+                raise DataError("%s: reading failed on another MPI rank" % src)
+        if error is not None:
+            raise error
+
+        if collective:
+            bad_pix = int(parallel.allreduce_scalar(int(bad_pix)))
+            bad_frames = int(parallel.allreduce_scalar(int(bad_frames)))
+        if bad_pix and parallel.rank == 0:
+            logger.warning("%s: %d invalid pixels (NaN, Inf or negative counts) in %d frames "
+                           "were set to 0 and masked", src, bad_pix, bad_frames)
+
+        if center is None:
+            if collective:
+                parallel.allreduce(total)
+            center = self._mass_center(total, oshape)
+            for off, d, mk in held:
+                self._finish(d, mk, center, target, rebin, intens, mask, off)
+            held.clear()
+
+        # final checks and positions
+        empty = int(np.count_nonzero(intens.reshape(n_local, -1).sum(axis=1) <= 0)) \
+            if n_local else 0
+        if collective:
+            empty = int(parallel.allreduce_scalar(empty))
+        if empty and parallel.rank == 0:
+            logger.warning("%s: %d frames hold no counts in their valid pixels", src, empty)
+        if p.get("positions_swap"):
+            positions = positions[:, ::-1].copy()
+        fy, fx = self.positions_flip
+        if fy:
+            positions[:, 0] *= -1
+        if fx:
+            positions[:, 1] *= -1
+        scale = p.get("positions_scale")
+        if scale is not None and scale != 1:
+            positions *= float(scale)
+        unit = p.get("positions_unit") or m.get("positions_unit") or "m"
+        if unit in ("pixel", "pixels", "px"):
+            unit = "pixel"
+        if unit not in ("m", "pixel"):
+            raise DataError("%s: positions unit %r is not supported; use 'm' or 'pixel'"
+                            % (src, unit), hint="set %s" % self._where("positions_unit"))
+
+        label = p.get("label") or m.get("label") or \
+            (os.path.splitext(os.path.basename(str(p.get("dfile")).rstrip("/")))[0]
+             if p.get("dfile") else (self.NAME or "scan"))
+        meta = dict(m.get("meta") or {})
+        meta.update({
+            "loader": self.NAME,
+            "center_raw": [float(c) for c in center],
+            "frame_shape_raw": list(raw_shape),
+            "orientation": list(flags),
+            "rebin": rebin,
+            "fftshifted": bool(p.get("fftshifted")),
+        })
+        if m.get("propagation"):
+            meta["propagation"] = m["propagation"]
+        return ScanData(
+            intensities=intens,
+            mask=mask,
+            positions=positions,
+            positions_unit=unit,
+            indices=indices,
+            num_frames_total=int(ntot),
+            energy_kev=energy,
+            distance_m=distance,
+            psize_m=psize * rebin,
+            shape=out_shape,
+            label=str(label),
+            source=src,
+            meta=meta,
+            ground_truth=m.get("ground_truth"),
+        )
+
+    # -- pipeline pieces ------------------------------------------------------
+    def _external(self, key, raw_shape):
+        path = self.pars.get(key)
+        if path is None:
+            return None
+        arr = np.asarray(load_array_file(path, key, self._where(key)))
+        return self._static_frame(arr, raw_shape, key, param=self._where(key), path=path)
+
+    def _static_frame(self, arr, raw_shape, what, param=None, path=None):
+        arr = np.asarray(arr)
+        if arr.ndim == 3 and what in ("dark", "flat"):
+            arr = arr.mean(axis=0)
+        elif arr.ndim == 3 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.shape != tuple(raw_shape):
+            where = "%s (%s)" % (param, path) if param else "%s of %s" % (what, self.source)
+            cls = ConfigError if param else DataError
+            raise cls("%s: %s shape %s does not match the frame shape %s" % (
+                where, what, arr.shape, tuple(raw_shape)),
+                hint="give a %s of the raw detector frame's shape" % what)
+        return arr
+
+    def _normalise_flat(self, flat):
+        flat = np.asarray(flat, dtype=np.float64)
+        ok = np.isfinite(flat) & (flat > 0)
+        if not ok.any():
+            raise DataError("%s: the flat field has no positive values" % self.source,
+                            hint="check %s" % self._where("flat"))
+        return np.where(ok, flat / flat[ok].mean(), 1.0), ok
+
+    def _read_chunk(self, c0, c1, raw_shape, static_mask, dark, flat, flat_ok):
+        n = c1 - c0
+        src = self.source
+        got = self.read_frames(c0, c1)
+        if "data" not in got or "positions" not in got:
+            raise DataError("%s: loader %s returned no data/positions" % (src, self.NAME))
+        d = np.asarray(got["data"])
+        if d.ndim == 2 and n == 1:
+            d = d[None]
+        if d.ndim != 3 or d.shape != (n,) + tuple(raw_shape):
+            raise DataError("%s: frames %d..%d have shape %s, expected %s" % (
+                src, c0, c1 - 1, d.shape, (n,) + tuple(raw_shape)))
+        pos = np.asarray(got["positions"], dtype=np.float64)
+        if pos.ndim != 2 or pos.shape[1] != 2 or pos.shape[0] != n:
+            raise DataError("%s: %s positions for frames %d..%d (%d frames); expected (%d, 2)" % (
+                src, pos.shape, c0, c1 - 1, n, n),
+                hint="give one (y, x) position per frame")
+        nonfinite = int(np.count_nonzero(~np.isfinite(pos).all(axis=1)))
+        if nonfinite:
+            raise DataError("%s: %d positions of frames %d..%d are not finite (NaN or Inf)"
+                            % (src, nonfinite, c0, c1 - 1),
+                            hint="fix the positions or limit num_frames")
+        idx = got.get("indices")
+        if idx is not None:
+            idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+            if idx.shape != (n,):
+                raise DataError("%s: %d indices for %d frames" % (src, idx.size, n))
+        d = d.astype(np.float32, copy=True)
+        valid = np.ones(d.shape, dtype=bool)
+        if got.get("mask") is not None:
+            valid &= _as_stack(got["mask"], n, raw_shape, "mask", src) != 0
+        if static_mask is not None:
+            valid &= static_mask
+        # invalid values in the raw data (NaN, Inf, negative flags)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(d) | (d < 0)
+        cdark = dark
+        if cdark is None and got.get("dark") is not None:
+            cdark = _as_stack(got["dark"], n, raw_shape, "dark", src)
+        if cdark is not None:
+            bad |= ~np.isfinite(np.broadcast_to(cdark, d.shape))
+        nbad_pix = int(np.count_nonzero(bad))
+        nbad_frames = int(np.count_nonzero(bad.reshape(n, -1).any(axis=1)))
+        d[bad] = 0.0
+        valid &= ~bad
+        if cdark is not None:
+            with np.errstate(invalid="ignore"):
+                d -= np.asarray(cdark, dtype=np.float32)
+            d[bad] = 0.0
+            np.maximum(d, 0.0, out=d)
+        cflat, cok = flat, flat_ok
+        if cflat is None and got.get("flat") is not None:
+            cflat, cok = self._normalise_flat(_as_stack(got["flat"], n, raw_shape, "flat", src))
+        if cflat is not None:
+            d /= cflat.astype(np.float32)
+            valid &= cok
+        d[~valid] = 0.0
+        return d, valid, pos, idx, nbad_pix, nbad_frames
+
+    def _fixed_center(self, m, raw_shape, oshape, flags):
+        """The centre in oriented-frame pixels, or None when it must be measured."""
+        c = self.center
+        if c is None:
+            fc = m.get("center")
+            if fc is None:
+                c = "auto"
+            else:
+                c = _normalise_center(fc, "center of %s" % self.source)
+        if isinstance(c, str):
+            if c == "auto":
+                return None
+            return np.array([s // 2 for s in oshape], dtype=float)
+        c = np.asarray(c, dtype=float)
+        if self.pars.get("fftshifted"):
+            c = np.mod(c + np.array([s // 2 for s in raw_shape]), np.array(raw_shape))
+        return _orient_point(c, raw_shape, flags)
+
+    def _mass_center(self, total, oshape):
+        s = total.sum()
+        if not s > 0:
+            logger.warning("%s: no counts to find the diffraction centre; using the frame "
+                           "centre", self.source)
+            return np.array([sh // 2 for sh in oshape], dtype=float)
+        yy = np.arange(oshape[0], dtype=np.float64)
+        xx = np.arange(oshape[1], dtype=np.float64)
+        cy = float((total.sum(axis=1) * yy).sum() / s)
+        cx = float((total.sum(axis=0) * xx).sum() / s)
+        logger.debug("%s: diffraction centre (mass centre) at %.2f, %.2f", self.source, cy, cx)
+        return np.array([cy, cx])
+
+    @staticmethod
+    def _finish(d, mk, center, target, rebin, intens, mask, off):
+        d, mk = _crop_pad(d, mk, center, target)
+        d, mk = _rebin(d, mk, rebin)
+        n = d.shape[0]
+        intens[off:off + n] = d
+        mask[off:off + n] = mk

@@ -1,0 +1,335 @@
+"""``Hdf5Scan``: frames, positions and geometry from any HDF5 file.
+
+Every dataset path is a parameter; the defaults are the layout of ptycli's own
+data file (:mod:`ptycli.io.datafile`, written by ``ptycli simulate``), so such
+a file needs no mapping::
+
+    scan:
+      data:
+        name: Hdf5Scan
+        dfile: beamtime/scan_0042.h5
+        intensities: /entry/data/eiger          # (N, H, W) or (ny, nx, H, W)
+        positions_slow: /entry/motors/sy        # (N,) each, with multipliers
+        positions_fast: /entry/motors/sx
+        positions_slow_multiplier: 1.0e-6       # um -> m
+        positions_fast_multiplier: 1.0e-6
+        energy_dataset: /entry/mono/energy
+        energy_multiplier: 1.0e-3               # eV -> keV
+        distance: 5.0                           # or distance_dataset
+        psize: 75.0e-6
+
+Optional dataset parameters (``mask_dataset``, ``energy_dataset``, ...) left
+null use the default path when the file has it and nothing otherwise; a path
+that is given must exist. Set one to ``''`` to ignore the file's dataset.
+A ``units`` attribute on a geometry or position dataset is honoured (``eV``,
+``keV``, ``J``; ``m``, ``mm``, ``um``, ``nm``; positions also ``pixel``); the
+multiplier is applied on top of that conversion.
+
+Each rank reads only its block of frames, with h5py slicing; the file is
+always opened read-only.
+"""
+
+import os
+
+import numpy as np
+
+from ..errors import DataError
+from ..log import get_logger
+from ..params.declare import Parameter
+from .base import ScanLoader, register
+
+__all__ = ["Hdf5Scan", "DEFAULT_PATHS"]
+
+logger = get_logger("ptycli.scans.hdf5")
+
+#: where ptycli's data file keeps things (the defaults of the dataset parameters)
+DEFAULT_PATHS = {
+    "intensities": "/data/intensities",
+    "positions": "/data/positions",
+    "mask": "/data/mask",
+    "indices": "/data/indices",
+    "energy": "/geometry/energy",
+    "distance": "/geometry/distance",
+    "psize": "/geometry/psize",
+    "center": "/geometry/center",
+    "ground_truth": "/ground_truth",
+    "label": "/meta/label",
+}
+
+_ENERGY_UNITS = {"kev": 1.0, "ev": 1e-3, "mev": 1e3, "j": 1.0 / 1.602176634e-16}
+_LENGTH_UNITS = {"m": 1.0, "meter": 1.0, "metre": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6,
+                 "micron": 1e-6, "nm": 1e-9}
+_PIXEL_UNITS = ("pixel", "pixels", "px")
+
+
+def _dataset_param(name, what, default_path):
+    return Parameter(name, None, "str",
+                     "dataset holding %s (null = %s if present; '' = none)" % (what, default_path)
+                     if default_path else "dataset holding %s (null = none)" % what,
+                     nullable=True)
+
+
+def _multiplier(name, what):
+    return Parameter(name, 1.0, "float", "multiplier converting the file's %s" % what)
+
+
+def _units(ds):
+    u = ds.attrs.get("units", ds.attrs.get("unit"))
+    if u is None:
+        return None
+    if isinstance(u, bytes):
+        u = u.decode("utf-8", "replace")
+    if isinstance(u, np.ndarray):
+        u = u.reshape(-1)[0] if u.size else ""
+        if isinstance(u, bytes):
+            u = u.decode("utf-8", "replace")
+    return str(u).strip().lower()
+
+
+@register
+class Hdf5Scan(ScanLoader):
+    """Any HDF5 file, with configurable dataset paths (default: ptycli's layout)."""
+
+    NAME = "Hdf5Scan"
+    PARAMS = ScanLoader.PARAMS.extended("Hdf5Scan", [
+        Parameter("intensities", DEFAULT_PATHS["intensities"], "str",
+                  "dataset of the frames, (N, H, W) or (ny, nx, H, W)"),
+        Parameter("positions", None, "str",
+                  "(N, 2) dataset of (y, x) positions (null = %s unless positions_slow/"
+                  "positions_fast are given)" % DEFAULT_PATHS["positions"], nullable=True),
+        Parameter("positions_slow", None, "str", "(N,) dataset of the slow-axis (y) positions",
+                  nullable=True),
+        Parameter("positions_fast", None, "str", "(N,) dataset of the fast-axis (x) positions",
+                  nullable=True),
+        Parameter("positions_slow_multiplier", 1.0, "float",
+                  "multiplier of the slow (y) positions (e.g. 1e-6 for um)"),
+        Parameter("positions_fast_multiplier", 1.0, "float",
+                  "multiplier of the fast (x) positions (e.g. 1e-6 for um)"),
+        _dataset_param("mask_dataset", "the mask, (N, H, W) or (H, W), nonzero = valid",
+                       DEFAULT_PATHS["mask"]),
+        _dataset_param("dark_dataset", "the dark frame, (H, W) or a (k, H, W) stack", None),
+        _dataset_param("flat_dataset", "the flat field, (H, W) or a (k, H, W) stack", None),
+        _dataset_param("energy_dataset", "the photon energy (keV after the multiplier)",
+                       DEFAULT_PATHS["energy"]),
+        _multiplier("energy_multiplier", "energy to keV (e.g. 1e-3 for eV)"),
+        _dataset_param("distance_dataset", "the sample-detector distance (m after the "
+                       "multiplier)", DEFAULT_PATHS["distance"]),
+        _multiplier("distance_multiplier", "distance to m (e.g. 1e-3 for mm)"),
+        _dataset_param("psize_dataset", "the detector pixel size, scalar or (2,) (m after the "
+                       "multiplier)", DEFAULT_PATHS["psize"]),
+        _multiplier("psize_multiplier", "pixel size to m (e.g. 1e-6 for um)"),
+        _dataset_param("center_dataset", "the diffraction centre (row, col) in raw pixels",
+                       DEFAULT_PATHS["center"]),
+    ], doc="frames from an HDF5 file with configurable dataset paths")
+
+    # -- file access ------------------------------------------------------------
+    def _open(self):
+        import h5py
+        path = self.require_dfile()
+        if os.path.isdir(path):
+            raise DataError("%s: %s is a folder, not an HDF5 file" % (self._where("dfile"), path),
+                            hint="give the HDF5 file, or use NpyFolderScan for a folder of "
+                            ".npy frames", validation=True)
+        try:
+            return h5py.File(path, "r")
+        except OSError as exc:
+            raise DataError("%s is not a readable HDF5 file (%s)" % (path, exc),
+                            hint="check %s" % self._where("dfile"), validation=True) from exc
+
+    def _dataset(self, f, path, param, required=True):
+        import h5py
+        obj = f.get(path) if path else None
+        if obj is None or not isinstance(obj, h5py.Dataset):
+            if not required:
+                return None
+            what = "is a group, not a dataset" if obj is not None else "does not exist"
+            raise DataError("%s: dataset %s %s" % (f.filename, path, what),
+                            hint="set %s to the dataset path in this file" % self._where(param),
+                            validation=True)
+        return obj
+
+    def _optional(self, f, key, default):
+        """Dataset named by parameter ``key`` (None = default path if present, '' = none)."""
+        path = self.pars.get(key)
+        if path is None:
+            return self._dataset(f, default, key, required=False) if default else None
+        if path == "":
+            return None
+        return self._dataset(f, path, key)
+
+    def _frames_ds(self, f):
+        ds = self._dataset(f, self.pars.intensities, "intensities")
+        if ds.ndim not in (3, 4):
+            raise DataError("%s: dataset %s has %d dimensions %s, expected (N, H, W) or "
+                            "(ny, nx, H, W)" % (f.filename, ds.name, ds.ndim, ds.shape),
+                            hint="set %s to the frame stack" % self._where("intensities"),
+                            validation=True)
+        return ds
+
+    def _position_sets(self, f):
+        p = self.pars
+        if p.get("positions_slow") or p.get("positions_fast"):
+            if not (p.get("positions_slow") and p.get("positions_fast")):
+                missing = "positions_fast" if p.get("positions_slow") else "positions_slow"
+                from ..errors import ConfigError
+                raise ConfigError("%s: needed together with %s" % (
+                    self._where(missing), "positions_slow" if missing == "positions_fast"
+                    else "positions_fast"), hint="give both datasets, or an (N, 2) positions")
+            out = []
+            for key in ("positions_slow", "positions_fast"):
+                ds = self._dataset(f, p[key], key)
+                if ds.ndim != 1 and not (ds.ndim == 2 and 1 in ds.shape):
+                    raise DataError("%s: dataset %s has shape %s, expected (N,)" % (
+                        f.filename, ds.name, ds.shape), hint="check %s" % self._where(key),
+                        validation=True)
+                out.append(ds)
+            return out
+        path = p.get("positions") or DEFAULT_PATHS["positions"]
+        ds = self._dataset(f, path, "positions")
+        if ds.ndim != 2 or ds.shape[1] != 2:
+            raise DataError("%s: dataset %s has shape %s, expected (N, 2) (y, x)" % (
+                f.filename, ds.name, ds.shape),
+                hint="set %s, or give positions_slow and positions_fast" % self._where("positions"),
+                validation=True)
+        return [ds]
+
+    def _length_factor(self, ds):
+        u = _units(ds)
+        if u is None or u in _PIXEL_UNITS:
+            return 1.0
+        if u in _LENGTH_UNITS:
+            return _LENGTH_UNITS[u]
+        logger.debug("%s: unknown units %r of %s ignored", self.source, u, ds.name)
+        return 1.0
+
+    def _scalar(self, f, key, default, multiplier, kind, size=1):
+        ds = self._optional(f, key, default)
+        if ds is None:
+            return None
+        try:
+            v = np.asarray(ds[()], dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise DataError("%s: dataset %s is not numeric" % (f.filename, ds.name),
+                            hint="check %s" % self._where(key)) from exc
+        if v.size == 0:
+            raise DataError("%s: dataset %s is empty" % (f.filename, ds.name))
+        u = _units(ds)
+        if kind == "energy":
+            factor = _ENERGY_UNITS.get(u, 1.0) if u else 1.0
+        else:
+            factor = self._length_factor(ds)
+        v = v * factor * float(multiplier)
+        if size == 2 and v.size == 2:
+            return v
+        if v.size > 1:
+            if np.ptp(v) > 1e-6 * abs(v).max():
+                logger.warning("%s: %s varies between %g and %g; using the mean",
+                               f.filename, ds.name, v.min(), v.max())
+            v = np.array([v.mean()])
+        return float(v[0]) if size == 1 else np.repeat(v, 2)
+
+    # -- ScanLoader interface -------------------------------------------------
+    def read_meta(self):
+        p = self.pars
+        with self._open() as f:
+            ds = self._frames_ds(f)
+            n = int(np.prod(ds.shape[:-2]))
+            sets = self._position_sets(f)
+            npos = min(int(s.size) if len(sets) > 1 else int(s.shape[0]) for s in sets)
+            meta = {
+                "num_frames": n,
+                "frame_shape": tuple(ds.shape[-2:]),
+                "num_positions": npos,
+                "energy_kev": self._scalar(f, "energy_dataset", DEFAULT_PATHS["energy"],
+                                           p.energy_multiplier, "energy"),
+                "distance_m": self._scalar(f, "distance_dataset", DEFAULT_PATHS["distance"],
+                                           p.distance_multiplier, "length"),
+                "psize_m": self._scalar(f, "psize_dataset", DEFAULT_PATHS["psize"],
+                                        p.psize_multiplier, "length", size=2),
+            }
+            cds = self._optional(f, "center_dataset", DEFAULT_PATHS["center"])
+            if cds is not None:
+                c = np.asarray(cds[()], dtype=np.float64).reshape(-1)
+                if c.size == 2 and np.all(np.isfinite(c)):
+                    meta["center"] = c
+            units = {_units(s) for s in sets}
+            if units & set(_PIXEL_UNITS):
+                meta["positions_unit"] = "pixel"
+            elif units - {None}:
+                meta["positions_unit"] = "m"
+            geo = f.get("/geometry")
+            if geo is not None and "propagation" in geo.attrs:
+                prop = geo.attrs["propagation"]
+                meta["propagation"] = prop.decode() if isinstance(prop, bytes) else str(prop)
+            lab = f.get(DEFAULT_PATHS["label"])
+            if lab is not None and not p.get("label"):
+                v = lab[()]
+                meta["label"] = v.decode() if isinstance(v, bytes) else str(v)
+            gt = f.get(DEFAULT_PATHS["ground_truth"])
+            if gt is not None:
+                from ..io.datafile import read_ground_truth
+                meta["ground_truth"] = read_ground_truth(gt)
+            meta["meta"] = {"hdf5_intensities": ds.name}
+        return meta
+
+    def read_static(self):
+        out = {}
+        with self._open() as f:
+            mds = self._optional(f, "mask_dataset", DEFAULT_PATHS["mask"])
+            if mds is not None and mds.ndim == 2:
+                out["mask"] = mds[()]
+            elif mds is not None and mds.ndim != 3:
+                raise DataError("%s: mask dataset %s has shape %s, expected (H, W) or (N, H, W)"
+                                % (f.filename, mds.name, mds.shape),
+                                hint="check %s" % self._where("mask_dataset"))
+            for key in ("dark", "flat"):
+                ds = self._optional(f, key + "_dataset", None)
+                if ds is not None:
+                    if ds.ndim not in (2, 3):
+                        raise DataError("%s: %s dataset %s has shape %s, expected (H, W) or "
+                                        "(k, H, W)" % (f.filename, key, ds.name, ds.shape),
+                                        hint="check %s" % self._where(key + "_dataset"))
+                    out[key] = ds[()]
+        return out
+
+    def _read_block(self, ds, start, stop):
+        """Frames start..stop-1 of a 3-D or 4-D (scan-grid) dataset."""
+        if ds.ndim == 3:
+            return ds[start:stop]
+        nx = ds.shape[1]
+        r0, r1 = start // nx, (stop - 1) // nx + 1
+        block = ds[r0:r1].reshape((-1,) + ds.shape[-2:])
+        off = start - r0 * nx
+        return block[off:off + stop - start]
+
+    def read_frames(self, start, stop):
+        p = self.pars
+        with self._open() as f:
+            ds = self._frames_ds(f)
+            out = {"data": self._read_block(ds, start, stop)}
+            sets = self._position_sets(f)
+            if len(sets) == 1:
+                pos = np.asarray(sets[0][start:stop], dtype=np.float64)
+                pos = pos * self._length_factor(sets[0])
+            else:
+                cols = []
+                for s, mult in zip(sets, (p.positions_slow_multiplier,
+                                          p.positions_fast_multiplier)):
+                    v = np.asarray(s[()] if s.ndim == 2 else s[start:stop],
+                                   dtype=np.float64).reshape(-1)
+                    if s.ndim == 2:
+                        v = v[start:stop]
+                    cols.append(v * self._length_factor(s) * float(mult))
+                if cols[0].size != cols[1].size:
+                    raise DataError("%s: %s and %s have different lengths" % (
+                        f.filename, sets[0].name, sets[1].name))
+                pos = np.stack(cols, axis=1)
+            out["positions"] = pos
+            mds = self._optional(f, "mask_dataset", DEFAULT_PATHS["mask"])
+            if mds is not None and mds.ndim == 3:
+                if mds.shape[0] < stop:
+                    raise DataError("%s: mask dataset %s holds %d frames, the data %d" % (
+                        f.filename, mds.name, mds.shape[0], int(np.prod(ds.shape[:-2]))),
+                        hint="give a (H, W) mask or one per frame")
+                out["mask"] = mds[start:stop]
+        return out
