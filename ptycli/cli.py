@@ -251,3 +251,7 @@ def info(as_json):
     width = max(len(key) for key in data)
     for key, value in data.items():
         click.echo(f"{key:<{width}}  {value}")
+
+
+# subcommands living in their own modules register themselves on import
+from .commands import simulate as _simulate  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""The ``ptycli`` subcommands, one module each; importing registers them on ``ptycli.cli.main``."""
