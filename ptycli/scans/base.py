@@ -79,7 +79,7 @@ is a :class:`~ptycli.errors.ConfigError` naming the parameter.
 
 import dataclasses
 import os
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -635,7 +635,7 @@ class ScanLoader:
         if collective:
             failed = parallel.allreduce_scalar(1 if error is not None else 0)
             if failed and error is None:
-                raise DataError("%s: reading failed on another MPI rank" % src)
+                raise DataError("%s: reading failed on another MPI rank (its error is shown by that rank)" % src)
         if error is not None:
             raise error
 

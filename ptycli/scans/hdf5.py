@@ -247,6 +247,15 @@ class Hdf5Scan(ScanLoader):
                 "psize_m": self._scalar(f, "psize_dataset", DEFAULT_PATHS["psize"],
                                         p.psize_multiplier, "length", size=2),
             }
+            mds = self._optional(f, "mask_dataset", DEFAULT_PATHS["mask"])
+            if mds is not None and not (
+                    mds.shape == tuple(ds.shape[-2:])
+                    or (mds.ndim == 3 and mds.shape[0] >= n and mds.shape[1:] == ds.shape[-2:])):
+                raise DataError("%s: mask dataset %s has shape %s, expected %s or %s" % (
+                    f.filename, mds.name, mds.shape, tuple(ds.shape[-2:]),
+                    (n,) + tuple(ds.shape[-2:])),
+                    hint="give one mask for all frames or one per frame in %s"
+                    % self._where("mask_dataset"), validation=True)
             cds = self._optional(f, "center_dataset", DEFAULT_PATHS["center"])
             if cds is not None:
                 c = np.asarray(cds[()], dtype=np.float64).reshape(-1)
@@ -278,10 +287,6 @@ class Hdf5Scan(ScanLoader):
             mds = self._optional(f, "mask_dataset", DEFAULT_PATHS["mask"])
             if mds is not None and mds.ndim == 2:
                 out["mask"] = mds[()]
-            elif mds is not None and mds.ndim != 3:
-                raise DataError("%s: mask dataset %s has shape %s, expected (H, W) or (N, H, W)"
-                                % (f.filename, mds.name, mds.shape),
-                                hint="check %s" % self._where("mask_dataset"))
             for key in ("dark", "flat"):
                 ds = self._optional(f, key + "_dataset", None)
                 if ds is not None:
@@ -327,9 +332,5 @@ class Hdf5Scan(ScanLoader):
             out["positions"] = pos
             mds = self._optional(f, "mask_dataset", DEFAULT_PATHS["mask"])
             if mds is not None and mds.ndim == 3:
-                if mds.shape[0] < stop:
-                    raise DataError("%s: mask dataset %s holds %d frames, the data %d" % (
-                        f.filename, mds.name, mds.shape[0], int(np.prod(ds.shape[:-2]))),
-                        hint="give a (H, W) mask or one per frame")
                 out["mask"] = mds[start:stop]
         return out
