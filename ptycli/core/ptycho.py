@@ -75,10 +75,15 @@ class Ptycho(Base):
             self.run()
 
     def _set_logging(self):
-        from ..log import level_from
+        """Log at ``verbose_level`` when used as a library.
 
-        lvl = level_from(self.p.verbose_level)
-        logging.getLogger("ptycli").setLevel(lvl)
+        The command line configures logging itself (its ``-q``/``-v`` flags win);
+        a script that never set up logging gets the ``ptycli`` handler here.
+        """
+        from ..log import _PtycliHandler, setup_logging
+
+        if not any(isinstance(h, _PtycliHandler) for h in log.handlers):
+            setup_logging(verbose_level=self.p.verbose_level)
 
     @property
     def pods(self):

@@ -274,8 +274,12 @@ class ParamSet:
                 out[name] = e.validate(tree.get(name), sub)
             elif name in tree:
                 out[name] = e.check(tree[name], sub)
+            elif e.default is None:
+                out[name] = None
             else:
-                out[name] = _copy_default(e.default)
+                # defaults go through the same conversion as given values, so that
+                # validating a validated tree changes nothing
+                out[name] = e.check(_copy_default(e.default), sub)
         return out
 
 

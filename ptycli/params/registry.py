@@ -64,12 +64,21 @@ Registered = collections.namedtuple("Registered", "name paramset factory kind")
 
 
 def suggest(name, candidates, n=3):
-    """Up to ``n`` of ``candidates`` closest to ``name``, compared case-insensitively."""
+    """Up to ``n`` of ``candidates`` closest to ``name``, compared case-insensitively.
+
+    Only names nearly as close as the best match are kept (a clear winner is
+    suggested alone).
+    """
     by_lower = {}
     for c in candidates:
         by_lower.setdefault(str(c).lower(), str(c))
     hits = difflib.get_close_matches(str(name).lower(), list(by_lower), n=n, cutoff=0.5)
-    return [by_lower[h] for h in hits]
+    if not hits:
+        return []
+    # keep only suggestions about as close as the best one
+    ratio = lambda c: difflib.SequenceMatcher(None, str(name).lower(), c).ratio()  # noqa: E731
+    best = ratio(hits[0])
+    return [by_lower[h] for h in hits if ratio(h) >= 0.9 * best]
 
 
 def _factory_id(factory):

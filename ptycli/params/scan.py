@@ -50,6 +50,7 @@ __all__ = [
     "check_label",
     "scan_paramset",
     "validate_data",
+    "validate_set",
     "validate_scan",
 ]
 
@@ -322,10 +323,15 @@ def scan_paramset(model_name="Full"):
     return SCAN.extended("scan", list(entry.paramset))
 
 
+def validate_set(ps, tree, path):
+    """``ps.validate(tree, path)`` (kept as a named step for the scan and engine sets)."""
+    return ps.validate(tree, path)
+
+
 def _named_set_validate(tree, path, entry, what):
     """Validate a mapping (without 'name') against ``entry.paramset``; 'name' first."""
     rest = {k: v for k, v in tree.items() if k != "name"}
-    validated = entry.paramset.validate(rest, path)
+    validated = validate_set(entry.paramset, rest, path)
     out = Param()
     out["name"] = entry.name
     for key, value in validated.items():
@@ -363,7 +369,7 @@ def validate_scan(tree, path="scans.<label>"):
                           % (path, tree))
     model = SCAN_MODELS.get(tree.get("name", SCAN["name"].default), path + ".name")
     rest = {k: v for k, v in tree.items() if k != "data"}
-    out = scan_paramset(model.name).validate(rest, path)
+    out = validate_set(scan_paramset(model.name), rest, path)
     out["name"] = model.name
     out["data"] = validate_data(tree.get("data"), path + ".data")
     return out

@@ -41,8 +41,8 @@ from ..errors import ConfigError
 from ..utils.parameters import Param
 from .declare import Parameter, ParamSet
 from .registry import ENGINES, LOADERS, load_plugins, suggest
-from .scan import (DATA, SCAN, PathTemplate, RegistryName, WordList, check_label, scan_paramset,
-                   validate_data, validate_scan, _named_set_validate)
+from .scan import (DATA, SCAN, PathTemplate, RegistryName, WordList, check_label,
+                   validate_scan, validate_set, _named_set_validate)
 
 __all__ = [
     "TOP",
@@ -208,7 +208,7 @@ def validate(tree=None, require_scans=False, require_engines=False):
     if not isinstance(tree, dict):
         raise ConfigError("top level: expected a mapping of parameters, got %r" % (tree,))
     tree = Param(tree)
-    out = TOP.validate(tree, "")
+    out = validate_set(TOP, tree, "")
     out["scans"] = _labelled(out, "scans", validate_scan)
     out["engines"] = _labelled(out, "engines", validate_engine)
     _check_shares(out.scans)

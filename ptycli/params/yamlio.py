@@ -77,6 +77,9 @@ def _yaml_error(exc, name, text):
     if tab is not None:
         return ConfigError("%s:%d:%d: tab character in the indentation; YAML indents with spaces only "
                            "(replace the tab with spaces)" % (name, tab[0], tab[1]))
+    if mark is not None and "'\\t'" in (getattr(exc, "problem", None) or ""):
+        return ConfigError("%s:%d:%d: tab character; use spaces to indent and to separate a key from "
+                           "its value (replace the tab with spaces)" % (name, mark.line + 1, mark.column + 1))
     if isinstance(exc, yaml.reader.ReaderError):
         pos = exc.position
         before = text[:pos]
