@@ -288,8 +288,6 @@ def init_probe(pars, shape, psize_m, propagator, num_modes=1, intensities=None, 
     -------
     ndarray complex128 (num_modes, rows, cols)
     """
-    from .. import parallel
-
     model = pars.get("model") or "auto"
     if model == "auto":
         model = default_model
@@ -297,10 +295,14 @@ def init_probe(pars, shape, psize_m, propagator, num_modes=1, intensities=None, 
     psize_m = np.broadcast_to(np.asarray(psize_m, dtype=float), (2,))
     ap = pars.get("aperture") or {}
     prop = pars.get("propagation") or {}
+    # total power the modes end with: the guess's own for data- and file-derived
+    # probes, the measured photons per frame otherwise (``photons`` overrides both)
+    target = None
     if model == "auto":
         if intensities is None:
             raise ConfigError("illumination.model 'auto' needs data; choose another illumination.model")
         probe = probe_from_data(intensities, mask, propagator)
+        target = float(np.sum(np.abs(probe) ** 2))
     elif model == "flat":
         probe = np.ones(shape, dtype=np.complex128)
     elif model in ("aperture", "focused"):
@@ -321,16 +323,15 @@ def init_probe(pars, shape, psize_m, propagator, num_modes=1, intensities=None, 
 
         probe = moon_pr(shape).astype(np.complex128)
     else:
-        arr = load_array(str(model), "probe")
-        arr = np.asarray(arr)
+        arr = np.asarray(load_array(str(model), "probe"))
         if arr.ndim not in (2, 3):
             raise DataError("probe in %s has %d dimensions; expected a 2D frame or a 3D stack of modes"
                             % (model, arr.ndim))
         arr = fit_frame(arr.astype(np.complex128), shape)
-        probe = arr if arr.ndim == 2 else arr[0]
+        target = float(np.sum(np.abs(arr) ** 2))
         if arr.ndim == 3 and arr.shape[0] >= num_modes:
-            modes = arr[:num_modes].copy()
-            return _scale_photons(modes, pars, intensities, mask, rescale=pars.get("photons") is not None)
+            return _scale_photons(arr[:num_modes].copy(), pars.get("photons") or target, intensities, mask)
+        probe = arr if arr.ndim == 2 else arr[0]
     defocus = prop.get("parallel")
     if defocus and model != "auto":
         if lam_m is None:
@@ -339,17 +340,17 @@ def init_probe(pars, shape, psize_m, propagator, num_modes=1, intensities=None, 
     div = pars.get("diversity") or {}
     modes = add_modes(probe, num_modes, noise=tuple(div.get("noise", (0.5, 1.0))),
                       power=div.get("power", 0.1), seed=div.get("seed", 1))
-    rescale = model != "auto" or pars.get("photons") is not None
-    return _scale_photons(modes, pars, intensities, mask, rescale)
+    return _scale_photons(modes, pars.get("photons") or target, intensities, mask)
 
 
-def _scale_photons(modes, pars, intensities, mask, rescale):
-    """Scale modes so their total power equals the photon count per frame."""
+def _scale_photons(modes, photons, intensities, mask):
+    """Scale modes so that their total power is ``photons``.
+
+    With ``photons`` None, the mean measured counts per frame (summed over
+    MPI ranks) are used; without data the modes are returned unscaled.
+    """
     from .. import parallel
 
-    if not rescale:
-        return modes
-    photons = pars.get("photons")
     if photons is None and intensities is not None:
         valid = np.asarray(mask, dtype=bool) if mask is not None else np.ones(intensities.shape, bool)
         sums = np.array([float(np.where(valid, intensities, 0).sum()), float(intensities.shape[0])])
