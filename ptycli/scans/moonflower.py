@@ -27,13 +27,21 @@ _DEFAULTS = dict(shape=128, num_frames=100, energy=6.2, distance=7.0, psize=172e
 
 
 def _defocused_probe(shape, psize_m, lam_m):
-    """A ring-structured probe: annular aperture propagated out of focus."""
+    """A ring-structured, out-of-focus probe.
+
+    An annular aperture (half the frame wide, central stop 40 %, soft edge)
+    propagated to a Fresnel number of 6 gives a bright ring with a dim
+    centre; a quadratic phase of 3 pi at 30 % of the frame width models the
+    wavefront curvature of a probe observed away from its focus.
+    """
     from ..core.illumination import _angular_spectrum, aperture
 
-    ap = aperture(shape, psize_m, form="circ", size_fraction=0.42, edge_px=1.0, central_stop=0.35)
-    radius = 0.21 * shape[0] * psize_m[0]
-    distance = radius**2 / (lam_m * 4.0)  # Fresnel number 4: a few bright rings
-    return _angular_spectrum(ap.astype(np.complex128), psize_m, lam_m, distance)
+    ap = aperture(shape, psize_m, form="circ", size_fraction=0.5, edge_px=3.0, central_stop=0.4)
+    radius = 0.25 * shape[0] * psize_m[0]
+    ring = _angular_spectrum(ap.astype(np.complex128), psize_m, lam_m, radius**2 / (lam_m * 6.0))
+    yy, xx = np.indices(shape)
+    r2 = ((yy - shape[0] // 2) ** 2 + (xx - shape[1] // 2) ** 2) / (0.3 * min(shape)) ** 2
+    return ring * np.exp(3j * np.pi * r2)
 
 
 def simulate_model(p, shape, energy_kev, distance_m, psize_m):
