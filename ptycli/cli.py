@@ -108,6 +108,13 @@ def error_boundary(verbose=0):
         yield
     except (click.ClickException, click.exceptions.Exit, click.Abort):
         raise
+    except BrokenPipeError:
+        # the reader went away (``ptycli params | head``): stop quietly, as
+        # Unix tools do, with the status of a SIGPIPE death
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        raise click.exceptions.Exit(141)
     except PtycliError as exc:
         _fail(str(exc), exc.exit_code, _want_traceback(verbose))
     except KeyboardInterrupt:
@@ -255,3 +262,7 @@ def info(as_json):
 
 # subcommands living in their own modules register themselves on import
 from .commands import simulate as _simulate  # noqa: E402,F401
+from .commands import reconstruct as _reconstruct  # noqa: E402,F401
+from .commands import inspect as _inspect  # noqa: E402,F401
+from .commands import plot as _plot  # noqa: E402,F401
+from .commands import params as _params  # noqa: E402,F401

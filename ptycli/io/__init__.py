@@ -8,3 +8,4 @@ write_datafile``) so that importing :mod:`ptycli.io` stays cheap.
 from .atomic import atomic_write, check_writable  # noqa: F401
 
 __all__ = ["atomic_write", "check_writable"]
+from .reconstruction import load_reconstruction  # noqa: E402,F401

@@ -1,0 +1,167 @@
+"""Engine benchmark: time per iteration against the FFT floor, and peak memory.
+
+For each case (simulated MoonFlowerScan, ``frames`` of ``shape``) and each
+engine (DM, RAAR, and ML / ePIE when those engines are installed) this
+prints
+
+* ``ms/it``   - wall time per iteration (median over the timed iterations,
+  all after ``probe_update_start`` so probe updates are included),
+* ``fft ms``  - the FFT floor measured in the same run: a batched in-place
+  forward plus inverse ``scipy.fft.fft2``/``ifft2`` of a complex64 stack of
+  all exit waves (frames x modes), same workers (best of several),
+* ``ratio``   - ms/it divided by the FFT floor (the number we optimise;
+  DESIGN.md section 3),
+* ``mem``     - peak memory of model plus engine (tracemalloc: container
+  buffers plus everything the engine allocates) divided by the size of the
+  raw data plus exit waves (float32 intensities + complex64 exit waves).
+
+Usage::
+
+    python benchmarks/bench_engines.py            # 400 x 128^2 and 1000 x 256^2
+    python benchmarks/bench_engines.py --quick    # 200 x 64^2 and 400 x 128^2
+    python benchmarks/bench_engines.py --cases 400x128 --engines DM --iterations 10
+"""
+
+import argparse
+import gc
+import os
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+import scipy.fft as sp_fft
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from ptycli.core import Ptycho  # noqa: E402
+from ptycli.core.geometry import get_workers  # noqa: E402
+from ptycli.engines import ENGINES, make_engine  # noqa: E402
+from ptycli.utils.parameters import Param  # noqa: E402
+
+FULL = [(400, 128), (1000, 256)]
+QUICK = [(200, 64), (400, 128)]
+
+
+def build(frames, shape, modes=1):
+    p = Param()
+    p["verbose_level"] = "warning"
+    p["scans.MF.data.name"] = "MoonFlowerScan"
+    p["scans.MF.data.shape"] = shape
+    p["scans.MF.data.num_frames"] = frames
+    if modes > 1:
+        p["scans.MF.coherence.num_probe_modes"] = modes
+    return Ptycho(p, level=2)
+
+
+def snapshot(P):
+    return {k: {sid: S.data.copy() for sid, S in C.S.items()} for k, C in
+            (("probe", P.probe), ("obj", P.obj), ("exit", P.exit))}
+
+
+def restore(P, snap):
+    for k, C in (("probe", P.probe), ("obj", P.obj), ("exit", P.exit)):
+        for sid, S in C.S.items():
+            S.data[...] = snap[k][sid]
+    P.runtime.iterations = 0
+    P.runtime.history = []
+
+
+def fft_floor(n, shape, repeats=5):
+    a = (np.random.default_rng(0).standard_normal((n,) + shape) * (1 + 1j)).astype(np.complex64)
+    w = get_workers()
+    best = np.inf
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        b = sp_fft.fft2(a, axes=(-2, -1), norm="ortho", workers=w, overwrite_x=True)
+        b = sp_fft.ifft2(b, axes=(-2, -1), norm="ortho", workers=w, overwrite_x=True)
+        best = min(best, time.perf_counter() - t0)
+        a = b
+    return best * 1e3
+
+
+def model_bytes(P):
+    return sum(S.data.nbytes for C in (P.probe, P.obj, P.exit, P.diff, P.mask) for S in C.S.values())
+
+
+def time_engine(P, name, iterations, warmup):
+    e = make_engine(P, {"name": name, "numiter": warmup + iterations, "probe_update_start": 0}, name.lower())
+    e.initialize()
+    e.iterate(warmup)
+    times = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        e.iterate(1)
+        times.append(time.perf_counter() - t0)
+    rounds = getattr(e, "last_overlap_rounds", None)
+    e.finalize()
+    return float(np.median(times)) * 1e3, rounds, e
+
+
+def memory_engine(P, name, iterations=2):
+    gc.collect()
+    tracemalloc.start()
+    base_cur, _ = tracemalloc.get_traced_memory()
+    e = make_engine(P, {"name": name, "numiter": iterations, "probe_update_start": 0}, name.lower())
+    e.initialize()
+    e.iterate(iterations)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    e.finalize()
+    return peak - base_cur
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller cases (200 x 64^2, 400 x 128^2)")
+    ap.add_argument("--cases", default=None, help="comma-separated FRAMESxSHAPE, e.g. 400x128,1000x256")
+    ap.add_argument("--engines", default=None, help="comma-separated engine names (default DM,RAAR,ML,ePIE)")
+    ap.add_argument("--iterations", type=int, default=8, help="timed iterations per engine")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
+    ap.add_argument("--modes", type=int, default=1, help="probe modes")
+    ap.add_argument("--no-memory", action="store_true", help="skip the tracemalloc run")
+    args = ap.parse_args(argv)
+    if args.cases:
+        cases = [tuple(int(v) for v in c.lower().split("x")) for c in args.cases.split(",")]
+    else:
+        cases = QUICK if args.quick else FULL
+    wanted = args.engines.split(",") if args.engines else ["DM", "RAAR", "ML", "ePIE"]
+    names = []
+    for n in wanted:
+        hit = [k for k in ENGINES if k.lower() == n.lower()]
+        if hit:
+            names.append(hit[0])
+        else:
+            print("# engine %s not installed, skipped" % n)
+    print("# workers=%d  numpy %s  scipy %s  cpus=%s" % (get_workers(), np.__version__, sp_fft.__name__ and
+                                                         __import__("scipy").__version__, os.cpu_count()))
+    print("%-16s %-6s %9s %9s %7s %7s %9s %6s" % ("case", "engine", "ms/it", "fft ms", "ratio", "mem",
+                                                  "us/frame", "rounds"))
+    for frames, shape in cases:
+        t0 = time.perf_counter()
+        P = build(frames, shape, args.modes)
+        nframes = P.diff.S["SMF"].data.shape[0]
+        build_s = time.perf_counter() - t0
+        snap = snapshot(P)
+        raw = P.diff.S["SMF"].data.nbytes + P.exit.S["SMF"].data.nbytes
+        floor = fft_floor(P.exit.S["SMF"].data.shape[0], (shape, shape))
+        case = "%dx%d^2" % (nframes, shape)
+        print("# %s: model built in %.1f s; data %.1f MB, exit %.1f MB, model %.1f MB" % (
+            case, build_s, P.diff.S["SMF"].data.nbytes / 2**20, P.exit.S["SMF"].data.nbytes / 2**20,
+            model_bytes(P) / 2**20))
+        for name in names:
+            restore(P, snap)
+            ms, rounds, _ = time_engine(P, name, args.iterations, args.warmup)
+            mem = float("nan")
+            if not args.no_memory:
+                restore(P, snap)
+                mem = (memory_engine(P, name) + model_bytes(P)) / raw
+            print("%-16s %-6s %9.1f %9.1f %7.2f %7.2f %9.1f %6s" % (
+                case, name, ms, floor, ms / floor, mem, ms * 1e3 / nframes, rounds if rounds else "-"))
+            sys.stdout.flush()
+        del P, snap
+        gc.collect()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,564 @@
+"""``ptycli reconstruct``: run the engine chain of a configuration and write the result.
+
+Order of work (nothing is computed before the checks pass):
+
+1. load CONFIG (file or ``-``), apply ``--set``, validate (scans and engines
+   required); open the ``--resume`` checkpoint and match it to the engine
+   chain; check that the output (and CXI, checkpoint) files can be written;
+   read the scans' metadata (input files exist and are readable);
+2. build the model (``Ptycho(p, level=2)``), restore the checkpoint;
+3. run the engines in order (:class:`ChainRunner`): a progress bar on a
+   terminal (rank 0), a checkpoint every ``io.checkpoint.interval``
+   iterations and at the end of each engine, SIGINT/SIGTERM stop at the next
+   iteration boundary with a final checkpoint (exit 130/143);
+4. rank 0 writes the result (:mod:`ptycli.io.reconstruction`) and, with
+   ``--format cxi`` / ``io.format: [h5, cxi]``, a CXI file next to it.
+"""
+
+import os
+import shlex
+import signal
+import socket
+import sys
+import time
+import traceback
+
+import click
+import numpy as np
+
+from .. import __version__, parallel
+from ..cli import apply_verbose_level, main
+from ..errors import EXIT_INTERRUPTED, ConfigError, DataError
+from ..log import get_logger
+from .common import emit_result, load_tree, set_option
+
+logger = get_logger(__name__)
+
+__all__ = ["reconstruct", "check_inputs", "ChainRunner", "Stopped", "provenance"]
+
+EXIT_TERMINATED = 143
+_SIGNAL_EXIT = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
+_ERROR_KEYS = ("fourier_error", "photon_error", "exit_change", "likelihood")
+
+
+class Stopped(Exception):
+    """The chain stopped on a signal; a checkpoint was written to ``checkpoint``."""
+
+    def __init__(self, signum, checkpoint, where):
+        super().__init__("stopped by signal %d" % signum)
+        self.signum = signum
+        self.checkpoint = checkpoint
+        self.where = where
+
+
+# -- checks before computing ------------------------------------------------------------------
+
+def check_inputs(p):
+    """Open every scan's input (metadata only) so that a wrong path fails before any computing.
+
+    Problems become usage errors (exit code 2).
+    """
+    from ..scans import get_loader
+
+    for label, scan in (p.get("scans") or {}).items():
+        where = "scans.%s.data" % label
+        try:
+            loader = get_loader(scan.data.name)(scan.data, path=where)
+            loader.meta()
+            loader.geometry()
+        except DataError as exc:
+            raise DataError("%s: %s" % (where, exc.message) if not exc.message.startswith(where) else exc.message,
+                            hint=exc.hint, validation=True) from None
+
+
+def _escape(path):
+    return str(path).replace("{", "{{").replace("}", "}}")
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _dist_version(name):
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(start, end=None, command_line=None):
+    """Versions, host, MPI size, command line and times of this run (a flat dict)."""
+    import datetime
+    import platform
+
+    def iso(t):
+        return datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+    end = time.time() if end is None else end
+    return {
+        "ptycli": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": _dist_version("scipy") or "",
+        "h5py": _dist_version("h5py") or "",
+        "mpi4py": _dist_version("mpi4py") or "not installed",
+        "platform": platform.platform(),
+        "command_line": command_line or " ".join(shlex.quote(a) for a in sys.argv),
+        "cwd": os.getcwd(),
+        "host": socket.gethostname(),
+        "mpi_size": int(parallel.size),
+        "start_time": iso(start),
+        "end_time": iso(end),
+        "duration_s": round(float(end - start), 3),
+    }
+
+
+# -- the chain ---------------------------------------------------------------------------------
+
+def _final_errors(rec):
+    return {k: rec.get(k) for k in _ERROR_KEYS if rec is not None and rec.get(k) is not None}
+
+
+def _strip_arrays(state):
+    """An engine's ``state_dict()`` without the probe/object/exit copies (the file has those)."""
+    return {k: v for k, v in (state or {}).items() if k not in ("probe", "obj", "exit")}
+
+
+class ChainRunner:
+    """Runs the engine chain with progress, periodic checkpoints, resume and stop on signal.
+
+    Parameters
+    ----------
+    P : Ptycho
+        The model (level 2, restored from the checkpoint when resuming).
+    chain : list of (label, Param)
+        Engines in run order.
+    plan : list of int or None
+        Per engine: iterations already done (None: skip); see
+        :func:`ptycli.io.checkpoint.plan_resume`.
+    checkpoint_path : callable
+        ``f(engine_label, total_iterations) -> path``.
+    interval : int
+        Checkpoint every this many iterations of the chain (0: only at engine ends).
+    info : callable
+        ``f() -> dict`` with parameters_yaml, config, overrides, run, provenance.
+    resume : Reconstruction, optional
+        The checkpoint resumed from.
+    progress : bool
+        Show a tqdm progress bar on stderr (rank 0 of a terminal).
+    """
+
+    def __init__(self, P, chain, plan, checkpoint_path, interval, info, resume=None, progress=False):
+        from ..io.checkpoint import engine_state_for_rank
+
+        self.P = P
+        self.chain = list(chain)
+        self.plan = list(plan)
+        self.checkpoint_path = checkpoint_path
+        self.interval = int(interval or 0)
+        self.info = info
+        self.progress = progress
+        self.resume = resume
+        self.stop_signal = None
+        self.checkpoints = []
+        saved = {e["label"]: dict(e) for e in (resume.engines if resume is not None else [])}
+        self.summaries = []
+        for label, epars in self.chain:
+            s = saved.get(label) or {}
+            self.summaries.append(dict(label=label, name=str(epars.name), numiter=int(epars.numiter),
+                                       iterations=int(s.get("iterations", 0) or 0),
+                                       finished=bool(s.get("finished", False)),
+                                       time_s=float(s.get("time_s", 0.0) or 0.0),
+                                       **{k: v for k, v in s.items() if k.startswith("final_")}))
+        self.resume_state = None
+        self.last_state = None
+        if resume is not None:
+            attrs = resume.state["attrs"]
+            self.resume_state = engine_state_for_rank(resume.state.get("engine"))
+            self.last_state = (dict(attrs), self.resume_state)
+
+    # -- signals --------------------------------------------------------------------
+    def request_stop(self, signum, frame=None):
+        """Signal handler: stop at the next iteration boundary; a second signal stops at once."""
+        if self.stop_signal is not None:
+            click.echo("Second %s: stopping now without a checkpoint." % signal.Signals(signum).name, err=True)
+            raise click.exceptions.Exit(_SIGNAL_EXIT.get(signum, 128 + int(signum)))
+        self.stop_signal = signum
+        if parallel.master:
+            click.echo("%s received: stopping after this iteration and writing a checkpoint "
+                       "(send it again to stop at once)." % signal.Signals(signum).name, err=True)
+
+    def _stop_due(self):
+        flag = 0 if self.stop_signal is None else int(self.stop_signal)
+        if parallel.size > 1:
+            flag = int(parallel.allreduce_scalar(flag, op="max"))
+            if flag and self.stop_signal is None:
+                self.stop_signal = flag
+        return bool(flag)
+
+    # -- checkpoints ------------------------------------------------------------------
+    def _state_attrs(self, index, engine, finished_engine, chain_finished=False):
+        P = self.P
+        label, epars = self.chain[index]
+        return dict(engine_index=int(index), engine_label=label, engine_name=str(epars.name),
+                    engine_iteration=int(engine.iteration) if engine is not None else
+                    int(self.summaries[index]["iterations"]),
+                    engine_finished=bool(finished_engine), total_iterations=int(P.runtime.get("iterations", 0)),
+                    finished=bool(chain_finished), data_type=str(P.p.data_type))
+
+    def write_checkpoint(self, index, engine, finished_engine):
+        """Write a checkpoint now (collective); return its path."""
+        from ..io.checkpoint import write_snapshot
+
+        label = self.chain[index][0]
+        total = int(self.P.runtime.get("iterations", 0))
+        path = self.checkpoint_path(label, total)
+        attrs = self._state_attrs(index, engine, finished_engine)
+        state = _strip_arrays(engine.state_dict()) if engine is not None else self.resume_state
+        self.last_state = (attrs, state)
+        t0 = time.perf_counter()
+        write_snapshot(path, self.P, "checkpoint", [dict(s) for s in self.summaries], attrs, state, self.info())
+        parallel.barrier()
+        self.checkpoints.append(path)
+        logger.debug("checkpoint %s (%d iterations) in %.2f s", path, total, time.perf_counter() - t0)
+        return path
+
+    # -- running ---------------------------------------------------------------------
+    def _bar(self, label, name, numiter, initial):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        try:
+            size = os.get_terminal_size(sys.stderr.fileno())
+        except (OSError, ValueError, AttributeError):
+            size = os.terminal_size((0, 0))
+        known = size.columns > 0 and size.lines > 0
+        # a terminal of unknown size (0 x 0) would make tqdm draw nothing
+        return tqdm(total=numiter, initial=initial, desc="%s %s" % (label, name), file=sys.stderr, unit="it",
+                    leave=True, dynamic_ncols=known, ncols=None if known else 100, nrows=None if known else 24)
+
+    def run(self):
+        """Run every engine of the plan; raises :class:`Stopped` after a stop request."""
+        from ..engines import make_engine
+
+        P = self.P
+        resume_index = int(self.resume.state["attrs"].get("engine_index", 0)) if self.resume is not None else -1
+        for index, (label, epars) in enumerate(self.chain):
+            done = self.plan[index]
+            numiter = int(epars.numiter)
+            summary = self.summaries[index]
+            if done is None or done >= numiter:
+                if done is not None and index == resume_index:
+                    logger.info("%s (%s): finished before the checkpoint (%d iterations)", label, epars.name, done)
+                continue
+            engine = make_engine(P, epars, label=label)
+            if index == resume_index and self.resume_state is not None:
+                engine.load_state(self.resume_state)
+                engine.iteration = done
+                logger.info("%s (%s): resuming at iteration %d of %d", label, engine.NAME, done, numiter)
+            else:
+                engine.initialize()
+            summary["name"] = engine.NAME
+            bar = self._bar(label, engine.NAME, numiter, engine.iteration)
+            t0 = time.perf_counter()
+            rec = None
+            try:
+                while engine.iteration < numiter:
+                    rec = engine.iterate(1)[-1]
+                    rec["engine_iteration"] = int(engine.iteration)
+                    summary["iterations"] = int(engine.iteration)
+                    summary.update({"final_" + k: v for k, v in _final_errors(rec).items()})
+                    if bar is not None:
+                        post = {short: "%.3g" % rec[k] for k, short in (
+                            ("fourier_error", "ferr"), ("photon_error", "perr"), ("exit_change", "dpsi"),
+                            ("likelihood", "LL")) if rec.get(k) is not None}
+                        bar.set_postfix(post, refresh=False)
+                        bar.update(1)
+                    last = engine.iteration >= numiter
+                    if last:
+                        break
+                    if self._stop_due():
+                        summary["time_s"] += time.perf_counter() - t0
+                        path = self.write_checkpoint(index, engine, finished_engine=False)
+                        raise Stopped(self.stop_signal, path, dict(engine=label, iteration=int(engine.iteration),
+                                                                   numiter=numiter,
+                                                                   total=int(P.runtime.iterations)))
+                    if self.interval and int(P.runtime.iterations) % self.interval == 0:
+                        summary["time_s"] += time.perf_counter() - t0
+                        t0 = time.perf_counter()
+                        path = self.write_checkpoint(index, engine, finished_engine=False)
+                        # with a progress bar on screen, a log line would break it
+                        (logger.debug if bar is not None else logger.info)(
+                            "checkpoint after iteration %d: %s", int(P.runtime.iterations), path)
+            finally:
+                if bar is not None:
+                    bar.close()
+            engine.finalize()
+            summary["time_s"] += time.perf_counter() - t0
+            summary["finished"] = True
+            if rec is not None:
+                ferr = rec.get("fourier_error")
+                logger.info("%s (%s): %d iterations in %.1f s, fourier error %s", label, engine.NAME, numiter,
+                            summary["time_s"], "%.4g" % ferr if ferr is not None else "n/a")
+            path = self.write_checkpoint(index, engine, finished_engine=True)
+            if index < len(self.chain) - 1 and self._stop_due():
+                raise Stopped(self.stop_signal, path, dict(engine=label, iteration=int(engine.iteration),
+                                                           numiter=numiter, total=int(P.runtime.iterations)))
+        if self.last_state is None:  # nothing ran and nothing was resumed (all numiter 0)
+            self.last_state = (self._state_attrs(len(self.chain) - 1, None, True), {})
+        attrs, state = self.last_state
+        attrs = dict(attrs, finished=True, total_iterations=int(P.runtime.get("iterations", 0)))
+        self.last_state = (attrs, state)
+        return self.summaries
+
+
+# -- result --------------------------------------------------------------------------------
+
+def _write_cxi(path, P, p, command_line):
+    from ..io.cxi import write_cxi_result
+    from ..params.yamlio import dump_yaml
+
+    objects = list(P.obj.S.values())
+    probes = list(P.probe.S.values())
+    extra = [(S.data, "object", S.psize) for S in objects[1:]] + [(S.data, "probe", S.psize) for S in probes[1:]]
+    first = next(iter(P.scans.values()))
+    positions = None
+    energy = distance = None
+    if first.data is not None:
+        energy, distance = float(first.data.energy_kev), float(first.data.distance_m)
+    from ..io.checkpoint import collect_model
+
+    snap = collect_model(P, with_exit=False)
+    if parallel.master and snap["scans"]:
+        positions = next(iter(snap["scans"].values()))["positions"]
+    if not parallel.master:
+        return None
+    return write_cxi_result(path, objects[0].data, probes[0].data, objects[0].psize, probes[0].psize,
+                            program="ptycli", version=__version__, command=command_line,
+                            configuration_yaml=dump_yaml(p), energy_kev=energy, distance_m=distance,
+                            positions=positions, extra_images=extra)
+
+
+def _resume_command(config, overrides, output, checkpoint, fmt=None):
+    words = ["ptycli", "reconstruct", "CONFIG.yaml" if config == "-" else config]
+    for o in overrides or ():
+        words += ["--set", o]
+    if fmt:
+        words += ["--format", fmt]
+    words += ["-o", output, "--resume", checkpoint]
+    return " ".join(shlex.quote(w) if w != "CONFIG.yaml" else w for w in words)
+
+
+@main.command()
+@click.argument("config", metavar="CONFIG")
+@click.option("-o", "--output", default=None, metavar="OUT.h5",
+              help="Result file (default: io.rfile of CONFIG, '{home}/{run}.h5').")
+@set_option
+@click.option("--resume", "resume_path", default=None, metavar="CHECKPOINT.h5",
+              help="Continue the engine chain from a checkpoint (or an earlier result) of this CONFIG.")
+@click.option("--format", "fmt", type=click.Choice(["h5", "cxi"]), default=None,
+              help="h5: ptycli's HDF5 result only; cxi: also a CXI file OUT.cxi (default: io.format).")
+@click.option("--force", is_flag=True, help="Overwrite existing result, CXI and checkpoint files.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON document (output, iterations, final errors per engine, timing).")
+@click.option("-q", "--quiet", is_flag=True, help="Only print warnings and errors (no progress bar).")
+@click.option("-v", "--verbose", count=True, help="Print debug messages and tracebacks.")
+@click.pass_context
+def reconstruct(ctx, config, output, overrides, resume_path, fmt, force, as_json, quiet, verbose):
+    """Reconstruct probe and object from the scans and engines in CONFIG.
+
+    CONFIG is a YAML parameter file ('-' reads standard input). Everything is
+    checked before any computing: parameters, input files, the output
+    location (an existing file needs --force). The engines run in the order
+    written; a progress bar shows on a terminal. The result (object, probe,
+    positions, error history, parameters, provenance and the state to resume
+    from) goes to one HDF5 file; its path is printed on stdout.
+
+    Checkpoints are written every io.checkpoint.interval iterations and when
+    an engine ends (default OUT.checkpoint.h5). Ctrl-C or SIGTERM stops at
+    the end of the current iteration, writes a checkpoint and exits with 130
+    or 143; continue with --resume.
+
+    \b
+    Examples:
+      ptycli reconstruct configs/reconstruct_moonflower.yaml -o out/mf.h5
+      ptycli reconstruct run.yaml --set engines.dm.numiter=50 --set engines.dm.alpha=0.9 -o a.h5
+      cat run.yaml | ptycli reconstruct - -o out/recon.h5 --json | jq .final_errors
+      ptycli reconstruct run.yaml -o out/mf.h5 --resume out/mf.checkpoint.h5
+      mpirun -n 4 ptycli reconstruct run.yaml -o out/mf.h5 --format cxi
+
+    \b
+    Exit codes: 0 done, 1 failure while running, 2 bad configuration or
+    usage (nothing computed), 130/143 stopped by SIGINT/SIGTERM (checkpoint written).
+    """
+    if quiet and verbose:
+        raise click.UsageError("-q/--quiet and -v/--verbose exclude each other; give only one")
+    root = ctx.find_root()
+    root.ensure_object(dict)
+    if quiet:
+        root.obj["quiet"] = True
+    if verbose:
+        root.obj["verbose"] = verbose
+    # 'ptycli -v reconstruct' gets its traceback from the error boundary; 'reconstruct -v' from here
+    own_traceback = bool(verbose) and not root.params.get("verbose")
+    try:
+        _reconstruct(config, output, overrides, resume_path, fmt, force, as_json)
+    except (click.ClickException, click.exceptions.Exit, click.Abort):
+        raise
+    except Exception:
+        if own_traceback:  # the error boundary prints the one-line message after this
+            traceback.print_exc(file=sys.stderr)
+        raise
+
+
+def _reconstruct(config, output, overrides, resume_path, fmt, force, as_json):
+    from ..core.ptycho import Ptycho
+    from ..io.atomic import check_writable
+    from ..io.checkpoint import load_checkpoint, plan_resume, restore_model, write_snapshot
+    from ..params.tree import checkpoint_path, engine_sequence, result_path
+    from ..params.yamlio import dump_yaml
+
+    t_start = time.time()
+    command_line = " ".join(shlex.quote(a) for a in sys.argv)
+    # 1. configuration ------------------------------------------------------------------
+    p = load_tree(config, overrides, require_scans=True, require_engines=True)
+    apply_verbose_level(p.verbose_level)
+    chain = engine_sequence(p)
+    total_numiter = sum(int(e.numiter) for _, e in chain)
+    if output is None:
+        output = result_path(p, iterations=total_numiter)
+    output = os.fspath(output)
+    if output.lower().endswith(".cxi"):
+        raise ConfigError("-o %s: the main result is ptycli's HDF5 file" % output,
+                          hint="give an .h5 name and add --format cxi for a CXI file next to it")
+    p.io.rfile = _escape(output)
+    if fmt is not None:
+        p.io.format = ["h5", "cxi"] if fmt == "cxi" else ["h5"]
+    formats = list(p.io.format)
+    cxi_path = os.path.splitext(output)[0] + ".cxi" if "cxi" in formats else None
+    interval = int(p.io.checkpoint.interval)
+
+    def ckpt(label=None, iterations=0):
+        return checkpoint_path(p, engine=label, iterations=iterations)
+
+    rec = load_checkpoint(resume_path) if resume_path else None
+    plan = plan_resume(chain, rec) if rec is not None else [0] * len(chain)
+
+    if parallel.master:
+        check_writable(output, force=force, what="output file")
+        if cxi_path:
+            check_writable(cxi_path, force=force, what="CXI output file")
+        fixed = ckpt(chain[0][0], 0)
+        check_writable(fixed, force=True, what="checkpoint file")
+        if fixed == ckpt(chain[-1][0], total_numiter + 1) and os.path.exists(fixed) and not force and not (
+                resume_path and _same_file(fixed, resume_path)):
+            raise ConfigError("checkpoint file %s exists from an earlier run" % fixed,
+                              hint="continue it with --resume %s, or use --force to start afresh" % fixed)
+        if _same_file(output, fixed):
+            raise ConfigError("the checkpoint file and the output file are both %s" % output,
+                              hint="set io.checkpoint.path to another name")
+        check_inputs(p)
+    parallel.barrier()
+
+    # 2. model ------------------------------------------------------------------------------
+    P = Ptycho(p, level=2)
+    apply_verbose_level(p.verbose_level)  # Ptycho sets the level from verbose_level; -q/-v win
+    if rec is not None:
+        restore_model(P, rec)
+        P.runtime.iterations = int(rec.state["attrs"].get("total_iterations", len(rec.history)))
+        logger.info("resuming from %s at iteration %d (engine %s)", resume_path, P.runtime.iterations,
+                    rec.state["attrs"].get("engine_label"))
+
+    parameters_yaml = dump_yaml(p)
+
+    def info(end=None):
+        return dict(parameters_yaml=parameters_yaml, config=config, overrides=list(overrides or ()), run=p.run,
+                    provenance=provenance(t_start, end, command_line) if parallel.master else {})
+
+    quiet = _is_quiet()
+    progress = parallel.master and not quiet and _stderr_tty()
+    runner = ChainRunner(P, chain, plan, ckpt, interval, info, resume=rec, progress=progress)
+
+    # 3. engines -------------------------------------------------------------------------------
+    handlers = _install_handlers(runner.request_stop)
+    try:
+        runner.run()
+    except Stopped as stop:
+        name = signal.Signals(stop.signum).name
+        w = stop.where
+        cmd = _resume_command(config, overrides, output, stop.checkpoint, fmt)
+        if parallel.master:
+            click.echo("Stopped by %s after iteration %d (engine %s, %d of %d); checkpoint written to %s. "
+                       "Continue with: %s" % (name, w["total"], w["engine"], w["iteration"], w["numiter"],
+                                              stop.checkpoint, cmd), err=True)
+        if as_json:
+            emit_result(dict(status="interrupted", signal=name, checkpoint=stop.checkpoint, resume_command=cmd,
+                             iterations=w["total"], engines=runner.summaries), True, "")
+        raise click.exceptions.Exit(_SIGNAL_EXIT.get(stop.signum, 128 + int(stop.signum)))
+    finally:
+        _restore_handlers(handlers)
+
+    # 4. result -----------------------------------------------------------------------------------
+    attrs, state = runner.last_state
+    t_end = time.time()
+    write_snapshot(output, P, "result", [dict(s) for s in runner.summaries], attrs, state, info(t_end))
+    if cxi_path:
+        _write_cxi(cxi_path, P, p, command_line)
+    parallel.barrier()
+    if not parallel.master:
+        return
+    logger.info("wrote %s%s", output, " and %s" % cxi_path if cxi_path else "")
+    last = P.runtime.history[-1] if P.runtime.history else None
+    summary = dict(
+        status="ok", output=output, cxi=cxi_path, run=p.run, config=config, overrides=list(overrides or ()),
+        iterations=int(P.runtime.get("iterations", 0)),
+        final_errors=_final_errors(last),
+        engines=[dict(label=s["label"], name=s["name"], numiter=s["numiter"], iterations=s["iterations"],
+                      time_s=round(float(s["time_s"]), 4),
+                      final_errors={k[len("final_"):]: v for k, v in s.items() if k.startswith("final_")})
+                 for s in runner.summaries],
+        checkpoints=sorted(set(runner.checkpoints)), resumed_from=resume_path,
+        mpi_size=parallel.size, time_s=round(t_end - t_start, 3))
+    emit_result(summary, as_json, output)
+
+
+def _is_quiet():
+    import logging
+
+    return logging.getLogger("ptycli").getEffectiveLevel() > logging.INFO
+
+
+def _stderr_tty():
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _install_handlers(handler):
+    """Route SIGINT and SIGTERM to ``handler`` (main thread only); return the old handlers."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):  # pragma: no cover - not allowed here
+            pass
+    return old
+
+
+def _restore_handlers(old):
+    for sig, h in old.items():
+        try:
+            signal.signal(sig, h if h is not None else signal.SIG_DFL)
+        except (ValueError, OSError):  # pragma: no cover
+            pass

@@ -1,0 +1,31 @@
+"""Reconstruction engines.
+
+Importing this package registers every engine that is installed: the base
+(:mod:`.base`), the projection engines DM and RAAR (:mod:`.projectional`)
+and, when present, ePIE/rPIE (:mod:`.stochastic`), ML (:mod:`.ml`) and
+position refinement (:mod:`.posref`).
+
+Public API: :class:`Engine`, :func:`register`, :func:`make_engine`,
+:data:`ENGINES`, :class:`AddressBook`, :class:`PodGroup`.
+"""
+
+import importlib
+import logging
+
+from .addressing import AddressBook, PodGroup, compile_pods
+from .base import ENGINES, Engine, ErrorSums, make_engine, register
+from . import projectional  # noqa: F401  (registers DM, RAAR)
+
+__all__ = ["Engine", "ErrorSums", "ENGINES", "register", "make_engine", "AddressBook", "PodGroup",
+           "compile_pods"]
+
+_log = logging.getLogger("ptycli.engines")
+
+for _name in ("stochastic", "ml", "posref"):
+    try:
+        importlib.import_module("%s.%s" % (__name__, _name))
+    except ModuleNotFoundError as _exc:  # not written yet / not installed
+        if _exc.name != "%s.%s" % (__name__, _name):
+            _log.warning("could not import ptycli.engines.%s: %s", _name, _exc)
+    except Exception as _exc:  # a broken module must not break the others
+        _log.warning("could not import ptycli.engines.%s: %s: %s", _name, type(_exc).__name__, _exc)

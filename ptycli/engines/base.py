@@ -1,0 +1,743 @@
+"""Engine base class: the iteration loop, error records, constraints, registry.
+
+Writing an engine
+-----------------
+::
+
+    from ptycli.engines.base import Engine, register
+    from ptycli.params.declare import Parameter
+
+    @register
+    class MyEngine(Engine):
+        NAME = "MyEngine"                      # registry name (engines.<label>.name)
+        PARAMS = Engine.PARAMS.extended("MyEngine", [
+            Parameter("step", 1.0, "float", "update step", low=0.0),
+        ], doc="my engine")
+
+        def engine_initialize(self):           # after the base's initialize()
+            self.buf = ...
+
+        def engine_iterate(self, n):           # n iterations; one dict per iteration
+            out = []
+            for _ in range(n):
+                acc = self.new_error_sums()    # ErrorSums: add Fourier/photon/exit terms
+                for g in self.book.groups:     # PodGroups, see addressing.py
+                    ...
+                    acc.add_fourier(af, g.fmag(f0, f1), g.mask_frames(f0, f1))
+                    acc.add_exit_change(np.vdot(d, d).real)
+                if self.probe_update_due():
+                    ...  # update probe, then
+                    self.apply_probe_constraints()
+                self.apply_object_constraints()
+                out.append(acc.reduce())       # allreduce over MPI ranks, normalise
+            return out
+
+        def engine_finalize(self):
+            del self.buf
+
+Life cycle (driven by :meth:`Engine.run`)
+-----------------------------------------
+``__init__(ptycho, pars, label)``
+    Validates ``pars`` against :attr:`Engine.PARAMS` into ``self.p`` (a Param).
+``initialize()``
+    Builds ``self.book`` (:class:`~ptycli.engines.addressing.AddressBook`),
+    the normalisation constants (``self.mean_power``, ``self.total_counts``,
+    ``self.total_valid``, ``self.n_frames_total``; summed over MPI ranks),
+    the probe support, a first good-state snapshot, then calls
+    ``engine_initialize()``.
+``iterate(n)``
+    Calls ``engine_iterate(n)`` and for every returned dict completes a
+    history record (see below), appends it to ``ptycho.runtime.history``,
+    advances ``ptycho.runtime.iterations`` and ``self.iteration``, checks
+    for divergence and calls the callbacks.
+``finalize()``
+    Calls ``engine_finalize()`` and frees the address book caches.
+``run()``
+    ``initialize(); iterate(1)`` ``numiter`` times (with a progress bar on
+    stderr when it is a terminal, on MPI rank 0 only); ``finalize()``.
+
+History records
+---------------
+One dict per iteration, appended to ``ptycho.runtime.history`` (every
+``record_interval``-th iteration and the last one)::
+
+    {engine: label, name: NAME, iteration: <global count, 1 for the first of the chain>,
+     fourier_error, photon_error, exit_change, likelihood (None unless ML), time_s}
+
+Error metrics (all summed over MPI ranks; ``|F|`` is the model amplitude
+``sqrt(sum_modes |F_k|^2)``, ``I`` the measured counts, sums over valid
+pixels of all frames):
+
+``fourier_error``
+    ``sum mask (|F| - sqrt(I))^2 / sum mask`` - mean squared amplitude
+    deviation per valid pixel (counts).
+``photon_error``
+    ``sum mask (|F|^2 - I)^2 / (I + 1) / sum mask`` - a chi-square-like
+    intensity misfit per pixel (about 1 for a Poisson-limited fit).
+``exit_change``
+    ``sum |psi_new - psi_old|^2 / sum mask I`` - relative change of the exit
+    waves in this iteration (dimensionless; ``sum |psi|^2 ~ sum I`` by the
+    propagator's unitarity).
+
+Divergence and resume
+---------------------
+After each iteration the probe, the object and the errors are checked for
+NaN/Inf. On failure the probe and object are restored from the last good
+snapshot (taken after every good iteration), the exit waves are reset to
+``probe * object`` and :class:`~ptycli.errors.EngineError` is raised.
+:meth:`Engine.state_dict` / :meth:`Engine.load_state` save and restore
+probe, object, exit waves, iteration counters, the RNG state (``self.rng``)
+and engine-specific arrays (``engine_state()`` / ``engine_load_state()``).
+
+Callbacks
+---------
+``engine.callbacks`` is a list of ``fn(engine, record)`` called after every
+iteration (record as above, also when it is not kept in the history);
+checkpoint writers and extra divergence checks go here. An exception in a
+callback stops the run.
+
+Registry
+--------
+:func:`register` (class decorator) records the class in :data:`ENGINES`
+and in :mod:`ptycli.params.registry` (so ``engines.<label>.name`` validates
+and ``ptycli params`` lists the parameters); :func:`make_engine` builds one
+from a validated ``engines.<label>`` tree.
+"""
+
+import logging
+import sys
+import time
+
+import numpy as np
+
+from .. import parallel
+from ..errors import ConfigError, EngineError
+from ..params.declare import Parameter, ParamSet
+from ..utils.parameters import Param
+
+__all__ = ["Engine", "ErrorSums", "ENGINES", "register", "make_engine", "COMMON_PARAMS",
+           "circular_support"]
+
+log = logging.getLogger("ptycli.engines")
+
+#: Engines by canonical name (filled by :func:`register`).
+ENGINES = {}
+
+
+def _common_params():
+    from ..params.tree import ENGINE
+
+    return ENGINE.extended("Engine", [
+        Parameter("numiter", 20, "int", "number of iterations", low=0),
+        Parameter("probe_update_start", 2, "int",
+                  "engine iteration (0-based) from which the probe is updated", low=0),
+        Parameter("probe_support", 0.8, "float",
+                  "radius of a circular probe support as a fraction of half the frame width, applied "
+                  "after each probe update (null: none)", low=0.0, nullable=True),
+        Parameter("clip_object", None, "list",
+                  "[min, max] allowed object amplitude, applied after each object update (null: no clip)",
+                  nullable=True),
+        Parameter("probe_center_tol", None, "float",
+                  "recentre probe, object and exit waves when the probe's centre of mass is more than "
+                  "this many pixels off the frame centre (null: never)", low=0.0, nullable=True,
+                  unit="pixel"),
+        Parameter("record_interval", 1, "int",
+                  "keep every n-th iteration's record in the history (the last is always kept)", low=1),
+    ], doc="common engine parameters")
+
+
+#: The parameters every engine has (``name``, ``numiter`` and the constraints).
+COMMON_PARAMS = _common_params()
+
+
+def circular_support(shape, fraction, edge_px=2.0, dtype=np.float32):
+    """Soft circular mask of radius ``fraction * min(shape) / 2`` pixels centred at ``shape // 2``.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Frame shape (pixels).
+    fraction : float
+        Radius as a fraction of half the smaller frame side.
+    edge_px : float
+        Width of the soft edge (pixels).
+
+    Returns
+    -------
+    ndarray of ``dtype``, values in [0, 1]
+    """
+    from ..utils.array_utils import smooth_step
+
+    h, w = (int(s) for s in shape)
+    y = np.arange(h) - h // 2
+    x = np.arange(w) - w // 2
+    r = np.sqrt(y[:, None] ** 2 + x[None, :] ** 2)
+    radius = float(fraction) * min(h, w) / 2.0
+    # fully transmitting inside the radius, a soft edge of edge_px just outside
+    return np.asarray(smooth_step(radius + edge_px - r, edge_px), dtype=dtype)
+
+
+class ErrorSums:
+    """Accumulates the error metrics of one iteration over groups, blocks and MPI ranks.
+
+    Parameters
+    ----------
+    total_counts : float
+        ``sum mask I`` over all ranks (normalises ``exit_change``).
+
+    Notes
+    -----
+    Sums are kept in float64: ``[fourier, photon, valid pixels, exit change, likelihood]``.
+    :meth:`reduce` allreduces them once (one small MPI call per iteration) and
+    returns the normalised record fields.
+    """
+
+    def __init__(self, total_counts):
+        self.total_counts = float(total_counts)
+        self.sums = np.zeros(5)
+        self.has_likelihood = False
+
+    def add(self, fourier=0.0, photon=0.0, valid=0.0, exit_change=0.0, likelihood=None):
+        """Add raw sums (see the class notes)."""
+        s = self.sums
+        s[0] += fourier
+        s[1] += photon
+        s[2] += valid
+        s[3] += exit_change
+        if likelihood is not None:
+            s[4] += likelihood
+            self.has_likelihood = True
+
+    def add_fourier(self, af, fmag, mask=None, intensity=None, per_frame=False):
+        """Add the Fourier and photon errors of a frame block.
+
+        Parameters
+        ----------
+        af : ndarray (frames, H, W), real
+            Model amplitudes ``sqrt(sum_modes |F|^2)``.
+        fmag : ndarray (frames, H, W), real
+            Measured amplitudes ``sqrt(I)``.
+        mask : ndarray or None
+            Valid-pixel weights (None: all valid).
+        intensity : ndarray, optional
+            Measured ``I`` (default ``fmag**2``).
+        per_frame : bool
+            Also return the per-frame mean squared amplitude deviation.
+
+        Returns
+        -------
+        ndarray (frames,) or None
+            ``sum mask (af - fmag)^2 / sum mask`` per frame when ``per_frame``.
+        """
+        from .kernels import fourier_errors
+
+        ferr, psum, valid = fourier_errors(af, fmag, mask, intensity)
+        self.add(fourier=float(ferr.sum()), photon=psum, valid=float(valid.sum()))
+        if per_frame:
+            return ferr / np.maximum(valid, 1)
+        return None
+
+    def add_exit_change(self, value):
+        """Add ``sum |delta psi|^2`` of a block."""
+        self.sums[3] += float(value)
+
+    def reduce(self):
+        """Allreduce and normalise: a dict with the record's error fields."""
+        s = self.sums.copy()
+        parallel.allreduce(s)
+        nvalid = max(s[2], 1.0)
+        return dict(fourier_error=float(s[0] / nvalid), photon_error=float(s[1] / nvalid),
+                    exit_change=float(s[3] / max(self.total_counts, 1e-30)),
+                    likelihood=float(s[4]) if self.has_likelihood else None)
+
+
+class Engine:
+    """Base of the reconstruction engines (see the module docstring).
+
+    Parameters
+    ----------
+    ptycho : Ptycho
+        The model, built to level 2 (containers, pods, initial guesses).
+    pars : dict or Param, optional
+        ``engines.<label>`` parameters (validated; missing ones take defaults).
+    label : str, optional
+        The engine's label in the chain (default ``NAME.lower()``).
+
+    Attributes
+    ----------
+    p : Param
+        Validated parameters.
+    book : AddressBook
+        Compiled pods (after :meth:`initialize`).
+    iteration : int
+        Iterations done by this engine.
+    callbacks : list
+        ``fn(engine, record)`` called after every iteration.
+    rng : numpy.random.Generator
+        Random generator of the engine (saved in :meth:`state_dict`).
+    mean_power : float
+        Mean measured counts per valid pixel and frame (all ranks).
+    total_counts, total_valid : float
+        ``sum mask I`` and ``sum mask`` over all frames of all ranks.
+    n_frames_total : int
+        Frames over all ranks.
+    history : list of dict
+        This engine's records (also appended to ``ptycho.runtime.history``).
+    """
+
+    NAME = "Engine"
+    PARAMS = COMMON_PARAMS
+
+    def __init__(self, ptycho, pars=None, label=None):
+        self.ptycho = ptycho
+        self.label = label or self.NAME.lower()
+        self.p = self._validate(pars)
+        if self.p.get("clip_object") is not None:
+            c = self.p.clip_object
+            if len(c) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in c) \
+                    or c[0] < 0 or c[1] < c[0]:
+                raise ConfigError("engines.%s.clip_object: expected [min, max] with 0 <= min <= max, got %r"
+                                  % (self.label, c))
+        self.book = None
+        self.iteration = 0
+        self.callbacks = []
+        self.history = []
+        self.rng = np.random.default_rng(0)
+        self.initialized = False
+        self._good = None
+        if not hasattr(ptycho, "runtime") or ptycho.runtime is None:
+            ptycho.runtime = Param(iterations=0, history=[])
+        ptycho.runtime.setdefault("iterations", 0)
+        ptycho.runtime.setdefault("history", [])
+
+    # -- parameters ------------------------------------------------------------
+    def _validate(self, pars):
+        tree = dict(pars or {})
+        tree.setdefault("name", self.NAME)
+        path = "engines.%s" % self.label
+        from ..params.registry import ENGINES as REG
+
+        entry = REG.find(str(tree.get("name")))
+        if entry is not None and entry.factory is type(self):
+            from ..params.tree import validate_engine
+
+            return validate_engine(tree, path)
+        rest = {k: v for k, v in tree.items() if k != "name"}
+        ps = ParamSet(self.NAME, [e for e in self.PARAMS if e.name != "name"], self.PARAMS.doc)
+        out = Param(name=self.NAME)
+        out.update(ps.validate(rest, path))
+        return out
+
+    # -- life cycle --------------------------------------------------------------
+    def initialize(self):
+        """Compile the pods, compute normalisations, snapshot, then ``engine_initialize()``."""
+        from .addressing import AddressBook
+
+        P = self.ptycho
+        self.book = AddressBook(P)
+        if not self.book.groups and parallel.size == 1:
+            raise EngineError("engine %s: the model has no active pods (no data loaded?)" % self.label)
+        self.ctype = np.dtype(P.CType)
+        self.ftype = np.dtype(P.FType)
+        sums = np.zeros(3)
+        for g in self.book.groups:
+            d = g.diff_frames()
+            m = g.mask_frames()
+            if m is None:
+                sums[0] += float(np.sum(d, dtype=np.float64))
+                sums[1] += float(d.size)
+            else:
+                sums[0] += float(np.vdot(m.ravel().astype(np.float64), d.ravel().astype(np.float64)))
+                sums[1] += float(np.sum(m, dtype=np.float64))
+            sums[2] += g.n_frames
+        parallel.allreduce(sums)
+        self.total_counts = float(sums[0])
+        self.total_valid = float(sums[1])
+        self.n_frames_total = int(round(sums[2]))
+        # mean counts per valid pixel of one frame
+        self.mean_power = self.total_counts / max(self.total_valid, 1.0)
+        self.supports = {}
+        if self.p.get("probe_support") is not None:
+            for sid, S in self.book.probe_storages.items():
+                self.supports[sid] = circular_support(S.data.shape[-2:], self.p.probe_support,
+                                                      dtype=self.ftype)
+        self._snapshot()
+        self.engine_initialize()
+        self.initialized = True
+        return self
+
+    def engine_initialize(self):
+        """Engine-specific preparation (buffers, constants). Override."""
+
+    def engine_iterate(self, n):
+        """Run ``n`` iterations; return a list of ``n`` dicts with error fields. Override."""
+        raise NotImplementedError
+
+    def engine_finalize(self):
+        """Engine-specific clean-up. Override."""
+
+    def finalize(self):
+        """``engine_finalize()``, make the exit waves' storage final, free caches."""
+        self.engine_finalize()
+        if self.book is not None:
+            for g in self.book.groups:
+                g.drop_caches()
+        self._good = None
+        return self
+
+    def iterate(self, n=1):
+        """Run ``n`` iterations with records, divergence checks and callbacks.
+
+        Returns
+        -------
+        list of dict
+            The records of these iterations (also the ones not kept in the history).
+        """
+        if not self.initialized:
+            self.initialize()
+        out = []
+        for _ in range(int(n)):
+            t0 = time.perf_counter()
+            recs = self.engine_iterate(1)
+            dt = time.perf_counter() - t0
+            if not recs:
+                recs = [{}]
+            for rec in recs:
+                out.append(self._record(rec, dt / len(recs)))
+        return out
+
+    def _record(self, rec, dt):
+        P = self.ptycho
+        self.iteration += 1
+        P.runtime.iterations = int(P.runtime.get("iterations", 0)) + 1
+        full = dict(engine=self.label, name=self.NAME, iteration=int(P.runtime.iterations),
+                    fourier_error=_num(rec.get("fourier_error")), photon_error=_num(rec.get("photon_error")),
+                    exit_change=_num(rec.get("exit_change")), likelihood=_num(rec.get("likelihood")),
+                    time_s=float(dt))
+        for k, v in rec.items():  # engine extras
+            if k not in full:
+                full[k] = v
+        bad = [k for k in ("fourier_error", "photon_error", "exit_change", "likelihood")
+               if full[k] is not None and not np.isfinite(full[k])]
+        if bad or not self._state_finite():
+            self._restore_good()
+            what = ("errors %s" % ", ".join("%s=%s" % (k, full[k]) for k in bad)) if bad else \
+                "probe or object"
+            raise EngineError("engine %s (%s) diverged at iteration %d: NaN/Inf in %s; the probe and object "
+                              "of iteration %d were restored" % (self.label, self.NAME, full["iteration"], what,
+                                                                 self._good_iteration),
+                              hint="lower the step or relaxation parameters, check the data and mask, or "
+                                   "start from a better probe guess")
+        self._snapshot()
+        last = self.iteration >= int(self.p.numiter)
+        if self.iteration % int(self.p.get("record_interval", 1) or 1) == 0 or last:
+            P.runtime.history.append(full)
+            self.history.append(full)
+        log.debug("%s %d: ferr %.4g perr %s change %s", self.label, full["iteration"],
+                  full["fourier_error"] if full["fourier_error"] is not None else float("nan"),
+                  full["photon_error"], full["exit_change"])
+        for cb in list(self.callbacks):
+            cb(self, full)
+        return full
+
+    def run(self):
+        """Initialise, iterate ``numiter`` times with a progress bar, finalise; return this engine's history."""
+        if not self.initialized:
+            self.initialize()
+        numiter = int(self.p.numiter)
+        bar = None
+        if numiter > 0 and parallel.master and _stderr_tty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=numiter, desc="%s %s" % (self.label, self.NAME), file=sys.stderr,
+                       unit="it", leave=True, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        rec = None
+        try:
+            for _ in range(numiter):
+                rec = self.iterate(1)[-1]
+                if bar is not None:
+                    post = {}
+                    for k, short in (("fourier_error", "ferr"), ("photon_error", "perr"),
+                                     ("exit_change", "dpsi"), ("likelihood", "LL")):
+                        if rec.get(k) is not None:
+                            post[short] = "%.3g" % rec[k]
+                    post["iter"] = rec["iteration"]
+                    bar.set_postfix(post, refresh=False)
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.finalize()
+        if rec is not None:
+            log.info("%s (%s): %d iterations in %.1f s, fourier error %.4g", self.label, self.NAME, numiter,
+                     time.perf_counter() - t0, rec["fourier_error"] if rec["fourier_error"] is not None
+                     else float("nan"))
+        return self.history
+
+    # -- helpers for subclasses ----------------------------------------------------
+    def new_error_sums(self):
+        """A fresh :class:`ErrorSums` for one iteration."""
+        return ErrorSums(self.total_counts)
+
+    def probe_update_due(self):
+        """Whether the probe is updated in the current iteration (``iteration >= probe_update_start``)."""
+        return self.iteration >= int(self.p.probe_update_start)
+
+    def apply_probe_constraints(self, storages=None, orthogonalize=True):
+        """Support, mode orthogonalisation and recentring of the probe(s), in place.
+
+        Call after every probe update. ``storages``: probe storage IDs
+        (default all). ``orthogonalize=False`` skips the mode
+        orthogonalisation (an engine that updates the probe several times
+        per iteration may orthogonalise once at the end, see
+        :meth:`orthogonalize_probe`).
+        """
+        for sid, S in self.book.probe_storages.items():
+            if storages is not None and sid not in storages:
+                continue
+            sup = self.supports.get(sid)
+            if sup is not None:
+                S.data *= sup
+        if orthogonalize:
+            self.orthogonalize_probe(storages)
+        if self.p.get("probe_center_tol") is not None:
+            self.recenter_probe()
+
+    def orthogonalize_probe(self, storages=None, rotate_exit=True):
+        """Make the probe modes orthogonal and order them by power, in place.
+
+        The modes are replaced by ``P'_k = sum_j V_jk P_j`` with ``V`` the
+        eigenvectors (strongest first) of the mode overlap matrix
+        ``M_ij = <P_i, P_j>``; the incoherent sum ``sum_k |P_k|^2`` and the
+        density matrix are unchanged. With ``rotate_exit`` the exit waves of
+        the pods using each probe get the same unitary mixing over probe
+        modes, so ``exit_k = P_k O`` relations stay consistent (needed by
+        engines that keep exit waves between iterations, such as DM).
+
+        Returns
+        -------
+        dict
+            Storage ID -> ``V`` (modes x modes) for each storage with more than one mode.
+        """
+        out = {}
+        for sid, S in self.book.probe_storages.items():
+            if storages is not None and sid not in storages:
+                continue
+            m = S.data.shape[0]
+            if m < 2:
+                continue
+            flat = S.data.reshape(m, -1)
+            overlap = (flat.conj() @ flat.T).astype(np.complex128)
+            evals, evecs = np.linalg.eigh(overlap)
+            V = evecs[:, np.argsort(evals)[::-1]]
+            Vc = V.astype(S.data.dtype)
+            flat[...] = Vc.T @ flat
+            out[sid] = V
+            if rotate_exit:
+                self._rotate_exit_modes(S, Vc)
+        return out
+
+    def _rotate_exit_modes(self, S, V):
+        """Mix the exit waves of pods using probe storage ``S`` over probe modes with ``V``."""
+        for g in self.book.groups:
+            if g.probe is not S:
+                continue
+            if not g.regular:
+                log.debug("group %s: exit waves not rotated with the probe modes (irregular layout)", g.label)
+                continue
+            m = S.data.shape[0]
+            # exit rows of one frame: modes in order (probe mode, object mode)
+            mp = g.mode_pr
+            ex = g.exit_frames()
+            H, W = g.shape
+            for om in np.unique(g.mode_ob):
+                idx = np.flatnonzero(g.mode_ob == om)
+                rows = mp[idx]
+                if len(idx) != m or len(set(rows.tolist())) != m:
+                    continue
+                order = idx[np.argsort(rows)]  # exit slot of probe row 0, 1, ...
+                for f0 in range(0, g.n_frames, 256):
+                    f1 = min(g.n_frames, f0 + 256)
+                    block = ex[f0:f1][:, order].reshape(f1 - f0, m, H * W)
+                    new = np.matmul(V.T[None], block)
+                    ex[f0:f1, order] = new.reshape(f1 - f0, m, H, W)
+
+    def apply_object_constraints(self):
+        """Clip the object amplitude to ``clip_object`` (in place), when set."""
+        c = self.p.get("clip_object")
+        if c is None:
+            return
+        lo, hi = float(c[0]), float(c[1])
+        for S in self.book.obj_storages.values():
+            a = np.abs(S.data)
+            scale = np.clip(a, lo, hi)
+            np.divide(scale, a, out=scale, where=a > 0)
+            scale[a == 0] = 1.0
+            S.data *= scale
+
+    def recenter_probe(self):
+        """Shift probe, object and exit waves by whole pixels when the probe's mass centre drifts.
+
+        The shift moves all three together, so ``exit = probe * object`` stays
+        consistent; the object's coordinate frame moves by the same amount.
+        Returns the applied shift per probe storage.
+        """
+        tol = self.p.get("probe_center_tol")
+        shifts = {}
+        if tol is None:
+            return shifts
+        for sid, S in self.book.probe_storages.items():
+            inten = np.sum(np.abs(S.data) ** 2, axis=0)
+            tot = inten.sum()
+            if not tot > 0:
+                continue
+            h, w = inten.shape
+            cy = float(np.dot(np.arange(h), inten.sum(axis=1)) / tot)
+            cx = float(np.dot(np.arange(w), inten.sum(axis=0)) / tot)
+            d = np.array([h // 2 - cy, w // 2 - cx])
+            if np.hypot(*d) <= float(tol):
+                continue
+            s = np.round(d).astype(int)
+            S.data[...] = np.roll(S.data, tuple(s), axis=(-2, -1))
+            shifts[sid] = s
+            for g in self.book.groups:
+                if g.probe is S:
+                    g.obj.data[...] = np.roll(g.obj.data, tuple(s), axis=(-2, -1))
+                    g.exit.data[...] = np.roll(g.exit.data, tuple(s), axis=(-2, -1))
+            log.info("%s: probe %s recentred by %s pixels", self.label, sid, tuple(int(v) for v in s))
+        return shifts
+
+    def reset_exit(self):
+        """Set every exit wave to ``probe * object`` (in place)."""
+        for g in self.book.groups:
+            pr = g.probe.data
+            for f0, f1, p0, p1 in g.blocks(256):
+                ob = g.gather_object(g.obj.data, p0, p1)
+                if g.regular and g.modes > 1:
+                    g.as4d(ob, f0, f1)[...] *= g.probe_for(pr, p0, p1)
+                else:
+                    ob *= g.probe_for(pr, p0, p1)
+                g.write_exit(ob, p0, p1)
+
+    # -- divergence ---------------------------------------------------------------------
+    def _state_finite(self):
+        for S in list(self.book.probe_storages.values()) + list(self.book.obj_storages.values()):
+            flat = S.data.reshape(-1)
+            if not np.isfinite(np.vdot(flat, flat).real):
+                return False
+        return True
+
+    def _snapshot(self):
+        """Remember the current probe and object as the last good state."""
+        if self._good is None:
+            self._good = dict(probe={}, obj={})
+        for key, storages in (("probe", self.book.probe_storages), ("obj", self.book.obj_storages)):
+            for sid, S in storages.items():
+                buf = self._good[key].get(sid)
+                if buf is None or buf.shape != S.data.shape:
+                    self._good[key][sid] = S.data.copy()
+                else:
+                    buf[...] = S.data
+        self._good_iteration = int(self.ptycho.runtime.get("iterations", 0))
+
+    def _restore_good(self):
+        if self._good is None:
+            return
+        for key, storages in (("probe", self.book.probe_storages), ("obj", self.book.obj_storages)):
+            for sid, S in storages.items():
+                if sid in self._good[key]:
+                    S.data[...] = self._good[key][sid]
+        self.reset_exit()
+
+    # -- state for checkpoints / resume ----------------------------------------------------
+    def engine_state(self):
+        """Engine-specific arrays to checkpoint: a dict name -> ndarray. Override."""
+        return {}
+
+    def engine_load_state(self, state):
+        """Restore what :meth:`engine_state` returned. Override."""
+
+    def state_dict(self):
+        """Everything needed to resume: a dict of plain values and ndarray copies.
+
+        Keys: ``engine`` (label), ``name``, ``iteration`` (this engine),
+        ``global_iteration``, ``probe``/``obj``/``exit`` (storage ID ->
+        array copy), ``rng`` (bit-generator state), ``extra``
+        (:meth:`engine_state`).
+        """
+        P = self.ptycho
+        return dict(engine=self.label, name=self.NAME, iteration=int(self.iteration),
+                    global_iteration=int(P.runtime.get("iterations", 0)),
+                    probe={sid: S.data.copy() for sid, S in P.probe.S.items()},
+                    obj={sid: S.data.copy() for sid, S in P.obj.S.items()},
+                    exit={sid: S.data.copy() for sid, S in P.exit.S.items()},
+                    rng=self.rng.bit_generator.state,
+                    extra={k: np.array(v, copy=True) for k, v in self.engine_state().items()})
+
+    def load_state(self, state):
+        """Restore a :meth:`state_dict` in place (storage shapes must match)."""
+        P = self.ptycho
+        for key, C in (("probe", P.probe), ("obj", P.obj), ("exit", P.exit)):
+            for sid, arr in (state.get(key) or {}).items():
+                if sid not in C.S:
+                    raise EngineError("checkpoint has %s storage %s that the model lacks" % (key, sid))
+                S = C.S[sid]
+                if tuple(S.data.shape) != tuple(np.shape(arr)):
+                    raise EngineError("checkpoint %s storage %s has shape %s, the model %s"
+                                      % (key, sid, np.shape(arr), S.data.shape))
+                S.data[...] = arr
+        self.iteration = int(state.get("iteration", 0))
+        if "global_iteration" in state:
+            P.runtime.iterations = int(state["global_iteration"])
+        if state.get("rng") is not None:
+            self.rng.bit_generator.state = state["rng"]
+        if not self.initialized:
+            self.initialize()
+        self.engine_load_state(state.get("extra") or {})
+        self._snapshot()
+        return self
+
+
+def _num(v):
+    if v is None:
+        return None
+    return float(v)
+
+
+def _stderr_tty():
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def register(cls):
+    """Class decorator: add an engine class to :data:`ENGINES` and to the parameter registry."""
+    from ..params import registry
+
+    if not cls.NAME or cls.NAME == "Engine":
+        raise ValueError("an engine class needs its own NAME")
+    ENGINES[cls.NAME] = cls
+    own = ParamSet(cls.NAME, [e for e in cls.PARAMS if e.name != "name"], cls.PARAMS.doc)
+    registry.register_engine(cls.NAME, own, cls)
+    return cls
+
+
+def make_engine(ptycho, pars, label=None):
+    """Build the engine named by ``pars['name']`` (any case) for ``ptycho``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name (listing the registered engines).
+    """
+    from ..params import registry
+
+    pars = dict(pars or {})
+    path = "engines.%s.name" % (label or "<label>")
+    entry = registry.get_engine(pars.get("name"), path)
+    if entry.factory is None:
+        raise ConfigError("%s: engine %r is declared but has no implementation" % (path, entry.name))
+    pars["name"] = entry.name
+    return entry.factory(ptycho, pars, label or entry.name.lower())

@@ -1,0 +1,425 @@
+"""Projection engines: Difference Map (DM) and RAAR as one generalised update.
+
+Update rule
+-----------
+With ``pw = probe * object`` (the exit waves the current probe and object
+predict: the overlap projection of the previous exit waves) and ``P_F`` the
+(power-bound relaxed) Fourier-modulus projection, every iteration does::
+
+    psi <- psi + beta * [P_F((1 + alpha) pw - alpha psi) - pw] + (1 - beta) (pw - psi)
+
+followed by the overlap update (probe and object from the new ``psi``).
+
+* **DM** (Elser's difference map in the form used in ptychography):
+  ``beta = 1``: ``psi <- psi + P_F((1 + alpha) pw - alpha psi) - pw``;
+  ``alpha = 1`` gives the classic ``psi + P_F(2 pw - psi) - pw``.
+* **RAAR** (Luke 2005): ``x <- [beta/2 (R_F R_O + I) + (1 - beta) P_O] x`` with
+  reflectors ``R = 2P - I``. Expanding,
+  ``beta/2 (R_F R_O x + x) = beta/2 (2 P_F(2 P_O x - x) - (2 P_O x - x) + x)
+  = beta [P_F(2 pw - psi) - pw + psi]``; adding ``(1 - beta) pw`` gives
+  ``beta psi + beta [P_F(2 pw - psi) - pw] + (1 - beta) pw``, which is the
+  rule above with ``alpha = 1`` (``psi - (1 - beta) psi = beta psi``).
+
+One Fourier projection (one forward and one inverse FFT of all exit waves)
+per iteration.
+
+Fourier projection with power bound
+-----------------------------------
+``|F| = sqrt(sum_modes |F_k|^2)`` (modes of a frame add incoherently). For
+each frame the mean squared amplitude deviation over valid pixels
+``err = sum mask (|F| - sqrt(I))^2 / sum mask`` is compared with
+``pbound = fourier_relax_factor**2 * mean_power / 4`` (``mean_power``: mean
+measured counts per valid pixel). Frames with ``err <= pbound`` are left
+unchanged (they already lie in the relaxed constraint set); the others get
+the amplitude ``sqrt(I) + r (|F| - sqrt(I))`` with ``r = sqrt(pbound / err)``,
+i.e. they are moved onto the boundary of the set, not onto the measurement.
+The factor multiplies every mode of the frame; masked pixels are left
+unchanged. With ``fourier_relax_factor = 0`` this is the plain modulus
+projection.
+
+In the far field the projection is computed as
+``conj(pre) * IFFT(m * FFT(pre * w))``: the propagator's post-FFT phase
+factor cancels for the real factor ``m`` and is skipped.
+
+Overlap update
+--------------
+Object (per object mode; sums over pods and MPI ranks)::
+
+    O = (sum conj(P) psi + c_o O_old) / (sum |P|^2 + c_o),   c_o = object_inertia * mean_power
+
+Probe (per probe mode)::
+
+    P = (sum conj(O) psi + c_p P_old) / (sum |O|^2 + c_p),   c_p = probe_inertia * n_frames * <|O|^2>
+
+(``<|O|^2>``: mean object intensity over the object storage; ``n_frames``: all
+frames of all ranks, the scale of ``sum |O|^2`` for a transmission object.)
+The two updates alternate (object first when ``update_object_first``) until
+the relative probe change ``sqrt(sum |dP|^2 / sum |P|^2)`` falls below
+``overlap_converge_factor`` or ``overlap_max_iterations`` rounds are done;
+before ``probe_update_start`` only the object is updated, once. After each
+probe update the probe constraints of the base class apply (support, mode
+orthogonalisation and power ordering, recentring). Numerators and
+denominators are summed over MPI ranks with in-place ``allreduce`` on numpy
+buffers, so any number of ranks gives the same result. ``sum |P|^2`` over the
+object is recomputed only when the probe changed.
+
+Performance
+-----------
+Frames are processed in blocks of ``block_frames`` (about 8 MB of complex
+data per block by default), so that the elementwise passes run in cache and
+the temporaries stay small; each block does one batched in-place forward and
+one inverse FFT over all its frames and modes. See
+``benchmarks/bench_engines.py``.
+"""
+
+import numpy as np
+
+from .. import parallel
+from ..params.declare import Parameter
+from .base import Engine, register
+from .kernels import (fft_inplace, ifft_inplace, model_amplitude, fourier_errors, modulus_factor,
+                      power_bound_renorm)
+
+__all__ = ["ProjectionEngine", "DM", "RAAR"]
+
+_PROJECTION_PARAMS = [
+    Parameter("fourier_relax_factor", 0.05, "float",
+              "power bound: frames whose rms amplitude deviation is below half this fraction of the rms "
+              "measured amplitude are not corrected", low=0.0),
+    Parameter("object_inertia", 1e-4, "float",
+              "weight of the previous object in the object update, relative to the mean probe power", low=0.0),
+    Parameter("probe_inertia", 1e-9, "float",
+              "weight of the previous probe in the probe update, relative to the frames' object power",
+              low=0.0),
+    Parameter("overlap_converge_factor", 0.05, "float",
+              "stop the object/probe inner loop when the relative probe change falls below this", low=0.0),
+    Parameter("overlap_max_iterations", 10, "int", "most object/probe rounds per iteration", low=1),
+    Parameter("update_object_first", True, "bool", "update the object before the probe in each round"),
+    Parameter("block_frames", None, "int",
+              "frames processed together (null: about 8 MB of exit waves per block)", low=1, nullable=True),
+]
+
+
+class ProjectionEngine(Engine):
+    """Generalised projection update (see the module docstring).
+
+    Subclasses set :attr:`alpha` and :attr:`beta` from their parameters in
+    :meth:`engine_initialize`.
+    """
+
+    NAME = "Projection"
+    PARAMS = Engine.PARAMS.extended("Projection", _PROJECTION_PARAMS, doc="generalised projection engine")
+
+    alpha = 1.0
+    beta = 1.0
+
+    # -- set-up ------------------------------------------------------------
+    def set_coefficients(self):
+        """Set ``self.alpha`` and ``self.beta`` from the parameters (override)."""
+
+    def engine_initialize(self):
+        self.set_coefficients()
+        self.pbound = float(self.p.fourier_relax_factor) ** 2 * self.mean_power / 4.0
+        ctype, ftype = self.ctype, self.ftype
+        # block sizes and scratch buffers (shared by all groups)
+        max_pods = max_frames = 1
+        self._blocks = {}
+        for g in self.book.groups:
+            H, W = g.shape
+            if self.p.get("block_frames"):
+                bf = int(self.p.block_frames)
+            else:
+                per_frame = max(1, (g.n_pods // max(g.n_frames, 1))) * H * W * np.dtype(ctype).itemsize
+                bf = max(1, int(8 * 2 ** 20 // per_frame))
+            blocks = g.blocks(bf)
+            self._blocks[id(g)] = blocks
+            for f0, f1, p0, p1 in blocks:
+                max_pods = max(max_pods, p1 - p0)
+                max_frames = max(max_frames, f1 - f0)
+        shapes = {g.shape for g in self.book.groups}
+        self._scratch = {}
+        for shape in shapes:
+            self._scratch[shape] = dict(
+                buf=np.empty((max_pods,) + shape, dtype=ctype),
+                pw=np.empty((max_pods,) + shape, dtype=ctype),
+                af=np.empty((max_frames,) + shape, dtype=ftype),
+                fdev=np.empty((max_frames,) + shape, dtype=ftype),
+                tmp=np.empty((max_frames,) + shape, dtype=ftype),
+                frame=np.empty(shape, dtype=ctype),
+            )
+        # overlap-update accumulators, one per storage
+        self._ob_num = {sid: np.empty_like(S.data) for sid, S in self.book.obj_storages.items()}
+        self._ob_den = {sid: np.empty(S.data.shape, dtype=ftype) for sid, S in self.book.obj_storages.items()}
+        self._pr_num = {sid: np.empty_like(S.data) for sid, S in self.book.probe_storages.items()}
+        self._pr_den = {sid: np.empty(S.data.shape, dtype=ftype) for sid, S in self.book.probe_storages.items()}
+        self._den_valid = False
+        self._fuse_object = False
+        nmodes = max((S.data.shape[0] for S in self.book.probe_storages.values()), default=1)
+        self.c_obj = float(self.p.object_inertia) * self.mean_power * nmodes
+
+    def engine_finalize(self):
+        for name in ("_scratch", "_ob_num", "_ob_den", "_pr_num", "_pr_den", "_blocks"):
+            if hasattr(self, name):
+                delattr(self, name)
+
+    # -- iteration -----------------------------------------------------------
+    def engine_iterate(self, n):
+        out = []
+        for _ in range(n):
+            acc = self.new_error_sums()
+            self._fuse_object = bool(self.p.update_object_first) or not self.probe_update_due()
+            if self._fuse_object:
+                self._init_object_numerator()
+            for g in self.book.groups:
+                self.fourier_update(g, acc)
+            self.overlap_update()
+            out.append(acc.reduce())
+        return out
+
+    def fourier_update(self, g, acc):
+        """Generalised projection step on the exit waves of group ``g``; errors into ``acc``.
+
+        Frames inside the power bound need no Fourier correction
+        (``P_F(t) = t``), so their update is ``(alpha beta + 1 - beta)(pw - psi)``
+        and they skip the inverse FFT. When ``self._fuse_object`` is set, the
+        object-update numerator ``sum conj(P) psi`` is accumulated here while
+        the new exit waves are in cache.
+        """
+        sc = self._scratch[g.shape]
+        alpha, beta = float(self.alpha), float(self.beta)
+        c_in = self.ctype.type(alpha * beta + 1.0 - beta)
+        ctype = self.ctype
+        pr = g.probe.data
+        ob = g.obj.data
+        fac = g.factors
+        modes = g.modes if g.regular else 0
+        fuse = self._fuse_object
+        if fuse:
+            prc = np.conj(pr)
+            num = self._ob_num[g.obj.ID]
+            frame_tmp = sc["frame"]
+        for f0, f1, p0, p1 in self._blocks[id(g)]:
+            nb, npb = f1 - f0, p1 - p0
+            buf = sc["buf"][:npb]
+            pw = sc["pw"][:npb]
+            af = sc["af"][:nb]
+            fdev = sc["fdev"][:nb]
+            tmp = sc["tmp"][:nb]
+            g.gather_product(ob, pr, p0, p1, out=pw)  # pw = probe * object window
+            psi = g.read_exit(p0, p1)
+            # t = (1 + alpha) pw - alpha psi
+            if alpha == 1.0:
+                np.subtract(pw, psi, out=buf)
+                buf += pw
+            else:
+                np.multiply(psi, ctype.type(-alpha / (1.0 + alpha)), out=buf)
+                buf += pw
+                buf *= ctype.type(1.0 + alpha)
+            # to the detector
+            if g.farfield:
+                np.multiply(buf, fac.pre, out=buf)
+                F = fft_inplace(buf)
+            else:
+                F = g.propagator.fw(buf)
+            # model amplitude (modes summed incoherently) and errors
+            if modes:
+                model_amplitude(F, modes, af, tmp)
+            else:
+                np.sqrt(g.sum_modes(np.abs(F) ** 2, f0, f1), out=af)
+            mask = g.mask_frames(f0, f1)
+            ferr, photon, valid = fourier_errors(af, g.fmag(f0, f1), mask, fdev=fdev, tmp=tmp,
+                                                 weight=g.photon_weight(f0, f1))
+            acc.add(fourier=float(ferr.sum()), photon=photon, valid=float(valid.sum()))
+            r = power_bound_renorm(ferr / np.maximum(valid, 1.0), self.pbound)
+            out = r < 1.0  # frames that need the Fourier correction
+            n_out = int(np.count_nonzero(out))
+            if n_out:
+                if n_out == nb:
+                    pod_out = None
+                    Fo, fo, afo, ro = F, fdev, af, r
+                else:
+                    pod_out = np.flatnonzero(out[g.frame[p0:p1] - f0])
+                    Fo, fo, afo, ro = F[pod_out], fdev[out], af[out], r[out]
+                fm = modulus_factor(fo, afo, ro, out=fo)
+                if modes == 1:
+                    np.multiply(Fo, fm, out=Fo)
+                elif modes:
+                    g.as4d(Fo, 0, len(fm))[...] *= fm[:, None]
+                else:
+                    lf = g.frame[p0:p1] - f0
+                    idx = lf if pod_out is None else lf[pod_out]
+                    remap = np.cumsum(out) - 1
+                    Fo *= fm[remap[idx]]
+                G = ifft_inplace(Fo) if g.farfield else g.propagator.bw(Fo)
+                if g.farfield:
+                    np.multiply(G, fac.post_bw, out=G)  # conj(pre); the post factor cancels
+            if n_out < nb:
+                # frames inside the bound: delta = (alpha beta + 1 - beta)(pw - psi); G saved above
+                np.subtract(pw, psi, out=buf)
+                if c_in != 1:
+                    buf *= c_in
+            if n_out:
+                # delta = beta (P_F(t) - pw) + (1 - beta)(pw - psi)
+                pwo = pw if pod_out is None else pw[pod_out]
+                np.subtract(G, pwo, out=G)
+                if beta != 1.0:
+                    G *= ctype.type(beta)
+                    psio = psi if pod_out is None else psi[pod_out]
+                    d = np.subtract(pwo, psio, out=pwo if pod_out is None else None)
+                    d *= ctype.type(1.0 - beta)
+                    G += d
+                if pod_out is None:
+                    delta = G
+                else:
+                    buf[pod_out] = G
+                    delta = buf
+            else:
+                delta = buf
+            np.add(psi, delta, out=psi)
+            g.write_exit(psi, p0, p1)
+            flat = delta.reshape(-1)
+            acc.add_exit_change(np.vdot(flat, flat).real)
+            if fuse:
+                g.scatter_probe_product(num, psi, prc, p0, p1, tmp=frame_tmp)
+
+    # -- overlap update ------------------------------------------------------------
+    def overlap_update(self):
+        """Alternate object and probe updates (see the module docstring)."""
+        update_probe = self.probe_update_due()
+        rounds = int(self.p.overlap_max_iterations) if update_probe else 1
+        self.last_overlap_rounds = 0
+        for k in range(rounds):
+            self.last_overlap_rounds = k + 1
+            if not update_probe or self.p.update_object_first or k > 0:
+                self.object_update()
+            if not update_probe:
+                break
+            change = self.probe_update()
+            if change < float(self.p.overlap_converge_factor):
+                break
+        if update_probe:
+            # orthogonalise the modes once per iteration, mixing the exit waves alike
+            self.orthogonalize_probe(rotate_exit=True)
+
+    def _init_object_numerator(self):
+        c = self.ctype.type(self.c_obj)
+        for sid, S in self.book.obj_storages.items():
+            if parallel.master:  # the inertia term enters the MPI sum once
+                np.multiply(S.data, c, out=self._ob_num[sid])
+            else:
+                self._ob_num[sid].fill(0)
+
+    def object_update(self):
+        """``O = (sum conj(P) psi + c_o O) / (sum |P|^2 + c_o)`` for every object storage.
+
+        The numerator comes from the Fourier step when it was accumulated
+        there (first object update of an iteration), else it is summed here.
+        """
+        recompute_den = not self._den_valid
+        fused = self._fuse_object
+        self._fuse_object = False
+        if not fused:
+            self._init_object_numerator()
+        for sid, S in self.book.obj_storages.items():
+            if recompute_den:
+                self._ob_den[sid].fill(0)
+        for g in self.book.groups:
+            if not fused:
+                num = self._ob_num[g.obj.ID]
+                prc = np.conj(g.probe.data)
+                tmp = self._scratch[g.shape]["frame"]
+                for f0, f1, p0, p1 in self._blocks[id(g)]:
+                    g.scatter_probe_product(num, g.read_exit(p0, p1), prc, p0, p1, tmp=tmp)
+            if recompute_den:
+                p2 = (g.probe.data.real ** 2 + g.probe.data.imag ** 2).astype(self.ftype)
+                g.scatter_object_const(self._ob_den[g.obj.ID], p2)
+        for sid, S in self.book.obj_storages.items():
+            parallel.allreduce(self._ob_num[sid])
+            if recompute_den:
+                den = self._ob_den[sid]
+                parallel.allreduce(den)
+                den += self.ftype.type(self.c_obj)
+                np.reciprocal(den, out=den)  # keep 1 / (sum |P|^2 + c_o)
+            np.multiply(self._ob_num[sid], self._ob_den[sid], out=S.data)
+        self._den_valid = True
+        self.apply_object_constraints()
+
+    def probe_update(self):
+        """``P = (sum conj(O) psi + c_p P) / (sum |O|^2 + c_p)``; returns the relative change."""
+        num_change = 0.0
+        norm = 0.0
+        # c_p from the object power
+        cps = {}
+        objc = {}
+        objw = {}
+        for sid, S in self.book.obj_storages.items():
+            w = (S.data.real ** 2 + S.data.imag ** 2).astype(self.ftype)
+            objw[sid] = w
+            objc[sid] = np.conj(S.data)
+        sums = np.zeros(2)
+        for sid, S in self.book.obj_storages.items():
+            sums[0] += float(np.sum(objw[sid], dtype=np.float64))
+            sums[1] += objw[sid].size
+        mean_obj = sums[0] / max(sums[1], 1.0)
+        cp = float(self.p.probe_inertia) * self.n_frames_total * max(mean_obj, 1e-30)
+        for sid, S in self.book.probe_storages.items():
+            if parallel.master:  # the inertia term enters the MPI sum once
+                np.multiply(S.data, self.ctype.type(cp), out=self._pr_num[sid])
+            else:
+                self._pr_num[sid].fill(0)
+            self._pr_den[sid].fill(0)
+            cps[sid] = cp
+        for g in self.book.groups:
+            num = self._pr_num[g.probe.ID]
+            den = self._pr_den[g.probe.ID]
+            tmp = self._scratch[g.shape]["frame"]
+            for f0, f1, p0, p1 in self._blocks[id(g)]:
+                g.accumulate_probe(num, den, objc[g.obj.ID], objw[g.obj.ID], g.read_exit(p0, p1), p0, p1,
+                                   tmp=tmp)
+        for sid, S in self.book.probe_storages.items():
+            num = self._pr_num[sid]
+            den = self._pr_den[sid]
+            parallel.allreduce(num)
+            parallel.allreduce(den)
+            den += self.ftype.type(cps[sid])
+            np.divide(num, den, out=num)
+            d = num - S.data
+            num_change += float(np.vdot(d, d).real)
+            S.data[...] = num
+        self.apply_probe_constraints(orthogonalize=False)
+        for S in self.book.probe_storages.values():
+            norm += float(np.vdot(S.data, S.data).real)
+        self._den_valid = False
+        return float(np.sqrt(num_change / max(norm, 1e-30)))
+
+    # -- state ------------------------------------------------------------------------
+    def engine_load_state(self, state):
+        self._den_valid = False
+
+
+@register
+class DM(ProjectionEngine):
+    """Difference Map: ``psi <- psi + P_F((1 + alpha) pw - alpha psi) - pw``."""
+
+    NAME = "DM"
+    PARAMS = ProjectionEngine.PARAMS.extended("DM", [
+        Parameter("alpha", 1.0, "float", "difference-map mixing parameter (1: classic DM)", low=0.0),
+    ], doc="difference map")
+
+    def set_coefficients(self):
+        self.alpha = float(self.p.alpha)
+        self.beta = 1.0
+
+
+@register
+class RAAR(ProjectionEngine):
+    """Relaxed averaged alternating reflections: the update with ``alpha = 1`` and ``beta``."""
+
+    NAME = "RAAR"
+    PARAMS = ProjectionEngine.PARAMS.extended("RAAR", [
+        Parameter("beta", 0.75, "float", "RAAR relaxation (1: DM with alpha = 1)", low=0.0, high=1.0),
+    ], doc="relaxed averaged alternating reflections")
+
+    def set_coefficients(self):
+        self.alpha = 1.0
+        self.beta = float(self.p.beta)

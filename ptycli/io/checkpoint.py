@@ -1,0 +1,295 @@
+"""Checkpoints: snapshot a running reconstruction, write it, read it back, resume.
+
+A checkpoint is a reconstruction file (:mod:`ptycli.io.reconstruction`) with
+``kind='checkpoint'`` whose ``/state`` group says where the engine chain
+stood: the index and label of the current engine, how many of its iterations
+are done, the engine's own state (``engine.state_dict()``) and the exit waves
+of all MPI ranks. A result file carries the same state, so either can be
+given to ``ptycli reconstruct CONFIG --resume FILE``.
+
+Resuming rebuilds the model from CONFIG (``Ptycho(p, level=2)``), then
+:func:`restore_model` puts back probe, object, exit waves, positions and the
+error history, and the chain continues: engines before the checkpoint's
+engine are skipped, the checkpoint's engine continues at its iteration with
+its state (``engine.load_state``), later engines run in full. With the same
+configuration, seed and number of MPI ranks, an interrupted and resumed run
+ends with the same object as an uninterrupted one.
+
+Functions here are collective under MPI (every rank calls them); files are
+written by rank 0 only.
+"""
+
+import numpy as np
+
+from .. import parallel
+from ..errors import ConfigError, DataError
+from .reconstruction import load_reconstruction, write_reconstruction
+
+__all__ = [
+    "storage_entry",
+    "collect_model",
+    "restore_model",
+    "write_snapshot",
+    "load_checkpoint",
+    "plan_resume",
+]
+
+
+def storage_entry(S, data=True):
+    """The dict :func:`~ptycli.io.reconstruction.write_reconstruction` expects for one storage."""
+    out = {"psize": np.asarray(S.psize, float).copy(), "center": np.asarray(S.center, float).copy(),
+           "origin": np.asarray(S.origin, float).copy()}
+    if data:
+        out["data"] = S.data.copy()
+    return out
+
+
+def _frame_pods(model):
+    """First pod of every frame of a scan model (pods are frame-major, modes inner)."""
+    modes = max(1, int(model.modes))
+    return model.pods[::modes]
+
+
+def _scan_entry(model):
+    """This rank's part of a scan: indices, initial and final positions, and geometry attributes."""
+    d = model.data
+    G = model.geometry
+    idx = np.asarray(d.indices, dtype=np.int64)
+    initial = np.asarray(model.positions_m(), dtype=np.float64).reshape(-1, 2)
+    final = np.array([pod.ob_view.coord for pod in _frame_pods(model)], dtype=np.float64).reshape(-1, 2)
+    attrs = dict(
+        energy=float(d.energy_kev), distance=float(d.distance_m),
+        detector_psize=np.broadcast_to(np.asarray(d.psize_m, float), (2,)).copy(),
+        resolution=np.asarray(G.resolution, float).copy() if G is not None else None,
+        shape=np.asarray(d.shape, dtype=np.int64), num_frames=int(d.num_frames_total),
+        propagation=str(model.p.propagation), loader=str(model.p.data.name),
+        source=str(d.source or ""), probe=model.probe_sid, object=model.object_sid,
+        model=str(model.p.name),
+    )
+    return idx, initial, final, attrs
+
+
+def _gather_rows(parts):
+    """Concatenate gathered ``(indices, *arrays)`` tuples and sort rows by index."""
+    idx = np.concatenate([p[0] for p in parts])
+    order = np.argsort(idx, kind="stable")
+    arrays = [np.concatenate([p[k] for p in parts])[order] for k in range(1, len(parts[0]))]
+    return [idx[order]] + arrays
+
+
+def collect_model(P, with_exit=True):
+    """Snapshot the model: objects, probes, scans (positions) and exit waves.
+
+    Collective: every rank must call it. Returns the dict on rank 0 (arrays
+    copied, all ranks' frames gathered) and None on the other ranks.
+    """
+    snap = {
+        "objects": {sid: storage_entry(S) for sid, S in P.obj.S.items()},
+        "probes": {sid: storage_entry(S) for sid, S in P.probe.S.items()},
+        "scans": {},
+    }
+    for label, model in P.scans.items():
+        idx, initial, final, attrs = _scan_entry(model)
+        if parallel.size > 1:
+            parts = parallel.gather((idx, initial, final))
+            if parallel.master:
+                idx, initial, final = _gather_rows(parts)
+        snap["scans"][label] = dict(attrs, indices=idx, positions=final, positions_initial=initial)
+    exits = {}
+    if with_exit:
+        for sid, S in P.exit.S.items():
+            layers = np.asarray(S.layermap, dtype=np.int64)
+            data = S.data
+            if parallel.size > 1:
+                parts = parallel.gather((layers, data))
+                if parallel.master:
+                    layers, data = _gather_rows(parts)
+            else:
+                data = data.copy()
+            exits[sid] = {"data": data, "layermap": layers}
+    snap["exit"] = exits
+    return snap if parallel.master else None
+
+
+def _check_storage(kind, sid, S, saved, path):
+    if sid not in saved:
+        raise DataError("%s: the checkpoint has no %s storage %s (it has %s); it was written for another "
+                        "configuration" % (path, kind, sid, ", ".join(saved) or "none"),
+                        hint="resume with the configuration that wrote it", validation=True)
+    arr = saved[sid]
+    if tuple(arr.shape) != tuple(S.shape):
+        raise DataError("%s: %s %s has shape %s in the checkpoint but %s in this model" % (
+            path, kind, sid, tuple(arr.shape), tuple(S.shape)),
+            hint="resume with the configuration (scans, frames, modes) that wrote the checkpoint",
+            validation=True)
+
+
+def restore_model(P, rec):
+    """Put the state of checkpoint ``rec`` (a Reconstruction) back into model ``P``.
+
+    Object, probe, exit waves (this rank's layers), scan positions and the
+    error history are restored. Raises DataError (exit code 2) when the
+    checkpoint does not fit the model.
+    """
+    path = rec.path
+    for sid, S in P.obj.S.items():
+        _check_storage("object", sid, S, rec.objects, path)
+        S.data[...] = rec.objects[sid]
+        meta = rec.object_meta.get(sid) or {}
+        if "center" in meta:
+            S.center = meta["center"]
+    for sid, S in P.probe.S.items():
+        _check_storage("probe", sid, S, rec.probes, path)
+        S.data[...] = rec.probes[sid]
+    # positions (refined positions move the object views)
+    for label, model in P.scans.items():
+        sc = rec.scans.get(label)
+        if sc is None or sc.get("positions") is None or sc.get("indices") is None:
+            continue
+        where = {int(i): k for k, i in enumerate(sc["indices"])}
+        modes = max(1, int(model.modes))
+        moved = False
+        for f, g in enumerate(model.data.indices):
+            k = where.get(int(g))
+            if k is None:
+                raise DataError("%s: frame %d of scan %s is not in the checkpoint" % (path, int(g), label),
+                                validation=True)
+            coord = np.asarray(sc["positions"][k], dtype=float)
+            for pod in model.pods[f * modes:(f + 1) * modes]:
+                if not np.array_equal(pod.ob_view.coord, coord):
+                    pod.ob_view.coord = coord.copy()
+                    moved = True
+        if moved:
+            for S in P.obj.S.values():
+                S.update_views()
+    # exit waves: this rank's layers
+    state = rec.state or {}
+    saved_exit = state.get("exit") or {}
+    for sid, S in P.exit.S.items():
+        if sid not in saved_exit:
+            raise DataError("%s: the checkpoint has no exit waves for %s" % (path, sid), validation=True)
+        ex = saved_exit[sid]
+        rows = {int(layer): k for k, layer in enumerate(ex["layermap"])}
+        data = ex["data"]
+        if tuple(data.shape[1:]) != tuple(S.shape[1:]):
+            raise DataError("%s: exit waves %s have frames of %s in the checkpoint, %s in this model" % (
+                path, sid, tuple(data.shape[1:]), tuple(S.shape[1:])), validation=True)
+        for row, layer in enumerate(S.layermap):
+            k = rows.get(int(layer))
+            if k is None:
+                raise DataError("%s: exit wave layer %d of %s is not in the checkpoint" % (path, layer, sid),
+                                validation=True)
+            S.data[row] = data[k]
+    P.runtime.history = [dict(h) for h in rec.history]
+    P.runtime.iterations = len(rec.history)
+
+
+def write_snapshot(path, P, kind, engines, state_attrs, engine_state, info):
+    """Collect the model (collective) and write it to ``path`` on rank 0.
+
+    Parameters
+    ----------
+    path : str
+        Output file (written atomically).
+    P : Ptycho
+        The model.
+    kind : 'checkpoint' or 'result'
+    engines : list of dict
+        Per-engine summaries (run order).
+    state_attrs : dict
+        ``/state`` attributes (engine_index, engine_label, ...).
+    engine_state : dict or None
+        This rank's ``engine.state_dict()``; under MPI every rank's state is
+        gathered (rank ``r > 0`` is stored under ``/state/engine/ranks/<r>``).
+    info : dict
+        ``parameters_yaml``, ``config``, ``overrides``, ``run``, ``provenance``.
+    """
+    snap = collect_model(P, with_exit=True)
+    states = parallel.gather(engine_state) if parallel.size > 1 else [engine_state]
+    if not parallel.master:
+        return None
+    tree = dict(states[0] or {})
+    if parallel.size > 1:
+        tree["ranks"] = {str(r): (s or {}) for r, s in enumerate(states) if r > 0}
+    snap["history"] = list(P.runtime.history)
+    snap["engines"] = engines
+    snap["state"] = {"attrs": dict(state_attrs, mpi_size=parallel.size), "exit": snap.pop("exit"),
+                     "engine": tree}
+    snap.update(info)
+    return write_reconstruction(path, snap, kind=kind)
+
+
+def load_checkpoint(path):
+    """Read a checkpoint (or result) for ``--resume``; usage errors (exit 2) when it cannot serve."""
+    import os
+
+    if not os.path.exists(path):
+        raise ConfigError("--resume %s: no such file" % path,
+                          hint="give the checkpoint written by the interrupted run")
+    try:
+        rec = load_reconstruction(path, with_state=True)
+    except DataError as exc:
+        raise DataError("--resume %s: %s" % (path, exc.message), hint=exc.hint, validation=True) from None
+    if rec.state is None:
+        raise DataError("--resume %s: the file has no /state group to resume from" % path, validation=True)
+    return rec
+
+
+def engine_state_for_rank(tree):
+    """This rank's engine state from a stored tree (see :func:`write_snapshot`)."""
+    tree = dict(tree or {})
+    ranks = tree.pop("ranks", None) or {}
+    if parallel.rank > 0:
+        mine = ranks.get(str(parallel.rank))
+        if mine is not None:
+            return mine
+    return tree
+
+
+def plan_resume(chain, rec):
+    """Where each engine of ``chain`` starts when resuming from ``rec``.
+
+    Parameters
+    ----------
+    chain : list of (label, Param)
+        The engines of the configuration, in run order.
+    rec : Reconstruction
+        The checkpoint (with ``state``).
+
+    Returns
+    -------
+    list of int or None
+        Per engine: None (skip: finished before the checkpoint's engine), or
+        the number of its iterations already done (0 for engines after it).
+
+    Raises
+    ------
+    ConfigError
+        When the engines up to the checkpoint's engine differ from the
+        configuration's (labels or engine names).
+    """
+    attrs = rec.state["attrs"]
+    index = int(attrs.get("engine_index", 0))
+    label = str(attrs.get("engine_label", ""))
+    done = int(attrs.get("engine_iteration", 0))
+    saved = [(e["label"], str(e.get("name", ""))) for e in rec.engines]
+    if index >= len(chain):
+        raise ConfigError("--resume %s: the checkpoint stopped in engine %d (%s) but the configuration has "
+                          "only %d engine(s)" % (rec.path, index + 1, label, len(chain)),
+                          hint="resume with the configuration that wrote the checkpoint")
+    for i in range(index + 1):
+        want_label, want = chain[i][0], str(chain[i][1].name)
+        have_label, have = saved[i] if i < len(saved) else (label if i == index else "?", "?")
+        if want_label != have_label or (have != "?" and have.lower() != want.lower()):
+            raise ConfigError("--resume %s: engine %d is %s (%s) in the checkpoint but %s (%s) in the "
+                              "configuration" % (rec.path, i + 1, have_label, have, want_label, want),
+                              hint="resume with the engine chain that wrote the checkpoint")
+    plan = []
+    for i in range(len(chain)):
+        if i < index:
+            plan.append(None)
+        elif i == index:
+            plan.append(done)
+        else:
+            plan.append(0)
+    return plan

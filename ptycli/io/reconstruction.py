@@ -1,0 +1,578 @@
+"""ptycli's reconstruction file: the result of ``ptycli reconstruct`` (and its checkpoints).
+
+One HDF5 file per run, written atomically by MPI rank 0. Checkpoints use the
+same layout (``kind='checkpoint'``); a result file holds the resume state
+too, so ``ptycli reconstruct CONFIG --resume RESULT.h5`` continues a finished
+run with more iterations.
+
+Layout (format version 1)
+-------------------------
+::
+
+    /                                   attrs: format='ptycli-reconstruction', format_version=1,
+                                               kind='result' | 'checkpoint', creator='ptycli <version>',
+                                               created=<ISO 8601 time>, run=<run label>
+    /reconstruction/object/<storageID>  (layers, rows, cols) complex: object modes;
+                                        attrs psize (2,) [m], center (2,) [pixel: the
+                                        physical origin], origin (2,) [m: pixel (0, 0)],
+                                        units='m', axes='layer,y,x'
+    /reconstruction/probe/<storageID>   (modes, rows, cols) complex: probe modes; same attrs
+    /scans/<label>/positions            (N, 2) float64 final scan positions (y, x), units='m'
+    /scans/<label>/positions_initial    (N, 2) float64 positions before refinement, units='m'
+    /scans/<label>/indices              (N,) int64 global frame indices of the rows above
+    /scans/<label>                      attrs: energy (keV), distance (m), detector_psize (2,) [m],
+                                               resolution (2,) [m: sample pixel], shape (2,) [pixel],
+                                               num_frames, propagation, loader, source,
+                                               probe (storage ID), object (storage ID)
+    /history/<column>                   the error history, one row per engine iteration:
+                                          iteration        int64   iteration over the whole chain (1-based)
+                                          engine_iteration int64   iteration within its engine (1-based)
+                                          engine           str     engine label (e.g. 'dm')
+                                          engine_name      str     engine class (e.g. 'DM')
+                                          fourier_error    float64 (NaN when the engine does not report it)
+                                          photon_error     float64
+                                          exit_change      float64
+                                          likelihood       float64
+                                          time_s           float64 [s] time of the iteration
+                                        attr columns = the column names in this order
+    /engines                            attr order = engine labels in run order
+    /engines/<label>                    attrs: name, numiter, iterations (done), finished (bool),
+                                               time_s, final_<error> for each error column
+    /parameters/yaml                    str: the complete resolved parameter tree (YAML), reusable
+                                        as a config file
+    /parameters                         attrs: config (the config file given, '-' for stdin),
+                                               overrides (the --set items)
+    /provenance                         attrs: ptycli, python, numpy, scipy, h5py, mpi4py, platform,
+                                               command_line, cwd, host, mpi_size, start_time,
+                                               end_time (ISO 8601), duration_s
+    /state                              what ``--resume`` needs; attrs: engine_index, engine_label,
+                                        engine_name, engine_iteration (iterations done by the engine
+                                        at engine_index), engine_finished (bool: that engine ended),
+                                        total_iterations, finished (bool: the whole chain ran),
+                                        data_type, mpi_size
+    /state/exit/<storageID>             (layers, rows, cols) exit waves of all ranks, attr layermap
+                                        (global layer of each row)
+    /state/engine/...                   the engine's ``state_dict()`` without its probe/object/exit
+                                        copies (iteration counters, RNG state, engine arrays): a tree of
+                                        groups, arrays as datasets, other values as typed scalars or
+                                        JSON (attr type); under MPI ranks r > 0 under
+                                        /state/engine/ranks/<r>/
+
+The probe and object are found at ``/reconstruction/probe/<storageID>`` and
+``/reconstruction/object/<storageID>`` (storage IDs are ``'S' + scan label``), which is
+where an initial-guess loader (``illumination.model: recon``/``sample.model: recon``)
+looks for them. Readers should ignore groups and attributes they do not know;
+the layout only grows within format version 1.
+
+Python API
+----------
+:func:`write_reconstruction` writes a plain-dict snapshot (see its docstring),
+:func:`load_reconstruction` reads a file back into a :class:`Reconstruction`
+(parameters as a :class:`~ptycli.utils.parameters.Param`, arrays as numpy).
+"""
+
+import dataclasses
+import datetime
+import json
+import os
+from typing import Optional
+
+import numpy as np
+
+from ..errors import DataError
+from .atomic import atomic_write
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "HISTORY_COLUMNS",
+    "ERROR_COLUMNS",
+    "Reconstruction",
+    "write_reconstruction",
+    "load_reconstruction",
+    "is_reconstruction",
+    "history_table",
+    "write_tree",
+    "read_tree",
+]
+
+FORMAT = "ptycli-reconstruction"
+FORMAT_VERSION = 1
+
+#: error columns of the history (the keys engines report per iteration)
+ERROR_COLUMNS = ("fourier_error", "photon_error", "exit_change", "likelihood")
+#: all history columns, in file order
+HISTORY_COLUMNS = ("iteration", "engine_iteration", "engine", "engine_name") + ERROR_COLUMNS + ("time_s",)
+
+
+def _creator():
+    from .. import __version__
+
+    return "ptycli %s" % __version__
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def _str(v):
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, np.ndarray) and v.shape == ():
+        return _str(v[()])
+    if isinstance(v, np.generic):
+        return _str(v.item())
+    return str(v)
+
+
+def _attr(value):
+    """An attribute value h5py stores (None -> '' is avoided by the callers)."""
+    if isinstance(value, (np.ndarray, np.generic, bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        arr = np.asarray(value)
+        if arr.dtype.kind in "biuf":
+            return arr
+        return np.asarray([str(v) for v in value], dtype=object)
+    return str(value)
+
+
+def _set_attrs(node, attrs):
+    import h5py
+
+    for key, value in (attrs or {}).items():
+        if value is None:
+            continue
+        value = _attr(value)
+        if isinstance(value, np.ndarray) and value.dtype == object:
+            node.attrs.create(key, value, dtype=h5py.string_dtype("utf-8"))
+        else:
+            node.attrs[key] = value
+
+
+def _get_attrs(node):
+    out = {}
+    for key, value in node.attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        elif isinstance(value, np.ndarray):
+            if value.dtype.kind in "OS":
+                value = [_str(v) for v in value]
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value
+    return out
+
+
+# -- generic trees (engine state) -------------------------------------------------------------
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError("cannot store %r" % type(value).__name__)
+
+
+def write_tree(group, tree):
+    """Store a nested dict in ``group``: arrays as datasets, other leaves as typed scalars.
+
+    Dicts with string keys become groups; numpy arrays datasets (attr
+    ``type='array'``); bool/int/float/str/None typed scalars; anything else
+    (lists, big integers, nested lists of dicts) JSON text (attr
+    ``type='json'``). :func:`read_tree` gives the tree back.
+    """
+    import h5py
+
+    for key, value in tree.items():
+        key = str(key)
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            sub = group.create_group(key)
+            sub.attrs["type"] = "dict"
+            write_tree(sub, value)
+            continue
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
+            ds = group.create_dataset(key, data=value)
+            ds.attrs["type"] = "array"
+            continue
+        if value is None:
+            ds = group.create_dataset(key, data=h5py.Empty("f8"))
+            ds.attrs["type"] = "none"
+            continue
+        if isinstance(value, (bool, np.bool_)):
+            ds = group.create_dataset(key, data=np.bool_(value))
+            ds.attrs["type"] = "bool"
+            continue
+        if isinstance(value, (int, np.integer)) and -2 ** 63 <= int(value) < 2 ** 63:
+            ds = group.create_dataset(key, data=np.int64(value))
+            ds.attrs["type"] = "int"
+            continue
+        if isinstance(value, (float, np.floating)):
+            ds = group.create_dataset(key, data=np.float64(value))
+            ds.attrs["type"] = "float"
+            continue
+        if isinstance(value, (complex, np.complexfloating)):
+            ds = group.create_dataset(key, data=np.complex128(value))
+            ds.attrs["type"] = "complex"
+            continue
+        if isinstance(value, str):
+            ds = group.create_dataset(key, data=value, dtype=h5py.string_dtype("utf-8"))
+            ds.attrs["type"] = "str"
+            continue
+        try:
+            text = json.dumps(value, default=_json_default)
+        except TypeError as exc:
+            raise TypeError("engine state entry %r: %s" % (key, exc)) from None
+        ds = group.create_dataset(key, data=text, dtype=h5py.string_dtype("utf-8"))
+        ds.attrs["type"] = "json"
+
+
+def read_tree(group):
+    """The nested dict stored by :func:`write_tree`."""
+    import h5py
+
+    out = {}
+    for key, node in group.items():
+        kind = _str(node.attrs.get("type", ""))
+        if isinstance(node, h5py.Group):
+            out[key] = read_tree(node)
+        elif kind == "none":
+            out[key] = None
+        elif kind == "bool":
+            out[key] = bool(node[()])
+        elif kind == "int":
+            out[key] = int(node[()])
+        elif kind == "float":
+            out[key] = float(node[()])
+        elif kind == "complex":
+            out[key] = complex(node[()])
+        elif kind == "str":
+            out[key] = _str(node[()])
+        elif kind == "json":
+            out[key] = json.loads(_str(node[()]))
+        else:
+            out[key] = node[()]
+    return out
+
+
+# -- history --------------------------------------------------------------------------------
+
+def _num(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def history_table(history):
+    """Columns (dict of numpy arrays, :data:`HISTORY_COLUMNS`) of a list of per-iteration records.
+
+    Records are the engines' dicts (``engine``, ``name``, ``iteration`` over
+    the chain, the error keys, ``time_s``, optionally ``engine_iteration``);
+    missing iteration numbers are counted, missing errors become NaN.
+    """
+    rows = list(history or [])
+    cols = {c: [] for c in HISTORY_COLUMNS}
+    prev, count = None, 0
+    for n, rec in enumerate(rows, 1):
+        label = str(rec.get("engine") or "")
+        count = count + 1 if label == prev else 1
+        prev = label
+        cols["iteration"].append(int(rec.get("iteration") or n))
+        cols["engine_iteration"].append(int(rec.get("engine_iteration") or count))
+        cols["engine"].append(str(rec.get("engine") or ""))
+        cols["engine_name"].append(str(rec.get("engine_name") or rec.get("name") or ""))
+        for c in ERROR_COLUMNS + ("time_s",):
+            cols[c].append(_num(rec.get(c)))
+    out = {}
+    for c, values in cols.items():
+        if c in ("iteration", "engine_iteration"):
+            out[c] = np.asarray(values, dtype=np.int64)
+        elif c in ("engine", "engine_name"):
+            out[c] = np.asarray(values, dtype=object)
+        else:
+            out[c] = np.asarray(values, dtype=np.float64)
+    return out
+
+
+def _write_history(f, history):
+    import h5py
+
+    g = f.create_group("history")
+    g.attrs["columns"] = list(HISTORY_COLUMNS)
+    table = history_table(history)
+    for c in HISTORY_COLUMNS:
+        values = table[c]
+        if values.dtype == object:
+            ds = g.create_dataset(c, data=np.asarray(values, dtype=object) if len(values) else
+                                  np.zeros((0,), dtype=object), dtype=h5py.string_dtype("utf-8"))
+        else:
+            ds = g.create_dataset(c, data=values)
+        if c == "time_s":
+            ds.attrs["units"] = "s"
+
+
+def _read_history(g):
+    """History as a list of dicts (the engines' record layout plus ``engine_iteration``)."""
+    if g is None:
+        return []
+    cols = {}
+    for c in g.keys():
+        values = g[c][()]
+        if values.dtype.kind in "OS":
+            values = [_str(v) for v in values]
+        cols[c] = values
+    n = len(next(iter(cols.values()))) if cols else 0
+    out = []
+    for i in range(n):
+        rec = {}
+        for c, values in cols.items():
+            v = values[i]
+            if isinstance(v, np.integer):
+                v = int(v)
+            elif isinstance(v, np.floating):
+                v = None if np.isnan(v) else float(v)
+            rec[c] = v
+        rec["name"] = rec.get("engine_name")
+        out.append(rec)
+    return out
+
+
+# -- writing -------------------------------------------------------------------------------
+
+def _write_storages(group, storages):
+    for sid, s in storages.items():
+        ds = group.create_dataset(sid, data=np.asarray(s["data"]))
+        _set_attrs(ds, {
+            "psize": np.asarray(s.get("psize", (1.0, 1.0)), dtype=np.float64),
+            "center": np.asarray(s.get("center", (0.0, 0.0)), dtype=np.float64),
+            "origin": np.asarray(s.get("origin", (0.0, 0.0)), dtype=np.float64),
+            "units": "m",
+            "axes": "layer,y,x",
+        })
+
+
+def write_reconstruction(path, snap, kind="result"):
+    """Write a snapshot dict to ``path`` atomically (rank 0 only); return ``path``.
+
+    ``snap`` keys (all optional except ``objects`` and ``probes``):
+
+    ``objects``, ``probes``
+        ``{storageID: {'data': array, 'psize': (2,), 'center': (2,), 'origin': (2,)}}``
+    ``scans``
+        ``{label: {'positions': (N, 2), 'positions_initial': (N, 2), 'indices': (N,), <attrs>}}``
+    ``history``
+        list of per-iteration dicts
+    ``engines``
+        list of dicts ``{label, name, numiter, iterations, finished, time_s, final_*}``
+    ``parameters_yaml``, ``config``, ``overrides``, ``run``
+    ``provenance``
+        flat dict of strings and numbers
+    ``state``
+        ``{'attrs': {...}, 'exit': {sid: {'data', 'layermap'}}, 'engine': tree}``
+    """
+    import h5py
+
+    with atomic_write(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["kind"] = str(kind)
+            f.attrs["creator"] = _creator()
+            f.attrs["created"] = _now()
+            if snap.get("run"):
+                f.attrs["run"] = str(snap["run"])
+            rec = f.create_group("reconstruction")
+            _write_storages(rec.create_group("object"), snap.get("objects") or {})
+            _write_storages(rec.create_group("probe"), snap.get("probes") or {})
+
+            scans = f.create_group("scans")
+            for label, sc in (snap.get("scans") or {}).items():
+                g = scans.create_group(label)
+                for key in ("positions", "positions_initial"):
+                    if sc.get(key) is not None:
+                        ds = g.create_dataset(key, data=np.asarray(sc[key], dtype=np.float64).reshape(-1, 2))
+                        ds.attrs["units"] = "m"
+                        ds.attrs["axes"] = "y,x"
+                if sc.get("indices") is not None:
+                    g.create_dataset("indices", data=np.asarray(sc["indices"], dtype=np.int64))
+                _set_attrs(g, {k: v for k, v in sc.items()
+                               if k not in ("positions", "positions_initial", "indices")})
+
+            _write_history(f, snap.get("history"))
+
+            eng = f.create_group("engines")
+            engines = list(snap.get("engines") or [])
+            eng.attrs["order"] = [str(e["label"]) for e in engines] or [""]
+            for e in engines:
+                _set_attrs(eng.create_group(str(e["label"])), {k: v for k, v in e.items() if k != "label"})
+
+            par = f.create_group("parameters")
+            par.create_dataset("yaml", data=str(snap.get("parameters_yaml") or ""),
+                               dtype=h5py.string_dtype("utf-8"))
+            _set_attrs(par, {"config": snap.get("config"), "overrides": list(snap.get("overrides") or []) or None})
+
+            prov = f.create_group("provenance")
+            _set_attrs(prov, snap.get("provenance") or {})
+
+            state = snap.get("state")
+            if state is not None:
+                st = f.create_group("state")
+                _set_attrs(st, state.get("attrs") or {})
+                ex = st.create_group("exit")
+                for sid, s in (state.get("exit") or {}).items():
+                    ds = ex.create_dataset(sid, data=np.asarray(s["data"]))
+                    ds.attrs["layermap"] = np.asarray(s["layermap"], dtype=np.int64)
+                write_tree(st.create_group("engine"), state.get("engine") or {})
+    return os.fspath(path)
+
+
+# -- reading -------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Reconstruction:
+    """A reconstruction file read back (see the module docstring for the layout)."""
+
+    path: str
+    kind: str
+    #: the resolved parameter tree (Param) and its YAML text
+    params: object
+    parameters_yaml: str
+    #: {storageID: complex array (layers, rows, cols)}
+    objects: dict
+    probes: dict
+    #: {storageID: {'psize': (2,), 'center': (2,), 'origin': (2,)}}
+    object_meta: dict
+    probe_meta: dict
+    #: {scan label: {'positions', 'positions_initial', 'indices', attrs...}}
+    scans: dict
+    #: list of per-iteration dicts
+    history: list
+    #: list of per-engine dicts (run order)
+    engines: list
+    provenance: dict
+    attrs: dict
+    #: resume state: {'attrs': {...}, 'exit': {sid: {'data', 'layermap'}}, 'engine': tree}, or None
+    state: Optional[dict] = None
+
+    @property
+    def object(self):
+        """The first object storage's array (layers, rows, cols)."""
+        return next(iter(self.objects.values())) if self.objects else None
+
+    @property
+    def probe(self):
+        """The first probe storage's array (modes, rows, cols)."""
+        return next(iter(self.probes.values())) if self.probes else None
+
+    @property
+    def total_iterations(self):
+        """Iterations over the whole chain."""
+        if self.state is not None and "total_iterations" in self.state.get("attrs", {}):
+            return int(self.state["attrs"]["total_iterations"])
+        return int(self.history[-1]["iteration"]) if self.history else 0
+
+    def history_table(self):
+        """The history as columns (dict of arrays)."""
+        return history_table(self.history)
+
+
+def is_reconstruction(path):
+    """True when ``path`` is an HDF5 file with ``format='ptycli-reconstruction'``."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return _str(f.attrs.get("format", "")) == FORMAT
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def _storages(group):
+    arrays, meta = {}, {}
+    if group is None:
+        return arrays, meta
+    for sid, ds in group.items():
+        arrays[sid] = ds[()]
+        a = _get_attrs(ds)
+        meta[sid] = {k: np.asarray(a[k], dtype=np.float64) for k in ("psize", "center", "origin") if k in a}
+    return arrays, meta
+
+
+def load_reconstruction(path, with_state=True):
+    """Read a reconstruction (or checkpoint) file written by ptycli.
+
+    Parameters
+    ----------
+    path : str
+        The ``.h5`` file.
+    with_state : bool
+        Also read ``/state`` (exit waves can be large).
+
+    Returns
+    -------
+    Reconstruction
+        ``params`` (Param of the resolved tree), ``objects``/``probes``
+        (``{storageID: array}``), ``scans`` (positions per scan), ``history``,
+        ``engines``, ``provenance``, ``state``.
+
+    Raises
+    ------
+    DataError
+        When the file is missing, not HDF5, not a ptycli reconstruction, or
+        of a newer format version.
+    """
+    import h5py
+
+    from ..params.yamlio import load_config_text
+    from ..utils.parameters import Param
+    from .ptyd import open_hdf5
+
+    path = os.fspath(path)
+    with open_hdf5(path, "reconstruction file") as f:
+        fmt = _str(f.attrs.get("format", ""))
+        if fmt != FORMAT:
+            raise DataError("%s is not a ptycli reconstruction file (format attribute %r)" % (path, fmt),
+                            hint="give a file written by 'ptycli reconstruct'")
+        version = int(f.attrs.get("format_version", 0))
+        if version > FORMAT_VERSION:
+            raise DataError("%s has reconstruction format version %d; this ptycli reads up to %d"
+                            % (path, version, FORMAT_VERSION), hint="update ptycli")
+        objects, object_meta = _storages(f.get("reconstruction/object"))
+        probes, probe_meta = _storages(f.get("reconstruction/probe"))
+        scans = {}
+        for label, g in (f.get("scans") or {}).items():
+            sc = _get_attrs(g)
+            for key in ("positions", "positions_initial", "indices"):
+                if key in g:
+                    sc[key] = g[key][()]
+            scans[label] = sc
+        history = _read_history(f.get("history"))
+        engines = []
+        eg = f.get("engines")
+        if eg is not None:
+            order = [o for o in (_get_attrs(eg).get("order") or []) if o]
+            for label in order + sorted(set(eg.keys()) - set(order)):
+                if label in eg:
+                    engines.append(dict(label=label, **_get_attrs(eg[label])))
+        text = _str(f["parameters/yaml"][()]) if "parameters/yaml" in f else ""
+        try:
+            params = load_config_text(text, path + ":/parameters/yaml") if text.strip() else Param()
+        except Exception:  # a damaged tree should not hide the arrays
+            params = Param()
+        par_attrs = _get_attrs(f["parameters"]) if "parameters" in f else {}
+        provenance = _get_attrs(f["provenance"]) if "provenance" in f else {}
+        provenance.setdefault("config", par_attrs.get("config"))
+        provenance.setdefault("overrides", par_attrs.get("overrides"))
+        state = None
+        if with_state and isinstance(f.get("state"), h5py.Group):
+            st = f["state"]
+            exits = {}
+            for sid, ds in (st.get("exit") or {}).items():
+                exits[sid] = {"data": ds[()], "layermap": [int(v) for v in ds.attrs.get("layermap", [])]}
+            state = {"attrs": _get_attrs(st), "exit": exits,
+                     "engine": read_tree(st["engine"]) if "engine" in st else {}}
+        return Reconstruction(
+            path=path, kind=_str(f.attrs.get("kind", "result")), params=params, parameters_yaml=text,
+            objects=objects, probes=probes, object_meta=object_meta, probe_meta=probe_meta, scans=scans,
+            history=history, engines=engines, provenance=provenance, attrs=_get_attrs(f), state=state)

@@ -1,0 +1,284 @@
+"""Result figures for ``ptycli plot`` (matplotlib is optional and imported lazily).
+
+:func:`plot_reconstruction` draws object amplitude and phase, the probe
+modes and the error curves of a reconstruction; :func:`plot_data` the mean
+diffraction pattern, the scan positions and any ground truth of a data file.
+Both save the figure to a file (format from its extension) and never open a
+window: the ``Agg`` backend is used unless the user chose another one.
+
+Without matplotlib every function raises :class:`ImportError` carrying
+:data:`~ptycli.utils.plot_utils.PLOT_INSTALL_HINT`.
+"""
+
+import os
+
+import numpy as np
+
+from .plot_utils import PLOT_INSTALL_HINT, complex2rgb
+
+__all__ = ["plot_reconstruction", "plot_data", "figure_module", "PLOT_INSTALL_HINT"]
+
+_ERROR_STYLES = (("fourier_error", "Fourier error"), ("photon_error", "photon error"),
+                 ("exit_change", "exit change"), ("likelihood", "-log likelihood"))
+
+
+def figure_module():
+    """``matplotlib.figure`` and ``matplotlib.backends.backend_agg`` (no pyplot, no window).
+
+    Raises ImportError with the install hint when matplotlib is missing.
+    """
+    try:
+        import matplotlib  # noqa: F401
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(PLOT_INSTALL_HINT) from exc
+    return Figure, FigureCanvasAgg
+
+
+def _scale(extent_m):
+    span = max(abs(float(extent_m)), 1e-300)
+    for factor, unit in ((1.0, "m"), (1e-3, "mm"), (1e-6, "\u00b5m"), (1e-9, "nm")):
+        if span >= factor:
+            return factor, unit
+    return 1e-12, "pm"
+
+
+def _extent(shape, psize, center):
+    """imshow extent (left, right, bottom, top) in a convenient unit, and the unit."""
+    if psize is None:
+        return None, "pixel"
+    psize = np.broadcast_to(np.asarray(psize, float).ravel(), (2,))
+    center = np.broadcast_to(np.asarray(center if center is not None else np.array(shape) // 2, float).ravel(),
+                             (2,))
+    rows, cols = shape
+    y0, y1 = (-0.5 - center[0]) * psize[0], (rows - 0.5 - center[0]) * psize[0]
+    x0, x1 = (-0.5 - center[1]) * psize[1], (cols - 0.5 - center[1]) * psize[1]
+    factor, unit = _scale(max(abs(y1 - y0), abs(x1 - x0)))
+    return (x0 / factor, x1 / factor, y1 / factor, y0 / factor), unit
+
+
+def _image(fig, ax, img, title, extent, unit, cmap=None, colorbar=True, label=None, vmin=None, vmax=None):
+    im = ax.imshow(img, cmap=cmap, extent=extent, origin="upper", interpolation="nearest", vmin=vmin, vmax=vmax)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.set_xlabel("x [%s]" % unit, fontsize=8)
+    ax.set_ylabel("y [%s]" % unit, fontsize=8)
+    if colorbar and img.ndim == 2:
+        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        cb.ax.tick_params(labelsize=7)
+        if label:
+            cb.set_label(label, fontsize=8)
+    return im
+
+
+def _object_phase(obj, mask=None):
+    """Phase of ``obj`` with the amplitude-weighted mean phase (over ``mask``) removed.
+
+    A global phase is arbitrary in ptychography; removing it makes runs comparable.
+    """
+    weight = np.abs(obj) ** 2
+    if mask is not None:
+        weight = weight * mask
+    mean = np.sum(obj * weight)
+    if abs(mean) > 0:
+        obj = obj * np.exp(-1j * np.angle(mean))
+    return np.angle(obj)
+
+
+def _illumination(shape, meta, positions, probe):
+    """Summed probe intensity over the scan on the object grid (None when it cannot be placed)."""
+    if positions is None or probe is None or "psize" not in meta:
+        return None
+    psize = np.broadcast_to(np.asarray(meta["psize"], float).ravel(), (2,))
+    origin = meta.get("origin")
+    if origin is None:
+        center = np.broadcast_to(np.asarray(meta.get("center", np.array(shape) // 2), float).ravel(), (2,))
+        origin = -center * psize
+    origin = np.broadcast_to(np.asarray(origin, float).ravel(), (2,))
+    pint = np.sum(np.abs(np.asarray(probe)) ** 2, axis=0)
+    ph, pw = pint.shape
+    out = np.zeros(shape, dtype=np.float64)
+    for coord in np.asarray(positions, float).reshape(-1, 2):
+        d = np.round((coord - origin) / psize + 1e-5).astype(int)
+        y0, x0 = d[0] - ph // 2, d[1] - pw // 2
+        ys, xs = max(y0, 0), max(x0, 0)
+        ye, xe = min(y0 + ph, shape[0]), min(x0 + pw, shape[1])
+        if ye > ys and xe > xs:
+            out[ys:ye, xs:xe] += pint[ys - y0:ye - y0, xs - x0:xe - x0]
+    return out if out.max() > 0 else None
+
+
+def _limits(values, mask):
+    v = values[mask] if mask is not None and np.any(mask) else values.ravel()
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return None, None
+    lo, hi = np.percentile(v, [0.5, 99.5])
+    return (float(lo), float(hi)) if hi > lo else (None, None)
+
+
+def _crop_box(mask, margin=4):
+    if mask is None or not np.any(mask):
+        return None
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return (slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
+            slice(max(cols[0] - margin, 0), cols[-1] + margin + 1))
+
+
+def _errors_axis(ax, history, engines=None):
+    """Error curves (log scale) against the iteration over the chain, engine changes marked."""
+    if not history:
+        ax.text(0.5, 0.5, "no error history", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    it = np.arange(1, len(history) + 1)
+    plotted = False
+    for key, label in _ERROR_STYLES:
+        values = np.array([np.nan if h.get(key) is None else float(h[key]) for h in history], float)
+        ok = np.isfinite(values) & (values > 0)
+        if not ok.any():
+            continue
+        if key == "likelihood":
+            continue  # drawn on its own axis below (different scale)
+        ax.plot(it[ok], values[ok], label=label, lw=1.2)
+        plotted = True
+    lik = np.array([np.nan if h.get("likelihood") is None else float(h["likelihood"]) for h in history], float)
+    okl = np.isfinite(lik) & (lik > 0)
+    if okl.any():
+        ax2 = ax.twinx()
+        ax2.plot(it[okl], lik[okl], color="0.4", ls="--", lw=1.0, label="-log likelihood")
+        ax2.set_yscale("log")
+        ax2.tick_params(labelsize=7)
+        ax2.set_ylabel("-log likelihood", fontsize=8)
+    if plotted:
+        ax.set_yscale("log")
+        ax.legend(fontsize=7, loc="upper right")
+    labels = [h.get("engine") or "" for h in history]
+    start = 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i] != labels[start]:
+            if start > 0:
+                ax.axvline(start + 0.5, color="0.6", lw=0.8, ls=":")
+            ax.text((start + i + 1) / 2.0, 1.01, labels[start], transform=ax.get_xaxis_transform(),
+                    ha="center", va="bottom", fontsize=8)
+            start = i
+    ax.set_xlim(0.5, len(history) + 0.5)
+    ax.set_xlabel("iteration", fontsize=8)
+    ax.set_ylabel("error", fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
+def _save(fig, canvas_cls, path, dpi):
+    canvas_cls(fig)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def plot_reconstruction(rec, path, dpi=110, max_modes=4, title=None):
+    """Draw a :class:`~ptycli.io.reconstruction.Reconstruction` and save it to ``path``.
+
+    One row per object storage (amplitude, phase of the first mode), one row
+    per probe storage (up to ``max_modes`` modes, colour-coded: hue = phase,
+    brightness = amplitude), and the error curves.
+    """
+    Figure, Canvas = figure_module()
+    objects = list(rec.objects.items())
+    probes = list(rec.probes.items())
+    ncols = max(2, min(max_modes, max([p.shape[0] for _, p in probes] or [1])))
+    nrows = len(objects) + len(probes) + 1
+    fig = Figure(figsize=(3.6 * ncols, 3.1 * nrows), layout="constrained")
+    gs = fig.add_gridspec(nrows, ncols)
+    row = 0
+    for sid, obj in objects:
+        meta = dict(rec.object_meta.get(sid, {}))
+        o = np.asarray(obj)[0]
+        # where the scan illuminated the object: colour limits from there, crop to it
+        positions, probe = [], None
+        for sc in (rec.scans or {}).values():
+            if sc.get("object", sid) == sid and sc.get("positions") is not None:
+                positions.append(np.asarray(sc["positions"], float).reshape(-1, 2))
+                probe = rec.probes.get(sc.get("probe"), probe)
+        if probe is None and rec.probes:
+            probe = next(iter(rec.probes.values()))
+        illum = _illumination(o.shape, meta, np.concatenate(positions) if positions else None, probe)
+        mask = None if illum is None else illum > 0.05 * illum.max()
+        box = _crop_box(mask)
+        if box is not None:
+            o = o[box]
+            mask = mask[box]
+            center = np.broadcast_to(np.asarray(meta.get("center", np.array(obj.shape[-2:]) // 2), float), (2,))
+            meta["center"] = center - np.array([box[0].start, box[1].start])
+        extent, unit = _extent(o.shape, meta.get("psize"), meta.get("center"))
+        modes = " (mode 1 of %d)" % obj.shape[0] if obj.shape[0] > 1 else ""
+        amp = np.abs(o)
+        lo, hi = _limits(amp, mask)
+        _image(fig, fig.add_subplot(gs[row, 0]), amp, "object %s amplitude%s" % (sid, modes),
+               extent, unit, cmap="gray", vmin=lo, vmax=hi)
+        phase = _object_phase(o, mask)
+        lo, hi = _limits(phase, mask)
+        _image(fig, fig.add_subplot(gs[row, 1]), phase, "object %s phase [rad]" % sid,
+               extent, unit, cmap="twilight", vmin=lo, vmax=hi)
+        row += 1
+    for sid, probe in probes:
+        meta = rec.probe_meta.get(sid, {})
+        probe = np.asarray(probe)
+        power = np.sum(np.abs(probe) ** 2, axis=(-2, -1))
+        total = power.sum() or 1.0
+        for k in range(min(probe.shape[0], ncols)):
+            extent, unit = _extent(probe.shape[-2:], meta.get("psize"), meta.get("center"))
+            _image(fig, fig.add_subplot(gs[row, k]), complex2rgb(probe[k]),
+                   "probe %s mode %d (%.0f%%)" % (sid, k + 1, 100.0 * power[k] / total), extent, unit,
+                   colorbar=False)
+        row += 1
+    _errors_axis(fig.add_subplot(gs[row, :]), rec.history, rec.engines)
+    fig.suptitle(title or "%s: %d iterations (%s)" % (
+        os.path.basename(rec.path), len(rec.history),
+        ", ".join("%s %s" % (e["label"], e.get("iterations", "")) for e in rec.engines) or "no engines"),
+        fontsize=10)
+    return _save(fig, Canvas, path, dpi)
+
+
+def plot_data(data, path, dpi=110, title=None):
+    """Draw a data file's mean diffraction pattern (log), scan positions and ground truth.
+
+    ``data`` is a dict with ``intensities`` (N, H, W) (or ``mean`` (H, W)),
+    ``positions`` (N, 2) (y, x), ``positions_unit``, and optionally
+    ``ground_truth`` ({'object': ..., 'probe': ..., '<name>_psize_m': ...}) and ``label``.
+    """
+    Figure, Canvas = figure_module()
+    gt = data.get("ground_truth") or {}
+    truth = [(k, np.asarray(v)) for k, v in gt.items() if k in ("object", "probe")
+             and isinstance(v, np.ndarray) and v.ndim >= 2]
+    ncols = 2 + len(truth)
+    fig = Figure(figsize=(3.8 * ncols, 3.4), layout="constrained")
+    mean = data.get("mean")
+    if mean is None:
+        mean = np.mean(np.asarray(data["intensities"], dtype=np.float64), axis=0)
+    ax = fig.add_subplot(1, ncols, 1)
+    logm = np.log10(np.maximum(mean, max(float(mean[mean > 0].min()) if np.any(mean > 0) else 1.0, 1e-12)))
+    _image(fig, ax, logm, "mean diffraction (log10 counts)", None, "pixel", cmap="magma")
+    ax = fig.add_subplot(1, ncols, 2)
+    pos = np.asarray(data["positions"], dtype=float).reshape(-1, 2)
+    unit = data.get("positions_unit") or "m"
+    if unit == "m" and len(pos):
+        factor, unit = _scale(np.ptp(pos) if np.ptp(pos) > 0 else 1e-6)
+        pos = pos / factor
+    ax.plot(pos[:, 1], pos[:, 0], "-", color="0.8", lw=0.6)
+    ax.scatter(pos[:, 1], pos[:, 0], c=np.arange(len(pos)), s=8, cmap="viridis")
+    ax.set_aspect("equal")
+    ax.invert_yaxis()
+    ax.set_title("%d scan positions" % len(pos), fontsize=9)
+    ax.set_xlabel("x [%s]" % unit, fontsize=8)
+    ax.set_ylabel("y [%s]" % unit, fontsize=8)
+    ax.tick_params(labelsize=7)
+    for i, (name, arr) in enumerate(truth):
+        a = arr.reshape((-1,) + arr.shape[-2:])[0]
+        extent, u = _extent(a.shape, gt.get(name + "_psize_m"), None)
+        _image(fig, fig.add_subplot(1, ncols, 3 + i), complex2rgb(a) if np.iscomplexobj(a) else a,
+               "ground truth %s" % name, extent, u, colorbar=False)
+    fig.suptitle(title or "%s (%d frames)" % (data.get("label") or "", len(pos)), fontsize=10)
+    return _save(fig, Canvas, path, dpi)

@@ -1,0 +1,268 @@
+"""``ptycli reconstruct``: end to end, options, exit codes, output checks before computing."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ptycli.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 30 frames of 32 x 32: a reconstruction takes a fraction of a second
+CONFIG = """
+run: tiny
+io:
+  checkpoint: {interval: 5}
+scans:
+  MF:
+    data: {name: MoonFlowerScan, shape: 32, num_frames: 30, photons: 1.0e7, seed: 2}
+engines:
+  dm: {name: DM, numiter: 6}
+  ml: {name: ML, numiter: 4}
+"""
+
+
+def runner():
+    try:
+        return CliRunner(mix_stderr=False)
+    except TypeError:
+        return CliRunner()
+
+
+def invoke(*args, input=None):
+    return runner().invoke(main, [str(a) for a in args], input=input)
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+def env():
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    e.pop("PTYCLI_TRACEBACK", None)
+    return e
+
+
+def ptycli(*args, cwd=None, input=None, timeout=180):
+    return subprocess.run([sys.executable, "-m", "ptycli"] + [str(a) for a in args], env=env(), cwd=cwd,
+                          capture_output=True, text=True, input=input, timeout=timeout)
+
+
+# -- in process -------------------------------------------------------------------------------
+
+def test_json_summary_and_file(cfg, tmp_path):
+    out = tmp_path / "res" / "tiny.h5"          # the folder does not exist yet
+    res = invoke("reconstruct", cfg, "-o", out, "--json")
+    assert res.exit_code == 0, res.output + res.stderr
+    summary = json.loads(res.stdout)            # stdout holds the JSON document only
+    assert summary["status"] == "ok"
+    assert summary["output"] == str(out)
+    assert summary["iterations"] == 10
+    assert [e["label"] for e in summary["engines"]] == ["dm", "ml"]
+    assert [e["iterations"] for e in summary["engines"]] == [6, 4]
+    for e in summary["engines"]:
+        assert np.isfinite(e["final_errors"]["fourier_error"])
+        assert e["time_s"] >= 0
+    assert summary["final_errors"] == summary["engines"][-1]["final_errors"]
+    assert summary["time_s"] > 0
+    assert out.exists()
+    # checkpoints: every 5 iterations and at the end of each engine, next to the result
+    ckpt = tmp_path / "res" / "tiny.checkpoint.h5"
+    assert summary["checkpoints"] == [str(ckpt)]
+    with h5py.File(out, "r") as f:
+        assert f.attrs["format"] == "ptycli-reconstruction"
+        assert f.attrs["kind"] == "result"
+        assert f["reconstruction/object/SMF"].dtype == np.complex64
+        assert f["reconstruction/probe/SMF"].shape == (1, 32, 32)
+        assert f["history/iteration"][()].tolist() == list(range(1, 11))
+        assert [v.decode() if isinstance(v, bytes) else v for v in f["history/engine"][()]] == ["dm"] * 6 + ["ml"] * 4
+        assert f["scans/MF/positions"].shape == (30, 2)
+        assert f["state"].attrs["finished"]
+
+
+def test_text_output_is_the_path(cfg, tmp_path):
+    out = tmp_path / "a.h5"
+    res = invoke("reconstruct", cfg, "-o", out, "--set", "engines.ml.numiter=0")
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout == "%s\n" % out
+    assert "dm (DM)" in res.stderr              # logs go to stderr
+
+
+def test_set_overrides_and_stdin(tmp_path):
+    out = tmp_path / "stdin.h5"
+    res = invoke("reconstruct", "-", "-o", out, "--json", "--set", "engines.dm.numiter=3",
+                 "--set", "engines.ml.numiter=2", "--set", "engines.dm.alpha=0.8", input=CONFIG)
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["iterations"] == 5
+    assert summary["overrides"] == ["engines.dm.numiter=3", "engines.ml.numiter=2", "engines.dm.alpha=0.8"]
+    from ptycli.io import load_reconstruction
+
+    rec = load_reconstruction(out)
+    assert rec.params.engines.dm.alpha == 0.8
+    assert rec.params.engines.dm.numiter == 3
+    assert rec.provenance["config"] == "-"
+
+
+def test_existing_output_needs_force(cfg, tmp_path):
+    out = tmp_path / "exists.h5"
+    out.write_bytes(b"old")
+    res = invoke("reconstruct", cfg, "-o", out)
+    assert res.exit_code == 2
+    assert "already exists" in res.stderr and "--force" in res.stderr
+    assert out.read_bytes() == b"old"
+    assert not (tmp_path / "exists.checkpoint.h5").exists()   # nothing was computed
+    res = invoke("reconstruct", cfg, "-o", out, "--force", "--set", "engines.ml.numiter=0")
+    assert res.exit_code == 0, res.stderr
+    assert h5py.is_hdf5(out)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--set", "engines.dm.alpah=1"], "alpah"),                      # unknown key, with a suggestion
+    (["--set", "engines.dm.numiter=-1"], "numiter"),
+    (["--set", "engines=null"], "no engine"),
+    (["--set", "scans=null"], "no scan"),
+    (["--set", "scans.MF.data={name: Hdf5Scan, dfile: missing.h5}"], "missing.h5"),
+    (["--resume", "nothing_here.h5"], "nothing_here.h5"),
+])
+def test_configuration_errors_exit_2(cfg, tmp_path, args, words):
+    out = tmp_path / "bad.h5"
+    res = invoke("reconstruct", cfg, "-o", out, *args)
+    assert res.exit_code == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("Error:") and words in lines[-1]
+    assert not out.exists()
+
+
+def test_cxi_output_name_is_refused(cfg, tmp_path):
+    res = invoke("reconstruct", cfg, "-o", tmp_path / "x.cxi")
+    assert res.exit_code == 2
+    assert "--format cxi" in res.stderr
+
+
+@pytest.fixture
+def failing_engine():
+    """An engine that fails at its third iteration (a runtime failure)."""
+    from ptycli.engines import base
+    from ptycli.errors import EngineError
+    from ptycli.params import registry
+
+    @base.register
+    class Failing(base.Engine):
+        NAME = "FailingTest"
+
+        def engine_iterate(self, n):
+            if self.iteration >= 2:
+                raise EngineError("engine %s diverged (test)" % self.label)
+            return [dict(fourier_error=1.0) for _ in range(n)]
+
+    yield "FailingTest"
+    base.ENGINES.pop("FailingTest", None)
+    registry.ENGINES.unregister("FailingTest")
+
+
+def test_runtime_failure_exit_1(cfg, tmp_path, failing_engine):
+    out = tmp_path / "fail.h5"
+    res = invoke("reconstruct", cfg, "-o", out, "--set", "engines.dm.name=%s" % failing_engine)
+    assert res.exit_code == 1, res.stderr
+    assert "Error: engine dm diverged (test)" in res.stderr
+    assert not out.exists()
+
+
+def test_cxi_format(cfg, tmp_path):
+    out = tmp_path / "c.h5"
+    res = invoke("reconstruct", cfg, "-o", out, "--format", "cxi", "--json", "--set", "engines.ml.numiter=0")
+    assert res.exit_code == 0, res.stderr
+    cxi = tmp_path / "c.cxi"
+    assert json.loads(res.stdout)["cxi"] == str(cxi)
+    from ptycli.io import load_reconstruction
+
+    rec = load_reconstruction(out)
+    with h5py.File(cxi, "r") as f:
+        assert f["entry_1/image_1/data_type"][()] in (b"object", "object")
+        assert f["entry_1/image_2/data_type"][()] in (b"probe", "probe")
+        np.testing.assert_array_equal(f["entry_1/image_1/data"][()], rec.objects["SMF"])
+        np.testing.assert_array_equal(f["entry_1/image_2/data"][()], rec.probes["SMF"])
+        assert f["entry_1/image_1/x_pixel_size"][()] == pytest.approx(rec.object_meta["SMF"]["psize"][1])
+        assert f["entry_1/sample_1/geometry_1/translation"].shape == (30, 3)
+        assert "ptycli" in f["entry_1/image_1/process_1/program"][()].decode()
+    from ptycli.io.cxi import read_cxi_result
+
+    r = read_cxi_result(str(cxi))
+    assert r["energy_kev"] == pytest.approx(6.2)
+
+
+def test_help_has_examples():
+    for cmd in ("reconstruct", "inspect", "plot", "params"):
+        res = invoke(cmd, "--help")
+        assert res.exit_code == 0
+        assert "Examples:" in res.stdout, cmd
+
+
+def test_quiet_flag_silences_logs(cfg, tmp_path):
+    res = invoke("reconstruct", cfg, "-o", tmp_path / "q.h5", "-q", "--set", "engines.ml.numiter=0")
+    assert res.exit_code == 0
+    assert res.stderr == ""
+
+
+# -- a real process: simulate -> reconstruct -> inspect -> plot ------------------------------------
+
+def test_subprocess_pipeline(tmp_path):
+    sim = tmp_path / "sim.yaml"
+    sim.write_text("""
+scans:
+  MF:
+    data: {name: MoonFlowerScan, shape: 32, num_frames: 30, photons: 1.0e7, seed: 4}
+""")
+    res = ptycli("simulate", sim, "-o", tmp_path / "data.h5", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    recon = """
+scans:
+  S1:
+    data: {name: Hdf5Scan, dfile: data.h5}
+engines:
+  dm: {name: DM, numiter: 5}
+  ml: {name: ML, numiter: 3}
+"""
+    res = ptycli("reconstruct", "-", "-o", "out/r.h5", "--json", cwd=tmp_path, input=recon)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["iterations"] == 8 and summary["output"] == "out/r.h5"
+    res = ptycli("inspect", "out/r.h5", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["kind"] == "reconstruction" and info["iterations"] == 8
+    assert [e["label"] for e in info["engines"]] == ["dm", "ml"]
+    assert info["objects"]["SS1"]["dtype"] == "complex64"
+    pytest.importorskip("matplotlib")
+    res = ptycli("plot", "out/r.h5", "-o", "out/r.png", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "out" / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # exit codes of a real process: 2 for a bad configuration, and the error on one line
+    res = ptycli("reconstruct", "-", "-o", "out/r2.h5", "--set", "engines.dm.numiter=many", cwd=tmp_path,
+                 input=recon)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and res.stderr.startswith("Error:")
+    res = ptycli("reconstruct", "-", "-o", "out/r.h5", cwd=tmp_path, input=recon)
+    assert res.returncode == 2 and "--force" in res.stderr
+
+
+def test_bundled_config_validates(monkeypatch):
+    """configs/reconstruct_moonflower.yaml reads the bundled sample data with DM then ML."""
+    monkeypatch.chdir(ROOT)  # its data path is relative to the repository root
+    res = invoke("params", "--validate", "configs/reconstruct_moonflower.yaml", "--json")
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert [e["name"] for e in summary["engines"]] == ["DM", "ML"]
+    assert summary["output"] == "out/moonflower_recon.h5"

@@ -1,0 +1,165 @@
+"""DM and RAAR on simulated MoonFlower data: convergence and quality against the ground truth.
+
+Quality is measured with ``ptycli.engines.metrics`` after removing the global
+phase, a sub-pixel shift and a linear phase ramp; the object over the
+well-illuminated area (probe coverage above 30 % of its maximum), the probe
+weighted by its true intensity.
+"""
+import numpy as np
+import pytest
+
+from ptycli.core import Ptycho
+from ptycli.engines import make_engine, metrics
+from ptycli.utils.parameters import Param
+
+WELL_LIT = 0.3  # coverage fraction of the maximum that counts as well illuminated
+
+
+def build(frames=100, shape=64, noise=False, scan=None, **data):
+    p = Param()
+    p["scans.MF.data.name"] = "MoonFlowerScan"
+    p["scans.MF.data.shape"] = shape
+    p["scans.MF.data.num_frames"] = frames
+    p["scans.MF.data.add_poisson_noise"] = noise
+    for k, v in data.items():
+        p["scans.MF.data." + k] = v
+    for k, v in (scan or {}).items():
+        p["scans.MF." + k] = v
+    return Ptycho(p, level=2)
+
+
+def reconstruct(P, name="DM", numiter=100, **pars):
+    e = make_engine(P, dict(name=name, numiter=numiter, **pars), name.lower())
+    e.run()
+    return e
+
+
+def quality(P):
+    gt = P.scans["MF"].data.ground_truth
+    obj = metrics.object_vs_truth(P, fraction=WELL_LIT)
+    pr = metrics.probe_vs_truth(P.probe.S["SMF"].data, gt["probe"])
+    return obj, pr
+
+
+@pytest.fixture(scope="module")
+def dm_noiseless():
+    P = build()
+    e = reconstruct(P)
+    return P, e
+
+
+def test_dm_noiseless_quality(dm_noiseless):
+    P, e = dm_noiseless
+    obj, pr = quality(P)
+    assert obj["correlation"] >= 0.99, obj
+    assert pr["correlation"] >= 0.99, pr
+    errs = [r["fourier_error"] for r in P.runtime.history]
+    assert errs[-1] < 0.05 * errs[0]
+    # single precision throughout
+    assert P.obj.S["SMF"].data.dtype == np.complex64 and P.probe.S["SMF"].data.dtype == np.complex64
+
+
+def test_dm_exit_waves_consistent(dm_noiseless):
+    P, e = dm_noiseless
+    # after convergence the exit waves agree with probe * object on the illuminated part
+    pod = list(P.pods.values())[len(P.pods) // 2]
+    pw = pod.probe * pod.object
+    rel = np.linalg.norm(pod.exit - pw) / np.linalg.norm(pw)
+    assert rel < 0.1
+
+
+def test_dm_poisson_quality():
+    P = build(noise=True)
+    reconstruct(P)
+    obj, pr = quality(P)
+    assert obj["correlation"] >= 0.95, obj
+    assert pr["correlation"] >= 0.95, pr
+
+
+def test_dm_from_true_probe():
+    P = build()
+    gt = P.scans["MF"].data.ground_truth
+    P.probe.S["SMF"].data[...] = gt["probe"].astype(np.complex64)
+    P.scans["MF"].init_exit()
+    reconstruct(P, numiter=60)
+    obj, pr = quality(P)
+    assert obj["correlation"] >= 0.99 and pr["correlation"] >= 0.995
+
+
+def test_raar_converges():
+    P = build()
+    reconstruct(P, name="RAAR", numiter=100)
+    errs = [r["fourier_error"] for r in P.runtime.history]
+    assert errs[-1] < 0.2 * errs[0]
+    assert all(r["name"] == "RAAR" for r in P.runtime.history)
+    obj, pr = quality(P)
+    assert obj["correlation"] >= 0.95, obj
+    assert pr["correlation"] >= 0.95, pr
+
+
+def test_raar_beta_one_is_dm():
+    P1, P2 = build(frames=30, shape=32), build(frames=30, shape=32)
+    reconstruct(P1, "DM", numiter=5)
+    reconstruct(P2, "RAAR", numiter=5, beta=1.0)
+    a = [r["fourier_error"] for r in P1.runtime.history]
+    b = [r["fourier_error"] for r in P2.runtime.history]
+    np.testing.assert_allclose(a, b, rtol=1e-4)
+    np.testing.assert_allclose(P1.obj.S["SMF"].data, P2.obj.S["SMF"].data, rtol=1e-4, atol=1e-4)
+
+
+def test_dm_alpha_changes_update():
+    P1, P2 = build(frames=30, shape=32), build(frames=30, shape=32)
+    reconstruct(P1, "DM", numiter=3)
+    reconstruct(P2, "DM", numiter=3, alpha=0.5)
+    assert P1.runtime.history[-1]["fourier_error"] != P2.runtime.history[-1]["fourier_error"]
+
+
+@pytest.mark.xfail(reason="the data-derived probe guess (core/illumination.probe_from_data) of the defocused "
+                          "ring probe is a spot of ~4 px radius (the truth is a ring at 8-16 px): its support "
+                          "comes from the autocorrelation, which a strongly phase-curved probe makes narrow. "
+                          "DM converges from the true probe (see test_defocused_from_true_probe)", strict=False)
+def test_defocused_probe_converges_without_probe_settings():
+    P = build(probe="defocused")
+    reconstruct(P, numiter=150)
+    obj, pr = quality(P)
+    assert obj["correlation"] >= 0.95 and pr["correlation"] >= 0.95
+
+
+def test_defocused_from_true_probe():
+    P = build(probe="defocused")
+    P.probe.S["SMF"].data[...] = P.scans["MF"].data.ground_truth["probe"].astype(np.complex64)
+    P.scans["MF"].init_exit()
+    reconstruct(P, numiter=60)
+    obj, pr = quality(P)
+    assert obj["correlation"] >= 0.98 and pr["correlation"] >= 0.99
+
+
+def test_two_probe_modes_power_split():
+    P = build(probe_modes=2, probe_mode_power=0.3, scan={"coherence.num_probe_modes": 2})
+    reconstruct(P, numiter=100)
+    gt = P.scans["MF"].data.ground_truth
+    pr = metrics.probe_vs_truth(P.probe.S["SMF"].data, gt["probe"])
+    true_second = pr["true_powers"][1]
+    assert abs(pr["powers"][1] - true_second) <= 0.05 * true_second, pr
+    assert pr["density_similarity"] >= 0.95, pr
+    assert pr["correlation"] >= 0.98, pr
+    # the modes stay orthogonal and ordered by power
+    modes = P.probe.S["SMF"].data
+    overlap = abs(np.vdot(modes[0], modes[1])) / (np.linalg.norm(modes[0]) * np.linalg.norm(modes[1]))
+    assert overlap < 1e-3
+    assert np.linalg.norm(modes[0]) > np.linalg.norm(modes[1])
+    assert P.exit.S["SMF"].data.dtype == np.complex64
+
+
+def test_mixed_object_modes_run():
+    P = build(frames=30, shape=32, scan={"coherence.num_object_modes": 2})
+    e = reconstruct(P, numiter=4)
+    assert P.obj.S["SMF"].data.shape[0] == 2
+    assert all(np.isfinite(r["fourier_error"]) for r in e.history)
+
+
+def test_block_size_does_not_change_result():
+    P1, P2 = build(frames=30, shape=32), build(frames=30, shape=32)
+    reconstruct(P1, "DM", numiter=4)
+    reconstruct(P2, "DM", numiter=4, block_frames=7)
+    np.testing.assert_allclose(P1.obj.S["SMF"].data, P2.obj.S["SMF"].data, rtol=1e-3, atol=1e-3)
