@@ -295,8 +295,10 @@ def init_probe(pars, shape, psize_m, propagator, num_modes=1, intensities=None, 
     psize_m = np.broadcast_to(np.asarray(psize_m, dtype=float), (2,))
     ap = pars.get("aperture") or {}
     prop = pars.get("propagation") or {}
-    # total power the modes end with: the guess's own for data- and file-derived
-    # probes, the measured photons per frame otherwise (``photons`` overrides both)
+    # total power the modes end with: the data-derived guess's own (already the
+    # measured photons), the measured photons per frame otherwise, also for a
+    # probe read from a file, whose scale may come from another instrument
+    # (``photons`` overrides both)
     target = None
     if model == "auto":
         if intensities is None:
@@ -328,9 +330,8 @@ def init_probe(pars, shape, psize_m, propagator, num_modes=1, intensities=None, 
             raise DataError("probe in %s has %d dimensions; expected a 2D frame or a 3D stack of modes"
                             % (model, arr.ndim))
         arr = fit_frame(arr.astype(np.complex128), shape)
-        target = float(np.sum(np.abs(arr) ** 2))
         if arr.ndim == 3 and arr.shape[0] >= num_modes:
-            return _scale_photons(arr[:num_modes].copy(), pars.get("photons") or target, intensities, mask)
+            return _scale_photons(arr[:num_modes].copy(), pars.get("photons"), intensities, mask)
         probe = arr if arr.ndim == 2 else arr[0]
     defocus = prop.get("parallel")
     if defocus and model != "auto":

@@ -109,17 +109,22 @@ functions bit for bit). Single precision stays single precision (a
 one FFT thread below 512 x 512 pixels (thread start-up costs more than it
 saves there) and with :func:`ptycli.core.geometry.get_workers` threads above.
 
-Measured on the 2-core development machine (time per frame and iteration
-over the batched forward+inverse FFT of the same stack with 2 threads):
-128 x 128 frames 1.2-1.3x (object only) and 1.5-1.8x (with probe updates);
-64 x 64 frames 1.7-2.1x and 2.0-2.6x (numpy's per-call overhead, about 20 us
-per frame, weighs more on small frames). PtyPy 0.9 runs ePIE at 10.9x.
+Measured on the shared 2-core development machine (minimum over repeats, a
+busy machine, hence ranges), time per frame over the batched forward+inverse
+FFT of the same stack with 2 threads: 128 x 128 frames, the kernel 1.1x with
+the probe fixed and 1.4-1.6x with probe updates (whole iterations 1.1-2x);
+64 x 64 frames 1.8-2.9x and 2.5-5x: there the batched two-thread FFT is
+already 1.2-1.7x faster than any per-frame transform pair, and numpy's call
+overhead (about 25 calls of ~0.7 us per frame) dominates. PtyPy 0.9 runs
+ePIE at 10.9x (128 x 128).
 
 Defaults
 --------
-``rPIE.alpha = 0.05`` follows the paper. ``rPIE.probe_alpha = 1`` (the ePIE
-probe update): 0.05 fitted noiseless MoonFlower data better, but diverged on
-Poisson-noisy data (1e6 and 1e4 photons per frame) where 1.0 converged.
+``rPIE.alpha = 0.05``: converged on noiseless and Poisson-noisy MoonFlower
+data (1e6 photons per frame); 0.01 stalled from the default probe guess.
+``rPIE.probe_alpha = 1`` (the ePIE probe update): 0.05 fitted noiseless
+MoonFlower data better, but diverged on Poisson-noisy data (1e6 and 1e4
+photons per frame) where 1.0 converged.
 
 Public helpers
 --------------
