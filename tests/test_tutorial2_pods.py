@@ -189,3 +189,19 @@ def test_saved_simulation_files(sim):
     assert pos_lines[0].startswith("ccd/diffraction_0000.npy")
     frame = np.load(path + "ccd/diffraction_0003.npy")
     assert frame.shape == (256, 256) and frame.dtype == np.int32
+
+
+def test_tutorial_plots_render_off_screen(sim):
+    """The tutorials' plot_storage calls, rendered with the Agg backend."""
+    pytest.importorskip("matplotlib")
+    P = sim["P"]
+    figs = [
+        u.plot_storage(P.probe.S["S0000"], 0),
+        u.plot_storage(P.probe.S["S0001"], 1, channel="c"),
+        u.plot_storage(P.obj.S["S00"], 5),
+        u.plot_storage(list(P.exit.storages.values())[0], 6),
+        u.plot_storage(list(P.diff.storages.values())[0], 8, slices=":2,:,:", modulus="log"),
+        u.plot_storage(P.obj.S["S00"], 9, slices="0,120:-120,120:-120"),
+    ]
+    for fig in figs:
+        assert fig.axes, "a figure without axes"
