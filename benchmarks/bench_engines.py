@@ -5,12 +5,15 @@ engine (DM, RAAR, and ML / ePIE when those engines are installed) this
 prints
 
 * ``ms/it``   - wall time per iteration (median over the timed iterations,
-  all after ``probe_update_start`` so probe updates are included),
-* ``fft ms``  - the FFT floor measured in the same run: a batched in-place
-  forward plus inverse ``scipy.fft.fft2``/``ifft2`` of a complex64 stack of
-  all exit waves (frames x modes), same workers (best of several),
+  with probe updates from the start: ``probe_update_start = 0``),
+* ``fft ms``  - the FFT floor measured in the same run, interleaved with the
+  engine's iterations: a batched in-place forward plus inverse
+  ``scipy.fft.fft2``/``ifft2`` of a complex64 stack of all exit waves
+  (frames x modes), same workers (median),
 * ``ratio``   - ms/it divided by the FFT floor (the number we optimise;
-  DESIGN.md section 3),
+  DESIGN.md section 3); the same three columns follow in CPU time of this
+  process (all threads), which other processes on a shared machine disturb
+  less than wall time,
 * ``mem``     - peak memory of model plus engine (tracemalloc: container
   buffers plus everything the engine allocates) divided by the size of the
   raw data plus exit waves (float32 intensities + complex64 exit waves).
@@ -67,35 +70,49 @@ def restore(P, snap):
     P.runtime.history = []
 
 
-def fft_floor(n, shape, repeats=5):
-    a = (np.random.default_rng(0).standard_normal((n,) + shape) * (1 + 1j)).astype(np.complex64)
-    w = get_workers()
-    best = np.inf
-    for _ in range(repeats + 1):
-        t0 = time.perf_counter()
-        b = sp_fft.fft2(a, axes=(-2, -1), norm="ortho", workers=w, overwrite_x=True)
-        b = sp_fft.ifft2(b, axes=(-2, -1), norm="ortho", workers=w, overwrite_x=True)
-        best = min(best, time.perf_counter() - t0)
-        a = b
-    return best * 1e3
+class FFTFloor:
+    """Batched in-place forward + inverse FFT of a complex64 stack of ``n`` frames (same workers)."""
+
+    def __init__(self, n, shape):
+        self.a = (np.random.default_rng(0).standard_normal((n,) + shape) * (1 + 1j)).astype(np.complex64)
+        self.w = get_workers()
+
+    def once(self):
+        """One forward+inverse transform: (wall s, cpu s)."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        b = sp_fft.fft2(self.a, axes=(-2, -1), norm="ortho", workers=self.w, overwrite_x=True)
+        self.a = sp_fft.ifft2(b, axes=(-2, -1), norm="ortho", workers=self.w, overwrite_x=True)
+        return time.perf_counter() - t0, time.process_time() - c0
 
 
 def model_bytes(P):
     return sum(S.data.nbytes for C in (P.probe, P.obj, P.exit, P.diff, P.mask) for S in C.S.values())
 
 
-def time_engine(P, name, iterations, warmup):
+def time_engine(P, name, iterations, warmup, floor):
+    """Median wall and CPU time per iteration, each interleaved with an FFT-floor measurement.
+
+    Interleaving keeps the ratio meaningful when the machine's load changes
+    during the run; CPU time (all threads of this process) is less sensitive
+    to other processes than wall time.
+    """
     e = make_engine(P, {"name": name, "numiter": warmup + iterations, "probe_update_start": 0}, name.lower())
     e.initialize()
     e.iterate(warmup)
-    times = []
+    floor.once()
+    ew, ec, fw, fc = [], [], [], []
     for _ in range(iterations):
-        t0 = time.perf_counter()
+        w, c = floor.once()
+        fw.append(w)
+        fc.append(c)
+        t0, c0 = time.perf_counter(), time.process_time()
         e.iterate(1)
-        times.append(time.perf_counter() - t0)
+        ew.append(time.perf_counter() - t0)
+        ec.append(time.process_time() - c0)
     rounds = getattr(e, "last_overlap_rounds", None)
     e.finalize()
-    return float(np.median(times)) * 1e3, rounds, e
+    med = lambda v: float(np.median(v)) * 1e3  # noqa: E731
+    return dict(wall=med(ew), cpu=med(ec), fft_wall=med(fw), fft_cpu=med(fc), rounds=rounds)
 
 
 def memory_engine(P, name, iterations=2):
@@ -117,7 +134,7 @@ def main(argv=None):
     ap.add_argument("--cases", default=None, help="comma-separated FRAMESxSHAPE, e.g. 400x128,1000x256")
     ap.add_argument("--engines", default=None, help="comma-separated engine names (default DM,RAAR,ML,ePIE)")
     ap.add_argument("--iterations", type=int, default=8, help="timed iterations per engine")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
+    ap.add_argument("--warmup", type=int, default=10, help="untimed iterations first (steady state)")
     ap.add_argument("--modes", type=int, default=1, help="probe modes")
     ap.add_argument("--no-memory", action="store_true", help="skip the tracemalloc run")
     args = ap.parse_args(argv)
@@ -135,8 +152,8 @@ def main(argv=None):
             print("# engine %s not installed, skipped" % n)
     print("# workers=%d  numpy %s  scipy %s  cpus=%s" % (get_workers(), np.__version__, sp_fft.__name__ and
                                                          __import__("scipy").__version__, os.cpu_count()))
-    print("%-16s %-6s %9s %9s %7s %7s %9s %6s" % ("case", "engine", "ms/it", "fft ms", "ratio", "mem",
-                                                  "us/frame", "rounds"))
+    print("%-14s %-6s %8s %8s %6s | %8s %8s %6s | %5s %8s %6s" % (
+        "case", "engine", "ms/it", "fft ms", "ratio", "cpu ms", "fft cpu", "ratio", "mem", "us/frame", "rounds"))
     for frames, shape in cases:
         t0 = time.perf_counter()
         P = build(frames, shape, args.modes)
@@ -144,22 +161,23 @@ def main(argv=None):
         build_s = time.perf_counter() - t0
         snap = snapshot(P)
         raw = P.diff.S["SMF"].data.nbytes + P.exit.S["SMF"].data.nbytes
-        floor = fft_floor(P.exit.S["SMF"].data.shape[0], (shape, shape))
+        floor = FFTFloor(P.exit.S["SMF"].data.shape[0], (shape, shape))
         case = "%dx%d^2" % (nframes, shape)
         print("# %s: model built in %.1f s; data %.1f MB, exit %.1f MB, model %.1f MB" % (
             case, build_s, P.diff.S["SMF"].data.nbytes / 2**20, P.exit.S["SMF"].data.nbytes / 2**20,
             model_bytes(P) / 2**20))
         for name in names:
             restore(P, snap)
-            ms, rounds, _ = time_engine(P, name, args.iterations, args.warmup)
+            r = time_engine(P, name, args.iterations, args.warmup, floor)
             mem = float("nan")
             if not args.no_memory:
                 restore(P, snap)
                 mem = (memory_engine(P, name) + model_bytes(P)) / raw
-            print("%-16s %-6s %9.1f %9.1f %7.2f %7.2f %9.1f %6s" % (
-                case, name, ms, floor, ms / floor, mem, ms * 1e3 / nframes, rounds if rounds else "-"))
+            print("%-14s %-6s %8.1f %8.1f %6.2f | %8.1f %8.1f %6.2f | %5.2f %8.1f %6s" % (
+                case, name, r["wall"], r["fft_wall"], r["wall"] / r["fft_wall"], r["cpu"], r["fft_cpu"],
+                r["cpu"] / r["fft_cpu"], mem, r["wall"] * 1e3 / nframes, r["rounds"] or "-"))
             sys.stdout.flush()
-        del P, snap
+        del P, snap, floor
         gc.collect()
 
 

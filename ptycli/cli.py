@@ -91,9 +91,8 @@ def _fail(message, exit_code, show_traceback):
     if show_traceback:
         traceback.print_exc(file=sys.stderr)
     if parallel.size > 1:
-        # Other ranks may be waiting in a collective call: stop them all.
-        click.echo(f"[rank {parallel.rank}] Error: {message}", err=True)
-        parallel.abort(exit_code)
+        # Other ranks may be waiting in a collective call: stop them all (printed once).
+        parallel.fail_all(f"[rank {parallel.rank}] Error: {message}", exit_code)
     raise _Failure(message, exit_code)
 
 
@@ -120,9 +119,9 @@ def error_boundary(verbose=0):
     except KeyboardInterrupt:
         if _want_traceback(verbose):
             traceback.print_exc(file=sys.stderr)
-        click.echo("Interrupted.", err=True)
         if parallel.size > 1:
-            parallel.abort(EXIT_INTERRUPTED)
+            parallel.fail_all("Interrupted.", EXIT_INTERRUPTED)
+        click.echo("Interrupted.", err=True)
         raise click.exceptions.Exit(EXIT_INTERRUPTED)
     except Exception as exc:
         show = _want_traceback(verbose)
@@ -134,6 +133,34 @@ def error_boundary(verbose=0):
         _fail(message, EXIT_FAILURE, show)
 
 
+@contextlib.contextmanager
+def numeric_warnings_to_log():
+    """Send Python ``RuntimeWarning``s (numpy overflow / invalid value) to the log at debug level.
+
+    A diverging engine or a damaged file makes numpy warn, with a source line
+    that looks like a traceback; ptycli detects and reports those situations
+    itself (one ``Error:`` line), so the raw warnings are shown only with
+    ``-v``. Other warning categories are displayed as usual.
+    """
+    import warnings
+
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, RuntimeWarning):
+            logger.debug("%s: %s (%s:%d)", category.__name__, _one_line(message),
+                         os.path.basename(str(filename)), lineno)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        if warnings.showwarning is show:
+            warnings.showwarning = previous
+
+
 class PtycliGroup(click.Group):
     """A click group whose commands run inside :func:`error_boundary`."""
 
@@ -142,7 +169,7 @@ class PtycliGroup(click.Group):
 
     def invoke(self, ctx):
         verbose = ctx.find_root().params.get("verbose", 0)
-        with error_boundary(verbose):
+        with error_boundary(verbose), numeric_warnings_to_log():
             return super().invoke(ctx)
 
 

@@ -22,6 +22,7 @@ import mpi4py anyway, or ``PTYCLI_MPI=0`` to never use it.
 
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -41,11 +42,15 @@ __all__ = [
     "gather",
     "allgather",
     "abort",
+    "fail_all",
+    "ABORT_GRACE_S",
     "block_range",
     "cpu_count",
     "fft_workers",
     "describe",
     "launch_problem",
+    "comm_stats",
+    "reset_comm_stats",
 ]
 
 # Environment variables through which MPI launchers tell a process its rank /
@@ -187,6 +192,40 @@ MPIenabled = MPI is not None
 master = rank == 0
 
 
+#: collective calls made through this module (also counted in one process, where they are
+#: no-ops): numpy-buffer reductions/broadcasts with their bytes, and pickled-object calls
+_stats = {"buffer_calls": 0, "buffer_bytes": 0, "buffer_seconds": 0.0, "object_calls": 0}
+
+
+def comm_stats():
+    """Counters of this process's collective calls since the last :func:`reset_comm_stats`.
+
+    A dict: ``buffer_calls``, ``buffer_bytes`` and ``buffer_seconds`` (in-place
+    ``Allreduce``/``Bcast`` of numpy buffers: :func:`allreduce`, :func:`bcast_array`; the
+    seconds include waiting for the other ranks) and ``object_calls`` (pickled Python
+    objects: :func:`allreduce_scalar`, :func:`bcast`, :func:`gather`, :func:`allgather`).
+    Tests and benchmarks use it to check that an engine's iterations reduce numpy buffers
+    only, and how many bytes.
+    """
+    return dict(_stats)
+
+
+def reset_comm_stats():
+    """Zero the counters of :func:`comm_stats`; return their values before."""
+    old = dict(_stats)
+    for key in _stats:
+        _stats[key] = type(_stats[key])(0)
+    return old
+
+
+def _count(kind, nbytes=0):
+    if kind == "buffer":
+        _stats["buffer_calls"] += 1
+        _stats["buffer_bytes"] += int(nbytes)
+    else:
+        _stats["object_calls"] += 1
+
+
 def _mpi_op(op):
     name = str(op).lower()
     if name not in _OPS:
@@ -202,6 +241,7 @@ def allreduce(a, op="sum"):
     through a contiguous copy and written back.
     """
     op_ = _mpi_op(op)
+    _count("buffer", getattr(a, "nbytes", 0))
     if size == 1:
         return a
     if not isinstance(a, np.ndarray):
@@ -209,18 +249,21 @@ def allreduce(a, op="sum"):
             f"allreduce works in place on numpy arrays, got {type(a).__name__}; "
             "use allreduce_scalar for Python numbers"
         )
+    t0 = time.perf_counter()
     if a.flags.c_contiguous:
         comm.Allreduce(MPI.IN_PLACE, a, op=op_)
     else:
         buf = np.ascontiguousarray(a)
         comm.Allreduce(MPI.IN_PLACE, buf, op=op_)
         a[...] = buf
+    _stats["buffer_seconds"] += time.perf_counter() - t0
     return a
 
 
 def allreduce_scalar(x, op="sum"):
     """Reduce a Python/numpy scalar (or any picklable value) over all ranks."""
     op_ = _mpi_op(op)
+    _count("object")
     if size == 1:
         return x
     return comm.allreduce(x, op=op_)
@@ -228,6 +271,7 @@ def allreduce_scalar(x, op="sum"):
 
 def bcast(obj, root=0):
     """Broadcast a picklable object from ``root``; every rank returns it."""
+    _count("object")
     if size == 1:
         return obj
     return comm.bcast(obj, root=root)
@@ -238,6 +282,7 @@ def bcast_array(a, root=0):
 
     Every rank must pass an array of the same shape and dtype.
     """
+    _count("buffer", getattr(a, "nbytes", 0))
     if size == 1:
         return a
     if not a.flags.c_contiguous:
@@ -257,6 +302,7 @@ def barrier():
 
 def gather(obj, root=0):
     """Gather one picklable object per rank: a list on ``root``, None elsewhere."""
+    _count("object")
     if size == 1:
         return [obj]
     return comm.gather(obj, root=root)
@@ -264,6 +310,7 @@ def gather(obj, root=0):
 
 def allgather(obj):
     """Gather one picklable object per rank; every rank gets the list."""
+    _count("object")
     if size == 1:
         return [obj]
     return comm.allgather(obj)
@@ -281,6 +328,33 @@ def abort(code=1):
         sys.stderr.flush()
         comm.Abort(code)
     raise SystemExit(code)
+
+
+#: seconds a rank other than 0 waits before it reports an error and aborts (see :func:`fail_all`)
+ABORT_GRACE_S = 1.0
+
+
+def fail_all(message, code=1):
+    """Print ``message`` on stderr once for the whole job, then stop every rank.
+
+    The command line's error boundary calls this for an error under MPI.
+    ``MPI_Abort`` ends all ranks, also those waiting for this one in a
+    collective call, so a failure never hangs the job; the exit status is
+    ``code``. To print the message once, rank 0 reports and aborts at once
+    while any other rank first waits ``ABORT_GRACE_S`` seconds (a little more
+    for higher ranks): when every rank hit the error (a bad configuration, a
+    read error the scan loader shares between the ranks, a diverged engine),
+    rank 0's abort ends the others before they print; an error of one rank
+    alone is reported by that rank after the wait. In one process: print and
+    raise ``SystemExit(code)``.
+    """
+    if size > 1 and rank > 0:
+        time.sleep(ABORT_GRACE_S + 0.05 * min(rank, 20))
+    try:
+        sys.stderr.write(str(message).rstrip("\n") + "\n")
+    except (OSError, ValueError):  # stderr closed: still stop the job
+        pass
+    abort(code)
 
 
 def block_range(n_items, rank=None, size=None):

@@ -163,3 +163,51 @@ def test_block_size_does_not_change_result():
     reconstruct(P1, "DM", numiter=4)
     reconstruct(P2, "DM", numiter=4, block_frames=7)
     np.testing.assert_allclose(P1.obj.S["SMF"].data, P2.obj.S["SMF"].data, rtol=1e-3, atol=1e-3)
+
+
+MPI_DM_SCRIPT = r"""
+import sys
+import numpy as np
+from ptycli import parallel
+from ptycli.core import Ptycho
+from ptycli.utils.parameters import Param
+p = Param()
+p["verbose_level"] = "warning"
+p["scans.MF.data.name"] = "MoonFlowerScan"
+p["scans.MF.data.shape"] = 32
+p["scans.MF.data.num_frames"] = 40
+p["engines.dm.name"] = "DM"
+p["engines.dm.numiter"] = 6
+P = Ptycho(p, level=2)
+P.run()
+if parallel.master:
+    np.savez(sys.argv[1], obj=P.obj.S["SMF"].data, probe=P.probe.S["SMF"].data,
+             ferr=[r["fourier_error"] for r in P.runtime.history], size=parallel.size)
+"""
+
+
+@pytest.mark.mpi
+def test_dm_same_result_with_two_ranks(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from test_parallel import _mpi_env, _mpirun, _needs_mpi
+
+    _needs_mpi()
+    script = tmp_path / "dm.py"
+    script.write_text(MPI_DM_SCRIPT)
+    env = _mpi_env()
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.npz")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([_mpirun(), "--oversubscribe", "-n", "2", sys.executable, str(script),
+                          str(tmp_path / "two.npz")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout + two.stderr
+    a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    assert int(b["size"]) == 2 and int(a["size"]) == 1
+    np.testing.assert_allclose(a["ferr"], b["ferr"], rtol=1e-3)
+    scale = np.abs(a["obj"]).max()
+    np.testing.assert_allclose(a["obj"], b["obj"], atol=2e-3 * scale)
+    np.testing.assert_allclose(a["probe"], b["probe"], atol=2e-3 * np.abs(a["probe"]).max())
+    assert os.path.exists(tmp_path / "two.npz")

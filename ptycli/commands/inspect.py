@@ -9,6 +9,7 @@ import numpy as np
 from .. import parallel
 from ..cli import main
 from ..errors import DataError
+from ..io.reading import DAMAGED_HINT, reading
 from ..log import get_logger
 
 logger = get_logger(__name__)
@@ -67,7 +68,11 @@ def _open(path):
         raise DataError("%s is not an HDF5 file" % path,
                         hint="ptycli inspect reads ptycli results and data files, CXI and .ptyd files",
                         validation=True)
-    return h5py.File(path, "r")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError("cannot open %s as HDF5 (%s)" % (path, " ".join(str(exc).split())),
+                        hint=DAMAGED_HINT, validation=True) from exc
 
 
 def identify(path):
@@ -298,6 +303,8 @@ def _text(s):
             add("  resume:      engine %s at iteration %s%s" % (
                 st.get("engine_label"), st.get("engine_iteration"),
                 " (chain finished)" if st.get("finished") else ""))
+            if st.get("status") == "failed":
+                add("  FAILED:      %s" % st.get("error", "the run failed; this is its last good state"))
     elif kind in ("data", "cxi", "ptyd"):
         add("  format:      %s" % s.get("format"))
         add("  frames:      %s of %s (%s)" % (s.get("frames"), "x".join(str(v) for v in s.get("frame_shape", [])),
@@ -416,8 +423,10 @@ def inspect(file, as_json, tree, attrs):
       ptycli inspect scan.cxi --tree
       ptycli inspect out/recon.h5 --tree --attrs
     """
+    with reading(file):  # a damaged file gives a one-line error naming it
+        result = hdf5_tree(file) if tree else summarise(file)
     if tree:
-        nodes = hdf5_tree(file)
+        nodes = result
         if not parallel.master:
             return
         if as_json:
@@ -425,7 +434,7 @@ def inspect(file, as_json, tree, attrs):
         else:
             click.echo(_tree_text(nodes, with_attrs=attrs))
         return
-    summary = summarise(file)
+    summary = result
     if not parallel.master:
         return
     if as_json:

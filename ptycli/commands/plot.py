@@ -8,6 +8,7 @@ import numpy as np
 from .. import parallel
 from ..cli import main
 from ..errors import ConfigError, DataError
+from ..io.reading import reading
 from ..log import get_logger
 from .common import emit_result
 
@@ -103,7 +104,8 @@ def plot(file, output, dpi, title, force, as_json):
     if ext not in _FORMATS:
         raise ConfigError("-o %s: unknown figure format %r" % (output, ext or "(no extension)"),
                           hint="end the name with one of %s" % ", ".join(_FORMATS))
-    kind = identify(file)
+    with reading(file):
+        kind = identify(file)
     if kind == "hdf5":
         raise DataError("%s: not a file ptycli can plot (no reconstruction or scan layout it knows)" % file,
                         hint="'ptycli inspect --tree %s' lists its contents" % file, validation=True)
@@ -111,17 +113,18 @@ def plot(file, output, dpi, title, force, as_json):
         return
     check_writable(output, force=force, what="figure")
     plotting = _plotting()
-    if kind == "reconstruction":
-        from ..io.reconstruction import load_reconstruction
+    with reading(file):  # a damaged file gives a one-line error naming it
+        if kind == "reconstruction":
+            from ..io.reconstruction import load_reconstruction
 
-        rec = load_reconstruction(file, with_state=False)
-        draw = lambda tmp: plotting.plot_reconstruction(rec, tmp, dpi=dpi, title=title)  # noqa: E731
-    elif kind == "cxi-result":
-        rec = _cxi_result_as_reconstruction(file)
-        draw = lambda tmp: plotting.plot_reconstruction(rec, tmp, dpi=dpi, title=title)  # noqa: E731
-    else:
-        data = _data_for_plot(file, kind)
-        draw = lambda tmp: plotting.plot_data(data, tmp, dpi=dpi, title=title)  # noqa: E731
+            rec = load_reconstruction(file, with_state=False)
+            draw = lambda tmp: plotting.plot_reconstruction(rec, tmp, dpi=dpi, title=title)  # noqa: E731
+        elif kind == "cxi-result":
+            rec = _cxi_result_as_reconstruction(file)
+            draw = lambda tmp: plotting.plot_reconstruction(rec, tmp, dpi=dpi, title=title)  # noqa: E731
+        else:
+            data = _data_for_plot(file, kind)
+            draw = lambda tmp: plotting.plot_data(data, tmp, dpi=dpi, title=title)  # noqa: E731
     with atomic_write(output) as tmp:
         draw(tmp)
     logger.info("wrote %s", output)

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import __version__, parallel
 from ..cli import apply_verbose_level, main
-from ..errors import EXIT_INTERRUPTED, ConfigError, DataError
+from ..errors import EXIT_INTERRUPTED, ConfigError, DataError, EngineError
 from ..log import get_logger
 from .common import emit_result, load_tree, set_option
 
@@ -64,8 +64,7 @@ def check_inputs(p):
         where = "scans.%s.data" % label
         try:
             loader = get_loader(scan.data.name)(scan.data, path=where)
-            loader.meta()
-            loader.geometry()
+            loader.check()  # metadata, geometry, frame and position counts: no frames read
         except DataError as exc:
             raise DataError("%s: %s" % (where, exc.message) if not exc.message.startswith(where) else exc.message,
                             hint=exc.hint, validation=True) from None
@@ -177,6 +176,8 @@ class ChainRunner:
                                        **{k: v for k, v in s.items() if k.startswith("final_")}))
         self.resume_state = None
         self.last_state = None
+        #: set when an engine fails: {'index', 'engine', 'error'} (see :meth:`run`)
+        self.failed = None
         if resume is not None:
             attrs = resume.state["attrs"]
             self.resume_state = engine_state_for_rank(resume.state.get("engine"))
@@ -196,7 +197,9 @@ class ChainRunner:
     def _stop_due(self):
         flag = 0 if self.stop_signal is None else int(self.stop_signal)
         if parallel.size > 1:
-            flag = int(parallel.allreduce_scalar(flag, op="max"))
+            # every iteration: a numpy buffer (Allreduce), not a pickled object
+            buf = np.array([flag], dtype=np.int64)
+            flag = int(parallel.allreduce(buf, op="max")[0])
             if flag and self.stop_signal is None:
                 self.stop_signal = flag
         return bool(flag)
@@ -210,6 +213,29 @@ class ChainRunner:
                     int(self.summaries[index]["iterations"]),
                     engine_finished=bool(finished_engine), total_iterations=int(P.runtime.get("iterations", 0)),
                     finished=bool(chain_finished), data_type=str(P.p.data_type))
+
+    def write_failure(self, path):
+        """After an engine failed: write the model (its last good state) to ``path`` (collective).
+
+        Returns the chain iteration of that state, or None when nothing was
+        written because the probe or object are not finite (the engine did
+        not restore a good state).
+        """
+        from ..io.checkpoint import write_snapshot
+
+        f = self.failed
+        engine, index, error = f["engine"], f["index"], f["error"]
+        finite = all(np.isfinite(S.data).all() for C in (self.P.probe, self.P.obj) for S in C.S.values())
+        if parallel.size > 1:
+            finite = bool(parallel.allreduce_scalar(int(not finite), op="max") == 0)
+        if not finite:
+            return None
+        attrs = self._state_attrs(index, engine, finished_engine=False)
+        attrs.update(status="failed", error=str(error))
+        write_snapshot(path, self.P, "result", [dict(s) for s in self.summaries], attrs,
+                       _strip_arrays(engine.state_dict()), self.info())
+        parallel.barrier()
+        return int(attrs["total_iterations"])
 
     def write_checkpoint(self, index, engine, finished_engine):
         """Write a checkpoint now (collective); return its path."""
@@ -270,7 +296,18 @@ class ChainRunner:
             rec = None
             try:
                 while engine.iteration < numiter:
-                    rec = engine.iterate(1)[-1]
+                    before = (int(engine.iteration), int(P.runtime.get("iterations", 0)), len(P.runtime.history))
+                    try:
+                        rec = engine.iterate(1)[-1]
+                    except EngineError as exc:
+                        # the engine restored the probe and object of its last good iteration (the one
+                        # before this call); put the counters back to match them
+                        engine.iteration, P.runtime.iterations = before[0], before[1]
+                        del P.runtime.history[before[2]:]
+                        summary["iterations"] = before[0]
+                        summary["time_s"] += time.perf_counter() - t0
+                        self.failed = dict(index=index, engine=engine, error=exc)
+                        raise
                     rec["engine_iteration"] = int(engine.iteration)
                     summary["iterations"] = int(engine.iteration)
                     summary.update({"final_" + k: v for k, v in _final_errors(rec).items()})
@@ -467,6 +504,12 @@ def _reconstruct(config, output, overrides, resume_path, fmt, force, as_json):
     parallel.barrier()
 
     # 2. model ------------------------------------------------------------------------------
+    if parallel.size > 1:
+        # FFT (and ML block) threads: the node's cores shared between its ranks, not all
+        # cores in every rank (mpirun --oversubscribe / --bind-to none do not pin ranks)
+        from ..core.geometry import set_workers
+
+        set_workers(parallel.fft_workers())
     P = Ptycho(p, level=2)
     apply_verbose_level(p.verbose_level)  # Ptycho sets the level from verbose_level; -q/-v win
     if rec is not None:
@@ -489,6 +532,10 @@ def _reconstruct(config, output, overrides, resume_path, fmt, force, as_json):
     handlers = _install_handlers(runner.request_stop)
     try:
         runner.run()
+    except EngineError as exc:
+        if runner.failed is None:
+            raise
+        _report_failure(runner, exc, output, as_json)
     except Stopped as stop:
         name = signal.Signals(stop.signum).name
         w = stop.where
@@ -526,6 +573,25 @@ def _reconstruct(config, output, overrides, resume_path, fmt, force, as_json):
         checkpoints=sorted(set(runner.checkpoints)), resumed_from=resume_path,
         mpi_size=parallel.size, time_s=round(t_end - t_start, 3))
     emit_result(summary, as_json, output)
+
+
+def _report_failure(runner, exc, output, as_json):
+    """An engine failed (diverged): keep its last good state in ``output``, then raise EngineError (exit 1)."""
+    good = runner.write_failure(output)
+    label = runner.chain[runner.failed["index"]][0]
+    if good is None:
+        where = ("the last checkpoint is %s" % runner.checkpoints[-1]) if runner.checkpoints else \
+            "no checkpoint was written"
+        message = "%s; the probe or object hold NaN/Inf, so no result was written (%s)" % (exc.message, where)
+    else:
+        message = "%s; the state of iteration %d (the last good one) was written to %s" % (exc.message, good, output)
+    hint = exc.hint or "change the parameters of engine %s" % label
+    if good is not None:
+        hint += "; to continue from it, add --resume %s (with a new -o, or --force)" % output
+    if as_json:
+        emit_result(dict(status="failed", error=message, output=output if good is not None else None,
+                         iterations=good, engines=runner.summaries), True, "")
+    raise EngineError(message, hint=hint) from exc
 
 
 def _is_quiet():

@@ -89,34 +89,18 @@ DEFAULT = Param(
 _WORKERS = None
 
 
-def _env_workers():
-    val = os.environ.get("PTYCLI_FFT_WORKERS")
-    if val:
-        try:
-            n = int(val)
-            if n >= 1:
-                return n
-        except ValueError:
-            pass
-    return None
-
-
 def get_workers():
     """Number of threads given to :mod:`scipy.fft` (``workers=``).
 
-    Order of precedence: :func:`set_workers`, the environment variable
-    ``PTYCLI_FFT_WORKERS``, the cores available to this process
-    (``os.sched_getaffinity``), ``os.cpu_count()``.
+    :func:`set_workers` wins; otherwise :func:`ptycli.parallel.fft_workers`
+    decides (``PTYCLI_FFT_WORKERS``, else the cores of this process shared
+    between the MPI ranks on its node).
     """
     if _WORKERS is not None:
         return _WORKERS
-    env = _env_workers()
-    if env is not None:
-        return env
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    from .. import parallel
+
+    return parallel.fft_workers()
 
 
 def set_workers(n=None):

@@ -131,7 +131,7 @@ def probe_from_data(intensities, mask, propagator, iterations=50):
 
     valid = np.asarray(mask, dtype=bool)
     sums = np.zeros((2,) + intensities.shape[-2:])
-    sums[0] = np.where(valid, intensities, 0).sum(axis=0)
+    sums[0] = np.where(valid, intensities, 0).sum(axis=0, dtype=np.float64)  # float32 sums overflow
     sums[1] = valid.sum(axis=0)
     parallel.allreduce(sums)
     counts = sums[1]
@@ -295,10 +295,10 @@ def init_probe(pars, shape, psize_m, propagator, num_modes=1, intensities=None, 
     psize_m = np.broadcast_to(np.asarray(psize_m, dtype=float), (2,))
     ap = pars.get("aperture") or {}
     prop = pars.get("propagation") or {}
-    # total power the modes end with: the data-derived guess's own (already the
-    # measured photons), the measured photons per frame otherwise, also for a
-    # probe read from a file, whose scale may come from another instrument
-    # (``photons`` overrides both)
+    # total power the modes end with: the guess's own for data-derived probes
+    # (already the measured photons) and earlier results (already on a model's
+    # scale); the measured photons per frame otherwise, also for a probe read
+    # from a .npy file, whose scale may come from anywhere (``photons`` wins)
     target = None
     if model == "auto":
         if intensities is None:
@@ -330,8 +330,11 @@ def init_probe(pars, shape, psize_m, propagator, num_modes=1, intensities=None, 
             raise DataError("probe in %s has %d dimensions; expected a 2D frame or a 3D stack of modes"
                             % (model, arr.ndim))
         arr = fit_frame(arr.astype(np.complex128), shape)
+        if not str(model).lower().endswith(".npy"):
+            # an earlier result: its probe is already on this model's photon scale
+            target = float(np.sum(np.abs(arr[:num_modes] if arr.ndim == 3 else arr) ** 2))
         if arr.ndim == 3 and arr.shape[0] >= num_modes:
-            return _scale_photons(arr[:num_modes].copy(), pars.get("photons"), intensities, mask)
+            return _scale_photons(arr[:num_modes].copy(), pars.get("photons") or target, intensities, mask)
         probe = arr if arr.ndim == 2 else arr[0]
     defocus = prop.get("parallel")
     if defocus and model != "auto":
@@ -354,7 +357,7 @@ def _scale_photons(modes, photons, intensities, mask):
 
     if photons is None and intensities is not None:
         valid = np.asarray(mask, dtype=bool) if mask is not None else np.ones(intensities.shape, bool)
-        sums = np.array([float(np.where(valid, intensities, 0).sum()), float(intensities.shape[0])])
+        sums = np.array([float(np.where(valid, intensities, 0).sum(dtype=np.float64)), float(intensities.shape[0])])
         parallel.allreduce(sums)
         photons = sums[0] / max(sums[1], 1.0)
     if photons is None:

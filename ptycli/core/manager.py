@@ -22,6 +22,7 @@ probe modes, object layers object modes.
 """
 
 import logging
+import os
 
 import numpy as np
 
@@ -84,9 +85,18 @@ class ScanModel:
         from ..scans import get_loader
 
         loader_cls = get_loader(self.p.data.name)
-        loader = loader_cls(self.p.data)
-        self.data = loader.load(rank=parallel.rank, size=parallel.size)
+        loader = loader_cls(self.p.data, path="scans.%s.data" % self.label)
+        # collective under MPI (no rank/size given): the diffraction centre ('auto'), the
+        # invalid-pixel counts and read errors are agreed between the ranks
+        self.data = loader.load()
         d = self.data
+        if parallel.size > 1 and d.num_frames_total < parallel.size:
+            # every rank must hold frames of every scan: the engines reduce per storage
+            raise ConfigError(
+                "scans.%s: %d frames cannot be shared by %d MPI processes (each needs at least one "
+                "frame of every scan)" % (self.label, d.num_frames_total, parallel.size),
+                hint="run with mpirun -n %d or fewer, or give the scan more frames"
+                % d.num_frames_total)
         if self.p.data.get("label") in (None, "") and not d.label:
             d.label = self.label
         log.info("scan %s: %d frames of %d x %d on this process (%d in all), loader %s",
@@ -127,15 +137,16 @@ class ScanModel:
                                   psize=G.psize, layermap=[int(i) for i in d.indices])
         if self.probe_sid not in P.probe.S:
             P.probe.new_storage(ID=self.probe_sid, shape=(npr,) + shape, psize=res)
-        elif P.probe.S[self.probe_sid].nlayers != npr:
-            raise ConfigError("scans.%s.probe_share: the shared probe has %d modes, this scan asks for %d; "
-                              "give both scans the same coherence.num_probe_modes"
-                              % (self.label, P.probe.S[self.probe_sid].nlayers, npr))
+        else:
+            self._check_shared("probe", P.probe.S[self.probe_sid], npr, shape, res)
         if self.object_sid not in P.obj.S:
             P.obj.new_storage(ID=self.object_sid, shape=(nob,) + shape, psize=res, fill=1.0)
+        else:
+            self._check_shared("object", P.obj.S[self.object_sid], nob, None, res)
         exit_layers = [int(g) * self.modes + k for g in d.indices for k in range(self.modes)]
         P.exit.new_storage(ID=self.sid, shape=(len(exit_layers),) + shape, psize=res, layermap=exit_layers)
         positions = self.positions_m()
+        self._check_extent(positions, shape, res, nob, np.dtype(P.CType).itemsize)
         self.pods = []
         rule = dict(shape=shape, active=True)
         for i in range(n):
@@ -153,6 +164,72 @@ class ScanModel:
                               geometry=G)
                     self.pods.append(pod)
         return self.pods
+
+    def _check_extent(self, positions, shape, res, modes, itemsize):
+        """Refuse positions that would need an object larger than this machine's memory.
+
+        Damaged position datasets and unit mistakes (micrometres read as
+        metres) give absurd scan extents; building views for them would
+        overflow the pixel coordinates or try to allocate terabytes. Collective
+        under MPI (every rank calls it, so every rank raises together). Also
+        warns when all positions fall within one sample pixel (positions given
+        in a unit much smaller than stated).
+        """
+        pos = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+        ext = np.full(4, -np.inf)
+        if len(pos):
+            with np.errstate(over="ignore", invalid="ignore"):
+                ext[:2] = -pos.min(axis=0)
+                ext[2:] = pos.max(axis=0)
+        parallel.allreduce(ext, op="max")
+        with np.errstate(over="ignore", invalid="ignore"):
+            span_m = ext[2:] + ext[:2]
+            span_px = span_m / np.asarray(res, float)
+            far_px = np.max(np.abs(ext)) / float(np.min(res))
+            nbytes = float(modes) * float(itemsize) * np.prod(span_px + np.asarray(shape, float))
+        src = self.data.source if self.data is not None and self.data.source else "the data"
+        limit = _memory_bytes()
+        if not (np.all(np.isfinite(span_px)) and far_px < 2.0 ** 40 and nbytes <= limit):
+            from ..errors import DataError
+
+            raise DataError(
+                "scans.%s: the scan positions of %s span %s m, which is %s sample pixels of %s m; the object "
+                "would need %.3g GB (this machine has %.3g GB)" % (
+                    self.label, src, _fmt_pair(span_m), _fmt_pair(span_px), _fmt_pair(res), nbytes / 1e9,
+                    limit / 1e9),
+                hint="check the positions and their unit (scans.%s.data.positions_unit, positions_scale, the "
+                     "units of the positions dataset) and the geometry (energy, distance, psize)" % self.label,
+                validation=True)
+        if self.data is not None and self.data.num_frames_total > 1 and np.all(span_px < 1.0) and parallel.master:
+            log.warning("scans.%s: all %d scan positions lie within one sample pixel (span %s m, pixel %s m): the "
+                        "frames overlap completely; check the unit of the positions (scans.%s.data.positions_unit, "
+                        "positions_scale)", self.label, self.data.num_frames_total, _fmt_pair(span_m),
+                        _fmt_pair(res), self.label)
+
+    def _check_shared(self, what, S, modes, shape, res):
+        """A shared probe/object storage must fit this scan: modes, frame shape (probe), pixel size.
+
+        Views take the pixel size of their storage, so a scan whose sample
+        pixel (``resolution``) differs from the owner's would be placed and
+        sized wrongly without any error: refuse it (relative tolerance 1e-3).
+        """
+        key = "%s_share" % what
+        owner = S.ID[1:]
+        where = "scans.%s.%s" % (self.label, key)
+        if S.nlayers != modes:
+            raise ConfigError("%s: the shared %s (scan %s) has %d modes, this scan asks for %d" % (
+                where, what, owner, S.nlayers, modes),
+                hint="give both scans the same coherence.num_%s_modes" % what)
+        if shape is not None and tuple(S.shape[-2:]) != tuple(shape):
+            raise ConfigError("%s: scan %s has frames of %s pixels, the shared %s (scan %s) %s" % (
+                where, self.label, tuple(shape), what, owner, tuple(S.shape[-2:])),
+                hint="give both scans the same data.shape")
+        mine, theirs = np.asarray(res, float), np.asarray(S.psize, float)
+        if not np.allclose(mine, theirs, rtol=1e-3, atol=0.0):
+            raise ConfigError("%s: the sample pixel of scan %s is %s m, that of the shared %s (scan %s) "
+                              "%s m" % (where, self.label, _fmt_pair(mine), what, owner, _fmt_pair(theirs)),
+                              hint="scans that share the %s need the same energy, distance, detector pixel and frame "
+                                   "shape (data.shape, data.rebin), or share nothing" % what)
 
     def fit_object(self):
         """Resize the object storage to the views of all processes' frames."""
@@ -191,6 +268,18 @@ class ScanModel:
         """Exit waves ``probe * object`` for every pod."""
         for pod in self.pods:
             pod.exit = pod.probe * pod.object
+
+
+def _memory_bytes():
+    """Physical memory of this machine in bytes (1 TB when unknown)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE")) * float(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 1e12
+
+
+def _fmt_pair(v):
+    return "(%.4g, %.4g)" % (float(v[0]), float(v[1]))
 
 
 class Full(ScanModel):

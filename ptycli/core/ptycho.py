@@ -126,8 +126,27 @@ class Ptycho(Base):
             self.scans[label].init_object()
         for model in self.scans.values():
             model.init_exit()
+        self._check_finite()
         log.info("model ready: %d pods; %s; %s", len(self.pods), self.probe.info(), self.obj.info())
         self.level = 2
+
+    def _check_finite(self):
+        """The initial probe and object must be finite (else every engine diverges at once)."""
+        from ..errors import DataError
+
+        for what, C in (("probe", self.probe), ("object", self.obj)):
+            for sid, S in C.S.items():
+                if np.isfinite(S.data).all():
+                    continue
+                label = sid[1:]
+                model = self.scans.get(label)
+                peak = None
+                if model is not None and model.data is not None and model.data.intensities.size:
+                    peak = float(np.max(model.data.intensities))
+                raise DataError("scans.%s: the initial %s holds NaN/Inf%s" % (
+                    label, what, " (the largest count in the frames is %.3g)" % peak if peak is not None else ""),
+                    hint="check the frames for absurd values and the %s parameters (scans.%s.%s)" % (
+                        what, label, "illumination" if what == "probe" else "sample"))
 
     def run(self, engines=None):
         """Level 3: run the engine chain (all of ``engines`` in the given order)."""

@@ -537,8 +537,10 @@ class AddressBook:
     groups : list of PodGroup
         One per storage combination, in order of first appearance.
     probe_storages, obj_storages : dict
-        Storage ID -> Storage of the probes/objects the groups update (the
-        storages shared between groups appear once).
+        Storage ID -> Storage of the probes/objects to update: all storages
+        of the model's containers when the book holds all pods (so every MPI
+        rank reduces the same buffers, even one without frames), else those
+        of the groups (shared storages appear once).
     n_pods, n_frames : int
         Totals over the groups (this MPI rank only).
     """
@@ -547,6 +549,7 @@ class AddressBook:
         self.ptycho = ptycho
         ctype = np.dtype(getattr(ptycho, "CType", np.complex64))
         ftype = np.dtype(getattr(ptycho, "FType", np.float32))
+        all_pods = pods is None
         pods = list(ptycho.pods.values()) if pods is None else list(pods)
         by_key = {}
         for pod in pods:
@@ -559,6 +562,11 @@ class AddressBook:
         self.groups = [PodGroup(v, ctype, ftype) for v in by_key.values()]
         self.probe_storages = {}
         self.obj_storages = {}
+        if all_pods:
+            # every storage of the model, in the containers' order, so that all MPI ranks
+            # (also one without frames) reduce the same buffers in the same order
+            self.probe_storages.update(ptycho.probe.S)
+            self.obj_storages.update(ptycho.obj.S)
         for g in self.groups:
             self.probe_storages.setdefault(g.probe.ID, g.probe)
             self.obj_storages.setdefault(g.obj.ID, g.obj)

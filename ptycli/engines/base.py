@@ -79,6 +79,23 @@ pixels of all frames):
     waves in this iteration (dimensionless; ``sum |psi|^2 ~ sum I`` by the
     propagator's unitarity).
 
+Helpers for subclasses
+----------------------
+``self.book`` (address book: ``book.groups``, ``book.probe_storages``,
+``book.obj_storages``), ``self.new_error_sums()`` (:class:`ErrorSums`:
+``add_fourier(af, fmag, mask)``, ``add_exit_change(x)``, ``add(...,
+likelihood=)``, ``reduce()`` -> the record's error fields, summed over MPI
+ranks), ``self.probe_update_due()``, ``self.apply_probe_constraints(
+orthogonalize=True)`` (support, mode orthogonalisation, recentring),
+``self.orthogonalize_probe(rotate_exit=True)``,
+``self.apply_object_constraints()`` (``clip_object``), ``self.reset_exit()``
+(exit = probe * object), ``self.supports`` (probe storage ID -> support
+array), ``self.mean_power``, ``self.total_counts``, ``self.total_valid``,
+``self.n_frames_total``, ``self.ctype`` / ``self.ftype``, ``self.rng``.
+Hooks: ``engine_initialize()``, ``engine_iterate(n)`` (required),
+``engine_finalize()``, ``engine_state()`` / ``engine_load_state(d)``,
+``sync()``.
+
 Divergence and resume
 ---------------------
 After each iteration the probe, the object and the errors are checked for
@@ -376,8 +393,20 @@ class Engine:
     def engine_finalize(self):
         """Engine-specific clean-up. Override."""
 
+    def sync(self):
+        """Make the model storages hold the true current state. Override.
+
+        An engine that keeps part of its state in another form between
+        iterations (e.g. exit waves multiplied by a phase factor) converts
+        back here.
+        Called by :meth:`finalize`, :meth:`state_dict`, before a divergence
+        restore and when :meth:`run` stops on an exception. Must be cheap to
+        call when there is nothing to do.
+        """
+
     def finalize(self):
-        """``engine_finalize()``, make the exit waves' storage final, free caches."""
+        """``sync()``, ``engine_finalize()``, free caches."""
+        self.sync()
         self.engine_finalize()
         if self.book is not None:
             for g in self.book.groups:
@@ -453,6 +482,7 @@ class Engine:
                        unit="it", leave=True, dynamic_ncols=True)
         t0 = time.perf_counter()
         rec = None
+        ok = False
         try:
             for _ in range(numiter):
                 rec = self.iterate(1)[-1]
@@ -465,9 +495,12 @@ class Engine:
                     post["iter"] = rec["iteration"]
                     bar.set_postfix(post, refresh=False)
                     bar.update(1)
+            ok = True
         finally:
             if bar is not None:
                 bar.close()
+            if not ok:
+                self.sync()
         self.finalize()
         if rec is not None:
             log.info("%s (%s): %d iterations in %.1f s, fourier error %.4g", self.label, self.NAME, numiter,
@@ -642,6 +675,7 @@ class Engine:
         self._good_iteration = int(self.ptycho.runtime.get("iterations", 0))
 
     def _restore_good(self):
+        self.sync()
         if self._good is None:
             return
         for key, storages in (("probe", self.book.probe_storages), ("obj", self.book.obj_storages)):
@@ -667,6 +701,8 @@ class Engine:
         (:meth:`engine_state`).
         """
         P = self.ptycho
+        if self.initialized:
+            self.sync()
         return dict(engine=self.label, name=self.NAME, iteration=int(self.iteration),
                     global_iteration=int(P.runtime.get("iterations", 0)),
                     probe={sid: S.data.copy() for sid, S in P.probe.S.items()},

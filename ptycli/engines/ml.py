@@ -83,12 +83,14 @@ the inverse transform of the gradient (two while the probe is fixed). Two
 passes over the data per iteration: the line-search pass (``b``, ``c``, their
 FFTs, the polynomial sums) and a fused pass that moves ``F`` to the new
 point, evaluates the cost and errors, and back-propagates and scatters the
-gradient. Frames are processed in blocks of about :data:`BLOCK_BYTES` with
-preallocated per-thread work buffers and in-place FFTs (no large
-temporaries); blocks are shared out round-robin among ``get_workers()``
-threads (numpy's elementwise loops and pocketfft release the GIL), each
-thread with its own gradient accumulators, summed in a fixed order, so a
-run is deterministic for a given thread count.
+gradient. Frames are processed in blocks of about :data:`BLOCK_BYTES`: the
+FFTs run in place on persistent buffers, intermediate arrays live in
+preallocated per-thread work buffers, object windows are gathered with one
+fancy index on a sliding-window view per block. Blocks are shared out
+round-robin among ``get_workers()`` threads (numpy's elementwise loops and
+pocketfft release the GIL), each thread with its own (conjugate) gradient
+accumulators, summed in a fixed order, so a run is deterministic for a
+given thread count (and agrees with other thread counts to rounding).
 
 Records and MPI
 ---------------
@@ -101,6 +103,12 @@ quantity (costs, error sums, line-search coefficients, and the gradients,
 which live in one flat buffer) is summed over MPI ranks with
 :func:`ptycli.parallel.allreduce` in :meth:`ML._allsum`, so every rank takes
 the same steps; the regulariser is computed once on the (replicated) object.
+
+Checkpoints carry the conjugate-gradient memory (:meth:`ML.engine_state`:
+direction, previous gradient, preconditioner scale), so a resumed run takes
+the same steps as an uninterrupted one. :meth:`ML.finalize` orthogonalises
+the probe modes (a unitary mixing, the likelihood does not change) and sets
+the exit waves to ``probe * object`` for the next engine of the chain.
 
 Single precision stays single: frames, gradients and directions are in the
 model's complex type; global sums are accumulated in float64 from per-block
@@ -118,10 +126,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.fft as sp_fft
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import parallel
 from ..params.declare import Parameter
-from .base import Engine, register
+from .base import Engine, circular_support, register
 
 __all__ = [
     "ML",
@@ -182,6 +191,12 @@ def _cdot(a, b):
 def _pairs(c):
     """Complex array ``(..., W)`` as its real buffer ``(..., 2W)`` (no copy)."""
     return c.view(c.real.dtype)
+
+
+def _same_buffer(a, b):
+    """Whether two arrays are the same memory with the same layout (an in-place result)."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape and a.strides == b.strides)
 
 
 def _pair_add(x, out):
@@ -373,9 +388,13 @@ def line_intensity_terms(Fa, Fb, Fc=None, sum_modes=None):
     return I1, I2, I3, I4
 
 
-def _gauss_coefs_kernel(D, weight, P, q):
-    """Coefficients of ``sum w (D + sum_k P[k-1] t^k)^2``; ``q`` is scratch like ``D``."""
+def _gauss_coefs_kernel(D, weight, P, q, scale=None):
+    """Coefficients of ``sum w (D + sum_k s_k P[k-1] t^k)^2`` (``s_k = scale[k-1]``, default 1).
+
+    ``q`` is scratch like ``D``. 15 weighted products for the full degree 8.
+    """
     p = [D] + list(P)
+    s = [1.0] + (list(scale) if scale is not None else [1.0] * len(P))
     c = np.zeros(9)
     for i in range(len(p)):
         if weight is not None:
@@ -383,7 +402,7 @@ def _gauss_coefs_kernel(D, weight, P, q):
         else:
             qi = p[i]
         for j in range(i, len(p)):
-            v = _fdot(qi, p[j])
+            v = _fdot(qi, p[j]) * s[i] * s[j]
             c[i + j] += v if i == j else 2.0 * v
     return c
 
@@ -505,7 +524,6 @@ class _Workspace:
     def __init__(self, maxp, maxf, shape, ctype, ftype, pods_are_frames):
         H, W = shape
         self.cA = np.empty((maxp, H, W), ctype)
-        self.cB = np.empty((maxp, H, W), ctype)
         self.cT = np.empty((maxp, H, W), ctype)
         self.rp = None if pods_are_frames else np.empty((maxp, H, W), ftype)
         self.fr = [np.empty((maxf, H, W), ftype) for _ in range(6)]
@@ -540,7 +558,7 @@ class _Group:
             if model == "poisson":
                 b.mn = b.n * b.mask if b.mask is not None else b.n
             b.valid = float(b.n.size) if b.mask is None else _fsum(b.mask)
-            b.pods = self.pod_lists(b)
+            b.pods = self.pod_index(b)
             self.blocks.append(b)
         self.maxp = max([b.p1 - b.p0 for b in self.blocks] or [1])
         self.maxf = max([b.f1 - b.f0 for b in self.blocks] or [1])
@@ -616,20 +634,22 @@ class _Group:
 
     # -- propagation (far field: pre factor folded into the probe, post factor dropped) --
     def fw_inplace(self, x, workers):
+        """Forward transform of the contiguous pod array ``x``, in place."""
         if self.pre is not None:
             out = sp_fft.fft2(x, axes=(-2, -1), norm="ortho", workers=workers, overwrite_x=True)
         else:
             out = self.g.propagator.fw(x)
-        if out is not x:
+        if not _same_buffer(out, x):
             x[...] = out
         return x
 
     def bw_inplace(self, x, workers):
+        """Backward transform of the contiguous pod array ``x``, in place."""
         if self.pre is not None:
             out = sp_fft.ifft2(x, axes=(-2, -1), norm="ortho", workers=workers, overwrite_x=True)
         else:
             out = self.g.propagator.bw(x)
-        if out is not x:
+        if not _same_buffer(out, x):
             x[...] = out
         return x
 
@@ -638,21 +658,24 @@ class _Group:
         return probe * self.pre if self.pre is not None else probe.copy()
 
     # -- kernels ---------------------------------------------------------------------------
-    def pod_lists(self, b):
-        """Per-pod addresses of block ``b`` as Python lists: (object layer, y, x, probe row)."""
+    def pod_index(self, b):
+        """Per-pod window addresses of block ``b``: index arrays (object layer, y, x)."""
         g = self.g
         sl = slice(b.p0, b.p1)
-        return (g.ob_layer[sl].tolist(), g.ob_y[sl].tolist(), g.ob_x[sl].tolist(), g.pr_layer[sl].tolist())
+        return (g.ob_layer[sl].copy(), g.ob_y[sl].copy(), g.ob_x[sl].copy())
 
-    def forward_block(self, b, ws, obj, probe_eff, workers):
+    def windows(self, obj):
+        """All ``H x W`` windows of an object array, ``(layers, Y, X, H, W)`` (a strided view)."""
+        return sliding_window_view(obj, self.shape, axis=(1, 2))
+
+    def forward_block(self, b, ws, sw_obj, probe_eff, workers):
         """``F = fw(P O)`` of block ``b`` (in the persistent buffer)."""
-        H, W = self.shape
         F = self.F[b.p0:b.p1]
-        for k, (ol, y, x, pl) in enumerate(zip(*b.pods)):
-            np.multiply(obj[ol, y:y + H, x:x + W], probe_eff[pl], out=F[k])
+        ow = sw_obj[b.pods]
+        np.multiply(self.pods4(b, ow), self.probe_rows(probe_eff, b), out=self.pods4(b, F))
         self.fw_inplace(F, workers)
 
-    def eval_block(self, b, ws, model, floating, eps, du, du2, stale, obj, probe_eff, workers):
+    def eval_block(self, b, ws, model, floating, eps, du, du2, stale, sw_obj, probe_eff, workers):
         """Move ``F`` by ``du Fb + du2 Fc``, evaluate cost and errors, store ``l'`` and ``aux``.
 
         Returns ``[cost, fourier, photon, valid]``.
@@ -661,7 +684,7 @@ class _Group:
         n, nf = p1 - p0, f1 - f0
         F = self.F[p0:p1]
         if stale:
-            self.forward_block(b, ws, obj, probe_eff, workers)
+            self.forward_block(b, ws, sw_obj, probe_eff, workers)
         elif du:
             tmp = ws.cA[:n]
             F += np.multiply(self.Fb[p0:p1], du, out=tmp)
@@ -700,12 +723,12 @@ class _Group:
             perr = _fdot(np.multiply(D, b.pw, out=t2), D)
         return np.array([cost, ferr, perr, b.valid])
 
-    def grad_block(self, b, ws, obj, probe_eff, cgO, cgPe, workers):
+    def grad_block(self, b, ws, sw_obj, probe_eff, cgO, cgPe, workers):
         """Back-propagate ``l' F`` of block ``b``; accumulate the *conjugate* gradients.
 
-        With ``G = bw(l' F)``: ``conj(gO) += P conj(G)`` scattered into the
-        object windows, ``conj(gP) += O conj(G)`` summed per probe row
-        (conjugate accumulators avoid a conjugated copy of every window).
+        With ``G = bw(l' F)``: ``conj(gP) += sum O conj(G)`` per probe row and
+        ``conj(gO) += P conj(G)`` scattered into the object windows
+        (conjugate accumulators save a conjugated copy of the windows).
         """
         p0, p1 = b.p0, b.p1
         n = p1 - p0
@@ -714,13 +737,15 @@ class _Group:
         np.multiply(self.pods4(b, self.F[p0:p1]), self.frames4(b, self.lp[b.f0:b.f1]), out=self.pods4(b, gF))
         self.bw_inplace(gF, workers)
         np.conj(gF, out=gF)
-        tmp = ws.cB[0]
-        for k, (ol, y, x, pl) in enumerate(zip(*b.pods)):
-            cg = gF[k]
-            cgPe[pl] += np.multiply(obj[ol, y:y + H, x:x + W], cg, out=tmp)
-            cgO[ol, y:y + H, x:x + W] += np.multiply(probe_eff[pl], cg, out=tmp)
+        ow = sw_obj[b.pods]
+        ow *= gF
+        self.add_probe_gradient(b, cgPe, ow)
+        self.pods4(b, gF)[...] *= self.probe_rows(probe_eff, b)
+        ol, oy, ox = b.pods
+        for k, (l, y, x) in enumerate(zip(ol.tolist(), oy.tolist(), ox.tolist())):
+            cgO[l, y:y + H, x:x + W] += gF[k]
 
-    def line_block(self, b, ws, model, probe_on, obj, hO, probe_tau, hPe_tau, hPe_tau2, workers):
+    def line_block(self, b, ws, model, probe_on, sw_obj, sw_h, probe_tau, hPe_tau, hPe_tau2, workers):
         """Transforms of the direction terms of block ``b`` and its polynomial sums.
 
         Returns the coefficient partials (9 gaussian, 3 otherwise) followed by
@@ -732,44 +757,43 @@ class _Group:
         Fa = self.F[p0:p1]
         Fb = self.Fb[p0:p1]
         Fc = self.Fc[p0:p1] if probe_on else None
+        hw = sw_h[b.pods]
         if probe_on:
-            tmp = ws.cB[0]
-            for k, (ol, y, x, pl) in enumerate(zip(*b.pods)):
-                hw = hO[ol, y:y + H, x:x + W]
-                np.multiply(hw, probe_tau[pl], out=Fb[k])
-                np.multiply(hw, hPe_tau2[pl], out=Fc[k])
-                Fb[k] += np.multiply(obj[ol, y:y + H, x:x + W], hPe_tau[pl], out=tmp)
+            np.multiply(self.pods4(b, hw), self.probe_rows(hPe_tau2, b), out=self.pods4(b, Fc))
+            np.multiply(self.pods4(b, hw), self.probe_rows(probe_tau, b), out=self.pods4(b, Fb))
+            del hw
+            ow = sw_obj[b.pods]
+            self.pods4(b, ow)[...] *= self.probe_rows(hPe_tau, b)
+            Fb += ow
+            del ow
             self.fw_inplace(Fc, workers)
         else:
-            for k, (ol, y, x, pl) in enumerate(zip(*b.pods)):
-                np.multiply(hO[ol, y:y + H, x:x + W], probe_tau[pl], out=Fb[k])
+            np.multiply(self.pods4(b, hw), self.probe_rows(probe_tau, b), out=self.pods4(b, Fb))
         self.fw_inplace(Fb, workers)
         fr = ws.fr
         tf = _pairs(ws.cT[:n])
         tg = _pairs(ws.cA[:n])
         Ap, Bp = _pairs(Fa), _pairs(Fb)
         ex = np.zeros(3)
-        I1 = self.pair_sum(b, np.multiply(Ap, Bp, out=tf), ws, fr[0][:nf])
-        I1 *= 2.0
+        # polynomial pieces, the factors 2 of I1 = 2 J1 and I3 = 2 J3 applied to the sums
+        J1 = self.pair_sum(b, np.multiply(Ap, Bp, out=tf), ws, fr[0][:nf])
         np.multiply(Bp, Bp, out=tg)
-        ex[0] = _fsum(tg)
         if Fc is None:
             I2 = self.pair_sum(b, tg, ws, fr[1][:nf])
-            P = [I1, I2]
+            ex[0] = _fsum(I2)
+            P, scale = [J1, I2], [2.0, 1.0]
         else:
+            ex[0] = _fsum(tg)
             Cp = _pairs(Fc)
             np.multiply(Ap, Cp, out=tf)
             tf *= 2.0
             tf += tg
             I2 = self.pair_sum(b, tf, ws, fr[1][:nf])
-            np.multiply(Bp, Cp, out=tf)
-            ex[1] = 2.0 * _fsum(tf)
-            I3 = self.pair_sum(b, tf, ws, fr[2][:nf])
-            I3 *= 2.0
-            np.multiply(Cp, Cp, out=tf)
-            ex[2] = _fsum(tf)
-            I4 = self.pair_sum(b, tf, ws, fr[3][:nf])
-            P = [I1, I2, I3, I4]
+            J3 = self.pair_sum(b, np.multiply(Bp, Cp, out=tf), ws, fr[2][:nf])
+            I4 = self.pair_sum(b, np.multiply(Cp, Cp, out=tf), ws, fr[3][:nf])
+            ex[1] = 2.0 * _fsum(J3)
+            ex[2] = _fsum(I4)
+            P, scale = [J1, I2, J3, I4], [2.0, 1.0, 2.0, 1.0]
         c = self.c[f0:f1, None, None]
         scaled = not np.all(self.c[f0:f1] == 1)
         if scaled:
@@ -779,12 +803,12 @@ class _Group:
         lp = self.lp[f0:f1]
         q = fr[4][:nf]
         if model == "gaussian":
-            coefs = _gauss_coefs_kernel(aux, b.w, P, q)
+            coefs = _gauss_coefs_kernel(aux, b.w, P, q, scale)
         else:
             if scaled:  # lp is d cost / d Ir; the polynomial is in I = c Ir
                 lp = np.divide(lp, c, out=fr[5][:nf])
-            c1 = _fdot(lp, P[0])
-            c2 = 0.5 * _fdot(np.multiply(aux, P[0], out=q), P[0]) + _fdot(lp, P[1])
+            c1 = 2.0 * _fdot(lp, J1)
+            c2 = 2.0 * _fdot(np.multiply(aux, J1, out=q), J1) + _fdot(lp, I2)
             coefs = np.array([0.0, c1, c2])
         return np.concatenate([coefs, ex])
 
@@ -800,10 +824,10 @@ def _workers():
 
 
 class _Accumulator:
-    """Gradient accumulators of one thread."""
+    """Gradient accumulators of one thread (conjugate gradients, see :meth:`_Group.grad_block`)."""
 
     def __init__(self, book, groups):
-        self.gO = {sid: np.zeros_like(S.data) for sid, S in book.obj_storages.items()}
+        self.gO = {sid: np.zeros_like(S.data) for sid, S in book.obj_storages.items()}  # this rank's
         self.gPe = [np.zeros_like(G.g.probe.data) for G in groups]
 
     def zero(self):
@@ -869,13 +893,18 @@ class ML(Engine):
                     nl = np.where(n > 0, n * np.log(np.where(n > 0, n, 1.0)), 0.0) - n
                     const += float(np.sum(nl * b.mask if b.mask is not None else nl))
         self._poisson_const = const  # local (summed with the costs)
-        # flat vectors: gradient, previous gradient, direction (object storages, then probe storages)
-        self.obj_ids = list(book.obj_storages)
-        self.probe_ids = list(book.probe_storages)
+        # flat vectors: gradient, previous gradient, direction (object storages, then probe
+        # storages). All storages of the model, sorted by ID, so that every MPI rank has the
+        # same layout (also a rank without frames).
+        P = self.ptycho
+        self.obj_storages = {sid: P.obj.S[sid] for sid in sorted(P.obj.S)}
+        self.probe_storages = {sid: P.probe.S[sid] for sid in sorted(P.probe.S)}
+        self.obj_ids = list(self.obj_storages)
+        self.probe_ids = list(self.probe_storages)
         self._layout = []
         off = 0
-        for kind, ids, storages in (("obj", self.obj_ids, book.obj_storages),
-                                    ("probe", self.probe_ids, book.probe_storages)):
+        for kind, ids, storages in (("obj", self.obj_ids, self.obj_storages),
+                                    ("probe", self.probe_ids, self.probe_storages)):
             for sid in ids:
                 shape = storages[sid].data.shape
                 size = int(np.prod(shape))
@@ -891,11 +920,15 @@ class ML(Engine):
         if p.reg_del2:
             n_obj = float(self._nobj)
             self.reg_amp = float(p.reg_del2_amplitude) * self.total_valid * self.total_counts / (8.0 * n_obj ** 2)
-        # probe support: applied once, then the probe gradient is projected onto it
-        for sid, S in book.probe_storages.items():
-            sup = self.supports.get(sid)
-            if sup is not None:
-                S.data *= sup
+        # probe support: applied once at a fresh start (not to a restored state), then the probe
+        # gradient is projected onto it
+        self.ml_supports = {}
+        if p.get("probe_support") is not None:
+            for sid, S in self.probe_storages.items():
+                self.ml_supports[sid] = circular_support(S.data.shape[-2:], p.probe_support, dtype=self.ftype)
+        if not getattr(self, "_loading", False):
+            for sid, sup in self.ml_supports.items():
+                self.probe_storages[sid].data *= sup
         self.scale = None
         self._dist_prev = None
         self._tau = 1.0
@@ -905,16 +938,18 @@ class ML(Engine):
         self._probe_was_on = False
         self._stale = True
         self._last = None
+        self._final_scales = None
         self._L = self._evaluate(gradient=True)
 
     def engine_finalize(self):
         # orthogonal probe modes (a unitary mixing of the modes: the likelihood does not change)
-        for sid, S in self.book.probe_storages.items():
+        for sid, S in self.probe_storages.items():
             if S.data.shape[0] > 1:
                 from ..core.illumination import orthogonalize_modes
 
                 S.data[...] = orthogonalize_modes(S.data)
         self.reset_exit()
+        self._final_scales = self.floating_scales() if self.floating else None
         for G in self.groups:
             G.release()
         self.groups = []
@@ -925,9 +960,38 @@ class ML(Engine):
             self._pool.shutdown(wait=True)
             self._pool = None
 
+    def load_state(self, state):
+        self._loading = True
+        try:
+            return super().load_state(state)
+        finally:
+            self._loading = False
+
+    def engine_state(self):
+        """The conjugate-gradient memory (direction, previous gradient, scalars) for checkpoints."""
+        nan = float("nan")
+        scalars = [self.scale if self.scale is not None else nan,
+                   self._dist_prev if self._dist_prev else nan,
+                   self._gnorm_prev, float(self._restart), float(self._probe_was_on)]
+        return dict(ml_dirn=self.dirn, ml_grad_prev=self.grad_prev, ml_scalars=np.array(scalars))
+
     def engine_load_state(self, state):
+        """Continue from :meth:`engine_state` (a restart of the conjugate gradients without it)."""
+        state = state or {}
+        ok = all(k in state for k in ("ml_dirn", "ml_grad_prev", "ml_scalars")) and \
+            np.shape(state["ml_dirn"]) == self.dirn.shape and np.shape(state["ml_grad_prev"]) == self.dirn.shape
+        if ok:
+            self.dirn[...] = state["ml_dirn"]
+            self.grad_prev[...] = state["ml_grad_prev"]
+            sc = [float(v) for v in np.asarray(state["ml_scalars"], dtype=float).ravel()]
+            self.scale = None if not np.isfinite(sc[0]) else sc[0]
+            self._dist_prev = None if not np.isfinite(sc[1]) else sc[1]
+            self._gnorm_prev = sc[2]
+            self._restart = bool(sc[3])
+            self._probe_was_on = bool(sc[4])
+        else:
+            self._restart = True
         self._stale = True
-        self._restart = True
         self._L = self._evaluate(gradient=True)
 
     # -- views into the flat vectors ---------------------------------------------------------
@@ -975,7 +1039,7 @@ class ML(Engine):
 
     # -- passes over the data ------------------------------------------------------------------
     def _evaluate(self, du=0.0, gradient=True):
-        """Move ``F`` by ``du`` along the line (see :meth:`_move`), evaluate, optionally the gradient.
+        """Move ``F`` by ``du`` along the line (see :meth:`_move_to`), evaluate, optionally the gradient.
 
         Recomputes the transforms from scratch when they are stale. Stores the
         record fields in ``self._last``; returns the total cost (data +
@@ -989,17 +1053,16 @@ class ML(Engine):
         prep = []
         for G in self.groups:
             g = G.g
-            pe = G.probe_eff(g.probe.data)
-            prep.append((g.obj.data, pe, np.conj(pe)))
+            prep.append((G.windows(g.obj.data), G.probe_eff(g.probe.data)))
         if gradient:
             for acc in self._acc:
                 acc.zero()
 
         def fn(gi, G, b, ws, acc):
-            obj, pe, cpe = prep[gi]
+            obj, pe = prep[gi]
             r = G.eval_block(b, ws, model, floating, eps, du, du2, stale, obj, pe, W)
             if gradient:
-                G.grad_block(b, ws, obj, cpe, acc.gO[G.g.obj.ID], acc.gPe[gi], W)
+                G.grad_block(b, ws, obj, pe, acc.gO[G.g.obj.ID], acc.gPe[gi], W)
             return r
 
         parts = self._run(fn)
@@ -1011,21 +1074,21 @@ class ML(Engine):
         if gradient:
             grad = self.grad
             grad[...] = 0
+            # the accumulators hold conjugate gradients (see _Group.grad_block)
             for acc in self._acc:
                 for sid, a in acc.gO.items():
                     self._part(grad, "obj", sid)[...] += a
                 for gi, G in enumerate(self.groups):
-                    gPe = acc.gPe[gi]
-                    if G.pre is not None:
-                        gPe = gPe * np.conj(G.pre)
-                    self._part(grad, "probe", G.g.probe.ID)[...] += gPe
+                    cgPe = acc.gPe[gi]
+                    self._part(grad, "probe", G.g.probe.ID)[...] += cgPe * G.pre if G.pre is not None else cgPe
+            np.conj(grad, out=grad)
             self._allsum(sums)
             self._allsum(grad)
         else:
             self._allsum(sums)
         reg = 0.0
         if self.reg_amp:
-            for sid, S in self.book.obj_storages.items():
+            for sid, S in self.obj_storages.items():
                 reg += del2_cost(S.data, self.reg_amp)
                 if gradient:
                     del2_gradient(S.data, self.reg_amp, out=self._part(self.grad, "obj", sid))
@@ -1064,7 +1127,7 @@ class ML(Engine):
                 hpt2 = hpt * tau
             else:
                 hpt = hpt2 = None
-            prep.append((g.obj.data, hO, pt, hpt, hpt2))
+            prep.append((G.windows(g.obj.data), G.windows(hO), pt, hpt, hpt2))
 
         def fn(gi, G, b, ws, acc):
             obj, hO, pt, hpt, hpt2 = prep[gi]
@@ -1078,7 +1141,7 @@ class ML(Engine):
         self._allsum(buf)
         coefs, ex = buf[:ncoef].copy(), buf[ncoef:].copy()
         if self.reg_amp:
-            for sid, S in self.book.obj_storages.items():
+            for sid, S in self.obj_storages.items():
                 r1, r2 = del2_line_coefficients(S.data, self._part(self.dirn, "obj", sid), self.reg_amp)
                 coefs[1] += r1 * tau
                 coefs[2] += r2 * tau * tau
@@ -1096,7 +1159,7 @@ class ML(Engine):
             return 0.0
         step = du * float(self._tau)
         for kind, sid, h in self._parts(self.dirn):
-            S = self.book.obj_storages[sid] if kind == "obj" else self.book.probe_storages[sid]
+            S = self.obj_storages[sid] if kind == "obj" else self.probe_storages[sid]
             S.data += step * h
         return du
 
@@ -1107,7 +1170,7 @@ class ML(Engine):
         so, sp = slice(0, self._nobj), slice(self._nobj, self._nvec)
         if probe_on:
             for sid in self.probe_ids:
-                sup = self.supports.get(sid)
+                sup = self.ml_supports.get(sid)
                 if sup is not None:
                     self._part(g, "probe", sid)[...] *= sup
         else:
@@ -1174,7 +1237,7 @@ class ML(Engine):
         dist = self._dist_prev
         if not dist:
             on = 0.0
-            for S in self.book.obj_storages.values():
+            for S in self.obj_storages.values():
                 on += _cdot(S.data, S.data)
             ho = h[:self._nobj]
             hon = np.sqrt(_cdot(ho, ho))
@@ -1224,6 +1287,10 @@ class ML(Engine):
             log.debug("%s: ML step halved %d times", self.label, tries)
         if u > 0:
             self._dist_prev = float(u * tau * np.sqrt(_cdot(self.dirn, self.dirn)))
+        else:  # no progress along this line: steepest descent with a shorter trial next time
+            self._restart = True
+            if self._dist_prev:
+                self._dist_prev *= 0.1
         self._L = L
         # constraints that break the line (rare): the next iteration re-evaluates
         if self._constrain():
@@ -1244,12 +1311,14 @@ class ML(Engine):
         c = self.p.get("clip_object")
         if c is not None:
             lo, hi = float(c[0]), float(c[1])
-            for S in self.book.obj_storages.values():
+            for S in self.obj_storages.values():  # all storages: the same on every rank
                 a = np.abs(S.data)
                 if a.size and (a.min() < lo or a.max() > hi):
                     changed = True
-            if changed:
-                self.apply_object_constraints()
+                    scale = np.clip(a, lo, hi)
+                    np.divide(scale, a, out=scale, where=a > 0)
+                    scale[a == 0] = 1.0
+                    S.data *= scale
         if self.p.get("probe_center_tol") is not None:
             if self.recenter_probe():
                 changed = True
@@ -1279,7 +1348,14 @@ class ML(Engine):
         return out
 
     def floating_scales(self):
-        """The current per-frame intensity scales of every group (None without floating intensities)."""
+        """Per-frame intensity scales ``c_m`` (None without ``floating_intensities``).
+
+        A dict: group label (the scan label) -> ``(frame_rows, scales)``, the
+        diffraction-storage rows of this rank's frames and their scales (the
+        values of the last evaluation; kept after :meth:`finalize`).
+        """
         if not self.floating:
             return None
-        return [G.c.copy() for G in self.groups]
+        if self.groups:
+            return {G.g.label: (G.g.frame_di.copy(), G.c.copy()) for G in self.groups}
+        return dict(self._final_scales or {})

@@ -65,11 +65,18 @@ object is recomputed only when the probe changed.
 
 Performance
 -----------
-Frames are processed in blocks of ``block_frames`` (about 8 MB of complex
+Frames are processed in blocks of ``block_frames`` (about 2 MB of complex
 data per block by default), so that the elementwise passes run in cache and
 the temporaries stay small; each block does one batched in-place forward and
-one inverse FFT over all its frames and modes. See
-``benchmarks/bench_engines.py``.
+one inverse FFT over all its frames and modes (``scipy.fft``, workers from
+``ptycli.core.geometry.get_workers``). ``probe * object`` and the projection
+input are formed window by window while the frame is in cache; in the far
+field the work is done on ``pre * psi`` so the FFT needs no phase passes (the
+exit storage always holds the true exit waves). Frames inside the power
+bound skip the inverse FFT when a block has enough of them. The first object
+update's numerator is accumulated in the Fourier loop, and ``sum |P|^2``
+over the object only when the probe changed. Single precision throughout.
+Figures: ``benchmarks/bench_engines.py``.
 """
 
 import numpy as np
@@ -78,9 +85,14 @@ from .. import parallel
 from ..params.declare import Parameter
 from .base import Engine, register
 from .kernels import (fft_inplace, ifft_inplace, model_amplitude, fourier_errors, modulus_factor,
-                      power_bound_renorm)
+                      power_bound_renorm)  # noqa: F401
 
 __all__ = ["ProjectionEngine", "DM", "RAAR"]
+
+#: A block takes the subset path (inverse FFT only of frames outside the power
+#: bound) when at most this fraction of its frames is outside; otherwise all
+#: frames are transformed (those inside get the factor 1).
+_SUBSET_FRACTION = 0.7
 
 _PROJECTION_PARAMS = [
     Parameter("fourier_relax_factor", 0.05, "float",
@@ -96,7 +108,7 @@ _PROJECTION_PARAMS = [
     Parameter("overlap_max_iterations", 10, "int", "most object/probe rounds per iteration", low=1),
     Parameter("update_object_first", True, "bool", "update the object before the probe in each round"),
     Parameter("block_frames", None, "int",
-              "frames processed together (null: about 8 MB of exit waves per block)", low=1, nullable=True),
+              "frames processed together (null: about 2 MB of exit waves per block)", low=1, nullable=True),
 ]
 
 
@@ -130,7 +142,7 @@ class ProjectionEngine(Engine):
                 bf = int(self.p.block_frames)
             else:
                 per_frame = max(1, (g.n_pods // max(g.n_frames, 1))) * H * W * np.dtype(ctype).itemsize
-                bf = max(1, int(8 * 2 ** 20 // per_frame))
+                bf = max(1, int(2 * 2 ** 20 // per_frame))
             blocks = g.blocks(bf)
             self._blocks[id(g)] = blocks
             for f0, f1, p0, p1 in blocks:
@@ -146,6 +158,7 @@ class ProjectionEngine(Engine):
                 fdev=np.empty((max_frames,) + shape, dtype=ftype),
                 tmp=np.empty((max_frames,) + shape, dtype=ftype),
                 frame=np.empty(shape, dtype=ctype),
+                frame_stack=np.empty((max_pods,) + shape, dtype=ctype) if self.beta != 1.0 else None,
             )
         # overlap-update accumulators, one per storage
         self._ob_num = {sid: np.empty_like(S.data) for sid, S in self.book.obj_storages.items()}
@@ -161,6 +174,21 @@ class ProjectionEngine(Engine):
         for name in ("_scratch", "_ob_num", "_ob_den", "_pr_num", "_pr_den", "_blocks"):
             if hasattr(self, name):
                 delattr(self, name)
+
+    # -- working frame ------------------------------------------------------------
+    def _work_probe(self, g):
+        """The probe in the working frame: ``pre * probe`` (far field) or the probe itself.
+
+        In the far field the Fourier step works on ``pre * psi`` (``pre``: the
+        propagator's sample-plane phase factor, ``|pre| = 1``): then
+        ``FFT(pre * t)`` needs no separate phase pass, since
+        ``pre * pw = (pre * probe) * object``. The exit storage always holds
+        the true exit waves; the factor is applied to ``psi`` frame by frame
+        while it is in cache.
+        """
+        if g.farfield:
+            return g.probe.data * g.factors.pre
+        return g.probe.data
 
     # -- iteration -----------------------------------------------------------
     def engine_iterate(self, n):
@@ -179,25 +207,33 @@ class ProjectionEngine(Engine):
     def fourier_update(self, g, acc):
         """Generalised projection step on the exit waves of group ``g``; errors into ``acc``.
 
-        Frames inside the power bound need no Fourier correction
-        (``P_F(t) = t``), so their update is ``(alpha beta + 1 - beta)(pw - psi)``
-        and they skip the inverse FFT. When ``self._fuse_object`` is set, the
-        object-update numerator ``sum conj(P) psi`` is accumulated here while
-        the new exit waves are in cache.
+        Works frame block by frame block (see the module docstring). Frames
+        inside the power bound need no Fourier correction (``P_F(t) = t``), so
+        their update is ``(alpha beta + 1 - beta)(pw - psi)`` and they skip the
+        inverse FFT when enough of a block is inside. When
+        ``self._fuse_object`` is set, the object-update numerator
+        ``sum conj(P) psi`` is accumulated here while the new exit waves are
+        in cache.
         """
         sc = self._scratch[g.shape]
+        H, W = g.shape
         alpha, beta = float(self.alpha), float(self.beta)
-        c_in = self.ctype.type(alpha * beta + 1.0 - beta)
         ctype = self.ctype
-        pr = g.probe.data
+        c_in = ctype.type(alpha * beta + 1.0 - beta)
+        a1 = ctype.type(1.0 + alpha)
+        ma = ctype.type(-alpha)
+        far = g.farfield
+        pre = g.factors.pre if far else None
+        post = g.factors.post_bw if far else None  # conj(pre)
+        pt = self._work_probe(g)
         ob = g.obj.data
-        fac = g.factors
         modes = g.modes if g.regular else 0
         fuse = self._fuse_object
+        ol, oy, ox, pl = g.ob_layer, g.ob_y, g.ob_x, g.pr_layer
+        frame_tmp = sc["frame"]
         if fuse:
-            prc = np.conj(pr)
+            prc = np.conj(g.probe.data)
             num = self._ob_num[g.obj.ID]
-            frame_tmp = sc["frame"]
         for f0, f1, p0, p1 in self._blocks[id(g)]:
             nb, npb = f1 - f0, p1 - p0
             buf = sc["buf"][:npb]
@@ -205,22 +241,26 @@ class ProjectionEngine(Engine):
             af = sc["af"][:nb]
             fdev = sc["fdev"][:nb]
             tmp = sc["tmp"][:nb]
-            g.gather_product(ob, pr, p0, p1, out=pw)  # pw = probe * object window
             psi = g.read_exit(p0, p1)
-            # t = (1 + alpha) pw - alpha psi
-            if alpha == 1.0:
-                np.subtract(pw, psi, out=buf)
-                buf += pw
-            else:
-                np.multiply(psi, ctype.type(-alpha / (1.0 + alpha)), out=buf)
-                buf += pw
-                buf *= ctype.type(1.0 + alpha)
-            # to the detector
-            if g.farfield:
-                np.multiply(buf, fac.pre, out=buf)
-                F = fft_inplace(buf)
-            else:
-                F = g.propagator.fw(buf)
+            # pw~ = (pre probe) * object window and t~ = (1 + alpha) pw~ - alpha pre psi, frame by frame
+            for k in range(npb):
+                i = p0 + k
+                y, x = oy[i], ox[i]
+                pwk, bk = pw[k], buf[k]
+                np.multiply(ob[ol[i], y:y + H, x:x + W], pt[pl[i]], out=pwk)
+                if far:
+                    np.multiply(psi[k], pre, out=bk)
+                else:
+                    bk[...] = psi[k]
+                if alpha == 1.0:
+                    np.subtract(pwk, bk, out=bk)
+                    bk += pwk
+                else:
+                    bk *= ma
+                    np.multiply(pwk, a1, out=frame_tmp)
+                    bk += frame_tmp
+            # to the detector (far field: the post factor cancels in the modulus projection)
+            F = fft_inplace(buf) if far else g.propagator.fw(buf)
             # model amplitude (modes summed incoherently) and errors
             if modes:
                 model_amplitude(F, modes, af, tmp)
@@ -233,6 +273,11 @@ class ProjectionEngine(Engine):
             r = power_bound_renorm(ferr / np.maximum(valid, 1.0), self.pbound)
             out = r < 1.0  # frames that need the Fourier correction
             n_out = int(np.count_nonzero(out))
+            if 0 < n_out < nb and n_out > _SUBSET_FRACTION * nb:
+                # few frames inside the bound: cheaper to transform all (their factor is 1)
+                # than to copy the others out and back
+                out[:] = True
+                n_out = nb
             if n_out:
                 if n_out == nb:
                     pod_out = None
@@ -250,37 +295,50 @@ class ProjectionEngine(Engine):
                     idx = lf if pod_out is None else lf[pod_out]
                     remap = np.cumsum(out) - 1
                     Fo *= fm[remap[idx]]
-                G = ifft_inplace(Fo) if g.farfield else g.propagator.bw(Fo)
-                if g.farfield:
-                    np.multiply(G, fac.post_bw, out=G)  # conj(pre); the post factor cancels
-            if n_out < nb:
-                # frames inside the bound: delta = (alpha beta + 1 - beta)(pw - psi); G saved above
-                np.subtract(pw, psi, out=buf)
-                if c_in != 1:
-                    buf *= c_in
+                G = ifft_inplace(Fo) if far else g.propagator.bw(Fo)
+            if n_out < nb or beta != 1.0:
+                # pw~ - pre psi (needed inside the bound, and by RAAR)
+                d_in = buf if n_out < nb else sc["frame_stack"][:npb]
+                if far:
+                    np.multiply(psi, pre, out=d_in)
+                    np.subtract(pw, d_in, out=d_in)
+                else:
+                    np.subtract(pw, psi, out=d_in)
             if n_out:
-                # delta = beta (P_F(t) - pw) + (1 - beta)(pw - psi)
+                # delta~ = beta (P_F(t~) - pw~) + (1 - beta)(pw~ - pre psi)
                 pwo = pw if pod_out is None else pw[pod_out]
                 np.subtract(G, pwo, out=G)
                 if beta != 1.0:
                     G *= ctype.type(beta)
-                    psio = psi if pod_out is None else psi[pod_out]
-                    d = np.subtract(pwo, psio, out=pwo if pod_out is None else None)
-                    d *= ctype.type(1.0 - beta)
-                    G += d
-                if pod_out is None:
-                    delta = G
-                else:
-                    buf[pod_out] = G
-                    delta = buf
-            else:
+                    d = d_in if pod_out is None else d_in[pod_out]
+                    G += ctype.type(1.0 - beta) * d
+            if n_out < nb:
+                # frames inside the bound: delta~ = (alpha beta + 1 - beta)(pw~ - pre psi)
+                if c_in != 1:
+                    buf *= c_in
+            if n_out == nb:
+                delta = G
+            elif n_out == 0:
                 delta = buf
-            np.add(psi, delta, out=psi)
-            g.write_exit(psi, p0, p1)
+            else:
+                buf[pod_out] = G
+                delta = buf
             flat = delta.reshape(-1)
             acc.add_exit_change(np.vdot(flat, flat).real)
-            if fuse:
-                g.scatter_probe_product(num, psi, prc, p0, p1, tmp=frame_tmp)
+            # psi += conj(pre) delta~, and the object numerator while psi is in cache
+            for k in range(npb):
+                pk = psi[k]
+                if far:
+                    np.multiply(delta[k], post, out=frame_tmp)
+                    pk += frame_tmp
+                else:
+                    pk += delta[k]
+                if fuse:
+                    i = p0 + k
+                    y, x = oy[i], ox[i]
+                    np.multiply(prc[pl[i]], pk, out=frame_tmp)
+                    num[ol[i], y:y + H, x:x + W] += frame_tmp
+            g.write_exit(psi, p0, p1)
 
     # -- overlap update ------------------------------------------------------------
     def overlap_update(self):

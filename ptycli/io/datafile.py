@@ -95,6 +95,11 @@ def read_ground_truth(group):
     out = {}
     for key, obj in group.items():
         if isinstance(obj, h5py.Dataset):
+            # checked before reading: HDF5 can crash converting a damaged compound type
+            if not (obj.dtype.kind in "biuf" or obj.dtype == np.complex64 or obj.dtype == np.complex128):
+                raise DataError("%s: ground-truth dataset %s has an unexpected type (%s)" % (
+                    obj.file.filename, obj.name, "compound" if obj.dtype.names else obj.dtype),
+                    hint="the file may be damaged; write it again (ptycli simulate)")
             out[key] = obj[()]
             if "psize" in obj.attrs:
                 out[key + "_psize_m"] = np.asarray(obj.attrs["psize"], dtype=np.float64)
@@ -201,11 +206,13 @@ def read_datafile(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise DataError("data file %s does not exist" % path, hint="check the path")
+    from .reading import reading
+
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise DataError("%s is not a readable HDF5 file (%s)" % (path, exc)) from exc
-    with f:
+    with f, reading(path):
         fmt = _str(f.attrs.get("format", ""))
         if fmt != FORMAT:
             raise DataError("%s is not a ptycli data file (format attribute %r)" % (path, fmt),

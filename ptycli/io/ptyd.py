@@ -66,7 +66,12 @@ PTYD_VERSION = 0.1
 # --------------------------------------------------------------------------
 @contextlib.contextmanager
 def open_hdf5(path, what="data file"):
-    """Open ``path`` read-only; a missing file or a non-HDF5 file is a DataError."""
+    """Open ``path`` read-only; a missing, non-HDF5 or damaged file is a DataError.
+
+    Errors raised while the file is read inside the ``with`` block (h5py's
+    OSError, KeyError, ... on a damaged file) become DataErrors too
+    (:func:`ptycli.io.reading.reading`).
+    """
     import h5py
 
     path = os.fspath(path)
@@ -82,12 +87,17 @@ def open_hdf5(path, what="data file"):
     if not ok:
         raise DataError("%s %s is not an HDF5 file" % (what, path),
                         hint="expected an HDF5 file (.ptyd, .cxi, .h5)")
+    from .reading import DAMAGED_HINT, reading
+
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise DataError("%s %s cannot be opened as HDF5: %s" % (what, path, exc)) from exc
+        raise DataError("%s %s cannot be opened as HDF5: %s" % (what, path, " ".join(str(exc).split())),
+                        hint=DAMAGED_HINT) from exc
     try:
-        yield f
+        # errors of a damaged file inside the block become DataErrors naming it
+        with reading(path, "the %s" % what):
+            yield f
     finally:
         f.close()
 

@@ -85,6 +85,7 @@ import numpy as np
 
 from .. import parallel
 from ..errors import ConfigError, DataError
+from ..io.reading import READ_ERRORS, reading  # noqa: F401  (re-exported)
 from ..log import get_logger
 from ..params.declare import Parameter, ParamSet
 from ..utils.parameters import Param
@@ -97,6 +98,8 @@ __all__ = [
     "get_loader",
     "orientation_flags",
     "COMMON_PARAMS",
+    "READ_ERRORS",
+    "reading",
 ]
 
 logger = get_logger("ptycli.scans")
@@ -231,6 +234,12 @@ COMMON_PARAMS = ParamSet("scan_data", [
               "mask .npy/.h5 file (0 = ignore pixel), combined with the file's mask; "
               "'file.h5:/dataset' picks a dataset", nullable=True),
 ], doc="scan data: input file, frame preparation and geometry")
+
+
+# ---------------------------------------------------------------------------
+# read errors
+
+# READ_ERRORS and reading() live in ptycli.io.reading (shared with the other readers)
 
 
 # ---------------------------------------------------------------------------
@@ -373,7 +382,7 @@ def load_array_file(path, what, param):
     except OSError as exc:
         raise DataError("%s: %s file %s is neither .npy nor a readable HDF5 file (%s)" % (
             param, what, spec, exc)) from exc
-    with f:
+    with f, reading(spec, "the %s" % what):
         if dataset is None:
             found = []
             f.visititems(lambda n, o: found.append(n) if isinstance(o, h5py.Dataset)
@@ -391,6 +400,14 @@ def load_array_file(path, what, param):
         if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
             raise DataError("%s: %s file %s has no dataset %s" % (param, what, spec, dataset))
         return f[dataset][()]
+
+
+def _memory_bytes():
+    """Physical memory of this machine in bytes (1 TB when unknown)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE")) * float(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 1e12
 
 
 def _normalise_center(value, where):
@@ -424,6 +441,37 @@ def _normalise_flip(value, where):
         return (bool(value[0]), bool(value[1]))
     raise ConfigError("%s: expected [flip_y, flip_x] booleans or one boolean, got %r"
                       % (where, value))
+
+
+def _raise_first_error(error, src):
+    """Collective: raise the exception of the lowest MPI rank that has one (no-op when none has).
+
+    The failing rank re-raises its own exception; the others raise the same
+    :class:`~ptycli.errors.PtycliError` class with its message, hint and exit
+    code (any other exception becomes a :class:`DataError` naming its type and rank).
+    """
+    from ..errors import PtycliError
+
+    desc = None
+    if error is not None:
+        if isinstance(error, PtycliError):
+            desc = (type(error).__name__, error.message, error.hint, int(error.exit_code))
+        else:
+            desc = ("", "%s: reading failed on MPI rank %d (%s: %s)" % (
+                src, parallel.rank, type(error).__name__, " ".join(str(error).split())), None, None)
+    everyone = parallel.allgather(desc)  # once per load, not in an iteration loop
+    first = next((r for r, d in enumerate(everyone) if d is not None), None)
+    if first is None:
+        return
+    if first == parallel.rank:
+        raise error
+    from .. import errors
+
+    name, message, hint, code = everyone[first]
+    cls = getattr(errors, name, None) if name else None
+    if not (isinstance(cls, type) and issubclass(cls, PtycliError)):
+        cls = DataError
+    raise cls(message, hint=hint, exit_code=code)
 
 
 class ScanLoader:
@@ -501,12 +549,13 @@ class ScanLoader:
     def meta(self):
         """:meth:`read_meta`, cached and checked."""
         if self._meta is None:
-            m = dict(self.read_meta())
-            for key in ("num_frames", "frame_shape"):
-                if key not in m:
-                    raise DataError("%s: loader %s did not report %s" % (self.source, self.NAME, key))
-            m["num_frames"] = int(m["num_frames"])
-            m["frame_shape"] = tuple(int(s) for s in m["frame_shape"])
+            with reading(self.source, "the metadata"):
+                m = dict(self.read_meta())
+                for key in ("num_frames", "frame_shape"):
+                    if key not in m:
+                        raise DataError("%s: loader %s did not report %s" % (self.source, self.NAME, key))
+                m["num_frames"] = int(m["num_frames"])
+                m["frame_shape"] = tuple(int(s) for s in m["frame_shape"])
             if len(m["frame_shape"]) != 2:
                 raise DataError("%s: frames must be 2-D, got frame shape %s" % (
                     self.source, m["frame_shape"]))
@@ -541,6 +590,60 @@ class ScanLoader:
                                 hint="set %s in the configuration" % self._where(key))
         return energy, distance, psize
 
+    # -- checks before reading frames ------------------------------------------
+    def check(self):
+        """Check what can be checked without reading frames; return the plan of :meth:`load`.
+
+        Reads the metadata and geometry and checks the frame count, the number
+        of positions and the frame shape. ``ptycli reconstruct`` calls it for
+        every scan before computing (its DataErrors then exit with code 2);
+        :meth:`load` calls it first too.
+
+        Returns
+        -------
+        dict
+            ``ntot`` (frames used), ``nmax`` (frames in the input), ``raw_shape``,
+            ``oshape`` (oriented), ``rebin``, ``target`` (crop/pad shape before
+            rebinning), ``geometry`` ``(energy_kev, distance_m, psize_m)``.
+        """
+        p = self.pars
+        src = self.source
+        m = self.meta()
+        geometry = self.geometry()
+        nmax = m["num_frames"]
+        if nmax < 1:
+            raise DataError("%s: contains no frames" % src,
+                            hint="check %s and the dataset of the frames" % self._where("dfile"))
+        ntot = nmax if p.get("num_frames") is None else min(int(p.num_frames), nmax)
+        npos = m.get("num_positions")
+        if npos is not None and int(npos) < ntot:
+            raise DataError("%s: %d positions for %d frames" % (src, int(npos), ntot),
+                            hint="give one position per frame, or set %s to %d"
+                            % (self._where("num_frames"), int(npos)))
+        raw_shape = m["frame_shape"]
+        if min(raw_shape) < 1:
+            raise DataError("%s: frames of shape %s hold no pixels" % (src, tuple(raw_shape)))
+        # frames as float32 plus a mask, for this process's share, and one raw chunk being read
+        per_frame = 5.0 * float(np.prod(np.asarray(raw_shape, dtype=np.float64)))
+        need = per_frame * (np.ceil(ntot / max(parallel.size, 1)) + min(int(p.get("chunk_size") or 100), ntot))
+        if need > _memory_bytes():
+            raise DataError("%s: %d frames of %s pixels need %.3g GB of memory per process, more than this "
+                            "machine has (%.3g GB)" % (src, ntot, "x".join(str(s) for s in raw_shape), need / 1e9,
+                                                       _memory_bytes() / 1e9),
+                            hint="read fewer frames (%s), crop them (shape), or use more machines (MPI); if "
+                                 "the frame shape is wrong, the file may be damaged" % self._where("num_frames"))
+        oshape = _oriented_shape(raw_shape, self.orientation)
+        rebin = int(p.get("rebin") or 1)
+        if p.get("shape") is not None:
+            target = tuple(int(s) * rebin for s in p.shape)
+        else:
+            target = tuple((s // rebin) * rebin for s in oshape)
+            if min(target) < 1:
+                raise ConfigError("%s: rebin %d is larger than the frame %s" % (
+                    self._where("rebin"), rebin, raw_shape))
+        return dict(ntot=ntot, nmax=nmax, npos=npos, raw_shape=raw_shape, oshape=oshape,
+                    rebin=rebin, target=target, geometry=geometry)
+
     # -- the pipeline -------------------------------------------------------
     def load(self, rank=None, size=None):
         """Read this rank's frames and prepare them (see the module docstring).
@@ -555,31 +658,19 @@ class ScanLoader:
         src = self.source
 
         m = self.meta()
-        energy, distance, psize = self.geometry()
-        nmax = m["num_frames"]
-        if nmax < 1:
-            raise DataError("%s: contains no frames" % src)
-        ntot = nmax if p.get("num_frames") is None else min(int(p.num_frames), nmax)
-        npos = m.get("num_positions")
-        if npos is not None and int(npos) < ntot:
-            raise DataError("%s: %d positions for %d frames" % (src, int(npos), ntot),
-                            hint="give one position per frame, or set num_frames to %d"
-                            % int(npos))
-        start, stop = parallel.block_range(ntot, rank, size)
-        raw_shape = m["frame_shape"]
+        plan = self.check()
+        energy, distance, psize = plan["geometry"]
+        ntot, nmax, npos = plan["ntot"], plan["nmax"], plan["npos"]
+        raw_shape, oshape, rebin, target = plan["raw_shape"], plan["oshape"], plan["rebin"], plan["target"]
         flags = self.orientation
-        oshape = _oriented_shape(raw_shape, flags)
-        rebin = int(p.get("rebin") or 1)
-        if p.get("shape") is not None:
-            target = tuple(int(s) * rebin for s in p.shape)
-        else:
-            target = tuple((s // rebin) * rebin for s in oshape)
-            if min(target) < 1:
-                raise ConfigError("%s: rebin %d is larger than the frame %s" % (
-                    self._where("rebin"), rebin, raw_shape))
+        if npos is not None and int(npos) > nmax and parallel.rank == 0:
+            logger.warning("%s: %d positions for %d frames; the first %d positions are used (check that "
+                           "they belong to these frames)", src, int(npos), nmax, nmax)
+        start, stop = parallel.block_range(ntot, rank, size)
 
         # static arrays: configuration files first, then the loader's own
-        static = dict(self.read_static() or {})
+        with reading(src, "the mask, dark or flat"):
+            static = dict(self.read_static() or {})
         ext_mask = self._external("mask", raw_shape)
         dark = self._external("dark", raw_shape)
         flat = self._external("flat", raw_shape)
@@ -633,9 +724,9 @@ class ScanLoader:
         except Exception as exc:  # keep the ranks in step before collectives
             error = exc
         if collective:
-            failed = parallel.allreduce_scalar(1 if error is not None else 0)
-            if failed and error is None:
-                raise DataError("%s: reading failed on another MPI rank (its error is shown by that rank)" % src)
+            # every rank raises the error of the first failing rank, so its message (not a
+            # generic one) is what the command line reports, whichever rank prints it
+            _raise_first_error(error, src)
         if error is not None:
             raise error
 
@@ -653,14 +744,23 @@ class ScanLoader:
             for off, d, mk in held:
                 self._finish(d, mk, center, target, rebin, intens, mask, off)
             held.clear()
+        if parallel.rank == 0:
+            self._warn_padding(center, oshape, target)
 
         # final checks and positions
-        empty = int(np.count_nonzero(intens.reshape(n_local, -1).sum(axis=1) <= 0)) \
+        empty = int(np.count_nonzero(~(intens.reshape(n_local, -1).sum(axis=1) > 0))) \
             if n_local else 0
         if collective:
             empty = int(parallel.allreduce_scalar(empty))
+        if empty and empty >= ntot:
+            raise DataError("%s: all %d frames hold no counts in their valid pixels (all zero or all "
+                            "masked); nothing to reconstruct from" % (src, ntot),
+                            hint="check the dataset of the frames (%s), the mask and the dark/flat "
+                                 "settings" % self._where("intensities" if "intensities" in p else "dfile"))
         if empty and parallel.rank == 0:
-            logger.warning("%s: %d frames hold no counts in their valid pixels", src, empty)
+            logger.warning("%s: %d frames hold no counts in their valid pixels (of %d); they pull the "
+                           "model towards zero at their positions: if they are detector drop-outs, mask them "
+                           "or leave them out (num_frames)", src, empty, ntot)
         if p.get("positions_swap"):
             positions = positions[:, ::-1].copy()
         fy, fx = self.positions_flip
@@ -742,16 +842,20 @@ class ScanLoader:
     def _read_chunk(self, c0, c1, raw_shape, static_mask, dark, flat, flat_ok):
         n = c1 - c0
         src = self.source
-        got = self.read_frames(c0, c1)
-        if "data" not in got or "positions" not in got:
-            raise DataError("%s: loader %s returned no data/positions" % (src, self.NAME))
-        d = np.asarray(got["data"])
-        if d.ndim == 2 and n == 1:
-            d = d[None]
-        if d.ndim != 3 or d.shape != (n,) + tuple(raw_shape):
-            raise DataError("%s: frames %d..%d have shape %s, expected %s" % (
-                src, c0, c1 - 1, d.shape, (n,) + tuple(raw_shape)))
-        pos = np.asarray(got["positions"], dtype=np.float64)
+        with reading(src, "frames %d..%d" % (c0, c1 - 1)):
+            got = self.read_frames(c0, c1)
+            if "data" not in got or "positions" not in got:
+                raise DataError("%s: loader %s returned no data/positions" % (src, self.NAME))
+            d = np.asarray(got["data"])
+            if d.ndim == 2 and n == 1:
+                d = d[None]
+            if d.ndim != 3 or d.shape != (n,) + tuple(raw_shape):
+                raise DataError("%s: frames %d..%d have shape %s, expected %s" % (
+                    src, c0, c1 - 1, d.shape, (n,) + tuple(raw_shape)))
+            if d.dtype.kind not in "biuf":
+                raise DataError("%s: frames %d..%d hold %s values, expected numbers (counts)" % (
+                    src, c0, c1 - 1, d.dtype))
+            pos = np.asarray(got["positions"], dtype=np.float64)
         if pos.ndim != 2 or pos.shape[1] != 2 or pos.shape[0] != n:
             raise DataError("%s: %s positions for frames %d..%d (%d frames); expected (%d, 2)" % (
                 src, pos.shape, c0, c1 - 1, n, n),
@@ -815,6 +919,35 @@ class ScanLoader:
         if self.pars.get("fftshifted"):
             c = np.mod(c + np.array([s // 2 for s in raw_shape]), np.array(raw_shape))
         return _orient_point(c, raw_shape, flags)
+
+    def _warn_padding(self, center, oshape, target):
+        """One warning when the crop window (``shape * rebin`` about the centre) leaves the frame.
+
+        A ``shape`` larger than the detector frame (or a centre near its edge)
+        pads the frames; the padded pixels are masked, so they are not fitted,
+        but the user should know that part of every frame holds no data.
+        """
+        cy, cx = (int(np.floor(c + 0.5)) for c in center)
+        inside = 1
+        for c, t, n in ((cy, target[0], oshape[0]), (cx, target[1], oshape[1])):
+            lo = c - t // 2
+            inside *= max(0, min(lo + t, n) - max(lo, 0))
+        padded = target[0] * target[1] - inside
+        if padded <= 0:
+            return
+        total = target[0] * target[1]
+        rebin = max(1, int(self.pars.get("rebin") or 1))
+        if target[0] > oshape[0] or target[1] > oshape[1]:
+            why = "the crop shape %s is larger than the detector frame %s" % (
+                tuple(t // rebin for t in target), tuple(oshape))
+            fix = "; set %s to at most %s to avoid it" % (
+                self._where("shape"), tuple(s // rebin for s in oshape))
+        else:
+            why = "the crop window %s about the centre (%.1f, %.1f) reaches outside the detector frame %s" % (
+                tuple(target), center[0], center[1], tuple(oshape))
+            fix = "; check %s" % self._where("center")
+        logger.warning("%s: %s: %d of %d pixels (%.0f%%) of every frame are padding, masked (not fitted)%s",
+                       self.source, why, padded, total, 100.0 * padded / total, fix)
 
     def _mass_center(self, total, oshape):
         s = total.sum()

@@ -73,6 +73,14 @@ def _multiplier(name, what):
     return Parameter(name, 1.0, "float", "multiplier converting the file's %s" % what)
 
 
+def _dtype_words(dtype):
+    """A short description of a dataset's type for messages."""
+    if dtype.names:
+        return "compound (%s)" % ", ".join(dtype.names)
+    return {"S": "string", "U": "string", "O": "string/object", "c": "complex", "b": "boolean",
+            "V": "opaque", "M": "date", "m": "time"}.get(dtype.kind, str(dtype))
+
+
 def _units(ds):
     u = ds.attrs.get("units", ds.attrs.get("unit"))
     if u is None:
@@ -146,6 +154,12 @@ class Hdf5Scan(ScanLoader):
             raise DataError("%s: dataset %s %s" % (f.filename, path, what),
                             hint="set %s to the dataset path in this file" % self._where(param),
                             validation=True)
+        # checked before reading: HDF5 can crash converting a damaged compound type
+        if obj.dtype.kind not in "biuf":
+            raise DataError("%s: dataset %s holds %s values, expected numbers" % (
+                f.filename, obj.name, _dtype_words(obj.dtype)),
+                hint="set %s to a numeric dataset (the file may be damaged)" % self._where(param),
+                validation=True)
         return obj
 
     def _optional(self, f, key, default):

@@ -1,0 +1,63 @@
+"""Reading input files safely: every failure becomes a one-line :class:`~ptycli.errors.DataError`.
+
+h5py raises many exception types on a damaged, truncated or unexpected file
+(``OSError``, ``KeyError``, ``ValueError``, ``TypeError``, ``RuntimeError``,
+``IndexError`` ...), numpy ``ValueError``/``EOFError`` on a truncated
+``.npy``. Readers wrap their work in :func:`reading` so the user gets
+``Error: FILE: cannot read WHAT (OSError: ...); <hint>`` instead of a
+"bug in ptycli" report, with the original exception chained (``-v`` shows it)::
+
+    with reading(path, "the frames"):
+        with h5py.File(path, "r") as f:
+            data = f["/data/intensities"][0:10]
+
+Every reader opens its input read-only; nothing here writes.
+"""
+
+import contextlib
+
+from ..errors import DataError, PtycliError
+
+__all__ = ["READ_ERRORS", "reading"]
+
+#: What reading a damaged or unexpected input can raise (turned into DataError by :func:`reading`).
+READ_ERRORS = (OSError, EOFError, KeyError, IndexError, ValueError, TypeError, RuntimeError,
+               ArithmeticError, AttributeError)
+
+DAMAGED_HINT = ("the file may be damaged or incomplete: check it (ptycli inspect --tree, h5ls -r) "
+                "or copy it again")
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+@contextlib.contextmanager
+def reading(source, what="it", validation=False):
+    """Turn the errors of reading ``source`` into :class:`~ptycli.errors.DataError`.
+
+    Parameters
+    ----------
+    source : str
+        The file (or other input) named in the message.
+    what : str
+        The part being read (``'the metadata'``, ``'frames 0..99'``).
+    validation : bool
+        Raise usage errors (exit code 2) instead of runtime failures (1): for
+        checks made before a job starts.
+
+    PtycliErrors pass through unchanged; :data:`READ_ERRORS` and MemoryError
+    (a damaged dataset shape asking for terabytes) become DataErrors.
+    """
+    try:
+        yield
+    except PtycliError:
+        raise
+    except MemoryError as exc:
+        raise DataError("%s: not enough memory to read %s (%s)" % (
+            source, what, _one_line(exc) or "MemoryError"),
+            hint="check the dataset shapes (the file may be damaged), or read less at a time",
+            validation=validation) from exc
+    except READ_ERRORS as exc:
+        raise DataError("%s: cannot read %s (%s: %s)" % (source, what, type(exc).__name__, _one_line(exc)),
+                        hint=DAMAGED_HINT, validation=validation) from exc
