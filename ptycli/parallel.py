@@ -18,6 +18,15 @@ MPI is only initialised when the process was started by an MPI launcher
 set). A plain ``ptycli ...`` therefore does not pay the MPI start-up cost
 (about a second for a singleton Open MPI process). Set ``PTYCLI_MPI=1`` to
 import mpi4py anyway, or ``PTYCLI_MPI=0`` to never use it.
+
+Rules for the code that uses it: probe and object are replicated on every
+rank, frames are not; every iteration sums its numerators, denominators,
+gradients and error terms with :func:`allreduce` on numpy buffers (one
+``MPI_Allreduce`` each, no pickling; :func:`comm_stats` counts calls and
+bytes), and uses the pickle-based calls (:func:`allreduce_scalar`,
+:func:`bcast`, :func:`gather`, :func:`allgather`) only outside iteration
+loops. An error under MPI ends every rank through :func:`fail_all`
+(``MPI_Abort`` after printing the message once), never a hang.
 """
 
 import os
@@ -194,15 +203,17 @@ master = rank == 0
 
 #: collective calls made through this module (also counted in one process, where they are
 #: no-ops): numpy-buffer reductions/broadcasts with their bytes, and pickled-object calls
-_stats = {"buffer_calls": 0, "buffer_bytes": 0, "buffer_seconds": 0.0, "object_calls": 0}
+_stats = {"buffer_calls": 0, "buffer_bytes": 0, "buffer_seconds": 0.0, "buffer_cpu_seconds": 0.0,
+          "object_calls": 0}
 
 
 def comm_stats():
     """Counters of this process's collective calls since the last :func:`reset_comm_stats`.
 
-    A dict: ``buffer_calls``, ``buffer_bytes`` and ``buffer_seconds`` (in-place
-    ``Allreduce``/``Bcast`` of numpy buffers: :func:`allreduce`, :func:`bcast_array`; the
-    seconds include waiting for the other ranks) and ``object_calls`` (pickled Python
+    A dict: ``buffer_calls``, ``buffer_bytes``, ``buffer_seconds`` and
+    ``buffer_cpu_seconds`` (in-place ``Allreduce``/``Bcast`` of numpy buffers:
+    :func:`allreduce`, :func:`bcast_array`; wall and CPU time of the reductions, both
+    including waiting for the other ranks) and ``object_calls`` (pickled Python
     objects: :func:`allreduce_scalar`, :func:`bcast`, :func:`gather`, :func:`allgather`).
     Tests and benchmarks use it to check that an engine's iterations reduce numpy buffers
     only, and how many bytes.
@@ -249,7 +260,7 @@ def allreduce(a, op="sum"):
             f"allreduce works in place on numpy arrays, got {type(a).__name__}; "
             "use allreduce_scalar for Python numbers"
         )
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     if a.flags.c_contiguous:
         comm.Allreduce(MPI.IN_PLACE, a, op=op_)
     else:
@@ -257,6 +268,7 @@ def allreduce(a, op="sum"):
         comm.Allreduce(MPI.IN_PLACE, buf, op=op_)
         a[...] = buf
     _stats["buffer_seconds"] += time.perf_counter() - t0
+    _stats["buffer_cpu_seconds"] += time.thread_time() - c0
     return a
 
 

@@ -114,10 +114,6 @@ def test_dm_alpha_changes_update():
     assert P1.runtime.history[-1]["fourier_error"] != P2.runtime.history[-1]["fourier_error"]
 
 
-@pytest.mark.xfail(reason="the data-derived probe guess (core/illumination.probe_from_data) of the defocused "
-                          "ring probe is a spot of ~4 px radius (the truth is a ring at 8-16 px): its support "
-                          "comes from the autocorrelation, which a strongly phase-curved probe makes narrow. "
-                          "DM converges from the true probe (see test_defocused_from_true_probe)", strict=False)
 def test_defocused_probe_converges_without_probe_settings():
     P = build(probe="defocused")
     reconstruct(P, numiter=150)

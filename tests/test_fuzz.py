@@ -26,6 +26,8 @@ import numpy as np
 
 CASES = 300
 SEED = 20240611
+#: seconds for all cases (they take about 10 s)
+TIMEOUT = 90
 STRATEGIES = ("structure", "numbers", "anywhere", "truncate", "block")
 WEIGHTS = (0.4, 0.2, 0.2, 0.1, 0.1)
 
@@ -144,14 +146,21 @@ def test_fuzz_data_file(tmp_path):
     cases = tmp_path / "cases"
     cases.mkdir()
     t0 = time.time()
-    proc = subprocess.run([sys.executable, __file__, "--worker", str(data), str(cases), str(SEED), "0", str(CASES)],
-                          env=rh.env(), capture_output=True, text=True, timeout=180)
-    results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    started = [line for line in proc.stdout.splitlines() if line.startswith("CASE ")]
+    proc = subprocess.Popen([sys.executable, __file__, "--worker", str(data), str(cases), str(SEED), "0", str(CASES)],
+                            env=rh.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+        why = "died (exit %s)" % proc.returncode
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        why = "hung (killed after %d s)" % TIMEOUT
+    results = [json.loads(line[len("RESULT "):]) for line in stdout.splitlines() if line.startswith("RESULT ")]
+    started = [line for line in stdout.splitlines() if line.startswith("CASE ")]
     # no crash, no hang: the worker got through every case
-    assert proc.returncode == 0 and proc.stdout.rstrip().endswith("DONE"), (
-        "the worker died (exit %s) in %s; stderr: %s" % (proc.returncode, started[-1:] or "startup",
-                                                         proc.stderr[-3000:]))
+    assert proc.returncode == 0 and stdout.rstrip().endswith("DONE"), (
+        "the worker %s in %s (file kept in %s; reproduce with: python %s --worker %s OUT %d N 1); stderr: %s" % (
+            why, started[-1] if started else "startup", cases, __file__, data, SEED, stderr[-3000:]))
     assert len(results) == CASES
     bad = [r for r in results if r["kind"] == "UNEXPECTED"]
     assert not bad, "\n".join("case %(case)d (%(how)s, kept as %(path)s): %(detail)s" % r for r in bad[:10])
@@ -163,7 +172,7 @@ def test_fuzz_data_file(tmp_path):
     # the damage does something, and many cases still run
     assert kinds["DataError"] >= CASES // 10 and kinds["ok"] >= CASES // 10, kinds
     assert set(kinds) <= {"ok", "DataError", "ConfigError", "EngineError"}, kinds
-    assert time.time() - t0 < 120
+    assert time.time() - t0 < TIMEOUT
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--worker":

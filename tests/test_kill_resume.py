@@ -8,6 +8,7 @@ run. SIGINT and SIGTERM stop at the end of an iteration with a final checkpoint 
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 import reliability_helpers as rh
 from ptycli.io import load_reconstruction
 
-NUMITER_DM, NUMITER_ML, INTERVAL = 40, 10, 3
+NUMITER_DM, NUMITER_ML, INTERVAL = 30, 8, 3
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +75,21 @@ def test_sigkill_then_resume(setup, tmp_path, seed):
     proc = _start(setup["cfg"], tmp_path)
     ckpt = tmp_path / "out.checkpoint.h5"
     try:
+        # a random iteration after the first checkpoint: after the k-th checkpoint (each one is a new
+        # file renamed into place: inode or mtime change), plus a fraction of the checkpoint interval
         _wait_for(ckpt, proc)
-        time.sleep(float(rng.uniform(0.0, 0.8)))   # a random iteration after the first checkpoint
+        wanted, seen, last = int(rng.integers(1, 6)), 0, None
+        deadline = time.time() + 60
+        while seen < wanted and proc.poll() is None and time.time() < deadline:
+            try:
+                st = os.stat(ckpt)
+                now = (st.st_ino, st.st_mtime_ns, st.st_size)
+            except FileNotFoundError:
+                now = last
+            if now != last:
+                seen, last = seen + 1, now
+            time.sleep(0.001)
+        time.sleep(float(rng.uniform(0.0, 0.06)))
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
     finally:

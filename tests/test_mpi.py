@@ -7,12 +7,17 @@ single-process run of the same configuration.
 
 Tolerance: relative 1e-4 in single precision (object and probe: norm of the
 difference over the norm of the array; error histories: each record). The
-ranks sum their frames' contributions separately before the reduction, so
-float32 rounding differs from the single process; the difference map and
-RAAR amplify such rounding at the weakly illuminated rim of the object by
-about 10x per 10 iterations here (the same runs in double precision agree to
-1e-13), so the runs are kept short: 6-8 iterations, where the measured
-differences are 1e-7 .. 3e-5.
+ranks sum their frames' contributions separately before the reductions, so
+float32 rounding differs from the single process (about 1e-7 after one
+iteration). The algorithms amplify such differences: DM and RAAR at the
+weakly illuminated rim of the object, by about 100x per 10 iterations on
+this scan (5e-5 after 10 DM iterations, 7e-3 after 20), ML in its exit
+change (proportional to the squared line-search step). That is rounding,
+not MPI: in double precision the same 2-rank runs agree with one process to
+1e-13 after 10 DM iterations, once the initial probe is summed in float64
+(see the note on ptycli.core.illumination in the MPI report). So the runs
+are short: DM 6, RAAR 8, ML 4 iterations, where the measured differences are
+at most 2e-5 (ML's exit change) and 6e-6 for everything else.
 
 Marked ``mpi``; skipped (with the reason) only when mpi4py or an MPI launcher
 is missing. Each ``mpirun`` costs about a second of start-up.
@@ -36,6 +41,7 @@ SKIP = mh.skip_reason()
 def needs_mpi(test):
     """Mark ``mpi``; skip (saying why) only when mpi4py or an MPI launcher is missing."""
     return pytest.mark.mpi(pytest.mark.skipif(SKIP is not None, reason=SKIP or "")(test))
+
 
 FRAMES = 40
 SHAPE = 32
@@ -123,7 +129,7 @@ def _reconstruct(config, out, nprocs=None, extra=(), timeout=180):
 # -- same results as one process --------------------------------------------------------------------
 
 @needs_mpi
-@pytest.mark.parametrize("engine,numiter", [("DM", 6), ("RAAR", 8), ("ML", 6)])
+@pytest.mark.parametrize("engine,numiter", [("DM", 6), ("RAAR", 8), ("ML", 4)])
 def test_mpi_matches_single_process(scan, tmp_path, engine, numiter):
     config = _config(tmp_path, scan["data"], engine=engine, numiter=numiter, verbose="info")
     (tmp_path / "one").mkdir()
@@ -138,10 +144,8 @@ def test_mpi_matches_single_process(scan, tmp_path, engine, numiter):
         doc = res.json()
         assert doc["mpi_size"] == n and doc["iterations"] == numiter
         assert sorted(os.listdir(folder)) == ["out.checkpoint.h5", "out.h5"]
-        ready = [line for line in res.stderr.splitlines() if "model ready" in line]
-        assert len(ready) == 1, res.describe()
-        assert all(line.startswith("[rank 0]") for line in res.stderr.splitlines()
-                   if line.startswith("[rank")), res.describe()
+        tagged = [line for line in res.stderr.splitlines() if line.startswith("[rank")]
+        assert tagged and all(line.startswith("[rank 0] ") for line in tagged), res.describe()
         diffs = mh.compare(out, ref)
         assert max(diffs.values()) <= RTOL, (engine, n, diffs)
         from ptycli.io import load_reconstruction
@@ -184,7 +188,7 @@ def test_bad_frames_of_one_rank_end_all_ranks(scan, tmp_path):
     assert res.returncode == 1, res.describe()
     errors = _error_lines(res.stderr)
     assert len(errors) == 1, res.describe()
-    assert "positions of frames 20..29 are not finite" in errors[0], res.describe()
+    assert "frames 20..29" in errors[0] and "not finite" in errors[0], res.describe()
     assert res.seconds < 45, res.describe()
     assert not out.exists()
 

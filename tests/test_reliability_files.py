@@ -123,15 +123,30 @@ def test_damaged_frames_chunk(data, tmp_path):
     assert not out.exists()
 
 
-def test_damaged_metadata(data, tmp_path):
-    """Garbage in the HDF5 structures (object headers, heaps): a clean error, whatever it hits."""
+@pytest.mark.parametrize("name, param", [("data/intensities", "intensities"), ("data/positions", "positions"),
+                                         ("geometry/energy", "energy_dataset")])
+def test_damaged_object_header(data, tmp_path, name, param):
+    """A damaged header: the dataset is named as damaged, not as missing (exit 2, before computing)."""
+    with h5py.File(data, "r") as f:
+        addr = h5py.h5o.get_info(f[name].id).addr
     raw = bytearray(data.read_bytes())
-    for i in range(2000, 2400):
+    for i in range(addr, addr + 16):
         raw[i] ^= 0xFF
     data.write_bytes(bytes(raw))
     res, _ = reconstruct(tmp_path, data)
-    assert res.exit_code in (1, 2), res.stderr
-    rh.assert_clean_error(res, res.exit_code, "data.h5")
+    rh.assert_clean_error(res, 2, str(data), "/%s cannot be opened" % name, "damaged",
+                          "scans.MF.data.%s" % param)
+
+
+def test_damaged_global_heap(data, tmp_path):
+    """The heap of the variable-length strings (units attributes, labels) loses its signature."""
+    raw = bytearray(data.read_bytes())
+    at = raw.find(b"GCOL")
+    assert at > 0
+    raw[at:at + 4] = b"XXXX"
+    data.write_bytes(bytes(raw))
+    res, _ = reconstruct(tmp_path, data)
+    rh.assert_clean_error(res, 2, str(data), "cannot read the metadata", "global heap", "damaged")
 
 
 # -- layout ----------------------------------------------------------------------------------------

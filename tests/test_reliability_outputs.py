@@ -369,3 +369,13 @@ def test_divergence_in_a_real_process(pristine, tmp_path):
     res = rh.ptycli("reconstruct", cfg, "-o", tmp_path / "out.h5")
     rh.assert_clean_error(res, 1, "diverged at iteration 1", "written to %s" % (tmp_path / "out.h5"))
     assert res.stdout == "" and "RuntimeWarning" not in res.stderr
+
+
+def test_divergence_and_a_full_disk(cfg, tmp_path, monkeypatch):
+    _poison_dm(monkeypatch, at=3)
+    _fail_writes(monkeypatch, lambda name: name.startswith(".out.h5."), after=2)
+    out = tmp_path / "out.h5"
+    res = rh.invoke("reconstruct", cfg, "-o", out)
+    rh.assert_clean_error(res, 1, "diverged at iteration 4", "writing its last good state failed too",
+                          "no space left on the device")
+    assert not out.exists() and temp_files(tmp_path) == []

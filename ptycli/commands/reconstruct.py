@@ -10,7 +10,9 @@ Order of work (nothing is computed before the checks pass):
 3. run the engines in order (:class:`ChainRunner`): a progress bar on a
    terminal (rank 0), a checkpoint every ``io.checkpoint.interval``
    iterations and at the end of each engine, SIGINT/SIGTERM stop at the next
-   iteration boundary with a final checkpoint (exit 130/143);
+   iteration boundary with a final checkpoint (exit 130/143); an engine that
+   fails (diverges) leaves its last good state, which goes to the output file
+   (``/state`` attrs ``status='failed'``, ``error``) before the error (exit 1);
 4. rank 0 writes the result (:mod:`ptycli.io.reconstruction`) and, with
    ``--format cxi`` / ``io.format: [h5, cxi]``, a CXI file next to it.
 """
@@ -215,7 +217,7 @@ class ChainRunner:
                     finished=bool(chain_finished), data_type=str(P.p.data_type))
 
     def write_failure(self, path):
-        """After an engine failed: write the model (its last good state) to ``path`` (collective).
+        """After an engine failed: write the model (its last good state) to ``path`` (one process only).
 
         Returns the chain iteration of that state, or None when nothing was
         written because the probe or object are not finite (the engine did
@@ -226,8 +228,6 @@ class ChainRunner:
         f = self.failed
         engine, index, error = f["engine"], f["index"], f["error"]
         finite = all(np.isfinite(S.data).all() for C in (self.P.probe, self.P.obj) for S in C.S.values())
-        if parallel.size > 1:
-            finite = bool(parallel.allreduce_scalar(int(not finite), op="max") == 0)
         if not finite:
             return None
         attrs = self._state_attrs(index, engine, finished_engine=False)
@@ -420,7 +420,9 @@ def reconstruct(ctx, config, output, overrides, resume_path, fmt, force, as_json
     Checkpoints are written every io.checkpoint.interval iterations and when
     an engine ends (default OUT.checkpoint.h5). Ctrl-C or SIGTERM stops at
     the end of the current iteration, writes a checkpoint and exits with 130
-    or 143; continue with --resume.
+    or 143; continue with --resume. If an engine diverges (NaN/Inf), the
+    probe and object of its last good iteration are written to the result
+    file (marked as failed, a resume point) and the exit code is 1.
 
     \b
     Examples:
@@ -533,7 +535,10 @@ def _reconstruct(config, output, overrides, resume_path, fmt, force, as_json):
     try:
         runner.run()
     except EngineError as exc:
-        if runner.failed is None:
+        # Under MPI an EngineError may come from one rank only while the others wait in a collective
+        # call: writing the model (collective) could then hang. Leave it to the error boundary
+        # (MPI_Abort); the last checkpoint is the resume point.
+        if runner.failed is None or parallel.size > 1:
             raise
         _report_failure(runner, exc, output, as_json)
     except Stopped as stop:
@@ -577,8 +582,14 @@ def _reconstruct(config, output, overrides, resume_path, fmt, force, as_json):
 
 def _report_failure(runner, exc, output, as_json):
     """An engine failed (diverged): keep its last good state in ``output``, then raise EngineError (exit 1)."""
-    good = runner.write_failure(output)
+    from ..errors import RuntimeFailure
+
     label = runner.chain[runner.failed["index"]][0]
+    try:
+        good = runner.write_failure(output)
+    except RuntimeFailure as failed:  # e.g. the disk is full: say both
+        raise EngineError("%s; writing its last good state failed too: %s" % (exc.message, failed.message),
+                          hint=failed.hint) from exc
     if good is None:
         where = ("the last checkpoint is %s" % runner.checkpoints[-1]) if runner.checkpoints else \
             "no checkpoint was written"

@@ -110,6 +110,10 @@ def simulate(config, output, fmt, scan_label, overrides, force, as_json):
     if parallel.master:
         check_writable(output, force=force, what="output file")
     data_pars = p.scans[scan_label].data
+    if parallel.size > 1:  # FFT threads: the node's cores shared between its ranks
+        from ..core.geometry import set_workers
+
+        set_workers(parallel.fft_workers())
     loader = get_loader(data_pars.name)(data_pars, path="scans.%s.data" % scan_label)
     sd = gather_scan(loader.load())
     if parallel.master:

@@ -253,7 +253,8 @@ class ScanModel:
         d = self.data
         modes = init_probe(self.p.illumination, d.shape, self.geometry.resolution, self.geometry.propagator,
                            num_modes=self.num_probe_modes, intensities=d.intensities, mask=d.mask,
-                           lam_m=self.geometry.lam, default_model=self.default_probe_model)
+                           lam_m=self.geometry.lam, default_model=self.default_probe_model,
+                           positions_m=self.positions_m())
         S.fill(modes.astype(S.dtype))
 
     def init_object(self):

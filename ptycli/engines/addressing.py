@@ -63,6 +63,13 @@ Helpers that hide the difference:
   model's complex type; :attr:`PodGroup.farfield` tells whether the far-field
   fast path (``FFT(pre * w)``, post factor skipped) applies.
 
+Moving frames
+-------------
+Position refinement (:mod:`ptycli.engines.posref`) moves frames during a run
+with :meth:`PodGroup.shift_frames`, which changes ``ob_y``/``ob_x`` and
+``frame_y``/``frame_x`` *in place*. Engines that keep copies of window
+addresses refresh them in :meth:`~ptycli.engines.base.Engine.positions_changed`.
+
 Memory: the book itself holds a few integers per pod; :meth:`PodGroup.fmag`
 and :meth:`PodGroup.photon_weight`
 each hold one float array of the data's size, built on first use.
@@ -368,6 +375,28 @@ class PodGroup:
             return frames_array[:, None]
         p0, p1 = int(self.pod_start[f0]), int(self.pod_start[f1])
         return frames_array[self.frame[p0:p1] - f0]
+
+    def shift_frames(self, frames, delta):
+        """Move the object windows of ``frames`` by ``delta`` pixels ((n, 2) rows, cols), in place.
+
+        All pods of a frame move together; ``ob_y``/``ob_x`` and
+        ``frame_y``/``frame_x`` are updated (the views are the caller's
+        business). The new windows must lie inside the object storage.
+        """
+        frames = np.asarray(frames, dtype=np.int64).reshape(-1)
+        delta = np.asarray(delta, dtype=np.int64).reshape(-1, 2)
+        H, W = self.shape
+        Ho, Wo = self.obj.data.shape[-2:]
+        for f, (dy, dx) in zip(frames.tolist(), delta.tolist()):
+            p0, p1 = int(self.pod_start[f]), int(self.pod_start[f + 1])
+            ny, nx = self.ob_y[p0:p1] + dy, self.ob_x[p0:p1] + dx
+            if ny.min() < 0 or nx.min() < 0 or ny.max() + H > Ho or nx.max() + W > Wo:
+                raise EngineError("group %s: frame %d moved by (%d, %d) leaves the object storage %s"
+                                  % (self.label, f, dy, dx, self.obj.ID))
+            self.ob_y[p0:p1] = ny
+            self.ob_x[p0:p1] = nx
+            self.frame_y[f] = ny[0]
+            self.frame_x[f] = nx[0]
 
     # -- object windows -------------------------------------------------------
     def gather_object(self, obj_data, p0=0, p1=None, out=None):

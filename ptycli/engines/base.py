@@ -43,10 +43,15 @@ Life cycle (driven by :meth:`Engine.run`)
     Builds ``self.book`` (:class:`~ptycli.engines.addressing.AddressBook`),
     the normalisation constants (``self.mean_power``, ``self.total_counts``,
     ``self.total_valid``, ``self.n_frames_total``; summed over MPI ranks),
-    the probe support, a first good-state snapshot, then calls
+    the probe support, a first good-state snapshot, the position refiner
+    ``self.posref`` (None unless the engine declares and enables
+    ``position_refinement``, see :mod:`ptycli.engines.posref`), then calls
     ``engine_initialize()``.
 ``iterate(n)``
-    Calls ``engine_iterate(n)`` and for every returned dict completes a
+    Calls ``engine_iterate(1)`` ``n`` times; after an iteration that is due
+    for position refinement runs a refinement round (its statistics
+    ``posref_*`` join the record, and ``positions_changed(moved)`` tells the
+    engine when frames moved). For every returned dict it completes a
     history record (see below), appends it to ``ptycho.runtime.history``,
     advances ``ptycho.runtime.iterations`` and ``self.iteration``, checks
     for divergence and calls the callbacks.
@@ -94,7 +99,8 @@ array), ``self.mean_power``, ``self.total_counts``, ``self.total_valid``,
 ``self.n_frames_total``, ``self.ctype`` / ``self.ftype``, ``self.rng``.
 Hooks: ``engine_initialize()``, ``engine_iterate(n)`` (required),
 ``engine_finalize()``, ``engine_state()`` / ``engine_load_state(d)``,
-``sync()``.
+``sync()``, ``positions_changed(moved)`` (position refinement moved frames:
+refresh whatever the engine derived from the object windows).
 
 Divergence and resume
 ---------------------
@@ -322,6 +328,7 @@ class Engine:
         self.rng = np.random.default_rng(0)
         self.initialized = False
         self._good = None
+        self.posref = None
         if not hasattr(ptycho, "runtime") or ptycho.runtime is None:
             ptycho.runtime = Param(iterations=0, history=[])
         ptycho.runtime.setdefault("iterations", 0)
@@ -379,6 +386,9 @@ class Engine:
                 self.supports[sid] = circular_support(S.data.shape[-2:], self.p.probe_support,
                                                       dtype=self.ftype)
         self._snapshot()
+        from .posref import make_refiner
+
+        self.posref = make_refiner(self)
         self.engine_initialize()
         self.initialized = True
         return self
@@ -402,6 +412,15 @@ class Engine:
         Called by :meth:`finalize`, :meth:`state_dict`, before a divergence
         restore and when :meth:`run` stops on an exception. Must be cheap to
         call when there is nothing to do.
+        """
+
+    def positions_changed(self, moved):
+        """Position refinement moved frames (the address book and views already follow). Override.
+
+        ``moved``: ``{index into self.book.groups: array of the moved frames}``
+        (this rank's; called on every MPI rank when any rank moved a frame).
+        Engines that cache anything derived from the object windows
+        (overlap denominators, transforms, window indices) refresh it here.
         """
 
     def finalize(self):
@@ -428,9 +447,14 @@ class Engine:
         for _ in range(int(n)):
             t0 = time.perf_counter()
             recs = self.engine_iterate(1)
-            dt = time.perf_counter() - t0
             if not recs:
                 recs = [{}]
+            if self.posref is not None and self.posref.due(self.iteration):
+                stats, moved = self.posref.refine(self.iteration)
+                if stats["posref_moved"]:  # summed over MPI ranks: every rank calls the hook
+                    self.positions_changed(moved)
+                recs[-1] = dict(recs[-1], **stats)
+            dt = time.perf_counter() - t0
             for rec in recs:
                 out.append(self._record(rec, dt / len(recs)))
         return out

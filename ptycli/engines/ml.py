@@ -114,6 +114,11 @@ Single precision stays single: frames, gradients and directions are in the
 model's complex type; global sums are accumulated in float64 from per-block
 float32 partial sums (``numpy.einsum``, no threaded BLAS in reductions).
 
+Position refinement (``position_refinement``, :mod:`ptycli.engines.posref`)
+runs after the scheduled iterations; when frames moved, the blocks' window
+indices are refreshed and the next iteration re-evaluates the cost from
+scratch and restarts the conjugate gradients (the cost function changed).
+
 Pure helpers (used by the engine and the tests): :func:`noise_terms`,
 :func:`floating_scale`, :func:`line_intensity_terms`,
 :func:`gaussian_line_coefficients`, :func:`newton_line_coefficients`,
@@ -131,6 +136,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .. import parallel
 from ..params.declare import Parameter
 from .base import Engine, circular_support, register
+from .posref import POSREF_PARAMS
 
 __all__ = [
     "ML",
@@ -856,6 +862,7 @@ class ML(Engine):
         Parameter("scale_probe_object", 1.0, "float",
                   "extra factor on the probe/object step ratio (the ratio itself without scale_precond)",
                   low=0.0),
+        POSREF_PARAMS,
     ], doc="maximum-likelihood refinement (conjugate gradients, polynomial line search)")
 
     #: geometric memory of the probe/object scale preconditioner
@@ -993,6 +1000,14 @@ class ML(Engine):
             self._restart = True
         self._stale = True
         self._L = self._evaluate(gradient=True)
+
+    def positions_changed(self, moved):
+        """Frames moved: refresh the blocks' window indices, re-evaluate and restart the conjugate gradients."""
+        for G in self.groups:
+            for b in G.blocks:
+                b.pods = G.pod_index(b)
+        self._stale = True
+        self._restart = True
 
     # -- views into the flat vectors ---------------------------------------------------------
     def _parts(self, vec, kind=None):

@@ -63,6 +63,14 @@ denominators are summed over MPI ranks with in-place ``allreduce`` on numpy
 buffers, so any number of ranks gives the same result. ``sum |P|^2`` over the
 object is recomputed only when the probe changed.
 
+Position refinement
+-------------------
+``position_refinement`` (:mod:`ptycli.engines.posref`) runs after the overlap
+update of the scheduled iterations. When frames moved, ``sum |P|^2`` over the
+object is recomputed and the exit waves of the moved frames are reset to
+``probe * object`` at their new windows (their old exit waves belong to the
+old windows).
+
 Performance
 -----------
 Frames are processed in blocks of ``block_frames`` (about 2 MB of complex
@@ -84,6 +92,7 @@ import numpy as np
 from .. import parallel
 from ..params.declare import Parameter
 from .base import Engine, register
+from .posref import POSREF_PARAMS
 from .kernels import (fft_inplace, ifft_inplace, model_amplitude, fourier_errors, modulus_factor,
                       power_bound_renorm)  # noqa: F401
 
@@ -109,6 +118,7 @@ _PROJECTION_PARAMS = [
     Parameter("update_object_first", True, "bool", "update the object before the probe in each round"),
     Parameter("block_frames", None, "int",
               "frames processed together (null: about 2 MB of exit waves per block)", low=1, nullable=True),
+    POSREF_PARAMS,
 ]
 
 
@@ -124,6 +134,8 @@ class ProjectionEngine(Engine):
 
     alpha = 1.0
     beta = 1.0
+    #: reset the exit waves of frames moved by position refinement to ``probe * object``
+    RESET_MOVED_EXIT = True
 
     # -- set-up ------------------------------------------------------------
     def set_coefficients(self):
@@ -449,6 +461,24 @@ class ProjectionEngine(Engine):
             norm += float(np.vdot(S.data, S.data).real)
         self._den_valid = False
         return float(np.sqrt(num_change / max(norm, 1e-30)))
+
+    # -- position refinement ---------------------------------------------------------------
+    def positions_changed(self, moved):
+        """Frames moved: recompute ``sum |P|^2`` over the object; moved frames restart from ``P O``.
+
+        The exit waves of a moved frame belong to its old window; they are
+        replaced by ``probe * object`` at the new one (the iterate restarts
+        there, as after an overlap projection).
+        """
+        self._den_valid = False
+        if not self.RESET_MOVED_EXIT:
+            return
+        for gi, frames in moved.items():
+            g = self.book.groups[gi]
+            pr, ob = g.probe.data, g.obj.data
+            for f in np.asarray(frames).tolist():
+                p0, p1 = int(g.pod_start[f]), int(g.pod_start[f + 1])
+                g.write_exit(g.gather_product(ob, pr, p0, p1), p0, p1)
 
     # -- state ------------------------------------------------------------------------
     def engine_load_state(self, state):

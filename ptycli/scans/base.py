@@ -43,7 +43,9 @@ Pipeline (applied by :meth:`ScanLoader.load`, in this order)
    into contiguous per-rank blocks with :func:`ptycli.parallel.block_range`;
    each rank reads only its own block, ``chunk_size`` frames per call.
    Positions are checked as they are read: one (y, x) pair per frame, all
-   finite (:class:`~ptycli.errors.DataError` naming the file otherwise).
+   finite (:class:`~ptycli.errors.DataError` naming the file otherwise); an
+   input with fewer positions than frames is refused by :meth:`ScanLoader.check`
+   (before any frame is read), one with more gets a warning.
 1. mask: the file's mask (per frame or static) AND the ``mask`` file
    (zero = ignore). Shapes are those of the raw frames.
 2. invalid values: NaN, +-Inf and negative raw counts (detector gap/flag
@@ -64,13 +66,19 @@ Pipeline (applied by :meth:`ScanLoader.load`, in this order)
    frames of all ranks; 'geometric' is ``frame_shape // 2``; a pair is a pixel
    position in the raw frame as stored in the file (mapped through steps 5-6).
 8. crop/pad to ``shape * rebin`` about the (rounded) centre, so that it lands
-   on pixel ``(shape * rebin) // 2``; padded pixels are masked. With ``shape``
-   null the frame keeps its size (rounded down to a multiple of ``rebin``).
+   on pixel ``(shape * rebin) // 2``; padded pixels are masked, and one warning
+   says how many when the window leaves the frame (a ``shape`` larger than the
+   detector, or a centre near its edge). With ``shape`` null the frame keeps
+   its size (rounded down to a multiple of ``rebin``).
 9. ``rebin``: sum r x r blocks; a binned pixel is valid only if all its
    sub-pixels are; the detector pixel size is multiplied by r.
 10. final checks: frames whose valid pixels hold no counts are reported in one
-    warning; positions get ``positions_swap`` (y <-> x), ``positions_flip``
+    warning (a DataError when no frame holds any); positions get ``positions_swap`` (y <-> x), ``positions_flip``
     (negate y and/or x) and ``positions_scale``.
+
+Reading errors: whatever a damaged or unexpected input makes h5py or numpy
+raise while a loader reads it becomes a DataError naming the file
+(:func:`ptycli.io.reading.reading`).
 
 Geometry: ``energy`` (keV), ``distance`` (m) and ``psize`` (detector pixel, m)
 from the configuration override the file's values; a quantity missing from both

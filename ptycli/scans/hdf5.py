@@ -73,6 +73,14 @@ def _multiplier(name, what):
     return Parameter(name, 1.0, "float", "multiplier converting the file's %s" % what)
 
 
+def _has_link(f, path):
+    """Whether ``path`` names a link in ``f`` (whatever it points to)."""
+    try:
+        return f.get(path, getlink=True) is not None
+    except Exception:  # a damaged parent group: let the caller's message stand
+        return False
+
+
 def _dtype_words(dtype):
     """A short description of a dataset's type for messages."""
     if dtype.names:
@@ -147,6 +155,11 @@ class Hdf5Scan(ScanLoader):
     def _dataset(self, f, path, param, required=True):
         import h5py
         obj = f.get(path) if path else None
+        if obj is None and path and _has_link(f, path):
+            # the name is there but the object cannot be opened: do not call that "missing"
+            raise DataError("%s: %s cannot be opened (a damaged object header, or a link to nothing)" % (
+                f.filename, path), hint="the file may be damaged: check it (h5ls -r) or copy it again; or set "
+                                        "%s to another dataset" % self._where(param), validation=True)
         if obj is None or not isinstance(obj, h5py.Dataset):
             if not required:
                 return None
