@@ -11,6 +11,7 @@ from ..cli import main
 from ..errors import DataError
 from ..io.reading import DAMAGED_HINT, reading
 from ..log import get_logger
+from ..io.reading import h5_text as _str
 
 logger = get_logger(__name__)
 
@@ -25,15 +26,6 @@ KINDS = {
     "hdf5": "HDF5 file (unknown layout)",
 }
 
-
-def _str(v):
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if isinstance(v, np.ndarray) and v.shape == ():
-        return _str(v[()])
-    if isinstance(v, np.generic):
-        return _str(v.item())
-    return str(v)
 
 
 def _plain(v):

@@ -41,6 +41,7 @@ import numpy as np
 
 from ..errors import DataError
 from .atomic import atomic_write
+from .reading import h5_text as _str
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "write_datafile", "read_datafile", "is_datafile",
            "read_ground_truth"]
@@ -58,13 +59,6 @@ def _creator():
         __version__ = "unknown"
     return "ptycli %s" % __version__
 
-
-def _str(v):
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if isinstance(v, np.ndarray) and v.shape == ():
-        return _str(v[()])
-    return str(v)
 
 
 def write_ground_truth(group, ground_truth):

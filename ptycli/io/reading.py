@@ -18,7 +18,7 @@ import contextlib
 
 from ..errors import DataError, PtycliError
 
-__all__ = ["READ_ERRORS", "reading"]
+__all__ = ["READ_ERRORS", "reading", "h5_text"]
 
 #: What reading a damaged or unexpected input can raise (turned into DataError by :func:`reading`).
 READ_ERRORS = (OSError, EOFError, KeyError, IndexError, ValueError, TypeError, RuntimeError,
@@ -61,3 +61,16 @@ def reading(source, what="it", validation=False):
     except READ_ERRORS as exc:
         raise DataError("%s: cannot read %s (%s: %s)" % (source, what, type(exc).__name__, _one_line(exc)),
                         hint=DAMAGED_HINT, validation=validation) from exc
+
+
+def h5_text(value):
+    """An HDF5 string, bytes or scalar value as ``str`` (bytes decoded as UTF-8)."""
+    import numpy as np
+
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return h5_text(value[()])
+    if isinstance(value, np.generic):
+        return h5_text(value.item())
+    return str(value)

@@ -81,6 +81,7 @@ import numpy as np
 
 from ..errors import DataError
 from .atomic import atomic_write
+from .reading import h5_text as _str
 
 __all__ = [
     "FORMAT",
@@ -114,15 +115,6 @@ def _creator():
 def _now():
     return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
 
-
-def _str(v):
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if isinstance(v, np.ndarray) and v.shape == ():
-        return _str(v[()])
-    if isinstance(v, np.generic):
-        return _str(v.item())
-    return str(v)
 
 
 def _attr(value):
