@@ -134,6 +134,8 @@ kernel is tested against); :class:`FrameKernel`: the in-place per-frame
 step; :func:`visiting_order`.
 """
 
+import logging
+
 import numpy as np
 import scipy.fft as sp_fft
 
@@ -891,6 +893,11 @@ class PIEBase(Engine):
             # every rank must start from the same probe and object
             for S in self._shared_storages():
                 parallel.bcast_array(S.data, root=0)
+            if parallel.master:
+                logging.getLogger("ptycli").info(
+                    "%s on %d MPI processes: block-parallel variant (each process sweeps its own frames, "
+                    "then object and probe are averaged); it converges more slowly than one process",
+                    self.NAME, parallel.size)
         for S in list(self.book.probe_storages.values()) + list(self.book.obj_storages.values()):
             if S.data.dtype != self.ctype:
                 raise TypeError("storage %s is %s, the model type %s" % (S.ID, S.data.dtype, self.ctype))
