@@ -521,6 +521,19 @@ def get_propagator(propagation, shape, lam, distance, psize, origin=None, center
 # Geo
 # --------------------------------------------------------------------------
 
+def _parameter_property(name, doc, copy):
+    """A Geo property reading ``_<name>`` (a copy for arrays); setting it re-applies the parameters."""
+
+    def getter(self):
+        value = getattr(self, "_" + name)
+        return value.copy() if copy else value
+
+    def setter(self, value):
+        self._set(**{name: value})
+
+    return property(getter, setter, doc=doc)
+
+
 class Geo(Base):
     """Geometry of one experiment: energy, distance, pixel sizes, propagator.
 
@@ -711,14 +724,18 @@ class Geo(Base):
         self._apply(kw)
 
     # -- properties ----------------------------------------------------------
-    @property
-    def energy(self):
-        """Photon energy (keV)."""
-        return self._energy
-
-    @energy.setter
-    def energy(self, value):
-        self._set(energy=value)
+    energy = _parameter_property("energy", "Photon energy (keV).", copy=False)
+    distance = _parameter_property("distance", "Sample-detector distance (m).", copy=False)
+    shape = _parameter_property("shape", "Frame shape (int ndarray of 2, pixels).", copy=True)
+    psize = _parameter_property("psize", "Detector pixel size (float ndarray of 2, m).", copy=True)
+    resolution = _parameter_property("resolution", "Sample-plane pixel size (float ndarray of 2, m).",
+                                     copy=True)
+    center = _parameter_property("center", "Detector pixel of the optical axis (float ndarray of 2).",
+                                 copy=True)
+    origin = _parameter_property("origin", "Sample-plane pixel of the physical origin (float ndarray of 2).",
+                                 copy=True)
+    misfit = _parameter_property("misfit", "Sub-pixel misfit (float ndarray of 2, pixels; bookkeeping only).",
+                                 copy=True)
 
     @property
     def lam(self):
@@ -732,42 +749,6 @@ class Geo(Base):
         self._set(lam=value)
 
     @property
-    def distance(self):
-        """Sample-detector distance (m)."""
-        return self._distance
-
-    @distance.setter
-    def distance(self, value):
-        self._set(distance=value)
-
-    @property
-    def shape(self):
-        """Frame shape (int ndarray of 2, pixels)."""
-        return self._shape.copy()
-
-    @shape.setter
-    def shape(self, value):
-        self._set(shape=value)
-
-    @property
-    def psize(self):
-        """Detector pixel size (float ndarray of 2, m)."""
-        return self._psize.copy()
-
-    @psize.setter
-    def psize(self, value):
-        self._set(psize=value)
-
-    @property
-    def resolution(self):
-        """Sample-plane pixel size (float ndarray of 2, m)."""
-        return self._resolution.copy()
-
-    @resolution.setter
-    def resolution(self, value):
-        self._set(resolution=value)
-
-    @property
     def propagation(self):
         """'farfield' or 'nearfield'."""
         return self.p.propagation
@@ -775,33 +756,6 @@ class Geo(Base):
     @propagation.setter
     def propagation(self, value):
         self._set(propagation=value)
-
-    @property
-    def center(self):
-        """Detector pixel of the optical axis (float ndarray of 2)."""
-        return self._center.copy()
-
-    @center.setter
-    def center(self, value):
-        self._set(center=value)
-
-    @property
-    def origin(self):
-        """Sample-plane pixel of the physical origin (float ndarray of 2)."""
-        return self._origin.copy()
-
-    @origin.setter
-    def origin(self, value):
-        self._set(origin=value)
-
-    @property
-    def misfit(self):
-        """Sub-pixel misfit (float ndarray of 2, pixels; bookkeeping only)."""
-        return self._misfit.copy()
-
-    @misfit.setter
-    def misfit(self, value):
-        self._set(misfit=value)
 
     @property
     def propagator(self):
