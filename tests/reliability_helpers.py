@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from click.testing import CliRunner
 
 from ptycli.cli import main
+from cli_helpers import runner, invoke  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,18 +24,6 @@ scans:
   MF:
     data: {name: MoonFlowerScan, shape: 16, num_frames: 20, photons: 1.0e6, seed: 1}
 """
-
-
-def runner():
-    try:
-        return CliRunner(mix_stderr=False)
-    except TypeError:  # click >= 8.2 keeps stderr apart anyway
-        return CliRunner()
-
-
-def invoke(*args, input=None):
-    """``ptycli ARGS`` in this process; the result has exit_code, stdout, stderr."""
-    return runner().invoke(main, [str(a) for a in args], input=input)
 
 
 def env():

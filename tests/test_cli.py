@@ -10,7 +10,6 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
 
 import ptycli
 from ptycli import log
@@ -22,16 +21,9 @@ from ptycli.errors import (
     PtycliError,
     RuntimeFailure,
 )
+from cli_helpers import runner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def runner():
-    """A CliRunner with stdout and stderr apart (click < 8.2 needs mix_stderr=False)."""
-    try:
-        return CliRunner(mix_stderr=False)
-    except TypeError:
-        return CliRunner()
 
 
 # --- the real group ---------------------------------------------------------

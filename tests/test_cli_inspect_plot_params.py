@@ -4,9 +4,9 @@ import json
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from ptycli.cli import main
+from cli_helpers import runner, invoke  # noqa: E402
 
 SIM = """
 scans:
@@ -18,17 +18,6 @@ engines:
   dm: {name: DM, numiter: 4}
   ml: {name: ML, numiter: 2}
 """
-
-
-def runner():
-    try:
-        return CliRunner(mix_stderr=False)
-    except TypeError:
-        return CliRunner()
-
-
-def invoke(*args, input=None):
-    return runner().invoke(main, [str(a) for a in args], input=input)
 
 
 @pytest.fixture(scope="module")

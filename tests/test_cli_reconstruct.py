@@ -9,9 +9,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from ptycli.cli import main
+from cli_helpers import runner, invoke  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,17 +27,6 @@ engines:
   dm: {name: DM, numiter: 6}
   ml: {name: ML, numiter: 4}
 """
-
-
-def runner():
-    try:
-        return CliRunner(mix_stderr=False)
-    except TypeError:
-        return CliRunner()
-
-
-def invoke(*args, input=None):
-    return runner().invoke(main, [str(a) for a in args], input=input)
 
 
 @pytest.fixture

@@ -5,13 +5,13 @@ import json
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from ptycli.cli import main
 from ptycli.errors import DataError
 from ptycli.io import load_reconstruction
 from ptycli.io.reconstruction import (FORMAT, HISTORY_COLUMNS, history_table, is_reconstruction, read_tree,
                                       write_reconstruction, write_tree)
+from cli_helpers import runner  # noqa: E402
 
 CONFIG = """
 run: io
@@ -23,13 +23,6 @@ engines:
   dm: {name: DM, numiter: 4}
   ml: {name: ML, numiter: 2}
 """
-
-
-def runner():
-    try:
-        return CliRunner(mix_stderr=False)
-    except TypeError:
-        return CliRunner()
 
 
 def snapshot(rng):

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from ptycli.cli import main
 from ptycli.io import load_reconstruction
+from cli_helpers import runner, invoke  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,17 +27,6 @@ scans:
 engines:
   dm: {name: DM, numiter: 20}
 """
-
-
-def runner():
-    try:
-        return CliRunner(mix_stderr=False)
-    except TypeError:
-        return CliRunner()
-
-
-def invoke(*args):
-    return runner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture
