@@ -11,7 +11,10 @@ inside :func:`error_boundary`, so commands never format errors themselves:
 * any other exception is a bug: one line naming it, exit 1;
 * tracebacks are printed only with ``-v`` (or ``PTYCLI_TRACEBACK=1``);
 * under MPI (more than one rank) a failing rank prints its message and calls
-  ``MPI_Abort`` so the other ranks do not wait forever.
+  ``MPI_Abort`` so the other ranks do not wait forever; an error every rank
+  raised together (``PtycliError.all_ranks``, e.g. a diverged engine, whose
+  check is collective) is printed once by rank 0 and every rank exits with
+  its code, without ``MPI_Abort``.
 
 Adding a command
 ----------------
@@ -86,10 +89,19 @@ def _want_traceback(verbose):
     return os.environ.get("PTYCLI_TRACEBACK", "").strip().lower() in ("1", "yes", "true", "on")
 
 
-def _fail(message, exit_code, show_traceback):
-    """Report a failure as one line and leave with ``exit_code``."""
-    if show_traceback:
+def _fail(message, exit_code, show_traceback, all_ranks=False):
+    """Report a failure as one line and leave with ``exit_code``.
+
+    ``all_ranks``: under MPI every rank fails together with the same error
+    (see :attr:`ptycli.errors.PtycliError.all_ranks`): rank 0 prints it and
+    every rank exits with ``exit_code``, without ``MPI_Abort``.
+    """
+    if show_traceback and (not all_ranks or parallel.master):
         traceback.print_exc(file=sys.stderr)
+    if parallel.size > 1 and all_ranks:
+        if not parallel.master:
+            raise click.exceptions.Exit(exit_code)
+        raise _Failure(message, exit_code)
     if parallel.size > 1:
         # Other ranks may be waiting in a collective call: stop them all (printed once).
         parallel.fail_all(f"[rank {parallel.rank}] Error: {message}", exit_code)
@@ -115,7 +127,7 @@ def error_boundary(verbose=0):
             os.dup2(devnull, sys.stdout.fileno())
         raise click.exceptions.Exit(141)
     except PtycliError as exc:
-        _fail(str(exc), exc.exit_code, _want_traceback(verbose))
+        _fail(str(exc), exc.exit_code, _want_traceback(verbose), all_ranks=exc.all_ranks)
     except KeyboardInterrupt:
         if _want_traceback(verbose):
             traceback.print_exc(file=sys.stderr)

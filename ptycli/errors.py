@@ -30,6 +30,7 @@ __all__ = [
     "DataError",
     "RuntimeFailure",
     "EngineError",
+    "DivergenceError",
 ]
 
 EXIT_OK = 0
@@ -54,16 +55,27 @@ class PtycliError(Exception):
         How to fix it. Appended to the message as ``"<message>; <hint>"``.
     exit_code : int, optional
         Overrides the class default :attr:`exit_code`.
+    all_ranks : bool, optional
+        Under MPI: every rank raises this error together, after agreeing on
+        it in a collective call (e.g. a divergence check). The CLI then prints
+        the message once (rank 0) and ends every rank with ``exit_code``,
+        without ``MPI_Abort``. Leave it false (the default) for an error that
+        one rank may hit alone: the CLI must then abort the other ranks,
+        which may be waiting for this one in a collective call.
     """
 
     #: process exit status the CLI uses for this error
     exit_code = EXIT_FAILURE
+    #: see the ``all_ranks`` parameter
+    all_ranks = False
 
-    def __init__(self, message, hint=None, exit_code=None):
+    def __init__(self, message, hint=None, exit_code=None, all_ranks=None):
         self.message = _one_line(message)
         self.hint = _one_line(hint) if hint else None
         if exit_code is not None:
             self.exit_code = int(exit_code)
+        if all_ranks is not None:
+            self.all_ranks = bool(all_ranks)
         super().__init__(self.message)
 
     def __str__(self):
@@ -92,10 +104,10 @@ class DataError(PtycliError):
 
     exit_code = EXIT_FAILURE
 
-    def __init__(self, message, hint=None, exit_code=None, validation=False):
+    def __init__(self, message, hint=None, exit_code=None, validation=False, all_ranks=None):
         if exit_code is None and validation:
             exit_code = EXIT_USAGE
-        super().__init__(message, hint=hint, exit_code=exit_code)
+        super().__init__(message, hint=hint, exit_code=exit_code, all_ranks=all_ranks)
 
 
 class RuntimeFailure(PtycliError):
@@ -106,3 +118,16 @@ class RuntimeFailure(PtycliError):
 
 class EngineError(RuntimeFailure):
     """A reconstruction engine failed (diverged, produced NaN, bad state)."""
+
+
+class DivergenceError(EngineError):
+    """An engine diverged (NaN/Inf in the probe, object or errors); its last good state was restored.
+
+    Raised by the engines' divergence check (:mod:`ptycli.engines.base`),
+    which is collective under MPI: when any rank finds a non-finite value,
+    every rank restores its last good state and raises this error, so
+    ``all_ranks`` is true by default and the ranks can still write that state
+    together (``ptycli reconstruct`` does, then exits 1).
+    """
+
+    all_ranks = True

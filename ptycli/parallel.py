@@ -26,7 +26,10 @@ gradients and error terms with :func:`allreduce` on numpy buffers (one
 bytes), and uses the pickle-based calls (:func:`allreduce_scalar`,
 :func:`bcast`, :func:`gather`, :func:`allgather`) only outside iteration
 loops. An error under MPI ends every rank through :func:`fail_all`
-(``MPI_Abort`` after printing the message once), never a hang.
+(``MPI_Abort`` after printing the message once), never a hang, unless the
+ranks agreed on it first (:func:`reduce_flags`, e.g. the engines' divergence
+check) and raise it together (``PtycliError.all_ranks``): then rank 0 prints
+it and every rank exits normally with its code.
 """
 
 import os
@@ -45,6 +48,7 @@ __all__ = [
     "launcher_size",
     "allreduce",
     "allreduce_scalar",
+    "reduce_flags",
     "bcast",
     "bcast_array",
     "barrier",
@@ -204,7 +208,7 @@ master = rank == 0
 #: collective calls made through this module (also counted in one process, where they are
 #: no-ops): numpy-buffer reductions/broadcasts with their bytes, and pickled-object calls
 _stats = {"buffer_calls": 0, "buffer_bytes": 0, "buffer_seconds": 0.0, "buffer_cpu_seconds": 0.0,
-          "object_calls": 0}
+          "object_calls": 0, "flag_calls": 0}
 
 
 def comm_stats():
@@ -214,7 +218,10 @@ def comm_stats():
     ``buffer_cpu_seconds`` (in-place ``Allreduce``/``Bcast`` of numpy buffers:
     :func:`allreduce`, :func:`bcast_array`; wall and CPU time of the reductions, both
     including waiting for the other ranks) and ``object_calls`` (pickled Python
-    objects: :func:`allreduce_scalar`, :func:`bcast`, :func:`gather`, :func:`allgather`).
+    objects: :func:`allreduce_scalar`, :func:`bcast`, :func:`gather`, :func:`allgather`)
+    and ``flag_calls`` (:func:`reduce_flags`: one 8-byte integer per call, the ranks agreeing
+    on a control decision such as the engines' divergence check; not counted in the
+    ``buffer_*`` figures, which are the engines' numerical sums).
     Tests and benchmarks use it to check that an engine's iterations reduce numpy buffers
     only, and how many bytes.
     """
@@ -279,6 +286,25 @@ def allreduce_scalar(x, op="sum"):
     if size == 1:
         return x
     return comm.allreduce(x, op=op_)
+
+
+def reduce_flags(bits):
+    """Bitwise OR of a small non-negative integer over all ranks; every rank returns it.
+
+    For decisions every rank must take together (``any rank found NaN`` ->
+    all restore and stop): one ``MPI_Allreduce`` of a single int64 buffer
+    (no pickling, so it may run every iteration), counted as ``flag_calls``
+    in :func:`comm_stats`. In one process it returns ``int(bits)``.
+    """
+    bits = int(bits)
+    if bits < 0:
+        raise ValueError(f"reduce_flags takes non-negative bit sets, got {bits}")
+    _stats["flag_calls"] += 1
+    if size == 1 or MPI is None:  # (tests stand in for several identical ranks without MPI)
+        return bits
+    buf = np.array([bits], dtype=np.int64)
+    comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.BOR)
+    return int(buf[0])
 
 
 def bcast(obj, root=0):

@@ -318,9 +318,10 @@ def test_two_probe_modes_single_precision():
     assert e.book.groups[0].modes == 2
     hist = e.iterate(10)
     # single precision everywhere: no silent upcasts
+    # (the compiled path keeps no Fb, Fc, lp between passes)
     for arr in (e.grad, e.dirn, e.grad_prev, e.groups[0].F, e.groups[0].Fb, e.groups[0].Fc):
-        assert arr.dtype == np.complex64
-    assert e.groups[0].lp.dtype == np.float32
+        assert arr is None or arr.dtype == np.complex64
+    assert e.groups[0].lp is None or e.groups[0].lp.dtype == np.float32
     e.finalize()
     O, Pr = storages(P)
     assert O.dtype == np.complex64 and Pr.dtype == np.complex64

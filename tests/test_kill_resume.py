@@ -4,7 +4,7 @@ A real ``python -m ptycli reconstruct`` process (checkpoint every 3 iterations) 
 SIGKILL at a random moment after its first checkpoint (a few seeds: it may die inside an
 iteration or in the middle of writing a checkpoint). The checkpoint left behind must load, and
 ``--resume`` it must run the rest of the chain and give the same object as an uninterrupted
-run. SIGINT and SIGTERM stop at the end of an iteration with a final checkpoint (exit 130/143).
+run, and no temporary file of the killed process may remain after it. SIGINT and SIGTERM stop at the end of an iteration with a final checkpoint (exit 130/143).
 """
 
 import json
@@ -104,7 +104,16 @@ def test_sigkill_then_resume(setup, tmp_path, seed):
     assert st["total_iterations"] >= INTERVAL and not st["finished"]
     assert len(rec.history) == st["total_iterations"]
     assert all(np.isfinite(a).all() for a in rec.objects.values())
+    # a kill while writing a checkpoint leaves its temporary file (named after the killed process);
+    # the next run of the same output removes it
+    left = _temp_files(tmp_path)
+    assert all(".%d." % proc.pid in name for name in left), left
     _resume_and_compare(setup, tmp_path)
+    assert _temp_files(tmp_path) == [], "stale temporary files after the next run (%s after the kill)" % left
+
+
+def _temp_files(folder):
+    return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name)
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

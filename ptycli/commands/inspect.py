@@ -60,6 +60,9 @@ def _open(path):
         raise DataError("%s is not an HDF5 file" % path,
                         hint="ptycli inspect reads ptycli results and data files, CXI and .ptyd files",
                         validation=True)
+    from ..io.h5guard import check_structure
+
+    check_structure(path, validation=True)  # a hang or crash of libhdf5 becomes a DataError
     try:
         return h5py.File(path, "r")
     except OSError as exc:

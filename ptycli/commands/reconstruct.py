@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import __version__, parallel
 from ..cli import apply_verbose_level, main
-from ..errors import EXIT_INTERRUPTED, ConfigError, DataError, EngineError
+from ..errors import EXIT_INTERRUPTED, ConfigError, DataError, DivergenceError, EngineError
 from ..log import get_logger
 from .common import emit_result, load_tree, set_option
 
@@ -217,24 +217,38 @@ class ChainRunner:
                     finished=bool(chain_finished), data_type=str(P.p.data_type))
 
     def write_failure(self, path):
-        """After an engine failed: write the model (its last good state) to ``path`` (one process only).
+        """After an engine failed: write the model (its last good state) to ``path``.
 
+        Collective under MPI (call it on every rank, only for an error every
+        rank raised, such as :class:`~ptycli.errors.DivergenceError`): the
+        ranks agree whether the state is finite, rank 0 writes, and a failed
+        write (disk full) raises the same RuntimeFailure on every rank.
         Returns the chain iteration of that state, or None when nothing was
-        written because the probe or object are not finite (the engine did
-        not restore a good state).
+        written because the probe or object are not finite on some rank (the
+        engine did not restore a good state).
         """
+        from ..errors import RuntimeFailure
         from ..io.checkpoint import write_snapshot
 
         f = self.failed
         engine, index, error = f["engine"], f["index"], f["error"]
         finite = all(np.isfinite(S.data).all() for C in (self.P.probe, self.P.obj) for S in C.S.values())
-        if not finite:
+        if parallel.reduce_flags(0 if finite else 1):
             return None
         attrs = self._state_attrs(index, engine, finished_engine=False)
         attrs.update(status="failed", error=str(error))
-        write_snapshot(path, self.P, "result", [dict(s) for s in self.summaries], attrs,
-                       _strip_arrays(engine.state_dict()), self.info())
-        parallel.barrier()
+        problem = None
+        try:
+            write_snapshot(path, self.P, "result", [dict(s) for s in self.summaries], attrs,
+                           _strip_arrays(engine.state_dict()), self.info())
+        except RuntimeFailure as exc:
+            if parallel.size == 1:
+                raise
+            problem = (exc.message, exc.hint)  # rank 0's write failed: tell every rank
+        if parallel.size > 1:
+            problem = parallel.bcast(problem)
+            if problem is not None:
+                raise RuntimeFailure(problem[0], hint=problem[1], all_ranks=True)
         return int(attrs["total_iterations"])
 
     def write_checkpoint(self, index, engine, finished_engine):
@@ -450,8 +464,9 @@ def reconstruct(ctx, config, output, overrides, resume_path, fmt, force, as_json
         _reconstruct(config, output, overrides, resume_path, fmt, force, as_json)
     except (click.ClickException, click.exceptions.Exit, click.Abort):
         raise
-    except Exception:
-        if own_traceback:  # the error boundary prints the one-line message after this
+    except Exception as exc:
+        # the error boundary prints the one-line message after this; an error of all ranks once
+        if own_traceback and (parallel.master or not getattr(exc, "all_ranks", False)):
             traceback.print_exc(file=sys.stderr)
         raise
 
@@ -537,8 +552,9 @@ def _reconstruct(config, output, overrides, resume_path, fmt, force, as_json):
     except EngineError as exc:
         # Under MPI an EngineError may come from one rank only while the others wait in a collective
         # call: writing the model (collective) could then hang. Leave it to the error boundary
-        # (MPI_Abort); the last checkpoint is the resume point.
-        if runner.failed is None or parallel.size > 1:
+        # (MPI_Abort); the last checkpoint is the resume point. A divergence is found by every rank
+        # together (the check is collective): they write the last good state together.
+        if runner.failed is None or (parallel.size > 1 and not exc.all_ranks):
             raise
         _report_failure(runner, exc, output, as_json)
     except Stopped as stop:
@@ -581,15 +597,20 @@ def _reconstruct(config, output, overrides, resume_path, fmt, force, as_json):
 
 
 def _report_failure(runner, exc, output, as_json):
-    """An engine failed (diverged): keep its last good state in ``output``, then raise EngineError (exit 1)."""
+    """An engine failed (diverged): keep its last good state in ``output``, then raise EngineError (exit 1).
+
+    Under MPI only for an error of every rank (``exc.all_ranks``, a
+    DivergenceError): all ranks write together and raise the same error.
+    """
     from ..errors import RuntimeFailure
 
     label = runner.chain[runner.failed["index"]][0]
+    cls = DivergenceError if isinstance(exc, DivergenceError) else EngineError
     try:
         good = runner.write_failure(output)
     except RuntimeFailure as failed:  # e.g. the disk is full: say both
-        raise EngineError("%s; writing its last good state failed too: %s" % (exc.message, failed.message),
-                          hint=failed.hint) from exc
+        raise cls("%s; writing its last good state failed too: %s" % (exc.message, failed.message),
+                  hint=failed.hint, all_ranks=exc.all_ranks and failed.all_ranks) from exc
     if good is None:
         where = ("the last checkpoint is %s" % runner.checkpoints[-1]) if runner.checkpoints else \
             "no checkpoint was written"
@@ -602,7 +623,7 @@ def _report_failure(runner, exc, output, as_json):
     if as_json:
         emit_result(dict(status="failed", error=message, output=output if good is not None else None,
                          iterations=good, engines=runner.summaries), True, "")
-    raise EngineError(message, hint=hint) from exc
+    raise cls(message, hint=hint, all_ranks=exc.all_ranks) from exc
 
 
 def _is_quiet():

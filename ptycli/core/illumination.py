@@ -413,6 +413,9 @@ def load_array(path, what):
             return np.load(path, allow_pickle=False)
         except Exception as exc:  # corrupt or not numpy
             raise DataError("cannot read %s from %s: %s" % (what, path, exc)) from None
+    from ..io.h5guard import check_structure
+
+    check_structure(path)  # a hang or crash of libhdf5 on a damaged file becomes a DataError
     try:
         import h5py
 

@@ -107,7 +107,12 @@ Divergence and resume
 After each iteration the probe, the object and the errors are checked for
 NaN/Inf. On failure the probe and object are restored from the last good
 snapshot (taken after every good iteration), the exit waves are reset to
-``probe * object`` and :class:`~ptycli.errors.EngineError` is raised.
+``probe * object`` and :class:`~ptycli.errors.DivergenceError` (an
+:class:`~ptycli.errors.EngineError`) is raised. Under MPI the check is
+collective: when any rank finds NaN/Inf, every rank restores its last good
+state and raises DivergenceError in the same iteration (one 8-byte
+``Allreduce`` per iteration, :func:`ptycli.parallel.reduce_flags`), so the
+ranks can still write that state together.
 :meth:`Engine.state_dict` / :meth:`Engine.load_state` save and restore
 probe, object, exit waves, iteration counters, the RNG state (``self.rng``)
 and engine-specific arrays (``engine_state()`` / ``engine_load_state()``).
@@ -134,7 +139,7 @@ import time
 import numpy as np
 
 from .. import parallel
-from ..errors import ConfigError, EngineError
+from ..errors import ConfigError, DivergenceError, EngineError
 from ..params.declare import Parameter, ParamSet
 from ..utils.parameters import Param
 
@@ -166,6 +171,11 @@ def _common_params():
                   unit="pixel"),
         Parameter("record_interval", 1, "int",
                   "keep every n-th iteration's record in the history (the last is always kept)", low=1),
+        Parameter("kernels", "auto", "str",
+                  "hot loops of DM, RAAR and ML: compiled (numba, fused passes; compiled once per "
+                  "installation), numpy, or auto (compiled when numba is installed and the job has at least "
+                  "2**22 exit-wave pixels per process); ePIE/rPIE always use numpy",
+                  choices=("auto", "compiled", "numpy")),
     ], doc="common engine parameters")
 
 
@@ -470,17 +480,7 @@ class Engine:
         for k, v in rec.items():  # engine extras
             if k not in full:
                 full[k] = v
-        bad = [k for k in ("fourier_error", "photon_error", "exit_change", "likelihood")
-               if full[k] is not None and not np.isfinite(full[k])]
-        if bad or not self._state_finite():
-            self._restore_good()
-            what = ("errors %s" % ", ".join("%s=%s" % (k, full[k]) for k in bad)) if bad else \
-                "probe or object"
-            raise EngineError("engine %s (%s) diverged at iteration %d: NaN/Inf in %s; the probe and object "
-                              "of iteration %d were restored" % (self.label, self.NAME, full["iteration"], what,
-                                                                 self._good_iteration),
-                              hint="lower the step or relaxation parameters, check the data and mask, or "
-                                   "start from a better probe guess")
+        self._check_divergence(full)
         self._snapshot()
         last = self.iteration >= int(self.p.numiter)
         if self.iteration % int(self.p.get("record_interval", 1) or 1) == 0 or last:
@@ -678,6 +678,38 @@ class Engine:
                 g.write_exit(ob, p0, p1)
 
     # -- divergence ---------------------------------------------------------------------
+    _DIVERGED_ERRORS = 1  # bits of the collective divergence flag
+    _DIVERGED_STATE = 2
+
+    def _check_divergence(self, full):
+        """Raise :class:`DivergenceError` on every rank when any rank sees NaN/Inf (collective).
+
+        The errors of ``full`` are sums over all ranks already; the probe and
+        object are replicas that should agree, but a rank-local NaN must not
+        leave the ranks in different branches (one stopping, the others
+        waiting for it in the next reduction): the ranks OR their findings
+        with one 8-byte ``Allreduce`` (:func:`ptycli.parallel.reduce_flags`)
+        and all restore their last good state and raise together.
+        """
+        bad = [k for k in ("fourier_error", "photon_error", "exit_change", "likelihood")
+               if full[k] is not None and not np.isfinite(full[k])]
+        flags = (self._DIVERGED_ERRORS if bad else 0) | (0 if self._state_finite() else self._DIVERGED_STATE)
+        flags = parallel.reduce_flags(flags)
+        if not flags:
+            return
+        self._restore_good()
+        if bad:
+            what = "errors %s" % ", ".join("%s=%s" % (k, full[k]) for k in bad)
+        elif flags & self._DIVERGED_ERRORS:
+            what = "errors"
+        else:
+            what = "probe or object"
+        raise DivergenceError("engine %s (%s) diverged at iteration %d: NaN/Inf in %s; the probe and object "
+                              "of iteration %d were restored" % (self.label, self.NAME, full["iteration"], what,
+                                                                 self._good_iteration),
+                              hint="lower the step or relaxation parameters, check the data and mask, or "
+                                   "start from a better probe guess")
+
     def _state_finite(self):
         for S in list(self.book.probe_storages.values()) + list(self.book.obj_storages.values()):
             flat = S.data.reshape(-1)

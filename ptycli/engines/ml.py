@@ -78,6 +78,14 @@ restarts from steepest descent) when it did not decrease.
 
 Cost per iteration
 ------------------
+With compiled kernels (``kernels``; :mod:`ptycli.engines.fused_ml`) the
+engine keeps only ``F`` between passes and recomputes the transforms at the
+new point (``fw(P O)``: one more FFT pass, one exit-wave-sized array less
+than keeping ``Fb`` and ``Fc``): four FFT passes per iteration (three while
+the probe is fixed), the per-pixel work of each pass fused into one loop,
+peak memory the model plus one exit-wave-sized array. The numpy path below
+keeps ``Fb`` and ``Fc``:
+
 About three FFT passes over all pods: the transforms of ``b`` and ``c`` and
 the inverse transform of the gradient (two while the probe is fixed). Two
 passes over the data per iteration: the line-search pass (``b``, ``c``, their
@@ -135,6 +143,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import parallel
 from ..params.declare import Parameter
+from . import fused, fused_ml
 from .base import Engine, circular_support, register
 from .posref import POSREF_PARAMS
 
@@ -538,12 +547,16 @@ class _Workspace:
 class _Group:
     """ML state of one :class:`~ptycli.engines.addressing.PodGroup`."""
 
-    def __init__(self, g, model, ctype, ftype, block_frames):
+    def __init__(self, g, model, ctype, ftype, block_frames, compiled=False):
         self.g = g
         self.shape = g.shape
         self.ctype, self.ftype = np.dtype(ctype), np.dtype(ftype)
         self.pre = g.factors.pre if g.farfield else None
         self.pf = g.n_pods == g.n_frames  # one pod per frame: pod arrays are frame arrays
+        self.compiled = compiled
+        if compiled:
+            self._init_compiled(block_frames)
+            return
         ft = self.ftype
         n_all = np.asarray(g.diff_frames(), dtype=ft)
         m_all = g.mask_frames()
@@ -578,7 +591,29 @@ class _Group:
         self.aux = np.zeros((g.n_frames, H, W), ft)
         self.c = np.ones(g.n_frames, ft)
 
+    def _init_compiled(self, block_frames):
+        """State of the compiled path (:mod:`ptycli.engines.fused_ml`): ``F`` and per-frame scales only."""
+        g = self.g
+        H, W = self.shape
+        self.blocks = [_Block(*blk) for blk in g.blocks(block_frames)]
+        for b in self.blocks:
+            b.valid = 0.0
+        self.maxp = max([b.p1 - b.p0 for b in self.blocks] or [1])
+        self.maxf = max([b.f1 - b.f0 for b in self.blocks] or [1])
+        self.F = np.zeros((g.n_pods, H, W), self.ctype)
+        self.Fb = self.Fc = self.lp = self.aux = None
+        self.c = np.ones(g.n_frames, self.ftype)
+        self.use_mask = not g.mask_trivial
+        self.mask = g.mask.data if self.use_mask else np.ones((1, H, W), self.ftype)
+        self.mrows = g.frame_ma if self.use_mask else np.zeros(g.n_frames, np.int64)
+
     def workspace(self):
+        if self.compiled:  # two block-sized complex buffers
+            ws = _Workspace.__new__(_Workspace)
+            H, W = self.shape
+            ws.cA = np.empty((self.maxp, H, W), self.ctype)
+            ws.cT = np.empty((self.maxp, H, W), self.ctype)
+            return ws
         return _Workspace(self.maxp, self.maxf, self.shape, self.ctype, self.ftype, self.pf)
 
     def need_fc(self):
@@ -819,6 +854,44 @@ class _Group:
         return np.concatenate([coefs, ex])
 
 
+    # -- compiled path (fused_ml kernels; numba threads inside each kernel) ------------------
+    def compiled_eval_block(self, b, ws, model_id, floating, eps, obj, probe_eff, workers, gradient,
+                            cg_obj, cg_probe_t, band_cache):
+        """``F = fw(P O)`` of block ``b``, cost and errors; with ``gradient`` the scattered gradients."""
+        g = self.g
+        p0, p1, f0, f1 = b.p0, b.p1, b.f0, b.f1
+        F = self.F[p0:p1]
+        fused_ml.exit_product(F, obj, probe_eff, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0)
+        self.fw_inplace(F, workers)
+        gF = ws.cA[:p1 - p0]
+        out = np.zeros((f1 - f0, 4))
+        fused_ml.evaluate(F, gF, g.pod_start[f0:f1 + 1] - p0, g.diff.data, g.frame_di[f0:f1], self.mask,
+                          self.mrows[f0:f1], self.use_mask, model_id, float(eps), floating, self.c[f0:f1], out)
+        if gradient:
+            self.bw_inplace(gF, workers)
+            bands = band_cache.get(g, p0, p1)
+            fused_ml.gradient_sums(gF, obj, probe_eff, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0, cg_obj,
+                                   cg_probe_t, bands)
+        return out.sum(axis=0)
+
+    def compiled_line_block(self, b, ws, model_id, probe_on, eps, obj, hobj, pt, hpt, hpt2, workers):
+        """Direction transforms of block ``b`` and the line-search sums (see :func:`fused_ml.line_sums`)."""
+        g = self.g
+        p0, p1, f0, f1 = b.p0, b.p1, b.f0, b.f1
+        Fb, Fc = ws.cA[:p1 - p0], ws.cT[:p1 - p0]
+        dummy = pt if hpt is None else hpt
+        fused_ml.line_waves(Fb, Fc, probe_on, obj, hobj, pt, dummy, dummy if hpt2 is None else hpt2,
+                            g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0)
+        self.fw_inplace(Fb, workers)
+        if probe_on:
+            self.fw_inplace(Fc, workers)
+        out = np.zeros((f1 - f0, fused_ml.N_LINE))
+        fused_ml.line_sums(self.F[p0:p1], Fb, Fc, probe_on, g.pod_start[f0:f1 + 1] - p0, self.c[f0:f1],
+                           g.diff.data, g.frame_di[f0:f1], self.mask, self.mrows[f0:f1], self.use_mask,
+                           model_id, float(eps), out)
+        return out.sum(axis=0)
+
+
 # ----------------------------------------------------------------------------------------
 # the engine
 # ----------------------------------------------------------------------------------------
@@ -878,16 +951,24 @@ class ML(Engine):
         self.eps = EPS_REL * self.mean_power if self.model != "gaussian" else 0.0
         book = self.book
         itemsize = np.dtype(self.ctype).itemsize
+        n_pixels = sum(g.n_pods * g.shape[0] * g.shape[1] for g in book.groups)
+        self._compiled = fused.use_compiled(p.kernels, n_pixels, np.dtype(self.ctype) == np.complex64)
+        self._model_id = fused_ml.MODEL_IDS[self.model]
         self.groups = []
         for g in book.groups:
             per_frame = max(1, g.modes or 1) * g.shape[0] * g.shape[1] * itemsize
-            nblock = max(1, BLOCK_BYTES // per_frame)
-            self.groups.append(_Group(g, self.model, self.ctype, self.ftype, nblock))
+            nblock = max(1, (2 * BLOCK_BYTES if self._compiled else BLOCK_BYTES) // per_frame)
+            self.groups.append(_Group(g, self.model, self.ctype, self.ftype, nblock, compiled=self._compiled))
         self._items = [(gi, G, b) for gi, G in enumerate(self.groups) for b in G.blocks]
         # threads: blocks are shared out round-robin; FFT threads inside a block otherwise
+        # (compiled: one block at a time, the kernels and the FFT use all threads)
         total = max(1, int(_workers()))
-        self._nthreads = max(1, min(total, len(self._items)))
+        self._nthreads = 1 if self._compiled else max(1, min(total, len(self._items)))
         self._fft_workers = max(1, total // self._nthreads)
+        if self._compiled:
+            self._bands = fused.BandCache(fused.threads())
+            self._cg_probe_t = [np.zeros((self._bands.n_bands,) + G.g.probe.data.shape, self.ctype)
+                                for G in self.groups]
         self._pool = ThreadPoolExecutor(self._nthreads) if self._nthreads > 1 else None
         self._ws = [[G.workspace() for G in self.groups] for _ in range(self._nthreads)]
         self._acc = [_Accumulator(book, self.groups) for _ in range(self._nthreads)]
@@ -896,9 +977,10 @@ class ML(Engine):
         if self.model == "poisson":
             for G in self.groups:
                 for b in G.blocks:
-                    n = b.n.astype(np.float64)
+                    n = np.maximum(G.g.diff_frames(b.f0, b.f1), 0).astype(np.float64)
                     nl = np.where(n > 0, n * np.log(np.where(n > 0, n, 1.0)), 0.0) - n
-                    const += float(np.sum(nl * b.mask if b.mask is not None else nl))
+                    mask = G.g.mask_frames(b.f0, b.f1)
+                    const += float(np.sum(nl * mask if mask is not None else nl))
         self._poisson_const = const  # local (summed with the costs)
         # flat vectors: gradient, previous gradient, direction (object storages, then probe
         # storages). All storages of the model, sorted by ID, so that every MPI rank has the
@@ -1006,6 +1088,8 @@ class ML(Engine):
         for G in self.groups:
             for b in G.blocks:
                 b.pods = G.pod_index(b)
+        if self._compiled:
+            self._bands.clear()
         self._stale = True
         self._restart = True
 
@@ -1073,14 +1157,28 @@ class ML(Engine):
             for acc in self._acc:
                 acc.zero()
 
-        def fn(gi, G, b, ws, acc):
-            obj, pe = prep[gi]
-            r = G.eval_block(b, ws, model, floating, eps, du, du2, stale, obj, pe, W)
-            if gradient:
-                G.grad_block(b, ws, obj, pe, acc.gO[G.g.obj.ID], acc.gPe[gi], W)
-            return r
+        if self._compiled:
+            for gi, G in enumerate(self.groups):
+                prep[gi] = (G.g.obj.data, prep[gi][1])
+                self._cg_probe_t[gi].fill(0)
+            acc0 = self._acc[0]
+
+            def fn(gi, G, b, ws, acc):
+                obj, pe = prep[gi]
+                return G.compiled_eval_block(b, ws, self._model_id, floating, eps, obj, pe, W, gradient,
+                                             acc0.gO[G.g.obj.ID], self._cg_probe_t[gi], self._bands)
+        else:
+            def fn(gi, G, b, ws, acc):
+                obj, pe = prep[gi]
+                r = G.eval_block(b, ws, model, floating, eps, du, du2, stale, obj, pe, W)
+                if gradient:
+                    G.grad_block(b, ws, obj, pe, acc.gO[G.g.obj.ID], acc.gPe[gi], W)
+                return r
 
         parts = self._run(fn)
+        if self._compiled and gradient:
+            for gi in range(len(self.groups)):
+                self._acc[0].gPe[gi] += self._cg_probe_t[gi].sum(axis=0)
         self._stale = False
         sums = np.zeros(4)
         for r in parts:
@@ -1129,7 +1227,7 @@ class ML(Engine):
         prep = []
         for G in self.groups:
             g = G.g
-            if probe_on:
+            if probe_on and not self._compiled:
                 G.need_fc()
             G.fc_valid = probe_on
             hO = self._part(self.dirn, "obj", g.obj.ID)
@@ -1144,9 +1242,17 @@ class ML(Engine):
                 hpt = hpt2 = None
             prep.append((G.windows(g.obj.data), G.windows(hO), pt, hpt, hpt2))
 
-        def fn(gi, G, b, ws, acc):
-            obj, hO, pt, hpt, hpt2 = prep[gi]
-            return G.line_block(b, ws, model, probe_on, obj, hO, pt, hpt, hpt2, W)
+        if self._compiled:
+            def fn(gi, G, b, ws, acc):
+                _, _, pt, hpt, hpt2 = prep[gi]
+                g = G.g
+                r = G.compiled_line_block(b, ws, self._model_id, probe_on, self.eps, g.obj.data,
+                                          self._part(self.dirn, "obj", g.obj.ID), pt, hpt, hpt2, W)
+                return r if model == "gaussian" else np.concatenate([r[:3], r[9:]])
+        else:
+            def fn(gi, G, b, ws, acc):
+                obj, hO, pt, hpt, hpt2 = prep[gi]
+                return G.line_block(b, ws, model, probe_on, obj, hO, pt, hpt, hpt2, W)
 
         parts = self._run(fn)
         ncoef = 9 if model == "gaussian" else 3

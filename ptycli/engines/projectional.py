@@ -77,20 +77,27 @@ Frames are processed in blocks of ``block_frames`` (about 2 MB of complex
 data per block by default), so that the elementwise passes run in cache and
 the temporaries stay small; each block does one batched in-place forward and
 one inverse FFT over all its frames and modes (``scipy.fft``, workers from
-``ptycli.core.geometry.get_workers``). ``probe * object`` and the projection
-input are formed window by window while the frame is in cache; in the far
-field the work is done on ``pre * psi`` so the FFT needs no phase passes (the
-exit storage always holds the true exit waves). Frames inside the power
-bound skip the inverse FFT when a block has enough of them. The first object
-update's numerator is accumulated in the Fourier loop, and ``sum |P|^2``
-over the object only when the probe changed. Single precision throughout.
-Figures: ``benchmarks/bench_engines.py``.
+``ptycli.core.geometry.get_workers``). In the far field the work is done on
+``pre * psi`` so the FFT needs no phase passes (the exit storage always holds
+the true exit waves). The first object update's numerator is accumulated in
+the Fourier loop, and ``sum |P|^2`` over the object only when the probe
+changed. Single precision throughout.
+
+Two implementations compute the same numbers (``kernels``, see
+:func:`ptycli.engines.fused.use_compiled`): the compiled path
+(:mod:`ptycli.engines.fused`: per block one pass for the projection input,
+one per frame for the modulus constraint with its errors, one for the
+exit-wave update with the object numerator; overlap sums split by object
+row bands over the FFT threads) and the numpy path (window-by-window numpy
+calls; frames inside the power bound skip the inverse FFT when a block has
+enough of them). Figures: ``benchmarks/bench_engines.py``.
 """
 
 import numpy as np
 
 from .. import parallel
 from ..params.declare import Parameter
+from . import fused
 from .base import Engine, register
 from .posref import POSREF_PARAMS
 from .kernels import (fft_inplace, ifft_inplace, model_amplitude, fourier_errors, modulus_factor,
@@ -181,9 +188,20 @@ class ProjectionEngine(Engine):
         self._fuse_object = False
         nmodes = max((S.data.shape[0] for S in self.book.probe_storages.values()), default=1)
         self.c_obj = float(self.p.object_inertia) * self.mean_power * nmodes
+        n_pixels = sum(g.n_pods * g.shape[0] * g.shape[1] for g in self.book.groups)
+        self._compiled = fused.use_compiled(self.p.kernels, n_pixels, self.ctype == np.complex64)
+        if self._compiled:
+            self._threads = fused.threads()
+            self._bands = fused.BandCache(self._threads)
+            self._no_mask = np.ones((1, 1, 1), dtype=ftype)
+            self._pr_num_t = {sid: np.zeros((self._threads,) + S.data.shape, dtype=ctype)
+                              for sid, S in self.book.probe_storages.items()}
+            self._pr_den_t = {sid: np.zeros((self._threads,) + S.data.shape, dtype=ftype)
+                              for sid, S in self.book.probe_storages.items()}
 
     def engine_finalize(self):
-        for name in ("_scratch", "_ob_num", "_ob_den", "_pr_num", "_pr_den", "_blocks"):
+        for name in ("_scratch", "_ob_num", "_ob_den", "_pr_num", "_pr_den", "_blocks", "_pr_num_t",
+                     "_pr_den_t"):
             if hasattr(self, name):
                 delattr(self, name)
 
@@ -227,6 +245,8 @@ class ProjectionEngine(Engine):
         ``sum conj(P) psi`` is accumulated here while the new exit waves are
         in cache.
         """
+        if self._compiled:
+            return self._fourier_update_compiled(g, acc)
         sc = self._scratch[g.shape]
         H, W = g.shape
         alpha, beta = float(self.alpha), float(self.beta)
@@ -352,6 +372,47 @@ class ProjectionEngine(Engine):
                     num[ol[i], y:y + H, x:x + W] += frame_tmp
             g.write_exit(psi, p0, p1)
 
+    def _fourier_update_compiled(self, g, acc):
+        """:meth:`fourier_update` with the fused kernels of :mod:`ptycli.engines.fused`.
+
+        Per frame block: the projection input in one pass, the FFT, the
+        modulus constraint with its errors in one pass per frame, the inverse
+        FFT, and the exit-wave update (with the object numerator when
+        ``self._fuse_object``) in one pass split by object row bands.
+        """
+        sc = self._scratch[g.shape]
+        H, W = g.shape
+        alpha, beta = float(self.alpha), float(self.beta)
+        far = g.farfield
+        pre = g.factors.pre if far else sc["frame"]
+        post = g.factors.post_bw if far else sc["frame"]
+        pt = self._work_probe(g)
+        ob = g.obj.data
+        fuse = self._fuse_object
+        prc = np.conj(g.probe.data)
+        num = self._ob_num[g.obj.ID]  # written only when fuse
+        mask = g.mask.data if not g.mask_trivial else self._no_mask
+        nt = self._threads
+        for f0, f1, p0, p1 in self._blocks[id(g)]:
+            nb, npb = f1 - f0, p1 - p0
+            buf = sc["buf"][:npb]
+            psi = g.read_exit(p0, p1)
+            fused.projection_input(buf, psi, ob, pt, pre, far, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0,
+                                   np.float32(1.0 + alpha), np.float32(-alpha))
+            F = fft_inplace(buf) if far else g.propagator.fw(buf)
+            ferr, photon, valid, renorm = (np.empty(nb) for _ in range(4))
+            fused.modulus_constraint(F, g.pod_start[f0:f1 + 1] - p0, g.diff.data, g.frame_di[f0:f1], mask,
+                                     g.frame_ma[f0:f1] if not g.mask_trivial else np.zeros(nb, np.int64),
+                                     not g.mask_trivial, float(self.pbound), True, ferr, photon, valid, renorm)
+            acc.add(fourier=float(ferr.sum()), photon=float(photon.sum()), valid=float(valid.sum()))
+            G = ifft_inplace(F) if far else g.propagator.bw(F)
+            bands = self._bands.get(g, p0, p1)
+            change = np.zeros(nt)
+            fused.projection_update(psi, G, ob, pt, pre, post, far, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0,
+                                    beta, bands, fuse, num, prc, change)
+            acc.add_exit_change(float(change.sum()))
+            g.write_exit(psi, p0, p1)
+
     # -- overlap update ------------------------------------------------------------
     def overlap_update(self):
         """Alternate object and probe updates (see the module docstring)."""
@@ -394,6 +455,10 @@ class ProjectionEngine(Engine):
             if recompute_den:
                 self._ob_den[sid].fill(0)
         for g in self.book.groups:
+            if self._compiled:
+                if not fused or recompute_den:
+                    self._object_sums_compiled(g, not fused, recompute_den)
+                continue
             if not fused:
                 num = self._ob_num[g.obj.ID]
                 prc = np.conj(g.probe.data)
@@ -414,6 +479,23 @@ class ProjectionEngine(Engine):
         self._den_valid = True
         self.apply_object_constraints()
 
+    def _exit_ranges(self, g):
+        """Pod ranges for whole-group kernels: one range when the exit rows are contiguous, else the blocks."""
+        if g._ex_contig:
+            return [(0, g.n_pods)]
+        return [(p0, p1) for _, _, p0, p1 in self._blocks[id(g)]]
+
+    def _object_sums_compiled(self, g, want_num, want_den):
+        """Object numerator and/or denominator of group ``g`` with :func:`fused.object_sums`."""
+        pr = g.probe.data
+        prc = np.conj(pr)
+        p2 = (pr.real ** 2 + pr.imag ** 2).astype(self.ftype)
+        num, den = self._ob_num[g.obj.ID], self._ob_den[g.obj.ID]
+        for p0, p1 in self._exit_ranges(g):
+            bands = self._bands.get(g, p0, p1)
+            fused.object_sums(num, den, want_num, want_den, g.read_exit(p0, p1), prc, p2, g.ob_layer, g.ob_y,
+                              g.ob_x, g.pr_layer, p0, bands)
+
     def probe_update(self):
         """``P = (sum conj(O) psi + c_p P) / (sum |O|^2 + c_p)``; returns the relative change."""
         num_change = 0.0
@@ -422,14 +504,13 @@ class ProjectionEngine(Engine):
         cps = {}
         objc = {}
         objw = {}
-        for sid, S in self.book.obj_storages.items():
-            w = (S.data.real ** 2 + S.data.imag ** 2).astype(self.ftype)
-            objw[sid] = w
-            objc[sid] = np.conj(S.data)
         sums = np.zeros(2)
         for sid, S in self.book.obj_storages.items():
-            sums[0] += float(np.sum(objw[sid], dtype=np.float64))
-            sums[1] += objw[sid].size
+            sums[0] += float(np.vdot(S.data, S.data).real)
+            sums[1] += S.data.size
+            if not self._compiled:
+                objw[sid] = (S.data.real ** 2 + S.data.imag ** 2).astype(self.ftype)
+                objc[sid] = np.conj(S.data)
         mean_obj = sums[0] / max(sums[1], 1.0)
         cp = float(self.p.probe_inertia) * self.n_frames_total * max(mean_obj, 1e-30)
         for sid, S in self.book.probe_storages.items():
@@ -442,6 +523,16 @@ class ProjectionEngine(Engine):
         for g in self.book.groups:
             num = self._pr_num[g.probe.ID]
             den = self._pr_den[g.probe.ID]
+            if self._compiled:
+                num_t, den_t = self._pr_num_t[g.probe.ID], self._pr_den_t[g.probe.ID]
+                num_t.fill(0)
+                den_t.fill(0)
+                for p0, p1 in self._exit_ranges(g):
+                    fused.probe_sums(num_t, den_t, True, g.read_exit(p0, p1), g.obj.data, g.ob_layer, g.ob_y,
+                                     g.ob_x, g.pr_layer, p0)
+                num += num_t.sum(axis=0)
+                den += den_t.sum(axis=0)
+                continue
             tmp = self._scratch[g.shape]["frame"]
             for f0, f1, p0, p1 in self._blocks[id(g)]:
                 g.accumulate_probe(num, den, objc[g.obj.ID], objw[g.obj.ID], g.read_exit(p0, p1), p0, p1,
@@ -471,6 +562,8 @@ class ProjectionEngine(Engine):
         there, as after an overlap projection).
         """
         self._den_valid = False
+        if self._compiled:
+            self._bands.clear()
         if not self.RESET_MOVED_EXIT:
             return
         for gi, frames in moved.items():

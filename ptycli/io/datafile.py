@@ -25,7 +25,7 @@ Layout (version 1)
     /ground_truth/<name>      optional arrays (object, probe: complex), each
                               with attr psize (m) when known; scalar entries of
                               the ground truth dict are attributes of the group
-    /meta/label               string
+    /meta/label               string (fixed-length UTF-8; older files: variable-length)
     /meta/config_yaml         string (the configuration that made the file), optional
     /meta                     attrs: scalar entries of ScanData.meta (strings, numbers)
 
@@ -41,6 +41,7 @@ import numpy as np
 
 from ..errors import DataError
 from .atomic import atomic_write
+from .h5text import fixed_text
 from .reading import h5_text as _str
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "write_datafile", "read_datafile", "is_datafile",
@@ -157,9 +158,9 @@ def write_datafile(path, scan_data, config_yaml=None):
             if sd.ground_truth:
                 write_ground_truth(f.create_group("ground_truth"), sd.ground_truth)
             meta = f.create_group("meta")
-            meta.create_dataset("label", data=str(sd.label or ""))
+            meta.create_dataset("label", data=fixed_text(sd.label or ""))
             if config_yaml is not None:
-                meta.create_dataset("config_yaml", data=str(config_yaml))
+                meta.create_dataset("config_yaml", data=fixed_text(config_yaml))
             if sd.source:
                 meta.attrs["source"] = str(sd.source)
             for key, value in (sd.meta or {}).items():
@@ -176,10 +177,13 @@ def write_datafile(path, scan_data, config_yaml=None):
 def is_datafile(path):
     """True when ``path`` is an HDF5 file with ``format='ptycli-data'``."""
     import h5py
+
+    from .h5guard import check_structure
     try:
+        check_structure(path)
         with h5py.File(path, "r") as f:
             return _str(f.attrs.get("format", "")) == FORMAT
-    except (OSError, TypeError):
+    except (OSError, TypeError, DataError):
         return False
 
 
@@ -200,8 +204,10 @@ def read_datafile(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise DataError("data file %s does not exist" % path, hint="check the path")
+    from .h5guard import check_structure
     from .reading import reading
 
+    check_structure(path)  # a hang or crash of libhdf5 on a damaged file becomes a DataError
     try:
         f = h5py.File(path, "r")
     except OSError as exc:

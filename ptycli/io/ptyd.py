@@ -87,8 +87,10 @@ def open_hdf5(path, what="data file"):
     if not ok:
         raise DataError("%s %s is not an HDF5 file" % (what, path),
                         hint="expected an HDF5 file (.ptyd, .cxi, .h5)")
+    from .h5guard import check_structure
     from .reading import DAMAGED_HINT, reading
 
+    check_structure(path)  # a hang or crash of libhdf5 on a damaged file becomes a DataError
     try:
         f = h5py.File(path, "r")
     except OSError as exc:

@@ -81,6 +81,7 @@ import numpy as np
 
 from ..errors import DataError
 from .atomic import atomic_write
+from .h5text import fixed_text, fixed_texts
 from .reading import h5_text as _str
 
 __all__ = [
@@ -208,14 +209,14 @@ def write_tree(group, tree):
             ds.attrs["type"] = "complex"
             continue
         if isinstance(value, str):
-            ds = group.create_dataset(key, data=value, dtype=h5py.string_dtype("utf-8"))
+            ds = group.create_dataset(key, data=fixed_text(value))
             ds.attrs["type"] = "str"
             continue
         try:
             text = json.dumps(value, default=_json_default)
         except TypeError as exc:
             raise TypeError("engine state entry %r: %s" % (key, exc)) from None
-        ds = group.create_dataset(key, data=text, dtype=h5py.string_dtype("utf-8"))
+        ds = group.create_dataset(key, data=fixed_text(text))
         ds.attrs["type"] = "json"
 
 
@@ -288,16 +289,13 @@ def history_table(history):
 
 
 def _write_history(f, history):
-    import h5py
-
     g = f.create_group("history")
     g.attrs["columns"] = list(HISTORY_COLUMNS)
     table = history_table(history)
     for c in HISTORY_COLUMNS:
         values = table[c]
         if values.dtype == object:
-            ds = g.create_dataset(c, data=np.asarray(values, dtype=object) if len(values) else
-                                  np.zeros((0,), dtype=object), dtype=h5py.string_dtype("utf-8"))
+            ds = g.create_dataset(c, data=fixed_texts(values))
         else:
             ds = g.create_dataset(c, data=values)
         if c == "time_s":
@@ -400,8 +398,7 @@ def write_reconstruction(path, snap, kind="result"):
                 _set_attrs(eng.create_group(str(e["label"])), {k: v for k, v in e.items() if k != "label"})
 
             par = f.create_group("parameters")
-            par.create_dataset("yaml", data=str(snap.get("parameters_yaml") or ""),
-                               dtype=h5py.string_dtype("utf-8"))
+            par.create_dataset("yaml", data=fixed_text(snap.get("parameters_yaml") or ""))
             _set_attrs(par, {"config": snap.get("config"), "overrides": list(snap.get("overrides") or []) or None})
 
             prov = f.create_group("provenance")
@@ -473,10 +470,13 @@ def is_reconstruction(path):
     """True when ``path`` is an HDF5 file with ``format='ptycli-reconstruction'``."""
     import h5py
 
+    from .h5guard import check_structure
+
     try:
+        check_structure(path)
         with h5py.File(path, "r") as f:
             return _str(f.attrs.get("format", "")) == FORMAT
-    except (OSError, TypeError, ValueError):
+    except (OSError, TypeError, ValueError, DataError):
         return False
 
 

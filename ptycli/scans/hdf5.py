@@ -34,6 +34,7 @@ import os
 import numpy as np
 
 from ..errors import DataError
+from ..io.h5guard import check_structure
 from ..log import get_logger
 from ..params.declare import Parameter
 from .base import ScanLoader, register
@@ -146,6 +147,7 @@ class Hdf5Scan(ScanLoader):
             raise DataError("%s: %s is a folder, not an HDF5 file" % (self._where("dfile"), path),
                             hint="give the HDF5 file, or use NpyFolderScan for a folder of "
                             ".npy frames", validation=True)
+        check_structure(path, validation=True)  # a hang or crash of libhdf5 becomes a DataError
         try:
             return h5py.File(path, "r")
         except OSError as exc:

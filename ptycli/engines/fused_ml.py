@@ -1,0 +1,409 @@
+"""Fused compiled kernels (numba) of the ML engine.
+
+The compiled path of :class:`~ptycli.engines.ml.ML` keeps one array the size
+of the exit waves, the transforms ``F = fw(P O)`` at the current point, and
+works frame block by frame block with block-sized scratch:
+
+1. line pass: :func:`line_waves` forms the direction terms ``b`` and ``c``
+   of the exit waves, they are transformed (FFT), and :func:`line_sums`
+   accumulates the cost polynomial along the line from ``F``, ``Fb`` and
+   ``Fc`` in one pass per frame;
+2. evaluation at the new point: :func:`exit_product` forms ``P O``, it is
+   transformed into ``F``, :func:`evaluate` computes the floating scales,
+   cost, errors and the detector-plane gradient ``l' F``, which is
+   back-propagated (inverse FFT) and scattered by :func:`gradient_sums`.
+
+Four FFT passes per iteration (three while the probe is fixed), no
+per-pixel arrays kept between passes, so the peak memory is the model plus
+one exit-wave-sized array. Formulas: :mod:`ptycli.engines.ml`. Sums are
+per frame (or per thread) in float64; the caller adds them in a fixed order.
+
+Noise models (``model``): 0 gaussian, 1 poisson, 2 euclid.
+"""
+
+import numpy as np
+
+from .fused import njit, prange, _JIT, _INLINE
+
+__all__ = ["MODEL_IDS", "exit_product", "line_waves", "line_sums", "evaluate", "gradient_sums"]
+
+#: ``ML_type`` -> the kernels' model number
+MODEL_IDS = {"gaussian": 0, "poisson": 1, "euclid": 2}
+
+#: columns of :func:`line_sums`' output: 9 polynomial coefficients, then the exit-change sums
+N_LINE = 12
+
+
+@njit(**_JIT)
+def exit_product(out, ob, pt, ol, oy, ox, pl, p0):
+    """``out[k] = ob_window(i) * pt[pl[i]]`` for pods ``i = p0 + k``."""
+    npb, H, W = out.shape
+    for k in prange(npb):
+        i = p0 + k
+        lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
+        for y in range(H):
+            orow = ob[lo, y0 + y, x0:x0 + W]
+            prow = pt[q, y]
+            trow = out[k, y]
+            for x in range(W):
+                trow[x] = orow[x] * prow[x]
+
+
+@njit(**_JIT)
+def line_waves(Fb, Fc, probe_on, ob, hob, pt, hpt, hpt2, ol, oy, ox, pl, p0):
+    """Direction terms of the exit waves along ``(O + t hO, P + t hP)``.
+
+    ``Fb[k] = pt * hO_window + hpt * O_window`` and ``Fc[k] = hpt2 * hO_window``
+    when ``probe_on``; else ``Fb[k] = pt * hO_window`` (``Fc`` untouched).
+    ``pt``, ``hpt``, ``hpt2`` are probe-shaped and carry the line scaling.
+    """
+    npb, H, W = Fb.shape
+    for k in prange(npb):
+        i = p0 + k
+        lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
+        for y in range(H):
+            hrow = hob[lo, y0 + y, x0:x0 + W]
+            prow = pt[q, y]
+            brow = Fb[k, y]
+            if probe_on:
+                orow = ob[lo, y0 + y, x0:x0 + W]
+                qrow = hpt[q, y]
+                q2row = hpt2[q, y]
+                crow = Fc[k, y]
+                for x in range(W):
+                    h = hrow[x]
+                    brow[x] = prow[x] * h + qrow[x] * orow[x]
+                    crow[x] = q2row[x] * h
+            else:
+                for x in range(W):
+                    brow[x] = prow[x] * hrow[x]
+
+
+@njit(**_JIT)
+def line_sums(F, Fb, Fc, probe_on, pod_start, cscale, diff, drows, mask, mrows, use_mask, model, eps, out):
+    """Per-frame partial sums of the cost polynomial along the line (see the module docstring of ML).
+
+    ``out[j, 0:9]``: gaussian, the coefficients of ``sum w (D + I1 t + ... + I4 t^4)^2``;
+    otherwise ``[0, sum l' I1, sum (l'' I1^2 / 2 + l' I2), 0 ...]`` (Newton model).
+    ``out[j, 9:12]``: ``sum |Fb|^2``, ``sum 2 Re(Fb* Fc)``, ``sum |Fc|^2`` (unscaled).
+    ``cscale[j]`` is the frame's intensity scale (1 without floating intensities).
+    """
+    nf = out.shape[0]
+    H, W = F.shape[1], F.shape[2]
+    for j in prange(nf):
+        a, b = pod_start[j], pod_start[j + 1]
+        c = np.float32(cscale[j])
+        acc = np.zeros(N_LINE)
+        I = np.empty((5, W), dtype=np.float32)
+        mr = mrows[j] if use_mask else 0
+        for y in range(H):
+            ex = _line_powers(F, Fb, Fc, probe_on, a, b, y, I)
+            acc[9] += ex[0]
+            acc[10] += ex[1]
+            acc[11] += ex[2]
+            if model == 0:
+                r = _gauss_row(I, c, diff[drows[j], y], mask[mr, y], use_mask)
+                for k in range(9):
+                    acc[k] += r[k]
+            else:
+                r2 = _newton_row(I, c, diff[drows[j], y], mask[mr, y], use_mask, model, np.float32(eps))
+                acc[1] += r2[0]
+                acc[2] += r2[1]
+        for k in range(N_LINE):
+            out[j, k] = acc[k]
+
+
+@njit(**_INLINE)
+def _line_powers(F, Fb, Fc, probe_on, a, b, y, I):
+    """Row ``y`` of ``I0 .. I4`` (mode sums) into ``I[0:5]``; returns the row's exit-change sums."""
+    W = I.shape[1]
+    two = np.float32(2.0)
+    sb = 0.0
+    sbc = 0.0
+    sc = 0.0
+    for p in range(a, b):
+        frow = F[p, y]
+        brow = Fb[p, y]
+        first = p == a
+        rb = np.float32(0.0)
+        rbc = np.float32(0.0)
+        rc = np.float32(0.0)
+        if probe_on:
+            crow = Fc[p, y]
+            for x in range(W):
+                fa, fb, fc = frow[x], brow[x], crow[x]
+                b2 = fb.real * fb.real + fb.imag * fb.imag
+                bc = two * (fb.real * fc.real + fb.imag * fc.imag)
+                c2 = fc.real * fc.real + fc.imag * fc.imag
+                v0 = fa.real * fa.real + fa.imag * fa.imag
+                v1 = two * (fa.real * fb.real + fa.imag * fb.imag)
+                v2 = b2 + two * (fa.real * fc.real + fa.imag * fc.imag)
+                if first:
+                    I[0, x] = v0
+                    I[1, x] = v1
+                    I[2, x] = v2
+                    I[3, x] = bc
+                    I[4, x] = c2
+                else:
+                    I[0, x] += v0
+                    I[1, x] += v1
+                    I[2, x] += v2
+                    I[3, x] += bc
+                    I[4, x] += c2
+                rb += b2
+                rbc += bc
+                rc += c2
+        else:
+            for x in range(W):
+                fa, fb = frow[x], brow[x]
+                b2 = fb.real * fb.real + fb.imag * fb.imag
+                v0 = fa.real * fa.real + fa.imag * fa.imag
+                v1 = two * (fa.real * fb.real + fa.imag * fb.imag)
+                if first:
+                    I[0, x] = v0
+                    I[1, x] = v1
+                    I[2, x] = b2
+                    I[3, x] = np.float32(0.0)
+                    I[4, x] = np.float32(0.0)
+                else:
+                    I[0, x] += v0
+                    I[1, x] += v1
+                    I[2, x] += b2
+                rb += b2
+        sb += rb
+        sbc += rbc
+        sc += rc
+    return sb, sbc, sc
+
+
+@njit(**_INLINE)
+def _gauss_row(I, c, irow, mrow, use_mask):
+    """One row's coefficients of ``sum w (D + i1 t + i2 t^2 + i3 t^3 + i4 t^4)^2`` (9 floats)."""
+    W = I.shape[1]
+    one = np.float32(1.0)
+    two = np.float32(2.0)
+    zero = np.float32(0.0)
+    r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = r8 = zero
+    for x in range(W):
+        n = max(irow[x], zero)
+        w = one / (n + one)
+        if use_mask:
+            w = w * mrow[x]
+        d = c * I[0, x] - n
+        i1 = c * I[1, x]
+        i2 = c * I[2, x]
+        i3 = c * I[3, x]
+        i4 = c * I[4, x]
+        wd = w * d
+        w1 = w * i1
+        w2 = w * i2
+        w3 = w * i3
+        r0 += wd * d
+        r1 += two * wd * i1
+        r2 += two * wd * i2 + w1 * i1
+        r3 += two * (wd * i3 + w1 * i2)
+        r4 += two * (wd * i4 + w1 * i3) + w2 * i2
+        r5 += two * (w1 * i4 + w2 * i3)
+        r6 += two * w2 * i4 + w3 * i3
+        r7 += two * w3 * i4
+        r8 += w * i4 * i4
+    return (float(r0), float(r1), float(r2), float(r3), float(r4), float(r5), float(r6), float(r7),
+            float(r8))
+
+
+@njit(**_INLINE)
+def _newton_row(I, c, irow, mrow, use_mask, model, eps):
+    """One row's ``(sum l' I1, sum (l'' I1^2 / 2 + l' I2))`` (poisson: model 1, euclid: 2)."""
+    W = I.shape[1]
+    one = np.float32(1.0)
+    half = np.float32(0.5)
+    zero = np.float32(0.0)
+    s1 = zero
+    s2 = zero
+    for x in range(W):
+        n = max(irow[x], zero)
+        m = mrow[x] if use_mask else one
+        i1 = c * I[1, x]
+        ie = c * I[0, x] + eps
+        if model == 1:
+            r = n / ie
+            lp = m * (one - r)
+            lpp = m * r / ie
+        else:
+            sa = np.sqrt(ie)
+            fm = np.sqrt(n)
+            lp = m * (sa - fm) / sa
+            lpp = half * m * fm / (ie * sa)
+        s1 += lp * i1
+        s2 += half * lpp * i1 * i1 + lp * c * I[2, x]
+    return float(s1), float(s2)
+
+
+@njit(**_JIT)
+def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, floating, cscale, out):
+    """Cost, errors and the detector-plane gradient of a frame block.
+
+    Per frame ``j`` (pods ``pod_start[j] .. pod_start[j + 1] - 1``): with
+    ``floating`` the closed-form intensity scale into ``cscale[j]`` (else
+    ``cscale`` is used as given), then ``out[j] = [cost, sum mask (|F| - sqrt(n))^2,
+    sum mask (I - n)^2 / (n + 1), sum mask]`` with ``I = c sum |F|^2``, and
+    ``gF[p] = c l'(I) F[p]`` (the gradient with respect to the unscaled
+    waves' intensity, times the waves).
+    """
+    nf = out.shape[0]
+    H, W = F.shape[1], F.shape[2]
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    two = np.float32(2.0)
+    ep = np.float32(eps)
+    for j in prange(nf):
+        a, b = pod_start[j], pod_start[j + 1]
+        ir = np.empty(W, dtype=np.float32)
+        lp = np.empty(W, dtype=np.float32)
+        if floating:
+            num = 0.0
+            den = 0.0
+            for y in range(H):
+                _power(F, a, b, y, ir)
+                irow = diff[drows[j], y]
+                mrow = mask[mrows[j], y]
+                rn = zero
+                rd = zero
+                for x in range(W):
+                    n = max(irow[x], zero)
+                    m = mrow[x] if use_mask else one
+                    if model == 0:
+                        wi = m * ir[x] / (n + one)
+                        rn += wi * n
+                        rd += wi * ir[x]
+                    elif model == 1:
+                        rn += m * n
+                        rd += m * ir[x]
+                    else:
+                        rn += m * np.sqrt(ir[x] * n)
+                        rd += m * ir[x]
+                num += rn
+                den += rd
+            cs = num / den if (den > 0.0 and num > 0.0) else 1.0
+            if model == 2:
+                cs = cs * cs
+            cscale[j] = cs
+        c = np.float32(cscale[j])
+        cost = 0.0
+        ferr = 0.0
+        perr = 0.0
+        valid = 0.0
+        mr = mrows[j] if use_mask else 0
+        for y in range(H):
+            _power(F, a, b, y, ir)
+            r = _eval_row(ir, c, diff[drows[j], y], mask[mr, y], use_mask, model, ep, lp)
+            cost += r[0]
+            ferr += r[1]
+            perr += r[2]
+            valid += r[3]
+            for p in range(a, b):
+                frow = F[p, y]
+                grow = gF[p, y]
+                for x in range(W):
+                    grow[x] = frow[x] * lp[x]
+        out[j, 0] = cost
+        out[j, 1] = ferr
+        out[j, 2] = perr
+        out[j, 3] = valid
+
+
+@njit(**_INLINE)
+def _eval_row(ir, c, irow, mrow, use_mask, model, eps, lp):
+    """One row of :func:`evaluate`: ``lp = c l'(c ir)``; returns (cost, fourier, photon, valid) sums."""
+    W = ir.shape[0]
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    two = np.float32(2.0)
+    rc = zero
+    rf = zero
+    rp = zero
+    rv = zero
+    if model == 0:
+        for x in range(W):
+            n = max(irow[x], zero)
+            m = mrow[x] if use_mask else one
+            I = c * ir[x]
+            d = I - n
+            pw = m / (n + one)
+            rc += pw * d * d
+            lp[x] = c * two * pw * d
+            fa = np.sqrt(I) - np.sqrt(n)
+            rf += m * fa * fa
+            rv += m
+        rp = rc
+    elif model == 1:
+        for x in range(W):
+            n = max(irow[x], zero)
+            m = mrow[x] if use_mask else one
+            I = c * ir[x]
+            d = I - n
+            ie = I + eps
+            rc += m * (I - n * np.log(ie))
+            lp[x] = c * m * (one - n / ie)
+            fa = np.sqrt(I) - np.sqrt(n)
+            rf += m * fa * fa
+            rp += m * d * d / (n + one)
+            rv += m
+    else:
+        for x in range(W):
+            n = max(irow[x], zero)
+            m = mrow[x] if use_mask else one
+            I = c * ir[x]
+            d = I - n
+            sa = np.sqrt(I + eps)
+            fm = np.sqrt(n)
+            da = sa - fm
+            rc += m * da * da
+            lp[x] = c * m * da / sa
+            fa = np.sqrt(I) - fm
+            rf += m * fa * fa
+            rp += m * d * d / (n + one)
+            rv += m
+    return float(rc), float(rf), float(rp), float(rv)
+
+
+@njit(**_INLINE)
+def _power(F, a, b, y, out):
+    """``out[x] = sum_{p = a .. b-1} |F[p, y, x]|^2``."""
+    W = out.shape[0]
+    frow = F[a, y]
+    for x in range(W):
+        f = frow[x]
+        out[x] = f.real * f.real + f.imag * f.imag
+    for p in range(a + 1, b):
+        frow = F[p, y]
+        for x in range(W):
+            f = frow[x]
+            out[x] += f.real * f.real + f.imag * f.imag
+
+
+@njit(**_JIT)
+def gradient_sums(G, ob, pt, ol, oy, ox, pl, p0, cg_obj, cg_probe_t, bands):
+    """Conjugate gradients from the back-propagated waves ``G`` of a pod block.
+
+    ``cg_obj[ol, window] += pt[pl] * conj(G)`` (split by the object row
+    ``bands``, see :func:`ptycli.engines.fused.row_bands`) and
+    ``cg_probe_t[t, pl] += ob_window * conj(G)`` into the accumulator of band ``t``.
+    """
+    npb, H, W = G.shape
+    nb = bands.shape[0] - 1
+    for t in prange(nb):
+        r0, r1 = bands[t], bands[t + 1]
+        for k in range(npb):
+            i = p0 + k
+            lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
+            for y in range(max(0, r0 - y0), min(H, r1 - y0)):
+                orow = ob[lo, y0 + y, x0:x0 + W]
+                crow = cg_obj[lo, y0 + y, x0:x0 + W]
+                prow = pt[q, y]
+                grow = G[k, y]
+                cprow = cg_probe_t[t, q, y]
+                for x in range(W):
+                    g = np.conj(grow[x])
+                    cprow[x] += orow[x] * g
+                    crow[x] += prow[x] * g
