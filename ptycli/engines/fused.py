@@ -47,6 +47,10 @@ import numpy as np
 __all__ = ["available", "use_compiled", "AUTO_MIN_PIXELS", "threads", "row_bands", "BandCache", "projection_input", "modulus_constraint",
            "projection_update", "object_sums", "probe_sums"]
 
+# numba's OpenMP threads would otherwise spin after each parallel loop and slow down the FFT threads that
+# run next on the same cores (measured: DM 30 % slower on 2 cores); a user's explicit setting wins
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 try:  # numba is optional: the engines fall back to numpy
     import numba
     from numba import njit, prange

@@ -385,6 +385,10 @@ def load_array_file(path, what, param):
     except Exception as exc:
         raise DataError("%s: cannot read %s file %s (%s)" % (param, what, spec, exc)) from exc
     import h5py
+
+    from ..io.h5guard import check_structure
+
+    check_structure(spec)
     try:
         f = h5py.File(spec, "r")
     except OSError as exc:
