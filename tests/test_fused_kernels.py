@@ -44,7 +44,7 @@ def run(P, kernels, numiter=4, **pars):
     return recs, state(P)
 
 
-def assert_same(P, pars, dead_pixels=False, tol=1e-4):
+def assert_same(P, pars, dead_pixels=False, tol=1e-4, rtol=2e-4):
     if dead_pixels:
         m = P.mask.S["SMF"].data
         m[:, 3, 5] = 0
@@ -58,7 +58,7 @@ def assert_same(P, pars, dead_pixels=False, tol=1e-4):
             continue
         a = [r[key] for r in recs_np]
         b = [r[key] for r in recs_c]
-        np.testing.assert_allclose(b, a, rtol=2e-4, err_msg=key)
+        np.testing.assert_allclose(b, a, rtol=rtol, err_msg=key)
     for kind in out_np:
         for sid, a in out_np[kind].items():
             b = out_c[kind][sid]
@@ -133,3 +133,14 @@ def test_ml_compiled_equals_numpy(model, floating, layout):
     make_engine(P, dict(name="DM", numiter=5, kernels="numpy"), "dm").run()
     assert_same(P, dict(name="ML", ML_type=model, floating_intensities=floating, reg_del2=True),
                 dead_pixels=layout == "mask", tol=5e-4 if layout == "nearfield" else 1e-4)
+
+
+@pytest.mark.parametrize("name,extra,layout", [
+    ("ePIE", {}, "plain"), ("ePIE", {"object_step": 0.7, "probe_step": 0.5}, "mask"),
+    ("rPIE", {}, "plain"), ("rPIE", {"alpha": 0.2}, "mask"),
+])
+def test_pie_compiled_equals_numpy(name, extra, layout):
+    # rPIE's large steps where the probe is weak make it chaotic: a 1e-7 change of the start changes its
+    # third iteration's errors by 3e-4 (with numpy alone), so it is compared over two iterations
+    numiter = 2 if name == "rPIE" else 4
+    assert_same(build(), dict(name=name, numiter=numiter, **extra), dead_pixels=layout == "mask")

@@ -66,9 +66,11 @@ except Exception:  # pragma: no cover - depends on the installation
 
     prange = range
 
-_JIT = dict(parallel=True, fastmath=True, cache=True, nogil=True)
+#: numpy's error model: a division by zero gives inf/nan instead of a per-division check that
+#: blocks vectorisation (the engines test for NaN/Inf after every iteration)
+_JIT = dict(parallel=True, fastmath=True, cache=True, nogil=True, error_model="numpy")
 #: row helpers: inlined into the kernels (a called helper with array slices does not vectorise)
-_INLINE = dict(fastmath=True, nogil=True, cache=True, inline="always")
+_INLINE = dict(fastmath=True, nogil=True, cache=True, inline="always", error_model="numpy")
 _TINY = 1e-12
 
 

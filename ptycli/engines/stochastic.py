@@ -141,6 +141,7 @@ import scipy.fft as sp_fft
 
 from .. import parallel
 from ..params.declare import Parameter
+from . import fused
 from .base import Engine, register
 
 __all__ = [
@@ -365,7 +366,8 @@ class FrameKernel:
     """
 
     def __init__(self, shape, nprobe, nobj, dtype=np.complex64, pre=None, transfer=None, workers=None,
-                 object_step=1.0, probe_step=1.0, object_alpha=1.0, probe_alpha=1.0, photon_error=True):
+                 object_step=1.0, probe_step=1.0, object_alpha=1.0, probe_alpha=1.0, photon_error=True,
+                 compiled=False):
         from ..core.geometry import get_workers
 
         self.shape = tuple(int(s) for s in shape)
@@ -417,6 +419,8 @@ class FrameKernel:
         self.t_pr2 = self.t_pr[0]
         self.c_obj2 = self.c_obj[0]
         self._c2c = _C2C
+        # compiled single-mode step (ptycli.engines.fused_pie): complex64, far field with pre folded
+        self.compiled = bool(compiled) and self._single and self.pre is None and self.ctype == np.complex64
 
     # -- helpers --------------------------------------------------------------
     def _abs2_sum(self, modes, out, tmp):
@@ -633,6 +637,27 @@ class FrameKernel:
             np.add(P, self.t_pr2, out=P)
         return fourier, photon, fourier  # exit change == Fourier error sum (see _modulus)
 
+    def step_compiled(self, probe, obj, layer, y0, x0, sqrt_i, mask=None, intensity=None, update_probe=False):
+        """:meth:`step` with the kernels of :mod:`ptycli.engines.fused_pie` (one probe and one object mode).
+
+        The frame's object window is ``obj[layer, y0:y0+h, x0:x0+w]`` of the
+        object buffer ``obj``; ``probe`` is (1, h, w). Only when
+        ``self.compiled`` (complex64, far field with the pre factor folded).
+        """
+        from . import fused_pie
+
+        ex3 = self.ex3
+        P = probe[0]
+        max_p2, max_o2 = fused_pie.exit_wave(ex3[0], P, obj, layer, y0, x0)
+        ex3 = _FFT_FW(ex3, self.workers)
+        photon = intensity is not None and self.photon_error
+        fourier, photon_sum = fused_pie.modulus(ex3[0], sqrt_i, sqrt_i if mask is None else mask, mask is not None,
+                                                intensity if photon else sqrt_i, photon, float(self.eps))
+        ex3 = _FFT_BW(ex3, self.workers)
+        fused_pie.update(P, obj, layer, y0, x0, ex3[0], max_p2, max_o2, self.object_step, self.probe_step,
+                         self.object_alpha, self.probe_alpha, update_probe, self.tiny)
+        return fourier, photon_sum, fourier  # exit change == Fourier error sum (see _modulus)
+
     def _photon(self, sqrt_i, intensity):
         """``sum mask (I - |F|^2)^2 / (I + 1)`` from ``d = mask (sqrt I - |F|)`` (in ``self.d``, ``self.amp``).
 
@@ -693,6 +718,9 @@ class _GroupPlan:
         self.fmag = group.fmag()
         self.intensity = group.diff_frames()
         self.mask = group.mask_frames()  # None when all pixels are valid
+        self.obj_data = group.obj.data   # the live object buffer (compiled kernels address windows in it)
+        self.frame_y = group.frame_y     # live: position refinement may move frames
+        self.frame_x = group.frame_x
 
     def object_views(self):
         """Live object windows (nob, H, W) of every frame of the group."""
@@ -751,7 +779,7 @@ class PIESweep:
     """
 
     def __init__(self, book, object_step=1.0, probe_step=1.0, object_alpha=1.0, probe_alpha=1.0,
-                 photon_error=True):
+                 photon_error=True, compiled=False):
         self.book = book
         self.plans = []
         self.fold = {}
@@ -775,7 +803,7 @@ class PIESweep:
                 pre=None if (folded or not g.farfield) else g.factors.pre,
                 transfer=None if g.farfield else g.factors.pre,
                 object_step=object_step, probe_step=probe_step, object_alpha=object_alpha,
-                probe_alpha=probe_alpha, photon_error=photon_error)
+                probe_alpha=probe_alpha, photon_error=photon_error, compiled=compiled)
             self.plans.append(_GroupPlan(g, kernel, pr_rows, ob_rows))
         n = [p.group.n_frames for p in self.plans]
         self.n_frames = int(sum(n))
@@ -831,9 +859,14 @@ class PIESweep:
         plans = self.plans
         for gi, f in zip(self._gidx[order].tolist(), self._fidx[order].tolist()):
             p = plans[gi]
-            fe, pe, ch = p.kernel.step(probes[gi], views[gi][f], p.fmag[f],
-                                       None if p.mask is None else p.mask[f], p.intensity[f],
-                                       update_probe)
+            if p.kernel.compiled:
+                fe, pe, ch = p.kernel.step_compiled(probes[gi], p.obj_data, p.ob0, p.frame_y[f], p.frame_x[f],
+                                                    p.fmag[f], None if p.mask is None else p.mask[f],
+                                                    p.intensity[f], update_probe)
+            else:
+                fe, pe, ch = p.kernel.step(probes[gi], views[gi][f], p.fmag[f],
+                                           None if p.mask is None else p.mask[f], p.intensity[f],
+                                           update_probe)
             fourier += fe
             photon += pe
             change += ch
@@ -902,8 +935,10 @@ class PIEBase(Engine):
             if S.data.dtype != self.ctype:
                 raise TypeError("storage %s is %s, the model type %s" % (S.ID, S.data.dtype, self.ctype))
         oa, pa = self.alphas()
+        n_pixels = sum(g.n_pods * g.shape[0] * g.shape[1] for g in self.book.groups)
+        self._compiled = fused.use_compiled(self.p.kernels, n_pixels, self.ctype == np.complex64)
         self.sweeper = PIESweep(self.book, object_step=self.p.object_step, probe_step=self.p.probe_step,
-                                object_alpha=oa, probe_alpha=pa)
+                                object_alpha=oa, probe_alpha=pa, compiled=self._compiled)
 
     def engine_iterate(self, n):
         out = []
