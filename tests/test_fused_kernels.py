@@ -90,22 +90,6 @@ def test_projection_layouts_compiled_equals_numpy(layout):
     assert_same(P, pars, dead_pixels=layout == "mask", tol=5e-4 if layout == "nearfield" else 1e-4)
 
 
-def test_row_bands_split_the_window_rows_evenly():
-    rng = np.random.default_rng(1)
-    oy = np.sort(rng.integers(0, 200, 50))
-    H, n_rows = 32, 240
-    for n_bands in (1, 2, 3, 8):
-        b = fused.row_bands(oy, H, 0, 50, n_bands, n_rows)
-        assert b[0] == 0 and b[-1] == n_rows and np.all(np.diff(b) >= 0) and len(b) == n_bands + 1
-        # work (window rows) per band
-        rows = np.zeros(n_rows)
-        for y in oy:
-            rows[y:y + H] += 1
-        work = [rows[b[t]:b[t + 1]].sum() for t in range(n_bands)]
-        assert sum(work) == 50 * H
-        assert max(work) <= 50 * H / n_bands + 2 * H  # balanced to within a window or two
-
-
 def test_kernels_choice(monkeypatch):
     assert fused.use_compiled("numpy", 10 ** 9) is False
     assert fused.use_compiled("compiled", 10) is True

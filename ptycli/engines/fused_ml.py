@@ -4,6 +4,9 @@ The compiled path of :class:`~ptycli.engines.ml.ML` keeps one array the size
 of the exit waves, the transforms ``F = fw(P O)`` at the current point, and
 works frame block by frame block with block-sized scratch:
 
+Blocks run on the engine's threads (serial kernels that release the GIL,
+single-threaded FFTs, per-thread accumulators).
+
 1. line pass: :func:`line_waves` forms the direction terms ``b`` and ``c``
    of the exit waves, they are transformed (FFT), and :func:`line_sums`
    accumulates the cost polynomial along the line from ``F``, ``Fb`` and
@@ -23,7 +26,7 @@ Noise models (``model``): 0 gaussian, 1 poisson, 2 euclid.
 
 import numpy as np
 
-from .fused import njit, prange, _JIT, _INLINE
+from .fused import njit, _JIT, _INLINE
 
 __all__ = ["MODEL_IDS", "exit_product", "line_waves", "line_sums", "evaluate", "gradient_sums"]
 
@@ -38,7 +41,7 @@ N_LINE = 12
 def exit_product(out, ob, pt, ol, oy, ox, pl, p0):
     """``out[k] = ob_window(i) * pt[pl[i]]`` for pods ``i = p0 + k``."""
     npb, H, W = out.shape
-    for k in prange(npb):
+    for k in range(npb):
         i = p0 + k
         lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
         for y in range(H):
@@ -58,7 +61,7 @@ def line_waves(Fb, Fc, probe_on, ob, hob, pt, hpt, hpt2, ol, oy, ox, pl, p0):
     ``pt``, ``hpt``, ``hpt2`` are probe-shaped and carry the line scaling.
     """
     npb, H, W = Fb.shape
-    for k in prange(npb):
+    for k in range(npb):
         i = p0 + k
         lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
         for y in range(H):
@@ -90,7 +93,7 @@ def line_sums(F, Fb, Fc, probe_on, pod_start, cscale, diff, drows, mask, mrows, 
     """
     nf = out.shape[0]
     H, W = F.shape[1], F.shape[2]
-    for j in prange(nf):
+    for j in range(nf):
         a, b = pod_start[j], pod_start[j + 1]
         c = np.float32(cscale[j])
         acc = np.zeros(N_LINE)
@@ -256,7 +259,7 @@ def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, f
     one = np.float32(1.0)
     two = np.float32(2.0)
     ep = np.float32(eps)
-    for j in prange(nf):
+    for j in range(nf):
         a, b = pod_start[j], pod_start[j + 1]
         ir = np.empty(W, dtype=np.float32)
         lp = np.empty(W, dtype=np.float32)
@@ -383,27 +386,23 @@ def _power(F, a, b, y, out):
 
 
 @njit(**_JIT)
-def gradient_sums(G, ob, pt, ol, oy, ox, pl, p0, cg_obj, cg_probe_t, bands):
+def gradient_sums(G, ob, pt, ol, oy, ox, pl, p0, cg_obj, cg_probe):
     """Conjugate gradients from the back-propagated waves ``G`` of a pod block.
 
-    ``cg_obj[ol, window] += pt[pl] * conj(G)`` (split by the object row
-    ``bands``, see :func:`ptycli.engines.fused.row_bands`) and
-    ``cg_probe_t[t, pl] += ob_window * conj(G)`` into the accumulator of band ``t``.
+    ``cg_obj[ol, window] += pt[pl] * conj(G)`` and ``cg_probe[pl] += ob_window * conj(G)``
+    (the caller's per-thread accumulators).
     """
     npb, H, W = G.shape
-    nb = bands.shape[0] - 1
-    for t in prange(nb):
-        r0, r1 = bands[t], bands[t + 1]
-        for k in range(npb):
-            i = p0 + k
-            lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
-            for y in range(max(0, r0 - y0), min(H, r1 - y0)):
-                orow = ob[lo, y0 + y, x0:x0 + W]
-                crow = cg_obj[lo, y0 + y, x0:x0 + W]
-                prow = pt[q, y]
-                grow = G[k, y]
-                cprow = cg_probe_t[t, q, y]
-                for x in range(W):
-                    g = np.conj(grow[x])
-                    cprow[x] += orow[x] * g
-                    crow[x] += prow[x] * g
+    for k in range(npb):
+        i = p0 + k
+        lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
+        for y in range(H):
+            orow = ob[lo, y0 + y, x0:x0 + W]
+            crow = cg_obj[lo, y0 + y, x0:x0 + W]
+            prow = pt[q, y]
+            grow = G[k, y]
+            cprow = cg_probe[q, y]
+            for x in range(W):
+                g = np.conj(grow[x])
+                cprow[x] += orow[x] * g
+                crow[x] += prow[x] * g

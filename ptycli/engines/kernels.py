@@ -33,16 +33,59 @@ __all__ = ["fft_inplace", "ifft_inplace", "model_amplitude", "fourier_errors", "
 TINY = 1e-12
 
 
+def _make_fft():
+    """In-place unitary 2D FFTs over the last two axes: ``(forward, inverse)`` callables ``f(x, workers)``.
+
+    Uses pocketfft's ``c2c`` entry point of :mod:`scipy.fft` directly when it
+    is there and gives the same numbers as :func:`scipy.fft.fft2` (it saves
+    about 10 us of argument handling per call, a third of a 64 x 64
+    transform); otherwise :func:`scipy.fft.fft2`/``ifft2`` with
+    ``overwrite_x``. Both return the transformed array (the input buffer when
+    the transform could be done in place).
+    """
+    def fw_public(x, workers):
+        return sp_fft.fft2(x, axes=(-2, -1), norm="ortho", workers=workers, overwrite_x=True)
+
+    def bw_public(x, workers):
+        return sp_fft.ifft2(x, axes=(-2, -1), norm="ortho", workers=workers, overwrite_x=True)
+
+    try:
+        from scipy.fft._pocketfft import pypocketfft as _pp
+
+        c2c = _pp.c2c
+
+        def fw_direct(x, workers):
+            n = x.ndim
+            return c2c(x, (n - 2, n - 1), True, 1, x, workers)
+
+        def bw_direct(x, workers):
+            n = x.ndim
+            return c2c(x, (n - 2, n - 1), False, 1, x, workers)
+
+        rng = np.random.default_rng(5)
+        for dt in (np.complex64, np.complex128):
+            a = (rng.standard_normal((2, 6, 10)) + 1j * rng.standard_normal((2, 6, 10))).astype(dt)
+            if not (np.array_equal(fw_direct(a.copy(), 1), fw_public(a.copy(), 1))
+                    and np.array_equal(bw_direct(a.copy(), 1), bw_public(a.copy(), 1))):
+                raise ValueError("pocketfft c2c differs from scipy.fft")
+        return fw_direct, bw_direct
+    except Exception:  # private API moved or changed: the public functions are always right
+        return fw_public, bw_public
+
+
+
+
+_FFT_FW, _FFT_BW = _make_fft()
+
+
 def fft_inplace(x, workers=None):
     """Unitary forward FFT over the last two axes, overwriting ``x`` (complex); returns it."""
-    return sp_fft.fft2(x, axes=(-2, -1), norm="ortho", overwrite_x=True,
-                       workers=get_workers() if workers is None else workers)
+    return _FFT_FW(x, get_workers() if workers is None else workers)
 
 
 def ifft_inplace(x, workers=None):
     """Unitary inverse FFT over the last two axes, overwriting ``x`` (complex); returns it."""
-    return sp_fft.ifft2(x, axes=(-2, -1), norm="ortho", overwrite_x=True,
-                        workers=get_workers() if workers is None else workers)
+    return _FFT_BW(x, get_workers() if workers is None else workers)
 
 
 def model_amplitude(F, modes, out, tmp=None):

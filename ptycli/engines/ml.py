@@ -856,7 +856,7 @@ class _Group:
 
     # -- compiled path (fused_ml kernels; numba threads inside each kernel) ------------------
     def compiled_eval_block(self, b, ws, model_id, floating, eps, obj, probe_eff, workers, gradient,
-                            cg_obj, cg_probe_t, band_cache):
+                            cg_obj, cg_probe):
         """``F = fw(P O)`` of block ``b``, cost and errors; with ``gradient`` the scattered gradients."""
         g = self.g
         p0, p1, f0, f1 = b.p0, b.p1, b.f0, b.f1
@@ -869,9 +869,8 @@ class _Group:
                           self.mrows[f0:f1], self.use_mask, model_id, float(eps), floating, self.c[f0:f1], out)
         if gradient:
             self.bw_inplace(gF, workers)
-            bands = band_cache.get(g, p0, p1)
             fused_ml.gradient_sums(gF, obj, probe_eff, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0, cg_obj,
-                                   cg_probe_t, bands)
+                                   cg_probe)
         return out.sum(axis=0)
 
     def compiled_line_block(self, b, ws, model_id, probe_on, eps, obj, hobj, pt, hpt, hpt2, workers):
@@ -957,18 +956,13 @@ class ML(Engine):
         self.groups = []
         for g in book.groups:
             per_frame = max(1, g.modes or 1) * g.shape[0] * g.shape[1] * itemsize
-            nblock = max(1, (2 * BLOCK_BYTES if self._compiled else BLOCK_BYTES) // per_frame)
+            nblock = max(1, BLOCK_BYTES // per_frame)
             self.groups.append(_Group(g, self.model, self.ctype, self.ftype, nblock, compiled=self._compiled))
         self._items = [(gi, G, b) for gi, G in enumerate(self.groups) for b in G.blocks]
         # threads: blocks are shared out round-robin; FFT threads inside a block otherwise
-        # (compiled: one block at a time, the kernels and the FFT use all threads)
         total = max(1, int(_workers()))
-        self._nthreads = 1 if self._compiled else max(1, min(total, len(self._items)))
+        self._nthreads = max(1, min(total, len(self._items)))
         self._fft_workers = max(1, total // self._nthreads)
-        if self._compiled:
-            self._bands = fused.BandCache(fused.threads())
-            self._cg_probe_t = [np.zeros((self._bands.n_bands,) + G.g.probe.data.shape, self.ctype)
-                                for G in self.groups]
         self._pool = ThreadPoolExecutor(self._nthreads) if self._nthreads > 1 else None
         self._ws = [[G.workspace() for G in self.groups] for _ in range(self._nthreads)]
         self._acc = [_Accumulator(book, self.groups) for _ in range(self._nthreads)]
@@ -1088,8 +1082,6 @@ class ML(Engine):
         for G in self.groups:
             for b in G.blocks:
                 b.pods = G.pod_index(b)
-        if self._compiled:
-            self._bands.clear()
         self._stale = True
         self._restart = True
 
@@ -1160,13 +1152,11 @@ class ML(Engine):
         if self._compiled:
             for gi, G in enumerate(self.groups):
                 prep[gi] = (G.g.obj.data, prep[gi][1])
-                self._cg_probe_t[gi].fill(0)
-            acc0 = self._acc[0]
 
             def fn(gi, G, b, ws, acc):
                 obj, pe = prep[gi]
                 return G.compiled_eval_block(b, ws, self._model_id, floating, eps, obj, pe, W, gradient,
-                                             acc0.gO[G.g.obj.ID], self._cg_probe_t[gi], self._bands)
+                                             acc.gO[G.g.obj.ID], acc.gPe[gi])
         else:
             def fn(gi, G, b, ws, acc):
                 obj, pe = prep[gi]
@@ -1176,9 +1166,6 @@ class ML(Engine):
                 return r
 
         parts = self._run(fn)
-        if self._compiled and gradient:
-            for gi in range(len(self.groups)):
-                self._acc[0].gPe[gi] += self._cg_probe_t[gi].sum(axis=0)
         self._stale = False
         sums = np.zeros(4)
         for r in parts:

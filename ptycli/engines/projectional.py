@@ -191,17 +191,50 @@ class ProjectionEngine(Engine):
         n_pixels = sum(g.n_pods * g.shape[0] * g.shape[1] for g in self.book.groups)
         self._compiled = fused.use_compiled(self.p.kernels, n_pixels, self.ctype == np.complex64)
         if self._compiled:
-            self._threads = fused.threads()
-            self._bands = fused.BandCache(self._threads)
-            self._no_mask = np.ones((1, 1, 1), dtype=ftype)
-            self._pr_num_t = {sid: np.zeros((self._threads,) + S.data.shape, dtype=ctype)
-                              for sid, S in self.book.probe_storages.items()}
-            self._pr_den_t = {sid: np.zeros((self._threads,) + S.data.shape, dtype=ftype)
-                              for sid, S in self.book.probe_storages.items()}
+            self._init_compiled(shapes, max_pods)
+
+    def _init_compiled(self, shapes, max_pods):
+        """Thread pool, per-thread block buffers and accumulators of the compiled path.
+
+        Thread 0 uses the engine's own buffers and accumulators; the others
+        get their own (each an object- or probe-sized array), added into
+        thread 0's at the end of a pass.
+        """
+        from ..core.geometry import get_workers
+
+        self._pool = fused.BlockPool(get_workers())
+        T = self._pool.n
+        self._no_mask = np.ones((1, 1, 1), dtype=self.ftype)
+        # work items: one per frame block, with the block's constant index arrays
+        self._items = []
+        for g in self.book.groups:
+            for f0, f1, p0, p1 in self._blocks[id(g)]:
+                mrows = g.frame_ma[f0:f1].copy() if not g.mask_trivial else np.zeros(f1 - f0, np.int64)
+                self._items.append((g, (f0, f1, p0, p1), (g.pod_start[f0:f1 + 1] - p0, g.frame_di[f0:f1].copy(),
+                                                          mrows)))
+
+        def more(acc):
+            return [acc] + [{sid: np.zeros_like(a) for sid, a in acc.items()} for _ in range(T - 1)]
+
+        self._tbuf = [{shape: self._scratch[shape]["buf"] for shape in shapes}] + [
+            {shape: np.empty((max_pods,) + shape, dtype=self.ctype) for shape in shapes} for _ in range(T - 1)]
+        self._ob_num_t, self._ob_den_t = more(self._ob_num), more(self._ob_den)
+        self._pr_num_t, self._pr_den_t = more(self._pr_num), more(self._pr_den)
+
+    def _add_thread_sums(self, accs, zero=False):
+        """Add the accumulators of threads 1.. into thread 0's (``accs``: per-thread dicts); or zero them."""
+        for a in accs[1:]:
+            for sid, arr in a.items():
+                if zero:
+                    arr.fill(0)
+                else:
+                    accs[0][sid] += arr
 
     def engine_finalize(self):
-        for name in ("_scratch", "_ob_num", "_ob_den", "_pr_num", "_pr_den", "_blocks", "_pr_num_t",
-                     "_pr_den_t"):
+        if getattr(self, "_pool", None) is not None:
+            self._pool.close()
+        for name in ("_scratch", "_ob_num", "_ob_den", "_pr_num", "_pr_den", "_blocks", "_pool", "_items", "_tbuf",
+                     "_ob_num_t", "_ob_den_t", "_pr_num_t", "_pr_den_t"):
             if hasattr(self, name):
                 delattr(self, name)
 
@@ -228,8 +261,11 @@ class ProjectionEngine(Engine):
             self._fuse_object = bool(self.p.update_object_first) or not self.probe_update_due()
             if self._fuse_object:
                 self._init_object_numerator()
-            for g in self.book.groups:
-                self.fourier_update(g, acc)
+            if self._compiled:
+                self._fourier_pass_compiled(acc)
+            else:
+                for g in self.book.groups:
+                    self.fourier_update(g, acc)
             self.overlap_update()
             out.append(acc.reduce())
         return out
@@ -245,8 +281,6 @@ class ProjectionEngine(Engine):
         ``sum conj(P) psi`` is accumulated here while the new exit waves are
         in cache.
         """
-        if self._compiled:
-            return self._fourier_update_compiled(g, acc)
         sc = self._scratch[g.shape]
         H, W = g.shape
         alpha, beta = float(self.alpha), float(self.beta)
@@ -372,46 +406,52 @@ class ProjectionEngine(Engine):
                     num[ol[i], y:y + H, x:x + W] += frame_tmp
             g.write_exit(psi, p0, p1)
 
-    def _fourier_update_compiled(self, g, acc):
-        """:meth:`fourier_update` with the fused kernels of :mod:`ptycli.engines.fused`.
+    def _fourier_pass_compiled(self, acc):
+        """:meth:`fourier_update` of every group with the fused kernels of :mod:`ptycli.engines.fused`.
 
-        Per frame block: the projection input in one pass, the FFT, the
-        modulus constraint with its errors in one pass per frame, the inverse
-        FFT, and the exit-wave update (with the object numerator when
-        ``self._fuse_object``) in one pass split by object row bands.
+        Per frame block (blocks of all groups dealt to the threads of
+        ``self._pool``): the projection input in one pass, the FFT (one
+        thread), the modulus constraint with its errors in one pass per
+        frame, the inverse FFT, and the exit-wave update (with the object
+        numerator into the thread's accumulator when ``self._fuse_object``)
+        in one pass.
         """
-        sc = self._scratch[g.shape]
-        H, W = g.shape
         alpha, beta = float(self.alpha), float(self.beta)
-        far = g.farfield
-        pre = g.factors.pre if far else sc["frame"]
-        post = g.factors.post_bw if far else sc["frame"]
-        pt = self._work_probe(g)
-        ob = g.obj.data
+        a1, ma = np.float32(1.0 + alpha), np.float32(-alpha)
         fuse = self._fuse_object
-        prc = np.conj(g.probe.data)
-        num = self._ob_num[g.obj.ID]  # written only when fuse
-        mask = g.mask.data if not g.mask_trivial else self._no_mask
-        nt = self._threads
-        for f0, f1, p0, p1 in self._blocks[id(g)]:
-            nb, npb = f1 - f0, p1 - p0
-            buf = sc["buf"][:npb]
+        if fuse:
+            self._add_thread_sums(self._ob_num_t, zero=True)
+        prep = {}
+        for g in self.book.groups:
+            frame = self._scratch[g.shape]["frame"]  # placeholder for the unused factors (near field)
+            prep[id(g)] = (g.factors.pre if g.farfield else frame, g.factors.post_bw if g.farfield else frame,
+                           self._work_probe(g), np.conj(g.probe.data),
+                           g.mask.data if not g.mask_trivial else self._no_mask)
+
+        pbound = float(self.pbound)
+
+        def work(k, item):
+            g, (f0, f1, p0, p1), (pod_start, drows, mrows) = item
+            pre, post, pt, prc, mask = prep[id(g)]
+            far, ob = g.farfield, g.obj.data
+            buf = self._tbuf[k][g.shape][:p1 - p0]
             psi = g.read_exit(p0, p1)
-            fused.projection_input(buf, psi, ob, pt, pre, far, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0,
-                                   np.float32(1.0 + alpha), np.float32(-alpha))
-            F = fft_inplace(buf) if far else g.propagator.fw(buf)
-            ferr, photon, valid, renorm = (np.empty(nb) for _ in range(4))
-            fused.modulus_constraint(F, g.pod_start[f0:f1 + 1] - p0, g.diff.data, g.frame_di[f0:f1], mask,
-                                     g.frame_ma[f0:f1] if not g.mask_trivial else np.zeros(nb, np.int64),
-                                     not g.mask_trivial, float(self.pbound), True, ferr, photon, valid, renorm)
-            acc.add(fourier=float(ferr.sum()), photon=float(photon.sum()), valid=float(valid.sum()))
-            G = ifft_inplace(F) if far else g.propagator.bw(F)
-            bands = self._bands.get(g, p0, p1)
-            change = np.zeros(nt)
-            fused.projection_update(psi, G, ob, pt, pre, post, far, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0,
-                                    beta, bands, fuse, num, prc, change)
-            acc.add_exit_change(float(change.sum()))
+            fused.projection_input(buf, psi, ob, pt, pre, far, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0, a1, ma)
+            F = fft_inplace(buf, workers=1) if far else g.propagator.fw(buf)
+            sums = np.empty((4, f1 - f0))
+            fused.modulus_constraint(F, pod_start, g.diff.data, drows, mask, mrows, not g.mask_trivial, pbound,
+                                     True, *sums)
+            G = ifft_inplace(F, workers=1) if far else g.propagator.bw(F)
+            change = fused.projection_update(psi, G, ob, pt, pre, post, far, g.ob_layer, g.ob_y, g.ob_x,
+                                             g.pr_layer, p0, beta, fuse, self._ob_num_t[k][g.obj.ID], prc)
             g.write_exit(psi, p0, p1)
+            return float(sums[0].sum()), float(sums[1].sum()), float(sums[2].sum()), change
+
+        for fourier, photon, valid, change in self._pool.map(work, self._items):  # fixed order
+            acc.add(fourier=fourier, photon=photon, valid=valid)
+            acc.add_exit_change(change)
+        if fuse:
+            self._add_thread_sums(self._ob_num_t)
 
     # -- overlap update ------------------------------------------------------------
     def overlap_update(self):
@@ -454,11 +494,10 @@ class ProjectionEngine(Engine):
         for sid, S in self.book.obj_storages.items():
             if recompute_den:
                 self._ob_den[sid].fill(0)
-        for g in self.book.groups:
-            if self._compiled:
-                if not fused or recompute_den:
-                    self._object_sums_compiled(g, not fused, recompute_den)
-                continue
+        if self._compiled:
+            if not fused or recompute_den:
+                self._object_sums_compiled(not fused, recompute_den)
+        for g in self.book.groups if not self._compiled else ():
             if not fused:
                 num = self._ob_num[g.obj.ID]
                 prc = np.conj(g.probe.data)
@@ -479,22 +518,28 @@ class ProjectionEngine(Engine):
         self._den_valid = True
         self.apply_object_constraints()
 
-    def _exit_ranges(self, g):
-        """Pod ranges for whole-group kernels: one range when the exit rows are contiguous, else the blocks."""
-        if g._ex_contig:
-            return [(0, g.n_pods)]
-        return [(p0, p1) for _, _, p0, p1 in self._blocks[id(g)]]
+    def _object_sums_compiled(self, want_num, want_den):
+        """Object numerator and/or denominator (:func:`fused.object_sums`) over all blocks, on the threads."""
+        if want_num:
+            self._add_thread_sums(self._ob_num_t, zero=True)
+        if want_den:
+            self._add_thread_sums(self._ob_den_t, zero=True)
+        prep = {}
+        for g in self.book.groups:
+            pr = g.probe.data
+            prep[id(g)] = (np.conj(pr), (pr.real ** 2 + pr.imag ** 2).astype(self.ftype))
 
-    def _object_sums_compiled(self, g, want_num, want_den):
-        """Object numerator and/or denominator of group ``g`` with :func:`fused.object_sums`."""
-        pr = g.probe.data
-        prc = np.conj(pr)
-        p2 = (pr.real ** 2 + pr.imag ** 2).astype(self.ftype)
-        num, den = self._ob_num[g.obj.ID], self._ob_den[g.obj.ID]
-        for p0, p1 in self._exit_ranges(g):
-            bands = self._bands.get(g, p0, p1)
-            fused.object_sums(num, den, want_num, want_den, g.read_exit(p0, p1), prc, p2, g.ob_layer, g.ob_y,
-                              g.ob_x, g.pr_layer, p0, bands)
+        def work(k, item):
+            g, (f0, f1, p0, p1), _ = item
+            prc, p2 = prep[id(g)]
+            fused.object_sums(self._ob_num_t[k][g.obj.ID], self._ob_den_t[k][g.obj.ID], want_num, want_den,
+                              g.read_exit(p0, p1), prc, p2, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0)
+
+        self._pool.map(work, self._items)
+        if want_num:
+            self._add_thread_sums(self._ob_num_t)
+        if want_den:
+            self._add_thread_sums(self._ob_den_t)
 
     def probe_update(self):
         """``P = (sum conj(O) psi + c_p P) / (sum |O|^2 + c_p)``; returns the relative change."""
@@ -520,23 +565,26 @@ class ProjectionEngine(Engine):
                 self._pr_num[sid].fill(0)
             self._pr_den[sid].fill(0)
             cps[sid] = cp
-        for g in self.book.groups:
-            num = self._pr_num[g.probe.ID]
-            den = self._pr_den[g.probe.ID]
-            if self._compiled:
-                num_t, den_t = self._pr_num_t[g.probe.ID], self._pr_den_t[g.probe.ID]
-                num_t.fill(0)
-                den_t.fill(0)
-                for p0, p1 in self._exit_ranges(g):
-                    fused.probe_sums(num_t, den_t, True, g.read_exit(p0, p1), g.obj.data, g.ob_layer, g.ob_y,
-                                     g.ob_x, g.pr_layer, p0)
-                num += num_t.sum(axis=0)
-                den += den_t.sum(axis=0)
-                continue
-            tmp = self._scratch[g.shape]["frame"]
-            for f0, f1, p0, p1 in self._blocks[id(g)]:
-                g.accumulate_probe(num, den, objc[g.obj.ID], objw[g.obj.ID], g.read_exit(p0, p1), p0, p1,
-                                   tmp=tmp)
+        if self._compiled:
+            self._add_thread_sums(self._pr_num_t, zero=True)
+            self._add_thread_sums(self._pr_den_t, zero=True)
+
+            def work(k, item):
+                g, (f0, f1, p0, p1), _ = item
+                fused.probe_sums(self._pr_num_t[k][g.probe.ID], self._pr_den_t[k][g.probe.ID], True,
+                                 g.read_exit(p0, p1), g.obj.data, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0)
+
+            self._pool.map(work, self._items)
+            self._add_thread_sums(self._pr_num_t)
+            self._add_thread_sums(self._pr_den_t)
+        else:
+            for g in self.book.groups:
+                num = self._pr_num[g.probe.ID]
+                den = self._pr_den[g.probe.ID]
+                tmp = self._scratch[g.shape]["frame"]
+                for f0, f1, p0, p1 in self._blocks[id(g)]:
+                    g.accumulate_probe(num, den, objc[g.obj.ID], objw[g.obj.ID], g.read_exit(p0, p1), p0, p1,
+                                       tmp=tmp)
         for sid, S in self.book.probe_storages.items():
             num = self._pr_num[sid]
             den = self._pr_den[sid]
@@ -562,8 +610,6 @@ class ProjectionEngine(Engine):
         there, as after an overlap projection).
         """
         self._den_valid = False
-        if self._compiled:
-            self._bands.clear()
         if not self.RESET_MOVED_EXIT:
             return
         for gi, frames in moved.items():

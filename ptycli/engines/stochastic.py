@@ -143,6 +143,7 @@ from .. import parallel
 from ..params.declare import Parameter
 from . import fused
 from .base import Engine, register
+from .kernels import _FFT_BW, _FFT_FW
 
 __all__ = [
     "EPIE",
@@ -276,49 +277,6 @@ def visiting_order(rng, n):
 # --------------------------------------------------------------------------
 # the fast per-frame kernel
 # --------------------------------------------------------------------------
-
-def _make_fft():
-    """In-place unitary 2D FFTs over the last two axes: ``(forward, inverse)`` callables ``f(x, workers)``.
-
-    Uses pocketfft's ``c2c`` entry point of :mod:`scipy.fft` directly when it
-    is there and gives the same numbers as :func:`scipy.fft.fft2` (it saves
-    about 10 us of argument handling per call, a third of a 64 x 64
-    transform); otherwise :func:`scipy.fft.fft2`/``ifft2`` with
-    ``overwrite_x``. Both return the transformed array (the input buffer when
-    the transform could be done in place).
-    """
-    def fw_public(x, workers):
-        return sp_fft.fft2(x, axes=(-2, -1), norm="ortho", workers=workers, overwrite_x=True)
-
-    def bw_public(x, workers):
-        return sp_fft.ifft2(x, axes=(-2, -1), norm="ortho", workers=workers, overwrite_x=True)
-
-    try:
-        from scipy.fft._pocketfft import pypocketfft as _pp
-
-        c2c = _pp.c2c
-
-        def fw_direct(x, workers):
-            n = x.ndim
-            return c2c(x, (n - 2, n - 1), True, 1, x, workers)
-
-        def bw_direct(x, workers):
-            n = x.ndim
-            return c2c(x, (n - 2, n - 1), False, 1, x, workers)
-
-        rng = np.random.default_rng(5)
-        for dt in (np.complex64, np.complex128):
-            a = (rng.standard_normal((2, 6, 10)) + 1j * rng.standard_normal((2, 6, 10))).astype(dt)
-            if not (np.array_equal(fw_direct(a.copy(), 1), fw_public(a.copy(), 1))
-                    and np.array_equal(bw_direct(a.copy(), 1), bw_public(a.copy(), 1))):
-                raise ValueError("pocketfft c2c differs from scipy.fft")
-        return fw_direct, bw_direct
-    except Exception:  # private API moved or changed: the public functions are always right
-        return fw_public, bw_public
-
-
-_FFT_FW, _FFT_BW = _make_fft()
-
 
 def _raw_c2c():
     """pocketfft's ``c2c(x, axes, forward, norm, out, workers)`` when :func:`_make_fft` validated it."""
