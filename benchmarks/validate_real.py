@@ -79,7 +79,10 @@ def run(name, cfg_text, out):
         return None
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     png = os.path.join(out, name + ".png")
-    subprocess.run([sys.executable, "-m", "ptycli", "plot", result, "-o", png], capture_output=True, text=True)
+    plot = subprocess.run([sys.executable, "-m", "ptycli", "plot", result, "-o", png, "--force"],
+                          capture_output=True, text=True)
+    if plot.returncode != 0:
+        png = "no picture (%s)" % (plot.stderr.strip().splitlines() or ["plot exit %d" % plot.returncode])[-1]
     errs = summary["final_errors"]
     print("%-8s %5.1f s  fourier error %.4g  photon error %.4g  likelihood %s  -> %s, %s" % (
         name, time.time() - t0, errs.get("fourier_error"), errs.get("photon_error"),

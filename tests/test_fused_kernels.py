@@ -16,6 +16,11 @@ from ptycli.errors import EngineError
 pytestmark = pytest.mark.skipif(not fused.available(), reason="numba is not installed")
 
 
+@pytest.fixture(autouse=True)
+def _no_kernel_override(monkeypatch):
+    monkeypatch.delenv("PTYCLI_KERNELS", raising=False)  # the tests choose the kernels themselves
+
+
 def build(frames=24, shape=32, propagation="farfield", probe_modes=1, object_modes=1):
     scan = dict(name="Full", propagation=propagation,
                 coherence=dict(num_probe_modes=probe_modes, num_object_modes=object_modes),
@@ -128,3 +133,31 @@ def test_pie_compiled_equals_numpy(name, extra, layout):
     # third iteration's errors by 3e-4 (with numpy alone), so it is compared over two iterations
     numiter = 2 if name == "rPIE" else 4
     assert_same(build(), dict(name=name, numiter=numiter, **extra), dead_pixels=layout == "mask")
+
+
+@pytest.mark.parametrize("name", ["DM", "ML", "ePIE"])
+def test_compiled_resume_is_exact(name):
+    """Stopping after 3 iterations and resuming from the state gives the uninterrupted result."""
+    P = build(frames=30)
+    start = state(P)
+    pars = dict(name=name, numiter=6, probe_update_start=1, kernels="compiled")
+    if name == "DM":
+        pars["block_frames"] = 7  # several blocks: both threads busy
+    e = make_engine(P, pars, "a")
+    e.initialize()
+    e.iterate(6)
+    e.finalize()
+    straight = state(P)
+    restore(P, start)
+    e = make_engine(P, pars, "b")
+    e.initialize()
+    e.iterate(3)
+    saved = e.state_dict()
+    e.finalize()
+    restore(P, start)  # a fresh process would start from the checkpoint only
+    e = make_engine(P, pars, "c")
+    e.load_state(saved)
+    e.iterate(3)
+    e.finalize()
+    for kind in ("probe", "obj"):
+        np.testing.assert_array_equal(state(P)[kind]["SMF"], straight[kind]["SMF"], err_msg=kind)

@@ -656,6 +656,7 @@ class Engine:
             if np.hypot(*d) <= float(tol):
                 continue
             s = np.round(d).astype(int)
+            self.sync()  # the true exit waves (an engine's working form need not commute with the shift)
             S.data[...] = np.roll(S.data, tuple(s), axis=(-2, -1))
             shifts[sid] = s
             for g in self.book.groups:

@@ -303,22 +303,38 @@ def projection_update(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, be
             nrow = num[lo, y0 + y, x0:x0 + W]
             crow = prc[q, y]
             cr = np.float32(0.0)
-            if use_pre and fuse:  # the common cases (far field) in one loop
-                qrow = post[y]
-                if one:
+            if fuse:  # the common cases in one loop each
+                if use_pre:
+                    qrow = post[y]
+                    if one:
+                        for x in range(W):
+                            dx = grow[x] - orow[x] * prow[x]
+                            cr += dx.real * dx.real + dx.imag * dx.imag
+                            new = srow[x] + dx * qrow[x]
+                            srow[x] = new
+                            nrow[x] += crow[x] * new
+                    else:
+                        rrow = pre[y]
+                        for x in range(W):
+                            pw = orow[x] * prow[x]
+                            dx = bc * (grow[x] - pw) + ib * (pw - srow[x] * rrow[x])
+                            cr += dx.real * dx.real + dx.imag * dx.imag
+                            new = srow[x] + dx * qrow[x]
+                            srow[x] = new
+                            nrow[x] += crow[x] * new
+                elif one:
                     for x in range(W):
                         dx = grow[x] - orow[x] * prow[x]
                         cr += dx.real * dx.real + dx.imag * dx.imag
-                        new = srow[x] + dx * qrow[x]
+                        new = srow[x] + dx
                         srow[x] = new
                         nrow[x] += crow[x] * new
                 else:
-                    rrow = pre[y]
                     for x in range(W):
                         pw = orow[x] * prow[x]
-                        dx = bc * (grow[x] - pw) + ib * (pw - srow[x] * rrow[x])
+                        dx = bc * (grow[x] - pw) + ib * (pw - srow[x])
                         cr += dx.real * dx.real + dx.imag * dx.imag
-                        new = srow[x] + dx * qrow[x]
+                        new = srow[x] + dx
                         srow[x] = new
                         nrow[x] += crow[x] * new
                 ch += cr

@@ -129,6 +129,22 @@ _PROJECTION_PARAMS = [
 ]
 
 
+def _balanced_blocks(g, max_frames):
+    """Frame blocks of group ``g`` of at most ``max_frames`` frames, as equal as possible, their number a
+    multiple of the FFT workers (so the threads of the compiled path get equal shares).
+
+    Returns ``[(f0, f1, p0, p1)]`` as :meth:`~ptycli.engines.addressing.PodGroup.blocks`.
+    """
+    from ..core.geometry import get_workers
+
+    n = g.n_frames
+    T = max(1, int(get_workers()))
+    count = -(-n // max(1, int(max_frames)))
+    count = max(1, min(n, -(-count // T) * T))
+    edges = np.unique(np.round(np.linspace(0, n, count + 1)).astype(np.int64))
+    return [(int(f0), int(f1), int(g.pod_start[f0]), int(g.pod_start[f1])) for f0, f1 in zip(edges[:-1], edges[1:])]
+
+
 class ProjectionEngine(Engine):
     """Generalised projection update (see the module docstring).
 
@@ -158,11 +174,10 @@ class ProjectionEngine(Engine):
         for g in self.book.groups:
             H, W = g.shape
             if self.p.get("block_frames"):
-                bf = int(self.p.block_frames)
+                blocks = g.blocks(int(self.p.block_frames))
             else:
                 per_frame = max(1, (g.n_pods // max(g.n_frames, 1))) * H * W * np.dtype(ctype).itemsize
-                bf = max(1, int(2 * 2 ** 20 // per_frame))
-            blocks = g.blocks(bf)
+                blocks = _balanced_blocks(g, max(1, int(2 * 2 ** 20 // per_frame)))
             self._blocks[id(g)] = blocks
             for f0, f1, p0, p1 in blocks:
                 max_pods = max(max_pods, p1 - p0)
