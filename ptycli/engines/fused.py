@@ -140,6 +140,20 @@ class BlockPool:
             out[k::T] = parts[k]
         return out
 
+    def rows(self, fn, arrays):
+        """Run ``fn(k, sl)`` over row slices ``sl`` (along axis -2) of object-sized arrays, one per thread.
+
+        For elementwise numpy work on whole storages (numpy releases the GIL):
+        each thread gets a contiguous band of rows of every array in
+        ``arrays`` (dicts or lists of arrays, all banded alike per array).
+        """
+        T = self.n
+        if T == 1:
+            return [fn(0, slice(None))]
+        n = max(a.shape[-2] for a in arrays) if arrays else 0
+        edges = np.linspace(0, n, T + 1).round().astype(int)
+        return self.map(lambda k, b: fn(k, slice(int(b[0]), int(b[1]))), list(zip(edges[:-1], edges[1:])))
+
     def close(self):
         if self._pool is not None:
             self._pool.shutdown(wait=True)

@@ -237,13 +237,23 @@ class ProjectionEngine(Engine):
         self._pr_num_t, self._pr_den_t = more(self._pr_num), more(self._pr_den)
 
     def _add_thread_sums(self, accs, zero=False):
-        """Add the accumulators of threads 1.. into thread 0's (``accs``: per-thread dicts); or zero them."""
-        for a in accs[1:]:
-            for sid, arr in a.items():
-                if zero:
-                    arr.fill(0)
-                else:
-                    accs[0][sid] += arr
+        """Add the accumulators of threads 1.. into thread 0's (``accs``: per-thread dicts); or zero them.
+
+        Object-sized accumulators are split into row bands over the threads.
+        """
+        if len(accs) < 2:
+            return
+        for sid, target in accs[0].items():
+            others = [a[sid] for a in accs[1:]]
+
+            def work(k, rows):
+                for arr in others:
+                    if zero:
+                        arr[..., rows, :] = 0
+                    else:
+                        target[..., rows, :] += arr[..., rows, :]
+
+            self._pool.rows(work, [target])
 
     def engine_finalize(self):
         if getattr(self, "_pool", None) is not None:
@@ -490,10 +500,21 @@ class ProjectionEngine(Engine):
     def _init_object_numerator(self):
         c = self.ctype.type(self.c_obj)
         for sid, S in self.book.obj_storages.items():
-            if parallel.master:  # the inertia term enters the MPI sum once
-                np.multiply(S.data, c, out=self._ob_num[sid])
-            else:
-                self._ob_num[sid].fill(0)
+            num = self._ob_num[sid]
+
+            def work(k, rows, S=S, num=num):
+                if parallel.master:  # the inertia term enters the MPI sum once
+                    np.multiply(S.data[..., rows, :], c, out=num[..., rows, :])
+                else:
+                    num[..., rows, :] = 0
+
+            self._row_work(work, [num])
+
+    def _row_work(self, fn, arrays):
+        """``fn(k, rows)`` over row bands on the compiled path's threads (one call on the numpy path)."""
+        if getattr(self, "_pool", None) is not None:
+            return self._pool.rows(fn, arrays)
+        return [fn(0, slice(None))]
 
     def object_update(self):
         """``O = (sum conj(P) psi + c_o O) / (sum |P|^2 + c_o)`` for every object storage.
@@ -522,14 +543,21 @@ class ProjectionEngine(Engine):
             if recompute_den:
                 p2 = (g.probe.data.real ** 2 + g.probe.data.imag ** 2).astype(self.ftype)
                 g.scatter_object_const(self._ob_den[g.obj.ID], p2)
+        c_obj = self.ftype.type(self.c_obj)
         for sid, S in self.book.obj_storages.items():
-            parallel.allreduce(self._ob_num[sid])
+            num, den = self._ob_num[sid], self._ob_den[sid]
+            parallel.allreduce(num)
             if recompute_den:
-                den = self._ob_den[sid]
                 parallel.allreduce(den)
-                den += self.ftype.type(self.c_obj)
-                np.reciprocal(den, out=den)  # keep 1 / (sum |P|^2 + c_o)
-            np.multiply(self._ob_num[sid], self._ob_den[sid], out=S.data)
+
+            def work(k, rows, S=S, num=num, den=den):
+                d = den[..., rows, :]
+                if recompute_den:
+                    d += c_obj
+                    np.reciprocal(d, out=d)  # keep 1 / (sum |P|^2 + c_o)
+                np.multiply(num[..., rows, :], d, out=S.data[..., rows, :])
+
+            self._row_work(work, [num])
         self._den_valid = True
         self.apply_object_constraints()
 
