@@ -135,8 +135,6 @@ Pure helpers (used by the engine and the tests): :func:`noise_terms`,
 """
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import scipy.fft as sp_fft
 from numpy.lib.stride_tricks import sliding_window_view
@@ -963,7 +961,7 @@ class ML(Engine):
         total = max(1, int(_workers()))
         self._nthreads = max(1, min(total, len(self._items)))
         self._fft_workers = max(1, total // self._nthreads)
-        self._pool = ThreadPoolExecutor(self._nthreads) if self._nthreads > 1 else None
+        self._pool = fused.BlockPool(self._nthreads)
         self._ws = [[G.workspace() for G in self.groups] for _ in range(self._nthreads)]
         self._acc = [_Accumulator(book, self.groups) for _ in range(self._nthreads)]
         # constant of the Poisson cost (so that a perfect fit costs about zero)
@@ -1040,7 +1038,7 @@ class ML(Engine):
         self._ws = []
         self._acc = []
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.close()
             self._pool = None
 
     def load_state(self, state):
@@ -1109,24 +1107,12 @@ class ML(Engine):
     def _run(self, fn):
         """Run ``fn(gi, G, b, ws, acc)`` on every block; return the results in block order.
 
-        Blocks go round-robin to the threads (a fixed assignment, so the
-        accumulation order, hence the result, does not depend on timing).
+        Blocks go round-robin to the threads (:class:`ptycli.engines.fused.BlockPool`:
+        a fixed assignment, so the accumulation order, hence the result, does
+        not depend on timing), each with its own workspace and accumulators.
         """
-        items = self._items
-        T = self._nthreads
-        if T == 1:
-            ws, acc = self._ws[0], self._acc[0]
-            return [fn(gi, G, b, ws[gi], acc) for gi, G, b in items]
-
-        def work(k):
-            ws, acc = self._ws[k], self._acc[k]
-            return [fn(gi, G, b, ws[gi], acc) for gi, G, b in items[k::T]]
-
-        parts = list(self._pool.map(work, range(T)))
-        out = [None] * len(items)
-        for k in range(T):
-            out[k::T] = parts[k]
-        return out
+        return self._pool.map(lambda k, item: fn(item[0], item[1], item[2], self._ws[k][item[0]], self._acc[k]),
+                              self._items)
 
     # -- passes over the data ------------------------------------------------------------------
     def _evaluate(self, du=0.0, gradient=True):
