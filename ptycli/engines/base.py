@@ -172,10 +172,9 @@ def _common_params():
         Parameter("record_interval", 1, "int",
                   "keep every n-th iteration's record in the history (the last is always kept)", low=1),
         Parameter("kernels", "auto", "str",
-                  "hot loops of DM, RAAR and ML: compiled (numba, fused passes; compiled once per "
-                  "installation), numpy, or auto (compiled when numba is installed and the job has at least "
-                  "2**22 exit-wave pixels per process); ePIE/rPIE always use numpy",
-                  choices=("auto", "compiled", "numpy")),
+                  "the engine's hot loops: compiled (numba, fused passes; compiled once per installation), "
+                  "numpy, or auto (compiled when numba is installed and the job has at least 2**22 exit-wave "
+                  "pixels per process); both compute the same numbers", choices=("auto", "compiled", "numpy")),
     ], doc="common engine parameters")
 
 

@@ -35,7 +35,9 @@ Kernels
 :func:`object_sums`, :func:`probe_sums`
     Overlap-update numerators and denominators.
 
-First use compiles the kernels (several seconds; cached on disk by numba
+The kernels of ML are in :mod:`ptycli.engines.fused_ml`, those of ePIE/rPIE
+in :mod:`ptycli.engines.fused_pie`. First use compiles the kernels (about 12
+s each for the projection engines and ML on 2 cores; cached on disk by numba
 afterwards).
 """
 
@@ -69,7 +71,7 @@ _TINY = 1e-12
 
 
 #: ``kernels: auto`` compiles the kernels for jobs with at least this many exit-wave pixels per process
-#: (below it, numpy is about as fast and the first compilation, 5-20 s, would not pay).
+#: (below, the first compilation would cost more than the kernels save in a typical run).
 AUTO_MIN_PIXELS = 2 ** 22
 
 

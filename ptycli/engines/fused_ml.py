@@ -26,7 +26,7 @@ Noise models (``model``): 0 gaussian, 1 poisson, 2 euclid.
 
 import numpy as np
 
-from .fused import njit, _JIT, _INLINE, _row_power as _power
+from .fused import njit, _JIT, _INLINE
 
 __all__ = ["MODEL_IDS", "exit_product", "line_waves", "line_sums", "evaluate", "gradient_sums"]
 
@@ -368,6 +368,23 @@ def _eval_row(ir, c, irow, mrow, use_mask, model, eps, lp):
             rp += m * d * d / (n + one)
             rv += m
     return float(rc), float(rf), float(rp), float(rv)
+
+
+# A local copy of fused._row_power on purpose: numba's on-disk cache of the kernels here is keyed on this
+# file only, so a helper inlined from another module could go stale in the cache when that module changes.
+@njit(**_INLINE)
+def _power(F, a, b, y, out):
+    """``out[x] = sum_{p = a .. b-1} |F[p, y, x]|^2``."""
+    W = out.shape[0]
+    frow = F[a, y]
+    for x in range(W):
+        f = frow[x]
+        out[x] = f.real * f.real + f.imag * f.imag
+    for p in range(a + 1, b):
+        frow = F[p, y]
+        for x in range(W):
+            f = frow[x]
+            out[x] += f.real * f.real + f.imag * f.imag
 
 
 @njit(**_JIT)

@@ -5,14 +5,16 @@ in the model's precision (``complex64``/``float32`` by default) and avoid
 temporaries: they take ``out=`` buffers and work in place where they can.
 Measured on 2 cores (128 x 128 frames, blocks of 32 frames in cache): one
 elementwise complex64 pass costs about 3 % of a forward+inverse FFT of the
-same frames, so the engines count passes.
+same frames, so the engines count passes. These are the engines' numpy
+paths; :mod:`ptycli.engines.fused` holds the compiled ones.
 
 Functions
 ---------
 :func:`fft_inplace`, :func:`ifft_inplace`
     Unitary 2D FFTs over the last two axes that overwrite their input
-    (``scipy.fft`` with ``overwrite_x``; workers from
-    :func:`ptycli.core.geometry.get_workers`).
+    (pocketfft's ``c2c`` of :mod:`scipy.fft` called directly when it matches
+    ``scipy.fft.fft2`` bit for bit, else ``scipy.fft`` with ``overwrite_x``;
+    workers from :func:`ptycli.core.geometry.get_workers` unless given).
 :func:`model_amplitude`
     ``sqrt(sum_modes |F|^2)`` of a Fourier-space stack.
 :func:`fourier_errors`
