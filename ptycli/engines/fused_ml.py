@@ -257,7 +257,6 @@ def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, f
     H, W = F.shape[1], F.shape[2]
     zero = np.float32(0.0)
     one = np.float32(1.0)
-    two = np.float32(2.0)
     ep = np.float32(eps)
     for j in range(nf):
         a, b = pod_start[j], pod_start[j + 1]

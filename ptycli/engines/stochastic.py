@@ -137,7 +137,6 @@ step; :func:`visiting_order`.
 import logging
 
 import numpy as np
-import scipy.fft as sp_fft
 
 from .. import parallel
 from ..params.declare import Parameter
