@@ -710,15 +710,31 @@ class Engine:
                               hint="lower the step or relaxation parameters, check the data and mask, or "
                                    "start from a better probe guess")
 
+    def _row_work(self, fn, arrays):
+        """``fn(k, rows)`` over row bands (axis -2) of ``arrays`` on the engine's block threads, if it has them.
+
+        Engines with compiled kernels keep a :class:`~ptycli.engines.fused.BlockPool`
+        in ``self._pool``; without one, ``fn(0, slice(None))`` runs once here.
+        """
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            return pool.rows(fn, arrays)
+        return [fn(0, slice(None))]
+
     def _state_finite(self):
-        for S in list(self.book.probe_storages.values()) + list(self.book.obj_storages.values()):
-            flat = S.data.reshape(-1)
-            if not np.isfinite(np.vdot(flat, flat).real):
+        """True when the probe and object hold no NaN/Inf (object-sized sums in row bands)."""
+        for S in self.book.probe_storages.values():
+            if not np.isfinite(np.vdot(S.data, S.data).real):
+                return False
+        for S in self.book.obj_storages.values():
+            parts = self._row_work(lambda k, rows, S=S: np.vdot(S.data[..., rows, :], S.data[..., rows, :]).real,
+                                   [S.data])
+            if not np.isfinite(sum(parts)):
                 return False
         return True
 
     def _snapshot(self):
-        """Remember the current probe and object as the last good state."""
+        """Remember the current probe and object as the last good state (object copies in row bands)."""
         if self._good is None:
             self._good = dict(probe={}, obj={})
         for key, storages in (("probe", self.book.probe_storages), ("obj", self.book.obj_storages)):
@@ -726,6 +742,9 @@ class Engine:
                 buf = self._good[key].get(sid)
                 if buf is None or buf.shape != S.data.shape:
                     self._good[key][sid] = S.data.copy()
+                elif key == "obj":
+                    self._row_work(lambda k, rows, buf=buf, S=S: np.copyto(buf[..., rows, :], S.data[..., rows, :]),
+                                   [buf])
                 else:
                     buf[...] = S.data
         self._good_iteration = int(self.ptycho.runtime.get("iterations", 0))

@@ -32,7 +32,7 @@ Kernels
 :func:`projection_update`
     ``psi += conj(pre) delta`` with ``delta = beta (G - P O) + (1 - beta)(P O - pre psi)``,
     the exit-change sum and optionally the object numerator ``sum conj(P) psi``.
-:func:`object_sums`, :func:`probe_sums`
+:func:`object_numerator`, :func:`object_den_rows`, :func:`probe_sums`
     Overlap-update numerators and denominators.
 
 The kernels of ML are in :mod:`ptycli.engines.fused_ml`, those of ePIE/rPIE
@@ -46,7 +46,7 @@ import os
 import numpy as np
 
 __all__ = ["available", "use_compiled", "AUTO_MIN_PIXELS", "BlockPool", "projection_input",
-           "modulus_constraint", "projection_update", "object_sums", "probe_sums"]
+           "modulus_constraint", "projection_update", "object_numerator", "object_den_rows", "probe_sums"]
 
 try:  # numba is optional: the engines fall back to numpy
     import numba
@@ -124,19 +124,84 @@ class BlockPool:
         Threads (the FFT workers of the process, :func:`ptycli.core.geometry.get_workers`).
     """
 
-    def __init__(self, n_threads):
+    def __init__(self, n_threads, slots_per_thread=2):
         from concurrent.futures import ThreadPoolExecutor
 
         self.n = max(1, int(n_threads))
+        #: accumulator slots of :meth:`map_slots`
+        self.slots = 1 if self.n == 1 else self.n * max(1, int(slots_per_thread))
+        self._band_cache = {}
         self._pool = ThreadPoolExecutor(self.n) if self.n > 1 else None
 
-    def map(self, fn, items):
-        """``[fn(k, item) for each item]`` (``k``: the thread index), in item order."""
+    def map_slots(self, fn, items, reverse=False):
+        """``[fn(k, s, item) for each item]`` in item order, load-balanced but reproducible.
+
+        Item ``i`` belongs to accumulator slot ``s = i % self.slots``; the
+        items of a slot run one at a time and in order (last to first with
+        ``reverse``), each on whichever thread ``k`` is free, a free thread
+        taking the next item of the free slot with the most items left. So an
+        accumulator per slot sees the same items in the same order on every
+        run, whatever the timing, while a thread that runs ahead (a busy
+        neighbour on a shared machine slows the other) takes over work of
+        the slots it reaches, and the threads finish close together.
+        """
+        import threading
+
         items = list(items)
+        S = self.slots
+        queues = [list(range(s, len(items), S)) for s in range(S)]
+        if reverse:
+            queues = [q[::-1] for q in queues]
+        out = [None] * len(items)
         if self._pool is None:
-            return [fn(0, it) for it in items]
+            for q in queues:
+                for s_i in q:
+                    out[s_i] = fn(0, s_i % S, items[s_i])
+            return out
+        lock = threading.Lock()
+        busy = [False] * S
+        pos = [0] * S
+
+        def worker(k):
+            while True:
+                with lock:
+                    free = [s for s in range(S) if not busy[s] and pos[s] < len(queues[s])]
+                    if not free:  # what is left belongs to slots another thread holds
+                        return
+                    s = max(free, key=lambda t: len(queues[t]) - pos[t])
+                    i = queues[s][pos[s]]
+                    pos[s] += 1
+                    busy[s] = True
+                try:
+                    out[i] = fn(k, s, items[i])
+                finally:
+                    with lock:
+                        busy[s] = False
+
+        for f in [self._pool.submit(worker, k) for k in range(self.n)]:
+            f.result()
+        return out
+
+    def map(self, fn, items, reverse=False):
+        """``[fn(k, item) for each item]`` (``k``: the thread index), in item order.
+
+        With ``reverse``, each thread runs its items (the same ones) last to
+        first. A pass over the exit waves that follows a forward pass then
+        starts with the blocks the previous pass left in the cache, and ends
+        with those the next forward pass starts with.
+        """
+        items = list(items)
         T = self.n
-        parts = list(self._pool.map(lambda k: [fn(k, it) for it in items[k::T]], range(T)))
+
+        def part(k):
+            mine = items[k::T]
+            if reverse:
+                return [fn(k, it) for it in mine[::-1]][::-1]
+            return [fn(k, it) for it in mine]
+
+        if self._pool is None:
+            return part(0)
+        parts = list(self._pool.map(part, range(T)))
         out = [None] * len(items)
         for k in range(T):
             out[k::T] = parts[k]
@@ -153,8 +218,15 @@ class BlockPool:
         if T == 1:
             return [fn(0, slice(None))]
         n = max(a.shape[-2] for a in arrays) if arrays else 0
-        edges = np.linspace(0, n, T + 1).round().astype(int)
-        return self.map(lambda k, b: fn(k, slice(int(b[0]), int(b[1]))), list(zip(edges[:-1], edges[1:])))
+        return self.map(lambda k, band: fn(k, band), self._bands(n))
+
+    def _bands(self, n):
+        """``T`` row slices splitting ``n`` rows (cached per ``n``)."""
+        bands = self._band_cache.get(n)
+        if bands is None:
+            edges = np.linspace(0, n, self.n + 1).round().astype(int)
+            bands = self._band_cache[n] = [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+        return bands
 
     def close(self):
         if self._pool is not None:
@@ -215,15 +287,17 @@ def modulus_constraint(F, pod_start, diff, drows, mask, mrows, use_mask, pbound,
     zero = np.float32(0.0)
     one = np.float32(1.0)
     tiny = np.float32(_TINY)
+    a2 = np.empty(W, dtype=np.float32)
+    q = np.empty((H, W), dtype=np.float32)  # mask * (|F| - sqrt(I)) / |F|, for the correction
     for j in range(nf):
         a, b = pod_start[j], pod_start[j + 1]
-        a2 = np.empty(W, dtype=np.float32)
-        q = np.empty((H, W), dtype=np.float32)  # mask * (|F| - sqrt(I)) / |F|, for the correction
+        single = b == a + 1
         e = 0.0
         ph = 0.0
         v = 0.0
         for y in range(H):
-            _row_power(F, a, b, y, a2)
+            if not (single and not use_mask):
+                _row_power(F, a, b, y, a2)
             irow = diff[drows[j], y]
             qrow = q[y]
             er = zero
@@ -241,6 +315,19 @@ def modulus_constraint(F, pod_start, diff, drows, mask, mrows, use_mask, pbound,
                     pr += t * t / (inten + one)
                     vr += m
                     qrow[x] = d / max(af, tiny)
+            elif single:  # the common case in one loop
+                frow = F[a, y]
+                for x in range(W):
+                    f = frow[x]
+                    f2 = f.real * f.real + f.imag * f.imag
+                    inten = max(irow[x], zero)
+                    af = np.sqrt(f2)
+                    d = af - np.sqrt(inten)
+                    t = f2 - inten
+                    er += d * d
+                    pr += t * t / (inten + one)
+                    qrow[x] = d / max(af, tiny)
+                vr = np.float32(W)
             else:
                 for x in range(W):
                     inten = max(irow[x], zero)
@@ -270,6 +357,11 @@ def modulus_constraint(F, pod_start, diff, drows, mask, mrows, use_mask, pbound,
         k = np.float32(r - 1.0)
         for y in range(H):
             qrow = q[y]
+            if single:
+                frow = F[a, y]
+                for x in range(W):
+                    frow[x] = frow[x] * (one + k * qrow[x])
+                continue
             for x in range(W):
                 qrow[x] = one + k * qrow[x]
             for p in range(a, b):
@@ -301,7 +393,79 @@ def projection_update(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, be
     frame), ``delta = beta (G - pw) + (1 - beta)(pw - pre psi)``;
     ``psi += post * delta`` (``post = conj(pre)``; plain ``delta`` unless
     ``use_pre``); when ``fuse``, ``num[ol, window] += prc[pl] * psi_new``.
+
+    The fused far-field cases (the hot path of DM and RAAR) run in loop
+    nests of their own: a flag tested inside the row loop keeps the
+    compiler from vectorising it.
     """
+    if fuse and use_pre:
+        if beta == 1.0:
+            return _update_dm_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, num, prc)
+        return _update_raar_far(psi, G, ob, pt, pre, post, ol, oy, ox, pl, p0, beta, num, prc)
+    return _update_general(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, beta, fuse, num, prc)
+
+
+@njit(**_JIT)
+def _update_dm_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, num, prc):
+    """:func:`projection_update` for ``beta = 1``, ``use_pre`` and ``fuse``."""
+    npb, H, W = psi.shape
+    ch = 0.0
+    for k in range(npb):
+        i = p0 + k
+        lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
+        for y in range(H):
+            orow = ob[lo, y0 + y, x0:x0 + W]
+            prow = pt[q, y]
+            grow = G[k, y]
+            srow = psi[k, y]
+            nrow = num[lo, y0 + y, x0:x0 + W]
+            crow = prc[q, y]
+            qrow = post[y]
+            cr = np.float32(0.0)
+            for x in range(W):
+                dx = grow[x] - orow[x] * prow[x]
+                cr += dx.real * dx.real + dx.imag * dx.imag
+                new = srow[x] + dx * qrow[x]
+                srow[x] = new
+                nrow[x] += crow[x] * new
+            ch += cr
+    return ch
+
+
+@njit(**_JIT)
+def _update_raar_far(psi, G, ob, pt, pre, post, ol, oy, ox, pl, p0, beta, num, prc):
+    """:func:`projection_update` for ``use_pre`` and ``fuse`` (any ``beta``)."""
+    npb, H, W = psi.shape
+    bc = np.float32(beta)
+    ib = np.float32(1.0 - beta)
+    ch = 0.0
+    for k in range(npb):
+        i = p0 + k
+        lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
+        for y in range(H):
+            orow = ob[lo, y0 + y, x0:x0 + W]
+            prow = pt[q, y]
+            grow = G[k, y]
+            srow = psi[k, y]
+            nrow = num[lo, y0 + y, x0:x0 + W]
+            crow = prc[q, y]
+            qrow = post[y]
+            rrow = pre[y]
+            cr = np.float32(0.0)
+            for x in range(W):
+                pw = orow[x] * prow[x]
+                dx = bc * (grow[x] - pw) + ib * (pw - srow[x] * rrow[x])
+                cr += dx.real * dx.real + dx.imag * dx.imag
+                new = srow[x] + dx * qrow[x]
+                srow[x] = new
+                nrow[x] += crow[x] * new
+            ch += cr
+    return ch
+
+
+@njit(**_JIT)
+def _update_general(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, beta, fuse, num, prc):
+    """:func:`projection_update` for the other cases (near field, or no object numerator)."""
     npb, H, W = psi.shape
     one = beta == 1.0
     bc = np.float32(beta)
@@ -316,54 +480,25 @@ def projection_update(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, be
             prow = pt[q, y]
             grow = G[k, y]
             srow = psi[k, y]
-            nrow = num[lo, y0 + y, x0:x0 + W]
-            crow = prc[q, y]
             cr = np.float32(0.0)
-            if fuse:  # the common cases in one loop each
-                if use_pre:
-                    qrow = post[y]
-                    if one:
-                        for x in range(W):
-                            dx = grow[x] - orow[x] * prow[x]
-                            cr += dx.real * dx.real + dx.imag * dx.imag
-                            new = srow[x] + dx * qrow[x]
-                            srow[x] = new
-                            nrow[x] += crow[x] * new
-                    else:
-                        rrow = pre[y]
-                        for x in range(W):
-                            pw = orow[x] * prow[x]
-                            dx = bc * (grow[x] - pw) + ib * (pw - srow[x] * rrow[x])
-                            cr += dx.real * dx.real + dx.imag * dx.imag
-                            new = srow[x] + dx * qrow[x]
-                            srow[x] = new
-                            nrow[x] += crow[x] * new
-                elif one:
-                    for x in range(W):
-                        dx = grow[x] - orow[x] * prow[x]
-                        cr += dx.real * dx.real + dx.imag * dx.imag
-                        new = srow[x] + dx
-                        srow[x] = new
-                        nrow[x] += crow[x] * new
-                else:
-                    for x in range(W):
-                        pw = orow[x] * prow[x]
-                        dx = bc * (grow[x] - pw) + ib * (pw - srow[x])
-                        cr += dx.real * dx.real + dx.imag * dx.imag
-                        new = srow[x] + dx
-                        srow[x] = new
-                        nrow[x] += crow[x] * new
-                ch += cr
-                continue
-            for x in range(W):
-                pw = orow[x] * prow[x]
-                if one:
-                    dx = grow[x] - pw
-                else:
-                    s = srow[x] * pre[y, x] if use_pre else srow[x]
-                    dx = bc * (grow[x] - pw) + ib * (pw - s)
-                cr += dx.real * dx.real + dx.imag * dx.imag
-                d[x] = dx
+            if one:
+                for x in range(W):
+                    dx = grow[x] - orow[x] * prow[x]
+                    cr += dx.real * dx.real + dx.imag * dx.imag
+                    d[x] = dx
+            elif use_pre:
+                rrow = pre[y]
+                for x in range(W):
+                    pw = orow[x] * prow[x]
+                    dx = bc * (grow[x] - pw) + ib * (pw - srow[x] * rrow[x])
+                    cr += dx.real * dx.real + dx.imag * dx.imag
+                    d[x] = dx
+            else:
+                for x in range(W):
+                    pw = orow[x] * prow[x]
+                    dx = bc * (grow[x] - pw) + ib * (pw - srow[x])
+                    cr += dx.real * dx.real + dx.imag * dx.imag
+                    d[x] = dx
             ch += cr
             if use_pre:
                 qrow = post[y]
@@ -373,35 +508,48 @@ def projection_update(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, be
                 for x in range(W):
                     srow[x] += d[x]
             if fuse:
+                nrow = num[lo, y0 + y, x0:x0 + W]
+                crow = prc[q, y]
                 for x in range(W):
                     nrow[x] += crow[x] * srow[x]
     return ch
 
 
 @njit(**_JIT)
-def object_sums(num, den, want_num, want_den, psi, prc, p2, ol, oy, ox, pl, p0):
-    """Object-update sums over pods ``p0 .. p0 + len(psi) - 1``.
-
-    ``num[ol, window] += prc[pl] * psi`` (``prc = conj(probe)``) when
-    ``want_num``; ``den[ol, window] += p2[pl]`` (``p2 = |probe|^2``) when
-    ``want_den``.
-    """
+def object_numerator(num, psi, prc, ol, oy, ox, pl, p0):
+    """``num[ol, window] += prc[pl] * psi`` over pods ``p0 .. p0 + len(psi) - 1`` (``prc = conj(probe)``)."""
     npb, H, W = psi.shape
     for k in range(npb):
         i = p0 + k
         lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
         for y in range(H):
-            if want_num:
-                nrow = num[lo, y0 + y, x0:x0 + W]
-                crow = prc[q, y]
-                srow = psi[k, y]
-                for x in range(W):
-                    nrow[x] += crow[x] * srow[x]
-            if want_den:
-                drow = den[lo, y0 + y, x0:x0 + W]
-                prow = p2[q, y]
-                for x in range(W):
-                    drow[x] += prow[x]
+            nrow = num[lo, y0 + y, x0:x0 + W]
+            crow = prc[q, y]
+            srow = psi[k, y]
+            for x in range(W):
+                nrow[x] += crow[x] * srow[x]
+
+
+@njit(**_JIT)
+def object_den_rows(den, p2, ol, oy, ox, pl, y_lo, y_hi):
+    """``den[ol, window] += p2[pl]`` over all pods, restricted to object rows ``y_lo .. y_hi - 1``.
+
+    The gather form of the object denominator ``sum |P|^2``: a thread that
+    owns a band of object rows adds every pod's probe rows that fall in it,
+    pod by pod, so the sums need no per-thread copies and do not depend on
+    the number of threads.
+    """
+    H, W = p2.shape[1], p2.shape[2]
+    for i in range(ol.shape[0]):
+        y0 = oy[i]
+        a = max(y0, y_lo)
+        b = min(y0 + H, y_hi)
+        lo, x0, q = ol[i], ox[i], pl[i]
+        for y in range(a, b):
+            drow = den[lo, y, x0:x0 + W]
+            prow = p2[q, y - y0]
+            for x in range(W):
+                drow[x] += prow[x]
 
 
 @njit(**_JIT)
@@ -419,10 +567,12 @@ def probe_sums(num, den, want_den, psi, ob, ol, oy, ox, pl, p0):
             orow = ob[lo, y0 + y, x0:x0 + W]
             srow = psi[k, y]
             nrow = num[q, y]
-            for x in range(W):
-                nrow[x] += np.conj(orow[x]) * srow[x]
-            if want_den:
+            if want_den:  # one loop for both sums
                 drow = den[q, y]
                 for x in range(W):
                     o = orow[x]
+                    nrow[x] += np.conj(o) * srow[x]
                     drow[x] += o.real * o.real + o.imag * o.imag
+            else:
+                for x in range(W):
+                    nrow[x] += np.conj(orow[x]) * srow[x]

@@ -209,11 +209,11 @@ class ProjectionEngine(Engine):
             self._init_compiled(shapes, max_pods)
 
     def _init_compiled(self, shapes, max_pods):
-        """Thread pool, per-thread block buffers and accumulators of the compiled path.
+        """Thread pool, per-thread block buffers and per-slot accumulators of the compiled path.
 
-        Thread 0 uses the engine's own buffers and accumulators; the others
-        get their own (each an object- or probe-sized array), added into
-        thread 0's at the end of a pass.
+        Thread 0 uses the engine's own block buffer, slot 0 the engine's own
+        numerators; the other threads and slots get their own (each slot an
+        object- or probe-sized array), added into slot 0's after a pass.
         """
         from ..core.geometry import get_workers
 
@@ -228,32 +228,44 @@ class ProjectionEngine(Engine):
                 self._items.append((g, (f0, f1, p0, p1), (g.pod_start[f0:f1 + 1] - p0, g.frame_di[f0:f1].copy(),
                                                           mrows)))
 
+        S = self._pool.slots  # accumulator slots (fused.BlockPool.map_slots), a few per thread
+
         def more(acc):
-            return [acc] + [{sid: np.zeros_like(a) for sid, a in acc.items()} for _ in range(T - 1)]
+            return [acc] + [{sid: np.zeros_like(a) for sid, a in acc.items()} for _ in range(S - 1)]
 
         self._tbuf = [{shape: self._scratch[shape]["buf"] for shape in shapes}] + [
             {shape: np.empty((max_pods,) + shape, dtype=self.ctype) for shape in shapes} for _ in range(T - 1)]
-        self._ob_num_t, self._ob_den_t = more(self._ob_num), more(self._ob_den)
-        self._pr_num_t, self._pr_den_t = more(self._pr_num), more(self._pr_den)
+        # slot 0 accumulates into the engine's own numerators (they start from the inertia terms); the
+        # object denominator needs no slots (fused.object_den_rows fills it in row bands)
+        self._ob_num_t, self._pr_num_t, self._pr_den_t = more(self._ob_num), more(self._pr_num), more(self._pr_den)
+        # accumulators of slots 1.. are zero between passes: a pass marks its set dirty, the fold that
+        # adds them into slot 0's clears them in the same sweep and marks it clean
+        self._dirty = set()
 
-    def _add_thread_sums(self, accs, zero=False):
-        """Add the accumulators of threads 1.. into thread 0's (``accs``: per-thread dicts); or zero them.
+    def _start_sums(self, name):
+        """Before a pass that accumulates into the per-slot accumulators ``self.<name>``: zero it if a fold was missed."""
+        accs = getattr(self, name)
+        if name in self._dirty:
+            for acc in accs[1:]:
+                for a in acc.values():
+                    a.fill(0)
+        self._dirty.add(name)
 
-        Object-sized accumulators are split into row bands over the threads.
+    def _fold_sums(self, name, rows=slice(None)):
+        """Add slots 1.. of ``self.<name>`` into slot 0's (rows ``rows``), zeroing them as they are read.
+
+        Call it over all row bands before :meth:`_sums_folded`.
         """
-        if len(accs) < 2:
-            return
-        for sid, target in accs[0].items():
-            others = [a[sid] for a in accs[1:]]
+        accs = getattr(self, name)
+        for sid in accs[0]:
+            target = accs[0][sid][..., rows, :]
+            for acc in accs[1:]:
+                part = acc[sid][..., rows, :]
+                target += part
+                part[...] = 0
 
-            def work(k, rows):
-                for arr in others:
-                    if zero:
-                        arr[..., rows, :] = 0
-                    else:
-                        target[..., rows, :] += arr[..., rows, :]
-
-            self._pool.rows(work, [target])
+    def _sums_folded(self, name):
+        self._dirty.discard(name)
 
     def engine_finalize(self):
         if getattr(self, "_pool", None) is not None:
@@ -283,6 +295,7 @@ class ProjectionEngine(Engine):
         out = []
         for _ in range(n):
             acc = self.new_error_sums()
+            self._obj_power = None  # sum |O|^2 as left by the last object update, if nothing changed O since
             self._fuse_object = bool(self.p.update_object_first) or not self.probe_update_due()
             if self._fuse_object:
                 self._init_object_numerator()
@@ -444,8 +457,8 @@ class ProjectionEngine(Engine):
         alpha, beta = float(self.alpha), float(self.beta)
         a1, ma = np.float32(1.0 + alpha), np.float32(-alpha)
         fuse = self._fuse_object
-        if fuse:
-            self._add_thread_sums(self._ob_num_t, zero=True)
+        if fuse:  # the numerator sums stay in the threads' accumulators until object_update folds them
+            self._start_sums("_ob_num_t")
         prep = {}
         for g in self.book.groups:
             frame = self._scratch[g.shape]["frame"]  # placeholder for the unused factors (near field)
@@ -455,7 +468,7 @@ class ProjectionEngine(Engine):
 
         pbound = float(self.pbound)
 
-        def work(k, item):
+        def work(k, slot, item):
             g, (f0, f1, p0, p1), (pod_start, drows, mrows) = item
             pre, post, pt, prc, mask = prep[id(g)]
             far, ob = g.farfield, g.obj.data
@@ -468,15 +481,13 @@ class ProjectionEngine(Engine):
                                      True, *sums)
             G = ifft_inplace(F, workers=1) if far else g.propagator.bw(F)
             change = fused.projection_update(psi, G, ob, pt, pre, post, far, g.ob_layer, g.ob_y, g.ob_x,
-                                             g.pr_layer, p0, beta, fuse, self._ob_num_t[k][g.obj.ID], prc)
+                                             g.pr_layer, p0, beta, fuse, self._ob_num_t[slot][g.obj.ID], prc)
             g.write_exit(psi, p0, p1)
             return float(sums[0].sum()), float(sums[1].sum()), float(sums[2].sum()), change
 
-        for fourier, photon, valid, change in self._pool.map(work, self._items):  # fixed order
+        for fourier, photon, valid, change in self._pool.map_slots(work, self._items):  # summed in item order
             acc.add(fourier=fourier, photon=photon, valid=valid)
             acc.add_exit_change(change)
-        if fuse:
-            self._add_thread_sums(self._ob_num_t)
 
     # -- overlap update ------------------------------------------------------------
     def overlap_update(self):
@@ -510,12 +521,6 @@ class ProjectionEngine(Engine):
 
             self._row_work(work, [num])
 
-    def _row_work(self, fn, arrays):
-        """``fn(k, rows)`` over row bands on the compiled path's threads (one call on the numpy path)."""
-        if getattr(self, "_pool", None) is not None:
-            return self._pool.rows(fn, arrays)
-        return [fn(0, slice(None))]
-
     def object_update(self):
         """``O = (sum conj(P) psi + c_o O) / (sum |P|^2 + c_o)`` for every object storage.
 
@@ -527,13 +532,15 @@ class ProjectionEngine(Engine):
         self._fuse_object = False
         if not fused:
             self._init_object_numerator()
+        if self._compiled:
+            if not fused:
+                self._object_sums_compiled()
+            self._object_divide_compiled(recompute_den)
+            return
         for sid, S in self.book.obj_storages.items():
             if recompute_den:
                 self._ob_den[sid].fill(0)
-        if self._compiled:
-            if not fused or recompute_den:
-                self._object_sums_compiled(not fused, recompute_den)
-        for g in self.book.groups if not self._compiled else ():
+        for g in self.book.groups:
             if not fused:
                 num = self._ob_num[g.obj.ID]
                 prc = np.conj(g.probe.data)
@@ -561,28 +568,71 @@ class ProjectionEngine(Engine):
         self._den_valid = True
         self.apply_object_constraints()
 
-    def _object_sums_compiled(self, want_num, want_den):
-        """Object numerator and/or denominator (:func:`fused.object_sums`) over all blocks, on the threads."""
-        if want_num:
-            self._add_thread_sums(self._ob_num_t, zero=True)
-        if want_den:
-            self._add_thread_sums(self._ob_den_t, zero=True)
-        prep = {}
-        for g in self.book.groups:
-            pr = g.probe.data
-            prep[id(g)] = (np.conj(pr), (pr.real ** 2 + pr.imag ** 2).astype(self.ftype))
+    def _object_divide_compiled(self, recompute_den):
+        """The object from the slots' sums, in row bands: fold the numerators, gather the denominator, divide.
 
-        def work(k, item):
+        One sweep per row band when there is one process; with MPI the
+        folded sums are reduced over the ranks between the fold and the
+        division.
+        """
+        c_obj = self.ftype.type(self.c_obj)
+        mpi = parallel.size > 1
+        # sum |O|^2 for the probe update's c_p, from the bands while they are in cache (unless clipping follows)
+        power = {sid: [0.0] * self._pool.n for sid in self.book.obj_storages} if self.p.get("clip_object") is None \
+            else None
+
+        p2 = {id(g): (g.probe.data.real ** 2 + g.probe.data.imag ** 2).astype(self.ftype) for g in self.book.groups} \
+            if recompute_den else None
+
+        def fold(k, rows):
+            self._fold_sums("_ob_num_t", rows)
+            if recompute_den:
+                for sid, den in self._ob_den.items():
+                    den[..., rows, :] = 0
+                    y_lo, y_hi, _ = rows.indices(den.shape[-2])
+                    for g in self.book.groups:
+                        if g.obj.ID == sid:
+                            fused.object_den_rows(den, p2[id(g)], g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, y_lo, y_hi)
+
+        def divide(k, rows):
+            for sid, S in self.book.obj_storages.items():
+                d = self._ob_den[sid][..., rows, :]
+                if recompute_den:
+                    d += c_obj
+                    np.reciprocal(d, out=d)  # keep 1 / (sum |P|^2 + c_o)
+                band = np.multiply(self._ob_num[sid][..., rows, :], d, out=S.data[..., rows, :])
+                if power is not None:
+                    power[sid][k] = float(np.vdot(band, band).real)
+
+        arrays = list(self._ob_num.values())
+        if mpi:
+            self._pool.rows(fold, arrays)
+            for sid in self.book.obj_storages:
+                parallel.allreduce(self._ob_num[sid])
+                if recompute_den:
+                    parallel.allreduce(self._ob_den[sid])
+            self._pool.rows(divide, arrays)
+        else:
+            self._pool.rows(lambda k, rows: (fold(k, rows), divide(k, rows)), arrays)
+        self._sums_folded("_ob_num_t")
+        self._den_valid = True
+        self._obj_power = {sid: sum(parts) for sid, parts in power.items()} if power is not None else None
+        self.apply_object_constraints()
+
+    def _object_sums_compiled(self):
+        """Object numerator (:func:`fused.object_numerator`) over all blocks, into the slots' accumulators.
+
+        :meth:`_object_divide_compiled` folds them.
+        """
+        self._start_sums("_ob_num_t")
+        prc = {id(g): np.conj(g.probe.data) for g in self.book.groups}
+
+        def work(k, slot, item):
             g, (f0, f1, p0, p1), _ = item
-            prc, p2 = prep[id(g)]
-            fused.object_sums(self._ob_num_t[k][g.obj.ID], self._ob_den_t[k][g.obj.ID], want_num, want_den,
-                              g.read_exit(p0, p1), prc, p2, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0)
+            fused.object_numerator(self._ob_num_t[slot][g.obj.ID], g.read_exit(p0, p1), prc[id(g)], g.ob_layer,
+                                   g.ob_y, g.ob_x, g.pr_layer, p0)
 
-        self._pool.map(work, self._items)
-        if want_num:
-            self._add_thread_sums(self._ob_num_t)
-        if want_den:
-            self._add_thread_sums(self._ob_den_t)
+        self._pool.map_slots(work, self._items, reverse=True)  # starts with the blocks last in the cache
 
     def probe_update(self):
         """``P = (sum conj(O) psi + c_p P) / (sum |O|^2 + c_p)``; returns the relative change."""
@@ -593,8 +643,9 @@ class ProjectionEngine(Engine):
         objc = {}
         objw = {}
         sums = np.zeros(2)
+        known, self._obj_power = getattr(self, "_obj_power", None) or {}, None
         for sid, S in self.book.obj_storages.items():
-            sums[0] += float(np.vdot(S.data, S.data).real)
+            sums[0] += known[sid] if sid in known else float(np.vdot(S.data, S.data).real)
             sums[1] += S.data.size
             if not self._compiled:
                 objw[sid] = (S.data.real ** 2 + S.data.imag ** 2).astype(self.ftype)
@@ -609,17 +660,18 @@ class ProjectionEngine(Engine):
             self._pr_den[sid].fill(0)
             cps[sid] = cp
         if self._compiled:
-            self._add_thread_sums(self._pr_num_t, zero=True)
-            self._add_thread_sums(self._pr_den_t, zero=True)
+            self._start_sums("_pr_num_t")
+            self._start_sums("_pr_den_t")
 
-            def work(k, item):
+            def work(k, slot, item):
                 g, (f0, f1, p0, p1), _ = item
-                fused.probe_sums(self._pr_num_t[k][g.probe.ID], self._pr_den_t[k][g.probe.ID], True,
+                fused.probe_sums(self._pr_num_t[slot][g.probe.ID], self._pr_den_t[slot][g.probe.ID], True,
                                  g.read_exit(p0, p1), g.obj.data, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0)
 
-            self._pool.map(work, self._items)
-            self._add_thread_sums(self._pr_num_t)
-            self._add_thread_sums(self._pr_den_t)
+            self._pool.map_slots(work, self._items, reverse=True)  # starts with the blocks last in the cache
+            for name in ("_pr_num_t", "_pr_den_t"):  # probe-sized: in this thread
+                self._fold_sums(name)
+                self._sums_folded(name)
         else:
             for g in self.book.groups:
                 num = self._pr_num[g.probe.ID]
