@@ -401,7 +401,7 @@ def projection_update(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, be
     if fuse and use_pre:
         if beta == 1.0:
             return _update_dm_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, num, prc)
-        return _update_raar_far(psi, G, ob, pt, pre, post, ol, oy, ox, pl, p0, beta, num, prc)
+        return _update_raar_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, beta, num, prc)
     return _update_general(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, beta, fuse, num, prc)
 
 
@@ -433,11 +433,16 @@ def _update_dm_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, num, prc):
 
 
 @njit(**_JIT)
-def _update_raar_far(psi, G, ob, pt, pre, post, ol, oy, ox, pl, p0, beta, num, prc):
-    """:func:`projection_update` for ``use_pre`` and ``fuse`` (any ``beta``)."""
+def _update_raar_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, beta, num, prc):
+    """:func:`projection_update` for ``use_pre`` and ``fuse`` (any ``beta``).
+
+    With ``post * pre = 1`` the rule is ``psi_new = beta psi + post (beta G + (1 - 2 beta) pw)``:
+    no multiply by ``pre``; the exit change is ``|psi_new - psi|^2`` (``|pre| = 1``).
+    """
     npb, H, W = psi.shape
     bc = np.float32(beta)
-    ib = np.float32(1.0 - beta)
+    bm = np.float32(beta - 1.0)
+    cw = np.float32(1.0 - 2.0 * beta)
     ch = 0.0
     for k in range(npb):
         i = p0 + k
@@ -450,13 +455,12 @@ def _update_raar_far(psi, G, ob, pt, pre, post, ol, oy, ox, pl, p0, beta, num, p
             nrow = num[lo, y0 + y, x0:x0 + W]
             crow = prc[q, y]
             qrow = post[y]
-            rrow = pre[y]
             cr = np.float32(0.0)
             for x in range(W):
-                pw = orow[x] * prow[x]
-                dx = bc * (grow[x] - pw) + ib * (pw - srow[x] * rrow[x])
+                s = srow[x]
+                dx = bm * s + qrow[x] * (bc * grow[x] + cw * (orow[x] * prow[x]))
                 cr += dx.real * dx.real + dx.imag * dx.imag
-                new = srow[x] + dx * qrow[x]
+                new = s + dx
                 srow[x] = new
                 nrow[x] += crow[x] * new
             ch += cr
