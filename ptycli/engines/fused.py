@@ -16,11 +16,17 @@ top-left pixel ``(oy[i], ox[i])``.
 Threads
 -------
 The kernels are serial and release the GIL. Engines run frame blocks on
-several threads at once (:class:`BlockPool`: blocks dealt round-robin, a
-fixed assignment), each thread with its own scratch buffers, single-threaded
-FFTs and its own object/probe accumulators, which are added in a fixed order
-at the end of a pass: one synchronisation per pass instead of one per
-kernel call, and results that do not depend on timing.
+several threads at once (:class:`BlockPool`), each thread with its own
+scratch buffers and single-threaded FFTs: one synchronisation per pass
+instead of one per kernel call. Sums over blocks go to accumulators that
+belong to the blocks, not to the threads: :meth:`BlockPool.map_slots` gives
+each block a slot (two per thread), runs a slot's blocks one at a time in a
+fixed order on whichever thread is free, and the slots are added in a fixed
+order after the pass. On a shared machine, where one core often runs slower
+than the other, the threads still finish together, and the results do not
+depend on timing (ML uses the fixed round-robin :meth:`BlockPool.map`).
+Object-sized steps (the object denominator, the division, folding the
+slots) run in row bands, one per thread (:meth:`BlockPool.rows`).
 
 Kernels
 -------

@@ -87,10 +87,14 @@ Two implementations compute the same numbers (``kernels``, see
 :func:`ptycli.engines.fused.use_compiled`): the compiled path
 (:mod:`ptycli.engines.fused`: per block one pass for the projection input,
 one per frame for the modulus constraint with its errors, one for the
-exit-wave update with the object numerator; overlap sums split by object
-row bands over the FFT threads) and the numpy path (window-by-window numpy
-calls; frames inside the power bound skip the inverse FFT when a block has
-enough of them). Figures: ``benchmarks/bench_engines.py``.
+exit-wave update with the object numerator; blocks load-balanced over the
+FFT threads with accumulator slots that keep the sums independent of
+timing; the object denominator, the division and the folding of the slots
+in one sweep per object row band; passes after the Fourier pass run the
+blocks last to first, starting where the cache is warm) and the numpy path
+(window-by-window numpy calls; frames inside the power bound skip the
+inverse FFT when a block has enough of them). Figures:
+``benchmarks/bench_engines.py``.
 """
 
 import numpy as np
@@ -265,6 +269,7 @@ class ProjectionEngine(Engine):
                 part[...] = 0
 
     def _sums_folded(self, name):
+        """Mark the slots of ``self.<name>`` zero again (after :meth:`_fold_sums` over all bands)."""
         self._dirty.discard(name)
 
     def engine_finalize(self):
@@ -447,17 +452,17 @@ class ProjectionEngine(Engine):
     def _fourier_pass_compiled(self, acc):
         """:meth:`fourier_update` of every group with the fused kernels of :mod:`ptycli.engines.fused`.
 
-        Per frame block (blocks of all groups dealt to the threads of
-        ``self._pool``): the projection input in one pass, the FFT (one
-        thread), the modulus constraint with its errors in one pass per
+        Per frame block (blocks of all groups shared out by
+        ``self._pool.map_slots``): the projection input in one pass, the FFT
+        (one thread), the modulus constraint with its errors in one pass per
         frame, the inverse FFT, and the exit-wave update (with the object
-        numerator into the thread's accumulator when ``self._fuse_object``)
-        in one pass.
+        numerator into the block's slot accumulator when
+        ``self._fuse_object``) in one pass.
         """
         alpha, beta = float(self.alpha), float(self.beta)
         a1, ma = np.float32(1.0 + alpha), np.float32(-alpha)
         fuse = self._fuse_object
-        if fuse:  # the numerator sums stay in the threads' accumulators until object_update folds them
+        if fuse:  # the numerator sums stay in the slots' accumulators until object_update folds them
             self._start_sums("_ob_num_t")
         prep = {}
         for g in self.book.groups:
