@@ -24,7 +24,7 @@ each block a slot (two per thread), runs a slot's blocks one at a time in a
 fixed order on whichever thread is free, and the slots are added in a fixed
 order after the pass. On a shared machine, where one core often runs slower
 than the other, the threads still finish together, and the results do not
-depend on timing (ML uses the fixed round-robin :meth:`BlockPool.map`).
+depend on timing.
 Object-sized steps (the object denominator, the division, folding the
 slots) run in row bands, one per thread (:meth:`BlockPool.rows`).
 

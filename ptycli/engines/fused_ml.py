@@ -5,7 +5,8 @@ of the exit waves, the transforms ``F = fw(P O)`` at the current point, and
 works frame block by frame block with block-sized scratch:
 
 Blocks run on the engine's threads (serial kernels that release the GIL,
-single-threaded FFTs, per-thread accumulators).
+single-threaded FFTs, load-balanced with accumulator slots:
+:meth:`ptycli.engines.fused.BlockPool.map_slots`).
 
 1. line pass: :func:`line_waves` forms the direction terms ``b`` and ``c``
    of the exit waves, they are transformed (FFT), and :func:`line_sums`
@@ -19,7 +20,7 @@ single-threaded FFTs, per-thread accumulators).
 Four FFT passes per iteration (three while the probe is fixed), no
 per-pixel arrays kept between passes, so the peak memory is the model plus
 one exit-wave-sized array. Formulas: :mod:`ptycli.engines.ml`. Sums are
-per frame (or per thread) in float64; the caller adds them in a fixed order.
+per frame (or per slot) in float64; the caller adds them in a fixed order.
 
 Noise models (``model``): 0 gaussian, 1 poisson, 2 euclid.
 """
@@ -28,7 +29,7 @@ import numpy as np
 
 from .fused import njit, _JIT, _INLINE
 
-__all__ = ["MODEL_IDS", "exit_product", "line_waves", "line_sums", "evaluate", "gradient_sums"]
+__all__ = ["MODEL_IDS", "exit_product", "line_waves", "line_sums", "evaluate", "gradient_sums", "real_dot"]
 
 #: ``ML_type`` -> the kernels' model number
 MODEL_IDS = {"gaussian": 0, "poisson": 1, "euclid": 2}
@@ -407,3 +408,20 @@ def gradient_sums(G, ob, pt, ol, oy, ox, pl, p0, cg_obj, cg_probe):
                 g = np.conj(grow[x])
                 cprow[x] += orow[x] * g
                 crow[x] += prow[x] * g
+
+
+@njit(**_JIT)
+def real_dot(a, b):
+    """``sum a * b`` of two flat float32 arrays: float32 partial sums over 4096 elements, added in float64.
+
+    The conjugate-gradient scalars of :class:`~ptycli.engines.ml.ML` in one
+    pass (``Re sum conj(x) y`` is this over the interleaved real buffers).
+    """
+    n = a.shape[0]
+    total = 0.0
+    for start in range(0, n, 4096):
+        part = np.float32(0.0)
+        for i in range(start, min(n, start + 4096)):
+            part += a[i] * b[i]
+        total += part
+    return total

@@ -191,9 +191,11 @@ def _flat_real(a):
     return a.reshape(-1).view(a.real.dtype)
 
 
-def _cdot(a, b):
-    """``Re sum conj(a) b`` of two complex arrays, accumulated in float64."""
+def _cdot(a, b, compiled=False):
+    """``Re sum conj(a) b`` of two complex arrays, accumulated in float64 (one compiled pass if ``compiled``)."""
     af, bf = _flat_real(a), _flat_real(b)
+    if compiled and af.dtype == np.float32:
+        return float(fused_ml.real_dot(af, bf))
     out = 0.0
     step = 1 << 16
     for i in range(0, af.size, step):
@@ -963,7 +965,7 @@ class ML(Engine):
         self._fft_workers = max(1, total // self._nthreads)
         self._pool = fused.BlockPool(self._nthreads)
         self._ws = [[G.workspace() for G in self.groups] for _ in range(self._nthreads)]
-        self._acc = [_Accumulator(book, self.groups) for _ in range(self._nthreads)]
+        self._acc = [_Accumulator(book, self.groups) for _ in range(self._pool.slots)]  # one per slot
         # constant of the Poisson cost (so that a perfect fit costs about zero)
         const = 0.0
         if self.model == "poisson":
@@ -1104,15 +1106,30 @@ class ML(Engine):
         """Sum a numpy buffer over MPI ranks, in place; return it (the one place ML reduces)."""
         return parallel.allreduce(values)
 
-    def _run(self, fn):
+    def _run(self, fn, zero_acc=False):
         """Run ``fn(gi, G, b, ws, acc)`` on every block; return the results in block order.
 
-        Blocks go round-robin to the threads (:class:`ptycli.engines.fused.BlockPool`:
-        a fixed assignment, so the accumulation order, hence the result, does
-        not depend on timing), each with its own workspace and accumulators.
+        Blocks are shared out by :meth:`ptycli.engines.fused.BlockPool.map_slots`
+        (load-balanced; each accumulator slot takes its blocks in a fixed
+        order, so the result does not depend on timing); ``ws`` is the
+        thread's workspace, ``acc`` the slot's accumulators, which with
+        ``zero_acc`` are zeroed before the slot's first block.
         """
-        return self._pool.map(lambda k, item: fn(item[0], item[1], item[2], self._ws[k][item[0]], self._acc[k]),
-                              self._items)
+        first = {id(item) for item in self._items[:self._pool.slots]} if zero_acc else ()
+        for acc in self._acc[len(self._items):] if zero_acc else ():
+            acc.zero()  # slots without blocks
+
+        def call(k, slot, item):
+            if id(item) in first:
+                self._acc[slot].zero()
+            return fn(item[0], item[1], item[2], self._ws[k][item[0]], self._acc[slot])
+
+        return self._pool.map_slots(call, self._items)
+
+    def _object_rows(self, fn):
+        """``fn(sid, k, rows)`` for every object storage, in row bands on the threads."""
+        for sid, S in self.obj_storages.items():
+            self._pool.rows(lambda k, rows, sid=sid: fn(sid, k, rows), [S.data])
 
     # -- passes over the data ------------------------------------------------------------------
     def _evaluate(self, du=0.0, gradient=True):
@@ -1131,10 +1148,6 @@ class ML(Engine):
         for G in self.groups:
             g = G.g
             prep.append((G.windows(g.obj.data), G.probe_eff(g.probe.data)))
-        if gradient:
-            for acc in self._acc:
-                acc.zero()
-
         if self._compiled:
             for gi, G in enumerate(self.groups):
                 prep[gi] = (G.g.obj.data, prep[gi][1])
@@ -1151,7 +1164,7 @@ class ML(Engine):
                     G.grad_block(b, ws, obj, pe, acc.gO[G.g.obj.ID], acc.gPe[gi], W)
                 return r
 
-        parts = self._run(fn)
+        parts = self._run(fn, zero_acc=gradient)
         self._stale = False
         sums = np.zeros(4)
         for r in parts:
@@ -1159,15 +1172,24 @@ class ML(Engine):
         sums[0] += self._poisson_const
         if gradient:
             grad = self.grad
-            grad[...] = 0
-            # the accumulators hold conjugate gradients (see _Group.grad_block)
+            # the accumulators hold conjugate gradients (see _Group.grad_block); object parts in row bands
+            def fold(sid, k, rows):
+                out = self._part(grad, "obj", sid)[..., rows, :]
+                np.copyto(out, self._acc[0].gO[sid][..., rows, :])
+                for acc in self._acc[1:]:
+                    out += acc.gO[sid][..., rows, :]
+                np.conj(out, out=out)
+
+            self._object_rows(fold)
+            probe_parts = self._parts(grad, "probe")
+            for _, _, part in probe_parts:
+                part[...] = 0
             for acc in self._acc:
-                for sid, a in acc.gO.items():
-                    self._part(grad, "obj", sid)[...] += a
                 for gi, G in enumerate(self.groups):
                     cgPe = acc.gPe[gi]
                     self._part(grad, "probe", G.g.probe.ID)[...] += cgPe * G.pre if G.pre is not None else cgPe
-            np.conj(grad, out=grad)
+            for _, _, part in probe_parts:
+                np.conj(part, out=part)
             self._allsum(sums)
             self._allsum(grad)
         else:
@@ -1251,10 +1273,16 @@ class ML(Engine):
         self._u2_delta = float(u_to * u_to - u_from * u_from)
         if du == 0:
             return 0.0
-        step = du * float(self._tau)
-        for kind, sid, h in self._parts(self.dirn):
-            S = self.obj_storages[sid] if kind == "obj" else self.probe_storages[sid]
-            S.data += step * h
+        step = self.ctype.type(du * float(self._tau))
+        for kind, sid, h in self._parts(self.dirn, "probe"):
+            self.probe_storages[sid].data += step * h
+        hO = {sid: h for _, sid, h in self._parts(self.dirn, "obj")}
+
+        def move(sid, k, rows):
+            band = self.obj_storages[sid].data[..., rows, :]
+            band += step * hO[sid][..., rows, :]
+
+        self._object_rows(move)
         return du
 
     # -- one iteration ---------------------------------------------------------------------------
@@ -1269,8 +1297,8 @@ class ML(Engine):
                     self._part(g, "probe", sid)[...] *= sup
         else:
             g[sp] = 0
-        go2 = _cdot(g[so], g[so])
-        gp2 = _cdot(g[sp], g[sp]) if probe_on else 0.0
+        go2 = _cdot(g[so], g[so], self._compiled)
+        gp2 = _cdot(g[sp], g[sp], self._compiled) if probe_on else 0.0
         s = float(self.p.scale_probe_object)
         if probe_on and self.p.scale_precond:
             if gp2 > 0 and go2 > 0:
@@ -1284,9 +1312,9 @@ class ML(Engine):
         restart = self._restart or (probe_on and not self._probe_was_on)
         beta = 0.0
         if not restart:
-            num = go2 - _cdot(g[so], gp[so])
+            num = go2 - _cdot(g[so], gp[so], self._compiled)
             if probe_on:
-                num += s * (gp2 - _cdot(g[sp], gp[sp]))
+                num += s * (gp2 - _cdot(g[sp], gp[sp], self._compiled))
             den = self._gnorm_prev
             beta = num / den if den > 0 else 0.0
             if not beta > 0:
@@ -1302,7 +1330,8 @@ class ML(Engine):
                 h[sp] -= (s - 1.0) * g[sp]
         else:
             h[sp] = 0
-        slope = 2.0 * (_cdot(g[so], h[so]) + (_cdot(g[sp], h[sp]) if probe_on else 0.0))
+        c = self._compiled
+        slope = 2.0 * (_cdot(g[so], h[so], c) + (_cdot(g[sp], h[sp], c) if probe_on else 0.0))
         if not slope < 0:  # not a descent direction: steepest descent
             np.negative(g, out=h)
             if probe_on:
@@ -1325,16 +1354,16 @@ class ML(Engine):
         new direction's length; on the first iteration a tenth of the object's norm.
         """
         h = self.dirn
-        hn = np.sqrt(_cdot(h, h))
+        self._dirn_norm = hn = np.sqrt(_cdot(h, h, self._compiled))
         if not hn > 0:
             return 1.0
         dist = self._dist_prev
         if not dist:
             on = 0.0
             for S in self.obj_storages.values():
-                on += _cdot(S.data, S.data)
+                on += _cdot(S.data, S.data, self._compiled)
             ho = h[:self._nobj]
-            hon = np.sqrt(_cdot(ho, ho))
+            hon = np.sqrt(_cdot(ho, ho, self._compiled))
             return float(0.1 * np.sqrt(on) / (hon if hon > 0 else hn))
         return float(dist / hn)
 
@@ -1380,7 +1409,7 @@ class ML(Engine):
         if tries:
             log.debug("%s: ML step halved %d times", self.label, tries)
         if u > 0:
-            self._dist_prev = float(u * tau * np.sqrt(_cdot(self.dirn, self.dirn)))
+            self._dist_prev = float(u * tau * self._dirn_norm)  # |h| from _direction_scale (h is unchanged)
         else:  # no progress along this line: steepest descent with a shorter trial next time
             self._restart = True
             if self._dist_prev:
