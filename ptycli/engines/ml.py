@@ -94,11 +94,14 @@ point, evaluates the cost and errors, and back-propagates and scatters the
 gradient. Frames are processed in blocks of about :data:`BLOCK_BYTES`: the
 FFTs run in place on persistent buffers, intermediate arrays live in
 preallocated per-thread work buffers, object windows are gathered with one
-fancy index on a sliding-window view per block. Blocks are shared out
-round-robin among ``get_workers()`` threads (numpy's elementwise loops and
-pocketfft release the GIL), each thread with its own (conjugate) gradient
-accumulators, summed in a fixed order, so a run is deterministic for a
-given thread count (and agrees with other thread counts to rounding).
+fancy index on a sliding-window view per block. Blocks are shared out among
+``get_workers()`` threads (numpy's elementwise loops, pocketfft and the
+compiled kernels release the GIL) by
+:meth:`ptycli.engines.fused.BlockPool.map_slots`: load-balanced, while each
+accumulator slot (two per thread) takes its blocks in a fixed order; the
+slots' (conjugate) gradients are summed in a fixed order, in object row bands
+on the threads, so a run is deterministic for a given thread count (and
+agrees with other thread counts to rounding).
 
 Records and MPI
 ---------------
@@ -902,7 +905,7 @@ def _workers():
 
 
 class _Accumulator:
-    """Gradient accumulators of one thread (conjugate gradients, see :meth:`_Group.grad_block`)."""
+    """Gradient accumulators of one slot (conjugate gradients, see :meth:`_Group.grad_block`)."""
 
     def __init__(self, book, groups):
         self.gO = {sid: np.zeros_like(S.data) for sid, S in book.obj_storages.items()}  # this rank's
