@@ -60,6 +60,8 @@ class ScanModel:
         self.p = pars
         self.data = None
         self.geometry = None
+        #: how the ``auto`` probe guess was chosen (see ``illumination.probe_from_data``); empty otherwise
+        self.probe_guess = {}
         self.pods = []
         self.sid = "S" + label
         self.probe_sid = "S" + (pars.get("probe_share") or label)
@@ -251,10 +253,11 @@ class ScanModel:
         if self.probe_sid != self.sid:
             return  # the scan that owns the shared probe initialises it
         d = self.data
+        self.probe_guess = {}
         modes = init_probe(self.p.illumination, d.shape, self.geometry.resolution, self.geometry.propagator,
                            num_modes=self.num_probe_modes, intensities=d.intensities, mask=d.mask,
                            lam_m=self.geometry.lam, default_model=self.default_probe_model,
-                           positions_m=self.positions_m())
+                           positions_m=self.positions_m(), info=self.probe_guess)
         S.fill(modes.astype(S.dtype))
 
     def init_object(self):

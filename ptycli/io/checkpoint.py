@@ -66,6 +66,11 @@ def _scan_entry(model):
         source=str(d.source or ""), probe=model.probe_sid, object=model.object_sid,
         model=str(model.p.name),
     )
+    guess = getattr(model, "probe_guess", None) or {}
+    if guess.get("method"):
+        attrs["probe_guess"] = str(guess["method"])
+        if guess.get("trial"):
+            attrs["probe_guess_trial"] = ", ".join("%s %.4g" % kv for kv in guess["trial"].items())
     return idx, initial, final, attrs
 
 
