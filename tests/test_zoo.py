@@ -1,0 +1,286 @@
+"""A small, fast version of the validation zoo (benchmarks/validate_zoo.py, issue 12).
+
+The simulator and the runner live in ``benchmarks/`` (not a package): they are
+imported by putting that folder on ``sys.path`` below. The simulator
+(``zoo_sim``) is an independent numpy forward model that writes files with
+plain h5py; these tests check
+
+* the writers: each layout (PtyPy .ptyd, CXI 1.5, beamline HDF5 with its own
+  names and units) loads through ptycli's loaders with the right frames,
+  positions (metres, 1e-9 relative), energy, distance, pixel size and mask;
+* the simulator itself on cases with a known answer (sub-pixel windows of a
+  plane wave, the far-field and near-field conventions);
+* that ptycli started from the true probe reconstructs tiny zoo scans (far
+  field focused probe in .ptyd, rectangular frames in CXI, near field)
+  above thresholds measured with a margin; of the default-settings scores
+  only the focused case's (which passes comfortably) is asserted, since the
+  probe guess is being reworked;
+* that the score is mean-removed: an unreconstructed (flat) object scores
+  low.
+
+Everything is written under pytest's ``tmp_path``.
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+if BENCHMARKS not in sys.path:
+    sys.path.insert(0, BENCHMARKS)
+
+import validate_zoo  # noqa: E402
+import zoo_sim  # noqa: E402
+from zoo_sim import CaseSpec  # noqa: E402
+
+
+def _load(data_section, propagation="farfield"):
+    """Load a scan through ptycli's loader as a reconstruction would (no engines)."""
+    from ptycli.core.manager import get_scan_model
+    from ptycli.core.ptycho import Ptycho
+
+    cfg = {"verbose_level": "error",
+           "scans": {"zoo": {"data": dict(data_section), "propagation": propagation}}}
+    P = Ptycho(cfg, level=1)
+    pars = P.p.scans["zoo"]
+    model = get_scan_model(pars.name)(P, "zoo", pars)
+    return model.load()
+
+
+TINY = {
+    # far field, focused probe, raster with jitter, PtyPy .ptyd with hot/dead pixels
+    "focused_ptyd": CaseSpec("focused_ptyd", layout="ptyd", probe="focused", probe_size_px=2.5,
+                             frame_shape=(32, 32), scan="raster", frames=64, photons=1e7,
+                             defects=True, seed=101),
+    # rectangular frames (different object pixel per axis), CXI with a beam stop, spiral
+    "rect_cxi": CaseSpec("rect_cxi", layout="cxi", probe="zoneplate", probe_size_px=6.0,
+                         frame_shape=(32, 48), scan="spiral", frames=70, photons=1e7,
+                         beamstop_radius_px=2.0, seed=102),
+    # near field, diffuser probe, random positions, beamline layout (uint16, um, eV, mm)
+    "near_beamline": CaseSpec("near_beamline", layout="beamline", probe="diffuser",
+                              frame_shape=(32, 32), propagation="nearfield", energy_kev=8.0,
+                              detector_pixel_m=0.65e-6, near_fresnel_px=10.0, scan="random",
+                              frames=60, overlap=0.6, photons=1e6, seed=103),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_cases(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("zoo")
+    return {name: zoo_sim.build_case(spec, str(folder)) for name, spec in TINY.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# simulator
+# ----------------------------------------------------------------------------------------------
+def test_subpixel_windows_of_a_plane_wave_are_exact():
+    # a plane wave of integer frequency is periodic on the object grid, so the Fourier shift is exact
+    ky, kx = 3, -5
+    shape = (40, 48)
+    yy, xx = np.indices(shape)
+    obj = np.exp(2j * np.pi * (ky * yy / shape[0] + kx * xx / shape[1]))
+    pos = np.array([[2.25, 3.5], [0.0, 1.0], [5.75, 0.125]])
+    origin = np.array([-1, -2])
+    win = zoo_sim.object_windows(obj, pos, origin, (8, 10))
+    for p, w in zip(pos, win):
+        s = p - origin
+        wy, wx = np.indices((8, 10))
+        expect = np.exp(2j * np.pi * (ky * (wy + s[0]) / shape[0] + kx * (wx + s[1]) / shape[1]))
+        np.testing.assert_allclose(w, expect, atol=1e-10)
+    # an integer position is a plain slice
+    np.testing.assert_array_equal(win[1], obj[1:9, 3:13])
+
+
+def test_far_and_near_field_conventions():
+    rng = np.random.default_rng(0)
+    geo_far = zoo_sim.Geometry(6.2, 5.0, 172e-6, (16, 16), "farfield")
+    # far field: a flat exit wave puts all counts in the centre pixel (the zero frequency at N // 2)
+    counts, probes = zoo_sim.simulate_intensities(np.ones((16, 16)), np.ones((1, 16, 16)), np.zeros((1, 2)),
+                                                  np.array([0, 0]), geo_far, 1000.0, rng, poisson=False)
+    assert counts[0, 8, 8] == pytest.approx(1000.0)
+    assert counts.sum() == pytest.approx(1000.0)
+    assert np.sum(np.abs(probes) ** 2) == pytest.approx(1000.0)  # Parseval: probe in count units
+    # far-field object pixel lam z / (N p) per axis
+    geo_rect = zoo_sim.Geometry(6.2, 5.0, 172e-6, (48, 80), "farfield")
+    lam = zoo_sim.HC_KEV_M / 6.2
+    np.testing.assert_allclose(geo_rect.object_pixel_m, [lam * 5.0 / (48 * 172e-6), lam * 5.0 / (80 * 172e-6)])
+    # near field: a plane wave stays a plane wave; one Fourier component only picks up a phase
+    geo_near = zoo_sim.Geometry(8.0, 0.03, 1e-6, (16, 16), "nearfield")
+    wave = np.exp(2j * np.pi * 2 * np.arange(16) / 16)[None, None, :] * np.ones((1, 16, 16))
+    out = zoo_sim.propagate_near(wave, geo_near)
+    fx = 2 / (16 * 1e-6)
+    expect_phase = -np.pi * geo_near.wavelength_m * 0.03 * fx ** 2
+    np.testing.assert_allclose(out, wave * np.exp(1j * expect_phase), atol=1e-12)
+
+
+def test_position_errors_and_subpixel_truth(tmp_path):
+    spec = CaseSpec("err", layout="ptyd", probe="zoneplate", probe_size_px=5.0, frame_shape=(32, 32),
+                    scan="raster", frames=100, photons=1e5, position_error_px=1.5, subpixel=True, seed=5)
+    case = zoo_sim.build_case(spec, str(tmp_path))
+    truth = case["truth"]
+    err = case["reported_pos_px"] - truth["pos_px"]
+    rms = np.sqrt(np.mean(np.sum(err ** 2, axis=1)))
+    assert 1.2 < rms < 1.8
+    assert np.any(np.abs(truth["pos_px"] - np.round(truth["pos_px"])) > 0.1)  # really off the grid
+    assert truth["lit_mask"].sum() > 0.3 * truth["frame_mask"].sum()
+    assert np.all(truth["frame_mask"][truth["lit_mask"]])
+
+
+# ----------------------------------------------------------------------------------------------
+# writers: the files load through ptycli with the right numbers
+# ----------------------------------------------------------------------------------------------
+def _bad_pixels_in_file(case):
+    """The defect mask (True = bad) of a case, from its file (weights, CXI bits, valid dataset)."""
+    import h5py
+
+    with h5py.File(case["data_file"], "r") as f:
+        if "chunks" in f:
+            return f["chunks/0/weights"][0] == 0
+        if "entry_1" in f:
+            return (f["entry_1/instrument_1/detector_1/mask"][()] & 0x1) != 0
+        valid = f[zoo_sim.BEAMLINE_PATHS["valid"]][()]
+        return valid.reshape((-1,) + valid.shape[-2:]).min(axis=0) == 0
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_written_files_load_through_ptycli(tiny_cases, name):
+    import h5py
+
+    case = tiny_cases[name]
+    spec = TINY[name]
+    truth = case["truth"]
+    geo = case["geometry"]
+    d = _load(case["data_section"], spec.propagation)
+    n = len(truth["pos_px"])
+    assert d.num_frames_total == n
+    assert tuple(d.shape) == tuple(spec.frame_shape)
+    # positions in metres: the written (reported) pixel positions times the object pixel
+    expect_m = case["reported_pos_px"] * truth["resolution_m"]
+    got = np.asarray(d.positions, float)
+    order = np.asarray(d.indices, int)
+    assert d.positions_unit == "m"
+    np.testing.assert_allclose(got, expect_m[order], rtol=1e-9, atol=1e-9 * np.abs(expect_m).max())
+    # geometry conversions: CXI energy in J, beamline eV / mm / um
+    assert d.energy_kev == pytest.approx(spec.energy_kev, rel=1e-12)
+    assert d.distance_m == pytest.approx(geo.distance_m, rel=1e-12)
+    np.testing.assert_allclose(np.broadcast_to(d.psize_m, (2,)), spec.detector_pixel_m, rtol=1e-12)
+    # the frames arrive unchanged, masked pixels aside
+    with h5py.File(case["data_file"], "r") as f:
+        if spec.layout == "ptyd":
+            raw = np.concatenate([f["chunks/%s/data" % k][()] for k in sorted(f["chunks"], key=int)])
+        elif spec.layout == "cxi":
+            raw = f["entry_1/instrument_1/detector_1/data"][()]
+        else:
+            raw = f[zoo_sim.BEAMLINE_PATHS["frames"]][()]
+            assert raw.dtype == np.uint16
+    mask = np.asarray(d.mask, bool).reshape((-1,) + tuple(spec.frame_shape))
+    intens = np.asarray(d.intensities, float).reshape(mask.shape)
+    np.testing.assert_array_equal(intens[mask], raw[order].astype(float)[mask])
+    if spec.defects or spec.beamstop_radius_px:
+        # hot/dead pixels and the beam stop are masked in every frame, nothing else is
+        invalid = ~mask.all(axis=0)
+        expect_invalid = np.asarray(_bad_pixels_in_file(case), bool)
+        np.testing.assert_array_equal(invalid, expect_invalid)
+
+
+def test_ptyd_layout_mimics_ptypy(tiny_cases):
+    import h5py
+
+    with h5py.File(tiny_cases["focused_ptyd"]["data_file"], "r") as f:
+        assert f.attrs["h5rw_version"] == "0.1"
+        assert f["chunks"].attrs["type"] == "dict"
+        assert f["chunks/0/data"].dtype == np.int32 and f["chunks/0/data"].attrs["type"] == "array"
+        assert f["chunks/0/indices"].attrs["type"] == "arraylist"
+        assert f["meta/label"].attrs["type"] == "string"
+        assert f["meta/num_frames"][()] == 64
+        np.testing.assert_array_equal(f["meta/shape"][()], [32, 32])
+        np.testing.assert_array_equal(f["meta/center"][()], [16, 16])
+        np.testing.assert_array_equal(f["info/positions_scan"][()],
+                                      np.concatenate([f["chunks/0/positions"][()]]))
+
+
+def test_cxi_layout(tiny_cases):
+    import h5py
+
+    case = tiny_cases["rect_cxi"]
+    with h5py.File(case["data_file"], "r") as f:
+        assert f["cxi_version"][()] == 150
+        e_j = f["entry_1/instrument_1/source_1/energy"][()]
+        assert e_j == pytest.approx(6.2e3 * 1.602176634e-19, rel=1e-12)
+        tr = f["entry_1/sample_1/geometry_1/translation"][()]
+        assert tr.shape == (70, 3) and np.all(tr[:, 2] == 0)
+        # columns x, y: x = column position times the x pixel
+        res = case["truth"]["resolution_m"]
+        np.testing.assert_allclose(tr[:, 0], case["reported_pos_px"][:, 1] * res[1], rtol=1e-12)
+        np.testing.assert_allclose(tr[:, 1], case["reported_pos_px"][:, 0] * res[0], rtol=1e-12)
+        assert res[0] != pytest.approx(res[1])  # rectangular: different pixel per axis
+
+
+# ----------------------------------------------------------------------------------------------
+# reconstructions from the true probe (thresholds measured with a margin)
+# ----------------------------------------------------------------------------------------------
+#: case -> (DM, ML iterations, lowest accepted true-probe score). Measured (seeds 0-2 of each
+#: case, 2026-12-02, while ptycli was being changed): focused 0.988-0.997, rectangular CXI
+#: 0.955-0.991, near field 0.940-0.977.
+RECON = {
+    "focused_ptyd": (40, 20, 0.95),
+    "rect_cxi": (40, 20, 0.90),
+    "near_beamline": (40, 20, 0.90),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECON))
+def test_true_probe_reconstruction(tiny_cases, name):
+    case = tiny_cases[name]
+    spec = TINY[name]
+    dm, ml, floor = RECON[name]
+    cfg = validate_zoo.natural_config(case["data_section"], spec.propagation, true_probe_file=case["probe_file"],
+                                      dm_iterations=dm, ml_iterations=ml)
+    res = validate_zoo.reconstruct_and_score(cfg, case["truth"])
+    assert res["error"] is None
+    assert res["score"] > floor, res
+    assert res["pos_rms_px"] < 1e-9  # no refinement: the windows stay at the true (integer) positions
+
+
+def test_default_probe_reconstructs_the_focused_case(tiny_cases):
+    # the one default-settings score asserted here: it passes comfortably today (0.993-0.999 over
+    # three seeds); the rectangular (0.95) and near-field (0.37-0.68) defaults are left to the zoo
+    case = tiny_cases["focused_ptyd"]
+    cfg = validate_zoo.natural_config(case["data_section"], "farfield", dm_iterations=40, ml_iterations=20)
+    res = validate_zoo.reconstruct_and_score(cfg, case["truth"])
+    assert res["error"] is None
+    assert res["score"] > 0.93, res
+
+
+def test_score_of_an_unreconstructed_object_is_low(tiny_cases):
+    # no engine: the object stays the flat initial guess, which the score must not reward
+    case = tiny_cases["focused_ptyd"]
+    cfg = validate_zoo.natural_config(case["data_section"], "farfield", true_probe_file=case["probe_file"],
+                                      dm_iterations=0, ml_iterations=0)
+    res = validate_zoo.reconstruct_and_score(cfg, case["truth"])
+    assert res["error"] is None
+    assert res["score"] < 0.3, res
+    assert res["score_raw"] > 0.8  # the uncentred correlation would have called it a success
+
+
+def test_score_removes_shift_ramp_and_phase_but_not_structure():
+    from ptycli.engines import metrics
+
+    rng = np.random.default_rng(3)
+    truth = zoo_sim.make_object((64, 64), rng, feature_px=1.5)
+    weight = np.zeros((64, 64))
+    weight[12:52, 12:52] = 1.0
+    yy, xx = np.indices((64, 64)) / 64.0
+    ramp = np.exp(2j * np.pi * (1.3 * yy - 0.7 * xx))
+
+    def score(recon):
+        cmp = metrics.align_and_compare(recon, truth, weight)
+        return validate_zoo.mean_removed_correlation(recon, truth, weight, cmp["shift"], cmp["ramp"])
+
+    moved = metrics.fourier_shift(truth, (0.4, -1.3)) * ramp * np.exp(0.7j) * 1.7
+    assert score(moved) > 0.99
+    # a flat object, with or without a phase ramp, has none of the structure
+    assert score(np.ones((64, 64), complex)) < 0.1
+    assert score(ramp) < 0.2
