@@ -158,7 +158,8 @@ def test_validate_fills_defaults_and_canonical_names(plugins):
     p = tree.validate(raw)
     assert repr(raw) == snapshot  # input untouched
     s = p.scans.MF
-    assert s.name == "Vanilla" and s.propagation == "farfield"
+    # propagation defaults to null: the data file's (when it records one), else farfield at model build
+    assert s.name == "Vanilla" and s.propagation is None
     assert list(s.data) == ["name", "shape", "num_frames"]
     assert s.data.name == "TestLoader" and s.data.shape == (64, 64) and s.data.num_frames == 5
     ill = s.illumination

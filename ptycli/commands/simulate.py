@@ -41,10 +41,16 @@ def positions_in_metres(sd, propagation):
 
 
 def write_scan(path, fmt, sd, p, label):
-    """Write one ScanData (all frames) as ptycli's data file, CXI or PtyPy .ptyd."""
+    """Write one ScanData (all frames) as ptycli's data file, CXI or PtyPy .ptyd.
+
+    The propagation is the one the loader resolved (``sd.meta['propagation']``:
+    the configured one, else the input's, else farfield). ptycli's data file
+    records it (``/geometry`` attribute), a ``.ptyd`` in ``/meta/propagation``;
+    CXI has no place for it (a near-field CXI file gets a warning).
+    """
     from ..params.yamlio import dump_yaml
 
-    propagation = p.scans[label].propagation
+    propagation = (sd.meta or {}).get("propagation") or p.scans[label].get("propagation") or "farfield"
     sd.meta = dict(sd.meta or {}, propagation=propagation)
     if fmt == "h5":
         from ..io.datafile import write_datafile
@@ -55,12 +61,16 @@ def write_scan(path, fmt, sd, p, label):
 
         write_cxi_data(path, sd.intensities, positions_in_metres(sd, propagation), energy_kev=sd.energy_kev,
                        distance_m=sd.distance_m, psize_m=sd.psize_m, mask=sd.mask)
+        if propagation != "farfield":
+            logger.warning("%s: CXI files do not record the propagation; reconstruct these %s frames with "
+                           "scans.%s.propagation: %s", path, propagation, label, propagation)
     elif fmt == "ptyd":
         from ..io.ptyd import write_ptyd
 
         write_ptyd(path, sd.intensities, positions_in_metres(sd, propagation),
                    weights=np.asarray(sd.mask, dtype=np.float64), energy_kev=sd.energy_kev,
-                   distance_m=sd.distance_m, psize_m=sd.psize_m, label=sd.label or label)
+                   distance_m=sd.distance_m, psize_m=sd.psize_m, label=sd.label or label,
+                   propagation=propagation)
     else:  # pragma: no cover - click restricts the choice
         raise ConfigError("unknown format %r; valid: h5, cxi, ptyd" % fmt)
 
@@ -82,6 +92,9 @@ def simulate(config, output, fmt, scan_label, overrides, force, as_json):
     loader runs as in a reconstruction, so any loader works: the MoonFlower
     simulator writes frames plus its ground-truth object and probe; other
     loaders convert their input into ptycli's data file, CXI or .ptyd.
+    MoonFlowerScan simulates the scan's propagation (far field unless
+    scans.<label>.propagation says nearfield); ptycli's data file and .ptyd
+    record it, so a reconstruction of the file needs no propagation setting.
 
     \b
     Examples:
@@ -115,6 +128,8 @@ def simulate(config, output, fmt, scan_label, overrides, force, as_json):
 
         set_workers(parallel.fft_workers())
     loader = get_loader(data_pars.name)(data_pars, path="scans.%s.data" % scan_label)
+    # what to simulate (MoonFlowerScan), or checked against what the input records
+    loader.propagation = p.scans[scan_label].get("propagation")
     sd = gather_scan(loader.load())
     if parallel.master:
         write_scan(output, fmt, sd, p, scan_label)
@@ -124,5 +139,6 @@ def simulate(config, output, fmt, scan_label, overrides, force, as_json):
         summary = dict(output=output, format=fmt, scan=scan_label, frames=int(sd.intensities.shape[0]),
                        shape=[int(s) for s in sd.shape], energy_kev=float(sd.energy_kev),
                        distance_m=float(sd.distance_m), psize_m=[float(v) for v in np.broadcast_to(sd.psize_m, (2,))],
+                       propagation=str(sd.meta.get("propagation", "farfield")),
                        ground_truth=bool(sd.ground_truth), time_s=round(time.time() - t0, 3))
         emit_result(summary, as_json, output)

@@ -309,7 +309,9 @@ def read_ptyd_meta(path, with_info=True):
         /meta value, None if absent), ``frame_shape`` (h, w), ``shape`` (the
         /meta value or ``frame_shape``), ``energy_kev``, ``distance_m``,
         ``psize_m`` (ndarray (2,), detector pixel (y, x)), ``center`` (ndarray
-        (2,) or None), ``label``, ``version``, ``positions_unit`` ('m'),
+        (2,) or None), ``label``, ``propagation`` ('farfield'/'nearfield' as
+        recorded by ptycli in ``/meta/propagation``, else None), ``version``,
+        ``positions_unit`` ('m'),
         ``dtype`` of the frames, ``chunks`` (list of (name, start, stop) global
         frame ranges), ``has_weights`` and ``info`` (dict, or None). Missing
         geometry entries are None.
@@ -325,6 +327,9 @@ def read_ptyd_meta(path, with_info=True):
         num_meta = _meta_value(f, "num_frames")
         label = _meta_value(f, "label")
         version = _meta_value(f, "version")
+        propagation = _meta_value(f, "propagation")  # written by ptycli (PtyPy writes none)
+        if isinstance(propagation, bytes):
+            propagation = propagation.decode("utf-8", "replace")
         info = None
         if with_info and "info" in f:
             info = read_node(f["info"])
@@ -338,6 +343,7 @@ def read_ptyd_meta(path, with_info=True):
             "psize_m": _as_pair(_meta_value(f, "psize"), "psize", path),
             "center": _as_pair(_meta_value(f, "center"), "center", path),
             "label": None if label is None else str(label),
+            "propagation": None if propagation is None else str(propagation),
             "version": version,
             "positions_unit": "m",
             "dtype": str(first.dtype),
@@ -414,7 +420,7 @@ def read_ptyd_frames(path, start=0, stop=None):
 # --------------------------------------------------------------------------
 def write_ptyd(path, intensities, positions, weights=None, *, energy_kev, distance_m, psize_m,
                center=None, label="ptycli", chunk_size=200, indices=None, info=None,
-               compression="gzip"):
+               compression="gzip", propagation=None):
     """Write a PtyPy-compatible ``.ptyd`` file (atomically).
 
     Parameters
@@ -443,6 +449,10 @@ def write_ptyd(path, intensities, positions, weights=None, *, energy_kev, distan
         Entries merged into ``/info`` (scan parameters).
     compression : str or None
         HDF5 filter for arrays ('gzip' as PtyPy does, or None).
+    propagation : 'farfield', 'nearfield' or None
+        Recorded as ``/meta/propagation`` (a ptycli addition that PtyPy
+        ignores; PtydScan checks the configuration against it). None writes
+        nothing.
     """
     import h5py
 
@@ -487,6 +497,10 @@ def write_ptyd(path, intensities, positions, weights=None, *, energy_kev, distan
         "center": ctr,
         "distance": float(distance_m),
     }
+    if propagation is not None:
+        if propagation not in ("farfield", "nearfield"):
+            raise ValueError("propagation must be 'farfield', 'nearfield' or None, got %r" % (propagation,))
+        meta["propagation"] = str(propagation)
     scan_info = {
         "name": "PtyScan",
         "dfile": os.path.basename(os.fspath(path)),

@@ -5,7 +5,7 @@ Names follow PtyPy where PtyPy users know them::
     scans:
       MF:                       # the label: letters, digits, '_' and '-'
         name: Full              # scan model: Full (mixed states) or Vanilla
-        propagation: farfield   # farfield or nearfield
+        propagation: null       # farfield or nearfield (null: the data file's, else farfield)
         data:                   # the loader and its own parameters
           name: MoonFlowerScan
           shape: 128
@@ -301,8 +301,9 @@ DATA = ParamSet("data", [
 
 SCAN = ParamSet("scan", [
     RegistryName("name", "Full", SCAN_MODELS, "scan model: Full (mixed states) or Vanilla (single mode)"),
-    Parameter("propagation", "farfield", "str", "propagation between sample and detector",
-              choices=["farfield", "nearfield"]),
+    Parameter("propagation", None, "str", "propagation between sample and detector (null: the one the data "
+              "file records, else farfield; a value that contradicts the file's is an error)",
+              choices=["farfield", "nearfield"], nullable=True),
     DATA,
     ILLUMINATION,
     SAMPLE,

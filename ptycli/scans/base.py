@@ -60,11 +60,15 @@ Pipeline (applied by :meth:`ScanLoader.load`, in this order)
 5. ``fftshifted``: frames with the zero frequency at pixel [0, 0] are shifted
    so that it is at ``frame_shape // 2``.
 6. ``orientation``: transpose, then flip up-down, then flip left-right (see
-   :func:`orientation_flags` for the integer encoding).
+   :func:`orientation_flags` for the integer encoding). A transpose also swaps
+   the (y, x) detector pixel size (``psize``, from the file or the
+   configuration, is that of the detector as stored).
 7. centre: ``center`` null uses the file's centre when it states one, else
-   'auto'; 'auto' is the mass centre of the valid intensities summed over all
-   frames of all ranks; 'geometric' is ``frame_shape // 2``; a pair is a pixel
-   position in the raw frame as stored in the file (mapped through steps 5-6).
+   'auto' (far field) or 'geometric' (near field: the frames are images, with
+   no diffraction centre to find); 'auto' is the mass centre of the valid
+   intensities summed over all frames of all ranks; 'geometric' is
+   ``frame_shape // 2``; a pair is a pixel position in the raw frame as stored
+   in the file (mapped through steps 5-6).
 8. crop/pad to ``shape * rebin`` about the (rounded) centre, so that it lands
    on pixel ``(shape * rebin) // 2``; padded pixels are masked, and one warning
    says how many when the window leaves the frame (a ``shape`` larger than the
@@ -83,6 +87,16 @@ raise while a loader reads it becomes a DataError naming the file
 Geometry: ``energy`` (keV), ``distance`` (m) and ``psize`` (detector pixel, m)
 from the configuration override the file's values; a quantity missing from both
 is a :class:`~ptycli.errors.ConfigError` naming the parameter.
+
+Propagation: the scan's ``propagation`` (``scans.<label>.propagation``, set on
+the loader as :attr:`ScanLoader.propagation` by whoever builds it) and the one
+the input records (``read_meta()['propagation']``: ptycli's data file, a
+``.ptyd`` written by ptycli) are resolved by
+:meth:`ScanLoader.resolve_propagation`: the configured value, else the
+recorded one, else 'farfield'; a configured value that contradicts the
+recorded one is a :class:`~ptycli.errors.ConfigError`. The result is
+``ScanData.meta['propagation']``. Simulators (MoonFlowerScan) record nothing
+and simulate what the scan asks for.
 """
 
 import dataclasses
@@ -105,6 +119,8 @@ __all__ = [
     "register",
     "get_loader",
     "orientation_flags",
+    "normalise_propagation",
+    "PROPAGATIONS",
     "COMMON_PARAMS",
     "READ_ERRORS",
     "reading",
@@ -114,6 +130,25 @@ logger = get_logger("ptycli.scans")
 
 #: registered loaders, by NAME
 LOADERS = {}
+
+#: valid values of a scan's propagation
+PROPAGATIONS = ("farfield", "nearfield")
+
+
+def normalise_propagation(value, where="propagation"):
+    """'farfield' / 'nearfield' (or None) from a configured or recorded value.
+
+    Accepts any case and the spellings 'far-field', 'far field', 'far_field'
+    (same for near); anything else is a ConfigError naming ``where``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    text = "".join(ch for ch in str(value).strip().lower() if ch not in " -_")
+    if text in PROPAGATIONS:
+        return text
+    raise ConfigError("%s: unknown propagation %r; expected farfield or nearfield" % (where, value))
 
 
 def register(cls):
@@ -520,10 +555,66 @@ class ScanLoader:
         self._meta = None
 
     @classmethod
-    def from_pars(cls, pars=None, path=None):
-        """Validate ``pars`` against ``PARAMS`` (filling defaults) and build the loader."""
+    def from_pars(cls, pars=None, path=None, propagation=None):
+        """Validate ``pars`` against ``PARAMS`` (filling defaults) and build the loader.
+
+        ``propagation`` sets :attr:`propagation` (the scan's configured value).
+        """
         path = path or "scan.data"
-        return cls(cls.PARAMS.validate(dict(pars or {}), path), path=path)
+        loader = cls(cls.PARAMS.validate(dict(pars or {}), path), path=path)
+        loader.propagation = propagation
+        return loader
+
+    # -- propagation ------------------------------------------------------------
+    @property
+    def propagation(self):
+        """The scan's configured propagation ('farfield', 'nearfield'), or None when not set.
+
+        Set it before loading (the scan model sets ``scans.<label>.propagation``).
+        A simulator simulates this propagation; a file loader checks it against
+        what the file records (:meth:`resolve_propagation`).
+        """
+        return getattr(self, "_propagation", None)
+
+    @propagation.setter
+    def propagation(self, value):
+        value = normalise_propagation(value, self._propagation_where())
+        if value != getattr(self, "_propagation", None):
+            self._propagation = value
+            self._propagation_changed()
+
+    def _propagation_changed(self):
+        """Hook: the configured propagation changed (simulators drop their cached model)."""
+
+    def _propagation_where(self):
+        """Configuration path of the scan's propagation (``scans.<label>.propagation``)."""
+        path = self.path or ""
+        if path.endswith(".data"):
+            return path[:-len(".data")] + ".propagation"
+        return "propagation"
+
+    def recorded_propagation(self):
+        """The propagation the input records ('farfield'/'nearfield'), or None when it records none."""
+        return normalise_propagation(self.meta().get("propagation"),
+                                     "the propagation recorded in %s" % self.source)
+
+    def resolve_propagation(self):
+        """The scan's propagation: the configured one, else the input's, else 'farfield'.
+
+        Raises
+        ------
+        ConfigError
+            When the configuration sets a propagation that contradicts the one
+            the input records.
+        """
+        configured = self.propagation
+        recorded = self.recorded_propagation()
+        if configured is not None and recorded is not None and configured != recorded:
+            where = self._propagation_where()
+            raise ConfigError(
+                "%s is %s, but %s holds %s data" % (where, configured, self.source, recorded),
+                hint="set it to %s or remove it (the file's propagation is then used)" % recorded)
+        return configured or recorded or "farfield"
 
     # -- to implement -------------------------------------------------------
     def read_meta(self):
@@ -616,7 +707,9 @@ class ScanLoader:
         dict
             ``ntot`` (frames used), ``nmax`` (frames in the input), ``raw_shape``,
             ``oshape`` (oriented), ``rebin``, ``target`` (crop/pad shape before
-            rebinning), ``geometry`` ``(energy_kev, distance_m, psize_m)``.
+            rebinning), ``geometry`` ``(energy_kev, distance_m, psize_m)``,
+            ``propagation`` (:meth:`resolve_propagation`; its ConfigError is
+            raised here when the configuration contradicts the input).
         """
         p = self.pars
         src = self.source
@@ -654,7 +747,7 @@ class ScanLoader:
                 raise ConfigError("%s: rebin %d is larger than the frame %s" % (
                     self._where("rebin"), rebin, raw_shape))
         return dict(ntot=ntot, nmax=nmax, npos=npos, raw_shape=raw_shape, oshape=oshape,
-                    rebin=rebin, target=target, geometry=geometry)
+                    rebin=rebin, target=target, geometry=geometry, propagation=self.resolve_propagation())
 
     # -- the pipeline -------------------------------------------------------
     def load(self, rank=None, size=None):
@@ -675,6 +768,8 @@ class ScanLoader:
         ntot, nmax, npos = plan["ntot"], plan["nmax"], plan["npos"]
         raw_shape, oshape, rebin, target = plan["raw_shape"], plan["oshape"], plan["rebin"], plan["target"]
         flags = self.orientation
+        if flags[0]:  # transposed frames: the detector pixel's (y, x) sides swap too
+            psize = psize[::-1].copy()
         if npos is not None and int(npos) > nmax and parallel.rank == 0:
             logger.warning("%s: %d positions for %d frames; the first %d positions are used (check that "
                            "they belong to these frames)", src, int(npos), nmax, nmax)
@@ -700,7 +795,8 @@ class ScanLoader:
         if flat is not None:
             flat, flat_ok = self._normalise_flat(flat)
 
-        center = self._fixed_center(m, raw_shape, oshape, flags)
+        propagation = plan["propagation"]
+        center = self._fixed_center(m, raw_shape, oshape, flags, propagation)
         chunk = int(p.get("chunk_size") or 100)
         n_local = stop - start
         out_shape = tuple(t // rebin for t in target)
@@ -802,8 +898,7 @@ class ScanLoader:
             "rebin": rebin,
             "fftshifted": bool(p.get("fftshifted")),
         })
-        if m.get("propagation"):
-            meta["propagation"] = m["propagation"]
+        meta["propagation"] = propagation
         return ScanData(
             intensities=intens,
             mask=mask,
@@ -914,13 +1009,18 @@ class ScanLoader:
         d[~valid] = 0.0
         return d, valid, pos, idx, nbad_pix, nbad_frames
 
-    def _fixed_center(self, m, raw_shape, oshape, flags):
-        """The centre in oriented-frame pixels, or None when it must be measured."""
+    def _fixed_center(self, m, raw_shape, oshape, flags, propagation="farfield"):
+        """The centre in oriented-frame pixels, or None when it must be measured.
+
+        Without a configured or recorded centre, far-field frames are centred on
+        their mass centre ('auto'); near-field frames are images of the sample
+        plane with no diffraction centre, so they stay as they are ('geometric').
+        """
         c = self.center
         if c is None:
             fc = m.get("center")
             if fc is None:
-                c = "auto"
+                c = "geometric" if propagation == "nearfield" else "auto"
             else:
                 c = _normalise_center(fc, "center of %s" % self.source)
         if isinstance(c, str):

@@ -1,11 +1,17 @@
-"""MoonFlowerScan: a simulated far-field ptychography scan for tests and demos.
+"""MoonFlowerScan: a simulated far-field or near-field ptychography scan for tests and demos.
 
 The probe is the procedural moon (or a defocused ring-shaped aperture
 probe), the object the procedural flower field of :mod:`ptycli.resources`.
 Positions follow a scan pattern of :mod:`ptycli.core.xy` with a step of
 ``density`` times the frame width, snapped to the object pixel grid so that
 the ground truth and the reconstruction grid agree exactly. Each frame is
-``sum_modes |fw(probe_mode * object_patch)|^2``, optionally blurred by a
+``sum_modes |fw(probe_mode * object_patch)|^2`` with the propagator of the
+scan's ``propagation`` (:attr:`ScanLoader.propagation`, set from
+``scans.<label>.propagation``; 'farfield' when unset): far field (Fresnel,
+sample pixel ``lam z / (N psize)``) or near field (angular spectrum over
+``distance``, sample pixel = detector pixel; without ``distance``/``psize``
+the near-field defaults are 5 mm and 100 nm, a Fresnel number of 0.01 per
+pixel at 6.2 keV). Optionally blurred by a
 Gaussian detector point-spread function and drawn with Poisson noise from a
 generator seeded by ``(seed, frame index)``, so every MPI split of the frames
 gives identical data. Each rank simulates only its own frames.
@@ -21,9 +27,12 @@ from ..core.geometry import get_propagator
 from ..params.declare import Parameter
 from .base import ScanLoader, register
 
-__all__ = ["MoonFlowerScan", "simulate_model"]
+__all__ = ["MoonFlowerScan", "simulate_model", "sample_pixel"]
 
 _DEFAULTS = dict(shape=128, num_frames=100, energy=6.2, distance=7.0, psize=172e-6)
+#: near field: an effective (magnified) pixel of 100 nm 5 mm from the sample,
+#: i.e. a Fresnel number psize**2 / (lam z) of 0.01 per pixel at 6.2 keV
+_NEARFIELD_DEFAULTS = dict(distance=5e-3, psize=100e-9)
 
 
 def _defocused_probe(shape, psize_m, lam_m):
@@ -44,8 +53,23 @@ def _defocused_probe(shape, psize_m, lam_m):
     return ring * np.exp(3j * np.pi * r2)
 
 
-def simulate_model(p, shape, energy_kev, distance_m, psize_m):
+def sample_pixel(shape, energy_kev, distance_m, psize_m, propagation="farfield"):
+    """Sample-plane pixel size (y, x) in metres of a scan geometry.
+
+    Far field ``lam z / (N psize)`` per axis; near field the detector pixel.
+    """
+    psize = np.broadcast_to(np.asarray(psize_m, float), (2,)).copy()
+    if propagation == "nearfield":
+        return psize
+    lam = 1.23984193e-9 / energy_kev
+    return lam * distance_m / (np.array(shape, dtype=float) * psize)
+
+
+def simulate_model(p, shape, energy_kev, distance_m, psize_m, propagation="farfield"):
     """Probe modes, object and positions of a MoonFlower scan.
+
+    ``propagation`` ('farfield' or 'nearfield') sets the sample pixel
+    (:func:`sample_pixel`), and so the positions' metres.
 
     Returns
     -------
@@ -61,7 +85,7 @@ def simulate_model(p, shape, energy_kev, distance_m, psize_m):
 
     shape = tuple(int(s) for s in shape)
     lam = 1.23984193e-9 / energy_kev
-    resolution = lam * distance_m / (np.array(shape) * np.asarray(psize_m, float))
+    resolution = sample_pixel(shape, energy_kev, distance_m, psize_m, propagation)
     frame_m = np.array(shape) * resolution
     n = int(p.num_frames or _DEFAULTS["num_frames"])
     spacing = float(p.density) * frame_m
@@ -121,9 +145,9 @@ class MoonFlowerScan(ScanLoader):
                   unit="pixel"),
         Parameter("energy", None, "float", "photon energy (null = 6.2)", low=0.0, nullable=True,
                   unit="keV"),
-        Parameter("distance", None, "float", "sample-detector distance (null = 7.0)", low=0.0,
+        Parameter("distance", None, "float", "sample-detector distance (null = 7.0; near field 5e-3)", low=0.0,
                   nullable=True, unit="m"),
-        Parameter("psize", None, "pair", "detector pixel size (null = 172e-6)", low=0.0,
+        Parameter("psize", None, "pair", "detector pixel size (null = 172e-6; near field 100e-9, the sample pixel)", low=0.0,
                   nullable=True, unit="m"),
         Parameter("density", 0.2, "float", "scan step as a fraction of the frame width",
                   low=0.01, high=1.0),
@@ -142,12 +166,28 @@ class MoonFlowerScan(ScanLoader):
                   "std of random errors added to the reported positions", low=0.0, unit="pixel"),
     ], doc="simulated MoonFlower scan")
 
+    @property
+    def sim_propagation(self):
+        """The propagation simulated: the scan's (:attr:`propagation`), else 'farfield'."""
+        return self.propagation or "farfield"
+
+    def _propagation_changed(self):
+        self._meta = None
+        self._model = None
+
+    def recorded_propagation(self):
+        """None: a simulation records no propagation, it simulates the scan's."""
+        return None
+
     def _sim_geometry(self):
         p = self.pars
-        shape = tuple(p.shape) if p.get("shape") is not None else (_DEFAULTS["shape"],) * 2
-        energy = p.energy if p.get("energy") is not None else _DEFAULTS["energy"]
-        distance = p.distance if p.get("distance") is not None else _DEFAULTS["distance"]
-        psize = np.broadcast_to(np.asarray(p.psize if p.get("psize") is not None else _DEFAULTS["psize"],
+        defaults = dict(_DEFAULTS)
+        if self.sim_propagation == "nearfield":
+            defaults.update(_NEARFIELD_DEFAULTS)
+        shape = tuple(p.shape) if p.get("shape") is not None else (defaults["shape"],) * 2
+        energy = p.energy if p.get("energy") is not None else defaults["energy"]
+        distance = p.distance if p.get("distance") is not None else defaults["distance"]
+        psize = np.broadcast_to(np.asarray(p.psize if p.get("psize") is not None else defaults["psize"],
                                            float), (2,)).copy()
         return shape, float(energy), float(distance), psize
 
@@ -155,7 +195,8 @@ class MoonFlowerScan(ScanLoader):
         """The simulation's ground truth (computed once, see :func:`simulate_model`)."""
         if getattr(self, "_model", None) is None:
             shape, energy, distance, psize = self._sim_geometry()
-            self._model = simulate_model(self.pars, shape, energy, distance, psize)
+            self._model = simulate_model(self.pars, shape, energy, distance, psize,
+                                         propagation=self.sim_propagation)
         return self._model
 
     @property
@@ -170,7 +211,7 @@ class MoonFlowerScan(ScanLoader):
                      resolution_m=m["resolution"], positions_m=m["positions"])
         return dict(num_frames=n, frame_shape=shape, energy_kev=energy, distance_m=distance,
                     psize_m=psize, positions_unit="m", center=np.array(shape) // 2,
-                    label="MoonFlower", ground_truth=truth, propagation="farfield")
+                    label="MoonFlower", ground_truth=truth)
 
     def read_frames(self, start, stop):
         from scipy.ndimage import gaussian_filter
@@ -179,7 +220,7 @@ class MoonFlowerScan(ScanLoader):
         shape, energy, distance, psize = self._sim_geometry()
         m = self.model()
         lam = 1.23984193e-9 / energy
-        prop = get_propagator("farfield", shape, lam, distance, psize)
+        prop = get_propagator(self.sim_propagation, shape, lam, distance, psize)
         h, w = shape
         out = np.empty((stop - start, h, w), dtype=np.float32)
         for i0 in range(start, stop, 64):  # bounded memory for large scans

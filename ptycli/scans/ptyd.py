@@ -5,7 +5,9 @@ Geometry (energy, distance, detector pixel size) comes from the file's
 ``.ptyd`` file are already cropped and centred (PtyPy convention): the file's
 ``/meta/center`` (else the frame centre) is used as the diffraction centre,
 so the default pipeline leaves them as they are. Positions are in metres,
-(y, x). Weights become the mask (weight > 0 is valid).
+(y, x). Weights become the mask (weight > 0 is valid). A file written by
+``ptycli simulate`` records its propagation in ``/meta/propagation``; the
+scan's ``propagation`` must then agree with it (or be left unset).
 
 Example configuration::
 
@@ -51,6 +53,7 @@ class PtydScan(ScanLoader):
             "positions_unit": "m",
             "center": center,
             "label": m["label"],
+            "propagation": m.get("propagation"),
             "meta": {
                 "format": "ptyd",
                 "ptyd_version": m["version"],
