@@ -197,6 +197,8 @@ def _mode_engines(config, specs):
             if name in ("DM", "RAAR"):
                 st["expected_bytes"] = _expected_projection_bytes(engine, probe_updated,
                                                                   engine.last_overlap_rounds, recompute)
+                if engine.model_error_due(engine.iteration):  # the model's own error sums (five float64)
+                    st["expected_bytes"] += 5 * 8
             if name == "ML":
                 st["grad_bytes"] = int(engine.grad.nbytes)
             calls.append(st)

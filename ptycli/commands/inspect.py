@@ -118,11 +118,15 @@ def _summary_reconstruction(f):
     out["iterations"] = int(hist["iteration"].shape[0]) if hist is not None and "iteration" in hist else 0
     final = {}
     if out["iterations"]:
-        for col in ("fourier_error", "photon_error", "exit_change", "likelihood"):
+        for col in ("fourier_error", "photon_error", "exit_change", "likelihood", "model_fourier_error"):
             if col in hist:
                 v = float(hist[col][-1])
                 final[col] = None if np.isnan(v) else v
     out["final_errors"] = final
+    _model_errors(hist, engines)
+    from ..io.reconstruction import read_health
+
+    out["health"] = read_health(f.get("health"))
     out["objects"] = {sid: _array_info(ds) for sid, ds in (f.get("reconstruction/object") or {}).items()}
     out["probes"] = {sid: _array_info(ds) for sid, ds in (f.get("reconstruction/probe") or {}).items()}
     scans = {}
@@ -136,6 +140,21 @@ def _summary_reconstruction(f):
     st = f.get("state")
     out["resume"] = None if st is None else {k: _plain(v) for k, v in st.attrs.items()}
     return out
+
+
+def _model_errors(hist, engines):
+    """Add ``final_model_fourier_error`` (the Fourier error of probe x object, DM/RAAR) to the engines' dicts.
+
+    Taken from the history: the engine's last row where it was computed.
+    """
+    if hist is None or "model_fourier_error" not in hist or "engine" not in hist:
+        return
+    values = np.asarray(hist["model_fourier_error"][()], dtype=float)
+    labels = [_str(v) for v in hist["engine"][()]]
+    for e in engines:
+        rows = [i for i, lab in enumerate(labels) if lab == e["label"] and np.isfinite(values[i])]
+        if rows and e.get("final_model_fourier_error") is None:
+            e["final_model_fourier_error"] = float(values[rows[-1]])
 
 
 def _positions_extent(pos):
@@ -278,6 +297,14 @@ def _text(s):
                 e["label"], e.get("name", "?"), e.get("iterations", "?"), e.get("numiter", "?"),
                 "" if e.get("finished", True) else " (unfinished)", _g(e.get("time_s")),
                 ": " + errs if errs else ""))
+        health = s.get("health") or {}
+        if health:
+            quiet = [label for label, rep in health.items() if not rep.get("findings")]
+            if quiet:
+                add("  health:      no warnings after %s" % ", ".join(quiet))
+            for label, rep in health.items():
+                for x in rep.get("findings") or []:
+                    add("  WARNING:     %s: %s [%s]" % (label, x.get("message", ""), x.get("code", "")))
         for sid, info in s["objects"].items():
             add("  object %-8s %s" % (sid, _shape(info)))
         for sid, info in s["probes"].items():
@@ -405,7 +432,9 @@ def _tree_text(nodes, with_attrs=False):
 def inspect(file, as_json, tree, attrs):
     """Summarise FILE: a reconstruction, a ptycli data file, a CXI or a .ptyd file.
 
-    For a reconstruction: engines run, iterations, final errors, object and
+    For a reconstruction: engines run, iterations, final errors (for DM/RAAR
+    also model_fourier_error, the error of probe x object itself), the health
+    check after each engine (one WARNING line per likely problem), object and
     probe shapes and pixel sizes, versions and the resume point. For data:
     frames, frame shape and geometry (energy, distance, pixel size, scan
     extent). --tree lists the HDF5 contents instead.

@@ -33,9 +33,21 @@ Layout (format version 1)
                                           photon_error     float64
                                           exit_change      float64
                                           likelihood       float64
+                                          model_fourier_error float64 DM/RAAR: the Fourier error of
+                                                           probe x object itself (fourier_error is
+                                                           that of the projection input); NaN at
+                                                           iterations where it was not computed
+                                          model_photon_error  float64 likewise
                                           time_s           float64 [s] time of the iteration
                                         attr columns = the column names in this order
     /engines                            attr order = engine labels in run order
+    /health                             the health check after each engine (ptycli.engines.health);
+                                        attr order = engine labels
+    /health/<label>                     attrs: iteration (chain iteration checked), engine_name,
+                                               findings (their number; 0 = nothing found)
+    /health/<label>/code                (N,) fixed-length UTF-8: finding codes (e.g. 'probe_off_centre')
+    /health/<label>/message             (N,) fixed-length UTF-8: one line each, problem and what to try
+    /health/<label>/values              (N,) fixed-length UTF-8: JSON objects, the numbers judged
     /engines/<label>                    attrs: name, numiter, iterations (done), finished (bool),
                                                time_s, final_<error> for each error column
     /parameters/yaml                    str: the complete resolved parameter tree (YAML), reusable
@@ -94,6 +106,8 @@ __all__ = [
     "load_reconstruction",
     "is_reconstruction",
     "history_table",
+    "health_reports",
+    "read_health",
     "write_tree",
     "read_tree",
 ]
@@ -102,7 +116,8 @@ FORMAT = "ptycli-reconstruction"
 FORMAT_VERSION = 1
 
 #: error columns of the history (the keys engines report per iteration)
-ERROR_COLUMNS = ("fourier_error", "photon_error", "exit_change", "likelihood")
+ERROR_COLUMNS = ("fourier_error", "photon_error", "exit_change", "likelihood", "model_fourier_error",
+                 "model_photon_error")
 #: all history columns, in file order
 HISTORY_COLUMNS = ("iteration", "engine_iteration", "engine", "engine_name") + ERROR_COLUMNS + ("time_s",)
 
@@ -328,6 +343,79 @@ def _read_history(g):
     return out
 
 
+def health_reports(history):
+    """``{engine label: {'iteration', 'engine_name', 'findings'}}`` from the records' ``health`` keys.
+
+    The engines put their health check (:meth:`ptycli.engines.base.Engine.check_health`)
+    into their last record; a later check of the same label (a resumed,
+    extended engine) replaces an earlier one.
+    """
+    out = {}
+    for rec in history or []:
+        rep = rec.get("health")
+        if not isinstance(rep, dict):
+            continue
+        label = str(rec.get("engine") or "")
+        if not label:
+            continue
+        out[label] = dict(iteration=int(rep.get("iteration") or rec.get("iteration") or 0),
+                          engine_name=str(rec.get("engine_name") or rec.get("name") or ""),
+                          findings=[dict(f) for f in rep.get("findings") or []])
+    return out
+
+
+def _write_health(f, history):
+    reports = health_reports(history)
+    if not reports:
+        return
+    g = f.create_group("health")
+    g.attrs["order"] = list(reports)
+    for label, rep in reports.items():
+        h = g.create_group(label)
+        h.attrs["iteration"] = int(rep["iteration"])
+        h.attrs["engine_name"] = rep["engine_name"]
+        h.attrs["findings"] = len(rep["findings"])
+        fs = rep["findings"]
+        h.create_dataset("code", data=fixed_texts([x.get("code", "") for x in fs]))
+        h.create_dataset("message", data=fixed_texts([x.get("message", "") for x in fs]))
+        h.create_dataset("values", data=fixed_texts([json.dumps(x.get("values") or {}, sort_keys=True,
+                                                                default=_json_default) for x in fs]))
+
+
+def read_health(g):
+    """``{label: {'iteration', 'engine_name', 'findings': [dict]}}`` from ``/health`` (empty when absent)."""
+    out = {}
+    if g is None:
+        return out
+    order = [o for o in (_get_attrs(g).get("order") or []) if o]
+    for label in order + sorted(set(g.keys()) - set(order)):
+        if label not in g:
+            continue
+        h = g[label]
+        codes, messages, values = ([_str(v) for v in h[name][()]] if name in h else []
+                                   for name in ("code", "message", "values"))
+        findings = []
+        for code, message, text in zip(codes, messages, values):
+            try:
+                vals = json.loads(text) if text else {}
+            except ValueError:
+                vals = {}
+            findings.append(dict(code=code, message=message, values=vals))
+        a = _get_attrs(h)
+        out[label] = dict(iteration=int(a.get("iteration", 0)), engine_name=str(a.get("engine_name", "")),
+                          findings=findings)
+    return out
+
+
+def _attach_health(history, health):
+    """Put each engine's health report back into its record (the one at the checked iteration)."""
+    for label, rep in health.items():
+        for rec in reversed(history):
+            if rec.get("engine") == label and int(rec.get("iteration") or 0) <= rep["iteration"]:
+                rec["health"] = dict(iteration=rep["iteration"], findings=[dict(x) for x in rep["findings"]])
+                break
+
+
 # -- writing -------------------------------------------------------------------------------
 
 def _write_storages(group, storages):
@@ -390,6 +478,7 @@ def write_reconstruction(path, snap, kind="result"):
                                if k not in ("positions", "positions_initial", "indices")})
 
             _write_history(f, snap.get("history"))
+            _write_health(f, snap.get("history"))
 
             eng = f.create_group("engines")
             engines = list(snap.get("engines") or [])
@@ -443,6 +532,8 @@ class Reconstruction:
     attrs: dict
     #: resume state: {'attrs': {...}, 'exit': {sid: {'data', 'layermap'}}, 'engine': tree}, or None
     state: Optional[dict] = None
+    #: health check per engine: {label: {'iteration', 'engine_name', 'findings': [{code, message, values}]}}
+    health: dict = dataclasses.field(default_factory=dict)
 
     @property
     def object(self):
@@ -540,6 +631,8 @@ def load_reconstruction(path, with_state=True):
                     sc[key] = g[key][()]
             scans[label] = sc
         history = _read_history(f.get("history"))
+        health = read_health(f.get("health"))
+        _attach_health(history, health)
         engines = []
         eg = f.get("engines")
         if eg is not None:
@@ -567,4 +660,5 @@ def load_reconstruction(path, with_state=True):
         return Reconstruction(
             path=path, kind=_str(f.attrs.get("kind", "result")), params=params, parameters_yaml=text,
             objects=objects, probes=probes, object_meta=object_meta, probe_meta=probe_meta, scans=scans,
-            history=history, engines=engines, provenance=provenance, attrs=_get_attrs(f), state=state)
+            history=history, engines=engines, provenance=provenance, attrs=_get_attrs(f), state=state,
+            health=health)
