@@ -70,6 +70,31 @@ def test_inspect_data_files(files, fmt, kind):
     assert info["energy_kev"] == pytest.approx(6.2) and info["distance_m"] == pytest.approx(7.0)
     res = invoke("inspect", files[fmt])
     assert "frames:      30 of 32x32" in res.stdout
+    if fmt in ("h5", "ptyd"):  # both record the propagation (a .ptyd in /meta/propagation); CXI cannot
+        assert info["propagation"] == "farfield"
+        assert "  propagation: farfield" in res.stdout.splitlines()
+    else:
+        assert "propagation" not in info
+
+
+def test_inspect_ptyd_propagation(tmp_path):
+    """.ptyd: the propagation ptycli records in /meta is shown; a PtyPy file (none recorded) shows none."""
+    import numpy as np
+    from ptycli.io.ptyd import write_ptyd
+
+    frames = np.ones((3, 8, 8), np.float32)
+    positions = np.zeros((3, 2))
+    for name, prop in (("near.ptyd", "nearfield"), ("plain.ptyd", None)):
+        write_ptyd(str(tmp_path / name), frames, positions, energy_kev=8.0, distance_m=0.01, psize_m=1e-7,
+                   propagation=prop)
+    info = json.loads(invoke("inspect", tmp_path / "near.ptyd", "--json").stdout)
+    assert info["kind"] == "ptyd" and info["propagation"] == "nearfield" and info["frames"] == 3
+    assert "  propagation: nearfield" in invoke("inspect", tmp_path / "near.ptyd").stdout.splitlines()
+    info = json.loads(invoke("inspect", tmp_path / "plain.ptyd", "--json").stdout)
+    assert "propagation" not in info
+    lines = invoke("inspect", tmp_path / "plain.ptyd").stdout.splitlines()
+    assert "  frames:      3 of 8x8 (float32)" in lines
+    assert not any(ln.strip().startswith("propagation") for ln in lines)
 
 
 def test_inspect_cxi_result(files):
@@ -117,6 +142,47 @@ def test_plot(files, tmp_path, what):
     assert out.read_bytes()[:8] == PNG
     res = invoke("plot", files[what], "-o", out)
     assert res.exit_code == 2 and "--force" in res.stderr
+
+
+def test_plot_error_curves_show_the_model_error(files):
+    """DM's Fourier error of probe x object: points where it was computed (NaN elsewhere), DM rows only."""
+    pytest.importorskip("matplotlib")
+    import numpy as np
+    from ptycli.io import load_reconstruction
+    from ptycli.utils import plotting
+
+    rec = load_reconstruction(str(files["recon"]))
+    model = plotting.error_series(rec.history, "model_fourier_error")
+    # DM 4 iterations then ML 2: computed at DM's last iteration only
+    assert np.flatnonzero(np.isfinite(model)).tolist() == [3]
+    assert model[3] == pytest.approx(rec.history[3]["model_fourier_error"]) and model[3] > 0
+    Figure, _ = plotting.figure_module()
+    ax = Figure().add_subplot(1, 1, 1)
+    plotting._errors_axis(ax, rec.history, rec.engines)
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    line = lines[plotting._MODEL_LABEL]
+    assert line.get_xdata().tolist() == [4] and line.get_ydata().tolist() == [model[3]]
+    assert line.get_marker() == "o"
+    ferr = lines["Fourier error (DM/RAAR: of the projection input)"]
+    assert len(ferr.get_xdata()) == 6
+    assert plotting._MODEL_LABEL in [t.get_text() for t in ax.get_legend().get_texts()]
+    # several points per DM run, joined within a run only; a chain without DM/RAAR draws none
+    hist = [dict(engine="dm", fourier_error=1.0, model_fourier_error=0.5 if i in (2, 4) else None)
+            for i in range(1, 5)]
+    hist += [dict(engine="ml", fourier_error=0.3)]
+    hist += [dict(engine="dm2", fourier_error=1.0, model_fourier_error=0.2 if i == 3 else None)
+             for i in range(1, 4)]
+    ax = Figure().add_subplot(1, 1, 1)
+    plotting._errors_axis(ax, hist)
+    model_lines = [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
+    assert [ln.get_xdata().tolist() for ln in model_lines] == [[2, 4], [8]]
+    assert [ln.get_ydata().tolist() for ln in model_lines] == [[0.5, 0.5], [0.2]]
+    assert model_lines[0].get_color() == model_lines[1].get_color()
+    assert [ln.get_label() for ln in model_lines][0] == plotting._MODEL_LABEL
+    assert not model_lines[1].get_label() or model_lines[1].get_label().startswith("_")
+    ax = Figure().add_subplot(1, 1, 1)
+    plotting._errors_axis(ax, [dict(engine="ml", fourier_error=0.3, likelihood=2.0)] * 2)
+    assert [ln.get_label() for ln in ax.get_lines()] == ["Fourier error"]
 
 
 def test_plot_pdf(files, tmp_path):

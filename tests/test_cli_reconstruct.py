@@ -66,6 +66,18 @@ def test_json_summary_and_file(cfg, tmp_path):
     assert summary["final_errors"] == summary["engines"][-1]["final_errors"]
     assert summary["time_s"] > 0
     assert out.exists()
+    # DM records the Fourier error of probe x object (its fourier_error is the projection input's) at its
+    # last iteration: reported per engine, the same value as in the history; ML records none
+    with h5py.File(out, "r") as f:
+        model = f["history/model_fourier_error"][()]
+        model_photon = f["history/model_photon_error"][()]
+    dm, ml = summary["engines"]
+    assert np.isfinite(model[5]) and model[5] > 0
+    assert dm["final_errors"]["model_fourier_error"] == pytest.approx(model[5], rel=1e-12)
+    assert dm["final_errors"]["model_photon_error"] == pytest.approx(model_photon[5], rel=1e-12)
+    assert dm["final_errors"]["model_fourier_error"] != dm["final_errors"]["fourier_error"]
+    assert np.isnan(model[6:]).all()
+    assert "model_fourier_error" not in ml["final_errors"] and "model_fourier_error" not in summary["final_errors"]
     # checkpoints: every 5 iterations and at the end of each engine, next to the result
     ckpt = tmp_path / "res" / "tiny.checkpoint.h5"
     assert summary["checkpoints"] == [str(ckpt)]
@@ -86,6 +98,48 @@ def test_text_output_is_the_path(cfg, tmp_path):
     assert res.exit_code == 0, res.stderr
     assert res.stdout == "%s\n" % out
     assert "dm (DM)" in res.stderr              # logs go to stderr
+    # the end-of-engine line gives DM's Fourier error of probe x object too
+    with h5py.File(out, "r") as f:
+        ferr, model = f["history/fourier_error"][-1], f["history/model_fourier_error"][-1]
+    line = [ln for ln in res.stderr.splitlines() if "dm (DM): 6 iterations" in ln]
+    assert len(line) == 1, res.stderr
+    assert line[0].endswith("fourier error %.4g (of probe x object: %.4g)" % (ferr, model))
+
+
+def test_progress_bar_shows_the_model_error(cfg, tmp_path, monkeypatch):
+    """On a terminal the bar's fields include DM's model error ('model'), kept once computed."""
+    from ptycli.commands import reconstruct as rc
+
+    posts = []
+
+    class Bar:
+        def __init__(self, label):
+            self.label = label
+
+        def set_postfix(self, post, refresh=True):
+            posts.append((self.label, dict(post)))
+
+        def update(self, n):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(rc, "_stderr_tty", lambda: True)
+    monkeypatch.setattr(rc.ChainRunner, "_bar", lambda self, label, name, numiter, initial: Bar(label))
+    out = tmp_path / "bar.h5"
+    res = invoke("reconstruct", cfg, "-o", out, "--set", "engines.dm.numiter=12", "--set", "engines.ml.numiter=2")
+    assert res.exit_code == 0, res.stderr
+    with h5py.File(out, "r") as f:
+        model = f["history/model_fourier_error"][()]
+    assert [lab for lab, _ in posts] == ["dm"] * 12 + ["ml"] * 2
+    # DM, 12 iterations: computed at 10 and 12 (every 10, and the last)
+    assert np.flatnonzero(np.isfinite(model)).tolist() == [9, 11]
+    assert all("model" not in p for _, p in posts[:9])
+    assert posts[9][1]["model"] == posts[10][1]["model"] == "%.3g" % model[9]
+    assert posts[11][1]["model"] == "%.3g" % model[11]
+    assert all("model" not in p and "LL" in p for _, p in posts[12:])
+    assert all(p["ferr"] for _, p in posts)
 
 
 def test_set_overrides_and_stdin(tmp_path):
@@ -132,6 +186,42 @@ def test_configuration_errors_exit_2(cfg, tmp_path, args, words):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("Error:") and words in lines[-1]
     assert not out.exists()
+
+
+def test_contradicting_propagation_fails_in_the_early_check(tmp_path, monkeypatch):
+    """A config whose propagation contradicts the data file's record: exit 2 from check_inputs, no model built."""
+    sim = tmp_path / "sim.yaml"
+    sim.write_text("scans:\n  MF:\n    propagation: nearfield\n"
+                   "    data: {name: MoonFlowerScan, shape: 32, num_frames: 12, photons: 1.0e7, seed: 1}\n")
+    data = tmp_path / "near.h5"
+    res = invoke("simulate", sim, "-o", data)
+    assert res.exit_code == 0, res.stderr
+    from ptycli.core import ptycho
+    from ptycli.commands.reconstruct import check_inputs
+    from ptycli.errors import ConfigError
+    from ptycli.commands.common import load_tree
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the inputs were checked")
+
+    monkeypatch.setattr(ptycho, "Ptycho", no_model)
+    cfg = tmp_path / "rec.yaml"
+    cfg.write_text("scans:\n  MF:\n    propagation: farfield\n    data: {name: Hdf5Scan, dfile: %s}\n"
+                   "engines:\n  dm: {name: DM, numiter: 2}\n" % data)
+    out = tmp_path / "rec.h5"
+    res = invoke("reconstruct", cfg, "-o", out)
+    assert res.exit_code == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: scans.MF.propagation is farfield")
+    assert "%s holds nearfield data" % data in lines[0]
+    assert not out.exists() and not (tmp_path / "rec.checkpoint.h5").exists()
+    # check_inputs itself: the contradiction raises, the matching or unset propagation passes
+    p = load_tree(str(cfg), [], require_scans=True, require_engines=True)
+    with pytest.raises(ConfigError, match="scans.MF.propagation is farfield"):
+        check_inputs(p)
+    for value in ("nearfield", None):
+        p.scans.MF.propagation = value
+        check_inputs(p)
 
 
 def test_cxi_output_name_is_refused(cfg, tmp_path):

@@ -236,6 +236,8 @@ def _summary_ptyd(path):
                frame_shape=list(m["frame_shape"]), dtype=m["dtype"], energy_kev=m["energy_kev"],
                distance_m=m["distance_m"], psize_m=_plain(m["psize_m"]), label=m["label"],
                chunks=len(m["chunks"]), has_weights=m["has_weights"])
+    if m.get("propagation") is not None:  # /meta/propagation: written by ptycli, not by PtyPy
+        out["propagation"] = m["propagation"]
     return out
 
 

@@ -40,7 +40,13 @@ __all__ = ["reconstruct", "check_inputs", "ChainRunner", "Stopped", "provenance"
 
 EXIT_TERMINATED = 143
 _SIGNAL_EXIT = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
-_ERROR_KEYS = ("fourier_error", "photon_error", "exit_change", "likelihood")
+#: errors reported per engine (``final_<key>``); DM and RAAR also record ``model_*`` (the errors of probe x
+#: object; their ``fourier_error`` is that of the projection input) at some iterations and at their last
+_ERROR_KEYS = ("fourier_error", "photon_error", "exit_change", "likelihood", "model_fourier_error",
+               "model_photon_error")
+#: progress-bar fields
+_BAR_KEYS = (("fourier_error", "ferr"), ("photon_error", "perr"), ("exit_change", "dpsi"), ("likelihood", "LL"),
+             ("model_fourier_error", "model"))
 
 
 class Stopped(Exception):
@@ -66,6 +72,9 @@ def check_inputs(p):
         where = "scans.%s.data" % label
         try:
             loader = get_loader(scan.data.name)(scan.data, path=where)
+            # as the scan model sets it (ScanModel.load): a configured propagation that contradicts the
+            # one the input records is a ConfigError here, before anything is computed
+            loader.propagation = scan.get("propagation")
             loader.check()  # metadata, geometry, frame and position counts: no frames read
         except DataError as exc:
             raise DataError("%s: %s" % (where, exc.message) if not exc.message.startswith(where) else exc.message,
@@ -306,6 +315,7 @@ class ChainRunner:
                 engine.initialize()
             summary["name"] = engine.NAME
             bar = self._bar(label, engine.NAME, numiter, engine.iteration)
+            post = {}
             t0 = time.perf_counter()
             rec = None
             try:
@@ -326,9 +336,8 @@ class ChainRunner:
                     summary["iterations"] = int(engine.iteration)
                     summary.update({"final_" + k: v for k, v in _final_errors(rec).items()})
                     if bar is not None:
-                        post = {short: "%.3g" % rec[k] for k, short in (
-                            ("fourier_error", "ferr"), ("photon_error", "perr"), ("exit_change", "dpsi"),
-                            ("likelihood", "LL")) if rec.get(k) is not None}
+                        # the model error (DM/RAAR) is computed at some iterations only: its last value stays
+                        post.update({short: "%.3g" % rec[k] for k, short in _BAR_KEYS if rec.get(k) is not None})
                         bar.set_postfix(post, refresh=False)
                         bar.update(1)
                     last = engine.iteration >= numiter
@@ -355,8 +364,10 @@ class ChainRunner:
             summary["finished"] = True
             if rec is not None:
                 ferr = rec.get("fourier_error")
-                logger.info("%s (%s): %d iterations in %.1f s, fourier error %s", label, engine.NAME, numiter,
-                            summary["time_s"], "%.4g" % ferr if ferr is not None else "n/a")
+                model = rec.get("model_fourier_error")
+                logger.info("%s (%s): %d iterations in %.1f s, fourier error %s%s", label, engine.NAME, numiter,
+                            summary["time_s"], "%.4g" % ferr if ferr is not None else "n/a",
+                            " (of probe x object: %.4g)" % model if model is not None else "")
             path = self.write_checkpoint(index, engine, finished_engine=True)
             if index < len(self.chain) - 1 and self._stop_due():
                 raise Stopped(self.stop_signal, path, dict(engine=label, iteration=int(engine.iteration),

@@ -20,6 +20,8 @@ __all__ = ["plot_reconstruction", "plot_data", "figure_module", "PLOT_INSTALL_HI
 
 _ERROR_STYLES = (("fourier_error", "Fourier error"), ("photon_error", "photon error"),
                  ("exit_change", "exit change"), ("likelihood", "-log likelihood"))
+#: legend label of ``model_fourier_error`` (DM, RAAR: the Fourier error of probe x object)
+_MODEL_LABEL = "Fourier error of probe x object"
 
 
 def figure_module():
@@ -127,24 +129,58 @@ def _crop_box(mask, margin=4):
             slice(max(cols[0] - margin, 0), cols[-1] + margin + 1))
 
 
+def error_series(history, key):
+    """Values of ``key`` over the history (float array, NaN where a record has none).
+
+    ``model_fourier_error`` (DM, RAAR) is computed only at some iterations: NaN elsewhere.
+    """
+    return np.array([np.nan if h.get(key) is None else float(h[key]) for h in history or []], float)
+
+
 def _errors_axis(ax, history, engines=None):
-    """Error curves (log scale) against the iteration over the chain, engine changes marked."""
+    """Error curves (log scale) against the iteration over the chain, engine changes marked.
+
+    For DM and RAAR, whose ``fourier_error`` is that of the projection input
+    (it may rise during a good run), the Fourier error of the model (probe x
+    object, ``model_fourier_error``) is drawn as points at the iterations
+    where it was computed, joined within each engine run.
+    """
     if not history:
         ax.text(0.5, 0.5, "no error history", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return
     it = np.arange(1, len(history) + 1)
+    labels = [h.get("engine") or "" for h in history]
+    model = error_series(history, "model_fourier_error")
+    has_model = bool(np.any(np.isfinite(model) & (model > 0)))
     plotted = False
     for key, label in _ERROR_STYLES:
-        values = np.array([np.nan if h.get(key) is None else float(h[key]) for h in history], float)
+        if key == "likelihood":
+            continue  # drawn on its own axis below (different scale)
+        values = error_series(history, key)
         ok = np.isfinite(values) & (values > 0)
         if not ok.any():
             continue
-        if key == "likelihood":
-            continue  # drawn on its own axis below (different scale)
+        if key == "fourier_error" and has_model:
+            label = "Fourier error (DM/RAAR: of the projection input)"
         ax.plot(it[ok], values[ok], label=label, lw=1.2)
         plotted = True
-    lik = np.array([np.nan if h.get("likelihood") is None else float(h["likelihood"]) for h in history], float)
+    if has_model:
+        ok = np.isfinite(model) & (model > 0)
+        color = None
+        start = 0
+        for i in range(1, len(labels) + 1):
+            if i == len(labels) or labels[i] != labels[start]:
+                seg = np.zeros(len(labels), bool)
+                seg[start:i] = True
+                seg &= ok
+                if seg.any():
+                    line, = ax.plot(it[seg], model[seg], marker="o", ms=3.5, ls="-", lw=0.8, color=color,
+                                    label=None if color is not None else _MODEL_LABEL)
+                    color = line.get_color()
+                start = i
+        plotted = True
+    lik = error_series(history, "likelihood")
     okl = np.isfinite(lik) & (lik > 0)
     if okl.any():
         ax2 = ax.twinx()
@@ -155,7 +191,6 @@ def _errors_axis(ax, history, engines=None):
     if plotted:
         ax.set_yscale("log")
         ax.legend(fontsize=7, loc="upper right")
-    labels = [h.get("engine") or "" for h in history]
     start = 0
     for i in range(1, len(labels) + 1):
         if i == len(labels) or labels[i] != labels[start]:
