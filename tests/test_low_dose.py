@@ -1,0 +1,89 @@
+"""Low dose: the counting-noise floor, the noise-aware power bound and the weak-illumination prior.
+
+Ground truth from the independent zoo simulator (``benchmarks/zoo_sim.py``):
+a zone-plate probe over a textured object at 1e4 photons per frame with
+Poisson noise, reconstructed by DM from the true probe.
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from ptycli.core.counting_noise import amplitude_noise_floor, looks_like_counts, sqrt_poisson_variance
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+if BENCHMARKS not in sys.path:
+    sys.path.insert(0, BENCHMARKS)
+
+import validate_zoo  # noqa: E402
+import zoo_sim  # noqa: E402
+
+
+@pytest.mark.parametrize("lam", [0.01, 0.3, 1.0, 4.0, 50.0])
+def test_sqrt_poisson_variance_matches_sampling(lam):
+    draws = np.sqrt(np.random.default_rng(7).poisson(lam, 2_000_000))
+    assert sqrt_poisson_variance(lam) == pytest.approx(draws.var(), abs=2e-3)
+
+
+def test_sqrt_poisson_variance_limits():
+    assert sqrt_poisson_variance(0.0) == 0.0
+    assert sqrt_poisson_variance(1e-3) == pytest.approx(1e-3, rel=0.01)  # ~lam for lam << 1
+    assert sqrt_poisson_variance(1e4) == 0.25  # the variance-stabilised limit
+    assert 0.39 < sqrt_poisson_variance(1.0) < 0.41  # near its largest
+
+
+def test_noise_floor_is_a_weighted_mean():
+    mean = np.array([[0.0, 1e4], [1e4, 1e4]])
+    assert amplitude_noise_floor(mean) == pytest.approx(0.75 * 0.25)
+    assert amplitude_noise_floor(mean, np.array([[1.0, 0.0], [0.0, 0.0]])) == 0.0
+
+
+def test_counts_are_whole_non_negative_numbers():
+    assert looks_like_counts(np.array([[0, 3], [7, 12]], dtype=np.uint16))
+    assert looks_like_counts(np.array([0.0, 3.0, 7.0], dtype=np.float32))
+    assert not looks_like_counts(np.array([0.5, 3.0]))  # normalised data
+    assert not looks_like_counts(np.array([-1.0, 3.0]))  # background subtracted
+    assert not looks_like_counts(np.array([]))
+
+
+@pytest.fixture(scope="module")
+def low_dose_case(tmp_path_factory):
+    spec = zoo_sim.CaseSpec("lowdose", layout="ptyd", probe="zoneplate", probe_size_px=6.0, frame_shape=(32, 32),
+                            frames=80, photons=1e4, seed=21)
+    return zoo_sim.build_case(spec, str(tmp_path_factory.mktemp("lowdose")))
+
+
+def _dm(case, **dm):
+    from ptycli.core.ptycho import Ptycho
+
+    cfg = validate_zoo.natural_config(case["data_section"], "farfield", true_probe_file=case["probe_file"],
+                                      dm_iterations=100, ml_iterations=0)
+    cfg["engines"]["dm"].update(dm)
+    P = Ptycho(cfg, level=2)
+    P.run()
+    return P, validate_zoo.score_object(P, case["truth"])["correlation"]
+
+
+def test_noise_power_bound_keeps_dm_from_fitting_the_noise(low_dose_case):
+    P, bounded = _dm(low_dose_case)
+    assert P.scans["zoo"].noise_floor > 0.05  # measured 0.13; the relaxed bound is ~0.001 here
+    _, unbounded = _dm(low_dose_case, noise_power_bound=False)
+    assert bounded > 0.85, bounded  # measured 0.91
+    assert bounded > unbounded + 0.2, (bounded, unbounded)  # measured 0.54 without the bound
+
+
+def test_weak_illumination_prior_keeps_unlit_pixels_sane(low_dose_case):
+    from ptycli.engines import metrics
+
+    for floor, most in ((0.01, 4.0), (0.0, None)):
+        P, _ = _dm(low_dose_case, object_weak_floor=floor)
+        amplitude = np.abs(P.obj.S["Szoo"].data[0])
+        cov = metrics.illumination_coverage(P)
+        median = np.median(amplitude[cov > 0.3 * cov.max()])
+        ratio = amplitude.max() / median
+        if most is not None:
+            assert ratio < most, ratio  # measured 1.4
+        else:
+            assert ratio > 20, ratio  # measured 137: without the prior, barely lit pixels blow up
