@@ -106,7 +106,7 @@ def test_defocused_ring_guess_and_dm(defocused):
     P = defocused
     truth = P.scans["MF"].data.ground_truth["probe"][0]
     guess, info = scan_guess(P)
-    assert info["method"] == "curvature"
+    assert info["method"].startswith("curvature")  # curvature or its rival (trial errors within 3 %)
     # true quadratic phase 3 pi (r / 19.2 px)^2: a = 0.0256 rad/px^2, plus the Fresnel
     # propagation of the annulus; measured (0.0276, 0.0281)
     ay, ax = info["curvature"]
@@ -161,7 +161,7 @@ def test_model_auto_probe_uses_positions():
     """``Ptycho`` with no illumination settings starts from the positions-based guess."""
     P = build(probe="defocused", frames=30, shape=32)
     guess, info = scan_guess(P)
-    assert info["method"] == "curvature"
+    assert info["method"].startswith("curvature")  # curvature or its rival (trial errors within 3 %)
     start = P.probe.S["SMF"].data[0]
     np.testing.assert_allclose(start, guess.astype(np.complex64), rtol=1e-4, atol=1e-4 * np.abs(guess).max())
 
@@ -310,3 +310,27 @@ def test_nearfield_guess_is_the_back_propagated_mean_pattern():
     assert set(info["trial"]) == {"mean_pattern", "flat"}  # no autocorrelation support in near field
     assert info["method"] == min(info["trial"], key=info["trial"].get)
     assert plain_corr(guess, truth) > 0.6, plain_corr(guess, truth)  # measured 0.77
+
+
+@pytest.mark.parametrize("photons", [1e4, 1e3])
+def test_low_count_curvature(photons):
+    """Counted data at 1e3-1e4 photons per 64 x 64 frame: the curvature is still measured.
+
+    Guards the low-count path (contrast against the mean pattern scaled to each
+    frame's counts, smoothed at low counts per pixel; issue 12: the zoo's
+    zone-plate ``lowdose_1e4`` went from (0.014, 0.025) to (0.061, 0.061) for a
+    true 0.050, object 0.548 -> 0.91; ``lowdose_1e3`` 0.446 -> 0.67). Measured
+    here: (0.0294, 0.0294) at 1e4 and (0.0294, 0.0280) at 1e3. This aperture
+    scan does not tell the new estimator from the old (which measured the same);
+    the zoo cases do.
+    """
+    from ptycli.core.counting_noise import amplitude_noise_floor
+
+    truth = curved_aperture((64, 64), (0.03, 0.03))
+    intens, pos, prop = synthetic(truth, step=6, shells=5, photons=photons)
+    intens = np.random.default_rng(3).poisson(intens).astype(np.float32)
+    info = {}
+    probe_from_data(intens, np.ones(intens.shape, bool), prop, positions=pos, info=info,
+                    noise_floor=amplitude_noise_floor(intens.mean(0)))
+    got = np.array(info["curvature"])
+    assert np.all(np.abs(got - 0.03) < 0.01), got
