@@ -130,7 +130,7 @@ def test_independent_near_field_rectangular_from_true_probe(tmp_path, shape):
 
 
 def test_independent_near_field_rectangular_default_support(tmp_path):
-    """Default engine settings: the probe support (far field only, elliptical) must not cut the probe."""
+    """Default engine settings: the elliptical probe support must not cut a probe that fills the frame."""
     sim = simulate((48, 80), "nearfield", n=64)
     path = write_ptyd(tmp_path / "nf.ptyd", sim)
     scan = dict(propagation="nearfield", data=dict(name="PtydScan", dfile=path),

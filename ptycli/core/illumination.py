@@ -231,17 +231,9 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
 
     intensities = np.asarray(intensities)
     shape = tuple(intensities.shape[-2:])
-    if mask is None:
-        valid = np.ones(intensities.shape, dtype=bool)
-    else:
-        valid = np.broadcast_to(np.asarray(mask, dtype=bool), intensities.shape)
-    sums = np.zeros((2,) + shape)
-    sums[0] = np.where(valid, intensities, 0).sum(axis=0, dtype=np.float64)  # float32 sums overflow
-    sums[1] = valid.sum(axis=0)
-    parallel.allreduce(sums)
-    counts = sums[1]
+    valid = _valid(intensities, mask)
+    mean_pattern, counts = mean_measured_pattern(intensities, mask)
     measured = counts > 0
-    mean_pattern = np.where(measured, sums[0] / np.maximum(counts, 1), 0.0)
     amplitude = np.sqrt(np.clip(mean_pattern, 0, None))
     photons = float(np.sum(mean_pattern))
     info = {} if info is None else info
@@ -356,6 +348,41 @@ def _central_frames(intensities, valid, positions, max_frames=40):
             frames[1, slot] = valid[local]
     parallel.allreduce(frames)  # each frame comes from exactly one rank: the sum is exact
     return frames[0], frames[1] > 0, allpos[chosen]
+
+
+def _valid(intensities, mask):
+    """Boolean valid-pixel array of the frames' shape (all valid without a mask)."""
+    if mask is None:
+        return np.ones(intensities.shape, dtype=bool)
+    return np.broadcast_to(np.asarray(mask, dtype=bool), intensities.shape)
+
+
+def mean_measured_pattern(intensities, mask):
+    """Mean pattern over all processes' frames, each pixel over the frames where it is valid (collective).
+
+    Parameters
+    ----------
+    intensities : ndarray (n, rows, cols)
+        This process's measured frames.
+    mask : ndarray (n, rows, cols) of bool, optional
+        Valid pixels (None: all).
+
+    Returns
+    -------
+    mean_pattern : ndarray float64 (rows, cols)
+        0 where no frame measured the pixel.
+    counts : ndarray float64 (rows, cols)
+        Number of frames (of all processes) in which each pixel is valid.
+    """
+    from .. import parallel
+
+    intensities = np.asarray(intensities)
+    valid = _valid(intensities, mask)
+    sums = np.zeros((2,) + tuple(intensities.shape[-2:]))
+    sums[0] = np.where(valid, intensities, 0).sum(axis=0, dtype=np.float64)  # float32 sums overflow
+    sums[1] = valid.sum(axis=0)
+    parallel.allreduce(sums)
+    return np.where(sums[1] > 0, sums[0] / np.maximum(sums[1], 1), 0.0), sums[1]
 
 
 def _axis_coords(shape, centre):

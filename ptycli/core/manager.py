@@ -31,7 +31,7 @@ from ..errors import ConfigError
 from .classes import POD, View
 from .counting_noise import amplitude_noise_floor, looks_like_counts
 from .geometry import Geo
-from .illumination import init_probe
+from .illumination import init_probe, mean_measured_pattern
 from .sample import init_object
 
 __all__ = ["ScanModel", "Full", "Vanilla", "SCAN_MODELS", "get_scan_model"]
@@ -126,18 +126,12 @@ class ScanModel:
         counts (:func:`~ptycli.core.counting_noise.looks_like_counts`), else 0.
         """
         d = self.data
-        intensities = np.asarray(d.intensities)
-        valid = np.ones(intensities.shape, dtype=bool) if d.mask is None else np.asarray(d.mask, dtype=bool)
-        sums = np.zeros((2,) + intensities.shape[-2:])
-        sums[0] = np.where(valid, intensities, 0).sum(axis=0, dtype=np.float64)
-        sums[1] = valid.sum(axis=0)
-        counted = np.array([1.0 if looks_like_counts(intensities) else 0.0])
-        parallel.allreduce(sums)
+        mean_pattern, counts = mean_measured_pattern(d.intensities, d.mask)
+        counted = np.array([1.0 if looks_like_counts(d.intensities) else 0.0])
         parallel.allreduce(counted, op="min")
         if not counted[0]:
             return 0.0
-        mean_pattern = sums[0] / np.maximum(sums[1], 1)
-        return amplitude_noise_floor(mean_pattern, sums[1] / max(float(d.num_frames_total), 1.0))
+        return amplitude_noise_floor(mean_pattern, counts / max(float(d.num_frames_total), 1.0))
 
     def make_geometry(self):
         """The scan's :class:`Geo` from the loaded geometry."""
