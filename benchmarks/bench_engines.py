@@ -7,9 +7,11 @@ prints
 * ``ms/it``   - wall time per iteration (median over the timed iterations,
   with probe updates from the start: ``probe_update_start = 0``),
 * ``fft ms``  - the FFT floor measured in the same run, interleaved with the
-  engine's iterations: a batched in-place forward plus inverse
-  ``scipy.fft.fft2``/``ifft2`` of a complex64 stack of all exit waves
-  (frames x modes), same workers (median),
+  engine's iterations: the fastest in-place forward plus inverse transform
+  of a complex64 stack of all exit waves (frames x modes) available here
+  (pocketfft and FFTW, one thread, all workers, and blocks shared out to
+  threads: all are timed per case and printed; ePIE and rPIE, sequential
+  over frames, against the fastest one-thread transform) (median),
 * ``ratio``   - time per iteration over the FFT floor (the number we
   optimise; DESIGN.md section 3): the median of the ratios of each timed
   iteration to the floor measured just before it (pairs share the drift of
@@ -42,11 +44,13 @@ import tracemalloc
 
 import numpy as np
 import scipy.fft as sp_fft
+from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from ptycli.core import Ptycho  # noqa: E402
-from ptycli.core.geometry import get_workers  # noqa: E402
+from ptycli.core import fft  # noqa: E402
+from ptycli.core.fft import get_workers  # noqa: E402
 from ptycli.engines import ENGINES, make_engine  # noqa: E402
 from ptycli.utils.parameters import Param  # noqa: E402
 
@@ -78,18 +82,81 @@ def restore(P, snap):
     P.runtime.history = []
 
 
+def transform_candidates(workers):
+    """The forward + inverse transforms of a stack available here: name -> f(stack) (in place)."""
+    def pocket(w):
+        def run(a):
+            b = sp_fft.fft2(a, axes=(-2, -1), norm="ortho", workers=w, overwrite_x=True)
+            a[...] = sp_fft.ifft2(b, axes=(-2, -1), norm="ortho", workers=w, overwrite_x=True)
+        return run
+
+    def library(name, w):
+        def run(a):
+            fft.set_backend(name)
+            try:
+                fft.fft2_inplace(a, w)
+                fft.ifft2_inplace(a, w)
+            finally:
+                fft.set_backend(None)
+        return run
+
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+
+    def blocked(name):
+        def run(a):
+            blocks = [a[i:i + 32] for i in range(0, len(a), 32)]
+            list(pool.map(library(name, 1), blocks))
+        return run
+
+    cands = {"pocketfft 1": pocket(1)}
+    if workers > 1:
+        cands["pocketfft %d" % workers] = pocket(workers)
+    for name in fft.available_backends():
+        cands["%s 1 (ptycli)" % name] = library(name, 1)
+        if workers > 1:
+            cands["%s %d (ptycli)" % (name, workers)] = library(name, workers)
+            cands["%s blocks on %d threads" % (name, workers)] = blocked(name)
+    return cands
+
+
 class FFTFloor:
-    """Batched in-place forward + inverse FFT of a complex64 stack of ``n`` frames (same workers)."""
+    """The fastest batched in-place forward + inverse FFT of a complex64 stack of ``n`` frames here.
 
-    def __init__(self, n, shape):
-        self.a = (np.random.default_rng(0).standard_normal((n,) + shape) * (1 + 1j)).astype(np.complex64)
+    All transforms of :func:`transform_candidates` (pocketfft and FFTW, one
+    thread, ``workers`` threads, and blocks of 32 frames shared out to
+    threads) are timed at the start (medians of 5, printed); the fastest is
+    the floor, and the fastest one-thread transform the floor of the
+    sequential engines (ePIE, rPIE), both measured again beside every
+    timed iteration.
+    """
+
+    def __init__(self, n, shape, verbose=True):
+        self.a = fft.empty((n,) + shape, np.complex64)
+        self.a[...] = (np.random.default_rng(0).standard_normal((n,) + shape) * (1 + 1j)).astype(np.complex64)
         self.w = get_workers()
+        self.cands = transform_candidates(self.w)
+        times = {}
+        for name, run in self.cands.items():
+            run(self.a)  # plans
+            ts = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                run(self.a)
+                ts.append(time.perf_counter() - t0)
+            times[name] = float(np.median(ts))
+        self.best = min(times, key=times.get)
+        self.best_one = min((k for k in times if " 1" in k and "blocks" not in k), key=times.get)
+        if verbose:
+            print("#   FFT floors (forward + inverse, ms): " + ", ".join(
+                "%s %.1f%s" % (k, v * 1e3, " *" if k in (self.best, self.best_one) else "")
+                for k, v in sorted(times.items(), key=lambda kv: kv[1])))
+        self.times = times
 
-    def once(self):
-        """One forward+inverse transform: (wall s, cpu s)."""
+    def once(self, one_thread=False):
+        """One forward+inverse transform with the fastest transform: (wall s, cpu s)."""
+        run = self.cands[self.best_one if one_thread else self.best]
         t0, c0 = time.perf_counter(), time.process_time()
-        b = sp_fft.fft2(self.a, axes=(-2, -1), norm="ortho", workers=self.w, overwrite_x=True)
-        self.a = sp_fft.ifft2(b, axes=(-2, -1), norm="ortho", workers=self.w, overwrite_x=True)
+        run(self.a)
         return time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -98,6 +165,9 @@ def model_bytes(P):
 
 
 KERNELS = "auto"
+
+#: Engines sequential over frames: compared with the fastest one-thread transform.
+SEQUENTIAL = ("ePIE", "rPIE")
 
 
 def time_engine(P, name, iterations, warmup, floor):
@@ -111,10 +181,11 @@ def time_engine(P, name, iterations, warmup, floor):
                         "kernels": KERNELS}, name.lower())
     e.initialize()
     e.iterate(warmup)
-    floor.once()
+    one_thread = name in SEQUENTIAL
+    floor.once(one_thread)
     ew, ec, fw, fc = [], [], [], []
     for _ in range(iterations):
-        w, c = floor.once()
+        w, c = floor.once(one_thread)
         fw.append(w)
         fc.append(c)
         t0, c0 = time.perf_counter(), time.process_time()

@@ -18,19 +18,19 @@ inside :func:`error_boundary`, so commands never format errors themselves:
 
 Adding a command
 ----------------
-Write it in its own module (or here if it is tiny) and register it on
-``main``; import that module at the bottom of this file so the command is
-known when ``ptycli`` starts::
+Write it in its own module as a plain click command and name it in
+:data:`COMMANDS` (module, attribute and the one-line summary ``ptycli --help``
+shows); the module is imported only when the command runs or its help is
+asked for, so ``ptycli --help`` does not pay for numpy, h5py or numba::
 
     # ptycli/commands/simulate.py
     import click
-    from ptycli.cli import main
     from ptycli.errors import ConfigError
     from ptycli.log import get_logger
 
     logger = get_logger(__name__)
 
-    @main.command()
+    @click.command()
     @click.argument("config", type=click.Path(dir_okay=False))
     @click.option("-o", "--output", default="sim.ptyd", show_default=True,
                   help="Where to write the simulated scan.")
@@ -41,6 +41,18 @@ known when ``ptycli`` starts::
             raise ConfigError(f"{config} is not a YAML file",
                               hint="pass the .yaml configuration file")
         logger.info("writing %s", output)
+
+    # ptycli/cli.py
+    COMMANDS = {..., "simulate": ("ptycli.commands.simulate", "simulate",
+                                  "Simulate a ptychographic scan from CONFIG (YAML)."), ...}
+
+Command modules never import :mod:`ptycli.cli` to register themselves (they
+may import helpers such as :func:`apply_verbose_level` from it).
+
+Usage errors (a missing argument, an unknown option) print one line,
+``Error: <problem>; try 'ptycli COMMAND --help'``, and exit 2. When the
+command line asks for ``--json``, every error also prints a JSON document on
+stdout: ``{"error": "<problem>", "exit_code": <code>}``.
 
 Rules for commands: print results to stdout with ``click.echo`` (only on
 ``parallel.master``), progress and diagnostics through the logger (stderr),
@@ -64,7 +76,8 @@ from . import __version__, parallel
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, PtycliError
 from .log import get_logger, setup_logging
 
-__all__ = ["main", "PtycliGroup", "error_boundary", "apply_verbose_level", "collect_info"]
+__all__ = ["main", "PtycliGroup", "COMMANDS", "error_boundary", "apply_verbose_level",
+           "collect_info"]
 
 logger = get_logger(__name__)
 
@@ -89,15 +102,31 @@ def _want_traceback(verbose):
     return os.environ.get("PTYCLI_TRACEBACK", "").strip().lower() in ("1", "yes", "true", "on")
 
 
+def _json_errors_wanted():
+    """Whether the running command line asked for ``--json`` (errors then print JSON too)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().meta.get("ptycli.json_errors"))
+
+
+def _echo_json_error(message, exit_code):
+    """Print ``{"error": ..., "exit_code": ...}`` on stdout when ``--json`` was asked for."""
+    if _json_errors_wanted() and parallel.master:
+        with contextlib.suppress(OSError):
+            click.echo(json.dumps({"error": _one_line(message), "exit_code": int(exit_code)}))
+
+
 def _fail(message, exit_code, show_traceback, all_ranks=False):
     """Report a failure as one line and leave with ``exit_code``.
 
     ``all_ranks``: under MPI every rank fails together with the same error
     (see :attr:`ptycli.errors.PtycliError.all_ranks`): rank 0 prints it and
-    every rank exits with ``exit_code``, without ``MPI_Abort``.
+    every rank exits with ``exit_code``, without ``MPI_Abort``. With
+    ``--json`` on the command line, a JSON error document goes to stdout too.
     """
     if show_traceback and (not all_ranks or parallel.master):
         traceback.print_exc(file=sys.stderr)
+    if not all_ranks or parallel.master:
+        _echo_json_error(message, exit_code)
     if parallel.size > 1 and all_ranks:
         if not parallel.master:
             raise click.exceptions.Exit(exit_code)
@@ -131,6 +160,7 @@ def error_boundary(verbose=0):
     except KeyboardInterrupt:
         if _want_traceback(verbose):
             traceback.print_exc(file=sys.stderr)
+        _echo_json_error("interrupted", EXIT_INTERRUPTED)
         if parallel.size > 1:
             parallel.fail_all("Interrupted.", EXIT_INTERRUPTED)
         click.echo("Interrupted.", err=True)
@@ -173,16 +203,126 @@ def numeric_warnings_to_log():
             warnings.showwarning = previous
 
 
+#: The subcommands: name -> (module, attribute, one-line summary for ``ptycli --help``).
+#: A module is imported when its command runs or its own help is shown.
+COMMANDS = {
+    "simulate": ("ptycli.commands.simulate", "simulate",
+                 "Simulate (or convert) a scan described in CONFIG and write it as a data file."),
+    "reconstruct": ("ptycli.commands.reconstruct", "reconstruct",
+                    "Reconstruct probe and object from the scans and engines in CONFIG."),
+    "inspect": ("ptycli.commands.inspect", "inspect",
+                "Summarise FILE: a reconstruction, a ptycli data file, a CXI or a .ptyd file."),
+    "plot": ("ptycli.commands.plot", "plot",
+             "Draw FILE as a figure: object amplitude and phase, probe modes and error curves."),
+    "params": ("ptycli.commands.params", "params",
+               "List the declared parameters, or check a config (--validate), or dump the "
+               "defaults (--dump)."),
+}
+
+
+def _shorten(text, limit):
+    """``text`` cut at a word boundary to at most ``limit`` characters, ending in '...' when cut."""
+    text = _one_line(text)
+    if len(text) <= limit:
+        return text
+    words, out = text.split(), ""
+    for word in words:
+        if len(out) + len(word) + (1 if out else 0) + 3 > limit:
+            break
+        out = "%s %s" % (out, word) if out else word
+    return out.rstrip(".,;:") + "..."
+
+
+def _wants_json(args):
+    """Whether ``--json`` is among the command-line ``args`` (before a ``--``)."""
+    args = list(args)
+    if "--" in args:
+        args = args[:args.index("--")]
+    return "--json" in args
+
+
+def _usage_failure(exc):
+    """A click usage error as one line: ``<problem>; try 'ptycli COMMAND --help'``."""
+    message = _one_line(exc.format_message()).rstrip(".")
+    ctx = exc.ctx
+    path = ctx.command_path if ctx is not None else "ptycli"
+    return _Failure("%s; try '%s --help'" % (message, path), exc.exit_code)
+
+
 class PtycliGroup(click.Group):
-    """A click group whose commands run inside :func:`error_boundary`."""
+    """A click group whose commands run inside :func:`error_boundary`.
+
+    Commands named in ``lazy_commands`` (name -> (module, attribute,
+    summary)) are imported on first use; click usage errors become one line
+    (see the module docstring).
+    """
 
     #: subgroups made with ``@main.group()`` are PtycliGroups too
     group_class = type
 
+    def __init__(self, *args, lazy_commands=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx):
+        return sorted(set(self.commands) | set(self.lazy_commands))
+
+    def get_command(self, ctx, cmd_name):
+        cmd = self.commands.get(cmd_name)
+        if cmd is not None or cmd_name not in self.lazy_commands:
+            return cmd
+        import importlib
+
+        module_name, attribute, _ = self.lazy_commands[cmd_name]
+        module = importlib.import_module(module_name)
+        cmd = self.commands.get(cmd_name) or getattr(module, attribute)
+        self.add_command(cmd, cmd_name)
+        return cmd
+
+    def format_commands(self, ctx, formatter):
+        """The command list of ``--help``, from the summaries (no command module is imported)."""
+        rows = []
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max((len(n) for n in names), default=0)
+        for name in names:
+            cmd = self.commands.get(name)
+            if cmd is not None:
+                if cmd.hidden:
+                    continue
+                rows.append((name, cmd.get_short_help_str(limit)))
+            else:
+                rows.append((name, _shorten(self.lazy_commands[name][2], limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            ctx = super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            failure = _usage_failure(exc)
+            if parent is not None:
+                _echo_json_error(failure.message, failure.exit_code)
+            elif _wants_json(args) and parallel.master:  # the root context does not exist yet
+                click.echo(json.dumps({"error": failure.message, "exit_code": failure.exit_code}))
+            raise failure from None
+        if parent is None:
+            ctx.meta["ptycli.json_errors"] = _wants_json(args)
+        return ctx
+
     def invoke(self, ctx):
         verbose = ctx.find_root().params.get("verbose", 0)
-        with error_boundary(verbose), numeric_warnings_to_log():
-            return super().invoke(ctx)
+        try:
+            with error_boundary(verbose), numeric_warnings_to_log():
+                return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            failure = _usage_failure(exc)
+            _echo_json_error(failure.message, failure.exit_code)
+            raise failure from None
 
 
 HELP = """Ptychography reconstruction from the command line.
@@ -202,7 +342,8 @@ Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage,
 """
 
 
-@click.group(cls=PtycliGroup, context_settings=CONTEXT_SETTINGS, help=HELP)
+@click.group("ptycli", cls=PtycliGroup, context_settings=CONTEXT_SETTINGS, help=HELP,
+             lazy_commands=COMMANDS)
 @click.version_option(__version__, "--version", prog_name="ptycli", message="%(prog)s %(version)s")
 @click.option("-q", "--quiet", is_flag=True, help="Only print warnings and errors.")
 @click.option("-v", "--verbose", count=True, help="Print debug messages and tracebacks.")
@@ -266,6 +407,7 @@ def collect_info():
         "numpy": _dist_version("numpy"),
         "scipy": _dist_version("scipy"),
         "h5py": _dist_version("h5py"),
+        "numba": _dist_version("numba") or "not installed",
         "mpi4py": _dist_version("mpi4py") or "not installed",
         "matplotlib": _dist_version("matplotlib") or "not installed",
         "mpi_library": mpi["mpi_library"] or f"not in use ({mpi['mpi_disabled_reason']})",
@@ -277,6 +419,9 @@ def collect_info():
         "fft_library": "scipy.fft",
         "fft_workers": parallel.fft_workers(),
     }
+    pyfftw = _dist_version("pyFFTW")
+    if pyfftw:  # listed only where installed
+        info["pyfftw"] = pyfftw
     return info
 
 
@@ -297,11 +442,3 @@ def info(as_json):
     width = max(len(key) for key in data)
     for key, value in data.items():
         click.echo(f"{key:<{width}}  {value}")
-
-
-# subcommands living in their own modules register themselves on import
-from .commands import simulate as _simulate  # noqa: E402,F401
-from .commands import reconstruct as _reconstruct  # noqa: E402,F401
-from .commands import inspect as _inspect  # noqa: E402,F401
-from .commands import plot as _plot  # noqa: E402,F401
-from .commands import params as _params  # noqa: E402,F401

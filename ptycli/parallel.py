@@ -36,7 +36,7 @@ import os
 import sys
 import time
 
-import numpy as np
+# numpy is imported where it is used: ``ptycli --help`` does not need it
 
 __all__ = [
     "MPI",
@@ -163,6 +163,8 @@ class _SerialComm:
     def Allreduce(self, sendbuf, recvbuf, op=None):
         # MPI.IN_PLACE is None in the stub: the data are already in recvbuf.
         if sendbuf is not None and sendbuf is not recvbuf:
+            import numpy as np
+
             np.copyto(np.asarray(recvbuf), np.asarray(sendbuf))
 
     def allreduce(self, obj, op=None):
@@ -262,6 +264,8 @@ def allreduce(a, op="sum"):
     _count("buffer", getattr(a, "nbytes", 0))
     if size == 1:
         return a
+    import numpy as np
+
     if not isinstance(a, np.ndarray):
         raise TypeError(
             f"allreduce works in place on numpy arrays, got {type(a).__name__}; "
@@ -302,6 +306,8 @@ def reduce_flags(bits):
     _stats["flag_calls"] += 1
     if size == 1 or MPI is None:  # (tests stand in for several identical ranks without MPI)
         return bits
+    import numpy as np
+
     buf = np.array([bits], dtype=np.int64)
     comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.BOR)
     return int(buf[0])
@@ -324,6 +330,8 @@ def bcast_array(a, root=0):
     if size == 1:
         return a
     if not a.flags.c_contiguous:
+        import numpy as np
+
         buf = np.ascontiguousarray(a)
         comm.Bcast(buf, root=root)
         a[...] = buf

@@ -200,7 +200,7 @@ def test_plot_without_matplotlib(files, tmp_path, monkeypatch):
 
     monkeypatch.setattr(plotting, "figure_module", missing)
     res = invoke("plot", files["recon"], "-o", tmp_path / "x.png")
-    assert res.exit_code == 1
+    assert res.exit_code == 2  # issue 17: an installation to complete is exit 2 (was 1)
     assert res.stderr.strip() == "Error: matplotlib is needed for plotting: pip install 'ptycli[plot]'"
     assert not (tmp_path / "x.png").exists()
 

@@ -301,6 +301,7 @@ def test_quiet_flag_silences_logs(cfg, tmp_path):
 
 # -- a real process: simulate -> reconstruct -> inspect -> plot ------------------------------------
 
+@pytest.mark.slow
 def test_subprocess_pipeline(tmp_path):
     sim = tmp_path / "sim.yaml"
     sim.write_text("""

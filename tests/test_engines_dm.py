@@ -130,6 +130,7 @@ def test_defocused_from_true_probe():
     assert obj["correlation"] >= 0.98 and pr["correlation"] >= 0.99
 
 
+@pytest.mark.slow
 def test_two_probe_modes_power_split():
     P = build(probe_modes=2, probe_mode_power=0.3, scan={"coherence.num_probe_modes": 2})
     reconstruct(P, numiter=100)
@@ -182,6 +183,7 @@ if parallel.master:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_dm_same_result_with_two_ranks(tmp_path):
     import os

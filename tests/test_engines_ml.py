@@ -422,6 +422,7 @@ def _mpirun():
     return shutil.which("mpirun", path=here) or shutil.which("mpirun")
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_two_ranks_match_one():
     try:

@@ -161,6 +161,7 @@ def data_file(tmp_path_factory):
     return rh.simulate(tmp_path_factory.mktemp("fuzz") / "data.h5")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed,first,count", RUNS, ids=["seed%d" % r[0] for r in RUNS])
 def test_fuzz_data_file(data_file, tmp_path, seed, first, count):
     import reliability_helpers as rh

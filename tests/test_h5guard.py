@@ -123,6 +123,7 @@ def test_child_leaves_parent_output_alone(pristine):
     assert res.stderr == ""
 
 
+@pytest.mark.slow
 def test_damaged_global_heap(pristine, tmp_path):
     """The damage of issue 7: a wrong size of the global heap of the variable-length strings.
 

@@ -357,6 +357,7 @@ def test_an_overshooting_engine_is_flagged_error_rising():
     assert found[0]["values"]["key"] == "fourier_error"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (FOREIGN / "zoneplate_visible.ptyd").exists(), reason="shared foreign scans absent")
 def test_dm_projection_error_rises_while_the_model_error_does_not():
     """The issue's point: in a good DM run the projection input's error rises and would read as divergence."""
@@ -405,6 +406,7 @@ def test_health_round_trips_through_the_result_file(tmp_path):
         assert f["health/dm"].attrs["findings"] == 1 and f["health/ml/message"].shape == (0,)
 
 
+@pytest.mark.slow
 def test_inspect_shows_the_health_check(tmp_path):
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     base = dict(data_type="single", scans=dict(MF=dict(name="Full", propagation="farfield",

@@ -143,7 +143,7 @@ def test_mpi_matches_single_process(scan, tmp_path, engine, numiter):
         # rank 0 alone prints (one JSON document), logs and writes files
         doc = res.json()
         assert doc["mpi_size"] == n and doc["iterations"] == numiter
-        assert sorted(os.listdir(folder)) == ["out.checkpoint.h5", "out.h5"]
+        assert sorted(os.listdir(folder)) == ["out.h5"]  # the checkpoint is removed at the end
         tagged = [line for line in res.stderr.splitlines() if line.startswith("[rank")]
         assert tagged and all(line.startswith("[rank 0] ") for line in tagged), res.describe()
         diffs = mh.compare(out, ref)
@@ -159,7 +159,7 @@ def test_mpi_matches_single_process(scan, tmp_path, engine, numiter):
 def test_resume_with_another_rank_count(scan, tmp_path):
     config = _config(tmp_path, scan["data"], engine="DM", numiter=8, interval=4)
     ckpt = tmp_path / "ck_{iterations}.h5"
-    setting = ["--set", "io.checkpoint.path=%s" % ckpt]
+    setting = ["--set", "io.checkpoint.path=%s" % ckpt, "--set", "io.checkpoint.keep=true"]
     full = tmp_path / "full.h5"
     _reconstruct(config, full, nprocs=2, extra=setting)
     first = tmp_path / "ck_4.h5"
@@ -275,3 +275,38 @@ def test_without_mpi4py_one_quiet_process(scan, tmp_path):
     assert proc.returncode == 0 and proc.stderr == ""
     info = json.loads(proc.stdout)
     assert info["mpi_size"] == 1 and "mpi4py" in info["mpi_library"]
+
+
+# -- the compiled kernels decide on the whole job ----------------------------------------------------
+
+KERNEL_CHOICE_SCRIPT = r"""
+import json
+from ptycli import parallel
+from ptycli.engines import fused
+half = fused.AUTO_MIN_PIXELS // 2           # this rank's share of a job just at the threshold
+tiny = 1000                                 # a job far below it
+choice = dict(rank=parallel.rank, size=parallel.size, job=fused.use_compiled("auto", half),
+              small=fused.use_compiled("auto", tiny))
+print("CHOICE " + json.dumps(choice), flush=True)
+"""
+
+
+@needs_mpi
+def test_auto_kernels_decide_on_all_ranks_pixels(tmp_path):
+    """``kernels: auto`` counts the exit-wave pixels of all ranks: two ranks holding half of a job at
+    the threshold each keep the compiled path (deciding per rank switched it off under mpirun)."""
+    from ptycli.engines import fused
+
+    if not fused.available():
+        pytest.skip("numba is not installed")
+    script = tmp_path / "choice.py"
+    script.write_text(KERNEL_CHOICE_SCRIPT)
+    res = mh.run([script], nprocs=2, timeout=120)
+    assert res.returncode == 0, res.describe()
+    choices = [json.loads(line.split(" ", 1)[1]) for line in res.stdout.splitlines() if line.startswith("CHOICE ")]
+    assert sorted(c["rank"] for c in choices) == [0, 1] and all(c["size"] == 2 for c in choices), res.describe()
+    assert all(c["job"] for c in choices) and not any(c["small"] for c in choices), choices
+    serial = mh.run([script], timeout=120)  # one process with half the job: below the threshold
+    assert serial.returncode == 0, serial.describe()
+    one = json.loads(serial.stdout.split("CHOICE ", 1)[1].splitlines()[0])
+    assert one["size"] == 1 and not one["job"] and not one["small"]

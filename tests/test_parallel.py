@@ -202,6 +202,7 @@ print("ok", p.rank)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_facade_under_mpirun():
     _needs_mpi()
@@ -212,6 +213,7 @@ def test_facade_under_mpirun():
         "ok 0", "ok 1"]
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_info_under_mpirun_prints_once():
     _needs_mpi()
@@ -223,6 +225,7 @@ def test_info_under_mpirun_prints_once():
     assert data["mpi_size"] == 2 and data["mpi_rank"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_failing_rank_aborts_all_ranks():
     """One rank's error must not leave the others waiting in a collective."""

@@ -175,6 +175,7 @@ def test_dm_refined_positions_are_pixel_centres_within_max_shift(dm_refined):
     assert np.all(np.hypot(shift[:, 0], shift[:, 1]) <= 8.0)
 
 
+@pytest.mark.slow
 def test_ml_refinement_halves_the_position_error():
     P = build()
     before = rms(pixel_errors(P))
@@ -279,7 +280,8 @@ def test_result_file_has_refined_positions_and_resume_agrees(tmp_path):
     cfg.write_text(CONFIG)
     full = tmp_path / "full.h5"
     tmpl = "io.checkpoint.path={home}/ck_{iterations}.h5"
-    res = invoke("reconstruct", cfg, "-o", full, "--set", "io.home=%s" % tmp_path, "--set", tmpl)
+    res = invoke("reconstruct", cfg, "-o", full, "--set", "io.home=%s" % tmp_path, "--set", tmpl,
+                 "--set", "io.checkpoint.keep=true")
     assert res.exit_code == 0, res.output
     with h5py.File(full, "r") as f:
         pos = f["scans/MF/positions"][()]

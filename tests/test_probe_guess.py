@@ -102,6 +102,7 @@ def defocused():
     return build(probe="defocused")
 
 
+@pytest.mark.slow
 def test_defocused_ring_guess_and_dm(defocused):
     P = defocused
     truth = P.scans["MF"].data.ground_truth["probe"][0]
@@ -143,6 +144,7 @@ def test_defocused_needs_positions(defocused):
     assert info["curvature"][0] < -0.02 and info["curvature"][1] < -0.02, info
 
 
+@pytest.mark.slow
 def test_moon_guess_and_dm():
     P = build()
     truth = P.scans["MF"].data.ground_truth["probe"][0]
@@ -208,6 +210,7 @@ def test_scaled_to_counts_and_deterministic():
     np.testing.assert_allclose(three, one, atol=1e-6 * np.abs(one).max())
 
 
+@pytest.mark.slow
 def test_cost_400_frames_128():
     rng = np.random.default_rng(0)
     pos = np.stack(np.meshgrid(np.arange(20) * 10.0, np.arange(20) * 10.0, indexing="ij"), -1).reshape(-1, 2)
@@ -239,6 +242,7 @@ if parallel.master:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_same_guess_on_every_rank_and_split(tmp_path):
     from test_parallel import _mpi_env, _mpirun, _needs_mpi

@@ -53,6 +53,7 @@ def sweep(tmp_path_factory):
     return work, env, blocks
 
 
+@pytest.mark.slow
 def test_sweep_writes_one_json_line_per_run(sweep):
     work, _, _ = sweep
     lines = (work / "out" / "sweep" / "runs.jsonl").read_text().splitlines()

@@ -52,6 +52,7 @@ def test_transposed_frames_swap_the_pixel_size(tmp_path):
 
 # --- ptycli's own MoonFlower simulation ---------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("propagation", ["farfield", "nearfield"])
 @pytest.mark.parametrize("shape", [(48, 80), (80, 48)])
 def test_moonflower_rectangular_from_true_probe(tmp_path, propagation, shape):

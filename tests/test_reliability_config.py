@@ -119,7 +119,7 @@ def _param_cases(d):
                             "DM, ePIE, ML, RAAR, rPIE"]),
         "unknown loader": (rh.config(d).replace("Hdf5Scan", "Hdf5Scn"), [],
                            ["scans.MF.data.name: unknown loader 'Hdf5Scn'", "did you mean Hdf5Scan",
-                            "CxiScan, Hdf5Scan, MoonFlowerScan, NpyFolderScan, PtydScan"]),
+                            "CxiScan, Hdf5Scan, MoonFlowerScan, NpyFolderScan, NpzScan, PtydScan"]),
         "unknown scan model": (rh.config(d), ["--set", "scans.MF.name=Fulll"], ["scans.MF.name", "Full"]),
         "unknown propagation": (rh.config(d), ["--set", "scans.MF.propagation=farfeld"],
                                 ["scans.MF.propagation", "did you mean farfield"]),

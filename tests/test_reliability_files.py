@@ -381,6 +381,7 @@ def test_inspect_and_plot_damaged_files(data, tmp_path, command):
 
 # -- inputs are only read -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_inputs_are_never_modified(data, tmp_path):
     """Data file, mask file, config and an earlier result used as initial guess: same bytes and mtime."""
     np.save(tmp_path / "mask.npy", np.ones((16, 16), np.uint8))

@@ -40,7 +40,8 @@ def test_checkpoint_at_10_resumes_to_the_same_object(cfg, tmp_path):
     """20 iterations in one go vs. stopping at the checkpoint of iteration 10 and resuming."""
     full = tmp_path / "full.h5"
     tmpl = "io.checkpoint.path={home}/ck_{iterations}.h5"
-    res = invoke("reconstruct", cfg, "-o", full, "--set", "io.home=%s" % tmp_path, "--set", tmpl)
+    res = invoke("reconstruct", cfg, "-o", full, "--set", "io.home=%s" % tmp_path, "--set", tmpl,
+                 "--set", "io.checkpoint.keep=true")
     assert res.exit_code == 0, res.stderr
     ck10 = tmp_path / "ck_10.h5"
     assert ck10.exists() and (tmp_path / "ck_20.h5").exists()
@@ -100,10 +101,15 @@ def test_sigint_in_process_writes_checkpoint_then_resume(cfg, tmp_path, monkeypa
 
 
 def test_resume_a_result_with_more_iterations(cfg, tmp_path):
-    """A finished result is a resume point: 10 + 10 iterations give the 20-iteration result."""
+    """A finished result is a resume point: 10 + 10 iterations give the 20-iteration result.
+
+    Exactly so when the result keeps its exit waves (io.keep_exit_waves: true); without them (the
+    default) they restart from probe x object (tests/test_reliability_catalogue_outputs.py).
+    """
     res = invoke("reconstruct", cfg, "-o", tmp_path / "r20.h5")
     assert res.exit_code == 0, res.stderr
-    res = invoke("reconstruct", cfg, "-o", tmp_path / "r10.h5", "--set", "engines.dm.numiter=10")
+    res = invoke("reconstruct", cfg, "-o", tmp_path / "r10.h5", "--set", "engines.dm.numiter=10",
+                 "--set", "io.keep_exit_waves=true")
     assert res.exit_code == 0, res.stderr
     res = invoke("reconstruct", cfg, "-o", tmp_path / "r10_20.h5", "--resume", tmp_path / "r10.h5")
     assert res.exit_code == 0, res.stderr
@@ -114,12 +120,14 @@ def test_resume_a_result_with_more_iterations(cfg, tmp_path):
 def test_resume_skips_finished_engines(cfg, tmp_path):
     """The checkpoint written when DM ends: resuming runs only the next engine."""
     two = ["--set", "engines.raar.name=RAAR", "--set", "engines.raar.numiter=3",
-           "--set", "io.checkpoint.path={home}/ck_{engine}_{iterations}.h5", "--set", "io.home=%s" % tmp_path]
+           "--set", "io.checkpoint.path={home}/ck_{engine}_{iterations}.h5", "--set", "io.home=%s" % tmp_path,
+           "--set", "io.checkpoint.keep=true"]
     res = invoke("reconstruct", cfg, "-o", tmp_path / "a.h5", *two)
     assert res.exit_code == 0, res.stderr
     ck = tmp_path / "ck_dm_20.h5"
     assert load_reconstruction(ck).state["attrs"]["engine_finished"]
-    res = invoke("reconstruct", cfg, "-o", tmp_path / "b.h5", "--resume", ck, "--json", *two)
+    # --force: the resumed run writes ck_raar_23.h5 again, which the first run kept
+    res = invoke("reconstruct", cfg, "-o", tmp_path / "b.h5", "--resume", ck, "--json", "--force", *two)
     assert res.exit_code == 0, res.stderr
     assert json.loads(res.stdout)["iterations"] == 23
     a, b = load_reconstruction(tmp_path / "a.h5"), load_reconstruction(tmp_path / "b.h5")
@@ -144,6 +152,7 @@ def test_resume_with_another_chain_is_refused(cfg, tmp_path):
     assert res.exit_code == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_in_a_real_process(tmp_path, sig, code):
     """Ctrl-C / SIGTERM: finish the iteration, write a checkpoint, say how to resume, exit 130/143."""

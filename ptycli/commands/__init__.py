@@ -1,1 +1,1 @@
-"""The ``ptycli`` subcommands, one module each; importing registers them on ``ptycli.cli.main``."""
+"""The ``ptycli`` subcommands, one module each; ``ptycli.cli`` imports a module when its command is first used."""

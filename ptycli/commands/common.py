@@ -31,6 +31,9 @@ def load_tree(config, overrides, require_scans=False, require_engines=False):
     tree = apply_overrides(tree, list(overrides or ()))
     p = validate(tree, require_scans=require_scans, require_engines=require_engines)
     resolve_run_label(p, config)
+    from ..io.reading import expand_user_paths
+
+    expand_user_paths(p)  # '~/data.h5' in data, mask, dark, flat, probe and object files
     return p
 
 

@@ -7,7 +7,6 @@ import click
 import numpy as np
 
 from .. import parallel
-from ..cli import main
 from ..errors import DataError
 from ..io.reading import DAMAGED_HINT, reading
 from ..log import get_logger
@@ -15,7 +14,7 @@ from ..io.reading import h5_text as _str
 
 logger = get_logger(__name__)
 
-__all__ = ["inspect", "identify", "summarise", "hdf5_tree"]
+__all__ = ["inspect", "identify", "summarise", "hdf5_tree", "positions_moved", "json_safe", "to_json"]
 
 KINDS = {
     "reconstruction": "ptycli reconstruction",
@@ -42,6 +41,22 @@ def _plain(v):
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
     return v
+
+
+def json_safe(value):
+    """``value`` (after :func:`_plain`) with NaN and infinities as None: valid JSON (RFC 8259)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def to_json(value):
+    """One JSON document of ``value``: numpy values made plain, NaN/Infinity written as null."""
+    return json.dumps(json_safe(_plain(value)), default=str, allow_nan=False)
 
 
 def _open(path):
@@ -134,6 +149,10 @@ def _summary_reconstruction(f):
         sc = {k: _plain(v) for k, v in g.attrs.items()}
         if "positions" in g:
             sc["frames"] = int(g["positions"].shape[0])
+            sc["scan_extent_m"] = _positions_extent(g["positions"][()])
+            if "positions_initial" in g:
+                sc["positions_moved"] = positions_moved(g["positions_initial"][()], g["positions"][()],
+                                                        sc.get("resolution"))
         scans[label] = sc
     out["scans"] = scans
     out["provenance"] = {k: _plain(v) for k, v in (f["provenance"].attrs.items() if "provenance" in f else [])}
@@ -155,6 +174,45 @@ def _model_errors(hist, engines):
         rows = [i for i, lab in enumerate(labels) if lab == e["label"] and np.isfinite(values[i])]
         if rows and e.get("final_model_fourier_error") is None:
             e["final_model_fourier_error"] = float(values[rows[-1]])
+
+
+def positions_moved(initial, final, resolution=None):
+    """How far refinement moved the positions: rms and largest displacement, in m and sample pixels.
+
+    Parameters
+    ----------
+    initial, final : array_like (N, 2)
+        (y, x) positions in metres, before and after refinement.
+    resolution : array_like (2,), optional
+        The sample pixel (y, x) in metres; without it the pixel values are None.
+
+    Returns
+    -------
+    dict or None
+        ``rms_m``, ``max_m``, ``rms_pixel``, ``max_pixel`` (None when the arrays do not match).
+    """
+    a = np.asarray(initial, dtype=float).reshape(-1, 2)
+    b = np.asarray(final, dtype=float).reshape(-1, 2)
+    if a.shape != b.shape or not len(a):
+        return None
+    d = b - a
+    dist = np.hypot(d[:, 0], d[:, 1])
+    out = dict(rms_m=float(np.sqrt(np.mean(dist ** 2))), max_m=float(dist.max()), rms_pixel=None,
+               max_pixel=None)
+    if resolution is not None:
+        res = np.broadcast_to(np.asarray(resolution, dtype=float).reshape(-1), (2,))
+        if np.all(res > 0):
+            px = np.hypot(d[:, 0] / res[0], d[:, 1] / res[1])
+            out.update(rms_pixel=float(np.sqrt(np.mean(px ** 2))), max_pixel=float(px.max()))
+    return out
+
+
+def _checkpoint_of(path):
+    """``{'path', 'size_bytes'}`` of the checkpoint a run writing ``path`` keeps next to it, or None."""
+    ck = os.path.splitext(path)[0] + ".checkpoint.h5"
+    if os.path.abspath(ck) != os.path.abspath(path) and os.path.isfile(ck):
+        return dict(path=ck, size_bytes=os.path.getsize(ck))
+    return None
 
 
 def _positions_extent(pos):
@@ -238,7 +296,22 @@ def _summary_ptyd(path):
                chunks=len(m["chunks"]), has_weights=m["has_weights"])
     if m.get("propagation") is not None:  # /meta/propagation: written by ptycli, not by PtyPy
         out["propagation"] = m["propagation"]
+    out["scan_extent"] = _ptyd_extent(path, m)
     return out
+
+
+def _ptyd_extent(path, meta):
+    """The (y, x) extent of a .ptyd's positions in metres (None when it holds none)."""
+    import h5py
+
+    parts = []
+    with h5py.File(path, "r") as f:
+        for name, _start, _stop in meta["chunks"]:
+            ds = f.get("chunks/%s/positions" % name)
+            if ds is None or ds.ndim != 2 or ds.shape[1] != 2:
+                return None
+            parts.append(np.asarray(ds[()], dtype=float))
+    return _positions_extent(np.concatenate(parts)) if parts else None
 
 
 def summarise(path):
@@ -254,6 +327,7 @@ def summarise(path):
     with _open(path) as f:
         if kind == "reconstruction":
             out.update(_summary_reconstruction(f))
+            out["checkpoint"] = _checkpoint_of(path) if out.get("kind_of_file") != "checkpoint" else None
         elif kind == "data":
             out.update(_summary_data(f))
         elif kind == "cxi-result":
@@ -273,6 +347,34 @@ def _g(v, unit=""):
     if isinstance(v, float):
         return ("%.4g" % v) + (" " + unit if unit else "")
     return str(v) + (" " + unit if unit else "")
+
+
+def _bytes(n):
+    if n is None:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return "%.3g %s" % (n / scale, unit)
+    return "%d bytes" % n
+
+
+def _moved(moved, which, with_pixels, with_metres=True):
+    metres = "%.3g m" % moved[which + "_m"]
+    if not with_pixels:
+        return metres
+    pixels = "%.3g pixel" % moved[which + "_pixel"]
+    return "%s (%s)" % (pixels, metres) if with_metres else pixels
+
+
+def _nominal_geometry(scan):
+    """Whether a scan ran with NpzScan's nominal geometry (positions in pixels, object pixel 1)."""
+    from ..scans.npz import NOMINAL_DISTANCE_M, NOMINAL_ENERGY_KEV
+
+    try:
+        return (abs(float(scan.get("energy")) / NOMINAL_ENERGY_KEV - 1) < 1e-6
+                and abs(float(scan.get("distance")) / NOMINAL_DISTANCE_M - 1) < 1e-6)
+    except (TypeError, ValueError):
+        return False
 
 
 def _shape(info):
@@ -312,9 +414,21 @@ def _text(s):
         for sid, info in s["probes"].items():
             add("  probe  %-8s %s" % (sid, _shape(info)))
         for label, sc in s["scans"].items():
-            add("  scan   %-8s %s frames of %s, %s keV, %s m, loader %s" % (
+            if _nominal_geometry(sc):
+                geometry = "positions in pixels (nominal geometry: lengths in object pixels)"
+            else:
+                geometry = "%s keV, %s m" % (_g(sc.get("energy")), _g(sc.get("distance")))
+            add("  scan   %-8s %s frames of %s, %s, loader %s" % (
                 label, sc.get("frames", "?"), "x".join(str(int(v)) for v in sc.get("shape", [])) or "?",
-                _g(sc.get("energy")), _g(sc.get("distance")), sc.get("loader", "?")))
+                geometry, sc.get("loader", "?")))
+            moved = sc.get("positions_moved")
+            if moved and moved["max_m"] > 0:
+                px = moved.get("rms_pixel") is not None
+                metres = not _nominal_geometry(sc)  # lengths in object pixels (NpzScan, pixel positions)
+                add("  moved  %-8s positions refined: rms %s, max %s" % (
+                    label, _moved(moved, "rms", px, metres), _moved(moved, "max", px, metres)))
+        add("  size:        %s%s" % (_bytes(s.get("size_bytes")), "; checkpoint %s: %s" % (
+            s["checkpoint"]["path"], _bytes(s["checkpoint"]["size_bytes"])) if s.get("checkpoint") else ""))
         prov = s.get("provenance") or {}
         if prov:
             add("  versions:    ptycli %s, numpy %s, scipy %s, h5py %s, python %s" % tuple(
@@ -426,7 +540,7 @@ def _tree_text(nodes, with_attrs=False):
     return "\n".join(lines)
 
 
-@main.command()
+@click.command()
 @click.argument("file", metavar="FILE")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
 @click.option("--tree", is_flag=True, help="List every group and dataset with shape and dtype.")
@@ -439,7 +553,10 @@ def inspect(file, as_json, tree, attrs):
     check after each engine (one WARNING line per likely problem), object and
     probe shapes and pixel sizes, versions and the resume point. For data:
     frames, frame shape and geometry (energy, distance, pixel size, scan
-    extent). --tree lists the HDF5 contents instead.
+    extent). Also how far refined positions moved (rms and largest, in
+    sample pixels and metres) and the sizes of the file and its checkpoint.
+    --tree lists the HDF5 contents instead. With --json, values that are not
+    numbers (NaN, infinities) are written as null.
 
     \b
     Examples:
@@ -456,7 +573,7 @@ def inspect(file, as_json, tree, attrs):
         if not parallel.master:
             return
         if as_json:
-            click.echo(json.dumps(dict(file=file, nodes=nodes), default=_plain))
+            click.echo(to_json(dict(file=file, nodes=nodes)))
         else:
             click.echo(_tree_text(nodes, with_attrs=attrs))
         return
@@ -464,6 +581,6 @@ def inspect(file, as_json, tree, attrs):
     if not parallel.master:
         return
     if as_json:
-        click.echo(json.dumps(_plain(summary), default=str))
+        click.echo(to_json(summary))
     else:
         click.echo(_text(summary))

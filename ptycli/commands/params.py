@@ -5,7 +5,6 @@ import json
 import click
 
 from .. import parallel
-from ..cli import main
 from ..log import get_logger
 from .common import emit_result, load_tree, set_option
 
@@ -52,7 +51,7 @@ def validate_config(config, overrides=(), purpose="reconstruct", check_data=True
     return p
 
 
-@main.command("params")
+@click.command("params")
 @click.argument("path", required=False, metavar="[PATH]")
 @click.option("--validate", "config", metavar="CONFIG",
               help="Check CONFIG (a YAML file, '-' for stdin) without running anything.")
@@ -86,6 +85,7 @@ def params(path, config, purpose, no_data, overrides, dump, output, force, as_js
       ptycli params scans.MF.data --json | jq '.[].path'
       ptycli params --validate run.yaml --set engines.dm.numiter=10
       ptycli params --dump > my_run.yaml     commented default config
+      ptycli params errors                   what fourier_error, likelihood, ... mean
     """
     from ..params.tree import describe, dump_defaults_yaml, engine_sequence, result_path
 
@@ -125,6 +125,18 @@ def params(path, config, purpose, no_data, overrides, dump, output, force, as_js
                 click.echo(json.dumps({"yaml": text}))
             else:
                 click.echo(text, nl=False)
+        return
+
+    if path in ("errors", "history"):  # the error measures of the history (ptycli.measures)
+        from ..measures import ERROR_MEASURES
+
+        if parallel.master:
+            if as_json:
+                click.echo(json.dumps([dict(name=k, units=u, doc=d) for k, (u, d) in ERROR_MEASURES.items()],
+                                      indent=1))
+            else:
+                for name, (units, doc) in ERROR_MEASURES.items():
+                    click.echo("history.%s%s\n    %s" % (name, " [%s]" % units if units else "", doc))
         return
 
     rows = describe(path)

@@ -6,7 +6,6 @@ import click
 import numpy as np
 
 from .. import parallel
-from ..cli import main
 from ..errors import ConfigError, DataError
 from ..io.reading import reading
 from ..log import get_logger
@@ -26,8 +25,8 @@ def _plotting():
 
     try:
         plotting.figure_module()
-    except ImportError:
-        raise DataError(PLOT_INSTALL_HINT, exit_code=1) from None
+    except ImportError:  # an installation to complete, not a failure while running: exit 2
+        raise ConfigError(PLOT_INSTALL_HINT) from None
     return plotting
 
 
@@ -75,7 +74,7 @@ def _cxi_result_as_reconstruction(path):
                           provenance={}, attrs={})
 
 
-@main.command()
+@click.command()
 @click.argument("file", metavar="FILE")
 @click.option("-o", "--output", required=True, metavar="OUT.png",
               help="Figure file; the format follows the extension (png, pdf, svg, ...).")
@@ -96,6 +95,11 @@ def plot(file, output, dpi, title, force, as_json):
       ptycli plot out/recon.h5 -o out/recon.png
       ptycli plot out/recon.h5 -o recon.pdf --title "MoonFlower, DM + ML"
       ptycli plot sample_data/moonflower.h5 -o data.png
+
+    A reconstruction's figure shows object amplitude and phase with their
+    colour bars, the scan positions (initial and refined when refinement moved
+    them), the probe modes with a colour wheel (hue = phase, brightness =
+    amplitude) and the error curves ('ptycli params errors' defines them).
     """
     from ..io.atomic import atomic_write, check_writable
     from .inspect import identify
@@ -123,7 +127,7 @@ def plot(file, output, dpi, title, force, as_json):
             rec = _cxi_result_as_reconstruction(file)
             draw = lambda tmp: plotting.plot_reconstruction(rec, tmp, dpi=dpi, title=title)  # noqa: E731
         else:
-            data = _data_for_plot(file, kind)
+            data = dict(_data_for_plot(file, kind), source=file)
             draw = lambda tmp: plotting.plot_data(data, tmp, dpi=dpi, title=title)  # noqa: E731
     with atomic_write(output) as tmp:
         draw(tmp)

@@ -6,7 +6,7 @@ import click
 import numpy as np
 
 from .. import parallel
-from ..cli import apply_verbose_level, main
+from ..cli import apply_verbose_level
 from ..errors import ConfigError
 from ..log import get_logger
 from .common import emit_result, guess_format, load_tree, set_option
@@ -75,7 +75,7 @@ def write_scan(path, fmt, sd, p, label):
         raise ConfigError("unknown format %r; valid: h5, cxi, ptyd" % fmt)
 
 
-@main.command()
+@click.command()
 @click.argument("config")
 @click.option("-o", "--output", default=None, metavar="DATA.h5",
               help="Output data file (default: <io.home>/<run>.h5).")

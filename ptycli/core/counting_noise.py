@@ -32,7 +32,14 @@ def _exact_variance(lam, nmax=600):
     return out
 
 
-_TABLE_VARIANCES = _exact_variance(_TABLE_MEANS)
+_TABLE_VARIANCES = None  # made on first use: scipy.stats takes ~0.4 s to import
+
+
+def _table_variances():
+    global _TABLE_VARIANCES
+    if _TABLE_VARIANCES is None:
+        _TABLE_VARIANCES = _exact_variance(_TABLE_MEANS)
+    return _TABLE_VARIANCES
 
 
 def sqrt_poisson_variance(mean_counts):
@@ -51,7 +58,7 @@ def sqrt_poisson_variance(mean_counts):
         (interpolated from exact sums).
     """
     lam = np.clip(np.asarray(mean_counts, dtype=np.float64), 0.0, None)
-    return np.interp(lam, _TABLE_MEANS, _TABLE_VARIANCES, right=0.25)
+    return np.interp(lam, _TABLE_MEANS, _table_variances(), right=0.25)
 
 
 def amplitude_noise_floor(mean_pattern, valid_fraction=None):

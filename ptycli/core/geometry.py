@@ -35,9 +35,10 @@ import os
 import warnings
 
 import numpy as np
-import scipy.fft as sp_fft
 
+from . import fft
 from .base import Base
+from .fft import get_workers, set_workers  # noqa: F401 - part of this module's API (FFT threads)
 from ..utils.parameters import Param
 
 __all__ = [
@@ -85,39 +86,6 @@ DEFAULT = Param(
 # --------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------
-
-_WORKERS = None
-
-
-def get_workers():
-    """Number of threads given to :mod:`scipy.fft` (``workers=``).
-
-    :func:`set_workers` wins; otherwise :func:`ptycli.parallel.fft_workers`
-    decides (``PTYCLI_FFT_WORKERS``, else the cores of this process shared
-    between the MPI ranks on its node).
-    """
-    if _WORKERS is not None:
-        return _WORKERS
-    from .. import parallel
-
-    return parallel.fft_workers()
-
-
-def set_workers(n=None):
-    """Set the FFT thread count used by all propagators.
-
-    Parameters
-    ----------
-    n : int or None
-        Number of threads (>= 1); ``None`` restores the automatic choice.
-    """
-    global _WORKERS
-    if n is not None:
-        n = int(n)
-        if n < 1:
-            raise ValueError("workers must be >= 1, got %d" % n)
-    _WORKERS = n
-
 
 def keV2m(energy):
     """Wavelength in metres of a photon of ``energy`` keV."""
@@ -199,6 +167,16 @@ def _match(factor, dtype):
     return factor
 
 
+def _aligned_product(w, factor):
+    """``w * factor`` (or a copy of ``w``) in a new array aligned for the FFT library."""
+    out = fft.empty(w.shape, w.dtype)
+    if factor is None:
+        out[...] = w
+    else:
+        np.multiply(w, factor, out=out)
+    return out
+
+
 def fourier_fw(w, pre=None, post=None, workers=None):
     """``post * FFT2(pre * w)`` with unitary normalisation.
 
@@ -223,11 +201,8 @@ def fourier_fw(w, pre=None, post=None, workers=None):
     workers = get_workers() if workers is None else workers
     pre = _match(pre, w.dtype)
     post = _match(post, w.dtype)
-    if pre is not None:
-        x = w * pre
-        out = sp_fft.fft2(x, axes=(-2, -1), norm="ortho", workers=workers, overwrite_x=True)
-    else:
-        out = sp_fft.fft2(w, axes=(-2, -1), norm="ortho", workers=workers)
+    out = _aligned_product(w, pre)
+    fft.fft2_inplace(out, workers)
     if post is not None:
         out *= post
     return out
@@ -244,11 +219,8 @@ def fourier_bw(w, pre=None, post=None, workers=None):
     workers = get_workers() if workers is None else workers
     pre = _match(pre, w.dtype)
     post = _match(post, w.dtype)
-    if pre is not None:
-        x = w * pre
-        out = sp_fft.ifft2(x, axes=(-2, -1), norm="ortho", workers=workers, overwrite_x=True)
-    else:
-        out = sp_fft.ifft2(w, axes=(-2, -1), norm="ortho", workers=workers)
+    out = _aligned_product(w, pre)
+    fft.ifft2_inplace(out, workers)
     if post is not None:
         out *= post
     return out
@@ -282,9 +254,10 @@ def transfer_propagate(w, kernel, workers=None):
     w = _as_complex(w)
     workers = get_workers() if workers is None else workers
     kernel = _match(kernel, w.dtype)
-    out = sp_fft.fft2(w, axes=(-2, -1), norm="ortho", workers=workers)
+    out = _aligned_product(w, None)
+    fft.fft2_inplace(out, workers)
     out *= kernel
-    return sp_fft.ifft2(out, axes=(-2, -1), norm="ortho", workers=workers, overwrite_x=True)
+    return fft.ifft2_inplace(out, workers)
 
 
 def nearfield_fw(w, kernel, workers=None):
@@ -482,8 +455,8 @@ class NearfieldPropagator(_PropagatorBase):
         self.origin = _pixel_pos(origin, self.shape, "origin")
         self.center = _pixel_pos(center, self.shape, "center")
         k = 2 * np.pi / self.lam
-        qy = 2 * np.pi * sp_fft.fftfreq(self.shape[0], d=self.psize_sam[0])
-        qx = 2 * np.pi * sp_fft.fftfreq(self.shape[1], d=self.psize_sam[1])
+        qy = 2 * np.pi * np.fft.fftfreq(self.shape[0], d=self.psize_sam[0])
+        qx = 2 * np.pi * np.fft.fftfreq(self.shape[1], d=self.psize_sam[1])
         q2 = np.add.outer(qy ** 2, qx ** 2)
         q2 = np.minimum(q2, k * k)
         kz = np.sqrt(k * k - q2)

@@ -21,6 +21,10 @@ __all__ = ["Engine", "ErrorSums", "ENGINES", "register", "make_engine", "Address
 
 _log = logging.getLogger("ptycli.engines")
 
+#: submodules that register no engine (the compiled kernels, imported with numba by the engines
+#: that run them): :func:`ptycli.params.registry.load_plugins` leaves them alone
+NOT_PLUGINS = ("fused", "fused_ml", "fused_pie", "kernels", "metrics", "health", "addressing")
+
 for _name in ("stochastic", "ml", "posref"):
     try:
         importlib.import_module("%s.%s" % (__name__, _name))

@@ -179,9 +179,9 @@ def _common_params():
         Parameter("probe_support", 0.8, "float",
                   "radius of a circular (elliptical on rectangular frames) probe support as a fraction of half "
                   "the frame's sides, applied after each probe update (null: none)", low=0.0, nullable=True),
-        Parameter("clip_object", None, "list",
+        Parameter("clip_object", None, "range",
                   "[min, max] allowed object amplitude, applied after each object update (null: no clip)",
-                  nullable=True),
+                  low=0.0, nullable=True),
         Parameter("probe_center_tol", None, "float",
                   "recentre probe, object and exit waves when the probe's centre of mass is more than "
                   "this many pixels off the frame centre (null: never)", low=0.0, nullable=True,

@@ -48,8 +48,11 @@ afterwards).
 """
 
 import os
+import sys
 
 import numpy as np
+
+from .. import parallel
 
 __all__ = ["available", "use_compiled", "AUTO_MIN_PIXELS", "BlockPool", "projection_input",
            "modulus_constraint", "projection_update", "object_numerator", "object_den_rows", "probe_sums"]
@@ -76,8 +79,8 @@ _INLINE = dict(fastmath=True, nogil=True, cache=True, inline="always", error_mod
 _TINY = 1e-12
 
 
-#: ``kernels: auto`` compiles the kernels for jobs with at least this many exit-wave pixels per process
-#: (below, the first compilation would cost more than the kernels save in a typical run).
+#: ``kernels: auto`` compiles the kernels for jobs with at least this many exit-wave pixels over all
+#: processes (below, the first compilation would cost more than the kernels save in a typical run).
 AUTO_MIN_PIXELS = 2 ** 22
 
 
@@ -95,7 +98,10 @@ def use_compiled(choice, n_pixels, precision_ok=True):
         The engine's ``kernels`` parameter; the environment variable
         ``PTYCLI_KERNELS`` (same values) overrides it.
     n_pixels : int
-        Exit-wave pixels of this process (pods x frame pixels).
+        Exit-wave pixels of this process (pods x frame pixels); ``auto``
+        decides on their sum over all MPI processes (the job), so that
+        every rank makes the same choice and ``mpirun -n 2`` on a large job
+        keeps the compiled path (deciding per process switched it off).
     precision_ok : bool
         False when the model's precision has no compiled variant (double).
 
@@ -113,8 +119,56 @@ def use_compiled(choice, n_pixels, precision_ok=True):
         if not _HAVE_NUMBA:
             raise EngineError("kernels: compiled needs numba, which is not installed",
                               hint="pip install numba, or set kernels: auto")
-        return precision_ok
-    return _HAVE_NUMBA and precision_ok and n_pixels >= AUTO_MIN_PIXELS
+        compiled = bool(precision_ok)
+    else:
+        job_pixels = parallel.allreduce_scalar(float(n_pixels)) if parallel.size > 1 else n_pixels
+        compiled = bool(_HAVE_NUMBA and precision_ok and job_pixels >= AUTO_MIN_PIXELS)
+    if compiled:
+        _announce_compilation(_KERNEL_MODULES.get(sys._getframe(1).f_globals.get("__name__"), "fused"))
+    return compiled
+
+
+#: the kernels module each engine module compiles
+_KERNEL_MODULES = {"ptycli.engines.projectional": "fused", "ptycli.engines.ml": "fused_ml",
+                   "ptycli.engines.stochastic": "fused_pie"}
+_ANNOUNCED = set()
+
+
+def kernel_cache_is_cold(module="fused"):
+    """Whether numba has no on-disk cache of ``ptycli.engines.<module>``'s kernels yet (or a stale one).
+
+    Cheap: looks for numba's index files (``<module>.*.nbi``) no older than the
+    module's source, next to it (``__pycache__``) or under ``NUMBA_CACHE_DIR``.
+    """
+    import glob
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        source_time = os.stat(os.path.join(here, module + ".py")).st_mtime
+    except OSError:
+        return False
+    patterns = [os.path.join(here, "__pycache__", module + ".*.nbi")]
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        patterns.append(os.path.join(os.environ["NUMBA_CACHE_DIR"], "**", module + ".*.nbi"))
+    for pattern in patterns:
+        for index in glob.iglob(pattern, recursive=True):
+            try:
+                if os.stat(index).st_mtime >= source_time:
+                    return False
+            except OSError:
+                continue
+    return True
+
+
+def _announce_compilation(module):
+    """Say once per process that the first large job compiles the kernels (a silent 20 s otherwise)."""
+    if module in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(module)
+    if kernel_cache_is_cold(module):
+        from ..log import get_logger
+
+        get_logger(__name__).info("compiling the kernels (first run only, about 20 s)")
 
 
 class BlockPool:
@@ -127,7 +181,7 @@ class BlockPool:
     Parameters
     ----------
     n_threads : int
-        Threads (the FFT workers of the process, :func:`ptycli.core.geometry.get_workers`).
+        Threads (the FFT workers of the process, :func:`ptycli.core.fft.get_workers`).
     """
 
     def __init__(self, n_threads, slots_per_thread=2):

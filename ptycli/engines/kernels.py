@@ -12,9 +12,7 @@ Functions
 ---------
 :func:`fft_inplace`, :func:`ifft_inplace`
     Unitary 2D FFTs over the last two axes that overwrite their input
-    (pocketfft's ``c2c`` of :mod:`scipy.fft` called directly when it matches
-    ``scipy.fft.fft2`` bit for bit, else ``scipy.fft`` with ``overwrite_x``;
-    workers from :func:`ptycli.core.geometry.get_workers` unless given).
+    (:mod:`ptycli.core.fft`: FFTW when pyfftw is there, else pocketfft).
 :func:`model_amplitude`
     ``sqrt(sum_modes |F|^2)`` of a Fourier-space stack.
 :func:`fourier_errors`
@@ -24,9 +22,8 @@ Functions
 """
 
 import numpy as np
-import scipy.fft as sp_fft
 
-from ..core.geometry import get_workers
+from ..core import fft
 
 __all__ = ["fft_inplace", "ifft_inplace", "model_amplitude", "fourier_errors", "modulus_factor",
            "power_bound_renorm", "TINY"]
@@ -35,59 +32,18 @@ __all__ = ["fft_inplace", "ifft_inplace", "model_amplitude", "fourier_errors", "
 TINY = 1e-12
 
 
-def _make_fft():
-    """In-place unitary 2D FFTs over the last two axes: ``(forward, inverse)`` callables ``f(x, workers)``.
-
-    Uses pocketfft's ``c2c`` entry point of :mod:`scipy.fft` directly when it
-    is there and gives the same numbers as :func:`scipy.fft.fft2` (it saves
-    about 10 us of argument handling per call, a third of a 64 x 64
-    transform); otherwise :func:`scipy.fft.fft2`/``ifft2`` with
-    ``overwrite_x``. Both return the transformed array (the input buffer when
-    the transform could be done in place).
-    """
-    def fw_public(x, workers):
-        return sp_fft.fft2(x, axes=(-2, -1), norm="ortho", workers=workers, overwrite_x=True)
-
-    def bw_public(x, workers):
-        return sp_fft.ifft2(x, axes=(-2, -1), norm="ortho", workers=workers, overwrite_x=True)
-
-    try:
-        from scipy.fft._pocketfft import pypocketfft as _pp
-
-        c2c = _pp.c2c
-
-        def fw_direct(x, workers):
-            n = x.ndim
-            return c2c(x, (n - 2, n - 1), True, 1, x, workers)
-
-        def bw_direct(x, workers):
-            n = x.ndim
-            return c2c(x, (n - 2, n - 1), False, 1, x, workers)
-
-        rng = np.random.default_rng(5)
-        for dt in (np.complex64, np.complex128):
-            a = (rng.standard_normal((2, 6, 10)) + 1j * rng.standard_normal((2, 6, 10))).astype(dt)
-            if not (np.array_equal(fw_direct(a.copy(), 1), fw_public(a.copy(), 1))
-                    and np.array_equal(bw_direct(a.copy(), 1), bw_public(a.copy(), 1))):
-                raise ValueError("pocketfft c2c differs from scipy.fft")
-        return fw_direct, bw_direct
-    except Exception:  # private API moved or changed: the public functions are always right
-        return fw_public, bw_public
-
-
-
-
-_FFT_FW, _FFT_BW = _make_fft()
-
-
 def fft_inplace(x, workers=None):
-    """Unitary forward FFT over the last two axes, overwriting ``x`` (complex); returns it."""
-    return _FFT_FW(x, get_workers() if workers is None else workers)
+    """Unitary forward FFT over the last two axes, overwriting ``x`` (complex); returns it.
+
+    :func:`ptycli.core.fft.fft2_inplace` (FFTW or pocketfft); ``workers``
+    threads, default :func:`ptycli.core.fft.get_workers`.
+    """
+    return fft.fft2_inplace(x, workers)
 
 
 def ifft_inplace(x, workers=None):
     """Unitary inverse FFT over the last two axes, overwriting ``x`` (complex); returns it."""
-    return _FFT_BW(x, get_workers() if workers is None else workers)
+    return fft.ifft2_inplace(x, workers)
 
 
 def model_amplitude(F, modes, out, tmp=None):

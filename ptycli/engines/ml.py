@@ -139,14 +139,18 @@ Pure helpers (used by the engine and the tests): :func:`noise_terms`,
 
 import logging
 import numpy as np
-import scipy.fft as sp_fft
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import parallel
+from .._lazy import lazy_module
+from ..core import fft
 from ..params.declare import Parameter
-from . import fused, fused_ml
 from .base import Engine, register
 from .posref import POSREF_PARAMS
+
+# imported at first use: listing the parameters (ptycli params) needs no numba
+fused = lazy_module("ptycli.engines.fused")
+fused_ml = lazy_module("ptycli.engines.fused_ml")
 
 __all__ = [
     "ML",
@@ -541,8 +545,8 @@ class _Workspace:
 
     def __init__(self, maxp, maxf, shape, ctype, ftype, pods_are_frames):
         H, W = shape
-        self.cA = np.empty((maxp, H, W), ctype)
-        self.cT = np.empty((maxp, H, W), ctype)
+        self.cA = fft.empty((maxp, H, W), ctype)
+        self.cT = fft.empty((maxp, H, W), ctype)
         self.rp = None if pods_are_frames else np.empty((maxp, H, W), ftype)
         self.fr = [np.empty((maxf, H, W), ftype) for _ in range(6)]
 
@@ -586,8 +590,8 @@ class _Group:
         self.maxf = max([b.f1 - b.f0 for b in self.blocks] or [1])
         H, W = self.shape
         # persistent transforms and per-pixel derivatives
-        self.F = np.zeros((g.n_pods, H, W), self.ctype)
-        self.Fb = np.zeros((g.n_pods, H, W), self.ctype)
+        self.F = fft.zeros((g.n_pods, H, W), self.ctype)
+        self.Fb = fft.zeros((g.n_pods, H, W), self.ctype)
         self.Fc = None
         self.fc_valid = False  # whether Fc belongs to the current line
         self.lp = np.zeros((g.n_frames, H, W), ft)
@@ -603,7 +607,7 @@ class _Group:
             b.valid = 0.0
         self.maxp = max([b.p1 - b.p0 for b in self.blocks] or [1])
         self.maxf = max([b.f1 - b.f0 for b in self.blocks] or [1])
-        self.F = np.zeros((g.n_pods, H, W), self.ctype)
+        self.F = fft.zeros((g.n_pods, H, W), self.ctype)
         self.Fb = self.Fc = self.lp = self.aux = None
         self.c = np.ones(g.n_frames, self.ftype)
         self.use_mask = not g.mask_trivial
@@ -614,14 +618,14 @@ class _Group:
         if self.compiled:  # two block-sized complex buffers
             ws = _Workspace.__new__(_Workspace)
             H, W = self.shape
-            ws.cA = np.empty((self.maxp, H, W), self.ctype)
-            ws.cT = np.empty((self.maxp, H, W), self.ctype)
+            ws.cA = fft.empty((self.maxp, H, W), self.ctype)
+            ws.cT = fft.empty((self.maxp, H, W), self.ctype)
             return ws
         return _Workspace(self.maxp, self.maxf, self.shape, self.ctype, self.ftype, self.pf)
 
     def need_fc(self):
         if self.Fc is None:
-            self.Fc = np.zeros_like(self.Fb)
+            self.Fc = fft.zeros(self.Fb.shape, self.Fb.dtype)
         return self.Fc
 
     def release(self):
@@ -680,7 +684,7 @@ class _Group:
     def fw_inplace(self, x, workers):
         """Forward transform of the contiguous pod array ``x``, in place."""
         if self.pre is not None:
-            out = sp_fft.fft2(x, axes=(-2, -1), norm="ortho", workers=workers, overwrite_x=True)
+            out = fft.fft2_inplace(x, workers)
         else:
             out = self.g.propagator.fw(x)
         if not _same_buffer(out, x):
@@ -690,7 +694,7 @@ class _Group:
     def bw_inplace(self, x, workers):
         """Backward transform of the contiguous pod array ``x``, in place."""
         if self.pre is not None:
-            out = sp_fft.ifft2(x, axes=(-2, -1), norm="ortho", workers=workers, overwrite_x=True)
+            out = fft.ifft2_inplace(x, workers)
         else:
             out = self.g.propagator.bw(x)
         if not _same_buffer(out, x):
@@ -899,9 +903,7 @@ class _Group:
 # ----------------------------------------------------------------------------------------
 
 def _workers():
-    from ..core.geometry import get_workers
-
-    return get_workers()
+    return fft.get_workers()
 
 
 class _Accumulator:

@@ -122,13 +122,13 @@ import logging
 import zlib
 
 import numpy as np
-import scipy.fft as sp_fft
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import parallel
-from ..core.geometry import get_workers
+from ..core import fft
 from ..errors import ConfigError, EngineError
 from ..params.declare import Parameter, ParamSet
+
 
 __all__ = ["POSREF_PARAMS", "PositionRefiner", "make_refiner", "trial_shifts"]
 
@@ -154,7 +154,15 @@ POSREF_PARAMS = ParamSet("position_refinement", [
               "largest distance (Euclidean, whole object pixels) of a frame's window from its initial one (the "
               "reported position)", low=0.0, unit="pixel"),
     Parameter("seed", 0, "int", "seed of the random trial shifts (same seed, same result)", low=0),
-], doc="position refinement: annealed search of whole-pixel trial shifts, kept when the Fourier error drops")
+], doc="position refinement: annealed search of whole-pixel trial shifts, kept when the Fourier error drops",
+   check=lambda v, path: _check_window(v, path))
+
+
+def _check_window(values, path):
+    """stop after start (checked with the configuration, before any data is read)."""
+    if values.get("start") is not None and values.get("stop") is not None and values.stop <= values.start:
+        raise ConfigError("%s: stop (%d) must be greater than start (%d)" % (path, values.stop, values.start),
+                          hint="raise stop, or set it to null (until the engine ends)")
 
 #: Bytes of complex trial exit waves transformed together.
 BLOCK_BYTES = 4 << 20
@@ -438,7 +446,7 @@ class PositionRefiner:
         npod = np.diff(g.pod_start)
         single = g.single_probe_layer
         out = np.empty(len(ef), np.float64)
-        workers = get_workers()
+        workers = fft.get_workers()
         step = st.max_entries
         for e0 in range(0, len(ef), step):
             e1 = min(len(ef), e0 + step)
@@ -450,16 +458,15 @@ class PositionRefiner:
             pod = g.pod_start[fe][ent] + (np.arange(len(ent)) - first[ent])
             dy = (eyx[e0:e1, 0] - cur[fe, 0])[ent]
             dx = (eyx[e0:e1, 1] - cur[fe, 1])[ent]
-            stack = sw[g.ob_layer[pod], g.ob_y[pod] + dy, g.ob_x[pod] + dx]
-            if stack.dtype != ctype:
-                stack = stack.astype(ctype)
+            stack = fft.empty((len(pod), H, W), ctype)  # aligned: the same FFT algorithm every round
+            stack[...] = sw[g.ob_layer[pod], g.ob_y[pod] + dy, g.ob_x[pod] + dx]
             if single:
                 k = int(g.pr_layer[0])
                 stack *= probe[k:k + 1]
             else:
                 stack *= probe[g.pr_layer[pod]]
             if far:
-                F = sp_fft.fft2(stack, axes=(-2, -1), norm="ortho", overwrite_x=True, workers=workers)
+                F = fft.fft2_inplace(stack, workers)
             else:
                 F = g.propagator.fw(stack)
             af = np.abs(F)

@@ -100,7 +100,7 @@ Frames are processed in blocks of ``block_frames`` (about 2 MB of complex
 data per block by default), so that the elementwise passes run in cache and
 the temporaries stay small; each block does one batched in-place forward and
 one inverse FFT over all its frames and modes (``scipy.fft``, workers from
-``ptycli.core.geometry.get_workers``). In the far field the work is done on
+``ptycli.core.fft.get_workers``). In the far field the work is done on
 ``pre * psi`` so the FFT needs no phase passes (the exit storage always holds
 the true exit waves). The first object update's numerator is accumulated in
 the Fourier loop, and ``sum |P|^2`` over the object only when the probe
@@ -123,14 +123,18 @@ inverse FFT when a block has enough of them). Figures:
 import numpy as np
 
 from .. import parallel
+from ..core import fft
+from .._lazy import lazy_module
 from ..params.declare import Parameter
-from . import fused
 from .base import Engine, register
 from .posref import POSREF_PARAMS
 from .kernels import (fft_inplace, ifft_inplace, model_amplitude, fourier_errors, modulus_factor,
                       power_bound_renorm)  # noqa: F401
 
 __all__ = ["ProjectionEngine", "DM", "RAAR"]
+
+#: the compiled kernels, imported (with numba) at first use
+fused = lazy_module("ptycli.engines.fused")
 
 #: A block takes the subset path (inverse FFT only of frames outside the power
 #: bound) when at most this fraction of its frames is outside; otherwise all
@@ -187,10 +191,8 @@ def _balanced_blocks(g, max_frames):
 
     Returns ``[(f0, f1, p0, p1)]`` as :meth:`~ptycli.engines.addressing.PodGroup.blocks`.
     """
-    from ..core.geometry import get_workers
-
     n = g.n_frames
-    T = max(1, int(get_workers()))
+    T = max(1, int(fft.get_workers()))
     count = -(-n // max(1, int(max_frames)))
     count = max(1, min(n, -(-count // T) * T))
     edges = np.unique(np.round(np.linspace(0, n, count + 1)).astype(np.int64))
@@ -243,8 +245,8 @@ class ProjectionEngine(Engine):
         self._scratch = {}
         for shape in shapes:
             self._scratch[shape] = dict(
-                buf=np.empty((max_pods,) + shape, dtype=ctype),
-                pw=np.empty((max_pods,) + shape, dtype=ctype),
+                buf=fft.empty((max_pods,) + shape, dtype=ctype),  # transformed: aligned for the FFT library
+                pw=fft.empty((max_pods,) + shape, dtype=ctype),
                 af=np.empty((max_frames,) + shape, dtype=ftype),
                 fdev=np.empty((max_frames,) + shape, dtype=ftype),
                 tmp=np.empty((max_frames,) + shape, dtype=ftype),
@@ -275,9 +277,7 @@ class ProjectionEngine(Engine):
         numerators; the other threads and slots get their own (each slot an
         object- or probe-sized array), added into slot 0's after a pass.
         """
-        from ..core.geometry import get_workers
-
-        self._pool = fused.BlockPool(get_workers())
+        self._pool = fused.BlockPool(fft.get_workers())
         T = self._pool.n
         self._no_mask = np.ones((1, 1, 1), dtype=self.ftype)
         # work items: one per frame block, with the block's constant index arrays
@@ -294,7 +294,7 @@ class ProjectionEngine(Engine):
             return [acc] + [{sid: np.zeros_like(a) for sid, a in acc.items()} for _ in range(S - 1)]
 
         self._tbuf = [{shape: self._scratch[shape]["buf"] for shape in shapes}] + [
-            {shape: np.empty((max_pods,) + shape, dtype=self.ctype) for shape in shapes} for _ in range(T - 1)]
+            {shape: fft.empty((max_pods,) + shape, dtype=self.ctype) for shape in shapes} for _ in range(T - 1)]
         # slot 0 accumulates into the engine's own numerators (they start from the inertia terms); the
         # object denominator needs no slots (fused.object_den_rows fills it in row bands)
         self._ob_num_t, self._pr_num_t, self._pr_den_t = more(self._ob_num), more(self._pr_num), more(self._pr_den)

@@ -102,12 +102,11 @@ the fewest numpy calls). In the far field the sample-plane phase factor of the
 propagator is folded into a scratch copy of the probe for the duration of a
 sweep (``P~ = pre P``, written back as ``conj(pre) P~``), and the
 detector-plane factor, a pure phase, cancels in the modulus constraint: each
-frame costs exactly one forward and one inverse FFT (pocketfft's in-place
-``c2c`` of :mod:`scipy.fft`, called directly when it matches the public
-functions bit for bit). Single precision stays single precision (a
+frame costs exactly one forward and one inverse FFT (in place, with
+transforms bound to the kernel's buffer: :func:`ptycli.core.fft.bound_pair`). Single precision stays single precision (a
 ``TypeError`` rather than a silent upcast). Single frames are transformed with
 one FFT thread below 512 x 512 pixels (thread start-up costs more than it
-saves there) and with :func:`ptycli.core.geometry.get_workers` threads above.
+saves there) and with :func:`ptycli.core.fft.get_workers` threads above.
 
 Measured on the shared 2-core development machine (minimum over repeats, a
 busy machine, hence ranges), time per frame over the batched forward+inverse
@@ -139,10 +138,13 @@ import logging
 import numpy as np
 
 from .. import parallel
+from ..core import fft
+from .._lazy import lazy_module
 from ..params.declare import Parameter
-from . import fused
 from .base import Engine, register
-from .kernels import _FFT_BW, _FFT_FW
+
+#: the compiled kernels, imported (with numba) at first use
+fused = lazy_module("ptycli.engines.fused")
 
 __all__ = [
     "EPIE",
@@ -277,18 +279,6 @@ def visiting_order(rng, n):
 # the fast per-frame kernel
 # --------------------------------------------------------------------------
 
-def _raw_c2c():
-    """pocketfft's ``c2c(x, axes, forward, norm, out, workers)`` when :func:`_make_fft` validated it."""
-    if _FFT_FW.__name__ != "fw_direct":
-        return None
-    from scipy.fft._pocketfft import pypocketfft as _pp
-
-    return _pp.c2c
-
-
-_C2C = _raw_c2c()
-
-
 class FrameKernel:
     """In-place mixed-state ePIE/rPIE step on one frame, with its own buffers.
 
@@ -325,8 +315,6 @@ class FrameKernel:
     def __init__(self, shape, nprobe, nobj, dtype=np.complex64, pre=None, transfer=None, workers=None,
                  object_step=1.0, probe_step=1.0, object_alpha=1.0, probe_alpha=1.0, photon_error=True,
                  compiled=False):
-        from ..core.geometry import get_workers
-
         self.shape = tuple(int(s) for s in shape)
         self.npr, self.nob = int(nprobe), int(nobj)
         self.M = self.npr * self.nob
@@ -336,7 +324,7 @@ class FrameKernel:
         self.ftype = np.finfo(self.ctype).dtype
         h, w = self.shape
         if workers is None:
-            workers = get_workers() if h * w * self.M >= THREADED_FFT_PIXELS else 1
+            workers = fft.get_workers() if h * w * self.M >= THREADED_FFT_PIXELS else 1
         self.workers = int(workers)
         self.pre = None if pre is None else np.ascontiguousarray(pre, dtype=self.ctype)
         self.pre_c = None if pre is None else np.conj(self.pre)
@@ -350,7 +338,7 @@ class FrameKernel:
             raise ValueError("object_alpha and probe_alpha must lie in [0, 1]")
         self.photon_error = bool(photon_error)
         c, f = self.ctype, self.ftype
-        self.ex = np.empty((self.npr, self.nob, h, w), c)   # exit waves -> detector waves -> dpsi
+        self.ex = fft.empty((self.npr, self.nob, h, w), c)  # exit waves -> detector waves -> dpsi (aligned)
         self.ex3 = self.ex.reshape((self.M, h, w))
         self.ex2 = self.ex3[0]
         self.ex_flat = self.ex.reshape(-1)
@@ -375,7 +363,7 @@ class FrameKernel:
         self.t_obj2 = self.t_obj[0]
         self.t_pr2 = self.t_pr[0]
         self.c_obj2 = self.c_obj[0]
-        self._c2c = _C2C
+        self._fw, self._bw = fft.bound_pair(self.ex3, self.workers)  # in-place transforms of ex3
         # compiled single-mode step (ptycli.engines.fused_pie): complex64, far field with pre folded
         self.compiled = bool(compiled) and self._single and self.pre is None and self.ctype == np.complex64
 
@@ -440,18 +428,18 @@ class FrameKernel:
         """Detector waves of the exit stack ``ex`` (M, h, w), in place where possible."""
         if self.pre is not None:
             np.multiply(ex, self.pre, out=ex)
-        g = _FFT_FW(ex, self.workers)
+        g = fft.fft2_inplace(ex, self.workers)
         if self.transfer is not None:
             g *= self.transfer
-            g = _FFT_BW(g, self.workers)
+            g = fft.ifft2_inplace(g, self.workers)
         return g
 
     def _backward(self, g):
         """Sample-plane waves of the detector stack ``g``, in place where possible."""
         if self.transfer is not None:
-            g = _FFT_FW(g, self.workers)
+            g = fft.fft2_inplace(g, self.workers)
             g *= self.transfer_c
-        g = _FFT_BW(g, self.workers)
+        g = fft.ifft2_inplace(g, self.workers)
         if self.pre_c is not None:
             np.multiply(g, self.pre_c, out=g)
         return g
@@ -531,7 +519,6 @@ class FrameKernel:
         """:meth:`step` for one probe and one object mode (2D ``P``, ``O``), fewest calls."""
         mul = np.multiply
         ex2, ex3 = self.ex2, self.ex3
-        c2c, workers = self._c2c, self.workers
         # object weight from the current probe
         if update_probe or not self._weight_fresh:
             if self.object_alpha >= 1.0:
@@ -548,11 +535,7 @@ class FrameKernel:
         pre = self.pre
         if pre is not None:
             mul(ex2, pre, out=ex2)
-        if c2c is not None:
-            c2c(ex3, (1, 2), True, 1, ex3, workers)
-        else:
-            ex3 = _FFT_FW(ex3, workers)
-            ex2 = ex3[0]
+        self._fw()
         # modulus constraint
         amp, d = self.amp, self.d
         np.abs(ex2, out=amp)
@@ -568,11 +551,7 @@ class FrameKernel:
         np.divide(d, amp, out=d)
         mul(ex2, d, out=ex2)
         # back to the sample plane: dpsi
-        if c2c is not None:
-            c2c(ex3, (1, 2), False, 1, ex3, workers)
-        else:
-            ex3 = _FFT_BW(ex3, workers)
-            ex2 = ex3[0]
+        self._bw()
         if pre is not None:
             mul(ex2, self.pre_c, out=ex2)
         if update_probe:
@@ -606,11 +585,11 @@ class FrameKernel:
         ex3 = self.ex3
         P = probe[0]
         max_p2, max_o2 = fused_pie.exit_wave(ex3[0], P, obj, layer, y0, x0)
-        ex3 = _FFT_FW(ex3, self.workers)
+        self._fw()
         photon = intensity is not None and self.photon_error
         fourier, photon_sum = fused_pie.modulus(ex3[0], sqrt_i, sqrt_i if mask is None else mask, mask is not None,
                                                 intensity if photon else sqrt_i, photon, float(self.eps))
-        ex3 = _FFT_BW(ex3, self.workers)
+        self._bw()
         fused_pie.update(P, obj, layer, y0, x0, ex3[0], max_p2, max_o2, self.object_step, self.probe_step,
                          self.object_alpha, self.probe_alpha, update_probe, self.tiny)
         return fourier, photon_sum, fourier  # exit change == Fourier error sum (see _modulus)

@@ -15,6 +15,17 @@ its state (``engine.load_state``), later engines run in full. With the same
 configuration, seed and number of MPI ranks, an interrupted and resumed run
 ends with the same object as an uninterrupted one.
 
+Checkpoints always hold the exit waves; results hold them only with
+``io.keep_exit_waves: true`` (they are as large as all frames together).
+Resuming from a file without exit waves restarts them from probe x object
+(:func:`restore_model` says so), so the continuation is close to, not the
+same as, an uninterrupted run.
+
+:func:`load_checkpoint` checks what it reads before anything is computed:
+counters that are whole numbers >= 0, finite probe, object and positions,
+array shapes that fit together and an RNG state numpy accepts; anything else
+is a one-line usage error (exit code 2) naming the damaged entry.
+
 Functions here are collective under MPI (every rank calls them); files are
 written by rank 0 only.
 """
@@ -23,7 +34,10 @@ import numpy as np
 
 from .. import parallel
 from ..errors import ConfigError, DataError
+from ..log import get_logger
 from .reconstruction import load_reconstruction, write_reconstruction
+
+logger = get_logger(__name__)
 
 __all__ = [
     "storage_entry",
@@ -31,6 +45,7 @@ __all__ = [
     "restore_model",
     "write_snapshot",
     "load_checkpoint",
+    "check_checkpoint",
     "plan_resume",
 ]
 
@@ -167,9 +182,15 @@ def restore_model(P, rec):
         if moved:
             for S in P.obj.S.values():
                 S.update_views()
-    # exit waves: this rank's layers
+    # exit waves: this rank's layers (a result without them: restart from probe x object)
     state = rec.state or {}
     saved_exit = state.get("exit") or {}
+    if not saved_exit and P.exit.S:
+        for model in P.scans.values():
+            model.init_exit()
+        P.runtime.history = [dict(h) for h in rec.history]
+        P.runtime.iterations = len(rec.history)
+        return False
     for sid, S in P.exit.S.items():
         if sid not in saved_exit:
             raise DataError("%s: the checkpoint has no exit waves for %s" % (path, sid), validation=True)
@@ -187,9 +208,10 @@ def restore_model(P, rec):
             S.data[row] = data[k]
     P.runtime.history = [dict(h) for h in rec.history]
     P.runtime.iterations = len(rec.history)
+    return True
 
 
-def write_snapshot(path, P, kind, engines, state_attrs, engine_state, info):
+def write_snapshot(path, P, kind, engines, state_attrs, engine_state, info, with_exit=True):
     """Collect the model (collective) and write it to ``path`` on rank 0.
 
     Parameters
@@ -208,8 +230,11 @@ def write_snapshot(path, P, kind, engines, state_attrs, engine_state, info):
         gathered (rank ``r > 0`` is stored under ``/state/engine/ranks/<r>``).
     info : dict
         ``parameters_yaml``, ``config``, ``overrides``, ``run``, ``provenance``.
+    with_exit : bool
+        Store the exit waves (``/state/exit``; same on every rank). Without
+        them a resume restarts the exit waves from probe x object.
     """
-    snap = collect_model(P, with_exit=True)
+    snap = collect_model(P, with_exit=with_exit)
     states = parallel.gather(engine_state) if parallel.size > 1 else [engine_state]
     if not parallel.master:
         return None
@@ -225,9 +250,16 @@ def write_snapshot(path, P, kind, engines, state_attrs, engine_state, info):
 
 
 def load_checkpoint(path):
-    """Read a checkpoint (or result) for ``--resume``; usage errors (exit 2) when it cannot serve."""
+    """Read a checkpoint (or result) for ``--resume``; usage errors (exit 2) when it cannot serve.
+
+    The file is read whole (so that the run may replace it with its own
+    checkpoints) and checked with :func:`check_checkpoint`.
+    """
     import os
 
+    from .reading import refuse_special_file
+
+    refuse_special_file(path, "--resume", validation=True)
     if not os.path.exists(path):
         raise ConfigError("--resume %s: no such file" % path,
                           hint="give the checkpoint written by the interrupted run")
@@ -237,7 +269,106 @@ def load_checkpoint(path):
         raise DataError("--resume %s: %s" % (path, exc.message), hint=exc.hint, validation=True) from None
     if rec.state is None:
         raise DataError("--resume %s: the file has no /state group to resume from" % path, validation=True)
+    check_checkpoint(rec)
     return rec
+
+
+def _damaged(rec, what):
+    return DataError("--resume %s: the checkpoint is damaged: %s" % (rec.path, what),
+                     hint="resume from another checkpoint or the result file, or start afresh without --resume",
+                     validation=True)
+
+
+def _count(rec, attrs, key, where="/state attribute"):
+    """``attrs[key]`` as an int >= 0 (absent: 0); a damaged-checkpoint error otherwise."""
+    value = attrs.get(key, 0)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)) or \
+            not np.isfinite(value) or float(value) != int(value) or value < 0:
+        raise _damaged(rec, "%s %s is %r, not a whole number >= 0" % (where, key, value))
+    return int(value)
+
+
+def _check_rng(rec, state, where):
+    """The RNG state must be one numpy's bit generator accepts (as ``engine.load_state`` sets it)."""
+    rng = (state or {}).get("rng")
+    if rng is None:
+        return
+    try:
+        name = rng["bit_generator"]
+        generator = getattr(np.random, str(name))()
+        generator.state = rng
+    except Exception as exc:  # TypeError, ValueError, KeyError, AttributeError: all mean damage
+        raise _damaged(rec, "%s/rng is not a random generator state (%s)" % (
+            where, " ".join(str(exc).split()) or type(exc).__name__)) from None
+
+
+def _check_arrays(rec, kind, arrays, ndim):
+    for sid, arr in (arrays or {}).items():
+        arr = np.asarray(arr)
+        if arr.ndim != ndim or arr.dtype.kind not in "fc" or 0 in arr.shape:
+            raise _damaged(rec, "%s %s has shape %s and type %s (expected %d axes of complex numbers)" % (
+                kind, sid, arr.shape, arr.dtype, ndim))
+        if not np.isfinite(arr).all():
+            raise _damaged(rec, "%s %s holds NaN or infinite values" % (kind, sid))
+
+
+def check_checkpoint(rec):
+    """Check a checkpoint read for ``--resume`` before it is used.
+
+    Parameters
+    ----------
+    rec : Reconstruction
+        Read with its ``state``.
+
+    Raises
+    ------
+    DataError
+        (exit code 2) naming the damaged entry: a ``/state`` counter that is
+        not a whole number >= 0 (or an engine iteration beyond the total), a
+        probe, object or exit wave array of the wrong shape or with NaN/Inf,
+        positions that are not finite or do not match their indices, exit
+        waves whose layer map does not match them, or an RNG state that
+        numpy does not accept.
+    """
+    attrs = rec.state.get("attrs") or {}
+    counts = {k: _count(rec, attrs, k) for k in ("engine_index", "engine_iteration", "total_iterations")}
+    if counts["engine_iteration"] > counts["total_iterations"] and "total_iterations" in attrs:
+        raise _damaged(rec, "/state says engine iteration %d but only %d iterations in total" % (
+            counts["engine_iteration"], counts["total_iterations"]))
+    _check_arrays(rec, "object", rec.objects, 3)
+    _check_arrays(rec, "probe", rec.probes, 3)
+    if not rec.objects or not rec.probes:
+        raise _damaged(rec, "it holds no %s" % ("object" if not rec.objects else "probe"))
+    for label, sc in (rec.scans or {}).items():
+        for key in ("positions", "positions_initial"):
+            pos = sc.get(key)
+            if pos is None:
+                continue
+            pos = np.asarray(pos)
+            if pos.ndim != 2 or pos.shape[1:] != (2,) or pos.dtype.kind not in "iuf":
+                raise _damaged(rec, "scan %s: %s has shape %s (expected N x 2 numbers)" % (label, key, pos.shape))
+            if not np.isfinite(pos).all():
+                raise _damaged(rec, "scan %s: %s holds NaN or infinite values" % (label, key))
+        idx = sc.get("indices")
+        if idx is not None and sc.get("positions") is not None and np.shape(idx) != (len(sc["positions"]),):
+            raise _damaged(rec, "scan %s: %d indices for %d positions" % (label, np.size(idx), len(sc["positions"])))
+    for sid, ex in (rec.state.get("exit") or {}).items():
+        data = np.asarray(ex.get("data"))
+        if data.ndim != 3 or data.dtype.kind != "c":
+            raise _damaged(rec, "exit waves %s have shape %s and type %s (expected 3 axes of complex numbers)" % (
+                sid, data.shape, data.dtype))
+        if len(ex.get("layermap") or ()) != data.shape[0]:
+            raise _damaged(rec, "exit waves %s: %d rows but a layer map of %d" % (
+                sid, data.shape[0], len(ex.get("layermap") or ())))
+    tree = rec.state.get("engine") or {}
+    if not isinstance(tree, dict):
+        raise _damaged(rec, "/state/engine is not a group")
+    _check_rng(rec, tree, "/state/engine")
+    for r, sub in (tree.get("ranks") or {}).items():
+        _check_rng(rec, sub, "/state/engine/ranks/%s" % r)
+    for key in ("iteration", "global_iteration"):
+        if key in tree:
+            _count(rec, tree, key, "/state/engine entry")
 
 
 def engine_state_for_rank(tree):

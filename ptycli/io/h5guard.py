@@ -32,8 +32,16 @@ the terminal. Without :func:`os.fork` (Windows) the check is skipped, and
 ``PTYCLI_H5GUARD=0`` turns it off. Under MPI every rank checks for itself
 (the callers are not collective calls, so a broadcast of one rank's verdict
 could deadlock); the cost is one fork per file and rank, a few milliseconds.
+
+The child dies with its parent: on Linux it asks the kernel for SIGKILL when
+the parent ends (``prctl(PR_SET_PDEATHSIG)``), however the parent ends
+(SIGTERM, SIGKILL, a crash), and the parent kills its live children at exit
+(:func:`kill_children`). A path that is not a regular file (a FIFO, a device
+node, a socket, a symlink loop) is refused at once, before any child starts:
+reading it could block for ever or never end.
 """
 
+import atexit
 import contextlib
 import json
 import os
@@ -42,7 +50,7 @@ import time
 
 from ..errors import DataError
 
-__all__ = ["TIMEOUT_S", "PER_OBJECT_S", "check_structure", "clear_cache"]
+__all__ = ["TIMEOUT_S", "PER_OBJECT_S", "check_structure", "clear_cache", "kill_children"]
 
 #: seconds the child may take before it counts as hung (see also :data:`PER_OBJECT_S`)
 TIMEOUT_S = 20.0
@@ -59,6 +67,8 @@ DAMAGED_HINT = "the file is damaged: copy or export it again"
 TICK_OBJECTS = 32
 
 _cache = {}
+#: children probing now (killed by :func:`kill_children`)
+_children = set()
 
 
 def clear_cache():
@@ -97,6 +107,9 @@ def check_structure(path, timeout=None, validation=False):
         fails outside the objects it skips (see the module docstring).
     """
     path = os.fspath(path)
+    from .reading import refuse_special_file
+
+    refuse_special_file(path, validation=validation)
     if not _enabled():
         return
     try:
@@ -109,6 +122,12 @@ def check_structure(path, timeout=None, validation=False):
     if problem is not None:
         message, hint = problem
         raise DataError("%s: %s" % (path, message), hint=hint, validation=validation)
+
+
+def kill_children():
+    """Kill (SIGKILL) and reap the guard children still running; called at exit and on abandon."""
+    for pid in list(_children):
+        _kill(pid)
 
 
 # -- the parent ---------------------------------------------------------------------------------
@@ -134,7 +153,9 @@ def _probe(path, timeout):
     """None when the child got through ``path``, else ``(message, hint)`` of the DataError."""
     import h5py  # noqa: F401 - imported here so that the child does not pay for it
 
+    prctl = _prctl()
     rfd, wfd = os.pipe()
+    parent = os.getpid()
     try:
         pid = _fork()
     except OSError:  # no memory or processes left for a child: read without the guard
@@ -142,7 +163,8 @@ def _probe(path, timeout):
         os.close(wfd)
         return None
     if pid == 0:  # the child: never returns
-        _child(path, rfd, wfd)
+        _child(path, rfd, wfd, parent, prctl)
+    _children.add(pid)
     os.close(wfd)
     t0 = time.monotonic()
     data = bytearray()
@@ -215,6 +237,7 @@ def _reap(pid, seconds):
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
+            _children.discard(pid)
             return status
         if time.monotonic() > end:
             return None
@@ -230,17 +253,52 @@ def _kill(pid):
         os.waitpid(pid, 0)
     except ChildProcessError:
         pass
+    _children.discard(pid)
+
+
+atexit.register(kill_children)
+
+
+_PRCTL = []
+
+
+def _prctl():
+    """libc's ``prctl`` (Linux), looked up once in the parent; None elsewhere."""
+    if not _PRCTL:
+        import ctypes
+        import sys
+
+        func = None
+        if sys.platform.startswith("linux"):
+            try:
+                func = ctypes.CDLL(None, use_errno=True).prctl  # the C library is in the process already
+            except (OSError, AttributeError):
+                func = None
+        _PRCTL.append(func)
+    return _PRCTL[0]
+
+
+def _die_with_parent(parent, prctl):
+    """Ask the kernel to SIGKILL this (child) process when its parent ends (Linux); exit if it has."""
+    if prctl is not None:
+        try:
+            prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, TypeError, ValueError):
+            pass
+    if os.getppid() != parent:  # the parent ended before the request took effect
+        os._exit(70)
 
 
 # -- the child ----------------------------------------------------------------------------------
 
-def _child(path, rfd, wfd):
+def _child(path, rfd, wfd, parent, prctl=None):
     """Probe ``path``, report on ``wfd``: '.' per TICK_OBJECTS objects, then '=' and a JSON summary.
 
-    Ends the process with :func:`os._exit` whatever happens.
+    Ends the process with :func:`os._exit` whatever happens, and when ``parent`` ends.
     """
     code = 70
     try:
+        _die_with_parent(parent, prctl)
         import gc
 
         gc.disable()  # a collection would touch (and copy) every page of the parent's heap

@@ -18,7 +18,7 @@ import contextlib
 
 from ..errors import DataError, PtycliError
 
-__all__ = ["READ_ERRORS", "reading", "h5_text"]
+__all__ = ["READ_ERRORS", "reading", "h5_text", "refuse_special_file", "expand_user_paths"]
 
 #: What reading a damaged or unexpected input can raise (turned into DataError by :func:`reading`).
 READ_ERRORS = (OSError, EOFError, KeyError, IndexError, ValueError, TypeError, RuntimeError,
@@ -61,6 +61,62 @@ def reading(source, what="it", validation=False):
     except READ_ERRORS as exc:
         raise DataError("%s: cannot read %s (%s: %s)" % (source, what, type(exc).__name__, _one_line(exc)),
                         hint=DAMAGED_HINT, validation=validation) from exc
+
+
+def refuse_special_file(path, what=None, validation=False):
+    """Raise a DataError at once when ``path`` is a FIFO, device node, socket or symlink loop.
+
+    Reading a FIFO or a device can block for ever or never end, and a symlink
+    loop is not "missing". A regular file, a folder or a path that does not
+    exist pass (the reader reports a missing file in its own words).
+
+    Parameters
+    ----------
+    path : str
+        The input.
+    what : str, optional
+        Words naming it (``'scans.MF.data.dfile'``), put before the path.
+    validation : bool
+        Raise usage errors (exit code 2): for checks before a job starts.
+    """
+    import os
+
+    from .atomic import file_kind
+
+    path = os.fspath(path)
+    kind = file_kind(path)
+    if kind is None:
+        return
+    where = "%s: %s" % (what, path) if what else path
+    if kind == "a symlink loop":
+        raise DataError("%s is a symlink loop (resolving it leads back to itself)" % where,
+                        hint="point the link at the file itself", validation=validation)
+    raise DataError("%s is %s, not a regular file" % (where, kind),
+                    hint="give the file itself (reading %s could block for ever)" % kind.split(" (")[0],
+                    validation=validation)
+
+
+def expand_user_paths(tree, keys=("scans",)):
+    """Expand ``~`` and ``~user`` at the start of the strings under ``tree[key]`` (in place).
+
+    Every string there that starts with ``~`` is a path (data, mask, dark,
+    flat, probe and object files); other strings do not start so. Returns
+    ``tree``.
+    """
+    import os
+
+    def walk(node):
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in list(items):
+            if isinstance(value, str) and value.startswith("~"):
+                node[key] = os.path.expanduser(value)
+            elif isinstance(value, (dict, list)):
+                walk(value)
+
+    for key in keys:
+        if isinstance(tree, dict) and isinstance(tree.get(key), (dict, list)):
+            walk(tree[key])
+    return tree
 
 
 def h5_text(value):

@@ -63,7 +63,9 @@ Layout (format version 1)
                                         total_iterations, finished (bool: the whole chain ran),
                                         data_type, mpi_size
     /state/exit/<storageID>             (layers, rows, cols) exit waves of all ranks, attr layermap
-                                        (global layer of each row)
+                                        (global layer of each row); always in checkpoints, in
+                                        results only with io.keep_exit_waves: true (a resume
+                                        without them restarts them from probe x object)
     /state/engine/...                   the engine's ``state_dict()`` without its probe/object/exit
                                         copies (iteration counters, RNG state, engine arrays): a tree of
                                         groups, arrays as datasets, other values as typed scalars or
@@ -92,6 +94,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import DataError
+from ..measures import ERROR_MEASURES
 from .atomic import atomic_write
 from .h5text import fixed_text, fixed_texts
 from .reading import h5_text as _str
@@ -315,6 +318,10 @@ def _write_history(f, history):
             ds = g.create_dataset(c, data=values)
         if c == "time_s":
             ds.attrs["units"] = "s"
+        elif c in ERROR_MEASURES:  # what the number means (ptycli.measures defines them)
+            ds.attrs["description"] = ERROR_MEASURES[c][1]
+            if ERROR_MEASURES[c][0]:
+                ds.attrs["units"] = ERROR_MEASURES[c][0]
 
 
 def _read_history(g):
@@ -497,10 +504,11 @@ def write_reconstruction(path, snap, kind="result"):
             if state is not None:
                 st = f.create_group("state")
                 _set_attrs(st, state.get("attrs") or {})
-                ex = st.create_group("exit")
-                for sid, s in (state.get("exit") or {}).items():
-                    ds = ex.create_dataset(sid, data=np.asarray(s["data"]))
-                    ds.attrs["layermap"] = np.asarray(s["layermap"], dtype=np.int64)
+                if state.get("exit"):  # results hold them only with io.keep_exit_waves
+                    ex = st.create_group("exit")
+                    for sid, s in state["exit"].items():
+                        ds = ex.create_dataset(sid, data=np.asarray(s["data"]))
+                        ds.attrs["layermap"] = np.asarray(s["layermap"], dtype=np.int64)
                 write_tree(st.create_group("engine"), state.get("engine") or {})
     return os.fspath(path)
 

@@ -35,7 +35,7 @@ import importlib
 import pkgutil
 
 from ..errors import ConfigError
-from .declare import ParamSet
+from .declare import ParamSet, describe_value
 
 __all__ = [
     "Registered",
@@ -169,8 +169,8 @@ class Registry:
             raise ConfigError("%s: no %s given; expected one of %s%s" % (
                 path, self.kind, listing, _import_note(self.kind)))
         if not isinstance(name, str):
-            raise ConfigError("%s: expected the name of a %s (one of %s), got %r" % (
-                path, self.kind, listing, name))
+            raise ConfigError("%s: expected the name of a %s (one of %s), got %s" % (
+                path, self.kind, listing, describe_value(name)))
         entry = self.find(name)
         if entry is None:
             hint = suggest(name, valid)
@@ -295,8 +295,11 @@ def load_plugins(force=False):
         except Exception as exc:  # a broken package __init__
             _note_error(package, exc)
             continue
+        # a package may name submodules that register nothing (compiled kernels: importing
+        # them would load numba just to list the parameters) in NOT_PLUGINS
+        skip = set(getattr(pkg, "NOT_PLUGINS", ()))
         for info in pkgutil.iter_modules(getattr(pkg, "__path__", [])):
-            if info.name.startswith("_"):
+            if info.name.startswith("_") or info.name in skip:
                 continue
             name = "%s.%s" % (package, info.name)
             try:

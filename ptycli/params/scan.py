@@ -30,7 +30,7 @@ import string
 
 from ..errors import ConfigError
 from ..utils.parameters import Param
-from .declare import Parameter, ParamSet
+from .declare import Parameter, ParamSet, describe_value
 from .registry import LOADERS, SCAN_MODELS, suggest
 
 __all__ = [
@@ -145,7 +145,7 @@ class WordList(Parameter):
         out = []
         for item in value:
             if not isinstance(item, str):
-                self._fail(path, value, "item %r is not a string" % (item,))
+                self._fail(path, value, "item %s is not a string" % describe_value(item))
             if self.words is not None:
                 match = [w for w in self.words if w.lower() == item.strip().lower()]
                 if not match:
@@ -290,8 +290,8 @@ SAMPLE = ParamSet("sample", [
 ], "initial object (sample) model")
 
 COHERENCE = ParamSet("coherence", [
-    Parameter("num_probe_modes", 1, "int", "number of incoherent probe modes", low=1),
-    Parameter("num_object_modes", 1, "int", "number of incoherent object modes", low=1),
+    Parameter("num_probe_modes", 1, "int", "number of incoherent probe modes", low=1, high=64),
+    Parameter("num_object_modes", 1, "int", "number of incoherent object modes", low=1, high=64),
 ], "mixed-state (partial coherence) modes")
 
 #: ``data`` as declared for every loader: only ``name``; the rest comes from the loader.
@@ -351,8 +351,8 @@ def validate_data(tree, path="scans.<label>.data"):
         LOADERS.get(None, path + ".name")
     if not isinstance(tree, dict):
         names = LOADERS.names()
-        raise ConfigError("%s: expected a mapping with at least 'name' (the loader%s), got %r" % (
-            path, ": one of " + ", ".join(names) if names else "", tree))
+        raise ConfigError("%s: expected a mapping with at least 'name' (the loader%s), got %s" % (
+            path, ": one of " + ", ".join(names) if names else "", describe_value(tree)))
     entry = LOADERS.get(tree.get("name"), path + ".name")
     return _named_set_validate(tree, path, entry, "loader")
 
@@ -366,8 +366,8 @@ def validate_scan(tree, path="scans.<label>"):
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):
-        raise ConfigError("%s: expected a mapping of scan parameters (name, data, illumination, ...), got %r"
-                          % (path, tree))
+        raise ConfigError("%s: expected a mapping of scan parameters (name, data, illumination, ...), got %s"
+                          % (path, describe_value(tree)))
     model = SCAN_MODELS.get(tree.get("name", SCAN["name"].default), path + ".name")
     rest = {k: v for k, v in tree.items() if k != "data"}
     out = validate_set(scan_paramset(model.name), rest, path)

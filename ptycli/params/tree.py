@@ -39,7 +39,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..utils.parameters import Param
-from .declare import Parameter, ParamSet
+from .declare import Parameter, ParamSet, describe_value
 from .registry import ENGINES, LOADERS, load_plugins, suggest
 from .scan import (DATA, SCAN, PathTemplate, RegistryName, WordList, check_label,
                    validate_scan, validate_set, _named_set_validate)
@@ -64,6 +64,7 @@ __all__ = [
     "result_path",
     "checkpoint_path",
     "share_owner",
+    "check_resume",
     "TEMPLATE_FIELDS",
 ]
 
@@ -119,10 +120,14 @@ IO = ParamSet("io", [
         Parameter("interval", 50, "int", "write a checkpoint every this many iterations; "
                   "0 writes one only when an engine ends", low=0),
         PathTemplate("path", None, TEMPLATE_FIELDS, "checkpoint file; null puts it next to the result "
-                     "(<result>.checkpoint.h5)", nullable=True),
+                     "(<result name without extension>.checkpoint.h5)", nullable=True),
+        Parameter("keep", False, "bool", "keep the checkpoint files when the run finishes well (false: "
+                  "removed once the result is written; a stopped or failed run always keeps them)"),
     ], "checkpoints for resuming a run"),
     WordList("format", ["h5"], "result formats to write: h5 (ptycli/HDF5) and/or cxi", choices=["h5", "cxi"],
              min_items=1),
+    Parameter("keep_exit_waves", False, "bool", "store the exit waves (/state/exit, as large as all frames) "
+              "in the result; without them a run resumed from the result restarts them from probe x object"),
 ], "output files")
 
 TOP = ParamSet("", [
@@ -158,7 +163,8 @@ def validate_engine(tree, path="engines.<label>"):
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):
-        raise ConfigError("%s: expected a mapping with at least 'name' and 'numiter', got %r" % (path, tree))
+        raise ConfigError("%s: expected a mapping with at least 'name' and 'numiter', got %s"
+                          % (path, describe_value(tree)))
     entry = ENGINES.get(tree.get("name"), path + ".name")
     merged = ENGINE.extended(entry.name, list(entry.paramset))
     return _named_set_validate(tree, path, entry._replace(paramset=merged), "engine")
@@ -206,9 +212,10 @@ def validate(tree=None, require_scans=False, require_engines=False):
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):
-        raise ConfigError("top level: expected a mapping of parameters, got %r" % (tree,))
+        raise ConfigError("top level: expected a mapping of parameters, got %s" % describe_value(tree))
     tree = Param(tree)
     out = validate_set(TOP, tree, "")
+    _check_unnamed_labels(out)
     out["scans"] = _labelled(out, "scans", validate_scan)
     out["engines"] = _labelled(out, "engines", validate_engine)
     _check_shares(out.scans)
@@ -223,6 +230,39 @@ def validate(tree=None, require_scans=False, require_engines=False):
             "DM" if "DM" in ENGINES or not names else names[0],
             " (registered: %s)" % ", ".join(names) if names else ""))
     return out
+
+
+def _named(group, sub):
+    """Whether scan/engine ``sub`` names its loader/engine (a mistyped label usually does not)."""
+    if not isinstance(sub, dict):
+        return True  # reported as a type error later
+    if group == "engines":
+        return sub.get("name") is not None
+    data = sub.get("data")
+    return not isinstance(data, dict) or data.get("name") is not None
+
+
+def _check_unnamed_labels(tree):
+    """A scan or engine without a name whose label is close to another's: a typo ("did you mean dm?").
+
+    ``--set engines.dn.numiter=10`` (for ``dm``) adds a new engine ``dn`` with
+    only ``numiter``; saying "no engine given" would hide the typo.
+    """
+    for group, what, key in (("scans", "scan", "data.name"), ("engines", "engine", "name")):
+        items = tree.get(group) or {}
+        for label, sub in items.items():
+            if _named(group, sub):
+                continue
+            others = [str(o) for o, osub in items.items() if o != label and _named(group, osub)]
+            hint = suggest(label, others)
+            if hint:
+                registry = LOADERS if group == "scans" else ENGINES
+                raise ConfigError(
+                    "%s.%s: %s label %r has no %s (did you mean %s?)" % (
+                        group, label, what, label, "loader" if group == "scans" else "engine name",
+                        " or ".join(hint)),
+                    hint="correct the label, or give the new %s %s.%s.%s (one of %s)" % (
+                        what, group, label, key, ", ".join(registry.names())))
 
 
 def _check_shares(scans):
@@ -315,8 +355,64 @@ def checkpoint_path(p, engine=None, iterations=None):
     """The checkpoint file: ``io.checkpoint.path`` filled, or ``<result>.checkpoint.h5``."""
     if p.io.checkpoint.get("path"):
         return _fill(p.io.checkpoint.path, p, engine, iterations)
-    root, ext = os.path.splitext(result_path(p, engine, iterations))
-    return root + ".checkpoint" + (ext or ".h5")
+    root = os.path.splitext(result_path(p, engine, iterations))[0]
+    return root + ".checkpoint.h5"  # always .h5, whatever the result's extension
+
+
+# -- resume --------------------------------------------------------------------------------
+
+#: Scan settings that fix the shapes of the model (object, probe, exit waves): a checkpoint
+#: serves only a configuration that agrees with the one that wrote it on these.
+RESUME_KEYS = ("name", "propagation", "data.name", "data.shape", "data.rebin", "data.num_frames",
+               "data.orientation", "coherence.num_probe_modes", "coherence.num_object_modes",
+               "probe_share", "object_share")
+
+
+def check_resume(p, saved, where="--resume", probes=None):
+    """Refuse a checkpoint written with other scans than validated tree ``p`` has, before any data is read.
+
+    Compares the scan labels and, per scan, the settings of :data:`RESUME_KEYS`
+    with the parameters stored in the checkpoint (``saved``: its resolved
+    tree; nothing is checked when it holds none). ``data.shape`` and
+    ``data.num_frames`` are compared only where both set them (null takes
+    the value from the data, known only after reading it); a configured
+    ``data.shape`` is also compared with the frame shape of the checkpoint's
+    probe (``probes``: storage ID ``S<label>`` -> array, when given).
+
+    Raises
+    ------
+    ConfigError
+        Naming the first key that differs, with both values.
+    """
+    from .yamlio import to_plain
+
+    old_scans = (saved or {}).get("scans") if isinstance(saved, dict) else None
+    if not old_scans or not isinstance(old_scans, dict):
+        return
+    fix = "resume with the configuration that wrote the checkpoint, or start afresh without --resume"
+    new_scans = p.get("scans") or {}
+    if list(old_scans) != list(new_scans):
+        raise ConfigError("%s: the checkpoint holds scans %s, the configuration %s" % (
+            where, ", ".join(map(str, old_scans)) or "none", ", ".join(map(str, new_scans)) or "none"), hint=fix)
+    for label, scan in new_scans.items():
+        old = Param(old_scans[label]) if isinstance(old_scans[label], dict) else Param()
+        for key in RESUME_KEYS:
+            a, b = to_plain(old.get(key)), to_plain(scan.get(key))
+            if key in ("propagation", "data.shape", "data.num_frames", "data.orientation") and (a is None or b is None):
+                continue
+            if isinstance(a, (int, float)) and not isinstance(a, bool):
+                a = [a, a] if key == "data.shape" else a
+            if isinstance(b, str) and isinstance(a, str):
+                a, b = a.lower(), b.lower()
+            if a != b:
+                raise ConfigError("%s: scans.%s.%s is %s in the checkpoint but %s in the configuration" % (
+                    where, label, key, describe_value(a), describe_value(b)), hint=fix)
+        probe = (probes or {}).get("S" + str(scan.get("probe_share") or label))
+        shape = to_plain(scan.get("data.shape"))
+        if shape is not None and probe is not None and list(getattr(probe, "shape", ())[-2:]) != list(shape):
+            raise ConfigError("%s: the checkpoint holds frames of %s pixels for scan %s, the configuration asks for "
+                              "scans.%s.data.shape %s" % (where, "x".join(str(v) for v in probe.shape[-2:]), label,
+                                                           label, describe_value(shape)), hint=fix)
 
 
 # -- overrides ---------------------------------------------------------------------------
@@ -343,10 +439,16 @@ def parse_override(text):
     if not raw:
         raise ConfigError("override %r: no value after '='; write %s=null to clear it or %s='' for an "
                           "empty string" % (text, key, key))
+    from .yamlio import StrictLoader, _LimitError
+
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.load(raw, Loader=StrictLoader)
+    except _LimitError as exc:
+        raise ConfigError("override %s=...: %s" % (key, exc.args[0].split(": ", 1)[-1])) from None
     except yaml.YAMLError:
         value = raw
+    except RecursionError:
+        raise ConfigError("override %s=...: the value is nested too deeply; give a plain value" % key) from None
     return key, value
 
 
@@ -376,8 +478,8 @@ def apply_overrides(tree, overrides):
                 child = Param()
                 dict.__setitem__(node, part, child)
             elif not isinstance(child, dict):
-                raise ConfigError("override %r: %s holds %r, not a mapping, so it has no key %r" % (
-                    text, ".".join(parts[:i + 1]), child, parts[i + 1]))
+                raise ConfigError("override %r: %s holds %s, not a mapping, so it has no key %r" % (
+                    text, ".".join(parts[:i + 1]), describe_value(child), parts[i + 1]))
             node = child
         node[parts[-1]] = value
     return out
@@ -463,11 +565,34 @@ def describe(path=None):
         if all(_part_matches(q, r) for q, r in zip(query, parts)):
             hits.append(row)
     if not hits:
-        prefixes = sorted({".".join(r.path.split(".")[:n]) for r in rows for n in range(1, len(query) + 1)})
-        hint = suggest(path, prefixes)
-        raise ConfigError("params: no parameter matches %r%s" % (
-            path, " (did you mean %s?)" % " or ".join(hint) if hint else ""))
+        raise ConfigError("params: no parameter matches %r%s" % (path, _nearest_paths(query, rows)),
+                          hint="`ptycli params` lists them all")
     return hits
+
+
+def _nearest_paths(query, rows):
+    """' (did you mean ...?)' for a query that matches nothing: the closest paths, else the top-level names.
+
+    Whole dotted prefixes are compared first; then the query's last name
+    against the names of all parameters (``numitr`` finds
+    ``engines.<label>.numiter``).
+    """
+    prefixes = sorted({".".join(r.path.split(".")[:n]) for r in rows for n in range(1, len(query) + 1)})
+    hint = suggest(".".join(query), prefixes)
+    if not hint:
+        by_name = {}
+        for r in rows:
+            by_name.setdefault(r.path.split(".")[-1].split("[")[0], []).append(r.path)
+        names = suggest(query[-1], by_name)
+        hint = sorted({p for n in names for p in by_name[n]}, key=len)[:3]
+    if hint:
+        return " (did you mean %s?)" % " or ".join(hint)
+    top = []
+    for r in rows:
+        first = r.path.split(".")[0]
+        if first not in top:
+            top.append(first)
+    return "; the top-level names are %s" % ", ".join(top)
 
 
 # -- commented default YAML -------------------------------------------------------------

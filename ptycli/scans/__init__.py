@@ -3,7 +3,8 @@
 Importing this package registers every loader (``LOADERS`` maps names to
 classes): ``Hdf5Scan`` (any HDF5 file, default layout: ptycli's own data file),
 ``NpyFolderScan`` (a folder of ``.npy`` frames with ``geometry.txt`` and
-``positions.txt``), and, when present, ``PtydScan`` (PtyPy ``.ptyd``),
+``positions.txt``), ``NpzScan`` (NumPy ``.npz``/``.npy``, also bzip2/gzip-compressed),
+and, when present, ``PtydScan`` (PtyPy ``.ptyd``),
 ``CxiScan`` (CXI) and ``MoonFlowerScan`` (simulation).
 
 >>> from ptycli.scans import get_loader
@@ -15,6 +16,7 @@ import importlib
 from .base import LOADERS, ScanData, ScanLoader, get_loader, register  # noqa: F401
 from . import hdf5  # noqa: F401
 from . import npyfolder  # noqa: F401
+from . import npz  # noqa: F401
 
 for _mod in ("ptyd", "cxi", "moonflower"):
     try:

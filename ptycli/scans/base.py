@@ -51,7 +51,10 @@ Pipeline (applied by :meth:`ScanLoader.load`, in this order)
 2. invalid values: NaN, +-Inf and negative raw counts (detector gap/flag
    values; raw counts are never negative), and pixels where the dark is not
    finite, are set to 0 and masked; ONE warning on the ``ptycli`` logger gives
-   the number of pixels and frames (summed over all ranks).
+   the number of pixels and frames (summed over all ranks). Saturation and
+   dead-pixel markers (the largest value of the raw integer type, e.g. 65535
+   or 4294967295; :func:`marker_pixels`) are masked the same way with their
+   own warning; a frame whose usable pixels all hold the marker is a DataError.
 3. dark subtraction (``dark`` file, else the loader's dark): negative results
    are noise around zero and are clipped to 0 (kept valid).
 4. flat-field division (``flat`` file, else the loader's flat), the flat
@@ -113,6 +116,9 @@ from ..params.declare import Parameter, ParamSet
 from ..utils.parameters import Param
 
 __all__ = [
+    "available_memory",
+    "check_memory",
+    "marker_pixels",
     "ScanData",
     "ScanLoader",
     "LOADERS",
@@ -234,6 +240,22 @@ class ScanData:
 # ---------------------------------------------------------------------------
 # common parameters
 
+#: Largest frame side (pixels) a ``shape`` may ask for; detectors have at most a few thousand.
+MAX_FRAME_SIDE = 16384
+
+
+def _checked_by(name):
+    """A ``check`` for a declaration: run the module function ``name(value, path)``, keep the value.
+
+    The functions that interpret a setting when loading (``orientation_flags``,
+    ``_normalise_center``, ``_normalise_flip``) also validate it, so that a bad
+    value is refused with the configuration, before any data is read.
+    """
+    def check(value, path):
+        globals()[name](value, path)
+        return value
+    return check
+
 COMMON_PARAMS = ParamSet("scan_data", [
     Parameter("name", None, "str", "loader name", nullable=True),
     Parameter("dfile", None, "path", "input file (or folder) to read", nullable=True),
@@ -241,20 +263,22 @@ COMMON_PARAMS = ParamSet("scan_data", [
               nullable=True),
     Parameter("num_frames", None, "int", "use only the first N frames (null = all)", low=1,
               nullable=True),
-    Parameter("chunk_size", 100, "int", "frames read per call", low=1),
+    Parameter("chunk_size", 100, "int", "frames read per call", low=1, high=100000),
     Parameter("shape", None, "intpair",
               "frame shape after crop/pad about the centre and rebinning (null = keep)",
-              low=1, nullable=True, unit="pixel"),
+              low=1, high=MAX_FRAME_SIDE, nullable=True, unit="pixel"),
     Parameter("center", None, "any",
               "diffraction centre: null (the file's, else auto), 'auto' (mass centre), "
-              "'geometric' (frame centre) or [row, col] in raw-frame pixels", nullable=True),
+              "'geometric' (frame centre) or [row, col] in raw-frame pixels", nullable=True,
+              check=_checked_by("_normalise_center")),
     Parameter("fftshifted", False, "bool",
               "frames have the zero frequency at pixel [0, 0] (shift to centred first)"),
     Parameter("orientation", None, "any",
               "frame orientation: integer 0..7 (4 transpose + 2 flipud + 1 fliplr, applied "
-              "in that order) or [transpose, flipud, fliplr]", nullable=True),
+              "in that order) or [transpose, flipud, fliplr]", nullable=True,
+              check=_checked_by("orientation_flags")),
     Parameter("rebin", 1, "int", "sum r x r detector pixels (the pixel size grows r times)",
-              low=1),
+              low=1, high=64),
     Parameter("energy", None, "float", "photon energy (overrides the file)", low=0.0,
               nullable=True, unit="keV"),
     Parameter("distance", None, "float", "sample-detector distance (overrides the file)",
@@ -268,7 +292,7 @@ COMMON_PARAMS = ParamSet("scan_data", [
     Parameter("positions_swap", False, "bool", "swap the y and x columns of the positions"),
     Parameter("positions_flip", None, "any",
               "negate positions: [flip_y, flip_x] booleans, or one boolean for both",
-              nullable=True),
+              nullable=True, check=_checked_by("_normalise_flip")),
     Parameter("dark", None, "path", "dark frame .npy/.h5 file, subtracted (null = the file's)",
               nullable=True),
     Parameter("flat", None, "path", "flat-field .npy/.h5 file, divided (null = the file's)",
@@ -449,12 +473,95 @@ def load_array_file(path, what, param):
         return f[dataset][()]
 
 
-def _memory_bytes():
-    """Physical memory of this machine in bytes (1 TB when unknown)."""
+#: The marker of float frames: the uint32 maximum, as Eiger detectors flag dead and gap pixels
+#: (kept when their frames are converted to floating point).
+FLOAT_MARKER = 4294967295
+
+
+def marker_pixels(frames):
+    """Pixels holding a saturation or dead-pixel marker: the largest value of the frames' type.
+
+    Integer frames: ``np.iinfo(dtype).max`` (65535 for uint16, 4294967295 for
+    uint32: what detectors such as the Eiger write for saturated, dead and gap
+    pixels). Float frames of at least single precision: :data:`FLOAT_MARKER`
+    (as stored in that precision). Other types (bool) have no marker.
+
+    Returns
+    -------
+    ndarray of bool or None
+        Same shape as ``frames``; None when the type has no marker.
+    """
+    kind, size = frames.dtype.kind, frames.dtype.itemsize
+    if kind in "ui":
+        return frames == np.iinfo(frames.dtype).max
+    if kind == "f" and size >= 4:
+        return frames == frames.dtype.type(FLOAT_MARKER)
+    return None
+
+
+def available_memory():
+    """Memory this process may use: ``(available, total)`` in bytes.
+
+    ``MemAvailable`` and ``MemTotal`` of ``/proc/meminfo`` (the physical
+    memory from ``os.sysconf`` elsewhere, available = total), each capped by a
+    cgroup v2 limit (``/sys/fs/cgroup/memory.max``) when one is set. Unknown
+    values give 1 TB, so that nothing is refused for want of information.
+    """
+    total = available = None
     try:
-        return float(os.sysconf("SC_PAGE_SIZE")) * float(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return 1e12
+        with open("/proc/meminfo", "r", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                if key in ("MemTotal", "MemAvailable"):
+                    value = float(rest.split()[0]) * 1024.0
+                    if key == "MemTotal":
+                        total = value
+                    else:
+                        available = value
+    except (OSError, ValueError, IndexError):
+        pass
+    if total is None:
+        try:
+            total = float(os.sysconf("SC_PAGE_SIZE")) * float(os.sysconf("SC_PHYS_PAGES"))
+        except (AttributeError, ValueError, OSError):
+            total = 1e12
+    if available is None:
+        available = total
+    try:
+        with open("/sys/fs/cgroup/memory.max", "r", encoding="ascii") as fh:
+            limit = fh.read().strip()
+        if limit.isdigit():
+            total = min(total, float(limit))
+            available = min(available, total)
+    except OSError:
+        pass
+    return available, total
+
+
+def check_memory(need, what, hint, error=ConfigError):
+    """Refuse, before allocating, a job that needs more memory than this machine has available.
+
+    Parameters
+    ----------
+    need : float
+        Bytes the job would allocate (an estimate).
+    what : str
+        What needs it, starting the message (e.g. ``'scans.MF.data: 1e9 frames of 128x128'``).
+    hint : str
+        The fix.
+    error : type
+        Exception class raised (ConfigError: the parameters ask for it; DataError: the input does).
+
+    Raises
+    ------
+    PtycliError
+        One line with what it would need and what there is (exit code 2).
+    """
+    available, total = available_memory()
+    if not need <= available:  # also NaN/inf estimates
+        kwargs = {"validation": True} if error is DataError else {}
+        raise error("%s would need %.3g GB of memory; this machine has %.3g GB available (%.3g GB in all)"
+                    % (what, need / 1e9, available / 1e9, total / 1e9), hint=hint, **kwargs)
 
 
 def _normalise_center(value, where):
@@ -728,15 +835,6 @@ class ScanLoader:
         raw_shape = m["frame_shape"]
         if min(raw_shape) < 1:
             raise DataError("%s: frames of shape %s hold no pixels" % (src, tuple(raw_shape)))
-        # frames as float32 plus a mask, for this process's share, and one raw chunk being read
-        per_frame = 5.0 * float(np.prod(np.asarray(raw_shape, dtype=np.float64)))
-        need = per_frame * (np.ceil(ntot / max(parallel.size, 1)) + min(int(p.get("chunk_size") or 100), ntot))
-        if need > _memory_bytes():
-            raise DataError("%s: %d frames of %s pixels need %.3g GB of memory per process, more than this "
-                            "machine has (%.3g GB)" % (src, ntot, "x".join(str(s) for s in raw_shape), need / 1e9,
-                                                       _memory_bytes() / 1e9),
-                            hint="read fewer frames (%s), crop them (shape), or use more machines (MPI); if "
-                                 "the frame shape is wrong, the file may be damaged" % self._where("num_frames"))
         oshape = _oriented_shape(raw_shape, self.orientation)
         rebin = int(p.get("rebin") or 1)
         if p.get("shape") is not None:
@@ -746,6 +844,20 @@ class ScanLoader:
             if min(target) < 1:
                 raise ConfigError("%s: rebin %d is larger than the frame %s" % (
                     self._where("rebin"), rebin, raw_shape))
+        # this process's frames as read (float32 + mask, all held while an 'auto' centre is measured) and as
+        # prepared, plus one chunk being read, converted and cropped
+        raw_px = float(np.prod(np.asarray(raw_shape, dtype=np.float64)))
+        out_px = float(np.prod(np.asarray(target, dtype=np.float64))) / rebin ** 2
+        chunk = min(int(p.get("chunk_size") or 100), ntot)
+        need = 5.0 * np.ceil(ntot / max(parallel.size, 1)) * (raw_px + out_px) \
+            + chunk * (16.0 * raw_px + 5.0 * out_px * rebin ** 2)
+        check_memory(need, "%s: %d frames of %s pixels%s (per process)" % (
+            src, ntot, "x".join(str(s) for s in raw_shape),
+            ", prepared as %s" % "x".join(str(t // rebin) for t in target) if tuple(target) != tuple(raw_shape)
+            else ""),
+            hint="read fewer frames (%s), crop them (%s), or use more machines (MPI)%s" % (
+                self._where("num_frames"), self._where("shape"), "; if the frame shape is wrong, the file may be "
+                "damaged" if p.get("dfile") and p.get("shape") is None else ""), error=DataError)
         return dict(ntot=ntot, nmax=nmax, npos=npos, raw_shape=raw_shape, oshape=oshape,
                     rebin=rebin, target=target, geometry=geometry, propagation=self.resolve_propagation())
 
@@ -806,16 +918,17 @@ class ScanLoader:
         indices = np.arange(start, stop, dtype=np.int64)
         held = []  # oriented chunks kept until the centre is known
         total = np.zeros(oshape, dtype=np.float64)
-        bad_pix = 0
-        bad_frames = 0
+        bad_pix = bad_frames = sat_pix = sat_frames = 0
         error = None
         try:
             for c0 in range(start, stop, chunk):
                 c1 = min(c0 + chunk, stop)
-                d, mk, pos, idx, nbad, nbf = self._read_chunk(
+                d, mk, pos, idx, nbad, nbf, nsat = self._read_chunk(
                     c0, c1, raw_shape, static_mask, dark, flat, flat_ok)
                 bad_pix += nbad
                 bad_frames += nbf
+                sat_pix += nsat[0]
+                sat_frames += nsat[1]
                 positions[c0 - start:c1 - start] = pos
                 if idx is not None:
                     indices[c0 - start:c1 - start] = idx
@@ -841,9 +954,14 @@ class ScanLoader:
         if collective:
             bad_pix = int(parallel.allreduce_scalar(int(bad_pix)))
             bad_frames = int(parallel.allreduce_scalar(int(bad_frames)))
+            sat_pix = int(parallel.allreduce_scalar(int(sat_pix)))
+            sat_frames = int(parallel.allreduce_scalar(int(sat_frames)))
         if bad_pix and parallel.rank == 0:
             logger.warning("%s: %d invalid pixels (NaN, Inf or negative counts) in %d frames "
                            "were set to 0 and masked", src, bad_pix, bad_frames)
+        if sat_pix and parallel.rank == 0:
+            logger.warning("%s: %d saturated or dead pixels (holding the largest value of the data type, the "
+                           "detector's marker) in %d frames were masked", src, sat_pix, sat_frames)
 
         if center is None:
             if collective:
@@ -977,6 +1095,7 @@ class ScanLoader:
             idx = np.asarray(idx, dtype=np.int64).reshape(-1)
             if idx.shape != (n,):
                 raise DataError("%s: %d indices for %d frames" % (src, idx.size, n))
+        sat = marker_pixels(d)  # on the raw type: float32 cannot tell 4294967295 from its neighbours
         d = d.astype(np.float32, copy=True)
         valid = np.ones(d.shape, dtype=bool)
         if got.get("mask") is not None:
@@ -993,6 +1112,9 @@ class ScanLoader:
             bad |= ~np.isfinite(np.broadcast_to(cdark, d.shape))
         nbad_pix = int(np.count_nonzero(bad))
         nbad_frames = int(np.count_nonzero(bad.reshape(n, -1).any(axis=1)))
+        nsat = self._mask_markers(sat, valid & ~bad, c0) if sat is not None else (0, 0)
+        if nsat[0]:
+            bad |= sat
         d[bad] = 0.0
         valid &= ~bad
         if cdark is not None:
@@ -1007,7 +1129,26 @@ class ScanLoader:
             d /= cflat.astype(np.float32)
             valid &= cok
         d[~valid] = 0.0
-        return d, valid, pos, idx, nbad_pix, nbad_frames
+        return d, valid, pos, idx, nbad_pix, nbad_frames, nsat
+
+    def _mask_markers(self, sat, usable, c0):
+        """Count the marker pixels among the usable ones (``sat`` is narrowed to those, in place).
+
+        Returns ``(pixels, frames)``; a frame whose usable pixels all hold the
+        marker (a saturated or blank frame) is a DataError naming it.
+        """
+        sat &= usable
+        n = sat.shape[0]
+        per_frame = sat.reshape(n, -1).sum(axis=1)
+        usable_per_frame = usable.reshape(n, -1).sum(axis=1)
+        full = np.flatnonzero((per_frame > 0) & (per_frame == usable_per_frame))
+        if full.size:
+            raise DataError("%s: frame %d (and %d more in frames %d..%d) holds the saturation/dead-pixel marker "
+                            "(the largest value of its data type) in every pixel; such a frame holds no counts"
+                            % (self.source, c0 + int(full[0]), full.size - 1, c0, c0 + n - 1),
+                            hint="leave the frame out (%s) or check the dataset of the frames"
+                            % self._where("num_frames"), validation=True)
+        return int(per_frame.sum()), int(np.count_nonzero(per_frame))
 
     def _fixed_center(self, m, raw_shape, oshape, flags, propagation="farfield"):
         """The centre in oriented-frame pixels, or None when it must be measured.

@@ -25,7 +25,7 @@ import numpy as np
 from ..core import xy
 from ..core.geometry import get_propagator
 from ..params.declare import Parameter
-from .base import ScanLoader, register
+from .base import ScanLoader, check_memory, register
 
 __all__ = ["MoonFlowerScan", "simulate_model", "sample_pixel"]
 
@@ -141,7 +141,7 @@ class MoonFlowerScan(ScanLoader):
     PARAMS = ScanLoader.PARAMS.extended("MoonFlowerScan", [
         Parameter("num_frames", None, "int", "number of simulated frames (null = 100)", low=1,
                   nullable=True),
-        Parameter("shape", None, "intpair", "frame shape (null = 128)", low=8, nullable=True,
+        Parameter("shape", None, "intpair", "frame shape (null = 128)", low=8, high=4096, nullable=True,
                   unit="pixel"),
         Parameter("energy", None, "float", "photon energy (null = 6.2)", low=0.0, nullable=True,
                   unit="keV"),
@@ -152,10 +152,11 @@ class MoonFlowerScan(ScanLoader):
         Parameter("density", 0.2, "float", "scan step as a fraction of the frame width",
                   low=0.01, high=1.0),
         Parameter("pattern", "round", "str", "scan pattern", choices=["round", "spiral", "raster"]),
-        Parameter("photons", 1e8, "float", "photons in the probe (all modes) per frame", low=0.0),
+        Parameter("photons", 1e8, "float", "photons in the probe (all modes) per frame", low=0.0,
+                  high=1e15),
         Parameter("add_poisson_noise", True, "bool", "draw Poisson-distributed counts"),
         Parameter("psf", 0.0, "float", "Gaussian detector point-spread sigma (0 = none)", low=0.0,
-                  unit="pixel"),
+                  high=64.0, unit="pixel"),
         Parameter("seed", 0, "int", "seed of the noise and position generators", low=0),
         Parameter("probe", "moon", "str", "simulated probe: the moon, or a defocused ring-shaped "
                   "aperture probe", choices=["moon", "defocused"]),
@@ -191,9 +192,36 @@ class MoonFlowerScan(ScanLoader):
                                            float), (2,)).copy()
         return shape, float(energy), float(distance), psize
 
+    def memory_estimate(self):
+        """Bytes this process would allocate to simulate the scan (frames, mask, object, positions).
+
+        Frames and mask take 5 bytes a pixel for this process's share plus one
+        block being simulated; the object covers the scan (about ``sqrt(n) *
+        density`` frame widths a side, plus a frame and a margin) and, with the
+        flower generator's work arrays, takes about 64 bytes a pixel.
+        """
+        from .. import parallel
+
+        shape = self._sim_geometry()[0]
+        n = float(self.pars.num_frames or _DEFAULTS["num_frames"])
+        h, w = (float(v) for v in shape)
+        side = np.sqrt(n) * float(self.pars.density) * 1.2
+        frames = 5.0 * h * w * (np.ceil(n / max(parallel.size, 1)) + min(64.0, n))
+        obj = 64.0 * (side * h + h + 16) * (side * w + w + 16)
+        return frames + obj + 64.0 * n
+
     def model(self):
-        """The simulation's ground truth (computed once, see :func:`simulate_model`)."""
+        """The simulation's ground truth (computed once, see :func:`simulate_model`).
+
+        The memory it needs is checked first (:meth:`memory_estimate`): a scan
+        that cannot fit is a ConfigError before anything is allocated.
+        """
         if getattr(self, "_model", None) is None:
+            shape = self._sim_geometry()[0]
+            check_memory(self.memory_estimate(), "%s: a MoonFlowerScan of %d frames of %dx%d" % (
+                self.path, int(self.pars.num_frames or _DEFAULTS["num_frames"]), shape[0], shape[1]),
+                hint="simulate fewer frames (%s) or smaller ones (%s)" % (
+                    self._where("num_frames"), self._where("shape")))
             shape, energy, distance, psize = self._sim_geometry()
             self._model = simulate_model(self.pars, shape, energy, distance, psize,
                                          propagation=self.sim_propagation)

@@ -121,8 +121,18 @@ class NpyFolderScan(ScanLoader):
 
     def _folder(self):
         folder = self.require_dfile()
-        if os.path.isfile(folder):  # dfile named positions.txt or geometry.txt
-            folder = os.path.dirname(os.path.abspath(folder))
+        if os.path.isfile(folder):
+            name = os.path.basename(folder)
+            if name not in (self.pars.positions_file, self.pars.geometry_file):
+                raise DataError(
+                    "%s: %s is a file, but NpyFolderScan reads a folder holding %s (lines 'frame_file y x'), "
+                    "%s and the frames as .npy files" % (
+                        self._where("dfile"), folder, self.pars.positions_file,
+                        self.pars.geometry_file or "no geometry file"),
+                    hint="set dfile to that folder (here perhaps %s), or choose the loader that reads this "
+                         "file's format (`ptycli params scans.<label>.data` lists the loaders)"
+                         % (os.path.dirname(os.path.abspath(folder))), validation=True)
+            folder = os.path.dirname(os.path.abspath(folder))  # dfile named positions.txt or geometry.txt
         return folder
 
     def _frame(self, folder, name, mmap=False):

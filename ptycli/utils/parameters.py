@@ -300,7 +300,7 @@ class Param(dict):
 
     @classmethod
     def from_yaml(cls, source):
-        """Build a tree from YAML (``yaml.safe_load``).
+        """Build a tree from YAML (``yaml.safe_load``, with alias expansion and nesting bounded).
 
         Parameters
         ----------
@@ -318,6 +318,10 @@ class Param(dict):
         ------
         TypeError
             When the document's top level is not a mapping.
+        yaml.YAMLError
+            For invalid YAML, and for aliases that expand beyond
+            ``ptycli.params.yamlio.MAX_NODES`` values or nesting deeper than
+            ``MAX_DEPTH`` levels.
         """
         import yaml
 
@@ -330,7 +334,9 @@ class Param(dict):
                 text = fh.read()
         else:
             text = source
-        data = yaml.safe_load(text)
+        from ..params.yamlio import BoundedLoader
+
+        data = yaml.load(text, Loader=BoundedLoader)
         if data is None:
             data = {}
         if not isinstance(data, dict):

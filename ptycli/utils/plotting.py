@@ -137,13 +137,30 @@ def error_series(history, key):
     return np.array([np.nan if h.get(key) is None else float(h[key]) for h in history or []], float)
 
 
+def _log_axis(ax, axis="y"):
+    """A log axis labelled with plain numbers (0.01, 2, 30, 4e+05), no 'x10^n' offsets."""
+    from matplotlib import ticker
+
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: "%g" % v))
+    target.set_minor_formatter(ticker.FuncFormatter(
+        lambda v, _pos: "%g" % v if _few_decades(ax, axis) and str("%g" % v)[0] in "25" else ""))
+
+
+def _few_decades(ax, axis):
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    return lo > 0 and hi / lo < 30
+
+
 def _errors_axis(ax, history, engines=None):
     """Error curves (log scale) against the iteration over the chain, engine changes marked.
 
     For DM and RAAR, whose ``fourier_error`` is that of the projection input
     (it may rise during a good run), the Fourier error of the model (probe x
     object, ``model_fourier_error``) is drawn as points at the iterations
-    where it was computed, joined within each engine run.
+    where it was computed, joined within each engine run. ML's likelihood has
+    its own axis on the right (another scale); one legend for every curve
+    sits outside the plotting area, so it covers none of them.
     """
     if not history:
         ax.text(0.5, 0.5, "no error history", ha="center", va="center", transform=ax.transAxes)
@@ -180,17 +197,25 @@ def _errors_axis(ax, history, engines=None):
                     color = line.get_color()
                 start = i
         plotted = True
+    handles, names = ax.get_legend_handles_labels()
     lik = error_series(history, "likelihood")
     okl = np.isfinite(lik) & (lik > 0)
     if okl.any():
         ax2 = ax.twinx()
-        ax2.plot(it[okl], lik[okl], color="0.4", ls="--", lw=1.0, label="-log likelihood")
+        line, = ax2.plot(it[okl], lik[okl], color="0.35", ls="--", lw=1.0, label="-log likelihood (right axis)")
         ax2.set_yscale("log")
-        ax2.tick_params(labelsize=7)
-        ax2.set_ylabel("-log likelihood", fontsize=8)
+        _log_axis(ax2)
+        ax2.tick_params(which="both", labelsize=7)
+        ax2.set_ylabel("-log likelihood per pixel", fontsize=8)
+        handles.append(line)
+        names.append(line.get_label())
     if plotted:
         ax.set_yscale("log")
-        ax.legend(fontsize=7, loc="upper right")
+        _log_axis(ax)
+    if handles:
+        # below the axes: it covers no curve and no axis label
+        ax.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
+                  borderaxespad=0.0, frameon=False)
     start = 0
     for i in range(1, len(labels) + 1):
         if i == len(labels) or labels[i] != labels[start]:
@@ -201,8 +226,8 @@ def _errors_axis(ax, history, engines=None):
             start = i
     ax.set_xlim(0.5, len(history) + 0.5)
     ax.set_xlabel("iteration", fontsize=8)
-    ax.set_ylabel("error", fontsize=8)
-    ax.tick_params(labelsize=7)
+    ax.set_ylabel("error (see 'ptycli params errors')", fontsize=8)
+    ax.tick_params(which="both", labelsize=7)
 
 
 def _save(fig, canvas_cls, path, dpi):
@@ -213,30 +238,110 @@ def _save(fig, canvas_cls, path, dpi):
     return path
 
 
+def _colour_wheel(ax, n=129):
+    """The key of :func:`complex2rgb`: hue = phase (around), brightness = amplitude (outwards)."""
+    y, x = np.mgrid[-1:1:n * 1j, -1:1:n * 1j]
+    z = x - 1j * y  # phase measured anticlockwise from the right
+    rgb = complex2rgb(np.where(np.abs(z) <= 1.0, z, 0))
+    alpha = (np.abs(z) <= 1.0).astype(float)
+    ax.imshow(np.dstack([rgb, alpha]), extent=(-1, 1, -1, 1), interpolation="bilinear")
+    for text, (tx, ty) in (("0", (1.22, 0)), ("\u03c0/2", (0, 1.22)), ("\u03c0", (-1.25, 0)),
+                           ("-\u03c0/2", (0, -1.25))):
+        ax.text(tx, ty, text, ha="center", va="center", fontsize=7)
+    ax.set_xlim(-1.5, 1.5)
+    ax.set_ylim(-1.5, 1.5)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    ax.set_title("phase (hue),\namplitude (brightness)", fontsize=7)
+
+
+def _nominal_pixels(rec):
+    """Whether lengths in ``rec`` are object pixels (NpzScan's nominal geometry for pixel positions)."""
+    from ..scans.npz import NOMINAL_DISTANCE_M, NOMINAL_ENERGY_KEV
+
+    scans = list((rec.scans or {}).values())
+    return bool(scans) and all(
+        np.isclose(float(sc.get("energy", 0) or 0), NOMINAL_ENERGY_KEV, rtol=1e-6)
+        and np.isclose(float(sc.get("distance", 0) or 0), NOMINAL_DISTANCE_M, rtol=1e-6) for sc in scans)
+
+
+def _positions_axis(ax, scans, unit_factor, unit):
+    """Initial (grey rings) and final (dots) scan positions, with the displacement drawn between them."""
+    shown = 0
+    moved_any = False
+    for label, sc in scans:
+        final = np.asarray(sc["positions"], float).reshape(-1, 2) / unit_factor
+        initial = sc.get("positions_initial")
+        if initial is not None:
+            initial = np.asarray(initial, float).reshape(-1, 2) / unit_factor
+            if initial.shape == final.shape and np.any(initial != final):
+                moved_any = True
+                ax.plot(np.stack([initial[:, 1], final[:, 1]]), np.stack([initial[:, 0], final[:, 0]]),
+                        color="tab:red", lw=0.8)
+                ax.scatter(initial[:, 1], initial[:, 0], s=14, facecolors="none", edgecolors="0.5", lw=0.7,
+                           label="initial" if not shown else None)
+        ax.scatter(final[:, 1], final[:, 0], s=5, color="tab:blue",
+                   label=("refined" if moved_any else "positions") if not shown else None)
+        shown += 1
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.invert_yaxis()
+    ax.set_xlabel("x [%s]" % unit, fontsize=8)
+    ax.set_ylabel("y [%s]" % unit, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title("scan positions" + (" (initial \u2192 refined)" if moved_any else ""), fontsize=9)
+    if moved_any:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, borderaxespad=0.0)
+
+
+def _check_drawable(what, arr):
+    if arr.ndim < 2 or min(arr.shape[-2:]) < 1:
+        from ..errors import DataError
+
+        raise DataError("%s (shape %s): no pixels to draw" % (what, tuple(arr.shape)),
+                        hint="the file may be damaged or cut short; check it with 'ptycli inspect --tree'",
+                        validation=True)
+
+
 def plot_reconstruction(rec, path, dpi=110, max_modes=4, title=None):
     """Draw a :class:`~ptycli.io.reconstruction.Reconstruction` and save it to ``path``.
 
-    One row per object storage (amplitude, phase of the first mode), one row
-    per probe storage (up to ``max_modes`` modes, colour-coded: hue = phase,
-    brightness = amplitude), and the error curves.
+    One row per object storage (amplitude and phase of the first mode, each
+    with its colour bar, and the scan positions: initial and refined), one row
+    per probe storage (up to ``max_modes`` modes, hue = phase, brightness =
+    amplitude, with a colour wheel as key) and the error curves. Each row has
+    its own columns, so no grid cell is left empty.
+
+    Raises
+    ------
+    ptycli.errors.DataError
+        An object or probe without pixels (a zero-width array).
     """
     Figure, Canvas = figure_module()
     objects = list(rec.objects.items())
     probes = list(rec.probes.items())
-    ncols = max(2, min(max_modes, max([p.shape[0] for _, p in probes] or [1])))
-    nrows = len(objects) + len(probes) + 1
-    fig = Figure(figsize=(3.6 * ncols, 3.1 * nrows), layout="constrained")
-    gs = fig.add_gridspec(nrows, ncols)
-    row = 0
+    for sid, arr in objects:
+        _check_drawable("%s: object %s" % (rec.path, sid), np.asarray(arr))
+    for sid, arr in probes:
+        _check_drawable("%s: probe %s" % (rec.path, sid), np.asarray(arr))
+    pixels = _nominal_pixels(rec)
+    # one probe of one mode shares the last row with the error curves (the usual case)
+    shared = len(probes) == 1 and probes[0][1].shape[0] == 1
+    heights = [1.0] * (len(objects) + len(probes) - shared) + [1.0 if shared else 0.8]
+    fig = Figure(figsize=(11.0, 3.3 * sum(heights)), layout="constrained")
+    rows = list(np.atleast_1d(fig.subfigures(len(heights), 1, height_ratios=heights)))
+    if shared:
+        rows[-1:] = list(rows[-1].subfigures(1, 2, width_ratios=[1.3, 2.0]))
+    r = 0
     for sid, obj in objects:
         meta = dict(rec.object_meta.get(sid, {}))
         o = np.asarray(obj)[0]
         # where the scan illuminated the object: colour limits from there, crop to it
-        positions, probe = [], None
-        for sc in (rec.scans or {}).values():
+        positions, probe, scans = [], None, []
+        for label, sc in (rec.scans or {}).items():
             if sc.get("object", sid) == sid and sc.get("positions") is not None:
                 positions.append(np.asarray(sc["positions"], float).reshape(-1, 2))
                 probe = rec.probes.get(sc.get("probe"), probe)
+                scans.append((label, sc))
         if probe is None and rec.probes:
             probe = next(iter(rec.probes.values()))
         illum = _illumination(o.shape, meta, np.concatenate(positions) if positions else None, probe)
@@ -247,29 +352,44 @@ def plot_reconstruction(rec, path, dpi=110, max_modes=4, title=None):
             mask = mask[box]
             center = np.broadcast_to(np.asarray(meta.get("center", np.array(obj.shape[-2:]) // 2), float), (2,))
             meta["center"] = center - np.array([box[0].start, box[1].start])
-        extent, unit = _extent(o.shape, meta.get("psize"), meta.get("center"))
+        if pixels:
+            extent, unit = _extent(o.shape, 1.0, meta.get("center"))
+            unit, factor = "pixel", 1.0
+        else:
+            extent, unit = _extent(o.shape, meta.get("psize"), meta.get("center"))
+            factor = {"m": 1.0, "mm": 1e-3, "\u00b5m": 1e-6, "nm": 1e-9, "pm": 1e-12}.get(unit, 1.0)
+        axes = rows[r].subplots(1, 3 if scans else 2)
         modes = " (mode 1 of %d)" % obj.shape[0] if obj.shape[0] > 1 else ""
         amp = np.abs(o)
         lo, hi = _limits(amp, mask)
-        _image(fig, fig.add_subplot(gs[row, 0]), amp, "object %s amplitude%s" % (sid, modes),
-               extent, unit, cmap="gray", vmin=lo, vmax=hi)
+        _image(rows[r], axes[0], amp, "object %s amplitude%s" % (sid, modes), extent, unit, cmap="gray",
+               vmin=lo, vmax=hi, label="amplitude")
         phase = _object_phase(o, mask)
         lo, hi = _limits(phase, mask)
-        _image(fig, fig.add_subplot(gs[row, 1]), phase, "object %s phase [rad]" % sid,
-               extent, unit, cmap="twilight", vmin=lo, vmax=hi)
-        row += 1
+        _image(rows[r], axes[1], phase, "object %s phase" % sid, extent, unit, cmap="twilight", vmin=lo, vmax=hi,
+               label="rad")
+        if scans:
+            _positions_axis(axes[2], scans, factor, unit)
+        r += 1
     for sid, probe in probes:
         meta = rec.probe_meta.get(sid, {})
         probe = np.asarray(probe)
         power = np.sum(np.abs(probe) ** 2, axis=(-2, -1))
         total = power.sum() or 1.0
-        for k in range(min(probe.shape[0], ncols)):
-            extent, unit = _extent(probe.shape[-2:], meta.get("psize"), meta.get("center"))
-            _image(fig, fig.add_subplot(gs[row, k]), complex2rgb(probe[k]),
-                   "probe %s mode %d (%.0f%%)" % (sid, k + 1, 100.0 * power[k] / total), extent, unit,
+        nmodes = min(probe.shape[0], max_modes)
+        axes = np.atleast_1d(rows[r].subplots(1, nmodes + 1, width_ratios=[1.0] * nmodes + [0.45]))
+        for k in range(nmodes):
+            if pixels:
+                extent, unit = _extent(probe.shape[-2:], 1.0, meta.get("center"))
+                unit = "pixel"
+            else:
+                extent, unit = _extent(probe.shape[-2:], meta.get("psize"), meta.get("center"))
+            _image(rows[r], axes[k], complex2rgb(probe[k]),
+                   "probe %s mode %d (%.0f%% of the power)" % (sid, k + 1, 100.0 * power[k] / total), extent, unit,
                    colorbar=False)
-        row += 1
-    _errors_axis(fig.add_subplot(gs[row, :]), rec.history, rec.engines)
+        _colour_wheel(axes[nmodes])
+        r += 1
+    _errors_axis(rows[r].subplots(1, 1), rec.history, rec.engines)
     fig.suptitle(title or "%s: %d iterations (%s)" % (
         os.path.basename(rec.path), len(rec.history),
         ", ".join("%s %s" % (e["label"], e.get("iterations", "")) for e in rec.engines) or "no engines"),
@@ -285,18 +405,23 @@ def plot_data(data, path, dpi=110, title=None):
     ``ground_truth`` ({'object': ..., 'probe': ..., '<name>_psize_m': ...}) and ``label``.
     """
     Figure, Canvas = figure_module()
+    if data.get("mean") is None:
+        _check_drawable("%s: the frames" % (data.get("source") or data.get("label") or "data"),
+                        np.asarray(data["intensities"]))
     gt = data.get("ground_truth") or {}
     truth = [(k, np.asarray(v)) for k, v in gt.items() if k in ("object", "probe")
              and isinstance(v, np.ndarray) and v.ndim >= 2]
     ncols = 2 + len(truth)
-    fig = Figure(figsize=(3.8 * ncols, 3.4), layout="constrained")
+    wheel = any(np.iscomplexobj(a) for _, a in truth)  # the key of the complex images
+    fig = Figure(figsize=(3.8 * ncols + 1.6 * wheel, 3.4), layout="constrained")
+    grid = fig.add_gridspec(1, ncols + wheel, width_ratios=[1.0] * ncols + [0.45] * wheel)
     mean = data.get("mean")
     if mean is None:
         mean = np.mean(np.asarray(data["intensities"], dtype=np.float64), axis=0)
-    ax = fig.add_subplot(1, ncols, 1)
+    ax = fig.add_subplot(grid[0, 0])
     logm = np.log10(np.maximum(mean, max(float(mean[mean > 0].min()) if np.any(mean > 0) else 1.0, 1e-12)))
     _image(fig, ax, logm, "mean diffraction (log10 counts)", None, "pixel", cmap="magma")
-    ax = fig.add_subplot(1, ncols, 2)
+    ax = fig.add_subplot(grid[0, 1])
     pos = np.asarray(data["positions"], dtype=float).reshape(-1, 2)
     unit = data.get("positions_unit") or "m"
     if unit == "m" and len(pos):
@@ -313,7 +438,9 @@ def plot_data(data, path, dpi=110, title=None):
     for i, (name, arr) in enumerate(truth):
         a = arr.reshape((-1,) + arr.shape[-2:])[0]
         extent, u = _extent(a.shape, gt.get(name + "_psize_m"), None)
-        _image(fig, fig.add_subplot(1, ncols, 3 + i), complex2rgb(a) if np.iscomplexobj(a) else a,
+        _image(fig, fig.add_subplot(grid[0, 2 + i]), complex2rgb(a) if np.iscomplexobj(a) else a,
                "ground truth %s" % name, extent, u, colorbar=False)
+    if wheel:
+        _colour_wheel(fig.add_subplot(grid[0, ncols]))
     fig.suptitle(title or "%s (%d frames)" % (data.get("label") or "", len(pos)), fontsize=10)
     return _save(fig, Canvas, path, dpi)

@@ -1,0 +1,667 @@
+"""``NpzScan``: frames and positions from NumPy ``.npz`` / ``.npy`` files.
+
+For data that already sit in NumPy arrays::
+
+    scans:
+      star:
+        data:
+          name: NpzScan
+          dfile: siemens-star-small.npz.bz2   # .npz, .npy, and either one as .bz2 / .gz
+          positions_unit: pixel               # positions in object pixels: no geometry needed
+
+Arrays are found by key. Left null, the frames are the first of
+``intensities``, ``diffraction``, ``data``, ``frames``, ``patterns``, ``diff``
+that the file holds (else its only array of three or more dimensions) and the
+positions the first of ``positions``, ``scan_positions``, ``pos``,
+``translations``, ``coords``; ``mask``, ``dark``, ``flat``, ``energy`` (keV),
+``distance`` (m) and ``psize`` (m) are used when present. A ``.npy`` file holds
+only the frames: its positions come from ``positions_file``.
+
+Shapes: frames (N, H, W), a scan grid (ny, nx, H, W), or either with leading
+length-1 axes; positions (N, 2) as (y, x), also (1, N, 2), (ny, nx, 2) or
+(2, N); a mask (H, W) or one per frame (nonzero = valid).
+
+Positions in pixels (``positions_unit: pixel``) need no geometry: when the
+configuration and the file give none of ``energy``, ``distance`` and ``psize``,
+a far-field scan gets a nominal geometry in which the object pixel measures
+exactly 1 (wavelength 1, distance 1e9, detector pixel 1e9 / frame size;
+lengths in the result then read as object pixels). Any geometry with that
+object pixel gives the same reconstruction; the nominal one keeps the Fresnel
+curvature across a frame below 0.02 rad. Near-field scans need their real
+geometry.
+
+Frames stored FFT-shifted (zero frequency at pixel [0, 0]: the intensity
+maximum at the corners) are detected when ``fftshifted`` is null, shifted back
+and centred geometrically (an info line says so); ``fftshifted: false`` keeps
+them as they are.
+
+Compressed files are decompressed in memory, at most half of this machine's
+memory (a file that would expand further is refused: a decompression bomb or a
+file to decompress beforehand). Arrays are read without pickle.
+"""
+
+import io
+import os
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from ..log import get_logger
+from ..params.declare import Parameter
+from .base import ScanLoader, register
+
+__all__ = ["NpzScan", "open_arrays", "detect_fftshift", "nominal_pixel_geometry",
+           "FRAME_KEYS", "POSITION_KEYS"]
+
+logger = get_logger("ptycli.scans.npz")
+
+#: keys tried, in this order, for the frames and the positions
+FRAME_KEYS = ("intensities", "diffraction", "data", "frames", "patterns", "diff")
+POSITION_KEYS = ("positions", "scan_positions", "pos", "translations", "coords")
+
+#: nominal far-field geometry for positions in pixels: wavelength 1 m (energy in keV),
+#: distance 1e9 m; the detector pixel is chosen so that the object pixel is 1
+NOMINAL_ENERGY_KEV = 1.23984193e-9
+NOMINAL_DISTANCE_M = 1e9
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+_EMPTY_ZIP_MAGIC = b"PK\x05\x06"
+_BZ2_MAGIC = b"BZh"
+_GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
+
+#: (message kind, source) already announced in this process: a run opens its input twice
+#: (checked before computing, then loaded), the info lines are printed once
+_ANNOUNCED = set()
+
+
+def _announce(kind, source, message, *args):
+    if (kind, source) not in _ANNOUNCED:
+        _ANNOUNCED.add((kind, source))
+        logger.info(message, *args)
+
+
+def _machine_memory():
+    """Physical memory in bytes (1 TB when unknown)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE")) * float(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 1e12
+
+
+def default_limit():
+    """Most bytes a compressed input may expand to: half of this machine's memory."""
+    return int(_machine_memory() // 2)
+
+
+def _gb(n):
+    """A byte count in words: '1.05 MB'."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return "%.3g %s" % (n / scale, unit)
+    return "%d bytes" % n
+
+
+def _limit_words(limit, default):
+    return "half of this machine's memory, %s" % _gb(limit) if default else "the limit, %s" % _gb(limit)
+
+
+def _decompress(path, opener, limit, default=True):
+    """The decompressed bytes of ``path``, refusing more than ``limit`` bytes."""
+    out = io.BytesIO()
+    try:
+        with opener(path, "rb") as fh:
+            while True:
+                chunk = fh.read(_CHUNK)
+                if not chunk:
+                    break
+                out.write(chunk)
+                if out.tell() > limit:
+                    raise DataError(
+                        "%s expands to more than %s when decompressed (the most ptycli decompresses "
+                        "in memory: %s)" % (path, _gb(limit), _limit_words(limit, default)),
+                        hint="decompress it yourself (bunzip2/gunzip) and give the .npz/.npy file, "
+                             "which is then read without holding a second copy", validation=True)
+    except DataError:
+        raise
+    except (OSError, EOFError, ValueError) as exc:
+        raise DataError("%s is not a readable compressed file (%s)" % (path, exc),
+                        hint="check the file (bunzip2 -t / gunzip -t), or copy it again",
+                        validation=True) from exc
+    return out.getvalue()
+
+
+def _npy_header(fp):
+    """``(shape, dtype)`` from the header of a ``.npy`` stream (positioned at its start)."""
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+    else:
+        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+    return tuple(int(s) for s in shape), dtype
+
+
+class _Arrays:
+    """The arrays of one ``.npz``/``.npy`` input (also bz2/gzip-compressed), read by key.
+
+    A ``.npy`` input has one array, under the key ``''``. Arrays are read on
+    first use and kept; an uncompressed ``.npy`` is memory-mapped.
+    """
+
+    def __init__(self, path, limit=None):
+        self.path = str(path)
+        self.default_limit = limit is None
+        self.limit = default_limit() if limit is None else int(limit)
+        self._cache = {}
+        import bz2  # here, not at the top: ``ptycli params`` imports every loader
+        import gzip
+        import zipfile
+
+        with open(self.path, "rb") as fh:
+            head = fh.read(8)
+        self.compression = None
+        buffer = None
+        if head.startswith(_BZ2_MAGIC):
+            self.compression = "bz2"
+            buffer = _decompress(self.path, bz2.open, self.limit, self.default_limit)
+        elif head.startswith(_GZIP_MAGIC):
+            self.compression = "gzip"
+            buffer = _decompress(self.path, gzip.open, self.limit, self.default_limit)
+        if buffer is not None:
+            head = buffer[:8]
+        self._buffer = buffer
+        if head.startswith(_NPY_MAGIC):
+            self.kind = "npy"
+            self._zip = None
+        elif head.startswith((_ZIP_MAGIC, _EMPTY_ZIP_MAGIC)):
+            self.kind = "npz"
+            try:
+                self._zip = zipfile.ZipFile(io.BytesIO(buffer) if buffer is not None else self.path)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise DataError("%s is not a readable .npz file (%s)" % (self.path, exc),
+                                hint="check the file, or write it again with numpy.savez",
+                                validation=True) from exc
+        else:
+            raise DataError("%s is neither a NumPy .npy/.npz file nor one compressed with bzip2 or "
+                            "gzip" % self.path,
+                            hint="write the arrays with numpy.savez (or numpy.save), or use "
+                                 "Hdf5Scan for HDF5 files", validation=True)
+
+    # -- listing ----------------------------------------------------------------
+    def keys(self):
+        """The array names (``['']`` for a ``.npy`` file)."""
+        if self.kind == "npy":
+            return [""]
+        return [n[:-4] for n in self._zip.namelist() if n.endswith(".npy")]
+
+    def __contains__(self, key):
+        return key in self.keys()
+
+    def _member(self, key):
+        return key + ".npy"
+
+    def header(self, key):
+        """``(shape, dtype)`` of array ``key`` without reading its data."""
+        if self.kind == "npy":
+            if self._buffer is not None:
+                return _npy_header(io.BytesIO(self._buffer))
+            with open(self.path, "rb") as fh:
+                return _npy_header(fh)
+        with self._zip.open(self._member(key)) as fh:
+            return _npy_header(fh)
+
+    def describe(self):
+        """``'name (shape), ...'`` of every array, for messages."""
+        parts = []
+        for key in self.keys():
+            try:
+                shape, _ = self.header(key)
+                parts.append("%s %s" % (key or "(array)", shape))
+            except Exception:
+                parts.append("%s (unreadable)" % key)
+        return ", ".join(parts) or "no arrays"
+
+    # -- reading ------------------------------------------------------------------
+    def _check_size(self, key, shape, dtype):
+        nbytes = float(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if nbytes > self.limit:
+            raise DataError("%s: array %s of shape %s needs %s, more than ptycli reads into memory "
+                            "(%s)" % (self.path, key or "(the .npy array)", shape, _gb(nbytes),
+                                      _limit_words(self.limit, self.default_limit)),
+                            hint="use fewer frames per file, or store them uncompressed as .npy "
+                                 "(memory-mapped) or HDF5 (Hdf5Scan)", validation=True)
+
+    def array(self, key):
+        """Array ``key`` (read once, then kept)."""
+        if key in self._cache:
+            return self._cache[key]
+        try:
+            if self.kind == "npy":
+                if self._buffer is None:
+                    a = np.load(self.path, mmap_mode="r", allow_pickle=False)
+                else:
+                    shape, dtype = self.header(key)
+                    self._check_size(key, shape, dtype)
+                    a = np.lib.format.read_array(io.BytesIO(self._buffer), allow_pickle=False)
+            else:
+                info = self._zip.getinfo(self._member(key))
+                shape, dtype = self.header(key)
+                self._check_size(key, shape, dtype)
+                if info.file_size > self.limit:
+                    self._check_size(key, (info.file_size,), np.dtype(np.uint8))
+                with self._zip.open(info) as fh:
+                    a = np.lib.format.read_array(fh, allow_pickle=False)
+        except DataError:
+            raise
+        except KeyError:
+            raise DataError("%s holds no array %r" % (self.path, key)) from None
+        except Exception as exc:
+            raise DataError("cannot read array %s of %s (%s: %s)" % (
+                key or "(the .npy array)", self.path, type(exc).__name__, " ".join(str(exc).split())),
+                hint="arrays must be numeric and saved without pickle (numpy.savez)",
+                validation=True) from exc
+        self._cache[key] = a
+        return a
+
+    def close(self):
+        """Release the file (arrays already read stay valid)."""
+        if self._zip is not None:
+            self._zip.close()
+
+
+def open_arrays(path, limit=None):
+    """Open a ``.npz``/``.npy`` file (plain or bzip2/gzip-compressed) for reading by key.
+
+    Parameters
+    ----------
+    path : str
+        The file; its type is recognised from its first bytes, not its name.
+    limit : int, optional
+        Most bytes a compressed file may expand to and an array may occupy
+        (default: half of this machine's memory).
+
+    Returns
+    -------
+    object
+        With ``keys()``, ``header(key)`` -> ``(shape, dtype)`` and
+        ``array(key)``; a ``.npy`` file's array has the key ``''``.
+
+    Raises
+    ------
+    DataError
+        Unreadable or unknown files, and files or arrays beyond ``limit``.
+    """
+    return _Arrays(path, limit)
+
+
+def squeeze_leading(shape, keep):
+    """``shape`` without leading length-1 axes beyond the last ``keep`` axes."""
+    shape = tuple(shape)
+    while len(shape) > keep and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
+def as_positions(a, where):
+    """(N, 2) float64 (y, x) positions from (N, 2), (1, N, 2), (ny, nx, 2) or (2, N) arrays.
+
+    Raises
+    ------
+    DataError
+        For any other shape or non-numeric values.
+    """
+    a = np.asarray(a)
+    if a.dtype.kind not in "biuf":
+        raise DataError("%s holds %s values, expected numbers" % (where, a.dtype),
+                        hint="store the positions as a numeric (N, 2) array", validation=True)
+    shape = tuple(s for s in a.shape if s != 1) if a.ndim > 2 else a.shape
+    if len(shape) == 2 and shape[-1] == 2:
+        return np.asarray(a, dtype=np.float64).reshape(-1, 2)
+    if len(shape) == 3 and shape[-1] == 2:  # a scan grid (ny, nx, 2)
+        return np.asarray(a, dtype=np.float64).reshape(-1, 2)
+    if len(shape) == 2 and shape[0] == 2:  # rows y and x
+        return np.asarray(a, dtype=np.float64).reshape(2, -1).T.copy()
+    if a.shape == (2,):
+        return np.asarray(a, dtype=np.float64).reshape(1, 2)
+    raise DataError("%s has shape %s, expected (N, 2) (y, x) positions" % (where, a.shape),
+                    hint="store the positions as an (N, 2) array of (y, x)", validation=True)
+
+
+def detect_fftshift(frames, mask=None):
+    """Whether frames are stored FFT-shifted, and where their intensity maximum is.
+
+    The frames are summed (NaN and negative values count as 0), smoothed over
+    3 x 3 pixels (cyclically) and the maximum is taken: it lies within a
+    quarter of the frame of a corner for FFT-shifted frames, and near the
+    centre for centred ones.
+
+    Parameters
+    ----------
+    frames : array_like
+        (n, H, W) frames (a few are enough).
+    mask : array_like, optional
+        (H, W) or (n, H, W), nonzero = valid.
+
+    Returns
+    -------
+    (bool, (int, int))
+        Shifted or not, and the (row, column) of the maximum.
+    """
+    d = np.asarray(frames, dtype=np.float64)
+    if d.ndim == 2:
+        d = d[None]
+    d = np.where(np.isfinite(d) & (d > 0), d, 0.0)
+    if mask is not None:
+        d = d * (np.asarray(mask) != 0)
+    total = d.sum(axis=0)
+    smooth = sum(np.roll(np.roll(total, dy, 0), dx, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    h, w = total.shape
+    row, col = (int(v) for v in np.unravel_index(int(np.argmax(smooth)), smooth.shape))
+    if not smooth[row, col] > 0:
+        return False, (row, col)
+
+    def near_edge(i, n):
+        return i < n / 4.0 or i >= 3.0 * n / 4.0
+
+    return bool(near_edge(row, h) and near_edge(col, w)), (row, col)
+
+
+def nominal_pixel_geometry(target_shape, transpose=False):
+    """A far-field geometry whose object pixel is exactly 1, for positions in pixels.
+
+    Parameters
+    ----------
+    target_shape : (int, int)
+        Frame shape before rebinning, as oriented (crop/pad size times ``rebin``).
+    transpose : bool
+        The frames are transposed (the detector pixel is given as stored).
+
+    Returns
+    -------
+    (float, float, ndarray)
+        ``energy_kev``, ``distance_m`` and the (2,) detector pixel ``psize_m``
+        as stored: with them ``wavelength * distance / (shape * psize) = 1``.
+    """
+    lam = 1.23984193e-9 / NOMINAL_ENERGY_KEV
+    psize = lam * NOMINAL_DISTANCE_M / np.asarray(target_shape, dtype=np.float64)
+    if transpose:
+        psize = psize[::-1].copy()
+    return NOMINAL_ENERGY_KEV, NOMINAL_DISTANCE_M, psize
+
+
+def _key_param(name, what, default_keys, required=False):
+    if required:
+        doc = "key of %s (null = the first of %s present)" % (what, ", ".join(default_keys))
+    else:
+        doc = "key of %s (null = '%s' if present; '' = none)" % (what, default_keys[0])
+    return Parameter(name, None, "str", doc, nullable=True)
+
+
+@register
+class NpzScan(ScanLoader):
+    """Frames and positions from a NumPy ``.npz``/``.npy`` file (also ``.bz2``/``.gz``)."""
+
+    NAME = "NpzScan"
+    PARAMS = ScanLoader.PARAMS.extended("NpzScan", [
+        Parameter("dfile", None, "path", "the .npz or .npy file (also compressed: .npz.bz2, "
+                  ".npz.gz, .npy.bz2, .npy.gz)", nullable=True),
+        _key_param("intensities", "the frames, (N, H, W) or (ny, nx, H, W)", FRAME_KEYS,
+                   required=True),
+        _key_param("positions", "the (N, 2) (y, x) positions", POSITION_KEYS, required=True),
+        Parameter("positions_file", None, "path",
+                  "(N, 2) (y, x) positions in a separate .npy, .npz or text file (needed with a "
+                  ".npy dfile; overrides the positions key)", nullable=True),
+        _key_param("mask_key", "the mask, (H, W) or (N, H, W), nonzero = valid", ("mask",)),
+        _key_param("dark_key", "the dark frame, (H, W) or a (k, H, W) stack", ("dark",)),
+        _key_param("flat_key", "the flat field, (H, W) or a (k, H, W) stack", ("flat",)),
+        _key_param("energy_key", "the photon energy in keV", ("energy",)),
+        _key_param("distance_key", "the sample-detector distance in m", ("distance",)),
+        _key_param("psize_key", "the detector pixel size in m, scalar or (2,)", ("psize",)),
+        Parameter("fftshifted", None, "bool",
+                  "frames have the zero frequency at pixel [0, 0]; null = detect it (maximum at "
+                  "the corners), shift them back and centre geometrically", nullable=True),
+    ], doc="frames and positions from a NumPy .npz/.npy file (also .bz2/.gz compressed)")
+
+    def __init__(self, pars=None, path=None):
+        super().__init__(pars, path)
+        self._arrays = None
+        self._pos = None
+        self._mask_shape = None
+
+    # -- arrays ----------------------------------------------------------------------
+    def _file(self):
+        if self._arrays is None:
+            path = self.require_dfile()
+            if os.path.isdir(path):
+                raise DataError("%s: %s is a folder, not a .npz/.npy file" % (
+                    self._where("dfile"), path),
+                    hint="give the file, or use NpyFolderScan for a folder of .npy frames",
+                    validation=True)
+            self._arrays = open_arrays(path)
+        return self._arrays
+
+    def _pick(self, param, candidates, what, required):
+        """The key named by ``param`` (checked), else the first of ``candidates`` present."""
+        f = self._file()
+        key = self.pars.get(param)
+        if key == "" and not required:
+            return None
+        if key:
+            if f.kind == "npy":
+                raise ConfigError("%s: %s is a .npy file with a single array, not a .npz" % (
+                    self._where(param), f.path),
+                    hint="set %s to null (the .npy array is the frames)%s" % (
+                        self._where(param), "; give the positions as positions_file"
+                        if param == "positions" else ""))
+            if key not in f:
+                raise DataError("%s: %s has no array %r; it holds %s" % (
+                    self._where(param), f.path, key, f.describe()),
+                    hint="set %s to one of these keys" % self._where(param), validation=True)
+            return key
+        if f.kind == "npy":
+            return "" if param == "intensities" else None
+        keys = f.keys()
+        for cand in candidates:
+            if cand in keys:
+                return cand
+        if param == "intensities":
+            big = [k for k in keys if len(f.header(k)[0]) >= 3]
+            if len(big) == 1:
+                return big[0]
+        if required:
+            raise DataError("%s: found no %s in %s (it holds %s)" % (
+                self._where(param), what, f.path, f.describe()),
+                hint="set %s to the key of %s" % (self._where(param), what), validation=True)
+        return None
+
+    def _frames_key(self):
+        return self._pick("intensities", FRAME_KEYS, "frames", True)
+
+    def _frames(self):
+        """The frames as an (N, H, W) array (a view or memory map where possible)."""
+        f = self._file()
+        key = self._frames_key()
+        a = f.array(key)
+        shape = squeeze_leading(a.shape, 3)
+        if len(shape) == 2:
+            shape = (1,) + shape
+        if len(shape) == 4:
+            shape = (shape[0] * shape[1],) + shape[2:]
+        if len(shape) != 3:
+            raise DataError("%s: array %s has shape %s, expected frames (N, H, W) or (ny, nx, H, W)" % (
+                f.path, key or "(the .npy array)", a.shape),
+                hint="set %s to the key of the frames" % self._where("intensities"), validation=True)
+        if a.dtype.kind not in "biuf":
+            raise DataError("%s: array %s holds %s values, expected numbers (counts)" % (
+                f.path, key or "(the .npy array)", a.dtype), validation=True)
+        return a.reshape(shape)
+
+    def _positions(self):
+        if self._pos is not None:
+            return self._pos
+        pfile = self.pars.get("positions_file")
+        if pfile:
+            where = "%s (%s)" % (self._where("positions_file"), pfile)
+            if not os.path.isfile(str(pfile)):
+                raise DataError("%s: positions file %s does not exist" % (
+                    self._where("positions_file"), pfile), hint="check the path", validation=True)
+            try:
+                arrays = open_arrays(pfile)
+            except DataError:
+                try:  # a text file: one 'y x' line per frame
+                    raw = np.loadtxt(str(pfile), dtype=np.float64, ndmin=2)
+                except Exception as exc:
+                    raise DataError("%s: cannot read positions (%s)" % (where, exc),
+                                    hint="give an (N, 2) .npy/.npz array, or a text file with "
+                                         "one 'y x' line per frame", validation=True) from exc
+            else:
+                keys = arrays.keys()
+                key = next((k for k in POSITION_KEYS if k in keys), keys[0] if len(keys) == 1
+                           else None)
+                if key is None:
+                    raise DataError("%s holds %s; none is called %s" % (
+                        where, arrays.describe(), " or ".join(POSITION_KEYS)), validation=True)
+                raw = arrays.array(key)
+        else:
+            key = self._pick("positions", POSITION_KEYS, "positions", True)
+            if key is None:
+                raise ConfigError("%s: %s is a .npy file, which holds only the frames" % (
+                    self._where("dfile"), self._file().path),
+                    hint="give the positions as %s (an (N, 2) .npy or text file), or save "
+                         "frames and positions together with numpy.savez" % self._where(
+                             "positions_file"))
+            where = "%s: array %s" % (self._file().path, key)
+            raw = self._file().array(key)
+        self._pos = as_positions(raw, where)
+        return self._pos
+
+    def _optional_array(self, param, default):
+        key = self._pick(param, (default,), default, False)
+        return None if key is None else self._file().array(key)
+
+    def _scalar(self, param, default, size=1):
+        a = self._optional_array(param, default)
+        if a is None:
+            return None
+        v = np.asarray(a, dtype=np.float64).reshape(-1)
+        if v.size == 0 or v.size > 2 or (size == 1 and v.size != 1):
+            raise DataError("%s: array %s has %d values, expected %s" % (
+                self._file().path, self.pars.get(param) or default, v.size,
+                "one" if size == 1 else "one or two"), validation=True)
+        return float(v[0]) if size == 1 else v
+
+    # -- ScanLoader interface ---------------------------------------------------
+    def read_meta(self):
+        frames = self._frames()
+        positions = self._positions()
+        n = int(frames.shape[0])
+        meta = {
+            "num_frames": n,
+            "frame_shape": tuple(frames.shape[-2:]),
+            "num_positions": int(positions.shape[0]),
+            "energy_kev": self._scalar("energy_key", "energy"),
+            "distance_m": self._scalar("distance_key", "distance"),
+            "psize_m": self._scalar("psize_key", "psize", size=2),
+            "label": os.path.basename(str(self.pars.dfile)).split(".")[0],
+            "meta": {"npz_intensities": self._frames_key() or "(npy)"},
+        }
+        mask = self._optional_array("mask_key", "mask")
+        if mask is not None:
+            mshape = squeeze_leading(mask.shape, 2)
+            if len(mshape) == 4:
+                mshape = (mshape[0] * mshape[1],) + mshape[2:]
+            ok = mshape == meta["frame_shape"] or (
+                len(mshape) == 3 and mshape[0] >= n and mshape[1:] == meta["frame_shape"])
+            if not ok:
+                raise DataError("%s: mask %s has shape %s, expected %s or %s" % (
+                    self._file().path, self.pars.get("mask_key") or "mask", mask.shape,
+                    meta["frame_shape"], (n,) + meta["frame_shape"]),
+                    hint="give one mask for all frames or one per frame", validation=True)
+        self._mask_shape = None if mask is None else mshape
+        if self.pars.get("fftshifted") is None:
+            self._detect_fftshift(frames, mask)
+        elif self.pars.get("fftshifted") and self.center is None:
+            self.center = "geometric"
+        return meta
+
+    def _detect_fftshift(self, frames, mask):
+        if self.propagation == "nearfield":  # near-field frames are images: nothing to shift
+            self.pars["fftshifted"] = False
+            return
+        sample = np.asarray(frames[:min(int(frames.shape[0]), 32)])
+        m2 = None
+        if mask is not None:
+            m2 = np.asarray(mask).reshape(self._mask_shape)
+            if m2.ndim == 3:
+                m2 = m2[:sample.shape[0]]
+        shifted, peak = detect_fftshift(sample, m2)
+        self.pars["fftshifted"] = shifted
+        if shifted:
+            note = ""
+            if self.center is None:
+                self.center = "geometric"
+                note = " and centred geometrically"
+            _announce("fftshift", self.source, "%s: the frames are stored FFT-shifted (intensity maximum at pixel %d, %d, "
+                        "near a corner); they are shifted back%s (set %s: false to keep them as "
+                        "they are)", self.source, peak[0], peak[1], note, self._where("fftshifted"))
+
+    def read_static(self):
+        out = {}
+        mask = self._optional_array("mask_key", "mask")
+        if mask is not None and len(self._mask_shape) == 2:
+            out["mask"] = np.asarray(mask).reshape(self._mask_shape)
+        for key in ("dark", "flat"):
+            a = self._optional_array(key + "_key", key)
+            if a is not None:
+                a = np.asarray(a)
+                shape = squeeze_leading(a.shape, 2)
+                if len(shape) not in (2, 3):
+                    raise DataError("%s: %s array has shape %s, expected (H, W) or (k, H, W)" % (
+                        self._file().path, key, a.shape), validation=True)
+                out[key] = a.reshape(shape)
+        return out
+
+    def read_frames(self, start, stop):
+        out = {"data": np.asarray(self._frames()[start:stop]),
+               "positions": self._positions()[start:stop]}
+        mask = self._optional_array("mask_key", "mask")
+        if mask is not None and len(self._mask_shape) == 3:
+            out["mask"] = np.asarray(mask).reshape(self._mask_shape)[start:stop]
+        return out
+
+    # -- geometry -----------------------------------------------------------------
+    def _positions_in_pixels(self):
+        unit = self.pars.get("positions_unit") or self.meta().get("positions_unit") or "m"
+        return unit in ("pixel", "pixels", "px")
+
+    def geometry(self):
+        """The raw detector's ``(energy_kev, distance_m, psize_m)``; nominal for pixel positions.
+
+        With positions in pixels and no energy, distance or pixel size in the
+        configuration or the file, a far-field scan gets
+        :func:`nominal_pixel_geometry` (object pixel 1).
+        """
+        m = self.meta()
+        given = [k for k, mk in (("energy", "energy_kev"), ("distance", "distance_m"),
+                                 ("psize", "psize_m"))
+                 if self.pars.get(k) is not None or m.get(mk) is not None]
+        if not given and self._positions_in_pixels() and self.resolve_propagation() == "farfield":
+            rebin = int(self.pars.get("rebin") or 1)
+            if self.pars.get("shape") is not None:
+                target = [int(s) * rebin for s in np.broadcast_to(self.pars.shape, (2,))]
+            else:
+                shape = m["frame_shape"][::-1] if self.orientation[0] else m["frame_shape"]
+                target = [(s // rebin) * rebin for s in shape]
+            _announce("nominal", self.source, "%s: positions in pixels and no geometry given: using "
+                      "a nominal one whose object pixel is 1 (lengths in the result read as object "
+                      "pixels)", self.source)
+            return nominal_pixel_geometry(target, transpose=self.orientation[0])
+        try:
+            return super().geometry()
+        except ConfigError as exc:
+            if self._positions_in_pixels() or given:
+                raise
+            raise ConfigError("%s; or, if the positions are in pixels, set %s: pixel and leave "
+                              "energy, distance and psize out" % (exc, self._where("positions_unit"))
+                              ) from None
