@@ -76,8 +76,14 @@ def kev_to_joule(energy_kev):
 
 
 def joule_to_kev(energy_j):
-    """Photon energy J → keV."""
-    return float(energy_j) / (1e3 * ELECTRON_VOLT_J)
+    """Photon energy J → keV, to 12 significant digits.
+
+    The rounding (far below any beamline's precision) makes ``kev_to_joule``
+    round trips exact, so a scan read from CXI builds the same model as from
+    ptycli's HDF5 or a .ptyd (the last bit of the wavelength changed the
+    probe guess, and single-precision runs drifted apart from there).
+    """
+    return float("%.12g" % (float(energy_j) / (1e3 * ELECTRON_VOLT_J)))
 
 
 # --------------------------------------------------------------------------
