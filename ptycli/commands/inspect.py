@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import parallel
 from ..errors import DataError
+from ..io.atomic import file_kind
 from ..io.reading import DAMAGED_HINT, reading
 from ..log import get_logger
 from ..io.reading import h5_text as _str
@@ -64,7 +65,15 @@ def _open(path):
     import h5py
 
     if not os.path.exists(path):
+        kind = file_kind(path)  # a symlink loop also fails os.path.exists
+        if kind:
+            raise DataError("%s is %s, not a file" % (path, kind), hint="give an HDF5 file (.h5, .cxi, .ptyd)",
+                            validation=True)
         raise DataError("file %s does not exist" % path, hint="check the path", validation=True)
+    kind = file_kind(path)
+    if kind:
+        raise DataError("%s is %s, not a file" % (path, kind), hint="give an HDF5 file (.h5, .cxi, .ptyd)",
+                        validation=True)
     if os.path.isdir(path):
         raise DataError("%s is a folder; give an HDF5 file (.h5, .cxi, .ptyd)" % path, validation=True)
     try:
