@@ -6,7 +6,7 @@ libraries sit behind them:
 
 ``fftw``
     FFTW through :mod:`pyfftw` (a dependency of ptycli; used when it imports).
-    A plan is made once per (frame stack shape, dtype, direction, threads)
+    A one-thread plan is made once per (frame stack shape, dtype, direction)
     with ``FFTW_MEASURE`` and kept for the process; every thread
     gets its own plan object from the process's wisdom (the same algorithm,
     so results do not depend on which thread transforms a block). Wisdom is
@@ -21,7 +21,9 @@ libraries sit behind them:
     are transformed often should come from :func:`empty`), which also keeps
     the numbers independent of where an array lies in memory. Long stacks
     are transformed in chunks of at most :data:`MAX_CHUNK` frames (sizes
-    32, 16, ..., 1: a few plans per frame shape).
+    16, 8, ..., 1: a few plans per frame shape), shared out to ``workers``
+    threads; the chunks do not depend on the thread count, so neither do
+    the numbers.
 ``pocketfft``
     :mod:`scipy.fft`'s pocketfft (its ``c2c`` entry point when that matches
     ``scipy.fft.fft2`` bit for bit: it saves about 10 us per call).
@@ -48,6 +50,7 @@ import os
 import pickle
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -255,7 +258,7 @@ def _save_wisdom():
 
 
 #: Largest stack one FFTW plan transforms; longer stacks go in chunks.
-MAX_CHUNK = 32
+MAX_CHUNK = 16
 
 
 def _chunks(n):
@@ -270,8 +273,8 @@ def _chunks(n):
     return sizes
 
 
-def _new_plan(shape, dtype, forward, threads):
-    """A new FFTW plan object for aligned C-contiguous stacks ``shape`` (call with ``_PLAN_LOCK`` held).
+def _new_plan(shape, dtype, forward):
+    """A new one-thread FFTW plan for aligned C-contiguous stacks ``shape`` (call with ``_PLAN_LOCK`` held).
 
     Planning with ``FFTW_MEASURE`` overwrites its arrays, so it plans on
     scratch of the same layout; a shape planned before in this process (or
@@ -282,52 +285,80 @@ def _new_plan(shape, dtype, forward, threads):
     scratch = empty(shape, dtype)
     plan = _fftw_module().FFTW(scratch, scratch, axes=(-2, -1),
                                direction="FFTW_FORWARD" if forward else "FFTW_BACKWARD",
-                               flags=("FFTW_MEASURE",), threads=threads)
-    key = (shape, np.dtype(dtype).str, forward, threads)
+                               flags=("FFTW_MEASURE",), threads=1)
+    key = (shape, np.dtype(dtype).str, forward)
     if key not in _PLANNED:
         _PLANNED.add(key)
         _save_wisdom()
     return plan
 
 
-def _plan(shape, dtype, forward, threads):
+def _plan(shape, dtype, forward):
     """This thread's plan and aligned scratch for stacks ``shape`` (all threads' plans share one algorithm)."""
-    key = (shape, np.dtype(dtype).str, forward, threads)
+    key = (shape, np.dtype(dtype).str, forward)
     plans = getattr(_LOCAL, "plans", None)
     if plans is None:
         plans = _LOCAL.plans = {}
     entry = plans.get(key)
     if entry is None:
         with _PLAN_LOCK:
-            plan = _new_plan(shape, dtype, forward, threads)
+            plan = _new_plan(shape, dtype, forward)
         entry = plans[key] = (plan, plan.input_array)
     return entry
+
+
+def _transform_chunk(part, forward):
+    """One chunk in place with this thread's plan (through aligned scratch when ``part`` is not aligned)."""
+    plan, scratch = _plan(part.shape, part.dtype, forward)
+    if part.ctypes.data % ALIGNMENT == 0:
+        plan.update_arrays(part, part)
+        plan.execute()
+    else:
+        scratch[...] = part
+        plan.update_arrays(scratch, scratch)
+        plan.execute()
+        part[...] = scratch
+
+
+_POOL = [None, 0]  # [ThreadPoolExecutor, its threads], made at the first call with workers > 1
+
+
+def _pool(workers):
+    if _POOL[1] != workers:
+        if _POOL[0] is not None:
+            _POOL[0].shutdown(wait=False)
+        _POOL[0] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ptycli-fft")
+        _POOL[1] = workers
+    return _POOL[0]
 
 
 def _fftw(x, forward, workers):
     """FFTW in place over the last two axes of ``x``, in chunks of :func:`_chunks` frames.
 
-    A chunk that does not start on an :data:`ALIGNMENT` boundary goes through
-    an aligned scratch copy: SIMD and scalar algorithms round differently,
-    and the numbers must not depend on where an array happens to lie.
+    Every plan is single-threaded: with ``workers > 1`` the chunks are shared
+    out to a pool of ``workers`` threads (FFTW's own threads wait for each
+    other at every step and slowed a DM run 8x on a loaded 2-core machine;
+    chunks on a pool were also the fastest on an idle one). A chunk that does
+    not start on an :data:`ALIGNMENT` boundary goes through an aligned scratch
+    copy: SIMD and scalar algorithms round differently, and the numbers must
+    depend neither on where an array lies nor on the thread count.
     """
     if x.dtype not in (np.complex64, np.complex128) or not x.flags.c_contiguous or x.ndim < 2 or x.size == 0:
         return _pocketfft(x, forward, workers)
     H, W = x.shape[-2:]
     stack = x.reshape(-1, H, W)
+    parts = []
     start = 0
     for n in _chunks(stack.shape[0]):
-        part = stack[start:start + n]
-        plan, scratch = _plan((n, H, W), x.dtype, forward, int(workers))
-        if part.ctypes.data % ALIGNMENT == 0:
-            plan.update_arrays(part, part)
-            plan.execute()
-        else:
-            scratch[...] = part
-            plan.update_arrays(scratch, scratch)
-            plan.execute()
-            part[...] = scratch
+        parts.append(stack[start:start + n])
         start += n
+    workers = int(workers)
+    if workers > 1 and len(parts) > 1:
+        for future in [_pool(workers).submit(_transform_chunk, part, forward) for part in parts]:
+            future.result()
+    else:
+        for part in parts:
+            _transform_chunk(part, forward)
     x *= x.real.dtype.type(1.0 / np.sqrt(H * W))
     return x
 
@@ -366,7 +397,7 @@ def bound_pair(x, workers=1):
     plans = []
     for forward in (True, False):
         with _PLAN_LOCK:
-            plan = _new_plan((n, H, W), x.dtype, forward, int(workers))
+            plan = _new_plan((n, H, W), x.dtype, forward)
         plan.update_arrays(stack, stack)
         plans.append(plan.execute)
     fw_exec, bw_exec = plans
