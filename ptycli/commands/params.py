@@ -45,7 +45,7 @@ def validate_config(config, overrides=(), purpose="reconstruct", check_data=True
     """
     p = load_tree(config, overrides, **_PURPOSES[purpose])
     if check_data and p.scans:
-        from .reconstruct import check_inputs
+        from ..runner import check_inputs
 
         check_inputs(p)
     return p

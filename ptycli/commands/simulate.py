@@ -6,10 +6,9 @@ import click
 import numpy as np
 
 from .. import parallel
-from ..cli import apply_verbose_level
 from ..errors import ConfigError
 from ..log import get_logger
-from .common import emit_result, guess_format, load_tree, set_option
+from .common import apply_verbose_level, emit_result, guess_format, load_tree, set_option
 
 logger = get_logger(__name__)
 
