@@ -63,6 +63,7 @@ still win).
 """
 
 import contextlib
+import importlib
 import json
 import os
 import platform
@@ -70,6 +71,7 @@ import shutil
 import socket
 import sys
 import traceback
+import warnings
 
 import click
 
@@ -185,8 +187,6 @@ def numeric_warnings_to_log():
     itself (one ``Error:`` line), so the raw warnings are shown only with
     ``-v``. Other warning categories are displayed as usual.
     """
-    import warnings
-
     previous = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
@@ -272,8 +272,6 @@ class PtycliGroup(click.Group):
         cmd = self.commands.get(cmd_name)
         if cmd is not None or cmd_name not in self.lazy_commands:
             return cmd
-        import importlib
-
         module_name, attribute, _ = self.lazy_commands[cmd_name]
         module = importlib.import_module(module_name)
         cmd = self.commands.get(cmd_name) or getattr(module, attribute)

@@ -21,6 +21,7 @@ from ..errors import DataError, EngineError, RuntimeFailure
 from ..io.atomic import abandon_temporaries
 from ..io.checkpoint import engine_state_for_rank, write_snapshot
 from ..io.h5guard import kill_children
+from ..io.history import ERROR_COLUMNS
 from ..log import get_logger, progress_bar, progress_fields
 from .signals import exit_code, say_now
 
@@ -28,10 +29,10 @@ __all__ = ["ChainRunner", "Stopped", "final_errors", "ERROR_KEYS"]
 
 logger = get_logger(__name__)
 
-#: errors reported per engine (``final_<key>``); DM and RAAR also record ``model_*`` (the errors of probe x
-#: object; their ``fourier_error`` is that of the projection input) at some iterations and at their last
-ERROR_KEYS = ("fourier_error", "photon_error", "exit_change", "likelihood", "model_fourier_error",
-              "model_photon_error")
+#: errors reported per engine (``final_<key>``): the error columns of the history; DM and RAAR also record
+#: ``model_*`` (the errors of probe x object; their ``fourier_error`` is that of the projection input) at
+#: some iterations and at their last
+ERROR_KEYS = ERROR_COLUMNS
 
 
 class Stopped(Exception):
