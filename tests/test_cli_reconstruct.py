@@ -109,6 +109,7 @@ def test_text_output_is_the_path(cfg, tmp_path):
 def test_progress_bar_shows_the_model_error(cfg, tmp_path, monkeypatch):
     """On a terminal the bar's fields include DM's model error ('model'), kept once computed."""
     from ptycli.commands import reconstruct as rc
+    from ptycli.runner import ChainRunner
 
     posts = []
 
@@ -125,8 +126,8 @@ def test_progress_bar_shows_the_model_error(cfg, tmp_path, monkeypatch):
         def close(self):
             pass
 
-    monkeypatch.setattr(rc, "_stderr_tty", lambda: True)
-    monkeypatch.setattr(rc.ChainRunner, "_bar", lambda self, label, name, numiter, initial: Bar(label))
+    monkeypatch.setattr(rc, "stderr_is_tty", lambda: True)
+    monkeypatch.setattr(ChainRunner, "_bar", lambda self, label, name, numiter, initial: Bar(label))
     out = tmp_path / "bar.h5"
     res = invoke("reconstruct", cfg, "-o", out, "--set", "engines.dm.numiter=12", "--set", "engines.ml.numiter=2")
     assert res.exit_code == 0, res.stderr
@@ -197,7 +198,7 @@ def test_contradicting_propagation_fails_in_the_early_check(tmp_path, monkeypatc
     res = invoke("simulate", sim, "-o", data)
     assert res.exit_code == 0, res.stderr
     from ptycli.core import ptycho
-    from ptycli.commands.reconstruct import check_inputs
+    from ptycli.runner import check_inputs
     from ptycli.errors import ConfigError
     from ptycli.commands.common import load_tree
 

@@ -144,9 +144,9 @@ def test_checkpoint_template_reaching_an_existing_file_needs_force(data, tmp_pat
 
 def test_many_checkpoint_names_are_matched_not_listed(data, tmp_path, monkeypatch, no_computing):
     """Beyond the listing limit a template is matched against the inputs and the folder's files."""
-    from ptycli.commands import reconstruct as rc
+    from ptycli.io import outputs
 
-    monkeypatch.setattr(rc, "MAX_LISTED_CHECKPOINTS", 3)
+    monkeypatch.setattr(outputs, "MAX_LISTED_CHECKPOINTS", 3)
     victim = tmp_path / "ck_0007.h5"
     shutil.copy(data, victim)
     cfg = write_config(tmp_path, victim, numiter=50)
@@ -488,16 +488,16 @@ def test_checkpoint_name_always_ends_h5(data, tmp_path):
 
 
 def test_a_stopped_run_keeps_its_checkpoint(data, tmp_path, monkeypatch):
-    from ptycli.commands import reconstruct as rc
+    from ptycli.runner import ChainRunner
 
-    original = rc.ChainRunner._stop_due
+    original = ChainRunner._stop_due
 
     def stop_due(self):
         if int(self.P.runtime.iterations) == 2 and self.stop_signal is None:
             self.stop_signal = signal.SIGINT
         return original(self)
 
-    monkeypatch.setattr(rc.ChainRunner, "_stop_due", stop_due)
+    monkeypatch.setattr(ChainRunner, "_stop_due", stop_due)
     cfg = write_config(tmp_path, data, numiter=4)
     res = rh.invoke("reconstruct", cfg, "-o", tmp_path / "out.h5")
     assert res.exit_code == 130, res.stderr

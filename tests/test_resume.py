@@ -66,20 +66,20 @@ def test_checkpoint_at_10_resumes_to_the_same_object(cfg, tmp_path):
 
 def test_sigint_in_process_writes_checkpoint_then_resume(cfg, tmp_path, monkeypatch):
     """A real SIGINT during iteration 7: stop after it, checkpoint, exit 130; resume gives the same object."""
-    from ptycli.commands import reconstruct as rc
+    from ptycli.runner import ChainRunner
 
     full = tmp_path / "full.h5"
     res = invoke("reconstruct", cfg, "-o", full)
     assert res.exit_code == 0, res.stderr
 
-    original = rc.ChainRunner._stop_due
+    original = ChainRunner._stop_due
 
     def stop_due(self):
         if int(self.P.runtime.iterations) == 7 and self.stop_signal is None:
             os.kill(os.getpid(), signal.SIGINT)
         return original(self)
 
-    monkeypatch.setattr(rc.ChainRunner, "_stop_due", stop_due)
+    monkeypatch.setattr(ChainRunner, "_stop_due", stop_due)
     out = tmp_path / "run.h5"
     res = invoke("reconstruct", cfg, "-o", out, "--json")
     assert res.exit_code == 130, res.stderr
@@ -90,7 +90,7 @@ def test_sigint_in_process_writes_checkpoint_then_resume(cfg, tmp_path, monkeypa
     assert report["checkpoint"] == str(ckpt)
     assert not out.exists()
     assert load_reconstruction(ckpt).state["attrs"]["total_iterations"] == 7
-    monkeypatch.setattr(rc.ChainRunner, "_stop_due", original)
+    monkeypatch.setattr(ChainRunner, "_stop_due", original)
     # a new run without --resume would throw the checkpoint away: refused
     res = invoke("reconstruct", cfg, "-o", out)
     assert res.exit_code == 2 and "--resume" in res.stderr

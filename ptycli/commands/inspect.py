@@ -4,14 +4,20 @@ import json
 import os
 
 import click
+import h5py
 import numpy as np
 
 from .. import parallel
 from ..errors import DataError
 from ..io.atomic import file_kind
+from ..io.cxi import read_cxi_meta
+from ..io.h5guard import check_structure
+from ..io.history import read_health
+from ..io.ptyd import read_ptyd_meta
 from ..io.reading import DAMAGED_HINT, reading
-from ..log import get_logger
 from ..io.reading import h5_text as _str
+from ..log import get_logger
+from ..scans.npz import NOMINAL_DISTANCE_M, NOMINAL_ENERGY_KEV
 
 logger = get_logger(__name__)
 
@@ -62,18 +68,12 @@ def to_json(value):
 
 def _open(path):
     """Check that ``path`` is a readable HDF5 file before anything is read (usage error otherwise)."""
-    import h5py
-
-    if not os.path.exists(path):
-        kind = file_kind(path)  # a symlink loop also fails os.path.exists
-        if kind:
-            raise DataError("%s is %s, not a file" % (path, kind), hint="give an HDF5 file (.h5, .cxi, .ptyd)",
-                            validation=True)
-        raise DataError("file %s does not exist" % path, hint="check the path", validation=True)
-    kind = file_kind(path)
+    kind = file_kind(path)  # a FIFO would block the reads below; a symlink loop fails os.path.exists
     if kind:
         raise DataError("%s is %s, not a file" % (path, kind), hint="give an HDF5 file (.h5, .cxi, .ptyd)",
                         validation=True)
+    if not os.path.exists(path):
+        raise DataError("file %s does not exist" % path, hint="check the path", validation=True)
     if os.path.isdir(path):
         raise DataError("%s is a folder; give an HDF5 file (.h5, .cxi, .ptyd)" % path, validation=True)
     try:
@@ -84,7 +84,6 @@ def _open(path):
         raise DataError("%s is not an HDF5 file" % path,
                         hint="ptycli inspect reads ptycli results and data files, CXI and .ptyd files",
                         validation=True)
-    from ..io.h5guard import check_structure
 
     check_structure(path, validation=True)  # a hang or crash of libhdf5 becomes a DataError
     try:
@@ -96,8 +95,6 @@ def _open(path):
 
 def identify(path):
     """The kind of file: one of :data:`KINDS`' keys."""
-    import h5py
-
     with _open(path) as f:
         fmt = _str(f.attrs.get("format", ""))
         if fmt == "ptycli-reconstruction":
@@ -148,7 +145,6 @@ def _summary_reconstruction(f):
                 final[col] = None if np.isnan(v) else v
     out["final_errors"] = final
     _model_errors(hist, engines)
-    from ..io.reconstruction import read_health
 
     out["health"] = read_health(f.get("health"))
     out["objects"] = {sid: _array_info(ds) for sid, ds in (f.get("reconstruction/object") or {}).items()}
@@ -259,16 +255,12 @@ def _summary_data(f):
 
 
 def _summary_cxi(path):
-    from ..io.cxi import read_cxi_meta
-
     m = read_cxi_meta(path)
     out = dict(format="CXI v%s" % m.get("cxi_version"), frames=m["num_frames"],
                frame_shape=list(m["frame_shape"]), dtype=m["dtype"], energy_kev=m["energy_kev"],
                distance_m=m["distance_m"], psize_m=_plain(m["psize_m"]), has_mask=m["has_mask"],
                data_path=m["data_path"], translation_path=m["translation_path"])
     if m["num_frames"]:
-        import h5py
-
         with h5py.File(path, "r") as f:
             t = f[m["translation_path"]][()]
         out["scan_extent"] = _positions_extent(np.stack([t[:, 1], t[:, 0]], axis=1))
@@ -296,8 +288,6 @@ def _summary_cxi_result(f):
 
 
 def _summary_ptyd(path):
-    from ..io.ptyd import read_ptyd_meta
-
     m = read_ptyd_meta(path, with_info=False)
     out = dict(format="PtyPy .ptyd (version %s)" % m.get("version"), frames=m["num_frames"],
                frame_shape=list(m["frame_shape"]), dtype=m["dtype"], energy_kev=m["energy_kev"],
@@ -311,8 +301,6 @@ def _summary_ptyd(path):
 
 def _ptyd_extent(path, meta):
     """The (y, x) extent of a .ptyd's positions in metres (None when it holds none)."""
-    import h5py
-
     parts = []
     with h5py.File(path, "r") as f:
         for name, _start, _stop in meta["chunks"]:
@@ -377,8 +365,6 @@ def _moved(moved, which, with_pixels, with_metres=True):
 
 def _nominal_geometry(scan):
     """Whether a scan ran with NpzScan's nominal geometry (positions in pixels, object pixel 1)."""
-    from ..scans.npz import NOMINAL_DISTANCE_M, NOMINAL_ENERGY_KEV
-
     try:
         return (abs(float(scan.get("energy")) / NOMINAL_ENERGY_KEV - 1) < 1e-6
                 and abs(float(scan.get("distance")) / NOMINAL_DISTANCE_M - 1) < 1e-6)
@@ -498,8 +484,6 @@ def _attrs(node):
 
 def hdf5_tree(path):
     """Every node of ``path``: dicts with ``path``, ``kind`` (group/dataset/link) and shape/dtype/target."""
-    import h5py
-
     out = []
 
     def walk(group, prefix):

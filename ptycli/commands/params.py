@@ -3,9 +3,15 @@
 import json
 
 import click
+import yaml
 
 from .. import parallel
+from ..io.atomic import atomic_write, check_writable
 from ..log import get_logger
+from ..measures import ERROR_MEASURES
+from ..params.tree import describe, dump_defaults_yaml, engine_sequence, result_path
+from ..params.yamlio import to_plain
+from ..runner import check_inputs
 from .common import emit_result, load_tree, set_option
 
 logger = get_logger(__name__)
@@ -18,14 +24,10 @@ _PURPOSES = {
 
 
 def _plain(value):
-    from ..params.yamlio import to_plain
-
     return to_plain(value)
 
 
 def _default_text(value):
-    import yaml
-
     text = yaml.safe_dump([_plain(value)], default_flow_style=True, width=10 ** 9).strip()
     return text[1:-1] if text.startswith("[") else text
 
@@ -45,8 +47,6 @@ def validate_config(config, overrides=(), purpose="reconstruct", check_data=True
     """
     p = load_tree(config, overrides, **_PURPOSES[purpose])
     if check_data and p.scans:
-        from .reconstruct import check_inputs
-
         check_inputs(p)
     return p
 
@@ -87,8 +87,6 @@ def params(path, config, purpose, no_data, overrides, dump, output, force, as_js
       ptycli params --dump > my_run.yaml     commented default config
       ptycli params errors                   what fourier_error, likelihood, ... mean
     """
-    from ..params.tree import describe, dump_defaults_yaml, engine_sequence, result_path
-
     modes = sum(bool(x) for x in (config, dump))
     if modes > 1:
         raise click.UsageError("--validate and --dump exclude each other; give one")
@@ -111,8 +109,6 @@ def params(path, config, purpose, no_data, overrides, dump, output, force, as_js
     if dump:
         text = dump_defaults_yaml()
         if output:
-            from ..io.atomic import atomic_write, check_writable
-
             if parallel.master:
                 check_writable(output, force=force, what="output file")
                 with atomic_write(output) as tmp:
@@ -128,7 +124,6 @@ def params(path, config, purpose, no_data, overrides, dump, output, force, as_js
         return
 
     if path in ("errors", "history"):  # the error measures of the history (ptycli.measures)
-        from ..measures import ERROR_MEASURES
 
         if parallel.master:
             if as_json:

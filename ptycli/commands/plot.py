@@ -7,9 +7,18 @@ import numpy as np
 
 from .. import parallel
 from ..errors import ConfigError, DataError
+from ..io.atomic import atomic_write, check_writable
+from ..io.cxi import read_cxi_frames, read_cxi_result
+from ..io.datafile import read_datafile
+from ..io.ptyd import read_ptyd_frames, read_ptyd_meta
 from ..io.reading import reading
+from ..io.reconstruction import Reconstruction, load_reconstruction
 from ..log import get_logger
+from ..utils import plotting
+from ..utils.parameters import Param
+from ..utils.plot_utils import PLOT_INSTALL_HINT
 from .common import emit_result
+from .inspect import identify
 
 logger = get_logger(__name__)
 
@@ -20,9 +29,6 @@ _FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".tif", ".tiff", ".eps", ".
 
 def _plotting():
     """The plotting module, or a one-line error when matplotlib is missing."""
-    from ..utils import plotting
-    from ..utils.plot_utils import PLOT_INSTALL_HINT
-
     try:
         plotting.figure_module()
     except ImportError:  # an installation to complete, not a failure while running: exit 2
@@ -32,20 +38,14 @@ def _plotting():
 
 def _data_for_plot(path, kind):
     if kind == "data":
-        from ..io.datafile import read_datafile
-
         sd = read_datafile(path)
         return dict(intensities=sd.intensities, positions=sd.positions, positions_unit=sd.positions_unit,
                     ground_truth=sd.ground_truth, label=sd.label)
     if kind == "cxi":
-        from ..io.cxi import read_cxi_frames
-
         fr = read_cxi_frames(path)
         return dict(intensities=fr["data"], positions=fr["positions"], positions_unit="m",
                     label=os.path.basename(path))
     if kind == "ptyd":
-        from ..io.ptyd import read_ptyd_frames, read_ptyd_meta
-
         m = read_ptyd_meta(path, with_info=False)
         fr = read_ptyd_frames(path, 0, m["num_frames"])
         return dict(intensities=fr["data"], positions=fr["positions"], positions_unit="m",
@@ -54,10 +54,6 @@ def _data_for_plot(path, kind):
 
 
 def _cxi_result_as_reconstruction(path):
-    from ..io.cxi import read_cxi_result
-    from ..io.reconstruction import Reconstruction
-    from ..utils.parameters import Param
-
     r = read_cxi_result(path)
 
     def meta(ps):
@@ -101,9 +97,6 @@ def plot(file, output, dpi, title, force, as_json):
     them), the probe modes with a colour wheel (hue = phase, brightness =
     amplitude) and the error curves ('ptycli params errors' defines them).
     """
-    from ..io.atomic import atomic_write, check_writable
-    from .inspect import identify
-
     ext = os.path.splitext(output)[1].lower()
     if ext not in _FORMATS:
         raise ConfigError("-o %s: unknown figure format %r" % (output, ext or "(no extension)"),
@@ -119,8 +112,6 @@ def plot(file, output, dpi, title, force, as_json):
     plotting = _plotting()
     with reading(file):  # a damaged file gives a one-line error naming it
         if kind == "reconstruction":
-            from ..io.reconstruction import load_reconstruction
-
             rec = load_reconstruction(file, with_state=False)
             draw = lambda tmp: plotting.plot_reconstruction(rec, tmp, dpi=dpi, title=title)  # noqa: E731
         elif kind == "cxi-result":

@@ -1,15 +1,22 @@
 """``ptycli simulate``: run a scan's loader (usually the MoonFlower simulator) and write a data file."""
 
+import os
 import time
 
 import click
 import numpy as np
 
 from .. import parallel
-from ..cli import apply_verbose_level
+from ..core.geometry import set_workers
 from ..errors import ConfigError
+from ..io.atomic import check_writable
+from ..io.cxi import write_cxi_data
+from ..io.datafile import write_datafile
+from ..io.ptyd import write_ptyd
 from ..log import get_logger
-from .common import emit_result, guess_format, load_tree, set_option
+from ..params.yamlio import dump_yaml
+from ..scans import get_loader
+from .common import apply_verbose_level, emit_result, guess_format, load_tree, set_option
 
 logger = get_logger(__name__)
 
@@ -48,25 +55,17 @@ def write_scan(path, fmt, sd, p, label):
     records it (``/geometry`` attribute), a ``.ptyd`` in ``/meta/propagation``;
     CXI has no place for it (a near-field CXI file gets a warning).
     """
-    from ..params.yamlio import dump_yaml
-
     propagation = (sd.meta or {}).get("propagation") or p.scans[label].get("propagation") or "farfield"
     sd.meta = dict(sd.meta or {}, propagation=propagation)
     if fmt == "h5":
-        from ..io.datafile import write_datafile
-
         write_datafile(path, sd, config_yaml=dump_yaml(p))
     elif fmt == "cxi":
-        from ..io.cxi import write_cxi_data
-
         write_cxi_data(path, sd.intensities, positions_in_metres(sd, propagation), energy_kev=sd.energy_kev,
                        distance_m=sd.distance_m, psize_m=sd.psize_m, mask=sd.mask)
         if propagation != "farfield":
             logger.warning("%s: CXI files do not record the propagation; reconstruct these %s frames with "
                            "scans.%s.propagation: %s", path, propagation, label, propagation)
     elif fmt == "ptyd":
-        from ..io.ptyd import write_ptyd
-
         write_ptyd(path, sd.intensities, positions_in_metres(sd, propagation),
                    weights=np.asarray(sd.mask, dtype=np.float64), energy_kev=sd.energy_kev,
                    distance_m=sd.distance_m, psize_m=sd.psize_m, label=sd.label or label,
@@ -102,9 +101,6 @@ def simulate(config, output, fmt, scan_label, overrides, force, as_json):
       ptycli simulate configs/moonflower.yaml --set scans.MF.data.num_frames=50 -o small.cxi
       ptycli simulate configs/moonflower.yaml -o sim.h5 --json | jq .frames
     """
-    from ..io.atomic import check_writable
-    from ..scans import get_loader
-
     t0 = time.time()
     p = load_tree(config, overrides, require_scans=True)
     apply_verbose_level(p.verbose_level)
@@ -116,15 +112,12 @@ def simulate(config, output, fmt, scan_label, overrides, force, as_json):
     elif scan_label not in p.scans:
         raise ConfigError("--scan %s: no such scan; the config has %s" % (scan_label, ", ".join(labels)))
     if output is None:
-        import os
-
         output = os.path.join(os.path.expanduser(str(p.io.home)), "%s.%s" % (p.run, fmt or "h5"))
     fmt = guess_format(output, fmt)
     if parallel.master:
         check_writable(output, force=force, what="output file")
     data_pars = p.scans[scan_label].data
     if parallel.size > 1:  # FFT threads: the node's cores shared between its ranks
-        from ..core.geometry import set_workers
 
         set_workers(parallel.fft_workers())
     loader = get_loader(data_pars.name)(data_pars, path="scans.%s.data" % scan_label)

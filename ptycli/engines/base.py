@@ -150,13 +150,13 @@ from a validated ``engines.<label>`` tree.
 """
 
 import logging
-import sys
 import time
 
 import numpy as np
 
 from .. import parallel
 from ..errors import ConfigError, DivergenceError, EngineError
+from ..log import progress_bar, progress_fields, stderr_is_tty
 from ..params.declare import Parameter, ParamSet
 from ..utils.parameters import Param
 
@@ -526,11 +526,8 @@ class Engine:
             self.initialize()
         numiter = int(self.p.numiter)
         bar = None
-        if numiter > 0 and parallel.master and _stderr_tty():
-            from tqdm import tqdm
-
-            bar = tqdm(total=numiter, desc="%s %s" % (self.label, self.NAME), file=sys.stderr,
-                       unit="it", leave=True, dynamic_ncols=True)
+        if numiter > 0 and parallel.master and stderr_is_tty():
+            bar = progress_bar("%s %s" % (self.label, self.NAME), numiter)
         t0 = time.perf_counter()
         rec = None
         ok = False
@@ -538,12 +535,7 @@ class Engine:
             for _ in range(numiter):
                 rec = self.iterate(1)[-1]
                 if bar is not None:
-                    post = {}
-                    for k, short in (("fourier_error", "ferr"), ("photon_error", "perr"),
-                                     ("exit_change", "dpsi"), ("likelihood", "LL"),
-                                     ("model_fourier_error", "model")):
-                        if rec.get(k) is not None:
-                            post[short] = "%.3g" % rec[k]
+                    post = progress_fields(rec)
                     post["iter"] = rec["iteration"]
                     bar.set_postfix(post, refresh=False)
                     bar.update(1)
@@ -923,13 +915,6 @@ def _num(v):
     if v is None:
         return None
     return float(v)
-
-
-def _stderr_tty():
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def register(cls):

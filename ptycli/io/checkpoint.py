@@ -30,11 +30,14 @@ Functions here are collective under MPI (every rank calls them); files are
 written by rank 0 only.
 """
 
+import os
+
 import numpy as np
 
 from .. import parallel
 from ..errors import ConfigError, DataError
 from ..log import get_logger
+from .reading import refuse_special_file
 from .reconstruction import load_reconstruction, write_reconstruction
 
 logger = get_logger(__name__)
@@ -255,10 +258,6 @@ def load_checkpoint(path):
     The file is read whole (so that the run may replace it with its own
     checkpoints) and checked with :func:`check_checkpoint`.
     """
-    import os
-
-    from .reading import refuse_special_file
-
     refuse_special_file(path, "--resume", validation=True)
     if not os.path.exists(path):
         raise ConfigError("--resume %s: no such file" % path,

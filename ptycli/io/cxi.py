@@ -43,7 +43,7 @@ import numpy as np
 
 from ..errors import DataError
 from .atomic import atomic_write
-from .ptyd import open_hdf5, require
+from .hdf5 import open_hdf5, require
 
 __all__ = [
     "ELECTRON_VOLT_J",
@@ -249,12 +249,11 @@ def write_cxi_data(path, intensities, positions, *, energy_kev, distance_m, psiz
     Parameters
     ----------
     path : str
-        Output file (replaced if it exists).
+        The CXI file to write; an existing one is replaced.
     intensities : array (N, ny, nx)
-        Frames (stored as float32).
+        Frames, stored as float32.
     positions : array (N, 2)
-        Scan positions in metres, columns (y, x); stored as translation
-        (x, y, 0).
+        Scan positions (y, x) in metres, stored as CXI translations (x, y, 0).
     energy_kev, distance_m : float
         Photon energy in keV (stored in J) and sample-detector distance (m).
     psize_m : float or pair

@@ -39,9 +39,12 @@ import os
 
 import numpy as np
 
+from .. import __version__
 from ..errors import DataError
 from .atomic import atomic_write
+from .h5guard import check_structure
 from .h5text import fixed_text
+from .reading import check_format, reading
 from .reading import h5_text as _str
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "write_datafile", "read_datafile", "is_datafile",
@@ -54,12 +57,7 @@ _STR_TYPES = (str, bytes)
 
 
 def _creator():
-    try:
-        from .. import __version__
-    except ImportError:  # pragma: no cover
-        __version__ = "unknown"
     return "ptycli %s" % __version__
-
 
 
 def write_ground_truth(group, ground_truth):
@@ -178,7 +176,6 @@ def is_datafile(path):
     """True when ``path`` is an HDF5 file with ``format='ptycli-data'``."""
     import h5py
 
-    from .h5guard import check_structure
     try:
         check_structure(path)
         with h5py.File(path, "r") as f:
@@ -200,27 +197,20 @@ def read_datafile(path):
         format version, or lacks a required dataset.
     """
     import h5py
-    from ..scans.base import ScanData
+
+    from ..scans.base import ScanData  # the scan loaders only once a data file is read
+
     path = os.fspath(path)
     if not os.path.exists(path):
         raise DataError("data file %s does not exist" % path, hint="check the path")
-    from .h5guard import check_structure
-    from .reading import reading
-
     check_structure(path)  # a hang or crash of libhdf5 on a damaged file becomes a DataError
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise DataError("%s is not a readable HDF5 file (%s)" % (path, exc)) from exc
     with f, reading(path):
-        fmt = _str(f.attrs.get("format", ""))
-        if fmt != FORMAT:
-            raise DataError("%s is not a ptycli data file (format attribute %r)" % (path, fmt),
-                            hint="read it with the Hdf5Scan loader and map its datasets")
-        version = int(f.attrs.get("format_version", 0))
-        if version > FORMAT_VERSION:
-            raise DataError("%s has data file format version %d; this ptycli reads up to %d"
-                            % (path, version, FORMAT_VERSION), hint="update ptycli")
+        check_format(f, path, FORMAT, FORMAT_VERSION, "data file", "data file",
+                     hint="read it with the Hdf5Scan loader and map its datasets")
 
         def need(name):
             obj = f.get(name)

@@ -49,6 +49,8 @@ import signal
 import time
 
 from ..errors import DataError
+from .reading import DAMAGED_HINT as READ_HINT
+from .reading import refuse_special_file
 
 __all__ = ["TIMEOUT_S", "PER_OBJECT_S", "check_structure", "clear_cache", "kill_children"]
 
@@ -107,8 +109,6 @@ def check_structure(path, timeout=None, validation=False):
         fails outside the objects it skips (see the module docstring).
     """
     path = os.fspath(path)
-    from .reading import refuse_special_file
-
     refuse_special_file(path, validation=validation)
     if not _enabled():
         return
@@ -207,8 +207,6 @@ def _probe(path, timeout):
     except ValueError:
         summary = {}
     if summary.get("exception"):  # as ptycli.io.reading.reading reports it
-        from .reading import DAMAGED_HINT as READ_HINT
-
         return "cannot read its HDF5 structure (%s)" % summary["exception"], READ_HINT
     return None
 

@@ -37,7 +37,6 @@ Functions here are independent of the scan loaders: :func:`read_ptyd_meta`,
 :class:`ptycli.errors.DataError` naming the file and the dataset.
 """
 
-import contextlib
 import os
 import time
 
@@ -45,6 +44,7 @@ import numpy as np
 
 from ..errors import DataError
 from .atomic import atomic_write
+from .hdf5 import open_hdf5, require
 
 __all__ = [
     "read_ptyd_meta",
@@ -52,74 +52,12 @@ __all__ = [
     "write_ptyd",
     "read_node",
     "write_node",
-    "open_hdf5",
-    "require",
 ]
 
 #: value of the root attribute ``h5rw_version`` PtyPy writes
 H5RW_VERSION = "0.1"
 #: value of ``/meta/version`` PtyPy writes
 PTYD_VERSION = 0.1
-
-# --------------------------------------------------------------------------
-# HDF5 helpers shared with the CXI module
-# --------------------------------------------------------------------------
-@contextlib.contextmanager
-def open_hdf5(path, what="data file"):
-    """Open ``path`` read-only; a missing, non-HDF5 or damaged file is a DataError.
-
-    Errors raised while the file is read inside the ``with`` block (h5py's
-    OSError, KeyError, ... on a damaged file) become DataErrors too
-    (:func:`ptycli.io.reading.reading`).
-    """
-    import h5py
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DataError("%s %s does not exist" % (what, path),
-                        hint="check the file name (dfile)")
-    if os.path.isdir(path):
-        raise DataError("%s %s is a folder, not an HDF5 file" % (what, path))
-    try:
-        ok = h5py.is_hdf5(path)
-    except OSError as exc:
-        raise DataError("%s %s cannot be read: %s" % (what, path, exc)) from exc
-    if not ok:
-        raise DataError("%s %s is not an HDF5 file" % (what, path),
-                        hint="expected an HDF5 file (.ptyd, .cxi, .h5)")
-    from .h5guard import check_structure
-    from .reading import DAMAGED_HINT, reading
-
-    check_structure(path)  # a hang or crash of libhdf5 on a damaged file becomes a DataError
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise DataError("%s %s cannot be opened as HDF5: %s" % (what, path, " ".join(str(exc).split())),
-                        hint=DAMAGED_HINT) from exc
-    try:
-        # errors of a damaged file inside the block become DataErrors naming it
-        with reading(path, "the %s" % what):
-            yield f
-    finally:
-        f.close()
-
-
-def require(f, name, kind="dataset"):
-    """Return ``f[name]``; raise DataError naming the file and ``name`` if absent."""
-    import h5py
-
-    try:
-        node = f[name]
-    except KeyError:
-        node = None
-    if node is None:
-        raise DataError("%s: %s /%s is missing" % (f.filename, kind, name.lstrip("/")))
-    if kind == "dataset" and not isinstance(node, h5py.Dataset):
-        raise DataError("%s: /%s is not a dataset" % (f.filename, name.lstrip("/")))
-    if kind == "group" and not isinstance(node, h5py.Group):
-        raise DataError("%s: /%s is not a group" % (f.filename, name.lstrip("/")))
-    return node
-
 
 # --------------------------------------------------------------------------
 # typed nodes
@@ -174,6 +112,10 @@ def _natural_key(name):
     return (0, int(name)) if str(name).isdigit() else (1, str(name))
 
 
+#: the scalars of PtyPy's ``scalar`` nodes: (Python and numpy types, stored as); bool before int
+_PTYPY_SCALARS = (((bool, np.bool_), np.bool_), ((int, np.integer), np.int64), ((float, np.floating), np.float64))
+
+
 def write_node(group, key, value, compression="gzip"):
     """Write ``value`` as ``group[key]`` in PtyPy's typed-node encoding.
 
@@ -198,18 +140,11 @@ def write_node(group, key, value, compression="gzip"):
         dset = group.create_dataset(key, data=value, dtype=h5py.string_dtype("utf-8"))
         dset.attrs["type"] = "string"
         return dset
-    if isinstance(value, (bool, np.bool_)):
-        dset = group.create_dataset(key, data=np.bool_(value))
-        dset.attrs["type"] = "scalar"
-        return dset
-    if isinstance(value, (int, np.integer)):
-        dset = group.create_dataset(key, data=np.int64(value))
-        dset.attrs["type"] = "scalar"
-        return dset
-    if isinstance(value, (float, np.floating)):
-        dset = group.create_dataset(key, data=np.float64(value))
-        dset.attrs["type"] = "scalar"
-        return dset
+    for types, stored in _PTYPY_SCALARS:
+        if isinstance(value, types):
+            dset = group.create_dataset(key, data=stored(value))
+            dset.attrs["type"] = "scalar"
+            return dset
     if isinstance(value, np.ndarray):
         if value.ndim == 0:
             return write_node(group, key, value.item(), compression)

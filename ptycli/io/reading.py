@@ -15,10 +15,14 @@ Every reader opens its input read-only; nothing here writes.
 """
 
 import contextlib
+import os
+
+import numpy as np
 
 from ..errors import DataError, PtycliError
+from .atomic import file_kind
 
-__all__ = ["READ_ERRORS", "reading", "h5_text", "refuse_special_file", "expand_user_paths"]
+__all__ = ["READ_ERRORS", "reading", "h5_text", "check_format", "refuse_special_file", "expand_user_paths"]
 
 #: What reading a damaged or unexpected input can raise (turned into DataError by :func:`reading`).
 READ_ERRORS = (OSError, EOFError, KeyError, IndexError, ValueError, TypeError, RuntimeError,
@@ -79,10 +83,6 @@ def refuse_special_file(path, what=None, validation=False):
     validation : bool
         Raise usage errors (exit code 2): for checks before a job starts.
     """
-    import os
-
-    from .atomic import file_kind
-
     path = os.fspath(path)
     kind = file_kind(path)
     if kind is None:
@@ -103,8 +103,6 @@ def expand_user_paths(tree, keys=("scans",)):
     flat, probe and object files); other strings do not start so. Returns
     ``tree``.
     """
-    import os
-
     def walk(node):
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for key, value in list(items):
@@ -121,8 +119,6 @@ def expand_user_paths(tree, keys=("scans",)):
 
 def h5_text(value):
     """An HDF5 string, bytes or scalar value as ``str`` (bytes decoded as UTF-8)."""
-    import numpy as np
-
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, np.ndarray) and value.shape == ():
@@ -130,3 +126,36 @@ def h5_text(value):
     if isinstance(value, np.generic):
         return h5_text(value.item())
     return str(value)
+
+
+def check_format(f, path, format, max_version, name, version_name, hint):
+    """Refuse an open HDF5 file ``f`` that is not one of ptycli's files of ``format`` (or is newer).
+
+    Parameters
+    ----------
+    f : h5py.File
+        The open file; its root attributes ``format`` and ``format_version`` are checked.
+    path : str
+        The file, named in the message.
+    format : str
+        The expected ``format`` attribute.
+    max_version : int
+        The newest ``format_version`` this ptycli reads.
+    name, version_name : str
+        Words for the messages: "PATH is not a ptycli NAME" and "PATH has
+        VERSION_NAME format version N".
+    hint : str
+        What to do about a file of another format.
+
+    Raises
+    ------
+    DataError
+        When the format differs or the version is newer.
+    """
+    found = h5_text(f.attrs.get("format", ""))
+    if found != format:
+        raise DataError("%s is not a ptycli %s (format attribute %r)" % (path, name, found), hint=hint)
+    version = int(f.attrs.get("format_version", 0))
+    if version > max_version:
+        raise DataError("%s has %s format version %d; this ptycli reads up to %d"
+                        % (path, version_name, version, max_version), hint="update ptycli")

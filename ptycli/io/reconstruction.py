@@ -87,16 +87,23 @@ Python API
 
 import dataclasses
 import datetime
-import json
 import os
 from typing import Optional
 
 import numpy as np
 
+from .. import __version__
 from ..errors import DataError
-from ..measures import ERROR_MEASURES
+from ..params.yamlio import load_config_text
+from ..utils.parameters import Param
 from .atomic import atomic_write
-from .h5text import fixed_text, fixed_texts
+from .h5guard import check_structure
+from .h5text import fixed_text
+from .hdf5 import open_hdf5
+from .h5tree import get_attrs, read_tree, set_attrs, write_tree
+from .history import (ERROR_COLUMNS, HISTORY_COLUMNS, attach_health, health_reports, history_table, read_health,
+                      read_history, write_health, write_history)
+from .reading import check_format
 from .reading import h5_text as _str
 
 __all__ = [
@@ -118,16 +125,8 @@ __all__ = [
 FORMAT = "ptycli-reconstruction"
 FORMAT_VERSION = 1
 
-#: error columns of the history (the keys engines report per iteration)
-ERROR_COLUMNS = ("fourier_error", "photon_error", "exit_change", "likelihood", "model_fourier_error",
-                 "model_photon_error")
-#: all history columns, in file order
-HISTORY_COLUMNS = ("iteration", "engine_iteration", "engine", "engine_name") + ERROR_COLUMNS + ("time_s",)
-
 
 def _creator():
-    from .. import __version__
-
     return "ptycli %s" % __version__
 
 
@@ -135,300 +134,12 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-
-def _attr(value):
-    """An attribute value h5py stores (None -> '' is avoided by the callers)."""
-    if isinstance(value, (np.ndarray, np.generic, bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        arr = np.asarray(value)
-        if arr.dtype.kind in "biuf":
-            return arr
-        return np.asarray([str(v) for v in value], dtype=object)
-    return str(value)
-
-
-def _set_attrs(node, attrs):
-    import h5py
-
-    for key, value in (attrs or {}).items():
-        if value is None:
-            continue
-        value = _attr(value)
-        if isinstance(value, np.ndarray) and value.dtype == object:
-            node.attrs.create(key, value, dtype=h5py.string_dtype("utf-8"))
-        else:
-            node.attrs[key] = value
-
-
-def _get_attrs(node):
-    out = {}
-    for key, value in node.attrs.items():
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        elif isinstance(value, np.ndarray):
-            if value.dtype.kind in "OS":
-                value = [_str(v) for v in value]
-        elif isinstance(value, np.generic):
-            value = value.item()
-        out[key] = value
-    return out
-
-
-# -- generic trees (engine state) -------------------------------------------------------------
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError("cannot store %r" % type(value).__name__)
-
-
-def write_tree(group, tree):
-    """Store a nested dict in ``group``: arrays as datasets, other leaves as typed scalars.
-
-    Dicts with string keys become groups; numpy arrays datasets (attr
-    ``type='array'``); bool/int/float/str/None typed scalars; anything else
-    (lists, big integers, nested lists of dicts) JSON text (attr
-    ``type='json'``). :func:`read_tree` gives the tree back.
-    """
-    import h5py
-
-    for key, value in tree.items():
-        key = str(key)
-        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-            sub = group.create_group(key)
-            sub.attrs["type"] = "dict"
-            write_tree(sub, value)
-            continue
-        if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
-            ds = group.create_dataset(key, data=value)
-            ds.attrs["type"] = "array"
-            continue
-        if value is None:
-            ds = group.create_dataset(key, data=h5py.Empty("f8"))
-            ds.attrs["type"] = "none"
-            continue
-        if isinstance(value, (bool, np.bool_)):
-            ds = group.create_dataset(key, data=np.bool_(value))
-            ds.attrs["type"] = "bool"
-            continue
-        if isinstance(value, (int, np.integer)) and -2 ** 63 <= int(value) < 2 ** 63:
-            ds = group.create_dataset(key, data=np.int64(value))
-            ds.attrs["type"] = "int"
-            continue
-        if isinstance(value, (float, np.floating)):
-            ds = group.create_dataset(key, data=np.float64(value))
-            ds.attrs["type"] = "float"
-            continue
-        if isinstance(value, (complex, np.complexfloating)):
-            ds = group.create_dataset(key, data=np.complex128(value))
-            ds.attrs["type"] = "complex"
-            continue
-        if isinstance(value, str):
-            ds = group.create_dataset(key, data=fixed_text(value))
-            ds.attrs["type"] = "str"
-            continue
-        try:
-            text = json.dumps(value, default=_json_default)
-        except TypeError as exc:
-            raise TypeError("engine state entry %r: %s" % (key, exc)) from None
-        ds = group.create_dataset(key, data=fixed_text(text))
-        ds.attrs["type"] = "json"
-
-
-def read_tree(group):
-    """The nested dict stored by :func:`write_tree`."""
-    import h5py
-
-    out = {}
-    for key, node in group.items():
-        kind = _str(node.attrs.get("type", ""))
-        if isinstance(node, h5py.Group):
-            out[key] = read_tree(node)
-        elif kind == "none":
-            out[key] = None
-        elif kind == "bool":
-            out[key] = bool(node[()])
-        elif kind == "int":
-            out[key] = int(node[()])
-        elif kind == "float":
-            out[key] = float(node[()])
-        elif kind == "complex":
-            out[key] = complex(node[()])
-        elif kind == "str":
-            out[key] = _str(node[()])
-        elif kind == "json":
-            out[key] = json.loads(_str(node[()]))
-        else:
-            out[key] = node[()]
-    return out
-
-
-# -- history --------------------------------------------------------------------------------
-
-def _num(value):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def history_table(history):
-    """Columns (dict of numpy arrays, :data:`HISTORY_COLUMNS`) of a list of per-iteration records.
-
-    Records are the engines' dicts (``engine``, ``name``, ``iteration`` over
-    the chain, the error keys, ``time_s``, optionally ``engine_iteration``);
-    missing iteration numbers are counted, missing errors become NaN.
-    """
-    rows = list(history or [])
-    cols = {c: [] for c in HISTORY_COLUMNS}
-    prev, count = None, 0
-    for n, rec in enumerate(rows, 1):
-        label = str(rec.get("engine") or "")
-        count = count + 1 if label == prev else 1
-        prev = label
-        cols["iteration"].append(int(rec.get("iteration") or n))
-        cols["engine_iteration"].append(int(rec.get("engine_iteration") or count))
-        cols["engine"].append(str(rec.get("engine") or ""))
-        cols["engine_name"].append(str(rec.get("engine_name") or rec.get("name") or ""))
-        for c in ERROR_COLUMNS + ("time_s",):
-            cols[c].append(_num(rec.get(c)))
-    out = {}
-    for c, values in cols.items():
-        if c in ("iteration", "engine_iteration"):
-            out[c] = np.asarray(values, dtype=np.int64)
-        elif c in ("engine", "engine_name"):
-            out[c] = np.asarray(values, dtype=object)
-        else:
-            out[c] = np.asarray(values, dtype=np.float64)
-    return out
-
-
-def _write_history(f, history):
-    g = f.create_group("history")
-    g.attrs["columns"] = list(HISTORY_COLUMNS)
-    table = history_table(history)
-    for c in HISTORY_COLUMNS:
-        values = table[c]
-        if values.dtype == object:
-            ds = g.create_dataset(c, data=fixed_texts(values))
-        else:
-            ds = g.create_dataset(c, data=values)
-        if c == "time_s":
-            ds.attrs["units"] = "s"
-        elif c in ERROR_MEASURES:  # what the number means (ptycli.measures defines them)
-            ds.attrs["description"] = ERROR_MEASURES[c][1]
-            if ERROR_MEASURES[c][0]:
-                ds.attrs["units"] = ERROR_MEASURES[c][0]
-
-
-def _read_history(g):
-    """History as a list of dicts (the engines' record layout plus ``engine_iteration``)."""
-    if g is None:
-        return []
-    cols = {}
-    for c in g.keys():
-        values = g[c][()]
-        if values.dtype.kind in "OS":
-            values = [_str(v) for v in values]
-        cols[c] = values
-    n = len(next(iter(cols.values()))) if cols else 0
-    out = []
-    for i in range(n):
-        rec = {}
-        for c, values in cols.items():
-            v = values[i]
-            if isinstance(v, np.integer):
-                v = int(v)
-            elif isinstance(v, np.floating):
-                v = None if np.isnan(v) else float(v)
-            rec[c] = v
-        rec["name"] = rec.get("engine_name")
-        out.append(rec)
-    return out
-
-
-def health_reports(history):
-    """``{engine label: {'iteration', 'engine_name', 'findings'}}`` from the records' ``health`` keys.
-
-    The engines put their health check (:meth:`ptycli.engines.base.Engine.check_health`)
-    into their last record; a later check of the same label (a resumed,
-    extended engine) replaces an earlier one.
-    """
-    out = {}
-    for rec in history or []:
-        rep = rec.get("health")
-        if not isinstance(rep, dict):
-            continue
-        label = str(rec.get("engine") or "")
-        if not label:
-            continue
-        out[label] = dict(iteration=int(rep.get("iteration") or rec.get("iteration") or 0),
-                          engine_name=str(rec.get("engine_name") or rec.get("name") or ""),
-                          findings=[dict(f) for f in rep.get("findings") or []])
-    return out
-
-
-def _write_health(f, history):
-    reports = health_reports(history)
-    if not reports:
-        return
-    g = f.create_group("health")
-    g.attrs["order"] = list(reports)
-    for label, rep in reports.items():
-        h = g.create_group(label)
-        h.attrs["iteration"] = int(rep["iteration"])
-        h.attrs["engine_name"] = rep["engine_name"]
-        h.attrs["findings"] = len(rep["findings"])
-        fs = rep["findings"]
-        h.create_dataset("code", data=fixed_texts([x.get("code", "") for x in fs]))
-        h.create_dataset("message", data=fixed_texts([x.get("message", "") for x in fs]))
-        h.create_dataset("values", data=fixed_texts([json.dumps(x.get("values") or {}, sort_keys=True,
-                                                                default=_json_default) for x in fs]))
-
-
-def read_health(g):
-    """``{label: {'iteration', 'engine_name', 'findings': [dict]}}`` from ``/health`` (empty when absent)."""
-    out = {}
-    if g is None:
-        return out
-    order = [o for o in (_get_attrs(g).get("order") or []) if o]
-    for label in order + sorted(set(g.keys()) - set(order)):
-        if label not in g:
-            continue
-        h = g[label]
-        codes, messages, values = ([_str(v) for v in h[name][()]] if name in h else []
-                                   for name in ("code", "message", "values"))
-        findings = []
-        for code, message, text in zip(codes, messages, values):
-            try:
-                vals = json.loads(text) if text else {}
-            except ValueError:
-                vals = {}
-            findings.append(dict(code=code, message=message, values=vals))
-        a = _get_attrs(h)
-        out[label] = dict(iteration=int(a.get("iteration", 0)), engine_name=str(a.get("engine_name", "")),
-                          findings=findings)
-    return out
-
-
-def _attach_health(history, health):
-    """Put each engine's health report back into its record (the one at the checked iteration)."""
-    for label, rep in health.items():
-        for rec in reversed(history):
-            if rec.get("engine") == label and int(rec.get("iteration") or 0) <= rep["iteration"]:
-                rec["health"] = dict(iteration=rep["iteration"], findings=[dict(x) for x in rep["findings"]])
-                break
-
-
 # -- writing -------------------------------------------------------------------------------
 
 def _write_storages(group, storages):
     for sid, s in storages.items():
         ds = group.create_dataset(sid, data=np.asarray(s["data"]))
-        _set_attrs(ds, {
+        set_attrs(ds, {
             "psize": np.asarray(s.get("psize", (1.0, 1.0)), dtype=np.float64),
             "center": np.asarray(s.get("center", (0.0, 0.0)), dtype=np.float64),
             "origin": np.asarray(s.get("origin", (0.0, 0.0)), dtype=np.float64),
@@ -481,29 +192,29 @@ def write_reconstruction(path, snap, kind="result"):
                         ds.attrs["axes"] = "y,x"
                 if sc.get("indices") is not None:
                     g.create_dataset("indices", data=np.asarray(sc["indices"], dtype=np.int64))
-                _set_attrs(g, {k: v for k, v in sc.items()
+                set_attrs(g, {k: v for k, v in sc.items()
                                if k not in ("positions", "positions_initial", "indices")})
 
-            _write_history(f, snap.get("history"))
-            _write_health(f, snap.get("history"))
+            write_history(f, snap.get("history"))
+            write_health(f, snap.get("history"))
 
             eng = f.create_group("engines")
             engines = list(snap.get("engines") or [])
             eng.attrs["order"] = [str(e["label"]) for e in engines] or [""]
             for e in engines:
-                _set_attrs(eng.create_group(str(e["label"])), {k: v for k, v in e.items() if k != "label"})
+                set_attrs(eng.create_group(str(e["label"])), {k: v for k, v in e.items() if k != "label"})
 
             par = f.create_group("parameters")
             par.create_dataset("yaml", data=fixed_text(snap.get("parameters_yaml") or ""))
-            _set_attrs(par, {"config": snap.get("config"), "overrides": list(snap.get("overrides") or []) or None})
+            set_attrs(par, {"config": snap.get("config"), "overrides": list(snap.get("overrides") or []) or None})
 
             prov = f.create_group("provenance")
-            _set_attrs(prov, snap.get("provenance") or {})
+            set_attrs(prov, snap.get("provenance") or {})
 
             state = snap.get("state")
             if state is not None:
                 st = f.create_group("state")
-                _set_attrs(st, state.get("attrs") or {})
+                set_attrs(st, state.get("attrs") or {})
                 if state.get("exit"):  # results hold them only with io.keep_exit_waves
                     ex = st.create_group("exit")
                     for sid, s in state["exit"].items():
@@ -569,8 +280,6 @@ def is_reconstruction(path):
     """True when ``path`` is an HDF5 file with ``format='ptycli-reconstruction'``."""
     import h5py
 
-    from .h5guard import check_structure
-
     try:
         check_structure(path)
         with h5py.File(path, "r") as f:
@@ -585,7 +294,7 @@ def _storages(group):
         return arrays, meta
     for sid, ds in group.items():
         arrays[sid] = ds[()]
-        a = _get_attrs(ds)
+        a = get_attrs(ds)
         meta[sid] = {k: np.asarray(a[k], dtype=np.float64) for k in ("psize", "center", "origin") if k in a}
     return arrays, meta
 
@@ -595,10 +304,10 @@ def load_reconstruction(path, with_state=True):
 
     Parameters
     ----------
-    path : str
-        The ``.h5`` file.
+    path : str or path-like
+        The ``.h5`` file: a result or a checkpoint.
     with_state : bool
-        Also read ``/state`` (exit waves can be large).
+        Whether to read ``/state`` too (its exit waves can be large).
 
     Returns
     -------
@@ -615,46 +324,36 @@ def load_reconstruction(path, with_state=True):
     """
     import h5py
 
-    from ..params.yamlio import load_config_text
-    from ..utils.parameters import Param
-    from .ptyd import open_hdf5
-
     path = os.fspath(path)
     with open_hdf5(path, "reconstruction file") as f:
-        fmt = _str(f.attrs.get("format", ""))
-        if fmt != FORMAT:
-            raise DataError("%s is not a ptycli reconstruction file (format attribute %r)" % (path, fmt),
-                            hint="give a file written by 'ptycli reconstruct'")
-        version = int(f.attrs.get("format_version", 0))
-        if version > FORMAT_VERSION:
-            raise DataError("%s has reconstruction format version %d; this ptycli reads up to %d"
-                            % (path, version, FORMAT_VERSION), hint="update ptycli")
+        check_format(f, path, FORMAT, FORMAT_VERSION, "reconstruction file", "reconstruction",
+                     hint="give a file written by 'ptycli reconstruct'")
         objects, object_meta = _storages(f.get("reconstruction/object"))
         probes, probe_meta = _storages(f.get("reconstruction/probe"))
         scans = {}
         for label, g in (f.get("scans") or {}).items():
-            sc = _get_attrs(g)
+            sc = get_attrs(g)
             for key in ("positions", "positions_initial", "indices"):
                 if key in g:
                     sc[key] = g[key][()]
             scans[label] = sc
-        history = _read_history(f.get("history"))
+        history = read_history(f.get("history"))
         health = read_health(f.get("health"))
-        _attach_health(history, health)
+        attach_health(history, health)
         engines = []
         eg = f.get("engines")
         if eg is not None:
-            order = [o for o in (_get_attrs(eg).get("order") or []) if o]
+            order = [o for o in (get_attrs(eg).get("order") or []) if o]
             for label in order + sorted(set(eg.keys()) - set(order)):
                 if label in eg:
-                    engines.append(dict(label=label, **_get_attrs(eg[label])))
+                    engines.append(dict(label=label, **get_attrs(eg[label])))
         text = _str(f["parameters/yaml"][()]) if "parameters/yaml" in f else ""
         try:
             params = load_config_text(text, path + ":/parameters/yaml") if text.strip() else Param()
         except Exception:  # a damaged tree should not hide the arrays
             params = Param()
-        par_attrs = _get_attrs(f["parameters"]) if "parameters" in f else {}
-        provenance = _get_attrs(f["provenance"]) if "provenance" in f else {}
+        par_attrs = get_attrs(f["parameters"]) if "parameters" in f else {}
+        provenance = get_attrs(f["provenance"]) if "provenance" in f else {}
         provenance.setdefault("config", par_attrs.get("config"))
         provenance.setdefault("overrides", par_attrs.get("overrides"))
         state = None
@@ -663,10 +362,10 @@ def load_reconstruction(path, with_state=True):
             exits = {}
             for sid, ds in (st.get("exit") or {}).items():
                 exits[sid] = {"data": ds[()], "layermap": [int(v) for v in ds.attrs.get("layermap", [])]}
-            state = {"attrs": _get_attrs(st), "exit": exits,
+            state = {"attrs": get_attrs(st), "exit": exits,
                      "engine": read_tree(st["engine"]) if "engine" in st else {}}
         return Reconstruction(
             path=path, kind=_str(f.attrs.get("kind", "result")), params=params, parameters_yaml=text,
             objects=objects, probes=probes, object_meta=object_meta, probe_meta=probe_meta, scans=scans,
-            history=history, engines=engines, provenance=provenance, attrs=_get_attrs(f), state=state,
+            history=history, engines=engines, provenance=provenance, attrs=get_attrs(f), state=state,
             health=health)
