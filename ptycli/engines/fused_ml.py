@@ -34,8 +34,10 @@ __all__ = ["MODEL_IDS", "exit_product", "line_waves", "line_sums", "evaluate", "
 #: ``ML_type`` -> the kernels' model number
 MODEL_IDS = {"gaussian": 0, "poisson": 1, "euclid": 2}
 
-#: columns of :func:`line_sums`' output: 9 polynomial coefficients, then the exit-change sums
-N_LINE = 12
+#: polynomial coefficients in :func:`line_sums`' output (degree 8, lowest first)
+N_COEF = 9
+#: columns of :func:`line_sums`' output: the coefficients, then the three exit-change sums
+N_LINE = N_COEF + 3
 
 
 @njit(**_JIT)
