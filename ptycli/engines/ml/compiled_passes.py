@@ -42,16 +42,21 @@ class CompiledMLPasses(MLPasses):
         """Two block-sized complex buffers."""
         return Workspace(self.maxp, self.maxf, self.shape, self.ctype, self.ftype, self.pf, with_real=False)
 
+    def pods(self):
+        """The pod addresses packed for the kernels: ``(object row, window y, window x, probe row)`` per pod."""
+        g = self.g
+        return g.ob_layer, g.ob_y, g.ob_x, g.pr_layer
+
     def prepare_evaluate(self):
         g = self.g
-        return g.obj.data, self.probe_eff(g.probe.data)
+        return g.obj.data, self.probe_eff(g.probe.data), self.pods()
 
     def evaluate_block(self, b, ws, prep, move, floating, eps, gradient, cg_obj, cg_probe, workers):
-        obj, probe_eff = prep  # the transforms are recomputed at the new point: ``move`` is not needed
+        obj, probe_eff, pods = prep  # the transforms are recomputed at the new point: ``move`` is not needed
         g = self.g
         p0, p1, f0, f1 = b.p0, b.p1, b.f0, b.f1
         F = self.F[p0:p1]
-        fused_ml.exit_product(F, obj, probe_eff, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0)
+        fused_ml.exit_product(F, obj, probe_eff, pods, p0)
         self.propagate_inplace(F, workers)
         gF = ws.cA[:p1 - p0]
         out = np.zeros((f1 - f0, 4))
@@ -60,23 +65,21 @@ class CompiledMLPasses(MLPasses):
                           out)
         if gradient:
             self.propagate_inplace(gF, workers, inverse=True)
-            fused_ml.gradient_sums(gF, obj, probe_eff, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0, cg_obj,
-                                   cg_probe)
+            fused_ml.gradient_sums(gF, obj, probe_eff, pods, p0, cg_obj, cg_probe)
         return out.sum(axis=0)
 
     def prepare_line(self, hobj, hprobe, tau):
         g = self.g
         pt, hpt, hpt2 = self.line_probes(g.probe.data, hprobe, tau)
-        return g.obj.data, hobj, pt, hpt, hpt2
+        return g.obj.data, hobj, pt, hpt, hpt2, self.pods()
 
     def line_block(self, b, ws, prep, probe_on, eps, workers):
-        obj, hobj, pt, hpt, hpt2 = prep
+        obj, hobj, pt, hpt, hpt2, pods = prep
         g = self.g
         p0, p1, f0, f1 = b.p0, b.p1, b.f0, b.f1
         Fb, Fc = ws.cA[:p1 - p0], ws.cT[:p1 - p0]
         dummy = pt if hpt is None else hpt
-        fused_ml.line_waves(Fb, Fc, probe_on, obj, hobj, pt, dummy, dummy if hpt2 is None else hpt2,
-                            g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0)
+        fused_ml.line_waves(Fb, Fc, probe_on, obj, hobj, pt, dummy, dummy if hpt2 is None else hpt2, pods, p0)
         self.propagate_inplace(Fb, workers)
         if probe_on:
             self.propagate_inplace(Fc, workers)
