@@ -73,6 +73,9 @@ Single precision stays single: frames, gradients and directions are in the
 model's complex type; global sums are accumulated in float64 from per-block
 float32 partial sums (:mod:`ptycli.engines.ml.sums`).
 
+The module is a little over 600 lines: the algorithm (directions, line
+search safeguard, records, checkpoints, MPI sums) reads in one place.
+
 Position refinement (``position_refinement``, :mod:`ptycli.engines.posref`)
 runs after the scheduled iterations; when frames moved, the blocks' window
 indices are refreshed and the next iteration re-evaluates the cost from
@@ -587,23 +590,24 @@ class ML(Engine):
         return changed
 
     # -- public helpers (tests, diagnostics) ---------------------------------------------------
-    def objective(self):
-        """The total cost (data + regulariser) at the current probe and object, from scratch."""
+    def _evaluate_afresh(self, gradient):
+        """Evaluate at the current probe and object from scratch (initialising first); restarts the directions."""
         if not self.initialized:
             self.initialize()
         self._stale = True
         self._restart = True
-        self._L = self._evaluate(gradient=False)
+        self._L = self._evaluate(gradient=gradient)
+        return self._L
+
+    def objective(self):
+        """The total cost (data + regulariser) at the current probe and object, from scratch."""
+        self._evaluate_afresh(gradient=False)
         self._stale = True  # the stored l' may not match a gradient yet
         return self._L
 
     def gradients(self):
         """Fresh gradients ``dL/dx*`` at the current point: ``{'obj': {sid: arr}, 'probe': {...}}`` (copies)."""
-        if not self.initialized:
-            self.initialize()
-        self._stale = True
-        self._restart = True
-        self._L = self._evaluate(gradient=True)
+        self._evaluate_afresh(gradient=True)
         out = dict(obj={}, probe={})
         for kind, sid, arr in self._parts(self.grad):
             out[kind][sid] = arr.copy()
