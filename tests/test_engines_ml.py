@@ -385,7 +385,7 @@ def test_state_dict_resume_continues_the_same_path():
 
 
 def test_threaded_and_serial_blocks_agree(monkeypatch):
-    import ptycli.engines.ml as mlmod
+    import ptycli.engines.ml.engine as mlmod
 
     monkeypatch.setattr(mlmod, "BLOCK_BYTES", 8 * 24 * 24 * 16)  # several blocks
     runs = {}

@@ -721,17 +721,22 @@ class Engine:
                     ex[f0:f1, order] = new.reshape(f1 - f0, m, H, W)
 
     def apply_object_constraints(self):
-        """Clip the object amplitude to ``clip_object`` (in place), when set."""
+        """Clip the object amplitude to ``clip_object`` (in place), when set; True when it changed anything."""
         c = self.p.get("clip_object")
         if c is None:
-            return
+            return False
         lo, hi = float(c[0]), float(c[1])
+        changed = False
         for S in self.book.obj_storages.values():
             a = np.abs(S.data)
+            if not (a.size and (a.min() < lo or a.max() > hi)):
+                continue  # within the bounds
+            changed = True
             scale = np.clip(a, lo, hi)
             np.divide(scale, a, out=scale, where=a > 0)
             scale[a == 0] = 1.0
             S.data *= scale
+        return changed
 
     def recenter_probe(self):
         """Shift probe, object and exit waves by whole pixels when the probe's mass centre drifts.

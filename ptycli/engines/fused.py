@@ -129,7 +129,7 @@ def use_compiled(choice, n_pixels, precision_ok=True):
 
 
 #: the kernels module each engine module compiles
-_KERNEL_MODULES = {"ptycli.engines.projectional": "fused", "ptycli.engines.ml": "fused_ml",
+_KERNEL_MODULES = {"ptycli.engines.projectional": "fused", "ptycli.engines.ml.engine": "fused_ml",
                    "ptycli.engines.stochastic": "fused_pie"}
 _ANNOUNCED = set()
 

@@ -22,29 +22,42 @@ per-pixel arrays kept between passes, so the peak memory is the model plus
 one exit-wave-sized array. Formulas: :mod:`ptycli.engines.ml`. Sums are
 per frame (or per slot) in float64; the caller adds them in a fixed order.
 
-Noise models (``model``): 0 gaussian, 1 poisson, 2 euclid.
+Pod addresses come packed as ``pods = (ol, oy, ox, pl)``: pod ``i`` uses
+object row ``ol[i]`` with the window's top-left pixel ``(oy[i], ox[i])`` and
+probe row ``pl[i]`` (:class:`~ptycli.engines.addressing.PodGroup`).
+
+Noise models (``model``): the models' :attr:`~ptycli.engines.ml.noise_models.NoiseModel.code`,
+0 gaussian, 1 poisson, 2 euclid. Their per-pixel formulas are written once
+here, in :func:`_pixel_terms` (cost and derivatives, for :func:`evaluate` and
+:func:`line_sums`) and in :func:`evaluate` (the floating scale), and once in
+numpy in :mod:`ptycli.engines.ml.noise_models`.
 """
 
 import numpy as np
 
 from .fused import njit, _JIT, _INLINE
 
-__all__ = ["MODEL_IDS", "exit_product", "line_waves", "line_sums", "evaluate", "gradient_sums", "real_dot"]
+__all__ = ["exit_product", "line_waves", "line_sums", "evaluate", "gradient_sums", "real_dot"]
 
-#: ``ML_type`` -> the kernels' model number
-MODEL_IDS = {"gaussian": 0, "poisson": 1, "euclid": 2}
+#: polynomial coefficients in :func:`line_sums`' output (degree 8, lowest first)
+N_COEF = 9
+#: columns of :func:`line_sums`' output: the coefficients, then the three exit-change sums
+N_LINE = N_COEF + 3
 
-#: columns of :func:`line_sums`' output: 9 polynomial coefficients, then the exit-change sums
-N_LINE = 12
+
+@njit(**_INLINE)
+def _pod(pods, i):
+    """Object row, window top-left pixel ``(y, x)`` and probe row of pod ``i`` (``pods``: see the module docstring)."""
+    ol, oy, ox, pl = pods
+    return ol[i], oy[i], ox[i], pl[i]
 
 
 @njit(**_JIT)
-def exit_product(out, ob, pt, ol, oy, ox, pl, p0):
+def exit_product(out, ob, pt, pods, p0):
     """``out[k] = ob_window(i) * pt[pl[i]]`` for pods ``i = p0 + k``."""
     npb, H, W = out.shape
     for k in range(npb):
-        i = p0 + k
-        lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
+        lo, y0, x0, q = _pod(pods, p0 + k)
         for y in range(H):
             orow = ob[lo, y0 + y, x0:x0 + W]
             prow = pt[q, y]
@@ -54,7 +67,7 @@ def exit_product(out, ob, pt, ol, oy, ox, pl, p0):
 
 
 @njit(**_JIT)
-def line_waves(Fb, Fc, probe_on, ob, hob, pt, hpt, hpt2, ol, oy, ox, pl, p0):
+def line_waves(Fb, Fc, probe_on, ob, hob, pt, hpt, hpt2, pods, p0):
     """Direction terms of the exit waves along ``(O + t hO, P + t hP)``.
 
     ``Fb[k] = pt * hO_window + hpt * O_window`` and ``Fc[k] = hpt2 * hO_window``
@@ -63,8 +76,7 @@ def line_waves(Fb, Fc, probe_on, ob, hob, pt, hpt, hpt2, ol, oy, ox, pl, p0):
     """
     npb, H, W = Fb.shape
     for k in range(npb):
-        i = p0 + k
-        lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
+        lo, y0, x0, q = _pod(pods, p0 + k)
         for y in range(H):
             hrow = hob[lo, y0 + y, x0:x0 + W]
             prow = pt[q, y]
@@ -228,16 +240,7 @@ def _newton_row(I, c, irow, mrow, use_mask, model, eps):
         n = max(irow[x], zero)
         m = mrow[x] if use_mask else one
         i1 = c * I[1, x]
-        ie = c * I[0, x] + eps
-        if model == 1:
-            r = n / ie
-            lp = m * (one - r)
-            lpp = m * r / ie
-        else:
-            sa = np.sqrt(ie)
-            fm = np.sqrt(n)
-            lp = m * (sa - fm) / sa
-            lpp = half * m * fm / (ie * sa)
+        _, lp, lpp = _pixel_terms(model, c * I[0, x], n, m, one, eps)
         s1 += lp * i1
         s2 += half * lpp * i1 * i1 + lp * c * I[2, x]
     return float(s1), float(s2)
@@ -275,7 +278,7 @@ def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, f
                 for x in range(W):
                     n = max(irow[x], zero)
                     m = mrow[x] if use_mask else one
-                    if model == 0:
+                    if model == 0:  # the floating scale's sums (see NoiseModel.floating_scale)
                         wi = m * ir[x] / (n + one)
                         rn += wi * n
                         rd += wi * ir[x]
@@ -318,56 +321,63 @@ def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, f
 @njit(**_INLINE)
 def _eval_row(ir, c, irow, mrow, use_mask, model, eps, lp):
     """One row of :func:`evaluate`: ``lp = c l'(c ir)``; returns (cost, fourier, photon, valid) sums."""
+    if model == 0:  # the loop once per model (a constant model inside: no branch in the loop)
+        return _eval_pixels(ir, c, irow, mrow, use_mask, 0, eps, lp)
+    if model == 1:
+        return _eval_pixels(ir, c, irow, mrow, use_mask, 1, eps, lp)
+    return _eval_pixels(ir, c, irow, mrow, use_mask, 2, eps, lp)
+
+
+@njit(**_INLINE)
+def _eval_pixels(ir, c, irow, mrow, use_mask, model, eps, lp):
+    """The loop of :func:`_eval_row` for one model."""
     W = ir.shape[0]
     zero = np.float32(0.0)
     one = np.float32(1.0)
-    two = np.float32(2.0)
     rc = zero
     rf = zero
     rp = zero
     rv = zero
+    for x in range(W):
+        n = max(irow[x], zero)
+        m = mrow[x] if use_mask else one
+        I = c * ir[x]
+        d = I - n
+        cost, lpx, _ = _pixel_terms(model, I, n, m, c, eps)
+        rc += cost
+        lp[x] = lpx
+        fa = np.sqrt(I) - np.sqrt(n)
+        rf += m * fa * fa
+        if model != 0:
+            rp += m * d * d / (n + one)
+        rv += m
     if model == 0:
-        for x in range(W):
-            n = max(irow[x], zero)
-            m = mrow[x] if use_mask else one
-            I = c * ir[x]
-            d = I - n
-            pw = m / (n + one)
-            rc += pw * d * d
-            lp[x] = c * two * pw * d
-            fa = np.sqrt(I) - np.sqrt(n)
-            rf += m * fa * fa
-            rv += m
-        rp = rc
-    elif model == 1:
-        for x in range(W):
-            n = max(irow[x], zero)
-            m = mrow[x] if use_mask else one
-            I = c * ir[x]
-            d = I - n
-            ie = I + eps
-            rc += m * (I - n * np.log(ie))
-            lp[x] = c * m * (one - n / ie)
-            fa = np.sqrt(I) - np.sqrt(n)
-            rf += m * fa * fa
-            rp += m * d * d / (n + one)
-            rv += m
-    else:
-        for x in range(W):
-            n = max(irow[x], zero)
-            m = mrow[x] if use_mask else one
-            I = c * ir[x]
-            d = I - n
-            sa = np.sqrt(I + eps)
-            fm = np.sqrt(n)
-            da = sa - fm
-            rc += m * da * da
-            lp[x] = c * m * da / sa
-            fa = np.sqrt(I) - fm
-            rf += m * fa * fa
-            rp += m * d * d / (n + one)
-            rv += m
+        rp = rc  # the Gaussian cost is the photon error
     return float(rc), float(rf), float(rp), float(rv)
+
+
+@njit(**_INLINE)
+def _pixel_terms(model, I, n, m, c, eps):
+    """One pixel's cost ``l(I)``, ``c l'(I)`` and ``l''(I)`` (mask ``m``, counts ``n``; ``model``: the model's code).
+
+    ``l''`` of the Gaussian model is not needed (its line cost is exact, see
+    :func:`_gauss_row`) and returned as 0.
+    """
+    one = np.float32(1.0)
+    two = np.float32(2.0)
+    half = np.float32(0.5)
+    if model == 0:
+        d = I - n
+        pw = m / (n + one)
+        return pw * d * d, c * two * pw * d, np.float32(0.0)
+    ie = I + eps
+    if model == 1:
+        r = n / ie
+        return m * (I - n * np.log(ie)), c * m * (one - r), m * r / ie
+    sa = np.sqrt(ie)
+    fm = np.sqrt(n)
+    da = sa - fm
+    return m * da * da, c * m * da / sa, half * m * fm / (ie * sa)
 
 
 # A local copy of fused._row_power on purpose: numba's on-disk cache of the kernels here is keyed on this
@@ -388,7 +398,7 @@ def _power(F, a, b, y, out):
 
 
 @njit(**_JIT)
-def gradient_sums(G, ob, pt, ol, oy, ox, pl, p0, cg_obj, cg_probe):
+def gradient_sums(G, ob, pt, pods, p0, cg_obj, cg_probe):
     """Conjugate gradients from the back-propagated waves ``G`` of a pod block.
 
     ``cg_obj[ol, window] += pt[pl] * conj(G)`` and ``cg_probe[pl] += ob_window * conj(G)``
@@ -396,8 +406,7 @@ def gradient_sums(G, ob, pt, ol, oy, ox, pl, p0, cg_obj, cg_probe):
     """
     npb, H, W = G.shape
     for k in range(npb):
-        i = p0 + k
-        lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
+        lo, y0, x0, q = _pod(pods, p0 + k)
         for y in range(H):
             orow = ob[lo, y0 + y, x0:x0 + W]
             crow = cg_obj[lo, y0 + y, x0:x0 + W]

@@ -1,0 +1,91 @@
+"""Block passes of the ML engine on the compiled kernels (:mod:`ptycli.engines.fused_ml`).
+
+:class:`CompiledMLPasses` implements :class:`~ptycli.engines.ml.passes.MLPasses`
+keeping only ``F`` between passes: the line pass forms the direction terms
+(:func:`~ptycli.engines.fused_ml.line_waves`), transforms them into two
+block-sized buffers and sums the cost polynomial
+(:func:`~ptycli.engines.fused_ml.line_sums`); the evaluation recomputes the
+transforms at the new point (``fw(P O)``: one more FFT pass, one
+exit-wave-sized array less than keeping ``Fb`` and ``Fc``), then cost,
+errors and ``l' F`` in one fused loop, the inverse FFT and the scatter of
+the gradients. Four FFT passes per iteration (three while the probe is
+fixed), peak memory the model plus one exit-wave-sized array. The noise
+model reaches the kernels as its :attr:`~ptycli.engines.ml.noise_models.NoiseModel.code`.
+"""
+
+import numpy as np
+
+from ..._lazy import lazy_module
+from .passes import MLPasses, Workspace
+
+# imported at first use: listing the parameters (ptycli params) needs no numba
+fused_ml = lazy_module("ptycli.engines.fused_ml")
+
+__all__ = ["CompiledMLPasses"]
+
+
+class CompiledMLPasses(MLPasses):
+    """:class:`~ptycli.engines.ml.passes.MLPasses` on the numba kernels (numba threads inside each kernel)."""
+
+    compiled = True
+
+    def __init__(self, g, noise, ctype, ftype, block_frames):
+        super().__init__(g, noise, ctype, ftype, block_frames)
+        H, W = self.shape
+        for b in self.blocks:
+            b.valid = 0.0
+        self.use_mask = not g.mask_trivial
+        self.mask = g.mask.data if self.use_mask else np.ones((1, H, W), self.ftype)
+        self.mrows = g.frame_ma if self.use_mask else np.zeros(g.n_frames, np.int64)
+
+    def workspace(self):
+        """Two block-sized complex buffers."""
+        return Workspace(self.maxp, self.maxf, self.shape, self.ctype, self.ftype, self.pf, with_real=False)
+
+    def pods(self):
+        """The pod addresses packed for the kernels: ``(object row, window y, window x, probe row)`` per pod."""
+        g = self.g
+        return g.ob_layer, g.ob_y, g.ob_x, g.pr_layer
+
+    def prepare_evaluate(self):
+        g = self.g
+        return g.obj.data, self.probe_eff(g.probe.data), self.pods()
+
+    def evaluate_block(self, b, ws, prep, move, floating, eps, gradient, cg_obj, cg_probe, workers):
+        obj, probe_eff, pods = prep  # the transforms are recomputed at the new point: ``move`` is not needed
+        g = self.g
+        p0, p1, f0, f1 = b.p0, b.p1, b.f0, b.f1
+        F = self.F[p0:p1]
+        fused_ml.exit_product(F, obj, probe_eff, pods, p0)
+        self.propagate_inplace(F, workers)
+        gF = ws.cA[:p1 - p0]
+        out = np.zeros((f1 - f0, 4))
+        fused_ml.evaluate(F, gF, g.pod_start[f0:f1 + 1] - p0, g.diff.data, g.frame_di[f0:f1], self.mask,
+                          self.mrows[f0:f1], self.use_mask, self.noise.code, float(eps), floating, self.c[f0:f1],
+                          out)
+        if gradient:
+            self.propagate_inplace(gF, workers, inverse=True)
+            fused_ml.gradient_sums(gF, obj, probe_eff, pods, p0, cg_obj, cg_probe)
+        return out.sum(axis=0)
+
+    def prepare_line(self, hobj, hprobe, tau):
+        g = self.g
+        pt, hpt, hpt2 = self.line_probes(g.probe.data, hprobe, tau)
+        return g.obj.data, hobj, pt, hpt, hpt2, self.pods()
+
+    def line_block(self, b, ws, prep, probe_on, eps, workers):
+        obj, hobj, pt, hpt, hpt2, pods = prep
+        g = self.g
+        p0, p1, f0, f1 = b.p0, b.p1, b.f0, b.f1
+        Fb, Fc = ws.cA[:p1 - p0], ws.cT[:p1 - p0]
+        dummy = pt if hpt is None else hpt
+        fused_ml.line_waves(Fb, Fc, probe_on, obj, hobj, pt, dummy, dummy if hpt2 is None else hpt2, pods, p0)
+        self.propagate_inplace(Fb, workers)
+        if probe_on:
+            self.propagate_inplace(Fc, workers)
+        out = np.zeros((f1 - f0, fused_ml.N_LINE))
+        fused_ml.line_sums(self.F[p0:p1], Fb, Fc, probe_on, g.pod_start[f0:f1 + 1] - p0, self.c[f0:f1],
+                           g.diff.data, g.frame_di[f0:f1], self.mask, self.mrows[f0:f1], self.use_mask,
+                           self.noise.code, float(eps), out)
+        r = out.sum(axis=0)
+        return np.concatenate([r[:self.noise.n_line], r[fused_ml.N_COEF:]])
