@@ -8,7 +8,7 @@ from ptycli.core.geometry import FarfieldPropagator, NearfieldPropagator
 from ptycli.engines import make_engine
 from ptycli.engines.base import ErrorSums
 from ptycli.engines import stochastic as st
-from ptycli.engines.metrics import object_vs_truth, probe_vs_truth
+from ptycli.quality import object_vs_truth, probe_vs_truth
 from ptycli.errors import ConfigError
 
 

@@ -128,6 +128,7 @@ from .._lazy import lazy_module
 from ..params.declare import Parameter
 from .base import Engine, register
 from .posref import POSREF_PARAMS
+from .threads import BlockPool
 from .kernels import (fft_inplace, ifft_inplace, model_amplitude, fourier_errors, modulus_factor,
                       power_bound_renorm)  # noqa: F401
 
@@ -277,7 +278,7 @@ class ProjectionEngine(Engine):
         numerators; the other threads and slots get their own (each slot an
         object- or probe-sized array), added into slot 0's after a pass.
         """
-        self._pool = fused.BlockPool(fft.get_workers())
+        self._pool = BlockPool(fft.get_workers())
         T = self._pool.n
         self._no_mask = np.ones((1, 1, 1), dtype=self.ftype)
         # work items: one per frame block, with the block's constant index arrays
@@ -288,7 +289,7 @@ class ProjectionEngine(Engine):
                 self._items.append((g, (f0, f1, p0, p1), (g.pod_start[f0:f1 + 1] - p0, g.frame_di[f0:f1].copy(),
                                                           mrows)))
 
-        S = self._pool.slots  # accumulator slots (fused.BlockPool.map_slots), a few per thread
+        S = self._pool.slots  # accumulator slots (BlockPool.map_slots), a few per thread
 
         def more(acc):
             return [acc] + [{sid: np.zeros_like(a) for sid, a in acc.items()} for _ in range(S - 1)]
