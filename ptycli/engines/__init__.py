@@ -23,7 +23,8 @@ _log = logging.getLogger("ptycli.engines")
 
 #: submodules that register no engine (the compiled kernels, imported with numba by the engines
 #: that run them): :func:`ptycli.params.registry.load_plugins` leaves them alone
-NOT_PLUGINS = ("fused", "fused_ml", "fused_pie", "kernels", "metrics", "health", "addressing", "threads")
+NOT_PLUGINS = ("fused", "fused_ml", "fused_pie", "kernels", "metrics", "health", "addressing", "threads",
+               "constraints", "error_sums", "snapshot")
 
 for _name in ("stochastic", "ml", "posref"):
     try:
