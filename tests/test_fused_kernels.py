@@ -246,13 +246,13 @@ def test_missed_fold_is_zeroed_before_the_next_pass():
         e = make_engine(P, dict(name="DM", numiter=2, kernels="compiled", block_frames=2), "e")
         e.initialize()
         e.iterate(1)
-        stale = e._ob_num_t[1]["SMF"]
+        stale = e.passes._ob_num_t[1]["SMF"]
         assert not stale.any()  # folded and cleared
         stale[...] = 7.0
-        e._start_sums("_ob_num_t")  # clean: trusted as zero
+        e.passes._start_sums("_ob_num_t")  # clean: trusted as zero
         assert stale.all()
-        e._dirty.add("_ob_num_t")
-        e._start_sums("_ob_num_t")
+        e.passes._dirty.add("_ob_num_t")
+        e.passes._start_sums("_ob_num_t")
         assert not stale.any()
         e.finalize()
     finally:
