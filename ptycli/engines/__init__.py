@@ -24,7 +24,7 @@ _log = logging.getLogger("ptycli.engines")
 #: submodules that register no engine (the compiled kernels, imported with numba by the engines
 #: that run them): :func:`ptycli.params.registry.load_plugins` leaves them alone
 NOT_PLUGINS = ("fused", "fused_ml", "fused_pie", "kernels", "metrics", "health", "addressing", "threads",
-               "constraints", "error_sums", "snapshot")
+               "constraints", "error_sums", "snapshot", "projection_passes", "pie_step", "pie_sweep")
 
 for _name in ("stochastic", "ml", "posref"):
     try:
