@@ -121,6 +121,9 @@ class PodGroup:
         Pods, frames and pods per frame (``modes`` is 0 when frames differ).
     pr_layer, ob_layer, ob_y, ob_x, ex_layer, di_layer, ma_layer, frame : ndarray of int64
         Per-pod addresses (see the module docstring).
+    addresses : tuple of ndarray
+        ``(ob_layer, ob_y, ob_x, pr_layer)``: the object windows and probe rows in one argument
+        for the compiled kernels (:mod:`ptycli.engines.fused`).
     frame_di, frame_ma : ndarray of int64
         Diffraction/mask row of each frame.
     pod_start : ndarray of int64 (n_frames + 1,)
@@ -174,6 +177,9 @@ class PodGroup:
         self.pods = [pods[i] for i in order]
         (self.di_layer, self.ex_layer, self.pr_layer, self.ob_layer, self.ob_y, self.ob_x,
          self.ma_layer) = [np.ascontiguousarray(arr[:, k]) for k in range(7)]
+        #: the window addresses packed for the compiled kernels: ``(ob_layer, ob_y, ob_x, pr_layer)``
+        #: (the same live arrays: position refinement moves ``ob_y``/``ob_x`` in place)
+        self.addresses = (self.ob_layer, self.ob_y, self.ob_x, self.pr_layer)
         self.n_pods = len(self.pods)
         # bounds of the object windows
         Ho, Wo = self.obj.data.shape[-2:]
@@ -252,21 +258,21 @@ class PodGroup:
 
     def diff_frames(self, f0=0, f1=None):
         """Measured intensities of frames ``f0 .. f1-1`` (a live view when the rows are contiguous)."""
-        f1 = self.n_frames if f1 is None else f1
-        if self._di_contig:
-            s = int(self.frame_di[0])
-            return self.diff.data[s + f0:s + f1]
-        return self.diff.data[self.frame_di[f0:f1]]
+        return self._frame_rows(self.diff.data, self.frame_di, self._di_contig, f0, f1)
 
     def mask_frames(self, f0=0, f1=None):
         """Mask of frames ``f0 .. f1-1``, or None when the mask is trivial (all ones)."""
         if self.mask_trivial:
             return None
+        return self._frame_rows(self.mask.data, self.frame_ma, self._ma_contig, f0, f1)
+
+    def _frame_rows(self, data, rows, contiguous, f0, f1):
+        """Rows ``rows[f0:f1]`` of a per-frame buffer (f1 None: all frames): a live view when ``contiguous``."""
         f1 = self.n_frames if f1 is None else f1
-        if self._ma_contig:
-            s = int(self.frame_ma[0])
-            return self.mask.data[s + f0:s + f1]
-        return self.mask.data[self.frame_ma[f0:f1]]
+        if contiguous:
+            s = int(rows[0])
+            return data[s + f0:s + f1]
+        return data[rows[f0:f1]]
 
     def fmag(self, f0=0, f1=None):
         """``sqrt(max(I, 0))`` of frames ``f0 .. f1-1`` in the real type (cached for the whole group).

@@ -9,7 +9,9 @@ by default when numba is importable and the job is large enough to repay the
 first compilation); otherwise they take their numpy path, which computes the
 same quantities (tests compare both).
 
-Addressing is that of :class:`~ptycli.engines.addressing.PodGroup`: pod ``i``
+Addressing is that of :class:`~ptycli.engines.addressing.PodGroup`, passed
+as one packed argument ``addr = (ol, oy, ox, pl)``
+(:attr:`PodGroup.addresses <ptycli.engines.addressing.PodGroup>`): pod ``i``
 uses probe row ``pl[i]``, object row ``ol[i]`` and the object window with
 top-left pixel ``(oy[i], ox[i])``.
 
@@ -158,13 +160,14 @@ def _announce_compilation(module):
 
 
 @njit(**_JIT)
-def projection_input(out, psi, ob, pt, pre, use_pre, ol, oy, ox, pl, p0, a1, ma):
+def projection_input(out, psi, ob, pt, pre, use_pre, addr, p0, a1, ma):
     """``out[k] = a1 * ob_window(i) * pt[pl[i]] + ma * pre * psi[k]`` for pods ``i = p0 + k``.
 
     ``pt`` is the probe in the working frame (``pre * probe`` in the far
     field), ``pre`` the propagator's sample-plane factor (ignored unless
     ``use_pre``), ``a1 = 1 + alpha``, ``ma = -alpha``.
     """
+    ol, oy, ox, pl = addr
     npb, H, W = out.shape
     for k in range(npb):
         i = p0 + k
@@ -309,7 +312,7 @@ def _row_power(F, a, b, y, out):
 
 
 @njit(**_JIT)
-def projection_update(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, beta, fuse, num, prc):
+def projection_update(psi, G, ob, pt, pre, post, use_pre, addr, p0, beta, fuse, num, prc):
     """New exit waves of a pod block; optionally the object numerator. Returns ``sum |delta|^2``.
 
     With ``pw = ob_window * pt`` and ``G`` the projected waves (working
@@ -323,14 +326,15 @@ def projection_update(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, be
     """
     if fuse and use_pre:
         if beta == 1.0:
-            return _update_dm_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, num, prc)
-        return _update_raar_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, beta, num, prc)
-    return _update_general(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, beta, fuse, num, prc)
+            return _update_dm_far(psi, G, ob, pt, post, addr, p0, num, prc)
+        return _update_raar_far(psi, G, ob, pt, post, addr, p0, beta, num, prc)
+    return _update_general(psi, G, ob, pt, pre, post, use_pre, addr, p0, beta, fuse, num, prc)
 
 
 @njit(**_JIT)
-def _update_dm_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, num, prc):
+def _update_dm_far(psi, G, ob, pt, post, addr, p0, num, prc):
     """:func:`projection_update` for ``beta = 1``, ``use_pre`` and ``fuse``."""
+    ol, oy, ox, pl = addr
     npb, H, W = psi.shape
     ch = 0.0
     for k in range(npb):
@@ -356,12 +360,13 @@ def _update_dm_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, num, prc):
 
 
 @njit(**_JIT)
-def _update_raar_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, beta, num, prc):
+def _update_raar_far(psi, G, ob, pt, post, addr, p0, beta, num, prc):
     """:func:`projection_update` for ``use_pre`` and ``fuse`` (any ``beta``).
 
     With ``post * pre = 1`` the rule is ``psi_new = beta psi + post (beta G + (1 - 2 beta) pw)``:
     no multiply by ``pre``; the exit change is ``|psi_new - psi|^2`` (``|pre| = 1``).
     """
+    ol, oy, ox, pl = addr
     npb, H, W = psi.shape
     bc = np.float32(beta)
     bm = np.float32(beta - 1.0)
@@ -391,8 +396,9 @@ def _update_raar_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, beta, num, prc):
 
 
 @njit(**_JIT)
-def _update_general(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, beta, fuse, num, prc):
+def _update_general(psi, G, ob, pt, pre, post, use_pre, addr, p0, beta, fuse, num, prc):
     """:func:`projection_update` for the other cases (near field, or no object numerator)."""
+    ol, oy, ox, pl = addr
     npb, H, W = psi.shape
     one = beta == 1.0
     bc = np.float32(beta)
@@ -443,8 +449,9 @@ def _update_general(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, beta
 
 
 @njit(**_JIT)
-def object_numerator(num, psi, prc, ol, oy, ox, pl, p0):
+def object_numerator(num, psi, prc, addr, p0):
     """``num[ol, window] += prc[pl] * psi`` over pods ``p0 .. p0 + len(psi) - 1`` (``prc = conj(probe)``)."""
+    ol, oy, ox, pl = addr
     npb, H, W = psi.shape
     for k in range(npb):
         i = p0 + k
@@ -458,7 +465,7 @@ def object_numerator(num, psi, prc, ol, oy, ox, pl, p0):
 
 
 @njit(**_JIT)
-def object_den_rows(den, p2, ol, oy, ox, pl, y_lo, y_hi):
+def object_den_rows(den, p2, addr, y_lo, y_hi):
     """``den[ol, window] += p2[pl]`` over all pods, restricted to object rows ``y_lo .. y_hi - 1``.
 
     The gather form of the object denominator ``sum |P|^2``: a thread that
@@ -466,6 +473,7 @@ def object_den_rows(den, p2, ol, oy, ox, pl, y_lo, y_hi):
     pod by pod, so the sums need no per-thread copies and do not depend on
     the number of threads.
     """
+    ol, oy, ox, pl = addr
     H, W = p2.shape[1], p2.shape[2]
     for i in range(ol.shape[0]):
         y0 = oy[i]
@@ -480,12 +488,13 @@ def object_den_rows(den, p2, ol, oy, ox, pl, y_lo, y_hi):
 
 
 @njit(**_JIT)
-def probe_sums(num, den, want_den, psi, ob, ol, oy, ox, pl, p0):
+def probe_sums(num, den, want_den, psi, ob, addr, p0):
     """Probe-update sums over pods ``p0 .. p0 + len(psi) - 1`` (added to ``num``, ``den``).
 
     ``num[pl] += conj(ob_window) * psi`` and, when ``want_den``,
     ``den[pl] += |ob_window|^2``.
     """
+    ol, oy, ox, pl = addr
     npb, H, W = psi.shape
     for k in range(npb):
         i = p0 + k

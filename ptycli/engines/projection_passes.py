@@ -154,7 +154,7 @@ class NumpyProjectionPasses(ProjectionPasses):
         ob = g.obj.data
         modes = g.modes if g.regular else 0
         fuse = e._fuse_object
-        ol, oy, ox, pl = g.ob_layer, g.ob_y, g.ob_x, g.pr_layer
+        ol, oy, ox, pl = g.addresses
         frame_tmp = sc["frame"]
         if fuse:
             prc = np.conj(g.probe.data)
@@ -405,14 +405,14 @@ class CompiledProjectionPasses(ProjectionPasses):
             far, ob = g.farfield, g.obj.data
             buf = self._tbuf[k][g.shape][:p1 - p0]
             psi = g.read_exit(p0, p1)
-            fused.projection_input(buf, psi, ob, pt, pre, far, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0, a1, ma)
+            fused.projection_input(buf, psi, ob, pt, pre, far, g.addresses, p0, a1, ma)
             F = fft_inplace(buf, workers=1) if far else g.propagator.fw(buf)
             sums = np.empty((4, f1 - f0))
             fused.modulus_constraint(F, pod_start, g.diff.data, drows, mask, mrows, not g.mask_trivial, pbound,
                                      True, *sums)
             G = ifft_inplace(F, workers=1) if far else g.propagator.bw(F)
-            change = fused.projection_update(psi, G, ob, pt, pre, post, far, g.ob_layer, g.ob_y, g.ob_x,
-                                             g.pr_layer, p0, beta, fuse, self._ob_num_t[slot][g.obj.ID], prc)
+            change = fused.projection_update(psi, G, ob, pt, pre, post, far, g.addresses, p0, beta, fuse,
+                                             self._ob_num_t[slot][g.obj.ID], prc)
             g.write_exit(psi, p0, p1)
             return float(sums[0].sum()), float(sums[1].sum()), float(sums[2].sum()), change
 
@@ -434,8 +434,8 @@ class CompiledProjectionPasses(ProjectionPasses):
             g, (f0, f1, p0, p1), (pod_start, drows, mrows) = item
             pre, pt, mask = prep[id(g)]
             buf = self._tbuf[k][g.shape][:p1 - p0]
-            fused.projection_input(buf, g.read_exit(p0, p1), g.obj.data, pt, pre, g.farfield, g.ob_layer, g.ob_y,
-                                   g.ob_x, g.pr_layer, p0, one, zero)
+            fused.projection_input(buf, g.read_exit(p0, p1), g.obj.data, pt, pre, g.farfield, g.addresses, p0, one,
+                                   zero)
             F = fft_inplace(buf, workers=1) if g.farfield else g.propagator.fw(buf)
             sums = np.empty((4, f1 - f0))
             fused.modulus_constraint(F, pod_start, g.diff.data, drows, mask, mrows, not g.mask_trivial, 0.0, False,
@@ -456,8 +456,8 @@ class CompiledProjectionPasses(ProjectionPasses):
 
         def work(k, slot, item):
             g, (f0, f1, p0, p1), _ = item
-            fused.object_numerator(self._ob_num_t[slot][g.obj.ID], g.read_exit(p0, p1), prc[id(g)], g.ob_layer,
-                                   g.ob_y, g.ob_x, g.pr_layer, p0)
+            fused.object_numerator(self._ob_num_t[slot][g.obj.ID], g.read_exit(p0, p1), prc[id(g)], g.addresses,
+                                   p0)
 
         self.pool.map_slots(work, self._items, reverse=True)  # starts with the blocks last in the cache
 
@@ -486,7 +486,7 @@ class CompiledProjectionPasses(ProjectionPasses):
                     y_lo, y_hi, _ = rows.indices(den.shape[-2])
                     for g in e.book.groups:
                         if g.obj.ID == sid:
-                            fused.object_den_rows(den, p2[id(g)], g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, y_lo, y_hi)
+                            fused.object_den_rows(den, p2[id(g)], g.addresses, y_lo, y_hi)
 
         def divide(k, rows):
             for sid, S in e.book.obj_storages.items():
@@ -520,7 +520,7 @@ class CompiledProjectionPasses(ProjectionPasses):
         def work(k, slot, item):
             g, (f0, f1, p0, p1), _ = item
             fused.probe_sums(self._pr_num_t[slot][g.probe.ID], self._pr_den_t[slot][g.probe.ID], True,
-                             g.read_exit(p0, p1), g.obj.data, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0)
+                             g.read_exit(p0, p1), g.obj.data, g.addresses, p0)
 
         self.pool.map_slots(work, self._items, reverse=True)  # starts with the blocks last in the cache
         for name in ("_pr_num_t", "_pr_den_t"):  # probe-sized: in this thread
