@@ -1,5 +1,8 @@
 """Address books: the pods of a model compiled once into integer arrays.
 
+(Over 600 lines: one concept, :class:`PodGroup`'s addresses with the gathers
+and scatters every engine's numpy path runs on them.)
+
 Engines never loop over :class:`~ptycli.core.classes.POD` objects in their hot
 loops. At initialisation they build an :class:`AddressBook`, which groups the
 active pods into :class:`PodGroup` s (pods sharing the same probe, object,

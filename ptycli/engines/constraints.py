@@ -56,14 +56,18 @@ def circular_support(shape, fraction, edge_px=2.0, dtype=np.float32):
 def clip_object_amplitude(data, clip):
     """Clip the amplitude of the complex array ``data`` to ``clip = [min, max]``, in place (phase kept).
 
-    Pixels of amplitude 0 stay 0.
+    Pixels of amplitude 0 stay 0. Returns True when any pixel was outside
+    the range (``data`` is left untouched otherwise).
     """
     lo, hi = float(clip[0]), float(clip[1])
     a = np.abs(data)
+    if not (a.size and (a.min() < lo or a.max() > hi)):
+        return False
     scale = np.clip(a, lo, hi)
     np.divide(scale, a, out=scale, where=a > 0)
     scale[a == 0] = 1.0
     data *= scale
+    return True
 
 
 class ConstraintsMixin:

@@ -375,7 +375,7 @@ class CompiledProjectionPasses(ProjectionPasses):
         self._dirty = set()
 
     def fourier_pass(self, acc):
-        """:meth:`fourier_update` of every group with the fused kernels of :mod:`ptycli.engines.fused`.
+        """The projection step of every group with the fused kernels of :mod:`ptycli.engines.fused`.
 
         Per frame block (blocks of all groups shared out by
         ``self.pool.map_slots``): the projection input in one pass, the FFT
