@@ -495,12 +495,8 @@ class PodGroup:
         of every mode), so the denominator of the object update is built
         without a stack temporary.
         """
-        p1 = self.n_pods if p1 is None else p1
-        H, W = self.shape
-        ol, oy, ox, pl = self.ob_layer, self.ob_y, self.ob_x, self.pr_layer
-        for i in range(p0, p1):
-            y, x = oy[i], ox[i]
-            target[ol[i], y:y + H, x:x + W] += const[pl[i]]
+        for k, lo, rows, cols, q in self._windows(p0, p1):
+            target[lo, rows, cols] += const[q]
         return target
 
     def scatter_probe_product(self, target, values, probe_rows, p0=0, p1=None, tmp=None):
@@ -510,15 +506,11 @@ class PodGroup:
         exit waves as ``values``. The products are formed window by window in
         a small (cache-resident) scratch frame ``tmp``.
         """
-        p1 = self.n_pods if p1 is None else p1
-        H, W = self.shape
-        ol, oy, ox, pl = self.ob_layer, self.ob_y, self.ob_x, self.pr_layer
         if tmp is None:
-            tmp = np.empty((H, W), dtype=np.result_type(probe_rows, values))
-        for k, i in enumerate(range(p0, p1)):
-            y, x = oy[i], ox[i]
-            np.multiply(probe_rows[pl[i]], values[k], out=tmp)
-            target[ol[i], y:y + H, x:x + W] += tmp
+            tmp = np.empty(self.shape, dtype=np.result_type(probe_rows, values))
+        for k, lo, rows, cols, q in self._windows(p0, p1):
+            np.multiply(probe_rows[q], values[k], out=tmp)
+            target[lo, rows, cols] += tmp
         return target
 
     def accumulate_probe(self, num, den, obj_rows, obj_weight, values, p0=0, p1=None, tmp=None):
@@ -530,18 +522,23 @@ class PodGroup:
         ``obj_rows = conj(object)``, ``obj_weight = |object|**2`` and the
         exit waves as ``values``.
         """
+        if tmp is None:
+            tmp = np.empty(self.shape, dtype=np.result_type(obj_rows, values))
+        for k, lo, rows, cols, q in self._windows(p0, p1):
+            np.multiply(obj_rows[lo, rows, cols], values[k], out=tmp)
+            num[q] += tmp
+            if den is not None:
+                den[q] += obj_weight[lo, rows, cols]
+        return num, den
+
+    def _windows(self, p0, p1):
+        """``(k, ob_layer, window rows, window cols, pr_layer)`` of pods ``i = p0 + k .. p1-1`` (p1 None: all)."""
         p1 = self.n_pods if p1 is None else p1
         H, W = self.shape
-        ol, oy, ox, pl = self.ob_layer, self.ob_y, self.ob_x, self.pr_layer
-        if tmp is None:
-            tmp = np.empty((H, W), dtype=np.result_type(obj_rows, values))
+        ol, oy, ox, pl = self.addresses
         for k, i in enumerate(range(p0, p1)):
             y, x = oy[i], ox[i]
-            np.multiply(obj_rows[ol[i], y:y + H, x:x + W], values[k], out=tmp)
-            num[pl[i]] += tmp
-            if den is not None:
-                den[pl[i]] += obj_weight[ol[i], y:y + H, x:x + W]
-        return num, den
+            yield k, ol[i], slice(y, y + H), slice(x, x + W), pl[i]
 
     def coverage(self, dtype=np.float32):
         """Number of windows covering each pixel of the object storage (float array)."""
