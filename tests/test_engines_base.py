@@ -254,3 +254,16 @@ def test_custom_engine_subclass_registers():
     finally:
         registry.ENGINES.unregister("NoopTestEngine")
         ENGINES.pop("NoopTestEngine", None)
+
+
+def test_clip_object_amplitude_keeps_phase_and_zeros():
+    from ptycli.engines.constraints import clip_object_amplitude
+
+    d = np.array([0, 0.5, 2j, 3 + 4j], dtype=np.complex64)
+    phase = np.angle(d[1:])
+    assert clip_object_amplitude(d, [0.6, 4.0])
+    np.testing.assert_allclose(np.abs(d), [0, 0.6, 2, 4], rtol=1e-6)
+    np.testing.assert_allclose(np.angle(d[1:]), phase, atol=1e-6)
+    before = d.copy()
+    assert not clip_object_amplitude(d, [0.0, 10.0])  # nothing outside: untouched
+    np.testing.assert_array_equal(d, before)

@@ -1,6 +1,6 @@
 """DM and RAAR on simulated MoonFlower data: convergence and quality against the ground truth.
 
-Quality is measured with ``ptycli.engines.metrics`` after removing the global
+Quality is measured with ``ptycli.quality`` after removing the global
 phase, a sub-pixel shift and a linear phase ramp; the object over the
 well-illuminated area (probe coverage above 30 % of its maximum), the probe
 weighted by its true intensity.
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ptycli.core import Ptycho
-from ptycli.engines import make_engine, metrics
+from ptycli import quality as metrics
+from ptycli.engines import make_engine
 from ptycli.utils.parameters import Param
 
 WELL_LIT = 0.3  # coverage fraction of the maximum that counts as well illuminated

@@ -8,7 +8,8 @@ from ptycli.core.geometry import FarfieldPropagator, NearfieldPropagator
 from ptycli.engines import make_engine
 from ptycli.engines.base import ErrorSums
 from ptycli.engines import stochastic as st
-from ptycli.engines.metrics import object_vs_truth, probe_vs_truth
+from pie_reference import pie_step, pie_weights  # noqa: E402  (the published formulas, tests/)
+from ptycli.quality import object_vs_truth, probe_vs_truth
 from ptycli.errors import ConfigError
 
 
@@ -37,9 +38,9 @@ def test_kernel_matches_published_formulas(npr, nob, alphas, fold, masked):
     f = prop.factors(np.complex64)
     probe, obj, sqrt_i, mask = _random_frame(rng, h, npr, nob)
     mask = mask if masked else None
-    ref_p, ref_o, err = st.pie_step(probe.astype(np.complex128), obj.astype(np.complex128), sqrt_i.astype(float),
-                                    prop.fw, prop.bw, mask, object_step=0.9, probe_step=0.8,
-                                    object_alpha=alphas[0], probe_alpha=alphas[1], update_probe=True)
+    ref_p, ref_o, err = pie_step(probe.astype(np.complex128), obj.astype(np.complex128), sqrt_i.astype(float),
+                                 prop.fw, prop.bw, mask, object_step=0.9, probe_step=0.8,
+                                 object_alpha=alphas[0], probe_alpha=alphas[1], update_probe=True)
     k = st.FrameKernel((h, h), npr, nob, np.complex64, pre=None if fold else f.pre, object_step=0.9,
                        probe_step=0.8, object_alpha=alphas[0], probe_alpha=alphas[1])
     p = (probe * f.pre).astype(np.complex64) if fold else probe.copy()
@@ -63,8 +64,8 @@ def test_kernel_object_only_and_nearfield():
     h = 24
     prop = NearfieldPropagator((h, h), 1e-10, 1e-3, 1e-7)
     probe, obj, sqrt_i, _ = _random_frame(rng, h, 1, 1)
-    ref_p, ref_o, _ = st.pie_step(probe.astype(np.complex128), obj.astype(np.complex128), sqrt_i.astype(float),
-                                  prop.fw, prop.bw, update_probe=False)
+    ref_p, ref_o, _ = pie_step(probe.astype(np.complex128), obj.astype(np.complex128), sqrt_i.astype(float),
+                               prop.fw, prop.bw, update_probe=False)
     k = st.FrameKernel((h, h), 1, 1, np.complex64, transfer=prop.factors(np.complex64).pre)
     p, o = probe.copy(), obj.copy()
     k.step(p, o, sqrt_i, update_probe=False)
@@ -88,9 +89,9 @@ def test_pie_weights_forms():
     P = (rng.standard_normal((2, 8, 8)) + 1j * rng.standard_normal((2, 8, 8))).astype(np.complex64)
     s = np.sum(np.abs(P) ** 2, axis=0)
     # ePIE: conj(P) / max sum|P|^2
-    np.testing.assert_allclose(st.pie_weights(P, 0.5, 1.0), 0.5 * np.conj(P) / s.max(), rtol=1e-5)
+    np.testing.assert_allclose(pie_weights(P, 0.5, 1.0), 0.5 * np.conj(P) / s.max(), rtol=1e-5)
     # rPIE: conj(P) / ((1 - a)|P|^2 + a max|P|^2)
-    np.testing.assert_allclose(st.pie_weights(P, 1.0, 0.1), np.conj(P) / (0.9 * s + 0.1 * s.max()), rtol=1e-5)
+    np.testing.assert_allclose(pie_weights(P, 1.0, 0.1), np.conj(P) / (0.9 * s + 0.1 * s.max()), rtol=1e-5)
 
 
 def test_visiting_order_is_a_permutation():

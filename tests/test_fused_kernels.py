@@ -11,6 +11,7 @@ import pytest
 
 from ptycli.core import Ptycho
 from ptycli.engines import fused, make_engine
+from ptycli.engines.threads import BlockPool
 from ptycli.errors import EngineError
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="numba is not installed")
@@ -170,7 +171,7 @@ def test_block_pool_slots_keep_order_and_balance():
     import threading
     import time
 
-    pool = fused.BlockPool(2, slots_per_thread=2)
+    pool = BlockPool(2, slots_per_thread=2)
     try:
         assert pool.slots == 4
         seen = {s: [] for s in range(4)}
@@ -196,7 +197,7 @@ def test_block_pool_slots_keep_order_and_balance():
             assert seen[s] == list(range(s, 22, 4))[::-1]
     finally:
         pool.close()
-    one = fused.BlockPool(1)
+    one = BlockPool(1)
     assert one.slots == 1
     assert one.map_slots(lambda k, s, it: (k, s, it), [5, 6]) == [(0, 0, 5), (0, 0, 6)]
 
@@ -245,13 +246,13 @@ def test_missed_fold_is_zeroed_before_the_next_pass():
         e = make_engine(P, dict(name="DM", numiter=2, kernels="compiled", block_frames=2), "e")
         e.initialize()
         e.iterate(1)
-        stale = e._ob_num_t[1]["SMF"]
+        stale = e.passes._ob_num_t[1]["SMF"]
         assert not stale.any()  # folded and cleared
         stale[...] = 7.0
-        e._start_sums("_ob_num_t")  # clean: trusted as zero
+        e.passes._start_sums("_ob_num_t")  # clean: trusted as zero
         assert stale.all()
-        e._dirty.add("_ob_num_t")
-        e._start_sums("_ob_num_t")
+        e.passes._dirty.add("_ob_num_t")
+        e.passes._start_sums("_ob_num_t")
         assert not stale.any()
         e.finalize()
     finally:

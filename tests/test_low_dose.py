@@ -75,7 +75,7 @@ def test_noise_power_bound_keeps_dm_from_fitting_the_noise(low_dose_case):
 
 
 def test_weak_illumination_prior_keeps_unlit_pixels_sane(low_dose_case):
-    from ptycli.engines import metrics
+    from ptycli import quality as metrics
 
     for floor, most in ((0.01, 4.0), (0.0, None)):
         P, _ = _dm(low_dose_case, object_weak_floor=floor)

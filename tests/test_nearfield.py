@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from cli_helpers import invoke  # noqa: E402
 from ptycli.core import Ptycho
-from ptycli.engines import metrics
+from ptycli import quality as metrics
 from ptycli.errors import ConfigError
 from ptycli.scans import get_loader
 

@@ -1,8 +1,8 @@
-"""Reconstruction-quality helpers (ptycli.engines.metrics)."""
+"""Reconstruction-quality helpers (ptycli.quality)."""
 import numpy as np
 import pytest
 
-from ptycli.engines import metrics
+from ptycli import quality as metrics
 from ptycli.resources import flower_obj, moon_pr
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from cli_helpers import invoke  # noqa: E402
 from ptycli.core import Ptycho
-from ptycli.engines import metrics
+from ptycli import quality as metrics
 from ptycli.io import load_reconstruction
 from ptycli.scans import get_loader
 from test_nearfield import (HC, aperture_probe, reconstruct, score, simulate, true_probe_file,  # noqa: E402

@@ -7,6 +7,27 @@ position refinement (:mod:`.posref`).
 
 Public API: :class:`Engine`, :func:`register`, :func:`make_engine`,
 :data:`ENGINES`, :class:`AddressBook`, :class:`PodGroup`.
+
+Layout
+------
+========================  ===============================================================
+engine base               :mod:`.base` (life cycle, registry), :mod:`.error_sums`,
+                          :mod:`.constraints` (shared with ML), :mod:`.snapshot`
+                          (good state, divergence, checkpoint state), :mod:`.health`
+addressing                :mod:`.addressing` (pods compiled into integer arrays)
+DM, RAAR                  :mod:`.projectional` (the algorithm), :mod:`.projection_passes`
+                          (its passes: numpy and compiled)
+ePIE, rPIE                :mod:`.stochastic` (engines, MPI merge), :mod:`.pie_sweep`,
+                          :mod:`.pie_step` (the frame step)
+ML                        :mod:`.ml`
+position refinement       :mod:`.posref`
+numpy kernels             :mod:`.kernels`
+compiled kernels (numba)  :mod:`.fused` (projection), :mod:`.fused_ml`, :mod:`.fused_pie`
+threads                   :mod:`.threads` (the block thread pool of the compiled passes)
+========================  ===============================================================
+
+Comparisons with a ground truth are :mod:`ptycli.quality` (``ptycli.engines.metrics`` is
+its old name).
 """
 
 import importlib
@@ -23,7 +44,8 @@ _log = logging.getLogger("ptycli.engines")
 
 #: submodules that register no engine (the compiled kernels, imported with numba by the engines
 #: that run them): :func:`ptycli.params.registry.load_plugins` leaves them alone
-NOT_PLUGINS = ("fused", "fused_ml", "fused_pie", "kernels", "metrics", "health", "addressing")
+NOT_PLUGINS = ("fused", "fused_ml", "fused_pie", "kernels", "metrics", "health", "addressing", "threads",
+               "constraints", "error_sums", "snapshot", "projection_passes", "pie_step", "pie_sweep")
 
 for _name in ("stochastic", "ml", "posref"):
     try:

@@ -1,5 +1,8 @@
 """Address books: the pods of a model compiled once into integer arrays.
 
+(Over 600 lines: one concept, :class:`PodGroup`'s addresses with the gathers
+and scatters every engine's numpy path runs on them.)
+
 Engines never loop over :class:`~ptycli.core.classes.POD` objects in their hot
 loops. At initialisation they build an :class:`AddressBook`, which groups the
 active pods into :class:`PodGroup` s (pods sharing the same probe, object,
@@ -121,6 +124,9 @@ class PodGroup:
         Pods, frames and pods per frame (``modes`` is 0 when frames differ).
     pr_layer, ob_layer, ob_y, ob_x, ex_layer, di_layer, ma_layer, frame : ndarray of int64
         Per-pod addresses (see the module docstring).
+    addresses : tuple of ndarray
+        ``(ob_layer, ob_y, ob_x, pr_layer)``: the object windows and probe rows in one argument
+        for the compiled kernels (:mod:`ptycli.engines.fused`).
     frame_di, frame_ma : ndarray of int64
         Diffraction/mask row of each frame.
     pod_start : ndarray of int64 (n_frames + 1,)
@@ -174,6 +180,9 @@ class PodGroup:
         self.pods = [pods[i] for i in order]
         (self.di_layer, self.ex_layer, self.pr_layer, self.ob_layer, self.ob_y, self.ob_x,
          self.ma_layer) = [np.ascontiguousarray(arr[:, k]) for k in range(7)]
+        #: the window addresses packed for the compiled kernels: ``(ob_layer, ob_y, ob_x, pr_layer)``
+        #: (the same live arrays: position refinement moves ``ob_y``/``ob_x`` in place)
+        self.addresses = (self.ob_layer, self.ob_y, self.ob_x, self.pr_layer)
         self.n_pods = len(self.pods)
         # bounds of the object windows
         Ho, Wo = self.obj.data.shape[-2:]
@@ -252,21 +261,21 @@ class PodGroup:
 
     def diff_frames(self, f0=0, f1=None):
         """Measured intensities of frames ``f0 .. f1-1`` (a live view when the rows are contiguous)."""
-        f1 = self.n_frames if f1 is None else f1
-        if self._di_contig:
-            s = int(self.frame_di[0])
-            return self.diff.data[s + f0:s + f1]
-        return self.diff.data[self.frame_di[f0:f1]]
+        return self._frame_rows(self.diff.data, self.frame_di, self._di_contig, f0, f1)
 
     def mask_frames(self, f0=0, f1=None):
         """Mask of frames ``f0 .. f1-1``, or None when the mask is trivial (all ones)."""
         if self.mask_trivial:
             return None
+        return self._frame_rows(self.mask.data, self.frame_ma, self._ma_contig, f0, f1)
+
+    def _frame_rows(self, data, rows, contiguous, f0, f1):
+        """Rows ``rows[f0:f1]`` of a per-frame buffer (f1 None: all frames): a live view when ``contiguous``."""
         f1 = self.n_frames if f1 is None else f1
-        if self._ma_contig:
-            s = int(self.frame_ma[0])
-            return self.mask.data[s + f0:s + f1]
-        return self.mask.data[self.frame_ma[f0:f1]]
+        if contiguous:
+            s = int(rows[0])
+            return data[s + f0:s + f1]
+        return data[rows[f0:f1]]
 
     def fmag(self, f0=0, f1=None):
         """``sqrt(max(I, 0))`` of frames ``f0 .. f1-1`` in the real type (cached for the whole group).
@@ -486,12 +495,8 @@ class PodGroup:
         of every mode), so the denominator of the object update is built
         without a stack temporary.
         """
-        p1 = self.n_pods if p1 is None else p1
-        H, W = self.shape
-        ol, oy, ox, pl = self.ob_layer, self.ob_y, self.ob_x, self.pr_layer
-        for i in range(p0, p1):
-            y, x = oy[i], ox[i]
-            target[ol[i], y:y + H, x:x + W] += const[pl[i]]
+        for k, lo, rows, cols, q in self._windows(p0, p1):
+            target[lo, rows, cols] += const[q]
         return target
 
     def scatter_probe_product(self, target, values, probe_rows, p0=0, p1=None, tmp=None):
@@ -501,15 +506,11 @@ class PodGroup:
         exit waves as ``values``. The products are formed window by window in
         a small (cache-resident) scratch frame ``tmp``.
         """
-        p1 = self.n_pods if p1 is None else p1
-        H, W = self.shape
-        ol, oy, ox, pl = self.ob_layer, self.ob_y, self.ob_x, self.pr_layer
         if tmp is None:
-            tmp = np.empty((H, W), dtype=np.result_type(probe_rows, values))
-        for k, i in enumerate(range(p0, p1)):
-            y, x = oy[i], ox[i]
-            np.multiply(probe_rows[pl[i]], values[k], out=tmp)
-            target[ol[i], y:y + H, x:x + W] += tmp
+            tmp = np.empty(self.shape, dtype=np.result_type(probe_rows, values))
+        for k, lo, rows, cols, q in self._windows(p0, p1):
+            np.multiply(probe_rows[q], values[k], out=tmp)
+            target[lo, rows, cols] += tmp
         return target
 
     def accumulate_probe(self, num, den, obj_rows, obj_weight, values, p0=0, p1=None, tmp=None):
@@ -521,18 +522,23 @@ class PodGroup:
         ``obj_rows = conj(object)``, ``obj_weight = |object|**2`` and the
         exit waves as ``values``.
         """
+        if tmp is None:
+            tmp = np.empty(self.shape, dtype=np.result_type(obj_rows, values))
+        for k, lo, rows, cols, q in self._windows(p0, p1):
+            np.multiply(obj_rows[lo, rows, cols], values[k], out=tmp)
+            num[q] += tmp
+            if den is not None:
+                den[q] += obj_weight[lo, rows, cols]
+        return num, den
+
+    def _windows(self, p0, p1):
+        """``(k, ob_layer, window rows, window cols, pr_layer)`` of pods ``i = p0 + k .. p1-1`` (p1 None: all)."""
         p1 = self.n_pods if p1 is None else p1
         H, W = self.shape
-        ol, oy, ox, pl = self.ob_layer, self.ob_y, self.ob_x, self.pr_layer
-        if tmp is None:
-            tmp = np.empty((H, W), dtype=np.result_type(obj_rows, values))
+        ol, oy, ox, pl = self.addresses
         for k, i in enumerate(range(p0, p1)):
             y, x = oy[i], ox[i]
-            np.multiply(obj_rows[ol[i], y:y + H, x:x + W], values[k], out=tmp)
-            num[pl[i]] += tmp
-            if den is not None:
-                den[pl[i]] += obj_weight[ol[i], y:y + H, x:x + W]
-        return num, den
+            yield k, ol[i], slice(y, y + H), slice(x, x + W), pl[i]
 
     def coverage(self, dtype=np.float32):
         """Number of windows covering each pixel of the object storage (float array)."""

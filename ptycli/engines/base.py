@@ -1,4 +1,11 @@
-"""Engine base class: the iteration loop, error records, constraints, registry.
+"""Engine base class: the life cycle (initialise, iterate, record, finalise) and the registry.
+
+The rest of the base lives in modules of its own, mixed into :class:`Engine`:
+:mod:`.error_sums` (:class:`ErrorSums`, the error fields of a record),
+:mod:`.constraints` (probe support, mode orthogonality, recentring, object
+clipping: :func:`~ptycli.engines.constraints.clip_object_amplitude` for
+engines with their own update order) and :mod:`.snapshot` (good-state
+snapshots, the collective divergence check, checkpoint state).
 
 Writing an engine
 -----------------
@@ -155,13 +162,16 @@ import time
 import numpy as np
 
 from .. import parallel
-from ..errors import ConfigError, DivergenceError, EngineError
+from ..errors import ConfigError, EngineError
 from ..log import progress_bar, progress_fields, stderr_is_tty
 from ..params.declare import Parameter, ParamSet
 from ..utils.parameters import Param
+from .constraints import ConstraintsMixin, circular_support, clip_object_amplitude  # noqa: F401
+from .error_sums import ErrorSums
+from .snapshot import SnapshotMixin
 
 __all__ = ["Engine", "ErrorSums", "ENGINES", "register", "make_engine", "COMMON_PARAMS",
-           "circular_support"]
+           "circular_support", "clip_object_amplitude"]
 
 log = logging.getLogger("ptycli.engines")
 
@@ -199,115 +209,7 @@ def _common_params():
 COMMON_PARAMS = _common_params()
 
 
-def circular_support(shape, fraction, edge_px=2.0, dtype=np.float32):
-    """Soft elliptical mask with semi-axes ``fraction * (rows / 2, cols / 2)`` centred at ``shape // 2``.
-
-    Circular on square frames. On rectangular frames it follows the frame's
-    aspect: a circle sized by the short side cut probes that fill the long
-    axis (a near-field reconstruction of 48 x 80 frames reached an object
-    correlation of 0.86 with it, 0.99 with the ellipse; a wide far-field probe
-    0.97 against 0.995).
-
-    Parameters
-    ----------
-    shape : (int, int)
-        Frame shape (pixels).
-    fraction : float
-        Semi-axes as a fraction of half the frame's sides.
-    edge_px : float
-        Width of the soft edge (pixels along the shorter side).
-
-    Returns
-    -------
-    ndarray of ``dtype``, values in [0, 1]
-    """
-    from ..utils.array_utils import smooth_step
-
-    h, w = (int(s) for s in shape)
-    short = min(h, w)
-    y = (np.arange(h) - h // 2) * (short / h)
-    x = (np.arange(w) - w // 2) * (short / w)
-    r = np.sqrt(y[:, None] ** 2 + x[None, :] ** 2)  # pixels of the shorter side
-    radius = float(fraction) * short / 2.0
-    # fully transmitting inside the radius, a soft edge of edge_px just outside
-    return np.asarray(smooth_step(radius + edge_px - r, edge_px), dtype=dtype)
-
-
-class ErrorSums:
-    """Accumulates the error metrics of one iteration over groups, blocks and MPI ranks.
-
-    Parameters
-    ----------
-    total_counts : float
-        ``sum mask I`` over all ranks (normalises ``exit_change``).
-
-    Notes
-    -----
-    Sums are kept in float64: ``[fourier, photon, valid pixels, exit change, likelihood]``.
-    :meth:`reduce` allreduces them once (one small MPI call per iteration) and
-    returns the normalised record fields.
-    """
-
-    def __init__(self, total_counts):
-        self.total_counts = float(total_counts)
-        self.sums = np.zeros(5)
-        self.has_likelihood = False
-
-    def add(self, fourier=0.0, photon=0.0, valid=0.0, exit_change=0.0, likelihood=None):
-        """Add raw sums (see the class notes)."""
-        s = self.sums
-        s[0] += fourier
-        s[1] += photon
-        s[2] += valid
-        s[3] += exit_change
-        if likelihood is not None:
-            s[4] += likelihood
-            self.has_likelihood = True
-
-    def add_fourier(self, af, fmag, mask=None, intensity=None, per_frame=False):
-        """Add the Fourier and photon errors of a frame block.
-
-        Parameters
-        ----------
-        af : ndarray (frames, H, W), real
-            Model amplitudes ``sqrt(sum_modes |F|^2)``.
-        fmag : ndarray (frames, H, W), real
-            Measured amplitudes ``sqrt(I)``.
-        mask : ndarray or None
-            Valid-pixel weights (None: all valid).
-        intensity : ndarray, optional
-            Measured ``I`` (default ``fmag**2``).
-        per_frame : bool
-            Also return the per-frame mean squared amplitude deviation.
-
-        Returns
-        -------
-        ndarray (frames,) or None
-            ``sum mask (af - fmag)^2 / sum mask`` per frame when ``per_frame``.
-        """
-        from .kernels import fourier_errors
-
-        ferr, psum, valid = fourier_errors(af, fmag, mask, intensity)
-        self.add(fourier=float(ferr.sum()), photon=psum, valid=float(valid.sum()))
-        if per_frame:
-            return ferr / np.maximum(valid, 1)
-        return None
-
-    def add_exit_change(self, value):
-        """Add ``sum |delta psi|^2`` of a block."""
-        self.sums[3] += float(value)
-
-    def reduce(self):
-        """Allreduce and normalise: a dict with the record's error fields."""
-        s = self.sums.copy()
-        parallel.allreduce(s)
-        nvalid = max(s[2], 1.0)
-        return dict(fourier_error=float(s[0] / nvalid), photon_error=float(s[1] / nvalid),
-                    exit_change=float(s[3] / max(self.total_counts, 1e-30)),
-                    likelihood=float(s[4]) if self.has_likelihood else None)
-
-
-class Engine:
+class Engine(ConstraintsMixin, SnapshotMixin):
     """Base of the reconstruction engines (see the module docstring).
 
     Parameters
@@ -630,147 +532,6 @@ class Engine:
         """Whether the probe is updated in the current iteration (``iteration >= probe_update_start``)."""
         return self.iteration >= int(self.p.probe_update_start)
 
-    def apply_probe_constraints(self, storages=None, orthogonalize=True):
-        """Support, mode orthogonalisation and recentring of the probe(s), in place.
-
-        Call after every probe update. ``storages``: probe storage IDs
-        (default all). ``orthogonalize=False`` skips the mode
-        orthogonalisation (an engine that updates the probe several times
-        per iteration may orthogonalise once at the end, see
-        :meth:`orthogonalize_probe`).
-        """
-        for sid, S in self.book.probe_storages.items():
-            if storages is not None and sid not in storages:
-                continue
-            sup = self.supports.get(sid)
-            if sup is not None:
-                before = float(np.vdot(S.data, S.data).real)
-                S.data *= sup
-                # the fraction of the probe's energy the support removed (the health check reads it)
-                self.support_cut[sid] = 1.0 - float(np.vdot(S.data, S.data).real) / before if before > 0 else 0.0
-        if orthogonalize:
-            self.orthogonalize_probe(storages)
-        if self.p.get("probe_center_tol") is not None:
-            self.recenter_probe()
-
-    def probe_supports(self):
-        """Probe storage ID -> support mask (:func:`circular_support`); empty for ``probe_support: null``."""
-        fraction = self.p.get("probe_support")
-        if fraction is None:
-            return {}
-        return {sid: circular_support(S.data.shape[-2:], fraction, dtype=self.ftype)
-                for sid, S in self.book.probe_storages.items()}
-
-    def orthogonalize_probe(self, storages=None, rotate_exit=True):
-        """Make the probe modes orthogonal and order them by power, in place.
-
-        The modes are replaced by ``P'_k = sum_j V_jk P_j`` with ``V`` the
-        eigenvectors (strongest first) of the mode overlap matrix
-        ``M_ij = <P_i, P_j>``; the incoherent sum ``sum_k |P_k|^2`` and the
-        density matrix are unchanged. With ``rotate_exit`` the exit waves of
-        the pods using each probe get the same unitary mixing over probe
-        modes, so ``exit_k = P_k O`` relations stay consistent (needed by
-        engines that keep exit waves between iterations, such as DM).
-
-        Returns
-        -------
-        dict
-            Storage ID -> ``V`` (modes x modes) for each storage with more than one mode.
-        """
-        out = {}
-        for sid, S in self.book.probe_storages.items():
-            if storages is not None and sid not in storages:
-                continue
-            m = S.data.shape[0]
-            if m < 2:
-                continue
-            flat = S.data.reshape(m, -1)
-            overlap = (flat.conj() @ flat.T).astype(np.complex128)
-            evals, evecs = np.linalg.eigh(overlap)
-            V = evecs[:, np.argsort(evals)[::-1]]
-            Vc = V.astype(S.data.dtype)
-            flat[...] = Vc.T @ flat
-            out[sid] = V
-            if rotate_exit:
-                self._rotate_exit_modes(S, Vc)
-        return out
-
-    def _rotate_exit_modes(self, S, V):
-        """Mix the exit waves of pods using probe storage ``S`` over probe modes with ``V``."""
-        for g in self.book.groups:
-            if g.probe is not S:
-                continue
-            if not g.regular:
-                log.debug("group %s: exit waves not rotated with the probe modes (irregular layout)", g.label)
-                continue
-            m = S.data.shape[0]
-            # exit rows of one frame: modes in order (probe mode, object mode)
-            mp = g.mode_pr
-            ex = g.exit_frames()
-            H, W = g.shape
-            for om in np.unique(g.mode_ob):
-                idx = np.flatnonzero(g.mode_ob == om)
-                rows = mp[idx]
-                if len(idx) != m or len(set(rows.tolist())) != m:
-                    continue
-                order = idx[np.argsort(rows)]  # exit slot of probe row 0, 1, ...
-                for f0 in range(0, g.n_frames, 256):
-                    f1 = min(g.n_frames, f0 + 256)
-                    block = ex[f0:f1][:, order].reshape(f1 - f0, m, H * W)
-                    new = np.matmul(V.T[None], block)
-                    ex[f0:f1, order] = new.reshape(f1 - f0, m, H, W)
-
-    def apply_object_constraints(self):
-        """Clip the object amplitude to ``clip_object`` (in place), when set; True when it changed anything."""
-        c = self.p.get("clip_object")
-        if c is None:
-            return False
-        lo, hi = float(c[0]), float(c[1])
-        changed = False
-        for S in self.book.obj_storages.values():
-            a = np.abs(S.data)
-            if not (a.size and (a.min() < lo or a.max() > hi)):
-                continue  # within the bounds
-            changed = True
-            scale = np.clip(a, lo, hi)
-            np.divide(scale, a, out=scale, where=a > 0)
-            scale[a == 0] = 1.0
-            S.data *= scale
-        return changed
-
-    def recenter_probe(self):
-        """Shift probe, object and exit waves by whole pixels when the probe's mass centre drifts.
-
-        The shift moves all three together, so ``exit = probe * object`` stays
-        consistent; the object's coordinate frame moves by the same amount.
-        Returns the applied shift per probe storage.
-        """
-        tol = self.p.get("probe_center_tol")
-        shifts = {}
-        if tol is None:
-            return shifts
-        for sid, S in self.book.probe_storages.items():
-            inten = np.sum(np.abs(S.data) ** 2, axis=0)
-            tot = inten.sum()
-            if not tot > 0:
-                continue
-            h, w = inten.shape
-            cy = float(np.dot(np.arange(h), inten.sum(axis=1)) / tot)
-            cx = float(np.dot(np.arange(w), inten.sum(axis=0)) / tot)
-            d = np.array([h // 2 - cy, w // 2 - cx])
-            if np.hypot(*d) <= float(tol):
-                continue
-            s = np.round(d).astype(int)
-            self.sync()  # the true exit waves (an engine's working form need not commute with the shift)
-            S.data[...] = np.roll(S.data, tuple(s), axis=(-2, -1))
-            shifts[sid] = s
-            for g in self.book.groups:
-                if g.probe is S:
-                    g.obj.data[...] = np.roll(g.obj.data, tuple(s), axis=(-2, -1))
-                    g.exit.data[...] = np.roll(g.exit.data, tuple(s), axis=(-2, -1))
-            log.info("%s: probe %s recentred by %s pixels", self.label, sid, tuple(int(v) for v in s))
-        return shifts
-
     def reset_exit(self):
         """Set every exit wave to ``probe * object`` (in place)."""
         for g in self.book.groups:
@@ -783,137 +544,16 @@ class Engine:
                     ob *= g.probe_for(pr, p0, p1)
                 g.write_exit(ob, p0, p1)
 
-    # -- divergence ---------------------------------------------------------------------
-    _DIVERGED_ERRORS = 1  # bits of the collective divergence flag
-    _DIVERGED_STATE = 2
-
-    def _check_divergence(self, full):
-        """Raise :class:`DivergenceError` on every rank when any rank sees NaN/Inf (collective).
-
-        The errors of ``full`` are sums over all ranks already; the probe and
-        object are replicas that should agree, but a rank-local NaN must not
-        leave the ranks in different branches (one stopping, the others
-        waiting for it in the next reduction): the ranks OR their findings
-        with one 8-byte ``Allreduce`` (:func:`ptycli.parallel.reduce_flags`)
-        and all restore their last good state and raise together.
-        """
-        bad = [k for k in ("fourier_error", "photon_error", "exit_change", "likelihood")
-               if full[k] is not None and not np.isfinite(full[k])]
-        flags = (self._DIVERGED_ERRORS if bad else 0) | (0 if self._state_finite() else self._DIVERGED_STATE)
-        flags = parallel.reduce_flags(flags)
-        if not flags:
-            return
-        self._restore_good()
-        if bad:
-            what = "errors %s" % ", ".join("%s=%s" % (k, full[k]) for k in bad)
-        elif flags & self._DIVERGED_ERRORS:
-            what = "errors"
-        else:
-            what = "probe or object"
-        raise DivergenceError("engine %s (%s) diverged at iteration %d: NaN/Inf in %s; the probe and object "
-                              "of iteration %d were restored" % (self.label, self.NAME, full["iteration"], what,
-                                                                 self._good_iteration),
-                              hint="lower the step or relaxation parameters, check the data and mask, or "
-                                   "start from a better probe guess")
-
     def _row_work(self, fn, arrays):
         """``fn(k, rows)`` over row bands (axis -2) of ``arrays`` on the engine's block threads, if it has them.
 
-        Engines with compiled kernels keep a :class:`~ptycli.engines.fused.BlockPool`
+        Engines with compiled kernels keep a :class:`~ptycli.engines.threads.BlockPool`
         in ``self._pool``; without one, ``fn(0, slice(None))`` runs once here.
         """
         pool = getattr(self, "_pool", None)
         if pool is not None:
             return pool.rows(fn, arrays)
         return [fn(0, slice(None))]
-
-    def _state_finite(self):
-        """True when the probe and object hold no NaN/Inf (object-sized sums in row bands)."""
-        for S in self.book.probe_storages.values():
-            if not np.isfinite(np.vdot(S.data, S.data).real):
-                return False
-        for S in self.book.obj_storages.values():
-            parts = self._row_work(lambda k, rows, S=S: np.vdot(S.data[..., rows, :], S.data[..., rows, :]).real,
-                                   [S.data])
-            if not np.isfinite(sum(parts)):
-                return False
-        return True
-
-    def _snapshot(self):
-        """Remember the current probe and object as the last good state (object copies in row bands)."""
-        if self._good is None:
-            self._good = dict(probe={}, obj={})
-        for key, storages in (("probe", self.book.probe_storages), ("obj", self.book.obj_storages)):
-            for sid, S in storages.items():
-                buf = self._good[key].get(sid)
-                if buf is None or buf.shape != S.data.shape:
-                    self._good[key][sid] = S.data.copy()
-                elif key == "obj":
-                    self._row_work(lambda k, rows, buf=buf, S=S: np.copyto(buf[..., rows, :], S.data[..., rows, :]),
-                                   [buf])
-                else:
-                    buf[...] = S.data
-        self._good_iteration = int(self.ptycho.runtime.get("iterations", 0))
-
-    def _restore_good(self):
-        self.sync()
-        if self._good is None:
-            return
-        for key, storages in (("probe", self.book.probe_storages), ("obj", self.book.obj_storages)):
-            for sid, S in storages.items():
-                if sid in self._good[key]:
-                    S.data[...] = self._good[key][sid]
-        self.reset_exit()
-
-    # -- state for checkpoints / resume ----------------------------------------------------
-    def engine_state(self):
-        """Engine-specific arrays to checkpoint: a dict name -> ndarray. Override."""
-        return {}
-
-    def engine_load_state(self, state):
-        """Restore what :meth:`engine_state` returned. Override."""
-
-    def state_dict(self):
-        """Everything needed to resume: a dict of plain values and ndarray copies.
-
-        Keys: ``engine`` (label), ``name``, ``iteration`` (this engine),
-        ``global_iteration``, ``probe``/``obj``/``exit`` (storage ID ->
-        array copy), ``rng`` (bit-generator state), ``extra``
-        (:meth:`engine_state`).
-        """
-        P = self.ptycho
-        if self.initialized:
-            self.sync()
-        return dict(engine=self.label, name=self.NAME, iteration=int(self.iteration),
-                    global_iteration=int(P.runtime.get("iterations", 0)),
-                    probe={sid: S.data.copy() for sid, S in P.probe.S.items()},
-                    obj={sid: S.data.copy() for sid, S in P.obj.S.items()},
-                    exit={sid: S.data.copy() for sid, S in P.exit.S.items()},
-                    rng=self.rng.bit_generator.state,
-                    extra={k: np.array(v, copy=True) for k, v in self.engine_state().items()})
-
-    def load_state(self, state):
-        """Restore a :meth:`state_dict` in place (storage shapes must match)."""
-        P = self.ptycho
-        for key, C in (("probe", P.probe), ("obj", P.obj), ("exit", P.exit)):
-            for sid, arr in (state.get(key) or {}).items():
-                if sid not in C.S:
-                    raise EngineError("checkpoint has %s storage %s that the model lacks" % (key, sid))
-                S = C.S[sid]
-                if tuple(S.data.shape) != tuple(np.shape(arr)):
-                    raise EngineError("checkpoint %s storage %s has shape %s, the model %s"
-                                      % (key, sid, np.shape(arr), S.data.shape))
-                S.data[...] = arr
-        self.iteration = int(state.get("iteration", 0))
-        if "global_iteration" in state:
-            P.runtime.iterations = int(state["global_iteration"])
-        if state.get("rng") is not None:
-            self.rng.bit_generator.state = state["rng"]
-        if not self.initialized:
-            self.initialize()
-        self.engine_load_state(state.get("extra") or {})
-        self._snapshot()
-        return self
 
 
 def _num(v):

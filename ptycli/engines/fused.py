@@ -9,24 +9,11 @@ by default when numba is importable and the job is large enough to repay the
 first compilation); otherwise they take their numpy path, which computes the
 same quantities (tests compare both).
 
-Addressing is that of :class:`~ptycli.engines.addressing.PodGroup`: pod ``i``
+Addressing is that of :class:`~ptycli.engines.addressing.PodGroup`, passed
+as one packed argument ``addr = (ol, oy, ox, pl)``
+(:attr:`PodGroup.addresses <ptycli.engines.addressing.PodGroup>`): pod ``i``
 uses probe row ``pl[i]``, object row ``ol[i]`` and the object window with
 top-left pixel ``(oy[i], ox[i])``.
-
-Threads
--------
-The kernels are serial and release the GIL. Engines run frame blocks on
-several threads at once (:class:`BlockPool`), each thread with its own
-scratch buffers and single-threaded FFTs: one synchronisation per pass
-instead of one per kernel call. Sums over blocks go to accumulators that
-belong to the blocks, not to the threads: :meth:`BlockPool.map_slots` gives
-each block a slot (two per thread), runs a slot's blocks one at a time in a
-fixed order on whichever thread is free, and the slots are added in a fixed
-order after the pass. On a shared machine, where one core often runs slower
-than the other, the threads still finish together, and the results do not
-depend on timing.
-Object-sized steps (the object denominator, the division, folding the
-slots) run in row bands, one per thread (:meth:`BlockPool.rows`).
 
 Kernels
 -------
@@ -53,8 +40,9 @@ import sys
 import numpy as np
 
 from .. import parallel
+from .threads import BlockPool  # noqa: F401  (the engines' thread pool; old import path)
 
-__all__ = ["available", "use_compiled", "AUTO_MIN_PIXELS", "BlockPool", "projection_input",
+__all__ = ["available", "use_compiled", "AUTO_MIN_PIXELS", "projection_input",
            "modulus_constraint", "projection_update", "object_numerator", "object_den_rows", "probe_sums"]
 
 try:  # numba is optional: the engines fall back to numpy
@@ -171,137 +159,15 @@ def _announce_compilation(module):
         get_logger(__name__).info("compiling the kernels (first run only, about 20 s)")
 
 
-class BlockPool:
-    """Run a function over work items on a fixed number of threads, items dealt round-robin.
-
-    Thread ``k`` gets items ``k, k + T, k + 2T ...`` in that order, always
-    (so per-thread accumulators see the same items in the same order on
-    every run). With one thread the items run in the calling thread.
-
-    Parameters
-    ----------
-    n_threads : int
-        Threads (the FFT workers of the process, :func:`ptycli.core.fft.get_workers`).
-    """
-
-    def __init__(self, n_threads, slots_per_thread=2):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.n = max(1, int(n_threads))
-        #: accumulator slots of :meth:`map_slots`
-        self.slots = 1 if self.n == 1 else self.n * max(1, int(slots_per_thread))
-        self._band_cache = {}
-        self._pool = ThreadPoolExecutor(self.n) if self.n > 1 else None
-
-    def map_slots(self, fn, items, reverse=False):
-        """``[fn(k, s, item) for each item]`` in item order, load-balanced but reproducible.
-
-        Item ``i`` belongs to accumulator slot ``s = i % self.slots``; the
-        items of a slot run one at a time and in order (last to first with
-        ``reverse``), each on whichever thread ``k`` is free, a free thread
-        taking the next item of the free slot with the most items left. So an
-        accumulator per slot sees the same items in the same order on every
-        run, whatever the timing, while a thread that runs ahead (a busy
-        neighbour on a shared machine slows the other) takes over work of
-        the slots it reaches, and the threads finish close together.
-        """
-        import threading
-
-        items = list(items)
-        S = self.slots
-        queues = [list(range(s, len(items), S)) for s in range(S)]
-        if reverse:
-            queues = [q[::-1] for q in queues]
-        out = [None] * len(items)
-        if self._pool is None:
-            for q in queues:
-                for s_i in q:
-                    out[s_i] = fn(0, s_i % S, items[s_i])
-            return out
-        lock = threading.Lock()
-        busy = [False] * S
-        pos = [0] * S
-
-        def worker(k):
-            while True:
-                with lock:
-                    free = [s for s in range(S) if not busy[s] and pos[s] < len(queues[s])]
-                    if not free:  # what is left belongs to slots another thread holds
-                        return
-                    s = max(free, key=lambda t: len(queues[t]) - pos[t])
-                    i = queues[s][pos[s]]
-                    pos[s] += 1
-                    busy[s] = True
-                try:
-                    out[i] = fn(k, s, items[i])
-                finally:
-                    with lock:
-                        busy[s] = False
-
-        for f in [self._pool.submit(worker, k) for k in range(self.n)]:
-            f.result()
-        return out
-
-    def map(self, fn, items, reverse=False):
-        """``[fn(k, item) for each item]`` (``k``: the thread index), in item order.
-
-        With ``reverse``, each thread runs its items (the same ones) last to
-        first. A pass over the exit waves that follows a forward pass then
-        starts with the blocks the previous pass left in the cache, and ends
-        with those the next forward pass starts with.
-        """
-        items = list(items)
-        T = self.n
-
-        def part(k):
-            mine = items[k::T]
-            if reverse:
-                return [fn(k, it) for it in mine[::-1]][::-1]
-            return [fn(k, it) for it in mine]
-
-        if self._pool is None:
-            return part(0)
-        parts = list(self._pool.map(part, range(T)))
-        out = [None] * len(items)
-        for k in range(T):
-            out[k::T] = parts[k]
-        return out
-
-    def rows(self, fn, arrays):
-        """Run ``fn(k, sl)`` over row slices ``sl`` (along axis -2) of object-sized arrays, one per thread.
-
-        For elementwise numpy work on whole storages (numpy releases the GIL):
-        each thread gets a contiguous band of rows of every array in
-        ``arrays`` (dicts or lists of arrays, all banded alike per array).
-        """
-        T = self.n
-        if T == 1:
-            return [fn(0, slice(None))]
-        n = max(a.shape[-2] for a in arrays) if arrays else 0
-        return self.map(lambda k, band: fn(k, band), self._bands(n))
-
-    def _bands(self, n):
-        """``T`` row slices splitting ``n`` rows (cached per ``n``)."""
-        bands = self._band_cache.get(n)
-        if bands is None:
-            edges = np.linspace(0, n, self.n + 1).round().astype(int)
-            bands = self._band_cache[n] = [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
-        return bands
-
-    def close(self):
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-
 @njit(**_JIT)
-def projection_input(out, psi, ob, pt, pre, use_pre, ol, oy, ox, pl, p0, a1, ma):
+def projection_input(out, psi, ob, pt, pre, use_pre, addr, p0, a1, ma):
     """``out[k] = a1 * ob_window(i) * pt[pl[i]] + ma * pre * psi[k]`` for pods ``i = p0 + k``.
 
     ``pt`` is the probe in the working frame (``pre * probe`` in the far
     field), ``pre`` the propagator's sample-plane factor (ignored unless
     ``use_pre``), ``a1 = 1 + alpha``, ``ma = -alpha``.
     """
+    ol, oy, ox, pl = addr
     npb, H, W = out.shape
     for k in range(npb):
         i = p0 + k
@@ -446,7 +312,7 @@ def _row_power(F, a, b, y, out):
 
 
 @njit(**_JIT)
-def projection_update(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, beta, fuse, num, prc):
+def projection_update(psi, G, ob, pt, pre, post, use_pre, addr, p0, beta, fuse, num, prc):
     """New exit waves of a pod block; optionally the object numerator. Returns ``sum |delta|^2``.
 
     With ``pw = ob_window * pt`` and ``G`` the projected waves (working
@@ -460,14 +326,15 @@ def projection_update(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, be
     """
     if fuse and use_pre:
         if beta == 1.0:
-            return _update_dm_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, num, prc)
-        return _update_raar_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, beta, num, prc)
-    return _update_general(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, beta, fuse, num, prc)
+            return _update_dm_far(psi, G, ob, pt, post, addr, p0, num, prc)
+        return _update_raar_far(psi, G, ob, pt, post, addr, p0, beta, num, prc)
+    return _update_general(psi, G, ob, pt, pre, post, use_pre, addr, p0, beta, fuse, num, prc)
 
 
 @njit(**_JIT)
-def _update_dm_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, num, prc):
+def _update_dm_far(psi, G, ob, pt, post, addr, p0, num, prc):
     """:func:`projection_update` for ``beta = 1``, ``use_pre`` and ``fuse``."""
+    ol, oy, ox, pl = addr
     npb, H, W = psi.shape
     ch = 0.0
     for k in range(npb):
@@ -493,12 +360,13 @@ def _update_dm_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, num, prc):
 
 
 @njit(**_JIT)
-def _update_raar_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, beta, num, prc):
+def _update_raar_far(psi, G, ob, pt, post, addr, p0, beta, num, prc):
     """:func:`projection_update` for ``use_pre`` and ``fuse`` (any ``beta``).
 
     With ``post * pre = 1`` the rule is ``psi_new = beta psi + post (beta G + (1 - 2 beta) pw)``:
     no multiply by ``pre``; the exit change is ``|psi_new - psi|^2`` (``|pre| = 1``).
     """
+    ol, oy, ox, pl = addr
     npb, H, W = psi.shape
     bc = np.float32(beta)
     bm = np.float32(beta - 1.0)
@@ -528,8 +396,9 @@ def _update_raar_far(psi, G, ob, pt, post, ol, oy, ox, pl, p0, beta, num, prc):
 
 
 @njit(**_JIT)
-def _update_general(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, beta, fuse, num, prc):
+def _update_general(psi, G, ob, pt, pre, post, use_pre, addr, p0, beta, fuse, num, prc):
     """:func:`projection_update` for the other cases (near field, or no object numerator)."""
+    ol, oy, ox, pl = addr
     npb, H, W = psi.shape
     one = beta == 1.0
     bc = np.float32(beta)
@@ -580,8 +449,9 @@ def _update_general(psi, G, ob, pt, pre, post, use_pre, ol, oy, ox, pl, p0, beta
 
 
 @njit(**_JIT)
-def object_numerator(num, psi, prc, ol, oy, ox, pl, p0):
+def object_numerator(num, psi, prc, addr, p0):
     """``num[ol, window] += prc[pl] * psi`` over pods ``p0 .. p0 + len(psi) - 1`` (``prc = conj(probe)``)."""
+    ol, oy, ox, pl = addr
     npb, H, W = psi.shape
     for k in range(npb):
         i = p0 + k
@@ -595,7 +465,7 @@ def object_numerator(num, psi, prc, ol, oy, ox, pl, p0):
 
 
 @njit(**_JIT)
-def object_den_rows(den, p2, ol, oy, ox, pl, y_lo, y_hi):
+def object_den_rows(den, p2, addr, y_lo, y_hi):
     """``den[ol, window] += p2[pl]`` over all pods, restricted to object rows ``y_lo .. y_hi - 1``.
 
     The gather form of the object denominator ``sum |P|^2``: a thread that
@@ -603,6 +473,7 @@ def object_den_rows(den, p2, ol, oy, ox, pl, y_lo, y_hi):
     pod by pod, so the sums need no per-thread copies and do not depend on
     the number of threads.
     """
+    ol, oy, ox, pl = addr
     H, W = p2.shape[1], p2.shape[2]
     for i in range(ol.shape[0]):
         y0 = oy[i]
@@ -617,12 +488,13 @@ def object_den_rows(den, p2, ol, oy, ox, pl, y_lo, y_hi):
 
 
 @njit(**_JIT)
-def probe_sums(num, den, want_den, psi, ob, ol, oy, ox, pl, p0):
+def probe_sums(num, den, want_den, psi, ob, addr, p0):
     """Probe-update sums over pods ``p0 .. p0 + len(psi) - 1`` (added to ``num``, ``den``).
 
     ``num[pl] += conj(ob_window) * psi`` and, when ``want_den``,
     ``den[pl] += |ob_window|^2``.
     """
+    ol, oy, ox, pl = addr
     npb, H, W = psi.shape
     for k in range(npb):
         i = p0 + k

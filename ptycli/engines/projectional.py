@@ -106,17 +106,12 @@ the true exit waves). The first object update's numerator is accumulated in
 the Fourier loop, and ``sum |P|^2`` over the object only when the probe
 changed. Single precision throughout.
 
-Two implementations compute the same numbers (``kernels``, see
-:func:`ptycli.engines.fused.use_compiled`): the compiled path
-(:mod:`ptycli.engines.fused`: per block one pass for the projection input,
-one per frame for the modulus constraint with its errors, one for the
-exit-wave update with the object numerator; blocks load-balanced over the
-FFT threads with accumulator slots that keep the sums independent of
-timing; the object denominator, the division and the folding of the slots
-in one sweep per object row band; passes after the Fourier pass run the
-blocks last to first, starting where the cache is warm) and the numpy path
-(window-by-window numpy calls; frames inside the power bound skip the
-inverse FFT when a block has enough of them). Figures:
+The work over the exit waves (the Fourier pass, the model errors, the
+object and probe sums) goes through the passes of
+:mod:`ptycli.engines.projection_passes`, in two implementations that compute
+the same numbers, chosen once per run from ``kernels`` (see
+:func:`ptycli.engines.fused.use_compiled`): numpy, and the fused compiled
+kernels of :mod:`ptycli.engines.fused` on the engine's thread pool. Figures:
 ``benchmarks/bench_engines.py``.
 """
 
@@ -128,37 +123,12 @@ from .._lazy import lazy_module
 from ..params.declare import Parameter
 from .base import Engine, register
 from .posref import POSREF_PARAMS
-from .kernels import (fft_inplace, ifft_inplace, model_amplitude, fourier_errors, modulus_factor,
-                      power_bound_renorm)  # noqa: F401
+from .projection_passes import CompiledProjectionPasses, NumpyProjectionPasses
 
 __all__ = ["ProjectionEngine", "DM", "RAAR"]
 
 #: the compiled kernels, imported (with numba) at first use
 fused = lazy_module("ptycli.engines.fused")
-
-#: A block takes the subset path (inverse FFT only of frames outside the power
-#: bound) when at most this fraction of its frames is outside; otherwise all
-#: frames are transformed (those inside get the factor 1).
-_SUBSET_FRACTION = 0.7
-
-
-
-def weak_divisor(den, prior, c_obj, c_weak):
-    """The object update's divisor and weak-illumination prior, in place (see the module docstring).
-
-    ``den`` (``sum |P|^2``) becomes ``1 / (sum |P|^2 + c_o + w)`` and
-    ``prior`` becomes ``w / (sum |P|^2 + c_o + w)`` with ``w = c_w^2 /
-    (sum |P|^2 + c_w)``: the object is then ``num * den + prior``.
-    ``prior`` is not touched when ``c_weak`` is 0.
-    """
-    if c_weak > 0:
-        np.add(den, den.dtype.type(c_weak), out=prior)
-        np.divide(den.dtype.type(c_weak * c_weak), prior, out=prior)
-        den += prior
-    den += den.dtype.type(c_obj)
-    np.reciprocal(den, out=den)
-    if c_weak > 0:
-        prior *= den
 
 _PROJECTION_PARAMS = [
     Parameter("fourier_relax_factor", 0.05, "float",
@@ -256,7 +226,7 @@ class ProjectionEngine(Engine):
         # overlap-update accumulators, one per storage
         self._ob_num = {sid: np.empty_like(S.data) for sid, S in self.book.obj_storages.items()}
         self._ob_den = {sid: np.empty(S.data.shape, dtype=ftype) for sid, S in self.book.obj_storages.items()}
-        # the weak-illumination prior's share of the object (see weak_divisor); unused when it is off
+        # the weak-illumination prior's share of the object (see projection_passes.weak_divisor); unused when it is off
         self._ob_prior = {sid: np.empty(S.data.shape if self.p.object_weak_floor > 0 else (1, 1, 1), dtype=ftype)
                           for sid, S in self.book.obj_storages.items()}
         self._pr_num = {sid: np.empty_like(S.data) for sid, S in self.book.probe_storages.items()}
@@ -267,89 +237,15 @@ class ProjectionEngine(Engine):
         self.c_obj = float(self.p.object_inertia) * self.mean_power * nmodes
         n_pixels = sum(g.n_pods * g.shape[0] * g.shape[1] for g in self.book.groups)
         self._compiled = fused.use_compiled(self.p.kernels, n_pixels, self.ctype == np.complex64)
-        if self._compiled:
-            self._init_compiled(shapes, max_pods)
-
-    def _init_compiled(self, shapes, max_pods):
-        """Thread pool, per-thread block buffers and per-slot accumulators of the compiled path.
-
-        Thread 0 uses the engine's own block buffer, slot 0 the engine's own
-        numerators; the other threads and slots get their own (each slot an
-        object- or probe-sized array), added into slot 0's after a pass.
-        """
-        self._pool = fused.BlockPool(fft.get_workers())
-        T = self._pool.n
-        self._no_mask = np.ones((1, 1, 1), dtype=self.ftype)
-        # work items: one per frame block, with the block's constant index arrays
-        self._items = []
-        for g in self.book.groups:
-            for f0, f1, p0, p1 in self._blocks[id(g)]:
-                mrows = g.frame_ma[f0:f1].copy() if not g.mask_trivial else np.zeros(f1 - f0, np.int64)
-                self._items.append((g, (f0, f1, p0, p1), (g.pod_start[f0:f1 + 1] - p0, g.frame_di[f0:f1].copy(),
-                                                          mrows)))
-
-        S = self._pool.slots  # accumulator slots (fused.BlockPool.map_slots), a few per thread
-
-        def more(acc):
-            return [acc] + [{sid: np.zeros_like(a) for sid, a in acc.items()} for _ in range(S - 1)]
-
-        self._tbuf = [{shape: self._scratch[shape]["buf"] for shape in shapes}] + [
-            {shape: fft.empty((max_pods,) + shape, dtype=self.ctype) for shape in shapes} for _ in range(T - 1)]
-        # slot 0 accumulates into the engine's own numerators (they start from the inertia terms); the
-        # object denominator needs no slots (fused.object_den_rows fills it in row bands)
-        self._ob_num_t, self._pr_num_t, self._pr_den_t = more(self._ob_num), more(self._pr_num), more(self._pr_den)
-        # accumulators of slots 1.. are zero between passes: a pass marks its set dirty, the fold that
-        # adds them into slot 0's clears them in the same sweep and marks it clean
-        self._dirty = set()
-
-    def _start_sums(self, name):
-        """Before a pass that accumulates into the per-slot accumulators ``self.<name>``: zero it if a fold was missed."""
-        accs = getattr(self, name)
-        if name in self._dirty:
-            for acc in accs[1:]:
-                for a in acc.values():
-                    a.fill(0)
-        self._dirty.add(name)
-
-    def _fold_sums(self, name, rows=slice(None)):
-        """Add slots 1.. of ``self.<name>`` into slot 0's (rows ``rows``), zeroing them as they are read.
-
-        Call it over all row bands before :meth:`_sums_folded`.
-        """
-        accs = getattr(self, name)
-        for sid in accs[0]:
-            target = accs[0][sid][..., rows, :]
-            for acc in accs[1:]:
-                part = acc[sid][..., rows, :]
-                target += part
-                part[...] = 0
-
-    def _sums_folded(self, name):
-        """Mark the slots of ``self.<name>`` zero again (after :meth:`_fold_sums` over all bands)."""
-        self._dirty.discard(name)
+        self.passes = CompiledProjectionPasses(self, shapes, max_pods) if self._compiled \
+            else NumpyProjectionPasses(self)
 
     def engine_finalize(self):
         if getattr(self, "_pool", None) is not None:
             self._pool.close()
-        for name in ("_scratch", "_ob_num", "_ob_den", "_pr_num", "_pr_den", "_blocks", "_pool", "_items", "_tbuf",
-                     "_ob_num_t", "_ob_den_t", "_pr_num_t", "_pr_den_t"):
+        for name in ("passes", "_scratch", "_ob_num", "_ob_den", "_ob_prior", "_pr_num", "_pr_den", "_blocks", "_pool"):
             if hasattr(self, name):
                 delattr(self, name)
-
-    # -- working frame ------------------------------------------------------------
-    def _work_probe(self, g):
-        """The probe in the working frame: ``pre * probe`` (far field) or the probe itself.
-
-        In the far field the Fourier step works on ``pre * psi`` (``pre``: the
-        propagator's sample-plane phase factor, ``|pre| = 1``): then
-        ``FFT(pre * t)`` needs no separate phase pass, since
-        ``pre * pw = (pre * probe) * object``. The exit storage always holds
-        the true exit waves; the factor is applied to ``psi`` frame by frame
-        while it is in cache.
-        """
-        if g.farfield:
-            return g.probe.data * g.factors.pre
-        return g.probe.data
 
     # -- iteration -----------------------------------------------------------
     def engine_iterate(self, n):
@@ -360,195 +256,10 @@ class ProjectionEngine(Engine):
             self._fuse_object = bool(self.p.update_object_first) or not self.probe_update_due()
             if self._fuse_object:
                 self._init_object_numerator()
-            if self._compiled:
-                self._fourier_pass_compiled(acc)
-            else:
-                for g in self.book.groups:
-                    self.fourier_update(g, acc)
+            self.passes.fourier_pass(acc)
             self.overlap_update()
             out.append(acc.reduce())
         return out
-
-    def fourier_update(self, g, acc):
-        """Generalised projection step on the exit waves of group ``g``; errors into ``acc``.
-
-        Works frame block by frame block (see the module docstring). Frames
-        inside the power bound need no Fourier correction (``P_F(t) = t``), so
-        their update is ``(alpha beta + 1 - beta)(pw - psi)`` and they skip the
-        inverse FFT when enough of a block is inside. When
-        ``self._fuse_object`` is set, the object-update numerator
-        ``sum conj(P) psi`` is accumulated here while the new exit waves are
-        in cache.
-        """
-        sc = self._scratch[g.shape]
-        H, W = g.shape
-        alpha, beta = float(self.alpha), float(self.beta)
-        ctype = self.ctype
-        c_in = ctype.type(alpha * beta + 1.0 - beta)
-        a1 = ctype.type(1.0 + alpha)
-        ma = ctype.type(-alpha)
-        far = g.farfield
-        pre = g.factors.pre if far else None
-        post = g.factors.post_bw if far else None  # conj(pre)
-        pt = self._work_probe(g)
-        ob = g.obj.data
-        modes = g.modes if g.regular else 0
-        fuse = self._fuse_object
-        ol, oy, ox, pl = g.ob_layer, g.ob_y, g.ob_x, g.pr_layer
-        frame_tmp = sc["frame"]
-        if fuse:
-            prc = np.conj(g.probe.data)
-            num = self._ob_num[g.obj.ID]
-        for f0, f1, p0, p1 in self._blocks[id(g)]:
-            nb, npb = f1 - f0, p1 - p0
-            buf = sc["buf"][:npb]
-            pw = sc["pw"][:npb]
-            af = sc["af"][:nb]
-            fdev = sc["fdev"][:nb]
-            tmp = sc["tmp"][:nb]
-            psi = g.read_exit(p0, p1)
-            # pw~ = (pre probe) * object window and t~ = (1 + alpha) pw~ - alpha pre psi, frame by frame
-            for k in range(npb):
-                i = p0 + k
-                y, x = oy[i], ox[i]
-                pwk, bk = pw[k], buf[k]
-                np.multiply(ob[ol[i], y:y + H, x:x + W], pt[pl[i]], out=pwk)
-                if far:
-                    np.multiply(psi[k], pre, out=bk)
-                else:
-                    bk[...] = psi[k]
-                if alpha == 1.0:
-                    np.subtract(pwk, bk, out=bk)
-                    bk += pwk
-                else:
-                    bk *= ma
-                    np.multiply(pwk, a1, out=frame_tmp)
-                    bk += frame_tmp
-            # to the detector (far field: the post factor cancels in the modulus projection)
-            F = fft_inplace(buf) if far else g.propagator.fw(buf)
-            # model amplitude (modes summed incoherently) and errors
-            if modes:
-                model_amplitude(F, modes, af, tmp)
-            else:
-                np.sqrt(g.sum_modes(np.abs(F) ** 2, f0, f1), out=af)
-            mask = g.mask_frames(f0, f1)
-            ferr, photon, valid = fourier_errors(af, g.fmag(f0, f1), mask, fdev=fdev, tmp=tmp,
-                                                 weight=g.photon_weight(f0, f1))
-            acc.add(fourier=float(ferr.sum()), photon=photon, valid=float(valid.sum()))
-            r = power_bound_renorm(ferr / np.maximum(valid, 1.0), self.pbound)
-            out = r < 1.0  # frames that need the Fourier correction
-            n_out = int(np.count_nonzero(out))
-            if 0 < n_out < nb and n_out > _SUBSET_FRACTION * nb:
-                # few frames inside the bound: cheaper to transform all (their factor is 1)
-                # than to copy the others out and back
-                out[:] = True
-                n_out = nb
-            if n_out:
-                if n_out == nb:
-                    pod_out = None
-                    Fo, fo, afo, ro = F, fdev, af, r
-                else:
-                    pod_out = np.flatnonzero(out[g.frame[p0:p1] - f0])
-                    Fo, fo, afo, ro = F[pod_out], fdev[out], af[out], r[out]
-                fm = modulus_factor(fo, afo, ro, out=fo)
-                if modes == 1:
-                    np.multiply(Fo, fm, out=Fo)
-                elif modes:
-                    g.as4d(Fo, 0, len(fm))[...] *= fm[:, None]
-                else:
-                    lf = g.frame[p0:p1] - f0
-                    idx = lf if pod_out is None else lf[pod_out]
-                    remap = np.cumsum(out) - 1
-                    Fo *= fm[remap[idx]]
-                G = ifft_inplace(Fo) if far else g.propagator.bw(Fo)
-            if n_out < nb or beta != 1.0:
-                # pw~ - pre psi (needed inside the bound, and by RAAR)
-                d_in = buf if n_out < nb else sc["frame_stack"][:npb]
-                if far:
-                    np.multiply(psi, pre, out=d_in)
-                    np.subtract(pw, d_in, out=d_in)
-                else:
-                    np.subtract(pw, psi, out=d_in)
-            if n_out:
-                # delta~ = beta (P_F(t~) - pw~) + (1 - beta)(pw~ - pre psi)
-                pwo = pw if pod_out is None else pw[pod_out]
-                np.subtract(G, pwo, out=G)
-                if beta != 1.0:
-                    G *= ctype.type(beta)
-                    d = d_in if pod_out is None else d_in[pod_out]
-                    G += ctype.type(1.0 - beta) * d
-            if n_out < nb:
-                # frames inside the bound: delta~ = (alpha beta + 1 - beta)(pw~ - pre psi)
-                if c_in != 1:
-                    buf *= c_in
-            if n_out == nb:
-                delta = G
-            elif n_out == 0:
-                delta = buf
-            else:
-                buf[pod_out] = G
-                delta = buf
-            flat = delta.reshape(-1)
-            acc.add_exit_change(np.vdot(flat, flat).real)
-            # psi += conj(pre) delta~, and the object numerator while psi is in cache
-            for k in range(npb):
-                pk = psi[k]
-                if far:
-                    np.multiply(delta[k], post, out=frame_tmp)
-                    pk += frame_tmp
-                else:
-                    pk += delta[k]
-                if fuse:
-                    i = p0 + k
-                    y, x = oy[i], ox[i]
-                    np.multiply(prc[pl[i]], pk, out=frame_tmp)
-                    num[ol[i], y:y + H, x:x + W] += frame_tmp
-            g.write_exit(psi, p0, p1)
-
-    def _fourier_pass_compiled(self, acc):
-        """:meth:`fourier_update` of every group with the fused kernels of :mod:`ptycli.engines.fused`.
-
-        Per frame block (blocks of all groups shared out by
-        ``self._pool.map_slots``): the projection input in one pass, the FFT
-        (one thread), the modulus constraint with its errors in one pass per
-        frame, the inverse FFT, and the exit-wave update (with the object
-        numerator into the block's slot accumulator when
-        ``self._fuse_object``) in one pass.
-        """
-        alpha, beta = float(self.alpha), float(self.beta)
-        a1, ma = np.float32(1.0 + alpha), np.float32(-alpha)
-        fuse = self._fuse_object
-        if fuse:  # the numerator sums stay in the slots' accumulators until object_update folds them
-            self._start_sums("_ob_num_t")
-        prep = {}
-        for g in self.book.groups:
-            frame = self._scratch[g.shape]["frame"]  # placeholder for the unused factors (near field)
-            prep[id(g)] = (g.factors.pre if g.farfield else frame, g.factors.post_bw if g.farfield else frame,
-                           self._work_probe(g), np.conj(g.probe.data),
-                           g.mask.data if not g.mask_trivial else self._no_mask)
-
-        pbound = float(self.pbound)
-
-        def work(k, slot, item):
-            g, (f0, f1, p0, p1), (pod_start, drows, mrows) = item
-            pre, post, pt, prc, mask = prep[id(g)]
-            far, ob = g.farfield, g.obj.data
-            buf = self._tbuf[k][g.shape][:p1 - p0]
-            psi = g.read_exit(p0, p1)
-            fused.projection_input(buf, psi, ob, pt, pre, far, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0, a1, ma)
-            F = fft_inplace(buf, workers=1) if far else g.propagator.fw(buf)
-            sums = np.empty((4, f1 - f0))
-            fused.modulus_constraint(F, pod_start, g.diff.data, drows, mask, mrows, not g.mask_trivial, pbound,
-                                     True, *sums)
-            G = ifft_inplace(F, workers=1) if far else g.propagator.bw(F)
-            change = fused.projection_update(psi, G, ob, pt, pre, post, far, g.ob_layer, g.ob_y, g.ob_x,
-                                             g.pr_layer, p0, beta, fuse, self._ob_num_t[slot][g.obj.ID], prc)
-            g.write_exit(psi, p0, p1)
-            return float(sums[0].sum()), float(sums[1].sum()), float(sums[2].sum()), change
-
-        for fourier, photon, valid, change in self._pool.map_slots(work, self._items):  # summed in item order
-            acc.add(fourier=fourier, photon=photon, valid=valid)
-            acc.add_exit_change(change)
 
     # -- the model's own errors ------------------------------------------------------------
     def model_errors(self):
@@ -569,56 +280,9 @@ class ProjectionEngine(Engine):
             ``model_fourier_error``, ``model_photon_error``.
         """
         acc = self.new_error_sums()
-        if self._compiled:
-            self._model_errors_compiled(acc)
-        else:
-            for g in self.book.groups:
-                self._model_errors_group(g, acc)
+        self.passes.model_errors(acc)
         r = acc.reduce()
         return dict(model_fourier_error=r["fourier_error"], model_photon_error=r["photon_error"])
-
-    def _model_errors_group(self, g, acc):
-        """:meth:`model_errors` of group ``g`` on the numpy path (the engine's scratch buffers)."""
-        sc = self._scratch[g.shape]
-        pt = self._work_probe(g)  # far field: FFT(pre * P O) has the model's modulus
-        ob = g.obj.data
-        modes = g.modes if g.regular else 0
-        for f0, f1, p0, p1 in self._blocks[id(g)]:
-            nb = f1 - f0
-            af, tmp = sc["af"][:nb], sc["tmp"][:nb]
-            buf = g.gather_product(ob, pt, p0, p1, out=sc["buf"][:p1 - p0])
-            F = fft_inplace(buf) if g.farfield else g.propagator.fw(buf)
-            if modes:
-                model_amplitude(F, modes, af, tmp)
-            else:
-                np.sqrt(g.sum_modes(np.abs(F) ** 2, f0, f1), out=af)
-            ferr, photon, valid = fourier_errors(af, g.fmag(f0, f1), g.mask_frames(f0, f1), fdev=sc["fdev"][:nb],
-                                                 tmp=tmp, weight=g.photon_weight(f0, f1))
-            acc.add(fourier=float(ferr.sum()), photon=photon, valid=float(valid.sum()))
-
-    def _model_errors_compiled(self, acc):
-        """:meth:`model_errors` with the fused kernels (the projection input with ``alpha = 0``, errors only)."""
-        one, zero = np.float32(1.0), np.float32(0.0)
-        prep = {}
-        for g in self.book.groups:
-            frame = self._scratch[g.shape]["frame"]
-            prep[id(g)] = (g.factors.pre if g.farfield else frame, self._work_probe(g),
-                           g.mask.data if not g.mask_trivial else self._no_mask)
-
-        def work(k, slot, item):
-            g, (f0, f1, p0, p1), (pod_start, drows, mrows) = item
-            pre, pt, mask = prep[id(g)]
-            buf = self._tbuf[k][g.shape][:p1 - p0]
-            fused.projection_input(buf, g.read_exit(p0, p1), g.obj.data, pt, pre, g.farfield, g.ob_layer, g.ob_y,
-                                   g.ob_x, g.pr_layer, p0, one, zero)
-            F = fft_inplace(buf, workers=1) if g.farfield else g.propagator.fw(buf)
-            sums = np.empty((4, f1 - f0))
-            fused.modulus_constraint(F, pod_start, g.diff.data, drows, mask, mrows, not g.mask_trivial, 0.0, False,
-                                     *sums)
-            return float(sums[0].sum()), float(sums[1].sum()), float(sums[2].sum())
-
-        for fourier, photon, valid in self._pool.map_slots(work, self._items):  # summed in item order
-            acc.add(fourier=fourier, photon=photon, valid=valid)
 
     # -- overlap update ------------------------------------------------------------
     def overlap_update(self):
@@ -692,113 +356,14 @@ class ProjectionEngine(Engine):
         there (first object update of an iteration), else it is summed here.
         """
         recompute_den = not self._den_valid
-        fused = self._fuse_object
+        accumulated = self._fuse_object
         self._fuse_object = False
-        if not fused:
+        if not accumulated:
             self._init_object_numerator()
-        if self._compiled:
-            if not fused:
-                self._object_sums_compiled()
-            self._object_divide_compiled(recompute_den)
-            return
-        for sid, S in self.book.obj_storages.items():
-            if recompute_den:
-                self._ob_den[sid].fill(0)
-        for g in self.book.groups:
-            if not fused:
-                num = self._ob_num[g.obj.ID]
-                prc = np.conj(g.probe.data)
-                tmp = self._scratch[g.shape]["frame"]
-                for f0, f1, p0, p1 in self._blocks[id(g)]:
-                    g.scatter_probe_product(num, g.read_exit(p0, p1), prc, p0, p1, tmp=tmp)
-            if recompute_den:
-                p2 = (g.probe.data.real ** 2 + g.probe.data.imag ** 2).astype(self.ftype)
-                g.scatter_object_const(self._ob_den[g.obj.ID], p2)
-        c_obj, c_weak = self.c_obj, self.c_weak
-        for sid, S in self.book.obj_storages.items():
-            num, den, prior = self._ob_num[sid], self._ob_den[sid], self._ob_prior[sid]
-            parallel.allreduce(num)
-            if recompute_den:
-                parallel.allreduce(den)
-
-            def work(k, rows, S=S, num=num, den=den, prior=prior):
-                if recompute_den:
-                    weak_divisor(den[..., rows, :], prior[..., rows, :], c_obj, c_weak)
-                out = np.multiply(num[..., rows, :], den[..., rows, :], out=S.data[..., rows, :])
-                if c_weak > 0:
-                    out += prior[..., rows, :]
-
-            self._row_work(work, [num])
+            self.passes.object_numerator()
+        self.passes.object_divide(recompute_den)
         self._den_valid = True
         self.apply_object_constraints()
-
-    def _object_divide_compiled(self, recompute_den):
-        """The object from the slots' sums, in row bands: fold the numerators, gather the denominator, divide.
-
-        One sweep per row band when there is one process; with MPI the
-        folded sums are reduced over the ranks between the fold and the
-        division.
-        """
-        c_obj, c_weak = self.c_obj, self.c_weak
-        mpi = parallel.size > 1
-        # sum |O|^2 for the probe update's c_p, from the bands while they are in cache (unless clipping follows)
-        power = {sid: [0.0] * self._pool.n for sid in self.book.obj_storages} if self.p.get("clip_object") is None \
-            else None
-
-        p2 = {id(g): (g.probe.data.real ** 2 + g.probe.data.imag ** 2).astype(self.ftype) for g in self.book.groups} \
-            if recompute_den else None
-
-        def fold(k, rows):
-            self._fold_sums("_ob_num_t", rows)
-            if recompute_den:
-                for sid, den in self._ob_den.items():
-                    den[..., rows, :] = 0
-                    y_lo, y_hi, _ = rows.indices(den.shape[-2])
-                    for g in self.book.groups:
-                        if g.obj.ID == sid:
-                            fused.object_den_rows(den, p2[id(g)], g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, y_lo, y_hi)
-
-        def divide(k, rows):
-            for sid, S in self.book.obj_storages.items():
-                d = self._ob_den[sid][..., rows, :]
-                prior = self._ob_prior[sid][..., rows, :]
-                if recompute_den:
-                    weak_divisor(d, prior, c_obj, c_weak)
-                band = np.multiply(self._ob_num[sid][..., rows, :], d, out=S.data[..., rows, :])
-                if c_weak > 0:
-                    band += prior
-                if power is not None:
-                    power[sid][k] = float(np.vdot(band, band).real)
-
-        arrays = list(self._ob_num.values())
-        if mpi:
-            self._pool.rows(fold, arrays)
-            for sid in self.book.obj_storages:
-                parallel.allreduce(self._ob_num[sid])
-                if recompute_den:
-                    parallel.allreduce(self._ob_den[sid])
-            self._pool.rows(divide, arrays)
-        else:
-            self._pool.rows(lambda k, rows: (fold(k, rows), divide(k, rows)), arrays)
-        self._sums_folded("_ob_num_t")
-        self._den_valid = True
-        self._obj_power = {sid: sum(parts) for sid, parts in power.items()} if power is not None else None
-        self.apply_object_constraints()
-
-    def _object_sums_compiled(self):
-        """Object numerator (:func:`fused.object_numerator`) over all blocks, into the slots' accumulators.
-
-        :meth:`_object_divide_compiled` folds them.
-        """
-        self._start_sums("_ob_num_t")
-        prc = {id(g): np.conj(g.probe.data) for g in self.book.groups}
-
-        def work(k, slot, item):
-            g, (f0, f1, p0, p1), _ = item
-            fused.object_numerator(self._ob_num_t[slot][g.obj.ID], g.read_exit(p0, p1), prc[id(g)], g.ob_layer,
-                                   g.ob_y, g.ob_x, g.pr_layer, p0)
-
-        self._pool.map_slots(work, self._items, reverse=True)  # starts with the blocks last in the cache
 
     def probe_update(self):
         """``P = (sum conj(O) psi + c_p P) / (sum |O|^2 + c_p)``; returns the relative change."""
@@ -806,16 +371,11 @@ class ProjectionEngine(Engine):
         norm = 0.0
         # c_p from the object power
         cps = {}
-        objc = {}
-        objw = {}
         sums = np.zeros(2)
         known, self._obj_power = getattr(self, "_obj_power", None) or {}, None
         for sid, S in self.book.obj_storages.items():
             sums[0] += known[sid] if sid in known else float(np.vdot(S.data, S.data).real)
             sums[1] += S.data.size
-            if not self._compiled:
-                objw[sid] = (S.data.real ** 2 + S.data.imag ** 2).astype(self.ftype)
-                objc[sid] = np.conj(S.data)
         mean_obj = sums[0] / max(sums[1], 1.0)
         cp = float(self.p.probe_inertia) * self.n_frames_total * max(mean_obj, 1e-30)
         for sid, S in self.book.probe_storages.items():
@@ -825,27 +385,7 @@ class ProjectionEngine(Engine):
                 self._pr_num[sid].fill(0)
             self._pr_den[sid].fill(0)
             cps[sid] = cp
-        if self._compiled:
-            self._start_sums("_pr_num_t")
-            self._start_sums("_pr_den_t")
-
-            def work(k, slot, item):
-                g, (f0, f1, p0, p1), _ = item
-                fused.probe_sums(self._pr_num_t[slot][g.probe.ID], self._pr_den_t[slot][g.probe.ID], True,
-                                 g.read_exit(p0, p1), g.obj.data, g.ob_layer, g.ob_y, g.ob_x, g.pr_layer, p0)
-
-            self._pool.map_slots(work, self._items, reverse=True)  # starts with the blocks last in the cache
-            for name in ("_pr_num_t", "_pr_den_t"):  # probe-sized: in this thread
-                self._fold_sums(name)
-                self._sums_folded(name)
-        else:
-            for g in self.book.groups:
-                num = self._pr_num[g.probe.ID]
-                den = self._pr_den[g.probe.ID]
-                tmp = self._scratch[g.shape]["frame"]
-                for f0, f1, p0, p1 in self._blocks[id(g)]:
-                    g.accumulate_probe(num, den, objc[g.obj.ID], objw[g.obj.ID], g.read_exit(p0, p1), p0, p1,
-                                       tmp=tmp)
+        self.passes.probe_sums()
         before = {}
         for sid, S in self.book.probe_storages.items():
             num = self._pr_num[sid]

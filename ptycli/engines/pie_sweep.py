@@ -1,0 +1,185 @@
+"""The ePIE/rPIE sweep: per pod group a plan (frame kernel, mode rows, frame arrays), frames visited in order.
+
+:class:`PIESweep` runs one pass over all local frames of an address book
+in a given order (:func:`visiting_order`), the probe's far-field phase factor
+folded into a scratch copy for the pass (see :mod:`ptycli.engines.stochastic`).
+"""
+
+import numpy as np
+
+from ..errors import EngineError
+from .pie_step import FrameKernel
+
+__all__ = ["PIESweep", "visiting_order"]
+
+
+def visiting_order(rng, n):
+    """A random permutation of ``range(n)`` drawn from generator ``rng``."""
+    return rng.permutation(n)
+
+
+class _GroupPlan:
+    """Per pod group: its kernel, probe/object rows and the frame arrays (live views)."""
+
+    def __init__(self, group, kernel, pr_rows, ob_rows):
+        self.group = group
+        self.kernel = kernel
+        self.pr0, self.pr1 = pr_rows
+        self.ob0, self.ob1 = ob_rows
+        self.fmag = group.fmag()
+        self.intensity = group.diff_frames()
+        self.mask = group.mask_frames()  # None when all pixels are valid
+        self.obj_data = group.obj.data   # the live object buffer (compiled kernels address windows in it)
+        self.frame_y = group.frame_y     # live: position refinement may move frames
+        self.frame_x = group.frame_x
+
+    def object_views(self):
+        """Live object windows (nob, H, W) of every frame of the group."""
+        data = self.group.obj.data
+        H, W = self.group.shape
+        o0, o1 = self.ob0, self.ob1
+        return [data[o0:o1, y:y + H, x:x + W]
+                for y, x in zip(self.group.frame_y.tolist(), self.group.frame_x.tolist())]
+
+
+def _mode_rows(group):
+    """Probe and object row ranges of a regular group in probe-major mode order, or raise."""
+    if not group.regular:
+        raise EngineError("ePIE/rPIE need the regular pod layout of the scan models (every frame with "
+                          "each probe mode and object mode once); group %s is not" % group.label)
+    pr = np.unique(group.mode_pr)
+    ob = np.unique(group.mode_ob)
+    npr, nob = len(pr), len(ob)
+    ok = (npr * nob == group.modes and np.array_equal(pr, np.arange(pr[0], pr[0] + npr))
+          and np.array_equal(ob, np.arange(ob[0], ob[0] + nob))
+          and np.array_equal(group.mode_pr, np.repeat(pr, nob))
+          and np.array_equal(group.mode_ob, np.tile(ob, npr)))
+    if not ok:
+        raise EngineError("ePIE/rPIE: group %s pairs probe rows %s with object rows %s; expected every "
+                          "probe mode with every object mode (probe-major order)"
+                          % (group.label, group.mode_pr.tolist(), group.mode_ob.tolist()))
+    return (int(pr[0]), int(pr[0]) + npr), (int(ob[0]), int(ob[0]) + nob)
+
+
+class PIESweep:
+    """ePIE/rPIE passes over all local frames of an :class:`~ptycli.engines.addressing.AddressBook`.
+
+    The engine classes own one; it also works on its own (tests, benchmarks).
+
+    Parameters
+    ----------
+    book : AddressBook
+        The compiled pods (regular layout, as the scan models build).
+    object_step, probe_step, object_alpha, probe_alpha : float
+        Update parameters (module docstring; ePIE has both alphas 1).
+    photon_error : bool
+        Compute the photon error (a few passes per frame).
+
+    Attributes
+    ----------
+    n_frames : int
+        Local frames (all groups); :meth:`sweep` takes a permutation of them.
+    valid : float
+        ``sum mask`` over all local frames.
+    fold : dict
+        Probe storage ID -> the far-field ``pre`` factor folded into that
+        probe during a sweep (None: not folded; the kernel applies it). The
+        folded probe lives in a scratch buffer during the sweep.
+    """
+
+    def __init__(self, book, object_step=1.0, probe_step=1.0, object_alpha=1.0, probe_alpha=1.0,
+                 photon_error=True, compiled=False):
+        self.book = book
+        self.plans = []
+        self.fold = {}
+        pres = {}
+        for g in book.groups:
+            if g.probe.data.dtype != g.ctype or g.obj.data.dtype != g.ctype:
+                raise TypeError("probe/object buffers are %s/%s, the model type is %s"
+                                % (g.probe.data.dtype, g.obj.data.dtype, g.ctype))
+            pres.setdefault(g.probe.ID, []).append(g.factors.pre if g.farfield else None)
+        for sid, lst in pres.items():
+            first = lst[0]
+            same = first is not None and all(p is not None and np.array_equal(p, first) for p in lst)
+            self.fold[sid] = first if same else None
+        self._fold_c = {sid: np.conj(f) for sid, f in self.fold.items() if f is not None}
+        self._work = {}
+        for g in book.groups:
+            pr_rows, ob_rows = _mode_rows(g)
+            folded = self.fold[g.probe.ID] is not None
+            kernel = FrameKernel(
+                g.shape, pr_rows[1] - pr_rows[0], ob_rows[1] - ob_rows[0], g.ctype,
+                pre=None if (folded or not g.farfield) else g.factors.pre,
+                transfer=None if g.farfield else g.factors.pre,
+                object_step=object_step, probe_step=probe_step, object_alpha=object_alpha,
+                probe_alpha=probe_alpha, photon_error=photon_error, compiled=compiled)
+            self.plans.append(_GroupPlan(g, kernel, pr_rows, ob_rows))
+        n = [p.group.n_frames for p in self.plans]
+        self.n_frames = int(sum(n))
+        self._gidx = np.repeat(np.arange(len(n), dtype=np.int64), n)
+        self._fidx = np.concatenate([np.arange(k, dtype=np.int64) for k in n]) if n else np.zeros(0, np.int64)
+        self.valid = float(sum(p.group.n_frames * float(np.prod(p.group.shape)) if p.mask is None
+                               else float(np.sum(p.mask, dtype=np.float64)) for p in self.plans))
+
+    def fold_probes(self):
+        """Working probes for a sweep: ``pre * P`` in scratch buffers for the folded storages.
+
+        Returns a dict storage ID -> the array the kernels update (the
+        scratch buffer, or the live probe when not folded). The live probe is
+        only written back by :meth:`unfold_probes`, so a sweep without probe
+        updates leaves it bit-for-bit unchanged.
+        """
+        work = {}
+        for sid, f in self.fold.items():
+            S = self.book.probe_storages[sid]
+            if f is None:
+                work[sid] = S.data
+                continue
+            buf = self._work.get(sid)
+            if buf is None or buf.shape != S.data.shape:
+                buf = self._work[sid] = np.empty_like(S.data)
+            np.multiply(S.data, f, out=buf)
+            work[sid] = buf
+        return work
+
+    def unfold_probes(self, work):
+        """Write the working probes of :meth:`fold_probes` back (``conj(pre) * P~``)."""
+        for sid, f in self.fold.items():
+            if f is not None:
+                np.multiply(work[sid], self._fold_c[sid], out=self.book.probe_storages[sid].data)
+
+    def sweep(self, order, update_probe):
+        """Visit the frames in ``order`` (indices into all local frames), updating in place.
+
+        Returns
+        -------
+        dict
+            Sums over the visited frames: ``fourier`` (``sum mask (|F| - sqrt I)^2``),
+            ``photon`` (``sum mask (|F|^2 - I)^2 / (I + 1)``), ``exit_change``
+            (``sum |psi' - psi|^2``), and ``frames``.
+        """
+        order = np.asarray(order, dtype=np.int64)
+        fourier = photon = change = 0.0
+        work = self.fold_probes()
+        views = [p.object_views() for p in self.plans]
+        probes = [work[p.group.probe.ID][p.pr0:p.pr1] for p in self.plans]
+        for p in self.plans:
+            p.kernel._weight_fresh = False
+        plans = self.plans
+        for gi, f in zip(self._gidx[order].tolist(), self._fidx[order].tolist()):
+            p = plans[gi]
+            if p.kernel.compiled:
+                fe, pe, ch = p.kernel.step_compiled(probes[gi], p.obj_data, p.ob0, p.frame_y[f], p.frame_x[f],
+                                                    p.fmag[f], None if p.mask is None else p.mask[f],
+                                                    p.intensity[f], update_probe)
+            else:
+                fe, pe, ch = p.kernel.step(probes[gi], views[gi][f], p.fmag[f],
+                                           None if p.mask is None else p.mask[f], p.intensity[f],
+                                           update_probe)
+            fourier += fe
+            photon += pe
+            change += ch
+        if update_probe:
+            self.unfold_probes(work)
+        return dict(fourier=float(fourier), photon=float(photon), exit_change=float(change),
+                    frames=int(len(order)))
