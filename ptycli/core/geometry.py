@@ -39,6 +39,7 @@ import numpy as np
 from . import fft
 from .base import Base
 from .fft import get_workers, set_workers  # noqa: F401 - part of this module's API (FFT threads)
+from ..utils.array_utils import checked_pair
 from ..utils.parameters import Param
 
 __all__ = [
@@ -125,23 +126,6 @@ def _as_complex(w):
     return w
 
 
-def _expect2(value, name, kind=float):
-    """Turn a scalar or pair into a 1D ndarray of 2 (``kind`` float or int)."""
-    arr = np.asarray(value, dtype=float).ravel()
-    if arr.size == 1:
-        arr = np.array([arr[0], arr[0]])
-    elif arr.size != 2:
-        raise ValueError("%s must be a scalar or a pair (y, x), got %r" % (name, value))
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("%s must be finite, got %r" % (name, value))
-    if kind is int:
-        iarr = np.rint(arr)
-        if np.any(np.abs(iarr - arr) > 1e-9):
-            raise ValueError("%s must be integer, got %r" % (name, value))
-        return iarr.astype(int)
-    return arr
-
-
 def _pixel_pos(value, shape, name):
     """Pixel position (float ndarray of 2) from None/'fftshift'/'geometric'/number."""
     if value is None or (isinstance(value, str) and value == "fftshift"):
@@ -151,7 +135,7 @@ def _pixel_pos(value, shape, name):
             return (shape - 1) / 2.0
         raise ValueError("%s must be None, 'fftshift', 'geometric' or a pixel "
                          "position (y, x), got %r" % (name, value))
-    return _expect2(value, name)
+    return checked_pair(value, name)
 
 
 # --------------------------------------------------------------------------
@@ -177,6 +161,19 @@ def _aligned_product(w, factor):
     return out
 
 
+def _fourier(transform_inplace, w, pre, post, workers):
+    """``post * transform(pre * w)``: the body of :func:`fourier_fw` and :func:`fourier_bw`."""
+    w = _as_complex(w)
+    workers = get_workers() if workers is None else workers
+    pre = _match(pre, w.dtype)
+    post = _match(post, w.dtype)
+    out = _aligned_product(w, pre)
+    transform_inplace(out, workers)
+    if post is not None:
+        out *= post
+    return out
+
+
 def fourier_fw(w, pre=None, post=None, workers=None):
     """``post * FFT2(pre * w)`` with unitary normalisation.
 
@@ -197,15 +194,7 @@ def fourier_fw(w, pre=None, post=None, workers=None):
     ndarray
         Same shape as ``w``, complex of the same precision.
     """
-    w = _as_complex(w)
-    workers = get_workers() if workers is None else workers
-    pre = _match(pre, w.dtype)
-    post = _match(post, w.dtype)
-    out = _aligned_product(w, pre)
-    fft.fft2_inplace(out, workers)
-    if post is not None:
-        out *= post
-    return out
+    return _fourier(fft.fft2_inplace, w, pre, post, workers)
 
 
 def fourier_bw(w, pre=None, post=None, workers=None):
@@ -215,15 +204,7 @@ def fourier_bw(w, pre=None, post=None, workers=None):
     applied in the order given: to invert ``fourier_fw(w, a, b)`` call
     ``fourier_bw(v, conj(b), conj(a))``.
     """
-    w = _as_complex(w)
-    workers = get_workers() if workers is None else workers
-    pre = _match(pre, w.dtype)
-    post = _match(post, w.dtype)
-    out = _aligned_product(w, pre)
-    fft.ifft2_inplace(out, workers)
-    if post is not None:
-        out *= post
-    return out
+    return _fourier(fft.ifft2_inplace, w, pre, post, workers)
 
 
 def farfield_fw(w, pre, post, workers=None):
@@ -290,10 +271,16 @@ class _Factors:
 
 
 class _PropagatorBase:
-    """Shared caching and dtype handling of the propagators."""
+    """Shared set-up (shape, wavelength, distance, pixel sizes, origin, centre), factor cache and checks."""
 
-    def __init__(self):
+    def __init__(self, shape, lam, distance, psize, origin=None, center=None):
         self._cache = {}
+        self.shape = checked_pair(shape, "shape", int)
+        self.lam = float(lam)
+        self.distance = float(distance)
+        self.psize_det = checked_pair(psize, "psize")
+        self.origin = _pixel_pos(origin, self.shape, "origin")
+        self.center = _pixel_pos(center, self.shape, "center")
 
     def _check(self, w):
         w = _as_complex(w)
@@ -370,14 +357,8 @@ class FarfieldPropagator(_PropagatorBase):
     kind = "farfield"
 
     def __init__(self, shape, lam, distance, psize, origin=None, center=None):
-        super().__init__()
-        self.shape = _expect2(shape, "shape", int)
-        self.lam = float(lam)
-        self.distance = float(distance)
-        self.psize_det = _expect2(psize, "psize")
+        super().__init__(shape, lam, distance, psize, origin, center)
         self.psize_sam = self.lam * self.distance / (self.shape * self.psize_det)
-        self.origin = _pixel_pos(origin, self.shape, "origin")
-        self.center = _pixel_pos(center, self.shape, "center")
         lz = self.lam * self.distance
         pre_1d = []
         post_1d = []
@@ -446,14 +427,8 @@ class NearfieldPropagator(_PropagatorBase):
     kind = "nearfield"
 
     def __init__(self, shape, lam, distance, psize, origin=None, center=None):
-        super().__init__()
-        self.shape = _expect2(shape, "shape", int)
-        self.lam = float(lam)
-        self.distance = float(distance)
-        self.psize_det = _expect2(psize, "psize")
+        super().__init__(shape, lam, distance, psize, origin, center)
         self.psize_sam = self.psize_det.copy()
-        self.origin = _pixel_pos(origin, self.shape, "origin")
-        self.center = _pixel_pos(center, self.shape, "center")
         k = 2 * np.pi / self.lam
         qy = 2 * np.pi * np.fft.fftfreq(self.shape[0], d=self.psize_sam[0])
         qx = 2 * np.pi * np.fft.fftfreq(self.shape[1], d=self.psize_sam[1])
@@ -649,7 +624,7 @@ class Geo(Base):
         if p.propagation == "farfield" and not distance > 0:
             raise ValueError("far-field distance must be > 0 m, got %r" % p.distance)
 
-        shape = _expect2(p.shape, "shape", int)
+        shape = checked_pair(p.shape, "shape", int)
         if np.any(shape < 1):
             raise ValueError("shape must be >= 1, got %r" % (p.shape,))
 
@@ -661,7 +636,7 @@ class Geo(Base):
         if not use_res and p.psize is None:
             raise ValueError("one of psize or resolution must be given (m)")
         if use_res:
-            resolution = _expect2(p.resolution, "resolution")
+            resolution = checked_pair(p.resolution, "resolution")
             if np.any(resolution <= 0):
                 raise ValueError("resolution must be > 0 m, got %r" % (p.resolution,))
             if p.propagation == "farfield":
@@ -669,7 +644,7 @@ class Geo(Base):
             else:
                 psize = resolution.copy()
         else:
-            psize = _expect2(p.psize, "psize")
+            psize = checked_pair(p.psize, "psize")
             if np.any(psize <= 0):
                 raise ValueError("psize must be > 0 m, got %r" % (p.psize,))
             if p.propagation == "farfield":
@@ -677,19 +652,13 @@ class Geo(Base):
             else:
                 resolution = psize.copy()
 
-        misfit = _expect2(p.misfit if p.misfit is not None else 0.0, "misfit")
+        misfit = checked_pair(p.misfit if p.misfit is not None else 0.0, "misfit")
         center = _pixel_pos(p.center, shape, "center")
         origin = _pixel_pos(p.origin, shape, "origin")
 
-        self._lam = lam
-        self._energy = energy
-        self._distance = distance
-        self._shape = shape
-        self._psize = psize
-        self._resolution = resolution
-        self._misfit = misfit
-        self._center = center
-        self._origin = origin
+        (self._lam, self._energy, self._distance, self._shape, self._psize, self._resolution,
+         self._misfit, self._center, self._origin) = (
+            lam, energy, distance, shape, psize, resolution, misfit, center, origin)
         self._propagator = get_propagator(p.propagation, shape, lam, distance, psize,
                                           origin=p.origin, center=p.center)
 

@@ -684,25 +684,17 @@ def dump_defaults_yaml():
     top_rest = ParamSet("", [e for e in TOP if e.name not in ("scans", "engines")], TOP.doc)
     _emit(top_rest, TOP.defaults(), 0, lines)
 
-    lines.append("")
-    lines.append("# " + _comment(TOP["scans"]))
-    scan_lines, real = _example_scan(2)
-    if real:
-        lines.append("scans:")
-        lines.extend(scan_lines)
-    else:
-        lines.append("scans: {}")
-        lines.append("  # the MoonFlowerScan loader is not installed; a scan looks like this:")
-        lines.extend(_commented(scan_lines, 2))
-
-    lines.append("")
-    lines.append("# " + _comment(TOP["engines"]))
-    eng_lines, real = _example_engine(2)
-    if real:
-        lines.append("engines:")
-        lines.extend(eng_lines)
-    else:
-        lines.append("engines: {}")
-        lines.append("  # no engine is installed; an engine looks like this:")
-        lines.extend(_commented(eng_lines, 2))
+    for key, example, missing in (
+            ("scans", _example_scan, "the MoonFlowerScan loader is not installed; a scan"),
+            ("engines", _example_engine, "no engine is installed; an engine")):
+        lines.append("")
+        lines.append("# " + _comment(TOP[key]))
+        body, real = example(2)
+        if real:
+            lines.append(key + ":")
+            lines.extend(body)
+        else:
+            lines.append(key + ": {}")
+            lines.append("  # %s looks like this:" % missing)
+            lines.extend(_commented(body, 2))
     return "\n".join(lines) + "\n"
