@@ -18,7 +18,7 @@ batched address arrays and do the per-pixel work on whole buffers.
 
 import numpy as np
 
-from ..utils.parameters import Param
+from ..utils.param_tree import Param
 from .base import Base, make_id
 
 __all__ = ["Base", "Container", "Storage", "View", "POD", "DEFAULT_ACCESSRULE"]

@@ -40,7 +40,7 @@ from . import fft
 from .base import Base
 from .fft import get_workers, set_workers  # noqa: F401 - part of this module's API (FFT threads)
 from ..utils.array_utils import checked_pair
-from ..utils.parameters import Param
+from ..utils.param_tree import Param
 
 __all__ = [
     "Geo",

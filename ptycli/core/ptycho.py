@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import parallel
 from ..errors import ConfigError
-from ..utils.parameters import Param
+from ..utils.param_tree import Param
 from .base import Base
 from .classes import Container
 from .manager import get_scan_model

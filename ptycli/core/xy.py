@@ -39,7 +39,7 @@ a relative tolerance of ``1e-9``), then cut to ``count``.
 import numpy as np
 
 from ..utils.array_utils import checked_pair
-from ..utils.parameters import Param
+from ..utils.param_tree import Param
 
 __all__ = [
     "DEFAULT",

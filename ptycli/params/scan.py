@@ -29,7 +29,7 @@ import re
 import string
 
 from ..errors import ConfigError
-from ..utils.parameters import Param
+from ..utils.param_tree import Param
 from .declare import Parameter, ParamSet, describe_value
 from .registry import LOADERS, SCAN_MODELS, suggest
 

@@ -38,7 +38,7 @@ import os
 import yaml
 
 from ..errors import ConfigError
-from ..utils.parameters import Param
+from ..utils.param_tree import Param
 from .declare import Parameter, ParamSet, describe_value
 from .registry import ENGINES, LOADERS, load_plugins, suggest
 from .scan import (DATA, SCAN, PathTemplate, RegistryName, WordList, check_label,

@@ -113,7 +113,7 @@ from ..errors import ConfigError, DataError
 from ..io.reading import READ_ERRORS, reading  # noqa: F401  (re-exported)
 from ..log import get_logger
 from ..params.declare import Parameter, ParamSet
-from ..utils.parameters import Param
+from ..utils.param_tree import Param
 
 __all__ = [
     "available_memory",
