@@ -158,15 +158,13 @@ import numpy as np
 from .. import parallel
 from ..errors import ConfigError, DivergenceError, EngineError
 from ..params.declare import Parameter, ParamSet
+from ..params.registry import ENGINES  # the one engine registry (filled by register below)
 from ..utils.parameters import Param
 
 __all__ = ["Engine", "ErrorSums", "ENGINES", "register", "make_engine", "COMMON_PARAMS",
            "circular_support"]
 
 log = logging.getLogger("ptycli.engines")
-
-#: Engines by canonical name (filled by :func:`register`).
-ENGINES = {}
 
 
 def _common_params():
@@ -938,7 +936,6 @@ def register(cls):
 
     if not cls.NAME or cls.NAME == "Engine":
         raise ValueError("an engine class needs its own NAME")
-    ENGINES[cls.NAME] = cls
     own = ParamSet(cls.NAME, [e for e in cls.PARAMS if e.name != "name"], cls.PARAMS.doc)
     registry.register_engine(cls.NAME, own, cls)
     return cls

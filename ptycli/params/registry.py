@@ -90,6 +90,12 @@ def _factory_id(factory):
 class Registry:
     """Names of one kind of plugin, looked up case-insensitively.
 
+    The one registry of its kind: the loader and engine class decorators
+    (:func:`ptycli.scans.base.register`, :func:`ptycli.engines.base.register`)
+    fill it, configurations are validated through its ParamSets, and it reads
+    as a mapping of canonical names to factories (``LOADERS["Hdf5Scan"]`` is
+    the class; :meth:`get` returns the whole :class:`Registered` entry).
+
     Parameters
     ----------
     kind : str
@@ -145,6 +151,29 @@ class Registry:
 
     def __len__(self):
         return len(self._entries)
+
+    # -- read as a mapping of canonical names to factories (``ENGINES["DM"]`` is the class) --
+    def __getitem__(self, name):
+        """The factory registered as ``name`` (any case); KeyError when there is none."""
+        entry = self.find(name)
+        if entry is None:
+            raise KeyError(name)
+        return entry.factory
+
+    def __iter__(self):
+        return iter(self.names())
+
+    def items(self):
+        """``(name, factory)`` pairs, sorted by name."""
+        return [(e.name, e.factory) for e in self.entries()]
+
+    def pop(self, name, default=None):
+        """Remove ``name`` (any case) and return its factory (``default`` when it is not registered)."""
+        entry = self.find(name)
+        if entry is None:
+            return default
+        self.unregister(name)
+        return entry.factory
 
     def find(self, name):
         """The entry called ``name`` (any case), or None."""

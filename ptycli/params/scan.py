@@ -336,12 +336,17 @@ def validate_set(ps, tree, path):
     return ps.validate(tree, path)
 
 
-def _named_set_validate(tree, path, entry, what):
-    """Validate a mapping (without 'name') against ``entry.paramset``; 'name' first."""
+def validate_named(name, paramset, tree, path):
+    """Validate the parameters of the plugin called ``name`` (a loader, an engine) against ``paramset``.
+
+    The one route of ``scans.<label>.data`` and ``engines.<label>``: the
+    mapping ``tree`` without its 'name' is checked and completed with defaults;
+    the result starts with ``name`` (the canonical spelling).
+    """
     rest = {k: v for k, v in tree.items() if k != "name"}
-    validated = validate_set(entry.paramset, rest, path)
+    validated = validate_set(paramset, rest, path)
     out = Param()
-    out["name"] = entry.name
+    out["name"] = name
     for key, value in validated.items():
         if key != "name":
             out[key] = value
@@ -361,7 +366,7 @@ def validate_data(tree, path="scans.<label>.data"):
         raise ConfigError("%s: expected a mapping with at least 'name' (the loader%s), got %s" % (
             path, ": one of " + ", ".join(names) if names else "", describe_value(tree)))
     entry = LOADERS.get(tree.get("name"), path + ".name")
-    return _named_set_validate(tree, path, entry, "loader")
+    return validate_named(entry.name, entry.paramset, tree, path)
 
 
 def validate_scan(tree, path="scans.<label>"):

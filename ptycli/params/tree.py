@@ -42,7 +42,7 @@ from ..utils.param_tree import Param
 from .declare import Parameter, ParamSet, describe_value
 from .registry import ENGINES, LOADERS, load_plugins, suggest
 from .scan import (DATA, SCAN, PathTemplate, RegistryName, WordList, check_label,
-                   validate_scan, validate_set, _named_set_validate)
+                   validate_scan, validate_set, validate_named)
 
 __all__ = [
     "TOP",
@@ -167,7 +167,7 @@ def validate_engine(tree, path="engines.<label>"):
                           % (path, describe_value(tree)))
     entry = ENGINES.get(tree.get("name"), path + ".name")
     merged = ENGINE.extended(entry.name, list(entry.paramset))
-    return _named_set_validate(tree, path, entry._replace(paramset=merged), "engine")
+    return validate_named(entry.name, merged, tree, path)
 
 
 def _labelled(tree, key, check_one):

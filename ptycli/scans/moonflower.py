@@ -23,7 +23,7 @@ object's pixel centre) is kept in ``ScanData.ground_truth``.
 import numpy as np
 
 from ..core import xy
-from ..core.geometry import get_propagator
+from ..core.propagation import get_propagator
 from ..params.declare import Parameter
 from .base import ScanLoader, check_memory, register
 

@@ -49,6 +49,7 @@ from ..errors import ConfigError, DataError
 from ..log import get_logger
 from ..params.declare import Parameter
 from .base import ScanLoader, register
+from .settings import loader_params
 
 __all__ = ["NpzScan", "open_arrays", "detect_fftshift", "nominal_pixel_geometry",
            "FRAME_KEYS", "POSITION_KEYS"]
@@ -403,9 +404,8 @@ class NpzScan(ScanLoader):
     """Frames and positions from a NumPy ``.npz``/``.npy`` file (also ``.bz2``/``.gz``)."""
 
     NAME = "NpzScan"
-    PARAMS = ScanLoader.PARAMS.extended("NpzScan", [
-        Parameter("dfile", None, "path", "the .npz or .npy file (also compressed: .npz.bz2, "
-                  ".npz.gz, .npy.bz2, .npy.gz)", nullable=True),
+    PARAMS = loader_params("NpzScan", "the .npz or .npy file (also compressed: .npz.bz2, "
+                           ".npz.gz, .npy.bz2, .npy.gz)", [
         _key_param("intensities", "the frames, (N, H, W) or (ny, nx, H, W)", FRAME_KEYS,
                    required=True),
         _key_param("positions", "the (N, 2) (y, x) positions", POSITION_KEYS, required=True),
