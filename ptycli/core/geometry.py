@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 
+from . import propagation
 from .base import Base
 from .fft import get_workers, set_workers  # noqa: F401 - part of this module's API (FFT threads)
 from .propagation import (PROPAGATIONS, FarfieldPropagator, NearfieldPropagator,  # noqa: F401 (re-exported)
@@ -23,25 +24,8 @@ from .propagation import (PROPAGATIONS, FarfieldPropagator, NearfieldPropagator,
 from ..utils.array_utils import checked_pair
 from ..utils.param_tree import Param
 
-__all__ = [
-    "Geo",
-    "DEFAULT",
-    "FarfieldPropagator",
-    "NearfieldPropagator",
-    "get_propagator",
-    "fourier_fw",
-    "fourier_bw",
-    "farfield_fw",
-    "farfield_bw",
-    "nearfield_fw",
-    "nearfield_bw",
-    "transfer_propagate",
-    "keV2m",
-    "m2keV",
-    "set_workers",
-    "get_workers",
-    "complex_dtype_for",
-]
+__all__ = ["Geo", "DEFAULT", "keV2m", "m2keV", "set_workers", "get_workers"] + [
+    name for name in propagation.__all__ if name != "PROPAGATIONS"]
 
 #: hc in keV * m: ``lam [m] = HC_KEV_M / energy [keV]``.
 HC_KEV_M = 1.23984193e-9

@@ -35,6 +35,7 @@ import importlib
 import pkgutil
 
 from ..errors import ConfigError
+from ..log import get_logger
 from .declare import ParamSet, describe_value
 
 __all__ = [
@@ -344,8 +345,6 @@ def plugin_errors():
 
 
 def _note_error(module, exc):
-    from ..log import get_logger
-
     text = "%s: %s" % (type(exc).__name__, " ".join(str(exc).split()))
     _errors[module] = text
     get_logger(__name__).warning("could not import %s (%s); its loaders/engines are unavailable", module, text)

@@ -40,6 +40,9 @@ Then ``MyScan.from_pars({...}).load()`` returns a :class:`ScanData`.
 
 Modules
 -------
+(This module is over 600 lines: about 120 are this docstring, which documents
+the pipeline; the rest is one class, the loader contract, whose stages read in
+the order they run.)
 This module holds the loader contract (:class:`ScanLoader`, :class:`ScanData`)
 and the registry (:func:`register`, :data:`LOADERS`, :func:`get_loader`).
 The common parameters and their normalisers are in :mod:`.settings`, the

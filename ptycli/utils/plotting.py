@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from ..errors import DataError
 from .plot_utils import PLOT_INSTALL_HINT, _si_scale, complex2rgb
 
 __all__ = ["plot_reconstruction", "plot_data", "figure_module", "PLOT_INSTALL_HINT"]
@@ -287,8 +288,6 @@ def _positions_axis(ax, scans, unit_factor, unit):
 
 def _check_drawable(what, arr):
     if arr.ndim < 2 or min(arr.shape[-2:]) < 1:
-        from ..errors import DataError
-
         raise DataError("%s (shape %s): no pixels to draw" % (what, tuple(arr.shape)),
                         hint="the file may be damaged or cut short; check it with 'ptycli inspect --tree'",
                         validation=True)
