@@ -14,11 +14,17 @@
 
 The object graph is for building and addressing; engines compile it into
 batched address arrays and do the per-pixel work on whole buffers.
+
+(About 800 lines, on purpose: the four classes form one object graph (a View
+resolves into its Storage, a Container owns both and keeps them in step, a POD
+ties the views of one propagation) and mirror the classic data model the
+tutorials use; split into modules they would import each other.)
 """
 
 import numpy as np
 
-from ..utils.parameters import Param
+from .. import parallel
+from ..utils.param_tree import Param
 from .base import Base, make_id
 
 __all__ = ["Base", "Container", "Storage", "View", "POD", "DEFAULT_ACCESSRULE"]
@@ -685,7 +691,6 @@ class Container(Base):
 
     def allreduce(self, op=None):
         """Sum every storage over MPI ranks, in place (no-op in one process)."""
-        from .. import parallel
         for s in self.S.values():
             if op is None:
                 parallel.allreduce(s.data)

@@ -27,11 +27,13 @@ import os
 import numpy as np
 
 from .. import parallel
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
+from ..params.registry import LOADERS, load_plugins
 from .classes import POD, View
 from .counting_noise import amplitude_noise_floor, looks_like_counts
 from .geometry import Geo
-from .illumination import init_probe, mean_measured_pattern
+from .illumination import init_probe
+from .probe_guess import mean_measured_pattern
 from .sample import init_object
 
 __all__ = ["ScanModel", "Full", "Vanilla", "SCAN_MODELS", "get_scan_model"]
@@ -87,9 +89,8 @@ class ScanModel:
     # -- building -------------------------------------------------------
     def load(self):
         """Load this process's frames through the scan's loader."""
-        from ..scans import get_loader
-
-        loader_cls = get_loader(self.p.data.name)
+        load_plugins()  # the loaders register themselves when ptycli.scans is imported
+        loader_cls = LOADERS.get(self.p.data.name).factory
         loader = loader_cls(self.p.data, path="scans.%s.data" % self.label)
         # the configured propagation (null: the data file's, else farfield); a simulator
         # simulates it, a file that records another one is a ConfigError
@@ -219,8 +220,6 @@ class ScanModel:
         src = self.data.source if self.data is not None and self.data.source else "the data"
         limit = _memory_bytes()
         if not (np.all(np.isfinite(span_px)) and far_px < 2.0 ** 40 and nbytes <= limit):
-            from ..errors import DataError
-
             raise DataError(
                 "scans.%s: the scan positions of %s span %s m, which is %s sample pixels of %s m; the object "
                 "would need %.3g GB (this machine has %.3g GB)" % (

@@ -16,8 +16,10 @@ import time
 import numpy as np
 
 from .. import parallel
-from ..errors import ConfigError
-from ..utils.parameters import Param
+from ..errors import ConfigError, DataError
+from ..log import _PtycliHandler, setup_logging
+from ..params.tree import engine_sequence, validate
+from ..utils.param_tree import Param
 from .base import Base
 from .classes import Container
 from .manager import get_scan_model
@@ -58,8 +60,6 @@ class Ptycho(Base):
 
     def __init__(self, pars=None, level=2):
         super().__init__(None, "Ptycho", BeOwner=True)
-        from ..params.tree import validate
-
         self.p = validate(Param(pars or {}))
         self.FType, self.CType = _TYPES[self.p.data_type]
         self.scans = {}
@@ -80,8 +80,6 @@ class Ptycho(Base):
         The command line configures logging itself (its ``-q``/``-v`` flags win);
         a script that never set up logging gets the ``ptycli`` handler here.
         """
-        from ..log import _PtycliHandler, setup_logging
-
         if not any(isinstance(h, _PtycliHandler) for h in log.handlers):
             setup_logging(verbose_level=self.p.verbose_level)
 
@@ -132,8 +130,6 @@ class Ptycho(Base):
 
     def _check_finite(self):
         """The initial probe and object must be finite (else every engine diverges at once)."""
-        from ..errors import DataError
-
         for what, C in (("probe", self.probe), ("object", self.obj)):
             for sid, S in C.S.items():
                 if np.isfinite(S.data).all():
@@ -150,8 +146,7 @@ class Ptycho(Base):
 
     def run(self, engines=None):
         """Level 3: run the engine chain (all of ``engines`` in the given order)."""
-        from ..engines import make_engine
-        from ..params.tree import engine_sequence
+        from ..engines import make_engine  # the one upward import: a level-3 Ptycho runs the engines
 
         for label, epars in (engines or engine_sequence(self.p)):
             engine = make_engine(self, epars, label=label)

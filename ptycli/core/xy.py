@@ -38,7 +38,8 @@ a relative tolerance of ``1e-9``), then cut to ``count``.
 
 import numpy as np
 
-from ..utils.parameters import Param
+from ..utils.array_utils import checked_pair
+from ..utils.param_tree import Param
 
 __all__ = [
     "DEFAULT",
@@ -81,19 +82,10 @@ _GOLDEN_ANGLE = np.pi * (3.0 - np.sqrt(5.0))
 
 
 def _pair(value, name, positive=True):
-    """A scalar or pair as a float ndarray of 2, or None."""
+    """A scalar or pair as a float ndarray of 2 (:func:`~ptycli.utils.array_utils.checked_pair`), or None."""
     if value is None:
         return None
-    arr = np.asarray(value, dtype=float).ravel()
-    if arr.size == 1:
-        arr = np.array([arr[0], arr[0]])
-    elif arr.size != 2:
-        raise ValueError("%s must be a scalar or a pair (y, x), got %r" % (name, value))
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("%s must be finite, got %r" % (name, value))
-    if positive and np.any(arr <= 0):
-        raise ValueError("%s must be > 0, got %r" % (name, value))
-    return arr
+    return checked_pair(value, name, positive=positive)
 
 
 def _steps_from_ratio(ratio):

@@ -165,6 +165,7 @@ from .. import parallel
 from ..errors import ConfigError, EngineError
 from ..log import progress_bar, progress_fields, stderr_is_tty
 from ..params.declare import Parameter, ParamSet
+from ..params.registry import ENGINES  # the one engine registry (filled by register below)
 from ..utils.parameters import Param
 from .constraints import ConstraintsMixin, circular_support, clip_object_amplitude  # noqa: F401
 from .error_sums import ErrorSums
@@ -174,9 +175,6 @@ __all__ = ["Engine", "ErrorSums", "ENGINES", "register", "make_engine", "COMMON_
            "circular_support", "clip_object_amplitude"]
 
 log = logging.getLogger("ptycli.engines")
-
-#: Engines by canonical name (filled by :func:`register`).
-ENGINES = {}
 
 
 def _common_params():
@@ -568,7 +566,6 @@ def register(cls):
 
     if not cls.NAME or cls.NAME == "Engine":
         raise ValueError("an engine class needs its own NAME")
-    ENGINES[cls.NAME] = cls
     own = ParamSet(cls.NAME, [e for e in cls.PARAMS if e.name != "name"], cls.PARAMS.doc)
     registry.register_engine(cls.NAME, own, cls)
     return cls

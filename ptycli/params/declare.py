@@ -28,7 +28,7 @@ import difflib
 import numbers
 
 from ..errors import ConfigError
-from ..utils.parameters import Param
+from ..utils.param_tree import Param
 
 __all__ = ["Parameter", "ParamSet", "closest", "describe_value", "INT_LIMIT"]
 

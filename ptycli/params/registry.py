@@ -35,6 +35,7 @@ import importlib
 import pkgutil
 
 from ..errors import ConfigError
+from ..log import get_logger
 from .declare import ParamSet, describe_value
 
 __all__ = [
@@ -89,6 +90,12 @@ def _factory_id(factory):
 
 class Registry:
     """Names of one kind of plugin, looked up case-insensitively.
+
+    The one registry of its kind: the loader and engine class decorators
+    (:func:`ptycli.scans.base.register`, :func:`ptycli.engines.base.register`)
+    fill it, configurations are validated through its ParamSets, and it reads
+    as a mapping of canonical names to factories (``LOADERS["Hdf5Scan"]`` is
+    the class; :meth:`get` returns the whole :class:`Registered` entry).
 
     Parameters
     ----------
@@ -145,6 +152,29 @@ class Registry:
 
     def __len__(self):
         return len(self._entries)
+
+    # -- read as a mapping of canonical names to factories (``ENGINES["DM"]`` is the class) --
+    def __getitem__(self, name):
+        """The factory registered as ``name`` (any case); KeyError when there is none."""
+        entry = self.find(name)
+        if entry is None:
+            raise KeyError(name)
+        return entry.factory
+
+    def __iter__(self):
+        return iter(self.names())
+
+    def items(self):
+        """``(name, factory)`` pairs, sorted by name."""
+        return [(e.name, e.factory) for e in self.entries()]
+
+    def pop(self, name, default=None):
+        """Remove ``name`` (any case) and return its factory (``default`` when it is not registered)."""
+        entry = self.find(name)
+        if entry is None:
+            return default
+        self.unregister(name)
+        return entry.factory
 
     def find(self, name):
         """The entry called ``name`` (any case), or None."""
@@ -315,8 +345,6 @@ def plugin_errors():
 
 
 def _note_error(module, exc):
-    from ..log import get_logger
-
     text = "%s: %s" % (type(exc).__name__, " ".join(str(exc).split()))
     _errors[module] = text
     get_logger(__name__).warning("could not import %s (%s); its loaders/engines are unavailable", module, text)

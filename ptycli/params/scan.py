@@ -29,7 +29,7 @@ import re
 import string
 
 from ..errors import ConfigError
-from ..utils.parameters import Param
+from ..utils.param_tree import Param
 from .declare import Parameter, ParamSet, describe_value
 from .registry import LOADERS, SCAN_MODELS, suggest
 
@@ -238,6 +238,25 @@ def check_label(label, path):
 
 # -- declarations ----------------------------------------------------------------
 
+def _diversity(modes, noise):
+    """The ``diversity`` group of the probe or object model: how its extra ``modes`` differ from the first.
+
+    Parameters
+    ----------
+    modes : str
+        'probe' or 'object', for the descriptions.
+    noise : pair
+        Default amplitude and phase noise.
+    """
+    return ParamSet("diversity", [
+        Parameter("noise", noise, "pair", "amplitude and phase noise of the extra %s modes" % modes,
+                  low=0.0),
+        Parameter("power", 0.1, "float", "power of each extra mode relative to the first",
+                  low=0.0, high=1.0),
+        Parameter("seed", 1, "int", "random seed of the mode noise"),
+    ], "how extra %s modes differ from the first" % modes)
+
+
 ILLUMINATION = ParamSet("illumination", [
     ModelParameter(
         "model", "auto", ILLUMINATION_MODELS,
@@ -265,13 +284,7 @@ ILLUMINATION = ParamSet("illumination", [
         Parameter("parallel", None, "float", "propagation distance applied to the initial probe "
                   "(defocus); null for none", unit="m"),
     ], "propagation of the modelled probe"),
-    ParamSet("diversity", [
-        Parameter("noise", (0.5, 1.0), "pair", "amplitude and phase noise of the extra probe modes",
-                  low=0.0),
-        Parameter("power", 0.1, "float", "power of each extra mode relative to the first",
-                  low=0.0, high=1.0),
-        Parameter("seed", 1, "int", "random seed of the mode noise"),
-    ], "how extra probe modes differ from the first"),
+    _diversity("probe", (0.5, 1.0)),
 ], "initial probe (illumination) model")
 
 SAMPLE = ParamSet("sample", [
@@ -280,13 +293,7 @@ SAMPLE = ParamSet("sample", [
         "initial object: fill (constant), flower (test image), or a .npy/.h5 file holding an object"),
     Parameter("fill", 1.0, "float", "amplitude of the constant object (fill model)"),
     Parameter("fill_phase", 0.0, "float", "phase of the constant object (fill model)", unit="rad"),
-    ParamSet("diversity", [
-        Parameter("noise", (0.0, 0.0), "pair", "amplitude and phase noise of the extra object modes",
-                  low=0.0),
-        Parameter("power", 0.1, "float", "power of each extra mode relative to the first",
-                  low=0.0, high=1.0),
-        Parameter("seed", 1, "int", "random seed of the mode noise"),
-    ], "how extra object modes differ from the first"),
+    _diversity("object", (0.0, 0.0)),
 ], "initial object (sample) model")
 
 COHERENCE = ParamSet("coherence", [
@@ -329,12 +336,17 @@ def validate_set(ps, tree, path):
     return ps.validate(tree, path)
 
 
-def _named_set_validate(tree, path, entry, what):
-    """Validate a mapping (without 'name') against ``entry.paramset``; 'name' first."""
+def validate_named(name, paramset, tree, path):
+    """Validate the parameters of the plugin called ``name`` (a loader, an engine) against ``paramset``.
+
+    The one route of ``scans.<label>.data`` and ``engines.<label>``: the
+    mapping ``tree`` without its 'name' is checked and completed with defaults;
+    the result starts with ``name`` (the canonical spelling).
+    """
     rest = {k: v for k, v in tree.items() if k != "name"}
-    validated = validate_set(entry.paramset, rest, path)
+    validated = validate_set(paramset, rest, path)
     out = Param()
-    out["name"] = entry.name
+    out["name"] = name
     for key, value in validated.items():
         if key != "name":
             out[key] = value
@@ -354,7 +366,7 @@ def validate_data(tree, path="scans.<label>.data"):
         raise ConfigError("%s: expected a mapping with at least 'name' (the loader%s), got %s" % (
             path, ": one of " + ", ".join(names) if names else "", describe_value(tree)))
     entry = LOADERS.get(tree.get("name"), path + ".name")
-    return _named_set_validate(tree, path, entry, "loader")
+    return validate_named(entry.name, entry.paramset, tree, path)
 
 
 def validate_scan(tree, path="scans.<label>"):

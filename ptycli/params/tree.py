@@ -37,12 +37,16 @@ import os
 
 import yaml
 
+from .. import __version__
 from ..errors import ConfigError
-from ..utils.parameters import Param
+from ..utils.param_tree import Param
 from .declare import Parameter, ParamSet, describe_value
 from .registry import ENGINES, LOADERS, load_plugins, suggest
 from .scan import (DATA, SCAN, PathTemplate, RegistryName, WordList, check_label,
-                   validate_scan, validate_set, _named_set_validate)
+                   validate_scan, validate_set, validate_named)
+from .overrides import apply_overrides, parse_override  # noqa: F401 (part of this module's API)
+from .resume import RESUME_KEYS, check_resume  # noqa: F401 (part of this module's API)
+from .yamlio import to_plain
 
 __all__ = [
     "TOP",
@@ -167,7 +171,7 @@ def validate_engine(tree, path="engines.<label>"):
                           % (path, describe_value(tree)))
     entry = ENGINES.get(tree.get("name"), path + ".name")
     merged = ENGINE.extended(entry.name, list(entry.paramset))
-    return _named_set_validate(tree, path, entry._replace(paramset=merged), "engine")
+    return validate_named(entry.name, merged, tree, path)
 
 
 def _labelled(tree, key, check_one):
@@ -359,132 +363,6 @@ def checkpoint_path(p, engine=None, iterations=None):
     return root + ".checkpoint.h5"  # always .h5, whatever the result's extension
 
 
-# -- resume --------------------------------------------------------------------------------
-
-#: Scan settings that fix the shapes of the model (object, probe, exit waves): a checkpoint
-#: serves only a configuration that agrees with the one that wrote it on these.
-RESUME_KEYS = ("name", "propagation", "data.name", "data.shape", "data.rebin", "data.num_frames",
-               "data.orientation", "coherence.num_probe_modes", "coherence.num_object_modes",
-               "probe_share", "object_share")
-
-
-def check_resume(p, saved, where="--resume", probes=None):
-    """Refuse a checkpoint written with other scans than validated tree ``p`` has, before any data is read.
-
-    Compares the scan labels and, per scan, the settings of :data:`RESUME_KEYS`
-    with the parameters stored in the checkpoint (``saved``: its resolved
-    tree; nothing is checked when it holds none). ``data.shape`` and
-    ``data.num_frames`` are compared only where both set them (null takes
-    the value from the data, known only after reading it); a configured
-    ``data.shape`` is also compared with the frame shape of the checkpoint's
-    probe (``probes``: storage ID ``S<label>`` -> array, when given).
-
-    Raises
-    ------
-    ConfigError
-        Naming the first key that differs, with both values.
-    """
-    from .yamlio import to_plain
-
-    old_scans = (saved or {}).get("scans") if isinstance(saved, dict) else None
-    if not old_scans or not isinstance(old_scans, dict):
-        return
-    fix = "resume with the configuration that wrote the checkpoint, or start afresh without --resume"
-    new_scans = p.get("scans") or {}
-    if list(old_scans) != list(new_scans):
-        raise ConfigError("%s: the checkpoint holds scans %s, the configuration %s" % (
-            where, ", ".join(map(str, old_scans)) or "none", ", ".join(map(str, new_scans)) or "none"), hint=fix)
-    for label, scan in new_scans.items():
-        old = Param(old_scans[label]) if isinstance(old_scans[label], dict) else Param()
-        for key in RESUME_KEYS:
-            a, b = to_plain(old.get(key)), to_plain(scan.get(key))
-            if key in ("propagation", "data.shape", "data.num_frames", "data.orientation") and (a is None or b is None):
-                continue
-            if isinstance(a, (int, float)) and not isinstance(a, bool):
-                a = [a, a] if key == "data.shape" else a
-            if isinstance(b, str) and isinstance(a, str):
-                a, b = a.lower(), b.lower()
-            if a != b:
-                raise ConfigError("%s: scans.%s.%s is %s in the checkpoint but %s in the configuration" % (
-                    where, label, key, describe_value(a), describe_value(b)), hint=fix)
-        probe = (probes or {}).get("S" + str(scan.get("probe_share") or label))
-        shape = to_plain(scan.get("data.shape"))
-        if shape is not None and probe is not None and list(getattr(probe, "shape", ())[-2:]) != list(shape):
-            raise ConfigError("%s: the checkpoint holds frames of %s pixels for scan %s, the configuration asks for "
-                              "scans.%s.data.shape %s" % (where, "x".join(str(v) for v in probe.shape[-2:]), label,
-                                                           label, describe_value(shape)), hint=fix)
-
-
-# -- overrides ---------------------------------------------------------------------------
-
-def parse_override(text):
-    """Split ``'a.b.c=value'`` into ``('a.b.c', typed value)``; the value is read as YAML.
-
-    ``3`` gives an int, ``0.5`` a float, ``true`` a bool, ``[1, 2]`` a list,
-    ``null`` None; text that is not valid YAML is kept as a string.
-    """
-    if not isinstance(text, str):
-        raise ConfigError("override %r: expected a string KEY=VALUE" % (text,))
-    if "=" not in text:
-        raise ConfigError("override %r: missing '='; write KEY=VALUE, e.g. engines.dm.numiter=50" % text)
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError("override %r: empty key; write KEY=VALUE, e.g. engines.dm.numiter=50" % text)
-    parts = key.split(".")
-    if any(not part.strip() or part != part.strip() for part in parts):
-        raise ConfigError("override %r: malformed key %r (empty part or spaces); write dotted names "
-                          "such as scans.MF.data.shape" % (text, key))
-    raw = raw.strip()
-    if not raw:
-        raise ConfigError("override %r: no value after '='; write %s=null to clear it or %s='' for an "
-                          "empty string" % (text, key, key))
-    from .yamlio import StrictLoader, _LimitError
-
-    try:
-        value = yaml.load(raw, Loader=StrictLoader)
-    except _LimitError as exc:
-        raise ConfigError("override %s=...: %s" % (key, exc.args[0].split(": ", 1)[-1])) from None
-    except yaml.YAMLError:
-        value = raw
-    except RecursionError:
-        raise ConfigError("override %s=...: the value is nested too deeply; give a plain value" % key) from None
-    return key, value
-
-
-def apply_overrides(tree, overrides):
-    """Return a copy of ``tree`` with ``KEY=VALUE`` overrides applied, in order.
-
-    Parameters
-    ----------
-    tree : dict or Param
-        The configuration (not modified).
-    overrides : str or sequence of str
-        Items such as ``'engines.dm.numiter=50'``; the value is read as YAML
-        (see :func:`parse_override`). Missing intermediate levels are created
-        (a null level becomes a mapping); a new engine label is appended after
-        the existing ones. Keys are checked later by :func:`validate`.
-    """
-    out = Param(tree or {}).copy()
-    if isinstance(overrides, str):
-        overrides = [overrides]
-    for text in overrides or ():
-        key, value = parse_override(text)
-        parts = key.split(".")
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            child = dict.get(node, part)
-            if child is None:
-                child = Param()
-                dict.__setitem__(node, part, child)
-            elif not isinstance(child, dict):
-                raise ConfigError("override %r: %s holds %s, not a mapping, so it has no key %r" % (
-                    text, ".".join(parts[:i + 1]), describe_value(child), parts[i + 1]))
-            node = child
-        node[parts[-1]] = value
-    return out
-
-
 # -- listings ----------------------------------------------------------------------------
 
 #: One row of ``ptycli params``: dotted path, default, words for the type, doc, unit.
@@ -598,7 +476,6 @@ def _nearest_paths(query, rows):
 # -- commented default YAML -------------------------------------------------------------
 
 def _flow(value):
-    from .yamlio import to_plain
 
     text = yaml.safe_dump([to_plain(value)], default_flow_style=True, width=10 ** 9,
                           allow_unicode=True).strip()
@@ -676,7 +553,6 @@ def dump_defaults_yaml():
     written as comments (and the mapping left empty), so the text always
     loads and validates.
     """
-    from .. import __version__
 
     load_plugins()
     lines = ["# ptycli %s configuration: every parameter at its default." % __version__,
@@ -684,25 +560,17 @@ def dump_defaults_yaml():
     top_rest = ParamSet("", [e for e in TOP if e.name not in ("scans", "engines")], TOP.doc)
     _emit(top_rest, TOP.defaults(), 0, lines)
 
-    lines.append("")
-    lines.append("# " + _comment(TOP["scans"]))
-    scan_lines, real = _example_scan(2)
-    if real:
-        lines.append("scans:")
-        lines.extend(scan_lines)
-    else:
-        lines.append("scans: {}")
-        lines.append("  # the MoonFlowerScan loader is not installed; a scan looks like this:")
-        lines.extend(_commented(scan_lines, 2))
-
-    lines.append("")
-    lines.append("# " + _comment(TOP["engines"]))
-    eng_lines, real = _example_engine(2)
-    if real:
-        lines.append("engines:")
-        lines.extend(eng_lines)
-    else:
-        lines.append("engines: {}")
-        lines.append("  # no engine is installed; an engine looks like this:")
-        lines.extend(_commented(eng_lines, 2))
+    for key, example, missing in (
+            ("scans", _example_scan, "the MoonFlowerScan loader is not installed; a scan"),
+            ("engines", _example_engine, "no engine is installed; an engine")):
+        lines.append("")
+        lines.append("# " + _comment(TOP[key]))
+        body, real = example(2)
+        if real:
+            lines.append(key + ":")
+            lines.extend(body)
+        else:
+            lines.append(key + ": {}")
+            lines.append("  # %s looks like this:" % missing)
+            lines.extend(_commented(body, 2))
     return "\n".join(lines) + "\n"

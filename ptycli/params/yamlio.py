@@ -17,16 +17,14 @@ plain Python numbers and lists).
 """
 
 import os
-import pathlib
 import re
 import stat
 import sys
 
-import numpy as np
 import yaml
 
 from ..errors import ConfigError
-from ..utils.parameters import Param
+from ..utils.param_tree import Param, to_plain
 
 __all__ = ["BoundedLoader", "StrictLoader", "check_node_graph", "load_config", "load_config_text", "dump_yaml",
            "to_plain", "MAX_CONFIG_BYTES", "MAX_NODES", "MAX_DEPTH"]
@@ -304,7 +302,7 @@ def _looks_like_text(source):
 
 
 def load_config(source):
-    """Read a configuration; return it as a :class:`~ptycli.utils.parameters.Param`.
+    """Read a configuration; return it as a :class:`~ptycli.utils.param_tree.Param`.
 
     Parameters
     ----------
@@ -379,58 +377,6 @@ def _decode(raw, name):
 
 
 # -- writing ---------------------------------------------------------------------
-
-def to_plain(value):
-    """``value`` as plain Python types that ``yaml.safe_dump`` writes.
-
-    Params and dicts become dicts, tuples/sets/arrays lists, numpy scalars
-    Python numbers (single precision through their short decimal form),
-    complex numbers strings like ``'(1+2j)'``, paths and other objects their
-    ``str``.
-    """
-    if value is None or type(value) in (bool, int, float, str):
-        return value
-    if isinstance(value, dict):
-        out = {}
-        for k, v in dict.items(value):
-            if isinstance(k, np.generic):
-                k = k.item()
-            if not (k is None or isinstance(k, (bool, int, float, str))):
-                k = str(k)
-            out[k] = to_plain(v)
-        return out
-    if isinstance(value, np.ndarray):
-        if value.ndim == 0:
-            return to_plain(value[()])
-        return [to_plain(v) for v in value]
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(str(value)) if value.dtype.itemsize < 8 else float(value)
-    if isinstance(value, (complex, np.complexfloating)):
-        return str(complex(value))
-    if isinstance(value, (np.str_, np.bytes_)):
-        return to_plain(value.item())
-    if isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, (list, tuple)):
-        return [to_plain(v) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return [to_plain(v) for v in sorted(value, key=repr)]
-    if isinstance(value, (os.PathLike, pathlib.PurePath)):
-        return os.fspath(value)
-    return str(value)
-
 
 class _Dumper(yaml.SafeDumper):
     """Safe dumper: mappings in block style, lists of scalars in flow style ``[1, 2]``."""

@@ -8,18 +8,13 @@ if the stage moved the other way), the detector ``mask`` (a pixel with any of
 joules (converted to keV), the distance and the pixel sizes. Configuration
 values of energy/distance/psize override the file's.
 
-Example configuration::
-
-    scans:
-      scan1:
-        data:
-          name: CxiScan
-          dfile: scan.cxi
+In a configuration: ``scans.<label>.data: {name: CxiScan, dfile: scan.cxi}``.
 """
 
 from ..io.cxi import MASK_INVALID, read_cxi_frames, read_cxi_meta
 from ..params.declare import Parameter
-from .base import ScanLoader, register
+from .base import ScanLoader, file_meta, register
+from .settings import loader_params
 
 __all__ = ["CxiScan"]
 
@@ -29,8 +24,7 @@ class CxiScan(ScanLoader):
     """Loader of CXI ptychography data files."""
 
     NAME = "CxiScan"
-    PARAMS = ScanLoader.PARAMS.extended("CxiScan", [
-        Parameter("dfile", None, "path", "CXI file (.cxi) to read", nullable=True),
+    PARAMS = loader_params("CxiScan", "CXI file (.cxi) to read", [
         Parameter("entry", None, "str", "entry group to read (null = entry_1)", nullable=True),
         Parameter("mask_bits", MASK_INVALID, "int",
                   "detector mask bits that mark a pixel invalid (1 = 'invalid' only; "
@@ -40,20 +34,12 @@ class CxiScan(ScanLoader):
     def read_meta(self):
         path = self.require_dfile()
         m = read_cxi_meta(path, entry=self.pars.get("entry"))
-        return {
-            "num_frames": m["num_frames"],
-            "frame_shape": m["frame_shape"],
-            "energy_kev": m["energy_kev"],
-            "distance_m": m["distance_m"],
-            "psize_m": m["psize_m"],
-            "positions_unit": "m",
-            "meta": {
-                "format": "cxi",
-                "cxi_version": m["cxi_version"],
-                "data_path": m["data_path"],
-                "translation_path": m["translation_path"],
-            },
-        }
+        return file_meta(m, meta={
+            "format": "cxi",
+            "cxi_version": m["cxi_version"],
+            "data_path": m["data_path"],
+            "translation_path": m["translation_path"],
+        })
 
     def read_frames(self, start, stop):
         got = read_cxi_frames(self.require_dfile(), start, stop, entry=self.pars.get("entry"),

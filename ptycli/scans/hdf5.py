@@ -33,7 +33,8 @@ import os
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
+from ..io.datafile import read_ground_truth
 from ..io.h5guard import check_structure
 from ..log import get_logger
 from ..params.declare import Parameter
@@ -200,7 +201,6 @@ class Hdf5Scan(ScanLoader):
         if p.get("positions_slow") or p.get("positions_fast"):
             if not (p.get("positions_slow") and p.get("positions_fast")):
                 missing = "positions_fast" if p.get("positions_slow") else "positions_slow"
-                from ..errors import ConfigError
                 raise ConfigError("%s: needed together with %s" % (
                     self._where(missing), "positions_slow" if missing == "positions_fast"
                     else "positions_fast"), hint="give both datasets, or an (N, 2) positions")
@@ -305,7 +305,6 @@ class Hdf5Scan(ScanLoader):
                 meta["label"] = v.decode() if isinstance(v, bytes) else str(v)
             gt = f.get(DEFAULT_PATHS["ground_truth"])
             if gt is not None:
-                from ..io.datafile import read_ground_truth
                 meta["ground_truth"] = read_ground_truth(gt)
             meta["meta"] = {"hdf5_intensities": ds.name}
         return meta

@@ -22,8 +22,10 @@ object's pixel centre) is kept in ``ScanData.ground_truth``.
 
 import numpy as np
 
+from .. import parallel
 from ..core import xy
-from ..core.geometry import get_propagator
+from ..core.illumination import _angular_spectrum, add_modes, aperture
+from ..core.propagation import get_propagator
 from ..params.declare import Parameter
 from .base import ScanLoader, check_memory, register
 
@@ -43,8 +45,6 @@ def _defocused_probe(shape, psize_m, lam_m):
     centre; a quadratic phase of 3 pi at 30 % of the frame width models the
     wavefront curvature of a probe observed away from its focus.
     """
-    from ..core.illumination import _angular_spectrum, aperture
-
     ap = aperture(shape, psize_m, form="circ", size_fraction=0.5, edge_px=3.0, central_stop=0.4)
     radius = 0.25 * shape[0] * psize_m[0]
     ring = _angular_spectrum(ap.astype(np.complex128), psize_m, lam_m, radius**2 / (lam_m * 6.0))
@@ -81,7 +81,6 @@ def simulate_model(p, shape, energy_kev, distance_m, psize_m, propagation="farfi
         ``position_noise``), ``pixel_offsets`` (N, 2) int top-left corners.
     """
     from ..resources import flower_obj, moon_pr
-    from ..core.illumination import add_modes
 
     shape = tuple(int(s) for s in shape)
     lam = 1.23984193e-9 / energy_kev
@@ -200,8 +199,6 @@ class MoonFlowerScan(ScanLoader):
         density`` frame widths a side, plus a frame and a margin) and, with the
         flower generator's work arrays, takes about 64 bytes a pixel.
         """
-        from .. import parallel
-
         shape = self._sim_geometry()[0]
         n = float(self.pars.num_frames or _DEFAULTS["num_frames"])
         h, w = (float(v) for v in shape)

@@ -25,6 +25,7 @@ from ..errors import DataError
 from ..log import get_logger
 from ..params.declare import Parameter
 from .base import ScanLoader, register
+from .settings import loader_params
 
 __all__ = ["NpyFolderScan", "read_geometry_txt", "read_positions_txt"]
 
@@ -105,9 +106,7 @@ class NpyFolderScan(ScanLoader):
     """A folder of ``.npy`` frames with ``geometry.txt`` and ``positions.txt``."""
 
     NAME = "NpyFolderScan"
-    PARAMS = ScanLoader.PARAMS.extended("NpyFolderScan", [
-        Parameter("dfile", None, "path", "the folder holding geometry.txt, positions.txt "
-                  "and the frames", nullable=True),
+    PARAMS = loader_params("NpyFolderScan", "the folder holding geometry.txt, positions.txt and the frames", [
         Parameter("geometry_file", "geometry.txt", "str",
                   "geometry file in the folder ('' = none: give energy, distance, psize)"),
         Parameter("positions_file", "positions.txt", "str",

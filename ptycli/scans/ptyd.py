@@ -21,8 +21,8 @@ Example configuration::
 import numpy as np
 
 from ..io.ptyd import read_ptyd_frames, read_ptyd_meta
-from ..params.declare import Parameter
-from .base import ScanLoader, register
+from .base import ScanLoader, file_meta, register
+from .settings import loader_params
 
 __all__ = ["PtydScan"]
 
@@ -32,9 +32,7 @@ class PtydScan(ScanLoader):
     """Loader of PtyPy ``.ptyd`` prepared-data files."""
 
     NAME = "PtydScan"
-    PARAMS = ScanLoader.PARAMS.extended("PtydScan", [
-        Parameter("dfile", None, "path", "PtyPy prepared-data file (.ptyd) to read",
-                  nullable=True),
+    PARAMS = loader_params("PtydScan", "PtyPy prepared-data file (.ptyd) to read", [
     ], doc="PtyPy prepared data (.ptyd): centred frames, weights, positions in metres")
 
     def read_meta(self):
@@ -44,23 +42,12 @@ class PtydScan(ScanLoader):
         center = m["center"]
         if center is None:
             center = np.array([h // 2, w // 2], dtype=float)
-        return {
-            "num_frames": m["num_frames"],
-            "frame_shape": m["frame_shape"],
-            "energy_kev": m["energy_kev"],
-            "distance_m": m["distance_m"],
-            "psize_m": m["psize_m"],
-            "positions_unit": "m",
-            "center": center,
-            "label": m["label"],
-            "propagation": m.get("propagation"),
-            "meta": {
-                "format": "ptyd",
-                "ptyd_version": m["version"],
-                "ptyd_num_frames": m["num_frames_meta"],
-                "ptyd_chunks": [list(c) for c in m["chunks"]],
-            },
-        }
+        return file_meta(m, center=center, label=m["label"], propagation=m.get("propagation"), meta={
+            "format": "ptyd",
+            "ptyd_version": m["version"],
+            "ptyd_num_frames": m["num_frames_meta"],
+            "ptyd_chunks": [list(c) for c in m["chunks"]],
+        })
 
     def read_frames(self, start, stop):
         got = read_ptyd_frames(self.require_dfile(), start, stop)

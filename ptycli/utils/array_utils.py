@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = [
     "expect2",
+    "checked_pair",
     "grids",
     "abs2",
     "norm2",
@@ -53,6 +54,42 @@ def expect2(a):
     if arr.size != 2:
         raise ValueError("expected a scalar or a pair, got %r" % (a,))
     return arr.copy()
+
+
+def checked_pair(value, name, kind=float, positive=False):
+    """A finite scalar or pair ``(y, x)`` as an ndarray of 2, checked and named in errors.
+
+    Parameters
+    ----------
+    value : scalar or sequence of length 1 or 2
+        The value; a scalar is used for both axes.
+    name : str
+        What the value is, for the ValueError messages.
+    kind : type
+        ``float`` (default) or ``int``: integer-valued entries, returned as ints.
+    positive : bool
+        Refuse entries that are not > 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(2,)``, float64 (int for ``kind=int``).
+    """
+    arr = np.asarray(value, dtype=float).ravel()
+    if arr.size == 1:
+        arr = np.array([arr[0], arr[0]])
+    elif arr.size != 2:
+        raise ValueError("%s must be a scalar or a pair (y, x), got %r" % (name, value))
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("%s must be finite, got %r" % (name, value))
+    if positive and np.any(arr <= 0):
+        raise ValueError("%s must be > 0, got %r" % (name, value))
+    if kind is int:
+        iarr = np.rint(arr)
+        if np.any(np.abs(iarr - arr) > 1e-9):
+            raise ValueError("%s must be integer, got %r" % (name, value))
+        return iarr.astype(int)
+    return arr
 
 
 def _shape2(shape):
@@ -176,17 +213,7 @@ def norm2(a):
 
 
 def norm(a):
-    """L2 norm ``sqrt(sum(|a|**2))``.
-
-    Parameters
-    ----------
-    a : array_like
-        Real or complex values.
-
-    Returns
-    -------
-    float
-    """
+    """L2 norm ``sqrt(sum(|a|**2))``: the square root of :func:`norm2` (same argument), a float."""
     return float(np.sqrt(norm2(a)))
 
 

@@ -14,7 +14,8 @@ import os
 
 import numpy as np
 
-from .plot_utils import PLOT_INSTALL_HINT, complex2rgb
+from ..errors import DataError
+from .plot_utils import PLOT_INSTALL_HINT, _si_scale, complex2rgb
 
 __all__ = ["plot_reconstruction", "plot_data", "figure_module", "PLOT_INSTALL_HINT"]
 
@@ -38,14 +39,6 @@ def figure_module():
     return Figure, FigureCanvasAgg
 
 
-def _scale(extent_m):
-    span = max(abs(float(extent_m)), 1e-300)
-    for factor, unit in ((1.0, "m"), (1e-3, "mm"), (1e-6, "\u00b5m"), (1e-9, "nm")):
-        if span >= factor:
-            return factor, unit
-    return 1e-12, "pm"
-
-
 def _extent(shape, psize, center):
     """imshow extent (left, right, bottom, top) in a convenient unit, and the unit."""
     if psize is None:
@@ -56,7 +49,7 @@ def _extent(shape, psize, center):
     rows, cols = shape
     y0, y1 = (-0.5 - center[0]) * psize[0], (rows - 0.5 - center[0]) * psize[0]
     x0, x1 = (-0.5 - center[1]) * psize[1], (cols - 0.5 - center[1]) * psize[1]
-    factor, unit = _scale(max(abs(y1 - y0), abs(x1 - x0)))
+    factor, unit = _si_scale(max(abs(y1 - y0), abs(x1 - x0)))
     return (x0 / factor, x1 / factor, y1 / factor, y0 / factor), unit
 
 
@@ -295,8 +288,6 @@ def _positions_axis(ax, scans, unit_factor, unit):
 
 def _check_drawable(what, arr):
     if arr.ndim < 2 or min(arr.shape[-2:]) < 1:
-        from ..errors import DataError
-
         raise DataError("%s (shape %s): no pixels to draw" % (what, tuple(arr.shape)),
                         hint="the file may be damaged or cut short; check it with 'ptycli inspect --tree'",
                         validation=True)
@@ -425,7 +416,7 @@ def plot_data(data, path, dpi=110, title=None):
     pos = np.asarray(data["positions"], dtype=float).reshape(-1, 2)
     unit = data.get("positions_unit") or "m"
     if unit == "m" and len(pos):
-        factor, unit = _scale(np.ptp(pos) if np.ptp(pos) > 0 else 1e-6)
+        factor, unit = _si_scale(np.ptp(pos) if np.ptp(pos) > 0 else 1e-6)
         pos = pos / factor
     ax.plot(pos[:, 1], pos[:, 0], "-", color="0.8", lw=0.6)
     ax.scatter(pos[:, 1], pos[:, 0], c=np.arange(len(pos)), s=8, cmap="viridis")
