@@ -54,6 +54,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .. import parallel
+
 __all__ = ["fft2_inplace", "ifft2_inplace", "bound_pair", "empty", "zeros", "backend", "set_backend", "available_backends",
            "get_workers", "set_workers", "wisdom_path", "ALIGNMENT"]
 
@@ -92,8 +94,6 @@ def get_workers():
     """
     if _WORKERS is not None:
         return _WORKERS
-    from .. import parallel
-
     return parallel.fft_workers()
 
 

@@ -164,11 +164,16 @@ import numpy as np
 from .. import parallel
 from ..errors import ConfigError, EngineError
 from ..log import progress_bar, progress_fields, stderr_is_tty
+from ..params import registry
 from ..params.declare import Parameter, ParamSet
+from ..params.tree import ENGINE, validate_engine
 from ..params.registry import ENGINES  # the one engine registry (filled by register below)
 from ..utils.parameters import Param
+from .addressing import AddressBook
 from .constraints import ConstraintsMixin, circular_support, clip_object_amplitude  # noqa: F401
 from .error_sums import ErrorSums
+from . import health
+from .posref import make_refiner
 from .snapshot import SnapshotMixin
 
 __all__ = ["Engine", "ErrorSums", "ENGINES", "register", "make_engine", "COMMON_PARAMS",
@@ -178,8 +183,6 @@ log = logging.getLogger("ptycli.engines")
 
 
 def _common_params():
-    from ..params.tree import ENGINE
-
     return ENGINE.extended("Engine", [
         Parameter("numiter", 20, "int", "number of iterations", low=0),
         Parameter("probe_update_start", 2, "int",
@@ -276,12 +279,8 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         tree = dict(pars or {})
         tree.setdefault("name", self.NAME)
         path = "engines.%s" % self.label
-        from ..params.registry import ENGINES as REG
-
-        entry = REG.find(str(tree.get("name")))
+        entry = ENGINES.find(str(tree.get("name")))
         if entry is not None and entry.factory is type(self):
-            from ..params.tree import validate_engine
-
             return validate_engine(tree, path)
         rest = {k: v for k, v in tree.items() if k != "name"}
         ps = ParamSet(self.NAME, [e for e in self.PARAMS if e.name != "name"], self.PARAMS.doc)
@@ -292,8 +291,6 @@ class Engine(ConstraintsMixin, SnapshotMixin):
     # -- life cycle --------------------------------------------------------------
     def initialize(self):
         """Compile the pods, compute normalisations, snapshot, then ``engine_initialize()``."""
-        from .addressing import AddressBook
-
         P = self.ptycho
         self.book = AddressBook(P)
         if not self.book.groups and parallel.size == 1:
@@ -319,8 +316,6 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         self.mean_power = self.total_counts / max(self.total_valid, 1.0)
         self.supports = self.probe_supports()
         self._snapshot()
-        from .posref import make_refiner
-
         self.posref = make_refiner(self)
         self.engine_initialize()
         self.initialized = True
@@ -498,10 +493,8 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         Called by :meth:`finalize`. Collective under MPI (same findings on
         every rank).
         """
-        from .health import check_engine
-
         try:
-            findings = [f.as_dict() for f in check_engine(self)]
+            findings = [f.as_dict() for f in health.check_engine(self)]
         except Exception as exc:  # a diagnostic must not cost a finished reconstruction
             if parallel.master:
                 log.warning("%s (%s): the health check failed (%s: %s); the result is kept", self.label, self.NAME,
@@ -562,8 +555,6 @@ def _num(v):
 
 def register(cls):
     """Class decorator: add an engine class to :data:`ENGINES` and to the parameter registry."""
-    from ..params import registry
-
     if not cls.NAME or cls.NAME == "Engine":
         raise ValueError("an engine class needs its own NAME")
     own = ParamSet(cls.NAME, [e for e in cls.PARAMS if e.name != "name"], cls.PARAMS.doc)
@@ -579,8 +570,6 @@ def make_engine(ptycho, pars, label=None):
     ConfigError
         For an unknown name (listing the registered engines).
     """
-    from ..params import registry
-
     pars = dict(pars or {})
     path = "engines.%s.name" % (label or "<label>")
     entry = registry.get_engine(pars.get("name"), path)

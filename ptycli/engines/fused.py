@@ -40,6 +40,8 @@ import sys
 import numpy as np
 
 from .. import parallel
+from ..errors import EngineError
+from ..log import get_logger
 from .threads import BlockPool  # noqa: F401  (the engines' thread pool; old import path)
 
 __all__ = ["available", "use_compiled", "AUTO_MIN_PIXELS", "projection_input",
@@ -98,8 +100,6 @@ def use_compiled(choice, n_pixels, precision_ok=True):
     EngineError
         ``compiled`` was asked for but numba is not installed.
     """
-    from ..errors import EngineError
-
     choice = os.environ.get("PTYCLI_KERNELS", "").strip().lower() or str(choice).lower()
     if choice == "numpy":
         return False
@@ -154,8 +154,6 @@ def _announce_compilation(module):
         return
     _ANNOUNCED.add(module)
     if kernel_cache_is_cold(module):
-        from ..log import get_logger
-
         get_logger(__name__).info("compiling the kernels (first run only, about 20 s)")
 
 

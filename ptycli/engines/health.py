@@ -73,6 +73,8 @@ import dataclasses
 
 import numpy as np
 
+from .. import parallel
+
 __all__ = ["Finding", "THRESHOLDS", "probe_stats", "check_probe", "object_stats", "check_object",
            "error_series", "error_trend", "check_errors", "coverage", "check_engine", "participation_area",
            "detector_area_ratio", "data_patterns", "probe_detector_ratio"]
