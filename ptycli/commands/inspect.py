@@ -17,7 +17,7 @@ from ..io.ptyd import read_ptyd_meta
 from ..io.reading import DAMAGED_HINT, reading
 from ..io.reading import h5_text as _str
 from ..log import get_logger
-from ..scans.npz import NOMINAL_DISTANCE_M, NOMINAL_ENERGY_KEV
+from ..utils.nominal_geometry import is_nominal
 
 logger = get_logger(__name__)
 
@@ -365,11 +365,7 @@ def _moved(moved, which, with_pixels, with_metres=True):
 
 def _nominal_geometry(scan):
     """Whether a scan ran with NpzScan's nominal geometry (positions in pixels, object pixel 1)."""
-    try:
-        return (abs(float(scan.get("energy")) / NOMINAL_ENERGY_KEV - 1) < 1e-6
-                and abs(float(scan.get("distance")) / NOMINAL_DISTANCE_M - 1) < 1e-6)
-    except (TypeError, ValueError):
-        return False
+    return is_nominal(scan.get("energy"), scan.get("distance"))
 
 
 def _shape(info):

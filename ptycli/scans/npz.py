@@ -47,6 +47,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..log import get_logger
 from ..params.declare import Parameter
+from ..utils.nominal_geometry import NOMINAL_DISTANCE_M, NOMINAL_ENERGY_KEV
 from .base import ScanLoader, register
 from .npz_arrays import open_arrays
 from .settings import loader_params
@@ -60,10 +61,6 @@ logger = get_logger("ptycli.scans.npz")
 FRAME_KEYS = ("intensities", "diffraction", "data", "frames", "patterns", "diff")
 POSITION_KEYS = ("positions", "scan_positions", "pos", "translations", "coords")
 
-#: nominal far-field geometry for positions in pixels: wavelength 1 m (energy in keV),
-#: distance 1e9 m; the detector pixel is chosen so that the object pixel is 1
-NOMINAL_ENERGY_KEV = 1.23984193e-9
-NOMINAL_DISTANCE_M = 1e9
 
 #: (message kind, source) already announced in this process: a run opens its input twice
 #: (checked before computing, then loaded), the info lines are printed once

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from ..errors import DataError
+from .nominal_geometry import is_nominal
 from .plot_utils import PLOT_INSTALL_HINT, _si_scale, complex2rgb
 
 __all__ = ["plot_reconstruction", "plot_data", "figure_module", "PLOT_INSTALL_HINT"]
@@ -250,12 +251,8 @@ def _colour_wheel(ax, n=129):
 
 def _nominal_pixels(rec):
     """Whether lengths in ``rec`` are object pixels (NpzScan's nominal geometry for pixel positions)."""
-    from ..scans.npz import NOMINAL_DISTANCE_M, NOMINAL_ENERGY_KEV
-
     scans = list((rec.scans or {}).values())
-    return bool(scans) and all(
-        np.isclose(float(sc.get("energy", 0) or 0), NOMINAL_ENERGY_KEV, rtol=1e-6)
-        and np.isclose(float(sc.get("distance", 0) or 0), NOMINAL_DISTANCE_M, rtol=1e-6) for sc in scans)
+    return bool(scans) and all(is_nominal(sc.get("energy"), sc.get("distance")) for sc in scans)
 
 
 def _positions_axis(ax, scans, unit_factor, unit):
