@@ -58,6 +58,14 @@ def config(dfile, numiter=3, data="", engines=None, top=""):
             % (top, dfile, (", " + data) if data else "", engines))
 
 
+def reconstruct_text(folder, text, *extra):
+    """Write ``text`` as ``folder/run.yaml`` and reconstruct it to ``folder/out.h5``: ``(result, out path)``."""
+    cfg = Path(folder) / "run.yaml"
+    cfg.write_text(text)
+    out = Path(folder) / "out.h5"
+    return invoke("reconstruct", cfg, "-o", out, *extra), out
+
+
 def error_lines(stderr):
     return [ln for ln in stderr.splitlines() if ln.startswith("Error:") or "] Error:" in ln]
 

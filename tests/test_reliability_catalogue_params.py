@@ -47,12 +47,7 @@ def _validate(tmp_path, text, *extra):
     return rh.invoke("params", "--validate", cfg, *extra)
 
 
-def _reconstruct(tmp_path, text, *extra):
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(text)
-    out = tmp_path / "out.h5"
-    res = rh.invoke("reconstruct", cfg, "-o", out, *extra)
-    return res, out
+_reconstruct = rh.reconstruct_text  # (tmp_path, config text, *extra args) -> (result, output path)
 
 
 def _maxrss_mb():

@@ -16,12 +16,7 @@ def datafile(tmp_path_factory):
     return rh.simulate(tmp_path_factory.mktemp("cfgdata") / "data.h5")
 
 
-def _run(tmp_path, text, *extra):
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(text)
-    out = tmp_path / "out.h5"
-    res = rh.invoke("reconstruct", cfg, "-o", out, *extra)
-    return res, out
+_run = rh.reconstruct_text  # (tmp_path, config text, *extra args) -> (result, output path)
 
 
 def _nothing_written(tmp_path):
