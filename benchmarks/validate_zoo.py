@@ -37,6 +37,7 @@ Usage::
     python benchmarks/validate_zoo.py --cases zoneplate,lowdose --iterations 100,50
     python benchmarks/validate_zoo.py --json zoo.json --keep out/zoo
     python benchmarks/validate_zoo.py --list
+    python benchmarks/validate_zoo.py --quick --engines rPIE:100,ML:50   # another engine chain
 
 ``--cases`` takes comma-separated substrings of case names. The data go to a
 temporary folder (``--keep DIR`` keeps them). One reconstruction runs at a
@@ -143,7 +144,7 @@ FLOOR = {"lowdose_1e4": 0.85}
 # configs
 # ----------------------------------------------------------------------------------------------
 def natural_config(data_section, propagation, *, probe_modes=1, poisson=False, refine_positions=False,
-                   true_probe_file=None, dm_iterations=200, ml_iterations=100, label="zoo"):
+                   true_probe_file=None, dm_iterations=200, ml_iterations=100, label="zoo", chain=None):
     """The short config a user writes for a scan (as a dict, the YAML tree).
 
     Parameters
@@ -164,6 +165,12 @@ def natural_config(data_section, propagation, *, probe_modes=1, poisson=False, r
         Engine iterations (an engine with 0 is left out).
     label : str
         Scan label.
+    chain : list of (str, int), optional
+        Engine names and iterations replacing DM + ML (``--engines``). An
+        engine that declares ``position_refinement`` refines when
+        ``refine_positions`` is set (from iteration 20 for the first engine,
+        0 after); with ``poisson`` an engine declaring ``ML_type`` or
+        ``noise_model`` gets ``poisson``.
 
     Returns
     -------
@@ -175,6 +182,20 @@ def natural_config(data_section, propagation, *, probe_modes=1, poisson=False, r
     if true_probe_file:
         scan["illumination"] = {"model": str(true_probe_file)}
     engines = {}
+    if chain:
+        from ptycli.params import registry
+
+        registry.load_plugins()
+        for k, (name, numiter) in enumerate(chain):
+            declared = {e.name for e in registry.get_engine(name).paramset}
+            entry = {"name": name, "numiter": int(numiter)}
+            if refine_positions and "position_refinement" in declared:
+                entry["position_refinement"] = {"start": 20 if k == 0 else 0}
+            for key in ("ML_type", "noise_model"):
+                if poisson and key in declared:
+                    entry[key] = "poisson"
+            engines["e%d_%s" % (k, name.lower())] = entry
+        return {"verbose_level": "error", "scans": {label: scan}, "engines": engines}
     if dm_iterations:
         engines["dm"] = {"name": "DM", "numiter": int(dm_iterations)}
         if refine_positions:
@@ -373,13 +394,13 @@ def select(names, quick, patterns):
     return keep
 
 
-def run_own_case(spec, folder, dm, ml):
+def run_own_case(spec, folder, dm, ml, chain=None):
     """Simulate, write and reconstruct one zoo case (default and true probe)."""
     t0 = time.time()
     case = zoo_sim.build_case(spec, folder)
     sim_s = time.time() - t0
     common = dict(probe_modes=spec.probe_modes, poisson=spec.poisson_ml,
-                  refine_positions=spec.position_refinement, dm_iterations=dm, ml_iterations=ml)
+                  refine_positions=spec.position_refinement, dm_iterations=dm, ml_iterations=ml, chain=chain)
     default = reconstruct_and_score(
         natural_config(case["data_section"], spec.propagation, **common), case["truth"])
     true = reconstruct_and_score(
@@ -390,7 +411,7 @@ def run_own_case(spec, folder, dm, ml):
             "default": default, "true": true, "position_case": bool(spec.position_error_px)}
 
 
-def run_foreign_case(name, folder, dm, ml):
+def run_foreign_case(name, folder, dm, ml, chain=None):
     """Reconstruct one foreign scan (default and true probe)."""
     fname, loader, propagation = FOREIGN[name]
     path = os.path.join(FOREIGN_DIR, fname)
@@ -399,7 +420,7 @@ def run_foreign_case(name, folder, dm, ml):
     np.save(probe_file, truth["probes"])
     section = {"name": loader, "dfile": path}
     modes = int(np.asarray(truth["probes"]).reshape((-1,) + truth["probes"].shape[-2:]).shape[0])
-    common = dict(probe_modes=modes, dm_iterations=dm, ml_iterations=ml)
+    common = dict(probe_modes=modes, dm_iterations=dm, ml_iterations=ml, chain=chain)
     default = reconstruct_and_score(natural_config(section, propagation, **common), truth)
     true = reconstruct_and_score(natural_config(section, propagation, true_probe_file=probe_file, **common),
                                  truth)
@@ -475,6 +496,8 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="save the results to this JSON file")
     ap.add_argument("--keep", default=None, help="write the data here and keep them")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
+    ap.add_argument("--engines", default="",
+                    help="engine chain replacing DM + ML, NAME:ITERATIONS comma-separated (e.g. mPIE:100,ML:50)")
     args = ap.parse_args(argv)
 
     if args.iterations:
@@ -482,6 +505,7 @@ def main(argv=None):
     else:
         dm, ml = (60, 30) if args.quick else (200, 100)
     patterns = [p for p in args.cases.split(",") if p]
+    chain = [(e.split(":")[0], int(e.split(":")[1])) for e in args.engines.split(",") if e] or None
     own = {s.name: s for s in CASES}
     foreign = {} if args.no_foreign or not os.path.isdir(FOREIGN_DIR) else {
         k: v for k, v in FOREIGN.items() if os.path.exists(os.path.join(FOREIGN_DIR, v[0]))}
@@ -501,12 +525,14 @@ def main(argv=None):
         tmp = tempfile.TemporaryDirectory(prefix="ptycli_zoo_")
         folder = tmp.name
     os.makedirs(folder, exist_ok=True)
-    print("validation zoo: %d cases, DM %d + ML %d, data in %s" % (len(names), dm, ml, folder), flush=True)
+    engines_text = " + ".join("%s %d" % c for c in chain) if chain else "DM %d + ML %d" % (dm, ml)
+    print("validation zoo: %d cases, %s, data in %s" % (len(names), engines_text, folder), flush=True)
     rows = []
     t_start = time.time()
     try:
         for n in names:
-            row = run_own_case(own[n], folder, dm, ml) if n in own else run_foreign_case(n, folder, dm, ml)
+            row = (run_own_case(own[n], folder, dm, ml, chain) if n in own
+                   else run_foreign_case(n, folder, dm, ml, chain))
             rows.append(row)
             d, t = row["default"], row["true"]
             print("  %-24s auto %.3f (%.0fs)  true %.3f (%.0fs)%s" % (
@@ -516,11 +542,11 @@ def main(argv=None):
     finally:
         if tmp is not None:
             tmp.cleanup()
-    print("\nDM %d + ML %d iterations, %.0f s in all\n" % (dm, ml, time.time() - t_start))
+    print("\n%s iterations, %.0f s in all\n" % (engines_text, time.time() - t_start))
     print_table(rows)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"dm": dm, "ml": ml, "cases": [_json_ready(r) for r in rows]}, f, indent=1)
+            json.dump({"dm": dm, "ml": ml, "engines": chain, "cases": [_json_ready(r) for r in rows]}, f, indent=1)
     return 0
 
 
