@@ -165,6 +165,9 @@ class ScanModel:
                                   psize=G.psize, layermap=[int(i) for i in d.indices])
         mask = P.mask.new_storage(ID=self.sid, data=np.asarray(d.mask, dtype=P.FType).reshape((n,) + shape),
                                   psize=G.psize, layermap=[int(i) for i in d.indices])
+        # the loader's frames live on in the storage: later steps (probe guess) read them there
+        # and the loader's copy is freed
+        d.intensities = diff.data
         if self.probe_sid not in P.probe.S:
             P.probe.new_storage(ID=self.probe_sid, shape=(npr,) + shape, psize=res)
         else:

@@ -411,7 +411,7 @@ def data_patterns(book, probe):
     for g in groups:
         if tuple(g.shape) != tuple(shape):
             continue
-        for f0, f1, _, _ in g.blocks(256):
+        for f0, f1, _, _ in g.blocks(32):  # small blocks: no data-sized temporaries
             d = np.maximum(g.diff_frames(f0, f1), 0)
             m = g.mask_frames(f0, f1)
             if m is None:

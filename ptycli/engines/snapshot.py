@@ -100,24 +100,26 @@ class SnapshotMixin:
     def engine_load_state(self, state):
         """Restore what :meth:`engine_state` returned. Override."""
 
-    def state_dict(self):
+    def state_dict(self, arrays=True):
         """Everything needed to resume: a dict of plain values and ndarray copies.
 
         Keys: ``engine`` (label), ``name``, ``iteration`` (this engine),
         ``global_iteration``, ``probe``/``obj``/``exit`` (storage ID ->
-        array copy), ``rng`` (bit-generator state), ``extra``
+        array copy; left out with ``arrays=False``, for a checkpoint file that
+        stores the storages itself), ``rng`` (bit-generator state), ``extra``
         (:meth:`engine_state`).
         """
         P = self.ptycho
         if self.initialized:
             self.sync()
-        return dict(engine=self.label, name=self.NAME, iteration=int(self.iteration),
-                    global_iteration=int(P.runtime.get("iterations", 0)),
-                    probe={sid: S.data.copy() for sid, S in P.probe.S.items()},
-                    obj={sid: S.data.copy() for sid, S in P.obj.S.items()},
-                    exit={sid: S.data.copy() for sid, S in P.exit.S.items()},
-                    rng=self.rng.bit_generator.state,
-                    extra={k: np.array(v, copy=True) for k, v in self.engine_state().items()})
+        out = dict(engine=self.label, name=self.NAME, iteration=int(self.iteration),
+                   global_iteration=int(P.runtime.get("iterations", 0)),
+                   rng=self.rng.bit_generator.state,
+                   extra={k: np.array(v, copy=True) for k, v in self.engine_state().items()})
+        if arrays:
+            for key, C in (("probe", P.probe), ("obj", P.obj), ("exit", P.exit)):
+                out[key] = {sid: S.data.copy() for sid, S in C.S.items()}
+        return out
 
     def load_state(self, state):
         """Restore a :meth:`state_dict` in place (storage shapes must match)."""

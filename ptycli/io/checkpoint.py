@@ -103,8 +103,11 @@ def _gather_rows(parts):
 def collect_model(P, with_exit=True):
     """Snapshot the model: objects, probes, scans (positions) and exit waves.
 
-    Collective: every rank must call it. Returns the dict on rank 0 (arrays
-    copied, all ranks' frames gathered) and None on the other ranks.
+    Collective: every rank must call it. Returns the dict on rank 0 (all
+    ranks' frames gathered; objects and probes copied, the exit waves of a
+    single process *not* copied: they are the live storage, so write the
+    snapshot before the model changes again, as :func:`write_snapshot` does)
+    and None on the other ranks.
     """
     snap = {
         "objects": {sid: storage_entry(S) for sid, S in P.obj.S.items()},
@@ -127,8 +130,6 @@ def collect_model(P, with_exit=True):
                 parts = parallel.gather((layers, data))
                 if parallel.master:
                     layers, data = _gather_rows(parts)
-            else:
-                data = data.copy()
             exits[sid] = {"data": data, "layermap": layers}
     snap["exit"] = exits
     return snap if parallel.master else None

@@ -50,11 +50,6 @@ def final_errors(rec):
     return {k: rec.get(k) for k in ERROR_KEYS if rec is not None and rec.get(k) is not None}
 
 
-def _strip_arrays(state):
-    """An engine's ``state_dict()`` without the probe/object/exit copies (the file has those)."""
-    return {k: v for k, v in (state or {}).items() if k not in ("probe", "obj", "exit")}
-
-
 class ChainRunner:
     """Runs the engine chain with progress, periodic checkpoints, resume and stop on signal.
 
@@ -189,7 +184,7 @@ class ChainRunner:
         problem = None
         try:
             write_snapshot(path, self.P, "result", [dict(s) for s in self.summaries], attrs,
-                           _strip_arrays(engine.state_dict()), self.info(), with_exit=self.keep_exit)
+                           engine.state_dict(arrays=False), self.info(), with_exit=self.keep_exit)
         except RuntimeFailure as exc:
             if parallel.size == 1:
                 raise
@@ -207,7 +202,7 @@ class ChainRunner:
         total = int(self.P.runtime.get("iterations", 0))
         path = self.checkpoint_path(label, total)
         attrs = self._state_attrs(index, engine, finished_engine)
-        state = _strip_arrays(engine.state_dict()) if engine is not None else self.resume_state
+        state = engine.state_dict(arrays=False) if engine is not None else self.resume_state
         self.last_state = (attrs, state)
         t0 = time.perf_counter()
         write_snapshot(path, self.P, "checkpoint", [dict(s) for s in self.summaries], attrs, state, self.info())
