@@ -527,7 +527,7 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         """Set every exit wave to ``probe * object`` (in place)."""
         for g in self.book.groups:
             pr = g.probe.data
-            for f0, f1, p0, p1 in g.blocks(256):
+            for f0, f1, p0, p1 in g.blocks(32):
                 ob = g.gather_object(g.obj.data, p0, p1)
                 if g.regular and g.modes > 1:
                     g.as4d(ob, f0, f1)[...] *= g.probe_for(pr, p0, p1)
