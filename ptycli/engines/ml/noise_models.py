@@ -27,6 +27,7 @@ pure functions of a model name (the tests' entry points).
 
 import numpy as np
 
+from ...core.background import smooth
 from .line_search import newton_step, poly_argmin, square_coefficients
 from .sums import fdot, fsum
 
@@ -141,6 +142,27 @@ class NoiseModel:
         """The step along the line from the summed coefficients (may be negative or not finite)."""
         return newton_step(coefs)
 
+    # -- the incoherent background (ptycli.core.background) ---------------------------------
+    def background_raw(self, B, g, const):
+        """The model's closed-form background step before smoothing (float64 (H, W)).
+
+        ``g = sum_j l'(I_j)`` per pixel over all frames (the cost's derivative
+        with respect to ``B``), ``const``: :func:`ptycli.core.background.frame_sums`
+        (``m = sum_j m_j``, ``w = sum_j m_j / (n_j + 1)``).
+        """
+        raise NotImplementedError
+
+    def background_step(self, B, g, const, sigma):
+        """One background step in place: :meth:`background_raw`, then the weighted smoothing (``sigma`` px)."""
+        B[...] = smooth(self.background_raw(B, g, const), const["w"], sigma)
+        return B
+
+    def _em_factor(self, g, const):
+        """``1 - g / m``: the mean over frames of ``n / I`` (poisson) or ``sqrt(n / I)`` (euclid); 1 where no frame is valid."""
+        m = const["m"]
+        ok = m > 0
+        return np.where(ok, np.maximum(1.0 - g / np.where(ok, m, 1.0), 0.0), 1.0)
+
 
 class Gaussian(NoiseModel):
     """``w (I - n)^2`` with ``w = mask / (n + 1)``: the line cost is an exact polynomial."""
@@ -180,6 +202,12 @@ class Gaussian(NoiseModel):
 
     def step_length(self, coefs):
         return poly_argmin(coefs)
+
+    def background_raw(self, B, g, const):
+        """The exact minimiser over ``B`` (``l'' = 2 w``): ``B - g / (2 sum_j w_j)``, at least 0."""
+        w = const["w"]
+        ok = w > 0
+        return np.where(ok, np.maximum(B - g / np.where(ok, 2.0 * w, 1.0), 0.0), B)
 
 
 class Poisson(NoiseModel):
@@ -224,6 +252,10 @@ class Poisson(NoiseModel):
             den = fl(Ir).sum(axis=1)
         return num, den
 
+    def background_raw(self, B, g, const):
+        """The expectation-maximisation step ``B * sum_j m_j n_j / I_j / sum_j m_j`` (``= B (1 - g / m)``)."""
+        return B * self._em_factor(g, const)
+
 
 class Euclid(NoiseModel):
     """``mask (sqrt(I + e) - sqrt(n))^2``: least squares on amplitudes."""
@@ -263,6 +295,10 @@ class Euclid(NoiseModel):
 
     def finish_scale(self, c):
         return c * c  # the ratio is that of the amplitudes
+
+    def background_raw(self, B, g, const):
+        """The amplitude analogue of the EM step: ``B (sum_j m_j sqrt(n_j / I_j) / sum_j m_j)^2``."""
+        return B * self._em_factor(g, const) ** 2
 
 
 #: ``ML_type`` -> model, in the order of the parameter's choices
