@@ -425,8 +425,8 @@ class CompiledProjectionPasses(ProjectionPasses):
                            g.mask.data if not g.mask_trivial else self._no_mask)
 
         pbound = float(e.pbound)
-        for acc in self._bg_t:
-            for a in acc.values():
+        for slot_sums in self._bg_t:
+            for a in slot_sums.values():
                 a.fill(0)
 
         def work(k, slot, item):
