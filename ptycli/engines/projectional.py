@@ -187,6 +187,8 @@ class ProjectionEngine(Engine):
     MODEL_ERRORS = True
     #: reset the exit waves of frames moved by position refinement to ``probe * object``
     RESET_MOVED_EXIT = True
+    #: the incoherent background of a scan that has one is part of the model (:mod:`ptycli.core.background`)
+    FITS_BACKGROUND = True
 
     # -- set-up ------------------------------------------------------------
     def set_coefficients(self):

@@ -323,7 +323,7 @@ SCAN = ParamSet("scan", [
     Parameter("background", False, "bool",
               "fit an incoherent background (counts per detector pixel, the same in every frame) that adds to the "
               "model intensity, in DM, RAAR and ML; written to /scans/<label>/background"),
-    Parameter("background_smoothing", 3.0, "float",
+    Parameter("background_smoothing", 1.0, "float",
               "Gaussian smoothing of the fitted background, weighted by the counting statistics of each pixel "
               "(0: every pixel on its own)", low=0.0, high=1000.0, unit="pixel"),
     WordList("tags", [], "free tags of the scan (kept in the result file)"),

@@ -159,6 +159,8 @@ class ML(Engine):
 
     #: geometric memory of the probe/object scale preconditioner
     SCALE_MEMORY = 0.9
+    #: the incoherent background of a scan that has one is part of the model (:mod:`ptycli.core.background`)
+    FITS_BACKGROUND = True
     #: maximal step halvings of the line-search safeguard
     MAX_BACKTRACK = 5
 
