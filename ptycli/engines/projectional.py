@@ -51,6 +51,17 @@ In the far field the projection is computed as
 ``conj(pre) * IFFT(m * FFT(pre * w))``: the propagator's post-FFT phase
 factor cancels for the real factor ``m`` and is skipped.
 
+Incoherent background
+---------------------
+For a scan with ``background: true`` the model amplitude of the projection
+is ``A = sqrt(sum_modes |F_k|^2 + B)`` (``B`` the scan's fitted background,
+:mod:`ptycli.core.background`): the power bound judges ``A`` and the factor
+``f = A' / A`` multiplies the modes as above (Marchesini et al.'s augmented
+projection, doi:10.1088/0266-5611/29/11/115009). After the Fourier pass the
+background takes the mean over frames of its projected share,
+``B <- B sum_j m_j f_j^2 / sum_j m_j`` (sums over MPI ranks), smoothed by
+``background_smoothing``; the model errors include ``B``.
+
 Overlap update
 --------------
 Object (per object mode; sums over pods and MPI ranks)::

@@ -8,7 +8,11 @@ wave is ``psi_j = P_k O_l[window_m]`` and its detector-plane field
 ``m`` is ``I_m = c_m sum_{j in m} |F_j|^2`` with ``c_m = 1`` unless
 ``floating_intensities`` is set, in which case ``c_m`` is refitted in closed
 form for every frame at every evaluation (the minimiser of the cost over
-``c_m``; by the envelope theorem the gradients below stay exact). The cost
+``c_m``; by the envelope theorem the gradients below stay exact). A scan
+with a fitted incoherent background (``background: true``,
+:mod:`ptycli.core.background`) adds its ``B`` to every frame's model
+intensity, ``I_m = sum_{j in m} |F_j|^2 + B`` (not combined with floating
+intensities). The cost
 is the noise model's sum over measured pixels
 (:mod:`ptycli.engines.ml.noise_models`), plus the optional smoothness prior
 ``reg_del2`` (:mod:`ptycli.engines.ml.regularisers`).
@@ -36,6 +40,16 @@ direction is zero. With ``probe_support`` the probe gradient is multiplied by
 the support (the probe is multiplied by it once at the start), so the probe
 never leaves it and the line search stays exact. The step along the
 direction: :mod:`ptycli.engines.ml.line_search`.
+
+Background step
+---------------
+``B`` is not part of the conjugate-gradient vector: after the line search
+on object and probe, the evaluation at the new point also sums the cost's
+derivative ``dL/dB = sum_m l'(I_m)`` per detector pixel (over frames, slots
+and MPI ranks), the noise model takes one closed-form step
+(:meth:`~ptycli.engines.ml.noise_models.NoiseModel.background_step`) and
+the gradient is then evaluated at the new ``B`` (an inverse-FFT pass that
+the iteration makes anyway; the compiled path reuses the transforms).
 
 Passes and threads
 ------------------

@@ -12,6 +12,25 @@ counts ``n``) of a per-pixel term ``l(I)`` of the model intensity ``I``:
 (``e`` is :data:`EPS_REL` times the mean count per valid pixel; it keeps the
 Poisson and Euclid terms finite where the model is dark.)
 
+With a fitted incoherent background ``B`` (:mod:`ptycli.core.background`)
+``I`` includes it, and each model takes one closed-form step on ``B`` per
+iteration from ``g = sum_j l'(I_j)`` (its derivative, summed over frames),
+``m = sum_j m_j`` and ``w = sum_j m_j / (n_j + 1)``
+(:meth:`~NoiseModel.background_step`, then the weighted smoothing):
+
+=============  ================================================================
+``gaussian``   ``B - g / (2 w)``, at least 0: the exact minimiser (``l'' = 2 w``)
+``poisson``    ``B (1 - g / m) = B sum_j m_j n_j / I_j / m``: the EM step
+               (Richardson-Lucy; Shepp & Vardi, IEEE Trans. Med. Imaging 1, 113
+               (1982), doi:10.1109/TMI.1982.4307558), never negative and, before
+               smoothing, never raising the cost
+``euclid``     ``B (1 - g / m)^2``: its amplitude analogue
+=============  ================================================================
+
+The Gaussian weights ``1 / (n + 1)`` favour low counts, so its background
+comes out low on Poisson data (by 17 % on a flat background of 12 counts per
+pixel, against 6 % with ``poisson``): use ``ML_type: poisson`` on counted data.
+
 Each model (:class:`Gaussian`, :class:`Poisson`, :class:`Euclid`, all
 :class:`NoiseModel`) holds, for the numpy passes, its cost and derivatives
 on a block (:meth:`~NoiseModel.cost_terms`), its closed-form per-frame
