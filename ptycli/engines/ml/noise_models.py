@@ -15,11 +15,17 @@ Poisson and Euclid terms finite where the model is dark.)
 With a fitted incoherent background ``B`` (:mod:`ptycli.core.background`)
 ``I`` includes it, and each model takes one closed-form step on ``B`` per
 iteration from ``g = sum_j l'(I_j)`` (its derivative, summed over frames),
-``m = sum_j m_j`` and ``w = sum_j m_j / (n_j + 1)``
-(:meth:`~NoiseModel.background_step`, then the weighted smoothing):
+``m = sum_j m_j``, ``w = sum_j m_j / (n_j + 1)`` and ``s = sum_j m_j n_j / (n_j + 1)``
+(:meth:`~NoiseModel.background_step`, then the weighted smoothing). The
+multiplicative steps change ``B`` little where the coherent signal is bright
+(by its share of the intensity), so the noisy per-pixel estimate there does
+not take over:
 
 =============  ================================================================
-``gaussian``   ``B - g / (2 w)``, at least 0: the exact minimiser (``l'' = 2 w``)
+``gaussian``   ``B sum_j w_j n_j / sum_j w_j I_j = B s / (g / 2 + s)`` with
+               ``s = sum_j w_j n_j``: the multiplicative step of weighted least
+               squares (ISRA; Daube-Witherspoon & Muehllehner, IEEE Trans. Med.
+               Imaging 5, 61 (1986), doi:10.1109/TMI.1986.4307748), never negative
 ``poisson``    ``B (1 - g / m) = B sum_j m_j n_j / I_j / m``: the EM step
                (Richardson-Lucy; Shepp & Vardi, IEEE Trans. Med. Imaging 1, 113
                (1982), doi:10.1109/TMI.1982.4307558), never negative and, before
@@ -28,8 +34,9 @@ iteration from ``g = sum_j l'(I_j)`` (its derivative, summed over frames),
 =============  ================================================================
 
 The Gaussian weights ``1 / (n + 1)`` favour low counts, so its background
-comes out low on Poisson data (by 17 % on a flat background of 12 counts per
-pixel, against 6 % with ``poisson``): use ``ML_type: poisson`` on counted data.
+comes out low on Poisson data (a flat background of 12 counts per pixel,
+64 x 64 frames, DM 100 + ML 50: 13 % low, relative rms error 0.14, against
+0.06 with ``poisson``): use ``ML_type: poisson`` on counted data.
 
 Each model (:class:`Gaussian`, :class:`Poisson`, :class:`Euclid`, all
 :class:`NoiseModel`) holds, for the numpy passes, its cost and derivatives
@@ -223,10 +230,11 @@ class Gaussian(NoiseModel):
         return poly_argmin(coefs)
 
     def background_raw(self, B, g, const):
-        """The exact minimiser over ``B`` (``l'' = 2 w``): ``B - g / (2 sum_j w_j)``, at least 0."""
-        w = const["w"]
-        ok = w > 0
-        return np.where(ok, np.maximum(B - g / np.where(ok, 2.0 * w, 1.0), 0.0), B)
+        """The multiplicative least-squares step ``B sum_j w_j n_j / sum_j w_j I_j`` (``sum w I = g / 2 + sum w n``)."""
+        wn = const["wn"]
+        den = 0.5 * g + wn
+        ok = (den > 0) & (wn > 0)
+        return np.where(ok, B * (wn / np.where(ok, den, 1.0)), B)
 
 
 class Poisson(NoiseModel):
