@@ -136,9 +136,10 @@ def test_ml_compiled_equals_numpy(model, floating, layout):
 
 
 @pytest.mark.parametrize("name,extra,layout", [
-    ("DM", {}, "plain"), ("RAAR", {"beta": 0.7}, "mask"), ("DM", {}, "probe_modes"),
+    ("DM", {}, "plain"), ("RAAR", {"beta": 0.7}, "mask"),
+    pytest.param("DM", {}, "probe_modes", marks=pytest.mark.slow),
     ("ML", {"ML_type": "gaussian"}, "plain"), ("ML", {"ML_type": "poisson"}, "mask"),
-    ("ML", {"ML_type": "euclid"}, "probe_modes"),
+    pytest.param("ML", {"ML_type": "euclid"}, "probe_modes", marks=pytest.mark.slow),
 ])
 def test_background_compiled_equals_numpy(name, extra, layout):
     P = build(probe_modes=2 if layout == "probe_modes" else 1, background=True)
