@@ -111,7 +111,7 @@ def test_initial_background_is_the_smallest_valid_count():
 
 # -- the engines --------------------------------------------------------------------------------------
 def _moonflower(background=True, frames=16, shape=32, data_type="double"):
-    scan = dict(background=background, background_smoothing=0.0,
+    scan = dict(background=background, background_smoothing=0.0, illumination=dict(model="moon"),
                 data=dict(name="MoonFlowerScan", shape=shape, num_frames=frames, photons=1e6, add_poisson_noise=True))
     P = Ptycho(dict(verbose_level="error", data_type=data_type, scans=dict(MF=scan)), level=2)
     if background:
@@ -208,3 +208,70 @@ def test_background_recovered_and_object_kept(tmp_path, profile):
     assert err < 0.10, err
     assert score_on > score_off + 0.015, (score_on, score_off)
     assert score_on > score_clean - 0.02, (score_on, score_clean)
+
+
+# -- the result file, inspect and resume ------------------------------------------------------------------
+RESUME_CONFIG = """
+run: bg
+io:
+  checkpoint: {interval: 5}
+scans:
+  MF:
+    background: true
+    data: {name: MoonFlowerScan, shape: 32, num_frames: 24, photons: 1.0e7, seed: 5}
+engines:
+  dm: {name: DM, numiter: 10}
+  ml: {name: ML, numiter: 4, ML_type: poisson}
+"""
+
+
+@pytest.mark.slow
+def test_background_written_inspected_and_resumed(tmp_path):
+    """The background is in the result and checkpoints; a resumed run ends with the uninterrupted one's."""
+    import json
+
+    from cli_helpers import invoke
+    from ptycli.io import load_reconstruction
+
+    cfg = tmp_path / "bg.yaml"
+    cfg.write_text(RESUME_CONFIG)
+    full = tmp_path / "full.h5"
+    tmpl = "io.checkpoint.path=%s/ck_{iterations}.h5" % tmp_path
+    res = invoke("reconstruct", cfg, "-o", full, "--set", tmpl, "--set", "io.checkpoint.keep=true")
+    assert res.exit_code == 0, res.stderr
+    ck5 = tmp_path / "ck_5.h5"
+    B5 = load_reconstruction(ck5).scans["MF"]["background"]
+    resumed = tmp_path / "resumed.h5"
+    res = invoke("reconstruct", cfg, "-o", resumed, "--resume", ck5,
+                 "--set", "io.checkpoint.path=%s/r_{iterations}.h5" % tmp_path)
+    assert res.exit_code == 0, res.stderr
+    a, b = load_reconstruction(full), load_reconstruction(resumed)
+    Ba, Bb = a.scans["MF"]["background"], b.scans["MF"]["background"]
+    assert Ba.shape == (32, 32) and np.all(Ba >= 0) and not np.array_equal(Ba, B5)  # fitted on after 5
+    np.testing.assert_allclose(Bb, Ba, rtol=1e-4, atol=1e-4 * Ba.max())
+    np.testing.assert_allclose(b.object, a.object, rtol=1e-4, atol=1e-4 * np.abs(a.object).max())
+    res = invoke("inspect", full)
+    assert res.exit_code == 0 and "backgr MF" in res.stdout, res.stdout
+    doc = json.loads(invoke("inspect", full, "--json").stdout)
+    assert doc["scans"]["MF"]["background"]["mean"] == pytest.approx(float(Ba.mean()), rel=1e-5)
+
+
+def test_background_file_round_trip(tmp_path):
+    """collect_model -> result file -> restore_model puts the background back (a model without one ignores it)."""
+    from ptycli.io import load_reconstruction
+    from ptycli.io.checkpoint import collect_model, restore_model
+    from ptycli.io.reconstruction import write_reconstruction
+
+    P = _moonflower(frames=8, data_type="single")
+    B = P.scans["MF"].background
+    B[...] = np.arange(B.size, dtype=B.dtype).reshape(B.shape)
+    path = write_reconstruction(tmp_path / "r.h5", collect_model(P))
+    rec = load_reconstruction(path)
+    np.testing.assert_array_equal(rec.scans["MF"]["background"], B)
+    Q = _moonflower(frames=8, data_type="single")
+    assert not np.array_equal(Q.scans["MF"].background, B)
+    restore_model(Q, rec)
+    np.testing.assert_array_equal(Q.scans["MF"].background, B)
+    R = _moonflower(background=False, frames=8, data_type="single")
+    restore_model(R, rec)
+    assert R.scans["MF"].background is None
