@@ -9,6 +9,9 @@ the overlap update); the work over the exit waves goes through the passes of
     The generalised projection step on every exit wave, its errors into
     ``acc``, and, when the engine's ``_fuse_object`` is set, the object
     numerator ``sum conj(P) psi`` while the new exit waves are in cache.
+    For a scan with a fitted background the model amplitude includes it and
+    the pass adds ``sum_j m_j f_j^2`` (the augmented projection's share,
+    :mod:`ptycli.core.background`) into ``engine._bg_sums[label]``.
 ``model_errors(acc)``
     Errors of ``probe * object`` against the data (nothing is updated).
 ``object_numerator()``
