@@ -90,6 +90,10 @@ def new_background(shape, ftype=np.float32):
     return np.zeros(tuple(int(s) for s in shape), dtype=ftype)
 
 
+#: frames per block of the per-pixel sums (keeps the float64 temporaries small)
+_BLOCK = 32
+
+
 def frame_sums(counts, mask=None):
     """This rank's per-pixel sums over frames: ``m = sum_j m_j``, ``w = sum_j m_j / (n_j + 1)``, ``wn``.
 
@@ -104,13 +108,22 @@ def frame_sums(counts, mask=None):
     -------
     dict
         ``m``, ``w`` and ``wn = sum_j m_j n_j / (n_j + 1)``, float64 (H, W) (sum them over MPI ranks).
+        Summed in blocks of frames (no float64 copy of all frames).
     """
-    n = np.maximum(np.asarray(counts, dtype=np.float64), 0.0)
-    inv = 1.0 / (n + 1.0)
-    if mask is None:
-        return dict(m=np.full(n.shape[1:], float(n.shape[0])), w=inv.sum(axis=0), wn=(n * inv).sum(axis=0))
-    m = np.asarray(mask, dtype=np.float64)
-    return dict(m=m.sum(axis=0), w=(inv * m).sum(axis=0), wn=(n * inv * m).sum(axis=0))
+    shape = counts.shape[1:]
+    out = dict(m=np.zeros(shape), w=np.zeros(shape), wn=np.zeros(shape))
+    for j0 in range(0, counts.shape[0], _BLOCK):
+        n = np.maximum(np.asarray(counts[j0:j0 + _BLOCK], dtype=np.float64), 0.0)
+        inv = 1.0 / (n + 1.0)
+        if mask is None:
+            out["m"] += n.shape[0]
+        else:
+            m = np.asarray(mask[j0:j0 + _BLOCK], dtype=np.float64)
+            out["m"] += m.sum(axis=0)
+            inv *= m
+        out["w"] += inv.sum(axis=0)
+        out["wn"] += np.einsum("jyx,jyx->yx", inv, n)
+    return out
 
 
 def smooth(values, weight, sigma):
@@ -159,12 +172,13 @@ def initial_background(counts, mask, sigma, ftype=np.float32):
     -------
     ndarray (H, W) of ``ftype``
     """
-    n = np.maximum(np.asarray(counts, dtype=np.float64), 0.0)
-    shape = n.shape[1:]
-    if mask is not None:
-        n = np.where(np.asarray(mask) > 0, n, np.inf)
-    low = n.min(axis=0) if n.shape[0] else np.full(shape, np.inf)
-    low = np.ascontiguousarray(low, dtype=np.float64)
+    shape = counts.shape[1:]
+    low = np.full(shape, np.inf)
+    for j0 in range(0, counts.shape[0], _BLOCK):
+        n = np.maximum(np.asarray(counts[j0:j0 + _BLOCK], dtype=np.float64), 0.0)
+        if mask is not None:
+            n[np.asarray(mask[j0:j0 + _BLOCK]) <= 0] = np.inf
+        np.minimum(low, n.min(axis=0), out=low)
     if parallel.size > 1:
         parallel.allreduce(low, op="min")
     low[~np.isfinite(low)] = 0.0
