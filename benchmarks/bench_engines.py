@@ -28,6 +28,7 @@ Usage::
     python benchmarks/bench_engines.py --quick    # 200 x 64^2 and 400 x 128^2
     python benchmarks/bench_engines.py --cases 400x128 --engines DM --iterations 10
     python benchmarks/bench_engines.py --kernels numpy   # the engines' numpy paths (before numba)
+    python benchmarks/bench_engines.py --background      # the scan fits an incoherent background
 
 ``--kernels`` sets the engines' ``kernels`` parameter (default ``auto``:
 the compiled numba kernels where installed). Scratch arrays that the
@@ -58,7 +59,7 @@ FULL = [(400, 128), (1000, 256)]
 QUICK = [(200, 64), (400, 128)]
 
 
-def build(frames, shape, modes=1):
+def build(frames, shape, modes=1, background=False):
     p = Param()
     p["verbose_level"] = "warning"
     p["scans.MF.data.name"] = "MoonFlowerScan"
@@ -66,6 +67,8 @@ def build(frames, shape, modes=1):
     p["scans.MF.data.num_frames"] = frames
     if modes > 1:
         p["scans.MF.coherence.num_probe_modes"] = modes
+    if background:
+        p["scans.MF.background"] = True
     return Ptycho(p, level=2)
 
 
@@ -226,6 +229,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=10, help="untimed iterations first (steady state)")
     ap.add_argument("--modes", type=int, default=1, help="probe modes")
     ap.add_argument("--no-memory", action="store_true", help="skip the tracemalloc run")
+    ap.add_argument("--background", action="store_true",
+                    help="the scan fits an incoherent background (scans.MF.background: true)")
     ap.add_argument("--kernels", default="auto", choices=("auto", "compiled", "numpy"),
                     help="the engines' kernels parameter (default auto)")
     args = ap.parse_args(argv)
@@ -249,7 +254,7 @@ def main(argv=None):
         "case", "engine", "ms/it", "fft ms", "ratio", "cpu ms", "fft cpu", "ratio", "mem", "us/frame", "rounds"))
     for frames, shape in cases:
         t0 = time.perf_counter()
-        P = build(frames, shape, args.modes)
+        P = build(frames, shape, args.modes, args.background)
         nframes = P.diff.S["SMF"].data.shape[0]
         build_s = time.perf_counter() - t0
         snap = snapshot(P)

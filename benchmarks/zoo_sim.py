@@ -52,7 +52,7 @@ __all__ = [
     "diffuser_probe", "aperture_probe", "second_mode", "probe_diameter_px",
     "raster_scan", "fermat_spiral_scan", "random_scan", "object_windows", "propagate_far",
     "propagate_near", "simulate_intensities", "detector_defects", "apply_defects",
-    "lit_masks", "write_ptyd", "write_cxi", "write_beamline", "beamline_data_section",
+    "lit_masks", "background_pattern", "write_ptyd", "write_cxi", "write_beamline", "beamline_data_section",
     "data_section", "build_case",
 ]
 
@@ -610,6 +610,39 @@ def simulate_intensities(obj, probes, pos_px, origin_px, geometry, photons_per_f
     return counts, probes * np.sqrt(scale)
 
 
+def background_pattern(shape, mean_counts, profile="flat"):
+    """An incoherent background (counts per pixel, the same in every frame) with the given mean.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Frame shape (rows, cols).
+    mean_counts : float
+        Mean of the pattern over the detector (counts per pixel).
+    profile : str
+        ``flat`` (constant) or ``radial``: air scattering falling off from the
+        direct beam as ``1 / (1 + (q / q0)**2)`` with ``q`` the distance from
+        the frame centre in pixels and ``q0`` a quarter of the smaller side,
+        plus a flat tenth.
+
+    Returns
+    -------
+    ndarray (rows, cols), float64
+    """
+    shape = tuple(int(v) for v in shape)
+    if profile == "flat":
+        pattern = np.ones(shape)
+    elif profile == "radial":
+        y = np.arange(shape[0]) - shape[0] // 2
+        x = np.arange(shape[1]) - shape[1] // 2
+        q2 = y[:, None] ** 2 + x[None, :] ** 2
+        q0 = min(shape) / 4.0
+        pattern = 0.1 + 1.0 / (1.0 + q2 / q0 ** 2)
+    else:
+        raise ValueError("unknown background profile %r" % profile)
+    return pattern * (float(mean_counts) / pattern.mean())
+
+
 # ----------------------------------------------------------------------------------------------
 # detector defects
 # ----------------------------------------------------------------------------------------------
@@ -978,6 +1011,14 @@ class CaseSpec:
         The natural config turns position refinement on.
     seed : int
         Random seed of everything in the case.
+    background : float
+        An incoherent background added to every frame before the Poisson
+        draw, its mean over the detector this fraction of the mean expected
+        counts per pixel (0: none; the cases without it are drawn exactly as
+        before).
+    background_profile : str
+        ``flat`` or ``radial`` (a smooth air-scattering profile, see
+        :func:`background_pattern`).
     """
 
     name: str
@@ -1005,6 +1046,8 @@ class CaseSpec:
     poisson_ml: bool = False
     position_refinement: bool = False
     seed: int = 0
+    background: float = 0.0
+    background_profile: str = "flat"
     notes: str = ""
 
 
@@ -1087,7 +1130,14 @@ def build_case(spec, folder, margin_px=4):
     origin = lo
     object_shape = tuple(int(v) for v in (hi - lo + np.asarray(shape) + 1))
     obj = make_object(object_shape, rng, spec.phase_span_rad, feature_px=spec.feature_px)
-    counts, probes_scaled = simulate_intensities(obj, probes, true_pos, origin, geometry, spec.photons, rng)
+    if spec.background > 0:
+        expected, probes_scaled = simulate_intensities(obj, probes, true_pos, origin, geometry, spec.photons, rng,
+                                                       poisson=False)
+        background = background_pattern(shape, spec.background * float(expected.mean()), spec.background_profile)
+        counts = rng.poisson(expected + background).astype(np.float64)
+    else:
+        counts, probes_scaled = simulate_intensities(obj, probes, true_pos, origin, geometry, spec.photons, rng)
+        background = np.zeros(shape)
 
     weights = None
     mask_bits = None
@@ -1135,6 +1185,7 @@ def build_case(spec, folder, margin_px=4):
         "distance_m": np.float64(geometry.distance_m),
         "detector_pixel_m": np.float64(geometry.detector_pixel_m),
         "photons": np.float64(spec.photons),
+        "background": background,
     }
     truth_file = os.path.join(folder, spec.name + "_truth.npz")
     np.savez_compressed(truth_file, **truth)

@@ -22,23 +22,30 @@ def _no_kernel_override(monkeypatch):
     monkeypatch.delenv("PTYCLI_KERNELS", raising=False)  # the tests choose the kernels themselves
 
 
-def build(frames=24, shape=32, propagation="farfield", probe_modes=1, object_modes=1):
-    scan = dict(name="Full", propagation=propagation,
+def build(frames=24, shape=32, propagation="farfield", probe_modes=1, object_modes=1, background=False):
+    scan = dict(name="Full", propagation=propagation, background=background,
                 coherence=dict(num_probe_modes=probe_modes, num_object_modes=object_modes),
                 data=dict(name="MoonFlowerScan", shape=shape, num_frames=frames, photons=1e7,
                           add_poisson_noise=True, probe_modes=probe_modes))
-    return Ptycho(dict(verbose_level="error", scans=dict(MF=scan)), level=2)
+    P = Ptycho(dict(verbose_level="error", scans=dict(MF=scan)), level=2)
+    if background:  # counts the coherent model cannot explain, so that the background moves
+        P.diff.S["SMF"].data += np.float32(3.0)
+    return P
 
 
 def state(P):
-    return {k: {sid: S.data.copy() for sid, S in C.S.items()} for k, C in
-            (("probe", P.probe), ("obj", P.obj), ("exit", P.exit))}
+    out = {k: {sid: S.data.copy() for sid, S in C.S.items()} for k, C in
+           (("probe", P.probe), ("obj", P.obj), ("exit", P.exit))}
+    out["background"] = {label: m.background.copy() for label, m in P.scans.items() if m.background is not None}
+    return out
 
 
 def restore(P, snap):
     for k, C in (("probe", P.probe), ("obj", P.obj), ("exit", P.exit)):
         for sid, S in C.S.items():
             S.data[...] = snap[k][sid]
+    for label, B in snap["background"].items():
+        P.scans[label].background[...] = B
 
 
 def run(P, kernels, numiter=4, **pars):
@@ -67,6 +74,8 @@ def assert_same(P, pars, dead_pixels=False, tol=1e-4, rtol=2e-4):
         np.testing.assert_allclose(b, a, rtol=rtol, err_msg=key)
     for kind in out_np:
         for sid, a in out_np[kind].items():
+            if kind == "background":
+                assert not np.array_equal(a, start[kind][sid])  # the background was fitted
             b = out_c[kind][sid]
             rel = np.linalg.norm(b - a) / np.linalg.norm(a)
             assert rel <= tol, (kind, sid, rel)
@@ -124,6 +133,19 @@ def test_ml_compiled_equals_numpy(model, floating, layout):
     # the recorded errors: float32 sums in another order, through 4 line searches (measured up to 9e-4 apart)
     assert_same(P, dict(name="ML", ML_type=model, floating_intensities=floating, reg_del2=True),
                 dead_pixels=layout == "mask", tol=5e-4 if layout == "nearfield" else 1e-4, rtol=2e-3)
+
+
+@pytest.mark.parametrize("name,extra,layout", [
+    ("DM", {}, "plain"), ("RAAR", {"beta": 0.7}, "mask"),
+    pytest.param("DM", {}, "probe_modes", marks=pytest.mark.slow),
+    ("ML", {"ML_type": "gaussian"}, "plain"), ("ML", {"ML_type": "poisson"}, "mask"),
+    pytest.param("ML", {"ML_type": "euclid"}, "probe_modes", marks=pytest.mark.slow),
+])
+def test_background_compiled_equals_numpy(name, extra, layout):
+    P = build(probe_modes=2 if layout == "probe_modes" else 1, background=True)
+    if name == "ML":
+        make_engine(P, dict(name="DM", numiter=5, kernels="numpy"), "dm").run()
+    assert_same(P, dict(name=name, **extra), dead_pixels=layout == "mask", rtol=2e-3 if name == "ML" else 2e-4)
 
 
 @pytest.mark.parametrize("name,extra,layout", [

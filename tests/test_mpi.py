@@ -168,6 +168,28 @@ def test_double_precision_dm_then_ml_agrees_with_one_process(scan, tmp_path):
     assert max(diffs.values()) <= 1e-6, diffs
 
 
+@needs_mpi
+def test_background_dm_then_ml_agrees_with_one_process(scan, tmp_path):
+    """The fitted background's sums are reduced over the ranks: 2 ranks give the background and object of
+    one process (double precision, to 1e-6)."""
+    config = _write(tmp_path / "rec.yaml", REC_YAML.format(data=scan["data"], engine="DM", numiter=12,
+                                                           interval=0, verbose="warning")
+                    .replace("data_type: single", "data_type: double")
+                    .replace("    name: Full\n", "    name: Full\n    background: true\n")
+                    + "  ml:\n    name: ML\n    numiter: 6\n    ML_type: poisson\n")
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    _reconstruct(config, one)
+    _reconstruct(config, two, nprocs=2)
+    diffs = mh.compare(two, one)
+    assert max(diffs.values()) <= 1e-6, diffs
+    from ptycli.io import load_reconstruction
+
+    b1 = load_reconstruction(str(one)).scans["MF"]["background"]
+    b2 = load_reconstruction(str(two)).scans["MF"]["background"]
+    assert b1.shape == (SHAPE, SHAPE) and np.any(b1 != b1.flat[0])  # fitted, not the start value
+    assert mh.rel_diff(b2, b1) <= 1e-6
+
+
 # -- resume with another number of ranks -----------------------------------------------------------
 
 @needs_mpi

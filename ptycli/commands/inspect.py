@@ -158,12 +158,23 @@ def _summary_reconstruction(f):
             if "positions_initial" in g:
                 sc["positions_moved"] = positions_moved(g["positions_initial"][()], g["positions"][()],
                                                         sc.get("resolution"))
+        if "background" in g:
+            sc["background"] = _background_info(g["background"][()])
         scans[label] = sc
     out["scans"] = scans
     out["provenance"] = {k: _plain(v) for k, v in (f["provenance"].attrs.items() if "provenance" in f else [])}
     st = f.get("state")
     out["resume"] = None if st is None else {k: _plain(v) for k, v in st.attrs.items()}
     return out
+
+
+def _background_info(B):
+    """Summary of a fitted background: mean, largest and smallest counts per pixel and frame, the frame shape."""
+    B = np.asarray(B, dtype=np.float64)
+    finite = B[np.isfinite(B)]
+    if not finite.size:
+        return dict(shape=list(B.shape), mean=None, max=None, min=None)
+    return dict(shape=list(B.shape), mean=float(finite.mean()), max=float(finite.max()), min=float(finite.min()))
 
 
 def _model_errors(hist, engines):
@@ -412,6 +423,10 @@ def _text(s):
             add("  scan   %-8s %s frames of %s, %s, loader %s" % (
                 label, sc.get("frames", "?"), "x".join(str(int(v)) for v in sc.get("shape", [])) or "?",
                 geometry, sc.get("loader", "?")))
+            bg = sc.get("background")
+            if bg and bg.get("mean") is not None:
+                add("  backgr %-8s fitted: mean %s, min %s, max %s counts per pixel and frame" % (
+                    label, _g(bg["mean"]), _g(bg["min"]), _g(bg["max"])))
             moved = sc.get("positions_moved")
             if moved and moved["max_m"] > 0:
                 px = moved.get("rms_pixel") is not None

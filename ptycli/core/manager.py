@@ -29,6 +29,7 @@ import numpy as np
 from .. import parallel
 from ..errors import ConfigError, DataError
 from ..params.registry import LOADERS, load_plugins
+from .background import initial_background
 from .classes import POD, View
 from .counting_noise import amplitude_noise_floor, looks_like_counts
 from .geometry import Geo
@@ -67,6 +68,8 @@ class ScanModel:
         self.probe_guess = {}
         #: mean squared counting noise of an amplitude per valid pixel (:meth:`measure_noise`), set by load
         self.noise_floor = 0.0
+        #: the fitted incoherent background (H, W) with ``background: true``, else None (set by :meth:`build`)
+        self.background = None
         self.pods = []
         self.sid = "S" + label
         self.probe_sid = "S" + (pars.get("probe_share") or label)
@@ -80,6 +83,11 @@ class ScanModel:
     @property
     def num_object_modes(self):
         return int(self.p.coherence.num_object_modes)
+
+    @property
+    def background_sigma(self):
+        """The smoothing of the fitted background (pixels, ``background_smoothing``)."""
+        return float(self.p.get("background_smoothing") or 0.0)
 
     @property
     def modes(self):
@@ -176,6 +184,9 @@ class ScanModel:
             P.obj.new_storage(ID=self.object_sid, shape=(nob,) + shape, psize=res, fill=1.0)
         else:
             self._check_shared("object", P.obj.S[self.object_sid], nob, None, res)
+        #: the incoherent background (counts per detector pixel, every frame; :mod:`ptycli.core.background`)
+        self.background = initial_background(d.intensities, d.mask, self.background_sigma, P.FType) \
+            if self.p.get("background") else None
         exit_layers = [int(g) * self.modes + k for g in d.indices for k in range(self.modes)]
         P.exit.new_storage(ID=self.sid, shape=(len(exit_layers),) + shape, psize=res, layermap=exit_layers)
         positions = self.positions_m()

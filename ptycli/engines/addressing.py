@@ -144,6 +144,8 @@ class PodGroup:
         ``propagator.factors(ctype)``: ``pre, post, pre_bw, post_bw``.
     mask_trivial : bool
         True when every mask value is 1 (mask multiplications can be skipped).
+    background : ndarray (H, W) or None
+        The scan's incoherent background (the scan model's live array), None when it is not fitted.
     pods : list of POD
         The pods, in book order.
     """
@@ -159,6 +161,8 @@ class PodGroup:
         self.exit = first.ex_view.storage
         self.diff = first.di_view.storage
         self.mask = first.ma_view.storage if first.ma_view is not None else None
+        #: the scan's incoherent background (H, W), live (:mod:`ptycli.core.background`), or None
+        self.background = getattr(getattr(first, "model", None), "background", None)
         self.label = str(self.exit.ID)[1:] if str(self.exit.ID).startswith("S") else str(self.exit.ID)
         self.shape = tuple(int(s) for s in first.pr_view.shape)
         H, W = self.shape

@@ -246,6 +246,8 @@ class Engine(ConstraintsMixin, SnapshotMixin):
 
     NAME = "Engine"
     PARAMS = COMMON_PARAMS
+    #: whether the engine fits the incoherent background of scans that have one (:mod:`ptycli.core.background`)
+    FITS_BACKGROUND = False
 
     def __init__(self, ptycho, pars=None, label=None):
         self.ptycho = ptycho
@@ -315,6 +317,11 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         # mean counts per valid pixel of one frame
         self.mean_power = self.total_counts / max(self.total_valid, 1.0)
         self.supports = self.probe_supports()
+        if not self.FITS_BACKGROUND and parallel.master:
+            for g in self.book.groups:
+                if g.background is not None:
+                    log.warning("%s (%s): scan %s fits a background, which this engine neither uses nor updates "
+                                "(DM, RAAR and ML do)", self.label, self.NAME, g.label)
         self._snapshot()
         self.posref = make_refiner(self)
         self.engine_initialize()

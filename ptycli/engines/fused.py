@@ -186,7 +186,7 @@ def projection_input(out, psi, ob, pt, pre, use_pre, addr, p0, a1, ma):
 
 @njit(**_JIT)
 def modulus_constraint(F, pod_start, diff, drows, mask, mrows, use_mask, pbound, apply,
-                       ferr, photon, valid, renorm):
+                       ferr, photon, valid, renorm, bg, use_bg, bgsum):
     """Errors and the power-bound relaxed modulus correction of a frame block, in place.
 
     Parameters
@@ -205,6 +205,13 @@ def modulus_constraint(F, pod_start, diff, drows, mask, mrows, use_mask, pbound,
     ferr, photon, valid, renorm : float64 (frames,)
         Outputs: ``sum mask (|F| - sqrt(I))^2``, ``sum mask (|F|^2 - I)^2 / (I + 1)``,
         ``sum mask`` and the factor ``r`` (1: inside the bound, unchanged).
+    bg : real (H, W)
+        The incoherent background ``B`` (:mod:`ptycli.core.background`), added to
+        the model intensity: ``|F|^2 = sum_modes |F_k|^2 + B`` (zeros without one).
+    use_bg, bgsum : bool, float64 (H, W)
+        With ``use_bg`` (and ``apply``), ``bgsum += mask * f^2`` per frame, ``f``
+        the frame's modulus factor (1 inside the bound): the sums of the
+        augmented projection's background update.
     """
     nf = ferr.shape[0]
     H, W = F.shape[1], F.shape[2]
@@ -220,8 +227,11 @@ def modulus_constraint(F, pod_start, diff, drows, mask, mrows, use_mask, pbound,
         ph = 0.0
         v = 0.0
         for y in range(H):
+            brow = bg[y]
             if not (single and not use_mask):
                 _row_power(F, a, b, y, a2)
+                for x in range(W):
+                    a2[x] += brow[x]
             irow = diff[drows[j], y]
             qrow = q[y]
             er = zero
@@ -243,7 +253,7 @@ def modulus_constraint(F, pod_start, diff, drows, mask, mrows, use_mask, pbound,
                 frow = F[a, y]
                 for x in range(W):
                     f = frow[x]
-                    f2 = f.real * f.real + f.imag * f.imag
+                    f2 = f.real * f.real + f.imag * f.imag + brow[x]
                     inten = max(irow[x], zero)
                     af = np.sqrt(f2)
                     d = af - np.sqrt(inten)
@@ -276,6 +286,20 @@ def modulus_constraint(F, pod_start, diff, drows, mask, mrows, use_mask, pbound,
         else:
             r = np.sqrt(pbound / mean)
         renorm[j] = r
+        if use_bg and apply:
+            kb = np.float32(r - 1.0)
+            for y in range(H):
+                qrow = q[y]
+                srow = bgsum[y]
+                if use_mask:
+                    mrow = mask[mrows[j], y]
+                    for x in range(W):
+                        fm = one + kb * qrow[x]
+                        srow[x] += mrow[x] * fm * fm
+                else:
+                    for x in range(W):
+                        fm = one + kb * qrow[x]
+                        srow[x] += fm * fm
         if not apply or r == 1.0:
             continue
         k = np.float32(r - 1.0)

@@ -96,13 +96,14 @@ def line_waves(Fb, Fc, probe_on, ob, hob, pt, hpt, hpt2, pods, p0):
 
 
 @njit(**_JIT)
-def line_sums(F, Fb, Fc, probe_on, pod_start, cscale, diff, drows, mask, mrows, use_mask, model, eps, out):
+def line_sums(F, Fb, Fc, probe_on, pod_start, cscale, diff, drows, mask, mrows, use_mask, model, eps, bg, out):
     """Per-frame partial sums of the cost polynomial along the line (see the module docstring of ML).
 
     ``out[j, 0:9]``: gaussian, the coefficients of ``sum w (D + I1 t + ... + I4 t^4)^2``;
     otherwise ``[0, sum l' I1, sum (l'' I1^2 / 2 + l' I2), 0 ...]`` (Newton model).
     ``out[j, 9:12]``: ``sum |Fb|^2``, ``sum 2 Re(Fb* Fc)``, ``sum |Fc|^2`` (unscaled).
-    ``cscale[j]`` is the frame's intensity scale (1 without floating intensities).
+    ``cscale[j]`` is the frame's intensity scale (1 without floating intensities); ``bg`` (H, W)
+    the incoherent background added to ``I0`` (zeros without one).
     """
     nf = out.shape[0]
     H, W = F.shape[1], F.shape[2]
@@ -114,6 +115,9 @@ def line_sums(F, Fb, Fc, probe_on, pod_start, cscale, diff, drows, mask, mrows, 
         mr = mrows[j] if use_mask else 0
         for y in range(H):
             ex = _line_powers(F, Fb, Fc, probe_on, a, b, y, I)
+            brow = bg[y]
+            for x in range(W):
+                I[0, x] += brow[x]
             acc[9] += ex[0]
             acc[10] += ex[1]
             acc[11] += ex[2]
@@ -247,15 +251,18 @@ def _newton_row(I, c, irow, mrow, use_mask, model, eps):
 
 
 @njit(**_JIT)
-def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, floating, cscale, out):
+def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, floating, cscale, bg, want_bg,
+             bgsum, out):
     """Cost, errors and the detector-plane gradient of a frame block.
 
     Per frame ``j`` (pods ``pod_start[j] .. pod_start[j + 1] - 1``): with
     ``floating`` the closed-form intensity scale into ``cscale[j]`` (else
     ``cscale`` is used as given), then ``out[j] = [cost, sum mask (|F| - sqrt(n))^2,
-    sum mask (I - n)^2 / (n + 1), sum mask]`` with ``I = c sum |F|^2``, and
-    ``gF[p] = c l'(I) F[p]`` (the gradient with respect to the unscaled
-    waves' intensity, times the waves).
+    sum mask (I - n)^2 / (n + 1), sum mask]`` with ``I = c sum |F|^2 + B``
+    (``bg``: the background B, zeros without one; floating scales are not
+    combined with it), and ``gF[p] = c l'(I) F[p]`` (the gradient with respect
+    to the unscaled waves' intensity, times the waves). With ``want_bg``,
+    ``bgsum[y, x] += l'(I)`` over the frames (float64, (H, W)).
     """
     nf = out.shape[0]
     H, W = F.shape[1], F.shape[2]
@@ -302,7 +309,14 @@ def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, f
         mr = mrows[j] if use_mask else 0
         for y in range(H):
             _power(F, a, b, y, ir)
+            brow = bg[y]
+            for x in range(W):
+                ir[x] += brow[x]
             r = _eval_row(ir, c, diff[drows[j], y], mask[mr, y], use_mask, model, ep, lp)
+            if want_bg:
+                srow = bgsum[y]
+                for x in range(W):
+                    srow[x] += lp[x]
             cost += r[0]
             ferr += r[1]
             perr += r[2]

@@ -42,7 +42,8 @@ replaced by a random one of the 8 neighbouring pixels). Trials that would put
 the frame more than ``max_shift`` pixels (Euclidean) from its initial
 position, or any of its windows outside the object storage, are dropped.
 The frame's Fourier error ``sum mask (|F| - sqrt(I))^2`` (``|F|`` the model
-amplitude of the current probe and object, modes summed incoherently) is
+amplitude of the current probe and object, modes summed incoherently, plus
+the scan's fitted background where it has one) is
 computed at the current position and at every remaining trial; the frame
 moves to the trial with the lowest error when that is lower than the error
 at the current position. All modes (pods) of a frame move together.
@@ -473,6 +474,10 @@ class PositionRefiner:
             if len(pod) != e1 - e0:  # modes add incoherently
                 af *= af
                 af = np.add.reduceat(af, first, axis=0)
+                np.sqrt(af, out=af)
+            if g.background is not None:  # the model amplitude includes the fitted background
+                af *= af
+                af += g.background
                 np.sqrt(af, out=af)
             af -= fmag[fe]
             if mask is not None:

@@ -9,6 +9,9 @@ the overlap update); the work over the exit waves goes through the passes of
     The generalised projection step on every exit wave, its errors into
     ``acc``, and, when the engine's ``_fuse_object`` is set, the object
     numerator ``sum conj(P) psi`` while the new exit waves are in cache.
+    For a scan with a fitted background the model amplitude includes it and
+    the pass adds ``sum_j m_j f_j^2`` (the augmented projection's share,
+    :mod:`ptycli.core.background`) into ``engine._bg_sums[label]``.
 ``model_errors(acc)``
     Errors of ``probe * object`` against the data (nothing is updated).
 ``object_numerator()``
@@ -159,6 +162,9 @@ class NumpyProjectionPasses(ProjectionPasses):
         if fuse:
             prc = np.conj(g.probe.data)
             num = e._ob_num[g.obj.ID]
+        bg = g.background
+        if bg is not None:
+            bsum = e._bg_sums[g.label]
         for f0, f1, p0, p1 in e._blocks[id(g)]:
             nb, npb = f1 - f0, p1 - p0
             buf = sc["buf"][:npb]
@@ -186,12 +192,16 @@ class NumpyProjectionPasses(ProjectionPasses):
                     bk += frame_tmp
             # to the detector (far field: the post factor cancels in the modulus projection)
             F = fft_inplace(buf) if far else g.propagator.fw(buf)
-            # model amplitude (modes summed incoherently) and errors
+            # model amplitude (modes summed incoherently, plus the background) and errors
             if modes:
                 model_amplitude(F, modes, af, tmp)
             else:
                 np.sqrt(g.sum_modes(np.abs(F) ** 2, f0, f1), out=af)
             mask = g.mask_frames(f0, f1)
+            if bg is not None:
+                np.multiply(af, af, out=af)
+                af += bg
+                np.sqrt(af, out=af)
             ferr, photon, valid = fourier_errors(af, g.fmag(f0, f1), mask, fdev=fdev, tmp=tmp,
                                                  weight=g.photon_weight(f0, f1))
             acc.add(fourier=float(ferr.sum()), photon=photon, valid=float(valid.sum()))
@@ -203,6 +213,10 @@ class NumpyProjectionPasses(ProjectionPasses):
                 # than to copy the others out and back
                 out[:] = True
                 n_out = nb
+            if bg is not None and n_out < nb:  # frames inside the bound: fm = 1
+                inside = ~out
+                bsum += np.sum(mask[inside], axis=0, dtype=np.float64) if mask is not None else float(
+                    np.count_nonzero(inside))
             if n_out:
                 if n_out == nb:
                     pod_out = None
@@ -211,6 +225,12 @@ class NumpyProjectionPasses(ProjectionPasses):
                     pod_out = np.flatnonzero(out[g.frame[p0:p1] - f0])
                     Fo, fo, afo, ro = F[pod_out], fdev[out], af[out], r[out]
                 fm = modulus_factor(fo, afo, ro, out=fo)
+                if bg is not None:
+                    # the background's share of the projection: B fm^2 per frame (fm = 1 inside the bound)
+                    f2 = fm * fm
+                    if mask is not None:
+                        f2 *= mask[out] if n_out < nb else mask
+                    bsum += np.sum(f2, axis=0, dtype=np.float64)
                 if modes == 1:
                     np.multiply(Fo, fm, out=Fo)
                 elif modes:
@@ -285,6 +305,10 @@ class NumpyProjectionPasses(ProjectionPasses):
                 model_amplitude(F, modes, af, tmp)
             else:
                 np.sqrt(g.sum_modes(np.abs(F) ** 2, f0, f1), out=af)
+            if g.background is not None:
+                np.multiply(af, af, out=af)
+                af += g.background
+                np.sqrt(af, out=af)
             ferr, photon, valid = fourier_errors(af, g.fmag(f0, f1), g.mask_frames(f0, f1), fdev=sc["fdev"][:nb],
                                                  tmp=tmp, weight=g.photon_weight(f0, f1))
             acc.add(fourier=float(ferr.sum()), photon=photon, valid=float(valid.sum()))
@@ -373,6 +397,12 @@ class CompiledProjectionPasses(ProjectionPasses):
         # accumulators of slots 1.. are zero between passes: a pass marks its set dirty, the fold that
         # adds them into slot 0's clears them in the same sweep and marks it clean
         self._dirty = set()
+        # the background: the sums of the augmented projection per slot (detector-sized, float64); zeros
+        # stand in for the background of scans without one
+        self._bg_t = [{g.label: np.zeros(g.shape, np.float64) for g in e.book.groups if g.background is not None}
+                      for _ in range(S)]
+        self._no_bg = {shape: np.zeros(shape, e.ftype) for shape in shapes}
+        self._no_bgsum = np.zeros((1, 1), np.float64)
 
     def fourier_pass(self, acc):
         """The projection step of every group with the fused kernels of :mod:`ptycli.engines.fused`.
@@ -398,10 +428,16 @@ class CompiledProjectionPasses(ProjectionPasses):
                            g.mask.data if not g.mask_trivial else self._no_mask)
 
         pbound = float(e.pbound)
+        for slot_sums in self._bg_t:
+            for a in slot_sums.values():
+                a.fill(0)
 
         def work(k, slot, item):
             g, (f0, f1, p0, p1), (pod_start, drows, mrows) = item
             pre, post, pt, prc, mask = prep[id(g)]
+            use_bg = g.background is not None
+            bg = g.background if use_bg else self._no_bg[g.shape]
+            bgsum = self._bg_t[slot][g.label] if use_bg else self._no_bgsum
             far, ob = g.farfield, g.obj.data
             buf = self._tbuf[k][g.shape][:p1 - p0]
             psi = g.read_exit(p0, p1)
@@ -409,7 +445,7 @@ class CompiledProjectionPasses(ProjectionPasses):
             F = fft_inplace(buf, workers=1) if far else g.propagator.fw(buf)
             sums = np.empty((4, f1 - f0))
             fused.modulus_constraint(F, pod_start, g.diff.data, drows, mask, mrows, not g.mask_trivial, pbound,
-                                     True, *sums)
+                                     True, *sums, bg, use_bg, bgsum)
             G = ifft_inplace(F, workers=1) if far else g.propagator.bw(F)
             change = fused.projection_update(psi, G, ob, pt, pre, post, far, g.addresses, p0, beta, fuse,
                                              self._ob_num_t[slot][g.obj.ID], prc)
@@ -419,6 +455,9 @@ class CompiledProjectionPasses(ProjectionPasses):
         for fourier, photon, valid, change in self.pool.map_slots(work, self._items):  # summed in item order
             acc.add(fourier=fourier, photon=photon, valid=valid)
             acc.add_exit_change(change)
+        for label, total in e._bg_sums.items():  # the background sums of the slots, in slot order
+            for part in self._bg_t:
+                total += part[label]
 
     def model_errors(self, acc):
         """:meth:`model_errors` with the fused kernels (the projection input with ``alpha = 0``, errors only)."""
@@ -438,8 +477,9 @@ class CompiledProjectionPasses(ProjectionPasses):
                                    zero)
             F = fft_inplace(buf, workers=1) if g.farfield else g.propagator.fw(buf)
             sums = np.empty((4, f1 - f0))
+            bg = g.background if g.background is not None else self._no_bg[g.shape]
             fused.modulus_constraint(F, pod_start, g.diff.data, drows, mask, mrows, not g.mask_trivial, 0.0, False,
-                                     *sums)
+                                     *sums, bg, False, self._no_bgsum)
             return float(sums[0].sum()), float(sums[1].sum()), float(sums[2].sum())
 
         for fourier, photon, valid in self.pool.map_slots(work, self._items):  # summed in item order

@@ -51,6 +51,17 @@ In the far field the projection is computed as
 ``conj(pre) * IFFT(m * FFT(pre * w))``: the propagator's post-FFT phase
 factor cancels for the real factor ``m`` and is skipped.
 
+Incoherent background
+---------------------
+For a scan with ``background: true`` the model amplitude of the projection
+is ``A = sqrt(sum_modes |F_k|^2 + B)`` (``B`` the scan's fitted background,
+:mod:`ptycli.core.background`): the power bound judges ``A`` and the factor
+``f = A' / A`` multiplies the modes as above (Marchesini et al.'s augmented
+projection, doi:10.1088/0266-5611/29/11/115009). After the Fourier pass the
+background takes the mean over frames of its projected share,
+``B <- B sum_j m_j f_j^2 / sum_j m_j`` (sums over MPI ranks), smoothed by
+``background_smoothing``; the model errors include ``B``.
+
 Overlap update
 --------------
 Object (per object mode; sums over pods and MPI ranks)::
@@ -119,6 +130,8 @@ import numpy as np
 
 from .. import parallel
 from ..core import fft
+from ..core import background
+from ..core.background import frame_sums
 from .._lazy import lazy_module
 from ..params.declare import Parameter
 from .base import Engine, register
@@ -185,6 +198,8 @@ class ProjectionEngine(Engine):
     MODEL_ERRORS = True
     #: reset the exit waves of frames moved by position refinement to ``probe * object``
     RESET_MOVED_EXIT = True
+    #: the incoherent background of a scan that has one is part of the model (:mod:`ptycli.core.background`)
+    FITS_BACKGROUND = True
 
     # -- set-up ------------------------------------------------------------
     def set_coefficients(self):
@@ -239,6 +254,31 @@ class ProjectionEngine(Engine):
         self._compiled = fused.use_compiled(self.p.kernels, n_pixels, self.ctype == np.complex64)
         self.passes = CompiledProjectionPasses(self, shapes, max_pods) if self._compiled \
             else NumpyProjectionPasses(self)
+        self._init_background()
+
+    def _init_background(self):
+        """Constants of the background update (:mod:`ptycli.core.background`) for the scans that fit one."""
+        self._bg_sums, self._bg_const = {}, {}
+        for g in self.book.groups:
+            if g.background is None:
+                continue
+            const = frame_sums(g.diff_frames(), g.mask_frames())
+            for a in const.values():
+                parallel.allreduce(a)
+            model = self.ptycho.scans.get(g.label)
+            const["sigma"] = model.background_sigma if model is not None else 0.0
+            self._bg_const[g.label] = const
+            self._bg_sums[g.label] = np.zeros(g.shape, np.float64)
+
+    def background_update(self):
+        """The augmented projection's background update of every scan that fits one (sums over all ranks)."""
+        for g in self.book.groups:
+            if g.background is None:
+                continue
+            s = self._bg_sums[g.label]
+            parallel.allreduce(s)
+            c = self._bg_const[g.label]
+            background.projection_update(g.background, s, c["m"], c["w"], c["sigma"])
 
     def engine_finalize(self):
         if getattr(self, "_pool", None) is not None:
@@ -256,7 +296,11 @@ class ProjectionEngine(Engine):
             self._fuse_object = bool(self.p.update_object_first) or not self.probe_update_due()
             if self._fuse_object:
                 self._init_object_numerator()
+            if self._bg_sums:
+                for a in self._bg_sums.values():
+                    a.fill(0)
             self.passes.fourier_pass(acc)
+            self.background_update()
             self.overlap_update()
             out.append(acc.reduce())
         return out

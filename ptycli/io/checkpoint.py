@@ -121,6 +121,8 @@ def collect_model(P, with_exit=True):
             if parallel.master:
                 idx, initial, final = _gather_rows(parts)
         snap["scans"][label] = dict(attrs, indices=idx, positions=final, positions_initial=initial)
+        if getattr(model, "background", None) is not None:  # the same on every rank
+            snap["scans"][label]["background"] = np.array(model.background, copy=True)
     exits = {}
     if with_exit:
         for sid, S in P.exit.S.items():
@@ -186,6 +188,16 @@ def restore_model(P, rec):
         if moved:
             for S in P.obj.S.values():
                 S.update_views()
+    # fitted backgrounds (a file without one: the model's start value stays)
+    for label, model in P.scans.items():
+        B = getattr(model, "background", None)
+        saved = (rec.scans.get(label) or {}).get("background")
+        if B is None or saved is None:
+            continue
+        if tuple(np.shape(saved)) != tuple(B.shape) or not np.all(np.isfinite(saved)):
+            raise DataError("%s: the background of scan %s has shape %s in the checkpoint, %s in this model, or is "
+                            "not finite" % (path, label, tuple(np.shape(saved)), tuple(B.shape)), validation=True)
+        B[...] = saved
     # exit waves: this rank's layers (a result without them: restart from probe x object)
     state = rec.state or {}
     saved_exit = state.get("exit") or {}

@@ -20,6 +20,9 @@ Layout (format version 1)
     /scans/<label>/positions            (N, 2) float64 final scan positions (y, x), units='m'
     /scans/<label>/positions_initial    (N, 2) float64 positions before refinement, units='m'
     /scans/<label>/indices              (N,) int64 global frame indices of the rows above
+    /scans/<label>/background           (rows, cols) float: the fitted incoherent background, counts per
+                                        detector pixel and frame (only with scans.<label>.background:
+                                        true; ptycli.core.background), attr units
     /scans/<label>                      attrs: energy (keV), distance (m), detector_psize (2,) [m],
                                                resolution (2,) [m: sample pixel], shape (2,) [pixel],
                                                num_frames, propagation, loader, source,
@@ -192,8 +195,12 @@ def write_reconstruction(path, snap, kind="result"):
                         ds.attrs["axes"] = "y,x"
                 if sc.get("indices") is not None:
                     g.create_dataset("indices", data=np.asarray(sc["indices"], dtype=np.int64))
+                if sc.get("background") is not None:
+                    ds = g.create_dataset("background", data=np.asarray(sc["background"]))
+                    set_attrs(ds, {"units": "counts per pixel and frame", "axes": "y,x",
+                                   "description": "fitted incoherent background, the same in every frame"})
                 set_attrs(g, {k: v for k, v in sc.items()
-                               if k not in ("positions", "positions_initial", "indices")})
+                               if k not in ("positions", "positions_initial", "indices", "background")})
 
             write_history(f, snap.get("history"))
             write_health(f, snap.get("history"))
@@ -241,7 +248,7 @@ class Reconstruction:
     #: {storageID: {'psize': (2,), 'center': (2,), 'origin': (2,)}}
     object_meta: dict
     probe_meta: dict
-    #: {scan label: {'positions', 'positions_initial', 'indices', attrs...}}
+    #: {scan label: {'positions', 'positions_initial', 'indices', ('background',) attrs...}}
     scans: dict
     #: list of per-iteration dicts
     history: list
@@ -333,7 +340,7 @@ def load_reconstruction(path, with_state=True):
         scans = {}
         for label, g in (f.get("scans") or {}).items():
             sc = get_attrs(g)
-            for key in ("positions", "positions_initial", "indices"):
+            for key in ("positions", "positions_initial", "indices", "background"):
                 if key in g:
                     sc[key] = g[key][()]
             scans[label] = sc

@@ -12,6 +12,7 @@ Names follow PtyPy where PtyPy users know them::
         illumination: {model: auto, photons: null, aperture: {...}, ...}
         sample: {model: fill, fill: 1.0, fill_phase: 0.0, diversity: {...}}
         coherence: {num_probe_modes: 1, num_object_modes: 1}
+        background: false       # fit an incoherent background (ptycli.core.background)
         probe_share: null       # label of another scan whose probe this one uses
         object_share: null
         tags: []
@@ -319,6 +320,12 @@ SCAN = ParamSet("scan", [
               "null for its own probe"),
     Parameter("object_share", None, "str", "label of another scan whose object this scan uses; "
               "null for its own object"),
+    Parameter("background", False, "bool",
+              "fit an incoherent background (counts per detector pixel, the same in every frame) that adds to the "
+              "model intensity, in DM, RAAR and ML; written to /scans/<label>/background"),
+    Parameter("background_smoothing", 1.0, "float",
+              "Gaussian smoothing of the fitted background, weighted by the counting statistics of each pixel "
+              "(0: every pixel on its own)", low=0.0, high=1000.0, unit="pixel"),
     WordList("tags", [], "free tags of the scan (kept in the result file)"),
 ], "one scan: model, data source, initial probe and object")
 

@@ -37,6 +37,9 @@ class CompiledMLPasses(MLPasses):
         self.use_mask = not g.mask_trivial
         self.mask = g.mask.data if self.use_mask else np.ones((1, H, W), self.ftype)
         self.mrows = g.frame_ma if self.use_mask else np.zeros(g.n_frames, np.int64)
+        #: the background added to the model intensity (zeros without one: one add per pixel)
+        self.bg = g.background if g.background is not None else np.zeros((H, W), self.ftype)
+        self.bg_dummy = np.zeros((1, 1), np.float64)
 
     def workspace(self):
         """Two block-sized complex buffers."""
@@ -51,18 +54,20 @@ class CompiledMLPasses(MLPasses):
         g = self.g
         return g.obj.data, self.probe_eff(g.probe.data), self.pods()
 
-    def evaluate_block(self, b, ws, prep, move, floating, eps, gradient, cg_obj, cg_probe, workers):
-        obj, probe_eff, pods = prep  # the transforms are recomputed at the new point: ``move`` is not needed
+    def evaluate_block(self, b, ws, prep, move, floating, eps, gradient, cg_obj, cg_probe, workers, bg_sum=None):
+        obj, probe_eff, pods = prep
         g = self.g
         p0, p1, f0, f1 = b.p0, b.p1, b.f0, b.f1
         F = self.F[p0:p1]
-        fused_ml.exit_product(F, obj, probe_eff, pods, p0)
-        self.propagate_inplace(F, workers)
+        du, _, stale = move
+        if stale or du:  # the transforms are recomputed at a new point (``F`` is current otherwise)
+            fused_ml.exit_product(F, obj, probe_eff, pods, p0)
+            self.propagate_inplace(F, workers)
         gF = ws.cA[:p1 - p0]
         out = np.zeros((f1 - f0, 4))
         fused_ml.evaluate(F, gF, g.pod_start[f0:f1 + 1] - p0, g.diff.data, g.frame_di[f0:f1], self.mask,
                           self.mrows[f0:f1], self.use_mask, self.noise.code, float(eps), floating, self.c[f0:f1],
-                          out)
+                          self.bg, bg_sum is not None, bg_sum if bg_sum is not None else self.bg_dummy, out)
         if gradient:
             self.propagate_inplace(gF, workers, inverse=True)
             fused_ml.gradient_sums(gF, obj, probe_eff, pods, p0, cg_obj, cg_probe)
@@ -86,6 +91,6 @@ class CompiledMLPasses(MLPasses):
         out = np.zeros((f1 - f0, fused_ml.N_LINE))
         fused_ml.line_sums(self.F[p0:p1], Fb, Fc, probe_on, g.pod_start[f0:f1 + 1] - p0, self.c[f0:f1],
                            g.diff.data, g.frame_di[f0:f1], self.mask, self.mrows[f0:f1], self.use_mask,
-                           self.noise.code, float(eps), out)
+                           self.noise.code, float(eps), self.bg, out)
         r = out.sum(axis=0)
         return np.concatenate([r[:self.noise.n_line], r[fused_ml.N_COEF:]])

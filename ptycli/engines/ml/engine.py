@@ -8,7 +8,11 @@ wave is ``psi_j = P_k O_l[window_m]`` and its detector-plane field
 ``m`` is ``I_m = c_m sum_{j in m} |F_j|^2`` with ``c_m = 1`` unless
 ``floating_intensities`` is set, in which case ``c_m`` is refitted in closed
 form for every frame at every evaluation (the minimiser of the cost over
-``c_m``; by the envelope theorem the gradients below stay exact). The cost
+``c_m``; by the envelope theorem the gradients below stay exact). A scan
+with a fitted incoherent background (``background: true``,
+:mod:`ptycli.core.background`) adds its ``B`` to every frame's model
+intensity, ``I_m = sum_{j in m} |F_j|^2 + B`` (not combined with floating
+intensities). The cost
 is the noise model's sum over measured pixels
 (:mod:`ptycli.engines.ml.noise_models`), plus the optional smoothness prior
 ``reg_del2`` (:mod:`ptycli.engines.ml.regularisers`).
@@ -36,6 +40,16 @@ direction is zero. With ``probe_support`` the probe gradient is multiplied by
 the support (the probe is multiplied by it once at the start), so the probe
 never leaves it and the line search stays exact. The step along the
 direction: :mod:`ptycli.engines.ml.line_search`.
+
+Background step
+---------------
+``B`` is not part of the conjugate-gradient vector: after the line search
+on object and probe, the evaluation at the new point also sums the cost's
+derivative ``dL/dB = sum_m l'(I_m)`` per detector pixel (over frames, slots
+and MPI ranks), the noise model takes one closed-form step
+(:meth:`~ptycli.engines.ml.noise_models.NoiseModel.background_step`) and
+the gradient is then evaluated at the new ``B`` (an inverse-FFT pass that
+the iteration makes anyway; the compiled path reuses the transforms).
 
 Passes and threads
 ------------------
@@ -89,7 +103,9 @@ import numpy as np
 from ... import parallel
 from ..._lazy import lazy_module
 from ...core import fft
+from ...core.background import frame_sums
 from ...core.illumination import orthogonalize_modes
+from ...errors import ConfigError
 from ...params.declare import Parameter
 from ..base import Engine, register
 from ..posref import POSREF_PARAMS
@@ -120,12 +136,17 @@ class _Accumulator:
     def __init__(self, book, groups):
         self.gO = {sid: np.zeros_like(S.data) for sid, S in book.obj_storages.items()}  # this rank's
         self.gPe = [np.zeros_like(G.g.probe.data) for G in groups]
+        #: per group with a background: ``sum over frames of l'`` per detector pixel (float64), else None
+        self.gB = [np.zeros(G.g.shape, np.float64) if G.g.background is not None else None for G in groups]
 
     def zero(self):
         for a in self.gO.values():
             a[...] = 0
         for a in self.gPe:
             a[...] = 0
+        for a in self.gB:
+            if a is not None:
+                a[...] = 0
 
 
 @register
@@ -152,6 +173,8 @@ class ML(Engine):
 
     #: geometric memory of the probe/object scale preconditioner
     SCALE_MEMORY = 0.9
+    #: the incoherent background of a scan that has one is part of the model (:mod:`ptycli.core.background`)
+    FITS_BACKGROUND = True
     #: maximal step halvings of the line-search safeguard
     MAX_BACKTRACK = 5
 
@@ -214,6 +237,7 @@ class ML(Engine):
         if not getattr(self, "_loading", False):
             for sid, sup in self.ml_supports.items():
                 self.probe_storages[sid].data *= sup
+        self._init_background()
         self.scale = None
         self._dist_prev = None
         self._tau = 1.0
@@ -331,12 +355,14 @@ class ML(Engine):
             self._pool.rows(lambda k, rows, sid=sid: fn(sid, k, rows), [S.data])
 
     # -- passes over the data ------------------------------------------------------------------
-    def _evaluate(self, du=0.0, gradient=True):
+    def _evaluate(self, du=0.0, gradient=True, background=False):
         """Move ``F`` by ``du`` along the line (see :meth:`_move_to`), evaluate, optionally the gradient.
 
         Recomputes the transforms from scratch when they are stale. Stores the
         record fields in ``self._last``; returns the total cost (data +
-        regulariser). With ``gradient`` the reduced gradient is in ``self.grad``.
+        regulariser). With ``gradient`` the reduced gradient is in ``self.grad``;
+        with ``background`` the sums of the background step are in the slots'
+        accumulators (:meth:`_background_step`).
         """
         floating, eps = self.floating, self.eps
         du = float(du)
@@ -346,9 +372,9 @@ class ML(Engine):
 
         def fn(gi, G, b, ws, acc):
             return G.evaluate_block(b, ws, prep[gi], move, floating, eps, gradient, acc.gO[G.g.obj.ID],
-                                    acc.gPe[gi], W)
+                                    acc.gPe[gi], W, acc.gB[gi] if background else None)
 
-        parts = self._run(fn, zero_acc=gradient)
+        parts = self._run(fn, zero_acc=gradient or background)
         self._stale = False
         sums = np.zeros(4)
         for r in parts:
@@ -548,17 +574,21 @@ class ML(Engine):
         self._tau = tau = self._direction_scale()
         coefs, ex = self._line_coefficients(probe_on, tau)
         u = self._step_length(coefs)
-        L = self._evaluate(self._move_to(0.0, u), gradient=True)
+        bg = self._has_background  # the gradient follows the background step (see _background_step)
+        L = self._evaluate(self._move_to(0.0, u), gradient=not bg, background=bg)
         tol = 1e-6 * abs(L0) + 1e-30
         tries = 0
         while not L <= L0 + tol and tries < self.MAX_BACKTRACK:
-            L = self._evaluate(self._move_to(u, 0.5 * u), gradient=True)
+            L = self._evaluate(self._move_to(u, 0.5 * u), gradient=not bg, background=bg)
             u *= 0.5
             tries += 1
         if not L <= L0 + tol:
-            L = self._evaluate(self._move_to(u, 0.0), gradient=True)
+            L = self._evaluate(self._move_to(u, 0.0), gradient=not bg, background=bg)
             u = 0.0
             self._restart = True
+        if bg:
+            self._background_step()
+            L = self._evaluate(0.0, gradient=True)
         if tries:
             log.debug("%s: ML step halved %d times", self.label, tries)
         if u > 0:
@@ -580,6 +610,46 @@ class ML(Engine):
         if self.reg_amp:
             rec["ml_regularizer"] = float(last["reg"]) / max(self.total_valid, 1.0)
         return rec
+
+    # -- the incoherent background ----------------------------------------------------------------
+    def _init_background(self):
+        """Constants of the background step for the groups whose scan fits a background."""
+        self._has_background = any(G.g.background is not None for G in self.groups)
+        if self._has_background and self.floating:
+            raise ConfigError("engines.%s: floating_intensities cannot be combined with a fitted background "
+                              "(scans.<label>.background)" % self.label,
+                              hint="turn one of them off")
+        self._bg_const = []
+        for G in self.groups:
+            g = G.g
+            if g.background is None:
+                self._bg_const.append(None)
+                continue
+            const = frame_sums(g.diff_frames(), g.mask_frames())
+            for a in const.values():
+                self._allsum(a)
+            self._bg_const.append(const)
+
+    def _background_step(self):
+        """One closed-form step of every fitted background from the last evaluation's sums (see noise_models).
+
+        The sums ``sum over frames of l'`` of all slots are added in slot
+        order and over MPI ranks, so every rank takes the same step.
+        """
+        for gi, G in enumerate(self.groups):
+            g = G.g
+            if g.background is None:
+                continue
+            s1 = self._acc[0].gB[gi].copy()
+            for acc in self._acc[1:]:
+                s1 += acc.gB[gi]
+            self._allsum(s1)
+            self.noise.background_step(g.background, s1, self._bg_const[gi], self.background_sigma(g))
+
+    def background_sigma(self, g):
+        """The smoothing (pixels) of the background of group ``g``'s scan."""
+        model = self.ptycho.scans.get(g.label)
+        return model.background_sigma if model is not None else 0.0
 
     def _constrain(self):
         """Object clipping and probe recentring; True when they changed anything."""

@@ -12,6 +12,32 @@ counts ``n``) of a per-pixel term ``l(I)`` of the model intensity ``I``:
 (``e`` is :data:`EPS_REL` times the mean count per valid pixel; it keeps the
 Poisson and Euclid terms finite where the model is dark.)
 
+With a fitted incoherent background ``B`` (:mod:`ptycli.core.background`)
+``I`` includes it, and each model takes one closed-form step on ``B`` per
+iteration from ``g = sum_j l'(I_j)`` (its derivative, summed over frames),
+``m = sum_j m_j``, ``w = sum_j m_j / (n_j + 1)`` and ``s = sum_j m_j n_j / (n_j + 1)``
+(:meth:`~NoiseModel.background_step`, then the weighted smoothing). The
+multiplicative steps change ``B`` little where the coherent signal is bright
+(by its share of the intensity), so the noisy per-pixel estimate there does
+not take over:
+
+=============  ================================================================
+``gaussian``   ``B sum_j w_j n_j / sum_j w_j I_j = B s / (g / 2 + s)`` with
+               ``s = sum_j w_j n_j``: the multiplicative step of weighted least
+               squares (ISRA; Daube-Witherspoon & Muehllehner, IEEE Trans. Med.
+               Imaging 5, 61 (1986), doi:10.1109/TMI.1986.4307748), never negative
+``poisson``    ``B (1 - g / m) = B sum_j m_j n_j / I_j / m``: the EM step
+               (Richardson-Lucy; Shepp & Vardi, IEEE Trans. Med. Imaging 1, 113
+               (1982), doi:10.1109/TMI.1982.4307558), never negative and, before
+               smoothing, never raising the cost
+``euclid``     ``B (1 - g / m)^2``: its amplitude analogue
+=============  ================================================================
+
+The Gaussian weights ``1 / (n + 1)`` favour low counts, so its background
+comes out low on Poisson data (a flat background of 12 counts per pixel,
+64 x 64 frames, DM 100 + ML 50: 13 % low, relative rms error 0.14, against
+0.06 with ``poisson``): use ``ML_type: poisson`` on counted data.
+
 Each model (:class:`Gaussian`, :class:`Poisson`, :class:`Euclid`, all
 :class:`NoiseModel`) holds, for the numpy passes, its cost and derivatives
 on a block (:meth:`~NoiseModel.cost_terms`), its closed-form per-frame
@@ -27,6 +53,7 @@ pure functions of a model name (the tests' entry points).
 
 import numpy as np
 
+from ...core.background import smooth
 from .line_search import newton_step, poly_argmin, square_coefficients
 from .sums import fdot, fsum
 
@@ -141,6 +168,27 @@ class NoiseModel:
         """The step along the line from the summed coefficients (may be negative or not finite)."""
         return newton_step(coefs)
 
+    # -- the incoherent background (ptycli.core.background) ---------------------------------
+    def background_raw(self, B, g, const):
+        """The model's closed-form background step before smoothing (float64 (H, W)).
+
+        ``g = sum_j l'(I_j)`` per pixel over all frames (the cost's derivative
+        with respect to ``B``), ``const``: :func:`ptycli.core.background.frame_sums`
+        (``m = sum_j m_j``, ``w = sum_j m_j / (n_j + 1)``).
+        """
+        raise NotImplementedError
+
+    def background_step(self, B, g, const, sigma):
+        """One background step in place: :meth:`background_raw`, then the weighted smoothing (``sigma`` px)."""
+        B[...] = smooth(self.background_raw(B, g, const), const["w"], sigma)
+        return B
+
+    def _em_factor(self, g, const):
+        """``1 - g / m``: the mean over frames of ``n / I`` (poisson) or ``sqrt(n / I)`` (euclid); 1 where no frame is valid."""
+        m = const["m"]
+        ok = m > 0
+        return np.where(ok, np.maximum(1.0 - g / np.where(ok, m, 1.0), 0.0), 1.0)
+
 
 class Gaussian(NoiseModel):
     """``w (I - n)^2`` with ``w = mask / (n + 1)``: the line cost is an exact polynomial."""
@@ -180,6 +228,13 @@ class Gaussian(NoiseModel):
 
     def step_length(self, coefs):
         return poly_argmin(coefs)
+
+    def background_raw(self, B, g, const):
+        """The multiplicative least-squares step ``B sum_j w_j n_j / sum_j w_j I_j`` (``sum w I = g / 2 + sum w n``)."""
+        wn = const["wn"]
+        den = 0.5 * g + wn
+        ok = (den > 0) & (wn > 0)
+        return np.where(ok, B * (wn / np.where(ok, den, 1.0)), B)
 
 
 class Poisson(NoiseModel):
@@ -224,6 +279,10 @@ class Poisson(NoiseModel):
             den = fl(Ir).sum(axis=1)
         return num, den
 
+    def background_raw(self, B, g, const):
+        """The expectation-maximisation step ``B * sum_j m_j n_j / I_j / sum_j m_j`` (``= B (1 - g / m)``)."""
+        return B * self._em_factor(g, const)
+
 
 class Euclid(NoiseModel):
     """``mask (sqrt(I + e) - sqrt(n))^2``: least squares on amplitudes."""
@@ -263,6 +322,10 @@ class Euclid(NoiseModel):
 
     def finish_scale(self, c):
         return c * c  # the ratio is that of the amplitudes
+
+    def background_raw(self, B, g, const):
+        """The amplitude analogue of the EM step: ``B (sum_j m_j sqrt(n_j / I_j) / sum_j m_j)^2``."""
+        return B * self._em_factor(g, const) ** 2
 
 
 #: ``ML_type`` -> model, in the order of the parameter's choices

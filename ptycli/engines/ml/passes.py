@@ -154,14 +154,16 @@ class MLPasses:
         """Per-pass data of :meth:`evaluate_block` (object and effective probe)."""
         raise NotImplementedError
 
-    def evaluate_block(self, b, ws, prep, move, floating, eps, gradient, cg_obj, cg_probe, workers):
+    def evaluate_block(self, b, ws, prep, move, floating, eps, gradient, cg_obj, cg_probe, workers, bg_sum=None):
         """Transforms at the current point, cost and errors of block ``b``; with ``gradient`` the gradients.
 
         ``move = (du, du2, stale)`` says how the point moved since the last
         evaluation (along the line by ``du``, its square's change ``du2``;
         ``stale``: anywhere). Adds the *conjugate* gradients into ``cg_obj``
-        (object-shaped) and ``cg_probe`` (effective probe). Returns
-        ``[cost, fourier, photon, valid]``.
+        (object-shaped) and ``cg_probe`` (effective probe); with ``bg_sum``
+        (H, W) adds ``sum over frames of l'`` (the background's gradient) to
+        it. The model intensity includes the group's background when it has
+        one. Returns ``[cost, fourier, photon, valid]``.
         """
         raise NotImplementedError
 
@@ -290,14 +292,14 @@ class NumpyMLPasses(MLPasses):
         np.multiply(self.pods4(b, ow), self.probe_rows(probe_eff, b), out=self.pods4(b, F))
         self.propagate_inplace(F, workers)
 
-    def evaluate_block(self, b, ws, prep, move, floating, eps, gradient, cg_obj, cg_probe, workers):
+    def evaluate_block(self, b, ws, prep, move, floating, eps, gradient, cg_obj, cg_probe, workers, bg_sum=None):
         sw_obj, probe_eff = prep
-        r = self.cost_block(b, ws, move, floating, eps, sw_obj, probe_eff, workers)
+        r = self.cost_block(b, ws, move, floating, eps, sw_obj, probe_eff, workers, bg_sum)
         if gradient:
             self.gradient_block(b, ws, sw_obj, probe_eff, cg_obj, cg_probe, workers)
         return r
 
-    def cost_block(self, b, ws, move, floating, eps, sw_obj, probe_eff, workers):
+    def cost_block(self, b, ws, move, floating, eps, sw_obj, probe_eff, workers, bg_sum=None):
         """Move ``F`` by ``du Fb + du2 Fc``, evaluate cost and errors, store ``l'`` and ``aux``.
 
         Returns ``[cost, fourier, photon, valid]``.
@@ -323,6 +325,10 @@ class NumpyMLPasses(MLPasses):
         else:
             Fp = pairs(F)
             I = self.pair_sum(b, np.multiply(Fp, Fp, out=pairs(ws.cT[:n])), ws, fr[0][:nf])
+        bg = self.g.background
+        if bg is not None:  # the model intensity: coherent modes plus the background
+            I += bg
+            amp = None
         if floating:
             c = noise.floating_scale(I, b.n, b.w, b.fmag)
             self.c[f0:f1] = c
@@ -333,6 +339,8 @@ class NumpyMLPasses(MLPasses):
         cost = noise.cost_terms(I, b.n, b.w, b.fmag, b.mn, eps, lp, aux, t1, t2, t3, second=True)
         if floating:
             lp *= self.c[f0:f1, None, None]  # d cost / d (unscaled intensity)
+        if bg_sum is not None:
+            bg_sum += np.sum(lp, axis=0, dtype=np.float64)  # d cost / d B
         # errors
         a = np.sqrt(I, out=t1) if amp is None else amp
         a -= b.fmag

@@ -1,0 +1,225 @@
+"""The incoherent background of a scan (``scans.<label>.background``): model, start and updates.
+
+Model
+-----
+Air scattering, fluorescence and detector offsets add counts that no
+coherent wave explains. With ``background: true`` a scan's model intensity
+of frame ``j`` at detector pixel ``q`` is::
+
+    I_j(q) = sum_k |F_jk(q)|^2 + B(q),        B >= 0,
+
+``F_jk`` the detector-plane waves of the frame's coherent modes and ``B``
+one array of counts per pixel and frame, the same for every frame of the
+scan (Favre-Nicolin et al., "PyNX: high-performance computing toolkit for
+coherent X-ray imaging based on operators", J. Appl. Cryst. 53, 1404 (2020),
+doi:10.1107/S1600576720010985; Marchesini et al., "Augmented projections for
+ptychographic imaging", Inverse Problems 29, 115009 (2013),
+doi:10.1088/0266-5611/29/11/115009). ``B`` lives on the scan model
+(``ScanModel.background``, (H, W) in the model's real type), so it is part of
+the model every engine of a chain sees, and is written to the result and
+checkpoints (``/scans/<label>/background``) and restored on ``--resume``.
+
+Start
+-----
+:func:`initial_background`: the per-pixel minimum over the frames of the
+measured counts (no frame can hold less than the background, apart from the
+noise), smoothed as below. Collective under MPI (a minimum over all ranks).
+
+Projection engines (DM, RAAR): the augmented modulus projection
+-----------------------------------------------------------------
+Following Marchesini et al., the background amplitude ``sqrt(B)`` is one
+more incoherent component of every frame. The model amplitude of a pixel is
+``A = sqrt(sum_k |F_k|^2 + B)``; the (power-bound relaxed) modulus
+projection replaces it by ``A' = sqrt(I) + r (A - sqrt(I))`` and scales every
+component of the frame by the same factor ``f_j = A' / A``: each mode
+``F_k -> f_j F_k`` and the frame's background ``B -> f_j^2 B`` (frames
+inside the power bound keep ``f_j = 1``). The projection onto "the same
+background in every frame" is the mean of those over the frames (masked
+pixels excluded)::
+
+    B <- B * sum_j m_j f_j^2 / sum_j m_j
+
+a multiplicative update that keeps ``B >= 0``. Measured against the
+alternative, the least-squares update ``B = mean_j (I_j - sum_k |F_jk|^2)``
+from the projection input (see the note in :func:`projection_update`), on a
+flat background of 5 % of the mean counts (64 x 64 frames, DM 100 from the
+true probe, smoothing 3 pixels) the augmented update came within 0.11
+relative rms, the least-squares one within 0.19 (unsmoothed both were off by
+10 to 15 times in the bright ring of the pattern, see "Smoothing").
+
+Maximum likelihood (ML)
+-----------------------
+``B`` enters the likelihood through ``I_j``; the cost's derivative is
+``dL/dB(q) = sum_j l'(I_j(q))`` (``l'`` the noise model's derivative with
+respect to the intensity, :mod:`ptycli.engines.ml.noise_models`). ML keeps
+``B`` out of its conjugate-gradient vector and takes one closed-form step
+per iteration after the line search on object and probe, per noise model
+(``NoiseModel.background_step``): the multiplicative weighted-least-squares
+step (ISRA) for ``gaussian``, the expectation-maximisation (Richardson-Lucy)
+step for ``poisson`` and its amplitude analogue for ``euclid``.
+
+Smoothing
+---------
+A per-pixel estimate is as noisy as the counts where the coherent signal is
+bright: in a ring of 2500 counts per pixel, 100 frames fix ``B`` only to
+about ``sqrt(2500 / 100) = 5`` counts, and the coherent model's own errors
+add to that. ``background_smoothing`` (Gaussian sigma, detector pixels; 0:
+off) replaces each update by the normalised convolution
+``G * (w B) / G * w`` with the statistical weight ``w = sum_j m_j / (n_j + 1)``
+(the inverse variance of the pixel's estimate): where the pattern is bright
+the background is taken from its darker surroundings.
+
+MPI
+---
+Every sum over frames (the projection's ``sum_j m_j f_j^2``, ML's
+``sum_j l'``, and the constants ``sum_j m_j``, ``sum_j m_j / (n_j + 1)``) is
+summed over the ranks with :func:`ptycli.parallel.allreduce` before the
+update, so every rank holds the same ``B``.
+"""
+
+import numpy as np
+
+from .. import parallel
+
+__all__ = ["new_background", "initial_background", "frame_sums", "smooth", "projection_update",
+           "relative_error"]
+
+
+def new_background(shape, ftype=np.float32):
+    """A zero background of a frame shape, (H, W) of the model's real type ``ftype``."""
+    return np.zeros(tuple(int(s) for s in shape), dtype=ftype)
+
+
+#: frames per block of the per-pixel sums (keeps the float64 temporaries small)
+_BLOCK = 32
+
+
+def frame_sums(counts, mask=None):
+    """This rank's per-pixel sums over frames: ``m = sum_j m_j``, ``w = sum_j m_j / (n_j + 1)``, ``wn``.
+
+    Parameters
+    ----------
+    counts : ndarray (frames, H, W)
+        Measured counts ``n``.
+    mask : ndarray like ``counts`` or None
+        Valid pixels (None: all valid).
+
+    Returns
+    -------
+    dict
+        ``m``, ``w`` and ``wn = sum_j m_j n_j / (n_j + 1)``, float64 (H, W) (sum them over MPI ranks).
+        Summed in blocks of frames (no float64 copy of all frames).
+    """
+    shape = counts.shape[1:]
+    out = dict(m=np.zeros(shape), w=np.zeros(shape), wn=np.zeros(shape))
+    for j0 in range(0, counts.shape[0], _BLOCK):
+        n = np.maximum(np.asarray(counts[j0:j0 + _BLOCK], dtype=np.float64), 0.0)
+        inv = 1.0 / (n + 1.0)
+        if mask is None:
+            out["m"] += n.shape[0]
+        else:
+            m = np.asarray(mask[j0:j0 + _BLOCK], dtype=np.float64)
+            out["m"] += m.sum(axis=0)
+            inv *= m
+        out["w"] += inv.sum(axis=0)
+        out["wn"] += np.einsum("jyx,jyx->yx", inv, n)
+    return out
+
+
+def smooth(values, weight, sigma):
+    """Weighted Gaussian smoothing ``G * (w x) / G * w`` (a normalised convolution).
+
+    Parameters
+    ----------
+    values, weight : ndarray (H, W)
+        The estimate and its weights (>= 0).
+    sigma : float
+        Gaussian standard deviation (pixels); <= 0 returns ``values`` unchanged.
+
+    Returns
+    -------
+    ndarray (H, W), float64
+        Pixels whose neighbourhood has no weight keep their value.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if not sigma or sigma <= 0:
+        return values
+    from scipy.ndimage import gaussian_filter
+
+    weight = np.asarray(weight, dtype=np.float64)
+    num = gaussian_filter(values * weight, float(sigma), mode="nearest")
+    den = gaussian_filter(weight, float(sigma), mode="nearest")
+    ok = den > 1e-12 * max(float(den.max()), 1e-300)
+    return np.where(ok, num / np.where(ok, den, 1.0), values)
+
+
+def initial_background(counts, mask, sigma, ftype=np.float32):
+    """The starting background: the per-pixel minimum of the counts over all frames, smoothed (collective).
+
+    Parameters
+    ----------
+    counts : ndarray (frames, H, W)
+        This rank's measured counts.
+    mask : ndarray like ``counts`` or None
+        Valid pixels; a pixel's minimum runs over the frames where it is valid
+        (0 where it never is).
+    sigma : float
+        Smoothing (pixels, see :func:`smooth`).
+    ftype : dtype
+        The model's real type.
+
+    Returns
+    -------
+    ndarray (H, W) of ``ftype``
+    """
+    shape = counts.shape[1:]
+    low = np.full(shape, np.inf)
+    for j0 in range(0, counts.shape[0], _BLOCK):
+        n = np.maximum(np.asarray(counts[j0:j0 + _BLOCK], dtype=np.float64), 0.0)
+        if mask is not None:
+            n[np.asarray(mask[j0:j0 + _BLOCK]) <= 0] = np.inf
+        np.minimum(low, n.min(axis=0), out=low)
+    if parallel.size > 1:
+        parallel.allreduce(low, op="min")
+    low[~np.isfinite(low)] = 0.0
+    sums = frame_sums(counts, mask)
+    w = sums["w"]
+    if parallel.size > 1:
+        parallel.allreduce(w)
+    return smooth(low, w, sigma).astype(ftype)
+
+
+def projection_update(B, ratio_sum, msum, weight, sigma):
+    """The augmented projection's background update, in place: ``B *= sum_j m_j f_j^2 / sum_j m_j``, smoothed.
+
+    Parameters
+    ----------
+    B : ndarray (H, W)
+        The background (updated in place; returned).
+    ratio_sum : ndarray (H, W)
+        ``sum_j m_j f_j^2`` over all frames of all ranks (``f_j`` the frame's
+        modulus factor, 1 inside the power bound).
+    msum, weight : ndarray (H, W)
+        ``sum_j m_j`` and ``sum_j m_j / (n_j + 1)`` over all frames (:func:`frame_sums`).
+    sigma : float
+        Smoothing (pixels, :func:`smooth`).
+
+    Notes
+    -----
+    The least-squares alternative, ``B = max(0, sum_j m_j (n_j - |F_j|^2) / sum_j m_j)``
+    with ``|F_j|^2`` the coherent intensity of the projection input
+    ``(1 + alpha) P O - alpha psi``, is biased where the pattern is bright
+    (the input's intensity is not the model's), and measured worse (see the
+    module docstring).
+    """
+    ok = msum > 0
+    new = np.where(ok, B * (ratio_sum / np.where(ok, msum, 1.0)), B)
+    B[...] = smooth(new, weight, sigma)
+    return B
+
+
+def relative_error(B, truth):
+    """Relative rms difference over the detector ``sqrt(mean (B - truth)^2 / mean truth^2)``."""
+    B = np.asarray(B, dtype=np.float64)
+    t = np.asarray(truth, dtype=np.float64)
+    return float(np.sqrt(np.mean((B - t) ** 2) / max(float(np.mean(t ** 2)), 1e-300)))
