@@ -166,7 +166,7 @@ from ..errors import ConfigError, EngineError
 from ..log import progress_bar, progress_fields, stderr_is_tty
 from ..params import registry
 from ..params.declare import Parameter, ParamSet
-from ..params.tree import ENGINE, validate_engine
+from ..params.tree import ENGINE, multislice_refusal, validate_engine
 from ..params.registry import ENGINES  # the one engine registry (filled by register below)
 from ..utils.parameters import Param
 from .addressing import AddressBook
@@ -246,6 +246,8 @@ class Engine(ConstraintsMixin, SnapshotMixin):
 
     NAME = "Engine"
     PARAMS = COMMON_PARAMS
+    #: whether the engine reconstructs multislice objects (``sample.slices > 1``); the others refuse them
+    MULTISLICE = False
 
     def __init__(self, ptycho, pars=None, label=None):
         self.ptycho = ptycho
@@ -292,6 +294,7 @@ class Engine(ConstraintsMixin, SnapshotMixin):
     def initialize(self):
         """Compile the pods, compute normalisations, snapshot, then ``engine_initialize()``."""
         P = self.ptycho
+        self._check_slices()
         self.book = AddressBook(P)
         if not self.book.groups and parallel.size == 1:
             raise EngineError("engine %s: the model has no active pods (no data loaded?)" % self.label)
@@ -320,6 +323,15 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         self.engine_initialize()
         self.initialized = True
         return self
+
+    def _check_slices(self):
+        """Refuse a multislice object unless the engine models it (:attr:`MULTISLICE`)."""
+        if self.MULTISLICE:
+            return
+        for label, model in sorted((getattr(self.ptycho, "scans", None) or {}).items()):
+            slices = int(getattr(model, "slices", 1))
+            if slices > 1:
+                raise multislice_refusal(self.label, self.NAME, label, slices)
 
     def engine_initialize(self):
         """Engine-specific preparation (buffers, constants). Override."""
