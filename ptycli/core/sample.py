@@ -73,8 +73,8 @@ def _init_slices(pars, model, shape, slices):
     out = np.ones((slices,) + shape, dtype=np.complex128)
     if model == "fill":
         amp = float(pars.get("fill", 1.0))
-        value = np.sign(amp) * abs(amp) ** (1.0 / slices) * np.exp(1j * float(pars.get("fill_phase", 0.0)) / slices)
-        out[...] = value
+        phase = float(pars.get("fill_phase", 0.0)) + (np.pi if amp < 0 else 0.0)
+        out[...] = abs(amp) ** (1.0 / slices) * np.exp(1j * phase / slices)
         return out
     if model not in ("flower",):
         arr = np.asarray(load_array(str(model), "object"))

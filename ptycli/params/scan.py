@@ -295,7 +295,7 @@ SAMPLE = ParamSet("sample", [
     Parameter("fill", 1.0, "float", "amplitude of the constant object (fill model)"),
     Parameter("fill_phase", 0.0, "float", "phase of the constant object (fill model)", unit="rad"),
     _diversity("object", (0.0, 0.0)),
-    Parameter("slices", 1, "int", "object slices along the beam (multislice, 3PIE; ePIE/rPIE only): 1 for a "
+    Parameter("slices", 1, "int", "object slices along the beam (multislice, 3PIE; the PIE-family engines): 1 for a "
               "thin object, S > 1 for S transmission slices with near-field propagation between them",
               low=1, high=64),
     PositiveFloat("slice_distance_m", None, "distance between neighbouring object slices (needed when "
