@@ -27,6 +27,7 @@ if BENCHMARKS not in sys.path:
     sys.path.insert(0, BENCHMARKS)
 
 import sim_multislice as sm  # noqa: E402
+import validate_multislice as vm  # noqa: E402
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -39,46 +40,8 @@ def _simulate(tmp_path, **kw):
 
 
 def _config(tmp_path, spec, truth, slices, engines=None, data_type="double", slice_distance=None):
-    n = spec.frame
-    return {"verbose_level": "error", "data_type": data_type,
-            "scans": {"ms": {"data": {"name": "NpzScan", "dfile": str(tmp_path / "scan.npz"),
-                                      "center": [n // 2, n // 2]},
-                             "illumination": {"model": str(tmp_path / "probe.npy")},
-                             "sample": {"slices": slices, "slice_distance_m": slice_distance
-                                        if slice_distance is not None else truth["slice_distance_m"]}}},
-            "engines": engines or {}}
-
-
-def _truth_window(S, truth):
-    """Offset ``truth pixel = storage pixel + offset`` (the physical origins of both)."""
-    return np.round(np.asarray(truth["object_center"], float) - np.asarray(S.center, float)).astype(int)
-
-
-def slice_scores(P, truth, label="ms"):
-    """Correlation of every reconstructed slice with every true slice: (S_rec, S_true).
-
-    Over the well-lit region (illumination above 0.3 of its maximum); both
-    sides mean-removed first (a weak phase object is 1 + i phase: without it
-    any two of them correlate at about 1), then shift, phase ramp and global
-    phase and scale removed by :func:`ptycli.quality.align_and_compare`.
-    """
-    from ptycli.quality import align_and_compare, illuminated_region
-
-    S = P.obj.S["S" + label]
-    region = illuminated_region(P, 0.3, S.ID)
-    off = _truth_window(S, truth)
-    ys, xs = np.nonzero(region)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    w = region[y0:y1, x0:x1].astype(float)
-    out = np.zeros((S.data.shape[0], truth["slices"].shape[0]))
-    for s in range(S.data.shape[0]):
-        rec = S.data[s, y0:y1, x0:x1].astype(complex)
-        rec = rec - np.sum(w * rec) / w.sum()
-        for t in range(truth["slices"].shape[0]):
-            tru = truth["slices"][t, y0 + off[0]:y1 + off[0], x0 + off[1]:x1 + off[1]]
-            tru = tru - np.sum(w * tru) / w.sum()
-            out[s, t] = align_and_compare(rec, tru, w)["correlation"]
-    return out
+    return vm.config(spec, truth, str(tmp_path), slices, engines or {}, data_type=data_type,
+                     slice_distance=slice_distance)
 
 
 # -- parameters ----------------------------------------------------------------------------------
@@ -218,7 +181,7 @@ def test_ptycli_model_fits_the_simulated_frames(tmp_path):
     def misfit(distance, order=(0, 1, 2)):
         P = Ptycho(_config(tmp_path, spec, truth, 3, slice_distance=distance), level=2)
         S = P.obj.S["Sms"]
-        off = _truth_window(S, truth)
+        off = vm.truth_offset(S, truth)
         h, w = S.data.shape[-2:]
         S.data[...] = truth["slices"][list(order), off[0]:off[0] + h, off[1]:off[1] + w]
         P.probe.S["Sms"].data[0] = truth["probe"]  # the model scaled it to the mean counts
@@ -279,9 +242,9 @@ def test_three_slices_recovered_where_one_slice_fails(tmp_path):
 
     100 frames of 64 x 64, 1e6 photons per frame (Poisson), a structured
     probe; ePIE 100 iterations from the true probe, probe refined. Measured
-    (2026-12-02): slices 0.96-0.97, 0.92-0.94, 0.97 (their cross-correlations
-    0.11-0.2); a single-slice ePIE of the same data: 0.40-0.59 against each
-    true slice. Thresholds: 0.9 each, the wrong pairings below 0.35, the
+    (2026-12-02): slices 0.969, 0.933, 0.972 (wrong pairings 0.17-0.21); a
+    single-slice ePIE of the same data: 0.42, 0.59, 0.47 against the true
+    slices (``benchmarks/validate_multislice.py`` prints such tables). Thresholds: 0.9 each, the wrong pairings below 0.35, the
     single slice below 0.7 everywhere.
     """
     from ptycli.core.ptycho import Ptycho
@@ -290,11 +253,11 @@ def test_three_slices_recovered_where_one_slice_fails(tmp_path):
     assert truth["slice_distance_m"] == pytest.approx(8 * 2 * truth["dx"] ** 2 / truth["lam"])
     engines = {"e": {"name": "ePIE", "numiter": 100}}
     P = Ptycho(_config(tmp_path, spec, truth, 3, engines, data_type="single"), level=3)
-    scores = slice_scores(P, truth)
+    scores = vm.slice_scores(P, truth)
     print("multislice scores (reconstructed x true):\n", np.round(scores, 3))
     assert np.all(np.diag(scores) >= 0.9), scores
     assert np.all(scores[~np.eye(3, dtype=bool)] < 0.35), scores
     P1 = Ptycho(_config(tmp_path, spec, truth, 1, engines, data_type="single"), level=3)
-    single = slice_scores(P1, truth)
+    single = vm.slice_scores(P1, truth)
     print("single-slice scores:", np.round(single, 3))
     assert np.all(single < 0.7), single
