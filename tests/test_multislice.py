@@ -261,3 +261,19 @@ def test_three_slices_recovered_where_one_slice_fails(tmp_path):
     single = vm.slice_scores(P1, truth)
     print("single-slice scores:", np.round(single, 3))
     assert np.all(single < 0.7), single
+
+
+def test_example_config_matches_the_simulation_it_names():
+    """configs/multislice.yaml validates, and its slice distance is the one of the simulation its comment runs."""
+    from ptycli.params.tree import validate
+    from ptycli.params.yamlio import load_config
+
+    root = os.path.dirname(BENCHMARKS)
+    p = validate(load_config(os.path.join(root, "configs", "multislice.yaml")), require_scans=True,
+                 require_engines=True)
+    spec = sm.Spec(dof_apart=8)
+    lam = sm.wavelength_m(spec.energy_kev)
+    dx = lam * spec.distance_m / (spec.frame * spec.detector_pixel_m)
+    assert p.scans.MS.sample.slices == spec.slices
+    assert p.scans.MS.sample.slice_distance_m == pytest.approx(8 * sm.depth_of_field(dx, lam), rel=1e-4)
+    assert list(p.scans.MS.data.center) == [spec.frame // 2] * 2
