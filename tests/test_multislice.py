@@ -200,11 +200,9 @@ def test_ptycli_model_fits_the_simulated_frames(tmp_path):
     assert thin > 300 * good and flipped > 300 * good
 
 
-def test_result_file_carries_the_slices(tmp_path):
-    """A multislice run writes every slice (attrs slices, slice_distance), inspect names them, resume refuses another count."""
-    from ptycli.io import load_reconstruction
-
-    from reliability_helpers import assert_clean_error, reconstruct_text
+def _small_run(tmp_path):
+    """A 2-slice rPIE run (2 iterations) of a tiny simulated scan: (result path, slice distance)."""
+    from reliability_helpers import reconstruct_text
 
     spec, truth = _simulate(tmp_path, frame=16, steps=3, step_px=4, probe_radius_px=4)
     dz = truth["slice_distance_m"]
@@ -220,18 +218,50 @@ engines:
 """ % (tmp_path / "scan.npz", tmp_path / "probe.npy", dz)
     res, out = reconstruct_text(tmp_path, text)
     assert res.exit_code == 0, res.stderr
+    return out, dz
+
+
+def test_result_file_carries_the_slices(tmp_path):
+    """A multislice run writes every slice (attrs slices, slice_distance), inspect names them, resume refuses another count."""
+    from ptycli.io import load_reconstruction
+
+    from cli_helpers import invoke
+    from reliability_helpers import assert_clean_error
+
+    out, dz = _small_run(tmp_path)
     rec = load_reconstruction(out)
     assert rec.object.shape[0] == 2 and rec.object_meta["Sms"]["slices"] == 2
     assert rec.object_meta["Sms"]["slice_distance"] == pytest.approx(dz)
     assert rec.scans["ms"]["slices"] == 2 and rec.scans["ms"]["slice_distance_m"] == pytest.approx(dz)
     assert not np.allclose(rec.object[0], rec.object[1])  # both slices were updated, each its own way
-    from cli_helpers import invoke
-
     shown = invoke("inspect", out)
     assert "2 slices %.4g m apart" % dz in shown.stdout
     res = invoke("reconstruct", tmp_path / "run.yaml", "-o", tmp_path / "more.h5", "--resume", out,
                  "--set", "scans.ms.sample.slices=3")
     assert_clean_error(res, 2, "scans.ms.sample.slices is 2 in the checkpoint but 3")
+
+
+@pytest.mark.slow
+def test_plot_draws_every_slice(tmp_path):
+    """``ptycli plot`` gives each slice a row of its own: the figure grows by one row per extra slice."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    from cli_helpers import invoke
+
+    out, _ = _small_run(tmp_path)
+    res = invoke("plot", out, "-o", tmp_path / "ms.png")
+    assert res.exit_code == 0, res.stderr
+    one = tmp_path / "one"
+    one.mkdir()
+    text = (tmp_path / "run.yaml").read_text().replace("slices: 2", "slices: 1")
+    from reliability_helpers import reconstruct_text
+
+    res, out1 = reconstruct_text(one, text)
+    assert res.exit_code == 0, res.stderr
+    assert invoke("plot", out1, "-o", one / "thin.png").exit_code == 0
+    h2, h1 = imread(tmp_path / "ms.png").shape[0], imread(one / "thin.png").shape[0]
+    assert h2 > 1.3 * h1, (h2, h1)
 
 
 # -- the acceptance test ---------------------------------------------------------------------------
