@@ -307,3 +307,26 @@ def test_example_config_matches_the_simulation_it_names():
     assert p.scans.MS.sample.slices == spec.slices
     assert p.scans.MS.sample.slice_distance_m == pytest.approx(8 * sm.depth_of_field(dx, lam), rel=1e-4)
     assert list(p.scans.MS.data.center) == [spec.frame // 2] * 2
+
+
+@pytest.mark.mpi
+def test_block_parallel_keeps_every_slice_equal_on_all_ranks(tmp_path):
+    """Under MPI (block-parallel ePIE/rPIE) every rank ends each iteration with the same slices and probe."""
+    import json
+
+    import yaml
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import mpi_helpers as mh
+
+    if mh.skip_reason():
+        pytest.skip(mh.skip_reason())
+    spec, truth = _simulate(tmp_path, frame=16, steps=3, step_px=4, probe_radius_px=4)
+    config = tmp_path / "ms.yaml"
+    config.write_text(yaml.safe_dump(_config(tmp_path, spec, truth, 3, data_type="single")))
+    res = mh.run([mh.__file__, "engines", config, "ePIE:3", "rPIE:2"], nprocs=2, timeout=120)
+    assert res.returncode == 0, res.describe()
+    report = json.loads(res.stdout)
+    assert report["size"] == 2
+    for name, info in report["engines"].items():
+        assert info["frames_per_rank"] == [5, 4] and info["replicas_equal"], (name, info)
