@@ -172,6 +172,7 @@ from ..utils.parameters import Param
 from .addressing import AddressBook
 from .constraints import ConstraintsMixin, circular_support, clip_object_amplitude  # noqa: F401
 from .error_sums import ErrorSums
+from .multislice_step import write_exit_waves
 from . import health
 from .posref import make_refiner
 from .snapshot import SnapshotMixin
@@ -536,8 +537,11 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         return self.iteration >= int(self.p.probe_update_start)
 
     def reset_exit(self):
-        """Set every exit wave to ``probe * object`` (in place)."""
+        """Set every exit wave to ``probe * object`` (in place; a multislice object: the wave leaving its last slice)."""
         for g in self.book.groups:
+            if g.obj.slices > 1:
+                write_exit_waves(g)
+                continue
             pr = g.probe.data
             for f0, f1, p0, p1 in g.blocks(256):
                 ob = g.gather_object(g.obj.data, p0, p1)

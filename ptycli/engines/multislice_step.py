@@ -71,9 +71,10 @@ import numpy as np
 
 from ..core import fft
 from ..core.propagation import NearfieldPropagator
+from ..errors import EngineError
 from .kernels import fourier_errors, model_amplitude, modulus_factor
 
-__all__ = ["MultisliceKernel", "slice_transfer", "multislice_exit"]
+__all__ = ["MultisliceKernel", "slice_transfer", "multislice_exit", "write_exit_waves"]
 
 
 def slice_transfer(group):
@@ -102,6 +103,26 @@ def multislice_exit(probe, slices, transfer, workers=1):
         fft.ifft2_inplace(psi, workers)
         psi *= slices[s]
     return psi
+
+
+def write_exit_waves(group):
+    """Set the exit waves of every pod of a multislice ``group`` to the wave leaving its last slice.
+
+    The multislice form of ``exit = probe * object``
+    (:meth:`ptycli.engines.base.Engine.reset_exit`): per frame
+    :func:`multislice_exit` of the probe modes and the frame's window of all
+    slices. Needs the regular pod layout of the scan models.
+    """
+    if not group.regular:
+        raise EngineError("multislice group %s: the pods need the regular layout of the scan models" % group.label)
+    H = slice_transfer(group)
+    probe = group.probe.data[group.mode_pr]
+    S = int(group.obj.slices)
+    h, w = group.shape
+    for f in range(group.n_frames):
+        p0, p1 = int(group.pod_start[f]), int(group.pod_start[f + 1])
+        layer, y, x = int(group.ob_layer[p0]), int(group.ob_y[p0]), int(group.ob_x[p0])
+        group.write_exit(multislice_exit(probe, group.obj.data[layer:layer + S, y:y + h, x:x + w], H), p0, p1)
 
 
 class MultisliceKernel:
