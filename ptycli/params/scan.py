@@ -10,7 +10,8 @@ Names follow PtyPy where PtyPy users know them::
           name: MoonFlowerScan
           shape: 128
         illumination: {model: auto, photons: null, aperture: {...}, ...}
-        sample: {model: fill, fill: 1.0, fill_phase: 0.0, diversity: {...}}
+        sample: {model: fill, fill: 1.0, fill_phase: 0.0, diversity: {...},
+                 slices: 1, slice_distance_m: null}   # slices > 1: a thick (multislice) sample
         coherence: {num_probe_modes: 1, num_object_modes: 1}
         probe_share: null       # label of another scan whose probe this one uses
         object_share: null
