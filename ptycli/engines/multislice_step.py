@@ -62,7 +62,12 @@ multislice object (one ConfigError line naming the engines that model it).
 
 Cost: per frame ``2 (S - 1)`` more FFT pairs than the thin-object step (the
 slice propagation forwards and the correction backwards), plus a few passes
-per slice: about ``S`` times the thin-object step.
+per slice. Measured (2026-12-02, shared 2-core machine, median of 5 paired
+alternating sweeps over 100 frames of 64 x 64, complex64, one probe mode, ePIE
+with probe updates): 10.9 ms per sweep for one slice (the thin-object
+:class:`~ptycli.engines.pie_step.FrameKernel`), 31.7 ms for 2 slices (2.9x),
+41.0 ms for 3 (3.8x), 66.7 ms for 5 (6.1x): about 1.2 thin-object steps per
+slice plus a fixed 0.6 (this generic numpy path).
 """
 
 import functools
