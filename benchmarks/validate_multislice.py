@@ -10,6 +10,25 @@ the well-lit area after shift, phase ramp, phase and scale are removed). A
 multislice reconstruction separates the slices when the diagonal of that
 table is high and the rest low; the single slice cannot.
 
+Measured (2026-12-02; 3 slices, 100 frames of 64 x 64, 1e6 photons per frame,
+ePIE from the true probe, probe refined; correlations of slices 1, 2, 3):
+
+=====================  ==================  ============  ========================
+slices apart (DOF)     multislice          worst wrong   single slice vs each
+=====================  ==================  ============  ========================
+5, ePIE 100            0.942 0.854 0.947   0.195         0.459 0.575 0.523
+5, ePIE 300            0.955 0.890 0.960   0.201         0.459 0.574 0.525
+5, ePIE 600            0.959 0.899 0.961   0.205         0.456 0.577 0.522
+5, ePIE 100 noiseless  0.959 0.882 0.964   0.195         0.459 0.576 0.521
+8, ePIE 100            0.969 0.933 0.972   0.208         0.415 0.590 0.466
+8, ePIE 200, auto      0.917 0.907 0.953   0.224         0.384 0.581 0.474
+10, ePIE 100           0.977 0.954 0.980   0.220         0.404 0.598 0.408
+=====================  ==================  ============  ========================
+
+(``auto``: from ptycli's data-driven probe guess instead of the true probe.)
+The middle slice, which shares its low spatial frequencies with both
+neighbours, converges slowest; at 5 depths of field it levels off near 0.9.
+
 Usage::
 
     python benchmarks/validate_multislice.py                          # 5, 8 and 10 depths of field apart
