@@ -120,6 +120,9 @@ def _array_info(ds):
     for key in ("psize", "center", "origin"):
         if key in ds.attrs:
             info[key] = _plain(np.asarray(ds.attrs[key]))
+    if int(ds.attrs.get("slices", 1)) > 1:  # a multislice object: its layers are the slices
+        info["slices"] = int(ds.attrs["slices"])
+        info["slice_distance_m"] = float(ds.attrs.get("slice_distance", float("nan")))
     return info
 
 
@@ -383,6 +386,8 @@ def _shape(info):
     text = "%s %s" % ("x".join(str(s) for s in info["shape"]), info["dtype"])
     if "psize" in info:
         text += ", pixel %s m" % _g(info["psize"])
+    if info.get("slices"):
+        text += ", %d slices %s m apart" % (info["slices"], _g(info["slice_distance_m"]))
     return text
 
 

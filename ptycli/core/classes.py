@@ -95,9 +95,21 @@ class Storage(Base):
         Layer index held by each buffer row; default ``0 .. layers-1``.
     padonly : bool
         Whether :meth:`reformat` only ever grows the buffer.
+
+    Attributes
+    ----------
+    slices : int
+        Object storages of a multislice sample (``sample.slices``): the
+        number of slices along the beam; the layers are the slices in beam
+        order (layer 0 is the entrance slice, the one the pods view). 1 for
+        every other storage.
+    slice_distance : float or None
+        Distance between neighbouring slices (m); None unless ``slices > 1``.
     """
 
     _PREFIX = "S"
+    slices = 1
+    slice_distance = None
 
     def __init__(self, container, ID=None, data=None, shape=(1, 1, 1), fill=0.0,
                  psize=1.0, origin=None, center=None, layermap=None, padonly=False,
@@ -614,6 +626,7 @@ class Container(Base):
             ns = Storage(new, sid, data=data, shape=s.data.shape, fill=0.0 if fill is None else fill,
                          psize=s.psize.copy(), layermap=list(s.layermap), padonly=s.padonly)
             ns._center = s._center.copy()
+            ns.slices, ns.slice_distance = s.slices, s.slice_distance
             ns.fill_value = s.fill_value if fill is None else fill
         self._copies.append(new)
         return new

@@ -18,7 +18,10 @@ Storage IDs are ``'S' + label`` in every container (probe and object use the
 label of the scan they share with, when ``probe_share``/``object_share`` is
 set). Diffraction and mask layers are global frame indices; exit layers are
 ``frame * modes + probe_mode * object_modes + object_mode``; probe layers are
-probe modes, object layers object modes.
+probe modes, object layers object modes, or, for a multislice sample
+(``sample.slices > 1``, one object mode), the slices in beam order: the pods
+view layer 0 (the entrance slice) and the multislice engines address the
+others through the storage's ``slices`` and ``slice_distance``.
 """
 
 import logging
@@ -88,6 +91,11 @@ class ScanModel:
     def background_sigma(self):
         """The smoothing of the fitted background (pixels, ``background_smoothing``)."""
         return float(self.p.get("background_smoothing") or 0.0)
+
+    @property
+    def slices(self):
+        """Object slices along the beam (``sample.slices``; 1: a thin object)."""
+        return int(self.p.sample.get("slices", 1) or 1)
 
     @property
     def modes(self):
@@ -181,9 +189,11 @@ class ScanModel:
         else:
             self._check_shared("probe", P.probe.S[self.probe_sid], npr, shape, res)
         if self.object_sid not in P.obj.S:
-            P.obj.new_storage(ID=self.object_sid, shape=(nob,) + shape, psize=res, fill=1.0)
+            S = P.obj.new_storage(ID=self.object_sid, shape=(nob * self.slices,) + shape, psize=res, fill=1.0)
+            if self.slices > 1:  # one object mode (checked by the parameters); layer s = slice s
+                S.slices, S.slice_distance = self.slices, float(self.p.sample.slice_distance_m)
         else:
-            self._check_shared("object", P.obj.S[self.object_sid], nob, None, res)
+            self._check_shared("object", P.obj.S[self.object_sid], nob * self.slices, None, res)
         #: the incoherent background (counts per detector pixel, every frame; :mod:`ptycli.core.background`)
         self.background = initial_background(d.intensities, d.mask, self.background_sigma, P.FType) \
             if self.p.get("background") else None
@@ -284,7 +294,7 @@ class ScanModel:
             low, high = bounds[0], bounds[1]
         ext = np.concatenate([-low, high]).astype(np.int64)
         parallel.allreduce(ext, op="max")
-        S.resize(-ext[:2], ext[2:], layers=range(self.num_object_modes))
+        S.resize(-ext[:2], ext[2:], layers=range(self.num_object_modes * self.slices))
 
     def init_probe(self):
         """Fill the probe storage from the ``illumination`` parameters."""
@@ -305,7 +315,7 @@ class ScanModel:
         S = self.ptycho.obj.S[self.object_sid]
         if self.object_sid != self.sid:
             return
-        modes = init_object(self.p.sample, S.shape[-2:], num_modes=self.num_object_modes)
+        modes = init_object(self.p.sample, S.shape[-2:], num_modes=self.num_object_modes, slices=self.slices)
         S.fill(modes.astype(S.dtype))
 
     def init_exit(self):

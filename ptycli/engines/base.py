@@ -166,12 +166,13 @@ from ..errors import ConfigError, EngineError
 from ..log import progress_bar, progress_fields, stderr_is_tty
 from ..params import registry
 from ..params.declare import Parameter, ParamSet
-from ..params.tree import ENGINE, validate_engine
+from ..params.tree import ENGINE, multislice_refusal, validate_engine
 from ..params.registry import ENGINES  # the one engine registry (filled by register below)
 from ..utils.parameters import Param
 from .addressing import AddressBook
 from .constraints import ConstraintsMixin, circular_support, clip_object_amplitude  # noqa: F401
 from .error_sums import ErrorSums
+from .multislice_step import write_exit_waves
 from . import health
 from .posref import make_refiner
 from .snapshot import SnapshotMixin
@@ -248,6 +249,8 @@ class Engine(ConstraintsMixin, SnapshotMixin):
     PARAMS = COMMON_PARAMS
     #: whether the engine fits the incoherent background of scans that have one (:mod:`ptycli.core.background`)
     FITS_BACKGROUND = False
+    #: whether the engine reconstructs multislice objects (``sample.slices > 1``); the others refuse them
+    MULTISLICE = False
 
     def __init__(self, ptycho, pars=None, label=None):
         self.ptycho = ptycho
@@ -294,6 +297,7 @@ class Engine(ConstraintsMixin, SnapshotMixin):
     def initialize(self):
         """Compile the pods, compute normalisations, snapshot, then ``engine_initialize()``."""
         P = self.ptycho
+        self._check_slices()
         self.book = AddressBook(P)
         if not self.book.groups and parallel.size == 1:
             raise EngineError("engine %s: the model has no active pods (no data loaded?)" % self.label)
@@ -327,6 +331,15 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         self.engine_initialize()
         self.initialized = True
         return self
+
+    def _check_slices(self):
+        """Refuse a multislice object unless the engine models it (:attr:`MULTISLICE`)."""
+        if self.MULTISLICE:
+            return
+        for label, model in sorted((getattr(self.ptycho, "scans", None) or {}).items()):
+            slices = int(getattr(model, "slices", 1))
+            if slices > 1:
+                raise multislice_refusal(self.label, self.NAME, label, slices)
 
     def engine_initialize(self):
         """Engine-specific preparation (buffers, constants). Override."""
@@ -531,8 +544,11 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         return self.iteration >= int(self.p.probe_update_start)
 
     def reset_exit(self):
-        """Set every exit wave to ``probe * object`` (in place)."""
+        """Set every exit wave to ``probe * object`` (in place; a multislice object: the wave leaving its last slice)."""
         for g in self.book.groups:
+            if g.obj.slices > 1:
+                write_exit_waves(g)
+                continue
             pr = g.probe.data
             for f0, f1, p0, p1 in g.blocks(32):
                 ob = g.gather_object(g.obj.data, p0, p1)

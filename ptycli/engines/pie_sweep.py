@@ -3,11 +3,15 @@
 :class:`PIESweep` runs one pass over all local frames of an address book
 in a given order (:func:`visiting_order`), the probe's far-field phase factor
 folded into a scratch copy for the pass (see :mod:`ptycli.engines.stochastic`).
+Groups whose object has several slices get the 3PIE step of
+:mod:`ptycli.engines.multislice_step` instead (same interface; their object
+windows span all slices).
 """
 
 import numpy as np
 
 from ..errors import EngineError
+from .multislice_step import MultisliceKernel
 from .pie_step import FrameKernel
 
 __all__ = ["PIESweep", "visiting_order"]
@@ -97,7 +101,8 @@ class PIESweep:
             if g.probe.data.dtype != g.ctype or g.obj.data.dtype != g.ctype:
                 raise TypeError("probe/object buffers are %s/%s, the model type is %s"
                                 % (g.probe.data.dtype, g.obj.data.dtype, g.ctype))
-            pres.setdefault(g.probe.ID, []).append(g.factors.pre if g.farfield else None)
+            # a multislice object needs the far-field factor on its exit wave, not folded into the probe
+            pres.setdefault(g.probe.ID, []).append(g.factors.pre if g.farfield and g.obj.slices == 1 else None)
         for sid, lst in pres.items():
             first = lst[0]
             same = first is not None and all(p is not None and np.array_equal(p, first) for p in lst)
@@ -107,13 +112,14 @@ class PIESweep:
         for g in book.groups:
             pr_rows, ob_rows = _mode_rows(g)
             folded = self.fold[g.probe.ID] is not None
-            kernel = FrameKernel(
+            make = FrameKernel if g.obj.slices == 1 else MultisliceKernel.for_group(g)
+            kernel = make(
                 g.shape, pr_rows[1] - pr_rows[0], ob_rows[1] - ob_rows[0], g.ctype,
                 pre=None if (folded or not g.farfield) else g.factors.pre,
                 transfer=None if g.farfield else g.factors.pre,
                 object_step=object_step, probe_step=probe_step, object_alpha=object_alpha,
                 probe_alpha=probe_alpha, photon_error=photon_error, compiled=compiled)
-            self.plans.append(_GroupPlan(g, kernel, pr_rows, ob_rows))
+            self.plans.append(_GroupPlan(g, kernel, pr_rows, (ob_rows[0], ob_rows[1] + g.obj.slices - 1)))
         n = [p.group.n_frames for p in self.plans]
         self.n_frames = int(sum(n))
         self._gidx = np.repeat(np.arange(len(n), dtype=np.int64), n)

@@ -95,6 +95,9 @@ copy of the single-process result.
 
 Modules
 -------
+A multislice object (``sample.slices > 1``) takes the 3PIE step of
+:mod:`ptycli.engines.multislice_step` (formulas and references there).
+
 The frame step is :class:`~ptycli.engines.pie_step.FrameKernel`
 (:mod:`ptycli.engines.pie_step`: numpy, and the compiled kernels of
 :mod:`ptycli.engines.fused_pie` for one probe and one object mode; the
@@ -158,6 +161,7 @@ class PIEBase(Engine):
 
     NAME = "PIE"
     PARAMS = Engine.PARAMS.extended("PIE", _STEP_PARAMS, doc="stochastic PIE engine")
+    MULTISLICE = True  # multislice objects: the 3PIE step of ptycli.engines.multislice_step
 
     def __init__(self, ptycho, pars=None, label=None):
         super().__init__(ptycho, pars, label)
@@ -240,6 +244,8 @@ class PIEBase(Engine):
             p2 = (np.abs(g.probe.data) ** 2).astype(self.ftype)
             p2 += self.ftype.type(1e-4 * float(p2.sum(axis=0).max()) / p2.shape[0])
             g.scatter_object_const(acc, p2)
+            if g.obj.slices > 1:  # the pods view the first slice; the others follow its weight
+                acc[1:] = acc[:1]
         return w
 
     def _merge(self, weights, update_probe):

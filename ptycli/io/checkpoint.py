@@ -59,6 +59,9 @@ def storage_entry(S, data=True):
            "origin": np.asarray(S.origin, float).copy()}
     if data:
         out["data"] = S.data.copy()
+    if getattr(S, "slices", 1) > 1:  # a multislice object (layers = slices)
+        out["slices"] = int(S.slices)
+        out["slice_distance"] = float(S.slice_distance)
     return out
 
 
@@ -82,7 +85,8 @@ def _scan_entry(model):
         shape=np.asarray(d.shape, dtype=np.int64), num_frames=int(d.num_frames_total),
         propagation=str(model.p.propagation), loader=str(model.p.data.name),
         source=str(d.source or ""), probe=model.probe_sid, object=model.object_sid,
-        model=str(model.p.name),
+        model=str(model.p.name), slices=int(model.slices),
+        slice_distance_m=float(model.p.sample.slice_distance_m) if model.slices > 1 else None,
     )
     guess = getattr(model, "probe_guess", None) or {}
     if guess.get("method"):

@@ -16,6 +16,9 @@ Layout (format version 1)
                                         attrs psize (2,) [m], center (2,) [pixel: the
                                         physical origin], origin (2,) [m: pixel (0, 0)],
                                         units='m', axes='layer,y,x'
+                                        a multislice object (sample.slices > 1): the layers are
+                                        the slices in beam order (the probe's plane is slice 0's),
+                                        axes='slice,y,x', attrs slices, slice_distance [m]
     /reconstruction/probe/<storageID>   (modes, rows, cols) complex: probe modes; same attrs
     /scans/<label>/positions            (N, 2) float64 final scan positions (y, x), units='m'
     /scans/<label>/positions_initial    (N, 2) float64 positions before refinement, units='m'
@@ -26,7 +29,9 @@ Layout (format version 1)
     /scans/<label>                      attrs: energy (keV), distance (m), detector_psize (2,) [m],
                                                resolution (2,) [m: sample pixel], shape (2,) [pixel],
                                                num_frames, propagation, loader, source,
-                                               probe (storage ID), object (storage ID)
+                                               probe (storage ID), object (storage ID),
+                                               slices (object slices; 1: thin),
+                                               slice_distance_m (m, when slices > 1)
     /history/<column>                   the error history, one row per engine iteration:
                                           iteration        int64   iteration over the whole chain (1-based)
                                           engine_iteration int64   iteration within its engine (1-based)
@@ -147,8 +152,10 @@ def _write_storages(group, storages):
             "center": np.asarray(s.get("center", (0.0, 0.0)), dtype=np.float64),
             "origin": np.asarray(s.get("origin", (0.0, 0.0)), dtype=np.float64),
             "units": "m",
-            "axes": "layer,y,x",
+            "axes": "slice,y,x" if s.get("slices", 1) > 1 else "layer,y,x",
         })
+        if s.get("slices", 1) > 1:
+            set_attrs(ds, {"slices": int(s["slices"]), "slice_distance": float(s["slice_distance"])})
 
 
 def write_reconstruction(path, snap, kind="result"):
@@ -303,6 +310,8 @@ def _storages(group):
         arrays[sid] = ds[()]
         a = get_attrs(ds)
         meta[sid] = {k: np.asarray(a[k], dtype=np.float64) for k in ("psize", "center", "origin") if k in a}
+        if int(a.get("slices", 1)) > 1:
+            meta[sid].update(slices=int(a["slices"]), slice_distance=float(a["slice_distance"]))
     return arrays, meta
 
 

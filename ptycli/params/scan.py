@@ -10,7 +10,8 @@ Names follow PtyPy where PtyPy users know them::
           name: MoonFlowerScan
           shape: 128
         illumination: {model: auto, photons: null, aperture: {...}, ...}
-        sample: {model: fill, fill: 1.0, fill_phase: 0.0, diversity: {...}}
+        sample: {model: fill, fill: 1.0, fill_phase: 0.0, diversity: {...},
+                 slices: 1, slice_distance_m: null}   # slices > 1: a thick (multislice) sample
         coherence: {num_probe_modes: 1, num_object_modes: 1}
         background: false       # fit an incoherent background (ptycli.core.background)
         probe_share: null       # label of another scan whose probe this one uses
@@ -53,6 +54,7 @@ __all__ = [
     "validate_data",
     "validate_set",
     "validate_scan",
+    "check_slices",
 ]
 
 #: File name endings accepted as an array file for ``illumination.model`` / ``sample.model``.
@@ -295,6 +297,11 @@ SAMPLE = ParamSet("sample", [
     Parameter("fill", 1.0, "float", "amplitude of the constant object (fill model)"),
     Parameter("fill_phase", 0.0, "float", "phase of the constant object (fill model)", unit="rad"),
     _diversity("object", (0.0, 0.0)),
+    Parameter("slices", 1, "int", "object slices along the beam (multislice, 3PIE; the PIE-family engines): 1 for a "
+              "thin object, S > 1 for S transmission slices with near-field propagation between them",
+              low=1, high=64),
+    PositiveFloat("slice_distance_m", None, "distance between neighbouring object slices (needed when "
+                  "slices > 1)", unit="m"),
 ], "initial object (sample) model")
 
 COHERENCE = ParamSet("coherence", [
@@ -392,4 +399,19 @@ def validate_scan(tree, path="scans.<label>"):
     out = validate_set(scan_paramset(model.name), rest, path)
     out["name"] = model.name
     out["data"] = validate_data(tree.get("data"), path + ".data")
+    check_slices(out, path)
     return out
+
+
+def check_slices(scan, path="scans.<label>"):
+    """A multislice object (``sample.slices > 1``) needs a slice distance and one object mode."""
+    slices = int(scan.sample.slices)
+    if slices <= 1:
+        return
+    if scan.sample.get("slice_distance_m") is None:
+        raise ConfigError("%s.sample.slice_distance_m: %d object slices need the distance between them; set it "
+                          "in metres (e.g. slice_distance_m: 5e-6)" % (path, slices))
+    modes = int(scan.coherence.num_object_modes)
+    if modes > 1:
+        raise ConfigError("%s.sample.slices: a multislice object (%d slices) has one object mode, not %d; set "
+                          "coherence.num_object_modes: 1 or sample.slices: 1" % (path, slices, modes))

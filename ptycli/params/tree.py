@@ -69,6 +69,9 @@ __all__ = [
     "checkpoint_path",
     "share_owner",
     "check_resume",
+    "multislice_engines",
+    "multislice_refusal",
+    "check_multislice_engines",
     "TEMPLATE_FIELDS",
 ]
 
@@ -223,6 +226,7 @@ def validate(tree=None, require_scans=False, require_engines=False):
     out["scans"] = _labelled(out, "scans", validate_scan)
     out["engines"] = _labelled(out, "engines", validate_engine)
     _check_shares(out.scans)
+    check_multislice_engines(out)
     if require_scans and not out.scans:
         names = LOADERS.names()
         raise ConfigError("scans: no scan given; add one, e.g. scans.MF.data.name: %s"
@@ -284,10 +288,41 @@ def _check_shares(scans):
                 raise ConfigError("%s: no scan labelled %r%s; expected the label of another scan (%s)" % (
                     path, target, " (did you mean %s?)" % " or ".join(hint) if hint else "",
                     ", ".join(s for s in scans if s != label) or "there is no other scan"))
+            if what == "object":
+                for sub in ("slices", "slice_distance_m"):
+                    mine, theirs = scan.sample.get(sub), scans[target].sample.get(sub)
+                    if mine != theirs and (sub == "slices" or int(scan.sample.slices) > 1):
+                        raise ConfigError("%s: scan %r has sample.%s %s, the shared object of scan %r %s; give "
+                                          "both the same" % (path, label, sub, mine, target, theirs))
             further = scans[target].get(key)
             if further is not None:
                 raise ConfigError("%s: scan %r itself takes its %s from %r; name %r directly" % (
                     path, target, what, further, further))
+
+
+def multislice_engines():
+    """Names of the registered engines that model multislice objects (class attribute ``MULTISLICE``)."""
+    return [n for n in ENGINES.names() if getattr(ENGINES.find(n).factory, "MULTISLICE", False)]
+
+
+def multislice_refusal(label, name, scan, slices):
+    """The ConfigError for engine ``label`` (class ``name``) run on scan ``scan`` with ``slices`` object slices."""
+    names = multislice_engines()
+    return ConfigError("engines.%s: %s does not model multislice objects (scans.%s.sample.slices: %d); use %s, "
+                       "or sample.slices: 1" % (label, name, scan, slices,
+                                                " or ".join(names) if names else "a multislice engine"))
+
+
+def check_multislice_engines(p):
+    """Refuse engines without multislice support in a chain that reconstructs a multislice object."""
+    thick = [(label, int(sc.sample.slices)) for label, sc in (p.get("scans") or {}).items()
+             if int(sc.sample.slices) > 1]
+    if not thick:
+        return
+    for label, sub in (p.get("engines") or {}).items():
+        entry = ENGINES.find(str(sub.get("name")))
+        if entry is not None and not getattr(entry.factory, "MULTISLICE", False):
+            raise multislice_refusal(label, entry.name, *thick[0])
 
 
 def share_owner(p, label, what="probe"):

@@ -294,6 +294,7 @@ def plot_reconstruction(rec, path, dpi=110, max_modes=4, title=None):
     """Draw a :class:`~ptycli.io.reconstruction.Reconstruction` and save it to ``path``.
 
     One row per object storage (amplitude and phase of the first mode, each
+    slice of a multislice object in a row of its own, each
     with its colour bar, and the scan positions: initial and refined), one row
     per probe storage (up to ``max_modes`` modes, hue = phase, brightness =
     amplitude, with a colour wheel as key) and the error curves. Each row has
@@ -305,9 +306,13 @@ def plot_reconstruction(rec, path, dpi=110, max_modes=4, title=None):
         An object or probe without pixels (a zero-width array).
     """
     Figure, Canvas = figure_module()
-    objects = list(rec.objects.items())
+    objects = []  # (storage ID, layers, title tag): a multislice object gets one row per slice
+    for sid, arr in rec.objects.items():
+        n = int(rec.object_meta.get(sid, {}).get("slices", 1))
+        objects += [(sid, arr[k:k + 1], " slice %d of %d" % (k + 1, n)) for k in range(n)] if n > 1 \
+            else [(sid, arr, "")]
     probes = list(rec.probes.items())
-    for sid, arr in objects:
+    for sid, arr, _ in objects:
         _check_drawable("%s: object %s" % (rec.path, sid), np.asarray(arr))
     for sid, arr in probes:
         _check_drawable("%s: probe %s" % (rec.path, sid), np.asarray(arr))
@@ -320,7 +325,7 @@ def plot_reconstruction(rec, path, dpi=110, max_modes=4, title=None):
     if shared:
         rows[-1:] = list(rows[-1].subfigures(1, 2, width_ratios=[1.3, 2.0]))
     r = 0
-    for sid, obj in objects:
+    for sid, obj, tag in objects:
         meta = dict(rec.object_meta.get(sid, {}))
         o = np.asarray(obj)[0]
         # where the scan illuminated the object: colour limits from there, crop to it
@@ -332,6 +337,8 @@ def plot_reconstruction(rec, path, dpi=110, max_modes=4, title=None):
                 scans.append((label, sc))
         if probe is None and rec.probes:
             probe = next(iter(rec.probes.values()))
+        if tag and not tag.startswith(" slice 1 "):
+            scans = []  # the positions once, beside the first slice
         illum = _illumination(o.shape, meta, np.concatenate(positions) if positions else None, probe)
         mask = None if illum is None else illum > 0.05 * illum.max()
         box = _crop_box(mask)
@@ -350,12 +357,12 @@ def plot_reconstruction(rec, path, dpi=110, max_modes=4, title=None):
         modes = " (mode 1 of %d)" % obj.shape[0] if obj.shape[0] > 1 else ""
         amp = np.abs(o)
         lo, hi = _limits(amp, mask)
-        _image(rows[r], axes[0], amp, "object %s amplitude%s" % (sid, modes), extent, unit, cmap="gray",
+        _image(rows[r], axes[0], amp, "object %s%s amplitude%s" % (sid, tag, modes), extent, unit, cmap="gray",
                vmin=lo, vmax=hi, label="amplitude")
         phase = _object_phase(o, mask)
         lo, hi = _limits(phase, mask)
-        _image(rows[r], axes[1], phase, "object %s phase" % sid, extent, unit, cmap="twilight", vmin=lo, vmax=hi,
-               label="rad")
+        _image(rows[r], axes[1], phase, "object %s%s phase" % (sid, tag), extent, unit, cmap="twilight", vmin=lo,
+               vmax=hi, label="rad")
         if scans:
             _positions_axis(axes[2], scans, factor, unit)
         r += 1
