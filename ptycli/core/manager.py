@@ -21,7 +21,12 @@ set). Diffraction and mask layers are global frame indices; exit layers are
 probe modes, object layers object modes, or, for a multislice sample
 (``sample.slices > 1``, one object mode), the slices in beam order: the pods
 view layer 0 (the entrance slice) and the multislice engines address the
-others through the storage's ``slices`` and ``slice_distance``.
+others through the storage's ``slices`` and ``slice_distance``. A variable
+probe (``illumination.variable_modes: K > 0``, one probe mode) holds the K
+eigen-probes as probe layers (the pods view layer 0, the strongest; the
+storage's ``variable_modes`` is K) and the scan model the weights of its
+frames, ``probe_weights`` (frames, K) complex128, rows in the order of
+``data.indices`` (:mod:`ptycli.engines.variable_probe`).
 """
 
 import logging
@@ -37,6 +42,7 @@ from .classes import POD, View
 from .counting_noise import amplitude_noise_floor, looks_like_counts
 from .geometry import Geo
 from .illumination import init_probe
+from .variable_probe import initial_eigenprobes
 from .probe_guess import mean_measured_pattern
 from .sample import init_object
 
@@ -73,6 +79,8 @@ class ScanModel:
         self.noise_floor = 0.0
         #: the fitted incoherent background (H, W) with ``background: true``, else None (set by :meth:`build`)
         self.background = None
+        #: per-frame weights of the eigen-probes (this process's frames, K) with a variable probe, else None
+        self.probe_weights = None
         self.pods = []
         self.sid = "S" + label
         self.probe_sid = "S" + (pars.get("probe_share") or label)
@@ -96,6 +104,11 @@ class ScanModel:
     def slices(self):
         """Object slices along the beam (``sample.slices``; 1: a thin object)."""
         return int(self.p.sample.get("slices", 1) or 1)
+
+    @property
+    def variable_modes(self):
+        """Eigen-probes of a variable probe (``illumination.variable_modes``; 0: one probe for all frames)."""
+        return int(self.p.illumination.get("variable_modes", 0) or 0)
 
     @property
     def modes(self):
@@ -309,6 +322,19 @@ class ScanModel:
                            lam_m=self.geometry.lam, default_model=self.default_probe_model,
                            positions_m=self.positions_m(), info=self.probe_guess, noise_floor=self.noise_floor)
         S.fill(modes.astype(S.dtype))
+        if self.variable_modes > 0:
+            self._init_variable_probe(S)
+
+    def _init_variable_probe(self, S):
+        """Eigen-probes as probe layers (the configured probe first, its first-order variations after) and
+        weights ``(1, 0, ...)`` for every frame: the run starts from exactly the configured probe."""
+        K = self.variable_modes
+        first = S.data[0].copy()
+        S.resize(np.zeros(2, int), np.asarray(S.shape[-2:], int), layers=range(K))
+        S.data[...] = initial_eigenprobes(first, K).astype(S.dtype)
+        S.variable_modes = K
+        self.probe_weights = np.zeros((len(self.data.indices), K), dtype=np.complex128)
+        self.probe_weights[:, 0] = 1.0
 
     def init_object(self):
         """Fill the object storage from the ``sample`` parameters."""

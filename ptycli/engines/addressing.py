@@ -146,6 +146,8 @@ class PodGroup:
         True when every mask value is 1 (mask multiplications can be skipped).
     background : ndarray (H, W) or None
         The scan's incoherent background (the scan model's live array), None when it is not fitted.
+    probe_weights : ndarray (frames, K) complex128 or None
+        A variable probe's weights (the scan model's live array; row = diffraction row), else None.
     pods : list of POD
         The pods, in book order.
     """
@@ -163,6 +165,9 @@ class PodGroup:
         self.mask = first.ma_view.storage if first.ma_view is not None else None
         #: the scan's incoherent background (H, W), live (:mod:`ptycli.core.background`), or None
         self.background = getattr(getattr(first, "model", None), "background", None)
+        #: a variable probe's per-frame weights (the scan model's live (frames, K) array, rows = diffraction
+        #: rows), or None (:mod:`ptycli.core.variable_probe`)
+        self.probe_weights = getattr(getattr(first, "model", None), "probe_weights", None)
         self.label = str(self.exit.ID)[1:] if str(self.exit.ID).startswith("S") else str(self.exit.ID)
         self.shape = tuple(int(s) for s in first.pr_view.shape)
         H, W = self.shape

@@ -166,7 +166,7 @@ from ..errors import ConfigError, EngineError
 from ..log import progress_bar, progress_fields, stderr_is_tty
 from ..params import registry
 from ..params.declare import Parameter, ParamSet
-from ..params.tree import ENGINE, multislice_refusal, validate_engine
+from ..params.tree import ENGINE, multislice_refusal, validate_engine, variable_probe_refusal
 from ..params.registry import ENGINES  # the one engine registry (filled by register below)
 from ..utils.parameters import Param
 from .addressing import AddressBook
@@ -251,6 +251,9 @@ class Engine(ConstraintsMixin, SnapshotMixin):
     FITS_BACKGROUND = False
     #: whether the engine reconstructs multislice objects (``sample.slices > 1``); the others refuse them
     MULTISLICE = False
+    #: whether the engine reconstructs a variable probe (``illumination.variable_modes > 0``,
+    #: :mod:`ptycli.engines.variable_probe`); the others refuse it
+    VARIABLE_PROBE = False
 
     def __init__(self, ptycho, pars=None, label=None):
         self.ptycho = ptycho
@@ -298,6 +301,7 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         """Compile the pods, compute normalisations, snapshot, then ``engine_initialize()``."""
         P = self.ptycho
         self._check_slices()
+        self._check_variable_probe()
         self.book = AddressBook(P)
         if not self.book.groups and parallel.size == 1:
             raise EngineError("engine %s: the model has no active pods (no data loaded?)" % self.label)
@@ -340,6 +344,15 @@ class Engine(ConstraintsMixin, SnapshotMixin):
             slices = int(getattr(model, "slices", 1))
             if slices > 1:
                 raise multislice_refusal(self.label, self.NAME, label, slices)
+
+    def _check_variable_probe(self):
+        """Refuse a variable probe unless the engine models it (:attr:`VARIABLE_PROBE`)."""
+        if self.VARIABLE_PROBE:
+            return
+        for label, model in sorted((getattr(self.ptycho, "scans", None) or {}).items()):
+            k = int(getattr(model, "variable_modes", 0) or 0)
+            if k > 0:
+                raise variable_probe_refusal(self.label, self.NAME, label, k)
 
     def engine_initialize(self):
         """Engine-specific preparation (buffers, constants). Override."""

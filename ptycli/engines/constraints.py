@@ -125,8 +125,8 @@ class ConstraintsMixin:
             if storages is not None and sid not in storages:
                 continue
             m = S.data.shape[0]
-            if m < 2:
-                continue
+            if m < 2 or getattr(S, "variable_modes", 0):
+                continue  # a variable probe's eigen-probes are ordered with their weights (core.variable_probe)
             flat = S.data.reshape(m, -1)
             overlap = (flat.conj() @ flat.T).astype(np.complex128)
             evals, evecs = np.linalg.eigh(overlap)

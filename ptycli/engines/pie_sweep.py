@@ -5,7 +5,10 @@ in a given order (:func:`visiting_order`), the probe's far-field phase factor
 folded into a scratch copy for the pass (see :mod:`ptycli.engines.stochastic`).
 Groups whose object has several slices get the 3PIE step of
 :mod:`ptycli.engines.multislice_step` instead (same interface; their object
-windows span all slices).
+windows span all slices). Groups with a variable probe
+(:mod:`ptycli.engines.variable_probe`) give each frame's step the frame's own
+probe, built from the eigen-probes and the frame's weights, and feed its
+change back into both.
 """
 
 import numpy as np
@@ -13,6 +16,7 @@ import numpy as np
 from ..errors import EngineError
 from .multislice_step import MultisliceKernel
 from .pie_step import FrameKernel
+from .variable_probe import FrameProbes
 
 __all__ = ["PIESweep", "visiting_order"]
 
@@ -36,6 +40,8 @@ class _GroupPlan:
         self.obj_data = group.obj.data   # the live object buffer (compiled kernels address windows in it)
         self.frame_y = group.frame_y     # live: position refinement may move frames
         self.frame_x = group.frame_x
+        #: the per-frame probes of a variable probe (None: one probe for all frames)
+        self.variable = FrameProbes(group) if getattr(group, "probe_weights", None) is not None else None
 
     def object_views(self):
         """Live object windows (nob, H, W) of every frame of the group."""
@@ -172,16 +178,25 @@ class PIESweep:
         for p in self.plans:
             p.kernel._weight_fresh = False
         plans = self.plans
+        for p in plans:
+            if p.variable is not None:
+                p.variable.begin(work[p.group.probe.ID])
         for gi, f in zip(self._gidx[order].tolist(), self._fidx[order].tolist()):
             p = plans[gi]
+            probe = probes[gi]
+            if p.variable is not None:  # this frame's own probe
+                probe = p.variable.load(f)
+                p.kernel._weight_fresh = False
             if p.kernel.compiled:
-                fe, pe, ch = p.kernel.step_compiled(probes[gi], p.obj_data, p.ob0, p.frame_y[f], p.frame_x[f],
+                fe, pe, ch = p.kernel.step_compiled(probe, p.obj_data, p.ob0, p.frame_y[f], p.frame_x[f],
                                                     p.fmag[f], None if p.mask is None else p.mask[f],
                                                     p.intensity[f], update_probe)
             else:
-                fe, pe, ch = p.kernel.step(probes[gi], views[gi][f], p.fmag[f],
+                fe, pe, ch = p.kernel.step(probe, views[gi][f], p.fmag[f],
                                            None if p.mask is None else p.mask[f], p.intensity[f],
                                            update_probe)
+            if update_probe and p.variable is not None:
+                p.variable.absorb(f)
             fourier += fe
             photon += pe
             change += ch

@@ -96,7 +96,12 @@ copy of the single-process result.
 Modules
 -------
 A multislice object (``sample.slices > 1``) takes the 3PIE step of
-:mod:`ptycli.engines.multislice_step` (formulas and references there).
+:mod:`ptycli.engines.multislice_step` (formulas and references there). A
+variable probe (``illumination.variable_modes > 0``: orthogonal probe
+relaxation) gives every frame its own probe; the update of its weights and
+eigen-probes is :mod:`ptycli.engines.variable_probe`, and after every
+iteration that updates the probe the pair is brought back to its gauge
+(principal components) before the probe constraints.
 
 The frame step is :class:`~ptycli.engines.pie_step.FrameKernel`
 (:mod:`ptycli.engines.pie_step`: numpy, and the compiled kernels of
@@ -124,6 +129,7 @@ from ..params.declare import Parameter
 from .base import Engine, register
 from .pie_step import EPS, THREADED_FFT_PIXELS, FrameKernel  # noqa: F401  (names of this module before the split)
 from .pie_sweep import PIESweep, visiting_order
+from .variable_probe import refactor_book
 
 #: the compiled kernels, imported (with numba) at first use
 fused = lazy_module("ptycli.engines.fused")
@@ -162,6 +168,7 @@ class PIEBase(Engine):
     NAME = "PIE"
     PARAMS = Engine.PARAMS.extended("PIE", _STEP_PARAMS, doc="stochastic PIE engine")
     MULTISLICE = True  # multislice objects: the 3PIE step of ptycli.engines.multislice_step
+    VARIABLE_PROBE = True  # a probe per frame from eigen-probes: ptycli.engines.variable_probe
 
     def __init__(self, ptycho, pars=None, label=None):
         super().__init__(ptycho, pars, label)
@@ -203,6 +210,7 @@ class PIEBase(Engine):
             if weights is not None:
                 self._merge(weights, update_probe)
             if update_probe:
+                refactor_book(self.book, reduce=parallel.allreduce if parallel.size > 1 else None)
                 # support and recentring; the modes are orthogonalised without touching the
                 # exit waves (ePIE keeps none between iterations; finalize() rebuilds them)
                 self.apply_probe_constraints(orthogonalize=False)

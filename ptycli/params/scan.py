@@ -9,7 +9,8 @@ Names follow PtyPy where PtyPy users know them::
         data:                   # the loader and its own parameters
           name: MoonFlowerScan
           shape: 128
-        illumination: {model: auto, photons: null, aperture: {...}, ...}
+        illumination: {model: auto, photons: null, aperture: {...}, ...,
+                       variable_modes: 0}   # K > 0: a probe per frame from K eigen-probes (OPR)
         sample: {model: fill, fill: 1.0, fill_phase: 0.0, diversity: {...},
                  slices: 1, slice_distance_m: null}   # slices > 1: a thick (multislice) sample
         coherence: {num_probe_modes: 1, num_object_modes: 1}
@@ -55,6 +56,7 @@ __all__ = [
     "validate_set",
     "validate_scan",
     "check_slices",
+    "check_variable_probe",
 ]
 
 #: File name endings accepted as an array file for ``illumination.model`` / ``sample.model``.
@@ -288,6 +290,11 @@ ILLUMINATION = ParamSet("illumination", [
                   "(defocus); null for none", unit="m"),
     ], "propagation of the modelled probe"),
     _diversity("probe", (0.5, 1.0)),
+    Parameter("variable_modes", 0, "int",
+              "variable probe (orthogonal probe relaxation, OPR; ePIE and rPIE): 0 for one probe shared by all "
+              "frames, K >= 1 gives every frame its own probe, a weighted sum of K orthogonal eigen-probes with "
+              "weights per frame refined every iteration (written to /scans/<label>/probe_weights)",
+              low=0, high=16),
 ], "initial probe (illumination) model")
 
 SAMPLE = ParamSet("sample", [
@@ -400,6 +407,7 @@ def validate_scan(tree, path="scans.<label>"):
     out["name"] = model.name
     out["data"] = validate_data(tree.get("data"), path + ".data")
     check_slices(out, path)
+    check_variable_probe(out, path)
     return out
 
 
@@ -415,3 +423,21 @@ def check_slices(scan, path="scans.<label>"):
     if modes > 1:
         raise ConfigError("%s.sample.slices: a multislice object (%d slices) has one object mode, not %d; set "
                           "coherence.num_object_modes: 1 or sample.slices: 1" % (path, slices, modes))
+
+
+def check_variable_probe(scan, path="scans.<label>"):
+    """A variable probe (``illumination.variable_modes > 0``) is one coherent probe of a thin object, not shared."""
+    k = int(scan.illumination.get("variable_modes") or 0)
+    if k <= 0:
+        return
+    where = "%s.illumination.variable_modes" % path
+    modes = int(scan.coherence.num_probe_modes)
+    if modes > 1 and str(scan.get("name", "Full")).lower() != "vanilla":
+        raise ConfigError("%s: a variable probe (%d eigen-probes) replaces incoherent probe modes, not %d; set "
+                          "coherence.num_probe_modes: 1 or variable_modes: 0" % (where, k, modes))
+    if int(scan.sample.get("slices", 1) or 1) > 1:
+        raise ConfigError("%s: a variable probe is not supported with a multislice object (sample.slices: %d); "
+                          "set variable_modes: 0 or sample.slices: 1" % (where, int(scan.sample.slices)))
+    if scan.get("probe_share") is not None:
+        raise ConfigError("%s: a scan with a variable probe cannot share the probe of scan %r; set "
+                          "variable_modes: 0 or probe_share: null" % (where, scan.probe_share))

@@ -72,6 +72,9 @@ __all__ = [
     "multislice_engines",
     "multislice_refusal",
     "check_multislice_engines",
+    "variable_probe_engines",
+    "variable_probe_refusal",
+    "check_variable_probe_engines",
     "TEMPLATE_FIELDS",
 ]
 
@@ -227,6 +230,7 @@ def validate(tree=None, require_scans=False, require_engines=False):
     out["engines"] = _labelled(out, "engines", validate_engine)
     _check_shares(out.scans)
     check_multislice_engines(out)
+    check_variable_probe_engines(out)
     if require_scans and not out.scans:
         names = LOADERS.names()
         raise ConfigError("scans: no scan given; add one, e.g. scans.MF.data.name: %s"
@@ -288,6 +292,10 @@ def _check_shares(scans):
                 raise ConfigError("%s: no scan labelled %r%s; expected the label of another scan (%s)" % (
                     path, target, " (did you mean %s?)" % " or ".join(hint) if hint else "",
                     ", ".join(s for s in scans if s != label) or "there is no other scan"))
+            if what == "probe" and int(scans[target].illumination.get("variable_modes") or 0) > 0:
+                raise ConfigError("%s: scan %r has a variable probe (illumination.variable_modes: %d), which other "
+                                  "scans cannot share; set probe_share: null" % (
+                                      path, target, int(scans[target].illumination.variable_modes)))
             if what == "object":
                 for sub in ("slices", "slice_distance_m"):
                     mine, theirs = scan.sample.get(sub), scans[target].sample.get(sub)
@@ -323,6 +331,31 @@ def check_multislice_engines(p):
         entry = ENGINES.find(str(sub.get("name")))
         if entry is not None and not getattr(entry.factory, "MULTISLICE", False):
             raise multislice_refusal(label, entry.name, *thick[0])
+
+
+def variable_probe_engines():
+    """Names of the registered engines that reconstruct a variable probe (class attribute ``VARIABLE_PROBE``)."""
+    return [n for n in ENGINES.names() if getattr(ENGINES.find(n).factory, "VARIABLE_PROBE", False)]
+
+
+def variable_probe_refusal(label, name, scan, modes):
+    """The ConfigError for engine ``label`` (class ``name``) run on scan ``scan`` with ``modes`` eigen-probes."""
+    names = variable_probe_engines()
+    return ConfigError("engines.%s: %s does not reconstruct a variable probe (scans.%s.illumination.variable_modes: "
+                       "%d); use %s, or variable_modes: 0" % (label, name, scan, modes,
+                                                              " or ".join(names) if names else "an OPR engine"))
+
+
+def check_variable_probe_engines(p):
+    """Refuse engines without variable-probe support in a chain whose scans have a variable probe."""
+    varied = [(label, int(sc.illumination.get("variable_modes") or 0)) for label, sc in (p.get("scans") or {}).items()
+              if int(sc.illumination.get("variable_modes") or 0) > 0]
+    if not varied:
+        return
+    for label, sub in (p.get("engines") or {}).items():
+        entry = ENGINES.find(str(sub.get("name")))
+        if entry is not None and not getattr(entry.factory, "VARIABLE_PROBE", False):
+            raise variable_probe_refusal(label, entry.name, *varied[0])
 
 
 def share_owner(p, label, what="probe"):
