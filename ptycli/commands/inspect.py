@@ -123,6 +123,8 @@ def _array_info(ds):
     if int(ds.attrs.get("slices", 1)) > 1:  # a multislice object: its layers are the slices
         info["slices"] = int(ds.attrs["slices"])
         info["slice_distance_m"] = float(ds.attrs.get("slice_distance", float("nan")))
+    if int(ds.attrs.get("variable_modes", 0)) > 0:  # a variable probe: its layers are the eigen-probes
+        info["variable_modes"] = int(ds.attrs["variable_modes"])
     return info
 
 
@@ -163,6 +165,8 @@ def _summary_reconstruction(f):
                                                         sc.get("resolution"))
         if "background" in g:
             sc["background"] = _background_info(g["background"][()])
+        if "probe_weights" in g:
+            sc["probe_weights"] = _weights_info(g["probe_weights"][()])
         scans[label] = sc
     out["scans"] = scans
     out["provenance"] = {k: _plain(v) for k, v in (f["provenance"].attrs.items() if "provenance" in f else [])}
@@ -178,6 +182,15 @@ def _background_info(B):
     if not finite.size:
         return dict(shape=list(B.shape), mean=None, max=None, min=None)
     return dict(shape=list(B.shape), mean=float(finite.mean()), max=float(finite.max()), min=float(finite.min()))
+
+
+def _weights_info(W):
+    """Summary of a variable probe's weights (frames, K): per eigen-probe the rms and range of ``|w|`` over frames."""
+    A = np.abs(np.asarray(W, dtype=np.complex128))
+    if A.ndim != 2 or not A.size:
+        return dict(shape=list(np.shape(W)))
+    return dict(shape=list(A.shape), rms=[float(v) for v in np.sqrt(np.mean(A ** 2, axis=0))],
+                min=[float(v) for v in A.min(axis=0)], max=[float(v) for v in A.max(axis=0)])
 
 
 def _model_errors(hist, engines):
@@ -388,6 +401,8 @@ def _shape(info):
         text += ", pixel %s m" % _g(info["psize"])
     if info.get("slices"):
         text += ", %d slices %s m apart" % (info["slices"], _g(info["slice_distance_m"]))
+    if info.get("variable_modes"):
+        text += ", %d eigen-probes (variable probe; weights in /scans/<label>/probe_weights)" % info["variable_modes"]
     return text
 
 
@@ -432,6 +447,11 @@ def _text(s):
             if bg and bg.get("mean") is not None:
                 add("  backgr %-8s fitted: mean %s, min %s, max %s counts per pixel and frame" % (
                     label, _g(bg["mean"]), _g(bg["min"]), _g(bg["max"])))
+            pw = sc.get("probe_weights")
+            if pw and pw.get("rms") is not None:
+                add("  weights %-7s variable probe: %d frames x %d eigen-probes, |w| range %s" % (
+                    label, pw["shape"][0], pw["shape"][1],
+                    ", ".join("%s-%s" % (_g(a), _g(b)) for a, b in zip(pw["min"], pw["max"]))))
             moved = sc.get("positions_moved")
             if moved and moved["max_m"] > 0:
                 px = moved.get("rms_pixel") is not None

@@ -5,6 +5,9 @@ Frey and W. S. Brocklesby, "Ptychographic coherent diffractive imaging with
 orthogonal probe relaxation", Opt. Express 24, 8360 (2016),
 doi:10.1364/OE.24.008360.
 
+(The ``variable_modes`` of the parameters; PtyPy users know the idea as the
+"OPR" custom engine, Tike and PtychoShelves as the variable probe.)
+
 Model
 -----
 With ``illumination.variable_modes: K`` every frame ``f`` of a scan has its

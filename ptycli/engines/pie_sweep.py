@@ -7,12 +7,13 @@ Groups whose object has several slices get the 3PIE step of
 :mod:`ptycli.engines.multislice_step` instead (same interface; their object
 windows span all slices). Groups with a variable probe
 (:mod:`ptycli.engines.variable_probe`) give each frame's step the frame's own
-probe, built from the eigen-probes and the frame's weights, and feed its
-change back into both.
+probe, built from the eigen-probes and the frame's weights; the updated
+probes give new weights and eigen-probes at the end of the sweep.
 """
 
 import numpy as np
 
+from .. import parallel
 from ..errors import EngineError
 from .multislice_step import MultisliceKernel
 from .pie_step import FrameKernel
@@ -196,11 +197,14 @@ class PIESweep:
                                            None if p.mask is None else p.mask[f], p.intensity[f],
                                            update_probe)
             if update_probe and p.variable is not None:
-                p.variable.absorb(f)
+                p.variable.feed(f)
             fourier += fe
             photon += pe
             change += ch
         if update_probe:
+            for p in plans:  # a variable probe: the weights and eigen-probes the frames ask for (collective)
+                if p.variable is not None:
+                    p.variable.finish(parallel.allreduce if parallel.size > 1 else None)
             self.unfold_probes(work)
         return dict(fourier=float(fourier), photon=float(photon), exit_change=float(change),
                     frames=int(len(order)))

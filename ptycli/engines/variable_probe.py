@@ -4,88 +4,98 @@ The model ``P_f = sum_k w_fk U_k``, its gauge and the starting eigen-probes
 are :mod:`ptycli.core.variable_probe` (with the reference: Odstrčil et al.,
 Opt. Express 24, 8360 (2016), doi:10.1364/OE.24.008360).
 
-Update (one frame, inside a PIE sweep; :func:`absorb`)
-------------------------------------------------------
-The PIE step updates the frame's probe ``P_f`` (built from the current
-weights and eigen-probes) to ``P_f + dP``. The change is split between the
-frame's weights and the eigen-probes. Its projection on the eigen-probes,
-``c_k = <U_k, dP> / <U_k, U_k>`` (``U`` orthogonal at the start of the sweep)
-is a change of the weights, the rest ``r = dP - g sum_k c_k U_k`` a change of
-the eigen-probes, spread over them in proportion to the frame's weights with
-the smallest change that reproduces it::
+Update (a PIE sweep; :class:`FrameProbes`)
+-----------------------------------------
+The paper lets every frame's probe take its own PIE update and then replaces
+the set of all per-frame probes by its best rank-``K`` approximation (a
+truncated SVD) after each iteration. Here the same projection is computed
+without storing a probe per frame, as one step of the subspace (orthogonal)
+iteration of the set of updated probes, accumulated frame by frame:
 
-    w_f <- w_f + g c
-    U_k <- U_k + conj(w_fk) r / sum_j |w_fj|^2         (w_f before its change)
+1. frame ``f`` is given its probe ``P_f = sum_k w_fk U_k``; the PIE step
+   (object and probe update, :mod:`ptycli.engines.pie_step`) turns it into
+   the frame's target ``T_f``;
+2. the frame's new weights are the projections of its target on the
+   eigen-probes of the start of the sweep (orthogonal, ``V_k``):
+   ``w'_fk = <V_k, T_f> / <V_k, V_k>``; the sweep accumulates
+   ``G = sum_f conj(w'_f)^T w'_f`` (K x K) and ``B_k = sum_f conj(w'_fk) T_f``;
+3. so that later frames of the same sweep profit at once (as ePIE's shared
+   probe does), the change ``dP = T_f - P_f`` is spread over the working
+   eigen-probes, each taking a part in proportion to its power in this
+   frame, ``U_k += |U_k|^2 conj(w_fk) dP / sum_j |U_j|^2 |w_fj|^2``
+   (:func:`share_change`; the frame's own probe then moves by exactly
+   ``dP``; with one eigen-probe and weights 1 this is the PIE probe update);
+4. at the end of the sweep the weights become ``w'`` and the eigen-probes
+   the least-squares fit of all targets with them, ``U = G^-1 B``
+   (:func:`fit_eigenprobes`; ``G`` and ``B`` summed over the MPI ranks);
+   then the gauge of :func:`ptycli.core.variable_probe.reparametrize` makes
+   them orthogonal, ordered by power, for the next sweep.
 
-To first order the frame's probe is then exactly ``P_f + dP``. ``g`` is the
-weight step (1: the whole in-span change goes into the weights). With one
-eigen-probe whose weights stay 1 this is the ePIE/rPIE probe update itself.
-Over a sweep the eigen-probe changes add the frames' residuals weighted by
-their conjugate weights and the weight changes project every frame's probe
-on the eigen-probes: one step of the power (subspace) iteration of the set of
-per-frame probes, interleaved with the PIE updates, as the paper's truncated
-SVD of the per-frame probes after each iteration is, without storing a probe
-per frame. The eigen-probes other than ``U_0`` start as the first-order
-variations of the initial probe (:func:`initial_eigenprobes`: a shift along
-x and y, a change of focus, then smooth random fields) with weights 0, so the
-first iteration starts from exactly the configured probe.
+On a set of targets that does not change, steps 2 and 4 are the orthogonal
+iteration: it converges to the ``K`` strongest components of the set, i.e.
+to its truncated SVD (``tests/test_variable_probe.py`` recovers a known
+rank-3 set of probes to 1e-9). Before ``probe_update_start`` the frames use
+their probes and nothing else changes. The eigen-probes other than ``U_0``
+start as first-order variations of the initial probe and the weights as
+``(1, 0, ...)`` (:func:`ptycli.core.variable_probe.initial_eigenprobes`), so
+the first iteration starts from exactly the configured probe.
 
-Cost: per frame ``3K + 2`` passes over a frame (forming ``P_f``, the
-projections, the updates) besides the PIE step; under MPI the eigen-probes
-are averaged over the ranks like the probe (:mod:`ptycli.engines.stochastic`)
-and the gauge uses the Gram matrices of the weights summed over the ranks.
+Cost: per frame ``4K + 2`` passes over a frame (forming ``P_f``, a copy,
+the projections, the products, the shares) besides the PIE step.
 """
 
 import numpy as np
 
 from ..core.variable_probe import frame_probe, reparametrize
 
-__all__ = ["absorb", "FrameProbes", "refactor_book"]
+__all__ = ["share_change", "fit_eigenprobes", "FrameProbes", "refactor_book"]
 
-def absorb(U, w, dP, inv_norm2, weight_step=1.0, tmp=None):
-    """Split a frame's probe change ``dP`` between its weights ``w`` and the eigen-probes ``U`` (in place).
+def share_change(U, w, dP, tmp=None):
+    """Spread a frame's probe change ``dP`` over the eigen-probes ``U`` (in place); the frame's probe moves by ``dP``.
 
-    See the module docstring ("Update").
+    ``U_k += s_k dP`` with ``s_k = |U_k|^2 conj(w_k) / sum_j |U_j|^2 |w_j|^2``:
+    each eigen-probe takes a part in proportion to its power in this frame,
+    so that ``sum_k w_k U_k`` changes by exactly ``dP`` (see the module docstring).
+    """
+    K = len(w)
+    n2 = np.array([np.vdot(U[k], U[k]).real for k in range(K)], dtype=np.float64)
+    share = n2 * np.conj(np.asarray(w, dtype=np.complex128))
+    s = float(np.sum(n2 * np.abs(w) ** 2))
+    if not s > 0:
+        return
+    if tmp is None:
+        tmp = np.empty_like(dP)
+    ct = U.dtype.type
+    for k in range(K):
+        if share[k] != 0:
+            np.multiply(dP, ct(share[k] / s), out=tmp)
+            U[k] += tmp
+
+
+def fit_eigenprobes(gram, products, reduce=None):
+    """The least-squares eigen-probes for given weights: ``U = G^-1 B``.
 
     Parameters
     ----------
-    U : ndarray (K, H, W) complex
-        Eigen-probes (updated in place).
-    w : ndarray (K,) complex128
-        The frame's weights (updated in place).
-    dP : ndarray (H, W) complex
-        Change of the frame's probe; overwritten with the residual ``r``.
-    inv_norm2 : ndarray (K,) float
-        ``1 / <U_k, U_k>`` (0 for an empty eigen-probe).
-    weight_step : float
-        ``g`` in [0, 1].
+    gram : ndarray (K, K) complex128
+        ``G = sum_f conj(w_f)^T w_f`` over this process's frames.
+    products : ndarray (K, H, W) complex
+        ``B_k = sum_f conj(w_fk) T_f`` (the targets ``T_f``).
+    reduce : callable, optional
+        Sums an array over the MPI ranks in place (None: one process).
 
     Returns
     -------
-    ndarray (K,) complex128
-        The projections ``c``.
+    ndarray (K, H, W) complex128
+        Minimises ``sum_f |T_f - sum_k w_fk U_k|^2`` (a pseudo-inverse where ``G`` is singular).
     """
-    K = len(w)
-    c = np.array([np.vdot(U[k], dP) for k in range(K)], dtype=np.complex128) * inv_norm2
-    w_old = w.copy()
-    s = float(np.vdot(w_old, w_old).real)
-    ct = U.dtype.type
-    if weight_step > 0:
-        if tmp is None:
-            tmp = np.empty_like(dP)
-        for k in range(K):
-            if c[k] != 0:
-                np.multiply(U[k], ct(weight_step * c[k]), out=tmp)
-                dP -= tmp
-        w += weight_step * c
-    if s > 0:
-        if tmp is None:
-            tmp = np.empty_like(dP)
-        for k in range(K):
-            if w_old[k] != 0:
-                np.multiply(dP, ct(np.conj(w_old[k]) / s), out=tmp)
-                U[k] += tmp
-    return c
+    if reduce is not None:
+        reduce(gram)
+        reduce(products)
+    K = gram.shape[0]
+    flat = products.reshape(K, -1).astype(np.complex128)
+    U = np.linalg.pinv(gram, rcond=1e-12, hermitian=True) @ flat
+    return U.reshape(products.shape)
 
 
 class FrameProbes:
@@ -95,8 +105,6 @@ class FrameProbes:
     ----------
     group : PodGroup
         A group whose probe storage holds the eigen-probes and whose scan model holds ``probe_weights``.
-    weight_step : float
-        ``g`` of :func:`absorb`.
 
     Attributes
     ----------
@@ -104,34 +112,67 @@ class FrameProbes:
         The current frame's probe (what the frame kernel updates).
     """
 
-    def __init__(self, group, weight_step=1.0):
+    def __init__(self, group):
         self.group = group
         self.weights = group.probe_weights          # live (n_local, K) complex128
         self.rows = np.asarray(group.frame_di, dtype=np.int64)  # weight row of each group frame
-        self.weight_step = float(weight_step)
         H, W = group.shape
+        K = self.weights.shape[1]
         self.probe = np.empty((1, H, W), dtype=group.ctype)
         self.before = np.empty((H, W), dtype=group.ctype)
         self.tmp = np.empty((H, W), dtype=group.ctype)
-        self.U = None
-        self.inv_norm2 = None
+        self.products = np.zeros((K, H, W), dtype=group.ctype)
+        self.gram = np.zeros((K, K), dtype=np.complex128)
+        self.new_weights = np.array(self.weights, copy=True)
+        self.U = self.V = self.inv_norm2 = None
+        self.fed = 0
 
     def begin(self, U):
         """Start a sweep on the working eigen-probes ``U`` (K, H, W) (the probe storage or its folded copy)."""
         self.U = U
+        self.V = np.array(U, copy=True)  # the basis of the projections: the eigen-probes at the start
         n2 = np.array([float(np.vdot(U[k], U[k]).real) for k in range(U.shape[0])])
         self.inv_norm2 = np.where(n2 > 0, 1.0 / np.where(n2 > 0, n2, 1.0), 0.0)
+        self.products[...] = 0
+        self.gram[...] = 0
+        self.new_weights[...] = self.weights
+        self.fed = 0
 
     def load(self, f):
-        """The probe of group frame ``f`` in :attr:`probe` (returned); a copy kept for :meth:`absorb`."""
+        """The probe of group frame ``f`` in :attr:`probe` (returned); a copy kept for :meth:`feed`."""
         frame_probe(self.U, self.weights[self.rows[f]], self.probe[0], self.tmp)
         self.before[...] = self.probe[0]
         return self.probe
 
-    def absorb(self, f):
-        """Feed the kernel's change of :attr:`probe` into the weights of frame ``f`` and the eigen-probes."""
-        dP = np.subtract(self.probe[0], self.before, out=self.before)
-        absorb(self.U, self.weights[self.rows[f]], dP, self.inv_norm2, self.weight_step, self.tmp)
+    def feed(self, f):
+        """The kernel has updated :attr:`probe` of frame ``f``: take it as the frame's target.
+
+        Its projections on the eigen-probes of the start of the sweep are
+        the frame's new weights; it adds to the products of the fit; its
+        change is spread over the eigen-probes the next frames see.
+        """
+        T = self.probe[0]
+        V = self.V
+        K = V.shape[0]
+        w = np.array([np.vdot(V[k], T) for k in range(K)], dtype=np.complex128) * self.inv_norm2
+        self.new_weights[self.rows[f]] = w
+        self.gram += np.outer(np.conj(w), w)
+        ct = self.products.dtype.type
+        for k in range(K):
+            np.multiply(T, ct(np.conj(w[k])), out=self.tmp)
+            self.products[k] += self.tmp
+        dP = np.subtract(T, self.before, out=self.before)
+        share_change(self.U, self.weights[self.rows[f]], dP, self.tmp)
+        self.fed += 1
+
+    def finish(self, reduce=None):
+        """End of a sweep that updated the probe: new weights and the least-squares eigen-probes (collective).
+
+        The working eigen-probes (:meth:`begin`) are replaced by the fit of
+        every frame's target with its new weights (:func:`fit_eigenprobes`).
+        """
+        self.weights[...] = self.new_weights
+        self.U[...] = fit_eigenprobes(self.gram, self.products, reduce).astype(self.U.dtype)
 
 
 def refactor_book(book, reduce=None):

@@ -62,6 +62,8 @@ def storage_entry(S, data=True):
     if getattr(S, "slices", 1) > 1:  # a multislice object (layers = slices)
         out["slices"] = int(S.slices)
         out["slice_distance"] = float(S.slice_distance)
+    if getattr(S, "variable_modes", 0) > 0:  # a variable probe (layers = eigen-probes)
+        out["variable_modes"] = int(S.variable_modes)
     return out
 
 
@@ -120,11 +122,16 @@ def collect_model(P, with_exit=True):
     }
     for label, model in P.scans.items():
         idx, initial, final, attrs = _scan_entry(model)
+        weights = getattr(model, "probe_weights", None)
+        rows = (idx, initial, final) if weights is None else (idx, initial, final, np.array(weights, copy=True))
         if parallel.size > 1:
-            parts = parallel.gather((idx, initial, final))
+            parts = parallel.gather(rows)
             if parallel.master:
-                idx, initial, final = _gather_rows(parts)
+                rows = _gather_rows(parts)
+        idx, initial, final = rows[:3]
         snap["scans"][label] = dict(attrs, indices=idx, positions=final, positions_initial=initial)
+        if weights is not None:
+            snap["scans"][label]["probe_weights"] = rows[3]
         if getattr(model, "background", None) is not None:  # the same on every rank
             snap["scans"][label]["background"] = np.array(model.background, copy=True)
     exits = {}
@@ -192,6 +199,26 @@ def restore_model(P, rec):
         if moved:
             for S in P.obj.S.values():
                 S.update_views()
+    # a variable probe's weights (by global frame index)
+    for label, model in P.scans.items():
+        W = getattr(model, "probe_weights", None)
+        sc = rec.scans.get(label) or {}
+        saved = sc.get("probe_weights")
+        if W is None:
+            continue
+        if saved is None or sc.get("indices") is None or np.ndim(saved) != 2 or np.shape(saved)[1] != W.shape[1] \
+                or not np.all(np.isfinite(saved)):
+            raise DataError("%s: scan %s has no probe weights for %d eigen-probes in the checkpoint (or they are "
+                            "damaged)" % (path, label, W.shape[1]),
+                            hint="resume with the configuration (illumination.variable_modes) that wrote it",
+                            validation=True)
+        where = {int(i): k for k, i in enumerate(sc["indices"])}
+        for f, g in enumerate(model.data.indices):
+            k = where.get(int(g))
+            if k is None:
+                raise DataError("%s: frame %d of scan %s is not in the checkpoint" % (path, int(g), label),
+                                validation=True)
+            W[f] = saved[k]
     # fitted backgrounds (a file without one: the model's start value stays)
     for label, model in P.scans.items():
         B = getattr(model, "background", None)

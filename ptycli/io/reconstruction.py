@@ -20,12 +20,18 @@ Layout (format version 1)
                                         the slices in beam order (the probe's plane is slice 0's),
                                         axes='slice,y,x', attrs slices, slice_distance [m]
     /reconstruction/probe/<storageID>   (modes, rows, cols) complex: probe modes; same attrs
+                                        a variable probe (illumination.variable_modes: K): the K
+                                        eigen-probes, strongest first, axes='eigenprobe,y,x',
+                                        attr variable_modes (ptycli.core.variable_probe)
     /scans/<label>/positions            (N, 2) float64 final scan positions (y, x), units='m'
     /scans/<label>/positions_initial    (N, 2) float64 positions before refinement, units='m'
     /scans/<label>/indices              (N,) int64 global frame indices of the rows above
     /scans/<label>/background           (rows, cols) float: the fitted incoherent background, counts per
                                         detector pixel and frame (only with scans.<label>.background:
                                         true; ptycli.core.background), attr units
+    /scans/<label>/probe_weights        (N, K) complex128: a variable probe's weights, frame N's probe
+                                        is sum_k w[N, k] eigenprobe_k (rows as indices; only with
+                                        illumination.variable_modes: K > 0)
     /scans/<label>                      attrs: energy (keV), distance (m), detector_psize (2,) [m],
                                                resolution (2,) [m: sample pixel], shape (2,) [pixel],
                                                num_frames, propagation, loader, source,
@@ -152,8 +158,11 @@ def _write_storages(group, storages):
             "center": np.asarray(s.get("center", (0.0, 0.0)), dtype=np.float64),
             "origin": np.asarray(s.get("origin", (0.0, 0.0)), dtype=np.float64),
             "units": "m",
-            "axes": "slice,y,x" if s.get("slices", 1) > 1 else "layer,y,x",
+            "axes": "slice,y,x" if s.get("slices", 1) > 1 else
+                    "eigenprobe,y,x" if s.get("variable_modes", 0) > 0 else "layer,y,x",
         })
+        if s.get("variable_modes", 0) > 0:
+            set_attrs(ds, {"variable_modes": int(s["variable_modes"])})
         if s.get("slices", 1) > 1:
             set_attrs(ds, {"slices": int(s["slices"]), "slice_distance": float(s["slice_distance"])})
 
@@ -206,8 +215,13 @@ def write_reconstruction(path, snap, kind="result"):
                     ds = g.create_dataset("background", data=np.asarray(sc["background"]))
                     set_attrs(ds, {"units": "counts per pixel and frame", "axes": "y,x",
                                    "description": "fitted incoherent background, the same in every frame"})
+                if sc.get("probe_weights") is not None:
+                    ds = g.create_dataset("probe_weights", data=np.asarray(sc["probe_weights"], dtype=np.complex128))
+                    set_attrs(ds, {"axes": "frame,eigenprobe",
+                                   "description": "weights of the eigen-probes in each frame's probe (rows as indices)"})
                 set_attrs(g, {k: v for k, v in sc.items()
-                               if k not in ("positions", "positions_initial", "indices", "background")})
+                               if k not in ("positions", "positions_initial", "indices", "background",
+                                            "probe_weights")})
 
             write_history(f, snap.get("history"))
             write_health(f, snap.get("history"))
@@ -255,7 +269,7 @@ class Reconstruction:
     #: {storageID: {'psize': (2,), 'center': (2,), 'origin': (2,)}}
     object_meta: dict
     probe_meta: dict
-    #: {scan label: {'positions', 'positions_initial', 'indices', ('background',) attrs...}}
+    #: {scan label: {'positions', 'positions_initial', 'indices', ('background', 'probe_weights') attrs...}}
     scans: dict
     #: list of per-iteration dicts
     history: list
@@ -312,6 +326,8 @@ def _storages(group):
         meta[sid] = {k: np.asarray(a[k], dtype=np.float64) for k in ("psize", "center", "origin") if k in a}
         if int(a.get("slices", 1)) > 1:
             meta[sid].update(slices=int(a["slices"]), slice_distance=float(a["slice_distance"]))
+        if int(a.get("variable_modes", 0)) > 0:
+            meta[sid]["variable_modes"] = int(a["variable_modes"])
     return arrays, meta
 
 
@@ -349,7 +365,7 @@ def load_reconstruction(path, with_state=True):
         scans = {}
         for label, g in (f.get("scans") or {}).items():
             sc = get_attrs(g)
-            for key in ("positions", "positions_initial", "indices", "background"):
+            for key in ("positions", "positions_initial", "indices", "background", "probe_weights"):
                 if key in g:
                     sc[key] = g[key][()]
             scans[label] = sc

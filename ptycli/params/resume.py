@@ -17,7 +17,7 @@ __all__ = ["RESUME_KEYS", "check_resume"]
 #: serves only a configuration that agrees with the one that wrote it on these.
 RESUME_KEYS = ("name", "propagation", "data.name", "data.shape", "data.rebin", "data.num_frames",
                "data.orientation", "coherence.num_probe_modes", "coherence.num_object_modes",
-               "probe_share", "object_share", "sample.slices")
+               "probe_share", "object_share", "sample.slices", "illumination.variable_modes")
 
 
 def check_resume(p, saved, where="--resume", probes=None):
@@ -50,6 +50,8 @@ def check_resume(p, saved, where="--resume", probes=None):
             a, b = to_plain(old.get(key)), to_plain(scan.get(key))
             if key == "sample.slices" and a is None:
                 a = 1  # written before multislice objects existed
+            if key == "illumination.variable_modes" and a is None:
+                a = 0  # written before variable probes existed
             if key in ("propagation", "data.shape", "data.num_frames", "data.orientation") and (a is None or b is None):
                 continue
             if isinstance(a, (int, float)) and not isinstance(a, bool):

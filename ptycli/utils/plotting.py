@@ -319,11 +319,14 @@ def plot_reconstruction(rec, path, dpi=110, max_modes=4, title=None):
     pixels = _nominal_pixels(rec)
     # one probe of one mode shares the last row with the error curves (the usual case)
     shared = len(probes) == 1 and probes[0][1].shape[0] == 1
-    heights = [1.0] * (len(objects) + len(probes) - shared) + [1.0 if shared else 0.8]
+    weights = [(label, sc) for label, sc in (rec.scans or {}).items() if sc.get("probe_weights") is not None]
+    heights = [1.0] * (len(objects) + len(probes) - shared) + [0.8] * len(weights) + [1.0 if shared else 0.8]
     fig = Figure(figsize=(11.0, 3.3 * sum(heights)), layout="constrained")
     rows = list(np.atleast_1d(fig.subfigures(len(heights), 1, height_ratios=heights)))
     if shared:
         rows[-1:] = list(rows[-1].subfigures(1, 2, width_ratios=[1.3, 2.0]))
+        if weights:  # the probe row comes before the weights
+            rows = rows[:-len(weights) - 2] + [rows[-2]] + rows[-len(weights) - 2:-2] + [rows[-1]]
     r = 0
     for sid, obj, tag in objects:
         meta = dict(rec.object_meta.get(sid, {}))
@@ -380,9 +383,13 @@ def plot_reconstruction(rec, path, dpi=110, max_modes=4, title=None):
             else:
                 extent, unit = _extent(probe.shape[-2:], meta.get("psize"), meta.get("center"))
             _image(rows[r], axes[k], complex2rgb(probe[k]),
-                   "probe %s mode %d (%.0f%% of the power)" % (sid, k + 1, 100.0 * power[k] / total), extent, unit,
-                   colorbar=False)
+                   "probe %s %s %d (%.0f%% of the power)" % (
+                       sid, "eigen-probe" if meta.get("variable_modes") else "mode", k + 1,
+                       100.0 * power[k] / total), extent, unit, colorbar=False)
         _colour_wheel(axes[nmodes])
+        r += 1
+    for label, sc in weights:
+        _weights_axis(rows[r].subplots(1, 1), label, sc)
         r += 1
     _errors_axis(rows[r].subplots(1, 1), rec.history, rec.engines)
     fig.suptitle(title or "%s: %d iterations (%s)" % (
@@ -390,6 +397,21 @@ def plot_reconstruction(rec, path, dpi=110, max_modes=4, title=None):
         ", ".join("%s %s" % (e["label"], e.get("iterations", "")) for e in rec.engines) or "no engines"),
         fontsize=10)
     return _save(fig, Canvas, path, dpi)
+
+
+def _weights_axis(ax, label, sc):
+    """A variable probe's weights against the frame index: ``|w_k|`` (solid) and ``Re w_k`` (dotted) per eigen-probe."""
+    W = np.asarray(sc["probe_weights"])
+    idx = np.asarray(sc.get("indices") if sc.get("indices") is not None else np.arange(len(W)))
+    order = np.argsort(idx, kind="stable")
+    for k in range(W.shape[1]):
+        line, = ax.plot(idx[order], np.abs(W[order, k]), "-", lw=1.0, label="|w%d|" % (k + 1))
+        ax.plot(idx[order], W[order, k].real, ":", lw=0.8, color=line.get_color())
+    ax.set_xlabel("frame", fontsize=8)
+    ax.set_ylabel("weight", fontsize=8)
+    ax.set_title("scan %s: weights of the eigen-probes per frame (solid |w|, dotted Re w)" % label, fontsize=9)
+    ax.legend(fontsize=7, ncol=min(W.shape[1], 8))
+    ax.tick_params(labelsize=7)
 
 
 def plot_data(data, path, dpi=110, title=None):
