@@ -166,3 +166,93 @@ def test_share_change_moves_the_frame_by_dP():
     V = np.ones((1, 8, 8), complex)
     share_change(V, np.array([1.0 + 0j]), dP.copy())
     np.testing.assert_allclose(V[0], 1.0 + dP, atol=1e-12)
+
+
+# -- the model, the result file, resume -----------------------------------------------------------------
+
+_RUN = """
+verbose_level: error
+scans:
+  MF:
+    data: {name: MoonFlowerScan, shape: 32, num_frames: 30, photons: 1.0e7, seed: 5}
+    illumination: {variable_modes: 2}
+engines:
+  e: {name: ePIE, numiter: 4, probe_update_start: 1}
+"""
+
+
+def test_model_starts_from_the_configured_probe(tmp_path):
+    """Eigen-probes as probe layers (the first = the configured probe), weights (1, 0) per frame; DM refuses."""
+    from ptycli.core.ptycho import Ptycho
+    from ptycli.engines import make_engine
+    from ptycli.params.yamlio import load_config_text
+
+    p = load_config_text(_RUN)
+    P = Ptycho(p, level=2)
+    S = P.probe.S["SMF"]
+    model = P.scans["MF"]
+    assert S.data.shape == (2, 32, 32) and S.variable_modes == 2
+    p0 = load_config_text(_RUN.replace("variable_modes: 2", "variable_modes: 0"))
+    single = Ptycho(p0, level=2).probe.S["SMF"].data
+    np.testing.assert_array_equal(S.data[0], single[0])
+    assert abs(np.vdot(S.data[0], S.data[1])) < 1e-4 * np.vdot(S.data[0], S.data[0]).real
+    assert model.probe_weights.shape == (30, 2)
+    np.testing.assert_array_equal(model.probe_weights, np.tile([1.0, 0.0], (30, 1)))
+    with pytest.raises(ConfigError, match="DM does not reconstruct a variable probe"):
+        make_engine(P, {"name": "DM", "numiter": 1}).initialize()
+
+
+def test_result_file_inspect_and_resume(tmp_path):
+    """The result holds the eigen-probes and the weights; inspect names them; a resumed run ends exactly as an
+    uninterrupted one (weights read back); another number of eigen-probes is refused."""
+    from ptycli.io import load_reconstruction
+
+    from cli_helpers import invoke
+    from reliability_helpers import assert_clean_error, reconstruct_text
+
+    res, out = reconstruct_text(tmp_path, _RUN)
+    assert res.exit_code == 0, res.stderr
+    rec = load_reconstruction(out)
+    W = rec.scans["MF"]["probe_weights"]
+    assert W.shape == (30, 2) and rec.probes["SMF"].shape == (2, 32, 32)
+    assert rec.probe_meta["SMF"]["variable_modes"] == 2
+    np.testing.assert_allclose(W.conj().T @ W / 30, np.eye(2), atol=1e-6)   # the gauge: columns of mean power 1
+    assert np.std(np.abs(W[:, 1])) > 0                                         # the frames' probes differ
+    shown = invoke("inspect", out).stdout
+    assert "2 eigen-probes" in shown and "30 frames x 2 eigen-probes" in shown
+    # resume: 4 + 2 iterations; the weights were read back (a run from scratch would restart them)
+    res = invoke("reconstruct", tmp_path / "run.yaml", "-o", tmp_path / "more.h5", "--resume", out,
+                 "--set", "engines.e.numiter=6")
+    assert res.exit_code == 0, res.stderr
+    more = load_reconstruction(tmp_path / "more.h5")
+    assert more.total_iterations == 6
+    straight = tmp_path / "straight.h5"
+    assert invoke("reconstruct", tmp_path / "run.yaml", "-o", straight, "--set", "engines.e.numiter=6").exit_code == 0
+    a = load_reconstruction(straight)
+    np.testing.assert_array_equal(more.scans["MF"]["probe_weights"], a.scans["MF"]["probe_weights"])
+    np.testing.assert_array_equal(more.probe, a.probe)
+    np.testing.assert_array_equal(more.object, a.object)
+    res = invoke("reconstruct", tmp_path / "run.yaml", "-o", tmp_path / "bad.h5", "--resume", out,
+                 "--set", "scans.MF.illumination.variable_modes=3")
+    assert_clean_error(res, 2, "variable_modes is 2 in the checkpoint but 3")
+
+
+@pytest.mark.slow
+def test_plot_draws_the_weights(tmp_path):
+    """``ptycli plot`` of a variable-probe result adds a row: the weights against the frame index."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    from cli_helpers import invoke
+    from reliability_helpers import reconstruct_text
+
+    res, out = reconstruct_text(tmp_path, _RUN.replace("variable_modes: 2", "variable_modes: 1"))
+    assert res.exit_code == 0, res.stderr
+    assert invoke("plot", out, "-o", tmp_path / "var.png").exit_code == 0
+    one = tmp_path / "one"
+    one.mkdir()
+    res, out1 = reconstruct_text(one, _RUN.replace("variable_modes: 2", "variable_modes: 0"))
+    assert res.exit_code == 0, res.stderr
+    assert invoke("plot", out1, "-o", one / "fixed.png").exit_code == 0
+    hv, h1 = imread(tmp_path / "var.png").shape[0], imread(one / "fixed.png").shape[0]
+    assert hv > 1.15 * h1, (hv, h1)
