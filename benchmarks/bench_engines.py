@@ -29,6 +29,7 @@ Usage::
     python benchmarks/bench_engines.py --cases 400x128 --engines DM --iterations 10
     python benchmarks/bench_engines.py --kernels numpy   # the engines' numpy paths (before numba)
     python benchmarks/bench_engines.py --background      # the scan fits an incoherent background
+    python benchmarks/bench_engines.py --engines ePIE --variable-modes 3   # a variable probe (OPR)
 
 ``--kernels`` sets the engines' ``kernels`` parameter (default ``auto``:
 the compiled numba kernels where installed). Scratch arrays that the
@@ -59,7 +60,7 @@ FULL = [(400, 128), (1000, 256)]
 QUICK = [(200, 64), (400, 128)]
 
 
-def build(frames, shape, modes=1, background=False):
+def build(frames, shape, modes=1, background=False, variable_modes=0):
     p = Param()
     p["verbose_level"] = "warning"
     p["scans.MF.data.name"] = "MoonFlowerScan"
@@ -69,6 +70,8 @@ def build(frames, shape, modes=1, background=False):
         p["scans.MF.coherence.num_probe_modes"] = modes
     if background:
         p["scans.MF.background"] = True
+    if variable_modes:
+        p["scans.MF.illumination.variable_modes"] = variable_modes
     return Ptycho(p, level=2)
 
 
@@ -231,6 +234,8 @@ def main(argv=None):
     ap.add_argument("--no-memory", action="store_true", help="skip the tracemalloc run")
     ap.add_argument("--background", action="store_true",
                     help="the scan fits an incoherent background (scans.MF.background: true)")
+    ap.add_argument("--variable-modes", type=int, default=0,
+                    help="eigen-probes of a variable probe (illumination.variable_modes; ePIE, rPIE)")
     ap.add_argument("--kernels", default="auto", choices=("auto", "compiled", "numpy"),
                     help="the engines' kernels parameter (default auto)")
     args = ap.parse_args(argv)
@@ -254,7 +259,7 @@ def main(argv=None):
         "case", "engine", "ms/it", "fft ms", "ratio", "cpu ms", "fft cpu", "ratio", "mem", "us/frame", "rounds"))
     for frames, shape in cases:
         t0 = time.perf_counter()
-        P = build(frames, shape, args.modes, args.background)
+        P = build(frames, shape, args.modes, args.background, args.variable_modes)
         nframes = P.diff.S["SMF"].data.shape[0]
         build_s = time.perf_counter() - t0
         snap = snapshot(P)

@@ -17,10 +17,14 @@ Physics and conventions
       P_t = a_t * shift(propagate(P, dz_t), s_t)
 
   with the flux factor ``a_t = 1 + amp_drift sin(2 pi 1.3 t / T)``, a shift
-  ``s_t`` of the beam along x from ``-shift_px`` to ``+shift_px`` (linear in
-  time, sub-pixel: a Fourier phase ramp) and a defocus ``dz_t`` from
-  ``-defocus`` to ``+defocus`` depths of field (angular spectrum, following
-  a half cosine in time). ``P`` is a structured probe: a soft round aperture
+  ``s_t`` of the beam along x between ``-shift_px`` and ``+shift_px``
+  (sub-pixel: a Fourier phase ramp) and a defocus ``dz_t`` between
+  ``-defocus`` and ``+defocus`` depths of field (angular spectrum). With
+  ``cycles = 0`` the shift is a linear ramp over the scan and the defocus a
+  half cosine (a slow drift); with ``cycles = c > 0`` the shift follows
+  ``sin(2 pi c t / T)`` and the defocus ``cos(2 pi 0.7 c t / T)`` (the beam
+  wanders back and forth, as with vibrating optics or a periodic
+  thermal load). ``P`` is a structured probe: a soft round aperture
   times a smooth random phase screen, propagated a little (a diffuser).
 * The detector records ``|FT(P_t O_t exp(i pi r**2 / (lam z)))|**2`` with
   ``O_t`` the object window of the frame (Fresnel far field, ``r`` from the
@@ -74,6 +78,8 @@ class Spec:
         Beam drift along x: from ``-shift_px`` to ``+shift_px`` pixels over the scan.
     defocus_dof : float
         Defocus drift: from ``-defocus_dof`` to ``+defocus_dof`` depths of field (``2 dx**2 / lam``).
+    cycles : float
+        0: a slow drift over the scan; c > 0: beam position and focus wander back and forth c times.
     photons : float or None
         Mean photons per frame (Poisson noise); None: noiseless.
     seed : int
@@ -94,6 +100,7 @@ class Spec:
     amp_drift: float = 0.3
     shift_px: float = 2.0
     defocus_dof: float = 20.0
+    cycles: float = 0.0
     photons: float = None
     seed: int = 3
 
@@ -154,9 +161,13 @@ def drifting_probes(base, times, spec, lam, dx):
     T = float(max(len(times) - 1, 1))
     tt = np.asarray(times, float) / T                       # 0 .. 1 over the scan
     amplitude = 1.0 + spec.amp_drift * np.sin(2 * np.pi * 1.3 * tt)
-    shift = spec.shift_px * (2.0 * tt - 1.0)
     dof = 2.0 * dx * dx / lam
-    defocus = -spec.defocus_dof * dof * np.cos(np.pi * tt)
+    if spec.cycles > 0:
+        shift = spec.shift_px * np.sin(2 * np.pi * spec.cycles * tt)
+        defocus = spec.defocus_dof * dof * np.cos(2 * np.pi * 0.7 * spec.cycles * tt)
+    else:
+        shift = spec.shift_px * (2.0 * tt - 1.0)
+        defocus = -spec.defocus_dof * dof * np.cos(np.pi * tt)
     probes = np.empty((len(tt),) + base.shape, dtype=complex)
     for i in range(len(tt)):
         p = angular_spectrum(base, lam, dx, defocus[i])

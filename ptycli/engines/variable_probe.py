@@ -112,8 +112,6 @@ class FrameProbes:
         The current frame's probe (what the frame kernel updates).
     """
 
-    SHARE = True
-
     def __init__(self, group):
         self.group = group
         self.weights = group.probe_weights          # live (n_local, K) complex128
@@ -163,9 +161,8 @@ class FrameProbes:
         for k in range(K):
             np.multiply(T, ct(np.conj(w[k])), out=self.tmp)
             self.products[k] += self.tmp
-        if self.SHARE:
-            dP = np.subtract(T, self.before, out=self.before)
-            share_change(self.U, self.weights[self.rows[f]], dP, self.tmp)
+        dP = np.subtract(T, self.before, out=self.before)
+        share_change(self.U, self.weights[self.rows[f]], dP, self.tmp)
         self.fed += 1
 
     def finish(self, reduce=None):
