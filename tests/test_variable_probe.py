@@ -66,13 +66,13 @@ def test_engines_without_variable_probe_refuse(engine):
 
 # -- the math --------------------------------------------------------------------------------------
 
-def _drift_set(N=24, H=16, K=3, seed=0):
+def _drift_set(N=40, H=24, K=3, seed=0):
     """An exactly rank-K set of smooth probes that drift (amplitude, position, focus), and its factors."""
     from ptycli.core.variable_probe import low_rank
 
     y, x = np.mgrid[:H, :H] - H // 2
     t = np.linspace(0, 1, N)
-    T = np.array([(1 + 0.3 * np.sin(5 * ti)) * np.exp(-((x - 2 * ti) ** 2 + y ** 2) / 12.0)
+    T = np.array([(1 + 0.3 * np.sin(5 * ti)) * np.exp(-((x - 2 * ti) ** 2 + y ** 2) / 30.0)
                   * np.exp(1j * (0.02 + 0.03 * ti) * (x ** 2 + y ** 2)) for ti in t])
     U, W = low_rank(T, K)
     return np.einsum("nk,khw->nhw", W, U), U, W
@@ -256,3 +256,77 @@ def test_plot_draws_the_weights(tmp_path):
     assert invoke("plot", out1, "-o", one / "fixed.png").exit_code == 0
     hv, h1 = imread(tmp_path / "var.png").shape[0], imread(one / "fixed.png").shape[0]
     assert hv > 1.15 * h1, (hv, h1)
+
+
+@pytest.mark.mpi
+def test_two_ranks_keep_the_eigenprobes_equal(tmp_path):
+    """Under mpirun (2 ranks) ePIE/rPIE with a variable probe keep probe and object equal on every rank and
+    communicate only numpy buffers (the gauge's and the fit's sums)."""
+    import json
+
+    import mpi_helpers as mh
+
+    reason = mh.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(_RUN)
+    res = mh.run([mh.__file__, "engines", cfg, "ePIE:4", "rPIE:3"], nprocs=2, timeout=120)
+    assert res.returncode == 0, res.describe()
+    report = json.loads(res.stdout)
+    for name, info in report["engines"].items():
+        assert info["replicas_equal"] and info["frames_per_rank"] == [15, 15], name
+        assert all(it["object_calls"] == 0 for it in info["iterations"]), name
+
+
+# -- ground truth: a fly scan whose probe drifts ------------------------------------------------------------
+
+@pytest.mark.slow
+def test_fly_scan_variable_probe_beats_one_probe(tmp_path):
+    """Issue 16: the simulated fly scan (flux +-30 %, beam +-2 px, defocus +-20 depths of field; 3 eigen-modes
+    describe every true probe at >= 0.99), ePIE 200 from the data-driven probe guess.
+
+    Measured (seed 3, 1e6 photons per frame): with 3 eigen-probes the frames' probes correlate at 0.953
+    (median; worst 0.788) and the object at 0.988; one shared probe 0.827 (worst 0.706) and 0.969. The
+    issue's goal, every frame >= 0.95, is met only from a start near the truth
+    (:func:`test_true_per_frame_probes_are_kept`): from the guess the frames at the far end of the drift
+    stay at 0.79 (the object takes up part of the slow drift; see the report of branch r16-opr).
+    """
+    import validate_opr as vo
+
+    engines = {"e": {"name": "ePIE", "numiter": 200}}
+    r = vo.run_case(sf.Spec(photons=1e6), str(tmp_path), engines, modes=3)
+    v, s = r["variable"], r["single"]
+    assert v["object"] >= 0.98 and v["object"] > s["object"] + 0.01, (v["object"], s["object"])
+    assert np.median(v["probe"]) >= 0.94 and np.median(v["probe"]) > np.median(s["probe"]) + 0.08
+    assert v["probe"].min() > s["probe"].min() + 0.05
+    assert v["fourier_error"] < 0.5 * s["fourier_error"]
+    # the weights follow the flux: |w_0| correlates with the true amplitude factor
+    a = np.abs(v["weights"][:, 0])
+    assert np.corrcoef(a, r["truth"]["amplitude"])[0, 1] > 0.8
+
+
+@pytest.mark.slow
+def test_true_per_frame_probes_are_kept(tmp_path):
+    """Started from the true eigen-probes and weights (the truncated SVD of the true probes) and a flat object,
+    ePIE 30 keeps every frame's probe at >= 0.95 (measured 0.985) and recovers the object (>= 0.99)."""
+    import validate_opr as vo
+    from ptycli.core.ptycho import Ptycho
+    from ptycli.core.variable_probe import low_rank
+    from ptycli.engines import make_engine
+    from ptycli.quality import object_vs_truth
+
+    spec = sf.Spec(photons=1e6)
+    truth = sf.simulate(spec, tmp_path / "scan.npz")
+    P = Ptycho(vo.config(str(tmp_path), spec, 3, {}), level=2)
+    U, W = low_rank(truth["probes"], 3)
+    P.probe.S["Sfly"].data[...] = U
+    P.scans["fly"].probe_weights[...] = W
+    e = make_engine(P, {"name": "ePIE", "numiter": 30})
+    e.initialize()
+    e.iterate(30)
+    e.finalize()
+    scores = vo.probe_scores(vo.frame_probes(P), truth["probes"])
+    assert scores.min() >= 0.95, np.sort(scores)[:5]
+    obj = object_vs_truth(P, dict(object=truth["object"], object_center=truth["object_center"]))
+    assert obj["correlation"] >= 0.99, obj
