@@ -3,7 +3,8 @@
 Simulates a fly scan whose probe drifts (flux, beam position, defocus;
 ``sim_flyscan.py``, an independent simulator), reconstructs it with a variable
 probe of ``K`` eigen-probes and with one shared probe (``variable_modes: 0``)
-from the same start, and prints per reconstruction: the correlation of each
+from the same start (one probe also in the alternating order the variable
+probe uses), and prints per reconstruction: the correlation of each
 frame's reconstructed probe with its true probe (worst frame, median;
 :func:`probe_scores`), the object's correlation with the true object
 (:func:`ptycli.quality.object_vs_truth`), the final Fourier error and the time.
@@ -57,9 +58,11 @@ def probe_scores(rec, truth):
     return np.array([align_and_compare(rec[i], truth[i])["correlation"] for i in range(len(truth))])
 
 
-def run_case(spec, folder, engines, modes=3, probe="auto"):
+def run_case(spec, folder, engines, modes=3, probe="auto", single_alternate=False):
     """Simulate ``spec`` into ``folder``, reconstruct with ``modes`` eigen-probes and with one probe.
 
+    The engines' ``order`` is theirs (``auto``: alternate with the variable probe, random with one probe);
+    ``single_alternate`` adds one probe visited in the alternating order too ('single_alternate').
     Returns a dict ``truth`` and, for 'variable' and 'single': ``probe`` (per-frame correlations),
     ``object`` (correlation), ``fourier_error``, ``time_s``, ``weights`` (variable only).
     """
@@ -69,9 +72,12 @@ def run_case(spec, folder, engines, modes=3, probe="auto"):
     truth = sf.simulate(spec, os.path.join(folder, "scan.npz"))
     np.save(os.path.join(folder, "mean_probe.npy"), truth["probes"].mean(axis=0))
     out = dict(truth=truth)
-    for key, k in (("variable", modes), ("single", 0)):
+    alternate = {label: dict(e, order="alternate") for label, e in engines.items()}
+    for key, k, chain in (("variable", modes, engines), ("single", 0, engines), ("single_alternate", 0, alternate)):
+        if key == "single_alternate" and not single_alternate:
+            continue
         t0 = time.perf_counter()
-        P = Ptycho(config(folder, spec, k, engines, probe), level=3)
+        P = Ptycho(config(folder, spec, k, chain, probe), level=3)
         obj = object_vs_truth(P, dict(object=truth["object"], object_center=truth["object_center"]))
         out[key] = dict(probe=probe_scores(frame_probes(P), truth["probes"]), object=obj["correlation"],
                         fourier_error=P.runtime.history[-1]["fourier_error"], time_s=time.perf_counter() - t0,
@@ -101,16 +107,17 @@ def main(argv=None):
     print("fly scan %d x %d frames, drift: flux +-%g, beam +-%g px, defocus +-%g DOF; %s photons; %s; probe %s" % (
         spec.lines, spec.per_line, spec.amp_drift, spec.shift_px, spec.defocus_dof, args.photons or "no noise",
         args.engine, args.probe))
-    print("| K | frame probes: worst / median | object | single probe: worst / median, object | "
-          "rank-K truth fidelity (worst) | time K / single (s) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| K | frame probes: worst / median | object | one probe: worst / median, object | one probe, "
+          "alternating order | rank-K truth fidelity (worst) | time K / one probe (s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for k in [int(v) for v in args.modes.split(",")]:
         with tempfile.TemporaryDirectory() as folder:
-            r = run_case(spec, folder, _engines(args.engine), k, args.probe)
-        v, s = r["variable"], r["single"]
-        print("| %d | %.3f / %.3f | %.3f | %.3f / %.3f, %.3f | %.4f | %.1f / %.1f |" % (
+            r = run_case(spec, folder, _engines(args.engine), k, args.probe, single_alternate=True)
+        v, s, a = r["variable"], r["single"], r["single_alternate"]
+        print("| %d | %.3f / %.3f | %.3f | %.3f / %.3f, %.3f | %.3f / %.3f, %.3f | %.4f | %.1f / %.1f |" % (
             k, v["probe"].min(), np.median(v["probe"]), v["object"], s["probe"].min(), np.median(s["probe"]),
-            s["object"], sf.probe_rank_fidelity(r["truth"]["probes"], k).min(), v["time_s"], s["time_s"]))
+            s["object"], a["probe"].min(), np.median(a["probe"]), a["object"],
+            sf.probe_rank_fidelity(r["truth"]["probes"], k).min(), v["time_s"], s["time_s"]))
         sys.stdout.flush()
 
 

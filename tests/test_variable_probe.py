@@ -282,28 +282,46 @@ def test_two_ranks_keep_the_eigenprobes_equal(tmp_path):
 # -- ground truth: a fly scan whose probe drifts ------------------------------------------------------------
 
 @pytest.mark.slow
-def test_fly_scan_variable_probe_beats_one_probe(tmp_path):
-    """Issue 16: the simulated fly scan (flux +-30 %, beam +-2 px, defocus +-20 depths of field; 3 eigen-modes
-    describe every true probe at >= 0.99), ePIE 200 from the data-driven probe guess.
+def test_fly_scan_every_frame_probe_recovered_where_one_probe_fails(tmp_path):
+    """Issue 16 acceptance: a simulated fly scan whose probe drifts (flux +-30 %, beam +-2 px, defocus +-20
+    depths of field; 3 eigen-modes describe every true probe at >= 0.99), ePIE 200 from the data-driven
+    probe guess with 3 eigen-probes: every frame's probe >= 0.95 and the object >= 0.95; one shared probe
+    from the same start scores clearly worse, in either visiting order.
 
-    Measured (seed 3, 1e6 photons per frame): with 3 eigen-probes the frames' probes correlate at 0.953
-    (median; worst 0.788) and the object at 0.988; one shared probe 0.827 (worst 0.706) and 0.969. The
-    issue's goal, every frame >= 0.95, is met only from a start near the truth
-    (:func:`test_true_per_frame_probes_are_kept`): from the guess the frames at the far end of the drift
-    stay at 0.79 (the object takes up part of the slow drift; see the report of branch r16-opr).
+    Measured (seed 3, 1e6 photons per frame): frames 0.971 worst / 0.988 median, object 0.999; one probe
+    0.706 / 0.827, object 0.969 (random order), 0.808 / 0.902, object 0.993 (alternating order: the
+    sequential probe follows the drift in part).
     """
     import validate_opr as vo
 
     engines = {"e": {"name": "ePIE", "numiter": 200}}
-    r = vo.run_case(sf.Spec(photons=1e6), str(tmp_path), engines, modes=3)
-    v, s = r["variable"], r["single"]
-    assert v["object"] >= 0.98 and v["object"] > s["object"] + 0.01, (v["object"], s["object"])
-    assert np.median(v["probe"]) >= 0.94 and np.median(v["probe"]) > np.median(s["probe"]) + 0.08
-    assert v["probe"].min() > s["probe"].min() + 0.05
-    assert v["fourier_error"] < 0.5 * s["fourier_error"]
+    r = vo.run_case(sf.Spec(photons=1e6), str(tmp_path), engines, modes=3, single_alternate=True)
+    v = r["variable"]
+    assert v["probe"].min() >= 0.95, np.sort(v["probe"])[:5]
+    assert v["object"] >= 0.95
+    for key in ("single", "single_alternate"):
+        s = r[key]
+        assert s["probe"].min() < v["probe"].min() - 0.15 and np.median(s["probe"]) < np.median(v["probe"]) - 0.05, key
+        assert s["object"] < v["object"] and s["fourier_error"] > 1.2 * v["fourier_error"], (
+            key, s["object"], v["object"], s["fourier_error"], v["fourier_error"])
+    assert r["single"]["object"] < v["object"] - 0.02
     # the weights follow the flux: |w_0| correlates with the true amplitude factor
-    a = np.abs(v["weights"][:, 0])
-    assert np.corrcoef(a, r["truth"]["amplitude"])[0, 1] > 0.8
+    assert np.corrcoef(np.abs(v["weights"][:, 0]), r["truth"]["amplitude"])[0, 1] > 0.9
+
+
+@pytest.mark.slow
+def test_random_order_leaves_the_far_end_of_a_drift(tmp_path):
+    """Why ``order: auto`` visits a variable probe's frames in acquisition order: in a random order the object
+    takes up part of the slow drift and the frames at its far end stay below 0.9 (measured 0.79, ePIE 200)."""
+    import validate_opr as vo
+
+    engines = {"e": {"name": "ePIE", "numiter": 100, "order": "random"}}
+    truth = sf.simulate(sf.Spec(photons=1e6), tmp_path / "scan.npz")
+    from ptycli.core.ptycho import Ptycho
+
+    P = Ptycho(vo.config(str(tmp_path), sf.Spec(photons=1e6), 3, engines), level=3)
+    scores = vo.probe_scores(vo.frame_probes(P), truth["probes"])
+    assert scores.min() < 0.9 and np.median(scores) > 0.85, (scores.min(), np.median(scores))
 
 
 @pytest.mark.slow

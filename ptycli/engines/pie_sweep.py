@@ -134,6 +134,12 @@ class PIESweep:
         self.valid = float(sum(p.group.n_frames * float(np.prod(p.group.shape)) if p.mask is None
                                else float(np.sum(p.mask, dtype=np.float64)) for p in self.plans))
 
+    def acquisition_order(self):
+        """All local frames in the order they were measured: by group, then by global frame index."""
+        keys = np.concatenate([np.asarray(p.group.diff.layermap, dtype=np.int64)[p.group.frame_di]
+                               for p in self.plans]) if self.plans else np.zeros(0, np.int64)
+        return np.lexsort((keys, self._gidx)).astype(np.int64)
+
     def fold_probes(self):
         """Working probes for a sweep: ``pre * P`` in scratch buffers for the folded storages.
 

@@ -34,11 +34,22 @@ iteration of the set of updated probes, accumulated frame by frame:
 On a set of targets that does not change, steps 2 and 4 are the orthogonal
 iteration: it converges to the ``K`` strongest components of the set, i.e.
 to its truncated SVD (``tests/test_variable_probe.py`` recovers a known
-rank-3 set of probes to 1e-9). Before ``probe_update_start`` the frames use
+rank-3 set of probes to 1e-6). Before ``probe_update_start`` the frames use
 their probes and nothing else changes. The eigen-probes other than ``U_0``
 start as first-order variations of the initial probe and the weights as
 ``(1, 0, ...)`` (:func:`ptycli.core.variable_probe.initial_eigenprobes`), so
 the first iteration starts from exactly the configured probe.
+
+Visiting order (measured, ``benchmarks/validate_opr.py``): the frames'
+probes change with time, so the PIE engines visit the frames of a scan with
+a variable probe in the order of measurement, forth and back in turn
+(``order: auto``, :mod:`ptycli.engines.stochastic`): each frame then starts
+from eigen-probes just corrected by the frames measured before it. In a
+random order, on a simulated fly scan whose beam drifts slowly over the whole
+scan, the object takes up part of the drift (every object pixel is updated by
+some twenty frames per iteration, a frame's weights by one): the frames at
+the far end of the drift stayed at a probe correlation of 0.79 (ePIE 200),
+against 0.96 or more in acquisition order.
 
 Cost: per frame ``4K + 2`` passes over a frame (forming ``P_f``, a copy,
 the projections, the products, the shares) besides the PIE step.
