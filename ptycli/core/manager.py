@@ -179,7 +179,7 @@ class ScanModel:
         # storages made up front, so views find them with the right layers
         diff = P.diff.new_storage(ID=self.sid, data=np.asarray(d.intensities, dtype=P.FType).reshape((n,) + shape),
                                   psize=G.psize, layermap=[int(i) for i in d.indices])
-        mask = P.mask.new_storage(ID=self.sid, data=np.asarray(d.mask, dtype=P.FType).reshape((n,) + shape),
+        mask = P.mask.new_storage(ID=self.sid, data=np.asarray(d.mask, dtype=np.uint8).reshape((n,) + shape),
                                   psize=G.psize, layermap=[int(i) for i in d.indices])
         # the loader's frames live on in the storage: later steps (probe guess) read them there
         # and the loader's copy is freed

@@ -94,7 +94,7 @@ class Ptycho(Base):
         self.obj = Container(self, "Cobj", data_type="complex")
         self.exit = Container(self, "Cexit", data_type="complex")
         self.diff = Container(self, "Cdiff", data_type="real")
-        self.mask = Container(self, "Cmask", data_type="real")
+        self.mask = Container(self, "Cmask", data_type=np.uint8)  # 1 valid, 0 masked: a byte per pixel
         self.level = 1
 
     @property

@@ -375,7 +375,7 @@ class CompiledProjectionPasses(ProjectionPasses):
         self.e = e = engine
         self.pool = e._pool = BlockPool(fft.get_workers())
         T = self.pool.n
-        self._no_mask = np.ones((1, 1, 1), dtype=e.ftype)
+        self._no_mask = np.ones((1, 1, 1), dtype=np.uint8)  # the mask storage's type
         # work items: one per frame block, with the block's constant index arrays
         self._items = []
         for g in e.book.groups:
