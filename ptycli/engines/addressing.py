@@ -288,7 +288,8 @@ class PodGroup:
         """
         if self._fmag is None:
             d = self.diff_frames()
-            self._fmag = np.sqrt(np.maximum(d, 0, dtype=self.ftype), dtype=self.ftype)
+            fmag = np.maximum(d, 0, dtype=self.ftype)
+            self._fmag = np.sqrt(fmag, out=fmag)  # in place: no second data-sized array
         f1 = self.n_frames if f1 is None else f1
         return self._fmag[f0:f1]
 

@@ -249,6 +249,9 @@ class Engine(ConstraintsMixin, SnapshotMixin):
     PARAMS = COMMON_PARAMS
     #: whether the engine fits the incoherent background of scans that have one (:mod:`ptycli.core.background`)
     FITS_BACKGROUND = False
+    #: whether the exit waves carry state from one iteration to the next (DM, RAAR); the others
+    #: derive them from probe x object when they finish, so their checkpoints leave them out
+    KEEPS_EXIT_WAVES = False
     #: whether the engine reconstructs multislice objects (``sample.slices > 1``); the others refuse them
     MULTISLICE = False
 

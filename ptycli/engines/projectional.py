@@ -200,6 +200,7 @@ class ProjectionEngine(Engine):
     RESET_MOVED_EXIT = True
     #: the incoherent background of a scan that has one is part of the model (:mod:`ptycli.core.background`)
     FITS_BACKGROUND = True
+    KEEPS_EXIT_WAVES = True
 
     # -- set-up ------------------------------------------------------------
     def set_coefficients(self):

@@ -105,8 +105,25 @@ class MLPasses:
         self.maxp = max([b.p1 - b.p0 for b in self.blocks] or [1])
         self.maxf = max([b.f1 - b.f0 for b in self.blocks] or [1])
         H, W = self.shape
-        self.F = fft.zeros((g.n_pods, H, W), self.ctype)
+        self.F = self._detector_buffer(g)
         self.c = np.ones(g.n_frames, self.ftype)
+
+    def _detector_buffer(self, g):
+        """The array ``F`` of every pod's detector wave: the exit storage's memory where it fits.
+
+        ML keeps no exit waves between iterations (the engine rebuilds them as
+        probe x object when it finishes, and its checkpoints leave them out:
+        ``KEEPS_EXIT_WAVES``), so in the regular layout the exit storage, of
+        exactly this shape and type, holds ``F`` while ML runs: one array as
+        large as all frames less. Otherwise an array of its own.
+        """
+        H, W = self.shape
+        ex = g.exit.data
+        if (g.regular and ex.dtype == self.ctype and ex.shape == (g.n_pods, H, W) and ex.flags.c_contiguous
+                and ex.ctypes.data % fft.ALIGNMENT == 0):
+            ex.fill(0)
+            return ex
+        return fft.zeros((g.n_pods, H, W), self.ctype)
 
     def workspace(self):
         """Scratch buffers for one thread."""
