@@ -119,13 +119,14 @@ from .. import parallel
 from .._lazy import lazy_module
 from ..params.declare import Parameter
 from .base import Engine, register
+from .momentum import Momentum
 from .pie_step import EPS, THREADED_FFT_PIXELS, FrameKernel  # noqa: F401  (names of this module before the split)
 from .pie_sweep import PIESweep, visiting_order
 
 #: the compiled kernels, imported (with numba) at first use
 fused = lazy_module("ptycli.engines.fused")
 
-__all__ = ["EPIE", "RPIE", "PIEBase", "PIESweep", "FrameKernel", "visiting_order"]
+__all__ = ["EPIE", "RPIE", "MPIE", "PIEBase", "PIESweep", "FrameKernel", "visiting_order"]
 
 
 _STEP_PARAMS = [
@@ -164,6 +165,7 @@ class PIEBase(Engine):
         self.rng = np.random.default_rng([int(self.p.seed), int(parallel.rank)])
         self.sweeper = None
         self.last_order = None
+        self.momentum = None  # mPIE: a ptycli.engines.momentum.Momentum
 
     def alphas(self):
         """``(object_alpha, probe_alpha)`` regularisation of the update denominators."""
@@ -195,14 +197,16 @@ class PIEBase(Engine):
             order = self.rng.permutation(self.sweeper.n_frames)
             self.last_order = order
             weights = self._merge_weights() if parallel.size > 1 else None
-            sums = self.sweeper.sweep(order, update_probe)
+            sums = self.sweeper.sweep(order, update_probe, self.momentum)
             if weights is not None:
                 self._merge(weights, update_probe)
             if update_probe:
                 # support and recentring; the modes are orthogonalised without touching the
                 # exit waves (ePIE keeps none between iterations; finalize() rebuilds them)
                 self.apply_probe_constraints(orthogonalize=False)
-                self.orthogonalize_probe(rotate_exit=False)
+                rotations = self.orthogonalize_probe(rotate_exit=False)
+                if self.momentum is not None:
+                    self.momentum.mix_modes("probe", rotations)  # velocities follow the modes
             self.apply_object_constraints()
             acc = self.new_error_sums()
             acc.add(fourier=sums["fourier"], photon=sums["photon"], valid=self.sweeper.valid,
@@ -243,29 +247,42 @@ class PIEBase(Engine):
         return w
 
     def _merge(self, weights, update_probe):
-        """Illumination-weighted object average and frame-weighted probe average over the ranks."""
+        """Illumination-weighted object average and frame-weighted probe average over the ranks.
+
+        Arrays that :meth:`_merged_with` names for a storage are averaged
+        with the same weights (mPIE's velocities and anchors).
+        """
         P = self.ptycho
         for sid in sorted(P.obj.S):
             S = P.obj.S[sid]
             w = weights.get(sid)
             if w is None:
                 w = np.zeros(S.data.shape, dtype=self.ftype)
-            num = S.data * w
-            parallel.allreduce(num)
+            arrays = [S.data] + self._merged_with("obj", sid)
+            nums = [a * w for a in arrays]
+            for num in nums:
+                parallel.allreduce(num)
             parallel.allreduce(w)
-            np.divide(num, w, out=S.data, where=w > 0)  # pixels no rank touched keep their value
+            for a, num in zip(arrays, nums):
+                np.divide(num, w, out=a, where=w > 0)  # pixels no rank touched keep their value
         if update_probe:
             counts = {}
             for g in self.book.groups:
                 counts[g.probe.ID] = counts.get(g.probe.ID, 0.0) + g.n_frames
             for sid in sorted(P.probe.S):
-                S = P.probe.S[sid]
                 c = np.array([float(counts.get(sid, 0.0))])
-                S.data *= self.ftype.type(c[0])
-                parallel.allreduce(S.data)
+                arrays = [P.probe.S[sid].data] + self._merged_with("probe", sid)
+                for a in arrays:
+                    a *= self.ftype.type(c[0])
+                    parallel.allreduce(a)
                 parallel.allreduce(c)
                 if c[0] > 0:
-                    S.data /= self.ftype.type(c[0])
+                    for a in arrays:
+                        a /= self.ftype.type(c[0])
+
+    def _merged_with(self, kind, sid):
+        """Further arrays merged like storage ``sid`` of ``kind`` (``"obj"``/``"probe"``); none here."""
+        return []
 
     # -- resume ---------------------------------------------------------------
     def engine_state(self):
@@ -296,3 +313,59 @@ class RPIE(PIEBase):
 
     def alphas(self):
         return float(self.p.alpha), float(self.p.probe_alpha)
+
+
+@register
+class MPIE(PIEBase):
+    """mPIE (Maiden, Johnson & Li 2017): rPIE with momentum; see the module docstring."""
+
+    NAME = "mPIE"
+    PARAMS = Engine.PARAMS.extended("mPIE", [
+        Parameter("object_step", 1.0, "float",
+                  "object step size (the paper's gamma_obj): the object moves by object_step * conj(P) dpsi "
+                  "over the regularised denominator", low=0.0, high=2.0),
+        Parameter("probe_step", 1.0, "float",
+                  "probe step size (the paper's gamma_prb): the probe moves by probe_step * conj(O) dpsi "
+                  "over the regularised denominator", low=0.0, high=2.0),
+        Parameter("alpha", 0.05, "float",
+                  "object regularisation: denominator (1 - alpha) |P|^2 + alpha max|P|^2 (1: ePIE)",
+                  low=0.0, high=1.0),
+        Parameter("probe_alpha", 1.0, "float",
+                  "probe regularisation: denominator (1 - probe_alpha) |O|^2 + probe_alpha max|O|^2 "
+                  "(1: the ePIE probe update)", low=0.0, high=1.0),
+        Parameter("friction", 0.9, "float",
+                  "momentum friction eta: v <- eta v + (X - X_T), X <- X + eta v every momentum_interval "
+                  "frames (0: rPIE)", low=0.0, high=0.99),
+        Parameter("momentum_interval", 30, "int",
+                  "frame updates T between two momentum steps (counted across iterations)", low=1,
+                  high=100000),
+        Parameter("seed", 0, "int", "seed of the random frame visiting order (same seed, same result)", low=0),
+    ], doc="momentum-accelerated ptychographic iterative engine")
+
+    def alphas(self):
+        return float(self.p.alpha), float(self.p.probe_alpha)
+
+    def engine_initialize(self):
+        super().engine_initialize()
+        self.momentum = Momentum(self.p.friction, self.p.momentum_interval)
+        self.momentum.reset("obj", {sid: S.data for sid, S in self.book.obj_storages.items()})
+        self.momentum.reset("probe", self.sweeper.working_probes())
+
+    def _merged_with(self, kind, sid):
+        """The velocity and the anchor of storage ``sid``: merged as the storage (module docstring)."""
+        m = self.momentum
+        if m is None or sid not in m.velocity[kind]:
+            return []
+        return [m.velocity[kind][sid], m.anchor[kind][sid]]
+
+    def engine_state(self):
+        out = dict(super().engine_state())
+        if self.momentum is not None:
+            out.update(self.momentum.state())
+        return out
+
+    def engine_load_state(self, state):
+        """Continue with the saved velocities (a fresh momentum start when the state lacks them)."""
+        if self.momentum is not None and not self.momentum.load(state or {}):
+            logging.getLogger("ptycli").info("%s: no momentum state to resume; the velocities start at zero",
+                                             self.label)
