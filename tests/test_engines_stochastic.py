@@ -290,7 +290,8 @@ def test_momentum_step_is_the_published_recurrence():
     """v <- eta v + (X - X_T); X <- X + eta v; X_T <- X, checked on two steps by hand."""
     from ptycli.engines.momentum import Momentum
 
-    m = Momentum(0.5, 3)
+    m = Momentum(0.5, 3, probe_friction=0.25)
+    assert m.friction == {"obj": 0.5, "probe": 0.25}
     x = np.array([1.0 + 1.0j, 2.0, 0.0], np.complex64)
     m.reset("obj", {"S": x})
     np.testing.assert_array_equal(m.velocity["obj"]["S"], 0)
@@ -323,7 +324,7 @@ def test_mpie_without_friction_is_rpie():
     P = _model(n=60)
     make_engine(P, dict(name="rPIE", **pars)).run()
     Q = _model(n=60)
-    eng = make_engine(Q, dict(name="mPIE", friction=0.0, momentum_interval=7, **pars))
+    eng = make_engine(Q, dict(name="mPIE", friction=0.0, probe_friction=0.0, momentum_interval=7, **pars))
     eng.run()
     for a, b in zip(_storages(P), _storages(Q)):
         np.testing.assert_array_equal(a.data, b.data)
@@ -337,7 +338,7 @@ def eng_velocity(eng):
 
 def test_mpie_resume_continues_with_the_velocities():
     """Stop after 2 iterations mid-interval, resume from the state: the uninterrupted result bit for bit."""
-    pars = dict(name="mPIE", numiter=4, probe_update_start=1, momentum_interval=25)
+    pars = dict(name="mPIE", numiter=4, probe_update_start=1, momentum_interval=25, probe_friction=0.5)
     P = _model(n=60)
     eng = make_engine(P, pars)
     eng.iterate(2)
@@ -366,11 +367,11 @@ def test_mpie_parameters_declared_and_validated():
 
     assert ENGINES.get("mpie").factory is st.MPIE
     ps = engine_paramset("mPIE")
-    for key in ("friction", "momentum_interval", "alpha", "probe_alpha", "object_step", "probe_step", "seed",
+    for key in ("friction", "probe_friction", "momentum_interval", "alpha", "probe_alpha", "object_step", "probe_step", "seed",
                 "probe_update_start"):
         assert key in ps and ps[key].doc
     P = _model(n=10)
-    for bad in (dict(friction=1.0), dict(friction=-0.1), dict(momentum_interval=0), dict(alpha=1.5),
-                dict(probe_alpha=-1.0)):
+    for bad in (dict(friction=1.0), dict(friction=-0.1), dict(probe_friction=1.0), dict(momentum_interval=0),
+                dict(alpha=1.5), dict(probe_alpha=-1.0)):
         with pytest.raises(ConfigError):
             make_engine(P, dict(name="mPIE", **bad))

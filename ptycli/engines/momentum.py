@@ -33,12 +33,14 @@ class Momentum:
     Parameters
     ----------
     friction : float
-        ``eta`` in ``[0, 1)``: the share of the velocity kept at each step
-        (and the share of the velocity added to the array).
+        ``eta`` in ``[0, 1)`` of the object: the share of the velocity kept
+        at each step (and the share of the velocity added to the array).
     interval : int
         ``T``: frame updates between two momentum steps (counted over the
         sweeps, so the steps fall every ``T`` frames whatever the number of
         frames per iteration).
+    probe_friction : float, optional
+        ``eta`` of the probe (default: ``friction``).
 
     Attributes
     ----------
@@ -50,11 +52,13 @@ class Momentum:
 
     KINDS = ("obj", "probe")
 
-    def __init__(self, friction, interval):
-        self.friction = float(friction)
+    def __init__(self, friction, interval, probe_friction=None):
+        self.friction = {"obj": float(friction),
+                         "probe": float(friction if probe_friction is None else probe_friction)}
         self.interval = int(interval)
-        if not 0.0 <= self.friction < 1.0:
-            raise ValueError("momentum friction must lie in [0, 1), got %r" % friction)
+        for eta in self.friction.values():
+            if not 0.0 <= eta < 1.0:
+                raise ValueError("momentum friction must lie in [0, 1), got %r" % eta)
         if self.interval < 1:
             raise ValueError("momentum interval must be at least 1, got %r" % interval)
         self.count = 0
@@ -82,7 +86,7 @@ class Momentum:
 
     def step(self, kind, arrays):
         """The momentum step on ``arrays`` (name -> ndarray, updated in place); see the module docstring."""
-        eta = self.friction
+        eta = self.friction[kind]
         vel, anc = self.velocity[kind], self.anchor[kind]
         for name, x in arrays.items():
             v, a = vel[name], anc[name]

@@ -1,9 +1,9 @@
-"""Stochastic (sequential) engines: ePIE and rPIE.
+"""Stochastic (sequential) engines: ePIE, rPIE and mPIE.
 
-Both engines visit the diffraction frames one at a time in a random order and
+The engines visit the diffraction frames one at a time in a random order and
 update the object and the probe right after each frame, so that the next
-frame already sees the improved estimates. They differ only in the weights of
-the two updates.
+frame already sees the improved estimates. ePIE and rPIE differ only in the
+weights of the two updates; mPIE is rPIE with momentum.
 
 Algorithm (one frame, one probe and one object mode)
 ----------------------------------------------------
@@ -33,6 +33,27 @@ propagator ``F`` and the measured intensity ``I``:
   (default 1.0, the ePIE probe update; the paper's ``beta``). The paper's
   updates have unit step; ``object_step``/``probe_step`` scale them
   (default 1.0).
+* **mPIE** (Maiden, Johnson & Li, Optica 4, 736 (2017),
+  doi:10.1364/OPTICA.4.000736) is rPIE plus momentum. After every
+  ``T = momentum_interval`` frame updates (counted across iterations) the
+  change of the object since the previous momentum step is taken as a descent
+  step and accelerated with a velocity ``v`` (zero at the start) and the
+  friction ``eta``::
+
+      v_O <- eta v_O + (O - O_T)      O <- O + eta v_O      O_T <- O
+
+  where ``O_T`` is the object right after the previous momentum step; the
+  probe likewise with its own ``eta`` (``probe_friction``). Both frictions 0
+  give rPIE exactly. The step is :class:`~ptycli.engines.momentum.Momentum`
+  (:mod:`ptycli.engines.momentum`), one numpy implementation called by the
+  sweep (:mod:`ptycli.engines.pie_sweep`) for the numpy and the compiled frame
+  kernels alike. The probe's velocity lives in the form the sweep updates
+  (with the far-field phase factor folded in, see below), and when the probe
+  modes are made orthogonal at the end of an iteration the velocities and
+  anchors are mixed with the same unitary, so ``P - P_T`` stays the change of
+  each mode. The velocities, anchors and the frame counter are part of the
+  engine state (:meth:`Engine.state_dict`), so a resumed run continues
+  exactly as an uninterrupted one.
 
 Mixed states (Thibault & Menzel, Nature 494, 68 (2013)): with probe modes
 ``P_k`` and object modes ``O_l`` a frame has exit waves ``psi_kl = P_k O_l``
@@ -87,8 +108,16 @@ at the end of the iteration the copies are merged with
 * probe (only in iterations that update it): ``P = sum_r n_r P_r / sum_r n_r``
   with ``n_r`` the rank's number of frames.
 
-All ranks end every iteration with the same probe and object. With one
-process this is exactly the sequential algorithm above; with several ranks it
+All ranks end every iteration with the same probe and object. mPIE's
+momentum runs per rank during the sweep (each rank counts its own frames and
+steps its own copies); at the merge each velocity and each anchor is averaged
+with the weights of its array (illumination for the object, frames for the
+probe), so all ranks continue from one momentum state. The merge is linear,
+so the merged ``O - O_T`` is the weighted mean of the ranks' progress since
+their last step, and the momentum built up so far is kept: resetting it at
+every merge would restart the velocities each iteration, and with a few
+``T`` per rank and iteration they would never build up.
+With one process this is exactly the sequential algorithm above; with several ranks it
 is a different algorithm (each rank's sweep sees only its own frames' updates,
 so it needs more iterations for the same error), never a silently different
 copy of the single-process result.
@@ -327,15 +356,18 @@ class MPIE(PIEBase):
         Parameter("probe_step", 1.0, "float",
                   "probe step size (the paper's gamma_prb): the probe moves by probe_step * conj(O) dpsi "
                   "over the regularised denominator", low=0.0, high=2.0),
-        Parameter("alpha", 0.05, "float",
-                  "object regularisation: denominator (1 - alpha) |P|^2 + alpha max|P|^2 (1: ePIE)",
-                  low=0.0, high=1.0),
+        Parameter("alpha", 0.5, "float",
+                  "object regularisation: denominator (1 - alpha) |P|^2 + alpha max|P|^2 (1: ePIE; "
+                  "small values with momentum were unstable, see the module docstring)", low=0.0, high=1.0),
         Parameter("probe_alpha", 1.0, "float",
                   "probe regularisation: denominator (1 - probe_alpha) |O|^2 + probe_alpha max|O|^2 "
                   "(1: the ePIE probe update)", low=0.0, high=1.0),
-        Parameter("friction", 0.9, "float",
-                  "momentum friction eta: v <- eta v + (X - X_T), X <- X + eta v every momentum_interval "
-                  "frames (0: rPIE)", low=0.0, high=0.99),
+        Parameter("friction", 0.5, "float",
+                  "object momentum friction eta: v <- eta v + (O - O_T), O <- O + eta v every "
+                  "momentum_interval frames (0: no object momentum)", low=0.0, high=0.99),
+        Parameter("probe_friction", 0.5, "float",
+                  "probe momentum friction, as friction for the probe (0: no probe momentum; friction and "
+                  "probe_friction both 0: rPIE)", low=0.0, high=0.99),
         Parameter("momentum_interval", 30, "int",
                   "frame updates T between two momentum steps (counted across iterations)", low=1,
                   high=100000),
@@ -347,7 +379,7 @@ class MPIE(PIEBase):
 
     def engine_initialize(self):
         super().engine_initialize()
-        self.momentum = Momentum(self.p.friction, self.p.momentum_interval)
+        self.momentum = Momentum(self.p.friction, self.p.momentum_interval, self.p.probe_friction)
         self.momentum.reset("obj", {sid: S.data for sid, S in self.book.obj_storages.items()})
         self.momentum.reset("probe", self.sweeper.working_probes())
 
