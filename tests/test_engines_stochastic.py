@@ -375,3 +375,26 @@ def test_mpie_parameters_declared_and_validated():
                 dict(alpha=1.5), dict(probe_alpha=-1.0)):
         with pytest.raises(ConfigError):
             make_engine(P, dict(name="mPIE", **bad))
+
+
+@pytest.mark.slow
+def test_mpie_beats_rpie_after_few_iterations():
+    """Ground truth after 10 iterations on a simulated scan: the momentum lowers the object error below
+    rPIE's with the same update parameters (about 30 % lower) and below the default rPIE's (mean of two
+    visiting orders; about 14 % lower), with a near-perfect absolute score."""
+    def error(name, seed, **extra):
+        P = _model(n=100)
+        make_engine(P, dict(name=name, numiter=10, seed=seed, **extra)).run()
+        q = object_vs_truth(P)
+        return q["error"], q["correlation"]
+
+    same = dict(alpha=st.MPIE.PARAMS["alpha"].default, probe_alpha=st.MPIE.PARAMS["probe_alpha"].default)
+    m, r_same, r_default = [], [], []
+    for seed in (0, 1):
+        e, corr = error("mPIE", seed)
+        assert corr > 0.997
+        m.append(e)
+        r_same.append(error("rPIE", seed, **same)[0])
+        r_default.append(error("rPIE", seed)[0])
+        assert e < 0.85 * r_same[-1], (m, r_same)
+    assert np.mean(m) < 0.92 * np.mean(r_default), (m, r_default)
