@@ -269,7 +269,7 @@ def test_iterations_reduce_numpy_buffers_and_keep_replicas_equal(scan, tmp_path)
     """Per iteration: only in-place Allreduce of numpy buffers (no pickled objects), the bytes the
     engine's sums need, and afterwards the same probe and object on every rank (3 uneven ranks)."""
     config = _config(tmp_path, scan["data"])
-    res = mh.run([mh.__file__, "engines", config, "DM:5", "RAAR:4", "ML:4", "ePIE:3", "rPIE:3"], nprocs=3,
+    res = mh.run([mh.__file__, "engines", config, "DM:5", "RAAR:4", "ML:4", "ePIE:3", "rPIE:3", "mPIE:3"], nprocs=3,
                  timeout=120)
     assert res.returncode == 0, res.describe()
     report = json.loads(res.stdout)

@@ -154,8 +154,20 @@ class PIESweep:
             if f is not None:
                 np.multiply(work[sid], self._fold_c[sid], out=self.book.probe_storages[sid].data)
 
-    def sweep(self, order, update_probe):
+    def working_probes(self):
+        """Copies of the probes in the form a sweep updates (``pre * P`` for the folded storages)."""
+        out = {}
+        for sid, S in self.book.probe_storages.items():
+            f = self.fold.get(sid)
+            out[sid] = S.data * f if f is not None else S.data.copy()
+        return out
+
+    def sweep(self, order, update_probe, momentum=None):
         """Visit the frames in ``order`` (indices into all local frames), updating in place.
+
+        ``momentum`` (a :class:`~ptycli.engines.momentum.Momentum`, mPIE) is
+        told of every frame update and steps the object storages, and with
+        ``update_probe`` the working probes, every ``momentum.interval`` frames.
 
         Returns
         -------
@@ -172,6 +184,7 @@ class PIESweep:
         for p in self.plans:
             p.kernel._weight_fresh = False
         plans = self.plans
+        objects = {sid: S.data for sid, S in self.book.obj_storages.items()}
         for gi, f in zip(self._gidx[order].tolist(), self._fidx[order].tolist()):
             p = plans[gi]
             if p.kernel.compiled:
@@ -185,6 +198,8 @@ class PIESweep:
             fourier += fe
             photon += pe
             change += ch
+            if momentum is not None:
+                momentum.frame_done(objects, work if update_probe else None)
         if update_probe:
             self.unfold_probes(work)
         return dict(fourier=float(fourier), photon=float(photon), exit_change=float(change),
