@@ -1,0 +1,331 @@
+"""The LSQML engine: mini-batch least-squares maximum likelihood (LSQ-ML).
+
+Odstrčil, Menzel & Guizar-Sicairos, "Iterative least-squares solver for
+generalized maximum-likelihood ptychography", Opt. Express 26, 3108 (2018),
+doi:10.1364/OE.26.003108.
+
+Algorithm
+---------
+One engine iteration is an *epoch*: all frames, visited in mini-batches of
+about ``batch_size`` frames. For every batch, with the current probe ``P``
+and object ``O`` (pods ``j`` = frame, probe mode ``k``, object mode ``l``;
+``psi_j = P_k O_l[window_j]``, ``Psi_j = fw(psi_j)``, ``I = sum_modes |Psi|^2``):
+
+1. **Exit-wave update** (detector plane, per frame ``m``): a step along the
+   negative gradient of the noise model's cost ``l(I)``,
+   ``Psi'_j = Psi_j (1 - a_m l'(I_m))``, with ``a_m`` the closed-form step of
+   :func:`~ptycli.engines.lsqml.steps.exit_step` (``gaussian``: ``a = 1``, the
+   modulus projection; ``poisson``: Newton steps on the frame's cost);
+   ``chi_j = bw(Psi'_j - Psi_j)``.
+2. **Update directions** (least squares over the batch ``B``)::
+
+       dO_l = sum_{j in B} conj(P_k) chi_j / (sum_{j in B} |P_k|^2 + delta_O)
+       dP_k = sum_{j in B} conj(O_l,j) chi_j / (sum_{j in B} |O_l,j|^2 + delta_P)
+
+   ``delta_O = object_reg * max(sum |P|^2)``, ``delta_P = probe_reg * max(sum |O|^2)``
+   (per storage, over the batch); ``dP`` is multiplied by the probe support.
+3. **Step lengths per frame**: the 2 x 2 least-squares system of
+   :func:`~ptycli.engines.lsqml.steps.frame_steps` for ``(a_O,m, a_P,m)``
+   (``chi ~ a_O P dO + a_P O dP`` on frame ``m``, Tikhonov ``step_reg``
+   times the batch means of the diagonal).
+4. **Update**: every frame's object contribution moves with its own step,
+   the probe with the batch mean of the probe steps::
+
+       O_l <- O_l + object_step * sum_{j in B} a_O,m(j) conj(P_k) chi_j / (sum_{j in B} |P_k|^2 + delta_O)
+       P_k <- P_k + probe_step  * mean_m(a_P,m) * dP_k
+
+   (frames of a batch that do not overlap get exactly their own
+   least-squares update; the paper's motivation for sparse batches).
+5. **Position correction** (``position_correction``, from its start epoch):
+   per-frame shifts from the object gradient and ``chi``
+   (:mod:`ptycli.engines.lsqml.positions`).
+
+After every epoch the probe constraints (support, recentring, mode
+orthogonalisation) and the object clipping of the common engine parameters
+are applied. Before ``probe_update_start`` only the object moves
+(``a_P = 0``, the 1 x 1 system). LSQML keeps no exit waves between batches:
+when it finishes, they are set to ``probe * object`` for the next engine.
+
+Noise models (``noise_model``): ``gaussian`` is the paper's Gaussian model of
+the *amplitudes*, ``sum mask (sqrt(I) - sqrt(n))^2`` (ML's ``euclid`` cost);
+``poisson`` is ``sum mask (I - n log I)``. Both are the classes of
+:mod:`ptycli.engines.ml.noise_models` (cost, ``l'``, ``l''``); ML's
+``gaussian`` (intensities weighted by ``1 / (n + 1)``) is not offered: the
+paper's exit-wave step is derived for the two above.
+
+Records: ``fourier_error``, ``photon_error`` (of the model of each batch
+just before its update, like ePIE), ``exit_change`` (``sum |Psi' - Psi|^2 /
+sum I``), ``likelihood`` (the noise model's cost per valid pixel, with the
+Poisson constant, as ML), and the extras ``lsqml_exit_step``,
+``lsqml_object_step``, ``lsqml_probe_step`` (batch-frame means of ``a``,
+``a_O``, ``a_P``) and, while positions are corrected, ``posc_moved``
+(frames whose window moved in the epoch) and ``posc_rms_shift`` (RMS
+distance from the reported positions, pixels).
+
+Batches, randomness and MPI
+---------------------------
+Frames are numbered globally (scan label, then diffraction layer) on every
+rank. Every epoch draws one permutation of all frames from the engine's
+generator ``rng`` (``numpy.random.default_rng(seed)``, the same on every
+rank; its state is saved with the engine state, so a resumed run draws the
+same batches) and cuts it into ``ceil(N / batch_size)`` batches of nearly
+equal size. Each rank processes its own members of every batch; the batch's
+sums (the direction numerators and denominators, the object update, the
+means of the step system) are summed over ranks with
+:func:`ptycli.parallel.allreduce` before the update, so every rank applies
+the same update and the algorithm does not depend on the number of ranks
+(the results agree to rounding: the sums are taken in another order).
+
+Cost per epoch: two FFT passes over all pods (forward and inverse), plus
+about 12 elementwise passes and per-pod window gathers and scatters (numpy;
+no compiled kernels: the ``kernels`` parameter is accepted and ignored).
+"""
+
+import logging
+
+import numpy as np
+
+from ... import parallel
+from ...core import fft
+from ...params.declare import Parameter
+from ..base import Engine, register
+from ..ml.noise_models import noise_model
+from ..posref import POSREF_PARAMS
+from .batch import GroupBatch
+from .positions import POSITION_PARAMS, GradientPositions
+from .steps import frame_steps
+
+__all__ = ["LSQML", "NOISE_MODELS"]
+
+log = logging.getLogger("ptycli.engines")
+
+#: ``noise_model`` -> the model of :mod:`ptycli.engines.ml.noise_models`
+NOISE_MODELS = {"gaussian": "euclid", "poisson": "poisson"}
+
+
+@register
+class LSQML(Engine):
+    """Least-squares maximum-likelihood ptychography in mini-batches (see the module docstring)."""
+
+    NAME = "LSQML"
+    PARAMS = Engine.PARAMS.extended("LSQML", [
+        Parameter("batch_size", 16, "int", "frames per mini-batch (the last batches may hold one less)", low=1),
+        Parameter("noise_model", "gaussian", "str",
+                  "likelihood: gaussian (on amplitudes: the exit-wave step is the modulus projection) or "
+                  "poisson (Newton step per frame)", choices=list(NOISE_MODELS)),
+        Parameter("object_reg", 0.1, "float",
+                  "object direction regulariser delta_O as a fraction of the batch's largest sum |P|^2",
+                  low=0.0),
+        Parameter("probe_reg", 0.1, "float",
+                  "probe direction regulariser delta_P as a fraction of the batch's largest sum |O|^2", low=0.0),
+        Parameter("step_reg", 0.1, "float",
+                  "Tikhonov factor of the per-frame 2 x 2 step system, times the batch means of its diagonal",
+                  low=0.0),
+        Parameter("object_step", 1.0, "float", "factor on the optimal object steps", low=0.0, high=2.0),
+        Parameter("probe_step", 1.0, "float", "factor on the optimal probe step", low=0.0, high=2.0),
+        Parameter("seed", 0, "int", "seed of the batch draws (same seed, same result)", low=0),
+        POSITION_PARAMS,
+        POSREF_PARAMS,
+    ], doc="least-squares maximum likelihood in mini-batches (Odstrcil et al. 2018)")
+
+    def __init__(self, ptycho, pars=None, label=None):
+        super().__init__(ptycho, pars, label)
+        self.rng = np.random.default_rng(int(self.p.seed))
+        self.groups = []
+        self.positions = None
+        self.last_batches = None
+
+    # -- life cycle -----------------------------------------------------------------
+    def engine_initialize(self):
+        p = self.p
+        self.noise = noise_model(NOISE_MODELS[str(p.noise_model).lower()])
+        self.eps = self.noise.eps(self.mean_power)
+        self.groups = [GroupBatch(g, self.noise, self.eps) for g in self.book.groups]
+        self._cost_const = self.noise.cost_constant((G.n, G.mask) for G in self.groups)
+        P = self.ptycho
+        self.obj_ids = sorted(P.obj.S)
+        self.probe_ids = sorted(P.probe.S)
+        # the global frame numbering: (scan label, diffraction layer) of every frame of every rank
+        local = []
+        for gi, g in enumerate(self.book.groups):
+            lm = np.asarray(g.diff.layermap, dtype=np.int64)
+            for f, layer in enumerate(lm[g.frame_di].tolist() if g.n_frames else []):
+                local.append((str(g.label), int(layer), gi, f))
+        keys = sorted({(k[0], k[1]) for part in parallel.allgather([x[:2] for x in local]) for k in part})
+        index = {k: i for i, k in enumerate(keys)}
+        self.n_global = len(keys)
+        self._owner_group = np.full(self.n_global, -1, np.int64)
+        self._owner_frame = np.full(self.n_global, -1, np.int64)
+        for label, layer, gi, f in local:
+            i = index[(label, layer)]
+            self._owner_group[i] = gi
+            self._owner_frame[i] = f
+        pc = p.get("position_correction")
+        self.positions = GradientPositions(self.book, pc) if pc and pc.get("start") is not None else None
+        self._workers = max(1, int(fft.get_workers()))
+
+    def engine_finalize(self):
+        self.reset_exit()  # exit waves = probe * object, for the engines that follow
+        for G in self.groups:
+            G.release()
+        self.groups = []
+
+    def positions_changed(self, moved):
+        if self.positions is not None:
+            self.positions.windows_moved(moved)
+
+    # -- batches -----------------------------------------------------------------------
+    def draw_batches(self):
+        """This epoch's batches: a list of arrays of global frame indices (same on every rank)."""
+        n = self.n_global
+        if n == 0:
+            return []
+        perm = self.rng.permutation(n)
+        nb = -(-n // max(1, int(self.p.batch_size)))
+        return np.array_split(perm, nb)
+
+    def _local(self, batch):
+        """``{group index: sorted local frames}`` of a batch's members on this rank."""
+        gi = self._owner_group[batch]
+        fr = self._owner_frame[batch]
+        out = {}
+        for k in np.unique(gi[gi >= 0]).tolist():
+            out[k] = np.sort(fr[gi == k])
+        return out
+
+    # -- one epoch --------------------------------------------------------------------
+    def engine_iterate(self, n):
+        out = []
+        for _ in range(int(n)):
+            out.append(self._epoch())
+        return out
+
+    def _epoch(self):
+        probe_on = self.probe_update_due()
+        pos_on = self.positions is not None and self.positions.due(self.iteration)
+        errors = self.new_error_sums()
+        batches = self.draw_batches()
+        self.last_batches = batches
+        stats = np.zeros(8)  # sum a, sum a_O, sum a_P, frames, frames moved
+        for batch in batches:
+            stats += self._batch(self._local(batch), probe_on, pos_on, errors)
+        if probe_on:
+            self.apply_probe_constraints(orthogonalize=False)
+            self.orthogonalize_probe(rotate_exit=False)
+        self.apply_object_constraints()
+        errors.sums[4] += self._cost_const
+        errors.has_likelihood = True
+        rec = errors.reduce()
+        rec["likelihood"] = rec["likelihood"] / max(self.total_valid, 1.0)
+        parallel.allreduce(stats)
+        nfr = max(stats[3], 1.0)
+        rec.update(lsqml_exit_step=float(stats[0] / nfr), lsqml_object_step=float(stats[1] / nfr),
+                   lsqml_probe_step=float(stats[2] / nfr))
+        if pos_on:
+            s = np.array(self.positions.rms_shift(), float)
+            parallel.allreduce(s)
+            rec.update(posc_moved=int(round(stats[4])), posc_rms_shift=float(np.sqrt(s[0] / max(s[1], 1.0))))
+        return rec
+
+    def _storage_acc(self, probe_on):
+        P = self.ptycho
+        acc = dict(numO={}, denO={}, numP={}, denP={})
+        for sid in self.obj_ids:
+            S = P.obj.S[sid]
+            acc["numO"][sid] = np.zeros_like(S.data)
+            acc["denO"][sid] = np.zeros(S.data.shape, self.ftype)
+        for sid in self.probe_ids:
+            S = P.probe.S[sid]
+            acc["numP"][sid] = np.zeros_like(S.data)
+            acc["denP"][sid] = np.zeros(S.data.shape, self.ftype)
+        return acc
+
+    def _batch(self, local, probe_on, pos_on, errors):
+        """One mini-batch (collective under MPI); returns the step statistics (see :meth:`_epoch`)."""
+        P = self.ptycho
+        acc = self._storage_acc(probe_on)
+        exit_steps = {}
+        for gi, frames in local.items():
+            G = self.groups[gi]
+            g = G.g
+            sub = {k: acc[k][g.obj.ID if k.endswith("O") else g.probe.ID] for k in acc}
+            exit_steps[gi] = G.exit_update(frames, g.obj.data, g.probe.data, sub, errors, self._workers)
+        reduce = parallel.size > 1
+        # directions
+        dO, dP, regO = {}, {}, {}
+        for sid in self.obj_ids:
+            num, den = acc["numO"][sid], acc["denO"][sid]
+            if reduce:
+                parallel.allreduce(num)
+                parallel.allreduce(den)
+            reg = float(self.p.object_reg) * float(den.max()) if den.size else 0.0
+            regO[sid] = den + self.ftype.type(max(reg, 1e-30))
+            dO[sid] = num / regO[sid]
+        if probe_on:
+            for sid in self.probe_ids:
+                num, den = acc["numP"][sid], acc["denP"][sid]
+                if reduce:
+                    parallel.allreduce(num)
+                    parallel.allreduce(den)
+                reg = float(self.p.probe_reg) * float(den.max()) if den.size else 0.0
+                d = num / (den + self.ftype.type(max(reg, 1e-30)))
+                sup = self.supports.get(sid)
+                if sup is not None:
+                    d *= sup
+                dP[sid] = d
+        # per-frame step systems
+        sums = {}
+        tot = np.zeros(3)
+        for gi in local:
+            G = self.groups[gi]
+            g = G.g
+            s = G.step_sums(dO[g.obj.ID], dP.get(g.probe.ID) if probe_on else None)
+            sums[gi] = s
+            tot += (s[0].sum(), s[1].sum(), s.shape[1])
+        if reduce:
+            parallel.allreduce(tot)
+        nb = max(tot[2], 1.0)
+        lam = float(self.p.step_reg)
+        stats = np.zeros(8)
+        upd = {sid: np.zeros_like(P.obj.S[sid].data) for sid in self.obj_ids}
+        aP_sum = np.zeros(2)
+        for gi, s in sums.items():
+            G = self.groups[gi]
+            aO, aP = frame_steps(s[0], s[1], s[2], s[3], s[4], lam, probe_on, tot[0] / nb, tot[1] / nb)
+            G.scatter_object_update(upd[G.g.obj.ID], aO)
+            aP_sum += (aP.sum(), len(aP))
+            stats[:4] += (exit_steps[gi].sum(), aO.sum(), aP.sum(), len(aO))
+        # updates
+        beta_o = self.ftype.type(self.p.object_step)
+        for sid in self.obj_ids:
+            u = upd[sid]
+            if reduce:
+                parallel.allreduce(u)
+            u /= regO[sid]
+            u *= beta_o
+            P.obj.S[sid].data += u
+        if probe_on:
+            if reduce:
+                parallel.allreduce(aP_sum)
+            mean_aP = aP_sum[0] / max(aP_sum[1], 1.0)
+            step = self.ftype.type(float(self.p.probe_step) * mean_aP)
+            for sid in self.probe_ids:
+                P.probe.S[sid].data += step * dP[sid]
+        if pos_on:
+            for gi, frames in local.items():
+                moved = self.positions.update(gi, frames, self.groups[gi].position_shifts())
+                stats[4] += len(moved)
+        for gi in local:
+            self.groups[gi].release()
+        return stats
+
+    # -- resume ----------------------------------------------------------------------------
+    def engine_state(self):
+        out = {}
+        if self.positions is not None:
+            out["lsqml_positions"] = self.positions.state()
+        return out
+
+    def engine_load_state(self, state):
+        if self.positions is not None and "lsqml_positions" in (state or {}):
+            self.positions.load(state["lsqml_positions"])
