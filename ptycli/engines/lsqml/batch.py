@@ -41,7 +41,38 @@ from ...core import fft
 from ..ml.sums import pairs
 from .steps import exit_step
 
-__all__ = ["GroupBatch"]
+__all__ = ["GroupBatch", "apply_on_windows", "windows_max", "zero_windows"]
+
+
+def windows_max(arr, windows):
+    """Largest value of ``arr`` over the windows (rows ``layer, y, x, H, W``); 0 without windows."""
+    best = 0.0
+    for l, y, x, h, w in windows.tolist():
+        best = max(best, float(arr[l, y:y + h, x:x + w].max()))
+    return best
+
+
+def apply_on_windows(obj, upd, den, reg, beta, windows):
+    """``obj += beta * upd / (den + reg)`` on the union of the windows, every pixel once.
+
+    Each window adds its pixels and zeroes ``upd`` there, so a pixel under
+    several windows is updated by the first and left alone by the others:
+    the result does not depend on the order of the windows.
+    """
+    reg = den.dtype.type(reg)
+    for l, y, x, h, w in windows.tolist():
+        sl = (l, slice(y, y + h), slice(x, x + w))
+        inc = upd[sl] / (den[sl] + reg)
+        inc *= beta
+        obj[sl] += inc
+        upd[sl] = 0
+
+
+def zero_windows(arrays, windows):
+    """Zero every array of ``arrays`` (object-shaped) on the windows."""
+    for l, y, x, h, w in windows.tolist():
+        for a in arrays:
+            a[l, y:y + h, x:x + w] = 0
 
 
 def _rdot_rows(a, b):
@@ -198,15 +229,29 @@ class GroupBatch:
         self.cur = dict(frames=frames, pods=pods, starts=starts, ob=ob, pr=pr, chi=chi)
         return a
 
-    def step_sums(self, dO, dP):
+    def window_list(self):
+        """The object windows of the current batch's pods: (pods, 5) int64 rows ``layer, y, x, H, W``."""
+        g = self.g
+        pods = self.cur["pods"]
+        out = np.empty((len(pods), 5), np.int64)
+        out[:, 0], out[:, 1], out[:, 2] = g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods]
+        out[:, 3], out[:, 4] = g.shape
+        return out
+
+    def step_sums(self, numO, denO, regO, dP):
         """Per-frame sums ``<u,u>, <v,v>, Re<u,v>, Re<u,chi>, Re<v,chi>`` (float64, shape (5, frames)).
 
-        ``dO`` is object-shaped, ``dP`` probe-shaped (its own plane) or None
-        (no probe update: the ``v`` sums are 0).
+        ``u = P dO`` with ``dO = numO / (denO + regO)`` evaluated on the
+        batch's windows (``numO``, ``denO`` object-shaped accumulators,
+        ``regO`` the scalar regulariser); ``dP`` probe-shaped (its own plane)
+        or None (no probe update: the ``v`` sums are 0).
         """
         c = self.cur
         pods, starts, pr, ob, chi = c["pods"], c["starts"], c["pr"], c["ob"], c["chi"]
-        u = self.windows(dO, pods)
+        u = self.windows(numO, pods)
+        d = self.windows(denO, pods)
+        d += regO
+        u /= d
         u *= pr
         out = np.zeros((5, len(c["frames"])))
         out[0] = self.per_frame(_rdot_rows(u, u), starts)

@@ -91,7 +91,7 @@ from ...params.declare import Parameter
 from ..base import Engine, register
 from ..ml.noise_models import noise_model
 from ..posref import POSREF_PARAMS
-from .batch import GroupBatch
+from .batch import GroupBatch, apply_on_windows, windows_max, zero_windows
 from .positions import POSITION_PARAMS, GradientPositions
 from .steps import frame_steps
 
@@ -103,6 +103,31 @@ log = logging.getLogger("ptycli.engines")
 NOISE_MODELS = {"gaussian": "euclid", "poisson": "poisson"}
 
 
+def sparse_segments(positions, labels, nseg):
+    """Cut frames into ``nseg`` compact segments of nearly equal size (arrays of frame indices).
+
+    Frames are ordered along a boustrophedon path through their positions
+    (``positions`` (N, 2) rows, cols; ``labels`` their scan labels, scans
+    kept apart): rows of about ``sqrt(N / nseg)``-frame bands by the first
+    coordinate, alternately by increasing and decreasing second coordinate;
+    the path is cut into ``nseg`` consecutive parts. Neighbours on the path
+    are neighbours in the scan, so frames of different segments lie apart.
+    """
+    n = len(positions)
+    nseg = max(1, min(int(nseg), n)) if n else 1
+    if n == 0:
+        return []
+    lab = np.unique(np.asarray(labels), return_inverse=True)[1]
+    y, x = positions[:, 0], positions[:, 1]
+    per = max(1, n // nseg)
+    nbands = max(1, int(round(np.sqrt(n / per))))
+    span = max(float(y.max() - y.min()), 1.0)
+    band = np.minimum(((y - y.min()) / span * nbands).astype(np.int64), nbands - 1)
+    key_x = np.where(band % 2 == 0, x, -x)
+    order = np.lexsort((key_x, band, lab))
+    return [np.asarray(part, np.int64) for part in np.array_split(order, nseg)]
+
+
 @register
 class LSQML(Engine):
     """Least-squares maximum-likelihood ptychography in mini-batches (see the module docstring)."""
@@ -110,6 +135,9 @@ class LSQML(Engine):
     NAME = "LSQML"
     PARAMS = Engine.PARAMS.extended("LSQML", [
         Parameter("batch_size", 16, "int", "frames per mini-batch (the last batches may hold one less)", low=1),
+        Parameter("batch_mode", "sparse", "str",
+                  "sparse: batches of frames far apart (one from each of batch_size compact segments of the scan); "
+                  "random: random frames", choices=("sparse", "random")),
         Parameter("noise_model", "gaussian", "str",
                   "likelihood: gaussian (on amplitudes: the exit-wave step is the modulus projection) or "
                   "poisson (Newton step per frame)", choices=list(NOISE_MODELS)),
@@ -134,6 +162,7 @@ class LSQML(Engine):
         self.groups = []
         self.positions = None
         self.last_batches = None
+        self._acc = None
 
     # -- life cycle -----------------------------------------------------------------
     def engine_initialize(self):
@@ -145,21 +174,29 @@ class LSQML(Engine):
         P = self.ptycho
         self.obj_ids = sorted(P.obj.S)
         self.probe_ids = sorted(P.probe.S)
-        # the global frame numbering: (scan label, diffraction layer) of every frame of every rank
+        # the global frame numbering: (scan label, diffraction layer) of every frame of every rank,
+        # with the frame's window (for the sparse batches)
         local = []
         for gi, g in enumerate(self.book.groups):
             lm = np.asarray(g.diff.layermap, dtype=np.int64)
             for f, layer in enumerate(lm[g.frame_di].tolist() if g.n_frames else []):
-                local.append((str(g.label), int(layer), gi, f))
-        keys = sorted({(k[0], k[1]) for part in parallel.allgather([x[:2] for x in local]) for k in part})
+                local.append((str(g.label), int(layer), int(g.frame_y[f]), int(g.frame_x[f]), gi, f))
+        every = {}
+        for part in parallel.allgather([x[:4] for x in local]):
+            for label, layer, y, x in part:
+                every[(label, layer)] = (y, x)
+        keys = sorted(every)
         index = {k: i for i, k in enumerate(keys)}
         self.n_global = len(keys)
         self._owner_group = np.full(self.n_global, -1, np.int64)
         self._owner_frame = np.full(self.n_global, -1, np.int64)
-        for label, layer, gi, f in local:
+        for label, layer, y, x, gi, f in local:
             i = index[(label, layer)]
             self._owner_group[i] = gi
             self._owner_frame[i] = f
+        nb = -(-self.n_global // max(1, int(p.batch_size)))  # batches per epoch
+        self._segments = sparse_segments(np.array([every[k] for k in keys], float).reshape(-1, 2),
+                                         [k[0] for k in keys], -(-self.n_global // max(nb, 1)))
         pc = p.get("position_correction")
         self.positions = GradientPositions(self.book, pc) if pc and pc.get("start") is not None else None
         self._workers = max(1, int(fft.get_workers()))
@@ -169,6 +206,7 @@ class LSQML(Engine):
         for G in self.groups:
             G.release()
         self.groups = []
+        self._acc = None
 
     def positions_changed(self, moved):
         if self.positions is not None:
@@ -176,13 +214,27 @@ class LSQML(Engine):
 
     # -- batches -----------------------------------------------------------------------
     def draw_batches(self):
-        """This epoch's batches: a list of arrays of global frame indices (same on every rank)."""
+        """This epoch's batches: a list of arrays of global frame indices (same on every rank).
+
+        Both modes make ``nb = ceil(N / batch_size)`` batches of nearly equal
+        size. ``random``: one permutation of all frames cut into ``nb`` parts.
+        ``sparse``: the frames are cut once into ``ceil(N / nb)`` compact
+        segments of ``nb`` (or ``nb - 1``) neighbouring frames
+        (:func:`sparse_segments`); every epoch each segment is permuted and
+        batch ``k`` takes the ``k``-th frame of every segment (the batches in a
+        random order), so the frames of a batch lie far apart.
+        """
         n = self.n_global
         if n == 0:
             return []
-        perm = self.rng.permutation(n)
-        nb = -(-n // max(1, int(self.p.batch_size)))
-        return np.array_split(perm, nb)
+        if str(self.p.batch_mode) == "random":
+            perm = self.rng.permutation(n)
+            nb = -(-n // max(1, int(self.p.batch_size)))
+            return np.array_split(perm, nb)
+        segs = [seg[self.rng.permutation(len(seg))] for seg in self._segments]
+        nb = max(len(seg) for seg in segs)
+        order = self.rng.permutation(nb)
+        return [np.array([seg[k] for seg in segs if k < len(seg)], np.int64) for k in order]
 
     def _local(self, batch):
         """``{group index: sorted local frames}`` of a batch's members on this rank."""
@@ -227,40 +279,58 @@ class LSQML(Engine):
             rec.update(posc_moved=int(round(stats[4])), posc_rms_shift=float(np.sqrt(s[0] / max(s[1], 1.0))))
         return rec
 
-    def _storage_acc(self, probe_on):
+    def _accumulators(self):
+        """The direction accumulators: object-shaped ones kept zero between batches, probe-shaped fresh."""
         P = self.ptycho
-        acc = dict(numO={}, denO={}, numP={}, denP={})
-        for sid in self.obj_ids:
-            S = P.obj.S[sid]
-            acc["numO"][sid] = np.zeros_like(S.data)
-            acc["denO"][sid] = np.zeros(S.data.shape, self.ftype)
-        for sid in self.probe_ids:
-            S = P.probe.S[sid]
-            acc["numP"][sid] = np.zeros_like(S.data)
-            acc["denP"][sid] = np.zeros(S.data.shape, self.ftype)
+        if self._acc is None:
+            self._acc = dict(numO={}, denO={}, upd={})
+            for sid in self.obj_ids:
+                S = P.obj.S[sid]
+                self._acc["numO"][sid] = np.zeros_like(S.data)
+                self._acc["denO"][sid] = np.zeros(S.data.shape, self.ftype)
+                self._acc["upd"][sid] = np.zeros_like(S.data)
+        acc = dict(self._acc)
+        acc["numP"] = {sid: np.zeros_like(P.probe.S[sid].data) for sid in self.probe_ids}
+        acc["denP"] = {sid: np.zeros(P.probe.S[sid].data.shape, self.ftype) for sid in self.probe_ids}
         return acc
 
+    def _batch_windows(self, local):
+        """Object storage ID -> the batch's windows (rows ``layer, y, x, H, W``) of all ranks."""
+        wins = {sid: [] for sid in self.obj_ids}
+        for gi in local:
+            G = self.groups[gi]
+            wins[G.g.obj.ID].append(G.window_list())
+        out = {sid: np.concatenate(w) if w else np.zeros((0, 5), np.int64) for sid, w in wins.items()}
+        if parallel.size > 1:
+            every = parallel.allgather(out)
+            out = {sid: np.concatenate([part[sid] for part in every]) for sid in self.obj_ids}
+        return out
+
     def _batch(self, local, probe_on, pos_on, errors):
-        """One mini-batch (collective under MPI); returns the step statistics (see :meth:`_epoch`)."""
+        """One mini-batch (collective under MPI); returns the step statistics (see :meth:`_epoch`).
+
+        The object-shaped sums are touched on the batch's windows only (they
+        are zero elsewhere and zeroed again on the windows at the end), so a
+        batch costs in proportion to its frames, not to the object.
+        """
         P = self.ptycho
-        acc = self._storage_acc(probe_on)
+        acc = self._accumulators()
         exit_steps = {}
         for gi, frames in local.items():
             G = self.groups[gi]
             g = G.g
-            sub = {k: acc[k][g.obj.ID if k.endswith("O") else g.probe.ID] for k in acc}
+            sub = {k: acc[k][g.obj.ID if k.endswith("O") else g.probe.ID] for k in ("numO", "denO", "numP", "denP")}
             exit_steps[gi] = G.exit_update(frames, g.obj.data, g.probe.data, sub, errors, self._workers)
         reduce = parallel.size > 1
-        # directions
-        dO, dP, regO = {}, {}, {}
+        wins = self._batch_windows(local)
+        # directions: the object's on the windows (regulariser from its batch maximum), the probe's in full
+        regO = {}
         for sid in self.obj_ids:
-            num, den = acc["numO"][sid], acc["denO"][sid]
             if reduce:
-                parallel.allreduce(num)
-                parallel.allreduce(den)
-            reg = float(self.p.object_reg) * float(den.max()) if den.size else 0.0
-            regO[sid] = den + self.ftype.type(max(reg, 1e-30))
-            dO[sid] = num / regO[sid]
+                parallel.allreduce(acc["numO"][sid])
+                parallel.allreduce(acc["denO"][sid])
+            regO[sid] = max(float(self.p.object_reg) * windows_max(acc["denO"][sid], wins[sid]), 1e-30)
+        dP = {}
         if probe_on:
             for sid in self.probe_ids:
                 num, den = acc["numP"][sid], acc["denP"][sid]
@@ -279,7 +349,9 @@ class LSQML(Engine):
         for gi in local:
             G = self.groups[gi]
             g = G.g
-            s = G.step_sums(dO[g.obj.ID], dP.get(g.probe.ID) if probe_on else None)
+            sid = g.obj.ID
+            s = G.step_sums(acc["numO"][sid], acc["denO"][sid], self.ftype.type(regO[sid]),
+                            dP.get(g.probe.ID) if probe_on else None)
             sums[gi] = s
             tot += (s[0].sum(), s[1].sum(), s.shape[1])
         if reduce:
@@ -287,23 +359,20 @@ class LSQML(Engine):
         nb = max(tot[2], 1.0)
         lam = float(self.p.step_reg)
         stats = np.zeros(8)
-        upd = {sid: np.zeros_like(P.obj.S[sid].data) for sid in self.obj_ids}
         aP_sum = np.zeros(2)
         for gi, s in sums.items():
             G = self.groups[gi]
             aO, aP = frame_steps(s[0], s[1], s[2], s[3], s[4], lam, probe_on, tot[0] / nb, tot[1] / nb)
-            G.scatter_object_update(upd[G.g.obj.ID], aO)
+            G.scatter_object_update(acc["upd"][G.g.obj.ID], aO)
             aP_sum += (aP.sum(), len(aP))
             stats[:4] += (exit_steps[gi].sum(), aO.sum(), aP.sum(), len(aO))
         # updates
         beta_o = self.ftype.type(self.p.object_step)
         for sid in self.obj_ids:
-            u = upd[sid]
             if reduce:
-                parallel.allreduce(u)
-            u /= regO[sid]
-            u *= beta_o
-            P.obj.S[sid].data += u
+                parallel.allreduce(acc["upd"][sid])
+            apply_on_windows(P.obj.S[sid].data, acc["upd"][sid], acc["denO"][sid], regO[sid], beta_o, wins[sid])
+            zero_windows((acc["numO"][sid], acc["denO"][sid]), wins[sid])
         if probe_on:
             if reduce:
                 parallel.allreduce(aP_sum)
