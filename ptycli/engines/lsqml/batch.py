@@ -41,7 +41,7 @@ from ...core import fft
 from ..ml.sums import pairs
 from .steps import exit_step
 
-__all__ = ["GroupBatch", "apply_on_windows", "windows_max", "zero_windows"]
+__all__ = ["GroupBatch", "add_on_windows", "windows_max", "zero_windows"]
 
 
 def windows_max(arr, windows):
@@ -52,19 +52,16 @@ def windows_max(arr, windows):
     return best
 
 
-def apply_on_windows(obj, upd, den, reg, beta, windows):
-    """``obj += beta * upd / (den + reg)`` on the union of the windows, every pixel once.
+def add_on_windows(obj, upd, windows):
+    """``obj += upd`` on the union of the windows, every pixel once (``upd`` is zeroed there).
 
     Each window adds its pixels and zeroes ``upd`` there, so a pixel under
-    several windows is updated by the first and left alone by the others:
-    the result does not depend on the order of the windows.
+    several windows is added by the first and left alone by the others: the
+    result does not depend on the order of the windows.
     """
-    reg = den.dtype.type(reg)
     for l, y, x, h, w in windows.tolist():
         sl = (l, slice(y, y + h), slice(x, x + w))
-        inc = upd[sl] / (den[sl] + reg)
-        inc *= beta
-        obj[sl] += inc
+        obj[sl] += upd[sl]
         upd[sl] = 0
 
 
@@ -150,13 +147,22 @@ class GroupBatch:
         """The probe as the transform sees it (``pre P`` in the far field)."""
         return probe * self.pre if self.pre is not None else probe
 
+    def probe_rows(self, probe_eff, pods):
+        """The probe of every pod: (pods, H, W), or (1, H, W) to broadcast when all pods use one layer."""
+        g = self.g
+        if g.single_probe_layer:
+            k = int(g.pr_layer[0])
+            return probe_eff[k:k + 1]
+        return probe_eff[g.pr_layer[pods]]
+
     def _scatter(self, target, values, pods):
         g = self.g
         H, W = g.shape
         ol, oy, ox = g.ob_layer, g.ob_y, g.ob_x
+        one = values.shape[0] == 1  # the same values for every pod
         for k, i in enumerate(pods.tolist()):
             y, x = oy[i], ox[i]
-            target[ol[i], y:y + H, x:x + W] += values[k]
+            target[ol[i], y:y + H, x:x + W] += values[0 if one else k]
 
     # -- passes ---------------------------------------------------------------------
     def exit_update(self, frames, obj, probe, acc, errors, workers=1):
@@ -187,8 +193,7 @@ class GroupBatch:
         nf = len(frames)
         pods, starts = self.pods_of(frames)
         ob = self.windows(obj, pods)
-        pe = self.probe_eff(probe)
-        pr = pe[g.pr_layer[pods]]
+        pr = self.probe_rows(self.probe_eff(probe), pods)
         F = fft.empty((len(pods), H, W), self.ctype)
         np.multiply(pr, ob, out=F)
         self._propagate(F, workers)
@@ -201,7 +206,7 @@ class GroupBatch:
         errors.add_fourier(np.sqrt(I), fmag, mask, intensity=n)
         mn = self.noise.masked_counts(n, mask)
         lp = np.empty_like(I)
-        scratch = [np.empty_like(I) for _ in range(5)]
+        scratch = [np.empty_like(I) for _ in range(5 if self.noise.name == "poisson" else 4)]
         cost = self.noise.cost_terms(I, n, mask, fmag, mn, self.eps, lp, scratch[0], scratch[1], scratch[2],
                                      scratch[3], second=False)
         a = exit_step(self.noise, I, n, mask, mn, self.eps, lp, scratch)
@@ -253,25 +258,30 @@ class GroupBatch:
         d += regO
         u /= d
         u *= pr
+        c["den"] = d
         out = np.zeros((5, len(c["frames"])))
         out[0] = self.per_frame(_rdot_rows(u, u), starts)
         out[3] = self.per_frame(_rdot_rows(u, chi), starts)
         if dP is not None:
-            v = self.probe_eff(dP)[self.g.pr_layer[pods]]
-            v *= ob
+            v = self.probe_rows(self.probe_eff(dP), pods) * ob
             out[1] = self.per_frame(_rdot_rows(v, v), starts)
             out[2] = self.per_frame(_rdot_rows(u, v), starts)
             out[4] = self.per_frame(_rdot_rows(v, chi), starts)
         return out
 
-    def scatter_object_update(self, target, a_obj):
-        """``target += sum_j a_O,j conj(P) chi_j`` over the batch's pods (``a_obj`` per frame)."""
+    def scatter_object_update(self, target, a_obj, beta):
+        """``target += beta sum_j a_O,j conj(P) chi_j / (denO + regO)`` over the batch's pods.
+
+        ``a_obj``: the steps per frame; the denominator is the one of the
+        last :meth:`step_sums` (the batch's full sum, the same for every pod
+        over a pixel, so the sum of the quotients is the quotient of the sum).
+        """
         c = self.cur
         pods, pr, chi = c["pods"], c["pr"], c["chi"]
-        w = np.repeat(np.asarray(a_obj, self.ftype), self.npod[c["frames"]])
-        vals = np.conj(pr)
-        vals *= chi
+        w = np.repeat(np.asarray(a_obj, self.ftype) * self.ftype.type(beta), self.npod[c["frames"]])
+        vals = np.conj(pr) * chi
         vals *= w[:, None, None]
+        vals /= c["den"]
         self._scatter(target, vals, pods)
 
     def position_shifts(self):

@@ -91,7 +91,7 @@ from ...params.declare import Parameter
 from ..base import Engine, register
 from ..ml.noise_models import noise_model
 from ..posref import POSREF_PARAMS
-from .batch import GroupBatch, apply_on_windows, windows_max, zero_windows
+from .batch import GroupBatch, add_on_windows, windows_max, zero_windows
 from .positions import POSITION_PARAMS, GradientPositions
 from .steps import frame_steps
 
@@ -363,15 +363,14 @@ class LSQML(Engine):
         for gi, s in sums.items():
             G = self.groups[gi]
             aO, aP = frame_steps(s[0], s[1], s[2], s[3], s[4], lam, probe_on, tot[0] / nb, tot[1] / nb)
-            G.scatter_object_update(acc["upd"][G.g.obj.ID], aO)
+            G.scatter_object_update(acc["upd"][G.g.obj.ID], aO, float(self.p.object_step))
             aP_sum += (aP.sum(), len(aP))
             stats[:4] += (exit_steps[gi].sum(), aO.sum(), aP.sum(), len(aO))
         # updates
-        beta_o = self.ftype.type(self.p.object_step)
         for sid in self.obj_ids:
             if reduce:
                 parallel.allreduce(acc["upd"][sid])
-            apply_on_windows(P.obj.S[sid].data, acc["upd"][sid], acc["denO"][sid], regO[sid], beta_o, wins[sid])
+            add_on_windows(P.obj.S[sid].data, acc["upd"][sid], wins[sid])
             zero_windows((acc["numO"][sid], acc["denO"][sid]), wins[sid])
         if probe_on:
             if reduce:

@@ -70,8 +70,8 @@ def exit_step(noise, I, n, weight, mn, eps, lp, scratch):
         Dark-pixel regularisation of the noise model.
     lp : ndarray like ``I``
         ``l'(I)`` (from the noise model's ``cost_terms``).
-    scratch : list of 5 ndarrays like ``I``
-        Work arrays.
+    scratch : list of ndarrays like ``I``
+        Work arrays (5 for ``poisson``).
 
     Returns
     -------
