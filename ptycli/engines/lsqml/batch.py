@@ -39,7 +39,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ...core import fft
 from ..ml.sums import pairs
-from .steps import exit_step
+from .steps import exit_factor, exit_step
 
 __all__ = ["GroupBatch", "add_on_windows", "windows_max", "zero_windows"]
 
@@ -210,11 +210,10 @@ class GroupBatch:
         cost = self.noise.cost_terms(I, n, mask, fmag, mn, self.eps, lp, scratch[0], scratch[1], scratch[2],
                                      scratch[3], second=False)
         a = exit_step(self.noise, I, n, mask, mn, self.eps, lp, scratch)
-        factor = lp
-        factor *= -a.astype(self.ftype)[:, None, None]
+        factor = exit_factor(self.noise, a, lp, I, n, self.eps)
         if len(pods) != nf:
             factor = factor[np.repeat(np.arange(nf), self.npod[frames])]
-        F *= factor  # dPsi = -a l' Psi
+        F *= factor  # dPsi = (u - 1) Psi, u = 1 - a l' (safeguarded)
         dF2 = float(np.einsum("i,i->", pairs(F).reshape(-1), pairs(F).reshape(-1)))
         errors.add(exit_change=dF2, likelihood=cost)
         chi = self._propagate(F, workers, inverse=True)
