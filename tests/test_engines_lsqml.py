@@ -111,6 +111,7 @@ def _storages(P):
     return next(iter(P.probe.S.values())), next(iter(P.obj.S.values()))
 
 
+@pytest.mark.slow
 def test_lsqml_reconstructs_moonflower():
     P = _model()
     hist = make_engine(P, dict(name="LSQML", numiter=40)).run()
@@ -143,9 +144,10 @@ def test_same_seed_same_result_other_seed_other_batches():
     p3, o3, b3 = _run(6)
     assert not all(np.array_equal(x, y) for x, y in zip(b1, b3))
     assert not np.array_equal(o1, o3)
+    assert len(b1) == 25  # batch_size null: ceil(50 / 25) = 2 frames per batch
     # batches: all frames once, in ceil(50 / 16) = 4 batches of nearly equal size
     for mode, sizes in (("sparse", [11, 13, 13, 13]), ("random", [12, 12, 13, 13])):
-        b = _run(5, numiter=1, batch_mode=mode)[2]
+        b = _run(5, numiter=1, batch_mode=mode, batch_size=16)[2]
         assert sorted(np.concatenate(b).tolist()) == list(range(50))
         assert sorted(len(x) for x in b) == sizes
 
@@ -181,6 +183,7 @@ def test_probe_untouched_before_probe_update_start():
     assert not np.array_equal(ob.data, o_before)
 
 
+@pytest.mark.slow
 def test_two_probe_modes_and_two_object_modes_run():
     P = _model(n=80, probe_modes=2, sim_modes=2)
     hist = make_engine(P, dict(name="LSQML", numiter=30)).run()
@@ -213,6 +216,7 @@ def test_bad_parameters_are_config_errors():
 
 # -- position correction ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_position_correction_reduces_a_known_position_error():
     import test_posref as tp
 

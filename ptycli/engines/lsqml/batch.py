@@ -218,7 +218,8 @@ class GroupBatch:
         errors.add(exit_change=dF2, likelihood=cost)
         chi = self._propagate(F, workers, inverse=True)
         # direction sums: object (sample plane, no pre correction needed) and probe (per probe row)
-        self._scatter(acc["numO"], np.conj(pr) * chi, pods)
+        pc = np.conj(pr) * chi
+        self._scatter(acc["numO"], pc, pods)
         self._scatter(acc["denO"], (pr.real * pr.real + pr.imag * pr.imag), pods)
         po = np.conj(ob) * chi
         o2 = ob.real * ob.real + ob.imag * ob.imag
@@ -230,7 +231,7 @@ class GroupBatch:
                 s *= np.conj(self.pre)
             acc["numP"][q] += s
             acc["denP"][q] += o2[sel].sum(axis=0)
-        self.cur = dict(frames=frames, pods=pods, starts=starts, ob=ob, pr=pr, chi=chi)
+        self.cur = dict(frames=frames, pods=pods, starts=starts, ob=ob, pr=pr, chi=chi, pc=pc)
         return a
 
     def window_list(self):
@@ -276,9 +277,9 @@ class GroupBatch:
         over a pixel, so the sum of the quotients is the quotient of the sum).
         """
         c = self.cur
-        pods, pr, chi = c["pods"], c["pr"], c["chi"]
+        pods = c["pods"]
         w = np.repeat(np.asarray(a_obj, self.ftype) * self.ftype.type(beta), self.npod[c["frames"]])
-        vals = np.conj(pr) * chi
+        vals = c.pop("pc")  # conj(P) chi, kept from exit_update
         vals *= w[:, None, None]
         vals /= c["den"]
         self._scatter(target, vals, pods)

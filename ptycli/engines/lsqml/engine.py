@@ -99,6 +99,9 @@ __all__ = ["LSQML", "NOISE_MODELS"]
 
 log = logging.getLogger("ptycli.engines")
 
+#: ``batch_size: null`` makes about this many batches per epoch
+AUTO_BATCHES = 25
+
 #: ``noise_model`` -> the model of :mod:`ptycli.engines.ml.noise_models`
 NOISE_MODELS = {"gaussian": "euclid", "poisson": "poisson"}
 
@@ -134,9 +137,12 @@ class LSQML(Engine):
 
     NAME = "LSQML"
     PARAMS = Engine.PARAMS.extended("LSQML", [
-        Parameter("batch_size", 16, "int", "frames per mini-batch (the last batches may hold one less)", low=1),
+        Parameter("batch_size", None, "int",
+                  "frames per mini-batch (null: ceil(frames / %d), about %d batches per epoch); smaller batches "
+                  "converge faster from a poor start, larger ones average the noise" % (AUTO_BATCHES, AUTO_BATCHES),
+                  low=1, nullable=True),
         Parameter("batch_mode", "sparse", "str",
-                  "sparse: batches of frames far apart (one from each of batch_size compact segments of the scan); "
+                  "sparse: the frames of a batch lie far apart (one from each compact segment of the scan); "
                   "random: random frames", choices=("sparse", "random")),
         Parameter("noise_model", "gaussian", "str",
                   "likelihood: gaussian (on amplitudes: the exit-wave step is the modulus projection) or "
@@ -194,7 +200,9 @@ class LSQML(Engine):
             i = index[(label, layer)]
             self._owner_group[i] = gi
             self._owner_frame[i] = f
-        nb = -(-self.n_global // max(1, int(p.batch_size)))  # batches per epoch
+        bs = p.get("batch_size")
+        self.batch_size = max(1, -(-self.n_global // AUTO_BATCHES)) if bs is None else int(bs)
+        nb = -(-self.n_global // self.batch_size)  # batches per epoch
         self._segments = sparse_segments(np.array([every[k] for k in keys], float).reshape(-1, 2),
                                          [k[0] for k in keys], -(-self.n_global // max(nb, 1)))
         pc = p.get("position_correction")
@@ -229,7 +237,7 @@ class LSQML(Engine):
             return []
         if str(self.p.batch_mode) == "random":
             perm = self.rng.permutation(n)
-            nb = -(-n // max(1, int(self.p.batch_size)))
+            nb = -(-n // self.batch_size)
             return np.array_split(perm, nb)
         segs = [seg[self.rng.permutation(len(seg))] for seg in self._segments]
         nb = max(len(seg) for seg in segs)
