@@ -237,7 +237,9 @@ def test_position_correction_reduces_a_known_position_error():
 
 @pytest.mark.slow
 def test_low_dose_lsqml_beats_dm_then_ml(tmp_path):
-    """1e4 photons per frame with Poisson noise (zoo simulator), both from the same default start."""
+    """1e4 photons per frame with Poisson noise (zoo simulator), both chains from the same default start,
+    90 iterations each, Poisson likelihood: DM 60 + ML 30 against LSQML 60 + 30 more epochs in large,
+    more regularised batches (which average the noise)."""
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
     import validate_zoo as vz
     import zoo_sim
@@ -247,13 +249,13 @@ def test_low_dose_lsqml_beats_dm_then_ml(tmp_path):
 
     def score(chain, extra=None):
         cfg = vz.natural_config(case["data_section"], spec.propagation, poisson=True, chain=chain)
-        for v in cfg["engines"].values():
-            v.update(extra or {})
+        for k, v in enumerate(cfg["engines"].values()):
+            v.update((extra or {}).get(k, {}))
         return vz.reconstruct_and_score(cfg, case["truth"])["score"]
 
     dm_ml = score([("DM", 60), ("ML", 30)])
-    lsqml = score([("LSQML", 90)], {"noise_model": "gaussian"})
-    assert lsqml > dm_ml, (lsqml, dm_ml)
+    lsqml = score([("LSQML", 60), ("LSQML", 30)], {1: {"batch_size": 50, "object_reg": 1.0}})
+    assert lsqml > dm_ml + 0.004, (lsqml, dm_ml)  # measured 0.913 against 0.906
 
 
 # -- MPI -----------------------------------------------------------------------------------------
