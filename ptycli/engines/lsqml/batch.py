@@ -18,8 +18,6 @@ group's frames of the current batch (any subset of its frames, in any order):
     ``sum_j a_O,j conj(P) chi_j`` into an object-shaped accumulator.
 :meth:`GroupBatch.position_shifts`
     The per-frame position estimate from the object's gradient.
-:meth:`GroupBatch.release`
-    Drops the batch's arrays.
 
 Far field: the propagator's sample-plane factor ``pre`` (unit modulus) is
 folded into the probe (``P_eff = pre P``) and the detector-plane factor
@@ -92,10 +90,10 @@ class GroupBatch:
     eps : float
         The noise model's dark-pixel regularisation.
 
-    Attributes
-    ----------
-    cur : dict or None
-        The current batch (pods, frames, gathered windows, probes, ``chi``).
+    The passes keep no state between calls: :meth:`exit_update` returns the
+    batch part's arrays (pods, frames, gathered windows, probes, ``chi``) as a
+    dict that the other passes take, so parts of a batch can run on several
+    threads at once.
     """
 
     def __init__(self, g, noise, eps):
@@ -109,7 +107,6 @@ class GroupBatch:
         self.mask = None if m is None else np.asarray(m, dtype=self.ftype)
         self.fmag = np.asarray(g.fmag(), dtype=self.ftype)
         self.npod = np.diff(g.pod_start)
-        self.cur = None
 
     # -- helpers -------------------------------------------------------------------
     def pods_of(self, frames):
@@ -184,8 +181,10 @@ class GroupBatch:
 
         Returns
         -------
-        ndarray float64 (frames,)
+        a : ndarray float64 (frames,)
             The exit-wave steps ``a_j``.
+        state : dict
+            The part's arrays for the other passes.
         """
         g = self.g
         H, W = g.shape
@@ -231,19 +230,18 @@ class GroupBatch:
                 s *= np.conj(self.pre)
             acc["numP"][q] += s
             acc["denP"][q] += o2[sel].sum(axis=0)
-        self.cur = dict(frames=frames, pods=pods, starts=starts, ob=ob, pr=pr, chi=chi, pc=pc)
-        return a
+        return a, dict(frames=frames, pods=pods, starts=starts, ob=ob, pr=pr, chi=chi, pc=pc)
 
-    def window_list(self):
-        """The object windows of the current batch's pods: (pods, 5) int64 rows ``layer, y, x, H, W``."""
+    def window_list(self, c):
+        """The object windows of a part's pods: (pods, 5) int64 rows ``layer, y, x, H, W``."""
         g = self.g
-        pods = self.cur["pods"]
+        pods = c["pods"]
         out = np.empty((len(pods), 5), np.int64)
         out[:, 0], out[:, 1], out[:, 2] = g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods]
         out[:, 3], out[:, 4] = g.shape
         return out
 
-    def step_sums(self, numO, denO, regO, dP):
+    def step_sums(self, c, numO, denO, regO, dP):
         """Per-frame sums ``<u,u>, <v,v>, Re<u,v>, Re<u,chi>, Re<v,chi>`` (float64, shape (5, frames)).
 
         ``u = P dO`` with ``dO = numO / (denO + regO)`` evaluated on the
@@ -251,7 +249,6 @@ class GroupBatch:
         ``regO`` the scalar regulariser); ``dP`` probe-shaped (its own plane)
         or None (no probe update: the ``v`` sums are 0).
         """
-        c = self.cur
         pods, starts, pr, ob, chi = c["pods"], c["starts"], c["pr"], c["ob"], c["chi"]
         u = self.windows(numO, pods)
         d = self.windows(denO, pods)
@@ -269,14 +266,13 @@ class GroupBatch:
             out[4] = self.per_frame(_rdot_rows(v, chi), starts)
         return out
 
-    def scatter_object_update(self, target, a_obj, beta):
+    def scatter_object_update(self, c, target, a_obj, beta):
         """``target += beta sum_j a_O,j conj(P) chi_j / (denO + regO)`` over the batch's pods.
 
         ``a_obj``: the steps per frame; the denominator is the one of the
         last :meth:`step_sums` (the batch's full sum, the same for every pod
         over a pixel, so the sum of the quotients is the quotient of the sum).
         """
-        c = self.cur
         pods = c["pods"]
         w = np.repeat(np.asarray(a_obj, self.ftype) * self.ftype.type(beta), self.npod[c["frames"]])
         vals = c.pop("pc")  # conj(P) chi, kept from exit_update
@@ -284,7 +280,7 @@ class GroupBatch:
         vals /= c["den"]
         self._scatter(target, vals, pods)
 
-    def position_shifts(self):
+    def position_shifts(self, c):
         """Per-frame shift estimates (rows, cols; pixels, float64 (frames, 2)) of the current batch.
 
         ``s = Re<P dO/dy, chi> / <P dO/dy, P dO/dy>`` per axis (central
@@ -292,7 +288,6 @@ class GroupBatch:
         of the window that best explains the exit-wave update to first order.
         Frames without gradient signal get 0.
         """
-        c = self.cur
         pods, starts, pr, ob, chi = c["pods"], c["starts"], c["pr"], c["ob"], c["chi"]
         out = np.zeros((len(c["frames"]), 2))
         for k, axis in enumerate((1, 2)):
@@ -303,6 +298,3 @@ class GroupBatch:
             out[:, k] = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
         return out
 
-    def release(self):
-        """Drop the current batch's arrays."""
-        self.cur = None

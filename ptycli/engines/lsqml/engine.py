@@ -91,6 +91,7 @@ from ...params.declare import Parameter
 from ..base import Engine, register
 from ..ml.noise_models import noise_model
 from ..posref import POSREF_PARAMS
+from ..threads import BlockPool
 from .batch import GroupBatch, add_on_windows, windows_max, zero_windows
 from .positions import POSITION_PARAMS, GradientPositions
 from .steps import frame_steps
@@ -169,6 +170,7 @@ class LSQML(Engine):
         self.positions = None
         self.last_batches = None
         self._acc = None
+        self._pool = None
 
     # -- life cycle -----------------------------------------------------------------
     def engine_initialize(self):
@@ -207,14 +209,17 @@ class LSQML(Engine):
                                          [k[0] for k in keys], -(-self.n_global // max(nb, 1)))
         pc = p.get("position_correction")
         self.positions = GradientPositions(self.book, pc) if pc and pc.get("start") is not None else None
-        self._workers = max(1, int(fft.get_workers()))
+        workers = max(1, int(fft.get_workers()))
+        self._pool = BlockPool(workers)  # batch parts on the threads; single-threaded FFTs then
+        self._fft_workers = max(1, workers // self._pool.n)
 
     def engine_finalize(self):
         self.reset_exit()  # exit waves = probe * object, for the engines that follow
-        for G in self.groups:
-            G.release()
         self.groups = []
         self._acc = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def positions_changed(self, moved):
         if self.positions is not None:
@@ -288,60 +293,105 @@ class LSQML(Engine):
         return rec
 
     def _accumulators(self):
-        """The direction accumulators: object-shaped ones kept zero between batches, probe-shaped fresh."""
+        """Per thread: the direction accumulators (object-shaped ones kept zero between batches) and errors."""
         P = self.ptycho
         if self._acc is None:
-            self._acc = dict(numO={}, denO={}, upd={})
-            for sid in self.obj_ids:
-                S = P.obj.S[sid]
-                self._acc["numO"][sid] = np.zeros_like(S.data)
-                self._acc["denO"][sid] = np.zeros(S.data.shape, self.ftype)
-                self._acc["upd"][sid] = np.zeros_like(S.data)
-        acc = dict(self._acc)
-        acc["numP"] = {sid: np.zeros_like(P.probe.S[sid].data) for sid in self.probe_ids}
-        acc["denP"] = {sid: np.zeros(P.probe.S[sid].data.shape, self.ftype) for sid in self.probe_ids}
-        return acc
-
-    def _batch_windows(self, local):
-        """Object storage ID -> the batch's windows (rows ``layer, y, x, H, W``) of all ranks."""
-        wins = {sid: [] for sid in self.obj_ids}
-        for gi in local:
-            G = self.groups[gi]
-            wins[G.g.obj.ID].append(G.window_list())
-        out = {sid: np.concatenate(w) if w else np.zeros((0, 5), np.int64) for sid, w in wins.items()}
-        if parallel.size > 1:
-            every = parallel.allgather(out)
-            out = {sid: np.concatenate([part[sid] for part in every]) for sid in self.obj_ids}
+            self._acc = []
+            for _ in range(self._pool.n):
+                a = dict(numO={}, denO={}, upd={})
+                for sid in self.obj_ids:
+                    S = P.obj.S[sid]
+                    a["numO"][sid] = np.zeros_like(S.data)
+                    a["denO"][sid] = np.zeros(S.data.shape, self.ftype)
+                    a["upd"][sid] = np.zeros_like(S.data)
+                self._acc.append(a)
+        out = []
+        for a in self._acc:
+            a = dict(a)
+            a["numP"] = {sid: np.zeros_like(P.probe.S[sid].data) for sid in self.probe_ids}
+            a["denP"] = {sid: np.zeros(P.probe.S[sid].data.shape, self.ftype) for sid in self.probe_ids}
+            out.append(a)
         return out
+
+    def _parts(self, local):
+        """Work items ``(group index, frames)``: each group's batch frames cut into one part per thread."""
+        T = self._pool.n
+        items = []
+        for gi, frames in local.items():
+            for part in np.array_split(frames, min(T, len(frames))):
+                items.append((gi, part))
+        return items
+
+    def _windows_of(self, items, states):
+        """Object storage ID -> the windows (rows ``layer, y, x, H, W``) of the items' pods."""
+        wins = {sid: [] for sid in self.obj_ids}
+        for (gi, _), st in zip(items, states):
+            G = self.groups[gi]
+            wins[G.g.obj.ID].append(G.window_list(st))
+        return {sid: np.concatenate(w) if w else np.zeros((0, 5), np.int64) for sid, w in wins.items()}
+
+    def _merge(self, acc, items, states, keys):
+        """Add the other threads' object accumulators ``keys`` into thread 0's, on their windows (fixed order)."""
+        T = self._pool.n
+        for k in range(1, T):
+            mine = [i for i in range(len(items)) if i % T == k]
+            wins = self._windows_of([items[i] for i in mine], [states[i] for i in mine])
+            for sid in self.obj_ids:
+                for key in keys:
+                    add_on_windows(acc[0][key][sid], acc[k][key][sid], wins[sid])
 
     def _batch(self, local, probe_on, pos_on, errors):
         """One mini-batch (collective under MPI); returns the step statistics (see :meth:`_epoch`).
 
-        The object-shaped sums are touched on the batch's windows only (they
-        are zero elsewhere and zeroed again on the windows at the end), so a
-        batch costs in proportion to its frames, not to the object.
+        The batch's frames are cut into one part per thread (:meth:`_parts`;
+        item ``i`` runs on thread ``i % T`` with that thread's accumulators,
+        merged into thread 0's in a fixed order, so the result does not depend
+        on timing). The object-shaped sums are touched on the batch's windows
+        only (they are zero elsewhere and zeroed again on the windows at the
+        end), so a batch costs in proportion to its frames, not to the object.
         """
         P = self.ptycho
         acc = self._accumulators()
-        exit_steps = {}
-        for gi, frames in local.items():
+        errs = [self.new_error_sums() for _ in acc]
+        items = self._parts(local)
+        workers = self._fft_workers
+
+        def exit_pass(k, item):
+            gi, frames = item
             G = self.groups[gi]
             g = G.g
-            sub = {k: acc[k][g.obj.ID if k.endswith("O") else g.probe.ID] for k in ("numO", "denO", "numP", "denP")}
-            exit_steps[gi] = G.exit_update(frames, g.obj.data, g.probe.data, sub, errors, self._workers)
+            a = acc[k]
+            sub = {key: a[key][g.obj.ID if key.endswith("O") else g.probe.ID]
+                   for key in ("numO", "denO", "numP", "denP")}
+            return G.exit_update(frames, g.obj.data, g.probe.data, sub, errs[k], workers)
+
+        res = self._pool.map(exit_pass, items)
+        exit_steps = [r[0] for r in res]
+        states = [r[1] for r in res]
+        for e in errs:
+            errors.sums += e.sums
+        self._merge(acc, items, states, ("numO", "denO"))
+        for a in acc[1:]:
+            for key in ("numP", "denP"):
+                for sid in self.probe_ids:
+                    acc[0][key][sid] += a[key][sid]
+        a0 = acc[0]
         reduce = parallel.size > 1
-        wins = self._batch_windows(local)
+        wins = self._windows_of(items, states)
+        if reduce:
+            every = parallel.allgather(wins)
+            wins = {sid: np.concatenate([part[sid] for part in every]) for sid in self.obj_ids}
         # directions: the object's on the windows (regulariser from its batch maximum), the probe's in full
         regO = {}
         for sid in self.obj_ids:
             if reduce:
-                parallel.allreduce(acc["numO"][sid])
-                parallel.allreduce(acc["denO"][sid])
-            regO[sid] = max(float(self.p.object_reg) * windows_max(acc["denO"][sid], wins[sid]), 1e-30)
+                parallel.allreduce(a0["numO"][sid])
+                parallel.allreduce(a0["denO"][sid])
+            regO[sid] = max(float(self.p.object_reg) * windows_max(a0["denO"][sid], wins[sid]), 1e-30)
         dP = {}
         if probe_on:
             for sid in self.probe_ids:
-                num, den = acc["numP"][sid], acc["denP"][sid]
+                num, den = a0["numP"][sid], a0["denP"][sid]
                 if reduce:
                     parallel.allreduce(num)
                     parallel.allreduce(den)
@@ -351,35 +401,43 @@ class LSQML(Engine):
                 if sup is not None:
                     d *= sup
                 dP[sid] = d
+
         # per-frame step systems
-        sums = {}
-        tot = np.zeros(3)
-        for gi in local:
+        def sums_pass(k, i):
+            gi = items[i][0]
             G = self.groups[gi]
-            g = G.g
-            sid = g.obj.ID
-            s = G.step_sums(acc["numO"][sid], acc["denO"][sid], self.ftype.type(regO[sid]),
-                            dP.get(g.probe.ID) if probe_on else None)
-            sums[gi] = s
+            sid = G.g.obj.ID
+            return G.step_sums(states[i], a0["numO"][sid], a0["denO"][sid], self.ftype.type(regO[sid]),
+                               dP.get(G.g.probe.ID) if probe_on else None)
+
+        sums = self._pool.map(sums_pass, range(len(items)))
+        tot = np.zeros(3)
+        for s in sums:
             tot += (s[0].sum(), s[1].sum(), s.shape[1])
         if reduce:
             parallel.allreduce(tot)
         nb = max(tot[2], 1.0)
         lam = float(self.p.step_reg)
+        steps = [frame_steps(s[0], s[1], s[2], s[3], s[4], lam, probe_on, tot[0] / nb, tot[1] / nb) for s in sums]
+        beta = float(self.p.object_step)
+
+        def update_pass(k, i):
+            G = self.groups[items[i][0]]
+            G.scatter_object_update(states[i], acc[k]["upd"][G.g.obj.ID], steps[i][0], beta)
+
+        self._pool.map(update_pass, range(len(items)))
+        self._merge(acc, items, states, ("upd",))
         stats = np.zeros(8)
         aP_sum = np.zeros(2)
-        for gi, s in sums.items():
-            G = self.groups[gi]
-            aO, aP = frame_steps(s[0], s[1], s[2], s[3], s[4], lam, probe_on, tot[0] / nb, tot[1] / nb)
-            G.scatter_object_update(acc["upd"][G.g.obj.ID], aO, float(self.p.object_step))
+        for i, (aO, aP) in enumerate(steps):
             aP_sum += (aP.sum(), len(aP))
-            stats[:4] += (exit_steps[gi].sum(), aO.sum(), aP.sum(), len(aO))
+            stats[:4] += (exit_steps[i].sum(), aO.sum(), aP.sum(), len(aO))
         # updates
         for sid in self.obj_ids:
             if reduce:
-                parallel.allreduce(acc["upd"][sid])
-            add_on_windows(P.obj.S[sid].data, acc["upd"][sid], wins[sid])
-            zero_windows((acc["numO"][sid], acc["denO"][sid]), wins[sid])
+                parallel.allreduce(a0["upd"][sid])
+            add_on_windows(P.obj.S[sid].data, a0["upd"][sid], wins[sid])
+            zero_windows((a0["numO"][sid], a0["denO"][sid]), wins[sid])
         if probe_on:
             if reduce:
                 parallel.allreduce(aP_sum)
@@ -388,11 +446,10 @@ class LSQML(Engine):
             for sid in self.probe_ids:
                 P.probe.S[sid].data += step * dP[sid]
         if pos_on:
-            for gi, frames in local.items():
-                moved = self.positions.update(gi, frames, self.groups[gi].position_shifts())
-                stats[4] += len(moved)
-        for gi in local:
-            self.groups[gi].release()
+            shifts = self._pool.map(lambda k, i: self.groups[items[i][0]].position_shifts(states[i]),
+                                    range(len(items)))
+            for (gi, frames), sh in zip(items, shifts):
+                stats[4] += len(self.positions.update(gi, frames, sh))
         return stats
 
     # -- resume ----------------------------------------------------------------------------
