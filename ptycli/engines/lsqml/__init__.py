@@ -8,6 +8,6 @@ exit-wave and per-frame object/probe steps), :mod:`.positions` (gradient positio
 """
 
 from .engine import LSQML, NOISE_MODELS
-from .steps import exit_step, frame_steps
+from .steps import exit_factor, exit_step, frame_steps
 
-__all__ = ["LSQML", "NOISE_MODELS", "exit_step", "frame_steps"]
+__all__ = ["LSQML", "NOISE_MODELS", "exit_factor", "exit_step", "frame_steps"]

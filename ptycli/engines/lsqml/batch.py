@@ -96,6 +96,9 @@ class GroupBatch:
     threads at once.
     """
 
+    #: whether the window passes are compiled (:class:`~ptycli.engines.lsqml.compiled.CompiledGroupBatch`)
+    compiled = False
+
     def __init__(self, g, noise, eps):
         self.g = g
         self.noise = noise
@@ -161,6 +164,9 @@ class GroupBatch:
             y, x = oy[i], ox[i]
             target[ol[i], y:y + H, x:x + W] += values[0 if one else k]
 
+    def _scatter_abs2(self, target, values, pods):
+        self._scatter(target, values.real * values.real + values.imag * values.imag, pods)
+
     # -- passes ---------------------------------------------------------------------
     def exit_update(self, frames, obj, probe, acc, errors, workers=1):
         """Exit-wave update of ``frames`` and the direction sums (module docstring).
@@ -219,7 +225,7 @@ class GroupBatch:
         # direction sums: object (sample plane, no pre correction needed) and probe (per probe row)
         pc = np.conj(pr) * chi
         self._scatter(acc["numO"], pc, pods)
-        self._scatter(acc["denO"], (pr.real * pr.real + pr.imag * pr.imag), pods)
+        self._scatter_abs2(acc["denO"], pr, pods)
         po = np.conj(ob) * chi
         o2 = ob.real * ob.real + ob.imag * ob.imag
         rows = g.pr_layer[pods]

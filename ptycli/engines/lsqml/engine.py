@@ -90,11 +90,17 @@ from ...core import fft
 from ...params.declare import Parameter
 from ..base import Engine, register
 from ..ml.noise_models import noise_model
+from ..._lazy import lazy_module
 from ..posref import POSREF_PARAMS
 from ..threads import BlockPool
-from .batch import GroupBatch, add_on_windows, windows_max, zero_windows
+from . import batch as numpy_passes
+from .batch import GroupBatch
 from .positions import POSITION_PARAMS, GradientPositions
 from .steps import frame_steps
+
+# imported at first use: listing the parameters (ptycli params) needs no numba
+fused = lazy_module("ptycli.engines.fused")
+compiled_passes = lazy_module("ptycli.engines.lsqml.compiled")
 
 __all__ = ["LSQML", "NOISE_MODELS"]
 
@@ -177,7 +183,11 @@ class LSQML(Engine):
         p = self.p
         self.noise = noise_model(NOISE_MODELS[str(p.noise_model).lower()])
         self.eps = self.noise.eps(self.mean_power)
-        self.groups = [GroupBatch(g, self.noise, self.eps) for g in self.book.groups]
+        n_pixels = sum(g.n_pods * g.shape[0] * g.shape[1] for g in self.book.groups)
+        self._compiled = fused.use_compiled(p.kernels, n_pixels, True)
+        kind = compiled_passes.CompiledGroupBatch if self._compiled else GroupBatch
+        self._ops = compiled_passes if self._compiled else numpy_passes  # the window operations
+        self.groups = [kind(g, self.noise, self.eps) for g in self.book.groups]
         self._cost_const = self.noise.cost_constant((G.n, G.mask) for G in self.groups)
         P = self.ptycho
         self.obj_ids = sorted(P.obj.S)
@@ -338,7 +348,7 @@ class LSQML(Engine):
             wins = self._windows_of([items[i] for i in mine], [states[i] for i in mine])
             for sid in self.obj_ids:
                 for key in keys:
-                    add_on_windows(acc[0][key][sid], acc[k][key][sid], wins[sid])
+                    self._ops.add_on_windows(acc[0][key][sid], acc[k][key][sid], wins[sid])
 
     def _batch(self, local, probe_on, pos_on, errors):
         """One mini-batch (collective under MPI); returns the step statistics (see :meth:`_epoch`).
@@ -387,7 +397,7 @@ class LSQML(Engine):
             if reduce:
                 parallel.allreduce(a0["numO"][sid])
                 parallel.allreduce(a0["denO"][sid])
-            regO[sid] = max(float(self.p.object_reg) * windows_max(a0["denO"][sid], wins[sid]), 1e-30)
+            regO[sid] = max(float(self.p.object_reg) * self._ops.windows_max(a0["denO"][sid], wins[sid]), 1e-30)
         dP = {}
         if probe_on:
             for sid in self.probe_ids:
@@ -436,8 +446,8 @@ class LSQML(Engine):
         for sid in self.obj_ids:
             if reduce:
                 parallel.allreduce(a0["upd"][sid])
-            add_on_windows(P.obj.S[sid].data, a0["upd"][sid], wins[sid])
-            zero_windows((a0["numO"][sid], a0["denO"][sid]), wins[sid])
+            self._ops.add_on_windows(P.obj.S[sid].data, a0["upd"][sid], wins[sid])
+            self._ops.zero_windows((a0["numO"][sid], a0["denO"][sid]), wins[sid])
         if probe_on:
             if reduce:
                 parallel.allreduce(aP_sum)

@@ -20,14 +20,15 @@ cost with respect to the frame's intensity ``I_j = sum_modes |Psi|^2``, see
 term exactly; :func:`exit_step` returns 1.
 
 ``poisson`` (``I - n log I``): no pixel-wise closed form with a common
-``a``; :func:`exit_step` takes Newton steps on the frame's cost ``f(a)``
-from ``a = 0``::
+``a``; :func:`exit_step` takes Newton steps on the frame's cost ``f(a)``::
 
     f'(a)  = -2 sum l'(I(a)) l' I u
     f''(a) =  4 sum l''(I(a)) l'^2 I^2 u^2 + 2 sum l'(I(a)) l'^2 I     (u = 1 - a l')
 
-(the first step is ``sum l'^2 I / sum l'^2 (I + n)``, which is 1/2 near the
-solution) and clips ``a`` to ``[0, 1]``.
+(from ``a = 0`` the first step would be ``sum l'^2 I / sum l'^2 (I + n)``, 1/2
+near the solution) and clips ``a`` to ``[0, 1]``. The sums run over the pixels the
+safeguard below leaves free at the current ``a`` (a clipped pixel does not
+move with ``a``), starting from ``a = 1/2``.
 
 Safeguard (``poisson``): a pixel's multiplier ``u = 1 - a l'`` is kept between
 1 and the pixel's own optimum ``sqrt(n / I)`` (:func:`exit_factor`). Where the
@@ -89,19 +90,22 @@ def exit_step(noise, I, n, weight, mn, eps, lp, scratch):
     nf = I.shape[0]
     if noise.name != "poisson":
         return np.ones(nf)
-    a = np.zeros(nf)
+    a = np.full(nf, 0.5)
     lp0 = lp.reshape(nf, -1).astype(np.float64)
     I0 = I.reshape(nf, -1).astype(np.float64)
     lpa, l2a, t1, t2, t3 = scratch
-    l2I = lp0 * lp0 * I0
+    # the pixel optima u* = sqrt(n / I): the safeguard of exit_factor keeps u between 1 and u*
+    s = np.sqrt(np.asarray(n, np.float64).reshape(nf, -1) / (I0 + eps))
+    lo, hi = np.minimum(s, 1.0), np.maximum(s, 1.0)
     for _ in range(NEWTON_STEPS):
         u = 1.0 - a[:, None] * lp0
+        free = (u >= lo) & (u <= hi)  # pixels the safeguard clips do not move with a
         Ia = (I0 * u * u).astype(I.dtype).reshape(I.shape)
         noise.cost_terms(Ia, n, weight, None, mn, eps, lpa, l2a, t1, t2, t3, second=True)
-        la = lpa.reshape(nf, -1).astype(np.float64)
-        l2 = l2a.reshape(nf, -1).astype(np.float64)
+        la = np.where(free, lpa.reshape(nf, -1), 0.0)
+        l2 = np.where(free, l2a.reshape(nf, -1), 0.0)
         d1 = -2.0 * np.sum(la * lp0 * I0 * u, axis=1)
-        d2 = 4.0 * np.sum(l2 * (lp0 * I0 * u) ** 2, axis=1) + 2.0 * np.sum(la * l2I, axis=1)
+        d2 = 4.0 * np.sum(l2 * (lp0 * I0 * u) ** 2, axis=1) + 2.0 * np.sum(la * lp0 * lp0 * I0, axis=1)
         ok = d2 > 0
         a = np.where(ok, a - np.where(ok, d1, 0.0) / np.where(ok, d2, 1.0), a)
         a = np.clip(a, 0.0, 1.0)

@@ -1,0 +1,184 @@
+"""Compiled (numba) window passes of LSQ-ML: the same sums as the numpy passes of :mod:`.batch`, loop-fused.
+
+The numpy passes spend most of their time outside the FFTs in per-window
+Python loops (scatters into the object-shaped sums) and in the step sums,
+which build ``u = P dO`` and ``v = O dP`` as arrays before six dot products.
+Here each is one loop over the windows' pixels:
+
+* :func:`scatter_add` / :func:`scatter_abs2` - ``target[window] += values``
+  / ``+= |values|^2`` per pod (one shared row of values, or one per pod);
+* :func:`step_sums` - the five sums of the 2 x 2 step system per frame
+  (float64 accumulators) without forming ``u`` and ``v``, and the
+  denominators ``denO + regO`` of the windows for :func:`scatter_update`;
+* :func:`scatter_update` - ``target[window] += w_pod conj(P) chi / den``;
+* :func:`add_on_windows`, :func:`zero_windows`, :func:`windows_max` - the
+  window operations of :mod:`.batch`.
+
+:class:`CompiledGroupBatch` is :class:`~ptycli.engines.lsqml.batch.GroupBatch`
+with these kernels (the exit-wave update itself stays numpy: its FFTs and
+noise-model formulas are shared with ML). Chosen by the engine parameter
+``kernels`` like the other engines' compiled passes
+(:func:`ptycli.engines.fused.use_compiled`); the numbers agree with the numpy
+passes to rounding (``tests/test_engines_lsqml.py``).
+"""
+
+import numpy as np
+
+from ..fused import njit
+from .batch import GroupBatch
+
+__all__ = ["CompiledGroupBatch", "scatter_add", "scatter_abs2", "step_sums", "scatter_update", "add_on_windows",
+           "zero_windows", "windows_max"]
+
+_JIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
+
+
+@njit(**_JIT)
+def scatter_add(target, values, ol, oy, ox):
+    """``target[ol[k], oy[k]:+H, ox[k]:+W] += values[k]`` (``values[0]`` for all when it has one row)."""
+    one = values.shape[0] == 1
+    H, W = values.shape[1], values.shape[2]
+    for k in range(ol.shape[0]):
+        v = values[0] if one else values[k]
+        t = target[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        for i in range(H):
+            for j in range(W):
+                t[i, j] += v[i, j]
+
+
+@njit(**_JIT)
+def scatter_abs2(target, values, ol, oy, ox):
+    """``target[window k] += |values[k]|^2`` (one shared row, or one per pod)."""
+    one = values.shape[0] == 1
+    H, W = values.shape[1], values.shape[2]
+    for k in range(ol.shape[0]):
+        v = values[0] if one else values[k]
+        t = target[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        for i in range(H):
+            for j in range(W):
+                t[i, j] += v[i, j].real * v[i, j].real + v[i, j].imag * v[i, j].imag
+
+
+@njit(**_JIT)
+def step_sums(numO, denO, reg, pr, ob, chi, dpe, use_probe, ol, oy, ox, frame, out, den):
+    """Per-frame ``<u,u>, <v,v>, Re<u,v>, Re<u,chi>, Re<v,chi>`` into ``out`` (5, frames), added.
+
+    ``u = P numO / (denO + reg)`` on the pod's window, ``v = O dP_eff``;
+    ``den`` (pods, H, W) receives ``denO + reg`` of the windows.
+    """
+    one = pr.shape[0] == 1
+    H, W = chi.shape[1], chi.shape[2]
+    for k in range(ol.shape[0]):
+        p = pr[0] if one else pr[k]
+        dp = dpe[0] if dpe.shape[0] == 1 else dpe[k]
+        nw = numO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        dw = denO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        uu = 0.0
+        vv = 0.0
+        uv = 0.0
+        uc = 0.0
+        vc = 0.0
+        for i in range(H):
+            for j in range(W):
+                d = dw[i, j] + reg
+                den[k, i, j] = d
+                u = nw[i, j] / d * p[i, j]
+                c = chi[k, i, j]
+                uu += u.real * u.real + u.imag * u.imag
+                uc += u.real * c.real + u.imag * c.imag
+                if use_probe:
+                    v = ob[k, i, j] * dp[i, j]
+                    vv += v.real * v.real + v.imag * v.imag
+                    uv += u.real * v.real + u.imag * v.imag
+                    vc += v.real * c.real + v.imag * c.imag
+        f = frame[k]
+        out[0, f] += uu
+        out[1, f] += vv
+        out[2, f] += uv
+        out[3, f] += uc
+        out[4, f] += vc
+
+
+@njit(**_JIT)
+def scatter_update(target, pc, wpod, den, ol, oy, ox):
+    """``target[window k] += wpod[k] * pc[k] / den[k]`` (``pc = conj(P) chi``)."""
+    H, W = pc.shape[1], pc.shape[2]
+    for k in range(ol.shape[0]):
+        t = target[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        w = wpod[k]
+        for i in range(H):
+            for j in range(W):
+                t[i, j] += pc[k, i, j] * (w / den[k, i, j])
+
+
+@njit(**_JIT)
+def add_on_windows(obj, upd, windows):
+    """``obj += upd`` on the union of the windows, every pixel once; ``upd`` zeroed there (see :mod:`.batch`)."""
+    for r in range(windows.shape[0]):
+        l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
+        for i in range(y, y + h):
+            for j in range(x, x + w):
+                obj[l, i, j] += upd[l, i, j]
+                upd[l, i, j] = 0
+
+
+@njit(**_JIT)
+def _zero(a, windows):
+    for r in range(windows.shape[0]):
+        l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
+        for i in range(y, y + h):
+            for j in range(x, x + w):
+                a[l, i, j] = 0
+
+
+def zero_windows(arrays, windows):
+    """Zero every array of ``arrays`` on the windows."""
+    for a in arrays:
+        _zero(a, windows)
+
+
+@njit(**_JIT)
+def windows_max(arr, windows):
+    """Largest value of the real ``arr`` over the windows; 0 without windows."""
+    best = 0.0
+    for r in range(windows.shape[0]):
+        l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
+        for i in range(y, y + h):
+            for j in range(x, x + w):
+                if arr[l, i, j] > best:
+                    best = arr[l, i, j]
+    return best
+
+
+class CompiledGroupBatch(GroupBatch):
+    """:class:`~ptycli.engines.lsqml.batch.GroupBatch` with the window passes compiled (module docstring)."""
+
+    compiled = True
+
+    def _scatter(self, target, values, pods):
+        g = self.g
+        scatter_add(target, np.ascontiguousarray(values), g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods])
+
+    def _scatter_abs2(self, target, values, pods):
+        g = self.g
+        scatter_abs2(target, np.ascontiguousarray(values), g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods])
+
+    def step_sums(self, c, numO, denO, regO, dP):
+        g = self.g
+        pods, starts, pr, ob, chi = c["pods"], c["starts"], c["pr"], c["ob"], c["chi"]
+        nf = len(c["frames"])
+        frame = np.repeat(np.arange(nf), self.npod[c["frames"]])
+        out = np.zeros((5, nf))
+        den = np.empty(chi.shape, self.ftype)
+        use_probe = dP is not None
+        dpe = self.probe_rows(self.probe_eff(dP), pods) if use_probe else pr
+        step_sums(numO, denO, self.ftype.type(regO), np.ascontiguousarray(pr), ob, chi, np.ascontiguousarray(dpe),
+                  use_probe, g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], frame, out, den)
+        c["den"] = den
+        return out
+
+    def scatter_object_update(self, c, target, a_obj, beta):
+        g = self.g
+        pods = c["pods"]
+        w = np.repeat(np.asarray(a_obj, self.ftype) * self.ftype.type(beta), self.npod[c["frames"]])
+        scatter_update(target, c.pop("pc"), w, c["den"], g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods])
