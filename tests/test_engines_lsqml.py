@@ -218,18 +218,19 @@ def test_two_probe_modes_and_two_object_modes_run():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("modes", [1, 2])
-def test_compiled_window_passes_agree_with_numpy(modes):
-    """kernels: compiled (numba window passes) against kernels: numpy, Poisson, position correction on."""
+@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
+def test_compiled_window_passes_agree_with_numpy(modes, noise):
+    """kernels: compiled (numba passes) against kernels: numpy, position correction on."""
     out = []
     for kernels in ("numpy", "compiled"):
         P = _model(n=40, probe_modes=modes, sim_modes=modes)
         eng = make_engine(P, dict(name="LSQML", numiter=4, probe_update_start=0, kernels=kernels,
-                                  noise_model="poisson", position_correction=dict(start=1)))
+                                  noise_model=noise, position_correction=dict(start=1)))
         eng.run()
         assert eng._compiled == (kernels == "compiled")
         out.append([a.data.copy() for a in _storages(P)])
     for a, b in zip(*out):
-        assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-4  # measured 2e-5 (float32 rounding)
+        assert np.linalg.norm(a - b) / np.linalg.norm(b) < 2e-4  # measured 4e-5 at most (float32 rounding)
 
 
 def test_bad_parameters_are_config_errors():

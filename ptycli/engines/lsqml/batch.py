@@ -39,7 +39,7 @@ from ...core import fft
 from ..ml.sums import pairs
 from .steps import exit_factor, exit_step
 
-__all__ = ["GroupBatch", "add_on_windows", "windows_max", "zero_windows"]
+__all__ = ["GroupBatch", "add_on_windows", "finish_windows", "windows_max", "zero_windows"]
 
 
 def windows_max(arr, windows):
@@ -61,6 +61,12 @@ def add_on_windows(obj, upd, windows):
         sl = (l, slice(y, y + h), slice(x, x + w))
         obj[sl] += upd[sl]
         upd[sl] = 0
+
+
+def finish_windows(obj, upd, num, den, windows):
+    """The batch's last window pass: :func:`add_on_windows` of ``upd``, then ``num`` and ``den`` zeroed there."""
+    add_on_windows(obj, upd, windows)
+    zero_windows((num, den), windows)
 
 
 def zero_windows(arrays, windows):
@@ -202,25 +208,7 @@ class GroupBatch:
         F = fft.empty((len(pods), H, W), self.ctype)
         np.multiply(pr, ob, out=F)
         self._propagate(F, workers)
-        a2 = F.real * F.real
-        a2 += F.imag * F.imag
-        I = self.per_frame(a2, starts)
-        n = self.n[frames]
-        mask = None if self.mask is None else self.mask[frames]
-        fmag = self.fmag[frames]
-        errors.add_fourier(np.sqrt(I), fmag, mask, intensity=n)
-        mn = self.noise.masked_counts(n, mask)
-        lp = np.empty_like(I)
-        scratch = [np.empty_like(I) for _ in range(5 if self.noise.name == "poisson" else 4)]
-        cost = self.noise.cost_terms(I, n, mask, fmag, mn, self.eps, lp, scratch[0], scratch[1], scratch[2],
-                                     scratch[3], second=False)
-        a = exit_step(self.noise, I, n, mask, mn, self.eps, lp, scratch)
-        factor = exit_factor(self.noise, a, lp, I, n, self.eps)
-        if len(pods) != nf:
-            factor = factor[np.repeat(np.arange(nf), self.npod[frames])]
-        F *= factor  # dPsi = (u - 1) Psi, u = 1 - a l' (safeguarded)
-        dF2 = float(np.einsum("i,i->", pairs(F).reshape(-1), pairs(F).reshape(-1)))
-        errors.add(exit_change=dF2, likelihood=cost)
+        a = self.detector_step(F, frames, starts, errors)
         chi = self._propagate(F, workers, inverse=True)
         # direction sums: object (sample plane, no pre correction needed) and probe (per probe row)
         pc = np.conj(pr) * chi
@@ -237,6 +225,33 @@ class GroupBatch:
             acc["numP"][q] += s
             acc["denP"][q] += o2[sel].sum(axis=0)
         return a, dict(frames=frames, pods=pods, starts=starts, ob=ob, pr=pr, chi=chi, pc=pc)
+
+    def detector_step(self, F, frames, starts, errors):
+        """The detector-plane update in place: ``F <- (u - 1) F`` with the frames' steps; returns the steps.
+
+        Adds the frames' Fourier/photon errors, cost and exit change to ``errors``.
+        """
+        nf = len(frames)
+        a2 = F.real * F.real
+        a2 += F.imag * F.imag
+        I = self.per_frame(a2, starts)
+        n = self.n[frames]
+        mask = None if self.mask is None else self.mask[frames]
+        fmag = self.fmag[frames]
+        errors.add_fourier(np.sqrt(I), fmag, mask, intensity=n)
+        mn = self.noise.masked_counts(n, mask)
+        lp = np.empty_like(I)
+        scratch = [np.empty_like(I) for _ in range(5 if self.noise.name == "poisson" else 4)]
+        cost = self.noise.cost_terms(I, n, mask, fmag, mn, self.eps, lp, scratch[0], scratch[1], scratch[2],
+                                     scratch[3], second=False)
+        a = exit_step(self.noise, I, n, mask, mn, self.eps, lp, scratch)
+        factor = exit_factor(self.noise, a, lp, I, n, self.eps)
+        if F.shape[0] != nf:
+            factor = factor[np.repeat(np.arange(nf), self.npod[frames])]
+        F *= factor  # dPsi = (u - 1) Psi, u = 1 - a l' (safeguarded)
+        dF2 = float(np.einsum("i,i->", pairs(F).reshape(-1), pairs(F).reshape(-1)))
+        errors.add(exit_change=dF2, likelihood=cost)
+        return a
 
     def window_list(self, c):
         """The object windows of a part's pods: (pods, 5) int64 rows ``layer, y, x, H, W``."""

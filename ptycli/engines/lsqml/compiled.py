@@ -5,6 +5,9 @@ Python loops (scatters into the object-shaped sums) and in the step sums,
 which build ``u = P dO`` and ``v = O dP`` as arrays before six dot products.
 Here each is one loop over the windows' pixels:
 
+* :func:`amplitude_step` - the ``gaussian`` detector-plane step with its
+  error sums and cost, in place on the transforms (``poisson``, with its
+  Newton steps, stays numpy);
 * :func:`scatter_add` / :func:`scatter_abs2` - ``target[window] += values``
   / ``+= |values|^2`` per pod (one shared row of values, or one per pod);
 * :func:`step_sums` - the five sums of the 2 x 2 step system per frame
@@ -15,8 +18,7 @@ Here each is one loop over the windows' pixels:
   window operations of :mod:`.batch`.
 
 :class:`CompiledGroupBatch` is :class:`~ptycli.engines.lsqml.batch.GroupBatch`
-with these kernels (the exit-wave update itself stays numpy: its FFTs and
-noise-model formulas are shared with ML). Chosen by the engine parameter
+with these kernels. Chosen by the engine parameter
 ``kernels`` like the other engines' compiled passes
 (:func:`ptycli.engines.fused.use_compiled`); the numbers agree with the numpy
 passes to rounding (``tests/test_engines_lsqml.py``).
@@ -27,8 +29,8 @@ import numpy as np
 from ..fused import njit
 from .batch import GroupBatch
 
-__all__ = ["CompiledGroupBatch", "scatter_add", "scatter_abs2", "step_sums", "scatter_update", "add_on_windows",
-           "zero_windows", "windows_max"]
+__all__ = ["CompiledGroupBatch", "amplitude_step", "scatter_add", "scatter_abs2", "step_sums", "scatter_update", "add_on_windows",
+           "finish_windows", "zero_windows", "windows_max"]
 
 _JIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
 
@@ -78,19 +80,28 @@ def step_sums(numO, denO, reg, pr, ob, chi, dpe, use_probe, ol, oy, ox, frame, o
         uv = 0.0
         uc = 0.0
         vc = 0.0
-        for i in range(H):
+        for i in range(H):  # row sums in the frame's precision, added in float64
+            ruu = ruc = rvv = ruv = rvc = den.dtype.type(0)
             for j in range(W):
                 d = dw[i, j] + reg
                 den[k, i, j] = d
-                u = nw[i, j] / d * p[i, j]
+                u = nw[i, j] * p[i, j] * (den.dtype.type(1) / d)
                 c = chi[k, i, j]
-                uu += u.real * u.real + u.imag * u.imag
-                uc += u.real * c.real + u.imag * c.imag
-                if use_probe:
+                ruu += u.real * u.real + u.imag * u.imag
+                ruc += u.real * c.real + u.imag * c.imag
+            if use_probe:
+                for j in range(W):
+                    u = nw[i, j] * p[i, j] * (den.dtype.type(1) / den[k, i, j])
                     v = ob[k, i, j] * dp[i, j]
-                    vv += v.real * v.real + v.imag * v.imag
-                    uv += u.real * v.real + u.imag * v.imag
-                    vc += v.real * c.real + v.imag * c.imag
+                    c = chi[k, i, j]
+                    rvv += v.real * v.real + v.imag * v.imag
+                    ruv += u.real * v.real + u.imag * v.imag
+                    rvc += v.real * c.real + v.imag * c.imag
+            uu += ruu
+            uc += ruc
+            vv += rvv
+            uv += ruv
+            vc += rvc
         f = frame[k]
         out[0, f] += uu
         out[1, f] += vv
@@ -112,6 +123,51 @@ def scatter_update(target, pc, wpod, den, ol, oy, ox):
 
 
 @njit(**_JIT)
+def amplitude_step(F, starts, fmag, n, mask, has_mask, eps, out):
+    """The ``gaussian`` detector step in place, ``F <- -l' F`` with ``l' = mask (1 - sqrt(n / (I + eps)))``.
+
+    ``I`` is the frame's sum over its pods (``starts``: (frames + 1,) pod
+    offsets); adds to ``out`` the Fourier error, photon error, valid pixels,
+    cost ``mask (sqrt(I + eps) - sqrt(n))^2`` and ``sum |dPsi|^2`` (as the numpy
+    passes: :meth:`~ptycli.engines.lsqml.batch.GroupBatch.detector_step`).
+    """
+    nf = starts.shape[0] - 1
+    H, W = F.shape[1], F.shape[2]
+    for f in range(nf):
+        p0, p1 = starts[f], starts[f + 1]
+        for i in range(H):
+            fe = 0.0
+            pe = 0.0
+            va = 0.0
+            co = 0.0
+            ch = 0.0
+            for j in range(W):
+                I = 0.0
+                for p in range(p0, p1):
+                    I += F[p, i, j].real * F[p, i, j].real + F[p, i, j].imag * F[p, i, j].imag
+                m = mask[f, i, j] if has_mask else 1.0
+                am = np.sqrt(I)
+                d = am - fmag[f, i, j]
+                fe += m * d * d
+                di = I - n[f, i, j]
+                pe += m * di * di / (n[f, i, j] + 1.0)
+                va += m
+                ae = np.sqrt(I + eps)
+                dc = ae - fmag[f, i, j]
+                co += m * dc * dc
+                lp = m * dc / ae if ae > 0 else 0.0
+                for p in range(p0, p1):
+                    v = F[p, i, j] * (-lp)
+                    F[p, i, j] = v
+                    ch += v.real * v.real + v.imag * v.imag
+            out[0] += fe
+            out[1] += pe
+            out[2] += va
+            out[3] += co
+            out[4] += ch
+
+
+@njit(**_JIT)
 def add_on_windows(obj, upd, windows):
     """``obj += upd`` on the union of the windows, every pixel once; ``upd`` zeroed there (see :mod:`.batch`)."""
     for r in range(windows.shape[0]):
@@ -120,6 +176,19 @@ def add_on_windows(obj, upd, windows):
             for j in range(x, x + w):
                 obj[l, i, j] += upd[l, i, j]
                 upd[l, i, j] = 0
+
+
+@njit(**_JIT)
+def finish_windows(obj, upd, num, den, windows):
+    """``obj += upd`` on the union of the windows (every pixel once), then ``upd``, ``num``, ``den`` zeroed there."""
+    for r in range(windows.shape[0]):
+        l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
+        for i in range(y, y + h):
+            for j in range(x, x + w):
+                obj[l, i, j] += upd[l, i, j]
+                upd[l, i, j] = 0
+                num[l, i, j] = 0
+                den[l, i, j] = 0
 
 
 @njit(**_JIT)
@@ -154,6 +223,18 @@ class CompiledGroupBatch(GroupBatch):
     """:class:`~ptycli.engines.lsqml.batch.GroupBatch` with the window passes compiled (module docstring)."""
 
     compiled = True
+
+    def detector_step(self, F, frames, starts, errors):
+        if self.noise.name == "poisson":
+            return super().detector_step(F, frames, starts, errors)
+        nf = len(frames)
+        st = np.append(np.asarray(starts, np.int64), F.shape[0])
+        mask = self.mask[frames] if self.mask is not None else self.n[frames[:1]]
+        out = np.zeros(5)
+        amplitude_step(F, st, self.fmag[frames], self.n[frames], mask, self.mask is not None,
+                       self.ftype.type(self.eps), out)
+        errors.add(fourier=out[0], photon=out[1], valid=out[2], exit_change=out[4], likelihood=out[3])
+        return np.ones(nf)
 
     def _scatter(self, target, values, pods):
         g = self.g

@@ -446,8 +446,7 @@ class LSQML(Engine):
         for sid in self.obj_ids:
             if reduce:
                 parallel.allreduce(a0["upd"][sid])
-            self._ops.add_on_windows(P.obj.S[sid].data, a0["upd"][sid], wins[sid])
-            self._ops.zero_windows((a0["numO"][sid], a0["denO"][sid]), wins[sid])
+            self._ops.finish_windows(P.obj.S[sid].data, a0["upd"][sid], a0["numO"][sid], a0["denO"][sid], wins[sid])
         if probe_on:
             if reduce:
                 parallel.allreduce(aP_sum)
