@@ -133,31 +133,33 @@ def amplitude_step(F, starts, fmag, n, mask, has_mask, eps, out):
     """
     nf = starts.shape[0] - 1
     H, W = F.shape[1], F.shape[2]
+    I = np.empty(W, fmag.dtype)
+    g = np.empty(W, fmag.dtype)
     for f in range(nf):
         p0, p1 = starts[f], starts[f + 1]
         for i in range(H):
-            fe = 0.0
-            pe = 0.0
-            va = 0.0
-            co = 0.0
-            ch = 0.0
+            # row passes without branches over pods inside, so that they vectorise
             for j in range(W):
-                I = 0.0
-                for p in range(p0, p1):
-                    I += F[p, i, j].real * F[p, i, j].real + F[p, i, j].imag * F[p, i, j].imag
-                m = mask[f, i, j] if has_mask else 1.0
-                am = np.sqrt(I)
-                d = am - fmag[f, i, j]
+                I[j] = 0
+            for p in range(p0, p1):
+                for j in range(W):
+                    I[j] += F[p, i, j].real * F[p, i, j].real + F[p, i, j].imag * F[p, i, j].imag
+            fe = pe = va = co = fmag.dtype.type(0)
+            for j in range(W):
+                m = mask[f, i, j] if has_mask else fmag.dtype.type(1)
+                d = np.sqrt(I[j]) - fmag[f, i, j]
                 fe += m * d * d
-                di = I - n[f, i, j]
-                pe += m * di * di / (n[f, i, j] + 1.0)
+                di = I[j] - n[f, i, j]
+                pe += m * di * di / (n[f, i, j] + 1)
                 va += m
-                ae = np.sqrt(I + eps)
+                ae = np.sqrt(I[j] + eps)
                 dc = ae - fmag[f, i, j]
                 co += m * dc * dc
-                lp = m * dc / ae if ae > 0 else 0.0
-                for p in range(p0, p1):
-                    v = F[p, i, j] * (-lp)
+                g[j] = -m * dc / ae if ae > 0 else fmag.dtype.type(0)
+            ch = fmag.dtype.type(0)
+            for p in range(p0, p1):
+                for j in range(W):
+                    v = F[p, i, j] * g[j]
                     F[p, i, j] = v
                     ch += v.real * v.real + v.imag * v.imag
             out[0] += fe
