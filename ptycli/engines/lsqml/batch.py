@@ -198,19 +198,31 @@ class GroupBatch:
         state : dict
             The part's arrays for the other passes.
         """
-        g = self.g
-        H, W = g.shape
+        H, W = self.g.shape
         frames = np.asarray(frames, np.int64)
-        nf = len(frames)
         pods, starts = self.pods_of(frames)
-        ob = self.windows(obj, pods)
         pr = self.probe_rows(self.probe_eff(probe), pods)
         F = fft.empty((len(pods), H, W), self.ctype)
-        np.multiply(pr, ob, out=F)
+        ob = self.exit_waves(F, obj, pr, pods)
         self._propagate(F, workers)
         a = self.detector_step(F, frames, starts, errors)
         chi = self._propagate(F, workers, inverse=True)
-        # direction sums: object (sample plane, no pre correction needed) and probe (per probe row)
+        pc = self.direction_sums(acc, obj, ob, pr, chi, pods)
+        return a, dict(frames=frames, pods=pods, starts=starts, obj=obj, ob=ob, pr=pr, chi=chi, pc=pc)
+
+    def exit_waves(self, F, obj, pr, pods):
+        """``F = P O[window]`` for the pods; returns the gathered windows (None where a pass reads the object)."""
+        ob = self.windows(obj, pods)
+        np.multiply(pr, ob, out=F)
+        return ob
+
+    def direction_sums(self, acc, obj, ob, pr, chi, pods):
+        """Add ``conj(P) chi``, ``|P|^2`` into the object sums and ``conj(O) chi``, ``|O|^2`` into the probe's.
+
+        The probe sums are taken back to the probe's plane (``conj(pre)``,
+        far field). Returns ``conj(P) chi`` (pods, H, W) for the object update.
+        """
+        g = self.g
         pc = np.conj(pr) * chi
         self._scatter(acc["numO"], pc, pods)
         self._scatter_abs2(acc["denO"], pr, pods)
@@ -224,7 +236,7 @@ class GroupBatch:
                 s *= np.conj(self.pre)
             acc["numP"][q] += s
             acc["denP"][q] += o2[sel].sum(axis=0)
-        return a, dict(frames=frames, pods=pods, starts=starts, ob=ob, pr=pr, chi=chi, pc=pc)
+        return pc
 
     def detector_step(self, F, frames, starts, errors):
         """The detector-plane update in place: ``F <- (u - 1) F`` with the frames' steps; returns the steps.
@@ -310,6 +322,8 @@ class GroupBatch:
         Frames without gradient signal get 0.
         """
         pods, starts, pr, ob, chi = c["pods"], c["starts"], c["pr"], c["ob"], c["chi"]
+        if ob is None:
+            ob = self.windows(c["obj"], pods)
         out = np.zeros((len(c["frames"]), 2))
         for k, axis in enumerate((1, 2)):
             d = np.gradient(ob, axis=axis)

@@ -8,6 +8,9 @@ Here each is one loop over the windows' pixels:
 * :func:`amplitude_step` - the ``gaussian`` detector-plane step with its
   error sums and cost, in place on the transforms (``poisson``, with its
   Newton steps, stays numpy);
+* :func:`exit_waves` - ``P O`` of the pods straight from the object
+  (the windows are never gathered: the later passes read them in place);
+* :func:`direction_sums` - the object and probe direction sums in one pass;
 * :func:`scatter_add` / :func:`scatter_abs2` - ``target[window] += values``
   / ``+= |values|^2`` per pod (one shared row of values, or one per pod);
 * :func:`step_sums` - the five sums of the 2 x 2 step system per frame
@@ -29,10 +32,46 @@ import numpy as np
 from ..fused import njit
 from .batch import GroupBatch
 
-__all__ = ["CompiledGroupBatch", "amplitude_step", "scatter_add", "scatter_abs2", "step_sums", "scatter_update", "add_on_windows",
+__all__ = ["CompiledGroupBatch", "amplitude_step", "exit_waves", "direction_sums", "scatter_add", "scatter_abs2", "step_sums", "scatter_update", "add_on_windows",
            "finish_windows", "zero_windows", "windows_max"]
 
 _JIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
+
+
+@njit(**_JIT)
+def exit_waves(F, obj, pr, ol, oy, ox):
+    """``F[k] = pr[k] * obj[ol[k], window k]`` (``pr[0]`` for all pods when it has one row)."""
+    one = pr.shape[0] == 1
+    H, W = F.shape[1], F.shape[2]
+    for k in range(ol.shape[0]):
+        p = pr[0] if one else pr[k]
+        o = obj[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        for i in range(H):
+            for j in range(W):
+                F[k, i, j] = p[i, j] * o[i, j]
+
+
+@njit(**_JIT)
+def direction_sums(numO, denO, numP, denP, obj, pr, chi, pc, ol, oy, ox, pl):
+    """One pass over the pods: ``pc = conj(P) chi`` (kept), ``numO += pc``, ``denO += |P|^2`` on the
+    windows, ``numP[pl] += conj(O) chi``, ``denP[pl] += |O|^2`` (effective plane; see :mod:`.batch`)."""
+    one = pr.shape[0] == 1
+    H, W = chi.shape[1], chi.shape[2]
+    for k in range(ol.shape[0]):
+        p = pr[0] if one else pr[k]
+        o = obj[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        no = numO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        do = denO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        q = pl[k]
+        for i in range(H):
+            for j in range(W):
+                c = chi[k, i, j]
+                v = p[i, j].conjugate() * c
+                pc[k, i, j] = v
+                no[i, j] += v
+                do[i, j] += p[i, j].real * p[i, j].real + p[i, j].imag * p[i, j].imag
+                numP[q, i, j] += o[i, j].conjugate() * c
+                denP[q, i, j] += o[i, j].real * o[i, j].real + o[i, j].imag * o[i, j].imag
 
 
 @njit(**_JIT)
@@ -62,10 +101,10 @@ def scatter_abs2(target, values, ol, oy, ox):
 
 
 @njit(**_JIT)
-def step_sums(numO, denO, reg, pr, ob, chi, dpe, use_probe, ol, oy, ox, frame, out, den):
+def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, out, den):
     """Per-frame ``<u,u>, <v,v>, Re<u,v>, Re<u,chi>, Re<v,chi>`` into ``out`` (5, frames), added.
 
-    ``u = P numO / (denO + reg)`` on the pod's window, ``v = O dP_eff``;
+    ``u = P numO / (denO + reg)`` on the pod's window, ``v = O dP_eff`` (``O`` the window of ``obj``);
     ``den`` (pods, H, W) receives ``denO + reg`` of the windows.
     """
     one = pr.shape[0] == 1
@@ -75,6 +114,7 @@ def step_sums(numO, denO, reg, pr, ob, chi, dpe, use_probe, ol, oy, ox, frame, o
         dp = dpe[0] if dpe.shape[0] == 1 else dpe[k]
         nw = numO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
         dw = denO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        ob = obj[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
         uu = 0.0
         vv = 0.0
         uv = 0.0
@@ -92,7 +132,7 @@ def step_sums(numO, denO, reg, pr, ob, chi, dpe, use_probe, ol, oy, ox, frame, o
             if use_probe:
                 for j in range(W):
                     u = nw[i, j] * p[i, j] * (den.dtype.type(1) / den[k, i, j])
-                    v = ob[k, i, j] * dp[i, j]
+                    v = ob[i, j] * dp[i, j]
                     c = chi[k, i, j]
                     rvv += v.real * v.real + v.imag * v.imag
                     ruv += u.real * v.real + u.imag * v.imag
@@ -238,6 +278,22 @@ class CompiledGroupBatch(GroupBatch):
         errors.add(fourier=out[0], photon=out[1], valid=out[2], exit_change=out[4], likelihood=out[3])
         return np.ones(nf)
 
+    def exit_waves(self, F, obj, pr, pods):
+        g = self.g
+        exit_waves(F, obj, np.ascontiguousarray(pr), g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods])
+        return None  # the passes read the object's windows
+
+    def direction_sums(self, acc, obj, ob, pr, chi, pods):
+        g = self.g
+        pc = np.empty_like(chi)
+        numP = np.zeros_like(acc["numP"])
+        direction_sums(acc["numO"], acc["denO"], numP, acc["denP"], obj, np.ascontiguousarray(pr), chi, pc,
+                       g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], g.pr_layer[pods])
+        if self.pre is not None:
+            numP *= np.conj(self.pre)
+        acc["numP"] += numP
+        return pc
+
     def _scatter(self, target, values, pods):
         g = self.g
         scatter_add(target, np.ascontiguousarray(values), g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods])
@@ -248,14 +304,14 @@ class CompiledGroupBatch(GroupBatch):
 
     def step_sums(self, c, numO, denO, regO, dP):
         g = self.g
-        pods, starts, pr, ob, chi = c["pods"], c["starts"], c["pr"], c["ob"], c["chi"]
+        pods, pr, chi = c["pods"], c["pr"], c["chi"]
         nf = len(c["frames"])
         frame = np.repeat(np.arange(nf), self.npod[c["frames"]])
         out = np.zeros((5, nf))
         den = np.empty(chi.shape, self.ftype)
         use_probe = dP is not None
         dpe = self.probe_rows(self.probe_eff(dP), pods) if use_probe else pr
-        step_sums(numO, denO, self.ftype.type(regO), np.ascontiguousarray(pr), ob, chi, np.ascontiguousarray(dpe),
+        step_sums(numO, denO, self.ftype.type(regO), np.ascontiguousarray(pr), c["obj"], chi, np.ascontiguousarray(dpe),
                   use_probe, g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], frame, out, den)
         c["den"] = den
         return out
