@@ -32,8 +32,8 @@ import numpy as np
 from ..fused import njit
 from .batch import GroupBatch
 
-__all__ = ["CompiledGroupBatch", "amplitude_step", "exit_waves", "direction_sums", "scatter_add", "scatter_abs2", "step_sums", "scatter_update", "add_on_windows",
-           "finish_windows", "zero_windows", "windows_max"]
+__all__ = ["CompiledGroupBatch", "amplitude_step", "exit_waves", "direction_sums", "scatter_add", "scatter_abs2",
+           "step_sums", "scatter_update", "add_on_windows", "finish_windows", "zero_windows", "windows_max"]
 
 _JIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
 

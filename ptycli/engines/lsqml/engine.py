@@ -65,20 +65,43 @@ distance from the reported positions, pixels).
 Batches, randomness and MPI
 ---------------------------
 Frames are numbered globally (scan label, then diffraction layer) on every
-rank. Every epoch draws one permutation of all frames from the engine's
-generator ``rng`` (``numpy.random.default_rng(seed)``, the same on every
-rank; its state is saved with the engine state, so a resumed run draws the
-same batches) and cuts it into ``ceil(N / batch_size)`` batches of nearly
-equal size. Each rank processes its own members of every batch; the batch's
-sums (the direction numerators and denominators, the object update, the
-means of the step system) are summed over ranks with
-:func:`ptycli.parallel.allreduce` before the update, so every rank applies
-the same update and the algorithm does not depend on the number of ranks
-(the results agree to rounding: the sums are taken in another order).
+rank. Every epoch draws its batches from the engine's generator ``rng``
+(``numpy.random.default_rng(seed)``, the same on every rank; its state is
+saved with the engine state, so a resumed run draws the same batches):
+``ceil(N / batch_size)`` batches of nearly equal size, either random
+(``batch_mode: random``) or spread over the scan (``sparse``, the default:
+the scan is cut once into compact segments of neighbouring frames and a
+batch takes one frame of each, :meth:`LSQML.draw_batches`). Each rank
+processes its own members of every batch; the batch's sums (the direction
+numerators and denominators, the object update, the means of the step
+system) are summed over ranks with :func:`ptycli.parallel.allreduce` before
+the update, so every rank applies the same update and the algorithm does not
+depend on the number of ranks (the results agree to rounding: 1e-12 after 8
+epochs in double precision, ``tests/test_engines_lsqml.py``).
 
-Cost per epoch: two FFT passes over all pods (forward and inverse), plus
-about 12 elementwise passes and per-pod window gathers and scatters (numpy;
-no compiled kernels: the ``kernels`` parameter is accepted and ignored).
+Defaults (measured on the validation zoo, ``benchmarks/validate_zoo.py``,
+90 epochs from the default probe guess): small batches converge from a poor
+start in fewer epochs (a diffuser probe: correlation 0.52 with batches of 16
+of 100 frames, 0.96 with 4, 0.99 with 2), large ones average the counting
+noise (1e4 photons per frame: 0.906 with 16 of 150 frames, 0.916 with 50;
+the amplitude model with ``object_reg`` 1.0: 0.923). ``batch_size: null``
+makes about 25 batches per epoch; for noisy data, a second LSQML engine with
+large batches and ``object_reg: 1`` refines the result (README).
+
+Passes and cost
+---------------
+The passes over a group's frames are :class:`~ptycli.engines.lsqml.batch.GroupBatch`
+(numpy) or :class:`~ptycli.engines.lsqml.compiled.CompiledGroupBatch` (numba
+window passes), chosen once by ``kernels`` as in the other engines (``auto``:
+compiled for jobs of at least 2**22 exit-wave pixels). A batch is cut into
+one part per thread (:class:`~ptycli.engines.threads.BlockPool`), each with
+its own accumulators, merged on the batch's windows in a fixed order. The
+object-shaped sums are touched on the batch's windows only, so a batch costs
+in proportion to its frames. Per epoch: one forward and one inverse FFT of
+every pod plus about eight compiled passes over the pods (numpy: about 40
+elementwise passes). Measured (400 frames of 128 x 128, batches of 16,
+``benchmarks/bench_engines.py``, shared 2-core machine): 3.9-4.5 times the
+FFT floor in wall time, 6.0 in CPU time (DM 2.2-2.5, ML 3.2-4.8).
 """
 
 import logging
@@ -89,8 +112,8 @@ from ... import parallel
 from ...core import fft
 from ...params.declare import Parameter
 from ..base import Engine, register
-from ..ml.noise_models import noise_model
 from ..._lazy import lazy_module
+from ..ml.noise_models import noise_model
 from ..posref import POSREF_PARAMS
 from ..threads import BlockPool
 from . import batch as numpy_passes
