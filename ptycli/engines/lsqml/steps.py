@@ -30,30 +30,17 @@ near the solution) and clips ``a`` to ``[0, 1]``. The sums run over the pixels t
 safeguard below leaves free at the current ``a`` (a clipped pixel does not
 move with ``a``), starting from ``a = 1/2``.
 
-Safeguard (``poisson``): a pixel's multiplier ``u = 1 - a l'`` is kept between
-1 and the pixel's own optimum ``sqrt(n / I)`` (:func:`exit_factor`). Where the
-model is dark and a photon was counted, ``l' = 1 - n / I`` is huge and the
-common step would multiply the pixel's amplitude by about ``a n / I`` (5000 for
-``n = 1``, ``I = 1e-4``), far past ``sqrt(n / I)``; such pixels made the
-reconstruction noisy and amplified rounding differences by about 200x per
-epoch (two MPI ranks against one process). With the safeguard a pixel never
-passes its own minimum, which also is the cost's minimum along ``u``.
-
-Object and probe steps per frame (the paper's 2 x 2 system)
-------------------------------------------------------------
-With the exit-wave update ``chi_j`` (sample plane), the batch's object and
-probe directions ``dO``, ``dP`` and their linear effects on frame ``j``'s
-exit waves ``u_j = P dO_j`` and ``v_j = O_j dP`` (sums over the frame's pods
-and pixels), the steps ``(a_O, a_P)`` minimise
-``|chi_j - a_O u_j - a_P v_j|^2``::
-
-    [ <u,u> + lam U    Re<u,v>       ] [a_O]   [ Re<u,chi> ]
-    [ Re<u,v>          <v,v> + lam V ] [a_P] = [ Re<v,chi> ]
-
-``U``, ``V``: the batch means of ``<u,u>`` and ``<v,v>`` (the Tikhonov term
-keeps frames with a nearly singular system from taking wild steps; ``lam``
-is ``step_reg``, 0.1 as in PtychoShelves). Without a probe update the object
-step is ``Re<u,chi> / (<u,u> + lam U)``.
+Safeguard (``poisson``): where the model is darker than the measurement
+(``n > I``), a pixel's multiplier ``u = 1 - a l'`` is capped at the pixel's
+own optimum ``sqrt(n / I)`` (:func:`exit_factor`). There ``l' = 1 - n / I``
+can be huge (a dark model pixel that counted a photon) and the common step
+would multiply the pixel's amplitude by about ``a n / I`` (5000 for ``n = 1``,
+``I = 1e-4``), far past ``sqrt(n / I)``; such pixels made the reconstruction
+noisy and amplified rounding differences by about 200x per epoch (two MPI
+ranks against one process). Pixels brighter than the measurement keep the
+gradient step, so ``poisson`` stays a likelihood-gradient method and does
+not turn into the modulus projection (capping both sides would: every pixel
+would stop at its own optimum and the frame's best step would be ``a = 1``).
 """
 
 import numpy as np
@@ -96,10 +83,10 @@ def exit_step(noise, I, n, weight, mn, eps, lp, scratch):
     lpa, l2a, t1, t2, t3 = scratch
     # the pixel optima u* = sqrt(n / I): the safeguard of exit_factor keeps u between 1 and u*
     s = np.sqrt(np.asarray(n, np.float64).reshape(nf, -1) / (I0 + eps))
-    lo, hi = np.minimum(s, 1.0), np.maximum(s, 1.0)
+    hi = np.maximum(s, 1.0)
     for _ in range(NEWTON_STEPS):
         u = 1.0 - a[:, None] * lp0
-        free = (u >= lo) & (u <= hi)  # pixels the safeguard clips do not move with a
+        free = u <= hi  # pixels the safeguard clips do not move with a
         Ia = (I0 * u * u).astype(I.dtype).reshape(I.shape)
         noise.cost_terms(Ia, n, weight, None, mn, eps, lpa, l2a, t1, t2, t3, second=True)
         la = np.where(free, lpa.reshape(nf, -1), 0.0)
@@ -115,16 +102,16 @@ def exit_step(noise, I, n, weight, mn, eps, lp, scratch):
 def exit_factor(noise, a, lp, I, n, eps):
     """The detector-plane change ``u - 1`` per pixel (frames, H, W), ``Psi' = u Psi``, in the real type of ``lp``.
 
-    ``u = 1 - a_m l'`` (``a`` per frame); for ``poisson`` clipped to lie
-    between 1 and ``sqrt(n / (I + eps))`` (see the module docstring). ``lp``
-    is overwritten.
+    ``u = 1 - a_m l'`` (``a`` per frame); for ``poisson`` at most
+    ``max(1, sqrt(n / (I + eps)))`` (see the module docstring). ``lp`` is
+    overwritten.
     """
     out = lp
     out *= -np.asarray(a, dtype=lp.dtype)[:, None, None]
     if noise.name == "poisson":
         s = np.sqrt(n / (I + lp.dtype.type(eps)))
         s -= 1
-        np.clip(out, np.minimum(s, 0), np.maximum(s, 0), out=out)
+        np.minimum(out, np.maximum(s, 0), out=out)
     return out
 
 
