@@ -83,8 +83,8 @@ Defaults (measured on the validation zoo, ``benchmarks/validate_zoo.py``,
 90 epochs from the default probe guess): small batches converge from a poor
 start in fewer epochs (a diffuser probe: correlation 0.52 with batches of 16
 of 100 frames, 0.96 with 4, 0.99 with 2), large ones average the counting
-noise (1e4 photons per frame: 0.906 with 16 of 150 frames, 0.916 with 50;
-the amplitude model with ``object_reg`` 1.0: 0.923). ``batch_size: null``
+noise (1e4 photons per frame, ``gaussian``: 0.906 with batches of 16 of 150
+frames, 0.916 with 50, 0.923 with 50 and ``object_reg`` 1.0). ``batch_size: null``
 makes about 25 batches per epoch; for noisy data, a second LSQML engine with
 large batches and ``object_reg: 1`` refines the result (README).
 
