@@ -130,12 +130,12 @@ def test_lsqml_reconstructs_moonflower():
     P = _model()
     hist = make_engine(P, dict(name="LSQML", numiter=40)).run()
     first, last = hist[0], hist[-1]
-    assert last["fourier_error"] < first["fourier_error"] / 20  # measured 1111 -> 14 (about 80x)
+    assert last["fourier_error"] < first["fourier_error"] / 20  # measured 1228 -> 4.1 (300x)
     assert last["likelihood"] == pytest.approx(last["fourier_error"], rel=1e-3)  # gaussian: the same cost
     assert 0.5 < last["lsqml_object_step"] < 2.0 and 0.2 < last["lsqml_probe_step"] < 2.0
     pr, ob = _storages(P)
     assert pr.data.dtype == np.complex64 and ob.data.dtype == np.complex64
-    assert object_vs_truth(P)["correlation"] > 0.99  # measured 0.998
+    assert object_vs_truth(P)["correlation"] > 0.99  # measured 0.9989 (probe 0.9993)
     assert probe_vs_truth(pr.data, P.scans["MF"].data.ground_truth["probe"])["correlation"] > 0.99
     pod = next(iter(P.pods.values()))  # exit waves rebuilt as probe * object for the next engine
     np.testing.assert_allclose(pod.exit, pod.probe * pod.object, rtol=1e-5, atol=1e-6 * np.abs(pod.exit).max())
@@ -258,7 +258,7 @@ def test_position_correction_reduces_a_known_position_error():
     after = tp.rms(tp.pixel_errors(P))
     tp.check_views_follow_book(P, eng)
     assert hist[-1]["posc_moved"] >= 0 and hist[-1]["posc_rms_shift"] > 0.5
-    assert after < 0.6 * before, (before, after)
+    assert after < 0.5 < before, (before, after)  # measured 2.26 -> 0.00 px rms (no correction: 2.26)
     # the fractional remainders are kept for a sub-pixel model
     frac = eng.positions.fraction(0) if eng.positions is not None else None
     assert frac is None or np.all(np.abs(frac) <= 0.5 + 1e-9)
