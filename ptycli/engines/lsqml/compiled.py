@@ -63,15 +63,19 @@ def direction_sums(numO, denO, numP, denP, obj, pr, chi, pc, ol, oy, ox, pl):
         no = numO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
         do = denO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
         q = pl[k]
+        nP = numP[q]
+        dP = denP[q]
         for i in range(H):
             for j in range(W):
                 c = chi[k, i, j]
-                v = p[i, j].conjugate() * c
+                b = p[i, j]
+                v = complex(b.real * c.real + b.imag * c.imag, b.real * c.imag - b.imag * c.real)
                 pc[k, i, j] = v
                 no[i, j] += v
-                do[i, j] += p[i, j].real * p[i, j].real + p[i, j].imag * p[i, j].imag
-                numP[q, i, j] += o[i, j].conjugate() * c
-                denP[q, i, j] += o[i, j].real * o[i, j].real + o[i, j].imag * o[i, j].imag
+                do[i, j] += b.real * b.real + b.imag * b.imag
+                a = o[i, j]
+                nP[i, j] += complex(a.real * c.real + a.imag * c.imag, a.real * c.imag - a.imag * c.real)
+                dP[i, j] += a.real * a.real + a.imag * a.imag
 
 
 @njit(**_JIT)
@@ -105,10 +109,12 @@ def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, 
     """Per-frame ``<u,u>, <v,v>, Re<u,v>, Re<u,chi>, Re<v,chi>`` into ``out`` (5, frames), added.
 
     ``u = P numO / (denO + reg)`` on the pod's window, ``v = O dP_eff`` (``O`` the window of ``obj``);
-    ``den`` (pods, H, W) receives ``denO + reg`` of the windows.
+    ``den`` (pods, H, W) receives ``denO + reg`` of the windows. Real arithmetic on the parts, one
+    branch-free row loop per case, row sums in the frame's precision added in float64.
     """
     one = pr.shape[0] == 1
     H, W = chi.shape[1], chi.shape[2]
+    zero = den.dtype.type(0)
     for k in range(ol.shape[0]):
         p = pr[0] if one else pr[k]
         dp = dpe[0] if dpe.shape[0] == 1 else dpe[k]
@@ -120,23 +126,43 @@ def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, 
         uv = 0.0
         uc = 0.0
         vc = 0.0
-        for i in range(H):  # row sums in the frame's precision, added in float64
-            ruu = ruc = rvv = ruv = rvc = den.dtype.type(0)
-            for j in range(W):
-                d = dw[i, j] + reg
-                den[k, i, j] = d
-                u = nw[i, j] * p[i, j] * (den.dtype.type(1) / d)
-                c = chi[k, i, j]
-                ruu += u.real * u.real + u.imag * u.imag
-                ruc += u.real * c.real + u.imag * c.imag
+        for i in range(H):
+            ruu = zero
+            ruc = zero
+            rvv = zero
+            ruv = zero
+            rvc = zero
             if use_probe:
                 for j in range(W):
-                    u = nw[i, j] * p[i, j] * (den.dtype.type(1) / den[k, i, j])
-                    v = ob[i, j] * dp[i, j]
+                    d = dw[i, j] + reg
+                    den[k, i, j] = d
+                    g = 1 / d
+                    a = nw[i, j]
+                    b = p[i, j]
+                    ur = (a.real * b.real - a.imag * b.imag) * g
+                    ui = (a.real * b.imag + a.imag * b.real) * g
+                    o = ob[i, j]
+                    e = dp[i, j]
+                    vr = o.real * e.real - o.imag * e.imag
+                    vi = o.real * e.imag + o.imag * e.real
                     c = chi[k, i, j]
-                    rvv += v.real * v.real + v.imag * v.imag
-                    ruv += u.real * v.real + u.imag * v.imag
-                    rvc += v.real * c.real + v.imag * c.imag
+                    ruu += ur * ur + ui * ui
+                    ruc += ur * c.real + ui * c.imag
+                    rvv += vr * vr + vi * vi
+                    ruv += ur * vr + ui * vi
+                    rvc += vr * c.real + vi * c.imag
+            else:
+                for j in range(W):
+                    d = dw[i, j] + reg
+                    den[k, i, j] = d
+                    g = 1 / d
+                    a = nw[i, j]
+                    b = p[i, j]
+                    ur = (a.real * b.real - a.imag * b.imag) * g
+                    ui = (a.real * b.imag + a.imag * b.real) * g
+                    c = chi[k, i, j]
+                    ruu += ur * ur + ui * ui
+                    ruc += ur * c.real + ui * c.imag
             uu += ruu
             uc += ruc
             vv += rvv
