@@ -100,8 +100,9 @@ object-shaped sums are touched on the batch's windows only, so a batch costs
 in proportion to its frames. Per epoch: one forward and one inverse FFT of
 every pod plus about eight compiled passes over the pods (numpy: about 40
 elementwise passes). Measured (400 frames of 128 x 128, batches of 16,
-``benchmarks/bench_engines.py``, shared 2-core machine): 3.9-4.5 times the
-FFT floor in wall time, 6.0 in CPU time (DM 2.2-2.5, ML 3.2-4.8).
+``benchmarks/bench_engines.py``, shared 2-core machine): 5.2 times the
+FFT floor in wall time, 5.0 in CPU time (DM 2.1 / 2.0, ML 3.6 / 3.6 in the
+same run; 3.9-7.1 in wall time at other loads).
 """
 
 import logging
