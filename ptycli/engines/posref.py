@@ -131,7 +131,7 @@ from ..errors import ConfigError, EngineError
 from ..params.declare import Parameter, ParamSet
 
 
-__all__ = ["POSREF_PARAMS", "PositionRefiner", "make_refiner", "trial_shifts"]
+__all__ = ["POSREF_PARAMS", "PositionRefiner", "make_refiner", "move_frames", "trial_shifts"]
 
 log = logging.getLogger("ptycli.engines")
 
@@ -488,25 +488,36 @@ class PositionRefiner:
 
     def _move(self, st, frames, delta):
         """Move ``frames`` of group ``st`` by ``delta`` (pixels, (n, 2)): address book and object views."""
-        g = st.g
-        S = g.obj
-        psize = np.asarray(S.psize, float)
-        g.shift_frames(frames, delta)
-        for f in frames.tolist():
-            p0, p1 = int(g.pod_start[f]), int(g.pod_start[f + 1])
-            done = set()
-            for p in range(p0, p1):
-                v = g.pods[p].ob_view
-                if id(v) in done:
-                    continue
-                done.add(id(v))
-                # the refined position is the centre pixel of the window the model uses
-                want = np.array([g.ob_y[p], g.ob_x[p]])
-                v.coord = S.origin + (want + np.asarray(v.shape) // 2).astype(float) * psize
-                S.update_views(v)
-                if not np.array_equal(v.dlow, want):
-                    raise EngineError("position refinement: view %s did not follow its pod (%s != %s)"
-                                      % (v.ID, v.dlow, want))
+        move_frames(st.g, frames, delta)
+
+
+def move_frames(g, frames, delta):
+    """Move ``frames`` of pod group ``g`` by whole pixels ``delta`` ((n, 2) rows, cols): windows and views.
+
+    The address book follows (:meth:`~ptycli.engines.addressing.PodGroup.shift_frames`)
+    and each moved object view gets the coordinate of the centre pixel of its
+    new window (see "What a move updates" in the module docstring). Shared
+    by this module's search and the gradient position correction of LSQ-ML
+    (:mod:`ptycli.engines.lsqml.positions`).
+    """
+    S = g.obj
+    psize = np.asarray(S.psize, float)
+    g.shift_frames(frames, delta)
+    for f in np.asarray(frames, dtype=np.int64).reshape(-1).tolist():
+        p0, p1 = int(g.pod_start[f]), int(g.pod_start[f + 1])
+        done = set()
+        for p in range(p0, p1):
+            v = g.pods[p].ob_view
+            if id(v) in done:
+                continue
+            done.add(id(v))
+            # the refined position is the centre pixel of the window the model uses
+            want = np.array([g.ob_y[p], g.ob_x[p]])
+            v.coord = S.origin + (want + np.asarray(v.shape) // 2).astype(float) * psize
+            S.update_views(v)
+            if not np.array_equal(v.dlow, want):
+                raise EngineError("position refinement: view %s did not follow its pod (%s != %s)"
+                                  % (v.ID, v.dlow, want))
 
 
 def make_refiner(engine):
