@@ -588,18 +588,6 @@ def register(cls):
     return cls
 
 
-def make_engine(ptycho, pars, label=None):
-    """Build the engine named by ``pars['name']`` (any case) for ``ptycho``.
-
-    Raises
-    ------
-    ConfigError
-        For an unknown name (listing the registered engines).
-    """
-    pars = dict(pars or {})
-    path = "engines.%s.name" % (label or "<label>")
-    entry = registry.get_engine(pars.get("name"), path)
-    if entry.factory is None:
-        raise ConfigError("%s: engine %r is declared but has no implementation" % (path, entry.name))
-    pars["name"] = entry.name
-    return entry.factory(ptycho, pars, label or entry.name.lower())
+#: Build the engine named by ``pars['name']`` (any case) for ``ptycho``: ``make_engine(ptycho, pars, label)``
+#: (:func:`ptycli.params.registry.build_engine`; a ConfigError for an unknown name).
+make_engine = registry.build_engine
