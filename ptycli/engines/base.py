@@ -293,6 +293,7 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         """Compile the pods, compute normalisations, snapshot, then ``engine_initialize()``."""
         P = self.ptycho
         self.book = AddressBook(P)
+        self._enable_subpixel()
         if not self.book.groups and parallel.size == 1:
             raise EngineError("engine %s: the model has no active pods (no data loaded?)" % self.label)
         self.ctype = np.dtype(P.CType)
@@ -320,6 +321,23 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         self.engine_initialize()
         self.initialized = True
         return self
+
+    #: whether the engine runs the sub-pixel position model (:mod:`ptycli.core.subpixel`) of scans that chose it
+    SUBPIXEL = False
+
+    def _enable_subpixel(self):
+        """Shift each frame's probe by its sub-pixel remainder in the groups of scans that chose the model."""
+        wanted = [g for g in self.book.groups if (getattr(g.pods[0].model, "subpixel", None) or {}).get("on")]
+        if not wanted:
+            return
+        if not self.SUBPIXEL:
+            if parallel.master:
+                log.warning("%s (%s): sub-pixel positions are not modelled by this engine; whole pixels used",
+                            self.label, self.NAME)
+            return
+        for g in self.book.enable_subpixel():
+            log.debug("%s: group %s sub-pixel model: %d shift classes at 1/%d px", self.label, g.label,
+                      len(g.sub.used), g.sub.resolution)
 
     def engine_initialize(self):
         """Engine-specific preparation (buffers, constants). Override."""
@@ -526,7 +544,7 @@ class Engine(ConstraintsMixin, SnapshotMixin):
     def reset_exit(self):
         """Set every exit wave to ``probe * object`` (in place)."""
         for g in self.book.groups:
-            pr = g.probe.data
+            pr = g.model_probe()
             for f0, f1, p0, p1 in g.blocks(256):
                 ob = g.gather_object(g.obj.data, p0, p1)
                 if g.regular and g.modes > 1:

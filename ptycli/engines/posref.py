@@ -438,13 +438,15 @@ class PositionRefiner:
         H, W = g.shape
         far = g.farfield
         ctype = g.ctype
-        probe = g.probe.data * g.factors.pre if far else g.probe.data
+        probe = g.model_probe()  # expanded (one layer per shift class) with the sub-pixel model
+        probe = probe * g.factors.pre if far else probe
+        rows = g.pod_probe_rows
         sw = sliding_window_view(g.obj.data, (H, W), axis=(1, 2))
         fmag = g.fmag()
         mask = g.mask_frames()
         cur = st.current()
         npod = np.diff(g.pod_start)
-        single = g.single_probe_layer
+        single = g.single_probe_layer and g.sub is None
         out = np.empty(len(ef), np.float64)
         workers = fft.get_workers()
         step = st.max_entries
@@ -464,7 +466,7 @@ class PositionRefiner:
                 k = int(g.pr_layer[0])
                 stack *= probe[k:k + 1]
             else:
-                stack *= probe[g.pr_layer[pod]]
+                stack *= probe[rows[pod]]
             if far:
                 F = fft.fft2_inplace(stack, workers)
             else:
@@ -495,9 +497,11 @@ class PositionRefiner:
                 if id(v) in done:
                     continue
                 done.add(id(v))
-                # the refined position is the centre pixel of the window the model uses
+                # the refined position is the centre pixel of the window the model uses (plus the frame's
+                # sub-pixel remainder with the sub-pixel model)
                 want = np.array([g.ob_y[p], g.ob_x[p]])
-                v.coord = S.origin + (want + np.asarray(v.shape) // 2).astype(float) * psize
+                frac = g.sub.shifts[f] if g.sub is not None else 0.0
+                v.coord = S.origin + ((want + np.asarray(v.shape) // 2).astype(float) + frac) * psize
                 S.update_views(v)
                 if not np.array_equal(v.dlow, want):
                     raise EngineError("position refinement: view %s did not follow its pod (%s != %s)"

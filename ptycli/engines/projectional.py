@@ -183,6 +183,7 @@ class ProjectionEngine(Engine):
     beta = 1.0
     #: the recorded errors are those of the projection input: add the model's own (:meth:`model_errors`)
     MODEL_ERRORS = True
+    SUBPIXEL = True
     #: reset the exit waves of frames moved by position refinement to ``probe * object``
     RESET_MOVED_EXIT = True
 
@@ -231,6 +232,12 @@ class ProjectionEngine(Engine):
                           for sid, S in self.book.obj_storages.items()}
         self._pr_num = {sid: np.empty_like(S.data) for sid, S in self.book.probe_storages.items()}
         self._pr_den = {sid: np.empty(S.data.shape, dtype=ftype) for sid, S in self.book.probe_storages.items()}
+        # sub-pixel groups gather their probe sums per expanded layer (shift class and mode), collapsed after
+        for g in self.book.groups:
+            if g.sub is not None:
+                key = self.probe_key(g)
+                self._pr_num[key] = np.zeros((g.sub.n_layers,) + g.shape, dtype=ctype)
+                self._pr_den[key] = np.zeros((g.sub.n_layers,) + g.shape, dtype=ftype)
         self._den_valid = False
         self._fuse_object = False
         nmodes = max((S.data.shape[0] for S in self.book.probe_storages.values()), default=1)
@@ -246,6 +253,11 @@ class ProjectionEngine(Engine):
         for name in ("passes", "_scratch", "_ob_num", "_ob_den", "_ob_prior", "_pr_num", "_pr_den", "_blocks", "_pool"):
             if hasattr(self, name):
                 delattr(self, name)
+
+    @staticmethod
+    def probe_key(g):
+        """Key of group ``g``'s probe-update sums: its probe storage's ID, or its own (sub-pixel model)."""
+        return g.probe.ID if g.sub is None else ("subpixel", id(g))
 
     # -- iteration -----------------------------------------------------------
     def engine_iterate(self, n):
@@ -385,7 +397,16 @@ class ProjectionEngine(Engine):
                 self._pr_num[sid].fill(0)
             self._pr_den[sid].fill(0)
             cps[sid] = cp
+        subs = [g for g in self.book.groups if g.sub is not None]
+        for g in subs:
+            self._pr_num[self.probe_key(g)].fill(0)
+            self._pr_den[self.probe_key(g)].fill(0)
         self.passes.probe_sums()
+        for g in subs:  # per shift class back to the probe: S_{-s} (see ptycli.core.subpixel)
+            g.sub.collapse(self._pr_num[self.probe_key(g)], self._pr_num[g.probe.ID])
+            den = self._pr_den[g.probe.ID]
+            g.sub.collapse(self._pr_den[self.probe_key(g)], den, real=True)
+            np.maximum(den, 0, out=den)  # the shifted sums ring a little where nothing is lit
         before = {}
         for sid, S in self.book.probe_storages.items():
             num = self._pr_num[sid]
@@ -419,7 +440,7 @@ class ProjectionEngine(Engine):
             return
         for gi, frames in moved.items():
             g = self.book.groups[gi]
-            pr, ob = g.probe.data, g.obj.data
+            pr, ob = g.model_probe(), g.obj.data
             for f in np.asarray(frames).tolist():
                 p0, p1 = int(g.pod_start[f]), int(g.pod_start[f + 1])
                 g.write_exit(g.gather_product(ob, pr, p0, p1), p0, p1)

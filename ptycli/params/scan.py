@@ -315,6 +315,12 @@ SCAN = ParamSet("scan", [
     ILLUMINATION,
     SAMPLE,
     COHERENCE,
+    Parameter("subpixel", "auto", "str",
+              "sub-pixel scan positions: shift each frame's probe by the remainder of its position (auto: on "
+              "when the positions lie off the pixel grid, far field only)", choices=["auto", "on", "off"]),
+    Parameter("subpixel_resolution", None, "int",
+              "steps per pixel to which the remainders are quantised (null: 4, from 320 frames 8)",
+              low=1, high=64, nullable=True, unit="1/pixel"),
     Parameter("probe_share", None, "str", "label of another scan whose probe this scan uses; "
               "null for its own probe"),
     Parameter("object_share", None, "str", "label of another scan whose object this scan uses; "

@@ -119,7 +119,7 @@ class _Accumulator:
 
     def __init__(self, book, groups):
         self.gO = {sid: np.zeros_like(S.data) for sid, S in book.obj_storages.items()}  # this rank's
-        self.gPe = [np.zeros_like(G.g.probe.data) for G in groups]
+        self.gPe = [G.probe_accumulator() for G in groups]
 
     def zero(self):
         for a in self.gO.values():
@@ -133,6 +133,7 @@ class ML(Engine):
     """Maximum-likelihood refinement by preconditioned conjugate gradients (see the module docstring)."""
 
     NAME = "ML"
+    SUBPIXEL = True
     PARAMS = Engine.PARAMS.extended("ML", [
         Parameter("ML_type", "gaussian", "str",
                   "noise model of the likelihood: gaussian (intensities, weights 1/(I+1)), poisson, "
@@ -370,8 +371,14 @@ class ML(Engine):
                 part[...] = 0
             for acc in self._acc:
                 for gi, G in enumerate(self.groups):
-                    cgPe = acc.gPe[gi]
-                    self._part(grad, "probe", G.g.probe.ID)[...] += cgPe * G.pre if G.pre is not None else cgPe
+                    if G.g.sub is None:
+                        self._part(grad, "probe", G.g.probe.ID)[...] += G.probe_gradient(acc.gPe[gi])
+            for gi, G in enumerate(self.groups):
+                if G.g.sub is not None:  # the slots summed first: one transform back per shift class
+                    total = self._acc[0].gPe[gi].copy()
+                    for acc in self._acc[1:]:
+                        total += acc.gPe[gi]
+                    self._part(grad, "probe", G.g.probe.ID)[...] += G.probe_gradient(total)
             for _, _, part in probe_parts:
                 np.conj(part, out=part)
             self._allsum(sums)
