@@ -224,6 +224,18 @@ class SubpixelShifts:
         out += acc.real if real else acc
         return out
 
+    def sum_layers(self, x, out):
+        """Add the layers of ``x`` (n_layers, H, W) of every used class to ``out`` (n_rows, H, W), unshifted.
+
+        For the probe-update denominators ``sum |O|^2``: shifted back they
+        ring below zero where nothing is lit, which a division cannot take.
+        """
+        H, W = self.shape
+        x4 = np.asarray(x).reshape(self.n_classes, self.n_rows, H, W)
+        for c in self.used.tolist():
+            out += x4[c]
+        return out
+
     def model_probe(self, probe):
         """:meth:`expand` of ``probe`` kept while ``probe`` does not change (the storage's probe)."""
         if self._cache is not None and self._cache_key is not None and np.array_equal(self._cache_key, probe):

@@ -126,6 +126,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import parallel
 from ..core import fft
+from ..core.subpixel import shift_ramps
 from ..errors import ConfigError, EngineError
 from ..params.declare import Parameter, ParamSet
 
@@ -154,6 +155,10 @@ POSREF_PARAMS = ParamSet("position_refinement", [
               "largest distance (Euclidean, whole object pixels) of a frame's window from its initial one (the "
               "reported position)", low=0.0, unit="pixel"),
     Parameter("seed", 0, "int", "seed of the random trial shifts (same seed, same result)", low=0),
+    Parameter("subpixel_step", 0.25, "float",
+              "with the sub-pixel model (scans.<label>.subpixel): offset of the trials of the sub-pixel stage, "
+              "which fits a parabola to the Fourier error per axis (0: whole pixels only)",
+              low=0.0, high=0.5, unit="pixel"),
 ], doc="position refinement: annealed search of whole-pixel trial shifts, kept when the Fourier error drops",
    check=lambda v, path: _check_window(v, path))
 
@@ -281,6 +286,8 @@ class _GroupState:
         for f, c0 in enumerate(coords0):
             d0[f] = np.round((c0 - origin) / psize + 1e-5).astype(np.int64) - half  # as View._place
         self.d0 = d0
+        # exact initial window offsets (pixels): the bound of the sub-pixel stage
+        self.x0 = np.array([(c0 - origin) / psize for c0 in coords0], dtype=float).reshape(-1, 2) - half
         # global frame index (diffraction layer) of every frame: keys the trial generator
         lm = np.asarray(g.diff.layermap, dtype=np.int64)
         self.gidx = lm[g.frame_di] if nf else np.zeros(0, np.int64)
@@ -329,6 +336,7 @@ class PositionRefiner:
         self.decay = float(pars.amplitude_decay)
         self.max_shift = float(pars.max_shift)
         self.seed = int(pars.get("seed", 0) or 0)
+        self.subpixel_step = float(pars.get("subpixel_step", 0.0) or 0.0)
         self.rounds = 0
         self.last_stats = None
         self.time_s = 0.0
@@ -370,9 +378,15 @@ class PositionRefiner:
         sums = np.zeros(4)  # moved frames, sum |shift from initial|^2, frames, error decrease
         for gi, st in enumerate(self.groups):
             fr, dec = self._refine_group(st, r, amp)
+            if st.g.sub is not None and self.subpixel_step > 0 and st.g.n_frames:
+                fs, dec_s = self._refine_subpixel(st, self.subpixel_step)
+                fr, dec = np.union1d(fr, fs).astype(np.int64), dec + dec_s
             if len(fr):
                 moved[gi] = fr
-            d = (st.current() - st.d0).astype(float)
+            if st.g.sub is not None:
+                d = st.current() + st.g.sub.shifts - st.x0
+            else:
+                d = (st.current() - st.d0).astype(float)
             sums += (len(fr), float(np.sum(d * d)), st.g.n_frames, dec)
         parallel.allreduce(sums)
         self.rounds += 1
@@ -429,18 +443,32 @@ class PositionRefiner:
         pos = np.where(err == best[seg], np.arange(len(ef)), len(ef))
         first_best = np.minimum.reduceat(pos, starts)
         new = eyx[first_best[moved]]
-        self._move(st, moved, new - st.current()[moved])
+        if g.sub is not None:  # whole-pixel moves keep the frames' sub-pixel remainders
+            self._place(st, moved, new + g.sub.shifts[moved])
+        else:
+            self._move(st, moved, new - st.current()[moved])
         return moved, float(np.sum(cur_err[moved] - best[moved]))
 
-    def _errors(self, st, ef, eyx):
-        """``sum mask (|F| - sqrt(I))^2`` of every entry (frame ``ef`` with its first window at ``eyx``)."""
+    def _errors(self, st, ef, eyx, shifts=None):
+        """``sum mask (|F| - sqrt(I))^2`` of every entry (frame ``ef`` with its first window at ``eyx``).
+
+        With ``shifts`` ((entries, 2) pixels) the probe of an entry is the
+        probe shifted exactly by its shift (:func:`ptycli.core.subpixel.shift_ramps`),
+        else the model's (the expanded probe of the frame's shift class with
+        the sub-pixel model).
+        """
         g = st.g
         H, W = g.shape
         far = g.farfield
         ctype = g.ctype
-        probe = g.model_probe()  # expanded (one layer per shift class) with the sub-pixel model
-        probe = probe * g.factors.pre if far else probe
-        rows = g.pod_probe_rows
+        if shifts is None:
+            probe = g.model_probe()  # expanded (one layer per shift class) with the sub-pixel model
+            probe = probe * g.factors.pre if far else probe
+            rows = g.pod_probe_rows
+        else:
+            fp = fft.empty(g.probe.data.shape, ctype)
+            fp[...] = g.probe.data
+            fft.fft2_inplace(fp)
         sw = sliding_window_view(g.obj.data, (H, W), axis=(1, 2))
         fmag = g.fmag()
         mask = g.mask_frames()
@@ -461,12 +489,23 @@ class PositionRefiner:
             dy = (eyx[e0:e1, 0] - cur[fe, 0])[ent]
             dx = (eyx[e0:e1, 1] - cur[fe, 1])[ent]
             stack = fft.empty((len(pod), H, W), ctype)  # aligned: the same FFT algorithm every round
-            stack[...] = sw[g.ob_layer[pod], g.ob_y[pod] + dy, g.ob_x[pod] + dx]
-            if single:
-                k = int(g.pr_layer[0])
-                stack *= probe[k:k + 1]
+            if shifts is not None:  # exactly shifted probes: FFT(P) ramp -> IFFT, times the windows
+                sh = shifts[e0:e1][ent]
+                ry = shift_ramps(H, sh[:, 0]).astype(ctype)
+                rx = shift_ramps(W, sh[:, 1]).astype(ctype)
+                np.multiply(fp[g.pr_layer[pod]], ry[:, :, None], out=stack)
+                stack *= rx[:, None, :]
+                fft.ifft2_inplace(stack, workers)
+                if far:
+                    stack *= g.factors.pre
+                stack *= sw[g.ob_layer[pod], g.ob_y[pod] + dy, g.ob_x[pod] + dx]
             else:
-                stack *= probe[rows[pod]]
+                stack[...] = sw[g.ob_layer[pod], g.ob_y[pod] + dy, g.ob_x[pod] + dx]
+                if single:
+                    k = int(g.pr_layer[0])
+                    stack *= probe[k:k + 1]
+                else:
+                    stack *= probe[rows[pod]]
             if far:
                 F = fft.fft2_inplace(stack, workers)
             else:
@@ -483,6 +522,85 @@ class PositionRefiner:
             out[e0:e1] = np.einsum("ij,ij->i", flat, flat)
         return out
 
+    def _refine_subpixel(self, st, h):
+        """The sub-pixel stage: a parabola through the Fourier errors at ``-h, 0, +h`` pixels per axis.
+
+        For every frame the error is computed at its exact position and at
+        offsets of ``h`` along each axis (probe shifted exactly). Where an
+        axis's three errors are convex the frame moves to the vertex,
+        clipped to ``[-h, h]``; the move is kept when the error at the new
+        position (computed too) is lower and the frame stays within
+        ``max_shift`` of its initial position and inside the object storage.
+        Whole pixels of the new position go to the window, the remainder to
+        the sub-pixel model. Returns ``(frames whose model changed, error decrease)``.
+        """
+        g = st.g
+        sub = g.sub
+        nf = g.n_frames
+        cur = st.current()
+        frames = np.arange(nf, dtype=np.int64)
+        offs = np.array([(0.0, 0.0), (-h, 0.0), (h, 0.0), (0.0, -h), (0.0, h)])
+        ef = np.repeat(frames, len(offs))
+        eyx = np.repeat(cur, len(offs), axis=0)
+        esh = (sub.shifts[:, None, :] + offs[None, :, :]).reshape(-1, 2)
+        err = self._errors(st, ef, eyx, esh).reshape(nf, len(offs))
+        e0 = err[:, 0]
+        step = np.zeros((nf, 2))
+        for axis, (lo, hi) in enumerate(((1, 2), (3, 4))):
+            em, ep = err[:, lo], err[:, hi]
+            curv = em - 2.0 * e0 + ep
+            ok = curv > 0
+            step[ok, axis] = np.clip(0.5 * h * (em[ok] - ep[ok]) / curv[ok], -h, h)
+        want = cur + sub.shifts + step  # exact window offsets
+        dist = want - st.x0
+        inside = np.sum(dist * dist, axis=1) <= self.max_shift ** 2 + 1e-9
+        win = np.floor(want + 0.5).astype(np.int64)
+        inside &= np.all(win >= st.lo, axis=1) & np.all(win <= st.hi, axis=1)
+        cand = np.flatnonzero(inside & np.any(step != 0, axis=1))
+        if len(cand) == 0:
+            return np.zeros(0, np.int64), 0.0
+        e_new = self._errors(st, cand, win[cand], want[cand] - win[cand])
+        keep = cand[e_new < e0[cand] * (1.0 - 1e-7)]
+        dec = float(np.sum(e0[keep] - e_new[np.searchsorted(cand, keep)]))
+        if len(keep) == 0:
+            return keep, 0.0
+        old_class = sub.frame_class.copy()
+        before = cur[keep].copy()
+        self._place(st, keep, want[keep])
+        jump = np.any(st.current()[keep] != before, axis=1)
+        changed = keep[jump | (sub.frame_class[keep] != old_class[keep])]
+        return changed, dec
+
+    def _place(self, st, frames, exact):
+        """Put ``frames`` at the exact window offsets ``exact`` ((n, 2) pixels; sub-pixel model).
+
+        The object views get the coordinates; their whole-pixel windows
+        (``dlow``) move the frames in the address book and their remainders
+        (``sp``) become the frames' shifts in the sub-pixel model, so views,
+        address book and model agree by construction.
+        """
+        g = st.g
+        S = g.obj
+        psize = np.asarray(S.psize, float)
+        shifts = g.sub.shifts.copy()
+        cur = st.current()
+        delta = np.zeros((len(frames), 2), np.int64)
+        for k, f in enumerate(np.asarray(frames).tolist()):
+            p0, p1 = int(g.pod_start[f]), int(g.pod_start[f + 1])
+            first = None
+            for p in range(p0, p1):
+                v = g.pods[p].ob_view
+                v.coord = S.origin + (np.asarray(exact[k], float) + np.asarray(v.shape) // 2) * psize
+                S.update_views(v)
+                if first is None:
+                    first = v
+            delta[k] = np.asarray(first.dlow, np.int64) - cur[f]
+            shifts[f] = first.sp
+        g.sub.set_shifts(shifts)
+        jump = np.any(delta != 0, axis=1)
+        if np.any(jump):
+            g.shift_frames(np.asarray(frames)[jump], delta[jump])
+
     def _move(self, st, frames, delta):
         """Move ``frames`` of group ``st`` by ``delta`` (pixels, (n, 2)): address book and object views."""
         g = st.g
@@ -497,11 +615,9 @@ class PositionRefiner:
                 if id(v) in done:
                     continue
                 done.add(id(v))
-                # the refined position is the centre pixel of the window the model uses (plus the frame's
-                # sub-pixel remainder with the sub-pixel model)
+                # the refined position is the centre pixel of the window the model uses
                 want = np.array([g.ob_y[p], g.ob_x[p]])
-                frac = g.sub.shifts[f] if g.sub is not None else 0.0
-                v.coord = S.origin + ((want + np.asarray(v.shape) // 2).astype(float) + frac) * psize
+                v.coord = S.origin + (want + np.asarray(v.shape) // 2).astype(float) * psize
                 S.update_views(v)
                 if not np.array_equal(v.dlow, want):
                     raise EngineError("position refinement: view %s did not follow its pod (%s != %s)"

@@ -402,11 +402,8 @@ class ProjectionEngine(Engine):
             self._pr_num[self.probe_key(g)].fill(0)
             self._pr_den[self.probe_key(g)].fill(0)
         self.passes.probe_sums()
-        for g in subs:  # per shift class back to the probe: S_{-s} (see ptycli.core.subpixel)
-            g.sub.collapse(self._pr_num[self.probe_key(g)], self._pr_num[g.probe.ID])
-            den = self._pr_den[g.probe.ID]
-            g.sub.collapse(self._pr_den[self.probe_key(g)], den, real=True)
-            np.maximum(den, 0, out=den)  # the shifted sums ring a little where nothing is lit
+        for g in subs:
+            self._collapse_probe_sums(g)
         before = {}
         for sid, S in self.book.probe_storages.items():
             num = self._pr_num[sid]
@@ -426,6 +423,28 @@ class ProjectionEngine(Engine):
             norm += float(np.vdot(S.data, S.data).real)
         self._den_valid = False
         return float(np.sqrt(num_change / max(norm, 1e-30)))
+
+    def _collapse_probe_sums(self, g):
+        """Fold the per-shift-class probe sums of a sub-pixel group into its probe storage's sums.
+
+        The probe that fits ``S_b P O = psi`` best over the frames solves
+        ``sum_b S_b^H (D_b S_b P) = sum_b S_b^H N_b`` (``N_b``, ``D_b``: the
+        class's ``sum conj(O) psi`` and ``sum |O|^2``). One Jacobi step from
+        the current probe, ``P + R / (D + c_p)`` with the residual
+        ``R = sum_b S_b^H (N_b - D_b S_b P)`` and ``D = sum_b D_b``, is the
+        usual quotient ``(num + c_p P) / (den + c_p)`` with ``num = R + D P``
+        and ``den = D``; its fixed point is the exact least-squares probe
+        (dividing the shifted-back sums by each other is not: the fixed point
+        of ``sum S_b^H N_b / sum D_b`` is biased), at the cost of one
+        transform back per class as for ``N_b`` alone.
+        """
+        key = self.probe_key(g)
+        num_x, den_x = self._pr_num[key], self._pr_den[key]
+        num_x -= den_x * g.model_probe()  # N_b - D_b S_b P (unused classes are zero in both)
+        D = g.sub.sum_layers(den_x, np.zeros_like(self._pr_den[g.probe.ID]))
+        g.sub.collapse(num_x, self._pr_num[g.probe.ID])
+        self._pr_num[g.probe.ID] += D * g.probe.data
+        self._pr_den[g.probe.ID] += D
 
     # -- position refinement ---------------------------------------------------------------
     def positions_changed(self, moved):
