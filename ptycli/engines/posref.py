@@ -378,7 +378,8 @@ class PositionRefiner:
         sums = np.zeros(4)  # moved frames, sum |shift from initial|^2, frames, error decrease
         for gi, st in enumerate(self.groups):
             fr, dec = self._refine_group(st, r, amp)
-            if st.g.sub is not None and self.subpixel_step > 0 and st.g.n_frames:
+            if st.g.sub is not None and self.subpixel_step > 0 and st.g.n_frames and \
+                    self.amplitude0 * self.decay ** r <= 1.0:
                 fs, dec_s = self._refine_subpixel(st, self.subpixel_step)
                 fr, dec = np.union1d(fr, fs).astype(np.int64), dec + dec_s
             if len(fr):
