@@ -53,29 +53,31 @@ def _shifts_model(rows=2, shape=(16, 20), res=4, dtype=np.complex128, seed=0, fr
 def test_expand_and_collapse_are_adjoint():
     sub, rng = _shifts_model()
     H, W = sub.shape
-    x = rng.standard_normal((sub.n_rows, H, W)) + 1j * rng.standard_normal((sub.n_rows, H, W))
-    y = rng.standard_normal((sub.n_layers, H, W)) + 1j * rng.standard_normal((sub.n_layers, H, W))
-    used = np.zeros(sub.n_classes, bool)
-    used[sub.used] = True
-    y.reshape(sub.n_classes, sub.n_rows, H, W)[~used] = 0  # only used classes are layers of the model
+    nr = sub.n_rows
+    x = rng.standard_normal((nr, H, W)) + 1j * rng.standard_normal((nr, H, W))
+    y = rng.standard_normal((sub.n_active, H, W)) + 1j * rng.standard_normal((sub.n_active, H, W))
     Ex = sub.expand(x)
     Cy = sub.collapse(y, np.zeros_like(x))
-    assert len(sub.used) > 3
+    assert len(sub.used) > 3 and Ex.shape == y.shape
     assert np.vdot(Ex, y) == pytest.approx(np.vdot(x, Cy), rel=1e-12)
     # each layer is the reference shift of its class; shifting back restores the probe
-    for c in sub.used.tolist():
+    for k, c in enumerate(sub.used.tolist()):
         s = sub.class_shift(c)
         ref = fourier_shift(x, s)
-        assert np.allclose(Ex.reshape(sub.n_classes, sub.n_rows, H, W)[c], ref, atol=1e-12)
+        assert np.allclose(Ex[k * nr:(k + 1) * nr], ref, atol=1e-12)
         assert np.allclose(fourier_shift(ref, -s), x, atol=1e-12)
+    # the pods point at their frame's class
+    for p in range(len(sub.layer)):
+        k, r = divmod(int(sub.layer[p]), nr)
+        assert sub.used[k] == sub.frame_class[p // nr] and r == p % nr
 
 
 def test_frames_on_the_grid_use_the_probe_itself():
     rows, shape = 1, (8, 8)
     sub = SubpixelShifts(rows, shape, np.complex64, 8, np.zeros((4, 2)), np.arange(4), np.zeros(4, int))
-    assert sub.trivial and np.all(sub.layer == sub.zero_class)
+    assert sub.trivial and np.all(sub.layer == 0) and sub.n_active == 1
     p = (np.random.default_rng(1).standard_normal((1,) + shape) * (1 + 1j)).astype(np.complex64)
-    assert np.array_equal(sub.expand(p)[sub.zero_class], p[0])  # a copy, no transform
+    assert np.array_equal(sub.expand(p), p)  # a copy, no transform
 
 
 def test_quantisation_and_choice():

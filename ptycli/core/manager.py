@@ -35,7 +35,7 @@ from .geometry import Geo
 from .illumination import init_probe
 from .probe_guess import mean_measured_pattern
 from .sample import init_object
-from .subpixel import auto_resolution, choose as choose_subpixel
+from .subpixel import choose as choose_subpixel
 
 __all__ = ["ScanModel", "Full", "Vanilla", "SCAN_MODELS", "get_scan_model"]
 
@@ -207,7 +207,7 @@ class ScanModel:
         """
         step = max(1, self.modes)
         rem = np.array([pod.ob_view.sp for pod in self.pods[::step]], dtype=float).reshape(-1, 2)
-        res = self.p.get("subpixel_resolution") or auto_resolution(self.data.num_frames_total)
+        res = int(self.p.get("subpixel_resolution") or 4)
         q = np.rint(np.clip(rem, -0.5, 0.5) * res)
         sums = np.array([float(np.sum(rem * rem)), float(len(rem)), float(np.count_nonzero(np.any(q != 0, axis=1)))])
         parallel.allreduce(sums)

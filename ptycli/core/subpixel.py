@@ -27,8 +27,8 @@ Shift classes
 Remainders are quantised to ``1 / resolution`` pixel; frames with the same
 quantised remainder share one shifted probe (a *class*; at most
 ``(2K + 1)**2`` with ``K = ceil(resolution / 2)``). The engines work on an
-*expanded probe* with one layer per class and probe mode, ``layer = class *
-modes + mode``; the pods' probe rows in the compiled kernels' addresses point
+*expanded probe* with one layer per used class and probe mode, ``layer = k *
+modes + mode`` for the ``k``-th used class; the pods' probe rows in the compiled kernels' addresses point
 at their class's layer, so every kernel runs unchanged on it. Probe-shaped
 sums gathered per layer (probe-update numerators, ML probe gradients) return
 to the probe through the adjoint ``S_s^H = S_{-s}`` (:meth:`SubpixelShifts.collapse`):
@@ -49,22 +49,12 @@ import numpy as np
 
 from . import fft
 
-__all__ = ["SubpixelShifts", "choose", "auto_resolution", "shift_ramps", "fourier_shift", "MODES"]
+__all__ = ["SubpixelShifts", "choose", "shift_ramps", "fourier_shift", "MODES"]
 
 log = logging.getLogger("ptycli.core")
 
 #: values of ``scans.<label>.subpixel``
 MODES = ("auto", "on", "off")
-
-
-def auto_resolution(n_frames):
-    """Default quantisation (steps per pixel) for a scan of ``n_frames`` frames.
-
-    The cost of the model grows with the number of shift classes, at most
-    ``(resolution + 1)**2``: 8 (81 classes, 0.05 pixel rms) from 320 frames,
-    else 4 (25 classes, 0.10 pixel rms).
-    """
-    return 8 if int(n_frames) >= 320 else 4
 
 
 def shift_ramps(n, shifts):
@@ -109,10 +99,16 @@ class SubpixelShifts:
     ----------
     layer : ndarray of int64 (n_pods,)
         Expanded-probe layer of every pod (updated in place by :meth:`set_shifts`).
-    n_layers : int
-        Layers of the expanded probe (all classes times ``n_rows``).
     used : ndarray of int
-        Classes some frame uses, sorted.
+        The classes some frame uses, in layer order: the class of zero shift
+        first (when used), then the others ascending. Class ``used[k]`` has
+        the layers ``k * n_rows .. (k + 1) * n_rows - 1``.
+    n_active : int
+        Layers in use, ``len(used) * n_rows``.
+    n_layers : int
+        Capacity of the engines' expanded accumulators: every class times
+        ``n_rows`` (so that refined positions never need larger buffers);
+        layers from ``n_active`` on are unused.
     shifts : ndarray (n_frames, 2)
         The exact remainders.
     """
@@ -134,7 +130,6 @@ class SubpixelShifts:
         self._pod_frame = np.asarray(pod_frame, dtype=np.int64)
         self._pod_row = np.asarray(pod_row, dtype=np.int64)
         self.layer = np.zeros(len(self._pod_frame), dtype=np.int64)
-        self._ramps = {}
         self._cache_key = None
         self._cache = None
         self.set_shifts(shifts)
@@ -155,94 +150,82 @@ class SubpixelShifts:
         """New exact remainders of all frames ``(n_frames, 2)``; the pods' layers follow (in place)."""
         self.shifts = np.array(shifts, dtype=float).reshape(-1, 2)
         self.frame_class = self.quantise(self.shifts)
-        self.layer[...] = self.frame_class[self._pod_frame] * self.n_rows + self._pod_row
-        self.used = np.unique(self.frame_class)
-        self._moving = self.used[self.used != self.zero_class]
+        classes = np.unique(self.frame_class)
+        moving = classes[classes != self.zero_class]
+        self._z = int(len(classes) - len(moving))  # 1 when the class of zero shift is used
+        self.used = np.concatenate([[self.zero_class] if self._z else [], moving]).astype(np.int64)
+        slot = np.full(self.n_classes, -1, np.int64)
+        slot[self.used] = np.arange(len(self.used))
+        self.layer[...] = slot[self.frame_class[self._pod_frame]] * self.n_rows + self._pod_row
+        self.n_active = len(self.used) * self.n_rows
+        iy, ix = np.divmod(moving, self.side)
+        # the ramps of the moving classes, (n_moving, 1, H, W) in the model's type
+        self._ramps = (self._ry[iy][:, :, None] * self._rx[ix][:, None, :]).astype(self.ctype)[:, None]
         self._cache_key = None
 
     @property
     def trivial(self):
         """True when every frame is in the class of zero shift."""
-        return len(self._moving) == 0
-
-    def ramp(self, c):
-        """The 2D ramp of class ``c`` in the model's type (cached)."""
-        r = self._ramps.get(c)
-        if r is None:
-            iy, ix = divmod(int(c), self.side)
-            r = (self._ry[iy][:, None] * self._rx[ix][None, :]).astype(self.ctype)
-            self._ramps[c] = r
-        return r
+        return len(self.used) == self._z
 
     # -- the operators ----------------------------------------------------------------------
     def expand(self, probe, out=None):
-        """The expanded probe: layer ``c * n_rows + r`` is ``S_{s_c} probe[r]`` for the used classes ``c``.
+        """The expanded probe: layers ``k * n_rows + r`` hold ``S_{s_k} probe[r]`` for the used classes.
 
-        Layers of unused classes are zero (when ``out`` is None) or left as they are.
+        ``out`` (at least :attr:`n_active` layers; the others are left as
+        they are) or a new array of :attr:`n_active` layers.
         """
         probe = np.asarray(probe)
         H, W = self.shape
         if out is None:
-            out = np.zeros((self.n_layers, H, W), dtype=np.result_type(probe.dtype, self.ctype))
-        o4 = out.reshape(self.n_classes, self.n_rows, H, W)
-        if self.zero_class in self.used:
-            o4[self.zero_class] = probe
-        moving = self._moving
-        if len(moving):
-            Fp = fft.empty(probe.shape, out.dtype)
-            Fp[...] = probe
-            fft.fft2_inplace(Fp)
-            stack = fft.empty((len(moving), self.n_rows, H, W), out.dtype)
-            for j, c in enumerate(moving.tolist()):
-                np.multiply(Fp, self.ramp(c), out=stack[j])
-            fft.ifft2_inplace(stack.reshape(-1, H, W))
-            o4[moving] = stack
+            out = fft.empty((self.n_active, H, W), np.result_type(probe.dtype, self.ctype))
+        nr, z = self.n_rows, self._z
+        if z:
+            out[:nr] = probe
+        if len(self._ramps):
+            fp = fft.empty(probe.shape, out.dtype)
+            fp[...] = probe
+            fft.fft2_inplace(fp, 1)
+            region = out[z * nr:self.n_active]
+            np.multiply(fp[None], self._ramps, out=region.reshape((-1, nr, H, W)))
+            fft.ifft2_inplace(region, 1)
         return out
 
     def collapse(self, x, out, real=False):
-        """Add the adjoint of :meth:`expand` applied to ``x`` (n_layers, H, W) to ``out`` (n_rows, H, W).
+        """Add the adjoint of :meth:`expand` applied to ``x`` (layers as :meth:`expand`) to ``out`` (n_rows, H, W).
 
-        ``out[r] += sum_c S_{-s_c} x[c * n_rows + r]`` over the used classes.
-        With ``real`` the real part of the sum is added (for real sums such
-        as the probe-update denominators).
+        ``out[r] += sum_k S_{-s_k} x[k * n_rows + r]`` over the used
+        classes. With ``real`` the real part of the sum is added.
         """
         H, W = self.shape
-        x4 = np.asarray(x).reshape(self.n_classes, self.n_rows, H, W)
-        moving = self._moving
-        if self.zero_class in self.used:
-            out += x4[self.zero_class] if not real else x4[self.zero_class].real
-        if not len(moving):
+        nr, z = self.n_rows, self._z
+        if z:
+            out += x[:nr] if not real else x[:nr].real
+        if not len(self._ramps):
             return out
-        stack = fft.empty((len(moving), self.n_rows, H, W), self.ctype)
-        stack[...] = x4[moving]
-        fft.fft2_inplace(stack.reshape(-1, H, W))
-        for j, c in enumerate(moving.tolist()):
-            stack[j] *= np.conj(self.ramp(c))
-        acc = fft.empty((self.n_rows, H, W), self.ctype)
-        np.sum(stack, axis=0, out=acc)
-        fft.ifft2_inplace(acc)
+        stack = fft.empty((self.n_active - z * nr, H, W), self.ctype)
+        stack[...] = x[z * nr:self.n_active]
+        fft.fft2_inplace(stack, 1)
+        s4 = stack.reshape((-1, nr, H, W))
+        s4 *= np.conj(self._ramps)
+        acc = fft.empty((nr, H, W), self.ctype)
+        np.sum(s4, axis=0, out=acc)
+        fft.ifft2_inplace(acc, 1)
         out += acc.real if real else acc
         return out
 
     def sum_layers(self, x, out):
-        """Add the layers of ``x`` (n_layers, H, W) of every used class to ``out`` (n_rows, H, W), unshifted.
-
-        For the probe-update denominators ``sum |O|^2``: shifted back they
-        ring below zero where nothing is lit, which a division cannot take.
-        """
+        """Add the used layers of ``x`` to ``out`` (n_rows, H, W) per probe row, unshifted (:meth:`collapse` without the shifts)."""
         H, W = self.shape
-        x4 = np.asarray(x).reshape(self.n_classes, self.n_rows, H, W)
-        for c in self.used.tolist():
-            out += x4[c]
+        out += np.sum(np.asarray(x)[:self.n_active].reshape((-1, self.n_rows, H, W)), axis=0)
         return out
 
     def model_probe(self, probe):
         """:meth:`expand` of ``probe`` kept while ``probe`` does not change (the storage's probe)."""
-        if self._cache is not None and self._cache_key is not None and np.array_equal(self._cache_key, probe):
+        if self._cache is not None and self._cache_key is not None and self._cache.shape[0] == self.n_active \
+                and np.array_equal(self._cache_key, probe):
             return self._cache
-        if self._cache is None or self._cache.dtype != np.result_type(probe.dtype, self.ctype):
-            self._cache = np.zeros((self.n_layers,) + self.shape, dtype=np.result_type(probe.dtype, self.ctype))
-        self.expand(probe, out=self._cache)
+        self._cache = self.expand(probe)
         self._cache_key = np.array(probe, copy=True)
         return self._cache
 

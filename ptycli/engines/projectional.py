@@ -439,8 +439,9 @@ class ProjectionEngine(Engine):
         transform back per class as for ``N_b`` alone.
         """
         key = self.probe_key(g)
-        num_x, den_x = self._pr_num[key], self._pr_den[key]
-        num_x -= den_x * g.model_probe()  # N_b - D_b S_b P (unused classes are zero in both)
+        n = g.sub.n_active
+        num_x, den_x = self._pr_num[key][:n], self._pr_den[key][:n]
+        num_x -= den_x * g.model_probe()  # N_b - D_b S_b P
         D = g.sub.sum_layers(den_x, np.zeros_like(self._pr_den[g.probe.ID]))
         g.sub.collapse(num_x, self._pr_num[g.probe.ID])
         self._pr_num[g.probe.ID] += D * g.probe.data

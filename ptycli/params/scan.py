@@ -318,9 +318,9 @@ SCAN = ParamSet("scan", [
     Parameter("subpixel", "auto", "str",
               "sub-pixel scan positions: shift each frame's probe by the remainder of its position (auto: on "
               "when the positions lie off the pixel grid, far field only)", choices=["auto", "on", "off"]),
-    Parameter("subpixel_resolution", None, "int",
-              "steps per pixel to which the remainders are quantised (null: 4, from 320 frames 8)",
-              low=1, high=64, nullable=True, unit="1/pixel"),
+    Parameter("subpixel_resolution", 4, "int",
+              "steps per pixel to which the sub-pixel remainders are quantised (frames of one step share a "
+              "shifted probe: at most (resolution + 1)^2 of them)", low=1, high=64, unit="1/pixel"),
     Parameter("probe_share", None, "str", "label of another scan whose probe this scan uses; "
               "null for its own probe"),
     Parameter("object_share", None, "str", "label of another scan whose object this scan uses; "

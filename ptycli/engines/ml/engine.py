@@ -120,12 +120,13 @@ class _Accumulator:
     def __init__(self, book, groups):
         self.gO = {sid: np.zeros_like(S.data) for sid, S in book.obj_storages.items()}  # this rank's
         self.gPe = [G.probe_accumulator() for G in groups]
+        self._groups = groups
 
     def zero(self):
         for a in self.gO.values():
             a[...] = 0
-        for a in self.gPe:
-            a[...] = 0
+        for G, a in zip(self._groups, self.gPe):
+            a[:G.probe_layers] = 0  # the layers in use (expanded probe: the used shift classes)
 
 
 @register
@@ -375,9 +376,10 @@ class ML(Engine):
                         self._part(grad, "probe", G.g.probe.ID)[...] += G.probe_gradient(acc.gPe[gi])
             for gi, G in enumerate(self.groups):
                 if G.g.sub is not None:  # the slots summed first: one transform back per shift class
-                    total = self._acc[0].gPe[gi].copy()
+                    n = G.probe_layers
+                    total = self._acc[0].gPe[gi][:n].copy()
                     for acc in self._acc[1:]:
-                        total += acc.gPe[gi]
+                        total += acc.gPe[gi][:n]
                     self._part(grad, "probe", G.g.probe.ID)[...] += G.probe_gradient(total)
             for _, _, part in probe_parts:
                 np.conj(part, out=part)

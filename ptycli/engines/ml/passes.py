@@ -154,6 +154,12 @@ class MLPasses:
         sub.collapse(np.conj(c), out)
         return np.conj(out, out=out)
 
+    @property
+    def probe_layers(self):
+        """Layers of the effective probe in use: the probe's, or the expanded probe's (sub-pixel model)."""
+        g = self.g
+        return g.probe.data.shape[0] if g.sub is None else g.sub.n_active
+
     def probe_accumulator(self):
         """A zero (conjugate) gradient accumulator of the effective probe (expanded with the sub-pixel model)."""
         g = self.g
@@ -283,8 +289,9 @@ class NumpyMLPasses(MLPasses):
     def add_probe_gradient(self, b, target, prod):
         """``target[pr_layer] += sum over pods of prod`` (per probe row)."""
         g = self.g
-        if g.sub is not None:
-            np.add.at(target, g.sub.layer[b.p0:b.p1], prod)
+        if g.sub is not None:  # expanded probe: one layer per pod (a loop: np.add.at is slow)
+            for k, q in enumerate(g.sub.layer[b.p0:b.p1].tolist()):
+                target[q] += prod[k]
         elif g.regular:
             if g.modes == 1:
                 target[int(g.mode_pr[0])] += prod.sum(axis=0)
