@@ -278,9 +278,12 @@ def invoke(*args):
     return r.invoke(main, [str(a) for a in args])
 
 
-def test_result_file_has_refined_positions_and_resume_agrees(tmp_path):
+@pytest.mark.parametrize("subpixel", ["auto", "off"])
+def test_result_file_has_refined_positions_and_resume_agrees(tmp_path, subpixel):
+    # the reported positions lie off the grid: auto takes the sub-pixel model (and its refinement stage)
+    text = CONFIG.replace("  MF:\n", "  MF:\n    subpixel: %s\n" % subpixel)
     cfg = tmp_path / "posref.yaml"
-    cfg.write_text(CONFIG)
+    cfg.write_text(text)
     full = tmp_path / "full.h5"
     tmpl = "io.checkpoint.path={home}/ck_{iterations}.h5"
     res = invoke("reconstruct", cfg, "-o", full, "--set", "io.home=%s" % tmp_path, "--set", tmpl,
@@ -290,11 +293,12 @@ def test_result_file_has_refined_positions_and_resume_agrees(tmp_path):
         pos = f["scans/MF/positions"][()]
         pos0 = f["scans/MF/positions_initial"][()]
         idx = f["scans/MF/indices"][()]
+        assert f["scans/MF"].attrs["subpixel"] == ("on" if subpixel == "auto" else "off")
     # positions_initial are the reported positions
     from ptycli.params.yamlio import load_config_text
     from ptycli.params.tree import validate
 
-    P = Ptycho(validate(load_config_text(CONFIG, "cfg")), level=2)
+    P = Ptycho(validate(load_config_text(text, "cfg")), level=2)
     reported = P.scans["MF"].positions_m()
     assert np.array_equal(idx, np.arange(30)) and np.array_equal(P.scans["MF"].data.indices, idx)
     np.testing.assert_array_equal(pos0, reported)

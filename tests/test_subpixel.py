@@ -201,3 +201,13 @@ def test_a_subpixel_scan_reconstructs_as_well_as_its_integer_twin(tmp_path):
     # measured: integer 0.9932, sub-pixel 0.9910, sub-pixel positions rounded 0.9803
     assert scores["sub"] > scores["int"] - 0.005, scores
     assert scores["sub"] > scores["sub_rounded"] + 0.005, scores
+
+
+def test_the_switch_reads_yaml_booleans_and_refuses_other_values():
+    from ptycli.errors import ConfigError
+    from ptycli.params.scan import _subpixel_mode
+
+    assert _subpixel_mode(False, "p") == "off" and _subpixel_mode(True, "p") == "on"
+    assert _subpixel_mode(" Auto ", "p") == "auto"
+    with pytest.raises(ConfigError, match="scans.MF.subpixel: expected auto, on or off"):
+        build(frames=4, subpixel="maybe")
