@@ -24,23 +24,46 @@ not used there (:func:`choose`).
 
 Shift classes
 -------------
-Remainders are quantised to ``1 / resolution`` pixel; frames with the same
+Remainders are quantised to ``1 / resolution`` pixel
+(``scans.<label>.subpixel_resolution``, default 4); frames with the same
 quantised remainder share one shifted probe (a *class*; at most
-``(2K + 1)**2`` with ``K = ceil(resolution / 2)``). The engines work on an
-*expanded probe* with one layer per used class and probe mode, ``layer = k *
-modes + mode`` for the ``k``-th used class; the pods' probe rows in the compiled kernels' addresses point
-at their class's layer, so every kernel runs unchanged on it. Probe-shaped
-sums gathered per layer (probe-update numerators, ML probe gradients) return
-to the probe through the adjoint ``S_s^H = S_{-s}`` (:meth:`SubpixelShifts.collapse`):
-with unitary FFTs and unit-modulus ramps, :meth:`~SubpixelShifts.expand`
-and :meth:`~SubpixelShifts.collapse` are exactly adjoint. The class of zero
-shift is copied, not transformed: a frame on the grid is computed as before.
+``(2K + 1)**2`` with ``K = ceil(resolution / 2)``: 25 at the default). The
+engines work on an *expanded probe* with one layer per used class and probe
+mode, ``layer = k * modes + mode`` for the ``k``-th used class (the class of
+zero shift first); the pods' probe rows in the kernels' addresses
+(:meth:`PodGroup.set_subpixel <ptycli.engines.addressing.PodGroup.set_subpixel>`)
+point at their class's layer, so every kernel, numpy or compiled, runs
+unchanged on it. Probe-shaped sums gathered per layer (the ML probe gradient,
+the DM probe-update numerator) return to the probe through the adjoint
+``S_s^H = S_{-s}`` (:meth:`SubpixelShifts.collapse`): with unitary FFTs and
+unit-modulus ramps, :meth:`~SubpixelShifts.expand` and
+:meth:`~SubpixelShifts.collapse` are exactly adjoint, so ML's gradients stay
+exact. The class of zero shift is copied, not transformed, and a scan whose
+frames all lie on the grid does not use the model at all (``auto``): its
+numbers are those of whole-pixel windows, bit for bit.
 
-Cost: per change of the probe one FFT per mode and one inverse FFT per used
-class and mode; per collapse one FFT per used class and mode and one inverse
-FFT per mode. The quantisation error is uniform in ``[-1/(2 res), 1/(2 res)]``
-per axis: ``0.41 / resolution`` pixel rms in 2D (0.41 for rounding to whole
-pixels).
+The quantisation error is uniform in ``[-1/(2 res), 1/(2 res)]`` per axis:
+``0.41 / resolution`` pixel rms in 2D (0.41 for rounding to whole pixels).
+On the zoo's ``subpixel_spiral`` (120 frames, DM 200 + ML 100, default
+probe) the object scored 0.981 with rounded positions, 0.991 at resolution 4
+and 0.992 at 8 and 16, against 0.997 for the scan's twin on the grid.
+
+Far field: ptycli's propagator multiplies the exit wave by a sample-plane
+phase ``pre`` before the FFT: its linear (centring) part commutes with the
+translation; its Fresnel curvature ``exp(i pi r^2 / (lambda z))`` does not,
+which moves the pattern by ``s dx / p`` detector pixels (``dx``, ``p``: the
+sample and detector pixel sizes): 4e-4 pixel at ``s = 1/2`` in the default
+MoonFlower geometry (6.2 keV, 7 m, 172 um, 64 pixels).
+
+Cost
+----
+Per change of the probe one FFT per mode and one inverse FFT per used class
+and mode (one thread: the stacks are small); per collapse one FFT per used
+class and mode and one inverse FFT per mode; the kernels read the probe of
+a pod from its class's layer. Paired A/B runs (``benchmarks/bench_subpixel.py``,
+CPU time, shared 2-core machine): DM 1.18x and ML 1.20x at 120 frames of
+64 x 64 (22 classes), DM 1.12x and ML 1.12x at 400 frames of 128 x 128 (25
+classes).
 """
 
 import logging

@@ -73,6 +73,18 @@ with :meth:`PodGroup.shift_frames`, which changes ``ob_y``/``ob_x`` and
 ``frame_y``/``frame_x`` *in place*. Engines that keep copies of window
 addresses refresh them in :meth:`~ptycli.engines.base.Engine.positions_changed`.
 
+Sub-pixel positions
+-------------------
+For scans that chose the sub-pixel model (:mod:`ptycli.core.subpixel`),
+:meth:`AddressBook.enable_subpixel` (called by engines that support it: DM,
+RAAR, ML) gives the group ``sub``, a :class:`~ptycli.core.subpixel.SubpixelShifts`
+holding each frame's remainder; ``addresses`` then carries ``sub.layer`` in
+place of ``pr_layer``: the pods address the *expanded probe*
+:meth:`PodGroup.model_probe` (the probe shifted per shift class), and every
+helper above that takes probe rows (``gather_product``, ``probe_for``,
+``scatter_object_const``, ``scatter_probe_product``, ``accumulate_probe``)
+works on expanded rows. ``pr_layer`` keeps the probe storage's layer.
+
 Memory: the book itself holds a few integers per pod; :meth:`PodGroup.fmag`
 and :meth:`PodGroup.photon_weight`
 each hold one float array of the data's size, built on first use.

@@ -29,6 +29,8 @@ the object storage):
                               frame's window from its initial one (at the
                               reported position)
 ``seed``            0         seed of the trial shifts
+``subpixel_step``   0.5       with the sub-pixel model: trial offset (pixels)
+                              of the sub-pixel stage (0: whole pixels only)
 =================== ========= ===============================================
 
 Algorithm
@@ -53,10 +55,31 @@ of the object and transformed with one batched FFT (far field: the
 propagator's sample-plane phase factor folded into the probe, the
 detector-plane factor skipped since only amplitudes count).
 
-Shifts are whole pixels (views address whole pixels). A frame that moved
-gets the position of the centre pixel of its new window (the position the
-model actually uses; the sub-pixel remainder of the reported position is
-dropped); frames that never move keep their reported positions. The object
+Without the sub-pixel model shifts are whole pixels (views address whole
+pixels): a frame that moved gets the position of the centre pixel of its new
+window (the position the model actually uses; the sub-pixel remainder of the
+reported position is dropped); frames that never move keep their reported
+positions.
+
+Sub-pixel stage
+---------------
+With the sub-pixel model (``scans.<label>.subpixel``, :mod:`ptycli.core.subpixel`)
+whole-pixel moves keep each frame's remainder, and rounds whose whole-pixel
+search has settled (it moved at most :data:`SUBPIXEL_SETTLED` of the frames,
+all ranks) add a sub-pixel stage: for every frame the search did not just
+move, the Fourier error at its exact position and at ``+-subpixel_step``
+along each axis (probe shifted exactly, :func:`~ptycli.core.subpixel.shift_ramps`)
+gives a parabola per axis; where it is convex the frame goes to its vertex
+(at most ``subpixel_step`` per axis), kept when the error computed there is
+lower and the frame stays within ``max_shift`` (Euclidean, exact positions)
+and inside the object storage. The object view gets the exact coordinate;
+its ``dlow`` (the window) and ``sp`` (the remainder) move the frame in the
+address book and the sub-pixel model. Frames whose window or shift class
+changed are reported as moved. Cost: about 6 forward and 5 inverse FFTs per
+frame in such rounds. Measured: zoo ``position_errors`` (144 frames, truth +
+1.5 px rms, DM 200 + ML 100) 1.44 -> 0.27 px rms (whole pixels: 0.71),
+object 0.984 (0.951); MoonFlower, 80 frames, 2 px rms per axis, DM 60:
+0.12-0.15 px rms (whole pixels 0.72). The object
 storage is *not* grown: trials that would leave it are dropped (a frame at
 the edge of the scanned area cannot move outwards), so the object extent
 stays the same on all MPI ranks, in checkpoints and on resume.

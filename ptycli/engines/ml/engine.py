@@ -20,6 +20,11 @@ Gradients (Wirtinger, ``g = dL/dx*``, so that ``dL = 2 Re <g, dx>``)::
     g_O   = sum_j conj(P_k) g_psi_j              (overlap scatter into the object)
     g_P   = sum_j conj(O_l[window_j]) g_psi_j    (sum over frames)
 
+With the sub-pixel model (:mod:`ptycli.core.subpixel`) the probe of pod
+``j`` is ``S_j P`` (the probe shifted by its frame's remainder); the probe
+gradient is then ``sum_j S_j^H (conj(O_l[window_j]) g_psi_j)``, gathered per
+shift class and shifted back (:meth:`~ptycli.engines.ml.passes.MLPasses.probe_gradient`).
+
 Search direction: Polak-Ribiere conjugate gradients over the pair (object,
 probe) with the diagonal preconditioner ``(1, s)``::
 
