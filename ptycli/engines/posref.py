@@ -438,7 +438,9 @@ class PositionRefiner:
         tenth 0.12; on the zoo's ``position_errors`` (DM 200 + ML 100) the same gates gave 0.25, 0.25,
         0.31 and 0.32 (steps of 0.25 pixel; 0.23 with the default 0.5 at a quarter).
         """
-        if self.subpixel_step <= 0 or not any(st.g.sub is not None for st in self.groups):
+        # the same answer on every rank (a rank without frames has no groups): from the scans' choice
+        scans = getattr(self.engine.ptycho, "scans", None) or {}
+        if self.subpixel_step <= 0 or not any((getattr(m, "subpixel", None) or {}).get("on") for m in scans.values()):
             return False
         counts = np.array([float(sum(len(fr) for fr, _ in whole)), float(sum(st.g.n_frames for st in self.groups))])
         parallel.allreduce(counts)
