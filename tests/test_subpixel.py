@@ -21,9 +21,13 @@ from ptycli.engines import make_engine
 from ptycli.utils.parameters import Param
 
 
-def build(frames=30, shape=32, noise=0.4, subpixel="auto", resolution=None, photons=1e8, dtype=None, **data):
+def build(frames=30, shape=32, noise=0.4, subpixel="auto", resolution=None, photons=1e8, dtype=None, modes=1,
+          **data):
     p = Param()
     p["verbose_level"] = "error"
+    if modes > 1:
+        p["scans.MF.coherence.num_probe_modes"] = modes
+        p["scans.MF.data.probe_modes"] = modes
     if dtype:
         p["data_type"] = dtype
     p["scans.MF.data.name"] = "MoonFlowerScan"
@@ -163,12 +167,12 @@ def test_auto_is_on_off_the_grid_and_stored():
     assert attrs["subpixel"] == "on" and attrs["subpixel_resolution"] == 4
 
 
-@pytest.mark.parametrize("name", ["DM", "ML"])
-def test_numpy_and_compiled_paths_agree(name):
+@pytest.mark.parametrize("name,modes", [("DM", 1), ("ML", 1), ("RAAR", 2), ("ML", 2)])
+def test_numpy_and_compiled_paths_agree(name, modes):
     pytest.importorskip("numba")
     out = {}
     for kernels in ("numpy", "compiled"):
-        P = build(frames=24, noise=0.4, probe_modes=1)
+        P = build(frames=24, noise=0.4, modes=modes)
         e = make_engine(P, dict(name=name, numiter=6, probe_update_start=0, kernels=kernels), name.lower())
         e.run()
         assert any(g.sub is not None and not g.sub.trivial for g in e.book.groups)
