@@ -668,7 +668,7 @@ class AddressBook:
         out = []
         for g in self.groups:
             info = getattr(g.pods[0].model, "subpixel", None) or {} if g.n_pods else {}
-            if not info.get("on"):
+            if not info.get("on") or int(getattr(g.obj, "slices", 1)) > 1:  # multislice: whole pixels (not modelled)
                 continue
             shifts = np.array([g.pods[int(p)].ob_view.sp for p in g.pod_start[:-1]], dtype=float).reshape(-1, 2)
             g.set_subpixel(SubpixelShifts(g.probe.data.shape[0], g.shape, g.ctype, int(info["resolution"]), shifts,
