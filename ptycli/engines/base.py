@@ -302,6 +302,7 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         P = self.ptycho
         self._check_slices()
         self.book = AddressBook(P)
+        self._enable_subpixel()
         if not self.book.groups and parallel.size == 1:
             raise EngineError("engine %s: the model has no active pods (no data loaded?)" % self.label)
         self.ctype = np.dtype(P.CType)
@@ -343,6 +344,23 @@ class Engine(ConstraintsMixin, SnapshotMixin):
             slices = int(getattr(model, "slices", 1))
             if slices > 1:
                 raise multislice_refusal(self.label, self.NAME, label, slices)
+
+    #: whether the engine runs the sub-pixel position model (:mod:`ptycli.core.subpixel`) of scans that chose it
+    SUBPIXEL = False
+
+    def _enable_subpixel(self):
+        """Shift each frame's probe by its sub-pixel remainder in the groups of scans that chose the model."""
+        wanted = [g for g in self.book.groups if (getattr(g.pods[0].model, "subpixel", None) or {}).get("on")]
+        if not wanted:
+            return
+        if not self.SUBPIXEL:
+            if parallel.master:
+                log.warning("%s (%s): sub-pixel positions are not modelled by this engine; whole pixels used",
+                            self.label, self.NAME)
+            return
+        for g in self.book.enable_subpixel():
+            log.debug("%s: group %s sub-pixel model: %d shift classes at 1/%d px", self.label, g.label,
+                      len(g.sub.used), g.sub.resolution)
 
     def engine_initialize(self):
         """Engine-specific preparation (buffers, constants). Override."""
@@ -552,7 +570,7 @@ class Engine(ConstraintsMixin, SnapshotMixin):
             if g.obj.slices > 1:
                 write_exit_waves(g)
                 continue
-            pr = g.probe.data
+            pr = g.model_probe()
             for f0, f1, p0, p1 in g.blocks(32):
                 ob = g.gather_object(g.obj.data, p0, p1)
                 if g.regular and g.modes > 1:

@@ -391,7 +391,8 @@ def coverage(book):
     """``sum over pods |probe|^2`` on each object storage of an address book (summed over MPI ranks)."""
     cov = {sid: np.zeros(S.data.shape, dtype=np.float64) for sid, S in book.obj_storages.items()}
     for g in book.groups:
-        p2 = g.probe.data.real.astype(np.float64) ** 2 + g.probe.data.imag.astype(np.float64) ** 2
+        pm = g.model_probe()  # the rows the pods address (shifted probes with the sub-pixel model)
+        p2 = pm.real.astype(np.float64) ** 2 + pm.imag.astype(np.float64) ** 2
         g.scatter_object_const(cov[g.obj.ID], p2)
     for a in cov.values():
         parallel.allreduce(a)

@@ -96,6 +96,12 @@ def _scan_entry(model):
         attrs["probe_guess"] = str(guess["method"])
         if guess.get("trial"):
             attrs["probe_guess_trial"] = ", ".join("%s %.4g" % kv for kv in guess["trial"].items())
+    sub = getattr(model, "subpixel", None) or {}
+    if sub:
+        attrs["subpixel"] = "on" if sub.get("on") else "off"
+        attrs["subpixel_reason"] = str(sub.get("reason", ""))
+        if sub.get("on"):
+            attrs["subpixel_resolution"] = int(sub["resolution"])
     return idx, initial, final, attrs
 
 

@@ -47,8 +47,7 @@ class CompiledMLPasses(MLPasses):
 
     def pods(self):
         """The pod addresses packed for the kernels: ``(object row, window y, window x, probe row)`` per pod."""
-        g = self.g
-        return g.ob_layer, g.ob_y, g.ob_x, g.pr_layer
+        return self.g.addresses  # probe rows: expanded-probe layers with the sub-pixel model
 
     def prepare_evaluate(self):
         g = self.g
