@@ -1,7 +1,7 @@
 """Engine benchmark: time per iteration against the FFT floor, and peak memory.
 
 For each case (simulated MoonFlowerScan, ``frames`` of ``shape``) and each
-engine (DM, RAAR, and ML / ePIE when those engines are installed) this
+engine (DM, RAAR, and ML / ePIE / mPIE / LSQML when those engines are installed) this
 prints
 
 * ``ms/it``   - wall time per iteration (median over the timed iterations,
@@ -10,8 +10,9 @@ prints
   engine's iterations: the fastest in-place forward plus inverse transform
   of a complex64 stack of all exit waves (frames x modes) available here
   (pocketfft and FFTW, one thread, all workers, and blocks shared out to
-  threads: all are timed per case and printed; ePIE and rPIE, sequential
-  over frames, against the fastest one-thread transform) (median),
+  threads: all are timed per case and printed; ePIE, rPIE and mPIE,
+  sequential over frames, against the fastest one-thread transform; LSQML, whose
+  iteration is an epoch of mini-batches, against the all-thread floor) (median),
 * ``ratio``   - time per iteration over the FFT floor (the number we
   optimise; DESIGN.md section 3): the median of the ratios of each timed
   iteration to the floor measured just before it (pairs share the drift of
@@ -173,7 +174,7 @@ def model_bytes(P):
 KERNELS = "auto"
 
 #: Engines sequential over frames: compared with the fastest one-thread transform.
-SEQUENTIAL = ("ePIE", "rPIE")
+SEQUENTIAL = ("ePIE", "rPIE", "mPIE")
 
 
 def time_engine(P, name, iterations, warmup, floor):
@@ -227,7 +228,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller cases (200 x 64^2, 400 x 128^2)")
     ap.add_argument("--cases", default=None, help="comma-separated FRAMESxSHAPE, e.g. 400x128,1000x256")
-    ap.add_argument("--engines", default=None, help="comma-separated engine names (default DM,RAAR,ML,ePIE)")
+    ap.add_argument("--engines", default=None, help="comma-separated engine names (default DM,RAAR,ML,ePIE,mPIE,LSQML)")
     ap.add_argument("--iterations", type=int, default=12, help="timed iterations per engine")
     ap.add_argument("--warmup", type=int, default=10, help="untimed iterations first (steady state)")
     ap.add_argument("--modes", type=int, default=1, help="probe modes")
@@ -245,7 +246,7 @@ def main(argv=None):
         cases = [tuple(int(v) for v in c.lower().split("x")) for c in args.cases.split(",")]
     else:
         cases = QUICK if args.quick else FULL
-    wanted = args.engines.split(",") if args.engines else ["DM", "RAAR", "ML", "ePIE"]
+    wanted = args.engines.split(",") if args.engines else ["DM", "RAAR", "ML", "ePIE", "mPIE", "LSQML"]
     names = []
     for n in wanted:
         hit = [k for k in ENGINES if k.lower() == n.lower()]

@@ -213,18 +213,22 @@ def natural_config(data_section, propagation, *, probe_modes=1, poisson=False, r
 # scoring
 # ----------------------------------------------------------------------------------------------
 def frame_windows(P, label):
-    """Window start (``dlow``, object pixels) of each frame's first pod, in file order.
+    """Exact window start (``dlow + sp``, object pixels) of each frame's first pod, in file order.
+
+    The sub-pixel remainder ``sp`` of the view's position counts: with the
+    sub-pixel model (``scans.<label>.subpixel``) the frame sits there.
 
     Returns
     -------
     indices : ndarray (n,), int
         Frame indices (in the file).
-    dlow : ndarray (n, 2), int
+    start : ndarray (n, 2), float
     """
     model = P.scans[label]
     modes = model.modes
     pods = model.pods[::modes]
-    return np.asarray(model.data.indices, dtype=int), np.array([p.ob_view.dlow for p in pods], dtype=int)
+    return np.asarray(model.data.indices, dtype=int), np.array([p.ob_view.dlow + p.ob_view.sp for p in pods],
+                                                               dtype=float)
 
 
 def score_object(P, truth, label="zoo"):

@@ -35,9 +35,10 @@ ERROR_MEASURES = {
         "towards 0 as the engine converges."),
     "likelihood": (
         "",
-        "ML only: the negative log-likelihood of the data under ML_type's noise model "
-        "(gaussian, poisson, euclid), divided by the number of valid pixels. About 1 at the "
-        "noise level for gaussian; lower is better; null for the other engines."),
+        "ML and LSQML: the negative log-likelihood of the data under the engine's noise model "
+        "(ML_type: gaussian, poisson, euclid; LSQML's noise_model: gaussian on amplitudes, poisson), "
+        "divided by the number of valid pixels. About 1 at the noise level for ML's gaussian; lower "
+        "is better; null for the other engines."),
     "model_fourier_error": (
         "counts per pixel",
         "DM and RAAR: fourier_error of probe x object itself (not of the projection input), "

@@ -351,3 +351,13 @@ def test_bundled_config_validates(monkeypatch):
     summary = json.loads(res.stdout)
     assert [e["name"] for e in summary["engines"]] == ["DM", "ML"]
     assert summary["output"] == "out/moonflower_recon.h5"
+
+
+def test_mpie_config_validates(monkeypatch):
+    """configs/mpie.yaml: the bundled far-field scan with mPIE then ML."""
+    monkeypatch.chdir(ROOT)
+    res = invoke("params", "--validate", "configs/mpie.yaml", "--json")
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert [e["name"] for e in summary["engines"]] == ["mPIE", "ML"]
+    assert summary["output"] == "out/moonflower_mpie.h5"

@@ -186,14 +186,16 @@ def test_del2_regulariser_gradient_and_line():
 
 # --- engine: gradients and line search ---------------------------------------------------
 
-@pytest.mark.parametrize("model,floating,propagation", [
-    ("gaussian", False, "farfield"), ("gaussian", True, "farfield"), ("poisson", False, "farfield"),
-    ("poisson", True, "farfield"), ("euclid", False, "farfield"), ("euclid", True, "farfield"),
-    ("gaussian", False, "nearfield"),
+@pytest.mark.parametrize("model,floating,propagation,subpixel", [
+    ("gaussian", False, "farfield", False), ("gaussian", True, "farfield", False), ("poisson", False, "farfield", False),
+    ("poisson", True, "farfield", False), ("euclid", False, "farfield", False), ("euclid", True, "farfield", False),
+    ("gaussian", False, "nearfield", False), ("gaussian", False, "farfield", True), ("poisson", True, "farfield", True),
 ])
-def test_gradients_match_finite_differences(model, floating, propagation):
+def test_gradients_match_finite_differences(model, floating, propagation, subpixel):
+    # subpixel: positions off the grid, so each frame's probe is shifted by its remainder (ptycli.core.subpixel)
     P = build(shape=24, frames=10, dtype="double", photons=1e5, noise=True, probe_modes=2, sim_modes=2,
-              propagation=propagation)
+              propagation=propagation, **(dict(position_noise=0.4) if subpixel else {}))
+    assert P.scans["MF"].subpixel["on"] == subpixel
     e = make_engine(P, dict(name="ML", ML_type=model, floating_intensities=floating, reg_del2=True,
                             probe_support=None), label="ml")
     e.initialize()

@@ -203,12 +203,17 @@ def _one_rank_reduce(self):
                 exit_change=s[3] / self.total_counts, likelihood=None)
 
 
-def test_block_parallel_merge_is_identity_for_identical_ranks(monkeypatch):
-    """Two simulated ranks holding the same frames and state: the merge must change nothing."""
-    ref_p, ref_o, _ = _run(3, numiter=2)
+@pytest.mark.parametrize("name", ["ePIE", "mPIE"])
+def test_block_parallel_merge_is_identity_for_identical_ranks(monkeypatch, name):
+    """Two simulated ranks holding the same frames and state: the merge must change nothing
+    (for mPIE also not the velocities and anchors merged with the object and probe)."""
+    ref_p, ref_o, _ = _run(3, numiter=2, name=name)
     P = _model(n=60)  # built as one process
 
+    reduced = []
+
     def allreduce(a, op="sum"):  # a second rank with identical arrays
+        reduced.append(a.size)
         a *= 2
         return a
 
@@ -216,7 +221,12 @@ def test_block_parallel_merge_is_identity_for_identical_ranks(monkeypatch):
 
     def merge(self, weights, update_probe):
         calls.append(update_probe)
-        return merge0(self, weights, update_probe)
+        n0 = len(reduced)
+        out = merge0(self, weights, update_probe)
+        in_merge.append(reduced[n0:])
+        return out
+
+    in_merge = []
 
     merge0 = st.PIEBase._merge
     monkeypatch.setattr(st.PIEBase, "_merge", merge)
@@ -224,8 +234,13 @@ def test_block_parallel_merge_is_identity_for_identical_ranks(monkeypatch):
     monkeypatch.setattr(st.parallel, "allreduce", allreduce)
     monkeypatch.setattr(st.parallel, "bcast_array", lambda a, root=0: a)
     monkeypatch.setattr(ErrorSums, "reduce", _one_rank_reduce)
-    p, o, _ = _run(3, numiter=2, P=P)
+    p, o, _ = _run(3, numiter=2, P=P, name=name)
     assert calls == [False, True]
+    # object and weights (mPIE: also the velocity and the anchor), then probe and frame count (mPIE: also
+    # the probe's velocity and anchor)
+    no, npr = _storages(P)[1].data.size, _storages(P)[0].data.size
+    k = 1 if name == "ePIE" else 3
+    assert in_merge == [[no] * k + [no], [no] * k + [no] + [npr] * k + [1]]
     # equal up to float32 rounding of (2 w O) / (2 w), amplified by the sequential sweeps
     # (ePIE magnifies a 1e-6 perturbation ~100x per sweep); a wrong merge is off by O(1)
     assert np.linalg.norm(p - ref_p) < 1e-2 * np.linalg.norm(ref_p)
@@ -267,3 +282,119 @@ def test_double_precision_stays_double():
     assert hist[-1]["fourier_error"] < hist[0]["fourier_error"]
     pr, ob = _storages(P)
     assert pr.data.dtype == np.complex128 and ob.data.dtype == np.complex128
+
+
+# -- mPIE: rPIE with momentum -------------------------------------------------------
+
+def test_momentum_step_is_the_published_recurrence():
+    """v <- eta v + (X - X_T); X <- X + eta v; X_T <- X, checked on two steps by hand."""
+    from ptycli.engines.momentum import Momentum
+
+    m = Momentum(0.5, 3, probe_friction=0.25)
+    assert m.friction == {"obj": 0.5, "probe": 0.25}
+    x = np.array([1.0 + 1.0j, 2.0, 0.0], np.complex64)
+    m.reset("obj", {"S": x})
+    np.testing.assert_array_equal(m.velocity["obj"]["S"], 0)
+    d1 = np.array([0.5, -1.0j, 2.0], np.complex64)
+    x += d1                                   # two frames move X by d1: no step yet
+    assert not m.frame_done({"S": x}) and not m.frame_done({"S": x})
+    np.testing.assert_array_equal(x, [1.5 + 1.0j, 2.0 - 1.0j, 2.0])
+    assert m.frame_done({"S": x})             # the third frame: v = d1, X += 0.5 d1
+    np.testing.assert_array_equal(m.velocity["obj"]["S"], d1)
+    np.testing.assert_array_equal(x, [1.75 + 1.0j, 2.0 - 1.5j, 3.0])
+    np.testing.assert_array_equal(m.anchor["obj"]["S"], x)
+    d2 = np.array([1.0, 1.0, -1.0], np.complex64)
+    x += d2
+    for _ in range(3):
+        m.frame_done({"S": x})                # v = 0.5 d1 + d2, X += 0.5 v
+    v = 0.5 * d1 + d2
+    np.testing.assert_allclose(m.velocity["obj"]["S"], v, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(x, np.array([1.75 + 1.0j, 2.0 - 1.5j, 3.0]) + d2 + 0.5 * v, rtol=0, atol=1e-6)
+    assert m.count == 0
+    with pytest.raises(ValueError):
+        Momentum(1.0, 3)
+    with pytest.raises(ValueError):
+        Momentum(0.5, 0)
+
+
+def test_mpie_without_friction_is_rpie():
+    """friction 0: every momentum step leaves X unchanged, so mPIE is rPIE bit for bit."""
+    pars = dict(numiter=4, seed=2, probe_update_start=1, alpha=0.1, probe_alpha=0.5, object_step=0.9,
+                probe_step=0.8)
+    P = _model(n=60)
+    make_engine(P, dict(name="rPIE", **pars)).run()
+    Q = _model(n=60)
+    eng = make_engine(Q, dict(name="mPIE", friction=0.0, probe_friction=0.0, momentum_interval=7, **pars))
+    eng.run()
+    for a, b in zip(_storages(P), _storages(Q)):
+        np.testing.assert_array_equal(a.data, b.data)
+    # the momentum ran: velocities hold the last steps' changes
+    assert np.abs(eng_velocity(eng)).max() > 0
+
+
+def eng_velocity(eng):
+    return next(iter(eng.momentum.velocity["obj"].values()))
+
+
+def test_mpie_resume_continues_with_the_velocities():
+    """Stop after 2 iterations mid-interval, resume from the state: the uninterrupted result bit for bit."""
+    pars = dict(name="mPIE", numiter=4, probe_update_start=1, momentum_interval=25, probe_friction=0.5)
+    P = _model(n=60)
+    eng = make_engine(P, pars)
+    eng.iterate(2)
+    state = eng.state_dict()
+    assert int(state["extra"]["mpie_count"][0]) == 120 % 25 and np.abs(eng_velocity(eng)).max() > 0
+    eng.iterate(2)
+    want = [S.data.copy() for S in _storages(P)]
+
+    Q = _model(n=60)
+    eng2 = make_engine(Q, pars)
+    eng2.load_state(state)
+    eng2.iterate(2)
+    for a, b in zip(_storages(Q), want):
+        np.testing.assert_array_equal(a.data, b)
+    # without the momentum state the run continues differently (the state is what makes it exact)
+    R = _model(n=60)
+    eng3 = make_engine(R, pars)
+    eng3.load_state({k: v for k, v in state.items() if k != "extra"} | {"extra": {}})
+    eng3.iterate(2)
+    assert not np.array_equal(_storages(R)[1].data, want[1])
+
+
+def test_mpie_parameters_declared_and_validated():
+    from ptycli.params.registry import ENGINES
+    from ptycli.params.tree import engine_paramset
+
+    assert ENGINES.get("mpie").factory is st.MPIE
+    ps = engine_paramset("mPIE")
+    for key in ("friction", "probe_friction", "momentum_interval", "alpha", "probe_alpha", "object_step", "probe_step", "seed",
+                "probe_update_start"):
+        assert key in ps and ps[key].doc
+    P = _model(n=10)
+    for bad in (dict(friction=1.0), dict(friction=-0.1), dict(probe_friction=1.0), dict(momentum_interval=0),
+                dict(alpha=1.5), dict(probe_alpha=-1.0)):
+        with pytest.raises(ConfigError):
+            make_engine(P, dict(name="mPIE", **bad))
+
+
+@pytest.mark.slow
+def test_mpie_beats_rpie_after_few_iterations():
+    """Ground truth after 10 iterations on a simulated scan: the momentum lowers the object error below
+    rPIE's with the same update parameters (about 30 % lower) and below the default rPIE's (mean of two
+    visiting orders; about 14 % lower), with a near-perfect absolute score."""
+    def error(name, seed, **extra):
+        P = _model(n=100)
+        make_engine(P, dict(name=name, numiter=10, seed=seed, **extra)).run()
+        q = object_vs_truth(P)
+        return q["error"], q["correlation"]
+
+    same = dict(alpha=st.MPIE.PARAMS["alpha"].default, probe_alpha=st.MPIE.PARAMS["probe_alpha"].default)
+    m, r_same, r_default = [], [], []
+    for seed in (0, 1):
+        e, corr = error("mPIE", seed)
+        assert corr > 0.997
+        m.append(e)
+        r_same.append(error("rPIE", seed, **same)[0])
+        r_default.append(error("rPIE", seed)[0])
+        assert e < 0.85 * r_same[-1], (m, r_same)
+    assert np.mean(m) < 0.92 * np.mean(r_default), (m, r_default)

@@ -151,11 +151,12 @@ def test_background_compiled_equals_numpy(name, extra, layout):
 @pytest.mark.parametrize("name,extra,layout", [
     ("ePIE", {}, "plain"), ("ePIE", {"object_step": 0.7, "probe_step": 0.5}, "mask"),
     ("rPIE", {}, "plain"), ("rPIE", {"alpha": 0.2}, "mask"),
+    ("mPIE", {"momentum_interval": 7}, "plain"),  # the one numpy momentum step between compiled frames
 ])
 def test_pie_compiled_equals_numpy(name, extra, layout):
     # rPIE's large steps where the probe is weak make it chaotic: a 1e-7 change of the start changes its
     # third iteration's errors by 3e-4 (with numpy alone), so it is compared over two iterations
-    numiter = 2 if name == "rPIE" else 4
+    numiter = 2 if name in ("rPIE", "mPIE") else 4
     assert_same(build(), dict(name=name, numiter=numiter, **extra), dead_pixels=layout == "mask")
 
 

@@ -190,6 +190,39 @@ def test_background_dm_then_ml_agrees_with_one_process(scan, tmp_path):
     assert mh.rel_diff(b2, b1) <= 1e-6
 
 
+@needs_mpi
+def test_subpixel_positions_with_refinement_agree_with_one_process(scan, tmp_path):
+    """Positions moved off the grid by about 0.3 pixel: the sub-pixel model and its refinement stage (a
+    collective decision per round) give the same result on 2 ranks as on one (double precision)."""
+    import h5py
+
+    data = tmp_path / "subpixel.h5"
+    data.write_bytes(scan["data"].read_bytes())
+    with h5py.File(data, "r+") as f:
+        pos = f["data/positions"][()]
+        step = np.median(np.abs(np.diff(pos, axis=0)))
+        pos += np.random.default_rng(3).uniform(-0.05, 0.05, pos.shape) * step
+        f["data/positions"][...] = pos
+    refine = "    position_refinement: {start: 0, interval: 1}\n"
+    config = _write(tmp_path / "rec.yaml", REC_YAML.format(data=data, engine="DM", numiter=8, interval=0,
+                                                           verbose="warning")
+                    .replace("data_type: single", "data_type: double") + refine
+                    + "  ml:\n    name: ML\n    numiter: 6\n" + refine)
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    _reconstruct(config, one)
+    _reconstruct(config, two, nprocs=2)
+    import h5py as h5
+
+    with h5.File(one, "r") as f, h5.File(two, "r") as g:
+        assert f["scans/MF"].attrs["subpixel"] == "on" == g["scans/MF"].attrs["subpixel"]
+        p1, p2 = f["scans/MF/positions"][()], g["scans/MF/positions"][()]
+        moves = (p1 - f["scans/MF/positions_initial"][()]) / f["scans/MF"].attrs["resolution"]
+        assert np.any(np.abs(moves - np.round(moves)) > 0.01)  # the sub-pixel stage moved frames
+        np.testing.assert_allclose(p2, p1, rtol=0, atol=1e-6 * np.abs(p1).max())
+    diffs = mh.compare(two, one)
+    assert max(diffs.values()) <= 1e-6, diffs
+
+
 # -- resume with another number of ranks -----------------------------------------------------------
 
 @needs_mpi
@@ -269,7 +302,7 @@ def test_iterations_reduce_numpy_buffers_and_keep_replicas_equal(scan, tmp_path)
     """Per iteration: only in-place Allreduce of numpy buffers (no pickled objects), the bytes the
     engine's sums need, and afterwards the same probe and object on every rank (3 uneven ranks)."""
     config = _config(tmp_path, scan["data"])
-    res = mh.run([mh.__file__, "engines", config, "DM:5", "RAAR:4", "ML:4", "ePIE:3", "rPIE:3"], nprocs=3,
+    res = mh.run([mh.__file__, "engines", config, "DM:5", "RAAR:4", "ML:4", "ePIE:3", "rPIE:3", "mPIE:3"], nprocs=3,
                  timeout=120)
     assert res.returncode == 0, res.describe()
     report = json.loads(res.stdout)

@@ -3,7 +3,9 @@
 MoonFlower scans of 80 noiseless 64 x 64 frames whose reported positions carry
 2 pixels (rms per axis) of random error; the error is measured against the
 simulation's true positions after removing the mean offset (a global shift of
-all positions is not determined by the data).
+all positions is not determined by the data). The whole-pixel search runs with
+``subpixel: off``; the sub-pixel stage (with the sub-pixel model) has its own
+tests at the end.
 """
 
 import h5py
@@ -32,7 +34,8 @@ def build(frames=80, shape=64, density=0.1, noise=NOISE, seed=0, scan=None, **da
     p["scans.MF.data.seed"] = seed
     for k, v in data.items():
         p["scans.MF.data." + k] = v
-    for k, v in (scan or {}).items():
+    # whole-pixel refinement unless a test asks for the sub-pixel model (the reported positions lie off the grid)
+    for k, v in dict({"subpixel": "off"}, **(scan or {})).items():
         p["scans.MF." + k] = v
     return Ptycho(p, level=2)
 
@@ -275,9 +278,12 @@ def invoke(*args):
     return r.invoke(main, [str(a) for a in args])
 
 
-def test_result_file_has_refined_positions_and_resume_agrees(tmp_path):
+@pytest.mark.parametrize("subpixel", ["auto", "off"])
+def test_result_file_has_refined_positions_and_resume_agrees(tmp_path, subpixel):
+    # the reported positions lie off the grid: auto takes the sub-pixel model (and its refinement stage)
+    text = CONFIG.replace("  MF:\n", "  MF:\n    subpixel: %s\n" % subpixel)
     cfg = tmp_path / "posref.yaml"
-    cfg.write_text(CONFIG)
+    cfg.write_text(text)
     full = tmp_path / "full.h5"
     tmpl = "io.checkpoint.path={home}/ck_{iterations}.h5"
     res = invoke("reconstruct", cfg, "-o", full, "--set", "io.home=%s" % tmp_path, "--set", tmpl,
@@ -287,11 +293,12 @@ def test_result_file_has_refined_positions_and_resume_agrees(tmp_path):
         pos = f["scans/MF/positions"][()]
         pos0 = f["scans/MF/positions_initial"][()]
         idx = f["scans/MF/indices"][()]
+        assert f["scans/MF"].attrs["subpixel"] == ("on" if subpixel == "auto" else "off")
     # positions_initial are the reported positions
     from ptycli.params.yamlio import load_config_text
     from ptycli.params.tree import validate
 
-    P = Ptycho(validate(load_config_text(CONFIG, "cfg")), level=2)
+    P = Ptycho(validate(load_config_text(text, "cfg")), level=2)
     reported = P.scans["MF"].positions_m()
     assert np.array_equal(idx, np.arange(30)) and np.array_equal(P.scans["MF"].data.indices, idx)
     np.testing.assert_array_equal(pos0, reported)
@@ -309,3 +316,27 @@ def test_result_file_has_refined_positions_and_resume_agrees(tmp_path):
         np.testing.assert_array_equal(f["scans/MF/positions_initial"][()], pos0)
         a, b = g["reconstruction/object/SMF"][()], f["reconstruction/object/SMF"][()]
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+
+
+# -- the sub-pixel stage (scans.<label>.subpixel on) -------------------------------------------------
+
+def test_subpixel_stage_refines_below_whole_pixels():
+    # measured (80 frames, 2 px rms per axis, DM 60): whole pixels 0.72 px rms; with the sub-pixel stage 0.15
+    P = build(scan={"subpixel": "on"})
+    assert P.scans["MF"].subpixel["on"]
+    S = P.obj.S["SMF"]
+    initial = positions(P)
+    e = run(P, "DM", 60, posref=dict(start=5, interval=2, max_shift=8, amplitude=2))
+    after = rms(pixel_errors(P))
+    assert after < 0.3, after
+    check_views_follow_book(P, e)
+    # views, address book and model agree: window + remainder = the view's exact position
+    g = e.book.groups[0]
+    first = g.pod_start[:-1]
+    sp = np.array([g.pods[int(p)].ob_view.sp for p in first])
+    np.testing.assert_array_equal(sp, g.sub.shifts)
+    final = positions(P)
+    exact = (final - S.origin) / S.psize
+    assert np.abs(exact - np.round(exact)).max() > 0.1  # the positions are no longer pixel centres
+    d = (final - initial) / S.psize
+    assert np.all(np.hypot(d[:, 0], d[:, 1]) <= 8.0 + 1e-9)  # max_shift on the exact positions

@@ -111,7 +111,7 @@ def _param_cases(d):
                                          ["io.checkpoint.interval"]),
         "unknown engine": (rh.config(d, engines="  dm: {name: DMX}\n"), [],
                            ["engines.dm.name: unknown engine 'DMX'", "did you mean DM",
-                            "DM, ePIE, ML, RAAR, rPIE"]),
+                            "DM, ePIE, LSQML, ML, mPIE, RAAR, rPIE"]),
         "unknown loader": (rh.config(d).replace("Hdf5Scan", "Hdf5Scn"), [],
                            ["scans.MF.data.name: unknown loader 'Hdf5Scn'", "did you mean Hdf5Scan",
                             "CxiScan, Hdf5Scan, MoonFlowerScan, NpyFolderScan, NpzScan, PtydScan"]),

@@ -49,7 +49,7 @@ def test_parameter_declared_and_checked():
         validate(tree)
 
 
-@pytest.mark.parametrize("engine", ["DM", "RAAR", "ML"])
+@pytest.mark.parametrize("engine", ["DM", "RAAR", "ML", "LSQML", "mPIE"])
 def test_engines_without_variable_probe_refuse(engine):
     from ptycli.params.tree import validate, variable_probe_engines
 

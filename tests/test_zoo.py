@@ -241,7 +241,7 @@ def test_true_probe_reconstruction(tiny_cases, name):
     res = validate_zoo.reconstruct_and_score(cfg, case["truth"])
     assert res["error"] is None
     assert res["score"] > floor, res
-    assert res["pos_rms_px"] < 1e-9  # no refinement: the windows stay at the true (integer) positions
+    assert res["pos_rms_px"] < 1e-5  # no refinement: the frames stay at the true positions (file rounding ~1e-7)
 
 
 def test_default_probe_reconstructs_the_focused_case(tiny_cases):

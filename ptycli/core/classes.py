@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import parallel
 from ..utils.param_tree import Param
+from . import fft
 from .base import Base, make_id
 
 __all__ = ["Base", "Container", "Storage", "View", "POD", "DEFAULT_ACCESSRULE"]
@@ -134,7 +135,8 @@ class Storage(Base):
                 shape = (1,) + shape
             if len(shape) != 3 or min(shape) < 1:
                 raise ValueError("storage shape must be (layers, rows, cols) of positive sizes, got %r" % (shape,))
-            self.data = np.empty(shape, dtype=self.dtype)
+            # aligned for FFTW: engines may transform a storage in place (ML uses the exit storage)
+            self.data = fft.empty(shape, dtype=self.dtype)
             self.data.fill(fill)
         self.layermap = range(self.data.shape[0]) if layermap is None else layermap
         if len(self.layermap) != self.data.shape[0]:

@@ -45,6 +45,7 @@ from .illumination import init_probe
 from .variable_probe import initial_eigenprobes
 from .probe_guess import mean_measured_pattern
 from .sample import init_object
+from .subpixel import choose as choose_subpixel
 
 __all__ = ["ScanModel", "Full", "Vanilla", "SCAN_MODELS", "get_scan_model"]
 
@@ -75,6 +76,8 @@ class ScanModel:
         self.geometry = None
         #: how the ``auto`` probe guess was chosen (see ``illumination.probe_from_data``); empty otherwise
         self.probe_guess = {}
+        #: the sub-pixel position model chosen by :meth:`choose_subpixel` (``ptycli.core.subpixel.choose``)
+        self.subpixel = {}
         #: mean squared counting noise of an amplitude per valid pixel (:meth:`measure_noise`), set by load
         self.noise_floor = 0.0
         #: the fitted incoherent background (H, W) with ``background: true``, else None (set by :meth:`build`)
@@ -192,7 +195,7 @@ class ScanModel:
         # storages made up front, so views find them with the right layers
         diff = P.diff.new_storage(ID=self.sid, data=np.asarray(d.intensities, dtype=P.FType).reshape((n,) + shape),
                                   psize=G.psize, layermap=[int(i) for i in d.indices])
-        mask = P.mask.new_storage(ID=self.sid, data=np.asarray(d.mask, dtype=P.FType).reshape((n,) + shape),
+        mask = P.mask.new_storage(ID=self.sid, data=np.asarray(d.mask, dtype=np.uint8).reshape((n,) + shape),
                                   psize=G.psize, layermap=[int(i) for i in d.indices])
         # the loader's frames live on in the storage: later steps (probe guess) read them there
         # and the loader's copy is freed
@@ -230,7 +233,27 @@ class ScanModel:
                     pod = POD(P, model=self, views=dict(probe=pv, obj=ov, exit=ev, diff=dv, mask=mv),
                               geometry=G)
                     self.pods.append(pod)
+        self.choose_subpixel()
         return self.pods
+
+    def choose_subpixel(self):
+        """Decide ``scans.<label>.subpixel`` from the positions' sub-pixel remainders (collective); log it.
+
+        Sets :attr:`subpixel` (see :func:`ptycli.core.subpixel.choose`); the
+        engines shift each frame's probe by its remainder when ``on``.
+        """
+        step = max(1, self.modes)
+        rem = np.array([pod.ob_view.sp for pod in self.pods[::step]], dtype=float).reshape(-1, 2)
+        res = int(self.p.get("subpixel_resolution") or 4)
+        q = np.rint(np.clip(rem, -0.5, 0.5) * res)
+        sums = np.array([float(np.sum(rem * rem)), float(len(rem)), float(np.count_nonzero(np.any(q != 0, axis=1)))])
+        parallel.allreduce(sums)
+        rms = float(np.sqrt(sums[0] / max(sums[1], 1.0)))
+        far = getattr(self.geometry.propagator, "kind", None) == "farfield"
+        self.subpixel = choose_subpixel(self.p.get("subpixel") or "auto", rms, sums[2] > 0, res, far)
+        log.info("scan %s: sub-pixel positions %s%s", self.label, self.subpixel["reason"],
+                 ", resolution 1/%d px" % res if self.subpixel["on"] else "")
+        return self.subpixel
 
     def _check_extent(self, positions, shape, res, modes, itemsize):
         """Refuse positions that would need an object larger than this machine's memory.

@@ -291,10 +291,16 @@ def mean_measured_pattern(intensities, mask):
         Number of frames (of all processes) in which each pixel is valid.
     """
     intensities = np.asarray(intensities)
-    valid = _valid(intensities, mask)
-    sums = np.zeros((2,) + tuple(intensities.shape[-2:]))
-    sums[0] = np.where(valid, intensities, 0).sum(axis=0, dtype=np.float64)  # float32 sums overflow
-    sums[1] = valid.sum(axis=0)
+    sums = np.zeros((2,) + tuple(intensities.shape[-2:]))  # float64: float32 sums overflow
+    # frame by frame (the order of numpy's reduction over the first axis): no data-sized temporaries
+    for f in range(intensities.shape[0]):
+        if mask is None:
+            sums[0] += intensities[f]
+            sums[1] += 1.0
+        else:
+            valid = np.asarray(mask[f] if np.ndim(mask) == intensities.ndim else mask, dtype=bool)
+            sums[0] += np.where(valid, intensities[f], 0)
+            sums[1] += valid
     parallel.allreduce(sums)
     return np.where(sums[1] > 0, sums[0] / np.maximum(sums[1], 1), 0.0), sums[1]
 

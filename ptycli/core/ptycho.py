@@ -18,6 +18,7 @@ import numpy as np
 from .. import parallel
 from ..errors import ConfigError, DataError
 from ..log import _PtycliHandler, setup_logging
+from ..params.registry import build_engine
 from ..params.tree import engine_sequence, validate
 from ..utils.param_tree import Param
 from .base import Base
@@ -94,7 +95,7 @@ class Ptycho(Base):
         self.obj = Container(self, "Cobj", data_type="complex")
         self.exit = Container(self, "Cexit", data_type="complex")
         self.diff = Container(self, "Cdiff", data_type="real")
-        self.mask = Container(self, "Cmask", data_type="real")
+        self.mask = Container(self, "Cmask", data_type=np.uint8)  # 1 valid, 0 masked: a byte per pixel
         self.level = 1
 
     @property
@@ -146,10 +147,8 @@ class Ptycho(Base):
 
     def run(self, engines=None):
         """Level 3: run the engine chain (all of ``engines`` in the given order)."""
-        from ..engines import make_engine  # the one upward import: a level-3 Ptycho runs the engines
-
         for label, epars in (engines or engine_sequence(self.p)):
-            engine = make_engine(self, epars, label=label)
+            engine = build_engine(self, epars, label=label)  # engines are plugins of the registry
             self.engines.append(engine)
             engine.run()
         self.level = 3

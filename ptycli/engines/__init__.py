@@ -2,7 +2,7 @@
 
 Importing this package registers every engine that is installed: the base
 (:mod:`.base`), the projection engines DM and RAAR (:mod:`.projectional`)
-and, when present, ePIE/rPIE (:mod:`.stochastic`), ML (:mod:`.ml`) and
+and, when present, ePIE/rPIE (:mod:`.stochastic`), ML (:mod:`.ml`), LSQML (:mod:`.lsqml`) and
 position refinement (:mod:`.posref`).
 
 Public API: :class:`Engine`, :func:`register`, :func:`make_engine`,
@@ -20,6 +20,7 @@ DM, RAAR                  :mod:`.projectional` (the algorithm), :mod:`.projectio
 ePIE, rPIE                :mod:`.stochastic` (engines, MPI merge), :mod:`.pie_sweep`,
                           :mod:`.pie_step` (the frame step)
 ML                        :mod:`.ml`
+LSQML                     :mod:`.lsqml` (mini-batch least-squares maximum likelihood)
 position refinement       :mod:`.posref`
 numpy kernels             :mod:`.kernels`
 compiled kernels (numba)  :mod:`.fused` (projection), :mod:`.fused_ml`, :mod:`.fused_pie`
@@ -47,7 +48,7 @@ _log = logging.getLogger("ptycli.engines")
 NOT_PLUGINS = ("fused", "fused_ml", "fused_pie", "kernels", "metrics", "health", "addressing", "threads",
                "constraints", "error_sums", "snapshot", "projection_passes", "pie_step", "pie_sweep")
 
-for _name in ("stochastic", "ml", "posref"):
+for _name in ("stochastic", "ml", "lsqml", "posref"):
     try:
         importlib.import_module("%s.%s" % (__name__, _name))
     except ModuleNotFoundError as _exc:  # not written yet / not installed

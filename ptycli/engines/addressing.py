@@ -73,6 +73,18 @@ with :meth:`PodGroup.shift_frames`, which changes ``ob_y``/``ob_x`` and
 ``frame_y``/``frame_x`` *in place*. Engines that keep copies of window
 addresses refresh them in :meth:`~ptycli.engines.base.Engine.positions_changed`.
 
+Sub-pixel positions
+-------------------
+For scans that chose the sub-pixel model (:mod:`ptycli.core.subpixel`),
+:meth:`AddressBook.enable_subpixel` (called by engines that support it: DM,
+RAAR, ML) gives the group ``sub``, a :class:`~ptycli.core.subpixel.SubpixelShifts`
+holding each frame's remainder; ``addresses`` then carries ``sub.layer`` in
+place of ``pr_layer``: the pods address the *expanded probe*
+:meth:`PodGroup.model_probe` (the probe shifted per shift class), and every
+helper above that takes probe rows (``gather_product``, ``probe_for``,
+``scatter_object_const``, ``scatter_probe_product``, ``accumulate_probe``)
+works on expanded rows. ``pr_layer`` keeps the probe storage's layer.
+
 Memory: the book itself holds a few integers per pod; :meth:`PodGroup.fmag`
 and :meth:`PodGroup.photon_weight`
 each hold one float array of the data's size, built on first use.
@@ -89,6 +101,7 @@ Example
 
 import numpy as np
 
+from ..core.subpixel import SubpixelShifts
 from ..errors import EngineError
 
 __all__ = ["AddressBook", "PodGroup", "compile_pods"]
@@ -242,6 +255,36 @@ class PodGroup:
         self._fmag = None
         self._pweight = None
         self.mask_trivial = self.mask is None or bool(np.all(self.frames_of(self.mask.data, self.frame_ma) == 1))
+        #: the sub-pixel model (:class:`~ptycli.core.subpixel.SubpixelShifts`), or None (whole-pixel windows)
+        self.sub = None
+
+    # -- sub-pixel positions ------------------------------------------------
+    def set_subpixel(self, sub):
+        """Use the sub-pixel model ``sub`` (None: whole pixels): the pods' probe rows become expanded-probe layers.
+
+        :attr:`addresses` then carries ``sub.layer`` (a live array the model
+        updates in place) in place of ``pr_layer``, so the compiled kernels and
+        the window helpers read the probe of a pod from :meth:`model_probe`.
+        """
+        self.sub = sub
+        self.addresses = (self.ob_layer, self.ob_y, self.ob_x, self.pr_layer if sub is None else sub.layer)
+
+    def model_probe(self, probe_data=None):
+        """The probe rows the pods address: the probe storage's data, or its expanded (shifted) layers.
+
+        ``probe_data`` (default the live probe) must have the probe storage's shape.
+        """
+        probe_data = self.probe.data if probe_data is None else probe_data
+        if self.sub is None:
+            return probe_data
+        if probe_data is self.probe.data:
+            return self.sub.model_probe(probe_data)
+        return self.sub.expand(probe_data)
+
+    @property
+    def pod_probe_rows(self):
+        """Probe row of every pod in the arrays :meth:`model_probe` returns (``pr_layer`` or the expanded layers)."""
+        return self.addresses[3]
 
     # -- frames and pods ----------------------------------------------------
     def __repr__(self):
@@ -293,7 +336,8 @@ class PodGroup:
         """
         if self._fmag is None:
             d = self.diff_frames()
-            self._fmag = np.sqrt(np.maximum(d, 0, dtype=self.ftype), dtype=self.ftype)
+            fmag = np.maximum(d, 0, dtype=self.ftype)
+            self._fmag = np.sqrt(fmag, out=fmag)  # in place: no second data-sized array
         f1 = self.n_frames if f1 is None else f1
         return self._fmag[f0:f1]
 
@@ -355,6 +399,11 @@ class PodGroup:
         or the single layer (1, H, W) when all pods use the same one.
         """
         p1 = self.n_pods if p1 is None else p1
+        if self.sub is not None:  # expanded probe: one row per pod
+            rows = probe_data[self.sub.layer[p0:p1]]
+            if self.regular and self.modes > 1:
+                return rows.reshape((-1, self.modes) + rows.shape[-2:])
+            return rows
         if self.regular:
             if self.modes == 1:
                 k = int(self.mode_pr[0])
@@ -438,6 +487,8 @@ class PodGroup:
     def gather_product(self, obj_data, probe_data, p0=0, p1=None, out=None):
         """``probe[pr_layer[i]] * object window(i)`` for pods ``p0 .. p1-1``, (p1-p0, H, W).
 
+        With the sub-pixel model ``probe_data`` is the expanded probe (:meth:`model_probe`).
+
         The gather and the product in one pass (window by window), so each
         exit-wave-sized element is written once: the ``probe * object``
         stack of every engine.
@@ -446,7 +497,7 @@ class PodGroup:
         H, W = self.shape
         if out is None:
             out = np.empty((p1 - p0, H, W), dtype=np.result_type(obj_data, probe_data))
-        ol, oy, ox, pl = self.ob_layer, self.ob_y, self.ob_x, self.pr_layer
+        ol, oy, ox, pl = self.addresses
         for k, i in enumerate(range(p0, p1)):
             y, x = oy[i], ox[i]
             np.multiply(obj_data[ol[i], y:y + H, x:x + W], probe_data[pl[i]], out=out[k])
@@ -552,7 +603,8 @@ class PodGroup:
     def coverage(self, dtype=np.float32):
         """Number of windows covering each pixel of the object storage (float array)."""
         cov = np.zeros(self.obj.data.shape, dtype=dtype)
-        one = np.ones((self.probe.data.shape[0],) + self.shape, dtype=dtype)
+        rows = int(self.addresses[3].max()) + 1 if self.n_pods else 1
+        one = np.ones((rows,) + self.shape, dtype=dtype)
         return self.scatter_object_const(cov, one)
 
     # -- propagation ----------------------------------------------------------
@@ -616,6 +668,23 @@ class AddressBook:
             self.obj_storages.setdefault(g.obj.ID, g.obj)
         self.n_pods = sum(g.n_pods for g in self.groups)
         self.n_frames = sum(g.n_frames for g in self.groups)
+
+    def enable_subpixel(self):
+        """Give the groups whose scan chose the sub-pixel model (``model.subpixel['on']``) their shifts.
+
+        The remainders are the object views' ``sp`` (of each frame's first
+        pod). Returns the groups that use it.
+        """
+        out = []
+        for g in self.groups:
+            info = getattr(g.pods[0].model, "subpixel", None) or {} if g.n_pods else {}
+            if not info.get("on") or int(getattr(g.obj, "slices", 1)) > 1:  # multislice: whole pixels (not modelled)
+                continue
+            shifts = np.array([g.pods[int(p)].ob_view.sp for p in g.pod_start[:-1]], dtype=float).reshape(-1, 2)
+            g.set_subpixel(SubpixelShifts(g.probe.data.shape[0], g.shape, g.ctype, int(info["resolution"]), shifts,
+                                          g.frame, g.pr_layer))
+            out.append(g)
+        return out
 
     def __iter__(self):
         return iter(self.groups)

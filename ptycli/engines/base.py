@@ -249,6 +249,9 @@ class Engine(ConstraintsMixin, SnapshotMixin):
     PARAMS = COMMON_PARAMS
     #: whether the engine fits the incoherent background of scans that have one (:mod:`ptycli.core.background`)
     FITS_BACKGROUND = False
+    #: whether the exit waves carry state from one iteration to the next (DM, RAAR); the others
+    #: derive them from probe x object when they finish, so their checkpoints leave them out
+    KEEPS_EXIT_WAVES = False
     #: whether the engine reconstructs multislice objects (``sample.slices > 1``); the others refuse them
     MULTISLICE = False
     #: whether the engine reconstructs a variable probe (``illumination.variable_modes > 0``,
@@ -303,6 +306,7 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         self._check_slices()
         self._check_variable_probe()
         self.book = AddressBook(P)
+        self._enable_subpixel()
         if not self.book.groups and parallel.size == 1:
             raise EngineError("engine %s: the model has no active pods (no data loaded?)" % self.label)
         self.ctype = np.dtype(P.CType)
@@ -353,6 +357,23 @@ class Engine(ConstraintsMixin, SnapshotMixin):
             k = int(getattr(model, "variable_modes", 0) or 0)
             if k > 0:
                 raise variable_probe_refusal(self.label, self.NAME, label, k)
+
+    #: whether the engine runs the sub-pixel position model (:mod:`ptycli.core.subpixel`) of scans that chose it
+    SUBPIXEL = False
+
+    def _enable_subpixel(self):
+        """Shift each frame's probe by its sub-pixel remainder in the groups of scans that chose the model."""
+        wanted = [g for g in self.book.groups if (getattr(g.pods[0].model, "subpixel", None) or {}).get("on")]
+        if not wanted:
+            return
+        if not self.SUBPIXEL:
+            if parallel.master:
+                log.warning("%s (%s): sub-pixel positions are not modelled by this engine; whole pixels used",
+                            self.label, self.NAME)
+            return
+        for g in self.book.enable_subpixel():
+            log.debug("%s: group %s sub-pixel model: %d shift classes at 1/%d px", self.label, g.label,
+                      len(g.sub.used), g.sub.resolution)
 
     def engine_initialize(self):
         """Engine-specific preparation (buffers, constants). Override."""
@@ -562,7 +583,7 @@ class Engine(ConstraintsMixin, SnapshotMixin):
             if g.obj.slices > 1:
                 write_exit_waves(g)
                 continue
-            pr = g.probe.data
+            pr = g.model_probe()
             for f0, f1, p0, p1 in g.blocks(32):
                 ob = g.gather_object(g.obj.data, p0, p1)
                 if g.regular and g.modes > 1:
@@ -598,18 +619,6 @@ def register(cls):
     return cls
 
 
-def make_engine(ptycho, pars, label=None):
-    """Build the engine named by ``pars['name']`` (any case) for ``ptycho``.
-
-    Raises
-    ------
-    ConfigError
-        For an unknown name (listing the registered engines).
-    """
-    pars = dict(pars or {})
-    path = "engines.%s.name" % (label or "<label>")
-    entry = registry.get_engine(pars.get("name"), path)
-    if entry.factory is None:
-        raise ConfigError("%s: engine %r is declared but has no implementation" % (path, entry.name))
-    pars["name"] = entry.name
-    return entry.factory(ptycho, pars, label or entry.name.lower())
+#: Build the engine named by ``pars['name']`` (any case) for ``ptycho``: ``make_engine(ptycho, pars, label)``
+#: (:func:`ptycli.params.registry.build_engine`; a ConfigError for an unknown name).
+make_engine = registry.build_engine

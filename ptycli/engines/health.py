@@ -389,11 +389,10 @@ def check_errors(iterations, values, key="fourier_error"):
 
 def coverage(book):
     """``sum over pods |probe|^2`` on each object storage of an address book (summed over MPI ranks)."""
-    from .. import parallel
-
     cov = {sid: np.zeros(S.data.shape, dtype=np.float64) for sid, S in book.obj_storages.items()}
     for g in book.groups:
-        p2 = g.probe.data.real.astype(np.float64) ** 2 + g.probe.data.imag.astype(np.float64) ** 2
+        pm = g.model_probe()  # the rows the pods address (shifted probes with the sub-pixel model)
+        p2 = pm.real.astype(np.float64) ** 2 + pm.imag.astype(np.float64) ** 2
         g.scatter_object_const(cov[g.obj.ID], p2)
     for a in cov.values():
         parallel.allreduce(a)
@@ -402,8 +401,6 @@ def coverage(book):
 
 def data_patterns(book, probe):
     """``(mean pattern, valid pixels)`` of the frames of the groups using probe storage ``probe`` (all ranks)."""
-    from .. import parallel
-
     groups = [g for g in book.groups if g.probe is probe]
     shape = probe.data.shape[-2:]
     acc = np.zeros((2,) + tuple(shape), dtype=np.float64)  # sum of masked counts, sum of mask

@@ -2,9 +2,10 @@
 
 :class:`FrameKernel` computes the step of :mod:`ptycli.engines.stochastic`
 (the formulas are in its docstring) for one frame shape, mode count and
-propagator, with buffers of its own: :meth:`FrameKernel.step` in numpy (a
-special path for one probe and one object mode with the fewest numpy calls),
-:meth:`FrameKernel.step_compiled` with the kernels of
+propagator, with buffers of its own: :meth:`FrameKernel.step` in numpy (one
+step for any mode counts; with one probe or one object mode its mode sums
+collapse to single broadcast calls, so one probe and one object mode take the
+fewest numpy calls), :meth:`FrameKernel.step_compiled` with the kernels of
 :mod:`ptycli.engines.fused_pie` (one probe and one object mode, complex64,
 far field with the phase factor folded into the probe). The tests check it
 against the published formulas written plainly (``tests/pie_reference.py``).
@@ -13,8 +14,7 @@ Performance
 -----------
 The per-frame work is dominated by two FFTs; the rest is a handful of passes
 over the frame with preallocated buffers and in-place ufuncs
-(:class:`FrameKernel`; a special path for one probe and one object mode with
-the fewest numpy calls). In the far field the sample-plane phase factor of the
+(:class:`FrameKernel`). In the far field the sample-plane phase factor of the
 propagator is folded into a scratch copy of the probe for the duration of a
 sweep (``P~ = pre P``, written back as ``conj(pre) P~``), and the
 detector-plane factor, a pure phase, cancels in the modulus constraint: each
@@ -53,6 +53,10 @@ class FrameKernel:
     One kernel serves all frames of one frame shape, mode count and
     propagator. It computes the published step (to rounding), but writes the
     object patch and the probe in place and allocates nothing per frame.
+    The numpy step is written once for any mode counts: with one probe mode
+    (or one object mode) the mode sums collapse to single elementwise calls
+    on the ``(modes, h, w)`` stacks (broadcasting, no temporaries), so one
+    probe and one object mode take the fewest numpy calls.
 
     Parameters
     ----------
@@ -78,6 +82,8 @@ class FrameKernel:
         the ePIE form with a scalar denominator).
     photon_error : bool
         Also accumulate the photon error ``sum mask (|F|^2 - I)^2 / (I + 1)``.
+    compiled : bool
+        Allow :meth:`step_compiled` (sets ``self.compiled`` where it applies).
     """
 
     def __init__(self, shape, nprobe, nobj, dtype=np.complex64, pre=None, transfer=None, workers=None,
@@ -109,7 +115,8 @@ class FrameKernel:
         self.ex = fft.empty((self.npr, self.nob, h, w), c)  # exit waves -> detector waves -> dpsi (aligned)
         self.ex3 = self.ex.reshape((self.M, h, w))
         self.ex2 = self.ex3[0]
-        self.ex_flat = self.ex.reshape(-1)
+        # the stack the elementwise passes work on: one frame (h, w) for one mode, else (M, h, w)
+        self.ex_m = self.ex2 if self.M == 1 else self.ex3
         self.tmp4 = np.empty((self.npr, self.nob, h, w), c) if self.M > 1 else None
         self.t_obj = np.empty((self.nob, h, w), c)           # object increment
         self.t_pr = np.empty((self.npr, h, w), c)            # probe increment
@@ -125,15 +132,10 @@ class FrameKernel:
         self.eps = f.type(EPS)
         self.tiny = float(np.finfo(f).tiny)
         self._weight_fresh = False
-        # single-mode fast path: 2D views of the buffers, the raw FFT when usable
-        self._single = self.M == 1 and self.transfer is None
-        self.w_obj2 = self.w_obj[0]
-        self.t_obj2 = self.t_obj[0]
-        self.t_pr2 = self.t_pr[0]
-        self.c_obj2 = self.c_obj[0]
         self._fw, self._bw = fft.bound_pair(self.ex3, self.workers)  # in-place transforms of ex3
-        # compiled single-mode step (ptycli.engines.fused_pie): complex64, far field with pre folded
-        self.compiled = bool(compiled) and self._single and self.pre is None and self.ctype == np.complex64
+        # compiled step (ptycli.engines.fused_pie): one mode, complex64, far field with pre folded
+        self.compiled = (bool(compiled) and self.M == 1 and self.transfer is None and self.pre is None
+                         and self.ctype == np.complex64)
 
     # -- helpers --------------------------------------------------------------
     def _abs2_sum(self, modes, out, tmp):
@@ -157,13 +159,26 @@ class FrameKernel:
 
         :meth:`step` calls it on its first frame and, while it updates the
         probe, on every frame; set ``_weight_fresh = False`` when the probe
-        changed otherwise (the sweep does at its start).
+        changed otherwise (the sweep does at its start). The ePIE form of a
+        one-mode kernel takes ``max|P|^2`` as ``(max|P|)^2`` in double
+        precision (as the probe weight does for one object mode); mode sums
+        take the maximum of the summed squares.
         """
         self._check(probe, self.npr)
-        s = self._abs2_sum(probe, self.r1, self.r2)
-        smax = float(s.max())
+        self._weight(probe)
+
+    def _weight(self, probe):
+        """:meth:`set_probe` without the checks (``probe`` as :meth:`step` takes it)."""
         a = self.object_alpha
         np.conjugate(probe, out=self.w_obj)
+        if a >= 1.0 and self.M == 1:  # ePIE form, one mode: (max |P|)^2, no squares
+            np.abs(probe[0], out=self.r1)
+            m = float(self.r1.max())
+            self.w_obj *= self.ctype.type(self.object_step / max(m * m, self.tiny))
+            self._weight_fresh = True
+            return
+        s = self._abs2_sum(probe, self.r1, self.r2)
+        smax = float(s.max())
         if a >= 1.0:
             self.w_obj *= self.ctype.type(self.object_step / max(smax, self.tiny))
         else:
@@ -191,26 +206,26 @@ class FrameKernel:
         np.divide(self.ftype.type(self.probe_step), s, out=s)
         return s
 
-    # -- propagation -------------------------------------------------------
-    def _forward(self, ex):
-        """Detector waves of the exit stack ``ex`` (M, h, w), in place where possible."""
+    # -- propagation (in place on ex3) ------------------------------------------
+    def _forward(self):
+        """Exit waves in ``ex3`` -> detector waves, in place."""
+        ex = self.ex_m
         if self.pre is not None:
             np.multiply(ex, self.pre, out=ex)
-        g = fft.fft2_inplace(ex, self.workers)
+        self._fw()
         if self.transfer is not None:
-            g *= self.transfer
-            g = fft.ifft2_inplace(g, self.workers)
-        return g
+            np.multiply(ex, self.transfer, out=ex)
+            self._bw()
 
-    def _backward(self, g):
-        """Sample-plane waves of the detector stack ``g``, in place where possible."""
+    def _backward(self):
+        """Detector waves in ``ex3`` -> sample-plane waves, in place."""
+        ex = self.ex_m
         if self.transfer is not None:
-            g = fft.fft2_inplace(g, self.workers)
-            g *= self.transfer_c
-        g = fft.ifft2_inplace(g, self.workers)
+            self._fw()
+            np.multiply(ex, self.transfer_c, out=ex)
+        self._bw()
         if self.pre_c is not None:
-            np.multiply(g, self.pre_c, out=g)
-        return g
+            np.multiply(ex, self.pre_c, out=ex)
 
     # -- the step ----------------------------------------------------------
     def step(self, probe, obj, sqrt_i, mask=None, intensity=None, update_probe=False):
@@ -242,104 +257,45 @@ class FrameKernel:
         if obj.dtype != self.ctype or probe.dtype != self.ctype:
             self._check(obj, self.nob)
             self._check(probe, self.npr)
-        if self._single:
-            return self._step_single(probe[0], obj[0], sqrt_i, mask, intensity, update_probe)
         if update_probe or not self._weight_fresh:
-            self.set_probe(probe)  # the probe (maybe shared with other kernels) may have changed
-        ex = self.ex
-        # 1. exit waves psi_kl = P_k O_l
-        if self.M == 1:
-            np.multiply(probe[0], obj[0], out=self.ex2)
+            self._weight(probe)  # the probe (maybe shared with other kernels) may have changed
+        mul = np.multiply
+        ex3 = self.ex3
+        one_pr, one_ob = self.npr == 1, self.nob == 1
+        # 1. exit waves psi_kl = P_k O_l (one mode on either side: a broadcast product)
+        if one_pr or one_ob:
+            mul(probe, obj, out=ex3)
         else:
-            np.multiply(probe[:, None], obj[None, :], out=ex)
-        g = self._forward(self.ex3)
-        # 2. modulus constraint; g becomes the detector-plane change g (sqrt_i / |g| - 1)
-        fourier, photon, change = self._modulus(g, sqrt_i, mask, intensity)
-        dpsi = self._backward(g).reshape(ex.shape)  # (npr, nob, h, w)
+            mul(probe[:, None], obj[None, :], out=self.ex)
+        self._forward()
+        # 2. modulus constraint; ex3 becomes the detector-plane change g (sqrt_i / |g| - 1)
+        fourier, photon, change = self._modulus(sqrt_i, mask, intensity)
+        self._backward()  # ex3 = dpsi
         # 3. probe increment from the object before its update
         if update_probe:
             cobj = self.c_obj
             np.conjugate(obj, out=cobj)
-            if self.nob == 1:
-                np.multiply(cobj[0], dpsi[:, 0], out=self.t_pr)
+            if one_ob:
+                mul(cobj, ex3, out=self.t_pr)
             else:
-                np.multiply(cobj[None, :], dpsi, out=self.tmp4)
+                mul(cobj[None, :], self.ex, out=self.tmp4)
                 np.sum(self.tmp4, axis=1, out=self.t_pr)
             wp = self._probe_weight(obj, cobj)
             if isinstance(wp, float):
-                self.t_pr *= self.ctype.type(wp)
+                mul(self.t_pr, self.ctype.type(wp), out=self.t_pr)
             else:
-                np.multiply(self.t_pr, wp, out=self.t_pr)
+                mul(self.t_pr, wp, out=self.t_pr)
         # 4. object update with the probe before its update
-        wo = self.w_obj
-        if self.npr == 1:
-            np.multiply(wo[0], dpsi[0], out=self.t_obj)
+        if one_pr:
+            mul(self.w_obj, ex3, out=self.t_obj)
         else:
-            np.multiply(wo[:, None], dpsi, out=self.tmp4)
+            mul(self.w_obj[:, None], self.ex, out=self.tmp4)
             np.sum(self.tmp4, axis=0, out=self.t_obj)
         np.add(obj, self.t_obj, out=obj)
         # 5. probe update
         if update_probe:
             np.add(probe, self.t_pr, out=probe)
         return fourier, photon, change
-
-    def _step_single(self, P, O, sqrt_i, mask, intensity, update_probe):
-        """:meth:`step` for one probe and one object mode (2D ``P``, ``O``), fewest calls."""
-        mul = np.multiply
-        ex2, ex3 = self.ex2, self.ex3
-        # object weight from the current probe
-        if update_probe or not self._weight_fresh:
-            if self.object_alpha >= 1.0:
-                r = self.r1
-                np.abs(P, out=r)
-                m = float(r.max())
-                np.conjugate(P, out=self.w_obj2)
-                mul(self.w_obj2, self.ctype.type(self.object_step / max(m * m, self.tiny)), out=self.w_obj2)
-                self._weight_fresh = True
-            else:
-                self.set_probe(P[None])
-        # exit wave, forward transform
-        mul(P, O, out=ex2)
-        pre = self.pre
-        if pre is not None:
-            mul(ex2, pre, out=ex2)
-        self._fw()
-        # modulus constraint
-        amp, d = self.amp, self.d
-        np.abs(ex2, out=amp)
-        np.subtract(sqrt_i, amp, out=d)
-        if mask is not None:
-            mul(d, mask, out=d)
-        dflat = self.d_flat
-        fourier = np.dot(dflat, dflat)
-        photon = 0.0
-        if intensity is not None and self.photon_error:
-            photon = self._photon(sqrt_i, intensity)
-        np.add(amp, self.eps, out=amp)
-        np.divide(d, amp, out=d)
-        mul(ex2, d, out=ex2)
-        # back to the sample plane: dpsi
-        self._bw()
-        if pre is not None:
-            mul(ex2, self.pre_c, out=ex2)
-        if update_probe:
-            cobj = self.c_obj2
-            np.conjugate(O, out=cobj)
-            t_pr = self.t_pr2
-            mul(cobj, ex2, out=t_pr)
-            if self.probe_alpha >= 1.0:  # ePIE form: scalar 1 / max|O|^2
-                r = self.r1
-                np.abs(cobj, out=r)
-                m = float(r.max())
-                mul(t_pr, self.ctype.type(self.probe_step / max(m * m, self.tiny)), out=t_pr)
-            else:
-                mul(t_pr, self._probe_weight(O[None], cobj[None]), out=t_pr)
-        t_obj = self.t_obj2
-        mul(self.w_obj2, ex2, out=t_obj)
-        np.add(O, t_obj, out=O)
-        if update_probe:
-            np.add(P, self.t_pr2, out=P)
-        return fourier, photon, fourier  # exit change == Fourier error sum (see _modulus)
 
     def step_compiled(self, probe, obj, layer, y0, x0, sqrt_i, mask=None, intensity=None, update_probe=False):
         """:meth:`step` with the kernels of :mod:`ptycli.engines.fused_pie` (one probe and one object mode).
@@ -376,19 +332,19 @@ class FrameKernel:
         r1 /= r2
         return np.dot(self.r1_flat, self.ones_flat)
 
-    def _modulus(self, g, sqrt_i, mask, intensity):
-        """Fourier modulus constraint on detector waves ``g`` (M, h, w), in place.
+    def _modulus(self, sqrt_i, mask, intensity):
+        """Fourier modulus constraint on the detector waves in ``ex3``, in place.
 
-        Leaves ``g * (sqrt_i / |F| - 1)`` (zero on masked pixels) in ``g``;
+        Leaves ``g * (sqrt_i / |F| - 1)`` (zero on masked pixels) there;
         returns the frame's (fourier, photon, exit change) sums. The exit
         change ``sum |psi' - psi|^2`` needs no extra pass: the propagator is
         unitary and the modulus projection moves every valid detector pixel
         by exactly ``|sqrt(I) - |F||`` (all modes together), so it equals the
         Fourier error sum (with 0/1 masks).
         """
-        amp, d = self.amp, self.d
+        amp, d, g = self.amp, self.d, self.ex_m
         if self.M == 1:
-            np.abs(g[0], out=amp)
+            np.abs(g, out=amp)
         else:
             self._abs2_sum(g, amp, self.r2)
             np.sqrt(amp, out=amp)

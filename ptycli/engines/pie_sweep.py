@@ -167,8 +167,20 @@ class PIESweep:
             if f is not None:
                 np.multiply(work[sid], self._fold_c[sid], out=self.book.probe_storages[sid].data)
 
-    def sweep(self, order, update_probe):
+    def working_probes(self):
+        """Copies of the probes in the form a sweep updates (``pre * P`` for the folded storages)."""
+        out = {}
+        for sid, S in self.book.probe_storages.items():
+            f = self.fold.get(sid)
+            out[sid] = S.data * f if f is not None else S.data.copy()
+        return out
+
+    def sweep(self, order, update_probe, momentum=None):
         """Visit the frames in ``order`` (indices into all local frames), updating in place.
+
+        ``momentum`` (a :class:`~ptycli.engines.momentum.Momentum`, mPIE) is
+        told of every frame update and steps the object storages, and with
+        ``update_probe`` the working probes, every ``momentum.interval`` frames.
 
         Returns
         -------
@@ -188,6 +200,7 @@ class PIESweep:
         for p in plans:
             if p.variable is not None:
                 p.variable.begin(work[p.group.probe.ID])
+        objects = {sid: S.data for sid, S in self.book.obj_storages.items()}
         for gi, f in zip(self._gidx[order].tolist(), self._fidx[order].tolist()):
             p = plans[gi]
             probe = probes[gi]
@@ -207,6 +220,8 @@ class PIESweep:
             fourier += fe
             photon += pe
             change += ch
+            if momentum is not None:
+                momentum.frame_done(objects, work if update_probe else None)
         if update_probe:
             for p in plans:  # a variable probe: the weights and eigen-probes the frames ask for (collective)
                 if p.variable is not None:

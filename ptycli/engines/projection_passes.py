@@ -67,6 +67,9 @@ _SUBSET_FRACTION = 0.7
 def work_probe(g):
     """The probe of group ``g`` in the working frame: ``pre * probe`` (far field) or the probe itself.
 
+    With the sub-pixel model the probe is the expanded one (:meth:`PodGroup.model_probe
+    <ptycli.engines.addressing.PodGroup.model_probe>`), one layer per shift class and mode.
+
     In the far field the Fourier step works on ``pre * psi`` (``pre``: the
     propagator's sample-plane phase factor, ``|pre| = 1``): then
     ``FFT(pre * t)`` needs no separate phase pass, since
@@ -74,9 +77,10 @@ def work_probe(g):
     the true exit waves; the factor is applied to ``psi`` frame by frame
     while it is in cache.
     """
+    probe = g.model_probe()  # the expanded (shifted) probe with the sub-pixel model
     if g.farfield:
-        return g.probe.data * g.factors.pre
-    return g.probe.data
+        return probe * g.factors.pre
+    return probe
 
 
 def weak_divisor(den, prior, c_obj, c_weak):
@@ -160,7 +164,7 @@ class NumpyProjectionPasses(ProjectionPasses):
         ol, oy, ox, pl = g.addresses
         frame_tmp = sc["frame"]
         if fuse:
-            prc = np.conj(g.probe.data)
+            prc = np.conj(g.model_probe())
             num = e._ob_num[g.obj.ID]
         bg = g.background
         if bg is not None:
@@ -317,7 +321,7 @@ class NumpyProjectionPasses(ProjectionPasses):
         e = self.e
         for g in e.book.groups:
             num = e._ob_num[g.obj.ID]
-            prc = np.conj(g.probe.data)
+            prc = np.conj(g.model_probe())
             tmp = e._scratch[g.shape]["frame"]
             for f0, f1, p0, p1 in e._blocks[id(g)]:
                 g.scatter_probe_product(num, g.read_exit(p0, p1), prc, p0, p1, tmp=tmp)
@@ -328,7 +332,8 @@ class NumpyProjectionPasses(ProjectionPasses):
             for sid in e.book.obj_storages:
                 e._ob_den[sid].fill(0)
             for g in e.book.groups:
-                p2 = (g.probe.data.real ** 2 + g.probe.data.imag ** 2).astype(e.ftype)
+                pm = g.model_probe()
+                p2 = (pm.real ** 2 + pm.imag ** 2).astype(e.ftype)
                 g.scatter_object_const(e._ob_den[g.obj.ID], p2)
         c_obj, c_weak = e.c_obj, e.c_weak
         for sid, S in e.book.obj_storages.items():
@@ -354,8 +359,8 @@ class NumpyProjectionPasses(ProjectionPasses):
             objw[sid] = (S.data.real ** 2 + S.data.imag ** 2).astype(e.ftype)
             objc[sid] = np.conj(S.data)
         for g in e.book.groups:
-            num = e._pr_num[g.probe.ID]
-            den = e._pr_den[g.probe.ID]
+            num = e._pr_num[e.probe_key(g)]
+            den = e._pr_den[e.probe_key(g)]
             tmp = e._scratch[g.shape]["frame"]
             for f0, f1, p0, p1 in e._blocks[id(g)]:
                 g.accumulate_probe(num, den, objc[g.obj.ID], objw[g.obj.ID], g.read_exit(p0, p1), p0, p1, tmp=tmp)
@@ -375,7 +380,7 @@ class CompiledProjectionPasses(ProjectionPasses):
         self.e = e = engine
         self.pool = e._pool = BlockPool(fft.get_workers())
         T = self.pool.n
-        self._no_mask = np.ones((1, 1, 1), dtype=e.ftype)
+        self._no_mask = np.ones((1, 1, 1), dtype=np.uint8)  # the mask storage's type
         # work items: one per frame block, with the block's constant index arrays
         self._items = []
         for g in e.book.groups:
@@ -424,7 +429,7 @@ class CompiledProjectionPasses(ProjectionPasses):
         for g in e.book.groups:
             frame = e._scratch[g.shape]["frame"]  # placeholder for the unused factors (near field)
             prep[id(g)] = (g.factors.pre if g.farfield else frame, g.factors.post_bw if g.farfield else frame,
-                           work_probe(g), np.conj(g.probe.data),
+                           work_probe(g), np.conj(g.model_probe()),
                            g.mask.data if not g.mask_trivial else self._no_mask)
 
         pbound = float(e.pbound)
@@ -492,7 +497,7 @@ class CompiledProjectionPasses(ProjectionPasses):
         """
         e = self.e
         self._start_sums("_ob_num_t")
-        prc = {id(g): np.conj(g.probe.data) for g in e.book.groups}
+        prc = {id(g): np.conj(g.model_probe()) for g in e.book.groups}
 
         def work(k, slot, item):
             g, (f0, f1, p0, p1), _ = item
@@ -515,8 +520,8 @@ class CompiledProjectionPasses(ProjectionPasses):
         power = {sid: [0.0] * self.pool.n for sid in e.book.obj_storages} if e.p.get("clip_object") is None \
             else None
 
-        p2 = {id(g): (g.probe.data.real ** 2 + g.probe.data.imag ** 2).astype(e.ftype) for g in e.book.groups} \
-            if recompute_den else None
+        p2 = {id(g): (lambda pm: (pm.real ** 2 + pm.imag ** 2).astype(e.ftype))(g.model_probe())
+              for g in e.book.groups} if recompute_den else None
 
         def fold(k, rows):
             self._fold_sums("_ob_num_t", rows)
@@ -554,12 +559,13 @@ class CompiledProjectionPasses(ProjectionPasses):
         e._obj_power = {sid: sum(parts) for sid, parts in power.items()} if power is not None else None
 
     def probe_sums(self):
+        e = self.e
         self._start_sums("_pr_num_t")
         self._start_sums("_pr_den_t")
 
         def work(k, slot, item):
             g, (f0, f1, p0, p1), _ = item
-            fused.probe_sums(self._pr_num_t[slot][g.probe.ID], self._pr_den_t[slot][g.probe.ID], True,
+            fused.probe_sums(self._pr_num_t[slot][e.probe_key(g)], self._pr_den_t[slot][e.probe_key(g)], True,
                              g.read_exit(p0, p1), g.obj.data, g.addresses, p0)
 
         self.pool.map_slots(work, self._items, reverse=True)  # starts with the blocks last in the cache

@@ -15,11 +15,14 @@ its state (``engine.load_state``), later engines run in full. With the same
 configuration, seed and number of MPI ranks, an interrupted and resumed run
 ends with the same object as an uninterrupted one.
 
-Checkpoints always hold the exit waves; results hold them only with
-``io.keep_exit_waves: true`` (they are as large as all frames together).
-Resuming from a file without exit waves restarts them from probe x object
-(:func:`restore_model` says so), so the continuation is close to, not the
-same as, an uninterrupted run.
+Checkpoints hold the exit waves when the running engine carries them from
+one iteration to the next (DM, RAAR: ``Engine.KEEPS_EXIT_WAVES``); ML and the
+PIE engines derive them from probe x object when they finish, so their
+checkpoints leave them out (half the file) and a resume is still exact.
+Results hold them only with ``io.keep_exit_waves: true`` (they are as large
+as all frames together). Resuming a DM/RAAR run from a file without exit
+waves restarts them from probe x object (:func:`restore_model` says so), so
+the continuation is close to, not the same as, an uninterrupted run.
 
 :func:`load_checkpoint` checks what it reads before anything is computed:
 counters that are whole numbers >= 0, finite probe, object and positions,
@@ -95,6 +98,12 @@ def _scan_entry(model):
         attrs["probe_guess"] = str(guess["method"])
         if guess.get("trial"):
             attrs["probe_guess_trial"] = ", ".join("%s %.4g" % kv for kv in guess["trial"].items())
+    sub = getattr(model, "subpixel", None) or {}
+    if sub:
+        attrs["subpixel"] = "on" if sub.get("on") else "off"
+        attrs["subpixel_reason"] = str(sub.get("reason", ""))
+        if sub.get("on"):
+            attrs["subpixel_resolution"] = int(sub["resolution"])
     return idx, initial, final, attrs
 
 

@@ -274,6 +274,24 @@ def get_scan_model(name, path=None):
     return SCAN_MODELS.get(name, path)
 
 
+def build_engine(ptycho, pars, label=None):
+    """Build the engine named by ``pars['name']`` (any case) for ``ptycho`` (the engines are plugins).
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name (listing the registered engines).
+    """
+    load_plugins()  # the engines register themselves when ptycli.engines is imported
+    pars = dict(pars or {})
+    path = "engines.%s.name" % (label or "<label>")
+    entry = get_engine(pars.get("name"), path)
+    if entry.factory is None:
+        raise ConfigError("%s: engine %r is declared but has no implementation" % (path, entry.name))
+    pars["name"] = entry.name
+    return entry.factory(ptycho, pars, label or entry.name.lower())
+
+
 def loaders():
     """Names of the registered loaders (sorted)."""
     return LOADERS.names()

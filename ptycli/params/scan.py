@@ -321,6 +321,17 @@ DATA = ParamSet("data", [
     RegistryName("name", None, LOADERS, "scan loader that reads (or simulates) the frames", nullable=True),
 ], "the scan's data source: a loader and its parameters")
 
+def _subpixel_mode(value, path):
+    """``scans.<label>.subpixel`` as 'auto', 'on' or 'off' (YAML reads a bare on/off as a boolean)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value).strip().lower()
+    if text not in ("auto", "on", "off"):
+        raise ConfigError("%s: expected auto, on or off, got %r" % (path, value),
+                          hint="auto uses the model when the positions lie off the pixel grid")
+    return text
+
+
 SCAN = ParamSet("scan", [
     RegistryName("name", "Full", SCAN_MODELS, "scan model: Full (mixed states) or Vanilla (single mode)"),
     Parameter("propagation", None, "str", "propagation between sample and detector (null: the one the data "
@@ -330,6 +341,13 @@ SCAN = ParamSet("scan", [
     ILLUMINATION,
     SAMPLE,
     COHERENCE,
+    Parameter("subpixel", "auto", "any",
+              "sub-pixel scan positions: auto, on or off (YAML true/false too); on shifts each frame's probe by "
+              "the remainder of its position (auto: on when the positions lie off the pixel grid; far field only)",
+              check=lambda v, path: _subpixel_mode(v, path)),
+    Parameter("subpixel_resolution", 4, "int",
+              "steps per pixel to which the sub-pixel remainders are quantised (frames of one step share a "
+              "shifted probe: at most (resolution + 1)^2 of them)", low=1, high=64, unit="1/pixel"),
     Parameter("probe_share", None, "str", "label of another scan whose probe this scan uses; "
               "null for its own probe"),
     Parameter("object_share", None, "str", "label of another scan whose object this scan uses; "

@@ -74,7 +74,8 @@ class ChainRunner:
         Show a tqdm progress bar on stderr (rank 0 of a terminal).
     keep_exit : bool
         Store the exit waves in a result written after a failure
-        (``io.keep_exit_waves``); checkpoints always hold them.
+        (``io.keep_exit_waves``); checkpoints hold them while an engine that
+        carries them between iterations runs (DM, RAAR: ``KEEPS_EXIT_WAVES``).
     """
 
     def __init__(self, P, chain, plan, checkpoint_path, interval, info, resume=None, progress=False,
@@ -184,7 +185,8 @@ class ChainRunner:
         problem = None
         try:
             write_snapshot(path, self.P, "result", [dict(s) for s in self.summaries], attrs,
-                           engine.state_dict(arrays=False), self.info(), with_exit=self.keep_exit)
+                           engine.state_dict(arrays=False), self.info(),
+                           with_exit=self.keep_exit and bool(getattr(engine, "KEEPS_EXIT_WAVES", True)))
         except RuntimeFailure as exc:
             if parallel.size == 1:
                 raise
@@ -205,7 +207,10 @@ class ChainRunner:
         state = engine.state_dict(arrays=False) if engine is not None else self.resume_state
         self.last_state = (attrs, state)
         t0 = time.perf_counter()
-        write_snapshot(path, self.P, "checkpoint", [dict(s) for s in self.summaries], attrs, state, self.info())
+        # exit waves only where they carry state (DM, RAAR): other engines rebuild them from probe x object
+        with_exit = engine is None or bool(getattr(engine, "KEEPS_EXIT_WAVES", True))
+        write_snapshot(path, self.P, "checkpoint", [dict(s) for s in self.summaries], attrs, state, self.info(),
+                       with_exit=with_exit)
         parallel.barrier()
         self.checkpoints.append(path)
         logger.debug("checkpoint %s (%d iterations) in %.2f s", path, total, time.perf_counter() - t0)

@@ -217,8 +217,9 @@ class Job:
             logger.info("resuming from %s at iteration %d (engine %s)", self.resume_path, P.runtime.iterations,
                         rec.state["attrs"].get("engine_label"))
             if not had_exit:
-                logger.info("%s holds no exit waves (results keep them only with io.keep_exit_waves: true): "
-                            "they restart from probe x object", self.resume_path)
+                logger.info("%s holds no exit waves (results keep them only with io.keep_exit_waves: true, "
+                            "checkpoints only while DM or RAAR runs): they restart from probe x object",
+                            self.resume_path)
         self.parameters_yaml = dump_yaml(self.p)
 
     def info(self, end=None):

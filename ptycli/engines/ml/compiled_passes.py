@@ -35,7 +35,7 @@ class CompiledMLPasses(MLPasses):
         for b in self.blocks:
             b.valid = 0.0
         self.use_mask = not g.mask_trivial
-        self.mask = g.mask.data if self.use_mask else np.ones((1, H, W), self.ftype)
+        self.mask = g.mask.data if self.use_mask else np.ones((1, H, W), np.uint8)
         self.mrows = g.frame_ma if self.use_mask else np.zeros(g.n_frames, np.int64)
         #: the background added to the model intensity (zeros without one: one add per pixel)
         self.bg = g.background if g.background is not None else np.zeros((H, W), self.ftype)
@@ -47,8 +47,7 @@ class CompiledMLPasses(MLPasses):
 
     def pods(self):
         """The pod addresses packed for the kernels: ``(object row, window y, window x, probe row)`` per pod."""
-        g = self.g
-        return g.ob_layer, g.ob_y, g.ob_x, g.pr_layer
+        return self.g.addresses  # probe rows: expanded-probe layers with the sub-pixel model
 
     def prepare_evaluate(self):
         g = self.g

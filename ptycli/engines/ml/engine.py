@@ -24,6 +24,11 @@ Gradients (Wirtinger, ``g = dL/dx*``, so that ``dL = 2 Re <g, dx>``)::
     g_O   = sum_j conj(P_k) g_psi_j              (overlap scatter into the object)
     g_P   = sum_j conj(O_l[window_j]) g_psi_j    (sum over frames)
 
+With the sub-pixel model (:mod:`ptycli.core.subpixel`) the probe of pod
+``j`` is ``S_j P`` (the probe shifted by its frame's remainder); the probe
+gradient is then ``sum_j S_j^H (conj(O_l[window_j]) g_psi_j)``, gathered per
+shift class and shifted back (:meth:`~ptycli.engines.ml.passes.MLPasses.probe_gradient`).
+
 Search direction: Polak-Ribiere conjugate gradients over the pair (object,
 probe) with the diagonal preconditioner ``(1, s)``::
 
@@ -135,15 +140,16 @@ class _Accumulator:
 
     def __init__(self, book, groups):
         self.gO = {sid: np.zeros_like(S.data) for sid, S in book.obj_storages.items()}  # this rank's
-        self.gPe = [np.zeros_like(G.g.probe.data) for G in groups]
+        self.gPe = [G.probe_accumulator() for G in groups]
+        self._groups = groups
         #: per group with a background: ``sum over frames of l'`` per detector pixel (float64), else None
         self.gB = [np.zeros(G.g.shape, np.float64) if G.g.background is not None else None for G in groups]
 
     def zero(self):
         for a in self.gO.values():
             a[...] = 0
-        for a in self.gPe:
-            a[...] = 0
+        for G, a in zip(self._groups, self.gPe):
+            a[:G.probe_layers] = 0  # the layers in use (expanded probe: the used shift classes)
         for a in self.gB:
             if a is not None:
                 a[...] = 0
@@ -154,6 +160,7 @@ class ML(Engine):
     """Maximum-likelihood refinement by preconditioned conjugate gradients (see the module docstring)."""
 
     NAME = "ML"
+    SUBPIXEL = True
     PARAMS = Engine.PARAMS.extended("ML", [
         Parameter("ML_type", "gaussian", "str",
                   "noise model of the likelihood: gaussian (intensities, weights 1/(I+1)), poisson, "
@@ -396,8 +403,15 @@ class ML(Engine):
                 part[...] = 0
             for acc in self._acc:
                 for gi, G in enumerate(self.groups):
-                    cgPe = acc.gPe[gi]
-                    self._part(grad, "probe", G.g.probe.ID)[...] += cgPe * G.pre if G.pre is not None else cgPe
+                    if G.g.sub is None:
+                        self._part(grad, "probe", G.g.probe.ID)[...] += G.probe_gradient(acc.gPe[gi])
+            for gi, G in enumerate(self.groups):
+                if G.g.sub is not None:  # the slots summed first: one transform back per shift class
+                    n = G.probe_layers
+                    total = self._acc[0].gPe[gi][:n].copy()
+                    for acc in self._acc[1:]:
+                        total += acc.gPe[gi][:n]
+                    self._part(grad, "probe", G.g.probe.ID)[...] += G.probe_gradient(total)
             for _, _, part in probe_parts:
                 np.conj(part, out=part)
             self._allsum(sums)

@@ -105,8 +105,25 @@ class MLPasses:
         self.maxp = max([b.p1 - b.p0 for b in self.blocks] or [1])
         self.maxf = max([b.f1 - b.f0 for b in self.blocks] or [1])
         H, W = self.shape
-        self.F = fft.zeros((g.n_pods, H, W), self.ctype)
+        self.F = self._detector_buffer(g)
         self.c = np.ones(g.n_frames, self.ftype)
+
+    def _detector_buffer(self, g):
+        """The array ``F`` of every pod's detector wave: the exit storage's memory where it fits.
+
+        ML keeps no exit waves between iterations (the engine rebuilds them as
+        probe x object when it finishes, and its checkpoints leave them out:
+        ``KEEPS_EXIT_WAVES``), so in the regular layout the exit storage, of
+        exactly this shape and type, holds ``F`` while ML runs: one array as
+        large as all frames less. Otherwise an array of its own.
+        """
+        H, W = self.shape
+        ex = g.exit.data
+        if (g.regular and ex.dtype == self.ctype and ex.shape == (g.n_pods, H, W) and ex.flags.c_contiguous
+                and ex.ctypes.data % fft.ALIGNMENT == 0):
+            ex.fill(0)
+            return ex
+        return fft.zeros((g.n_pods, H, W), self.ctype)
 
     def workspace(self):
         """Scratch buffers for one thread."""
@@ -132,8 +149,39 @@ class MLPasses:
         return x
 
     def probe_eff(self, probe):
-        """The probe as seen by the FFT: ``pre * P`` (far field) or ``P`` (a new array)."""
+        """The probe as seen by the FFT: ``pre * P`` (far field) or ``P`` (a new array).
+
+        With the sub-pixel model ``P`` is expanded first (one layer per shift
+        class and mode, :meth:`PodGroup.model_probe <ptycli.engines.addressing.PodGroup.model_probe>`).
+        """
+        probe = self.g.model_probe(probe)
         return probe * self.pre if self.pre is not None else probe.copy()
+
+    def probe_gradient(self, cg_probe_eff):
+        """The *conjugate* probe gradient from the conjugate gradient of the effective probe (a new array).
+
+        ``conj(gP) = conj(conj(pre) gPe)``, with the sub-pixel model mapped
+        back through the adjoint of the expansion (``S^H``, per shift class).
+        """
+        c = cg_probe_eff * self.pre if self.pre is not None else cg_probe_eff.copy()
+        sub = self.g.sub
+        if sub is None:
+            return c
+        out = np.zeros(self.g.probe.data.shape, c.dtype)
+        sub.collapse(np.conj(c), out)
+        return np.conj(out, out=out)
+
+    @property
+    def probe_layers(self):
+        """Layers of the effective probe in use: the probe's, or the expanded probe's (sub-pixel model)."""
+        g = self.g
+        return g.probe.data.shape[0] if g.sub is None else g.sub.n_active
+
+    def probe_accumulator(self):
+        """A zero (conjugate) gradient accumulator of the effective probe (expanded with the sub-pixel model)."""
+        g = self.g
+        rows = g.probe.data.shape[0] if g.sub is None else g.sub.n_layers
+        return np.zeros((rows,) + self.shape, g.probe.data.dtype)
 
     def line_probes(self, probe, hprobe, tau):
         """Probe factors of the direction terms: ``b = (tau P) hO + (tau hP) O``, ``c = (tau^2 hP) hO``.
@@ -260,7 +308,10 @@ class NumpyMLPasses(MLPasses):
     def add_probe_gradient(self, b, target, prod):
         """``target[pr_layer] += sum over pods of prod`` (per probe row)."""
         g = self.g
-        if g.regular:
+        if g.sub is not None:  # expanded probe: one layer per pod (a loop: np.add.at is slow)
+            for k, q in enumerate(g.sub.layer[b.p0:b.p1].tolist()):
+                target[q] += prod[k]
+        elif g.regular:
             if g.modes == 1:
                 target[int(g.mode_pr[0])] += prod.sum(axis=0)
             else:

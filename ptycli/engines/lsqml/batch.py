@@ -1,0 +1,335 @@
+"""The batch passes of LSQ-ML over one pod group (numpy).
+
+:class:`GroupBatch` holds the constant arrays of one
+:class:`~ptycli.engines.addressing.PodGroup` (counts, mask, ``sqrt(I)``) and
+runs the per-batch passes of :mod:`ptycli.engines.lsqml.engine` on the
+group's frames of the current batch (any subset of its frames, in any order):
+
+:meth:`GroupBatch.exit_update`
+    Exit waves ``P O`` of the batch's pods, their transforms, the errors and
+    the noise model's cost, the exit-wave update ``chi`` (detector-plane
+    step along the likelihood gradient, :func:`~ptycli.engines.lsqml.steps.exit_step`,
+    back-propagated), and the direction sums: ``sum conj(P) chi`` and
+    ``sum |P|^2`` scattered into object-shaped accumulators, ``sum conj(O) chi``
+    and ``sum |O|^2`` per probe row.
+:meth:`GroupBatch.step_sums`
+    The per-frame sums of the 2 x 2 step system for given directions.
+:meth:`GroupBatch.scatter_object_update`
+    ``sum_j a_O,j conj(P) chi_j`` into an object-shaped accumulator.
+:meth:`GroupBatch.position_shifts`
+    The per-frame position estimate from the object's gradient.
+
+Far field: the propagator's sample-plane factor ``pre`` (unit modulus) is
+folded into the probe (``P_eff = pre P``) and the detector-plane factor
+dropped (the updates only scale each detector pixel by a real factor), so
+the transform is one FFT per pod. Then ``chi_eff = pre chi``; the object
+sums ``conj(P_eff) chi_eff = conj(P) chi`` need no correction, the probe
+sums are multiplied by ``conj(pre)`` to return to the probe's own plane.
+Near field: the propagator's ``fw``/``bw`` (``P_eff = P``).
+
+The batch's pods are gathered with one fancy index on a sliding-window view
+of the object; sums over a batch's windows are Python loops over its pods
+(windows of the same batch may overlap).
+"""
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ...core import fft
+from ..ml.sums import pairs
+from .steps import exit_factor, exit_step
+
+__all__ = ["GroupBatch", "add_on_windows", "finish_windows", "windows_max", "zero_windows"]
+
+
+def windows_max(arr, windows):
+    """Largest value of ``arr`` over the windows (rows ``layer, y, x, H, W``); 0 without windows."""
+    best = 0.0
+    for l, y, x, h, w in windows.tolist():
+        best = max(best, float(arr[l, y:y + h, x:x + w].max()))
+    return best
+
+
+def add_on_windows(obj, upd, windows):
+    """``obj += upd`` on the union of the windows, every pixel once (``upd`` is zeroed there).
+
+    Each window adds its pixels and zeroes ``upd`` there, so a pixel under
+    several windows is added by the first and left alone by the others: the
+    result does not depend on the order of the windows.
+    """
+    for l, y, x, h, w in windows.tolist():
+        sl = (l, slice(y, y + h), slice(x, x + w))
+        obj[sl] += upd[sl]
+        upd[sl] = 0
+
+
+def finish_windows(obj, upd, num, den, windows):
+    """The batch's last window pass: :func:`add_on_windows` of ``upd``, then ``num`` and ``den`` zeroed there."""
+    add_on_windows(obj, upd, windows)
+    zero_windows((num, den), windows)
+
+
+def zero_windows(arrays, windows):
+    """Zero every array of ``arrays`` (object-shaped) on the windows."""
+    for l, y, x, h, w in windows.tolist():
+        for a in arrays:
+            a[l, y:y + h, x:x + w] = 0
+
+
+def _rdot_rows(a, b):
+    """``Re sum conj(a_i) b_i`` per row ``i`` of two complex stacks, float64 (rows,)."""
+    n = a.shape[0]
+    ra = pairs(np.ascontiguousarray(a)).reshape(n, -1)
+    rb = pairs(np.ascontiguousarray(b)).reshape(n, -1)
+    return np.einsum("ij,ij->i", ra, rb).astype(np.float64)
+
+
+class GroupBatch:
+    """LSQ-ML passes over the frames of one pod group (see the module docstring).
+
+    Parameters
+    ----------
+    g : PodGroup
+        The group.
+    noise : NoiseModel
+        ``Euclid`` (the paper's Gaussian) or ``Poisson``.
+    eps : float
+        The noise model's dark-pixel regularisation.
+
+    The passes keep no state between calls: :meth:`exit_update` returns the
+    batch part's arrays (pods, frames, gathered windows, probes, ``chi``) as a
+    dict that the other passes take, so parts of a batch can run on several
+    threads at once.
+    """
+
+    #: whether the window passes are compiled (:class:`~ptycli.engines.lsqml.compiled.CompiledGroupBatch`)
+    compiled = False
+
+    def __init__(self, g, noise, eps):
+        self.g = g
+        self.noise = noise
+        self.eps = float(eps)
+        self.ctype, self.ftype = g.ctype, g.ftype
+        self.pre = g.factors.pre if g.farfield else None
+        self.n = np.asarray(g.diff_frames(), dtype=self.ftype)
+        m = g.mask_frames()
+        self.mask = None if m is None else np.asarray(m, dtype=self.ftype)
+        self.fmag = np.asarray(g.fmag(), dtype=self.ftype)
+        self.npod = np.diff(g.pod_start)
+
+    # -- helpers -------------------------------------------------------------------
+    def pods_of(self, frames):
+        """Pods of ``frames`` (in that order) and the batch offsets of each frame's first pod."""
+        g = self.g
+        cnt = self.npod[frames]
+        starts = np.cumsum(cnt) - cnt
+        first = g.pod_start[frames]
+        pods = np.repeat(first - starts, cnt) + np.arange(int(cnt.sum()))
+        return pods, starts
+
+    def windows(self, data, pods):
+        """Windows of an object-shaped array at ``pods``: (pods, H, W) (a copy)."""
+        g = self.g
+        sw = sliding_window_view(data, g.shape, axis=(1, 2))
+        return sw[g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods]]
+
+    def per_frame(self, x, starts):
+        """Sum a per-pod array over the pods of each frame (pods are frame-major)."""
+        if len(starts) == x.shape[0]:
+            return x
+        return np.add.reduceat(x, starts, axis=0)
+
+    def _propagate(self, x, workers, inverse=False):
+        if self.pre is not None:
+            out = (fft.ifft2_inplace if inverse else fft.fft2_inplace)(x, workers)
+        else:
+            prop = self.g.propagator
+            out = prop.bw(x) if inverse else prop.fw(x)
+        if out is not x:
+            x[...] = out
+        return x
+
+    def probe_eff(self, probe):
+        """The probe as the transform sees it (``pre P`` in the far field)."""
+        return probe * self.pre if self.pre is not None else probe
+
+    def probe_rows(self, probe_eff, pods):
+        """The probe of every pod: (pods, H, W), or (1, H, W) to broadcast when all pods use one layer."""
+        g = self.g
+        if g.single_probe_layer:
+            k = int(g.pr_layer[0])
+            return probe_eff[k:k + 1]
+        return probe_eff[g.pr_layer[pods]]
+
+    def _scatter(self, target, values, pods):
+        g = self.g
+        H, W = g.shape
+        ol, oy, ox = g.ob_layer, g.ob_y, g.ob_x
+        one = values.shape[0] == 1  # the same values for every pod
+        for k, i in enumerate(pods.tolist()):
+            y, x = oy[i], ox[i]
+            target[ol[i], y:y + H, x:x + W] += values[0 if one else k]
+
+    def _scatter_abs2(self, target, values, pods):
+        self._scatter(target, values.real * values.real + values.imag * values.imag, pods)
+
+    # -- passes ---------------------------------------------------------------------
+    def exit_update(self, frames, obj, probe, acc, errors, workers=1):
+        """Exit-wave update of ``frames`` and the direction sums (module docstring).
+
+        Parameters
+        ----------
+        frames : ndarray of int
+            The group's frames of this batch.
+        obj, probe : ndarray
+            The live object and probe storages' data.
+        acc : dict
+            Accumulators: ``numO``, ``denO`` (object-shaped complex/real),
+            ``numP``, ``denP`` (probe-shaped complex/real), added to.
+        errors : ErrorSums
+            Receives the Fourier/photon errors, the exit change and the cost.
+        workers : int
+            FFT threads.
+
+        Returns
+        -------
+        a : ndarray float64 (frames,)
+            The exit-wave steps ``a_j``.
+        state : dict
+            The part's arrays for the other passes.
+        """
+        H, W = self.g.shape
+        frames = np.asarray(frames, np.int64)
+        pods, starts = self.pods_of(frames)
+        pr = self.probe_rows(self.probe_eff(probe), pods)
+        F = fft.empty((len(pods), H, W), self.ctype)
+        ob = self.exit_waves(F, obj, pr, pods)
+        self._propagate(F, workers)
+        a = self.detector_step(F, frames, starts, errors)
+        chi = self._propagate(F, workers, inverse=True)
+        pc = self.direction_sums(acc, obj, ob, pr, chi, pods)
+        return a, dict(frames=frames, pods=pods, starts=starts, obj=obj, ob=ob, pr=pr, chi=chi, pc=pc)
+
+    def exit_waves(self, F, obj, pr, pods):
+        """``F = P O[window]`` for the pods; returns the gathered windows (None where a pass reads the object)."""
+        ob = self.windows(obj, pods)
+        np.multiply(pr, ob, out=F)
+        return ob
+
+    def direction_sums(self, acc, obj, ob, pr, chi, pods):
+        """Add ``conj(P) chi``, ``|P|^2`` into the object sums and ``conj(O) chi``, ``|O|^2`` into the probe's.
+
+        The probe sums are taken back to the probe's plane (``conj(pre)``,
+        far field). Returns ``conj(P) chi`` (pods, H, W) for the object update.
+        """
+        g = self.g
+        pc = np.conj(pr) * chi
+        self._scatter(acc["numO"], pc, pods)
+        self._scatter_abs2(acc["denO"], pr, pods)
+        po = np.conj(ob) * chi
+        o2 = ob.real * ob.real + ob.imag * ob.imag
+        rows = g.pr_layer[pods]
+        for q in np.unique(rows).tolist():
+            sel = rows == q
+            s = po[sel].sum(axis=0)
+            if self.pre is not None:
+                s *= np.conj(self.pre)
+            acc["numP"][q] += s
+            acc["denP"][q] += o2[sel].sum(axis=0)
+        return pc
+
+    def detector_step(self, F, frames, starts, errors):
+        """The detector-plane update in place: ``F <- (u - 1) F`` with the frames' steps; returns the steps.
+
+        Adds the frames' Fourier/photon errors, cost and exit change to ``errors``.
+        """
+        nf = len(frames)
+        a2 = F.real * F.real
+        a2 += F.imag * F.imag
+        I = self.per_frame(a2, starts)
+        n = self.n[frames]
+        mask = None if self.mask is None else self.mask[frames]
+        fmag = self.fmag[frames]
+        errors.add_fourier(np.sqrt(I), fmag, mask, intensity=n)
+        mn = self.noise.masked_counts(n, mask)
+        lp = np.empty_like(I)
+        scratch = [np.empty_like(I) for _ in range(5 if self.noise.name == "poisson" else 4)]
+        cost = self.noise.cost_terms(I, n, mask, fmag, mn, self.eps, lp, scratch[0], scratch[1], scratch[2],
+                                     scratch[3], second=False)
+        a = exit_step(self.noise, I, n, mask, mn, self.eps, lp, scratch)
+        factor = exit_factor(self.noise, a, lp, I, n, self.eps)
+        if F.shape[0] != nf:
+            factor = factor[np.repeat(np.arange(nf), self.npod[frames])]
+        F *= factor  # dPsi = (u - 1) Psi, u = 1 - a l' (safeguarded)
+        dF2 = float(np.einsum("i,i->", pairs(F).reshape(-1), pairs(F).reshape(-1)))
+        errors.add(exit_change=dF2, likelihood=cost)
+        return a
+
+    def window_list(self, c):
+        """The object windows of a part's pods: (pods, 5) int64 rows ``layer, y, x, H, W``."""
+        g = self.g
+        pods = c["pods"]
+        out = np.empty((len(pods), 5), np.int64)
+        out[:, 0], out[:, 1], out[:, 2] = g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods]
+        out[:, 3], out[:, 4] = g.shape
+        return out
+
+    def step_sums(self, c, numO, denO, regO, dP):
+        """Per-frame sums ``<u,u>, <v,v>, Re<u,v>, Re<u,chi>, Re<v,chi>`` (float64, shape (5, frames)).
+
+        ``u = P dO`` with ``dO = numO / (denO + regO)`` evaluated on the
+        batch's windows (``numO``, ``denO`` object-shaped accumulators,
+        ``regO`` the scalar regulariser); ``dP`` probe-shaped (its own plane)
+        or None (no probe update: the ``v`` sums are 0).
+        """
+        pods, starts, pr, ob, chi = c["pods"], c["starts"], c["pr"], c["ob"], c["chi"]
+        u = self.windows(numO, pods)
+        d = self.windows(denO, pods)
+        d += regO
+        u /= d
+        u *= pr
+        c["den"] = d
+        out = np.zeros((5, len(c["frames"])))
+        out[0] = self.per_frame(_rdot_rows(u, u), starts)
+        out[3] = self.per_frame(_rdot_rows(u, chi), starts)
+        if dP is not None:
+            v = self.probe_rows(self.probe_eff(dP), pods) * ob
+            out[1] = self.per_frame(_rdot_rows(v, v), starts)
+            out[2] = self.per_frame(_rdot_rows(u, v), starts)
+            out[4] = self.per_frame(_rdot_rows(v, chi), starts)
+        return out
+
+    def scatter_object_update(self, c, target, a_obj, beta):
+        """``target += beta sum_j a_O,j conj(P) chi_j / (denO + regO)`` over the batch's pods.
+
+        ``a_obj``: the steps per frame; the denominator is the one of the
+        last :meth:`step_sums` (the batch's full sum, the same for every pod
+        over a pixel, so the sum of the quotients is the quotient of the sum).
+        """
+        pods = c["pods"]
+        w = np.repeat(np.asarray(a_obj, self.ftype) * self.ftype.type(beta), self.npod[c["frames"]])
+        vals = c.pop("pc")  # conj(P) chi, kept from exit_update
+        vals *= w[:, None, None]
+        vals /= c["den"]
+        self._scatter(target, vals, pods)
+
+    def position_shifts(self, c):
+        """Per-frame shift estimates (rows, cols; pixels, float64 (frames, 2)) of the current batch.
+
+        ``s = Re<P dO/dy, chi> / <P dO/dy, P dO/dy>`` per axis (central
+        differences of the object window, one-sided at its edges): the shift
+        of the window that best explains the exit-wave update to first order.
+        Frames without gradient signal get 0.
+        """
+        pods, starts, pr, ob, chi = c["pods"], c["starts"], c["pr"], c["ob"], c["chi"]
+        if ob is None:
+            ob = self.windows(c["obj"], pods)
+        out = np.zeros((len(c["frames"]), 2))
+        for k, axis in enumerate((1, 2)):
+            d = np.gradient(ob, axis=axis)
+            d *= pr
+            num = self.per_frame(_rdot_rows(d, chi), starts)
+            den = self.per_frame(_rdot_rows(d, d), starts)
+            out[:, k] = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+        return out
+

@@ -1,0 +1,349 @@
+"""Compiled (numba) window passes of LSQ-ML: the same sums as the numpy passes of :mod:`.batch`, loop-fused.
+
+The numpy passes spend most of their time outside the FFTs in per-window
+Python loops (scatters into the object-shaped sums) and in the step sums,
+which build ``u = P dO`` and ``v = O dP`` as arrays before six dot products.
+Here each is one loop over the windows' pixels:
+
+* :func:`amplitude_step` - the ``gaussian`` detector-plane step with its
+  error sums and cost, in place on the transforms (``poisson``, with its
+  Newton steps, stays numpy);
+* :func:`exit_waves` - ``P O`` of the pods straight from the object
+  (the windows are never gathered: the later passes read them in place);
+* :func:`direction_sums` - the object and probe direction sums in one pass;
+* :func:`scatter_add` / :func:`scatter_abs2` - ``target[window] += values``
+  / ``+= |values|^2`` per pod (one shared row of values, or one per pod);
+* :func:`step_sums` - the five sums of the 2 x 2 step system per frame
+  (float64 accumulators) without forming ``u`` and ``v``, and the
+  denominators ``denO + regO`` of the windows for :func:`scatter_update`;
+* :func:`scatter_update` - ``target[window] += w_pod conj(P) chi / den``;
+* :func:`add_on_windows`, :func:`zero_windows`, :func:`windows_max` - the
+  window operations of :mod:`.batch`.
+
+:class:`CompiledGroupBatch` is :class:`~ptycli.engines.lsqml.batch.GroupBatch`
+with these kernels. Chosen by the engine parameter
+``kernels`` like the other engines' compiled passes
+(:func:`ptycli.engines.fused.use_compiled`); the numbers agree with the numpy
+passes to rounding (``tests/test_engines_lsqml.py``).
+"""
+
+import numpy as np
+
+from ..fused import njit
+from .batch import GroupBatch
+
+__all__ = ["CompiledGroupBatch", "amplitude_step", "exit_waves", "direction_sums", "scatter_add", "scatter_abs2",
+           "step_sums", "scatter_update", "add_on_windows", "finish_windows", "zero_windows", "windows_max"]
+
+_JIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
+
+
+@njit(**_JIT)
+def exit_waves(F, obj, pr, ol, oy, ox):
+    """``F[k] = pr[k] * obj[ol[k], window k]`` (``pr[0]`` for all pods when it has one row)."""
+    one = pr.shape[0] == 1
+    H, W = F.shape[1], F.shape[2]
+    for k in range(ol.shape[0]):
+        p = pr[0] if one else pr[k]
+        o = obj[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        for i in range(H):
+            for j in range(W):
+                F[k, i, j] = p[i, j] * o[i, j]
+
+
+@njit(**_JIT)
+def direction_sums(numO, denO, numP, denP, obj, pr, chi, pc, ol, oy, ox, pl):
+    """One pass over the pods: ``pc = conj(P) chi`` (kept), ``numO += pc``, ``denO += |P|^2`` on the
+    windows, ``numP[pl] += conj(O) chi``, ``denP[pl] += |O|^2`` (effective plane; see :mod:`.batch`)."""
+    one = pr.shape[0] == 1
+    H, W = chi.shape[1], chi.shape[2]
+    for k in range(ol.shape[0]):
+        p = pr[0] if one else pr[k]
+        o = obj[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        no = numO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        do = denO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        q = pl[k]
+        nP = numP[q]
+        dP = denP[q]
+        for i in range(H):
+            for j in range(W):
+                c = chi[k, i, j]
+                b = p[i, j]
+                v = complex(b.real * c.real + b.imag * c.imag, b.real * c.imag - b.imag * c.real)
+                pc[k, i, j] = v
+                no[i, j] += v
+                do[i, j] += b.real * b.real + b.imag * b.imag
+                a = o[i, j]
+                nP[i, j] += complex(a.real * c.real + a.imag * c.imag, a.real * c.imag - a.imag * c.real)
+                dP[i, j] += a.real * a.real + a.imag * a.imag
+
+
+@njit(**_JIT)
+def scatter_add(target, values, ol, oy, ox):
+    """``target[ol[k], oy[k]:+H, ox[k]:+W] += values[k]`` (``values[0]`` for all when it has one row)."""
+    one = values.shape[0] == 1
+    H, W = values.shape[1], values.shape[2]
+    for k in range(ol.shape[0]):
+        v = values[0] if one else values[k]
+        t = target[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        for i in range(H):
+            for j in range(W):
+                t[i, j] += v[i, j]
+
+
+@njit(**_JIT)
+def scatter_abs2(target, values, ol, oy, ox):
+    """``target[window k] += |values[k]|^2`` (one shared row, or one per pod)."""
+    one = values.shape[0] == 1
+    H, W = values.shape[1], values.shape[2]
+    for k in range(ol.shape[0]):
+        v = values[0] if one else values[k]
+        t = target[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        for i in range(H):
+            for j in range(W):
+                t[i, j] += v[i, j].real * v[i, j].real + v[i, j].imag * v[i, j].imag
+
+
+@njit(**_JIT)
+def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, out, den):
+    """Per-frame ``<u,u>, <v,v>, Re<u,v>, Re<u,chi>, Re<v,chi>`` into ``out`` (5, frames), added.
+
+    ``u = P numO / (denO + reg)`` on the pod's window, ``v = O dP_eff`` (``O`` the window of ``obj``);
+    ``den`` (pods, H, W) receives ``denO + reg`` of the windows. Real arithmetic on the parts, one
+    branch-free row loop per case, row sums in the frame's precision added in float64.
+    """
+    one = pr.shape[0] == 1
+    H, W = chi.shape[1], chi.shape[2]
+    zero = den.dtype.type(0)
+    for k in range(ol.shape[0]):
+        p = pr[0] if one else pr[k]
+        dp = dpe[0] if dpe.shape[0] == 1 else dpe[k]
+        nw = numO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        dw = denO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        ob = obj[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        uu = 0.0
+        vv = 0.0
+        uv = 0.0
+        uc = 0.0
+        vc = 0.0
+        for i in range(H):
+            ruu = zero
+            ruc = zero
+            rvv = zero
+            ruv = zero
+            rvc = zero
+            if use_probe:
+                for j in range(W):
+                    d = dw[i, j] + reg
+                    den[k, i, j] = d
+                    g = 1 / d
+                    a = nw[i, j]
+                    b = p[i, j]
+                    ur = (a.real * b.real - a.imag * b.imag) * g
+                    ui = (a.real * b.imag + a.imag * b.real) * g
+                    o = ob[i, j]
+                    e = dp[i, j]
+                    vr = o.real * e.real - o.imag * e.imag
+                    vi = o.real * e.imag + o.imag * e.real
+                    c = chi[k, i, j]
+                    ruu += ur * ur + ui * ui
+                    ruc += ur * c.real + ui * c.imag
+                    rvv += vr * vr + vi * vi
+                    ruv += ur * vr + ui * vi
+                    rvc += vr * c.real + vi * c.imag
+            else:
+                for j in range(W):
+                    d = dw[i, j] + reg
+                    den[k, i, j] = d
+                    g = 1 / d
+                    a = nw[i, j]
+                    b = p[i, j]
+                    ur = (a.real * b.real - a.imag * b.imag) * g
+                    ui = (a.real * b.imag + a.imag * b.real) * g
+                    c = chi[k, i, j]
+                    ruu += ur * ur + ui * ui
+                    ruc += ur * c.real + ui * c.imag
+            uu += ruu
+            uc += ruc
+            vv += rvv
+            uv += ruv
+            vc += rvc
+        f = frame[k]
+        out[0, f] += uu
+        out[1, f] += vv
+        out[2, f] += uv
+        out[3, f] += uc
+        out[4, f] += vc
+
+
+@njit(**_JIT)
+def scatter_update(target, pc, wpod, den, ol, oy, ox):
+    """``target[window k] += wpod[k] * pc[k] / den[k]`` (``pc = conj(P) chi``)."""
+    H, W = pc.shape[1], pc.shape[2]
+    for k in range(ol.shape[0]):
+        t = target[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        w = wpod[k]
+        for i in range(H):
+            for j in range(W):
+                t[i, j] += pc[k, i, j] * (w / den[k, i, j])
+
+
+@njit(**_JIT)
+def amplitude_step(F, starts, fmag, n, mask, has_mask, eps, out):
+    """The ``gaussian`` detector step in place, ``F <- -l' F`` with ``l' = mask (1 - sqrt(n / (I + eps)))``.
+
+    ``I`` is the frame's sum over its pods (``starts``: (frames + 1,) pod
+    offsets); adds to ``out`` the Fourier error, photon error, valid pixels,
+    cost ``mask (sqrt(I + eps) - sqrt(n))^2`` and ``sum |dPsi|^2`` (as the numpy
+    passes: :meth:`~ptycli.engines.lsqml.batch.GroupBatch.detector_step`).
+    """
+    nf = starts.shape[0] - 1
+    H, W = F.shape[1], F.shape[2]
+    I = np.empty(W, fmag.dtype)
+    g = np.empty(W, fmag.dtype)
+    for f in range(nf):
+        p0, p1 = starts[f], starts[f + 1]
+        for i in range(H):
+            # row passes without branches over pods inside, so that they vectorise
+            for j in range(W):
+                I[j] = 0
+            for p in range(p0, p1):
+                for j in range(W):
+                    I[j] += F[p, i, j].real * F[p, i, j].real + F[p, i, j].imag * F[p, i, j].imag
+            fe = pe = va = co = fmag.dtype.type(0)
+            for j in range(W):
+                m = mask[f, i, j] if has_mask else fmag.dtype.type(1)
+                d = np.sqrt(I[j]) - fmag[f, i, j]
+                fe += m * d * d
+                di = I[j] - n[f, i, j]
+                pe += m * di * di / (n[f, i, j] + 1)
+                va += m
+                ae = np.sqrt(I[j] + eps)
+                dc = ae - fmag[f, i, j]
+                co += m * dc * dc
+                g[j] = -m * dc / ae if ae > 0 else fmag.dtype.type(0)
+            ch = fmag.dtype.type(0)
+            for p in range(p0, p1):
+                for j in range(W):
+                    v = F[p, i, j] * g[j]
+                    F[p, i, j] = v
+                    ch += v.real * v.real + v.imag * v.imag
+            out[0] += fe
+            out[1] += pe
+            out[2] += va
+            out[3] += co
+            out[4] += ch
+
+
+@njit(**_JIT)
+def add_on_windows(obj, upd, windows):
+    """``obj += upd`` on the union of the windows, every pixel once; ``upd`` zeroed there (see :mod:`.batch`)."""
+    for r in range(windows.shape[0]):
+        l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
+        for i in range(y, y + h):
+            for j in range(x, x + w):
+                obj[l, i, j] += upd[l, i, j]
+                upd[l, i, j] = 0
+
+
+@njit(**_JIT)
+def finish_windows(obj, upd, num, den, windows):
+    """``obj += upd`` on the union of the windows (every pixel once), then ``upd``, ``num``, ``den`` zeroed there."""
+    for r in range(windows.shape[0]):
+        l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
+        for i in range(y, y + h):
+            for j in range(x, x + w):
+                obj[l, i, j] += upd[l, i, j]
+                upd[l, i, j] = 0
+                num[l, i, j] = 0
+                den[l, i, j] = 0
+
+
+@njit(**_JIT)
+def _zero(a, windows):
+    for r in range(windows.shape[0]):
+        l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
+        for i in range(y, y + h):
+            for j in range(x, x + w):
+                a[l, i, j] = 0
+
+
+def zero_windows(arrays, windows):
+    """Zero every array of ``arrays`` on the windows."""
+    for a in arrays:
+        _zero(a, windows)
+
+
+@njit(**_JIT)
+def windows_max(arr, windows):
+    """Largest value of the real ``arr`` over the windows; 0 without windows."""
+    best = 0.0
+    for r in range(windows.shape[0]):
+        l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
+        for i in range(y, y + h):
+            for j in range(x, x + w):
+                if arr[l, i, j] > best:
+                    best = arr[l, i, j]
+    return best
+
+
+class CompiledGroupBatch(GroupBatch):
+    """:class:`~ptycli.engines.lsqml.batch.GroupBatch` with the window passes compiled (module docstring)."""
+
+    compiled = True
+
+    def detector_step(self, F, frames, starts, errors):
+        if self.noise.name == "poisson":
+            return super().detector_step(F, frames, starts, errors)
+        nf = len(frames)
+        st = np.append(np.asarray(starts, np.int64), F.shape[0])
+        mask = self.mask[frames] if self.mask is not None else self.n[frames[:1]]
+        out = np.zeros(5)
+        amplitude_step(F, st, self.fmag[frames], self.n[frames], mask, self.mask is not None,
+                       self.ftype.type(self.eps), out)
+        errors.add(fourier=out[0], photon=out[1], valid=out[2], exit_change=out[4], likelihood=out[3])
+        return np.ones(nf)
+
+    def exit_waves(self, F, obj, pr, pods):
+        g = self.g
+        exit_waves(F, obj, np.ascontiguousarray(pr), g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods])
+        return None  # the passes read the object's windows
+
+    def direction_sums(self, acc, obj, ob, pr, chi, pods):
+        g = self.g
+        pc = np.empty_like(chi)
+        numP = np.zeros_like(acc["numP"])
+        direction_sums(acc["numO"], acc["denO"], numP, acc["denP"], obj, np.ascontiguousarray(pr), chi, pc,
+                       g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], g.pr_layer[pods])
+        if self.pre is not None:
+            numP *= np.conj(self.pre)
+        acc["numP"] += numP
+        return pc
+
+    def _scatter(self, target, values, pods):
+        g = self.g
+        scatter_add(target, np.ascontiguousarray(values), g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods])
+
+    def _scatter_abs2(self, target, values, pods):
+        g = self.g
+        scatter_abs2(target, np.ascontiguousarray(values), g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods])
+
+    def step_sums(self, c, numO, denO, regO, dP):
+        g = self.g
+        pods, pr, chi = c["pods"], c["pr"], c["chi"]
+        nf = len(c["frames"])
+        frame = np.repeat(np.arange(nf), self.npod[c["frames"]])
+        out = np.zeros((5, nf))
+        den = np.empty(chi.shape, self.ftype)
+        use_probe = dP is not None
+        dpe = self.probe_rows(self.probe_eff(dP), pods) if use_probe else pr
+        step_sums(numO, denO, self.ftype.type(regO), np.ascontiguousarray(pr), c["obj"], chi, np.ascontiguousarray(dpe),
+                  use_probe, g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], frame, out, den)
+        c["den"] = den
+        return out
+
+    def scatter_object_update(self, c, target, a_obj, beta):
+        g = self.g
+        pods = c["pods"]
+        w = np.repeat(np.asarray(a_obj, self.ftype) * self.ftype.type(beta), self.npod[c["frames"]])
+        scatter_update(target, c.pop("pc"), w, c["den"], g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods])

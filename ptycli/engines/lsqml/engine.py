@@ -1,0 +1,497 @@
+"""The LSQML engine: mini-batch least-squares maximum likelihood (LSQ-ML).
+
+Odstrčil, Menzel & Guizar-Sicairos, "Iterative least-squares solver for
+generalized maximum-likelihood ptychography", Opt. Express 26, 3108 (2018),
+doi:10.1364/OE.26.003108.
+
+Algorithm
+---------
+One engine iteration is an *epoch*: all frames, visited in mini-batches of
+about ``batch_size`` frames. For every batch, with the current probe ``P``
+and object ``O`` (pods ``j`` = frame, probe mode ``k``, object mode ``l``;
+``psi_j = P_k O_l[window_j]``, ``Psi_j = fw(psi_j)``, ``I = sum_modes |Psi|^2``):
+
+1. **Exit-wave update** (detector plane, per frame ``m``): a step along the
+   negative gradient of the noise model's cost ``l(I)``,
+   ``Psi'_j = Psi_j (1 - a_m l'(I_m))``, with ``a_m`` the closed-form step of
+   :func:`~ptycli.engines.lsqml.steps.exit_step` (``gaussian``: ``a = 1``, the
+   modulus projection; ``poisson``: Newton steps on the frame's cost);
+   ``chi_j = bw(Psi'_j - Psi_j)``.
+2. **Update directions** (least squares over the batch ``B``)::
+
+       dO_l = sum_{j in B} conj(P_k) chi_j / (sum_{j in B} |P_k|^2 + delta_O)
+       dP_k = sum_{j in B} conj(O_l,j) chi_j / (sum_{j in B} |O_l,j|^2 + delta_P)
+
+   ``delta_O = object_reg * max(sum |P|^2)``, ``delta_P = probe_reg * max(sum |O|^2)``
+   (per storage, over the batch); ``dP`` is multiplied by the probe support.
+3. **Step lengths per frame**: the 2 x 2 least-squares system of
+   :func:`~ptycli.engines.lsqml.steps.frame_steps` for ``(a_O,m, a_P,m)``
+   (``chi ~ a_O P dO + a_P O dP`` on frame ``m``, Tikhonov ``step_reg``
+   times the batch means of the diagonal).
+4. **Update**: every frame's object contribution moves with its own step,
+   the probe with the batch mean of the probe steps::
+
+       O_l <- O_l + object_step * sum_{j in B} a_O,m(j) conj(P_k) chi_j / (sum_{j in B} |P_k|^2 + delta_O)
+       P_k <- P_k + probe_step  * mean_m(a_P,m) * dP_k
+
+   (frames of a batch that do not overlap get exactly their own
+   least-squares update; the paper's motivation for sparse batches).
+5. **Position correction** (``position_correction``, from its start epoch):
+   per-frame shifts from the object gradient and ``chi``
+   (:mod:`ptycli.engines.lsqml.positions`).
+
+After every epoch the probe constraints (support, recentring, mode
+orthogonalisation) and the object clipping of the common engine parameters
+are applied. Before ``probe_update_start`` only the object moves
+(``a_P = 0``, the 1 x 1 system). LSQML keeps no exit waves between batches:
+when it finishes, they are set to ``probe * object`` for the next engine.
+
+Noise models (``noise_model``): ``gaussian`` is the paper's Gaussian model of
+the *amplitudes*, ``sum mask (sqrt(I) - sqrt(n))^2`` (ML's ``euclid`` cost);
+``poisson`` is ``sum mask (I - n log I)``. Both are the classes of
+:mod:`ptycli.engines.ml.noise_models` (cost, ``l'``, ``l''``); ML's
+``gaussian`` (intensities weighted by ``1 / (n + 1)``) is not offered: the
+paper's exit-wave step is derived for the two above.
+
+Records: ``fourier_error``, ``photon_error`` (of the model of each batch
+just before its update, like ePIE), ``exit_change`` (``sum |Psi' - Psi|^2 /
+sum I``), ``likelihood`` (the noise model's cost per valid pixel, with the
+Poisson constant, as ML), and the extras ``lsqml_exit_step``,
+``lsqml_object_step``, ``lsqml_probe_step`` (batch-frame means of ``a``,
+``a_O``, ``a_P``) and, while positions are corrected, ``posc_moved``
+(frames whose window moved in the epoch) and ``posc_rms_shift`` (RMS
+distance from the reported positions, pixels).
+
+Batches, randomness and MPI
+---------------------------
+Frames are numbered globally (scan label, then diffraction layer) on every
+rank. Every epoch draws its batches from the engine's generator ``rng``
+(``numpy.random.default_rng(seed)``, the same on every rank; its state is
+saved with the engine state, so a resumed run draws the same batches):
+``ceil(N / batch_size)`` batches of nearly equal size, either random
+(``batch_mode: random``) or spread over the scan (``sparse``, the default:
+the scan is cut once into compact segments of neighbouring frames and a
+batch takes one frame of each, :meth:`LSQML.draw_batches`). Each rank
+processes its own members of every batch; the batch's sums (the direction
+numerators and denominators, the object update, the means of the step
+system) are summed over ranks with :func:`ptycli.parallel.allreduce` before
+the update, so every rank applies the same update and the algorithm does not
+depend on the number of ranks (the results agree to rounding: 1e-12 after 8
+epochs in double precision, ``tests/test_engines_lsqml.py``).
+
+Defaults (measured on the validation zoo, ``benchmarks/validate_zoo.py``,
+90 epochs from the default probe guess): small batches converge from a poor
+start in fewer epochs (a diffuser probe: correlation 0.52 with batches of 16
+of 100 frames, 0.96 with 4, 0.99 with 2), large ones average the counting
+noise (1e4 photons per frame, ``gaussian``: 0.906 with batches of 16 of 150
+frames, 0.916 with 50, 0.923 with 50 and ``object_reg`` 1.0). ``batch_size: null``
+makes about 25 batches per epoch; for noisy data, a second LSQML engine with
+large batches and ``object_reg: 1`` refines the result (README).
+
+Passes and cost
+---------------
+The passes over a group's frames are :class:`~ptycli.engines.lsqml.batch.GroupBatch`
+(numpy) or :class:`~ptycli.engines.lsqml.compiled.CompiledGroupBatch` (numba
+window passes), chosen once by ``kernels`` as in the other engines (``auto``:
+compiled for jobs of at least 2**22 exit-wave pixels). A batch is cut into
+one part per thread (:class:`~ptycli.engines.threads.BlockPool`), each with
+its own accumulators, merged on the batch's windows in a fixed order. The
+object-shaped sums are touched on the batch's windows only, so a batch costs
+in proportion to its frames. Per epoch: one forward and one inverse FFT of
+every pod plus about eight compiled passes over the pods (numpy: about 40
+elementwise passes). Measured (400 frames of 128 x 128, batches of 16,
+``benchmarks/bench_engines.py``, shared 2-core machine): 5.2 times the
+FFT floor in wall time, 5.0 in CPU time (DM 2.1 / 2.0, ML 3.6 / 3.6 in the
+same run; 3.9-7.1 in wall time at other loads).
+"""
+
+import logging
+
+import numpy as np
+
+from ... import parallel
+from ...core import fft
+from ...params.declare import Parameter
+from ..base import Engine, register
+from ..._lazy import lazy_module
+from ..ml.noise_models import noise_model
+from ..posref import POSREF_PARAMS
+from ..threads import BlockPool
+from . import batch as numpy_passes
+from .batch import GroupBatch
+from .positions import POSITION_PARAMS, GradientPositions
+from .steps import frame_steps
+
+# imported at first use: listing the parameters (ptycli params) needs no numba
+fused = lazy_module("ptycli.engines.fused")
+compiled_passes = lazy_module("ptycli.engines.lsqml.compiled")
+
+__all__ = ["LSQML", "NOISE_MODELS"]
+
+log = logging.getLogger("ptycli.engines")
+
+#: ``batch_size: null`` makes about this many batches per epoch
+AUTO_BATCHES = 25
+
+#: ``noise_model`` -> the model of :mod:`ptycli.engines.ml.noise_models`
+NOISE_MODELS = {"gaussian": "euclid", "poisson": "poisson"}
+
+
+def sparse_segments(positions, labels, nseg):
+    """Cut frames into ``nseg`` compact segments of nearly equal size (arrays of frame indices).
+
+    Frames are ordered along a boustrophedon path through their positions
+    (``positions`` (N, 2) rows, cols; ``labels`` their scan labels, scans
+    kept apart): rows of about ``sqrt(N / nseg)``-frame bands by the first
+    coordinate, alternately by increasing and decreasing second coordinate;
+    the path is cut into ``nseg`` consecutive parts. Neighbours on the path
+    are neighbours in the scan, so frames of different segments lie apart.
+    """
+    n = len(positions)
+    nseg = max(1, min(int(nseg), n)) if n else 1
+    if n == 0:
+        return []
+    lab = np.unique(np.asarray(labels), return_inverse=True)[1]
+    y, x = positions[:, 0], positions[:, 1]
+    per = max(1, n // nseg)
+    nbands = max(1, int(round(np.sqrt(n / per))))
+    span = max(float(y.max() - y.min()), 1.0)
+    band = np.minimum(((y - y.min()) / span * nbands).astype(np.int64), nbands - 1)
+    key_x = np.where(band % 2 == 0, x, -x)
+    order = np.lexsort((key_x, band, lab))
+    return [np.asarray(part, np.int64) for part in np.array_split(order, nseg)]
+
+
+@register
+class LSQML(Engine):
+    """Least-squares maximum-likelihood ptychography in mini-batches (see the module docstring)."""
+
+    NAME = "LSQML"
+    PARAMS = Engine.PARAMS.extended("LSQML", [
+        Parameter("batch_size", None, "int",
+                  "frames per mini-batch (null: ceil(frames / %d), about %d batches per epoch); smaller batches "
+                  "converge faster from a poor start, larger ones average the noise" % (AUTO_BATCHES, AUTO_BATCHES),
+                  low=1, nullable=True),
+        Parameter("batch_mode", "sparse", "str",
+                  "sparse: the frames of a batch lie far apart (one from each compact segment of the scan); "
+                  "random: random frames", choices=("sparse", "random")),
+        Parameter("noise_model", "gaussian", "str",
+                  "likelihood: gaussian (on amplitudes: the exit-wave step is the modulus projection) or "
+                  "poisson (Newton step per frame)", choices=list(NOISE_MODELS)),
+        Parameter("object_reg", 0.1, "float",
+                  "object direction regulariser delta_O as a fraction of the batch's largest sum |P|^2",
+                  low=0.0),
+        Parameter("probe_reg", 0.1, "float",
+                  "probe direction regulariser delta_P as a fraction of the batch's largest sum |O|^2", low=0.0),
+        Parameter("step_reg", 0.1, "float",
+                  "Tikhonov factor of the per-frame 2 x 2 step system, times the batch means of its diagonal",
+                  low=0.0),
+        Parameter("object_step", 1.0, "float", "factor on the optimal object steps", low=0.0, high=2.0),
+        Parameter("probe_step", 1.0, "float", "factor on the optimal probe step", low=0.0, high=2.0),
+        Parameter("seed", 0, "int", "seed of the batch draws (same seed, same result)", low=0),
+        POSITION_PARAMS,
+        POSREF_PARAMS,
+    ], doc="least-squares maximum likelihood in mini-batches (Odstrcil et al. 2018)")
+
+    def __init__(self, ptycho, pars=None, label=None):
+        super().__init__(ptycho, pars, label)
+        self.rng = np.random.default_rng(int(self.p.seed))
+        self.groups = []
+        self.positions = None
+        self.last_batches = None
+        self._acc = None
+        self._pool = None
+
+    # -- life cycle -----------------------------------------------------------------
+    def engine_initialize(self):
+        p = self.p
+        self.noise = noise_model(NOISE_MODELS[str(p.noise_model).lower()])
+        self.eps = self.noise.eps(self.mean_power)
+        n_pixels = sum(g.n_pods * g.shape[0] * g.shape[1] for g in self.book.groups)
+        self._compiled = fused.use_compiled(p.kernels, n_pixels, True)
+        kind = compiled_passes.CompiledGroupBatch if self._compiled else GroupBatch
+        self._ops = compiled_passes if self._compiled else numpy_passes  # the window operations
+        self.groups = [kind(g, self.noise, self.eps) for g in self.book.groups]
+        self._cost_const = self.noise.cost_constant((G.n, G.mask) for G in self.groups)
+        P = self.ptycho
+        self.obj_ids = sorted(P.obj.S)
+        self.probe_ids = sorted(P.probe.S)
+        # the global frame numbering: (scan label, diffraction layer) of every frame of every rank,
+        # with the frame's window (for the sparse batches)
+        local = []
+        for gi, g in enumerate(self.book.groups):
+            lm = np.asarray(g.diff.layermap, dtype=np.int64)
+            for f, layer in enumerate(lm[g.frame_di].tolist() if g.n_frames else []):
+                local.append((str(g.label), int(layer), int(g.frame_y[f]), int(g.frame_x[f]), gi, f))
+        every = {}
+        for part in parallel.allgather([x[:4] for x in local]):
+            for label, layer, y, x in part:
+                every[(label, layer)] = (y, x)
+        keys = sorted(every)
+        index = {k: i for i, k in enumerate(keys)}
+        self.n_global = len(keys)
+        self._owner_group = np.full(self.n_global, -1, np.int64)
+        self._owner_frame = np.full(self.n_global, -1, np.int64)
+        for label, layer, y, x, gi, f in local:
+            i = index[(label, layer)]
+            self._owner_group[i] = gi
+            self._owner_frame[i] = f
+        bs = p.get("batch_size")
+        self.batch_size = max(1, -(-self.n_global // AUTO_BATCHES)) if bs is None else int(bs)
+        nb = -(-self.n_global // self.batch_size)  # batches per epoch
+        self._segments = sparse_segments(np.array([every[k] for k in keys], float).reshape(-1, 2),
+                                         [k[0] for k in keys], -(-self.n_global // max(nb, 1)))
+        pc = p.get("position_correction")
+        self.positions = GradientPositions(self.book, pc) if pc and pc.get("start") is not None else None
+        workers = max(1, int(fft.get_workers()))
+        self._pool = BlockPool(workers)  # batch parts on the threads; single-threaded FFTs then
+        self._fft_workers = max(1, workers // self._pool.n)
+
+    def engine_finalize(self):
+        self.reset_exit()  # exit waves = probe * object, for the engines that follow
+        self.groups = []
+        self._acc = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def positions_changed(self, moved):
+        if self.positions is not None:
+            self.positions.windows_moved(moved)
+
+    # -- batches -----------------------------------------------------------------------
+    def draw_batches(self):
+        """This epoch's batches: a list of arrays of global frame indices (same on every rank).
+
+        Both modes make ``nb = ceil(N / batch_size)`` batches of nearly equal
+        size. ``random``: one permutation of all frames cut into ``nb`` parts.
+        ``sparse``: the frames are cut once into ``ceil(N / nb)`` compact
+        segments of ``nb`` (or ``nb - 1``) neighbouring frames
+        (:func:`sparse_segments`); every epoch each segment is permuted and
+        batch ``k`` takes the ``k``-th frame of every segment (the batches in a
+        random order), so the frames of a batch lie far apart.
+        """
+        n = self.n_global
+        if n == 0:
+            return []
+        if str(self.p.batch_mode) == "random":
+            perm = self.rng.permutation(n)
+            nb = -(-n // self.batch_size)
+            return np.array_split(perm, nb)
+        segs = [seg[self.rng.permutation(len(seg))] for seg in self._segments]
+        nb = max(len(seg) for seg in segs)
+        order = self.rng.permutation(nb)
+        return [np.array([seg[k] for seg in segs if k < len(seg)], np.int64) for k in order]
+
+    def _local(self, batch):
+        """``{group index: sorted local frames}`` of a batch's members on this rank."""
+        gi = self._owner_group[batch]
+        fr = self._owner_frame[batch]
+        out = {}
+        for k in np.unique(gi[gi >= 0]).tolist():
+            out[k] = np.sort(fr[gi == k])
+        return out
+
+    # -- one epoch --------------------------------------------------------------------
+    def engine_iterate(self, n):
+        out = []
+        for _ in range(int(n)):
+            out.append(self._epoch())
+        return out
+
+    def _epoch(self):
+        probe_on = self.probe_update_due()
+        pos_on = self.positions is not None and self.positions.due(self.iteration)
+        errors = self.new_error_sums()
+        batches = self.draw_batches()
+        self.last_batches = batches
+        stats = np.zeros(8)  # sum a, sum a_O, sum a_P, frames, frames moved
+        for batch in batches:
+            stats += self._batch(self._local(batch), probe_on, pos_on, errors)
+        if probe_on:
+            self.apply_probe_constraints(orthogonalize=False)
+            self.orthogonalize_probe(rotate_exit=False)
+        self.apply_object_constraints()
+        errors.sums[4] += self._cost_const
+        errors.has_likelihood = True
+        rec = errors.reduce()
+        rec["likelihood"] = rec["likelihood"] / max(self.total_valid, 1.0)
+        parallel.allreduce(stats)
+        nfr = max(stats[3], 1.0)
+        rec.update(lsqml_exit_step=float(stats[0] / nfr), lsqml_object_step=float(stats[1] / nfr),
+                   lsqml_probe_step=float(stats[2] / nfr))
+        if pos_on:
+            s = np.array(self.positions.rms_shift(), float)
+            parallel.allreduce(s)
+            rec.update(posc_moved=int(round(stats[4])), posc_rms_shift=float(np.sqrt(s[0] / max(s[1], 1.0))))
+        return rec
+
+    def _accumulators(self):
+        """Per thread: the direction accumulators (object-shaped ones kept zero between batches) and errors."""
+        P = self.ptycho
+        if self._acc is None:
+            self._acc = []
+            for _ in range(self._pool.n):
+                a = dict(numO={}, denO={}, upd={})
+                for sid in self.obj_ids:
+                    S = P.obj.S[sid]
+                    a["numO"][sid] = np.zeros_like(S.data)
+                    a["denO"][sid] = np.zeros(S.data.shape, self.ftype)
+                    a["upd"][sid] = np.zeros_like(S.data)
+                self._acc.append(a)
+        out = []
+        for a in self._acc:
+            a = dict(a)
+            a["numP"] = {sid: np.zeros_like(P.probe.S[sid].data) for sid in self.probe_ids}
+            a["denP"] = {sid: np.zeros(P.probe.S[sid].data.shape, self.ftype) for sid in self.probe_ids}
+            out.append(a)
+        return out
+
+    def _parts(self, local):
+        """Work items ``(group index, frames)``: each group's batch frames cut into one part per thread."""
+        T = self._pool.n
+        items = []
+        for gi, frames in local.items():
+            for part in np.array_split(frames, min(T, len(frames))):
+                items.append((gi, part))
+        return items
+
+    def _windows_of(self, items, states):
+        """Object storage ID -> the windows (rows ``layer, y, x, H, W``) of the items' pods."""
+        wins = {sid: [] for sid in self.obj_ids}
+        for (gi, _), st in zip(items, states):
+            G = self.groups[gi]
+            wins[G.g.obj.ID].append(G.window_list(st))
+        return {sid: np.concatenate(w) if w else np.zeros((0, 5), np.int64) for sid, w in wins.items()}
+
+    def _merge(self, acc, items, states, keys):
+        """Add the other threads' object accumulators ``keys`` into thread 0's, on their windows (fixed order)."""
+        T = self._pool.n
+        for k in range(1, T):
+            mine = [i for i in range(len(items)) if i % T == k]
+            wins = self._windows_of([items[i] for i in mine], [states[i] for i in mine])
+            for sid in self.obj_ids:
+                for key in keys:
+                    self._ops.add_on_windows(acc[0][key][sid], acc[k][key][sid], wins[sid])
+
+    def _batch(self, local, probe_on, pos_on, errors):
+        """One mini-batch (collective under MPI); returns the step statistics (see :meth:`_epoch`).
+
+        The batch's frames are cut into one part per thread (:meth:`_parts`;
+        item ``i`` runs on thread ``i % T`` with that thread's accumulators,
+        merged into thread 0's in a fixed order, so the result does not depend
+        on timing). The object-shaped sums are touched on the batch's windows
+        only (they are zero elsewhere and zeroed again on the windows at the
+        end), so a batch costs in proportion to its frames, not to the object.
+        """
+        P = self.ptycho
+        acc = self._accumulators()
+        errs = [self.new_error_sums() for _ in acc]
+        items = self._parts(local)
+        workers = self._fft_workers
+
+        def exit_pass(k, item):
+            gi, frames = item
+            G = self.groups[gi]
+            g = G.g
+            a = acc[k]
+            sub = {key: a[key][g.obj.ID if key.endswith("O") else g.probe.ID]
+                   for key in ("numO", "denO", "numP", "denP")}
+            return G.exit_update(frames, g.obj.data, g.probe.data, sub, errs[k], workers)
+
+        res = self._pool.map(exit_pass, items)
+        exit_steps = [r[0] for r in res]
+        states = [r[1] for r in res]
+        for e in errs:
+            errors.sums += e.sums
+        self._merge(acc, items, states, ("numO", "denO"))
+        for a in acc[1:]:
+            for key in ("numP", "denP"):
+                for sid in self.probe_ids:
+                    acc[0][key][sid] += a[key][sid]
+        a0 = acc[0]
+        reduce = parallel.size > 1
+        wins = self._windows_of(items, states)
+        if reduce:
+            every = parallel.allgather(wins)
+            wins = {sid: np.concatenate([part[sid] for part in every]) for sid in self.obj_ids}
+        # directions: the object's on the windows (regulariser from its batch maximum), the probe's in full
+        regO = {}
+        for sid in self.obj_ids:
+            if reduce:
+                parallel.allreduce(a0["numO"][sid])
+                parallel.allreduce(a0["denO"][sid])
+            regO[sid] = max(float(self.p.object_reg) * self._ops.windows_max(a0["denO"][sid], wins[sid]), 1e-30)
+        dP = {}
+        if probe_on:
+            for sid in self.probe_ids:
+                num, den = a0["numP"][sid], a0["denP"][sid]
+                if reduce:
+                    parallel.allreduce(num)
+                    parallel.allreduce(den)
+                reg = float(self.p.probe_reg) * float(den.max()) if den.size else 0.0
+                d = num / (den + self.ftype.type(max(reg, 1e-30)))
+                sup = self.supports.get(sid)
+                if sup is not None:
+                    d *= sup
+                dP[sid] = d
+
+        # per-frame step systems
+        def sums_pass(k, i):
+            gi = items[i][0]
+            G = self.groups[gi]
+            sid = G.g.obj.ID
+            return G.step_sums(states[i], a0["numO"][sid], a0["denO"][sid], self.ftype.type(regO[sid]),
+                               dP.get(G.g.probe.ID) if probe_on else None)
+
+        sums = self._pool.map(sums_pass, range(len(items)))
+        tot = np.zeros(3)
+        for s in sums:
+            tot += (s[0].sum(), s[1].sum(), s.shape[1])
+        if reduce:
+            parallel.allreduce(tot)
+        nb = max(tot[2], 1.0)
+        lam = float(self.p.step_reg)
+        steps = [frame_steps(s[0], s[1], s[2], s[3], s[4], lam, probe_on, tot[0] / nb, tot[1] / nb) for s in sums]
+        beta = float(self.p.object_step)
+
+        def update_pass(k, i):
+            G = self.groups[items[i][0]]
+            G.scatter_object_update(states[i], acc[k]["upd"][G.g.obj.ID], steps[i][0], beta)
+
+        self._pool.map(update_pass, range(len(items)))
+        self._merge(acc, items, states, ("upd",))
+        stats = np.zeros(8)
+        aP_sum = np.zeros(2)
+        for i, (aO, aP) in enumerate(steps):
+            aP_sum += (aP.sum(), len(aP))
+            stats[:4] += (exit_steps[i].sum(), aO.sum(), aP.sum(), len(aO))
+        # updates
+        for sid in self.obj_ids:
+            if reduce:
+                parallel.allreduce(a0["upd"][sid])
+            self._ops.finish_windows(P.obj.S[sid].data, a0["upd"][sid], a0["numO"][sid], a0["denO"][sid], wins[sid])
+        if probe_on:
+            if reduce:
+                parallel.allreduce(aP_sum)
+            mean_aP = aP_sum[0] / max(aP_sum[1], 1.0)
+            step = self.ftype.type(float(self.p.probe_step) * mean_aP)
+            for sid in self.probe_ids:
+                P.probe.S[sid].data += step * dP[sid]
+        if pos_on:
+            shifts = self._pool.map(lambda k, i: self.groups[items[i][0]].position_shifts(states[i]),
+                                    range(len(items)))
+            for (gi, frames), sh in zip(items, shifts):
+                stats[4] += len(self.positions.update(gi, frames, sh))
+        return stats
+
+    # -- resume ----------------------------------------------------------------------------
+    def engine_state(self):
+        out = {}
+        if self.positions is not None:
+            out["lsqml_positions"] = self.positions.state()
+        return out
+
+    def engine_load_state(self, state):
+        if self.positions is not None and "lsqml_positions" in (state or {}):
+            self.positions.load(state["lsqml_positions"])

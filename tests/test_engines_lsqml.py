@@ -1,0 +1,338 @@
+"""LSQML (LSQ-ML, Odstrčil et al. 2018): the closed-form steps against their definitions, and the engine
+against ground truth (MoonFlower and the zoo simulator's low-dose scan), seeds, resume, mixed states,
+position correction and MPI (2 ranks against 1 process in double precision)."""
+
+import os
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import ptycli
+from ptycli import utils as u
+from ptycli.engines import make_engine
+from ptycli.engines.lsqml import exit_factor, exit_step, frame_steps
+from ptycli.engines.ml.noise_models import noise_model
+from ptycli.errors import ConfigError
+from ptycli.quality import object_vs_truth, probe_vs_truth
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+# -- the steps ------------------------------------------------------------------------------------
+
+def _cplx(rng, *shape):
+    return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+
+
+def _sums(u_, v_, chi):
+    rd = lambda a, b: np.real(np.sum(np.conj(a) * b, axis=(1, 2)))  # noqa: E731
+    return rd(u_, u_), rd(v_, v_), rd(u_, v_), rd(u_, chi), rd(v_, chi)
+
+
+def test_frame_steps_solve_the_least_squares_system():
+    rng = np.random.default_rng(0)
+    nf = 5
+    u_, v_ = _cplx(rng, nf, 8, 8), _cplx(rng, nf, 8, 8)
+    a_true = rng.uniform(0.2, 1.5, (nf, 2))
+    chi = a_true[:, :1, None] * u_ + a_true[:, 1:, None] * v_
+    aO, aP = frame_steps(*_sums(u_, v_, chi), lam=0.0, probe=True)
+    np.testing.assert_allclose(aO, a_true[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(aP, a_true[:, 1], rtol=1e-12)
+    # with noise: the least-squares solution of |chi - aO u - aP v|^2 per frame
+    chi = chi + 0.5 * _cplx(rng, nf, 8, 8)
+    aO, aP = frame_steps(*_sums(u_, v_, chi), lam=0.0, probe=True)
+    for m in range(nf):
+        A = np.stack([u_[m].ravel(), v_[m].ravel()], axis=1)
+        Ar = np.concatenate([A.real, A.imag])
+        br = np.concatenate([chi[m].ravel().real, chi[m].ravel().imag])
+        ref = np.linalg.lstsq(Ar, br, rcond=None)[0]
+        np.testing.assert_allclose([aO[m], aP[m]], ref, rtol=1e-10)
+    # Tikhonov term on the batch means of the diagonal; object alone without the probe
+    uu, vv, uv, uc, vc = _sums(u_, v_, chi)
+    aO, aP = frame_steps(uu, vv, uv, uc, vc, lam=0.3, probe=True)
+    M = np.array([[uu[0] + 0.3 * uu.mean(), uv[0]], [uv[0], vv[0] + 0.3 * vv.mean()]])
+    np.testing.assert_allclose([aO[0], aP[0]], np.linalg.solve(M, [uc[0], vc[0]]), rtol=1e-12)
+    aO, aP = frame_steps(uu, vv, uv, uc, vc, lam=0.3, probe=False)
+    np.testing.assert_allclose(aO, uc / (uu + 0.3 * uu.mean()), rtol=1e-12)
+    assert np.all(aP == 0)
+    # a frame without signal gets no step
+    aO, aP = frame_steps(np.zeros(2), np.zeros(2), np.zeros(2), np.zeros(2), np.zeros(2), 0.0, True)
+    assert np.all(aO == 0) and np.all(aP == 0)
+
+
+def _cost_terms(model, I, n):
+    m = noise_model(model)
+    lp = np.empty_like(I)
+    scratch = [np.empty_like(I) for _ in range(5)]
+    m.cost_terms(I, n, None, np.sqrt(n), n, 1e-9, lp, *scratch[:4], second=False)
+    return m, lp, scratch
+
+
+def test_poisson_exit_step_minimises_the_frame_cost():
+    """The Newton steps find the minimum over ``a`` of the frame's Poisson cost of ``|Psi u|^2``, with
+    ``u = 1 - a l'`` capped at ``max(1, sqrt(n / I))`` (the safeguard)."""
+    rng = np.random.default_rng(1)
+    I = rng.uniform(0.01, 5.0, (3, 16, 16))
+    n = rng.poisson(I * rng.uniform(0.3, 3.0, (3, 1, 1))).astype(float)
+    m, lp, scratch = _cost_terms("poisson", I, n)
+    a = exit_step(m, I, n, None, n, 1e-9, lp, scratch)
+    s = np.sqrt(n / (I + 1e-9))
+    grid = np.linspace(0, 1, 2001)
+
+    def cost(t, f):
+        u = np.minimum(1 - t * lp[f], np.maximum(s[f], 1))
+        return np.sum(I[f] * u ** 2 - n[f] * np.log(I[f] * u ** 2 + 1e-9))
+
+    c = np.array([[cost(t, f) for f in range(3)] for t in grid])
+    best = grid[c.argmin(axis=0)]
+    np.testing.assert_allclose(a, best, atol=2e-3)
+    assert np.all((a > 0.2) & (a <= 1.0))
+    # the change the engine applies: u - 1, clipped
+    du = exit_factor(m, a, lp.copy(), I, n, 1e-9)
+    u = 1 + du
+    assert np.all(u <= np.maximum(s, 1) + 1e-12)
+    brighter = n < I  # the model brighter than the counts: the plain gradient step
+    np.testing.assert_allclose(u[brighter], (1 - a[:, None, None] * lp)[brighter], rtol=1e-12)
+
+
+def test_gaussian_exit_step_is_the_modulus_projection():
+    rng = np.random.default_rng(2)
+    psi = _cplx(rng, 2, 8, 8)
+    I = np.abs(psi) ** 2
+    n = rng.uniform(0.1, 4.0, I.shape)
+    m, lp, scratch = _cost_terms("euclid", I, n)
+    a = exit_step(m, I, n, None, None, 0.0, lp, scratch)
+    np.testing.assert_array_equal(a, 1.0)
+    np.testing.assert_allclose(psi * (1 - a[:, None, None] * lp), np.sqrt(n) * psi / np.abs(psi), rtol=1e-6)
+
+
+# -- the engine on MoonFlower ----------------------------------------------------------------------
+
+def _model(n=80, probe_modes=1, sim_modes=1, dtype="single", **data):
+    p = u.Param()
+    p.verbose_level = 1
+    p.data_type = dtype
+    p.scans = u.Param(MF=u.Param(name="Full", data=u.Param(
+        name="MoonFlowerScan", shape=64, num_frames=n, add_poisson_noise=False, probe_modes=sim_modes, **data)))
+    p.scans.MF.coherence = u.Param(num_probe_modes=probe_modes)
+    return ptycli.core.Ptycho(p, level=2)
+
+
+def _storages(P):
+    return next(iter(P.probe.S.values())), next(iter(P.obj.S.values()))
+
+
+@pytest.mark.slow
+def test_lsqml_reconstructs_moonflower():
+    P = _model()
+    hist = make_engine(P, dict(name="LSQML", numiter=40)).run()
+    first, last = hist[0], hist[-1]
+    assert last["fourier_error"] < first["fourier_error"] / 20  # measured 1228 -> 4.1 (300x)
+    assert last["likelihood"] == pytest.approx(last["fourier_error"], rel=1e-3)  # gaussian: the same cost
+    assert 0.5 < last["lsqml_object_step"] < 2.0 and 0.2 < last["lsqml_probe_step"] < 2.0
+    pr, ob = _storages(P)
+    assert pr.data.dtype == np.complex64 and ob.data.dtype == np.complex64
+    assert object_vs_truth(P)["correlation"] > 0.99  # measured 0.9989 (probe 0.9993)
+    assert probe_vs_truth(pr.data, P.scans["MF"].data.ground_truth["probe"])["correlation"] > 0.99
+    pod = next(iter(P.pods.values()))  # exit waves rebuilt as probe * object for the next engine
+    np.testing.assert_allclose(pod.exit, pod.probe * pod.object, rtol=1e-5, atol=1e-6 * np.abs(pod.exit).max())
+
+
+def _run(seed, numiter=3, P=None, **pars):
+    P = _model(n=50) if P is None else P
+    eng = make_engine(P, dict(name="LSQML", numiter=numiter, seed=seed, probe_update_start=1, **pars))
+    eng.run()
+    pr, ob = _storages(P)
+    return pr.data.copy(), ob.data.copy(), [b.copy() for b in eng.last_batches]
+
+
+def test_same_seed_same_result_other_seed_other_batches():
+    p1, o1, b1 = _run(5)
+    p2, o2, b2 = _run(5)
+    assert all(np.array_equal(x, y) for x, y in zip(b1, b2))
+    np.testing.assert_array_equal(p1, p2)
+    np.testing.assert_array_equal(o1, o2)
+    p3, o3, b3 = _run(6)
+    assert not all(np.array_equal(x, y) for x, y in zip(b1, b3))
+    assert not np.array_equal(o1, o3)
+    assert len(b1) == 25  # batch_size null: ceil(50 / 25) = 2 frames per batch
+    # batches: all frames once, in ceil(50 / 16) = 4 batches of nearly equal size
+    for mode, sizes in (("sparse", [11, 13, 13, 13]), ("random", [12, 12, 13, 13])):
+        b = _run(5, numiter=1, batch_mode=mode, batch_size=16)[2]
+        assert sorted(np.concatenate(b).tolist()) == list(range(50))
+        assert sorted(len(x) for x in b) == sizes
+
+
+def test_resume_continues_identically():
+    pars = dict(name="LSQML", numiter=4, probe_update_start=1, noise_model="poisson",
+                position_correction=dict(start=1))
+    P = _model(n=50)
+    eng = make_engine(P, pars)
+    eng.iterate(2)
+    state = eng.state_dict()
+    eng.iterate(2)
+    pr, ob = _storages(P)
+    want_p, want_o = pr.data.copy(), ob.data.copy()
+    want_pos = eng.positions.state().copy()
+
+    Q = _model(n=50)
+    eng2 = make_engine(Q, pars)
+    eng2.load_state(state)
+    eng2.iterate(2)
+    pr2, ob2 = _storages(Q)
+    np.testing.assert_array_equal(eng2.positions.state(), want_pos)
+    np.testing.assert_array_equal(pr2.data, want_p)
+    np.testing.assert_array_equal(ob2.data, want_o)
+
+
+def test_probe_untouched_before_probe_update_start():
+    P = _model(n=40)
+    pr, ob = _storages(P)
+    before, o_before = pr.data.copy(), ob.data.copy()
+    make_engine(P, dict(name="LSQML", numiter=3, probe_update_start=3, probe_support=None)).run()
+    np.testing.assert_array_equal(pr.data, before)
+    assert not np.array_equal(ob.data, o_before)
+
+
+@pytest.mark.slow
+def test_two_probe_modes_and_two_object_modes_run():
+    P = _model(n=80, probe_modes=2, sim_modes=2)
+    hist = make_engine(P, dict(name="LSQML", numiter=30)).run()
+    assert hist[-1]["fourier_error"] < hist[0]["fourier_error"] / 10
+    pr, ob = _storages(P)
+    a, b = pr.data[0].ravel(), pr.data[1].ravel()
+    assert abs(np.vdot(a, b)) / (np.linalg.norm(a) * np.linalg.norm(b)) < 1e-4  # orthogonal modes
+    pw = np.sum(np.abs(pr.data) ** 2, axis=(1, 2))
+    assert pw[0] > pw[1] > 0.05 * pw[0]
+    # object modes: two object layers, one probe mode
+    p = u.Param(verbose_level=1, data_type="single")
+    p.scans = u.Param(MF=u.Param(name="Full", data=u.Param(name="MoonFlowerScan", shape=64, num_frames=60,
+                                                           add_poisson_noise=False)))
+    p.scans.MF.coherence = u.Param(num_probe_modes=1, num_object_modes=2)
+    Q = ptycli.core.Ptycho(p, level=2)
+    hist = make_engine(Q, dict(name="LSQML", numiter=10)).run()
+    assert next(iter(Q.obj.S.values())).data.shape[0] == 2
+    assert hist[-1]["fourier_error"] < hist[0]["fourier_error"] / 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("modes", [1, 2])
+@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
+def test_compiled_window_passes_agree_with_numpy(modes, noise):
+    """kernels: compiled (numba passes) against kernels: numpy, position correction on."""
+    out = []
+    for kernels in ("numpy", "compiled"):
+        P = _model(n=40, probe_modes=modes, sim_modes=modes)
+        eng = make_engine(P, dict(name="LSQML", numiter=4, probe_update_start=0, kernels=kernels,
+                                  noise_model=noise, position_correction=dict(start=1)))
+        eng.run()
+        assert eng._compiled == (kernels == "compiled")
+        out.append([a.data.copy() for a in _storages(P)])
+    for a, b in zip(*out):
+        assert np.linalg.norm(a - b) / np.linalg.norm(b) < 2e-4  # measured 4e-5 at most (float32 rounding)
+
+
+def test_bad_parameters_are_config_errors():
+    P = _model(n=20)
+    with pytest.raises(ConfigError, match="noise_model"):
+        make_engine(P, dict(name="LSQML", noise_model="euclid"))
+    with pytest.raises(ConfigError, match="batch_size"):
+        make_engine(P, dict(name="LSQML", batch_size=0))
+    with pytest.raises(ConfigError, match="stop"):
+        make_engine(P, dict(name="LSQML", position_correction=dict(start=5, stop=3)))
+
+
+# -- position correction ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_position_correction_reduces_a_known_position_error():
+    import test_posref as tp
+
+    P = tp.build(frames=80, density=0.1, noise=1.5, seed=3)
+    before = tp.rms(tp.pixel_errors(P))
+    eng = make_engine(P, dict(name="LSQML", numiter=60, position_correction=dict(start=10)))
+    hist = eng.run()
+    after = tp.rms(tp.pixel_errors(P))
+    tp.check_views_follow_book(P, eng)
+    assert hist[-1]["posc_moved"] >= 0 and hist[-1]["posc_rms_shift"] > 0.5
+    assert after < 0.5 < before, (before, after)  # measured 2.26 -> 0.00 px rms (no correction: 2.26)
+    # the fractional remainders are kept for a sub-pixel model
+    frac = eng.positions.fraction(0) if eng.positions is not None else None
+    assert frac is None or np.all(np.abs(frac) <= 0.5 + 1e-9)
+
+
+# -- low dose: LSQML against DM + ML ---------------------------------------------------------------
+
+@pytest.mark.slow
+def test_low_dose_lsqml_beats_dm_then_ml(tmp_path):
+    """1e4 photons per frame with Poisson noise (zoo simulator), both chains from the same default start,
+    90 iterations each, Poisson likelihood: DM 60 + ML 30 against LSQML 60 + 30 more epochs in large,
+    more regularised batches (which average the noise)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
+    import validate_zoo as vz
+    import zoo_sim
+
+    spec = next(s for s in vz.CASES if s.name == "lowdose_1e4")
+    case = zoo_sim.build_case(spec, str(tmp_path))
+
+    def score(chain, extra=None):
+        cfg = vz.natural_config(case["data_section"], spec.propagation, poisson=True, chain=chain)
+        for k, v in enumerate(cfg["engines"].values()):
+            v.update((extra or {}).get(k, {}))
+        return vz.reconstruct_and_score(cfg, case["truth"])["score"]
+
+    dm_ml = score([("DM", 60), ("ML", 30)])
+    lsqml = score([("LSQML", 60), ("LSQML", 30)], {1: {"batch_size": 50, "object_reg": 1.0}})
+    assert lsqml > dm_ml + 0.004, (lsqml, dm_ml)  # measured 0.913 against 0.906
+
+
+# -- MPI -----------------------------------------------------------------------------------------
+
+SIM = """\
+verbose_level: warning
+data_type: double
+run: sim
+scans:
+  MF:
+    name: Full
+    propagation: farfield
+    data: {name: MoonFlowerScan, shape: 32, num_frames: 40, density: 0.2, photons: 1.0e8,
+           add_poisson_noise: true, seed: 0}
+"""
+
+REC = """\
+verbose_level: warning
+data_type: double
+run: rec
+scans:
+  MF:
+    name: Full
+    propagation: farfield
+    data: {name: Hdf5Scan, dfile: %s}
+engines:
+  e: {name: LSQML, numiter: 8, batch_size: 7, noise_model: %s, position_correction: {start: 4}}
+"""
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
+def test_two_ranks_agree_with_one_process_in_double_precision(tmp_path, noise):
+    import mpi_helpers as mh
+
+    if mh.skip_reason():
+        pytest.skip(mh.skip_reason())
+    sim = tmp_path / "sim.yaml"
+    sim.write_text(textwrap.dedent(SIM))
+    data = tmp_path / "scan.h5"
+    assert mh.ptycli(["simulate", sim, "-o", data, "--force"]).returncode == 0
+    rec = tmp_path / "rec.yaml"
+    rec.write_text(REC % (data, noise))
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    for out, n in ((one, None), (two, 2)):
+        res = mh.ptycli(["reconstruct", rec, "-o", out, "--force", "--json"], nprocs=n, timeout=180)
+        assert res.returncode == 0, res.describe()
+    diffs = mh.compare(two, one)
+    assert max(diffs.values()) <= 1e-10, diffs
