@@ -73,10 +73,11 @@ def test_parameters_declared_and_checked():
 
 @pytest.mark.parametrize("engine", ["DM", "RAAR", "ML"])
 def test_engines_without_multislice_refuse(engine):
-    from ptycli.params.tree import multislice_engines, validate
+    from ptycli.params.capabilities import capable_engines
+    from ptycli.params.tree import validate
 
-    assert {"ePIE", "rPIE"} <= set(multislice_engines())
-    assert not {"DM", "RAAR", "ML"} & set(multislice_engines())
+    assert {"ePIE", "rPIE"} <= set(capable_engines("MULTISLICE"))
+    assert not {"DM", "RAAR", "ML"} & set(capable_engines("MULTISLICE"))
     tree = _tree(slices=2, slice_distance_m=1e-6)
     tree["engines"] = {"first": {"name": "ePIE"}, "x": {"name": engine}}
     with pytest.raises(ConfigError) as err:

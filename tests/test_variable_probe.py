@@ -51,10 +51,11 @@ def test_parameter_declared_and_checked():
 
 @pytest.mark.parametrize("engine", ["DM", "RAAR", "ML", "LSQML", "mPIE"])
 def test_engines_without_variable_probe_refuse(engine):
-    from ptycli.params.tree import validate, variable_probe_engines
+    from ptycli.params.capabilities import capable_engines
+    from ptycli.params.tree import validate
 
-    assert {"ePIE", "rPIE"} <= set(variable_probe_engines())
-    assert engine not in variable_probe_engines()
+    assert {"ePIE", "rPIE"} <= set(capable_engines("VARIABLE_PROBE"))
+    assert engine not in capable_engines("VARIABLE_PROBE")
     tree = _tree(variable_modes=2)
     tree["engines"] = {"first": {"name": "ePIE"}, "x": {"name": engine}}
     with pytest.raises(ConfigError) as err:

@@ -5,7 +5,9 @@ The rest of the base lives in modules of its own, mixed into :class:`Engine`:
 :mod:`.constraints` (probe support, mode orthogonality, recentring, object
 clipping: :func:`~ptycli.engines.constraints.clip_object_amplitude` for
 engines with their own update order) and :mod:`.snapshot` (good-state
-snapshots, the collective divergence check, checkpoint state).
+snapshots, the collective divergence check, checkpoint state). (A little over
+600 lines, a quarter of them this docstring: the life cycle and the guide to
+writing an engine read in one place.)
 
 Writing an engine
 -----------------
@@ -166,7 +168,8 @@ from ..errors import ConfigError, EngineError
 from ..log import progress_bar, progress_fields, stderr_is_tty
 from ..params import registry
 from ..params.declare import Parameter, ParamSet
-from ..params.tree import ENGINE, multislice_refusal, validate_engine, variable_probe_refusal
+from ..params.capabilities import CAPABILITIES, refusal
+from ..params.tree import ENGINE, validate_engine
 from ..params.registry import ENGINES  # the one engine registry (filled by register below)
 from ..utils.parameters import Param
 from .addressing import AddressBook
@@ -303,8 +306,7 @@ class Engine(ConstraintsMixin, SnapshotMixin):
     def initialize(self):
         """Compile the pods, compute normalisations, snapshot, then ``engine_initialize()``."""
         P = self.ptycho
-        self._check_slices()
-        self._check_variable_probe()
+        self._check_capabilities()
         self.book = AddressBook(P)
         self._enable_subpixel()
         if not self.book.groups and parallel.size == 1:
@@ -340,23 +342,19 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         self.initialized = True
         return self
 
-    def _check_slices(self):
-        """Refuse a multislice object unless the engine models it (:attr:`MULTISLICE`)."""
-        if self.MULTISLICE:
-            return
-        for label, model in sorted((getattr(self.ptycho, "scans", None) or {}).items()):
-            slices = int(getattr(model, "slices", 1))
-            if slices > 1:
-                raise multislice_refusal(self.label, self.NAME, label, slices)
+    def _check_capabilities(self):
+        """Refuse a scan option the engine does not model (multislice objects, variable probes).
 
-    def _check_variable_probe(self):
-        """Refuse a variable probe unless the engine models it (:attr:`VARIABLE_PROBE`)."""
-        if self.VARIABLE_PROBE:
-            return
-        for label, model in sorted((getattr(self.ptycho, "scans", None) or {}).items()):
-            k = int(getattr(model, "variable_modes", 0) or 0)
-            if k > 0:
-                raise variable_probe_refusal(self.label, self.NAME, label, k)
+        :data:`ptycli.params.capabilities.CAPABILITIES`: an engine models one
+        when its class sets the attribute (:attr:`MULTISLICE`, :attr:`VARIABLE_PROBE`).
+        """
+        for attribute, cap in CAPABILITIES.items():
+            if getattr(self, attribute, False):
+                continue
+            for label, model in sorted((getattr(self.ptycho, "scans", None) or {}).items()):
+                value = cap.requested(model.p) if getattr(model, "p", None) is not None else 0
+                if value:
+                    raise refusal(attribute, self.label, self.NAME, label, value)
 
     #: whether the engine runs the sub-pixel position model (:mod:`ptycli.core.subpixel`) of scans that chose it
     SUBPIXEL = False

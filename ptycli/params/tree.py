@@ -40,6 +40,7 @@ import yaml
 from .. import __version__
 from ..errors import ConfigError
 from ..utils.param_tree import Param
+from .capabilities import check_engines
 from .declare import Parameter, ParamSet, describe_value
 from .registry import ENGINES, LOADERS, load_plugins, suggest
 from .scan import (DATA, SCAN, PathTemplate, RegistryName, WordList, check_label,
@@ -69,12 +70,6 @@ __all__ = [
     "checkpoint_path",
     "share_owner",
     "check_resume",
-    "multislice_engines",
-    "multislice_refusal",
-    "check_multislice_engines",
-    "variable_probe_engines",
-    "variable_probe_refusal",
-    "check_variable_probe_engines",
     "TEMPLATE_FIELDS",
 ]
 
@@ -229,8 +224,7 @@ def validate(tree=None, require_scans=False, require_engines=False):
     out["scans"] = _labelled(out, "scans", validate_scan)
     out["engines"] = _labelled(out, "engines", validate_engine)
     _check_shares(out.scans)
-    check_multislice_engines(out)
-    check_variable_probe_engines(out)
+    check_engines(out)  # multislice objects and variable probes: only the engines that model them
     if require_scans and not out.scans:
         names = LOADERS.names()
         raise ConfigError("scans: no scan given; add one, e.g. scans.MF.data.name: %s"
@@ -308,54 +302,16 @@ def _check_shares(scans):
                     path, target, what, further, further))
 
 
-def multislice_engines():
-    """Names of the registered engines that model multislice objects (class attribute ``MULTISLICE``)."""
-    return [n for n in ENGINES.names() if getattr(ENGINES.find(n).factory, "MULTISLICE", False)]
 
 
-def multislice_refusal(label, name, scan, slices):
-    """The ConfigError for engine ``label`` (class ``name``) run on scan ``scan`` with ``slices`` object slices."""
-    names = multislice_engines()
-    return ConfigError("engines.%s: %s does not model multislice objects (scans.%s.sample.slices: %d); use %s, "
-                       "or sample.slices: 1" % (label, name, scan, slices,
-                                                " or ".join(names) if names else "a multislice engine"))
 
 
-def check_multislice_engines(p):
-    """Refuse engines without multislice support in a chain that reconstructs a multislice object."""
-    thick = [(label, int(sc.sample.slices)) for label, sc in (p.get("scans") or {}).items()
-             if int(sc.sample.slices) > 1]
-    if not thick:
-        return
-    for label, sub in (p.get("engines") or {}).items():
-        entry = ENGINES.find(str(sub.get("name")))
-        if entry is not None and not getattr(entry.factory, "MULTISLICE", False):
-            raise multislice_refusal(label, entry.name, *thick[0])
 
 
-def variable_probe_engines():
-    """Names of the registered engines that reconstruct a variable probe (class attribute ``VARIABLE_PROBE``)."""
-    return [n for n in ENGINES.names() if getattr(ENGINES.find(n).factory, "VARIABLE_PROBE", False)]
 
 
-def variable_probe_refusal(label, name, scan, modes):
-    """The ConfigError for engine ``label`` (class ``name``) run on scan ``scan`` with ``modes`` eigen-probes."""
-    names = variable_probe_engines()
-    return ConfigError("engines.%s: %s does not reconstruct a variable probe (scans.%s.illumination.variable_modes: "
-                       "%d); use %s, or variable_modes: 0" % (label, name, scan, modes,
-                                                              " or ".join(names) if names else "an OPR engine"))
 
 
-def check_variable_probe_engines(p):
-    """Refuse engines without variable-probe support in a chain whose scans have a variable probe."""
-    varied = [(label, int(sc.illumination.get("variable_modes") or 0)) for label, sc in (p.get("scans") or {}).items()
-              if int(sc.illumination.get("variable_modes") or 0) > 0]
-    if not varied:
-        return
-    for label, sub in (p.get("engines") or {}).items():
-        entry = ENGINES.find(str(sub.get("name")))
-        if entry is not None and not getattr(entry.factory, "VARIABLE_PROBE", False):
-            raise variable_probe_refusal(label, entry.name, *varied[0])
 
 
 def share_owner(p, label, what="probe"):

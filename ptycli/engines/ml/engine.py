@@ -92,7 +92,7 @@ Single precision stays single: frames, gradients and directions are in the
 model's complex type; global sums are accumulated in float64 from per-block
 float32 partial sums (:mod:`ptycli.engines.ml.sums`).
 
-The module is a little over 600 lines: the algorithm (directions, line
+The module is about 700 lines: the algorithm (directions, line
 search safeguard, records, checkpoints, MPI sums) reads in one place.
 
 Position refinement (``position_refinement``, :mod:`ptycli.engines.posref`)
