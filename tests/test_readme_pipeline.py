@@ -65,6 +65,7 @@ def test_sweep_writes_one_json_line_per_run(sweep):
         assert r["final_errors"]["fourier_error"] > 0
 
 
+@pytest.mark.slow
 def test_ranking_with_jq(sweep):
     work, env, blocks = sweep
     if not shutil.which("jq", path=env["PATH"]):
@@ -78,6 +79,7 @@ def test_ranking_with_jq(sweep):
     assert all(r[1].startswith("engines.dm.alpha=") and r[2].endswith(".h5") for r in rows)
 
 
+@pytest.mark.slow
 def test_ranking_with_python(sweep):
     work, env, blocks = sweep
     res = run(blocks["python"], work, env)

@@ -95,7 +95,7 @@ def test_moonflower_rectangular_simulate_then_reconstruct_cli(tmp_path):
 
 # --- an independent forward model ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("shape", [(48, 80), (80, 48)])
+@pytest.mark.parametrize("shape", [(48, 80), pytest.param((80, 48), marks=pytest.mark.slow)])
 def test_independent_far_field_rectangular_from_true_probe(tmp_path, shape):
     sim = simulate(shape, "farfield", n=64)
     path = write_ptyd(tmp_path / "ff.ptyd", sim)
@@ -105,6 +105,7 @@ def test_independent_far_field_rectangular_from_true_probe(tmp_path, shape):
     assert c > 0.98, c  # measured 0.999
 
 
+@pytest.mark.slow
 def test_independent_far_field_rectangular_wide_probe(tmp_path):
     """A probe filling 60 % of each frame axis (square in metres, 48 x 29 pixels wide on 48 x 80 frames)."""
     sim = simulate((48, 80), "farfield", n=64, probe=aperture_probe((48, 80), radius=0.6))
@@ -115,7 +116,7 @@ def test_independent_far_field_rectangular_wide_probe(tmp_path):
     assert c > 0.98, c  # measured 0.999
 
 
-@pytest.mark.parametrize("shape", [(48, 80), (80, 48)])
+@pytest.mark.parametrize("shape", [(48, 80), pytest.param((80, 48), marks=pytest.mark.slow)])
 def test_independent_near_field_rectangular_from_true_probe(tmp_path, shape):
     """A diffuser probe filling 75 % of each frame axis (near field: the usual frame-filling illumination).
 
@@ -130,6 +131,7 @@ def test_independent_near_field_rectangular_from_true_probe(tmp_path, shape):
     assert c > 0.98, c  # measured 0.999
 
 
+@pytest.mark.slow
 def test_independent_near_field_rectangular_default_support(tmp_path):
     """Default engine settings: the elliptical probe support must not cut a probe that fills the frame."""
     sim = simulate((48, 80), "nearfield", n=64)

@@ -104,6 +104,7 @@ def test_gauge_keeps_every_probe_and_orders_the_components():
         assert np.sum(W[:, k].real * (np.arange(N) - (N - 1) / 2)) >= 0           # rising with the frame index
 
 
+@pytest.mark.slow
 def test_low_rank_and_initial_eigenprobes():
     from ptycli.core.variable_probe import initial_eigenprobes, low_rank
 
