@@ -201,6 +201,7 @@ class LSQML(Engine):
         self.last_batches = None
         self._acc = None
         self._pool = None
+        self._buffers = []  # per work item of a batch: work arrays kept between batches
 
     # -- life cycle -----------------------------------------------------------------
     def engine_initialize(self):
@@ -251,6 +252,7 @@ class LSQML(Engine):
         self.reset_exit()  # exit waves = probe * object, for the engines that follow
         self.groups = []
         self._acc = None
+        self._buffers = []
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -390,16 +392,19 @@ class LSQML(Engine):
         items = self._parts(local)
         workers = self._fft_workers
 
-        def exit_pass(k, item):
-            gi, frames = item
+        while len(self._buffers) < len(items):
+            self._buffers.append({})
+
+        def exit_pass(k, i):
+            gi, frames = items[i]
             G = self.groups[gi]
             g = G.g
             a = acc[k]
             sub = {key: a[key][g.obj.ID if key.endswith("O") else g.probe.ID]
                    for key in ("numO", "denO", "numP", "denP")}
-            return G.exit_update(frames, g.obj.data, g.probe.data, sub, errs[k], workers)
+            return G.exit_update(frames, g.obj.data, g.probe.data, sub, errs[k], workers, self._buffers[i])
 
-        res = self._pool.map(exit_pass, items)
+        res = self._pool.map(exit_pass, range(len(items)))
         exit_steps = [r[0] for r in res]
         states = [r[1] for r in res]
         for e in errs:
