@@ -63,45 +63,31 @@ def work_array(store, key, shape, dtype):
     return buf[:count].reshape(shape)
 
 
-def _rows(y, h, r0, r1):
-    """The rows of a window starting at ``y`` (``h`` rows) inside the band ``[r0, r1)`` (None: to the end)."""
-    return slice(max(y, r0), y + h if r1 is None else min(y + h, r1))
-
-
-def windows_max(arr, windows, r0=0, r1=None):
-    """Largest value of ``arr`` over the windows (rows ``layer, y, x, H, W``); 0 without windows.
-
-    ``r0``, ``r1``: only the object rows ``[r0, r1)`` (bands that threads take in parallel).
-    """
+def windows_max(arr, windows):
+    """Largest value of ``arr`` over the windows (rows ``layer, y, x, H, W``); 0 without windows."""
     best = 0.0
     for l, y, x, h, w in windows.tolist():
-        part = arr[l, _rows(y, h, r0, r1), x:x + w]
-        if part.size:
-            best = max(best, float(part.max()))
+        best = max(best, float(arr[l, y:y + h, x:x + w].max()))
     return best
 
 
-def add_on_windows(obj, upd, windows, r0=0, r1=None):
+def add_on_windows(obj, upd, windows):
     """``obj += upd`` on the union of the windows, every pixel once (``upd`` is zeroed there).
 
     Each window adds its pixels and zeroes ``upd`` there, so a pixel under
     several windows is added by the first and left alone by the others: the
-    result does not depend on the order of the windows. ``r0``, ``r1``: only
-    the object rows ``[r0, r1)``.
+    result does not depend on the order of the windows.
     """
     for l, y, x, h, w in windows.tolist():
-        sl = (l, _rows(y, h, r0, r1), slice(x, x + w))
+        sl = (l, slice(y, y + h), slice(x, x + w))
         obj[sl] += upd[sl]
         upd[sl] = 0
 
 
-def finish_windows(obj, upd, num, den, windows, r0=0, r1=None):
+def finish_windows(obj, upd, num, den, windows):
     """The batch's last window pass: :func:`add_on_windows` of ``upd``, then ``num`` and ``den`` zeroed there."""
-    add_on_windows(obj, upd, windows, r0, r1)
-    for l, y, x, h, w in windows.tolist():
-        sl = (l, _rows(y, h, r0, r1), slice(x, x + w))
-        num[sl] = 0
-        den[sl] = 0
+    add_on_windows(obj, upd, windows)
+    zero_windows((num, den), windows)
 
 
 def zero_windows(arrays, windows):

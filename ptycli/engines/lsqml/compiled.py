@@ -18,9 +18,8 @@ Here each is one loop over the windows' pixels:
 * :func:`scatter_update` - ``target[window] += w_pod conj(P) chi / (denO + regO)``
   (the denominators read again from the object-shaped sum rather than
   written per pod by :func:`step_sums` and read back);
-* :func:`add_on_windows`, :func:`finish_windows`, :func:`zero_windows`,
-  :func:`windows_max` - the window operations of :mod:`.batch`, on a band of
-  object rows so that the threads share them.
+* :func:`add_on_windows`, :func:`zero_windows`, :func:`windows_max` - the
+  window operations of :mod:`.batch`.
 
 :class:`CompiledGroupBatch` is :class:`~ptycli.engines.lsqml.batch.GroupBatch`
 with these kernels. Chosen by the engine parameter
@@ -235,23 +234,22 @@ def amplitude_step(F, starts, fmag, n, mask, has_mask, eps, out):
 
 
 @njit(**_JIT)
-def add_on_windows(obj, upd, windows, r0, r1):
-    """``obj += upd`` on the union of the windows (every pixel once), rows ``[r0, r1)``; ``upd`` zeroed there."""
+def add_on_windows(obj, upd, windows):
+    """``obj += upd`` on the union of the windows, every pixel once; ``upd`` zeroed there (see :mod:`.batch`)."""
     for r in range(windows.shape[0]):
         l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
-        for i in range(max(y, r0), min(y + h, r1)):
+        for i in range(y, y + h):
             for j in range(x, x + w):
                 obj[l, i, j] += upd[l, i, j]
                 upd[l, i, j] = 0
 
 
 @njit(**_JIT)
-def finish_windows(obj, upd, num, den, windows, r0, r1):
-    """``obj += upd`` on the union of the windows (every pixel once), rows ``[r0, r1)``; then ``upd``,
-    ``num``, ``den`` zeroed there."""
+def finish_windows(obj, upd, num, den, windows):
+    """``obj += upd`` on the union of the windows (every pixel once), then ``upd``, ``num``, ``den`` zeroed there."""
     for r in range(windows.shape[0]):
         l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
-        for i in range(max(y, r0), min(y + h, r1)):
+        for i in range(y, y + h):
             for j in range(x, x + w):
                 obj[l, i, j] += upd[l, i, j]
                 upd[l, i, j] = 0
@@ -275,12 +273,12 @@ def zero_windows(arrays, windows):
 
 
 @njit(**_JIT)
-def windows_max(arr, windows, r0, r1):
-    """Largest value of the real ``arr`` over the windows, rows ``[r0, r1)``; 0 without windows."""
+def windows_max(arr, windows):
+    """Largest value of the real ``arr`` over the windows; 0 without windows."""
     best = 0.0
     for r in range(windows.shape[0]):
         l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
-        for i in range(max(y, r0), min(y + h, r1)):
+        for i in range(y, y + h):
             for j in range(x, x + w):
                 if arr[l, i, j] > best:
                     best = arr[l, i, j]

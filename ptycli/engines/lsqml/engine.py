@@ -366,45 +366,15 @@ class LSQML(Engine):
             wins[G.g.obj.ID].append(G.window_list(st))
         return {sid: np.concatenate(w) if w else np.zeros((0, 5), np.int64) for sid, w in wins.items()}
 
-    def _bands(self):
-        """Per thread ``t``: ``{object storage ID: (first row, end row)}``, the storages cut into row bands."""
-        T = self._pool.n
-        out = [{} for _ in range(T)]
-        for sid in self.obj_ids:
-            edges = np.linspace(0, self.ptycho.obj.S[sid].data.shape[1], T + 1).astype(np.int64)
-            for t in range(T):
-                out[t][sid] = (int(edges[t]), int(edges[t + 1]))
-        return out
-
-    def _on_bands(self, fn):
-        """``[fn(bands) for each thread's row bands]`` (:meth:`_bands`), on the threads at once.
-
-        The window passes over object-shaped arrays (merges, maxima, the final
-        update) touch every pixel independently, so each thread takes its own
-        rows: the same operations on the same pixels as one pass, in parallel.
-        """
-        bands = self._bands()
-        return self._pool.map(lambda k, t: fn(bands[t]), range(len(bands)))
-
     def _merge(self, acc, items, states, keys):
         """Add the other threads' object accumulators ``keys`` into thread 0's, on their windows (fixed order)."""
         T = self._pool.n
-        if T < 2:
-            return
-        others = []
         for k in range(1, T):
             mine = [i for i in range(len(items)) if i % T == k]
-            others.append((k, self._windows_of([items[i] for i in mine], [states[i] for i in mine])))
-        ops = self._ops
-
-        def merge(bands):
-            for k, wins in others:
-                for sid in self.obj_ids:
-                    r0, r1 = bands[sid]
-                    for key in keys:
-                        ops.add_on_windows(acc[0][key][sid], acc[k][key][sid], wins[sid], r0, r1)
-
-        self._on_bands(merge)
+            wins = self._windows_of([items[i] for i in mine], [states[i] for i in mine])
+            for sid in self.obj_ids:
+                for key in keys:
+                    self._ops.add_on_windows(acc[0][key][sid], acc[k][key][sid], wins[sid])
 
     def _batch(self, local, probe_on, pos_on, errors):
         """One mini-batch (collective under MPI); returns the step statistics (see :meth:`_epoch`).
@@ -451,14 +421,12 @@ class LSQML(Engine):
             every = parallel.allgather(wins)
             wins = {sid: np.concatenate([part[sid] for part in every]) for sid in self.obj_ids}
         # directions: the object's on the windows (regulariser from its batch maximum), the probe's in full
-        if reduce:
-            for sid in self.obj_ids:
+        regO = {}
+        for sid in self.obj_ids:
+            if reduce:
                 parallel.allreduce(a0["numO"][sid])
                 parallel.allreduce(a0["denO"][sid])
-        ops = self._ops
-        band_max = self._on_bands(lambda bands: {sid: ops.windows_max(a0["denO"][sid], wins[sid], *bands[sid])
-                                                 for sid in self.obj_ids})
-        regO = {sid: max(float(self.p.object_reg) * max(b[sid] for b in band_max), 1e-30) for sid in self.obj_ids}
+            regO[sid] = max(float(self.p.object_reg) * self._ops.windows_max(a0["denO"][sid], wins[sid]), 1e-30)
         dP = {}
         if probe_on:
             for sid in self.probe_ids:
@@ -504,16 +472,10 @@ class LSQML(Engine):
             aP_sum += (aP.sum(), len(aP))
             stats[:4] += (exit_steps[i].sum(), aO.sum(), aP.sum(), len(aO))
         # updates
-        if reduce:
-            for sid in self.obj_ids:
+        for sid in self.obj_ids:
+            if reduce:
                 parallel.allreduce(a0["upd"][sid])
-
-        def finish(bands):
-            for sid in self.obj_ids:
-                ops.finish_windows(P.obj.S[sid].data, a0["upd"][sid], a0["numO"][sid], a0["denO"][sid], wins[sid],
-                                   *bands[sid])
-
-        self._on_bands(finish)
+            self._ops.finish_windows(P.obj.S[sid].data, a0["upd"][sid], a0["numO"][sid], a0["denO"][sid], wins[sid])
         if probe_on:
             if reduce:
                 parallel.allreduce(aP_sum)
