@@ -336,3 +336,24 @@ def test_two_ranks_agree_with_one_process_in_double_precision(tmp_path, noise):
         assert res.returncode == 0, res.describe()
     diffs = mh.compare(two, one)
     assert max(diffs.values()) <= 1e-10, diffs
+
+
+def test_work_array_reuses_and_grows():
+    """Batch work arrays: the same aligned memory for a batch no larger than before, a larger buffer after."""
+    from ptycli.core import fft
+    from ptycli.engines.lsqml.batch import work_array
+
+    store = {}
+    a = work_array(store, "F", (4, 8, 8), np.complex64)
+    assert a.shape == (4, 8, 8) and a.dtype == np.complex64 and a.flags.c_contiguous
+    assert a.ctypes.data % fft.ALIGNMENT == 0
+    a[...] = 3 + 1j
+    b = work_array(store, "F", (2, 8, 8), np.complex64)  # smaller: a view of the same memory
+    assert b.ctypes.data == a.ctypes.data and b[1, 7, 7] == 3 + 1j
+    c = work_array(store, "F", (6, 8, 8), np.complex64)  # larger: a new buffer, kept from now on
+    assert c.shape == (6, 8, 8) and c.ctypes.data % fft.ALIGNMENT == 0
+    assert work_array(store, "F", (5, 8, 8), np.complex64).ctypes.data == c.ctypes.data
+    d = work_array(store, "F", (2, 8, 8), np.complex128)  # another dtype: its own buffer
+    assert d.dtype == np.complex128 and len(store) == 2
+    e = work_array(None, "F", (2, 3), np.float32)  # no store: a fresh array each time
+    assert e.shape == (2, 3) and e.dtype == np.float32 and not store.get(("F", np.dtype(np.float32).str))

@@ -14,9 +14,10 @@ Here each is one loop over the windows' pixels:
 * :func:`scatter_add` / :func:`scatter_abs2` - ``target[window] += values``
   / ``+= |values|^2`` per pod (one shared row of values, or one per pod);
 * :func:`step_sums` - the five sums of the 2 x 2 step system per frame
-  (float64 accumulators) without forming ``u`` and ``v``, and the
-  denominators ``denO + regO`` of the windows for :func:`scatter_update`;
-* :func:`scatter_update` - ``target[window] += w_pod conj(P) chi / den``;
+  (float64 accumulators) without forming ``u`` and ``v``;
+* :func:`scatter_update` - ``target[window] += w_pod conj(P) chi / (denO + regO)``
+  (the denominators read again from the object-shaped sum rather than
+  written per pod by :func:`step_sums` and read back);
 * :func:`add_on_windows`, :func:`zero_windows`, :func:`windows_max` - the
   window operations of :mod:`.batch`.
 
@@ -30,7 +31,7 @@ passes to rounding (``tests/test_engines_lsqml.py``).
 import numpy as np
 
 from ..fused import njit
-from .batch import GroupBatch
+from .batch import GroupBatch, work_array
 
 __all__ = ["CompiledGroupBatch", "amplitude_step", "exit_waves", "direction_sums", "scatter_add", "scatter_abs2",
            "step_sums", "scatter_update", "add_on_windows", "finish_windows", "zero_windows", "windows_max"]
@@ -105,16 +106,16 @@ def scatter_abs2(target, values, ol, oy, ox):
 
 
 @njit(**_JIT)
-def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, out, den):
+def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, out):
     """Per-frame ``<u,u>, <v,v>, Re<u,v>, Re<u,chi>, Re<v,chi>`` into ``out`` (5, frames), added.
 
-    ``u = P numO / (denO + reg)`` on the pod's window, ``v = O dP_eff`` (``O`` the window of ``obj``);
-    ``den`` (pods, H, W) receives ``denO + reg`` of the windows. Real arithmetic on the parts, one
-    branch-free row loop per case, row sums in the frame's precision added in float64.
+    ``u = P numO / (denO + reg)`` on the pod's window, ``v = O dP_eff`` (``O`` the window of ``obj``).
+    Real arithmetic on the parts, one branch-free row loop per case, row sums in the frame's
+    precision added in float64.
     """
     one = pr.shape[0] == 1
     H, W = chi.shape[1], chi.shape[2]
-    zero = den.dtype.type(0)
+    zero = denO.dtype.type(0)
     for k in range(ol.shape[0]):
         p = pr[0] if one else pr[k]
         dp = dpe[0] if dpe.shape[0] == 1 else dpe[k]
@@ -134,9 +135,7 @@ def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, 
             rvc = zero
             if use_probe:
                 for j in range(W):
-                    d = dw[i, j] + reg
-                    den[k, i, j] = d
-                    g = 1 / d
+                    g = 1 / (dw[i, j] + reg)
                     a = nw[i, j]
                     b = p[i, j]
                     ur = (a.real * b.real - a.imag * b.imag) * g
@@ -153,9 +152,7 @@ def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, 
                     rvc += vr * c.real + vi * c.imag
             else:
                 for j in range(W):
-                    d = dw[i, j] + reg
-                    den[k, i, j] = d
-                    g = 1 / d
+                    g = 1 / (dw[i, j] + reg)
                     a = nw[i, j]
                     b = p[i, j]
                     ur = (a.real * b.real - a.imag * b.imag) * g
@@ -177,15 +174,16 @@ def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, 
 
 
 @njit(**_JIT)
-def scatter_update(target, pc, wpod, den, ol, oy, ox):
-    """``target[window k] += wpod[k] * pc[k] / den[k]`` (``pc = conj(P) chi``)."""
+def scatter_update(target, pc, wpod, denO, reg, ol, oy, ox):
+    """``target[window k] += wpod[k] * pc[k] / (denO[window k] + reg)`` (``pc = conj(P) chi``)."""
     H, W = pc.shape[1], pc.shape[2]
     for k in range(ol.shape[0]):
         t = target[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        dw = denO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
         w = wpod[k]
         for i in range(H):
             for j in range(W):
-                t[i, j] += pc[k, i, j] * (w / den[k, i, j])
+                t[i, j] += pc[k, i, j] * (w / (dw[i, j] + reg))
 
 
 @njit(**_JIT)
@@ -309,9 +307,9 @@ class CompiledGroupBatch(GroupBatch):
         exit_waves(F, obj, np.ascontiguousarray(pr), g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods])
         return None  # the passes read the object's windows
 
-    def direction_sums(self, acc, obj, ob, pr, chi, pods):
+    def direction_sums(self, acc, obj, ob, pr, chi, pods, buffers=None):
         g = self.g
-        pc = np.empty_like(chi)
+        pc = work_array(buffers, "pc", chi.shape, chi.dtype)
         numP = np.zeros_like(acc["numP"])
         direction_sums(acc["numO"], acc["denO"], numP, acc["denP"], obj, np.ascontiguousarray(pr), chi, pc,
                        g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], g.pr_layer[pods])
@@ -334,16 +332,15 @@ class CompiledGroupBatch(GroupBatch):
         nf = len(c["frames"])
         frame = np.repeat(np.arange(nf), self.npod[c["frames"]])
         out = np.zeros((5, nf))
-        den = np.empty(chi.shape, self.ftype)
         use_probe = dP is not None
         dpe = self.probe_rows(self.probe_eff(dP), pods) if use_probe else pr
         step_sums(numO, denO, self.ftype.type(regO), np.ascontiguousarray(pr), c["obj"], chi, np.ascontiguousarray(dpe),
-                  use_probe, g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], frame, out, den)
-        c["den"] = den
+                  use_probe, g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], frame, out)
+        c["denO"], c["regO"] = denO, self.ftype.type(regO)  # the update's denominators, read again there
         return out
 
     def scatter_object_update(self, c, target, a_obj, beta):
         g = self.g
         pods = c["pods"]
         w = np.repeat(np.asarray(a_obj, self.ftype) * self.ftype.type(beta), self.npod[c["frames"]])
-        scatter_update(target, c.pop("pc"), w, c["den"], g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods])
+        scatter_update(target, c.pop("pc"), w, c["denO"], c["regO"], g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods])

@@ -88,6 +88,17 @@ frames, 0.916 with 50, 0.923 with 50 and ``object_reg`` 1.0). ``batch_size: null
 makes about 25 batches per epoch; for noisy data, a second LSQML engine with
 large batches and ``object_reg: 1`` refines the result (README).
 
+From the default (``auto``) probe guess LSQML, like ML, can stall on a
+plateau that DM leaves (two_modes: the Fourier error stays near 80 from
+epoch 10 on, score 0.07 with one probe mode, 0.22 with two; ML alone 0.04,
+ePIE 0.07; rPIE stays on the same plateau for about 45 epochs and then
+leaves it, 0.95). Measured on the foreign near-field scan: with the
+per-frame optimal object step ``a_O`` (mean about 1.3) it stalls at every
+batch size, even 1 frame (0.03); with ``a_O`` fixed at 1 and batches of 1-2
+frames it reaches 0.94-0.96 (DM + ML 0.91), with the default batches not
+(0.10). No default change was found that fixes both without a cost
+elsewhere; the optimal steps of the paper are kept.
+
 Passes and cost
 ---------------
 The passes over a group's frames are :class:`~ptycli.engines.lsqml.batch.GroupBatch`
@@ -95,7 +106,8 @@ The passes over a group's frames are :class:`~ptycli.engines.lsqml.batch.GroupBa
 window passes), chosen once by ``kernels`` as in the other engines (``auto``:
 compiled for jobs of at least 2**22 exit-wave pixels). A batch is cut into
 one part per thread (:class:`~ptycli.engines.threads.BlockPool`), each with
-its own accumulators, merged on the batch's windows in a fixed order. The
+its own accumulators, merged on the batch's windows in a fixed order, and
+its own work arrays, kept between batches (:func:`~ptycli.engines.lsqml.batch.work_array`). The
 object-shaped sums are touched on the batch's windows only, so a batch costs
 in proportion to its frames. Per epoch: one forward and one inverse FFT of
 every pod plus about eight compiled passes over the pods (numpy: about 40
@@ -201,6 +213,7 @@ class LSQML(Engine):
         self.last_batches = None
         self._acc = None
         self._pool = None
+        self._buffers = []  # per work item of a batch: work arrays kept between batches
 
     # -- life cycle -----------------------------------------------------------------
     def engine_initialize(self):
@@ -251,6 +264,7 @@ class LSQML(Engine):
         self.reset_exit()  # exit waves = probe * object, for the engines that follow
         self.groups = []
         self._acc = None
+        self._buffers = []
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -390,16 +404,19 @@ class LSQML(Engine):
         items = self._parts(local)
         workers = self._fft_workers
 
-        def exit_pass(k, item):
-            gi, frames = item
+        while len(self._buffers) < len(items):
+            self._buffers.append({})
+
+        def exit_pass(k, i):
+            gi, frames = items[i]
             G = self.groups[gi]
             g = G.g
             a = acc[k]
             sub = {key: a[key][g.obj.ID if key.endswith("O") else g.probe.ID]
                    for key in ("numO", "denO", "numP", "denP")}
-            return G.exit_update(frames, g.obj.data, g.probe.data, sub, errs[k], workers)
+            return G.exit_update(frames, g.obj.data, g.probe.data, sub, errs[k], workers, self._buffers[i])
 
-        res = self._pool.map(exit_pass, items)
+        res = self._pool.map(exit_pass, range(len(items)))
         exit_steps = [r[0] for r in res]
         states = [r[1] for r in res]
         for e in errs:
