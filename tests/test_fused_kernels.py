@@ -225,20 +225,41 @@ def test_block_pool_slots_keep_order_and_balance():
     assert one.map_slots(lambda k, s, it: (k, s, it), [5, 6]) == [(0, 0, 5), (0, 0, 6)]
 
 
-@pytest.mark.parametrize("name,extra", [("DM", {}), ("RAAR", {"beta": 0.7})])
-def test_projection_result_does_not_depend_on_thread_timing(name, extra, monkeypatch):
+@pytest.mark.parametrize("name,extra,large", [("DM", {}, False), ("RAAR", {"beta": 0.7}, False), ("DM", {}, True)])
+def test_projection_result_does_not_depend_on_thread_timing(name, extra, large, monkeypatch):
     """Two threads, one of them delayed at random: the blocks go to other threads, the results stay
-    bit-identical (accumulator slots take their blocks in a fixed order)."""
+    bit-identical (accumulator slots take their blocks in a fixed order); also with one slot per
+    thread, as for objects larger than ``_LARGE_SLOT_BYTES``."""
     import time
 
     from ptycli.core import geometry
+    from ptycli.engines import projection_passes
 
+    slots = []
+
+    class Pool(projection_passes.BlockPool):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            slots.append(self.slots)
+
+    monkeypatch.setattr(projection_passes, "BlockPool", Pool)
+    if large:
+        monkeypatch.setattr(projection_passes, "_LARGE_SLOT_BYTES", 0)
     geometry.set_workers(2)
     try:
         pars = dict(name=name, block_frames=3, **extra)
         P = build(frames=30)
         start = state(P)
         recs, plain = run(P, "compiled", **pars)
+        assert slots[0] == (2 if large else 4)
+        if large:  # one slot per thread gives the same object as two, up to the order of the sums
+            restore(P, start)
+            monkeypatch.setattr(projection_passes, "_LARGE_SLOT_BYTES", 2 ** 62)
+            _, two = run(P, "compiled", **pars)
+            monkeypatch.setattr(projection_passes, "_LARGE_SLOT_BYTES", 0)
+            for sid in plain["obj"]:
+                np.testing.assert_allclose(plain["obj"][sid], two["obj"][sid], rtol=1e-4, atol=1e-5)
+        restore(P, start)
         restore(P, start)
         rng = np.random.default_rng(1)
         update = fused.projection_update

@@ -39,7 +39,8 @@ compute the same numbers (tests compare them), chosen once in
     the projection input, one per frame for the modulus constraint with its
     errors, one for the exit-wave update with the object numerator; blocks
     load-balanced over the FFT threads (:class:`~ptycli.engines.threads.BlockPool`)
-    with accumulator slots that keep the sums independent of timing; the
+    with accumulator slots that keep the sums independent of timing (two
+    per thread; one for objects larger than :data:`_LARGE_SLOT_BYTES`); the
     object denominator, the division and the folding of the slots in one
     sweep per object row band; passes after the Fourier pass run the blocks
     last to first, starting where the cache is warm.
@@ -62,6 +63,14 @@ fused = lazy_module("ptycli.engines.fused")
 #: bound) when at most this fraction of its frames is outside; otherwise all
 #: frames are transformed (those inside get the factor 1).
 _SUBSET_FRACTION = 0.7
+
+#: Object numerators larger than this (bytes per accumulator slot) get one slot per thread instead of
+#: two (:class:`~ptycli.engines.threads.BlockPool`): each slot is an object-sized array, and beyond the
+#: last-level cache the extra slots' read-modify-writes and their fold cost more than the load
+#: balancing saves (1000 x 256^2, a 2253 x 2296 object, 40 MiB a slot: DM's CPU-time ratio to the FFT
+#: floor, median of four paired rounds, 1.83 against 2.06; wall 1.88 against 2.12). At 400 x 128^2
+#: (4.3 MiB a slot) one slot per thread was no faster (1.92 against 1.98).
+_LARGE_SLOT_BYTES = 16 * 2 ** 20
 
 
 def work_probe(g):
@@ -378,7 +387,8 @@ class CompiledProjectionPasses(ProjectionPasses):
         The pool is also the engine's (``engine._pool``: its row-band work runs on it).
         """
         self.e = e = engine
-        self.pool = e._pool = BlockPool(fft.get_workers())
+        slot_bytes = sum(S.data.nbytes for S in e.book.obj_storages.values())
+        self.pool = e._pool = BlockPool(fft.get_workers(), slots_per_thread=1 if slot_bytes > _LARGE_SLOT_BYTES else 2)
         T = self.pool.n
         self._no_mask = np.ones((1, 1, 1), dtype=np.uint8)  # the mask storage's type
         # work items: one per frame block, with the block's constant index arrays
