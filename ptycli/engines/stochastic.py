@@ -430,6 +430,9 @@ class MPIE(PIEBase):
         Parameter("momentum_interval", 30, "int",
                   "frame updates T between two momentum steps (counted across iterations)", low=1,
                   high=100000),
+        Parameter("momentum_restart", False, "bool",
+                  "restart: set an array's velocity to zero when its new step points against it "
+                  "(Re <v, X - X_T> < 0) before the momentum step (adaptive restart, ptycli.engines.momentum)"),
         Parameter("seed", 0, "int", "seed of the random frame visiting order (same seed, same result)", low=0),
     ], doc="momentum-accelerated ptychographic iterative engine")
 
@@ -438,7 +441,8 @@ class MPIE(PIEBase):
 
     def engine_initialize(self):
         super().engine_initialize()
-        self.momentum = Momentum(self.p.friction, self.p.momentum_interval, self.p.probe_friction)
+        self.momentum = Momentum(self.p.friction, self.p.momentum_interval, self.p.probe_friction,
+                                 restart=self.p.momentum_restart)
         self.momentum.reset("obj", {sid: S.data for sid, S in self.book.obj_storages.items()})
         self.momentum.reset("probe", self.sweeper.working_probes())
 
