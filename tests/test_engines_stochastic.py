@@ -368,6 +368,33 @@ def test_momentum_restart_zeroes_an_opposed_velocity():
     np.testing.assert_allclose(m2.velocity["obj"]["S"], 0.5 * (0.5 * d1 + d2) + d3, rtol=0, atol=1e-15)
 
 
+def test_mpie_error_stop_stops_the_momentum_when_the_error_rises():
+    """momentum_error_stop: frictions 0 once the error exceeds (1 + tol) x its lowest, after the settling
+    iterations; before it and within the tolerance the momentum runs on."""
+    eng = make_engine(_model(n=60), dict(name="mPIE", numiter=1, probe_update_start=1, momentum_error_stop=0.1))
+    eng.run()
+    assert eng.momentum.friction == {"obj": 0.5, "probe": 0.5}
+    settle = 1 + eng.ERROR_STOP_SETTLE
+    eng._best_error = None
+    eng.iteration = settle - 1
+    eng.iteration_done({"fourier_error": 0.5})          # settling: not watched
+    assert eng._best_error is None
+    for it, err in enumerate([1.0, 1.09, 0.9, 0.98]):   # within 10 % of the lowest (1.0, then 0.9)
+        eng.iteration = settle + it
+        eng.iteration_done({"fourier_error": err})
+        assert eng.momentum.friction == {"obj": 0.5, "probe": 0.5}
+    assert eng._best_error == 0.9
+    eng.iteration_done({"fourier_error": 1.0})          # 1.0 > 1.1 x 0.9 = 0.99: stop
+    assert eng.momentum.friction == {"obj": 0.0, "probe": 0.0}
+    # off (0): never stops
+    off = make_engine(_model(n=60), dict(name="mPIE", numiter=1, probe_update_start=1))
+    off.run()
+    off.iteration = 50
+    for err in (1.0, 10.0):
+        off.iteration_done({"fourier_error": err})
+    assert off.momentum.friction == {"obj": 0.5, "probe": 0.5}
+
+
 def eng_velocity(eng):
     return next(iter(eng.momentum.velocity["obj"].values()))
 
