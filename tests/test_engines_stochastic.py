@@ -369,7 +369,7 @@ def test_momentum_restart_zeroes_an_opposed_velocity():
 
 
 def test_mpie_error_stop_stops_the_momentum_when_the_error_rises():
-    """momentum_error_stop: frictions 0 once the error exceeds (1 + tol) x its lowest, after the settling
+    """momentum_error_stop (default 0.05): frictions 0 once the error exceeds (1 + tol) x its lowest, after the settling
     iterations; before it and within the tolerance the momentum runs on."""
     eng = make_engine(_model(n=60), dict(name="mPIE", numiter=1, probe_update_start=1, momentum_error_stop=0.1))
     eng.run()
@@ -387,7 +387,7 @@ def test_mpie_error_stop_stops_the_momentum_when_the_error_rises():
     eng.iteration_done({"fourier_error": 1.0})          # 1.0 > 1.1 x 0.9 = 0.99: stop
     assert eng.momentum.friction == {"obj": 0.0, "probe": 0.0}
     # off (0): never stops
-    off = make_engine(_model(n=60), dict(name="mPIE", numiter=1, probe_update_start=1))
+    off = make_engine(_model(n=60), dict(name="mPIE", numiter=1, probe_update_start=1, momentum_error_stop=0.0))
     off.run()
     off.iteration = 50
     for err in (1.0, 10.0):
