@@ -317,19 +317,82 @@ def test_momentum_step_is_the_published_recurrence():
         Momentum(0.5, 0)
 
 
-def test_mpie_without_friction_is_rpie():
-    """friction 0: every momentum step leaves X unchanged, so mPIE is rPIE bit for bit."""
+@pytest.mark.parametrize("restart", [False, True])
+def test_mpie_without_friction_is_rpie(restart):
+    """friction 0: every momentum step leaves X unchanged, so mPIE is rPIE bit for bit (restart or not)."""
     pars = dict(numiter=4, seed=2, probe_update_start=1, alpha=0.1, probe_alpha=0.5, object_step=0.9,
                 probe_step=0.8)
     P = _model(n=60)
     make_engine(P, dict(name="rPIE", **pars)).run()
     Q = _model(n=60)
-    eng = make_engine(Q, dict(name="mPIE", friction=0.0, probe_friction=0.0, momentum_interval=7, **pars))
+    eng = make_engine(Q, dict(name="mPIE", friction=0.0, probe_friction=0.0, momentum_interval=7,
+                                  momentum_restart=restart, **pars))
     eng.run()
     for a, b in zip(_storages(P), _storages(Q)):
         np.testing.assert_array_equal(a.data, b.data)
     # the momentum ran: velocities hold the last steps' changes
     assert np.abs(eng_velocity(eng)).max() > 0
+
+
+def test_momentum_restart_zeroes_an_opposed_velocity():
+    """restart: a step with Re <v, X - X_T> < 0 starts from v = 0 (X moves by eta d); an aligned one keeps v."""
+    from ptycli.engines.momentum import Momentum
+
+    m = Momentum(0.5, 1, restart=True)
+    x = np.zeros(3, np.complex128)
+    m.reset("obj", {"S": x})
+    d1 = np.array([1.0, 1.0j, 0.0])
+    x += d1
+    m.frame_done({"S": x})                    # v = d1, X = 1.5 d1
+    np.testing.assert_array_equal(m.velocity["obj"]["S"], d1)
+    d2 = np.array([0.5, 0.0, 2.0])            # Re <d1, d2> = 0.5 > 0: no restart
+    x += d2
+    m.frame_done({"S": x})
+    np.testing.assert_allclose(m.velocity["obj"]["S"], 0.5 * d1 + d2, rtol=0, atol=1e-15)
+    assert m.restarts["obj"] == 0
+    x_before = 1.5 * d1 + d2 + 0.5 * (0.5 * d1 + d2)
+    np.testing.assert_allclose(x, x_before, rtol=0, atol=1e-15)
+    d3 = -np.array([1.0, 1.0j, 1.0])          # Re <v, d3> = -(0.5 + 0.5 + 2) < 0: restart
+    x += d3
+    m.frame_done({"S": x})
+    np.testing.assert_allclose(m.velocity["obj"]["S"], d3, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(x, x_before + 1.5 * d3, rtol=0, atol=1e-15)
+    assert m.restarts["obj"] == 1
+    # without restart the same steps keep the opposed velocity
+    m2 = Momentum(0.5, 1)
+    y = np.zeros(3, np.complex128)
+    m2.reset("obj", {"S": y})
+    for d in (d1, d2, d3):
+        y += d
+        m2.frame_done({"S": y})
+    np.testing.assert_allclose(m2.velocity["obj"]["S"], 0.5 * (0.5 * d1 + d2) + d3, rtol=0, atol=1e-15)
+
+
+def test_mpie_error_stop_stops_the_momentum_when_the_error_rises():
+    """momentum_error_stop (default 0.05): frictions 0 once the error exceeds (1 + tol) x its lowest, after the settling
+    iterations; before it and within the tolerance the momentum runs on."""
+    eng = make_engine(_model(n=60), dict(name="mPIE", numiter=1, probe_update_start=1, momentum_error_stop=0.1))
+    eng.run()
+    assert eng.momentum.friction == {"obj": 0.5, "probe": 0.5}
+    settle = 1 + eng.ERROR_STOP_SETTLE
+    eng._best_error = None
+    eng.iteration = settle - 1
+    eng.iteration_done({"fourier_error": 0.5})          # settling: not watched
+    assert eng._best_error is None
+    for it, err in enumerate([1.0, 1.09, 0.9, 0.98]):   # within 10 % of the lowest (1.0, then 0.9)
+        eng.iteration = settle + it
+        eng.iteration_done({"fourier_error": err})
+        assert eng.momentum.friction == {"obj": 0.5, "probe": 0.5}
+    assert eng._best_error == 0.9
+    eng.iteration_done({"fourier_error": 1.0})          # 1.0 > 1.1 x 0.9 = 0.99: stop
+    assert eng.momentum.friction == {"obj": 0.0, "probe": 0.0}
+    # off (0): never stops
+    off = make_engine(_model(n=60), dict(name="mPIE", numiter=1, probe_update_start=1, momentum_error_stop=0.0))
+    off.run()
+    off.iteration = 50
+    for err in (1.0, 10.0):
+        off.iteration_done({"fourier_error": err})
+    assert off.momentum.friction == {"obj": 0.5, "probe": 0.5}
 
 
 def eng_velocity(eng):
