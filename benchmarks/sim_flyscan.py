@@ -47,12 +47,13 @@ import os
 
 import numpy as np
 
+# the physics shared with the multislice simulator: one copy
+from sim_multislice import HC_KEV_M, _smooth, angular_spectrum, wavelength_m  # noqa: F401
+
 __all__ = ["HC_KEV_M", "Spec", "wavelength_m", "object_texture", "diffuser_probe", "angular_spectrum",
            "subpixel_shift", "drifting_probes", "snake_positions", "far_field", "simulate", "probe_rank_fidelity"]
 
 #: Planck constant times speed of light, keV * m
-HC_KEV_M = 1.23984198e-9
-
 
 @dataclass
 class Spec:
@@ -105,20 +106,6 @@ class Spec:
     seed: int = 3
 
 
-def wavelength_m(energy_kev):
-    """Wavelength (m) of photons of ``energy_kev``."""
-    return HC_KEV_M / float(energy_kev)
-
-
-def _smooth(shape, rng, feature_px):
-    """Gaussian-filtered white noise with zero mean and unit peak magnitude."""
-    fy = np.fft.fftfreq(shape[0])[:, None]
-    fx = np.fft.fftfreq(shape[1])[None, :]
-    g = np.exp(-2.0 * (np.pi * feature_px) ** 2 * (fy ** 2 + fx ** 2))
-    a = np.real(np.fft.ifft2(np.fft.fft2(rng.standard_normal(shape)) * g))
-    a -= a.mean()
-    return a / np.abs(a).max()
-
 
 def object_texture(shape, rng, phase_rad, absorption, feature_px):
     """A transmission ``(1 - absorption * t) exp(i phase_rad * u)`` of random textures (``u``, ``t`` in [0, 1])."""
@@ -128,15 +115,6 @@ def object_texture(shape, rng, phase_rad, absorption, feature_px):
     t = (t - t.min()) / (t.max() - t.min())
     return (1.0 - absorption * t) * np.exp(1j * phase_rad * u)
 
-
-def angular_spectrum(wave, lam, dx, dz):
-    """Free-space propagation of ``wave`` (square pixels ``dx``) by ``dz`` (exact angular spectrum, periodic)."""
-    ny, nx = wave.shape[-2:]
-    fy = np.fft.fftfreq(ny, dx)[:, None]
-    fx = np.fft.fftfreq(nx, dx)[None, :]
-    arg = 1.0 / lam ** 2 - fy ** 2 - fx ** 2
-    kernel = np.where(arg > 0, np.exp(2j * np.pi * dz * (np.sqrt(np.maximum(arg, 0)) - 1.0 / lam)), 0)
-    return np.fft.ifft2(np.fft.fft2(wave) * kernel)
 
 
 def subpixel_shift(a, dy, dx):
