@@ -53,7 +53,6 @@ from sim_multislice import HC_KEV_M, _smooth, angular_spectrum, wavelength_m  # 
 __all__ = ["HC_KEV_M", "Spec", "wavelength_m", "object_texture", "diffuser_probe", "angular_spectrum",
            "subpixel_shift", "drifting_probes", "snake_positions", "far_field", "simulate", "probe_rank_fidelity"]
 
-#: Planck constant times speed of light, keV * m
 
 @dataclass
 class Spec:
