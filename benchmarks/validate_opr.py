@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import sim_flyscan as sf  # noqa: E402
+from validate_multislice import _engines  # noqa: E402  (the NAME:N chain parser)
 
 __all__ = ["config", "frame_probes", "probe_scores", "run_case"]
 
@@ -82,14 +83,6 @@ def run_case(spec, folder, engines, modes=3, probe="auto", single_alternate=Fals
         out[key] = dict(probe=probe_scores(frame_probes(P), truth["probes"]), object=obj["correlation"],
                         fourier_error=P.runtime.history[-1]["fourier_error"], time_s=time.perf_counter() - t0,
                         weights=None if k == 0 else np.array(P.scans["fly"].probe_weights))
-    return out
-
-
-def _engines(text):
-    out = {}
-    for i, item in enumerate(text.split(",")):
-        name, _, n = item.partition(":")
-        out["e%d" % i] = {"name": name, "numiter": int(n or 100)}
     return out
 
 
