@@ -42,6 +42,7 @@ from ..errors import ConfigError
 from ..utils.param_tree import Param
 from .capabilities import check_engines
 from .declare import Parameter, ParamSet, describe_value
+from .ptypy_names import translate as translate_ptypy_names
 from .registry import ENGINES, LOADERS, load_plugins, suggest
 from .scan import (DATA, SCAN, PathTemplate, RegistryName, WordList, check_label,
                    validate_scan, validate_set, validate_named)
@@ -206,6 +207,8 @@ def validate(tree=None, require_scans=False, require_engines=False):
         A new tree: every declared key present, values converted to their
         declared types (pairs as tuples of floats), canonical names for
         loaders, engines and scan models, scans and engines in given order.
+        PtyPy's own parameter names are translated or dropped first, each
+        logged (:func:`ptycli.params.ptypy_names.translate`).
 
     Raises
     ------
@@ -218,7 +221,7 @@ def validate(tree=None, require_scans=False, require_engines=False):
         tree = {}
     if not isinstance(tree, dict):
         raise ConfigError("top level: expected a mapping of parameters, got %s" % describe_value(tree))
-    tree = Param(tree)
+    tree = translate_ptypy_names(Param(tree))
     out = validate_set(TOP, tree, "")
     _check_unnamed_labels(out)
     out["scans"] = _labelled(out, "scans", validate_scan)
