@@ -52,6 +52,7 @@ import tempfile
 import time
 
 import numpy as np
+import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -186,7 +187,7 @@ def natural_config(data_section, propagation, *, probe_modes=1, poisson=False, r
         from ptycli.params import registry
 
         registry.load_plugins()
-        for k, (name, numiter) in enumerate(chain):
+        for k, (name, numiter, *extra) in enumerate(chain):
             declared = {e.name for e in registry.get_engine(name).paramset}
             entry = {"name": name, "numiter": int(numiter)}
             if refine_positions and "position_refinement" in declared:
@@ -194,6 +195,7 @@ def natural_config(data_section, propagation, *, probe_modes=1, poisson=False, r
             for key in ("ML_type", "noise_model"):
                 if poisson and key in declared:
                     entry[key] = "poisson"
+            entry.update(extra[0] if extra else {})
             engines["e%d_%s" % (k, name.lower())] = entry
         return {"verbose_level": "error", "scans": {label: scan}, "engines": engines}
     if dm_iterations:
@@ -398,6 +400,14 @@ def select(names, quick, patterns):
     return keep
 
 
+def parse_engine(text):
+    """``'RAAR:150:beta=0.9'`` -> ``('RAAR', 150, {'beta': 0.9})`` (values read as YAML); no options: a pair."""
+    name, numiter, *options = text.split(":")
+    if not options:
+        return name, int(numiter)
+    return name, int(numiter), {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in options)}
+
+
 def run_own_case(spec, folder, dm, ml, chain=None):
     """Simulate, write and reconstruct one zoo case (default and true probe)."""
     t0 = time.time()
@@ -501,7 +511,8 @@ def main(argv=None):
     ap.add_argument("--keep", default=None, help="write the data here and keep them")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     ap.add_argument("--engines", default="",
-                    help="engine chain replacing DM + ML, NAME:ITERATIONS comma-separated (e.g. mPIE:100,ML:50)")
+                    help="engine chain replacing DM + ML, NAME:ITERATIONS[:KEY=VALUE...] comma-separated "
+                         "(e.g. mPIE:100,ML:50 or RAAR:150:beta=0.9)")
     args = ap.parse_args(argv)
 
     if args.iterations:
@@ -509,7 +520,7 @@ def main(argv=None):
     else:
         dm, ml = (60, 30) if args.quick else (200, 100)
     patterns = [p for p in args.cases.split(",") if p]
-    chain = [(e.split(":")[0], int(e.split(":")[1])) for e in args.engines.split(",") if e] or None
+    chain = [parse_engine(e) for e in args.engines.split(",") if e] or None
     own = {s.name: s for s in CASES}
     foreign = {} if args.no_foreign or not os.path.isdir(FOREIGN_DIR) else {
         k: v for k, v in FOREIGN.items() if os.path.exists(os.path.join(FOREIGN_DIR, v[0]))}
@@ -529,7 +540,8 @@ def main(argv=None):
         tmp = tempfile.TemporaryDirectory(prefix="ptycli_zoo_")
         folder = tmp.name
     os.makedirs(folder, exist_ok=True)
-    engines_text = " + ".join("%s %d" % c for c in chain) if chain else "DM %d + ML %d" % (dm, ml)
+    engines_text = " + ".join("%s %d" % c[:2] + "".join(" %s=%s" % kv for kv in (c[2].items() if len(c) > 2 else ()))
+                              for c in chain) if chain else "DM %d + ML %d" % (dm, ml)
     print("validation zoo: %d cases, %s, data in %s" % (len(names), engines_text, folder), flush=True)
     rows = []
     t_start = time.time()

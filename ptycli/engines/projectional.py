@@ -13,8 +13,9 @@ followed by the overlap update (probe and object from the new ``psi``).
 * **DM** (Elser's difference map in the form used in ptychography):
   ``beta = 1``: ``psi <- psi + P_F((1 + alpha) pw - alpha psi) - pw``;
   ``alpha = 1`` gives the classic ``psi + P_F(2 pw - psi) - pw``.
-* **RAAR** (Luke 2005): ``x <- [beta/2 (R_F R_O + I) + (1 - beta) P_O] x`` with
-  reflectors ``R = 2P - I``. Expanding,
+* **RAAR** (Luke, Inverse Problems 21, 37 (2005), doi:10.1088/0266-5611/21/1/004):
+  ``x <- [beta/2 (R_F R_O + I) + (1 - beta) P_O] x`` with reflectors
+  ``R = 2P - I``. Expanding,
   ``beta/2 (R_F R_O x + x) = beta/2 (2 P_F(2 P_O x - x) - (2 P_O x - x) + x)
   = beta [P_F(2 pw - psi) - pw + psi]``; adding ``(1 - beta) pw`` gives
   ``beta psi + beta [P_F(2 pw - psi) - pw] + (1 - beta) pw``, which is the
@@ -135,6 +136,8 @@ kernels of :mod:`ptycli.engines.fused` on the engine's thread pool. Figures:
 ``benchmarks/bench_engines.py``.
 """
 
+import math
+
 import numpy as np
 
 from .. import parallel
@@ -216,6 +219,9 @@ class ProjectionEngine(Engine):
     def set_coefficients(self):
         """Set ``self.alpha`` and ``self.beta`` from the parameters (override)."""
 
+    def update_coefficients(self, iteration):
+        """Change ``self.alpha`` / ``self.beta`` for ``iteration`` (counted from the engine's start; override)."""
+
     def engine_initialize(self):
         self.set_coefficients()
         self.pbound = float(self.p.fourier_relax_factor) ** 2 * self.mean_power / 4.0
@@ -247,7 +253,7 @@ class ProjectionEngine(Engine):
                 fdev=np.empty((max_frames,) + shape, dtype=ftype),
                 tmp=np.empty((max_frames,) + shape, dtype=ftype),
                 frame=np.empty(shape, dtype=ctype),
-                frame_stack=np.empty((max_pods,) + shape, dtype=ctype) if self.beta != 1.0 else None,
+                frame_stack=np.empty((max_pods,) + shape, dtype=ctype) if self.p.get("beta", 1.0) != 1.0 else None,
             )
         # overlap-update accumulators, one per storage
         self._ob_num = {sid: np.empty_like(S.data) for sid, S in self.book.obj_storages.items()}
@@ -312,7 +318,8 @@ class ProjectionEngine(Engine):
     # -- iteration -----------------------------------------------------------
     def engine_iterate(self, n):
         out = []
-        for _ in range(n):
+        for k in range(n):
+            self.update_coefficients(self.iteration + k)
             acc = self.new_error_sums()
             self._obj_power = None  # sum |O|^2 as left by the last object update, if nothing changed O since
             self._fuse_object = bool(self.p.update_object_first) or not self.probe_update_due()
@@ -540,13 +547,35 @@ class DM(ProjectionEngine):
 
 @register
 class RAAR(ProjectionEngine):
-    """Relaxed averaged alternating reflections: the update with ``alpha = 1`` and ``beta``."""
+    """Relaxed averaged alternating reflections: the update with ``alpha = 1`` and ``beta``.
+
+    ``beta`` starts at 1 (the difference map) and relaxes to the parameter
+    ``beta`` over about ``beta_ramp`` iterations,
+    ``beta_n = beta + (1 - beta) exp(-(n / beta_ramp)^3)`` (the cubic-exponential
+    form of Luke's schedule, run the other way). From the default probe guess,
+    RAAR with ``beta = 0.75`` from the first iteration stalls where DM does
+    not; measured, RAAR 150 iterations, correlation with the true object
+    (``benchmarks/validate_zoo.py``), constant beta -> ``beta_ramp: 80``:
+    foreign near field 0.039 -> 0.974, two probe modes 0.252 -> 0.934, a
+    diffuser probe 0.583 -> 0.989, a zone plate 0.738 -> 0.922, near-field
+    diffuser 0.777 -> 0.893, 1e4 photons per frame 0.844 -> 0.880, 1e5
+    photons 0.528 -> 0.970, a sub-pixel spiral scan 0.573 -> 0.987; focused
+    probe and strong phase object unchanged (0.998 / 0.997), three cases
+    within 0.003 (integer spiral 0.994 -> 0.991). Over the 26 cases: median
+    0.953 -> 0.977, 14 -> 18 cases >= 0.95.
+    """
 
     NAME = "RAAR"
     PARAMS = ProjectionEngine.PARAMS.extended("RAAR", [
         Parameter("beta", 0.75, "float", "RAAR relaxation (1: DM with alpha = 1)", low=0.0, high=1.0),
+        Parameter("beta_ramp", 80, "int", "iterations over which beta relaxes from 1 (DM) to beta: "
+                  "beta_n = beta + (1 - beta) exp(-(n / beta_ramp)^3); 0: beta from the first iteration", low=0),
     ], doc="relaxed averaged alternating reflections")
 
     def set_coefficients(self):
         self.alpha = 1.0
-        self.beta = float(self.p.beta)
+        self.update_coefficients(0)
+
+    def update_coefficients(self, iteration):
+        beta, ramp = float(self.p.beta), int(self.p.beta_ramp)
+        self.beta = beta if ramp <= 0 else beta + (1.0 - beta) * math.exp(-(iteration / ramp) ** 3)
