@@ -123,6 +123,10 @@ CASES = [
     CaseSpec("integer_spiral", layout="ptyd", probe="zoneplate", probe_size_px=9.0, frames=120,
              photons=1e7, subpixel=False, feature_px=0.7, seed=19,
              notes="twin of subpixel_spiral on the grid"),
+    # another program's layout
+    CaseSpec("ptylab_defocused", layout="ptylab", probe="defocused", probe_size_px=12.0, scan="spiral",
+             frames=100, photons=1e7, subpixel=True, seed=20,
+             notes="PtyLab's HDF5 (ptychogram, encoder, wavelength, zo, dxd); sub-pixel encoder positions"),
 ]
 
 QUICK = {"focused_raster", "zoneplate_defocus9", "diffuser_farfield", "rect_48x80_far",

@@ -1,8 +1,9 @@
 """Independent forward simulator and file writers for ptycli's validation zoo (issue 12).
 
 Nothing here imports ptycli: objects, probes, scans, the forward model and the
-three file layouts are written with numpy and plain h5py, so that the zoo
-tests ptycli on data it did not write itself.
+four file layouts (PtyPy .ptyd, CXI, a beamline HDF5, PtyLab's HDF5) are written
+with numpy and plain h5py, so that the zoo tests ptycli on data it did not write
+itself.
 
 Conventions (the same as the foreign scans in ``../shared/data/foreign``)
 -------------------------------------------------------------------------
@@ -907,6 +908,29 @@ def write_beamline(path, counts, positions_m, geometry, valid=None):
     return n_saturated, valid is not None
 
 
+def write_ptylab(path, counts, positions_m, geometry):
+    """Write PtyLab's HDF5 layout (conventional ptychography): SI units at the top level.
+
+    ``ptychogram`` (N, rows, cols) float32 with the zero frequency at
+    ``rows // 2`` (a centred FFT, as :func:`propagate_far`), ``encoder``
+    (N, 2) positions (y, x) in metres, ``wavelength``, ``zo`` (distance) and
+    ``dxd`` (detector pixel) in metres as one-element arrays, ``Nd`` and an
+    ``entrancePupilDiameter`` estimate, as PtyLab's own simulation writes them.
+    Far field only.
+    """
+    counts = np.asarray(counts, dtype=np.float32)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("ptychogram", data=counts, dtype="f")
+        f.create_dataset("encoder", data=np.asarray(positions_m, dtype=np.float64), dtype="f")
+        f.create_dataset("wavelength", data=(geometry.wavelength_m,), dtype="f")
+        f.create_dataset("zo", data=(geometry.distance_m,), dtype="f")
+        f.create_dataset("dxd", data=(geometry.detector_pixel_m,), dtype="f")
+        f.create_dataset("Nd", data=(counts.shape[-1],), dtype="i")
+        f.create_dataset("entrancePupilDiameter", data=(counts.shape[-1] * geometry.object_pixel_m[0] / 2,),
+                         dtype="f")
+        f.create_dataset("orientation", data=0)
+
+
 def beamline_data_section(path, with_mask):
     """The ``scans.<label>.data`` mapping a user writes for :func:`write_beamline` files.
 
@@ -943,13 +967,15 @@ def beamline_data_section(path, with_mask):
 
 
 def data_section(layout, path, with_mask=False):
-    """The ``scans.<label>.data`` section reading a file of ``layout`` (ptyd, cxi, beamline)."""
+    """The ``scans.<label>.data`` section reading a file of ``layout`` (ptyd, cxi, beamline, ptylab)."""
     if layout == "ptyd":
         return {"name": "PtydScan", "dfile": str(path)}
     if layout == "cxi":
         return {"name": "CxiScan", "dfile": str(path)}
     if layout == "beamline":
         return beamline_data_section(path, with_mask)
+    if layout == "ptylab":
+        return {"name": "PtyLabScan", "dfile": str(path)}
     raise ValueError("unknown layout %r" % layout)
 
 
@@ -1157,7 +1183,7 @@ def build_case(spec, folder, margin_px=4):
 
     resolution = geometry.object_pixel_m
     positions_m = reported * resolution
-    ext = {"ptyd": ".ptyd", "cxi": ".cxi", "beamline": ".h5"}[spec.layout]
+    ext = {"ptyd": ".ptyd", "cxi": ".cxi", "beamline": ".h5", "ptylab": ".hdf5"}[spec.layout]
     data_file = os.path.join(folder, spec.name + ext)
     n_saturated = 0
     has_mask = valid is not None
@@ -1167,6 +1193,9 @@ def build_case(spec, folder, margin_px=4):
         write_cxi(data_file, counts, positions_m, geometry, mask_bits=mask_bits)
     elif spec.layout == "beamline":
         n_saturated, has_mask = write_beamline(data_file, counts, positions_m, geometry, valid=valid)
+    elif spec.layout == "ptylab":
+        write_ptylab(data_file, counts, positions_m, geometry)
+        has_mask = False
     else:
         raise ValueError("unknown layout %r" % spec.layout)
 

@@ -2,7 +2,7 @@
 
 Importing this package registers every loader (``LOADERS`` maps names to
 classes): ``Hdf5Scan`` (any HDF5 file, default layout: ptycli's own data file),
-``NpyFolderScan`` (a folder of ``.npy`` frames with ``geometry.txt`` and
+``PtyLabScan`` (PtyLab's HDF5 files), ``NpyFolderScan`` (a folder of ``.npy`` frames with ``geometry.txt`` and
 ``positions.txt``), ``NpzScan`` (NumPy ``.npz``/``.npy``, also bzip2/gzip-compressed),
 and, when present, ``PtydScan`` (PtyPy ``.ptyd``),
 ``CxiScan`` (CXI) and ``MoonFlowerScan`` (simulation).
@@ -17,6 +17,7 @@ from .base import LOADERS, ScanData, ScanLoader, get_loader, register  # noqa: F
 from . import hdf5  # noqa: F401
 from . import npyfolder  # noqa: F401
 from . import npz  # noqa: F401
+from . import ptylab  # noqa: F401
 
 for _mod in ("ptyd", "cxi", "moonflower"):
     try:

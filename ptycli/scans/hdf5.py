@@ -33,6 +33,7 @@ import os
 
 import numpy as np
 
+from ..core.geometry import HC_KEV_M
 from ..errors import ConfigError, DataError
 from ..io.datafile import read_ground_truth
 from ..io.h5guard import check_structure
@@ -56,6 +57,7 @@ DEFAULT_PATHS = {
     "center": "/geometry/center",
     "ground_truth": "/ground_truth",
     "label": "/meta/label",
+    "wavelength": None,
 }
 
 _ENERGY_UNITS = {"kev": 1.0, "ev": 1e-3, "mev": 1e3, "j": 1.0 / 1.602176634e-16}
@@ -109,6 +111,8 @@ class Hdf5Scan(ScanLoader):
     """Any HDF5 file, with configurable dataset paths (default: ptycli's layout)."""
 
     NAME = "Hdf5Scan"
+    #: where the file keeps what a dataset parameter left null reads (subclasses: other layouts)
+    PATHS = DEFAULT_PATHS
     PARAMS = ScanLoader.PARAMS.extended("Hdf5Scan", [
         Parameter("intensities", DEFAULT_PATHS["intensities"], "str",
                   "dataset of the frames, (N, H, W) or (ny, nx, H, W)"),
@@ -130,6 +134,9 @@ class Hdf5Scan(ScanLoader):
         _dataset_param("energy_dataset", "the photon energy (keV after the multiplier)",
                        DEFAULT_PATHS["energy"]),
         _multiplier("energy_multiplier", "energy to keV (e.g. 1e-3 for eV)"),
+        _dataset_param("wavelength_dataset", "the wavelength (m after the multiplier), read when there is "
+                       "no energy", DEFAULT_PATHS["wavelength"]),
+        _multiplier("wavelength_multiplier", "wavelength to m (e.g. 1e-9 for nm)"),
         _dataset_param("distance_dataset", "the sample-detector distance (m after the "
                        "multiplier)", DEFAULT_PATHS["distance"]),
         _multiplier("distance_multiplier", "distance to m (e.g. 1e-3 for mm)"),
@@ -213,7 +220,7 @@ class Hdf5Scan(ScanLoader):
                         validation=True)
                 out.append(ds)
             return out
-        path = p.get("positions") or DEFAULT_PATHS["positions"]
+        path = p.get("positions") or self.PATHS["positions"]
         ds = self._dataset(f, path, "positions")
         if ds.ndim != 2 or ds.shape[1] != 2:
             raise DataError("%s: dataset %s has shape %s, expected (N, 2) (y, x)" % (
@@ -230,6 +237,22 @@ class Hdf5Scan(ScanLoader):
             return _LENGTH_UNITS[u]
         logger.debug("%s: unknown units %r of %s ignored", self.source, u, ds.name)
         return 1.0
+
+    def _energy_kev(self, f):
+        """The photon energy: the energy dataset, else ``hc / wavelength`` from the wavelength dataset."""
+        p = self.pars
+        energy = self._scalar(f, "energy_dataset", self.PATHS["energy"], p.energy_multiplier, "energy")
+        if energy is not None:
+            return energy
+        wavelength = self._scalar(f, "wavelength_dataset", self.PATHS["wavelength"], p.wavelength_multiplier,
+                                  "length")
+        if wavelength is None:
+            return None
+        if not wavelength > 0:
+            raise DataError("%s: the wavelength is %g m; expected a positive length" % (f.filename, wavelength),
+                            hint="check %s and wavelength_multiplier" % self._where("wavelength_dataset"),
+                            validation=True)
+        return HC_KEV_M / wavelength
 
     def _scalar(self, f, key, default, multiplier, kind, size=1):
         ds = self._optional(f, key, default)
@@ -269,14 +292,13 @@ class Hdf5Scan(ScanLoader):
                 "num_frames": n,
                 "frame_shape": tuple(ds.shape[-2:]),
                 "num_positions": npos,
-                "energy_kev": self._scalar(f, "energy_dataset", DEFAULT_PATHS["energy"],
-                                           p.energy_multiplier, "energy"),
-                "distance_m": self._scalar(f, "distance_dataset", DEFAULT_PATHS["distance"],
+                "energy_kev": self._energy_kev(f),
+                "distance_m": self._scalar(f, "distance_dataset", self.PATHS["distance"],
                                            p.distance_multiplier, "length"),
-                "psize_m": self._scalar(f, "psize_dataset", DEFAULT_PATHS["psize"],
+                "psize_m": self._scalar(f, "psize_dataset", self.PATHS["psize"],
                                         p.psize_multiplier, "length", size=2),
             }
-            mds = self._optional(f, "mask_dataset", DEFAULT_PATHS["mask"])
+            mds = self._optional(f, "mask_dataset", self.PATHS["mask"])
             if mds is not None and not (
                     mds.shape == tuple(ds.shape[-2:])
                     or (mds.ndim == 3 and mds.shape[0] >= n and mds.shape[1:] == ds.shape[-2:])):
@@ -285,7 +307,7 @@ class Hdf5Scan(ScanLoader):
                     (n,) + tuple(ds.shape[-2:])),
                     hint="give one mask for all frames or one per frame in %s"
                     % self._where("mask_dataset"), validation=True)
-            cds = self._optional(f, "center_dataset", DEFAULT_PATHS["center"])
+            cds = self._optional(f, "center_dataset", self.PATHS["center"])
             if cds is not None:
                 c = np.asarray(cds[()], dtype=np.float64).reshape(-1)
                 if c.size == 2 and np.all(np.isfinite(c)):
@@ -299,11 +321,11 @@ class Hdf5Scan(ScanLoader):
             if geo is not None and "propagation" in geo.attrs:
                 prop = geo.attrs["propagation"]
                 meta["propagation"] = prop.decode() if isinstance(prop, bytes) else str(prop)
-            lab = f.get(DEFAULT_PATHS["label"])
+            lab = f.get(self.PATHS["label"]) if self.PATHS.get("label") else None
             if lab is not None and not p.get("label"):
                 v = lab[()]
                 meta["label"] = v.decode() if isinstance(v, bytes) else str(v)
-            gt = f.get(DEFAULT_PATHS["ground_truth"])
+            gt = f.get(self.PATHS["ground_truth"]) if self.PATHS.get("ground_truth") else None
             if gt is not None:
                 meta["ground_truth"] = read_ground_truth(gt)
             meta["meta"] = {"hdf5_intensities": ds.name}
@@ -312,7 +334,7 @@ class Hdf5Scan(ScanLoader):
     def read_static(self):
         out = {}
         with self._open() as f:
-            mds = self._optional(f, "mask_dataset", DEFAULT_PATHS["mask"])
+            mds = self._optional(f, "mask_dataset", self.PATHS["mask"])
             if mds is not None and mds.ndim == 2:
                 out["mask"] = mds[()]
             for key in ("dark", "flat"):
@@ -358,7 +380,7 @@ class Hdf5Scan(ScanLoader):
                         f.filename, sets[0].name, sets[1].name))
                 pos = np.stack(cols, axis=1)
             out["positions"] = pos
-            mds = self._optional(f, "mask_dataset", DEFAULT_PATHS["mask"])
+            mds = self._optional(f, "mask_dataset", self.PATHS["mask"])
             if mds is not None and mds.ndim == 3:
                 out["mask"] = mds[start:stop]
         return out
