@@ -571,6 +571,12 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         """A fresh :class:`ErrorSums` for one iteration."""
         return ErrorSums(self.total_counts)
 
+    def starts_from_probe_guess(self):
+        """Whether this engine is the run's first and a scan's probe is the automatic guess (``illumination.model: auto``)."""
+        P = self.ptycho
+        return int(P.runtime.get("iterations", 0)) == 0 and any(
+            bool(getattr(m, "probe_guess", None)) for m in P.scans.values())
+
     def probe_update_due(self):
         """Whether the probe is updated in the current iteration (``iteration >= probe_update_start``)."""
         return self.iteration >= int(self.p.probe_update_start)

@@ -188,6 +188,9 @@ class ML(Engine):
     # -- life cycle ---------------------------------------------------------------------
     def engine_initialize(self):
         p = self.p
+        if self.starts_from_probe_guess():
+            log.warning("%s (ML) starts from the automatic probe guess: ML refines a reconstruction and can stall "
+                        "from a poor start; put DM or RAAR before it (e.g. DM 100 iterations, then ML)", self.label)
         self.noise = noise_model(str(p.ML_type).lower())
         self.floating = bool(p.floating_intensities)
         self.eps = self.noise.eps(self.mean_power)
