@@ -42,6 +42,7 @@ from .classes import POD, View
 from .counting_noise import amplitude_noise_floor, looks_like_counts
 from .geometry import Geo
 from .illumination import init_probe
+from .position_check import RATIO as POSITION_RATIO, convention_errors
 from .variable_probe import initial_eigenprobes
 from .probe_guess import mean_measured_pattern
 from .sample import init_object
@@ -76,6 +77,8 @@ class ScanModel:
         self.geometry = None
         #: how the ``auto`` probe guess was chosen (see ``illumination.probe_from_data``); empty otherwise
         self.probe_guess = {}
+        #: trial errors of the position conventions (:mod:`.position_check`); empty when not checked
+        self.position_check = {}
         #: the sub-pixel position model chosen by :meth:`choose_subpixel` (``ptycli.core.subpixel.choose``)
         self.subpixel = {}
         #: mean squared counting noise of an amplitude per valid pixel (:meth:`measure_noise`), set by load
@@ -347,6 +350,29 @@ class ScanModel:
         S.fill(modes.astype(S.dtype))
         if self.variable_modes > 0:
             self._init_variable_probe(S)
+        if self.p.get("position_check", True):
+            self.check_position_convention(modes[0])
+
+    def check_position_convention(self, probe):
+        """Warn when the frames fit the positions flipped or swapped clearly better (:mod:`.position_check`)."""
+        d = self.data
+        positions = self.positions_m()
+        if positions is None:
+            return
+        errors = convention_errors(probe, d.intensities, d.mask, self.geometry.propagator,
+                                   np.asarray(positions, dtype=float).reshape(-1, 2) / self.geometry.resolution,
+                                   noise_floor=self.noise_floor)
+        self.position_check = errors or {}
+        if not errors:
+            return
+        given = errors["as given"]
+        name, best = min(((k, v) for k, v in errors.items() if k != "as given"), key=lambda kv: kv[1])
+        if best < POSITION_RATIO * given:
+            log.warning("scan %s: the frames fit the positions %s far better than as given (trial Fourier error "
+                        "%.3g against %.3g): check the positions' convention (data.positions_flip, "
+                        "data.positions_swap); position_check: false silences this", self.label,
+                        {"flipped": "flipped in x (or y)", "swapped": "with y and x swapped",
+                         "swapped and flipped": "with y and x swapped and one flipped"}[name], best, given)
 
     def _init_variable_probe(self, S):
         """Eigen-probes as probe layers (the configured probe first, its first-order variations after) and

@@ -19,7 +19,7 @@ from ..errors import DataError
 from ..utils.array_utils import smooth_step
 from .probe_trial import trial_errors
 
-__all__ = ["probe_from_data", "mean_measured_pattern"]
+__all__ = ["probe_from_data", "mean_measured_pattern", "central_frames", "valid_pixels"]
 
 log = logging.getLogger("ptycli")
 
@@ -149,7 +149,7 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
     """
     intensities = np.asarray(intensities)
     shape = tuple(intensities.shape[-2:])
-    valid = _valid(intensities, mask)
+    valid = valid_pixels(intensities, mask)
     mean_pattern, counts = mean_measured_pattern(intensities, mask)
     measured = counts > 0
     amplitude = np.sqrt(np.clip(mean_pattern, 0, None))
@@ -160,7 +160,7 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
 
     central = None
     if positions is not None:
-        central = _central_frames(intensities, valid, positions)
+        central = central_frames(intensities, valid, positions)
     # the candidates, most trusted first (the order breaks near-ties of the trial)
     candidates = {}
     if central is not None and farfield:
@@ -222,7 +222,7 @@ TRIAL_MIN_FRAMES = 6
 TRIAL_FRAMES = 24
 
 
-def _central_frames(intensities, valid, positions, max_frames=40):
+def central_frames(intensities, valid, positions, max_frames=40):
     """The frames nearest the scan centre, gathered to every process.
 
     Parameters
@@ -266,7 +266,7 @@ def _central_frames(intensities, valid, positions, max_frames=40):
     return frames[0], frames[1] > 0, allpos[chosen]
 
 
-def _valid(intensities, mask):
+def valid_pixels(intensities, mask):
     """Boolean valid-pixel array of the frames' shape (all valid without a mask)."""
     if mask is None:
         return np.ones(intensities.shape, dtype=bool)
@@ -373,7 +373,7 @@ def _curvature_from_shifts(frames, frame_valid, sub, mean_pattern, neighbours=4,
     """Wavefront curvatures ``(a_y, a_x)`` from the shift of patterns between neighbouring frames.
 
     ``frames``, ``frame_valid`` and ``sub`` (positions in sample pixels) are
-    the central frames of :func:`_central_frames`; ``smooth`` (pixels) is the
+    the central frames of :func:`central_frames`; ``smooth`` (pixels) is the
     width of a Gaussian applied to the contrast maps (low counts). Returns a list of
     ``(curvature, score, number_of_pairs)``, the best first, then a rival
     local maximum of the score when there is one (see the code); empty when

@@ -348,6 +348,9 @@ SCAN = ParamSet("scan", [
     Parameter("subpixel_resolution", 4, "int",
               "steps per pixel to which the sub-pixel remainders are quantised (frames of one step share a "
               "shifted probe: at most (resolution + 1)^2 of them)", low=1, high=64, unit="1/pixel"),
+    Parameter("position_check", True, "bool",
+              "before the engines, try the positions flipped and with y and x swapped on the central frames and "
+              "warn when another convention fits the frames clearly better (nothing is changed)"),
     Parameter("probe_share", None, "str", "label of another scan whose probe this scan uses; "
               "null for its own probe"),
     Parameter("object_share", None, "str", "label of another scan whose object this scan uses; "
