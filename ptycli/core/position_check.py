@@ -18,18 +18,20 @@ same frames the automatic probe guess tries its candidates on). A class whose
 error is below :data:`RATIO` of the error of the positions as given is
 reported; nothing is changed (the probe guess itself was made with the
 positions as given, which favours them, so a report is strong evidence).
-Measured on the validation zoo (``benchmarks/validate_zoo.py`` cases, 40
-central frames): with the right convention no other class came below 0.99 of
-its error (focused probe: 31x higher; zone plate 1.28x; diffuser 0.99-1.17x,
-the one case where the classes cannot be told apart); with positions flipped
-in x the right class scored 0.04 (focused), 0.10 (aperture), 0.53-0.54 (near
-field) of the given one and 0.90-0.94 for zone-plate and diffuser probes,
-whose curved wavefronts the guess had fitted to the wrong positions.
+Measured on the validation zoo (``benchmarks/validate_zoo.py`` cases, the 24
+central frames): with the right convention no other class came below 0.96 of
+its error (focused probe: 15-26x higher; zone plate 1.2-1.3x; two probe modes
+and a diffuser 0.96-1.2x, where the classes cannot be told apart), and none of
+the four foreign scans of ``shared/data/foreign`` warned; with the positions
+flipped in x the right class scored 0.04 (focused probe) and 0.14 (aperture)
+of the given one, but 0.52-0.58 in near field and 0.9 for zone-plate and
+diffuser probes, whose curved wavefronts the guess had fitted to the wrong
+positions.
 """
 
 import numpy as np
 
-from .probe_guess import TRIAL_MIN_FRAMES, central_frames, valid_pixels
+from .probe_guess import TRIAL_FRAMES, TRIAL_MIN_FRAMES, central_frames, valid_pixels
 from .probe_trial import trial_errors
 
 __all__ = ["convention_errors", "RATIO", "CLASSES"]
@@ -70,7 +72,7 @@ def convention_errors(probe, intensities, mask, propagator, positions_px, noise_
         Swapped classes are left out for rectangular frames.
     """
     valid = valid_pixels(intensities, mask)
-    central = central_frames(intensities, valid, positions_px)
+    central = central_frames(intensities, valid, positions_px, max_frames=TRIAL_FRAMES)
     if central is None or central[0].shape[0] < TRIAL_MIN_FRAMES:
         return None
     frames, frame_valid, pos = central
