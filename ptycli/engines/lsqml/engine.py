@@ -133,6 +133,7 @@ from . import batch as numpy_passes
 from .batch import GroupBatch
 from .positions import POSITION_PARAMS, GradientPositions
 from .steps import frame_steps
+from .variable import VariableGroupBatch, refactor_book, update_weights
 
 # imported at first use: listing the parameters (ptycli params) needs no numba
 fused = lazy_module("ptycli.engines.fused")
@@ -179,6 +180,7 @@ class LSQML(Engine):
     """Least-squares maximum-likelihood ptychography in mini-batches (see the module docstring)."""
 
     NAME = "LSQML"
+    VARIABLE_PROBE = True  # a probe per frame from eigen-probes: ptycli.engines.lsqml.variable
     PARAMS = Engine.PARAMS.extended("LSQML", [
         Parameter("batch_size", None, "int",
                   "frames per mini-batch (null: ceil(frames / %d), about %d batches per epoch); smaller batches "
@@ -224,7 +226,8 @@ class LSQML(Engine):
         self._compiled = fused.use_compiled(p.kernels, n_pixels, True)
         kind = compiled_passes.CompiledGroupBatch if self._compiled else GroupBatch
         self._ops = compiled_passes if self._compiled else numpy_passes  # the window operations
-        self.groups = [kind(g, self.noise, self.eps) for g in self.book.groups]
+        self.groups = [self._group_passes(g, kind) for g in self.book.groups]
+        self._variable = any(isinstance(G, VariableGroupBatch) for G in self.groups)
         self._cost_const = self.noise.cost_constant((G.n, G.mask) for G in self.groups)
         P = self.ptycho
         self.obj_ids = sorted(P.obj.S)
@@ -259,6 +262,15 @@ class LSQML(Engine):
         workers = max(1, int(fft.get_workers()))
         self._pool = BlockPool(workers)  # batch parts on the threads; single-threaded FFTs then
         self._fft_workers = max(1, workers // self._pool.n)
+
+    def _group_passes(self, g, kind):
+        """The passes over group ``g``: ``kind``, or the numpy passes of a variable probe (logged when compiled)."""
+        if g.probe_weights is None:
+            return kind(g, self.noise, self.eps)
+        if kind is not GroupBatch and parallel.master:
+            log.info("%s: scan %s has a variable probe; its LSQML passes are numpy (no compiled ones)",
+                     self.label, g.label)
+        return VariableGroupBatch(g, self.noise, self.eps)
 
     def engine_finalize(self):
         self.reset_exit()  # exit waves = probe * object, for the engines that follow
@@ -323,6 +335,8 @@ class LSQML(Engine):
         for batch in batches:
             stats += self._batch(self._local(batch), probe_on, pos_on, errors)
         if probe_on:
+            if self._variable:  # the eigen-probes' gauge (ptycli.engines.lsqml.variable)
+                refactor_book(self.book, reduce=parallel.allreduce if parallel.size > 1 else None)
             self.apply_probe_constraints(orthogonalize=False)
             self.orthogonalize_probe(rotate_exit=False)
         self.apply_object_constraints()
@@ -493,6 +507,9 @@ class LSQML(Engine):
                 parallel.allreduce(aP_sum)
             mean_aP = aP_sum[0] / max(aP_sum[1], 1.0)
             step = self.ftype.type(float(self.p.probe_step) * mean_aP)
+            if self._variable:  # the frames' weights, from the eigen-probes before this update
+                update_weights(self._pool, self.groups, items, states, {s: P.probe.S[s].data for s in dP}, dP,
+                               float(step), float(self.p.probe_step))
             for sid in self.probe_ids:
                 P.probe.S[sid].data += step * dP[sid]
         if pos_on:
