@@ -133,6 +133,7 @@ from . import batch as numpy_passes
 from .batch import GroupBatch
 from .positions import POSITION_PARAMS, GradientPositions
 from .steps import frame_steps
+from .multislice import MultisliceGroupBatch, slice_steps
 from .variable import VariableGroupBatch, refactor_book, update_weights
 
 # imported at first use: listing the parameters (ptycli params) needs no numba
@@ -181,6 +182,7 @@ class LSQML(Engine):
 
     NAME = "LSQML"
     VARIABLE_PROBE = True  # a probe per frame from eigen-probes: ptycli.engines.lsqml.variable
+    MULTISLICE = True  # multislice objects: ptycli.engines.lsqml.multislice
     PARAMS = Engine.PARAMS.extended("LSQML", [
         Parameter("batch_size", None, "int",
                   "frames per mini-batch (null: ceil(frames / %d), about %d batches per epoch); smaller batches "
@@ -228,6 +230,7 @@ class LSQML(Engine):
         self._ops = compiled_passes if self._compiled else numpy_passes  # the window operations
         self.groups = [self._group_passes(g, kind) for g in self.book.groups]
         self._variable = any(isinstance(G, VariableGroupBatch) for G in self.groups)
+        self._slices = max([int(getattr(S, "slices", 1)) for S in self.ptycho.obj.S.values()] + [1])  # same on every rank
         self._cost_const = self.noise.cost_constant((G.n, G.mask) for G in self.groups)
         P = self.ptycho
         self.obj_ids = sorted(P.obj.S)
@@ -264,13 +267,22 @@ class LSQML(Engine):
         self._fft_workers = max(1, workers // self._pool.n)
 
     def _group_passes(self, g, kind):
-        """The passes over group ``g``: ``kind``, or the numpy passes of a variable probe (logged when compiled)."""
-        if g.probe_weights is None:
+        """The passes over group ``g``: ``kind``, or the numpy passes of a variable probe or a multislice object.
+
+        Both are numpy only (logged when ``kind`` is compiled); position correction does not move the frames
+        of a multislice object (logged).
+        """
+        multi = int(g.obj.slices) > 1
+        if g.probe_weights is None and not multi:
             return kind(g, self.noise, self.eps)
+        what = "a multislice object" if multi else "a variable probe"
         if kind is not GroupBatch and parallel.master:
-            log.info("%s: scan %s has a variable probe; its LSQML passes are numpy (no compiled ones)",
-                     self.label, g.label)
-        return VariableGroupBatch(g, self.noise, self.eps)
+            log.info("%s: scan %s has %s; its LSQML passes are numpy (no compiled ones)", self.label, g.label, what)
+        pc = self.p.get("position_correction")
+        if multi and pc and pc.get("start") is not None and parallel.master:
+            log.warning("%s: position correction does not move the frames of scan %s (a multislice object)",
+                        self.label, g.label)
+        return (MultisliceGroupBatch if multi else VariableGroupBatch)(g, self.noise, self.eps)
 
     def engine_finalize(self):
         self.reset_exit()  # exit waves = probe * object, for the engines that follow
@@ -484,6 +496,8 @@ class LSQML(Engine):
         nb = max(tot[2], 1.0)
         lam = float(self.p.step_reg)
         steps = [frame_steps(s[0], s[1], s[2], s[3], s[4], lam, probe_on, tot[0] / nb, tot[1] / nb) for s in sums]
+        if self._slices > 1:  # the other slices' steps (ptycli.engines.lsqml.multislice)
+            slice_steps(self.groups, items, states, lam, self._slices)
         beta = float(self.p.object_step)
 
         def update_pass(k, i):
