@@ -195,7 +195,8 @@ class LSQML(Engine):
                   "likelihood: gaussian (on amplitudes: the exit-wave step is the modulus projection) or "
                   "poisson (Newton step per frame)", choices=list(NOISE_MODELS)),
         Parameter("object_reg", 0.1, "float",
-                  "object direction regulariser delta_O as a fraction of the batch's largest sum |P|^2",
+                  "object direction regulariser delta_O as a fraction of the batch's largest sum |P|^2 "
+                  "(a multislice object's slices: at least 1)",
                   low=0.0),
         Parameter("probe_reg", 0.1, "float",
                   "probe direction regulariser delta_P as a fraction of the batch's largest sum |O|^2", low=0.0),
@@ -282,7 +283,9 @@ class LSQML(Engine):
         if multi and pc and pc.get("start") is not None and parallel.master:
             log.warning("%s: position correction does not move the frames of scan %s (a multislice object)",
                         self.label, g.label)
-        return (MultisliceGroupBatch if multi else VariableGroupBatch)(g, self.noise, self.eps)
+        if multi:
+            return MultisliceGroupBatch(g, self.noise, self.eps, float(self.p.object_reg))
+        return VariableGroupBatch(g, self.noise, self.eps)
 
     def engine_finalize(self):
         self.reset_exit()  # exit waves = probe * object, for the engines that follow
