@@ -94,7 +94,7 @@ class VariableGroupBatch(GroupBatch):
         """Every pod's frame probe ``sum_k w_jk layers_k``: (pods, H, W) (``layers`` (K, H, W), any plane)."""
         K = layers.shape[0]
         n = len(pods)
-        return (self.pod_weights(pods) @ layers.reshape(K, -1)).reshape((n,) + layers.shape[1:])
+        return np.einsum("pk,km->pm", self.pod_weights(pods), layers.reshape(K, -1)).reshape((n,) + layers.shape[1:])
 
     def probe_sums(self, acc, ob, chi, pods):
         """The eigen-probe sums of step 2 (module docstring): ``numP_k += sum conj(w_jk) conj(O_j) chi_j``, ``denP_k``."""
@@ -102,7 +102,9 @@ class VariableGroupBatch(GroupBatch):
         n = len(pods)
         wc = np.conj(self.pod_weights(pods))                        # (pods, K)
         po = np.conj(ob) * chi
-        num = (wc.T @ po.reshape(n, -1)).reshape((K,) + chi.shape[1:])
+        # einsum, not the BLAS matrix product: with these shapes (K or n small) complex64 products were
+        # 10-100x slower at times on the test machine
+        num = np.einsum("pk,pm->km", wc, po.reshape(n, -1)).reshape((K,) + chi.shape[1:])
         if self.pre is not None:
             num *= np.conj(self.pre)
         acc["numP"] += num
@@ -126,8 +128,9 @@ class VariableGroupBatch(GroupBatch):
             r = chi - self.ctype.type(probe_step) * (self.probe_rows(self.probe_eff(dP), pods) * ob)
         Y = ob[:, None] * self.probe_eff(layers)[None]              # (pods, K, H, W): O_j U_k
         Yf = Y.reshape(n, K, -1)
-        G = (np.conj(Yf) @ Yf.transpose(0, 2, 1)).astype(np.complex128)          # (pods, K, K)
-        b = (np.conj(Yf) @ r.reshape(n, -1, 1))[..., 0].astype(np.complex128)    # (pods, K)
+        Yc = np.conj(Yf)
+        G = np.einsum("pkm,plm->pkl", Yc, Yf).astype(np.complex128)      # (pods, K, K)
+        b = np.einsum("pkm,pm->pk", Yc, r.reshape(n, -1)).astype(np.complex128)   # (pods, K)
         if len(starts) != n:  # object modes: sum a frame's pods
             G = np.add.reduceat(G, starts, axis=0)
             b = np.add.reduceat(b, starts, axis=0)
