@@ -40,6 +40,11 @@ and object ``O`` (pods ``j`` = frame, probe mode ``k``, object mode ``l``;
    per-frame shifts from the object gradient and ``chi``
    (:mod:`ptycli.engines.lsqml.positions`).
 
+A variable probe (every frame its own probe from eigen-probes and weights)
+and multislice objects are :mod:`ptycli.engines.lsqml.variable` and
+:mod:`ptycli.engines.lsqml.multislice` (their own numpy group passes, hooked
+in here at three places each).
+
 After every epoch the probe constraints (support, recentring, mode
 orthogonalisation) and the object clipping of the common engine parameters
 are applied. Before ``probe_update_start`` only the object moves
