@@ -198,3 +198,61 @@ def test_lsqml_three_slices_recovered_where_one_slice_fails(tmp_path):
     assert np.all(np.diag(m) >= 0.9), m
     assert np.all(m[~np.eye(3, dtype=bool)] < 0.35), m
     assert np.all(s < 0.7), s
+
+
+# -- MPI ----------------------------------------------------------------------------------------------------------------
+
+_MPI_SIM = """\
+verbose_level: warning
+data_type: double
+scans:
+  MF:
+    name: Full
+    propagation: farfield
+    data: {name: MoonFlowerScan, shape: 32, num_frames: 40, density: 0.2, photons: 1.0e8,
+           add_poisson_noise: true, seed: 0}
+"""
+
+_MPI_REC = """\
+verbose_level: warning
+data_type: double
+scans:
+  MF:
+    name: Full
+    propagation: farfield
+    data: {name: Hdf5Scan, dfile: %s}
+    %s
+engines:
+  e: {name: LSQML, numiter: 6, batch_size: 7, probe_update_start: 1}
+"""
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("option", ["illumination: {variable_modes: 2}",
+                                    "sample: {slices: 2, slice_distance_m: 2.0e-6}"])
+def test_two_ranks_agree_with_one_process(tmp_path, option):
+    """LSQML + OPR and LSQML + multislice under mpirun (2 ranks) end as one process does (double precision):
+    object, probe (eigen-probes / slices) and records to 1e-10, and the weights of every frame."""
+    import mpi_helpers as mh
+    from ptycli.io import load_reconstruction
+
+    if mh.skip_reason():
+        pytest.skip(mh.skip_reason())
+    sim = tmp_path / "sim.yaml"
+    sim.write_text(_MPI_SIM)
+    data = tmp_path / "scan.h5"
+    assert mh.ptycli(["simulate", sim, "-o", data, "--force"]).returncode == 0
+    rec = tmp_path / "rec.yaml"
+    rec.write_text(_MPI_REC % (data, option))
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    for out, n in ((one, None), (two, 2)):
+        res = mh.ptycli(["reconstruct", rec, "-o", out, "--force", "--json"], nprocs=n, timeout=180)
+        assert res.returncode == 0, res.describe()
+    diffs = mh.compare(two, one)
+    assert max(diffs.values()) <= 1e-10, diffs
+    a, b = load_reconstruction(one), load_reconstruction(two)
+    if "variable_modes" in option:
+        Wa, Wb = a.scans["MF"]["probe_weights"], b.scans["MF"]["probe_weights"]
+        assert Wa.shape == (40, 2) and np.abs(Wa - Wb).max() <= 1e-9 * np.abs(Wa).max()
+    else:
+        assert a.object.shape[0] == 2
