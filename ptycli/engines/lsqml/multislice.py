@@ -181,8 +181,6 @@ class MultisliceGroupBatch(GroupBatch):
             u /= d
             u *= sl["phi"][s]
             sl["den"].append(d)
-            if u.shape[0] != len(pods):  # phi broadcast over the pods: never for s > 1, kept general
-                u = np.broadcast_to(u, (len(pods),) + u.shape[1:])
             sums[s - 1, 0] = self.per_frame(_rdot_rows(u, u), starts)
             sums[s - 1, 1] = self.per_frame(_rdot_rows(u, sl["chi"][s]), starts)
         c["slice_sums"] = sums
