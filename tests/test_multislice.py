@@ -76,7 +76,7 @@ def test_engines_without_multislice_refuse(engine):
     from ptycli.params.capabilities import capable_engines
     from ptycli.params.tree import validate
 
-    assert {"ePIE", "rPIE"} <= set(capable_engines("MULTISLICE"))
+    assert {"ePIE", "rPIE", "LSQML"} <= set(capable_engines("MULTISLICE"))
     assert not {"DM", "RAAR", "ML"} & set(capable_engines("MULTISLICE"))
     tree = _tree(slices=2, slice_distance_m=1e-6)
     tree["engines"] = {"first": {"name": "ePIE"}, "x": {"name": engine}}

@@ -49,12 +49,12 @@ def test_parameter_declared_and_checked():
         validate(tree)
 
 
-@pytest.mark.parametrize("engine", ["DM", "RAAR", "ML", "LSQML", "mPIE"])
+@pytest.mark.parametrize("engine", ["DM", "RAAR", "ML", "mPIE"])
 def test_engines_without_variable_probe_refuse(engine):
     from ptycli.params.capabilities import capable_engines
     from ptycli.params.tree import validate
 
-    assert {"ePIE", "rPIE"} <= set(capable_engines("VARIABLE_PROBE"))
+    assert {"ePIE", "rPIE", "LSQML"} <= set(capable_engines("VARIABLE_PROBE"))
     assert engine not in capable_engines("VARIABLE_PROBE")
     tree = _tree(variable_modes=2)
     tree["engines"] = {"first": {"name": "ePIE"}, "x": {"name": engine}}

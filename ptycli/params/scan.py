@@ -291,7 +291,7 @@ ILLUMINATION = ParamSet("illumination", [
     ], "propagation of the modelled probe"),
     _diversity("probe", (0.5, 1.0)),
     Parameter("variable_modes", 0, "int",
-              "variable probe (orthogonal probe relaxation, OPR; ePIE and rPIE): 0 for one probe shared by all "
+              "variable probe (orthogonal probe relaxation, OPR; ePIE, rPIE and LSQML): 0 for one probe shared by all "
               "frames, K >= 1 gives every frame its own probe, a weighted sum of K orthogonal eigen-probes with "
               "weights per frame refined every iteration (written to /scans/<label>/probe_weights)",
               low=0, high=16),
@@ -304,7 +304,7 @@ SAMPLE = ParamSet("sample", [
     Parameter("fill", 1.0, "float", "amplitude of the constant object (fill model)"),
     Parameter("fill_phase", 0.0, "float", "phase of the constant object (fill model)", unit="rad"),
     _diversity("object", (0.0, 0.0)),
-    Parameter("slices", 1, "int", "object slices along the beam (multislice, 3PIE; the PIE-family engines): 1 for a "
+    Parameter("slices", 1, "int", "object slices along the beam (multislice; ePIE, rPIE and LSQML): 1 for a "
               "thin object, S > 1 for S transmission slices with near-field propagation between them",
               low=1, high=64),
     PositiveFloat("slice_distance_m", None, "distance between neighbouring object slices (needed when "

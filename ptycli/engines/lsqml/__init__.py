@@ -4,7 +4,8 @@ Odstrčil, Menzel & Guizar-Sicairos, Opt. Express 26, 3108 (2018), doi:10.1364/O
 
 Modules: :mod:`.engine` (the engine: batches, directions, updates, MPI sums, records),
 :mod:`.batch` (the numpy passes over one pod group's frames of a batch), :mod:`.steps` (the closed-form
-exit-wave and per-frame object/probe steps), :mod:`.positions` (gradient position correction).
+exit-wave and per-frame object/probe steps), :mod:`.positions` (gradient position correction),
+:mod:`.variable` (a variable probe: eigen-probes and per-frame weights), :mod:`.multislice` (multislice objects).
 """
 
 from .engine import LSQML, NOISE_MODELS

@@ -247,10 +247,20 @@ class GroupBatch:
         The probe sums are taken back to the probe's plane (``conj(pre)``,
         far field). Returns ``conj(P) chi`` (pods, H, W) for the object update.
         """
-        g = self.g
+        pc = self.object_sums(acc, pr, chi, pods, buffers)
+        self.probe_sums(acc, ob, chi, pods)
+        return pc
+
+    def object_sums(self, acc, pr, chi, pods, buffers=None):
+        """``numO += conj(P) chi``, ``denO += |P|^2`` on the pods' windows; returns ``conj(P) chi`` (pods, H, W)."""
         pc = np.multiply(np.conj(pr), chi, out=work_array(buffers, "pc", chi.shape, chi.dtype))
         self._scatter(acc["numO"], pc, pods)
         self._scatter_abs2(acc["denO"], pr, pods)
+        return pc
+
+    def probe_sums(self, acc, ob, chi, pods):
+        """``numP += conj(O) chi`` (in the probe's plane), ``denP += |O|^2`` per probe row of the pods."""
+        g = self.g
         po = np.conj(ob) * chi
         o2 = ob.real * ob.real + ob.imag * ob.imag
         rows = g.pr_layer[pods]
@@ -261,7 +271,6 @@ class GroupBatch:
                 s *= np.conj(self.pre)
             acc["numP"][q] += s
             acc["denP"][q] += o2[sel].sum(axis=0)
-        return pc
 
     def detector_step(self, F, frames, starts, errors):
         """The detector-plane update in place: ``F <- (u - 1) F`` with the frames' steps; returns the steps.

@@ -40,6 +40,11 @@ and object ``O`` (pods ``j`` = frame, probe mode ``k``, object mode ``l``;
    per-frame shifts from the object gradient and ``chi``
    (:mod:`ptycli.engines.lsqml.positions`).
 
+A variable probe (every frame its own probe from eigen-probes and weights)
+and multislice objects are :mod:`ptycli.engines.lsqml.variable` and
+:mod:`ptycli.engines.lsqml.multislice` (their own numpy group passes, hooked
+in here at three places each).
+
 After every epoch the probe constraints (support, recentring, mode
 orthogonalisation) and the object clipping of the common engine parameters
 are applied. Before ``probe_update_start`` only the object moves
@@ -133,6 +138,8 @@ from . import batch as numpy_passes
 from .batch import GroupBatch
 from .positions import POSITION_PARAMS, GradientPositions
 from .steps import frame_steps
+from .multislice import MultisliceGroupBatch, slice_steps
+from .variable import VariableGroupBatch, refactor_book, update_weights
 
 # imported at first use: listing the parameters (ptycli params) needs no numba
 fused = lazy_module("ptycli.engines.fused")
@@ -179,6 +186,8 @@ class LSQML(Engine):
     """Least-squares maximum-likelihood ptychography in mini-batches (see the module docstring)."""
 
     NAME = "LSQML"
+    VARIABLE_PROBE = True  # a probe per frame from eigen-probes: ptycli.engines.lsqml.variable
+    MULTISLICE = True  # multislice objects: ptycli.engines.lsqml.multislice
     PARAMS = Engine.PARAMS.extended("LSQML", [
         Parameter("batch_size", None, "int",
                   "frames per mini-batch (null: ceil(frames / %d), about %d batches per epoch); smaller batches "
@@ -191,7 +200,8 @@ class LSQML(Engine):
                   "likelihood: gaussian (on amplitudes: the exit-wave step is the modulus projection) or "
                   "poisson (Newton step per frame)", choices=list(NOISE_MODELS)),
         Parameter("object_reg", 0.1, "float",
-                  "object direction regulariser delta_O as a fraction of the batch's largest sum |P|^2",
+                  "object direction regulariser delta_O as a fraction of the batch's largest sum |P|^2 "
+                  "(a multislice object's slices: at least 1)",
                   low=0.0),
         Parameter("probe_reg", 0.1, "float",
                   "probe direction regulariser delta_P as a fraction of the batch's largest sum |O|^2", low=0.0),
@@ -224,7 +234,9 @@ class LSQML(Engine):
         self._compiled = fused.use_compiled(p.kernels, n_pixels, True)
         kind = compiled_passes.CompiledGroupBatch if self._compiled else GroupBatch
         self._ops = compiled_passes if self._compiled else numpy_passes  # the window operations
-        self.groups = [kind(g, self.noise, self.eps) for g in self.book.groups]
+        self.groups = [self._group_passes(g, kind) for g in self.book.groups]
+        self._variable = any(isinstance(G, VariableGroupBatch) for G in self.groups)
+        self._slices = max([int(getattr(S, "slices", 1)) for S in self.ptycho.obj.S.values()] + [1])  # same on every rank
         self._cost_const = self.noise.cost_constant((G.n, G.mask) for G in self.groups)
         P = self.ptycho
         self.obj_ids = sorted(P.obj.S)
@@ -259,6 +271,26 @@ class LSQML(Engine):
         workers = max(1, int(fft.get_workers()))
         self._pool = BlockPool(workers)  # batch parts on the threads; single-threaded FFTs then
         self._fft_workers = max(1, workers // self._pool.n)
+
+    def _group_passes(self, g, kind):
+        """The passes over group ``g``: ``kind``, or the numpy passes of a variable probe or a multislice object.
+
+        Both are numpy only (logged when ``kind`` is compiled); position correction does not move the frames
+        of a multislice object (logged).
+        """
+        multi = int(g.obj.slices) > 1
+        if g.probe_weights is None and not multi:
+            return kind(g, self.noise, self.eps)
+        what = "a multislice object" if multi else "a variable probe"
+        if kind is not GroupBatch and parallel.master:
+            log.info("%s: scan %s has %s; its LSQML passes are numpy (no compiled ones)", self.label, g.label, what)
+        pc = self.p.get("position_correction")
+        if multi and pc and pc.get("start") is not None and parallel.master:
+            log.warning("%s: position correction does not move the frames of scan %s (a multislice object)",
+                        self.label, g.label)
+        if multi:
+            return MultisliceGroupBatch(g, self.noise, self.eps, float(self.p.object_reg))
+        return VariableGroupBatch(g, self.noise, self.eps)
 
     def engine_finalize(self):
         self.reset_exit()  # exit waves = probe * object, for the engines that follow
@@ -323,6 +355,8 @@ class LSQML(Engine):
         for batch in batches:
             stats += self._batch(self._local(batch), probe_on, pos_on, errors)
         if probe_on:
+            if self._variable:  # the eigen-probes' gauge (ptycli.engines.lsqml.variable)
+                refactor_book(self.book, reduce=parallel.allreduce if parallel.size > 1 else None)
             self.apply_probe_constraints(orthogonalize=False)
             self.orthogonalize_probe(rotate_exit=False)
         self.apply_object_constraints()
@@ -470,6 +504,8 @@ class LSQML(Engine):
         nb = max(tot[2], 1.0)
         lam = float(self.p.step_reg)
         steps = [frame_steps(s[0], s[1], s[2], s[3], s[4], lam, probe_on, tot[0] / nb, tot[1] / nb) for s in sums]
+        if self._slices > 1:  # the other slices' steps (ptycli.engines.lsqml.multislice)
+            slice_steps(self.groups, items, states, lam, self._slices)
         beta = float(self.p.object_step)
 
         def update_pass(k, i):
@@ -493,6 +529,9 @@ class LSQML(Engine):
                 parallel.allreduce(aP_sum)
             mean_aP = aP_sum[0] / max(aP_sum[1], 1.0)
             step = self.ftype.type(float(self.p.probe_step) * mean_aP)
+            if self._variable:  # the frames' weights, from the eigen-probes before this update
+                update_weights(self._pool, self.groups, items, states, {s: P.probe.S[s].data for s in dP}, dP,
+                               float(step), float(self.p.probe_step))
             for sid in self.probe_ids:
                 P.probe.S[sid].data += step * dP[sid]
         if pos_on:
