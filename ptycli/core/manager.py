@@ -367,7 +367,7 @@ class ScanModel:
             return
         given = errors["as given"]
         name, best = min(((k, v) for k, v in errors.items() if k != "as given"), key=lambda kv: kv[1])
-        if best < POSITION_RATIO * given:
+        if best < POSITION_RATIO * given and parallel.master:
             log.warning("scan %s: the frames fit the positions %s far better than as given (trial Fourier error "
                         "%.3g against %.3g): check the positions' convention (data.positions_flip, "
                         "data.positions_swap); position_check: false silences this", self.label,

@@ -80,6 +80,7 @@ import logging
 
 import numpy as np
 
+from .. import parallel
 from ..core import fft
 from ..core.propagation import NearfieldPropagator
 from ..errors import EngineError
@@ -198,7 +199,7 @@ class MultisliceKernel:
         # the slices keep ePIE's normalisation: rPIE's local one (alpha < 1) divides by the incident
         # intensity, which is small over much of an inner slice, and the slices then absorb each
         # other (module docstring: 3 slices 5 DOF apart, rPIE 200: 0.25 per slice, 0.94/0.85/0.95 here)
-        if float(object_alpha) < 1.0:
+        if float(object_alpha) < 1.0 and parallel.master:
             log.info("multislice: the slices are updated with ePIE's normalisation (alpha 1, not %g)",
                      float(object_alpha))
         self.object_alpha, self.probe_alpha = 1.0, float(probe_alpha)

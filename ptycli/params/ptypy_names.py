@@ -28,6 +28,7 @@ here still fails validation with the closest valid names.
 
 import logging
 
+from .. import parallel
 from ..errors import ConfigError
 from ..utils.param_tree import Param
 from .registry import ENGINES
@@ -35,6 +36,12 @@ from .registry import ENGINES
 __all__ = ["translate", "ENGINE_SUFFIXES", "SCAN_MODEL_NAMES"]
 
 logger = logging.getLogger(__name__)
+
+
+def _say(level, text, *args):
+    """Log once per run: every MPI rank validates the same configuration, rank 0 speaks."""
+    if parallel.master:
+        logger.log(level, text, *args)
 
 #: PtyPy's back-end suffixes of engine names (``DM_serial`` is PtyPy's DM on numpy, ...).
 ENGINE_SUFFIXES = ("_serial", "_pycuda", "_cupy", "_ocl", "_local", "_nostream", "_stream")
@@ -147,10 +154,10 @@ def _drop(tree, keys, path, default, reason, nearest):
         return False
     value = parent.pop(keys[-1])
     if nearest is None or _is_default(value, default):
-        logger.info("%s: PtyPy's parameter has no effect in ptycli and is ignored (%s)", path, reason)
+        _say(logging.INFO, "%s: PtyPy's parameter has no effect in ptycli and is ignored (%s)", path, reason)
     else:
-        logger.warning("%s = %r: PtyPy's parameter is not modelled in ptycli and is ignored (%s); "
-                       "the nearest ptycli parameter is %s", path, value, reason, nearest)
+        _say(logging.WARNING, "%s = %r: PtyPy's parameter is not modelled in ptycli and is ignored (%s); "
+             "the nearest ptycli parameter is %s", path, value, reason, nearest)
     return True
 
 
@@ -168,7 +175,7 @@ def _rename(tree, old, new, path):
     if new in tree:
         raise ConfigError("%s: both PtyPy's %s and ptycli's %s are given; keep %s only" % (path, old, new, new))
     tree[new] = tree.pop(old)
-    logger.info("%s.%s: PtyPy's name, read as %s.%s", path, old, path, new)
+    _say(logging.INFO, "%s.%s: PtyPy's name, read as %s.%s", path, old, path, new)
     return True
 
 
@@ -181,7 +188,7 @@ def _translate_engine(engine, path):
             if lowered.endswith(suffix) and len(lowered) > len(suffix):
                 base = name.strip()[:-len(suffix)]
                 engine["name"] = base
-                logger.info("%s.name: PtyPy's engine %s, run as ptycli's %s", path, name, base)
+                _say(logging.INFO, "%s.name: PtyPy's engine %s, run as ptycli's %s", path, name, base)
                 lowered, changed = base.lower(), True
                 break
         for old, new in _ENGINE_RENAMED.get(lowered, {}).items():
@@ -199,7 +206,7 @@ def _translate_scan(scan, path):
     model = scan.get("name")
     if isinstance(model, str) and model.strip().lower() in SCAN_MODEL_NAMES:
         scan["name"] = SCAN_MODEL_NAMES[model.strip().lower()]
-        logger.info("%s.name: PtyPy's scan model %s, built as ptycli's %s", path, model, scan["name"])
+        _say(logging.INFO, "%s.name: PtyPy's scan model %s, built as ptycli's %s", path, model, scan["name"])
         changed = True
     for key, reason in (("coherence.spectrum", "one wavelength"),
                         ("coherence.object_dispersion", "one wavelength"),
@@ -228,14 +235,14 @@ def _translate_data(scan, data, path):
         value = data.pop("propagation")
         if scan.get("propagation") is None:
             scan["propagation"] = value
-        logger.info("%s.propagation: PtyPy's place for it, read as %s", path, path[:-len(".data")] + ".propagation")
+        _say(logging.INFO, "%s.propagation: PtyPy's place for it, read as %s", path, path[:-len(".data")] + ".propagation")
         changed = True
     if "auto_center" in data:
         if data.pop("auto_center") and data.get("center") is None:
             data["center"] = "auto"
-            logger.info("%s.auto_center: PtyPy's switch, read as center: auto", path)
+            _say(logging.INFO, "%s.auto_center: PtyPy's switch, read as center: auto", path)
         else:
-            logger.info("%s.auto_center: PtyPy's switch, ignored (center: null takes the file's centre, "
+            _say(logging.INFO, "%s.auto_center: PtyPy's switch, ignored (center: null takes the file's centre, "
                         "else finds it)", path)
         changed = True
     return changed
@@ -296,4 +303,4 @@ def _hdf5_loader(data, path):
     if files and data.get("dfile") is None:
         data["dfile"] = files.pop()
     data["name"] = "Hdf5Scan"
-    logger.info("%s.name: PtyPy's %s, read by ptycli's Hdf5Scan (dfile %s)", path, original, data.get("dfile"))
+    _say(logging.INFO, "%s.name: PtyPy's %s, read by ptycli's Hdf5Scan (dfile %s)", path, original, data.get("dfile"))

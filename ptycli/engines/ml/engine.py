@@ -188,7 +188,7 @@ class ML(Engine):
     # -- life cycle ---------------------------------------------------------------------
     def engine_initialize(self):
         p = self.p
-        if self.starts_from_probe_guess():
+        if self.starts_from_probe_guess() and parallel.master:
             log.warning("%s (ML) starts from the automatic probe guess: ML refines a reconstruction and can stall "
                         "from a poor start; put DM or RAAR before it (e.g. DM 100 iterations, then ML)", self.label)
         self.noise = noise_model(str(p.ML_type).lower())
