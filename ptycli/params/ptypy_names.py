@@ -243,7 +243,7 @@ def _translate_data(scan, data, path):
             _say(logging.INFO, "%s.auto_center: PtyPy's switch, read as center: auto", path)
         else:
             _say(logging.INFO, "%s.auto_center: PtyPy's switch, ignored (center: null takes the file's centre, "
-                        "else finds it)", path)
+                 "else finds it)", path)
         changed = True
     return changed
 
