@@ -127,6 +127,7 @@ from ...params.declare import Parameter
 from ..base import Engine, register
 from ..._lazy import lazy_module
 from ..ml.noise_models import noise_model
+from ..momentum import Momentum
 from ..posref import POSREF_PARAMS
 from ..threads import BlockPool
 from . import batch as numpy_passes
@@ -200,6 +201,13 @@ class LSQML(Engine):
                   low=0.0),
         Parameter("object_step", 1.0, "float", "factor on the optimal object steps", low=0.0, high=2.0),
         Parameter("probe_step", 1.0, "float", "factor on the optimal probe step", low=0.0, high=2.0),
+        Parameter("probe_momentum", 0.5, "float",
+                  "friction eta of the probe's momentum: after every epoch v <- eta v + (change of the epoch), "
+                  "P <- P + eta v (0: off; module docstring)", low=0.0, high=0.99),
+        Parameter("object_momentum", 0.0, "float", "friction eta of the object's momentum, as probe_momentum",
+                  low=0.0, high=0.99),
+        Parameter("momentum_restart", False, "bool",
+                  "zero a velocity when the epoch's change points against it (adaptive restart)"),
         Parameter("seed", 0, "int", "seed of the batch draws (same seed, same result)", low=0),
         POSITION_PARAMS,
         POSREF_PARAMS,
@@ -214,6 +222,7 @@ class LSQML(Engine):
         self._acc = None
         self._pool = None
         self._buffers = []  # per work item of a batch: work arrays kept between batches
+        self.momentum = None
 
     # -- life cycle -----------------------------------------------------------------
     def engine_initialize(self):
@@ -256,6 +265,10 @@ class LSQML(Engine):
                                          [k[0] for k in keys], -(-self.n_global // max(nb, 1)))
         pc = p.get("position_correction")
         self.positions = GradientPositions(self.book, pc) if pc and pc.get("start") is not None else None
+        if float(p.probe_momentum) > 0 or float(p.object_momentum) > 0:
+            self.momentum = Momentum(float(p.object_momentum), 1, float(p.probe_momentum), bool(p.momentum_restart))
+            self.momentum.reset("obj", {sid: P.obj.S[sid].data for sid in self.obj_ids})
+            self.momentum.reset("probe", {sid: P.probe.S[sid].data for sid in self.probe_ids})
         workers = max(1, int(fft.get_workers()))
         self._pool = BlockPool(workers)  # batch parts on the threads; single-threaded FFTs then
         self._fft_workers = max(1, workers // self._pool.n)
@@ -324,8 +337,11 @@ class LSQML(Engine):
             stats += self._batch(self._local(batch), probe_on, pos_on, errors)
         if probe_on:
             self.apply_probe_constraints(orthogonalize=False)
-            self.orthogonalize_probe(rotate_exit=False)
+            rotations = self.orthogonalize_probe(rotate_exit=False)
+            if self.momentum is not None:
+                self.momentum.mix_modes("probe", rotations)  # velocities follow the modes
         self.apply_object_constraints()
+        self._momentum_step(probe_on)
         errors.sums[4] += self._cost_const
         errors.has_likelihood = True
         rec = errors.reduce()
@@ -339,6 +355,21 @@ class LSQML(Engine):
             parallel.allreduce(s)
             rec.update(posc_moved=int(round(stats[4])), posc_rms_shift=float(np.sqrt(s[0] / max(s[1], 1.0))))
         return rec
+
+    def _momentum_step(self, probe_on):
+        """The epoch's momentum step of the object and (while it is updated) the probe (module docstring)."""
+        m = self.momentum
+        if m is None:
+            return
+        P = self.ptycho
+        if m.friction["obj"] > 0:
+            m.step("obj", {sid: P.obj.S[sid].data for sid in self.obj_ids})
+        if m.friction["probe"] > 0:
+            probes = {sid: P.probe.S[sid].data for sid in self.probe_ids}
+            if probe_on:
+                m.step("probe", probes)
+            else:  # no probe update yet: the velocity stays zero, the anchor follows the constraints
+                m.reset("probe", probes)
 
     def _accumulators(self):
         """Per thread: the direction accumulators (object-shaped ones kept zero between batches) and errors."""
@@ -507,8 +538,15 @@ class LSQML(Engine):
         out = {}
         if self.positions is not None:
             out["lsqml_positions"] = self.positions.state()
+        if self.momentum is not None:
+            out.update({"lsqml_" + k: v for k, v in self.momentum.state().items()})
         return out
 
     def engine_load_state(self, state):
-        if self.positions is not None and "lsqml_positions" in (state or {}):
+        state = state or {}
+        if self.positions is not None and "lsqml_positions" in state:
             self.positions.load(state["lsqml_positions"])
+        if self.momentum is not None:
+            saved = {k[len("lsqml_"):]: v for k, v in state.items() if k.startswith("lsqml_mpie_")}
+            if not self.momentum.load(saved):
+                log.info("%s: no momentum state to resume; the velocities start at zero", self.label)
