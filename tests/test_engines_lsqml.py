@@ -235,17 +235,20 @@ def test_two_probe_modes_and_two_object_modes_run():
 @pytest.mark.parametrize("modes", [1, 2])
 @pytest.mark.parametrize("noise", ["gaussian", "poisson"])
 def test_compiled_window_passes_agree_with_numpy(modes, noise):
-    """kernels: compiled (numba passes) against kernels: numpy, position correction on."""
-    out = []
-    for kernels in ("numpy", "compiled"):
-        P = _model(n=40, probe_modes=modes, sim_modes=modes)
-        eng = make_engine(P, dict(name="LSQML", numiter=4, probe_update_start=0, kernels=kernels,
-                                  noise_model=noise, position_correction=dict(start=1)))
-        eng.run()
-        assert eng._compiled == (kernels == "compiled")
-        out.append([a.data.copy() for a in _storages(P)])
-    for a, b in zip(*out):
-        assert np.linalg.norm(a - b) / np.linalg.norm(b) < 2e-4  # measured 4e-5 at most (float32 rounding)
+    """kernels: compiled (numba passes) against kernels: numpy, position correction on: in single precision
+    without the momentum (which carries the rounding differences on: 4.5e-4 after 4 epochs with it), in double
+    precision with it (measured 3e-13)."""
+    for dtype, momentum, tol in (("single", 0.0, 2e-4), ("double", 0.7, 1e-10)):  # measured 4e-5, 3e-13
+        out = []
+        for kernels in ("numpy", "compiled"):
+            P = _model(n=40, probe_modes=modes, sim_modes=modes, dtype=dtype)
+            eng = make_engine(P, dict(name="LSQML", numiter=4, probe_update_start=0, kernels=kernels,
+                                      noise_model=noise, position_correction=dict(start=1), probe_momentum=momentum))
+            eng.run()
+            assert eng._compiled == (kernels == "compiled")
+            out.append([a.data.copy() for a in _storages(P)])
+        for a, b in zip(*out):
+            assert np.linalg.norm(a - b) / np.linalg.norm(b) < tol, (dtype, momentum)
 
 
 def test_bad_parameters_are_config_errors():
@@ -306,7 +309,7 @@ def test_low_dose_lsqml_beats_dm_then_ml(tmp_path):
 @pytest.mark.skipif(not (FOREIGN / "nearfield_visible.ptyd").exists(), reason="shared foreign scans absent")
 def test_near_field_from_the_default_probe_leaves_the_plateau(tmp_path):
     """The foreign near-field scan (written by another package), LSQML 120 epochs from the default probe guess:
-    with the probe momentum (default 0.5) the object reaches 0.977 against the truth (DM 60 + ML 30 0.907); without
+    with the probe momentum (default 0.7) the object reaches 0.970 against the truth (DM 60 + ML 30 0.907); without
     it (probe_momentum 0, the update of the paper alone) LSQML stays on the plateau, 0.51 (0.375 after 100)."""
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
     import validate_zoo as vz
@@ -315,7 +318,7 @@ def test_near_field_from_the_default_probe_leaves_the_plateau(tmp_path):
     truth = dict(np.load(FOREIGN / (fname.rsplit(".", 1)[0] + "_truth.npz")))
     cfg = vz.natural_config({"name": loader, "dfile": str(FOREIGN / fname)}, propagation, chain=[("LSQML", 120)])
     res = vz.reconstruct_and_score(cfg, truth)
-    assert res["score"] > 0.93, res  # measured 0.977
+    assert res["score"] > 0.93, res  # measured 0.970
 
 
 # -- MPI -----------------------------------------------------------------------------------------
