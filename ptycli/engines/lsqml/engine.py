@@ -114,7 +114,8 @@ the previous momentum step ``d`` (the batches' updates and the previous
 epoch's constraints) and its
 velocity ``v`` (zero at the start and until ``probe_update_start``),
 ``v <- eta v + d``, ``P <- P + eta v`` (``eta = probe_momentum``; the
-velocities follow the mode orthogonalisation; ``object_momentum`` does the
+velocities follow the mode orthogonalisation; a variable probe's
+eigen-probes, refactored every epoch, get none; ``object_momentum`` does the
 same for the object, off by default; ``momentum_restart`` zeroes a velocity
 whose new step points against it). With ``probe_momentum: 0.7`` (default)
 the quick zoo, LSQML 90 epochs from the default guess (before: 0 ->
@@ -308,7 +309,9 @@ class LSQML(Engine):
         if float(p.probe_momentum) > 0 or float(p.object_momentum) > 0:
             self.momentum = Momentum(float(p.object_momentum), 1, float(p.probe_momentum), bool(p.momentum_restart))
             self.momentum.reset("obj", {sid: P.obj.S[sid].data for sid in self.obj_ids})
-            self.momentum.reset("probe", {sid: P.probe.S[sid].data for sid in self.probe_ids})
+            # a variable probe's eigen-probes are refactored every epoch (ptycli.core.variable_probe): no momentum
+            self._momentum_probes = [sid for sid in self.probe_ids if not getattr(P.probe.S[sid], "variable_modes", 0)]
+            self.momentum.reset("probe", {sid: P.probe.S[sid].data for sid in self._momentum_probes})
         workers = max(1, int(fft.get_workers()))
         self._pool = BlockPool(workers)  # batch parts on the threads; single-threaded FFTs then
         self._fft_workers = max(1, workers // self._pool.n)
@@ -405,7 +408,7 @@ class LSQML(Engine):
         if m.friction["obj"] > 0:
             m.step("obj", {sid: P.obj.S[sid].data for sid in self.obj_ids})
         if m.friction["probe"] > 0:
-            probes = {sid: P.probe.S[sid].data for sid in self.probe_ids}
+            probes = {sid: P.probe.S[sid].data for sid in self._momentum_probes}
             if probe_on:
                 m.step("probe", probes)
             else:  # no probe update yet: the velocity stays zero, the anchor follows the probe
