@@ -222,6 +222,15 @@ fused = lazy_module("ptycli.engines.fused")
 __all__ = ["EPIE", "RPIE", "MPIE", "PIEBase", "PIESweep", "FrameKernel", "visiting_order"]
 
 
+def _noise_bound(default):
+    """The ``noise_bound`` parameter of the PIE engines with its default."""
+    return Parameter("noise_bound", default, "float",
+                     "relaxed modulus constraint on counted data: a frame whose mean squared amplitude misfit "
+                     "(photons per valid pixel) is within noise_bound times the counting-noise floor is not "
+                     "corrected, the others only onto that bound (0: the plain modulus constraint)",
+                     low=0.0, high=100.0)
+
+
 _STEP_PARAMS = [
     Parameter("object_step", 1.0, "float",
               "object step size (ePIE's alpha): the object moves by object_step * conj(P) dpsi / "
@@ -234,6 +243,7 @@ _STEP_PARAMS = [
               "frame visiting order: random (a fresh permutation each iteration), scan (the order of "
               "measurement), alternate (scan order forth and back); auto: alternate for a scan with a "
               "variable probe, else random", choices=["auto", "random", "scan", "alternate"]),
+    _noise_bound(0.0),
 ]
 
 
@@ -287,7 +297,19 @@ class PIEBase(Engine):
         n_pixels = sum(g.n_pods * g.shape[0] * g.shape[1] for g in self.book.groups)
         self._compiled = fused.use_compiled(self.p.kernels, n_pixels, self.ctype == np.complex64)
         self.sweeper = PIESweep(self.book, object_step=self.p.object_step, probe_step=self.p.probe_step,
-                                object_alpha=oa, probe_alpha=pa, compiled=self._compiled)
+                                object_alpha=oa, probe_alpha=pa, compiled=self._compiled,
+                                noise_bound=self.noise_bound())
+
+    def noise_bound(self):
+        """Power bound per valid pixel: ``noise_bound`` times the scans' largest counting-noise floor (photons).
+
+        0 on data that are not counts (:mod:`ptycli.core.counting_noise`) or with ``noise_bound: 0``.
+        """
+        factor = float(self.p.noise_bound)
+        if factor <= 0.0:
+            return 0.0
+        floor = max((float(getattr(m, "noise_floor", 0.0)) for m in self.ptycho.scans.values()), default=0.0)
+        return factor * floor
 
     def visiting_order(self):
         """This iteration's order of the local frames (parameter ``order``; see the module docstring)."""
@@ -468,6 +490,7 @@ class MPIE(PIEBase):
                   "stop the momentum (both frictions 0 from then on) once an iteration's fourier_error "
                   "exceeds (1 + momentum_error_stop) times the lowest so far in this engine run: the "
                   "momentum then drives the fit away (noise, overshoot); 0: never", low=0.0, high=100.0),
+        _noise_bound(0.5),
         Parameter("seed", 0, "int", "seed of the random frame visiting order (same seed, same result)", low=0),
     ], doc="momentum-accelerated ptychographic iterative engine")
 
