@@ -398,17 +398,18 @@ def test_mpie_without_friction_is_rpie_with_the_same_power_bound():
 @pytest.mark.slow
 def test_mpie_power_bound_gains_on_low_dose_data():
     """Ground truth, 1e4 photons per frame (noise floor about 0.09 photons per pixel), mPIE 30 from the
-    default start: the relaxed modulus constraint (noise_bound 0.5, the default) lowers the object error by
-    about a quarter against the plain constraint (measured 0.166/0.169 against 0.228/0.229, correlation
-    0.986 against 0.975) on two noise and visiting-order seeds."""
+    default start: the relaxed modulus constraint (noise_bound 1, the default) lowers the object error by
+    a fifth against the plain constraint (measured 0.270/0.250 against 0.324/0.325, correlation
+    0.965/0.970 against 0.951/0.951) on two noise and visiting-order seeds."""
+    assert st.MPIE.PARAMS["noise_bound"].default == 1.0
     for seed in (0, 1):
         q = {}
-        for nb in (0.0, 0.5):
+        for nb in (0.0, 1.0):
             P = _counted_model(n=60, photons=1e4, seed=seed)
             make_engine(P, dict(name="mPIE", numiter=30, seed=seed, noise_bound=nb)).run()
             q[nb] = object_vs_truth(P)
-        assert q[0.5]["error"] < 0.85 * q[0.0]["error"], q
-        assert q[0.5]["correlation"] > 0.98 and q[0.5]["correlation"] > q[0.0]["correlation"] + 0.005, q
+        assert q[1.0]["error"] < 0.9 * q[0.0]["error"], q
+        assert q[1.0]["correlation"] > 0.96 and q[1.0]["correlation"] > q[0.0]["correlation"] + 0.01, q
 
 
 def test_momentum_restart_zeroes_an_opposed_velocity():
@@ -520,8 +521,8 @@ def test_mpie_parameters_declared_and_validated():
 @pytest.mark.slow
 def test_mpie_beats_rpie_after_few_iterations():
     """Ground truth after 10 iterations on a simulated scan: the momentum lowers the object error below
-    rPIE's with the same update parameters (about 30 % lower) and below the default rPIE's (mean of two
-    visiting orders; about 14 % lower), with a near-perfect absolute score."""
+    rPIE's with the same update parameters (measured 19-28 % lower) and below the default rPIE's (mean of
+    two visiting orders; about 20 % lower), with a near-perfect absolute score."""
     def error(name, seed, **extra):
         P = _model(n=100)
         make_engine(P, dict(name=name, numiter=10, seed=seed, **extra)).run()
