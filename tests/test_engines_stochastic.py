@@ -8,6 +8,7 @@ from ptycli.core.geometry import FarfieldPropagator, NearfieldPropagator
 from ptycli.engines import make_engine
 from ptycli.engines.base import ErrorSums
 from ptycli.engines import stochastic as st
+from ptycli.engines.pie_step import relaxed_fraction
 from pie_reference import pie_step, pie_weights  # noqa: E402  (the published formulas, tests/)
 from ptycli.quality import object_vs_truth, probe_vs_truth
 from ptycli.errors import ConfigError
@@ -82,6 +83,41 @@ def test_kernel_keeps_precision_and_rejects_other():
     assert k.ex.dtype == np.complex64 and k.amp.dtype == np.float32
     with pytest.raises(TypeError):
         k.step(probe.astype(np.complex128), obj, sqrt_i)
+
+
+@pytest.mark.parametrize("npr,nob,compiled", [(1, 1, False), (2, 1, False), (1, 2, False), (1, 1, True)])
+def test_kernel_power_bound_moves_onto_the_bound(npr, nob, compiled):
+    """A power bound b keeps the share 1 - sqrt(b / err) of the full step (object, probe and exit change)
+    and leaves a frame within the bound untouched (numpy and compiled kernels)."""
+    rng = np.random.default_rng(7 + npr + 3 * nob)
+    h = 32
+    probe, obj, sqrt_i, mask = _random_frame(rng, h, npr, nob)
+    k = st.FrameKernel((h, h), npr, nob, np.complex64, object_step=0.9, probe_step=0.8, object_alpha=0.3,
+                       probe_alpha=0.6, compiled=compiled)
+    assert k.compiled == compiled
+
+    def run(bound):
+        p = probe.copy()
+        big = np.ones((nob, h + 6, h + 5), np.complex64)
+        big[:, 2:2 + h, 3:3 + h] = obj
+        if compiled:
+            out = k.step_compiled(p, big, 0, 2, 3, sqrt_i, mask, sqrt_i ** 2, True, bound)
+        else:
+            out = k.step(p, big[:, 2:2 + h, 3:3 + h], sqrt_i, mask, sqrt_i ** 2, True, bound)
+        return p, big[:, 2:2 + h, 3:3 + h].copy(), out
+
+    p_full, o_full, (fe, pe, ch) = run(0.0)
+    assert ch == pytest.approx(fe, rel=1e-5)
+    p_half, o_half, (fe2, pe2, ch2) = run(0.25 * fe)        # keeps 1 - sqrt(1/4) = 1/2 of the step
+    assert (fe2, pe2) == (fe, pe)                           # the errors are the model's, before the step
+    assert ch2 == pytest.approx(0.25 * fe, rel=1e-5)        # |dpsi|^2 scales with the square
+    assert _rel(p_half - probe, 0.5 * (p_full - probe)) < 1e-4
+    assert _rel(o_half - obj, 0.5 * (o_full - obj)) < 1e-4
+    p_in, o_in, (_, _, ch3) = run(1.01 * fe)                # within the bound: nothing moves
+    np.testing.assert_array_equal(p_in, probe)
+    np.testing.assert_array_equal(o_in, obj)
+    assert ch3 == 0.0
+    assert relaxed_fraction(4.0, 1.0) == 0.5 and relaxed_fraction(1.0, 0.0) == 1.0
 
 
 def test_pie_weights_forms():
@@ -334,6 +370,48 @@ def test_mpie_without_friction_is_rpie(restart):
     assert np.abs(eng_velocity(eng)).max() > 0
 
 
+def _counted_model(n=60, photons=1e4, seed=0):
+    """MoonFlower frames with Poisson counts (so the scan has a counting-noise floor)."""
+    p = u.Param()
+    p.verbose_level = 1
+    p.data_type = "single"
+    p.scans = u.Param(MF=u.Param(name="Full", data=u.Param(
+        name="MoonFlowerScan", shape=64, num_frames=n, photons=photons, add_poisson_noise=True, seed=seed)))
+    return ptycli.core.Ptycho(p, level=2)
+
+
+def test_mpie_without_friction_is_rpie_with_the_same_power_bound():
+    """On counted data the power bound acts, in rPIE as in mPIE: friction 0 is still rPIE bit for bit."""
+    pars = dict(numiter=3, seed=1, probe_update_start=1, alpha=0.3, noise_bound=0.5)
+    P = _counted_model()
+    assert P.scans["MF"].noise_floor > 0.05
+    make_engine(P, dict(name="rPIE", **pars)).run()
+    Q = _counted_model()
+    make_engine(Q, dict(name="mPIE", friction=0.0, probe_friction=0.0, **pars)).run()
+    R = _counted_model()
+    make_engine(R, dict(name="rPIE", **dict(pars, noise_bound=0.0))).run()
+    for a, b, c in zip(_storages(P), _storages(Q), _storages(R)):
+        np.testing.assert_array_equal(a.data, b.data)
+        assert not np.array_equal(a.data, c.data)  # the bound changed the steps
+
+
+@pytest.mark.slow
+def test_mpie_power_bound_gains_on_low_dose_data():
+    """Ground truth, 1e4 photons per frame (noise floor about 0.09 photons per pixel), mPIE 30 from the
+    default start: the relaxed modulus constraint (noise_bound 1, the default) lowers the object error by
+    a fifth against the plain constraint (measured 0.270/0.250 against 0.324/0.325, correlation
+    0.965/0.970 against 0.951/0.951) on two noise and visiting-order seeds."""
+    assert st.MPIE.PARAMS["noise_bound"].default == 1.0
+    for seed in (0, 1):
+        q = {}
+        for nb in (0.0, 1.0):
+            P = _counted_model(n=60, photons=1e4, seed=seed)
+            make_engine(P, dict(name="mPIE", numiter=30, seed=seed, noise_bound=nb)).run()
+            q[nb] = object_vs_truth(P)
+        assert q[1.0]["error"] < 0.9 * q[0.0]["error"], q
+        assert q[1.0]["correlation"] > 0.96 and q[1.0]["correlation"] > q[0.0]["correlation"] + 0.01, q
+
+
 def test_momentum_restart_zeroes_an_opposed_velocity():
     """restart: a step with Re <v, X - X_T> < 0 starts from v = 0 (X moves by eta d); an aligned one keeps v."""
     from ptycli.engines.momentum import Momentum
@@ -431,11 +509,11 @@ def test_mpie_parameters_declared_and_validated():
     assert ENGINES.get("mpie").factory is st.MPIE
     ps = engine_paramset("mPIE")
     for key in ("friction", "probe_friction", "momentum_interval", "alpha", "probe_alpha", "object_step", "probe_step", "seed",
-                "probe_update_start"):
+                "probe_update_start", "noise_bound"):
         assert key in ps and ps[key].doc
     P = _model(n=10)
     for bad in (dict(friction=1.0), dict(friction=-0.1), dict(probe_friction=1.0), dict(momentum_interval=0),
-                dict(alpha=1.5), dict(probe_alpha=-1.0)):
+                dict(alpha=1.5), dict(probe_alpha=-1.0), dict(noise_bound=-0.5)):
         with pytest.raises(ConfigError):
             make_engine(P, dict(name="mPIE", **bad))
 
@@ -443,8 +521,8 @@ def test_mpie_parameters_declared_and_validated():
 @pytest.mark.slow
 def test_mpie_beats_rpie_after_few_iterations():
     """Ground truth after 10 iterations on a simulated scan: the momentum lowers the object error below
-    rPIE's with the same update parameters (about 30 % lower) and below the default rPIE's (mean of two
-    visiting orders; about 14 % lower), with a near-perfect absolute score."""
+    rPIE's with the same update parameters (measured 19-28 % lower) and below the default rPIE's (mean of
+    two visiting orders; about 20 % lower), with a near-perfect absolute score."""
     def error(name, seed, **extra):
         P = _model(n=100)
         make_engine(P, dict(name=name, numiter=10, seed=seed, **extra)).run()

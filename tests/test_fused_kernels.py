@@ -151,6 +151,7 @@ def test_background_compiled_equals_numpy(name, extra, layout):
 @pytest.mark.parametrize("name,extra,layout", [
     ("ePIE", {}, "plain"), ("ePIE", {"object_step": 0.7, "probe_step": 0.5}, "mask"),
     ("rPIE", {}, "plain"), ("rPIE", {"alpha": 0.2}, "mask"),
+    ("rPIE", {"noise_bound": 20.0}, "mask"),  # the power bound: every step scaled by 0.85-0.91 here
     ("mPIE", {"momentum_interval": 7}, "plain"),  # the one numpy momentum step between compiled frames
 ])
 def test_pie_compiled_equals_numpy(name, extra, layout):

@@ -194,6 +194,26 @@ def test_ml_refinement_halves_the_position_error():
     np.testing.assert_allclose(pod.exit, pod.probe * pod.object, rtol=1e-5, atol=1e-3)
 
 
+def test_mpie_refinement_halves_the_position_error():
+    """mPIE declares the refinement (whole pixels; the frames' windows move in its sweep): noiseless MoonFlower
+    with 2 px rms position errors per axis, mPIE 40 from the default start, measured 2.77 -> 0.00 px rms
+    (whole-pixel truth) and an object error of 0.13 against 0.31 without refinement."""
+    from ptycli.quality import object_vs_truth
+
+    out = {}
+    for posref in (None, dict(start=5, interval=2, max_shift=8, amplitude=2)):
+        P = build()
+        before = rms(pixel_errors(P))
+        e = run(P, "mPIE", 40, posref=posref)
+        out[posref is None] = (rms(pixel_errors(P)), object_vs_truth(P)["error"])
+    after, err_on = out[False]
+    assert before > 2.0 and out[True][0] == before      # without refinement nothing moves
+    assert after <= 0.5 * before, (before, after)
+    assert e.posref.rounds == 18                       # iterations 5, 7, ..., 39
+    check_views_follow_book(P, e)
+    assert err_on < 0.8 * out[True][1], out
+
+
 def test_refinement_off_leaves_positions_unchanged():
     P = build(frames=30, shape=32)
     initial = positions(P)

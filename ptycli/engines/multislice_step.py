@@ -85,6 +85,7 @@ from ..core import fft
 from ..core.propagation import NearfieldPropagator
 from ..errors import EngineError
 from .kernels import fourier_errors, model_amplitude, modulus_factor
+from .pie_step import relaxed_fraction
 
 log = logging.getLogger("ptycli.engines")
 
@@ -254,7 +255,7 @@ class MultisliceKernel:
             self.wave *= self.pre_c
 
     # -- the step -------------------------------------------------------------------
-    def step(self, probe, obj, sqrt_i, mask=None, intensity=None, update_probe=False):
+    def step(self, probe, obj, sqrt_i, mask=None, intensity=None, update_probe=False, bound=0.0):
         """Update the slices ``obj`` (and ``probe``) in place from one frame.
 
         Parameters
@@ -264,7 +265,7 @@ class MultisliceKernel:
             ``update_probe``.
         obj : ndarray (S, h, w)
             The frame's window of every slice (live views into the object buffer).
-        sqrt_i, mask, intensity, update_probe
+        sqrt_i, mask, intensity, update_probe, bound
             As for :meth:`ptycli.engines.pie_step.FrameKernel.step`.
 
         Returns
@@ -295,8 +296,13 @@ class MultisliceKernel:
                                          None if intensity is None else intensity[None],
                                          fdev=self.fdev, tmp=self.scratch)
         fourier = float(ferr[0])
+        keep = relaxed_fraction(fourier, bound)
+        if keep == 0.0:
+            return fourier, (float(photon) if self.photon_error else 0.0), 0.0  # within the power bound
         factor = modulus_factor(self.fdev, af, self.zero, out=self.fdev)  # sqrt(I) / |F| on valid pixels
         factor -= 1
+        if keep != 1.0:
+            factor *= self.ftype.type(keep)
         wave *= factor                                   # the detector-plane change
         self._from_detector()                            # wave = dpsi_S
         # backwards through the slices
@@ -321,7 +327,7 @@ class MultisliceKernel:
                 self._slice_backward()                   # wave = dpsi_{s-1}
             elif update_probe:
                 probe += wave
-        return fourier, (float(photon) if self.photon_error else 0.0), fourier
+        return fourier, (float(photon) if self.photon_error else 0.0), keep * keep * fourier
 
     def _weight(self, O, alpha, step):
         """``step / ((1 - alpha)|O|^2 + alpha max|O|^2)``: a scalar (alpha = 1) or a (h, w) array."""

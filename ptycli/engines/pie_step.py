@@ -38,13 +38,45 @@ import numpy as np
 
 from ..core import fft
 
-__all__ = ["FrameKernel", "EPS", "THREADED_FFT_PIXELS"]
+__all__ = ["FrameKernel", "EPS", "THREADED_FFT_PIXELS", "relaxed_fraction"]
 
 #: Added to model amplitudes before dividing (single precision safe).
 EPS = 1e-10
 
 #: Frames (pixels x modes) at or above this size use several FFT threads.
 THREADED_FFT_PIXELS = 512 * 512
+
+
+def relaxed_fraction(fourier, bound):
+    """Share of the modulus correction kept under a power bound: ``max(0, 1 - sqrt(bound / fourier))``.
+
+    The relaxed modulus constraint (Thibault & Guizar-Sicairos, New J. Phys.
+    14, 063004 (2012), doi:10.1088/1367-2630/14/6/063004; the power bound of
+    :mod:`ptycli.engines.projectional`) moves a frame's amplitudes from
+    ``|F|`` only onto the boundary of the set
+    ``sum mask (A - sqrt I)^2 <= bound``, to ``sqrt I + r (|F| - sqrt I)``
+    with ``r = sqrt(bound / fourier)``, and leaves frames inside it alone.
+    The exit-wave change of that move is ``(1 - r)`` times the full
+    projection's (the detector-plane change ``g (A / |F| - 1)`` is linear in
+    ``A - |F|``), so a PIE step scales its updates by this fraction.
+
+    Parameters
+    ----------
+    fourier : float
+        The frame's ``sum mask (|F| - sqrt I)^2`` (photons).
+    bound : float
+        The bound for the frame (photons; 0: none, the fraction is 1).
+
+    Returns
+    -------
+    float
+        1 without a bound, 0 for a frame within it, else ``1 - sqrt(bound / fourier)``.
+    """
+    if bound <= 0.0:
+        return 1.0
+    if fourier <= bound:
+        return 0.0
+    return 1.0 - float(np.sqrt(bound / fourier))
 
 
 class FrameKernel:
@@ -228,7 +260,7 @@ class FrameKernel:
             np.multiply(ex, self.pre_c, out=ex)
 
     # -- the step ----------------------------------------------------------
-    def step(self, probe, obj, sqrt_i, mask=None, intensity=None, update_probe=False):
+    def step(self, probe, obj, sqrt_i, mask=None, intensity=None, update_probe=False, bound=0.0):
         """Update ``obj`` (and ``probe``) in place from one frame.
 
         Parameters
@@ -247,6 +279,11 @@ class FrameKernel:
             when the kernel was made with ``photon_error=False``).
         update_probe : bool
             Whether this frame also updates the probe.
+        bound : float
+            Power bound of this frame (photons, :func:`relaxed_fraction`): the
+            updates are scaled by ``relaxed_fraction(fourier, bound)``, and a
+            frame within the bound changes nothing (0: the plain modulus
+            constraint).
 
         Returns
         -------
@@ -270,6 +307,12 @@ class FrameKernel:
         self._forward()
         # 2. modulus constraint; ex3 becomes the detector-plane change g (sqrt_i / |g| - 1)
         fourier, photon, change = self._modulus(sqrt_i, mask, intensity)
+        if bound > 0.0:
+            keep = relaxed_fraction(fourier, bound)
+            if keep == 0.0:
+                return fourier, photon, 0.0  # within the bound: nothing moves
+            np.multiply(self.ex_m, self.ctype.type(keep), out=self.ex_m)
+            change *= keep * keep
         self._backward()  # ex3 = dpsi
         # 3. probe increment from the object before its update
         if update_probe:
@@ -297,7 +340,8 @@ class FrameKernel:
             np.add(probe, self.t_pr, out=probe)
         return fourier, photon, change
 
-    def step_compiled(self, probe, obj, layer, y0, x0, sqrt_i, mask=None, intensity=None, update_probe=False):
+    def step_compiled(self, probe, obj, layer, y0, x0, sqrt_i, mask=None, intensity=None, update_probe=False,
+                      bound=0.0):
         """:meth:`step` with the kernels of :mod:`ptycli.engines.fused_pie` (one probe and one object mode).
 
         The frame's object window is ``obj[layer, y0:y0+h, x0:x0+w]`` of the
@@ -313,10 +357,13 @@ class FrameKernel:
         photon = intensity is not None and self.photon_error
         fourier, photon_sum = fused_pie.modulus(ex3[0], sqrt_i, sqrt_i if mask is None else mask, mask is not None,
                                                 intensity if photon else sqrt_i, photon, float(self.eps))
+        keep = relaxed_fraction(fourier, bound)  # the power bound scales both steps (dpsi is linear in it)
+        if keep == 0.0:
+            return fourier, photon_sum, 0.0
         self._bw()
-        fused_pie.update(P, obj, layer, y0, x0, ex3[0], max_p2, max_o2, self.object_step, self.probe_step,
-                         self.object_alpha, self.probe_alpha, update_probe, self.tiny)
-        return fourier, photon_sum, fourier  # exit change == Fourier error sum (see _modulus)
+        fused_pie.update(P, obj, layer, y0, x0, ex3[0], max_p2, max_o2, keep * self.object_step,
+                         keep * self.probe_step, self.object_alpha, self.probe_alpha, update_probe, self.tiny)
+        return fourier, photon_sum, keep * keep * fourier  # exit change: the Fourier error sum (see _modulus)
 
     def _photon(self, sqrt_i, intensity):
         """``sum mask (I - |F|^2)^2 / (I + 1)`` from ``d = mask (sqrt I - |F|)`` (in ``self.d``, ``self.amp``).

@@ -30,7 +30,7 @@ def visiting_order(rng, n):
 class _GroupPlan:
     """Per pod group: its kernel, probe/object rows and the frame arrays (live views)."""
 
-    def __init__(self, group, kernel, pr_rows, ob_rows):
+    def __init__(self, group, kernel, pr_rows, ob_rows, noise_bound=0.0):
         self.group = group
         self.kernel = kernel
         self.pr0, self.pr1 = pr_rows
@@ -38,6 +38,10 @@ class _GroupPlan:
         self.fmag = group.fmag()
         self.intensity = group.diff_frames()
         self.mask = group.mask_frames()  # None when all pixels are valid
+        #: per frame: the power bound in photons (noise_bound times its valid pixels; 0: none)
+        valid = (np.full(group.n_frames, float(np.prod(group.shape))) if self.mask is None
+                 else np.sum(self.mask, axis=(1, 2), dtype=np.float64))
+        self.bound = (float(noise_bound) * valid).tolist()
         self.obj_data = group.obj.data   # the live object buffer (compiled kernels address windows in it)
         self.frame_y = group.frame_y     # live: position refinement may move frames
         self.frame_x = group.frame_x
@@ -85,6 +89,11 @@ class PIESweep:
         Update parameters (module docstring; ePIE has both alphas 1).
     photon_error : bool
         Compute the photon error (a few passes per frame).
+    noise_bound : float
+        Power bound per valid pixel (mean squared amplitude deviation, photons;
+        0: none): a frame whose ``sum mask (|F| - sqrt I)^2`` lies within
+        ``noise_bound`` times its valid pixels is left alone, the others are
+        moved only onto that bound (:func:`ptycli.engines.pie_step.relaxed_fraction`).
 
     Attributes
     ----------
@@ -99,7 +108,7 @@ class PIESweep:
     """
 
     def __init__(self, book, object_step=1.0, probe_step=1.0, object_alpha=1.0, probe_alpha=1.0,
-                 photon_error=True, compiled=False):
+                 photon_error=True, compiled=False, noise_bound=0.0):
         self.book = book
         self.plans = []
         self.fold = {}
@@ -126,7 +135,8 @@ class PIESweep:
                 transfer=None if g.farfield else g.factors.pre,
                 object_step=object_step, probe_step=probe_step, object_alpha=object_alpha,
                 probe_alpha=probe_alpha, photon_error=photon_error, compiled=compiled)
-            self.plans.append(_GroupPlan(g, kernel, pr_rows, (ob_rows[0], ob_rows[1] + g.obj.slices - 1)))
+            self.plans.append(_GroupPlan(g, kernel, pr_rows, (ob_rows[0], ob_rows[1] + g.obj.slices - 1),
+                                         noise_bound))
         n = [p.group.n_frames for p in self.plans]
         self.n_frames = int(sum(n))
         self._gidx = np.repeat(np.arange(len(n), dtype=np.int64), n)
@@ -210,11 +220,11 @@ class PIESweep:
             if p.kernel.compiled:
                 fe, pe, ch = p.kernel.step_compiled(probe, p.obj_data, p.ob0, p.frame_y[f], p.frame_x[f],
                                                     p.fmag[f], None if p.mask is None else p.mask[f],
-                                                    p.intensity[f], update_probe)
+                                                    p.intensity[f], update_probe, p.bound[f])
             else:
                 fe, pe, ch = p.kernel.step(probe, views[gi][f], p.fmag[f],
                                            None if p.mask is None else p.mask[f], p.intensity[f],
-                                           update_probe)
+                                           update_probe, p.bound[f])
             if update_probe and p.variable is not None:
                 p.variable.feed(f)
             fourier += fe

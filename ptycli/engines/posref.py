@@ -1,9 +1,9 @@
 """Position refinement: an annealed search of whole-pixel trial shifts per frame.
 
 Reported scan positions are often off by a few pixels. Engines that declare
-:data:`POSREF_PARAMS` (DM, RAAR and ML; ePIE and rPIE do not, so
+:data:`POSREF_PARAMS` (DM, RAAR, ML and mPIE; ePIE and rPIE do not, so
 ``position_refinement`` is an unknown parameter there) correct them while
-they run::
+they run (mPIE on whole pixels: it has no sub-pixel model)::
 
     engines:
       dm:
