@@ -185,6 +185,7 @@ def test_plot_error_curves_show_the_model_error(files):
     assert [ln.get_label() for ln in ax.get_lines()] == ["Fourier error"]
 
 
+@pytest.mark.slow
 def test_plot_pdf(files, tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "r.pdf"

@@ -69,6 +69,7 @@ def test_dm_exit_waves_consistent(dm_noiseless):
     assert rel < 0.1
 
 
+@pytest.mark.slow
 def test_dm_poisson_quality():
     P = build(noise=True)
     reconstruct(P)
@@ -87,6 +88,7 @@ def test_dm_from_true_probe():
     assert obj["correlation"] >= 0.99 and pr["correlation"] >= 0.995
 
 
+@pytest.mark.slow
 def test_raar_converges():
     P = build()
     reconstruct(P, name="RAAR", numiter=100)
@@ -115,6 +117,7 @@ def test_dm_alpha_changes_update():
     assert P1.runtime.history[-1]["fourier_error"] != P2.runtime.history[-1]["fourier_error"]
 
 
+@pytest.mark.slow
 def test_defocused_probe_converges_without_probe_settings():
     P = build(probe="defocused")
     reconstruct(P, numiter=150)
@@ -122,6 +125,7 @@ def test_defocused_probe_converges_without_probe_settings():
     assert obj["correlation"] >= 0.95 and pr["correlation"] >= 0.95
 
 
+@pytest.mark.slow
 def test_defocused_from_true_probe():
     P = build(probe="defocused")
     P.probe.S["SMF"].data[...] = P.scans["MF"].data.ground_truth["probe"].astype(np.complex64)

@@ -151,6 +151,7 @@ def _run(seed, numiter=3, P=None, **pars):
     return pr.data.copy(), ob.data.copy(), [b.copy() for b in eng.last_batches]
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_other_seed_other_batches():
     p1, o1, b1 = _run(5)
     p2, o2, b2 = _run(5)

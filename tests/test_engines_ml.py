@@ -248,6 +248,7 @@ def test_gaussian_line_coefficients_match_the_cost_along_the_line(probe_on):
 
 # --- engine: convergence and quality ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_converges_from_default_start_on_noiseless_data():
     P = build(shape=64, frames=60)
     e = make_engine(P, dict(name="ML", numiter=80), label="ml")
@@ -261,6 +262,7 @@ def test_converges_from_default_start_on_noiseless_data():
     assert all(r["name"] == "ML" and r["photon_error"] is not None and r["exit_change"] >= 0 for r in hist)
 
 
+@pytest.mark.slow
 def test_dm_then_ml_on_poisson_data_recovers_the_object():
     from ptycli.engines.metrics import object_vs_truth
 
@@ -275,6 +277,7 @@ def test_dm_then_ml_on_poisson_data_recovers_the_object():
     assert q["correlation"] >= 0.95, q
 
 
+@pytest.mark.slow
 def test_del2_regulariser_reduces_object_roughness():
     from ptycli.engines.metrics import illuminated_region
 

@@ -180,6 +180,7 @@ def _run(seed, numiter=4, name="ePIE", P=None):
     return pr.data.copy(), ob.data.copy(), eng.last_order.copy()
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_other_seed_other_order():
     p1, o1, order1 = _run(5)
     p2, o2, order2 = _run(5)

@@ -255,6 +255,7 @@ def test_model_error_schedule():
     assert not ml.MODEL_ERRORS
 
 
+@pytest.mark.slow
 def test_good_run_has_no_findings():
     P = moonflower(dict(dm=dict(name="DM", numiter=60), ml=dict(name="ML", numiter=30)))
     P.run()
@@ -311,6 +312,7 @@ def test_constructed_failures_on_a_good_state(caplog):
     e.finalize()
 
 
+@pytest.mark.slow
 def test_blown_up_weakly_lit_pixels_are_flagged():
     """DM without the weak-illumination prior: noise divided by a tiny coverage blows up the frame edges."""
     from ptycli.engines import ENGINES
@@ -339,6 +341,7 @@ def test_a_failing_check_does_not_fail_the_run(monkeypatch, caplog):
     assert any("health check failed (RuntimeError: broken check)" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_a_failing_dm_run_is_flagged():
     P = moonflower(dict(dm=dict(name="DM", numiter=30, alpha=3.0)))  # DM with a far too large alpha
     P.run()

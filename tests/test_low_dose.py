@@ -66,6 +66,7 @@ def _dm(case, **dm):
     return P, validate_zoo.score_object(P, case["truth"])["correlation"]
 
 
+@pytest.mark.slow
 def test_noise_power_bound_keeps_dm_from_fitting_the_noise(low_dose_case):
     P, bounded = _dm(low_dose_case)
     assert P.scans["zoo"].noise_floor > 0.05  # measured 0.13; the relaxed bound is ~0.001 here

@@ -325,6 +325,7 @@ def test_nearfield_moonflower_file_reconstructs_from_true_probe(simulated, tmp_p
     assert c > 0.98, c  # measured 0.999; far-field propagation on these frames gives noise
 
 
+@pytest.mark.slow
 def test_independent_nearfield_scan_reconstructs_from_true_probe(tmp_path):
     sim = simulate((64, 64), "nearfield", n=64)
     path = write_ptyd(tmp_path / "nf.ptyd", sim)

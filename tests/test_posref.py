@@ -340,6 +340,7 @@ def test_result_file_has_refined_positions_and_resume_agrees(tmp_path, subpixel)
 
 # -- the sub-pixel stage (scans.<label>.subpixel on) -------------------------------------------------
 
+@pytest.mark.slow
 def test_subpixel_stage_refines_below_whole_pixels():
     # measured (80 frames, 2 px rms per axis, DM 60): whole pixels 0.72 px rms; with the sub-pixel stage 0.15
     P = build(scan={"subpixel": "on"})

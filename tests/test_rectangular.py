@@ -65,6 +65,7 @@ def test_moonflower_rectangular_from_true_probe(tmp_path, propagation, shape):
     assert c > 0.98, c  # measured 0.999-1.000 (square 64 x 64: 0.999)
 
 
+@pytest.mark.slow
 def test_moonflower_rectangular_simulate_then_reconstruct_cli(tmp_path):
     """The whole command-line path: simulate 48 x 80 frames to a file, reconstruct it, score the result file."""
     cfg = tmp_path / "sim.yaml"

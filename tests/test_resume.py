@@ -64,6 +64,7 @@ def test_checkpoint_at_10_resumes_to_the_same_object(cfg, tmp_path):
                                [h["fourier_error"] for h in a.history], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_sigint_in_process_writes_checkpoint_then_resume(cfg, tmp_path, monkeypatch):
     """A real SIGINT during iteration 7: stop after it, checkpoint, exit 130; resume gives the same object."""
     from ptycli.runner import ChainRunner
@@ -100,6 +101,7 @@ def test_sigint_in_process_writes_checkpoint_then_resume(cfg, tmp_path, monkeypa
     np.testing.assert_allclose(b.object, a.object, rtol=1e-5, atol=1e-5 * np.abs(a.object).max())
 
 
+@pytest.mark.slow
 def test_resume_a_result_with_more_iterations(cfg, tmp_path):
     """A finished result is a resume point: 10 + 10 iterations give the 20-iteration result.
 
