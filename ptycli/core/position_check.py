@@ -18,8 +18,8 @@ same frames the automatic probe guess tries its candidates on). A class whose
 error is below :data:`RATIO` of the error of the positions as given is
 reported; nothing is changed (the probe guess itself was made with the
 positions as given, which favours them, so a report is strong evidence).
-Measured on the validation zoo (``benchmarks/validate_zoo.py`` cases, the 24
-central frames): with the right convention no other class came below 0.96 of
+Measured on 12 cases of the validation zoo (``benchmarks/validate_zoo.py``,
+the 24 central frames): with the right convention no other class came below 0.96 of
 its error (focused probe: 15-26x higher; zone plate 1.2-1.3x; two probe modes
 and a diffuser 0.96-1.2x, where the classes cannot be told apart), and none of
 the four foreign scans of ``shared/data/foreign`` warned; with the positions
