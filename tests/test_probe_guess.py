@@ -338,3 +338,32 @@ def test_low_count_curvature(photons):
                     noise_floor=amplitude_noise_floor(intens.mean(0)))
     got = np.array(info["curvature"])
     assert np.all(np.abs(got - 0.03) < 0.01), got
+
+
+def test_heldout_pixels_are_a_fixed_share_of_the_valid_ones():
+    from ptycli.core.probe_trial import heldout_pixels
+
+    valid = np.ones((24, 64, 64), bool)
+    valid[:, :, :8] = False  # a dead band
+    held = heldout_pixels(valid, 0.2)
+    assert not held[~valid].any()  # only valid pixels are held out
+    assert abs(held.sum() / valid.sum() - 0.2) < 0.01  # measured 0.200
+    assert np.array_equal(held, heldout_pixels(valid, 0.2))  # the same pixels every time (and on every rank)
+    assert not heldout_pixels(valid, 0.0).any()
+
+
+@pytest.mark.slow
+def test_trial_holds_out_pixels_only_at_low_counts():
+    """Counted data with few counts per pixel are scored on held-out pixels; bright data on all pixels."""
+    truth = curved_aperture((64, 64), (0.02, 0.01))
+    intens, pos, prop = synthetic(truth)
+    rng = np.random.default_rng(3)
+    scale = 2e3 / float(intens.sum(axis=(1, 2)).mean())  # 2e3 photons per frame: 0.5 per pixel
+    counted = rng.poisson(intens * scale).astype(np.float32)
+    infos = []
+    for data, floor in ((intens, 0.0), (counted, 0.2)):
+        info = {}
+        probe_from_data(data, np.ones(data.shape, bool), prop, positions=pos, info=info, noise_floor=floor)
+        infos.append(info)
+    assert infos[0]["holdout"] == 0.0 and infos[1]["holdout"] == 0.2
+    assert infos[0]["trial"] != infos[1]["trial"]

@@ -24,11 +24,23 @@ The score of a candidate is the model's own Fourier error after the trial,
     ``sum_frames sum_valid (|F(probe * object_view)| - sqrt(I))^2 / sum_frames sum_valid I``,
 
 0 for a perfect model, about 1 or more for a model that explains nothing.
+With ``holdout`` a fixed pseudo-random share of the valid pixels
+(:func:`heldout_pixels`) is left out of the modulus constraint (the model
+keeps its own amplitude there) and the score sums over those pixels only: a
+candidate that fits the counting noise of the trial frames gains nothing
+there (:func:`ptycli.core.probe_guess.probe_from_data` uses it on counted
+data with few counts per pixel).
 """
 
 import numpy as np
 
-__all__ = ["trial_errors", "trial_grid"]
+__all__ = ["trial_errors", "trial_grid", "heldout_pixels", "HOLDOUT_FRACTION"]
+
+#: Share of the valid pixels the trial leaves out of its modulus constraint and scores the candidates on.
+HOLDOUT_FRACTION = 0.2
+
+#: Seed of the held-out pixels (fixed: the same pixels on every process and every run).
+HOLDOUT_SEED = 20261203
 
 
 def trial_grid(positions_px, shape):
@@ -54,8 +66,29 @@ def trial_grid(positions_px, shape):
     return corners, object_shape
 
 
+def heldout_pixels(valid, fraction, seed=HOLDOUT_SEED):
+    """A fixed pseudo-random share ``fraction`` of the ``valid`` pixels, left out of a trial and scored.
+
+    Parameters
+    ----------
+    valid : ndarray of bool
+        Valid pixels (any shape).
+    fraction : float
+        Share of the pixels held out (0: none).
+    seed : int
+        Seed of the draw: the same pixels on every process and every run.
+
+    Returns
+    -------
+    ndarray of bool, the shape of ``valid``
+    """
+    if fraction <= 0:
+        return np.zeros(valid.shape, dtype=bool)
+    return valid & (np.random.default_rng(seed).random(valid.shape) < fraction)
+
+
 def trial_errors(candidates, intensities, valid, positions_px, propagator, iterations=10,
-                 probe_start=1, power_bound=0.0):
+                 probe_start=1, power_bound=0.0, holdout=0.0):
     """Model Fourier error after a short trial reconstruction from each candidate probe.
 
     Parameters
@@ -79,6 +112,9 @@ def trial_errors(candidates, intensities, valid, positions_px, propagator, itera
         (the engines' power bound, e.g. the counting-noise floor of
         :func:`ptycli.core.counting_noise.amplitude_noise_floor`): frames
         within it are not corrected, so the trial does not fit the noise.
+    holdout : float
+        Share of the valid pixels left out of the modulus constraint and
+        scored (0: every valid pixel is constrained and scored).
 
     Returns
     -------
@@ -91,17 +127,20 @@ def trial_errors(candidates, intensities, valid, positions_px, propagator, itera
     valid = np.asarray(valid, dtype=bool)
     shape = intensities.shape[-2:]
     amplitudes = np.sqrt(np.clip(intensities, 0, None))
-    norm = float(np.sum(np.where(valid, intensities, 0), dtype=np.float64))
+    held = heldout_pixels(valid, holdout)
+    fitted = valid & ~held
+    scored = held if held.any() else valid
+    norm = float(np.sum(np.where(scored, intensities, 0), dtype=np.float64))
     corners, object_shape = trial_grid(positions_px, shape)
     windows = [(slice(y, y + shape[0]), slice(x, x + shape[1])) for y, x in corners]
     errors = {}
     for name, probe in candidates.items():
-        errors[name] = _trial(np.asarray(probe, dtype=np.complex64), amplitudes, valid, norm, windows,
+        errors[name] = _trial(np.asarray(probe, dtype=np.complex64), amplitudes, fitted, scored, norm, windows,
                               object_shape, propagator, iterations, probe_start, float(power_bound))
     return errors
 
 
-def _trial(probe, amplitudes, valid, norm, windows, object_shape, propagator, iterations, probe_start,
+def _trial(probe, amplitudes, valid, scored, norm, windows, object_shape, propagator, iterations, probe_start,
            power_bound):
     """One candidate's trial (difference map); returns its final model Fourier error."""
     obj = np.ones(object_shape, dtype=np.complex64)
@@ -131,7 +170,7 @@ def _trial(probe, amplitudes, valid, norm, windows, object_shape, propagator, it
         model = probe * object_views()
         far = propagator.fw(model)
         modulus = np.abs(far)
-        error = float(np.sum(np.where(valid, (modulus - amplitudes) ** 2, 0), dtype=np.float64) / max(norm, 1e-300))
+        error = float(np.sum(np.where(scored, (modulus - amplitudes) ** 2, 0), dtype=np.float64) / max(norm, 1e-300))
         if it == iterations or not np.isfinite(error):
             break
         # difference map (beta = 1): psi += P_F(2 P_O psi - psi) - P_O psi, with the power bound
