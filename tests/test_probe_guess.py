@@ -358,7 +358,7 @@ def test_trial_holds_out_pixels_only_at_low_counts():
     truth = curved_aperture((64, 64), (0.02, 0.01))
     intens, pos, prop = synthetic(truth)
     rng = np.random.default_rng(3)
-    scale = 2e3 / float(intens.sum(axis=(1, 2)).mean())  # 2e3 photons per frame: 0.5 per pixel
+    scale = 2e4 / float(intens.sum(axis=(1, 2)).mean())  # 2e4 photons per frame: about 5 per lit pixel
     counted = rng.poisson(intens * scale).astype(np.float32)
     infos = []
     for data, floor in ((intens, 0.0), (counted, 0.2)):
