@@ -65,7 +65,8 @@ Life cycle (driven by :meth:`Engine.run`)
     advances ``ptycho.runtime.iterations`` and ``self.iteration``, checks
     for divergence and calls the callbacks.
 ``finalize()``
-    Calls ``engine_finalize()`` and frees the address book caches.
+    Calls ``engine_release()`` (iteration buffers), runs the health check,
+    calls ``engine_finalize()`` and frees the address book caches.
 ``run()``
     ``initialize(); iterate(1)`` ``numiter`` times (with a progress bar on
     stderr when it is a terminal, on MPI rank 0 only); ``finalize()``.
@@ -113,7 +114,7 @@ orthogonalize=True)`` (support, mode orthogonalisation, recentring),
 array), ``self.mean_power``, ``self.total_counts``, ``self.total_valid``,
 ``self.n_frames_total``, ``self.ctype`` / ``self.ftype``, ``self.rng``.
 Hooks: ``engine_initialize()``, ``engine_iterate(n)`` (required),
-``engine_finalize()``, ``engine_state()`` / ``engine_load_state(d)``,
+``engine_release()``, ``engine_finalize()``, ``engine_state()`` / ``engine_load_state(d)``,
 ``sync()``, ``positions_changed(moved)`` (position refinement moved frames:
 refresh whatever the engine derived from the object windows).
 
@@ -403,9 +404,17 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         (overlap denominators, transforms, window indices) refresh it here.
         """
 
+    def engine_release(self):
+        """Free the iteration buffers that neither the health check nor ``engine_finalize()`` needs. Override.
+
+        Called by :meth:`finalize` before the health check, so that the
+        check's temporaries do not come on top of them (peak memory).
+        """
+
     def finalize(self):
-        """``sync()``, the health check (:meth:`check_health`), ``engine_finalize()``, free caches."""
+        """``sync()``, ``engine_release()``, the health check (:meth:`check_health`), ``engine_finalize()``, free caches."""
         self.sync()
+        self.engine_release()
         if self.book is not None and self.iteration > 0:
             self.check_health()
         self.engine_finalize()
