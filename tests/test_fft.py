@@ -110,3 +110,27 @@ def test_fftw_wisdom_is_saved_where_asked(tmp_path, monkeypatch):
     path = tmp_path / "cache" / ("fftw-wisdom-%s.pickle" % fft._fftw_module().__version__)
     assert path.exists() and path.stat().st_size > 0
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [path.name]  # no temporary left
+
+
+@pytest.mark.skipif("fftw" not in BACKENDS, reason="pyfftw is not installed")
+def test_fftw_plans_share_scratch_and_let_go_of_the_transformed_array(tmp_path, monkeypatch):
+    import gc
+    import weakref
+    monkeypatch.setenv("PTYCLI_CACHE_DIR", str(tmp_path / "cache"))
+    fft.set_backend("fftw")
+    try:
+        x = fft.empty((2, 17, 21), np.complex64)  # aligned: transformed in place, not through the scratch
+        x[...] = _stack((2, 17, 21), np.complex64, seed=3)
+        want = np.fft.ifft2(np.fft.fft2(x, norm="ortho"), norm="ortho")
+        fft.ifft2_inplace(fft.fft2_inplace(x, 1), 1)
+        np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-5)
+        fw, scratch_fw = fft._plan(x.shape, x.dtype, True)
+        bw, scratch_bw = fft._plan(x.shape, x.dtype, False)
+        assert scratch_fw is scratch_bw  # one scratch per thread and shape, not per direction
+        assert fw.input_array is scratch_fw and bw.input_array is scratch_bw  # pointed back after the transform
+        ref = weakref.ref(x)
+        del x
+        gc.collect()
+        assert ref() is None  # no plan keeps the caller's array alive
+    finally:
+        fft.set_backend(None)

@@ -219,6 +219,28 @@ class Storage(Base):
         return (np.broadcast_to(y[:, None], shape).copy(), np.broadcast_to(x[None, :], shape).copy())
 
     # -- data ---------------------------------------------------------------
+    @property
+    def released(self):
+        """Whether the buffer was given back (:meth:`release`): ``data`` is a read-only stand-in of zeros."""
+        return not self.data.flags.writeable and self.data.size > 0 and self.data.strides == (0,) * self.data.ndim
+
+    def release(self):
+        """Give the buffer's memory back; ``data`` becomes a read-only stand-in of the same shape and type.
+
+        The stand-in (zeros, no memory) keeps shapes and sizes readable; any
+        write to it raises. :meth:`allocate` makes a buffer again. For
+        storages whose contents the model can rebuild (exit waves of engines
+        that keep none between iterations).
+        """
+        self.data = np.broadcast_to(np.zeros((), dtype=self.dtype), self.data.shape)
+
+    def allocate(self):
+        """A fresh (uninitialised, aligned) buffer after :meth:`release`; returns True when it made one."""
+        if not self.released:
+            return False
+        self.data = fft.empty(self.data.shape, dtype=self.dtype)
+        return True
+
     def fill(self, fill=None):
         """Fill the buffer.
 

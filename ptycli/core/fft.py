@@ -273,16 +273,18 @@ def _chunks(n):
     return sizes
 
 
-def _new_plan(shape, dtype, forward):
+def _new_plan(shape, dtype, forward, scratch=None):
     """A new one-thread FFTW plan for aligned C-contiguous stacks ``shape`` (call with ``_PLAN_LOCK`` held).
 
     Planning with ``FFTW_MEASURE`` overwrites its arrays, so it plans on
-    scratch of the same layout; a shape planned before in this process (or
-    in the saved wisdom) gets the same algorithm again without measuring.
+    ``scratch`` of the same layout (default: a new one); a shape planned
+    before in this process (or in the saved wisdom) gets the same algorithm
+    again without measuring.
     """
     if not _WISDOM_LOADED:
         _load_wisdom()
-    scratch = empty(shape, dtype)
+    if scratch is None:
+        scratch = empty(shape, dtype)
     plan = _fftw_module().FFTW(scratch, scratch, axes=(-2, -1),
                                direction="FFTW_FORWARD" if forward else "FFTW_BACKWARD",
                                flags=("FFTW_MEASURE",), threads=1)
@@ -294,25 +296,36 @@ def _new_plan(shape, dtype, forward):
 
 
 def _plan(shape, dtype, forward):
-    """This thread's plan and aligned scratch for stacks ``shape`` (all threads' plans share one algorithm)."""
-    key = (shape, np.dtype(dtype).str, forward)
+    """This thread's plan and aligned scratch for stacks ``shape`` (all threads' plans share one algorithm).
+
+    The forward and inverse plans of a shape share one scratch array per thread.
+    """
+    key = (shape, np.dtype(dtype).str)
     plans = getattr(_LOCAL, "plans", None)
     if plans is None:
         plans = _LOCAL.plans = {}
     entry = plans.get(key)
     if entry is None:
+        entry = plans[key] = (empty(shape, dtype), {})
+    scratch, by_direction = entry
+    plan = by_direction.get(forward)
+    if plan is None:
         with _PLAN_LOCK:
-            plan = _new_plan(shape, dtype, forward)
-        entry = plans[key] = (plan, plan.input_array)
-    return entry
+            plan = by_direction[forward] = _new_plan(shape, dtype, forward, scratch)
+    return plan, scratch
 
 
 def _transform_chunk(part, forward):
-    """One chunk in place with this thread's plan (through aligned scratch when ``part`` is not aligned)."""
+    """One chunk in place with this thread's plan (through aligned scratch when ``part`` is not aligned).
+
+    The plan is pointed back at its scratch afterwards, so that it does not keep
+    the caller's (possibly temporary) array alive.
+    """
     plan, scratch = _plan(part.shape, part.dtype, forward)
     if part.ctypes.data % ALIGNMENT == 0:
         plan.update_arrays(part, part)
         plan.execute()
+        plan.update_arrays(scratch, scratch)
     else:
         scratch[...] = part
         plan.update_arrays(scratch, scratch)

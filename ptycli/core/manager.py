@@ -200,9 +200,10 @@ class ScanModel:
                                   psize=G.psize, layermap=[int(i) for i in d.indices])
         mask = P.mask.new_storage(ID=self.sid, data=np.asarray(d.mask, dtype=np.uint8).reshape((n,) + shape),
                                   psize=G.psize, layermap=[int(i) for i in d.indices])
-        # the loader's frames live on in the storage: later steps (probe guess) read them there
-        # and the loader's copy is freed
+        # the loader's frames and mask live on in the storages: later steps (probe guess) read them there
+        # and the loader's copies are freed (the mask storage's bytes are 0 or 1: a valid bool view)
         d.intensities = diff.data
+        d.mask = mask.data.view(bool)
         if self.probe_sid not in P.probe.S:
             P.probe.new_storage(ID=self.probe_sid, shape=(npr,) + shape, psize=res)
         else:

@@ -65,7 +65,8 @@ Life cycle (driven by :meth:`Engine.run`)
     advances ``ptycho.runtime.iterations`` and ``self.iteration``, checks
     for divergence and calls the callbacks.
 ``finalize()``
-    Calls ``engine_finalize()`` and frees the address book caches.
+    Calls ``engine_release()`` (iteration buffers), runs the health check,
+    calls ``engine_finalize()`` and frees the address book caches.
 ``run()``
     ``initialize(); iterate(1)`` ``numiter`` times (with a progress bar on
     stderr when it is a terminal, on MPI rank 0 only); ``finalize()``.
@@ -113,7 +114,7 @@ orthogonalize=True)`` (support, mode orthogonalisation, recentring),
 array), ``self.mean_power``, ``self.total_counts``, ``self.total_valid``,
 ``self.n_frames_total``, ``self.ctype`` / ``self.ftype``, ``self.rng``.
 Hooks: ``engine_initialize()``, ``engine_iterate(n)`` (required),
-``engine_finalize()``, ``engine_state()`` / ``engine_load_state(d)``,
+``engine_release()``, ``engine_finalize()``, ``engine_state()`` / ``engine_load_state(d)``,
 ``sync()``, ``positions_changed(moved)`` (position refinement moved frames:
 refresh whatever the engine derived from the object windows).
 
@@ -255,6 +256,11 @@ class Engine(ConstraintsMixin, SnapshotMixin):
     #: whether the exit waves carry state from one iteration to the next (DM, RAAR); the others
     #: derive them from probe x object when they finish, so their checkpoints leave them out
     KEEPS_EXIT_WAVES = False
+    #: whether the engine reads or writes the exit storage (DM, RAAR: their exit waves; ML: its detector
+    #: waves); the others (ePIE, rPIE, mPIE, LSQML) give its memory back while they run
+    #: (:meth:`~ptycli.core.classes.Storage.release`) and leave it so; an engine that needs it after them
+    #: rebuilds it from probe x object (:meth:`need_exit_storage`)
+    USES_EXIT_STORAGE = True
     #: whether the engine reconstructs multislice objects (``sample.slices > 1``); the others refuse them
     MULTISLICE = False
     #: whether the engine reconstructs a variable probe (``illumination.variable_modes > 0``,
@@ -336,6 +342,11 @@ class Engine(ConstraintsMixin, SnapshotMixin):
                 if g.background is not None:
                     log.warning("%s (%s): scan %s fits a background, which this engine neither uses nor updates "
                                 "(DM, RAAR and ML do)", self.label, self.NAME, g.label)
+        if self.USES_EXIT_STORAGE:
+            self.need_exit_storage()
+        else:
+            for S in self.ptycho.exit.S.values():
+                S.release()
         self._snapshot()
         self.posref = make_refiner(self)
         self.engine_initialize()
@@ -403,9 +414,17 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         (overlap denominators, transforms, window indices) refresh it here.
         """
 
+    def engine_release(self):
+        """Free the iteration buffers that neither the health check nor ``engine_finalize()`` needs. Override.
+
+        Called by :meth:`finalize` before the health check, so that the
+        check's temporaries do not come on top of them (peak memory).
+        """
+
     def finalize(self):
-        """``sync()``, the health check (:meth:`check_health`), ``engine_finalize()``, free caches."""
+        """``sync()``, ``engine_release()``, the health check (:meth:`check_health`), ``engine_finalize()``, free caches."""
         self.sync()
+        self.engine_release()
         if self.book is not None and self.iteration > 0:
             self.check_health()
         self.engine_finalize()
@@ -581,8 +600,22 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         """Whether the probe is updated in the current iteration (``iteration >= probe_update_start``)."""
         return self.iteration >= int(self.p.probe_update_start)
 
+    def exit_storage_released(self):
+        """Whether an exit storage of the model is released (an engine that does not use it ran last)."""
+        return any(S.released for S in self.ptycho.exit.S.values())
+
+    def need_exit_storage(self):
+        """Make released exit storages again, holding ``probe * object`` (:meth:`reset_exit`); else nothing."""
+        if self.exit_storage_released():
+            self.reset_exit()
+
     def reset_exit(self):
-        """Set every exit wave to ``probe * object`` (in place; a multislice object: the wave leaving its last slice)."""
+        """Set every exit wave to ``probe * object`` (in place; a multislice object: the wave leaving its last slice).
+
+        Released exit storages (:meth:`~ptycli.core.classes.Storage.release`) get a buffer first.
+        """
+        for S in self.ptycho.exit.S.values():
+            S.allocate()
         for g in self.book.groups:
             if g.obj.slices > 1:
                 write_exit_waves(g)

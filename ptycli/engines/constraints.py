@@ -205,6 +205,7 @@ class ConstraintsMixin:
             for g in self.book.groups:
                 if g.probe is S:
                     g.obj.data[...] = np.roll(g.obj.data, tuple(s), axis=(-2, -1))
-                    g.exit.data[...] = np.roll(g.exit.data, tuple(s), axis=(-2, -1))
+                    if not g.exit.released:  # a released exit storage holds nothing to move
+                        g.exit.data[...] = np.roll(g.exit.data, tuple(s), axis=(-2, -1))
             log.info("%s: probe %s recentred by %s pixels", self.label, sid, tuple(int(v) for v in s))
         return shifts

@@ -35,8 +35,10 @@ class _GroupPlan:
         self.kernel = kernel
         self.pr0, self.pr1 = pr_rows
         self.ob0, self.ob1 = ob_rows
-        self.fmag = group.fmag()
         self.intensity = group.diff_frames()
+        #: one frame's measured amplitude ``sqrt(max(I, 0))``, made when the frame is visited (:meth:`amplitude`):
+        #: no data-sized array beside the intensities
+        self._amplitude = np.empty(group.shape, dtype=group.ftype)
         self.mask = group.mask_frames()  # None when all pixels are valid
         #: per frame: the power bound in photons (noise_bound times its valid pixels; 0: none)
         valid = (np.full(group.n_frames, float(np.prod(group.shape))) if self.mask is None
@@ -47,6 +49,12 @@ class _GroupPlan:
         self.frame_x = group.frame_x
         #: the per-frame probes of a variable probe (None: one probe for all frames)
         self.variable = FrameProbes(group) if getattr(group, "probe_weights", None) is not None else None
+
+    def amplitude(self, f):
+        """``sqrt(max(I, 0))`` of frame ``f`` (the numbers of :meth:`PodGroup.fmag`), in a buffer reused per frame."""
+        out = self._amplitude
+        np.maximum(self.intensity[f], 0, out=out)
+        return np.sqrt(out, out=out)
 
     def object_views(self):
         """Live object windows (nob, H, W) of every frame of the group."""
@@ -219,10 +227,10 @@ class PIESweep:
                 p.kernel._weight_fresh = False
             if p.kernel.compiled:
                 fe, pe, ch = p.kernel.step_compiled(probe, p.obj_data, p.ob0, p.frame_y[f], p.frame_x[f],
-                                                    p.fmag[f], None if p.mask is None else p.mask[f],
+                                                    p.amplitude(f), None if p.mask is None else p.mask[f],
                                                     p.intensity[f], update_probe, p.bound[f])
             else:
-                fe, pe, ch = p.kernel.step(probe, views[gi][f], p.fmag[f],
+                fe, pe, ch = p.kernel.step(probe, views[gi][f], p.amplitude(f),
                                            None if p.mask is None else p.mask[f], p.intensity[f],
                                            update_probe, p.bound[f])
             if update_probe and p.variable is not None:

@@ -303,12 +303,16 @@ class ProjectionEngine(Engine):
             c = self._bg_const[g.label]
             background.projection_update(g.background, s, c["m"], c["w"], c["sigma"])
 
-    def engine_finalize(self):
+    def engine_release(self):
+        """Free the passes, scratch, accumulators and threads (before the health check; safe to call twice)."""
         if getattr(self, "_pool", None) is not None:
             self._pool.close()
         for name in ("passes", "_scratch", "_ob_num", "_ob_den", "_ob_prior", "_pr_num", "_pr_den", "_blocks", "_pool"):
             if hasattr(self, name):
                 delattr(self, name)
+
+    def engine_finalize(self):
+        self.engine_release()
 
     @staticmethod
     def probe_key(g):

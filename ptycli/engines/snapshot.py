@@ -118,7 +118,7 @@ class SnapshotMixin:
                    extra={k: np.array(v, copy=True) for k, v in self.engine_state().items()})
         if arrays:
             for key, C in (("probe", P.probe), ("obj", P.obj), ("exit", P.exit)):
-                out[key] = {sid: S.data.copy() for sid, S in C.S.items()}
+                out[key] = {sid: S.data.copy() for sid, S in C.S.items() if not S.released}
         return out
 
     def load_state(self, state):
@@ -129,6 +129,7 @@ class SnapshotMixin:
                 if sid not in C.S:
                     raise EngineError("checkpoint has %s storage %s that the model lacks" % (key, sid))
                 S = C.S[sid]
+                S.allocate()  # a released exit storage: a buffer again
                 if tuple(S.data.shape) != tuple(np.shape(arr)):
                     raise EngineError("checkpoint %s storage %s has shape %s, the model %s"
                                       % (key, sid, np.shape(arr), S.data.shape))

@@ -90,9 +90,9 @@ on uncounted data the floor is 0 and nothing changes.
 Masks are 0/1 (masked pixels keep the model's amplitude). The error metrics
 of an iteration are summed over the frames as each frame is visited, i.e.
 with the model just before that frame's update (see ``ptycli.engines.base``
-for the normalisation). ePIE keeps no exit waves between frames; when the
-engine finishes, the exit waves are set to ``probe * object`` for the engines
-that follow.
+for the normalisation). ePIE keeps no exit waves between frames: the exit
+storage's memory is given back while it runs, and an engine that follows and
+uses it rebuilds the exit waves as ``probe * object``.
 
 Visiting order
 --------------
@@ -321,6 +321,7 @@ class PIEBase(Engine):
     PARAMS = Engine.PARAMS.extended("PIE", _STEP_PARAMS, doc="stochastic PIE engine")
     MULTISLICE = True  # multislice objects: the 3PIE step of ptycli.engines.multislice_step
     VARIABLE_PROBE = True  # a probe per frame from eigen-probes: ptycli.engines.variable_probe
+    USES_EXIT_STORAGE = False  # exit waves live per frame in the step's buffers
 
     def __init__(self, ptycho, pars=None, label=None):
         super().__init__(ptycho, pars, label)
@@ -405,7 +406,7 @@ class PIEBase(Engine):
         """Called after each iteration with its error record (:meth:`ErrorSums.reduce`); nothing here."""
 
     def engine_finalize(self):
-        self.reset_exit()  # exit waves = probe * object, for engines that follow
+        # the exit storage stays released: an engine that follows and uses it rebuilds probe * object
         self.sweeper = None
 
     # -- block-parallel merge (MPI) ---------------------------------------------

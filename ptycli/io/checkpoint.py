@@ -146,6 +146,8 @@ def collect_model(P, with_exit=True):
     exits = {}
     if with_exit:
         for sid, S in P.exit.S.items():
+            if S.released:  # given back by an engine that keeps no exit waves: nothing to store
+                continue
             layers = np.asarray(S.layermap, dtype=np.int64)
             data = S.data
             if parallel.size > 1:

@@ -51,7 +51,8 @@ After every epoch the momentum step (6.), then the probe constraints
 (support, recentring, mode orthogonalisation) and the object clipping of
 the common engine parameters are applied. Before ``probe_update_start`` only the object moves
 (``a_P = 0``, the 1 x 1 system). LSQML keeps no exit waves between batches:
-when it finishes, they are set to ``probe * object`` for the next engine.
+the exit storage's memory is given back while it runs, and an engine that
+follows and uses it rebuilds the exit waves as ``probe * object``.
 
 Noise models (``noise_model``): ``gaussian`` is the paper's Gaussian model of
 the *amplitudes*, ``sum mask (sqrt(I) - sqrt(n))^2`` (ML's ``euclid`` cost);
@@ -234,6 +235,7 @@ class LSQML(Engine):
     NAME = "LSQML"
     VARIABLE_PROBE = True  # a probe per frame from eigen-probes: ptycli.engines.lsqml.variable
     MULTISLICE = True  # multislice objects: ptycli.engines.lsqml.multislice
+    USES_EXIT_STORAGE = False  # exit waves live per batch in its buffers
     PARAMS = Engine.PARAMS.extended("LSQML", [
         Parameter("batch_size", None, "int",
                   "frames per mini-batch (null: ceil(frames / %d), about %d batches per epoch); smaller batches "
@@ -353,7 +355,7 @@ class LSQML(Engine):
         return VariableGroupBatch(g, self.noise, self.eps)
 
     def engine_finalize(self):
-        self.reset_exit()  # exit waves = probe * object, for the engines that follow
+        # the exit storage stays released: an engine that follows and uses it rebuilds probe * object
         self.groups = []
         self._acc = None
         self._buffers = []

@@ -260,6 +260,15 @@ class ML(Engine):
         self._final_scales = None
         self._L = self._evaluate(gradient=True)
 
+    def engine_release(self):
+        """Free the gradient accumulators, block workspaces and the gradient (before the health check).
+
+        The conjugate-gradient memory (``dirn``, ``grad_prev``) stays: checkpoints store it.
+        """
+        self._acc = []
+        self._ws = []
+        self.grad = None
+
     def engine_finalize(self):
         # orthogonal probe modes (a unitary mixing of the modes: the likelihood does not change)
         for sid, S in self.probe_storages.items():
