@@ -34,7 +34,8 @@ def build(frames=24, shape=32, propagation="farfield", probe_modes=1, object_mod
 
 
 def state(P):
-    out = {k: {sid: S.data.copy() for sid, S in C.S.items()} for k, C in
+    # (the PIE engines give the exit storage back while they run: a released storage holds nothing)
+    out = {k: {sid: S.data.copy() for sid, S in C.S.items() if not S.released} for k, C in
            (("probe", P.probe), ("obj", P.obj), ("exit", P.exit))}
     out["background"] = {label: m.background.copy() for label, m in P.scans.items() if m.background is not None}
     return out
@@ -43,7 +44,8 @@ def state(P):
 def restore(P, snap):
     for k, C in (("probe", P.probe), ("obj", P.obj), ("exit", P.exit)):
         for sid, S in C.S.items():
-            S.data[...] = snap[k][sid]
+            if sid in snap[k] and not S.released:
+                S.data[...] = snap[k][sid]
     for label, B in snap["background"].items():
         P.scans[label].background[...] = B
 
