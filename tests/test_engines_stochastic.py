@@ -388,7 +388,7 @@ def _counted_model(n=60, photons=1e4, seed=0):
 
 def test_mpie_without_friction_is_rpie_with_the_same_power_bound():
     """On counted data the power bound acts, in rPIE as in mPIE: friction 0 is still rPIE bit for bit."""
-    pars = dict(numiter=3, seed=1, probe_update_start=1, alpha=0.3, noise_bound=0.5)
+    pars = dict(numiter=3, seed=1, probe_update_start=1, alpha=0.3, noise_bound=0.5, noise_bound_ramp=2)
     P = _counted_model()
     assert P.scans["MF"].noise_floor > 0.05
     make_engine(P, dict(name="rPIE", **pars)).run()
@@ -416,6 +416,27 @@ def test_mpie_power_bound_gains_on_low_dose_data():
             q[nb] = object_vs_truth(P)
         assert q[1.0]["error"] < 0.9 * q[0.0]["error"], q
         assert q[1.0]["correlation"] > 0.96 and q[1.0]["correlation"] > q[0.0]["correlation"] + 0.01, q
+
+
+def test_noise_bound_grows_in_over_the_ramp():
+    """Iteration n (0-based) sweeps with min(1, (n + 1) / noise_bound_ramp) of each frame's bound."""
+    P = _counted_model(n=12)
+    e = make_engine(P, dict(name="mPIE", numiter=5, noise_bound=1.0, noise_bound_ramp=3))
+    e.initialize()
+    floor = P.scans["MF"].noise_floor
+    full = [b for p in e.sweeper.plans for b in p.full_bound]
+    np.testing.assert_allclose(full, floor * 64 * 64, rtol=1e-12)  # noise_bound x floor x valid pixels
+    seen = []
+    original = e.sweeper.sweep
+
+    def sweep(*args, **kw):
+        seen.append([b / f for p in e.sweeper.plans for b, f in zip(p.bound, p.full_bound)])
+        return original(*args, **kw)
+
+    e.sweeper.sweep = sweep
+    e.iterate(5)
+    np.testing.assert_allclose([np.mean(s) for s in seen], [1 / 3, 2 / 3, 1.0, 1.0, 1.0], rtol=1e-12)
+    assert st.MPIE.PARAMS["noise_bound_ramp"].default == 60 and st.RPIE.PARAMS["noise_bound_ramp"].default == 0
 
 
 def test_momentum_restart_zeroes_an_opposed_velocity():
@@ -519,7 +540,7 @@ def test_mpie_parameters_declared_and_validated():
         assert key in ps and ps[key].doc
     P = _model(n=10)
     for bad in (dict(friction=1.0), dict(friction=-0.1), dict(probe_friction=1.0), dict(momentum_interval=0),
-                dict(alpha=1.5), dict(probe_alpha=-1.0), dict(noise_bound=-0.5)):
+                dict(alpha=1.5), dict(probe_alpha=-1.0), dict(noise_bound=-0.5), dict(noise_bound_ramp=-1)):
         with pytest.raises(ConfigError):
             make_engine(P, dict(name="mPIE", **bad))
 

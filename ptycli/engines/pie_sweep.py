@@ -43,7 +43,8 @@ class _GroupPlan:
         #: per frame: the power bound in photons (noise_bound times its valid pixels; 0: none)
         valid = (np.full(group.n_frames, float(np.prod(group.shape))) if self.mask is None
                  else np.sum(self.mask, axis=(1, 2), dtype=np.float64))
-        self.bound = (float(noise_bound) * valid).tolist()
+        self.full_bound = (float(noise_bound) * valid).tolist()
+        self.bound = list(self.full_bound)  # in force: full_bound times PIESweep.scale_bound's share
         self.obj_data = group.obj.data   # the live object buffer (compiled kernels address windows in it)
         self.frame_y = group.frame_y     # live: position refinement may move frames
         self.frame_x = group.frame_x
@@ -192,6 +193,11 @@ class PIESweep:
             f = self.fold.get(sid)
             out[sid] = S.data * f if f is not None else S.data.copy()
         return out
+
+    def scale_bound(self, share):
+        """Put ``share`` (0 to 1) of every frame's noise bound in force for the next sweeps."""
+        for p in self.plans:
+            p.bound = [share * b for b in p.full_bound]
 
     def sweep(self, order, update_probe, momentum=None):
         """Visit the frames in ``order`` (indices into all local frames), updating in place.

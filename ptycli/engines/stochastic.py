@@ -275,13 +275,17 @@ fused = lazy_module("ptycli.engines.fused")
 __all__ = ["EPIE", "RPIE", "MPIE", "PIEBase", "PIESweep", "FrameKernel", "visiting_order"]
 
 
-def _noise_bound(default):
-    """The ``noise_bound`` parameter of the PIE engines with its default."""
-    return Parameter("noise_bound", default, "float",
-                     "relaxed modulus constraint on counted data: a frame whose mean squared amplitude misfit "
-                     "(photons per valid pixel) is within noise_bound times the counting-noise floor is not "
-                     "corrected, the others only onto that bound (0: the plain modulus constraint)",
-                     low=0.0, high=100.0)
+def _noise_bound(default, ramp):
+    """The ``noise_bound`` and ``noise_bound_ramp`` parameters of the PIE engines with their defaults."""
+    return [Parameter("noise_bound", default, "float",
+                      "relaxed modulus constraint on counted data: a frame whose mean squared amplitude misfit "
+                      "(photons per valid pixel) is within noise_bound times the counting-noise floor is not "
+                      "corrected, the others only onto that bound (0: the plain modulus constraint)",
+                      low=0.0, high=100.0),
+            Parameter("noise_bound_ramp", ramp, "int",
+                      "engine iterations over which the noise bound grows in: iteration n (0-based) uses "
+                      "min(1, (n + 1) / noise_bound_ramp) times it (0: the whole bound from the start)",
+                      low=0, high=100000)]
 
 
 _STEP_PARAMS = [
@@ -296,8 +300,7 @@ _STEP_PARAMS = [
               "frame visiting order: random (a fresh permutation each iteration), scan (the order of "
               "measurement), alternate (scan order forth and back); auto: alternate for a scan with a "
               "variable probe, else random", choices=["auto", "random", "scan", "alternate"]),
-    _noise_bound(0.0),
-]
+] + _noise_bound(0.0, 0)
 
 
 class PIEBase(Engine):
@@ -365,6 +368,11 @@ class PIEBase(Engine):
         floor = max((float(getattr(m, "noise_floor", 0.0)) for m in self.ptycho.scans.values()), default=0.0)
         return factor * floor
 
+    def noise_bound_share(self):
+        """Share of the noise bound in force this iteration: ``min(1, (n + 1) / noise_bound_ramp)`` (1 without a ramp)."""
+        ramp = int(self.p.get("noise_bound_ramp") or 0)
+        return 1.0 if ramp <= 0 else min(1.0, (self.iteration + 1) / ramp)
+
     def visiting_order(self):
         """This iteration's order of the local frames (parameter ``order``; see the module docstring)."""
         kind = str(self.p.get("order") or "auto")
@@ -383,6 +391,7 @@ class PIEBase(Engine):
             order = self.visiting_order()
             self.last_order = order
             weights = self._merge_weights() if parallel.size > 1 else None
+            self.sweeper.scale_bound(self.noise_bound_share())
             sums = self.sweeper.sweep(order, update_probe, self.momentum)
             if weights is not None:
                 self._merge(weights, update_probe)
@@ -545,7 +554,7 @@ class MPIE(PIEBase):
                   "stop the momentum (both frictions 0 from then on) once an iteration's fourier_error "
                   "exceeds (1 + momentum_error_stop) times the lowest so far in this engine run: the "
                   "momentum then drives the fit away (noise, overshoot); 0: never", low=0.0, high=100.0),
-        _noise_bound(1.0),
+        *_noise_bound(1.0, 60),
         Parameter("seed", 0, "int", "seed of the random frame visiting order (same seed, same result)", low=0),
         POSREF_PARAMS,
     ], doc="momentum-accelerated ptychographic iterative engine")
