@@ -49,12 +49,12 @@ def test_parameter_declared_and_checked():
         validate(tree)
 
 
-@pytest.mark.parametrize("engine", ["DM", "RAAR", "ML", "mPIE"])
+@pytest.mark.parametrize("engine", ["DM", "RAAR", "ML"])
 def test_engines_without_variable_probe_refuse(engine):
     from ptycli.params.capabilities import capable_engines
     from ptycli.params.tree import validate
 
-    assert {"ePIE", "rPIE", "LSQML"} <= set(capable_engines("VARIABLE_PROBE"))
+    assert {"ePIE", "rPIE", "mPIE", "LSQML"} <= set(capable_engines("VARIABLE_PROBE"))
     assert engine not in capable_engines("VARIABLE_PROBE")
     tree = _tree(variable_modes=2)
     tree["engines"] = {"first": {"name": "ePIE"}, "x": {"name": engine}}
@@ -204,15 +204,19 @@ def test_model_starts_from_the_configured_probe(tmp_path):
         make_engine(P, {"name": "DM", "numiter": 1}).initialize()
 
 
-def test_result_file_inspect_and_resume(tmp_path):
+@pytest.mark.parametrize("engine", ["ePIE", "mPIE"])
+def test_result_file_inspect_and_resume(tmp_path, engine):
     """The result holds the eigen-probes and the weights; inspect names them; a resumed run ends exactly as an
-    uninterrupted one (weights read back); another number of eigen-probes is refused."""
+    uninterrupted one (weights read back; mPIE: also its velocities, which follow the eigen-probes' gauge);
+    another number of eigen-probes is refused."""
     from ptycli.io import load_reconstruction
 
     from cli_helpers import invoke
     from reliability_helpers import assert_clean_error, reconstruct_text
 
-    res, out = reconstruct_text(tmp_path, _RUN)
+    # mPIE: a momentum step every 7 frames, so that the resumed run starts with velocities in mid-build
+    run = _RUN.replace("name: ePIE", "name: %s" % engine + (", momentum_interval: 7" if engine == "mPIE" else ""))
+    res, out = reconstruct_text(tmp_path, run)
     assert res.exit_code == 0, res.stderr
     rec = load_reconstruction(out)
     W = rec.scans["MF"]["probe_weights"]
@@ -262,7 +266,7 @@ def test_plot_draws_the_weights(tmp_path):
 
 @pytest.mark.mpi
 def test_two_ranks_keep_the_eigenprobes_equal(tmp_path):
-    """Under mpirun (2 ranks) ePIE/rPIE with a variable probe keep probe and object equal on every rank and
+    """Under mpirun (2 ranks) ePIE/rPIE/mPIE with a variable probe keep probe and object equal on every rank and
     communicate only numpy buffers (the gauge's and the fit's sums)."""
     import json
 
@@ -273,7 +277,7 @@ def test_two_ranks_keep_the_eigenprobes_equal(tmp_path):
         pytest.skip(reason)
     cfg = tmp_path / "run.yaml"
     cfg.write_text(_RUN)
-    res = mh.run([mh.__file__, "engines", cfg, "ePIE:4", "rPIE:3"], nprocs=2, timeout=120)
+    res = mh.run([mh.__file__, "engines", cfg, "ePIE:4", "rPIE:3", "mPIE:3"], nprocs=2, timeout=120)
     assert res.returncode == 0, res.describe()
     report = json.loads(res.stdout)
     for name, info in report["engines"].items():

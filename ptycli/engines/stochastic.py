@@ -386,7 +386,10 @@ class PIEBase(Engine):
             if weights is not None:
                 self._merge(weights, update_probe)
             if update_probe:
-                refactor_book(self.book, reduce=parallel.allreduce if parallel.size > 1 else None)
+                changes = refactor_book(self.book, reduce=parallel.allreduce if parallel.size > 1 else None)
+                if self.momentum is not None and changes:
+                    # the eigen-probes' gauge U' = T^-1 U: velocities and anchors take the same basis
+                    self.momentum.mix_modes("probe", {sid: np.linalg.inv(T).T for sid, T in changes.items()})
                 # support and recentring; the modes are orthogonalised without touching the
                 # exit waves (ePIE keeps none between iterations; finalize() rebuilds them)
                 self.apply_probe_constraints(orthogonalize=False)
@@ -512,8 +515,6 @@ class MPIE(PIEBase):
     """mPIE (Maiden, Johnson & Li 2017): rPIE with momentum; see the module docstring."""
 
     NAME = "mPIE"
-    #: the momentum would step the eigen-probes that the variable probe's fit replaces at the end of a sweep
-    VARIABLE_PROBE = False
     PARAMS = Engine.PARAMS.extended("mPIE", [
         Parameter("object_step", 1.0, "float",
                   "object step size (the paper's gamma_obj): the object moves by object_step * conj(P) dpsi "

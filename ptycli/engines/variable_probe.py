@@ -193,15 +193,16 @@ class FrameProbes:
 def refactor_book(book, reduce=None):
     """Apply :func:`reparametrize` to every probe storage of ``book`` that holds a variable probe.
 
-    Returns the storage IDs handled. Collective under MPI (``reduce``): every
-    rank must call it with the same storages.
+    Returns a dict storage ID -> the change of basis ``T`` (K x K) of
+    :func:`reparametrize` (``W <- W T``, ``U <- T^-1 U``) for the storages
+    handled. Collective under MPI (``reduce``): every rank must call it with
+    the same storages.
     """
-    done = []
+    done = {}
     for g in book.groups:
         W = getattr(g, "probe_weights", None)
         if W is None or g.probe.ID in done:
             continue
         frames = np.asarray(g.diff.layermap, dtype=np.float64)  # global frame index of each weight row
-        reparametrize(g.probe.data, W, reduce=reduce, frames=frames)
-        done.append(g.probe.ID)
+        done[g.probe.ID] = reparametrize(g.probe.data, W, reduce=reduce, frames=frames)
     return done
