@@ -31,6 +31,12 @@ iteration of the set of updated probes, accumulated frame by frame:
    then the gauge of :func:`ptycli.core.variable_probe.reparametrize` makes
    them orthogonal, ordered by power, for the next sweep.
 
+mPIE's probe momentum (:mod:`ptycli.engines.momentum`) steps the working
+eigen-probes of step 3 every ``T`` frames; the refit of step 4 moves its
+anchor (so the refit itself is not accelerated) and the gauge's change of
+basis :func:`refactor_book` returns is applied to its velocities and anchors
+(:mod:`ptycli.engines.stochastic`, "Modules").
+
 On a set of targets that does not change, steps 2 and 4 are the orthogonal
 iteration: it converges to the ``K`` strongest components of the set, i.e.
 to its truncated SVD (``tests/test_variable_probe.py`` recovers a known
