@@ -151,6 +151,34 @@ def test_sweeps_recover_a_known_low_rank_set_of_probes():
     assert err.max() < 1e-6, err.max()   # geometric: 1e-3 after 10 sweeps, 1e-7 after 30
 
 
+def test_mpie_velocities_follow_the_gauge_and_the_refit():
+    """mPIE's probe momentum with a variable probe: after the gauge (``W <- W T``, ``U <- T^-1 U``) the
+    velocities and anchors mixed with ``T^-1`` give every frame the same probe velocity ``sum_k w_fk v_k`` and
+    progress ``sum_k w_fk (U_k - A_k)`` as before; a refit moves the anchor with the eigen-probes (no progress)."""
+    from ptycli.core.variable_probe import reparametrize
+    from ptycli.engines.momentum import Momentum
+
+    rng = np.random.default_rng(4)
+    K, n, H = 3, 12, 8
+    cplx = lambda *s: rng.normal(size=s) + 1j * rng.normal(size=s)  # noqa: E731
+    U, W = cplx(K, H, H), cplx(n, K)
+    m = Momentum(0.5, 10)
+    m.reset("probe", {"S": U})
+    m.velocity["probe"]["S"][...] = cplx(K, H, H)
+    m.anchor["probe"]["S"][...] = U + 0.1 * cplx(K, H, H)
+    per_frame = lambda Wm, X: np.einsum("nk,khw->nhw", Wm, X)  # noqa: E731
+    v0, d0 = per_frame(W, m.velocity["probe"]["S"]), per_frame(W, U - m.anchor["probe"]["S"])
+    T = reparametrize(U, W)
+    assert not np.allclose(T, np.eye(K))                           # a real change of basis
+    m.mix_modes("probe", {"S": np.linalg.inv(T).T})
+    np.testing.assert_allclose(per_frame(W, m.velocity["probe"]["S"]), v0, atol=1e-10)
+    np.testing.assert_allclose(per_frame(W, U - m.anchor["probe"]["S"]), d0, atol=1e-10)
+    refit = cplx(K, H, H)
+    m.follow("probe", "S", refit)
+    U += refit
+    np.testing.assert_allclose(per_frame(W, U - m.anchor["probe"]["S"]), d0, atol=1e-10)
+
+
 def test_share_change_moves_the_frame_by_dP():
     from ptycli.core.variable_probe import frame_probe
     from ptycli.engines.variable_probe import share_change
