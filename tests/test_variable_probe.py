@@ -49,12 +49,12 @@ def test_parameter_declared_and_checked():
         validate(tree)
 
 
-@pytest.mark.parametrize("engine", ["DM", "RAAR", "ML", "mPIE"])
+@pytest.mark.parametrize("engine", ["DM", "RAAR", "ML"])
 def test_engines_without_variable_probe_refuse(engine):
     from ptycli.params.capabilities import capable_engines
     from ptycli.params.tree import validate
 
-    assert {"ePIE", "rPIE", "LSQML"} <= set(capable_engines("VARIABLE_PROBE"))
+    assert {"ePIE", "rPIE", "mPIE", "LSQML"} <= set(capable_engines("VARIABLE_PROBE"))
     assert engine not in capable_engines("VARIABLE_PROBE")
     tree = _tree(variable_modes=2)
     tree["engines"] = {"first": {"name": "ePIE"}, "x": {"name": engine}}
@@ -151,6 +151,34 @@ def test_sweeps_recover_a_known_low_rank_set_of_probes():
     assert err.max() < 1e-6, err.max()   # geometric: 1e-3 after 10 sweeps, 1e-7 after 30
 
 
+def test_mpie_velocities_follow_the_gauge_and_the_refit():
+    """mPIE's probe momentum with a variable probe: after the gauge (``W <- W T``, ``U <- T^-1 U``) the
+    velocities and anchors mixed with ``T^-1`` give every frame the same probe velocity ``sum_k w_fk v_k`` and
+    progress ``sum_k w_fk (U_k - A_k)`` as before; a refit moves the anchor with the eigen-probes (no progress)."""
+    from ptycli.core.variable_probe import reparametrize
+    from ptycli.engines.momentum import Momentum
+
+    rng = np.random.default_rng(4)
+    K, n, H = 3, 12, 8
+    cplx = lambda *s: rng.normal(size=s) + 1j * rng.normal(size=s)  # noqa: E731
+    U, W = cplx(K, H, H), cplx(n, K)
+    m = Momentum(0.5, 10)
+    m.reset("probe", {"S": U})
+    m.velocity["probe"]["S"][...] = cplx(K, H, H)
+    m.anchor["probe"]["S"][...] = U + 0.1 * cplx(K, H, H)
+    per_frame = lambda Wm, X: np.einsum("nk,khw->nhw", Wm, X)  # noqa: E731
+    v0, d0 = per_frame(W, m.velocity["probe"]["S"]), per_frame(W, U - m.anchor["probe"]["S"])
+    T = reparametrize(U, W)
+    assert not np.allclose(T, np.eye(K))                           # a real change of basis
+    m.mix_modes("probe", {"S": np.linalg.inv(T).T})
+    np.testing.assert_allclose(per_frame(W, m.velocity["probe"]["S"]), v0, atol=1e-10)
+    np.testing.assert_allclose(per_frame(W, U - m.anchor["probe"]["S"]), d0, atol=1e-10)
+    refit = cplx(K, H, H)
+    m.follow("probe", "S", refit)
+    U += refit
+    np.testing.assert_allclose(per_frame(W, U - m.anchor["probe"]["S"]), d0, atol=1e-10)
+
+
 def test_share_change_moves_the_frame_by_dP():
     from ptycli.core.variable_probe import frame_probe
     from ptycli.engines.variable_probe import share_change
@@ -204,15 +232,19 @@ def test_model_starts_from_the_configured_probe(tmp_path):
         make_engine(P, {"name": "DM", "numiter": 1}).initialize()
 
 
-def test_result_file_inspect_and_resume(tmp_path):
+@pytest.mark.parametrize("engine", ["ePIE", "mPIE"])
+def test_result_file_inspect_and_resume(tmp_path, engine):
     """The result holds the eigen-probes and the weights; inspect names them; a resumed run ends exactly as an
-    uninterrupted one (weights read back); another number of eigen-probes is refused."""
+    uninterrupted one (weights read back; mPIE: also its velocities, which follow the eigen-probes' gauge);
+    another number of eigen-probes is refused."""
     from ptycli.io import load_reconstruction
 
     from cli_helpers import invoke
     from reliability_helpers import assert_clean_error, reconstruct_text
 
-    res, out = reconstruct_text(tmp_path, _RUN)
+    # mPIE: a momentum step every 7 frames, so that the resumed run starts with velocities in mid-build
+    run = _RUN.replace("name: ePIE", "name: %s" % engine + (", momentum_interval: 7" if engine == "mPIE" else ""))
+    res, out = reconstruct_text(tmp_path, run)
     assert res.exit_code == 0, res.stderr
     rec = load_reconstruction(out)
     W = rec.scans["MF"]["probe_weights"]
@@ -262,7 +294,7 @@ def test_plot_draws_the_weights(tmp_path):
 
 @pytest.mark.mpi
 def test_two_ranks_keep_the_eigenprobes_equal(tmp_path):
-    """Under mpirun (2 ranks) ePIE/rPIE with a variable probe keep probe and object equal on every rank and
+    """Under mpirun (2 ranks) ePIE/rPIE/mPIE with a variable probe keep probe and object equal on every rank and
     communicate only numpy buffers (the gauge's and the fit's sums)."""
     import json
 
@@ -273,7 +305,7 @@ def test_two_ranks_keep_the_eigenprobes_equal(tmp_path):
         pytest.skip(reason)
     cfg = tmp_path / "run.yaml"
     cfg.write_text(_RUN)
-    res = mh.run([mh.__file__, "engines", cfg, "ePIE:4", "rPIE:3"], nprocs=2, timeout=120)
+    res = mh.run([mh.__file__, "engines", cfg, "ePIE:4", "rPIE:3", "mPIE:3"], nprocs=2, timeout=120)
     assert res.returncode == 0, res.describe()
     report = json.loads(res.stdout)
     for name, info in report["engines"].items():
@@ -309,6 +341,21 @@ def test_fly_scan_every_frame_probe_recovered_where_one_probe_fails(tmp_path):
     assert r["single"]["object"] < v["object"] - 0.02
     # the weights follow the flux: |w_0| correlates with the true amplitude factor
     assert np.corrcoef(np.abs(v["weights"][:, 0]), r["truth"]["amplitude"])[0, 1] > 0.9
+
+
+@pytest.mark.slow
+def test_fly_scan_acceptance_with_mpie(tmp_path):
+    """The issue's acceptance with mPIE 60 (defaults): every frame's probe >= 0.95 and the object >= 0.95 with 3
+    eigen-probes; one shared probe from the same start clearly worse. Measured (seed 3, 1e6 photons): frames
+    0.963 worst / 0.981 median, object 0.997; one probe 0.723 / 0.855, object 0.967."""
+    import validate_opr as vo
+
+    r = vo.run_case(sf.Spec(photons=1e6), str(tmp_path), {"e": {"name": "mPIE", "numiter": 60}}, modes=3)
+    v, s = r["variable"], r["single"]
+    assert v["probe"].min() >= 0.95 and v["object"] >= 0.95, (np.sort(v["probe"])[:5], v["object"])
+    assert s["probe"].min() < v["probe"].min() - 0.15 and np.median(s["probe"]) < np.median(v["probe"]) - 0.05
+    assert s["object"] < v["object"] - 0.02 and s["fourier_error"] > 1.2 * v["fourier_error"], (
+        s["object"], v["object"], s["fourier_error"], v["fourier_error"])
 
 
 @pytest.mark.slow
@@ -351,3 +398,28 @@ def test_true_per_frame_probes_are_kept(tmp_path):
     assert scores.min() >= 0.95, np.sort(scores)[:5]
     obj = object_vs_truth(P, dict(object=truth["object"], object_center=truth["object_center"]))
     assert obj["correlation"] >= 0.99, obj
+
+
+def test_mpie_small_fly_scan_variable_probe_beats_one_probe(tmp_path):
+    """mPIE with 2 eigen-probes on a small simulated fly scan (64 frames of 32^2; flux +-30 %, beam +-1.5 px,
+    defocus +-15 depths of field) against mPIE with one shared probe, both 20 iterations from the data-driven
+    guess (every other frame scored). Measured: frames 0.82 worst / 0.93 median, object 0.993, Fourier error
+    1.9; one probe 0.79 / 0.87, object 0.957, Fourier error 24. The full-size case is
+    ``benchmarks/validate_opr.py --engine mPIE:60``."""
+    import validate_opr as vo
+    from ptycli.core.ptycho import Ptycho
+    from ptycli.quality import object_vs_truth
+
+    spec = sf.Spec(frame=32, probe_radius_px=6.0, lines=8, per_line=8, step_px=3.0, shift_px=1.5, defocus_dof=15.0,
+                   photons=1e6, seed=3)
+    truth = sf.simulate(spec, tmp_path / "scan.npz")
+    res = {}
+    for K in (2, 0):
+        P = Ptycho(vo.config(str(tmp_path), spec, K, {"e": {"name": "mPIE", "numiter": 20}}), level=3)
+        obj = object_vs_truth(P, dict(object=truth["object"], object_center=truth["object_center"]))["correlation"]
+        probes = vo.probe_scores(vo.frame_probes(P)[::2], truth["probes"][::2])  # every other frame: half the time
+        res[K] = (probes, obj, P.runtime.history[-1]["fourier_error"])
+    (pv, ov, ev), (p1, o1, e1) = res[2], res[0]
+    assert ov > 0.98 and ov > o1 + 0.02, (ov, o1)
+    assert np.median(pv) > np.median(p1) + 0.03 and pv.min() > p1.min(), (np.median(pv), np.median(p1))
+    assert ev < 0.3 * e1, (ev, e1)

@@ -136,6 +136,17 @@ class Momentum:
                 flat = arr.reshape(arr.shape[0], -1)
                 flat[...] = np.asarray(V).astype(arr.dtype).T @ flat
 
+    def follow(self, kind, name, change):
+        """The array ``name`` was changed by ``change`` outside the frame updates: move its anchor along.
+
+        The next step then sees only the frame updates' progress ``X - X_T``;
+        the velocity is kept. mPIE's variable probe calls it when the
+        eigen-probes are refit at the end of a sweep (:mod:`ptycli.engines.stochastic`).
+        """
+        a = self.anchor[kind].get(name)
+        if a is not None:
+            a += change
+
     # -- checkpoints --------------------------------------------------------
     def state(self):
         """Flat dict of arrays for a checkpoint (names ``mpie_<v|a>_<kind>_<name>``, ``mpie_count``)."""

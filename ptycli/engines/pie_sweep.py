@@ -249,7 +249,12 @@ class PIESweep:
         if update_probe:
             for p in plans:  # a variable probe: the weights and eigen-probes the frames ask for (collective)
                 if p.variable is not None:
+                    sid = p.group.probe.ID
+                    follow = momentum is not None and sid in momentum.anchor["probe"]
+                    before = work[sid].copy() if follow else None
                     p.variable.finish(parallel.allreduce if parallel.size > 1 else None)
+                    if follow:  # mPIE: the refit is no frame update; the momentum does not accelerate it
+                        momentum.follow("probe", sid, work[sid] - before)
             self.unfold_probes(work)
         return dict(fourier=float(fourier), photon=float(photon), exit_change=float(change),
                     frames=int(len(order)))

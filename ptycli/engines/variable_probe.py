@@ -31,6 +31,12 @@ iteration of the set of updated probes, accumulated frame by frame:
    then the gauge of :func:`ptycli.core.variable_probe.reparametrize` makes
    them orthogonal, ordered by power, for the next sweep.
 
+mPIE's probe momentum (:mod:`ptycli.engines.momentum`) steps the working
+eigen-probes of step 3 every ``T`` frames; the refit of step 4 moves its
+anchor (so the refit itself is not accelerated) and the gauge's change of
+basis :func:`refactor_book` returns is applied to its velocities and anchors
+(:mod:`ptycli.engines.stochastic`, "Modules").
+
 On a set of targets that does not change, steps 2 and 4 are the orthogonal
 iteration: it converges to the ``K`` strongest components of the set, i.e.
 to its truncated SVD (``tests/test_variable_probe.py`` recovers a known
@@ -193,15 +199,16 @@ class FrameProbes:
 def refactor_book(book, reduce=None):
     """Apply :func:`reparametrize` to every probe storage of ``book`` that holds a variable probe.
 
-    Returns the storage IDs handled. Collective under MPI (``reduce``): every
-    rank must call it with the same storages.
+    Returns a dict storage ID -> the change of basis ``T`` (K x K) of
+    :func:`reparametrize` (``W <- W T``, ``U <- T^-1 U``) for the storages
+    handled. Collective under MPI (``reduce``): every rank must call it with
+    the same storages.
     """
-    done = []
+    done = {}
     for g in book.groups:
         W = getattr(g, "probe_weights", None)
         if W is None or g.probe.ID in done:
             continue
         frames = np.asarray(g.diff.layermap, dtype=np.float64)  # global frame index of each weight row
-        reparametrize(g.probe.data, W, reduce=reduce, frames=frames)
-        done.append(g.probe.ID)
+        done[g.probe.ID] = reparametrize(g.probe.data, W, reduce=reduce, frames=frames)
     return done
