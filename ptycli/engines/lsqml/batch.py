@@ -63,38 +63,46 @@ def work_array(store, key, shape, dtype):
     return buf[:count].reshape(shape)
 
 
-def windows_max(arr, windows):
-    """Largest value of ``arr`` over the windows (rows ``layer, y, x, H, W``); 0 without windows."""
+def _rows(y, h, r0, r1):
+    """The rows of a window starting at ``y`` of height ``h`` inside the band ``r0:r1`` (a slice)."""
+    return slice(max(y, r0), min(y + h, r1))
+
+
+def windows_max(arr, windows, r0=0, r1=2**62):
+    """Largest value of ``arr`` over the windows (rows ``layer, y, x, H, W``) in rows ``r0:r1``; 0 without windows."""
     best = 0.0
     for l, y, x, h, w in windows.tolist():
-        best = max(best, float(arr[l, y:y + h, x:x + w].max()))
+        part = arr[l, _rows(y, h, r0, r1), x:x + w]
+        if part.size:
+            best = max(best, float(part.max()))
     return best
 
 
-def add_on_windows(obj, upd, windows):
-    """``obj += upd`` on the union of the windows, every pixel once (``upd`` is zeroed there).
+def add_on_windows(obj, upd, windows, r0=0, r1=2**62):
+    """``obj += upd`` on the union of the windows in rows ``r0:r1``, every pixel once (``upd`` is zeroed there).
 
     Each window adds its pixels and zeroes ``upd`` there, so a pixel under
     several windows is added by the first and left alone by the others: the
-    result does not depend on the order of the windows.
+    result does not depend on the order of the windows. Disjoint row bands
+    ``r0:r1`` can run on threads at once.
     """
     for l, y, x, h, w in windows.tolist():
-        sl = (l, slice(y, y + h), slice(x, x + w))
+        sl = (l, _rows(y, h, r0, r1), slice(x, x + w))
         obj[sl] += upd[sl]
         upd[sl] = 0
 
 
-def finish_windows(obj, upd, num, den, windows):
+def finish_windows(obj, upd, num, den, windows, r0=0, r1=2**62):
     """The batch's last window pass: :func:`add_on_windows` of ``upd``, then ``num`` and ``den`` zeroed there."""
-    add_on_windows(obj, upd, windows)
-    zero_windows((num, den), windows)
+    add_on_windows(obj, upd, windows, r0, r1)
+    zero_windows((num, den), windows, r0, r1)
 
 
-def zero_windows(arrays, windows):
-    """Zero every array of ``arrays`` (object-shaped) on the windows."""
+def zero_windows(arrays, windows, r0=0, r1=2**62):
+    """Zero every array of ``arrays`` (object-shaped) on the windows in rows ``r0:r1``."""
     for l, y, x, h, w in windows.tolist():
         for a in arrays:
-            a[l, y:y + h, x:x + w] = 0
+            a[l, _rows(y, h, r0, r1), x:x + w] = 0
 
 
 def _rdot_rows(a, b):

@@ -234,22 +234,24 @@ def amplitude_step(F, starts, fmag, n, mask, has_mask, eps, out):
 
 
 @njit(**_JIT)
-def add_on_windows(obj, upd, windows):
-    """``obj += upd`` on the union of the windows, every pixel once; ``upd`` zeroed there (see :mod:`.batch`)."""
+def add_on_windows(obj, upd, windows, r0, r1):
+    """``obj += upd`` on the union of the windows in rows ``r0:r1``, every pixel once; ``upd`` zeroed there
+    (see :mod:`.batch`)."""
     for r in range(windows.shape[0]):
         l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
-        for i in range(y, y + h):
+        for i in range(max(y, r0), min(y + h, r1)):
             for j in range(x, x + w):
                 obj[l, i, j] += upd[l, i, j]
                 upd[l, i, j] = 0
 
 
 @njit(**_JIT)
-def finish_windows(obj, upd, num, den, windows):
-    """``obj += upd`` on the union of the windows (every pixel once), then ``upd``, ``num``, ``den`` zeroed there."""
+def finish_windows(obj, upd, num, den, windows, r0, r1):
+    """``obj += upd`` on the union of the windows in rows ``r0:r1`` (every pixel once), then ``upd``, ``num``,
+    ``den`` zeroed there."""
     for r in range(windows.shape[0]):
         l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
-        for i in range(y, y + h):
+        for i in range(max(y, r0), min(y + h, r1)):
             for j in range(x, x + w):
                 obj[l, i, j] += upd[l, i, j]
                 upd[l, i, j] = 0
@@ -258,27 +260,27 @@ def finish_windows(obj, upd, num, den, windows):
 
 
 @njit(**_JIT)
-def _zero(a, windows):
+def _zero(a, windows, r0, r1):
     for r in range(windows.shape[0]):
         l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
-        for i in range(y, y + h):
+        for i in range(max(y, r0), min(y + h, r1)):
             for j in range(x, x + w):
                 a[l, i, j] = 0
 
 
-def zero_windows(arrays, windows):
-    """Zero every array of ``arrays`` on the windows."""
+def zero_windows(arrays, windows, r0=0, r1=2**62):
+    """Zero every array of ``arrays`` on the windows (rows ``r0:r1``)."""
     for a in arrays:
-        _zero(a, windows)
+        _zero(a, windows, r0, r1)
 
 
 @njit(**_JIT)
-def windows_max(arr, windows):
-    """Largest value of the real ``arr`` over the windows; 0 without windows."""
+def windows_max(arr, windows, r0, r1):
+    """Largest value of the real ``arr`` over the windows in rows ``r0:r1``; 0 without windows."""
     best = 0.0
     for r in range(windows.shape[0]):
         l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
-        for i in range(y, y + h):
+        for i in range(max(y, r0), min(y + h, r1)):
             for j in range(x, x + w):
                 if arr[l, i, j] > best:
                     best = arr[l, i, j]

@@ -490,15 +490,28 @@ class LSQML(Engine):
             wins[G.g.obj.ID].append(G.window_list(st))
         return {sid: np.concatenate(w) if w else np.zeros((0, 5), np.int64) for sid, w in wins.items()}
 
-    def _merge(self, acc, items, states, keys):
-        """Add the other threads' object accumulators ``keys`` into thread 0's, on their windows (fixed order)."""
+    def _thread_windows(self, items, states):
+        """Per thread ``k``: object storage ID -> the windows of the items it ran (item ``i`` on thread ``i % T``)."""
         T = self._pool.n
-        for k in range(1, T):
-            mine = [i for i in range(len(items)) if i % T == k]
-            wins = self._windows_of([items[i] for i in mine], [states[i] for i in mine])
+        return [self._windows_of(items[k::T], states[k::T]) for k in range(T)]
+
+    def _bands(self, fn):
+        """``fn(r0, r1)`` on row bands ``r0:r1`` of the object storages, one band per thread; the bands' results.
+
+        The window operations of a band touch its rows only, so the bands run
+        at once and every pixel sees the same operations in the same order as
+        in one serial pass (the results do not depend on the thread count).
+        """
+        arrays = [self.ptycho.obj.S[sid].data for sid in self.obj_ids]
+        return self._pool.rows(lambda k, sl: fn(sl.start or 0, 2**62 if sl.stop is None else sl.stop), arrays)
+
+    def _merge(self, acc, mine, keys, r0, r1):
+        """Add the other threads' object accumulators ``keys`` into thread 0's on their windows ``mine``
+        (:meth:`_thread_windows`), rows ``r0:r1``, in a fixed order."""
+        for k in range(1, len(acc)):
             for sid in self.obj_ids:
                 for key in keys:
-                    self._ops.add_on_windows(acc[0][key][sid], acc[k][key][sid], wins[sid])
+                    self._ops.add_on_windows(acc[0][key][sid], acc[k][key][sid], mine[k][sid], r0, r1)
 
     def _batch(self, local, probe_on, pos_on, errors):
         """One mini-batch (collective under MPI); returns the step statistics (see :meth:`_epoch`).
@@ -533,7 +546,7 @@ class LSQML(Engine):
         states = [r[1] for r in res]
         for e in errs:
             errors.sums += e.sums
-        self._merge(acc, items, states, ("numO", "denO"))
+        mine = self._thread_windows(items, states)
         for a in acc[1:]:
             for key in ("numP", "denP"):
                 for sid in self.probe_ids:
@@ -544,13 +557,21 @@ class LSQML(Engine):
         if reduce:
             every = parallel.allgather(wins)
             wins = {sid: np.concatenate([part[sid] for part in every]) for sid in self.obj_ids}
-        # directions: the object's on the windows (regulariser from its batch maximum), the probe's in full
-        regO = {}
-        for sid in self.obj_ids:
-            if reduce:
+        # directions: the object's on the windows (regulariser from its batch maximum), the probe's in full;
+        # the threads' sums merged and the maximum taken in row bands on the threads
+        if reduce:
+            self._bands(lambda r0, r1: self._merge(acc, mine, ("numO", "denO"), r0, r1))
+            for sid in self.obj_ids:
                 parallel.allreduce(a0["numO"][sid])
                 parallel.allreduce(a0["denO"][sid])
-            regO[sid] = max(float(self.p.object_reg) * self._ops.windows_max(a0["denO"][sid], wins[sid]), 1e-30)
+
+        def merge_max(r0, r1):
+            if not reduce:
+                self._merge(acc, mine, ("numO", "denO"), r0, r1)
+            return [self._ops.windows_max(a0["denO"][sid], wins[sid], r0, r1) for sid in self.obj_ids]
+
+        best = np.max(self._bands(merge_max), axis=0)
+        regO = {sid: max(float(self.p.object_reg) * float(m), 1e-30) for sid, m in zip(self.obj_ids, best)}
         dP = {}
         if probe_on:
             for sid in self.probe_ids:
@@ -591,17 +612,24 @@ class LSQML(Engine):
             G.scatter_object_update(states[i], acc[k]["upd"][G.g.obj.ID], steps[i][0], beta)
 
         self._pool.map(update_pass, range(len(items)))
-        self._merge(acc, items, states, ("upd",))
         stats = np.zeros(8)
         aP_sum = np.zeros(2)
         for i, (aO, aP) in enumerate(steps):
             aP_sum += (aP.sum(), len(aP))
             stats[:4] += (exit_steps[i].sum(), aO.sum(), aP.sum(), len(aO))
-        # updates
-        for sid in self.obj_ids:
-            if reduce:
+        # updates: the threads' object updates merged, added to the object, the sums zeroed (row bands)
+        def finish(r0, r1):
+            for sid in self.obj_ids:
+                self._ops.finish_windows(P.obj.S[sid].data, a0["upd"][sid], a0["numO"][sid], a0["denO"][sid],
+                                         wins[sid], r0, r1)
+
+        if reduce:
+            self._bands(lambda r0, r1: self._merge(acc, mine, ("upd",), r0, r1))
+            for sid in self.obj_ids:
                 parallel.allreduce(a0["upd"][sid])
-            self._ops.finish_windows(P.obj.S[sid].data, a0["upd"][sid], a0["numO"][sid], a0["denO"][sid], wins[sid])
+            self._bands(finish)
+        else:
+            self._bands(lambda r0, r1: (self._merge(acc, mine, ("upd",), r0, r1), finish(r0, r1)))
         if probe_on:
             if reduce:
                 parallel.allreduce(aP_sum)
