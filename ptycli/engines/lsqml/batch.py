@@ -190,17 +190,20 @@ class GroupBatch:
             return probe_eff[k:k + 1]
         return probe_eff[g.pr_layer[pods]]
 
-    def _scatter(self, target, values, pods):
+    def _scatter(self, target, values, pods, r0=0, r1=2**62):
+        """``target[window] += values`` per pod, in the object rows ``r0:r1`` only (a row band)."""
         g = self.g
         H, W = g.shape
         ol, oy, ox = g.ob_layer, g.ob_y, g.ob_x
         one = values.shape[0] == 1  # the same values for every pod
         for k, i in enumerate(pods.tolist()):
-            y, x = oy[i], ox[i]
-            target[ol[i], y:y + H, x:x + W] += values[0 if one else k]
+            y, x = int(oy[i]), int(ox[i])
+            a, b = max(y, r0), min(y + H, r1)
+            if a < b:
+                target[ol[i], a:b, x:x + W] += values[0 if one else k][a - y:b - y]
 
-    def _scatter_abs2(self, target, values, pods):
-        self._scatter(target, values.real * values.real + values.imag * values.imag, pods)
+    def _scatter_abs2(self, target, values, pods, r0=0, r1=2**62):
+        self._scatter(target, values.real * values.real + values.imag * values.imag, pods, r0, r1)
 
     # -- passes ---------------------------------------------------------------------
     def exit_update(self, frames, obj, probe, acc, errors, workers=1, buffers=None):
@@ -213,8 +216,8 @@ class GroupBatch:
         obj, probe : ndarray
             The live object and probe storages' data.
         acc : dict
-            Accumulators: ``numO``, ``denO`` (object-shaped complex/real),
-            ``numP``, ``denP`` (probe-shaped complex/real), added to.
+            Accumulators ``numP``, ``denP`` (probe-shaped complex/real), added
+            to (the object sums: :meth:`scatter_object_sums`).
         errors : ErrorSums
             Receives the Fourier/photon errors, the exit change and the cost.
         workers : int
@@ -250,21 +253,23 @@ class GroupBatch:
         return ob
 
     def direction_sums(self, acc, obj, ob, pr, chi, pods, buffers=None):
-        """Add ``conj(P) chi``, ``|P|^2`` into the object sums and ``conj(O) chi``, ``|O|^2`` into the probe's.
+        """``conj(P) chi`` (returned, (pods, H, W)) for the object sums, and ``conj(O) chi``, ``|O|^2`` into the probe's.
 
         The probe sums are taken back to the probe's plane (``conj(pre)``,
-        far field). Returns ``conj(P) chi`` (pods, H, W) for the object update.
+        far field). The object sums are added by :meth:`scatter_object_sums`.
         """
-        pc = self.object_sums(acc, pr, chi, pods, buffers)
+        pc = self.object_values(pr, chi, buffers)
         self.probe_sums(acc, ob, chi, pods)
         return pc
 
-    def object_sums(self, acc, pr, chi, pods, buffers=None):
-        """``numO += conj(P) chi``, ``denO += |P|^2`` on the pods' windows; returns ``conj(P) chi`` (pods, H, W)."""
-        pc = np.multiply(np.conj(pr), chi, out=work_array(buffers, "pc", chi.shape, chi.dtype))
-        self._scatter(acc["numO"], pc, pods)
-        self._scatter_abs2(acc["denO"], pr, pods)
-        return pc
+    def object_values(self, pr, chi, buffers=None):
+        """``conj(P) chi`` (pods, H, W), the object direction's numerator per pod."""
+        return np.multiply(np.conj(pr), chi, out=work_array(buffers, "pc", chi.shape, chi.dtype))
+
+    def scatter_object_sums(self, c, numO, denO, r0=0, r1=2**62):
+        """``numO += conj(P) chi``, ``denO += |P|^2`` on the part's windows, in the object rows ``r0:r1``."""
+        self._scatter(numO, c["pc"], c["pods"], r0, r1)
+        self._scatter_abs2(denO, c["pr"], c["pods"], r0, r1)
 
     def probe_sums(self, acc, ob, chi, pods):
         """``numP += conj(O) chi`` (in the probe's plane), ``denP += |O|^2`` per probe row of the pods."""
@@ -341,19 +346,22 @@ class GroupBatch:
             out[4] = self.per_frame(_rdot_rows(v, chi), starts)
         return out
 
-    def scatter_object_update(self, c, target, a_obj, beta):
-        """``target += beta sum_j a_O,j conj(P) chi_j / (denO + regO)`` over the batch's pods.
+    def object_update_values(self, c, a_obj, beta):
+        """Prepare the part's object update ``beta a_O,j conj(P) chi_j / (denO + regO)`` per pod (in place of ``pc``).
 
         ``a_obj``: the steps per frame; the denominator is the one of the
         last :meth:`step_sums` (the batch's full sum, the same for every pod
         over a pixel, so the sum of the quotients is the quotient of the sum).
         """
-        pods = c["pods"]
         w = np.repeat(np.asarray(a_obj, self.ftype) * self.ftype.type(beta), self.npod[c["frames"]])
         vals = c.pop("pc")  # conj(P) chi, kept from exit_update
         vals *= w[:, None, None]
         vals /= c["den"]
-        self._scatter(target, vals, pods)
+        c["upd"] = vals
+
+    def scatter_object_update(self, c, target, r0=0, r1=2**62):
+        """``target += `` the values of :meth:`object_update_values` on the part's windows, object rows ``r0:r1``."""
+        self._scatter(target, c["upd"], c["pods"], r0, r1)
 
     def position_shifts(self, c):
         """Per-frame shift estimates (rows, cols; pixels, float64 (frames, 2)) of the current batch.
