@@ -9,13 +9,15 @@ group's frames of the current batch (any subset of its frames, in any order):
     Exit waves ``P O`` of the batch's pods, their transforms, the errors and
     the noise model's cost, the exit-wave update ``chi`` (detector-plane
     step along the likelihood gradient, :func:`~ptycli.engines.lsqml.steps.exit_step`,
-    back-propagated), and the direction sums: ``sum conj(P) chi`` and
-    ``sum |P|^2`` scattered into object-shaped accumulators, ``sum conj(O) chi``
-    and ``sum |O|^2`` per probe row.
+    back-propagated), ``conj(P) chi`` per pod, and the probe direction sums
+    ``sum conj(O) chi`` and ``sum |O|^2`` per probe row.
+:meth:`GroupBatch.scatter_object_sums`
+    The object direction sums ``sum conj(P) chi`` and ``sum |P|^2`` into
+    object-shaped accumulators (in a row band of the object).
 :meth:`GroupBatch.step_sums`
     The per-frame sums of the 2 x 2 step system for given directions.
-:meth:`GroupBatch.scatter_object_update`
-    ``sum_j a_O,j conj(P) chi_j`` into an object-shaped accumulator.
+:meth:`GroupBatch.object_update_values`, :meth:`GroupBatch.scatter_object_update`
+    ``sum_j a_O,j conj(P) chi_j / (denO + regO)`` into the object (or an object-shaped sum).
 :meth:`GroupBatch.position_shifts`
     The per-frame position estimate from the object's gradient.
 
@@ -29,7 +31,10 @@ Near field: the propagator's ``fw``/``bw`` (``P_eff = P``).
 
 The batch's pods are gathered with one fancy index on a sliding-window view
 of the object; sums over a batch's windows are Python loops over its pods
-(windows of the same batch may overlap).
+(windows of the same batch may overlap). The object-shaped sums
+(:meth:`GroupBatch.scatter_object_sums`, :meth:`GroupBatch.scatter_object_update`)
+and the window operations take a row band ``r0:r1`` of the object, so that
+threads can add a batch's pods in disjoint bands at once.
 """
 
 import numpy as np

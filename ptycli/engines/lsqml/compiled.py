@@ -19,7 +19,7 @@ Here each is one loop over the windows' pixels:
 * :func:`scatter_update` - ``target[window] += w_pod conj(P) chi / (denO + regO)``
   (the denominators read again from the object-shaped sum rather than
   written per pod by :func:`step_sums` and read back);
-* :func:`add_on_windows`, :func:`zero_windows`, :func:`windows_max` - the
+* :func:`finish_windows`, :func:`zero_windows`, :func:`windows_max` - the
   window operations of :mod:`.batch`.
 
 :class:`CompiledGroupBatch` is :class:`~ptycli.engines.lsqml.batch.GroupBatch`
@@ -35,7 +35,7 @@ from ..fused import njit
 from .batch import GroupBatch, work_array
 
 __all__ = ["CompiledGroupBatch", "amplitude_step", "exit_waves", "direction_sums", "scatter_add", "scatter_abs2",
-           "object_sums", "step_sums", "scatter_update", "add_on_windows", "finish_windows", "zero_windows", "windows_max"]
+           "object_sums", "step_sums", "scatter_update", "finish_windows", "zero_windows", "windows_max"]
 
 _JIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
 
@@ -245,18 +245,6 @@ def amplitude_step(F, starts, fmag, n, mask, has_mask, eps, out):
             out[2] += va
             out[3] += co
             out[4] += ch
-
-
-@njit(**_JIT)
-def add_on_windows(obj, upd, windows, r0, r1):
-    """``obj += upd`` on the union of the windows in rows ``r0:r1``, every pixel once; ``upd`` zeroed there
-    (see :mod:`.batch`)."""
-    for r in range(windows.shape[0]):
-        l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
-        for i in range(max(y, r0), min(y + h, r1)):
-            for j in range(x, x + w):
-                obj[l, i, j] += upd[l, i, j]
-                upd[l, i, j] = 0
 
 
 @njit(**_JIT)

@@ -156,15 +156,20 @@ The passes over a group's frames are :class:`~ptycli.engines.lsqml.batch.GroupBa
 window passes), chosen once by ``kernels`` as in the other engines (``auto``:
 compiled for jobs of at least 2**22 exit-wave pixels). A batch is cut into
 one part per thread (:class:`~ptycli.engines.threads.BlockPool`), each with
-its own accumulators, merged on the batch's windows in a fixed order, and
-its own work arrays, kept between batches (:func:`~ptycli.engines.lsqml.batch.work_array`). The
-object-shaped sums are touched on the batch's windows only, so a batch costs
-in proportion to its frames. Per epoch: one forward and one inverse FFT of
-every pod plus about eight compiled passes over the pods (numpy: about 40
-elementwise passes). Measured (400 frames of 128 x 128, batches of 16,
-``benchmarks/bench_engines.py``, shared 2-core machine): 5.2 times the
-FFT floor in wall time, 5.0 in CPU time (DM 2.1 / 2.0, ML 3.6 / 3.6 in the
-same run; 3.9-7.1 in wall time at other loads).
+its own probe accumulators and its own work arrays, kept between batches
+(:func:`~ptycli.engines.lsqml.batch.work_array`); the object-shaped sums and
+the object update are added in row bands of the object, one per thread
+(every pixel by one thread, the pods in a fixed order: no per-thread object
+accumulators to merge). The object-shaped sums are touched on the batch's
+windows only, so a batch costs in proportion to its frames. Per epoch: one
+forward and one inverse FFT of every pod plus about eight compiled passes
+over the pods (numpy: about 40 elementwise passes). Measured (400 frames of
+128 x 128, batches of 16, ``benchmarks/bench_engines.py``, shared 2-core
+machine): before the row bands 5.2 times the FFT floor in wall time, 5.0 in
+CPU time (DM 2.1 / 2.0, ML 3.6 / 3.6 in the same run; 3.9-7.1 in wall time
+at other loads); the row bands took about 15 % of the CPU time of an epoch
+off (the serial merges, ``benchmarks/bench_engines.py`` A/B in the branch's
+report).
 """
 
 import logging
