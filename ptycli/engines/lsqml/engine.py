@@ -167,9 +167,11 @@ over the pods (numpy: about 40 elementwise passes). Measured (400 frames of
 128 x 128, batches of 16, ``benchmarks/bench_engines.py``, shared 2-core
 machine): before the row bands 5.2 times the FFT floor in wall time, 5.0 in
 CPU time (DM 2.1 / 2.0, ML 3.6 / 3.6 in the same run; 3.9-7.1 in wall time
-at other loads); the row bands took about 15 % of the CPU time of an epoch
-off (the serial merges, ``benchmarks/bench_engines.py`` A/B in the branch's
-report).
+at other loads). The row bands (no serial merges) and forming ``conj(P) chi``
+in the object passes took 15-25 % of the CPU time of an epoch off: paired
+A/B runs on the loaded machine (8 pairs, medians) 7.3 -> 5.9 times the floor
+in wall time, 7.5 -> 6.0 in CPU time (325 -> 250 ms per epoch); 1000 frames
+of 256 x 256 (2 pairs) 4.2 -> 3.5 and 3.8 -> 3.2.
 """
 
 import logging
