@@ -9,13 +9,15 @@ group's frames of the current batch (any subset of its frames, in any order):
     Exit waves ``P O`` of the batch's pods, their transforms, the errors and
     the noise model's cost, the exit-wave update ``chi`` (detector-plane
     step along the likelihood gradient, :func:`~ptycli.engines.lsqml.steps.exit_step`,
-    back-propagated), and the direction sums: ``sum conj(P) chi`` and
-    ``sum |P|^2`` scattered into object-shaped accumulators, ``sum conj(O) chi``
-    and ``sum |O|^2`` per probe row.
+    back-propagated), ``conj(P) chi`` per pod, and the probe direction sums
+    ``sum conj(O) chi`` and ``sum |O|^2`` per probe row.
+:meth:`GroupBatch.scatter_object_sums`
+    The object direction sums ``sum conj(P) chi`` and ``sum |P|^2`` into
+    object-shaped accumulators (in a row band of the object).
 :meth:`GroupBatch.step_sums`
     The per-frame sums of the 2 x 2 step system for given directions.
-:meth:`GroupBatch.scatter_object_update`
-    ``sum_j a_O,j conj(P) chi_j`` into an object-shaped accumulator.
+:meth:`GroupBatch.object_update_values`, :meth:`GroupBatch.scatter_object_update`
+    ``sum_j a_O,j conj(P) chi_j / (denO + regO)`` into the object (or an object-shaped sum).
 :meth:`GroupBatch.position_shifts`
     The per-frame position estimate from the object's gradient.
 
@@ -29,7 +31,10 @@ Near field: the propagator's ``fw``/``bw`` (``P_eff = P``).
 
 The batch's pods are gathered with one fancy index on a sliding-window view
 of the object; sums over a batch's windows are Python loops over its pods
-(windows of the same batch may overlap).
+(windows of the same batch may overlap). The object-shaped sums
+(:meth:`GroupBatch.scatter_object_sums`, :meth:`GroupBatch.scatter_object_update`)
+and the window operations take a row band ``r0:r1`` of the object, so that
+threads can add a batch's pods in disjoint bands at once.
 """
 
 import numpy as np
@@ -63,38 +68,46 @@ def work_array(store, key, shape, dtype):
     return buf[:count].reshape(shape)
 
 
-def windows_max(arr, windows):
-    """Largest value of ``arr`` over the windows (rows ``layer, y, x, H, W``); 0 without windows."""
+def _rows(y, h, r0, r1):
+    """The rows of a window starting at ``y`` of height ``h`` inside the band ``r0:r1`` (a slice)."""
+    return slice(max(y, r0), min(y + h, r1))
+
+
+def windows_max(arr, windows, r0=0, r1=2**62):
+    """Largest value of ``arr`` over the windows (rows ``layer, y, x, H, W``) in rows ``r0:r1``; 0 without windows."""
     best = 0.0
     for l, y, x, h, w in windows.tolist():
-        best = max(best, float(arr[l, y:y + h, x:x + w].max()))
+        part = arr[l, _rows(y, h, r0, r1), x:x + w]
+        if part.size:
+            best = max(best, float(part.max()))
     return best
 
 
-def add_on_windows(obj, upd, windows):
-    """``obj += upd`` on the union of the windows, every pixel once (``upd`` is zeroed there).
+def add_on_windows(obj, upd, windows, r0=0, r1=2**62):
+    """``obj += upd`` on the union of the windows in rows ``r0:r1``, every pixel once (``upd`` is zeroed there).
 
     Each window adds its pixels and zeroes ``upd`` there, so a pixel under
     several windows is added by the first and left alone by the others: the
-    result does not depend on the order of the windows.
+    result does not depend on the order of the windows. Disjoint row bands
+    ``r0:r1`` can run on threads at once.
     """
     for l, y, x, h, w in windows.tolist():
-        sl = (l, slice(y, y + h), slice(x, x + w))
+        sl = (l, _rows(y, h, r0, r1), slice(x, x + w))
         obj[sl] += upd[sl]
         upd[sl] = 0
 
 
-def finish_windows(obj, upd, num, den, windows):
+def finish_windows(obj, upd, num, den, windows, r0=0, r1=2**62):
     """The batch's last window pass: :func:`add_on_windows` of ``upd``, then ``num`` and ``den`` zeroed there."""
-    add_on_windows(obj, upd, windows)
-    zero_windows((num, den), windows)
+    add_on_windows(obj, upd, windows, r0, r1)
+    zero_windows((num, den), windows, r0, r1)
 
 
-def zero_windows(arrays, windows):
-    """Zero every array of ``arrays`` (object-shaped) on the windows."""
+def zero_windows(arrays, windows, r0=0, r1=2**62):
+    """Zero every array of ``arrays`` (object-shaped) on the windows in rows ``r0:r1``."""
     for l, y, x, h, w in windows.tolist():
         for a in arrays:
-            a[l, y:y + h, x:x + w] = 0
+            a[l, _rows(y, h, r0, r1), x:x + w] = 0
 
 
 def _rdot_rows(a, b):
@@ -182,17 +195,20 @@ class GroupBatch:
             return probe_eff[k:k + 1]
         return probe_eff[g.pr_layer[pods]]
 
-    def _scatter(self, target, values, pods):
+    def _scatter(self, target, values, pods, r0=0, r1=2**62):
+        """``target[window] += values`` per pod, in the object rows ``r0:r1`` only (a row band)."""
         g = self.g
         H, W = g.shape
         ol, oy, ox = g.ob_layer, g.ob_y, g.ob_x
         one = values.shape[0] == 1  # the same values for every pod
         for k, i in enumerate(pods.tolist()):
-            y, x = oy[i], ox[i]
-            target[ol[i], y:y + H, x:x + W] += values[0 if one else k]
+            y, x = int(oy[i]), int(ox[i])
+            a, b = max(y, r0), min(y + H, r1)
+            if a < b:
+                target[ol[i], a:b, x:x + W] += values[0 if one else k][a - y:b - y]
 
-    def _scatter_abs2(self, target, values, pods):
-        self._scatter(target, values.real * values.real + values.imag * values.imag, pods)
+    def _scatter_abs2(self, target, values, pods, r0=0, r1=2**62):
+        self._scatter(target, values.real * values.real + values.imag * values.imag, pods, r0, r1)
 
     # -- passes ---------------------------------------------------------------------
     def exit_update(self, frames, obj, probe, acc, errors, workers=1, buffers=None):
@@ -205,8 +221,8 @@ class GroupBatch:
         obj, probe : ndarray
             The live object and probe storages' data.
         acc : dict
-            Accumulators: ``numO``, ``denO`` (object-shaped complex/real),
-            ``numP``, ``denP`` (probe-shaped complex/real), added to.
+            Accumulators ``numP``, ``denP`` (probe-shaped complex/real), added
+            to (the object sums: :meth:`scatter_object_sums`).
         errors : ErrorSums
             Receives the Fourier/photon errors, the exit change and the cost.
         workers : int
@@ -242,21 +258,23 @@ class GroupBatch:
         return ob
 
     def direction_sums(self, acc, obj, ob, pr, chi, pods, buffers=None):
-        """Add ``conj(P) chi``, ``|P|^2`` into the object sums and ``conj(O) chi``, ``|O|^2`` into the probe's.
+        """``conj(P) chi`` (returned, (pods, H, W)) for the object sums, and ``conj(O) chi``, ``|O|^2`` into the probe's.
 
         The probe sums are taken back to the probe's plane (``conj(pre)``,
-        far field). Returns ``conj(P) chi`` (pods, H, W) for the object update.
+        far field). The object sums are added by :meth:`scatter_object_sums`.
         """
-        pc = self.object_sums(acc, pr, chi, pods, buffers)
+        pc = self.object_values(pr, chi, buffers)
         self.probe_sums(acc, ob, chi, pods)
         return pc
 
-    def object_sums(self, acc, pr, chi, pods, buffers=None):
-        """``numO += conj(P) chi``, ``denO += |P|^2`` on the pods' windows; returns ``conj(P) chi`` (pods, H, W)."""
-        pc = np.multiply(np.conj(pr), chi, out=work_array(buffers, "pc", chi.shape, chi.dtype))
-        self._scatter(acc["numO"], pc, pods)
-        self._scatter_abs2(acc["denO"], pr, pods)
-        return pc
+    def object_values(self, pr, chi, buffers=None):
+        """``conj(P) chi`` (pods, H, W), the object direction's numerator per pod."""
+        return np.multiply(np.conj(pr), chi, out=work_array(buffers, "pc", chi.shape, chi.dtype))
+
+    def scatter_object_sums(self, c, numO, denO, r0=0, r1=2**62):
+        """``numO += conj(P) chi``, ``denO += |P|^2`` on the part's windows, in the object rows ``r0:r1``."""
+        self._scatter(numO, c["pc"], c["pods"], r0, r1)
+        self._scatter_abs2(denO, c["pr"], c["pods"], r0, r1)
 
     def probe_sums(self, acc, ob, chi, pods):
         """``numP += conj(O) chi`` (in the probe's plane), ``denP += |O|^2`` per probe row of the pods."""
@@ -333,19 +351,22 @@ class GroupBatch:
             out[4] = self.per_frame(_rdot_rows(v, chi), starts)
         return out
 
-    def scatter_object_update(self, c, target, a_obj, beta):
-        """``target += beta sum_j a_O,j conj(P) chi_j / (denO + regO)`` over the batch's pods.
+    def object_update_values(self, c, a_obj, beta):
+        """Prepare the part's object update ``beta a_O,j conj(P) chi_j / (denO + regO)`` per pod (in place of ``pc``).
 
         ``a_obj``: the steps per frame; the denominator is the one of the
         last :meth:`step_sums` (the batch's full sum, the same for every pod
         over a pixel, so the sum of the quotients is the quotient of the sum).
         """
-        pods = c["pods"]
         w = np.repeat(np.asarray(a_obj, self.ftype) * self.ftype.type(beta), self.npod[c["frames"]])
         vals = c.pop("pc")  # conj(P) chi, kept from exit_update
         vals *= w[:, None, None]
         vals /= c["den"]
-        self._scatter(target, vals, pods)
+        c["upd"] = vals
+
+    def scatter_object_update(self, c, target, r0=0, r1=2**62):
+        """``target += `` the values of :meth:`object_update_values` on the part's windows, object rows ``r0:r1``."""
+        self._scatter(target, c["upd"], c["pods"], r0, r1)
 
     def position_shifts(self, c):
         """Per-frame shift estimates (rows, cols; pixels, float64 (frames, 2)) of the current batch.

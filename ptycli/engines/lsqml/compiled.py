@@ -10,15 +10,18 @@ Here each is one loop over the windows' pixels:
   Newton steps, stays numpy);
 * :func:`exit_waves` - ``P O`` of the pods straight from the object
   (the windows are never gathered: the later passes read them in place);
-* :func:`direction_sums` - the object and probe direction sums in one pass;
+* :func:`direction_sums` - the probe direction sums in one pass;
+* :func:`object_sums` - the object direction sums, in a row band of the object
+  (``conj(P) chi`` formed here and again in :func:`scatter_update` rather
+  than written per pod and read back);
 * :func:`scatter_add` / :func:`scatter_abs2` - ``target[window] += values``
   / ``+= |values|^2`` per pod (one shared row of values, or one per pod);
 * :func:`step_sums` - the five sums of the 2 x 2 step system per frame
   (float64 accumulators) without forming ``u`` and ``v``;
-* :func:`scatter_update` - ``target[window] += w_pod conj(P) chi / (denO + regO)``
+* :func:`scatter_update` - ``target[window] += w_pod conj(P) chi / (denO + regO)`` (row band)
   (the denominators read again from the object-shaped sum rather than
   written per pod by :func:`step_sums` and read back);
-* :func:`add_on_windows`, :func:`zero_windows`, :func:`windows_max` - the
+* :func:`finish_windows`, :func:`zero_windows`, :func:`windows_max` - the
   window operations of :mod:`.batch`.
 
 :class:`CompiledGroupBatch` is :class:`~ptycli.engines.lsqml.batch.GroupBatch`
@@ -34,7 +37,7 @@ from ..fused import njit
 from .batch import GroupBatch, work_array
 
 __all__ = ["CompiledGroupBatch", "amplitude_step", "exit_waves", "direction_sums", "scatter_add", "scatter_abs2",
-           "step_sums", "scatter_update", "add_on_windows", "finish_windows", "zero_windows", "windows_max"]
+           "object_sums", "step_sums", "scatter_update", "finish_windows", "zero_windows", "windows_max"]
 
 _JIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
 
@@ -53,54 +56,64 @@ def exit_waves(F, obj, pr, ol, oy, ox):
 
 
 @njit(**_JIT)
-def direction_sums(numO, denO, numP, denP, obj, pr, chi, pc, ol, oy, ox, pl):
-    """One pass over the pods: ``pc = conj(P) chi`` (kept), ``numO += pc``, ``denO += |P|^2`` on the
-    windows, ``numP[pl] += conj(O) chi``, ``denP[pl] += |O|^2`` (effective plane; see :mod:`.batch`)."""
-    one = pr.shape[0] == 1
+def direction_sums(numP, denP, obj, chi, ol, oy, ox, pl):
+    """The probe direction sums in one pass over the pods: ``numP[pl] += conj(O) chi``, ``denP[pl] += |O|^2``
+    (effective plane; see :mod:`.batch`)."""
     H, W = chi.shape[1], chi.shape[2]
     for k in range(ol.shape[0]):
-        p = pr[0] if one else pr[k]
         o = obj[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
-        no = numO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
-        do = denO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
         q = pl[k]
         nP = numP[q]
         dP = denP[q]
         for i in range(H):
             for j in range(W):
                 c = chi[k, i, j]
-                b = p[i, j]
-                v = complex(b.real * c.real + b.imag * c.imag, b.real * c.imag - b.imag * c.real)
-                pc[k, i, j] = v
-                no[i, j] += v
-                do[i, j] += b.real * b.real + b.imag * b.imag
                 a = o[i, j]
                 nP[i, j] += complex(a.real * c.real + a.imag * c.imag, a.real * c.imag - a.imag * c.real)
                 dP[i, j] += a.real * a.real + a.imag * a.imag
 
 
 @njit(**_JIT)
-def scatter_add(target, values, ol, oy, ox):
-    """``target[ol[k], oy[k]:+H, ox[k]:+W] += values[k]`` (``values[0]`` for all when it has one row)."""
+def object_sums(numO, denO, chi, pr, ol, oy, ox, r0, r1):
+    """``numO[window k] += conj(P_k) chi[k]``, ``denO[window k] += |P_k|^2`` in the object rows ``r0:r1``
+    (``pr``: one shared row or one per pod)."""
+    one = pr.shape[0] == 1
+    H, W = chi.shape[1], chi.shape[2]
+    for k in range(ol.shape[0]):
+        p = pr[0] if one else pr[k]
+        no = numO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        do = denO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        for i in range(max(r0 - oy[k], 0), min(r1 - oy[k], H)):
+            for j in range(W):
+                b = p[i, j]
+                c = chi[k, i, j]
+                no[i, j] += complex(b.real * c.real + b.imag * c.imag, b.real * c.imag - b.imag * c.real)
+                do[i, j] += b.real * b.real + b.imag * b.imag
+
+
+@njit(**_JIT)
+def scatter_add(target, values, ol, oy, ox, r0, r1):
+    """``target[ol[k], oy[k]:+H, ox[k]:+W] += values[k]`` (``values[0]`` for all when it has one row), in the
+    object rows ``r0:r1``."""
     one = values.shape[0] == 1
     H, W = values.shape[1], values.shape[2]
     for k in range(ol.shape[0]):
         v = values[0] if one else values[k]
         t = target[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
-        for i in range(H):
+        for i in range(max(r0 - oy[k], 0), min(r1 - oy[k], H)):
             for j in range(W):
                 t[i, j] += v[i, j]
 
 
 @njit(**_JIT)
-def scatter_abs2(target, values, ol, oy, ox):
-    """``target[window k] += |values[k]|^2`` (one shared row, or one per pod)."""
+def scatter_abs2(target, values, ol, oy, ox, r0, r1):
+    """``target[window k] += |values[k]|^2`` (one shared row, or one per pod), in the object rows ``r0:r1``."""
     one = values.shape[0] == 1
     H, W = values.shape[1], values.shape[2]
     for k in range(ol.shape[0]):
         v = values[0] if one else values[k]
         t = target[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
-        for i in range(H):
+        for i in range(max(r0 - oy[k], 0), min(r1 - oy[k], H)):
             for j in range(W):
                 t[i, j] += v[i, j].real * v[i, j].real + v[i, j].imag * v[i, j].imag
 
@@ -174,16 +187,21 @@ def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, 
 
 
 @njit(**_JIT)
-def scatter_update(target, pc, wpod, denO, reg, ol, oy, ox):
-    """``target[window k] += wpod[k] * pc[k] / (denO[window k] + reg)`` (``pc = conj(P) chi``)."""
-    H, W = pc.shape[1], pc.shape[2]
+def scatter_update(target, chi, pr, wpod, denO, reg, ol, oy, ox, r0, r1):
+    """``target[window k] += wpod[k] * conj(P_k) chi[k] / (denO[window k] + reg)``, object rows ``r0:r1``."""
+    one = pr.shape[0] == 1
+    H, W = chi.shape[1], chi.shape[2]
     for k in range(ol.shape[0]):
+        p = pr[0] if one else pr[k]
         t = target[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
         dw = denO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
         w = wpod[k]
-        for i in range(H):
+        for i in range(max(r0 - oy[k], 0), min(r1 - oy[k], H)):
             for j in range(W):
-                t[i, j] += pc[k, i, j] * (w / (dw[i, j] + reg))
+                b = p[i, j]
+                c = chi[k, i, j]
+                t[i, j] += complex(b.real * c.real + b.imag * c.imag, b.real * c.imag - b.imag * c.real) * (
+                    w / (dw[i, j] + reg))
 
 
 @njit(**_JIT)
@@ -234,22 +252,12 @@ def amplitude_step(F, starts, fmag, n, mask, has_mask, eps, out):
 
 
 @njit(**_JIT)
-def add_on_windows(obj, upd, windows):
-    """``obj += upd`` on the union of the windows, every pixel once; ``upd`` zeroed there (see :mod:`.batch`)."""
+def finish_windows(obj, upd, num, den, windows, r0, r1):
+    """``obj += upd`` on the union of the windows in rows ``r0:r1`` (every pixel once), then ``upd``, ``num``,
+    ``den`` zeroed there."""
     for r in range(windows.shape[0]):
         l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
-        for i in range(y, y + h):
-            for j in range(x, x + w):
-                obj[l, i, j] += upd[l, i, j]
-                upd[l, i, j] = 0
-
-
-@njit(**_JIT)
-def finish_windows(obj, upd, num, den, windows):
-    """``obj += upd`` on the union of the windows (every pixel once), then ``upd``, ``num``, ``den`` zeroed there."""
-    for r in range(windows.shape[0]):
-        l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
-        for i in range(y, y + h):
+        for i in range(max(y, r0), min(y + h, r1)):
             for j in range(x, x + w):
                 obj[l, i, j] += upd[l, i, j]
                 upd[l, i, j] = 0
@@ -258,27 +266,40 @@ def finish_windows(obj, upd, num, den, windows):
 
 
 @njit(**_JIT)
-def _zero(a, windows):
+def _zero(a, windows, r0, r1):
     for r in range(windows.shape[0]):
         l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
-        for i in range(y, y + h):
+        for i in range(max(y, r0), min(y + h, r1)):
             for j in range(x, x + w):
                 a[l, i, j] = 0
 
 
-def zero_windows(arrays, windows):
-    """Zero every array of ``arrays`` on the windows."""
+@njit(**_JIT)
+def _zero2(a, b, windows, r0, r1):
+    for r in range(windows.shape[0]):
+        l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
+        for i in range(max(y, r0), min(y + h, r1)):
+            for j in range(x, x + w):
+                a[l, i, j] = 0
+                b[l, i, j] = 0
+
+
+def zero_windows(arrays, windows, r0=0, r1=2**62):
+    """Zero every array of ``arrays`` on the windows (rows ``r0:r1``; two arrays in one pass)."""
+    arrays = list(arrays)
+    while len(arrays) >= 2:
+        _zero2(arrays.pop(0), arrays.pop(0), windows, r0, r1)
     for a in arrays:
-        _zero(a, windows)
+        _zero(a, windows, r0, r1)
 
 
 @njit(**_JIT)
-def windows_max(arr, windows):
-    """Largest value of the real ``arr`` over the windows; 0 without windows."""
+def windows_max(arr, windows, r0, r1):
+    """Largest value of the real ``arr`` over the windows in rows ``r0:r1``; 0 without windows."""
     best = 0.0
     for r in range(windows.shape[0]):
         l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
-        for i in range(y, y + h):
+        for i in range(max(y, r0), min(y + h, r1)):
             for j in range(x, x + w):
                 if arr[l, i, j] > best:
                     best = arr[l, i, j]
@@ -308,23 +329,28 @@ class CompiledGroupBatch(GroupBatch):
         return None  # the passes read the object's windows
 
     def direction_sums(self, acc, obj, ob, pr, chi, pods, buffers=None):
+        # conj(P) chi is not kept: the object passes (object_sums, scatter_update) form it from chi again
         g = self.g
-        pc = work_array(buffers, "pc", chi.shape, chi.dtype)
         numP = np.zeros_like(acc["numP"])
-        direction_sums(acc["numO"], acc["denO"], numP, acc["denP"], obj, np.ascontiguousarray(pr), chi, pc,
-                       g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], g.pr_layer[pods])
+        direction_sums(numP, acc["denP"], obj, chi, g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], g.pr_layer[pods])
         if self.pre is not None:
             numP *= np.conj(self.pre)
         acc["numP"] += numP
-        return pc
+        return None
 
-    def _scatter(self, target, values, pods):
+    def _scatter(self, target, values, pods, r0=0, r1=2**62):
         g = self.g
-        scatter_add(target, np.ascontiguousarray(values), g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods])
+        scatter_add(target, np.ascontiguousarray(values), g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], r0, r1)
 
-    def _scatter_abs2(self, target, values, pods):
+    def _scatter_abs2(self, target, values, pods, r0=0, r1=2**62):
         g = self.g
-        scatter_abs2(target, np.ascontiguousarray(values), g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods])
+        scatter_abs2(target, np.ascontiguousarray(values), g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], r0, r1)
+
+    def scatter_object_sums(self, c, numO, denO, r0=0, r1=2**62):
+        g = self.g
+        pods = c["pods"]
+        object_sums(numO, denO, c["chi"], np.ascontiguousarray(c["pr"]), g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods],
+                    r0, r1)
 
     def step_sums(self, c, numO, denO, regO, dP):
         g = self.g
@@ -339,8 +365,12 @@ class CompiledGroupBatch(GroupBatch):
         c["denO"], c["regO"] = denO, self.ftype.type(regO)  # the update's denominators, read again there
         return out
 
-    def scatter_object_update(self, c, target, a_obj, beta):
+    def object_update_values(self, c, a_obj, beta):
+        # the values are made in the scatter (scatter_update), from conj(P) chi and the denominators
+        c["wpod"] = np.repeat(np.asarray(a_obj, self.ftype) * self.ftype.type(beta), self.npod[c["frames"]])
+
+    def scatter_object_update(self, c, target, r0=0, r1=2**62):
         g = self.g
         pods = c["pods"]
-        w = np.repeat(np.asarray(a_obj, self.ftype) * self.ftype.type(beta), self.npod[c["frames"]])
-        scatter_update(target, c.pop("pc"), w, c["denO"], c["regO"], g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods])
+        scatter_update(target, c["chi"], np.ascontiguousarray(c["pr"]), c["wpod"], c["denO"], c["regO"], g.ob_layer[pods],
+                       g.ob_y[pods], g.ob_x[pods], r0, r1)

@@ -157,15 +157,22 @@ The passes over a group's frames are :class:`~ptycli.engines.lsqml.batch.GroupBa
 window passes), chosen once by ``kernels`` as in the other engines (``auto``:
 compiled for jobs of at least 2**22 exit-wave pixels). A batch is cut into
 one part per thread (:class:`~ptycli.engines.threads.BlockPool`), each with
-its own accumulators, merged on the batch's windows in a fixed order, and
-its own work arrays, kept between batches (:func:`~ptycli.engines.lsqml.batch.work_array`). The
-object-shaped sums are touched on the batch's windows only, so a batch costs
-in proportion to its frames. Per epoch: one forward and one inverse FFT of
-every pod plus about eight compiled passes over the pods (numpy: about 40
-elementwise passes). Measured (400 frames of 128 x 128, batches of 16,
-``benchmarks/bench_engines.py``, shared 2-core machine): 5.2 times the
-FFT floor in wall time, 5.0 in CPU time (DM 2.1 / 2.0, ML 3.6 / 3.6 in the
-same run; 3.9-7.1 in wall time at other loads).
+its own probe accumulators and its own work arrays, kept between batches
+(:func:`~ptycli.engines.lsqml.batch.work_array`); the object-shaped sums and
+the object update are added in row bands of the object, one per thread
+(every pixel by one thread, the pods in a fixed order: no per-thread object
+accumulators to merge). The object-shaped sums are touched on the batch's
+windows only, so a batch costs in proportion to its frames. Per epoch: one
+forward and one inverse FFT of every pod plus about eight compiled passes
+over the pods (numpy: about 40 elementwise passes). Measured (400 frames of
+128 x 128, batches of 16, ``benchmarks/bench_engines.py``, shared 2-core
+machine): before the row bands 5.2 times the FFT floor in wall time, 5.0 in
+CPU time (DM 2.1 / 2.0, ML 3.6 / 3.6 in the same run; 3.9-7.1 in wall time
+at other loads). The row bands (no serial merges) and forming ``conj(P) chi``
+in the object passes took 15-25 % of the CPU time of an epoch off: paired
+A/B runs on the loaded machine (8 pairs, medians) 7.3 -> 5.9 times the floor
+in wall time, 7.5 -> 6.0 in CPU time (325 -> 250 ms per epoch); 1000 frames
+of 256 x 256 (2 pairs) 4.2 -> 3.5 and 3.8 -> 3.2.
 """
 
 import logging
@@ -455,25 +462,21 @@ class LSQML(Engine):
                 m.reset("probe", probes)
 
     def _accumulators(self):
-        """Per thread: the direction accumulators (object-shaped ones kept zero between batches) and errors."""
+        """The object-shaped sums ``numO``, ``denO``, ``upd`` (one set, kept zero between batches outside the
+        windows), and per thread the probe sums ``numP``, ``denP`` (new, zero)."""
         P = self.ptycho
         if self._acc is None:
-            self._acc = []
-            for _ in range(self._pool.n):
-                a = dict(numO={}, denO={}, upd={})
-                for sid in self.obj_ids:
-                    S = P.obj.S[sid]
-                    a["numO"][sid] = np.zeros_like(S.data)
-                    a["denO"][sid] = np.zeros(S.data.shape, self.ftype)
-                    a["upd"][sid] = np.zeros_like(S.data)
-                self._acc.append(a)
-        out = []
-        for a in self._acc:
-            a = dict(a)
-            a["numP"] = {sid: np.zeros_like(P.probe.S[sid].data) for sid in self.probe_ids}
-            a["denP"] = {sid: np.zeros(P.probe.S[sid].data.shape, self.ftype) for sid in self.probe_ids}
-            out.append(a)
-        return out
+            self._acc = dict(numO={}, denO={}, upd={})
+            for sid in self.obj_ids:
+                S = P.obj.S[sid]
+                self._acc["numO"][sid] = np.zeros_like(S.data)
+                self._acc["denO"][sid] = np.zeros(S.data.shape, self.ftype)
+                if parallel.size > 1:  # the object update's sum over MPI ranks
+                    self._acc["upd"][sid] = np.zeros_like(S.data)
+        probe = [dict(numP={sid: np.zeros_like(P.probe.S[sid].data) for sid in self.probe_ids},
+                      denP={sid: np.zeros(P.probe.S[sid].data.shape, self.ftype) for sid in self.probe_ids})
+                 for _ in range(self._pool.n)]
+        return self._acc, probe
 
     def _parts(self, local):
         """Work items ``(group index, frames)``: each group's batch frames cut into one part per thread."""
@@ -492,28 +495,33 @@ class LSQML(Engine):
             wins[G.g.obj.ID].append(G.window_list(st))
         return {sid: np.concatenate(w) if w else np.zeros((0, 5), np.int64) for sid, w in wins.items()}
 
-    def _merge(self, acc, items, states, keys):
-        """Add the other threads' object accumulators ``keys`` into thread 0's, on their windows (fixed order)."""
-        T = self._pool.n
-        for k in range(1, T):
-            mine = [i for i in range(len(items)) if i % T == k]
-            wins = self._windows_of([items[i] for i in mine], [states[i] for i in mine])
-            for sid in self.obj_ids:
-                for key in keys:
-                    self._ops.add_on_windows(acc[0][key][sid], acc[k][key][sid], wins[sid])
+    def _bands(self, fn):
+        """``fn(r0, r1)`` on row bands ``r0:r1`` of the object storages, one band per thread; the bands' results.
+
+        The window operations of a band touch its rows only, so the bands run
+        at once and every pixel sees the same operations in the same order as
+        in one serial pass over the parts (:meth:`_parts`, in order: the pods
+        of one pass over the batch's frames), whatever the thread count.
+        """
+        arrays = [self.ptycho.obj.S[sid].data for sid in self.obj_ids]
+        return self._pool.rows(lambda k, sl: fn(sl.start or 0, 2**62 if sl.stop is None else sl.stop), arrays)
 
     def _batch(self, local, probe_on, pos_on, errors):
         """One mini-batch (collective under MPI); returns the step statistics (see :meth:`_epoch`).
 
         The batch's frames are cut into one part per thread (:meth:`_parts`;
-        item ``i`` runs on thread ``i % T`` with that thread's accumulators,
-        merged into thread 0's in a fixed order, so the result does not depend
-        on timing). The object-shaped sums are touched on the batch's windows
-        only (they are zero elsewhere and zeroed again on the windows at the
-        end), so a batch costs in proportion to its frames, not to the object.
+        item ``i`` runs on thread ``i % T``). The per-pod passes (exit waves,
+        transforms, probe sums into that thread's accumulators, step sums)
+        run by part; the object-shaped sums and the object update are added in
+        row bands of the object, one per thread (:meth:`_bands`), every part's
+        pods in a fixed order, so the result does not depend on timing and the
+        object sums not on the thread count. The object-shaped sums are
+        touched on the batch's windows only (they are zero elsewhere and
+        zeroed again on the windows at the end), so a batch costs in
+        proportion to its frames, not to the object.
         """
         P = self.ptycho
-        acc = self._accumulators()
+        a0, acc = self._accumulators()
         errs = [self.new_error_sums() for _ in acc]
         items = self._parts(local)
         workers = self._fft_workers
@@ -525,9 +533,7 @@ class LSQML(Engine):
             gi, frames = items[i]
             G = self.groups[gi]
             g = G.g
-            a = acc[k]
-            sub = {key: a[key][g.obj.ID if key.endswith("O") else g.probe.ID]
-                   for key in ("numO", "denO", "numP", "denP")}
+            sub = {key: acc[k][key][g.probe.ID] for key in ("numP", "denP")}
             return G.exit_update(frames, g.obj.data, g.probe.data, sub, errs[k], workers, self._buffers[i])
 
         res = self._pool.map(exit_pass, range(len(items)))
@@ -535,28 +541,40 @@ class LSQML(Engine):
         states = [r[1] for r in res]
         for e in errs:
             errors.sums += e.sums
-        self._merge(acc, items, states, ("numO", "denO"))
         for a in acc[1:]:
             for key in ("numP", "denP"):
                 for sid in self.probe_ids:
                     acc[0][key][sid] += a[key][sid]
-        a0 = acc[0]
         reduce = parallel.size > 1
         wins = self._windows_of(items, states)
         if reduce:
             every = parallel.allgather(wins)
             wins = {sid: np.concatenate([part[sid] for part in every]) for sid in self.obj_ids}
-        # directions: the object's on the windows (regulariser from its batch maximum), the probe's in full
-        regO = {}
-        for sid in self.obj_ids:
-            if reduce:
+
+        # the object sums in row bands on the threads, with their batch maximum (the regulariser)
+        def object_sums(r0, r1):
+            for (gi, _), st in zip(items, states):
+                G = self.groups[gi]
+                G.scatter_object_sums(st, a0["numO"][G.g.obj.ID], a0["denO"][G.g.obj.ID], r0, r1)
+            if not reduce:
+                return windows_max(r0, r1)
+
+        def windows_max(r0, r1):
+            return [self._ops.windows_max(a0["denO"][sid], wins[sid], r0, r1) for sid in self.obj_ids]
+
+        best = self._bands(object_sums)
+        if reduce:
+            for sid in self.obj_ids:
                 parallel.allreduce(a0["numO"][sid])
                 parallel.allreduce(a0["denO"][sid])
-            regO[sid] = max(float(self.p.object_reg) * self._ops.windows_max(a0["denO"][sid], wins[sid]), 1e-30)
+            best = self._bands(windows_max)
+        best = np.max(best, axis=0)
+        regO = {sid: max(float(self.p.object_reg) * float(m), 1e-30) for sid, m in zip(self.obj_ids, best)}
+        # the probe's directions in full
         dP = {}
         if probe_on:
             for sid in self.probe_ids:
-                num, den = a0["numP"][sid], a0["denP"][sid]
+                num, den = acc[0]["numP"][sid], acc[0]["denP"][sid]
                 if reduce:
                     parallel.allreduce(num)
                     parallel.allreduce(den)
@@ -588,22 +606,40 @@ class LSQML(Engine):
             slice_steps(self.groups, items, states, lam, self._slices)
         beta = float(self.p.object_step)
 
-        def update_pass(k, i):
-            G = self.groups[items[i][0]]
-            G.scatter_object_update(states[i], acc[k]["upd"][G.g.obj.ID], steps[i][0], beta)
-
-        self._pool.map(update_pass, range(len(items)))
-        self._merge(acc, items, states, ("upd",))
+        self._pool.map(lambda k, i: self.groups[items[i][0]].object_update_values(states[i], steps[i][0], beta),
+                       range(len(items)))
         stats = np.zeros(8)
         aP_sum = np.zeros(2)
         for i, (aO, aP) in enumerate(steps):
             aP_sum += (aP.sum(), len(aP))
             stats[:4] += (exit_steps[i].sum(), aO.sum(), aP.sum(), len(aO))
-        # updates
-        for sid in self.obj_ids:
-            if reduce:
+        # updates in row bands on the threads: every part's object update added in the order of the parts
+        # (as the pods of one serial pass: the result does not depend on the thread count), straight into the
+        # object (under MPI into a sum over the ranks first); then the sums zeroed on the windows
+        def scatter(target, r0, r1):
+            for (gi, _), st in zip(items, states):
+                G = self.groups[gi]
+                G.scatter_object_update(st, target[G.g.obj.ID], r0, r1)
+
+        def finish(r0, r1):
+            for sid in self.obj_ids:
+                self._ops.finish_windows(P.obj.S[sid].data, a0["upd"][sid], a0["numO"][sid], a0["denO"][sid],
+                                         wins[sid], r0, r1)
+
+        if reduce:
+            self._bands(lambda r0, r1: scatter(a0["upd"], r0, r1))
+            for sid in self.obj_ids:
                 parallel.allreduce(a0["upd"][sid])
-            self._ops.finish_windows(P.obj.S[sid].data, a0["upd"][sid], a0["numO"][sid], a0["denO"][sid], wins[sid])
+            self._bands(finish)
+        else:
+            objs = {sid: P.obj.S[sid].data for sid in self.obj_ids}
+
+            def update(r0, r1):
+                scatter(objs, r0, r1)
+                for sid in self.obj_ids:
+                    self._ops.zero_windows((a0["numO"][sid], a0["denO"][sid]), wins[sid], r0, r1)
+
+            self._bands(update)
         if probe_on:
             if reduce:
                 parallel.allreduce(aP_sum)

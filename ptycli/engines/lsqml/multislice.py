@@ -138,8 +138,7 @@ class MultisliceGroupBatch(GroupBatch):
         pcs = [None] * S
         for s in range(S - 1, -1, -1):
             chis[s] = chi
-            pcs[s] = self.object_sums({"numO": acc["numO"][s:], "denO": acc["denO"][s:]}, phis[s], chi, pods,
-                                      None)
+            pcs[s] = self.object_values(phis[s], chi)
             if s == 0:
                 self.probe_sums(acc, obs[0], chi, pods)
                 break
@@ -151,6 +150,13 @@ class MultisliceGroupBatch(GroupBatch):
         c = dict(frames=frames, pods=pods, starts=starts, obj=obj, ob=obs[0], pr=pr, chi=chis[0], pc=pcs[0],
                  slices=dict(ob=obs, phi=phis, chi=chis, pc=pcs))
         return a, c
+
+    def scatter_object_sums(self, c, numO, denO, r0=0, r1=2**62):
+        """Every slice's sums: ``conj(phi_s) chi_s`` and ``|phi_s|^2`` into slice ``s``, object rows ``r0:r1``."""
+        sl = c["slices"]
+        for s in range(self.S):
+            self._scatter(numO[s:], sl["pc"][s], c["pods"], r0, r1)
+            self._scatter_abs2(denO[s:], sl["phi"][s], c["pods"], r0, r1)
 
     def window_list(self, c):
         """The windows of the part's pods in every slice: (S pods, 5) rows ``layer, y, x, H, W``."""
@@ -186,16 +192,22 @@ class MultisliceGroupBatch(GroupBatch):
         c["slice_sums"] = sums
         return out
 
-    def scatter_object_update(self, c, target, a_obj, beta):
+    def object_update_values(self, c, a_obj, beta):
         """Slice 1 as the thin object (steps ``a_obj``), slices ``2 .. S`` with the steps of :func:`slice_steps`."""
-        super().scatter_object_update(c, target, a_obj, beta)
+        super().object_update_values(c, a_obj, beta)
         sl = c["slices"]
         cnt = self.npod[c["frames"]]
+        c["slice_upd"] = []
         for s in range(1, self.S):
             w = np.repeat(np.asarray(c["slice_steps"][s - 1], self.ftype) * self.ftype.type(beta), cnt)
             vals = sl["pc"][s] * w[:, None, None]
             vals /= sl["den"][s]
-            self._scatter(target[s:], vals, c["pods"])
+            c["slice_upd"].append(vals)
+
+    def scatter_object_update(self, c, target, r0=0, r1=2**62):
+        super().scatter_object_update(c, target, r0, r1)
+        for s, vals in enumerate(c["slice_upd"], start=1):
+            self._scatter(target[s:], vals, c["pods"], r0, r1)
 
     def position_shifts(self, c):
         """No position estimate for a multislice object (zeros; the engine logs it)."""
