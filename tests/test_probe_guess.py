@@ -28,7 +28,6 @@ one core, where one DM iteration on them takes ~0.4 s.
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -211,16 +210,18 @@ def test_scaled_to_counts_and_deterministic():
 
 
 @pytest.mark.slow
-def test_cost_400_frames_128():
+def test_400_frames_of_pure_noise_give_a_finite_probe_of_the_measured_power():
+    """Counting noise and no structure (400 frames of 128 x 128, 5 counts per pixel): the guess is finite
+    and holds the mean counts per frame; it costs 0.2-0.4 s on one shared core (measured, not asserted)."""
     rng = np.random.default_rng(0)
     pos = np.stack(np.meshgrid(np.arange(20) * 10.0, np.arange(20) * 10.0, indexing="ij"), -1).reshape(-1, 2)
     intens = rng.poisson(5.0, (400, 128, 128)).astype(np.float32)
     prop = get_propagator("farfield", (128, 128), 1e-10, 1.0, 1e-4)
-    probe_from_data(intens[:4], np.ones((4, 128, 128), bool), prop, positions=pos[:4])  # warm up
-    t0 = time.perf_counter()
-    probe_from_data(intens, np.ones(intens.shape, bool), prop, positions=pos)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 3.0, elapsed  # measured 0.2-0.4 s on one shared core
+    info = {}
+    guess = probe_from_data(intens, np.ones(intens.shape, bool), prop, positions=pos, info=info, noise_floor=0.25)
+    assert np.all(np.isfinite(guess))
+    assert np.sum(np.abs(guess) ** 2) == pytest.approx(intens.sum() / 400, rel=1e-6)
+    assert info["holdout"] == 0.2  # 5 counts per pixel: scored on held-out pixels
 
 
 MPI_GUESS_SCRIPT = r"""
