@@ -13,14 +13,16 @@ Here each is one loop over the windows' pixels:
 * :func:`direction_sums` - the probe direction sums in one pass;
 * :func:`object_sums` - the object direction sums, in a row band of the object
   (``conj(P) chi`` formed here and again in :func:`scatter_update` rather
-  than written per pod and read back);
+  than written per pod and read back), with their largest ``denO``; a pixel
+  left marked by the last batch starts anew (no zeroing pass);
+* :func:`object_direction` - ``dO = numO / (denO + regO)`` once per pixel,
+  in place, ``denO`` replaced by ``-1 / (denO + regO)`` (the mark);
 * :func:`scatter_add` / :func:`scatter_abs2` - ``target[window] += values``
   / ``+= |values|^2`` per pod (one shared row of values, or one per pod);
 * :func:`step_sums` - the five sums of the 2 x 2 step system per frame
-  (float64 accumulators) without forming ``u`` and ``v``;
+  (float64 accumulators) without forming ``u`` and ``v``, from ``dO``;
 * :func:`scatter_update` - ``target[window] += w_pod conj(P) chi / (denO + regO)`` (row band)
-  (the denominators read again from the object-shaped sum rather than
-  written per pod by :func:`step_sums` and read back);
+  (the reciprocals read from the mark rather than written per pod and read back);
 * :func:`finish_windows`, :func:`zero_windows`, :func:`windows_max` - the
   window operations of :mod:`.batch`.
 
@@ -37,7 +39,7 @@ from ..fused import njit
 from .batch import GroupBatch, work_array
 
 __all__ = ["CompiledGroupBatch", "amplitude_step", "exit_waves", "direction_sums", "scatter_add", "scatter_abs2",
-           "object_sums", "step_sums", "scatter_update", "finish_windows", "zero_windows", "windows_max"]
+           "object_sums", "object_direction", "step_sums", "scatter_update", "finish_windows", "zero_windows", "windows_max"]
 
 _JIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
 
@@ -76,9 +78,18 @@ def direction_sums(numP, denP, obj, chi, ol, oy, ox, pl):
 @njit(**_JIT)
 def object_sums(numO, denO, chi, pr, ol, oy, ox, r0, r1):
     """``numO[window k] += conj(P_k) chi[k]``, ``denO[window k] += |P_k|^2`` in the object rows ``r0:r1``
-    (``pr``: one shared row or one per pod)."""
+    (``pr``: one shared row or one per pod); returns the largest ``denO`` written (0 without pixels).
+
+    A pixel that still holds the last batch's direction (``denO < 0``,
+    :func:`object_direction`) starts from zero: the sums need no zeroing
+    pass between batches. ``denO`` only grows within a batch, so the largest
+    value written is the largest final sum on the windows.
+    """
     one = pr.shape[0] == 1
     H, W = chi.shape[1], chi.shape[2]
+    zr = denO.dtype.type(0)
+    zc = numO.dtype.type(0)
+    best = zr
     for k in range(ol.shape[0]):
         p = pr[0] if one else pr[k]
         no = numO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
@@ -87,8 +98,32 @@ def object_sums(numO, denO, chi, pr, ol, oy, ox, r0, r1):
             for j in range(W):
                 b = p[i, j]
                 c = chi[k, i, j]
-                no[i, j] += complex(b.real * c.real + b.imag * c.imag, b.real * c.imag - b.imag * c.real)
-                do[i, j] += b.real * b.real + b.imag * b.imag
+                d = do[i, j]
+                fresh = d < zr
+                n0 = zc if fresh else no[i, j]
+                d = (zr if fresh else d) + (b.real * b.real + b.imag * b.imag)
+                no[i, j] = n0 + complex(b.real * c.real + b.imag * c.imag, b.real * c.imag - b.imag * c.real)
+                do[i, j] = d
+                best = max(best, d)
+    return best
+
+
+@njit(**_JIT)
+def object_direction(numO, denO, reg, windows, r0, r1):
+    """On the union of the windows in rows ``r0:r1``: ``numO <- numO / (denO + reg)`` (the object direction) and
+    ``denO <- -1 / (denO + reg)`` (its negative, at most minus the smallest normal number: the mark of a pixel
+    done, so that each pixel is divided once, and of a sum to start anew in :func:`object_sums`)."""
+    zr = denO.dtype.type(0)
+    tiny = np.finfo(denO.dtype).tiny
+    for r in range(windows.shape[0]):
+        l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
+        for i in range(max(y, r0), min(y + h, r1)):
+            for j in range(x, x + w):
+                d = denO[l, i, j]
+                if d >= zr:
+                    g = 1 / (d + reg)
+                    numO[l, i, j] *= g
+                    denO[l, i, j] = -max(g, tiny)
 
 
 @njit(**_JIT)
@@ -119,21 +154,20 @@ def scatter_abs2(target, values, ol, oy, ox, r0, r1):
 
 
 @njit(**_JIT)
-def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, out):
+def step_sums(dO, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, out):
     """Per-frame ``<u,u>, <v,v>, Re<u,v>, Re<u,chi>, Re<v,chi>`` into ``out`` (5, frames), added.
 
-    ``u = P numO / (denO + reg)`` on the pod's window, ``v = O dP_eff`` (``O`` the window of ``obj``).
-    Real arithmetic on the parts, one branch-free row loop per case, row sums in the frame's
-    precision added in float64.
+    ``u = P dO`` on the pod's window (``dO`` the object direction, :func:`object_direction`),
+    ``v = O dP_eff`` (``O`` the window of ``obj``). Real arithmetic on the parts, one
+    branch-free row loop per case, row sums in the frame's precision added in float64.
     """
     one = pr.shape[0] == 1
     H, W = chi.shape[1], chi.shape[2]
-    zero = denO.dtype.type(0)
+    zero = obj.real.dtype.type(0)
     for k in range(ol.shape[0]):
         p = pr[0] if one else pr[k]
         dp = dpe[0] if dpe.shape[0] == 1 else dpe[k]
-        nw = numO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
-        dw = denO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        nw = dO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
         ob = obj[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
         uu = 0.0
         vv = 0.0
@@ -148,11 +182,10 @@ def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, 
             rvc = zero
             if use_probe:
                 for j in range(W):
-                    g = 1 / (dw[i, j] + reg)
                     a = nw[i, j]
                     b = p[i, j]
-                    ur = (a.real * b.real - a.imag * b.imag) * g
-                    ui = (a.real * b.imag + a.imag * b.real) * g
+                    ur = a.real * b.real - a.imag * b.imag
+                    ui = a.real * b.imag + a.imag * b.real
                     o = ob[i, j]
                     e = dp[i, j]
                     vr = o.real * e.real - o.imag * e.imag
@@ -165,11 +198,10 @@ def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, 
                     rvc += vr * c.real + vi * c.imag
             else:
                 for j in range(W):
-                    g = 1 / (dw[i, j] + reg)
                     a = nw[i, j]
                     b = p[i, j]
-                    ur = (a.real * b.real - a.imag * b.imag) * g
-                    ui = (a.real * b.imag + a.imag * b.real) * g
+                    ur = a.real * b.real - a.imag * b.imag
+                    ui = a.real * b.imag + a.imag * b.real
                     c = chi[k, i, j]
                     ruu += ur * ur + ui * ui
                     ruc += ur * c.real + ui * c.imag
@@ -187,21 +219,22 @@ def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, 
 
 
 @njit(**_JIT)
-def scatter_update(target, chi, pr, wpod, denO, reg, ol, oy, ox, r0, r1):
-    """``target[window k] += wpod[k] * conj(P_k) chi[k] / (denO[window k] + reg)``, object rows ``r0:r1``."""
+def scatter_update(target, chi, pr, wpod, mark, ol, oy, ox, r0, r1):
+    """``target[window k] += wpod[k] * conj(P_k) chi[k] / (denO + reg)``, object rows ``r0:r1``, with
+    ``mark = -1 / (denO + reg)`` (:func:`object_direction`)."""
     one = pr.shape[0] == 1
     H, W = chi.shape[1], chi.shape[2]
     for k in range(ol.shape[0]):
         p = pr[0] if one else pr[k]
         t = target[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
-        dw = denO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
-        w = wpod[k]
+        dw = mark[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        w = -wpod[k]
         for i in range(max(r0 - oy[k], 0), min(r1 - oy[k], H)):
             for j in range(W):
                 b = p[i, j]
                 c = chi[k, i, j]
                 t[i, j] += complex(b.real * c.real + b.imag * c.imag, b.real * c.imag - b.imag * c.real) * (
-                    w / (dw[i, j] + reg))
+                    w * dw[i, j])
 
 
 @njit(**_JIT)
@@ -307,7 +340,13 @@ def windows_max(arr, windows, r0, r1):
 
 
 class CompiledGroupBatch(GroupBatch):
-    """:class:`~ptycli.engines.lsqml.batch.GroupBatch` with the window passes compiled (module docstring)."""
+    """:class:`~ptycli.engines.lsqml.batch.GroupBatch` with the window passes compiled (module docstring).
+
+    Between :meth:`scatter_object_sums` and :meth:`step_sums` the engine runs
+    :func:`object_direction` on the batch's windows; the object-shaped sums
+    are then left marked, not zeroed (the next batch's :func:`object_sums`
+    starts them anew).
+    """
 
     compiled = True
 
@@ -347,12 +386,16 @@ class CompiledGroupBatch(GroupBatch):
         scatter_abs2(target, np.ascontiguousarray(values), g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], r0, r1)
 
     def scatter_object_sums(self, c, numO, denO, r0=0, r1=2**62):
+        """As :meth:`GroupBatch.scatter_object_sums` (pixels marked by :func:`object_direction` start anew);
+        returns the largest ``denO`` written."""
         g = self.g
         pods = c["pods"]
-        object_sums(numO, denO, c["chi"], np.ascontiguousarray(c["pr"]), g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods],
-                    r0, r1)
+        return object_sums(numO, denO, c["chi"], np.ascontiguousarray(c["pr"]), g.ob_layer[pods], g.ob_y[pods],
+                           g.ob_x[pods], r0, r1)
 
     def step_sums(self, c, numO, denO, regO, dP):
+        """As :meth:`GroupBatch.step_sums`, after :func:`object_direction`: ``numO`` holds the direction,
+        ``denO`` its mark (``regO`` is in them)."""
         g = self.g
         pods, pr, chi = c["pods"], c["pr"], c["chi"]
         nf = len(c["frames"])
@@ -360,9 +403,9 @@ class CompiledGroupBatch(GroupBatch):
         out = np.zeros((5, nf))
         use_probe = dP is not None
         dpe = self.probe_rows(self.probe_eff(dP), pods) if use_probe else pr
-        step_sums(numO, denO, self.ftype.type(regO), np.ascontiguousarray(pr), c["obj"], chi, np.ascontiguousarray(dpe),
-                  use_probe, g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], frame, out)
-        c["denO"], c["regO"] = denO, self.ftype.type(regO)  # the update's denominators, read again there
+        step_sums(numO, np.ascontiguousarray(pr), c["obj"], chi, np.ascontiguousarray(dpe), use_probe, g.ob_layer[pods],
+                  g.ob_y[pods], g.ob_x[pods], frame, out)
+        c["denO"] = denO  # the update's denominators (their mark), read again there
         return out
 
     def object_update_values(self, c, a_obj, beta):
@@ -372,5 +415,5 @@ class CompiledGroupBatch(GroupBatch):
     def scatter_object_update(self, c, target, r0=0, r1=2**62):
         g = self.g
         pods = c["pods"]
-        scatter_update(target, c["chi"], np.ascontiguousarray(c["pr"]), c["wpod"], c["denO"], c["regO"], g.ob_layer[pods],
-                       g.ob_y[pods], g.ob_x[pods], r0, r1)
+        scatter_update(target, c["chi"], np.ascontiguousarray(c["pr"]), c["wpod"], c["denO"], g.ob_layer[pods], g.ob_y[pods],
+                       g.ob_x[pods], r0, r1)

@@ -294,7 +294,15 @@ class LSQML(Engine):
         self.noise = noise_model(NOISE_MODELS[str(p.noise_model).lower()])
         self.eps = self.noise.eps(self.mean_power)
         n_pixels = sum(g.n_pods * g.shape[0] * g.shape[1] for g in self.book.groups)
+        # the compiled passes keep the object direction in the object-shaped sums (compiled.object_direction),
+        # which the numpy passes of a variable probe or a multislice object do not read: all groups or none
+        special = [g.label for g in self.book.groups if g.probe_weights is not None or int(g.obj.slices) > 1]
         self._compiled = fused.use_compiled(p.kernels, n_pixels, True)
+        if self._compiled and special:
+            if parallel.master:
+                log.info("%s: scans %s have a variable probe or a multislice object; the LSQML passes are numpy",
+                         self.label, ", ".join(map(str, special)))
+            self._compiled = False
         kind = compiled_passes.CompiledGroupBatch if self._compiled else GroupBatch
         self._ops = compiled_passes if self._compiled else numpy_passes  # the window operations
         self.groups = [self._group_passes(g, kind) for g in self.book.groups]
@@ -553,11 +561,15 @@ class LSQML(Engine):
 
         # the object sums in row bands on the threads, with their batch maximum (the regulariser)
         def object_sums(r0, r1):
+            top = {sid: 0.0 for sid in self.obj_ids}
             for (gi, _), st in zip(items, states):
                 G = self.groups[gi]
-                G.scatter_object_sums(st, a0["numO"][G.g.obj.ID], a0["denO"][G.g.obj.ID], r0, r1)
+                sid = G.g.obj.ID
+                m = G.scatter_object_sums(st, a0["numO"][sid], a0["denO"][sid], r0, r1)
+                if m is not None:  # the compiled passes: the largest sum written
+                    top[sid] = max(top[sid], float(m))
             if not reduce:
-                return windows_max(r0, r1)
+                return [top[sid] for sid in self.obj_ids] if self._compiled else windows_max(r0, r1)
 
         def windows_max(r0, r1):
             return [self._ops.windows_max(a0["denO"][sid], wins[sid], r0, r1) for sid in self.obj_ids]
@@ -570,6 +582,10 @@ class LSQML(Engine):
             best = self._bands(windows_max)
         best = np.max(best, axis=0)
         regO = {sid: max(float(self.p.object_reg) * float(m), 1e-30) for sid, m in zip(self.obj_ids, best)}
+        if self._compiled:  # the object direction once per pixel, in place (compiled.object_direction)
+            self._bands(lambda r0, r1: [self._ops.object_direction(a0["numO"][sid], a0["denO"][sid],
+                                                                   self.ftype.type(regO[sid]), wins[sid], r0, r1)
+                                        for sid in self.obj_ids])
         # the probe's directions in full
         dP = {}
         if probe_on:
@@ -636,8 +652,9 @@ class LSQML(Engine):
 
             def update(r0, r1):
                 scatter(objs, r0, r1)
-                for sid in self.obj_ids:
-                    self._ops.zero_windows((a0["numO"][sid], a0["denO"][sid]), wins[sid], r0, r1)
+                if not self._compiled:  # the compiled sums are left marked (compiled.object_sums starts them anew)
+                    for sid in self.obj_ids:
+                        self._ops.zero_windows((a0["numO"][sid], a0["denO"][sid]), wins[sid], r0, r1)
 
             self._bands(update)
         if probe_on:
