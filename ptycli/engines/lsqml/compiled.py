@@ -39,7 +39,7 @@ from ..fused import njit
 from .batch import GroupBatch, work_array
 
 __all__ = ["CompiledGroupBatch", "amplitude_step", "exit_waves", "direction_sums", "scatter_add", "scatter_abs2",
-           "object_sums", "object_direction", "step_sums", "scatter_update", "finish_windows", "zero_windows", "windows_max"]
+           "object_sums", "window_spans", "object_direction", "step_sums", "scatter_update", "finish_windows", "zero_windows", "windows_max"]
 
 _JIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
 
@@ -109,48 +109,65 @@ def object_sums(numO, denO, chi, pr, ol, oy, ox, r0, r1):
 
 
 @njit(**_JIT)
+def window_spans(windows, r0, r1):
+    """The union of the windows (rows ``layer, y, x, H, W``) in the object rows ``r0:r1`` as row spans: (spans, 4)
+    int64 rows ``layer, row, x0, x1`` (disjoint, every pixel of the union in one span)."""
+    n = windows.shape[0]
+    order = np.argsort(windows[:, 2])
+    layers = np.unique(windows[:, 0])
+    out = np.empty((0, 4), np.int64)
+    if n == 0:
+        return out
+    lo = max(r0, windows[:, 1].min())
+    hi = min(r1, (windows[:, 1] + windows[:, 3]).max())
+    if hi <= lo:
+        return out
+    out = np.empty(((hi - lo) * n * layers.shape[0], 4), np.int64)
+    m = 0
+    for l in layers:
+        for i in range(lo, hi):
+            s = -1
+            e = -1
+            for q in range(n):
+                r = order[q]
+                if windows[r, 0] != l or i < windows[r, 1] or i >= windows[r, 1] + windows[r, 3]:
+                    continue
+                x0, x1 = windows[r, 2], windows[r, 2] + windows[r, 4]
+                if x0 > e:
+                    if e > s:
+                        out[m, 0], out[m, 1], out[m, 2], out[m, 3] = l, i, s, e
+                        m += 1
+                    s = x0
+                    e = x1
+                elif x1 > e:
+                    e = x1
+            if e > s:
+                out[m, 0], out[m, 1], out[m, 2], out[m, 3] = l, i, s, e
+                m += 1
+    return out[:m]
+
+
+@njit(**_JIT)
 def object_direction(numO, denO, reg, windows, r0, r1):
     """On the union of the windows in rows ``r0:r1``: ``numO <- numO / (denO + reg)`` (the object direction) and
-    ``denO <- -1 / (denO + reg)`` (its negative, at most minus the smallest normal number: the mark of a pixel
-    done, so that each pixel is divided once, and of a sum to start anew in :func:`object_sums`)."""
-    zr = denO.dtype.type(0)
-    tiny = np.finfo(denO.dtype).tiny
-    for r in range(windows.shape[0]):
-        l, y, x, h, w = windows[r, 0], windows[r, 1], windows[r, 2], windows[r, 3], windows[r, 4]
-        for i in range(max(y, r0), min(y + h, r1)):
-            for j in range(x, x + w):
-                d = denO[l, i, j]
-                if d >= zr:
-                    g = 1 / (d + reg)
-                    numO[l, i, j] *= g
-                    denO[l, i, j] = -max(g, tiny)
-
-
-@njit(**_JIT)
-def scatter_add(target, values, ol, oy, ox, r0, r1):
-    """``target[ol[k], oy[k]:+H, ox[k]:+W] += values[k]`` (``values[0]`` for all when it has one row), in the
-    object rows ``r0:r1``."""
-    one = values.shape[0] == 1
-    H, W = values.shape[1], values.shape[2]
-    for k in range(ol.shape[0]):
-        v = values[0] if one else values[k]
-        t = target[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
-        for i in range(max(r0 - oy[k], 0), min(r1 - oy[k], H)):
-            for j in range(W):
-                t[i, j] += v[i, j]
-
-
-@njit(**_JIT)
-def scatter_abs2(target, values, ol, oy, ox, r0, r1):
-    """``target[window k] += |values[k]|^2`` (one shared row, or one per pod), in the object rows ``r0:r1``."""
-    one = values.shape[0] == 1
-    H, W = values.shape[1], values.shape[2]
-    for k in range(ol.shape[0]):
-        v = values[0] if one else values[k]
-        t = target[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
-        for i in range(max(r0 - oy[k], 0), min(r1 - oy[k], H)):
-            for j in range(W):
-                t[i, j] += v[i, j].real * v[i, j].real + v[i, j].imag * v[i, j].imag
+    ``denO <- -1 / (denO + reg)`` (its negative, at most minus the smallest normal number: the mark of a sum
+    to start anew in :func:`object_sums`). Every pixel once (:func:`window_spans`)."""
+    tiny = denO.dtype.type(np.finfo(denO.dtype).tiny)
+    one = denO.dtype.type(1)
+    spans = window_spans(windows, r0, r1)
+    g = np.empty(numO.shape[2], denO.dtype)
+    for r in range(spans.shape[0]):
+        l, i, x0, x1 = spans[r, 0], spans[r, 1], spans[r, 2], spans[r, 3]
+        no = numO[l, i, x0:x1].view(denO.dtype)  # real, imaginary parts
+        do = denO[l, i, x0:x1]
+        # three simple loops over a row (they vectorise; one fused loop does not)
+        for j in range(x1 - x0):
+            g[j] = one / (do[j] + reg)
+        for j in range(x1 - x0):
+            do[j] = -max(g[j], tiny)
+        for j in range(x1 - x0):
+            no[2 * j] *= g[j]
+            no[2 * j + 1] *= g[j]
 
 
 @njit(**_JIT)
