@@ -255,11 +255,11 @@ def scatter_update(target, chi, pr, wpod, mark, ol, oy, ox, r0, r1):
 
 
 @njit(**_JIT)
-def amplitude_step(F, starts, fmag, n, mask, has_mask, eps, out):
+def amplitude_step(F, starts, frames, fmag, n, mask, has_mask, eps, out):
     """The ``gaussian`` detector step in place, ``F <- -l' F`` with ``l' = mask (1 - sqrt(n / (I + eps)))``.
 
     ``I`` is the frame's sum over its pods (``starts``: (frames + 1,) pod
-    offsets); adds to ``out`` the Fourier error, photon error, valid pixels,
+    offsets; ``frames``: the frames' rows of ``fmag``, ``n``, ``mask``); adds to ``out`` the Fourier error, photon error, valid pixels,
     cost ``mask (sqrt(I + eps) - sqrt(n))^2`` and ``sum |dPsi|^2`` (as the numpy
     passes: :meth:`~ptycli.engines.lsqml.batch.GroupBatch.detector_step`).
     """
@@ -269,6 +269,7 @@ def amplitude_step(F, starts, fmag, n, mask, has_mask, eps, out):
     g = np.empty(W, fmag.dtype)
     for f in range(nf):
         p0, p1 = starts[f], starts[f + 1]
+        fm, cnt, mk = fmag[frames[f]], n[frames[f]], mask[frames[f]]
         for i in range(H):
             # row passes without branches over pods inside, so that they vectorise
             for j in range(W):
@@ -278,14 +279,14 @@ def amplitude_step(F, starts, fmag, n, mask, has_mask, eps, out):
                     I[j] += F[p, i, j].real * F[p, i, j].real + F[p, i, j].imag * F[p, i, j].imag
             fe = pe = va = co = fmag.dtype.type(0)
             for j in range(W):
-                m = mask[f, i, j] if has_mask else fmag.dtype.type(1)
-                d = np.sqrt(I[j]) - fmag[f, i, j]
+                m = mk[i, j] if has_mask else fmag.dtype.type(1)
+                d = np.sqrt(I[j]) - fm[i, j]
                 fe += m * d * d
-                di = I[j] - n[f, i, j]
-                pe += m * di * di / (n[f, i, j] + 1)
+                di = I[j] - cnt[i, j]
+                pe += m * di * di / (cnt[i, j] + 1)
                 va += m
                 ae = np.sqrt(I[j] + eps)
-                dc = ae - fmag[f, i, j]
+                dc = ae - fm[i, j]
                 co += m * dc * dc
                 g[j] = -m * dc / ae if ae > 0 else fmag.dtype.type(0)
             ch = fmag.dtype.type(0)
@@ -372,9 +373,9 @@ class CompiledGroupBatch(GroupBatch):
             return super().detector_step(F, frames, starts, errors)
         nf = len(frames)
         st = np.append(np.asarray(starts, np.int64), F.shape[0])
-        mask = self.mask[frames] if self.mask is not None else self.n[frames[:1]]
+        mask = self.mask if self.mask is not None else self.n  # not read without a mask
         out = np.zeros(5)
-        amplitude_step(F, st, self.fmag[frames], self.n[frames], mask, self.mask is not None,
+        amplitude_step(F, st, np.asarray(frames, np.int64), self.fmag, self.n, mask, self.mask is not None,
                        self.ftype.type(self.eps), out)
         errors.add(fourier=out[0], photon=out[1], valid=out[2], exit_change=out[4], likelihood=out[3])
         return np.ones(nf)
