@@ -346,13 +346,13 @@ scans:
     propagation: farfield
     data: {name: Hdf5Scan, dfile: %s}
 engines:
-  e: {name: LSQML, numiter: 8, batch_size: 7, noise_model: %s, position_correction: {start: 4}}
+  e: {name: LSQML, numiter: 8, batch_size: 7, noise_model: %s, kernels: %s, position_correction: {start: 4}}
 """
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
-def test_two_ranks_agree_with_one_process_in_double_precision(tmp_path, noise):
+@pytest.mark.parametrize("noise,kernels", [("gaussian", "auto"), ("poisson", "auto"), ("gaussian", "compiled")])
+def test_two_ranks_agree_with_one_process_in_double_precision(tmp_path, noise, kernels):
     import mpi_helpers as mh
 
     if mh.skip_reason():
@@ -362,7 +362,7 @@ def test_two_ranks_agree_with_one_process_in_double_precision(tmp_path, noise):
     data = tmp_path / "scan.h5"
     assert mh.ptycli(["simulate", sim, "-o", data, "--force"]).returncode == 0
     rec = tmp_path / "rec.yaml"
-    rec.write_text(REC % (data, noise))
+    rec.write_text(REC % (data, noise, kernels))
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
     for out, n in ((one, None), (two, 2)):
         res = mh.ptycli(["reconstruct", rec, "-o", out, "--force", "--json"], nprocs=n, timeout=180)
