@@ -350,13 +350,13 @@ scans:
     propagation: farfield
     data: {name: Hdf5Scan, dfile: %s}
 engines:
-  e: {name: LSQML, numiter: 8, batch_size: 7, noise_model: %s, position_correction: {start: 4}}
+  e: {name: LSQML, numiter: 8, batch_size: 7, noise_model: %s, kernels: %s, position_correction: {start: 4}}
 """
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
-def test_two_ranks_agree_with_one_process_in_double_precision(tmp_path, noise):
+@pytest.mark.parametrize("noise,kernels", [("gaussian", "auto"), ("poisson", "auto"), ("gaussian", "compiled")])
+def test_two_ranks_agree_with_one_process_in_double_precision(tmp_path, noise, kernels):
     import mpi_helpers as mh
 
     if mh.skip_reason():
@@ -366,7 +366,7 @@ def test_two_ranks_agree_with_one_process_in_double_precision(tmp_path, noise):
     data = tmp_path / "scan.h5"
     assert mh.ptycli(["simulate", sim, "-o", data, "--force"]).returncode == 0
     rec = tmp_path / "rec.yaml"
-    rec.write_text(REC % (data, noise))
+    rec.write_text(REC % (data, noise, kernels))
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
     for out, n in ((one, None), (two, 2)):
         res = mh.ptycli(["reconstruct", rec, "-o", out, "--force", "--json"], nprocs=n, timeout=180)
@@ -394,3 +394,46 @@ def test_work_array_reuses_and_grows():
     assert d.dtype == np.complex128 and len(store) == 2
     e = work_array(None, "F", (2, 3), np.float32)  # no store: a fresh array each time
     assert e.shape == (2, 3) and e.dtype == np.float32 and not store.get(("F", np.dtype(np.float32).str))
+
+
+def test_window_spans_and_object_direction_cover_the_union_once():
+    """Compiled object passes: the spans cover the windows' union once; ``object_direction`` divides every union
+    pixel once and leaves the mark; ``object_sums`` restarts marked pixels (as from zero) and returns the largest
+    sum written."""
+    C = pytest.importorskip("ptycli.engines.lsqml.compiled")
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        n = int(rng.integers(0, 7))
+        w = np.column_stack([rng.integers(0, 2, n), rng.integers(0, 12, n), rng.integers(0, 12, n),
+                             np.full(n, 5), np.full(n, 5)]).astype(np.int64)
+        r0, r1 = sorted(rng.integers(0, 20, 2).tolist())
+        truth = np.zeros((2, 20, 20), int)
+        for l, y, x, h, ww in w:
+            truth[l, max(y, r0):min(y + h, r1), x:x + ww] = 1
+        got = np.zeros_like(truth)
+        for l, i, a, b in C.window_spans(w, r0, r1):
+            got[l, i, a:b] += 1
+        np.testing.assert_array_equal(got, truth)
+    # five pods of 5 x 5 on a 2 x 20 x 20 object, a shared probe
+    ol, oy, ox = np.array([0, 0, 1, 0, 1]), np.array([0, 3, 2, 10, 2]), np.array([0, 2, 4, 10, 5])
+    w = np.column_stack([ol, oy, ox, np.full(5, 5), np.full(5, 5)]).astype(np.int64)
+    pr = (rng.normal(size=(1, 5, 5)) + 1j * rng.normal(size=(1, 5, 5))).astype(np.complex64)
+    chi = (rng.normal(size=(5, 5, 5)) + 1j * rng.normal(size=(5, 5, 5))).astype(np.complex64)
+    num0 = np.zeros((2, 20, 20), np.complex64)
+    den0 = np.zeros((2, 20, 20), np.float32)
+    for k in range(5):
+        num0[ol[k], oy[k]:oy[k] + 5, ox[k]:ox[k] + 5] += np.conj(pr[0]) * chi[k]
+        den0[ol[k], oy[k]:oy[k] + 5, ox[k]:ox[k] + 5] += np.abs(pr[0]) ** 2
+    num = np.full((2, 20, 20), 7 + 1j, np.complex64)
+    den = np.full((2, 20, 20), -0.5, np.float32)  # marked everywhere: every window pixel starts anew
+    top = C.object_sums(num, den, chi, pr, ol, oy, ox, 0, 2**62)
+    on = np.zeros((2, 20, 20), bool)
+    for l, y, x, h, ww in w:
+        on[l, y:y + h, x:x + ww] = True
+    np.testing.assert_allclose(num[on], num0[on], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(den[on], den0[on], rtol=1e-5)
+    assert np.all(den[~on] == -0.5) and top == pytest.approx(den0.max(), rel=1e-6)
+    reg = np.float32(0.3)
+    C.object_direction(num, den, reg, w, 0, 2**62)
+    np.testing.assert_allclose(num[on], num0[on] / (den0[on] + reg), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(den[on], -1 / (den0[on] + reg), rtol=1e-6)

@@ -13,14 +13,16 @@ Here each is one loop over the windows' pixels:
 * :func:`direction_sums` - the probe direction sums in one pass;
 * :func:`object_sums` - the object direction sums, in a row band of the object
   (``conj(P) chi`` formed here and again in :func:`scatter_update` rather
-  than written per pod and read back);
+  than written per pod and read back), with their largest ``denO``; a pixel
+  left marked by the last batch starts anew (no zeroing pass);
+* :func:`object_direction` - ``dO = numO / (denO + regO)`` once per pixel,
+  in place, ``denO`` replaced by ``-1 / (denO + regO)`` (the mark);
 * :func:`scatter_add` / :func:`scatter_abs2` - ``target[window] += values``
   / ``+= |values|^2`` per pod (one shared row of values, or one per pod);
 * :func:`step_sums` - the five sums of the 2 x 2 step system per frame
-  (float64 accumulators) without forming ``u`` and ``v``;
+  (float64 accumulators) without forming ``u`` and ``v``, from ``dO``;
 * :func:`scatter_update` - ``target[window] += w_pod conj(P) chi / (denO + regO)`` (row band)
-  (the denominators read again from the object-shaped sum rather than
-  written per pod by :func:`step_sums` and read back);
+  (the reciprocals read from the mark rather than written per pod and read back);
 * :func:`finish_windows`, :func:`zero_windows`, :func:`windows_max` - the
   window operations of :mod:`.batch`.
 
@@ -37,7 +39,7 @@ from ..fused import njit
 from .batch import GroupBatch, work_array
 
 __all__ = ["CompiledGroupBatch", "amplitude_step", "exit_waves", "direction_sums", "scatter_add", "scatter_abs2",
-           "object_sums", "step_sums", "scatter_update", "finish_windows", "zero_windows", "windows_max"]
+           "object_sums", "window_spans", "object_direction", "step_sums", "scatter_update", "finish_windows", "zero_windows", "windows_max"]
 
 _JIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
 
@@ -76,9 +78,18 @@ def direction_sums(numP, denP, obj, chi, ol, oy, ox, pl):
 @njit(**_JIT)
 def object_sums(numO, denO, chi, pr, ol, oy, ox, r0, r1):
     """``numO[window k] += conj(P_k) chi[k]``, ``denO[window k] += |P_k|^2`` in the object rows ``r0:r1``
-    (``pr``: one shared row or one per pod)."""
+    (``pr``: one shared row or one per pod); returns the largest ``denO`` written (0 without pixels).
+
+    A pixel that still holds the last batch's direction (``denO < 0``,
+    :func:`object_direction`) starts from zero: the sums need no zeroing
+    pass between batches. ``denO`` only grows within a batch, so the largest
+    value written is the largest final sum on the windows.
+    """
     one = pr.shape[0] == 1
     H, W = chi.shape[1], chi.shape[2]
+    zr = denO.dtype.type(0)
+    zc = numO.dtype.type(0)
+    best = zr
     for k in range(ol.shape[0]):
         p = pr[0] if one else pr[k]
         no = numO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
@@ -87,53 +98,93 @@ def object_sums(numO, denO, chi, pr, ol, oy, ox, r0, r1):
             for j in range(W):
                 b = p[i, j]
                 c = chi[k, i, j]
-                no[i, j] += complex(b.real * c.real + b.imag * c.imag, b.real * c.imag - b.imag * c.real)
-                do[i, j] += b.real * b.real + b.imag * b.imag
+                d = do[i, j]
+                fresh = d < zr
+                n0 = zc if fresh else no[i, j]
+                d = (zr if fresh else d) + (b.real * b.real + b.imag * b.imag)
+                no[i, j] = n0 + complex(b.real * c.real + b.imag * c.imag, b.real * c.imag - b.imag * c.real)
+                do[i, j] = d
+                best = max(best, d)
+    return best
 
 
 @njit(**_JIT)
-def scatter_add(target, values, ol, oy, ox, r0, r1):
-    """``target[ol[k], oy[k]:+H, ox[k]:+W] += values[k]`` (``values[0]`` for all when it has one row), in the
-    object rows ``r0:r1``."""
-    one = values.shape[0] == 1
-    H, W = values.shape[1], values.shape[2]
-    for k in range(ol.shape[0]):
-        v = values[0] if one else values[k]
-        t = target[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
-        for i in range(max(r0 - oy[k], 0), min(r1 - oy[k], H)):
-            for j in range(W):
-                t[i, j] += v[i, j]
+def window_spans(windows, r0, r1):
+    """The union of the windows (rows ``layer, y, x, H, W``) in the object rows ``r0:r1`` as row spans: (spans, 4)
+    int64 rows ``layer, row, x0, x1`` (disjoint, every pixel of the union in one span)."""
+    n = windows.shape[0]
+    order = np.argsort(windows[:, 2])
+    layers = np.unique(windows[:, 0])
+    out = np.empty((0, 4), np.int64)
+    if n == 0:
+        return out
+    lo = max(r0, windows[:, 1].min())
+    hi = min(r1, (windows[:, 1] + windows[:, 3]).max())
+    if hi <= lo:
+        return out
+    out = np.empty(((hi - lo) * n * layers.shape[0], 4), np.int64)
+    m = 0
+    for l in layers:
+        for i in range(lo, hi):
+            s = -1
+            e = -1
+            for q in range(n):
+                r = order[q]
+                if windows[r, 0] != l or i < windows[r, 1] or i >= windows[r, 1] + windows[r, 3]:
+                    continue
+                x0, x1 = windows[r, 2], windows[r, 2] + windows[r, 4]
+                if x0 > e:
+                    if e > s:
+                        out[m, 0], out[m, 1], out[m, 2], out[m, 3] = l, i, s, e
+                        m += 1
+                    s = x0
+                    e = x1
+                elif x1 > e:
+                    e = x1
+            if e > s:
+                out[m, 0], out[m, 1], out[m, 2], out[m, 3] = l, i, s, e
+                m += 1
+    return out[:m]
 
 
 @njit(**_JIT)
-def scatter_abs2(target, values, ol, oy, ox, r0, r1):
-    """``target[window k] += |values[k]|^2`` (one shared row, or one per pod), in the object rows ``r0:r1``."""
-    one = values.shape[0] == 1
-    H, W = values.shape[1], values.shape[2]
-    for k in range(ol.shape[0]):
-        v = values[0] if one else values[k]
-        t = target[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
-        for i in range(max(r0 - oy[k], 0), min(r1 - oy[k], H)):
-            for j in range(W):
-                t[i, j] += v[i, j].real * v[i, j].real + v[i, j].imag * v[i, j].imag
+def object_direction(numO, denO, reg, windows, r0, r1):
+    """On the union of the windows in rows ``r0:r1``: ``numO <- numO / (denO + reg)`` (the object direction) and
+    ``denO <- -1 / (denO + reg)`` (its negative, at most minus the smallest normal number: the mark of a sum
+    to start anew in :func:`object_sums`). Every pixel once (:func:`window_spans`)."""
+    tiny = denO.dtype.type(np.finfo(denO.dtype).tiny)
+    one = denO.dtype.type(1)
+    spans = window_spans(windows, r0, r1)
+    g = np.empty(numO.shape[2], denO.dtype)
+    for r in range(spans.shape[0]):
+        l, i, x0, x1 = spans[r, 0], spans[r, 1], spans[r, 2], spans[r, 3]
+        no = numO[l, i, x0:x1].view(denO.dtype)  # real, imaginary parts
+        do = denO[l, i, x0:x1]
+        # three simple loops over a row (they vectorise; one fused loop does not)
+        for j in range(x1 - x0):
+            g[j] = one / (do[j] + reg)
+        for j in range(x1 - x0):
+            do[j] = -max(g[j], tiny)
+        for j in range(x1 - x0):
+            no[2 * j] *= g[j]
+            no[2 * j + 1] *= g[j]
 
 
 @njit(**_JIT)
-def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, out):
+def step_sums(dO, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, out):
     """Per-frame ``<u,u>, <v,v>, Re<u,v>, Re<u,chi>, Re<v,chi>`` into ``out`` (5, frames), added.
 
-    ``u = P numO / (denO + reg)`` on the pod's window, ``v = O dP_eff`` (``O`` the window of ``obj``).
-    Real arithmetic on the parts, one branch-free row loop per case, row sums in the frame's
-    precision added in float64.
+    ``u = P dO`` on the pod's window (``dO`` the object direction, :func:`object_direction`),
+    ``v = O dP_eff`` (``O`` the window of ``obj``). Real arithmetic on the parts, one
+    branch-free row loop per case, row sums in the frame's precision added in float64.
     """
     one = pr.shape[0] == 1
     H, W = chi.shape[1], chi.shape[2]
-    zero = denO.dtype.type(0)
+    zero = obj.real.dtype.type(0)
     for k in range(ol.shape[0]):
         p = pr[0] if one else pr[k]
         dp = dpe[0] if dpe.shape[0] == 1 else dpe[k]
-        nw = numO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
-        dw = denO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        nw = dO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
         ob = obj[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
         uu = 0.0
         vv = 0.0
@@ -148,11 +199,10 @@ def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, 
             rvc = zero
             if use_probe:
                 for j in range(W):
-                    g = 1 / (dw[i, j] + reg)
                     a = nw[i, j]
                     b = p[i, j]
-                    ur = (a.real * b.real - a.imag * b.imag) * g
-                    ui = (a.real * b.imag + a.imag * b.real) * g
+                    ur = a.real * b.real - a.imag * b.imag
+                    ui = a.real * b.imag + a.imag * b.real
                     o = ob[i, j]
                     e = dp[i, j]
                     vr = o.real * e.real - o.imag * e.imag
@@ -165,11 +215,10 @@ def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, 
                     rvc += vr * c.real + vi * c.imag
             else:
                 for j in range(W):
-                    g = 1 / (dw[i, j] + reg)
                     a = nw[i, j]
                     b = p[i, j]
-                    ur = (a.real * b.real - a.imag * b.imag) * g
-                    ui = (a.real * b.imag + a.imag * b.real) * g
+                    ur = a.real * b.real - a.imag * b.imag
+                    ui = a.real * b.imag + a.imag * b.real
                     c = chi[k, i, j]
                     ruu += ur * ur + ui * ui
                     ruc += ur * c.real + ui * c.imag
@@ -187,29 +236,30 @@ def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, 
 
 
 @njit(**_JIT)
-def scatter_update(target, chi, pr, wpod, denO, reg, ol, oy, ox, r0, r1):
-    """``target[window k] += wpod[k] * conj(P_k) chi[k] / (denO[window k] + reg)``, object rows ``r0:r1``."""
+def scatter_update(target, chi, pr, wpod, mark, ol, oy, ox, r0, r1):
+    """``target[window k] += wpod[k] * conj(P_k) chi[k] / (denO + reg)``, object rows ``r0:r1``, with
+    ``mark = -1 / (denO + reg)`` (:func:`object_direction`)."""
     one = pr.shape[0] == 1
     H, W = chi.shape[1], chi.shape[2]
     for k in range(ol.shape[0]):
         p = pr[0] if one else pr[k]
         t = target[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
-        dw = denO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
-        w = wpod[k]
+        dw = mark[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
+        w = -wpod[k]
         for i in range(max(r0 - oy[k], 0), min(r1 - oy[k], H)):
             for j in range(W):
                 b = p[i, j]
                 c = chi[k, i, j]
                 t[i, j] += complex(b.real * c.real + b.imag * c.imag, b.real * c.imag - b.imag * c.real) * (
-                    w / (dw[i, j] + reg))
+                    w * dw[i, j])
 
 
 @njit(**_JIT)
-def amplitude_step(F, starts, fmag, n, mask, has_mask, eps, out):
+def amplitude_step(F, starts, frames, fmag, n, mask, has_mask, eps, out):
     """The ``gaussian`` detector step in place, ``F <- -l' F`` with ``l' = mask (1 - sqrt(n / (I + eps)))``.
 
     ``I`` is the frame's sum over its pods (``starts``: (frames + 1,) pod
-    offsets); adds to ``out`` the Fourier error, photon error, valid pixels,
+    offsets; ``frames``: the frames' rows of ``fmag``, ``n``, ``mask``); adds to ``out`` the Fourier error, photon error, valid pixels,
     cost ``mask (sqrt(I + eps) - sqrt(n))^2`` and ``sum |dPsi|^2`` (as the numpy
     passes: :meth:`~ptycli.engines.lsqml.batch.GroupBatch.detector_step`).
     """
@@ -219,6 +269,7 @@ def amplitude_step(F, starts, fmag, n, mask, has_mask, eps, out):
     g = np.empty(W, fmag.dtype)
     for f in range(nf):
         p0, p1 = starts[f], starts[f + 1]
+        fm, cnt, mk = fmag[frames[f]], n[frames[f]], mask[frames[f]]
         for i in range(H):
             # row passes without branches over pods inside, so that they vectorise
             for j in range(W):
@@ -228,14 +279,14 @@ def amplitude_step(F, starts, fmag, n, mask, has_mask, eps, out):
                     I[j] += F[p, i, j].real * F[p, i, j].real + F[p, i, j].imag * F[p, i, j].imag
             fe = pe = va = co = fmag.dtype.type(0)
             for j in range(W):
-                m = mask[f, i, j] if has_mask else fmag.dtype.type(1)
-                d = np.sqrt(I[j]) - fmag[f, i, j]
+                m = mk[i, j] if has_mask else fmag.dtype.type(1)
+                d = np.sqrt(I[j]) - fm[i, j]
                 fe += m * d * d
-                di = I[j] - n[f, i, j]
-                pe += m * di * di / (n[f, i, j] + 1)
+                di = I[j] - cnt[i, j]
+                pe += m * di * di / (cnt[i, j] + 1)
                 va += m
                 ae = np.sqrt(I[j] + eps)
-                dc = ae - fmag[f, i, j]
+                dc = ae - fm[i, j]
                 co += m * dc * dc
                 g[j] = -m * dc / ae if ae > 0 else fmag.dtype.type(0)
             ch = fmag.dtype.type(0)
@@ -307,7 +358,13 @@ def windows_max(arr, windows, r0, r1):
 
 
 class CompiledGroupBatch(GroupBatch):
-    """:class:`~ptycli.engines.lsqml.batch.GroupBatch` with the window passes compiled (module docstring)."""
+    """:class:`~ptycli.engines.lsqml.batch.GroupBatch` with the window passes compiled (module docstring).
+
+    Between :meth:`scatter_object_sums` and :meth:`step_sums` the engine runs
+    :func:`object_direction` on the batch's windows; the object-shaped sums
+    are then left marked, not zeroed (the next batch's :func:`object_sums`
+    starts them anew).
+    """
 
     compiled = True
 
@@ -316,9 +373,9 @@ class CompiledGroupBatch(GroupBatch):
             return super().detector_step(F, frames, starts, errors)
         nf = len(frames)
         st = np.append(np.asarray(starts, np.int64), F.shape[0])
-        mask = self.mask[frames] if self.mask is not None else self.n[frames[:1]]
+        mask = self.mask if self.mask is not None else self.n  # not read without a mask
         out = np.zeros(5)
-        amplitude_step(F, st, self.fmag[frames], self.n[frames], mask, self.mask is not None,
+        amplitude_step(F, st, np.asarray(frames, np.int64), self.fmag, self.n, mask, self.mask is not None,
                        self.ftype.type(self.eps), out)
         errors.add(fourier=out[0], photon=out[1], valid=out[2], exit_change=out[4], likelihood=out[3])
         return np.ones(nf)
@@ -347,12 +404,16 @@ class CompiledGroupBatch(GroupBatch):
         scatter_abs2(target, np.ascontiguousarray(values), g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], r0, r1)
 
     def scatter_object_sums(self, c, numO, denO, r0=0, r1=2**62):
+        """As :meth:`GroupBatch.scatter_object_sums` (pixels marked by :func:`object_direction` start anew);
+        returns the largest ``denO`` written."""
         g = self.g
         pods = c["pods"]
-        object_sums(numO, denO, c["chi"], np.ascontiguousarray(c["pr"]), g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods],
-                    r0, r1)
+        return object_sums(numO, denO, c["chi"], np.ascontiguousarray(c["pr"]), g.ob_layer[pods], g.ob_y[pods],
+                           g.ob_x[pods], r0, r1)
 
     def step_sums(self, c, numO, denO, regO, dP):
+        """As :meth:`GroupBatch.step_sums`, after :func:`object_direction`: ``numO`` holds the direction,
+        ``denO`` its mark (``regO`` is in them)."""
         g = self.g
         pods, pr, chi = c["pods"], c["pr"], c["chi"]
         nf = len(c["frames"])
@@ -360,9 +421,9 @@ class CompiledGroupBatch(GroupBatch):
         out = np.zeros((5, nf))
         use_probe = dP is not None
         dpe = self.probe_rows(self.probe_eff(dP), pods) if use_probe else pr
-        step_sums(numO, denO, self.ftype.type(regO), np.ascontiguousarray(pr), c["obj"], chi, np.ascontiguousarray(dpe),
-                  use_probe, g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], frame, out)
-        c["denO"], c["regO"] = denO, self.ftype.type(regO)  # the update's denominators, read again there
+        step_sums(numO, np.ascontiguousarray(pr), c["obj"], chi, np.ascontiguousarray(dpe), use_probe, g.ob_layer[pods],
+                  g.ob_y[pods], g.ob_x[pods], frame, out)
+        c["denO"] = denO  # the update's denominators (their mark), read again there
         return out
 
     def object_update_values(self, c, a_obj, beta):
@@ -372,5 +433,5 @@ class CompiledGroupBatch(GroupBatch):
     def scatter_object_update(self, c, target, r0=0, r1=2**62):
         g = self.g
         pods = c["pods"]
-        scatter_update(target, c["chi"], np.ascontiguousarray(c["pr"]), c["wpod"], c["denO"], c["regO"], g.ob_layer[pods],
-                       g.ob_y[pods], g.ob_x[pods], r0, r1)
+        scatter_update(target, c["chi"], np.ascontiguousarray(c["pr"]), c["wpod"], c["denO"], g.ob_layer[pods], g.ob_y[pods],
+                       g.ob_x[pods], r0, r1)
