@@ -54,9 +54,9 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
     (the counting noise; :mod:`ptycli.core.counting_noise`), so that at low
     dose it does not rank candidates by how well they fit the noise. On
     counted data with ``LOW_COUNTS[0]`` to ``LOW_COUNTS[1]`` counts per pixel
-    that is not enough: a wrong, strongly curved candidate lights more of the object
-    and fits the counting noise of the trial frames better than the right
-    one (zone-plate probe near focus, 1e4 photons per 64 x 64 frame: the
+    that is not enough: a wrong, strongly curved candidate lights more of
+    the object and fits the counting noise of the trial frames better than
+    the right one (zone-plate probe near focus, 1e4 photons per 64 x 64 frame: the
     curvature candidate won on 5 of 7 simulation seeds and DM 200 + ML 100
     then scored 0.06-0.53 where the true probe gives 0.92). There the trial
     leaves :data:`~ptycli.core.probe_trial.HOLDOUT_FRACTION` of the pixels
@@ -72,10 +72,9 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
     ``mean_pattern`` 0.962 after DM 200 + ML 100; held out: 0.050 against
     0.057, and margins of 9-20 % on 7 near-field scans, each then within
     0.015 of its true-probe score). Far-field data with more counts keep
-    the plain score: in
-    10 iterations held-out pixels separate the candidates less (a noiseless
-    defocused ring: curvature 0.017 against support 0.026 on all pixels,
-    0.038 against 0.037 on 20 % held out).
+    the plain score: in 10 iterations held-out pixels separate their
+    candidates less (a noiseless defocused ring: curvature 0.017 against
+    support 0.026 on all pixels, 0.038 against 0.037 on 20 % held out).
     ``benchmarks/validate_zoo.py`` measures the choice on 26 scans written
     outside ptycli (the closing notes of issue 12 have the table).
 

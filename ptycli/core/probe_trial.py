@@ -29,7 +29,7 @@ With ``holdout`` a fixed pseudo-random share of the valid pixels
 keeps its own amplitude there) and the score sums over those pixels only: a
 candidate that fits the counting noise of the trial frames gains nothing
 there (:func:`ptycli.core.probe_guess.probe_from_data` uses it on counted
-data with few counts per pixel).
+data with few counts per pixel, and in near field).
 """
 
 import numpy as np
