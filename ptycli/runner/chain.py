@@ -309,8 +309,8 @@ class ChainRunner:
             if index < len(self.chain) - 1 and self._stop_due():
                 raise Stopped(self.stop_signal, path, dict(engine=label, iteration=int(engine.iteration),
                                                            numiter=numiter, total=int(P.runtime.iterations)))
-        if self.keep_exit and engine is not None and engine.exit_storage_released():
-            engine.reset_exit()  # the result keeps exit waves: probe x object after an engine that holds none
+        if self.keep_exit and engine is not None:
+            engine.need_exit_storage()  # the result keeps exit waves: probe x object after an engine that holds none
         if self.last_state is None:  # nothing ran and nothing was resumed (all numiter 0)
             self.last_state = (self._state_attrs(len(self.chain) - 1, None, True), {})
         attrs, state = self.last_state
