@@ -464,7 +464,7 @@ def test_ml_first_from_the_automatic_probe_guess_warns(caplog):
         make_engine(P, {"name": "ML", "numiter": 1}, label="ml").run()
     assert [r.getMessage() for r in caplog.records if "automatic probe guess" in r.getMessage()] == [
         "ml (ML) starts from the automatic probe guess: ML refines a reconstruction and can stall from a poor "
-        "start; put DM or RAAR before it (e.g. DM 100 iterations, then ML)"]
+        "start; put DM or RAAR before it (e.g. DM 100 iterations, then ML), or leave engines.ml.warmup above 0"]
     caplog.clear()
     P = build(shape=32, frames=20)
     with caplog.at_level(logging.WARNING, logger="ptycli.engines"):

@@ -385,6 +385,27 @@ def test_engine_order_is_the_yaml_order(plugins):
     assert tree.engine_sequence(tree.defaults()) == []
 
 
+@pytest.mark.parametrize("scans, engines, want", [
+    # ML first from a model probe (the automatic guess, the default): a DM warm-up of engines.ml.warmup
+    ("{MF: {data: {name: MoonFlowerScan}}}", "{ml: {name: ML, numiter: 5}}", [("ml_warmup", "DM", 100), ("ml", "ML", 5)]),
+    ("{MF: {data: {name: MoonFlowerScan}, illumination: {model: aperture}}}", "{ml: {name: ML, numiter: 5, warmup: 7}}",
+     [("ml_warmup", "DM", 7), ("ml", "ML", 5)]),
+    # turned off, a probe from a file (an earlier reconstruction), or ML not first: the chain as written
+    ("{MF: {data: {name: MoonFlowerScan}}}", "{ml: {name: ML, numiter: 5, warmup: 0}}", [("ml", "ML", 5)]),
+    ("{MF: {data: {name: MoonFlowerScan}, illumination: {model: probe.npy}}}", "{ml: {name: ML, numiter: 5}}",
+     [("ml", "ML", 5)]),
+    ("{MF: {data: {name: MoonFlowerScan}}}", "{dm: {name: DM, numiter: 3}, ml: {name: ML, numiter: 5}}",
+     [("dm", "DM", 3), ("ml", "ML", 5)]),
+])
+def test_engine_sequence_puts_a_dm_warmup_before_ml_from_a_model_probe(scans, engines, want):
+    p = tree.validate(load_config("scans: %s\nengines: %s\n" % (scans, engines)))
+    seq = tree.engine_sequence(p)
+    assert [(label, e.name, e.numiter) for label, e in seq] == want
+    if len(want) == 2 and want[0][1] == "DM" and want[1][1] == "ML":
+        assert seq[0][1] == tree.validate_engine({"name": "DM", "numiter": want[0][2]})  # DM's own defaults
+    assert tree.engine_sequence(p) == seq  # a function of the tree: a resumed run finds the same chain
+
+
 # -- overrides -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, value", [

@@ -170,7 +170,7 @@ from ..log import progress_bar, progress_fields, stderr_is_tty
 from ..params import registry
 from ..params.declare import Parameter, ParamSet
 from ..params.capabilities import CAPABILITIES, refusal
-from ..params.tree import ENGINE, validate_engine
+from ..params.tree import ENGINE, WARMUP_SUFFIX, validate_engine
 from ..params.registry import ENGINES  # the one engine registry (filled by register below)
 from ..utils.parameters import Param
 from .addressing import AddressBook
@@ -313,6 +313,10 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         """Compile the pods, compute normalisations, snapshot, then ``engine_initialize()``."""
         P = self.ptycho
         self._check_capabilities()
+        if self.label.endswith(WARMUP_SUFFIX) and parallel.master:
+            first = self.label[:-len(WARMUP_SUFFIX)]
+            log.info("%s: %d %s iterations before %s, whose probe starts from a model (engines.%s.warmup: 0 "
+                     "runs %s alone)", self.label, int(self.p.numiter), self.NAME, first, first, first)
         self.book = AddressBook(P)
         self._enable_subpixel()
         if not self.book.groups and parallel.size == 1:

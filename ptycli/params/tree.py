@@ -44,7 +44,7 @@ from .capabilities import check_engines
 from .declare import Parameter, ParamSet, describe_value
 from .ptypy_names import translate as translate_ptypy_names
 from .registry import ENGINES, LOADERS, load_plugins, suggest
-from .scan import (DATA, SCAN, PathTemplate, RegistryName, WordList, check_label,
+from .scan import (DATA, ILLUMINATION_MODELS, SCAN, PathTemplate, RegistryName, WordList, check_label,
                    validate_scan, validate_set, validate_named)
 from .overrides import apply_overrides, parse_override  # noqa: F401 (part of this module's API)
 from .resume import RESUME_KEYS, check_resume  # noqa: F401 (part of this module's API)
@@ -66,6 +66,7 @@ __all__ = [
     "apply_overrides",
     "parse_override",
     "engine_sequence",
+    "WARMUP_SUFFIX",
     "resolve_run_label",
     "result_path",
     "checkpoint_path",
@@ -333,14 +334,40 @@ def scan_defaults(loader="MoonFlowerScan"):
     return validate_scan({"data": {"name": loader}}, "scans.<label>")
 
 
+#: Label suffix of the DM warm-up put before a first engine that declares ``warmup`` (:func:`engine_sequence`).
+WARMUP_SUFFIX = "_warmup"
+
+
 def engine_sequence(p):
     """The engines of tree ``p`` in run order: a list of ``(label, Param)``.
 
     The order is the order of the labels in the ``engines`` mapping as
     written in the YAML file (see the module docstring).
+
+    Warm-up: a refining engine (ML) stalls when it starts from a probe that
+    is not a reconstruction. When the first engine declares ``warmup`` (DM
+    iterations) above 0 and a scan's probe starts from a model
+    (``illumination.model`` one of ``auto``, ``flat``, ``aperture``, ...,
+    not a file), a DM engine of that many iterations, labelled
+    ``<label>_warmup``, runs first. The chain is a function of the tree
+    alone, so a resumed run finds the same engines.
     """
     engines = p.get("engines") if isinstance(p, dict) else None
-    return [(label, sub) for label, sub in (engines or {}).items()]
+    seq = [(label, sub) for label, sub in (engines or {}).items()]
+    if seq and int(seq[0][1].get("warmup") or 0) > 0 and _probe_from_model(p):
+        label, first = seq[0]
+        seq.insert(0, (label + WARMUP_SUFFIX, validate_engine(
+            {"name": "DM", "numiter": int(first.warmup)}, "engines.%s.warmup" % label)))
+    return seq
+
+
+def _probe_from_model(p):
+    """Whether a scan of ``p`` starts from a model probe (``illumination.model`` a word, not a file)."""
+    for scan in (p.get("scans") or {}).values():
+        model = ((scan.get("illumination") or {}).get("model")) or "auto"
+        if str(model).lower() in ILLUMINATION_MODELS:
+            return True
+    return False
 
 
 # -- run label and output paths ----------------------------------------------------------

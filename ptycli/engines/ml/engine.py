@@ -175,6 +175,10 @@ class ML(Engine):
         Parameter("scale_probe_object", 1.0, "float",
                   "extra factor on the probe/object step ratio (the ratio itself without scale_precond)",
                   low=0.0),
+        Parameter("warmup", 100, "int",
+                  "DM iterations run before ML when ML is the first engine and a scan's probe starts from a "
+                  "model (illumination.model auto, flat, aperture, ...; not a file): ML refines and stalls from "
+                  "a poor start; 0: none", low=0),
         POSREF_PARAMS,
     ], doc="maximum-likelihood refinement (conjugate gradients, polynomial line search)")
 
@@ -190,7 +194,8 @@ class ML(Engine):
         p = self.p
         if self.starts_from_probe_guess() and parallel.master:
             log.warning("%s (ML) starts from the automatic probe guess: ML refines a reconstruction and can stall "
-                        "from a poor start; put DM or RAAR before it (e.g. DM 100 iterations, then ML)", self.label)
+                        "from a poor start; put DM or RAAR before it (e.g. DM 100 iterations, then ML), or leave "
+                        "engines.%s.warmup above 0", self.label, self.label)
         self.noise = noise_model(str(p.ML_type).lower())
         self.floating = bool(p.floating_intensities)
         self.eps = self.noise.eps(self.mean_power)
