@@ -359,7 +359,7 @@ class ScanModel:
         """Whether the chain's first engine moves the probe by local steps (its class's ``LOCAL_PROBE_UPDATES``)."""
         engines = self.ptycho.p.get("engines") or {}
         for sub in engines.values():
-            entry = ENGINES.find(str(sub.get("name")))
+            entry = ENGINES.find(str((sub or {}).get("name")))
             return bool(entry is not None and getattr(entry.factory, "LOCAL_PROBE_UPDATES", False))
         return False
 
