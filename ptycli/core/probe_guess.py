@@ -84,26 +84,26 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
     with ePIE, rPIE, mPIE or LSQML, whose probe moves frame by frame or
     batch by batch). The trial's verdict suits the difference map, which
     moves the probe from all frames at once and recovers from a small
-    ``support`` guess (a focused spot, 2-3 pixels across, where a defocused
-    zone-plate probe is 20-30 pixels wide). The local engines stall there:
+    ``support`` guess (on the zone-plate cases a spot with 90 % of its power
+    within 2-3 pixels of the centre, where the true probe needs 11-15). The local engines stall there:
     ``zoneplate_defocus14`` (zoo seed 104) and ``two_modes`` (seed 114) picked
     ``support``, and mPIE 100 then scored 0.23 / 0.28, LSQML 100 0.20 / 0.31,
     where DM 200 + ML 100 scored 0.99 / 0.98; their Fourier error after 10
     iterations was the lower one from ``support`` (5.4 against 9.6 from
     ``curvature``) and after 100 the higher (4.2 against 0.33): no short
-    trial of any engine ranks by that (a 60-sweep rPIE trial on 40 frames
-    still preferred ``support``). What does tell them apart is whether the
-    model predicts frames it was not fitted to. So for these engines (far
+    trial of any engine ranks by that (rPIE trials of 60 sweeps on 24 frames
+    and of 10 on 40 still preferred ``support``). What tells them apart is
+    whether the model predicts frames it was not fitted to. So for these engines (far
     field, at least :data:`HELD_MIN_FRAMES` central frames) a second trial
     fits the ``TRIAL_FRAMES + HELD_FRAMES`` frames nearest the centre but
-    every fifth by distance and scores the candidates on those left out
+    every fifth by distance (from the third) and scores the candidates on those left out
     (:func:`~ptycli.core.probe_trial.trial_errors` with ``held_frames``).
     When the first trial's pick scores more than :data:`HELD_MARGIN` times
     the best held-out score, the best one is taken instead. The margin
     matters: on ``subpixel_spiral`` (seed 19) the held-out score prefers
     ``curvature`` by 1.66x, yet from it every engine does worse (mPIE 0.89,
     LSQML 0.05, DM + ML 0.94 against 0.98 / 0.98 / 0.99 from ``support``);
-    the picks it changes had 2.1-5.3x (the table is in the report of this
+    the picks it changes had 2.1-5.1x (the table is in the report of this
     change: ``zoneplate_defocus14`` seed 104 mPIE 0.23 -> 0.99, LSQML 0.20 ->
     0.98; ``two_modes`` seed 114 0.28 -> 0.92, 0.31 -> 0.93). DM-first chains
     keep the first trial's pick (the held-out pick made DM + ML worse on
