@@ -286,6 +286,73 @@ def test_trial_ranks_the_true_probe_first():
     assert errors["true"] < 0.01, errors  # measured 0.0020 (twin 0.095, flat 0.10)
 
 
+def test_trial_on_held_out_frames_ranks_the_true_probe_first():
+    """Frames left out of the trial are predicted by the true probe, not by its twin or a flat wave."""
+    from ptycli.core.probe_trial import trial_errors
+
+    truth = curved_aperture((32, 32), (0.03, 0.03))
+    intens, pos, prop = synthetic(truth, step=5, shells=3, photons=1e6)
+    scale = np.sqrt(intens.mean(0).sum() / np.sum(np.abs(truth) ** 2))
+    candidates = {"twin": np.conj(truth) * scale, "true": truth * scale,
+                  "flat": np.full(truth.shape, np.sqrt(intens.mean(0).sum() / truth.size), complex)}
+    held = np.zeros(len(pos), bool)
+    held[np.argsort(np.hypot(*pos.T), kind="stable")[2::5]] = True  # inside the scan, as the probe guess does
+    errors = trial_errors(candidates, intens, np.ones(intens.shape, bool), pos, prop, held_frames=held)
+    assert errors["true"] < 0.2 * min(errors["twin"], errors["flat"]), errors
+    assert errors["true"] < 0.03, errors  # measured 0.0094 (twin 0.14, flat 0.14)
+    # the held-out frames take no part in the fit (fitted, their data would be matched): given
+    # each other's patterns, they score like a wrong model
+    garbage = intens.copy()
+    garbage[held] = intens[held][::-1]
+    again = trial_errors({"true": candidates["true"]}, garbage, np.ones(intens.shape, bool), pos, prop,
+                         held_frames=held)
+    assert again["true"] > 5 * errors["true"], again  # measured 0.12
+
+
+def test_pick_for_local_engine_keeps_the_trial_pick_within_the_margin():
+    """Measured held-out-frame errors (zoo seeds): a clear loser is replaced, a near one stays."""
+    from ptycli.core.probe_guess import HELD_MARGIN, pick_for_local_engine
+
+    zoneplate_defocus14_s104 = {"curvature": 0.086, "mean_pattern": 0.0876, "support": 0.223}
+    assert pick_for_local_engine("support", zoneplate_defocus14_s104) == "curvature"
+    two_modes_s114 = {"curvature": 0.1118, "curvature_2": 0.1289, "mean_pattern": 0.0692, "support": 0.1763}
+    assert pick_for_local_engine("support", two_modes_s114) == "mean_pattern"
+    subpixel_spiral_s19 = {"curvature": 0.0397, "mean_pattern": 0.0407, "support": 0.0658}  # 1.66x: stays
+    assert pick_for_local_engine("support", subpixel_spiral_s19) == "support"
+    assert pick_for_local_engine("support", subpixel_spiral_s19, margin=1.5) == "curvature"
+    assert HELD_MARGIN == 2.0
+    # exactly at the margin the pick stays; a non-finite error loses to any finite one
+    assert pick_for_local_engine("a", {"a": 0.2, "b": 0.1}) == "a"
+    assert pick_for_local_engine("a", {"a": float("inf"), "b": 0.1}) == "b"
+
+
+def test_first_engine_decides_the_held_out_frame_check():
+    """mPIE first: the probe guess records held-out-frame errors; DM first: the trial's pick alone."""
+    from ptycli.core import Ptycho
+    from ptycli.utils.parameters import Param
+
+    from ptycli.engines.lsqml.engine import LSQML
+    from ptycli.engines.projectional import DM
+    from ptycli.engines.stochastic import EPIE, MPIE, RPIE
+
+    assert all(E.LOCAL_PROBE_UPDATES for E in (EPIE, RPIE, MPIE, LSQML)) and not DM.LOCAL_PROBE_UPDATES
+    infos = {}
+    for first in ("DM", "mPIE"):
+        p = Param()
+        p["scans.MF.data.name"] = "MoonFlowerScan"
+        p["scans.MF.data.shape"] = 32
+        p["scans.MF.data.num_frames"] = 30
+        p["engines.e0.name"] = first
+        p["engines.e1.name"] = "ML"
+        P = Ptycho(p, level=2)
+        infos[first] = P.scans["MF"].probe_guess
+    assert infos["DM"]["held_frames"] is None
+    info = infos["mPIE"]
+    assert set(info["held_frames"]) == set(info["trial"]), info
+    assert info["trial"] == infos["DM"]["trial"]  # the same first trial
+    assert all(0 < v < 1 for v in info["held_frames"].values()), info
+
+
 def test_auto_guess_records_the_trial():
     truth = curved_aperture((64, 64), (0.02, 0.01))
     intens, pos, prop = synthetic(truth)

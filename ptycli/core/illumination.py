@@ -208,7 +208,7 @@ def add_modes(first, num_modes, noise=(0.5, 1.0), power=0.1, seed=1):
 
 
 def init_probe(pars, shape, psize_m, propagator, num_modes=1, intensities=None, mask=None,
-               lam_m=None, default_model="auto", positions_m=None, info=None, noise_floor=0.0):
+               lam_m=None, default_model="auto", positions_m=None, info=None, noise_floor=0.0, local_engine=False):
     """Probe modes from the ``illumination`` parameters.
 
     Parameters
@@ -240,6 +240,8 @@ def init_probe(pars, shape, psize_m, propagator, num_modes=1, intensities=None, 
         :func:`probe_from_data`).
     noise_floor : float
         Counting-noise floor of the amplitudes, for ``auto`` (see :func:`probe_from_data`).
+    local_engine : bool
+        The first engine moves the probe by local steps, for ``auto`` (see :func:`probe_from_data`).
 
     Returns
     -------
@@ -264,7 +266,7 @@ def init_probe(pars, shape, psize_m, propagator, num_modes=1, intensities=None, 
         if positions_m is not None:
             positions = np.asarray(positions_m, dtype=float).reshape(-1, 2) / psize_m
         probe = probe_from_data(intensities, mask, propagator, positions=positions, info=info,
-                                noise_floor=noise_floor)
+                                noise_floor=noise_floor, local_engine=local_engine)
         target = float(np.sum(np.abs(probe) ** 2))
     elif model == "flat":
         probe = np.ones(shape, dtype=np.complex128)

@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import parallel
 from ..errors import ConfigError, DataError
-from ..params.registry import LOADERS, load_plugins
+from ..params.registry import ENGINES, LOADERS, load_plugins
 from .background import initial_background
 from .classes import POD, View
 from .counting_noise import amplitude_noise_floor, looks_like_counts
@@ -347,12 +347,21 @@ class ScanModel:
         modes = init_probe(self.p.illumination, d.shape, self.geometry.resolution, self.geometry.propagator,
                            num_modes=self.num_probe_modes, intensities=d.intensities, mask=d.mask,
                            lam_m=self.geometry.lam, default_model=self.default_probe_model,
-                           positions_m=self.positions_m(), info=self.probe_guess, noise_floor=self.noise_floor)
+                           positions_m=self.positions_m(), info=self.probe_guess, noise_floor=self.noise_floor,
+                           local_engine=self.first_engine_local())
         S.fill(modes.astype(S.dtype))
         if self.variable_modes > 0:
             self._init_variable_probe(S)
         if self.p.get("position_check", True):
             self.check_position_convention(modes[0])
+
+    def first_engine_local(self):
+        """Whether the chain's first engine moves the probe by local steps (its class's ``LOCAL_PROBE_UPDATES``)."""
+        engines = self.ptycho.p.get("engines") or {}
+        for sub in engines.values():
+            entry = ENGINES.find(str((sub or {}).get("name")))
+            return bool(entry is not None and getattr(entry.factory, "LOCAL_PROBE_UPDATES", False))
+        return False
 
     def check_position_convention(self, probe):
         """Warn when the frames fit the positions flipped or swapped clearly better (:mod:`.position_check`)."""

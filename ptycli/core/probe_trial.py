@@ -30,6 +30,13 @@ keeps its own amplitude there) and the score sums over those pixels only: a
 candidate that fits the counting noise of the trial frames gains nothing
 there (:func:`ptycli.core.probe_guess.probe_from_data` uses it on counted
 data with few counts per pixel, and in near field).
+
+With ``held_frames`` whole frames are left out of the trial (neither the
+modulus constraint nor the object and probe updates see them) and the score
+sums over those frames only: the model must predict frames at positions it
+was not fitted to, from the object its neighbours built and the candidate's
+refined probe (cross-validation over frames; used for engines with local
+probe updates, see :func:`ptycli.core.probe_guess.probe_from_data`).
 """
 
 import numpy as np
@@ -88,7 +95,7 @@ def heldout_pixels(valid, fraction, seed=HOLDOUT_SEED):
 
 
 def trial_errors(candidates, intensities, valid, positions_px, propagator, iterations=10,
-                 probe_start=1, power_bound=0.0, holdout=0.0):
+                 probe_start=1, power_bound=0.0, holdout=0.0, held_frames=None):
     """Model Fourier error after a short trial reconstruction from each candidate probe.
 
     Parameters
@@ -115,6 +122,9 @@ def trial_errors(candidates, intensities, valid, positions_px, propagator, itera
     holdout : float
         Share of the valid pixels left out of the modulus constraint and
         scored (0: every valid pixel is constrained and scored).
+    held_frames : ndarray (n,) of bool, optional
+        Frames left out of the trial and scored (instead of the pixels of
+        ``holdout``); None or none set: every frame takes part.
 
     Returns
     -------
@@ -130,6 +140,10 @@ def trial_errors(candidates, intensities, valid, positions_px, propagator, itera
     held = heldout_pixels(valid, holdout)
     fitted = valid & ~held
     scored = held if held.any() else valid
+    if held_frames is not None and np.any(held_frames):
+        out = np.asarray(held_frames, dtype=bool)[:, None, None]
+        fitted = valid & ~out
+        scored = valid & out
     norm = float(np.sum(np.where(scored, intensities, 0), dtype=np.float64))
     corners, object_shape = trial_grid(positions_px, shape)
     windows = [(slice(y, y + shape[0]), slice(x, x + shape[1])) for y, x in corners]
@@ -152,21 +166,24 @@ def _trial(probe, amplitudes, valid, scored, norm, windows, object_shape, propag
         return views
 
     exits = probe * object_views()
+    used = np.any(valid, axis=(-2, -1))  # frames held out of the trial have no constrained pixel
     error = np.inf
     for it in range(int(iterations) + 1):
-        # overlap constraint: object, then probe, by least squares from the exit waves
+        # overlap constraint: object, then probe, by least squares from the exit waves of the used frames
         num = np.zeros(object_shape, dtype=np.complex64)
         den = np.zeros(object_shape, dtype=np.float32)
         weight = np.abs(probe) ** 2
         for k, win in enumerate(windows):
-            num[win] += np.conj(probe) * exits[k]
-            den[win] += weight
+            if used[k]:
+                num[win] += np.conj(probe) * exits[k]
+                den[win] += weight
         floor = np.float32(1e-3 * float(den.max()))
         obj = (num + floor) / (den + floor)  # tends to 1 where nothing is lit
         if it >= probe_start:
             object_views()
-            power = np.sum(np.abs(views) ** 2, axis=0)
-            probe = np.sum(np.conj(views) * exits, axis=0) / (power + np.float32(1e-3 * float(power.max())))
+            power = np.sum(np.abs(views[used]) ** 2, axis=0)
+            probe = (np.sum(np.conj(views[used]) * exits[used], axis=0)
+                     / (power + np.float32(1e-3 * float(power.max()))))
         model = probe * object_views()
         far = propagator.fw(model)
         modulus = np.abs(far)

@@ -266,6 +266,11 @@ class Engine(ConstraintsMixin, SnapshotMixin):
     #: whether the engine reconstructs a variable probe (``illumination.variable_modes > 0``,
     #: :mod:`ptycli.engines.variable_probe`); the others refuse it
     VARIABLE_PROBE = False
+    #: whether the engine moves the probe by local steps, frame by frame or batch by batch (ePIE, rPIE,
+    #: mPIE, LSQML), rather than from all frames at once (DM, RAAR, ML); as the first engine of a chain it
+    #: has the ``auto`` probe guess check its pick on frames left out of the trial
+    #: (:func:`ptycli.core.probe_guess.probe_from_data`)
+    LOCAL_PROBE_UPDATES = False
 
     def __init__(self, ptycho, pars=None, label=None):
         self.ptycho = ptycho

@@ -367,6 +367,7 @@ class PIEBase(Engine):
     MULTISLICE = True  # multislice objects: the 3PIE step of ptycli.engines.multislice_step
     VARIABLE_PROBE = True  # a probe per frame from eigen-probes: ptycli.engines.variable_probe
     USES_EXIT_STORAGE = False  # exit waves live per frame in the step's buffers
+    LOCAL_PROBE_UPDATES = True  # a probe step per frame: the probe guess checks its pick for it
 
     def __init__(self, ptycho, pars=None, label=None):
         super().__init__(ptycho, pars, label)

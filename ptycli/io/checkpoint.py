@@ -98,6 +98,8 @@ def _scan_entry(model):
         attrs["probe_guess"] = str(guess["method"])
         if guess.get("trial"):
             attrs["probe_guess_trial"] = ", ".join("%s %.4g" % kv for kv in guess["trial"].items())
+        if guess.get("held_frames"):
+            attrs["probe_guess_held_frames"] = ", ".join("%s %.4g" % kv for kv in guess["held_frames"].items())
     sub = getattr(model, "subpixel", None) or {}
     if sub:
         attrs["subpixel"] = "on" if sub.get("on") else "off"

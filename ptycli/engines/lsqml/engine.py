@@ -257,6 +257,7 @@ class LSQML(Engine):
     VARIABLE_PROBE = True  # a probe per frame from eigen-probes: ptycli.engines.lsqml.variable
     MULTISLICE = True  # multislice objects: ptycli.engines.lsqml.multislice
     USES_EXIT_STORAGE = False  # exit waves live per batch in its buffers
+    LOCAL_PROBE_UPDATES = True  # a probe step per mini-batch: the probe guess checks its pick for it
     PARAMS = Engine.PARAMS.extended("LSQML", [
         Parameter("batch_size", None, "int",
                   "frames per mini-batch (null: ceil(frames / %d), about %d batches per epoch); smaller batches "
