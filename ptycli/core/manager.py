@@ -37,6 +37,7 @@ import numpy as np
 from .. import parallel
 from ..errors import ConfigError, DataError
 from ..params.registry import ENGINES, LOADERS, load_plugins
+from ..params.tree import engine_sequence
 from .background import initial_background
 from .classes import POD, View
 from .counting_noise import amplitude_noise_floor, looks_like_counts
@@ -356,9 +357,11 @@ class ScanModel:
             self.check_position_convention(modes[0])
 
     def first_engine_local(self):
-        """Whether the chain's first engine moves the probe by local steps (its class's ``LOCAL_PROBE_UPDATES``)."""
-        engines = self.ptycho.p.get("engines") or {}
-        for sub in engines.values():
+        """Whether the chain's first engine moves the probe by local steps (its class's ``LOCAL_PROBE_UPDATES``).
+
+        The chain is :func:`~ptycli.params.tree.engine_sequence`'s (a DM warm-up before ML counts as first).
+        """
+        for _, sub in engine_sequence(self.ptycho.p):
             entry = ENGINES.find(str((sub or {}).get("name")))
             return bool(entry is not None and getattr(entry.factory, "LOCAL_PROBE_UPDATES", False))
         return False
