@@ -595,3 +595,34 @@ def test_pie_gives_the_exit_storage_back_and_dm_after_it_starts_from_probe_times
     assert not S.released
     for pod in list(P.pods.values())[::7]:
         np.testing.assert_allclose(pod.exit, pod.probe * pod.object, rtol=1e-6, atol=1e-6 * np.abs(pod.exit).max())
+
+
+@pytest.mark.parametrize("name", ["ePIE", "rPIE", "mPIE"])
+def test_pie_pins_the_probe_power_and_leaves_probe_times_object_alone(name, monkeypatch):
+    # ePIE's and mPIE's steps are unchanged by P -> k P, O -> O / k (the velocities scaled alike), so nothing
+    # in an iteration fixes k: the engine pins the probe power to the mean counts per frame. From a probe
+    # 1000 times too weak the pinned run must end at the counts' power with the same P O as a free run
+    # (to rounding).
+    def run(pin):
+        p = u.Param(verbose_level=1, data_type="double")
+        p.scans = u.Param(MF=u.Param(name="Full", data=u.Param(
+            name="MoonFlowerScan", shape=32, num_frames=20, add_poisson_noise=False)))
+        P = ptycli.core.Ptycho(p, level=2)
+        pr, ob = _storages(P)
+        pr.data *= 1e-3
+        ob.data *= 1e3
+        if not pin:
+            monkeypatch.setattr(st.PIEBase, "pin_scale", lambda self: None)
+        # 4 iterations: momentum amplifies rounding differences about 50x per iteration
+        eng = make_engine(P, dict(name=name, numiter=4, probe_update_start=1, momentum_interval=7)
+                          if name == "mPIE" else dict(name=name, numiter=4, probe_update_start=1))
+        eng.run()
+        monkeypatch.undo()
+        counts = eng.total_counts / eng.n_frames_total
+        pod = next(iter(P.pods.values()))
+        return float(np.vdot(pr.data, pr.data).real), counts, pod.probe * pod.object
+    power_free, counts, exit_free = run(pin=False)
+    power, counts, exit_pinned = run(pin=True)
+    assert power_free < 1e-4 * counts                     # left free, the scale stays where it started
+    assert power == pytest.approx(counts, rel=1e-10)      # pinned: the mean counts per frame
+    np.testing.assert_allclose(exit_pinned, exit_free, rtol=0, atol=1e-9 * np.abs(exit_free).max())

@@ -136,6 +136,12 @@ class Momentum:
                 flat = arr.reshape(arr.shape[0], -1)
                 flat[...] = np.asarray(V).astype(arr.dtype).T @ flat
 
+    def rescale(self, kind, factor):
+        """The arrays of ``kind`` were multiplied by ``factor`` (a gauge change): velocities and anchors too."""
+        for name, v in self.velocity[kind].items():
+            v *= v.dtype.type(factor)
+            self.anchor[kind][name] *= v.dtype.type(factor)
+
     def follow(self, kind, name, change):
         """The array ``name`` was changed by ``change`` outside the frame updates: move its anchor along.
 

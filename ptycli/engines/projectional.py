@@ -382,27 +382,12 @@ class ProjectionEngine(Engine):
             self.pin_scale()
 
     def pin_scale(self):
-        """Fix the scale ambiguity: probe power to the mean counts per frame, object to match.
-
-        ``P O`` (so the exit waves and every error) is unchanged by ``P -> k P,
-        O -> O / k``, and nothing else in the iteration fixes ``k``: left free,
-        it drifts (the median lit object amplitude of a near-field scan went
-        from 1.6 to 2.3 in 200 DM iterations, to 4.1 with the weak-illumination
-        prior). Pinned, the object keeps the scale of a transmission (about 1
-        where the probe carries the counts).
-        """
-        probes = list(self.book.probe_storages.values())
-        power = sum(float(np.vdot(S.data, S.data).real) for S in probes)
-        target = len(probes) * self.total_counts / max(float(self.n_frames_total), 1.0)
-        if not (power > 0 and target > 0):
-            return
-        k = np.sqrt(target / power)
-        for S in probes:
-            S.data *= self.ftype.type(k)
-        for S in self.book.obj_storages.values():
-            S.data *= self.ftype.type(1.0 / k)
-        self._den_valid = False
-        self._obj_power = None
+        """:meth:`~ptycli.engines.constraints.ConstraintsMixin.pin_scale`; the object sums it scales go stale."""
+        k = super().pin_scale()
+        if k is not None:
+            self._den_valid = False
+            self._obj_power = None
+        return k
 
     @property
     def c_weak(self):

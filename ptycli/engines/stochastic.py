@@ -449,6 +449,10 @@ class PIEBase(Engine):
                 rotations = self.orthogonalize_probe(rotate_exit=False)
                 if self.momentum is not None:
                     self.momentum.mix_modes("probe", rotations)  # velocities follow the modes
+                k = self.pin_scale()  # probe power to the counts, object to match (P O unchanged)
+                if k is not None and self.momentum is not None:
+                    self.momentum.rescale("probe", k)
+                    self.momentum.rescale("obj", 1.0 / k)
             self.apply_object_constraints()
             acc = self.new_error_sums()
             acc.add(fourier=sums["fourier"], photon=sums["photon"], valid=self.sweeper.valid,
