@@ -56,6 +56,16 @@ propagator ``F`` and the measured intensity ``I``:
   engine state (:meth:`Engine.state_dict`), so a resumed run continues
   exactly as an uninterrupted one.
 
+Scale: every step above is unchanged by ``P -> k P, O -> O / k``, so
+nothing in a sweep fixes ``k`` and it drifts: ePIE from a plane-wave guess on
+a near-field scan shrank the probe to 1e-15 of its power in 135 iterations
+until the single-precision object overflowed. After each iteration that
+updates the probe the probe power is pinned to the mean counts per frame and
+the object scaled to match
+(:meth:`~ptycli.engines.constraints.ConstraintsMixin.pin_scale`, as DM does;
+mPIE's velocities and anchors are scaled alike; not for multislice objects
+or a variable probe). ``P O`` is unchanged to rounding.
+
 Mixed states (Thibault & Menzel, Nature 494, 68 (2013)): with probe modes
 ``P_k`` and object modes ``O_l`` a frame has exit waves ``psi_kl = P_k O_l``
 whose intensities add incoherently, ``I_model = sum_kl |F[psi_kl]|^2``. All
