@@ -76,11 +76,12 @@ def eigenprobe_sums(g, blocks, A, B):
         n = p1 - p0
         O = g.gather_object(ob, p0, p1)
         w = g.frame_weights(g.frame[p0:p1])                        # (pods, K) complex128
-        o2 = (O.real * O.real + O.imag * O.imag).reshape(n, -1).astype(np.float64)
+        o2 = (O.real * O.real + O.imag * O.imag).reshape(n, -1)
         M = (np.conj(w)[:, :, None] * w[:, None, :]).reshape(n, K * K)
+        # real and imaginary parts of sum_j M_j |O_j|^2 in one real matrix product (the frame's type)
+        R = np.concatenate([M.real.T, M.imag.T]).astype(o2.dtype) @ o2
         Af = A.reshape(K * K, -1)                                  # a view (A is contiguous)
-        Af.real += M.real.T @ o2
-        Af.imag += M.imag.T @ o2
+        Af += R[:K * K] + 1j * R[K * K:]
         y = np.conj(O, out=O)
         y *= g.read_exit(p0, p1)
         B += np.einsum("pk,pm->km", np.conj(w).astype(y.dtype), y.reshape(n, -1))
