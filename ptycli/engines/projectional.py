@@ -107,6 +107,20 @@ denominators are summed over MPI ranks with in-place ``allreduce`` on numpy
 buffers, so any number of ranks gives the same result. ``sum |P|^2`` over the
 object is recomputed only when the probe changed.
 
+Variable probe
+--------------
+With ``illumination.variable_modes: K`` (orthogonal probe relaxation,
+:mod:`ptycli.core.variable_probe`) the pods of the scan address every
+frame's own probe ``P_j = sum_k w_jk U_k``
+(:meth:`~ptycli.engines.addressing.PodGroup.set_frame_probes`), so the
+Fourier step, the exit-wave update and the object update above use it;
+the probe update of the overlap loop is the least-squares step of
+:mod:`ptycli.engines.projection_variable` (eigen-probes: a ``K x K``
+system per pixel; weights: one per frame), its change that of the frames'
+probes; after the overlap update the gauge makes the eigen-probes
+orthogonal, ordered by power. Numpy passes (logged when ``kernels`` would
+choose the compiled ones); the sub-pixel model is off for such a scan.
+
 Position refinement
 -------------------
 ``position_refinement`` (:mod:`ptycli.engines.posref`) runs after the overlap
