@@ -291,12 +291,12 @@ class PodGroup:
         self.addresses = (self.ob_layer, self.ob_y, self.ob_x, self.frame if on else self.pr_layer)
 
     def frame_weights(self, frames=None):
-        """The weights of frames ``frames`` (default all) of a variable probe: (n, K) complex128 rows of ``probe_weights``."""
+        """A variable probe's weights of frames ``frames`` (default all): (n, K) complex128 rows of ``probe_weights``."""
         rows = self.frame_di if frames is None else self.frame_di[frames]
         return self.probe_weights[rows]
 
     def model_probe(self, probe_data=None):
-        """The probe rows the pods address: the probe storage's data, its expanded (shifted) layers, or the frames' probes.
+        """The probe rows the pods address: the probe storage's data, its shifted layers or the frames' probes.
 
         ``probe_data`` (default the live probe) must have the probe storage's shape.
         With :meth:`set_frame_probes` the frames' probes of the live probe are
