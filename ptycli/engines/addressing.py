@@ -291,7 +291,7 @@ class PodGroup:
         self.addresses = (self.ob_layer, self.ob_y, self.ob_x, self.frame if on else self.pr_layer)
 
     def frame_weights(self, frames=None):
-        """A variable probe's weights of frames ``frames`` (default all): (n, K) complex128 rows of ``probe_weights``."""
+        """A variable probe's weights of frames ``frames`` (default: all), rows of ``probe_weights``: (n, K)."""
         rows = self.frame_di if frames is None else self.frame_di[frames]
         return self.probe_weights[rows]
 
