@@ -38,7 +38,9 @@ phase come out real) and their correlation with the frame index is not
 negative.
 
 The update of weights and eigen-probes inside the engines is
-:mod:`ptycli.engines.variable_probe`.
+:mod:`ptycli.engines.variable_probe` (the PIE family),
+:mod:`ptycli.engines.lsqml.variable` (LSQML) and
+:mod:`ptycli.engines.projection_variable` (DM, RAAR).
 """
 
 import numpy as np
