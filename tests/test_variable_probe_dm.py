@@ -147,6 +147,31 @@ def test_exit_waves_start_from_every_frame_probe():
         np.testing.assert_allclose(pod.exit, np.einsum("k,khw->hw", W[row], U) * pod.object, atol=1e-12)
 
 
+def test_dm_after_epie_starts_from_every_frame_probe():
+    """A chain ePIE -> DM keeps the variable probe: DM rebuilds the exit waves ePIE gave back as ``O_j P_j`` with
+    the weights ePIE left (not the first eigen-probe), and its first iteration moves on from them."""
+    from ptycli.core.ptycho import Ptycho
+    from ptycli.engines import make_engine
+    from ptycli.params.yamlio import load_config_text
+
+    P = Ptycho(load_config_text(_RUN), level=2)
+    e = make_engine(P, {"name": "ePIE", "numiter": 3})
+    e.initialize()
+    e.iterate(3)
+    e.finalize()
+    W = P.scans["MF"].probe_weights.copy()
+    assert np.abs(W[:, 1:]).max() > 1e-3  # ePIE gave the frames different probes
+    d = make_engine(P, {"name": "DM", "numiter": 1})
+    d.initialize()
+    g = d.book.groups[0]
+    U = P.probe.S["SMF"].data
+    probes = np.einsum("fk,khw->fhw", W[g.frame_di], U)
+    np.testing.assert_allclose(g.read_exit(), g.gather_object(g.obj.data) * probes[g.frame], atol=1e-12)
+    d.iterate(1)
+    d.finalize()
+    assert np.all(np.isfinite(P.scans["MF"].probe_weights))
+
+
 _MPI_SIM = """\
 verbose_level: warning
 data_type: double
