@@ -323,12 +323,10 @@ class ProjectionEngine(Engine):
                 log.info("%s: scans %s have a variable probe; the %s passes are numpy", self.label,
                          ", ".join(map(str, variable)), self.NAME)
             self._compiled = False
-        #: probe storage ID -> the groups of this process that address its frames' probes (a variable probe)
-        self._variable = {}
-        for sid in self.book.probe_storages:
-            self._variable[sid] = [g for g in self.book.groups if g.frame_probes and g.probe.ID == sid]
-        self._variable = {sid: gs for sid, gs in self._variable.items()
-                          if gs or getattr(self.book.probe_storages[sid], "variable_modes", 0)}
+        #: variable probe storage ID -> this process's groups that use it (none on a rank without its frames:
+        #: the storages are those of every rank, so all ranks join the probe step's sums)
+        self._variable = {sid: [g for g in self.book.groups if g.frame_probes and g.probe.ID == sid]
+                          for sid, S in self.book.probe_storages.items() if getattr(S, "variable_modes", 0)}
         self.passes = CompiledProjectionPasses(self, shapes, max_pods) if self._compiled \
             else NumpyProjectionPasses(self)
         self._init_background()
