@@ -107,9 +107,10 @@ def test_probe_step_and_gauge_keep_a_consistent_model_still():
 @pytest.mark.parametrize("engine", ["DM", "RAAR"])
 def test_small_fly_scan_variable_probe_beats_one_probe(tmp_path, engine):
     """DM / RAAR 40 with 2 eigen-probes on a small simulated fly scan (64 frames of 32^2; flux +-30 %, beam
-    +-1.5 px, defocus +-15 depths of field) against one shared probe from the same start. Measured: DM
-    frames 0.79 worst / 0.91 median, object 0.994, Fourier error 28; one probe 0.86 / 0.86, object 0.933,
-    Fourier error 379."""
+    +-1.5 px, defocus +-15 depths of field) against one shared probe from the same start. Measured (all
+    frames): DM 0.79 worst / 0.91 median, object 0.994, Fourier error 28; one probe 0.86 / 0.86, object 0.933,
+    Fourier error 379; RAAR 0.79 / 0.91, 0.993, 23; one probe 0.85 / 0.86, 0.934, 359. (The worst frame of
+    two eigen-probes after 40 iterations is below one probe's: not asserted.)"""
     import validate_opr as vo
     from ptycli.core.ptycho import Ptycho
     from ptycli.quality import object_vs_truth
