@@ -98,7 +98,7 @@ def has_order(name):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", default="3", help="eigen-probes (comma-separated list)")
-    ap.add_argument("--engine", default="ePIE:200", help="engine chain NAME:N,NAME:N (ePIE, rPIE, mPIE, LSQML)")
+    ap.add_argument("--engine", default="ePIE:200", help="engine chain NAME:N,NAME:N (ePIE, rPIE, mPIE, LSQML, DM, RAAR)")
     ap.add_argument("--photons", type=float, default=1e6, help="photons per frame (0: noiseless)")
     ap.add_argument("--probe", default="auto", help="initial probe: an illumination model (auto) or 'true-mean'")
     ap.add_argument("--shift", type=float, default=sf.Spec.shift_px, help="beam drift (pixels, +-)")

@@ -49,12 +49,13 @@ def test_parameter_declared_and_checked():
         validate(tree)
 
 
-@pytest.mark.parametrize("engine", ["DM", "RAAR", "ML"])
+@pytest.mark.parametrize("engine", ["ML"])
 def test_engines_without_variable_probe_refuse(engine):
+    import ptycli.engines  # noqa: F401  (registers the engines)
     from ptycli.params.capabilities import capable_engines
     from ptycli.params.tree import validate
 
-    assert {"ePIE", "rPIE", "mPIE", "LSQML"} <= set(capable_engines("VARIABLE_PROBE"))
+    assert {"ePIE", "rPIE", "mPIE", "LSQML", "DM", "RAAR"} <= set(capable_engines("VARIABLE_PROBE"))
     assert engine not in capable_engines("VARIABLE_PROBE")
     tree = _tree(variable_modes=2)
     tree["engines"] = {"first": {"name": "ePIE"}, "x": {"name": engine}}
@@ -212,7 +213,7 @@ engines:
 
 
 def test_model_starts_from_the_configured_probe(tmp_path):
-    """Eigen-probes as probe layers (the first = the configured probe), weights (1, 0) per frame; DM refuses."""
+    """Eigen-probes as probe layers (the first = the configured probe), weights (1, 0) per frame; ML refuses."""
     from ptycli.core.ptycho import Ptycho
     from ptycli.engines import make_engine
     from ptycli.params.yamlio import load_config_text
@@ -228,14 +229,15 @@ def test_model_starts_from_the_configured_probe(tmp_path):
     assert abs(np.vdot(S.data[0], S.data[1])) < 1e-4 * np.vdot(S.data[0], S.data[0]).real
     assert model.probe_weights.shape == (30, 2)
     np.testing.assert_array_equal(model.probe_weights, np.tile([1.0, 0.0], (30, 1)))
-    with pytest.raises(ConfigError, match="DM does not reconstruct a variable probe"):
-        make_engine(P, {"name": "DM", "numiter": 1}).initialize()
+    with pytest.raises(ConfigError, match="ML does not reconstruct a variable probe"):
+        make_engine(P, {"name": "ML", "numiter": 1}).initialize()
 
 
-@pytest.mark.parametrize("engine", ["ePIE", "mPIE"])
+@pytest.mark.parametrize("engine", ["ePIE", "mPIE", "DM"])
 def test_result_file_inspect_and_resume(tmp_path, engine):
     """The result holds the eigen-probes and the weights; inspect names them; a resumed run ends exactly as an
-    uninterrupted one (weights read back; mPIE: also its velocities, which follow the eigen-probes' gauge);
+    uninterrupted one (weights read back; mPIE: also its velocities, which follow the eigen-probes' gauge; DM:
+    also its exit waves);
     another number of eigen-probes is refused."""
     from ptycli.io import load_reconstruction
 
@@ -244,6 +246,8 @@ def test_result_file_inspect_and_resume(tmp_path, engine):
 
     # mPIE: a momentum step every 7 frames, so that the resumed run starts with velocities in mid-build
     run = _RUN.replace("name: ePIE", "name: %s" % engine + (", momentum_interval: 7" if engine == "mPIE" else ""))
+    if engine == "DM":  # DM carries its exit waves: the result keeps them for an exact resume
+        run += "io: {keep_exit_waves: true}\n"
     res, out = reconstruct_text(tmp_path, run)
     assert res.exit_code == 0, res.stderr
     rec = load_reconstruction(out)
@@ -294,8 +298,8 @@ def test_plot_draws_the_weights(tmp_path):
 
 @pytest.mark.mpi
 def test_two_ranks_keep_the_eigenprobes_equal(tmp_path):
-    """Under mpirun (2 ranks) ePIE/rPIE/mPIE with a variable probe keep probe and object equal on every rank and
-    communicate only numpy buffers (the gauge's and the fit's sums)."""
+    """Under mpirun (2 ranks) ePIE/rPIE/mPIE/DM/RAAR with a variable probe keep probe and object equal on every rank
+    and communicate only numpy buffers (the gauge's and the fit's sums; DM/RAAR: the per-pixel systems)."""
     import json
 
     import mpi_helpers as mh
@@ -305,7 +309,7 @@ def test_two_ranks_keep_the_eigenprobes_equal(tmp_path):
         pytest.skip(reason)
     cfg = tmp_path / "run.yaml"
     cfg.write_text(_RUN)
-    res = mh.run([mh.__file__, "engines", cfg, "ePIE:4", "rPIE:3", "mPIE:3"], nprocs=2, timeout=120)
+    res = mh.run([mh.__file__, "engines", cfg, "ePIE:4", "rPIE:3", "mPIE:3", "DM:3", "RAAR:3"], nprocs=2, timeout=120)
     assert res.returncode == 0, res.describe()
     report = json.loads(res.stdout)
     for name, info in report["engines"].items():

@@ -44,7 +44,7 @@ from .counting_noise import amplitude_noise_floor, looks_like_counts
 from .geometry import Geo
 from .illumination import init_probe
 from .position_check import RATIO as POSITION_RATIO, convention_errors
-from .variable_probe import initial_eigenprobes
+from .variable_probe import frame_probe, initial_eigenprobes
 from .probe_guess import mean_measured_pattern
 from .sample import init_object
 from .subpixel import choose as choose_subpixel
@@ -407,9 +407,14 @@ class ScanModel:
         S.fill(modes.astype(S.dtype))
 
     def init_exit(self):
-        """Exit waves ``probe * object`` for every pod."""
+        """Exit waves ``probe * object`` for every pod (a variable probe: the frame's own probe)."""
+        W = self.probe_weights
         for pod in self.pods:
-            pod.exit = pod.probe * pod.object
+            if W is None:
+                pod.exit = pod.probe * pod.object
+            else:
+                U = pod.pr_view.storage.data
+                pod.exit = frame_probe(U, W[int(pod.di_view.dlayer)], np.empty(U.shape[1:], U.dtype)) * pod.object
 
 
 def _memory_bytes():

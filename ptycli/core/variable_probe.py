@@ -38,12 +38,14 @@ phase come out real) and their correlation with the frame index is not
 negative.
 
 The update of weights and eigen-probes inside the engines is
-:mod:`ptycli.engines.variable_probe`.
+:mod:`ptycli.engines.variable_probe` (the PIE family),
+:mod:`ptycli.engines.lsqml.variable` (LSQML) and
+:mod:`ptycli.engines.projection_variable` (DM, RAAR).
 """
 
 import numpy as np
 
-__all__ = ["frame_probe", "reparametrize", "initial_eigenprobes", "low_rank", "SINGULAR"]
+__all__ = ["frame_probe", "frame_probes", "reparametrize", "initial_eigenprobes", "low_rank", "SINGULAR"]
 
 #: Relative eigenvalue below which the weights' Gram matrix counts as singular (the gauge then only orthogonalises).
 SINGULAR = 1e-10
@@ -70,6 +72,34 @@ def frame_probe(U, w, out, tmp=None):
         for k in range(1, len(w)):
             np.multiply(U[k], ct(w[k]), out=tmp)
             out += tmp
+    return out
+
+
+def frame_probes(U, W, out=None):
+    """Every frame's probe ``out[f] = sum_k W[f, k] U_k`` (``K`` passes over the stack).
+
+    Parameters
+    ----------
+    U : ndarray (K, H, W) complex
+        Eigen-probes.
+    W : ndarray (n, K) complex
+        The frames' weights.
+    out : ndarray (n, H, W), optional
+        Receives the probes (default: a new array of ``U``'s type).
+
+    Returns
+    -------
+    ndarray (n, H, W)
+    """
+    ct = U.dtype
+    if out is None:
+        out = np.empty((W.shape[0],) + U.shape[1:], dtype=ct)
+    w = np.asarray(W).astype(ct)
+    for f0 in range(0, len(w), 64):  # in chunks: small temporaries
+        o, wc = out[f0:f0 + 64], w[f0:f0 + 64]
+        np.multiply(wc[:, 0, None, None], U[0], out=o)
+        for k in range(1, U.shape[0]):
+            o += wc[:, k, None, None] * U[k]
     return out
 
 

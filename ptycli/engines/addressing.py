@@ -102,6 +102,7 @@ Example
 import numpy as np
 
 from ..core.subpixel import SubpixelShifts
+from ..core.variable_probe import frame_probes
 from ..errors import EngineError
 
 __all__ = ["AddressBook", "PodGroup", "compile_pods"]
@@ -257,6 +258,9 @@ class PodGroup:
         self.mask_trivial = self.mask is None or bool(np.all(self.frames_of(self.mask.data, self.frame_ma) == 1))
         #: the sub-pixel model (:class:`~ptycli.core.subpixel.SubpixelShifts`), or None (whole-pixel windows)
         self.sub = None
+        #: whether the pods address every frame's own probe of a variable probe (:meth:`set_frame_probes`)
+        self.frame_probes = False
+        self._fp_cache = self._fp_key = None
 
     # -- sub-pixel positions ------------------------------------------------
     def set_subpixel(self, sub):
@@ -269,12 +273,44 @@ class PodGroup:
         self.sub = sub
         self.addresses = (self.ob_layer, self.ob_y, self.ob_x, self.pr_layer if sub is None else sub.layer)
 
+    def set_frame_probes(self, on=True):
+        """Address every frame's own probe of a variable probe (:mod:`ptycli.core.variable_probe`), or not.
+
+        On, :meth:`model_probe` returns one layer per frame, ``sum_k w_fk U_k``
+        (the eigen-probes ``U`` of the probe storage mixed with the frame's
+        ``probe_weights``), and :attr:`addresses` carries the pods' frame
+        index in place of ``pr_layer``, so that the window helpers and the
+        passes of an engine (DM, RAAR) see each frame's probe. Not with the
+        sub-pixel model.
+        """
+        if on and (self.probe_weights is None or self.sub is not None):
+            raise EngineError("group %s: frame probes need a variable probe and whole-pixel windows" % self.label)
+        self.frame_probes = bool(on)
+        self._fp_cache = self._fp_key = None
+        self.single_probe_layer = not on and bool(self.n_pods) and bool(np.all(self.pr_layer == self.pr_layer[0]))
+        self.addresses = (self.ob_layer, self.ob_y, self.ob_x, self.frame if on else self.pr_layer)
+
+    def frame_weights(self, frames=None):
+        """A variable probe's weights of frames ``frames`` (default: all), rows of ``probe_weights``: (n, K)."""
+        rows = self.frame_di if frames is None else self.frame_di[frames]
+        return self.probe_weights[rows]
+
     def model_probe(self, probe_data=None):
-        """The probe rows the pods address: the probe storage's data, or its expanded (shifted) layers.
+        """The probe rows the pods address: the probe storage's data, its shifted layers or the frames' probes.
 
         ``probe_data`` (default the live probe) must have the probe storage's shape.
+        With :meth:`set_frame_probes` the frames' probes of the live probe are
+        kept while eigen-probes and weights do not change (a new array when they do).
         """
         probe_data = self.probe.data if probe_data is None else probe_data
+        if self.frame_probes:
+            if probe_data is not self.probe.data:
+                return frame_probes(probe_data, self.frame_weights())
+            key = self._fp_key
+            if key is None or not (np.array_equal(key[0], probe_data) and np.array_equal(key[1], self.probe_weights)):
+                self._fp_cache = frame_probes(probe_data, self.frame_weights())
+                self._fp_key = (probe_data.copy(), self.probe_weights.copy())
+            return self._fp_cache
         if self.sub is None:
             return probe_data
         if probe_data is self.probe.data:
@@ -399,8 +435,8 @@ class PodGroup:
         or the single layer (1, H, W) when all pods use the same one.
         """
         p1 = self.n_pods if p1 is None else p1
-        if self.sub is not None:  # expanded probe: one row per pod
-            rows = probe_data[self.sub.layer[p0:p1]]
+        if self.frame_probes or self.sub is not None:  # frames' probes or expanded probe: one row per pod
+            rows = probe_data[self.addresses[3][p0:p1]]
             if self.regular and self.modes > 1:
                 return rows.reshape((-1, self.modes) + rows.shape[-2:])
             return rows

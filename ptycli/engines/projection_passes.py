@@ -22,7 +22,8 @@ the overlap update); the work over the exit waves goes through the passes of
     division into the object storages.
 ``probe_sums()``
     ``sum conj(O) psi`` and ``sum |O|^2`` into the engine's probe numerators
-    and denominators.
+    and denominators (not for a variable probe, whose groups address every
+    frame's probe: :mod:`ptycli.engines.projection_variable`; numpy only).
 
 The passes read and write the engine's model, address book, scratch
 buffers and accumulators (``engine._scratch``, ``_ob_num``, ``_ob_den``,
@@ -368,6 +369,8 @@ class NumpyProjectionPasses(ProjectionPasses):
             objw[sid] = (S.data.real ** 2 + S.data.imag ** 2).astype(e.ftype)
             objc[sid] = np.conj(S.data)
         for g in e.book.groups:
+            if g.frame_probes:  # a variable probe: its own step (ptycli.engines.projection_variable)
+                continue
             num = e._pr_num[e.probe_key(g)]
             den = e._pr_den[e.probe_key(g)]
             tmp = e._scratch[g.shape]["frame"]

@@ -107,6 +107,20 @@ denominators are summed over MPI ranks with in-place ``allreduce`` on numpy
 buffers, so any number of ranks gives the same result. ``sum |P|^2`` over the
 object is recomputed only when the probe changed.
 
+Variable probe
+--------------
+With ``illumination.variable_modes: K`` (orthogonal probe relaxation,
+:mod:`ptycli.core.variable_probe`) the pods of the scan address every
+frame's own probe ``P_j = sum_k w_jk U_k``
+(:meth:`~ptycli.engines.addressing.PodGroup.set_frame_probes`), so the
+Fourier step, the exit-wave update and the object update above use it;
+the probe update of the overlap loop is the least-squares step of
+:mod:`ptycli.engines.projection_variable` (eigen-probes: a ``K x K``
+system per pixel; weights: one per frame), its change that of the frames'
+probes; after the overlap update the gauge makes the eigen-probes
+orthogonal, ordered by power. Numpy passes (logged when ``kernels`` would
+choose the compiled ones); the sub-pixel model is off for such a scan.
+
 Position refinement
 -------------------
 ``position_refinement`` (:mod:`ptycli.engines.posref`) runs after the overlap
@@ -136,6 +150,7 @@ kernels of :mod:`ptycli.engines.fused` on the engine's thread pool. Figures:
 ``benchmarks/bench_engines.py``.
 """
 
+import logging
 import math
 
 import numpy as np
@@ -149,8 +164,12 @@ from ..params.declare import Parameter
 from .base import Engine, register
 from .posref import POSREF_PARAMS
 from .projection_passes import CompiledProjectionPasses, NumpyProjectionPasses
+from .projection_variable import probe_step
+from .variable_probe import refactor_book
 
 __all__ = ["ProjectionEngine", "DM", "RAAR"]
+
+log = logging.getLogger("ptycli.engines")
 
 #: the compiled kernels, imported (with numba) at first use
 fused = lazy_module("ptycli.engines.fused")
@@ -214,6 +233,28 @@ class ProjectionEngine(Engine):
     #: the incoherent background of a scan that has one is part of the model (:mod:`ptycli.core.background`)
     FITS_BACKGROUND = True
     KEEPS_EXIT_WAVES = True
+    VARIABLE_PROBE = True  # every frame's probe from eigen-probes: ptycli.engines.projection_variable
+
+    # -- variable probes ---------------------------------------------------
+    def reset_exit(self):
+        """As the base's, with every frame's own probe where the probe is variable (:meth:`_frame_probes_on`)."""
+        self._frame_probes_on()
+        super().reset_exit()
+
+    def _frame_probes_on(self):
+        """Let the pods of scans with a variable probe address every frame's probe (once per run).
+
+        The sub-pixel model is not combined with it: such a scan runs on whole pixels (logged).
+        """
+        for g in self.book.groups:
+            if g.probe_weights is None or g.frame_probes:
+                continue
+            if g.sub is not None:
+                if parallel.master:
+                    log.warning("%s: scan %s has a variable probe; the sub-pixel model is off (whole pixels)",
+                                self.label, g.label)
+                g.set_subpixel(None)
+            g.set_frame_probes(True)
 
     # -- set-up ------------------------------------------------------------
     def set_coefficients(self):
@@ -275,6 +316,17 @@ class ProjectionEngine(Engine):
         self.c_obj = float(self.p.object_inertia) * self.mean_power * nmodes
         n_pixels = sum(g.n_pods * g.shape[0] * g.shape[1] for g in self.book.groups)
         self._compiled = fused.use_compiled(self.p.kernels, n_pixels, self.ctype == np.complex64)
+        self._frame_probes_on()
+        variable = [g.label for g in self.book.groups if g.frame_probes]
+        if self._compiled and variable:
+            if parallel.master:
+                log.info("%s: scans %s have a variable probe; the %s passes are numpy", self.label,
+                         ", ".join(map(str, variable)), self.NAME)
+            self._compiled = False
+        #: variable probe storage ID -> this process's groups that use it (none on a rank without its frames:
+        #: the storages are those of every rank, so all ranks join the probe step's sums)
+        self._variable = {sid: [g for g in self.book.groups if g.frame_probes and g.probe.ID == sid]
+                          for sid, S in self.book.probe_storages.items() if getattr(S, "variable_modes", 0)}
         self.passes = CompiledProjectionPasses(self, shapes, max_pods) if self._compiled \
             else NumpyProjectionPasses(self)
         self._init_background()
@@ -377,6 +429,8 @@ class ProjectionEngine(Engine):
             if change < float(self.p.overlap_converge_factor):
                 break
         if update_probe:
+            if self._variable:  # the eigen-probes' gauge (every frame's probe unchanged)
+                refactor_book(self.book, reduce=parallel.allreduce if parallel.size > 1 else None)
             # orthogonalise the modes once per iteration, mixing the exit waves alike
             self.orthogonalize_probe(rotate_exit=True)
             self.pin_scale()
@@ -456,6 +510,8 @@ class ProjectionEngine(Engine):
             self._collapse_probe_sums(g)
         before = {}
         for sid, S in self.book.probe_storages.items():
+            if sid in self._variable:
+                continue
             num = self._pr_num[sid]
             den = self._pr_den[sid]
             parallel.allreduce(num)
@@ -464,10 +520,20 @@ class ProjectionEngine(Engine):
             np.divide(num, den, out=num)
             before[sid] = S.data.copy()
             S.data[...] = num
+        if self._variable:  # eigen-probes and weights (ptycli.engines.projection_variable)
+            vs = np.zeros(2)
+            for sid, groups in self._variable.items():
+                vs += probe_step(groups, self._blocks, self.book.probe_storages[sid].data, cp,
+                                 reduce=parallel.allreduce if parallel.size > 1 else None)
+            parallel.allreduce(vs)
+            num_change, norm = float(vs[0]), float(vs[1])
         self.apply_probe_constraints(orthogonalize=False)
         # the change of the constrained probe: measured before the support, the power the support
         # cuts again each round (in the frame corners, where the object is barely lit) never settles
+        # (a variable probe: the change of every frame's probe, before the constraints)
         for sid, S in self.book.probe_storages.items():
+            if sid in self._variable:
+                continue
             d = S.data - before[sid]
             num_change += float(np.vdot(d, d).real)
             norm += float(np.vdot(S.data, S.data).real)

@@ -69,7 +69,11 @@ import numpy as np
 
 from ..core.variable_probe import frame_probe, reparametrize
 
-__all__ = ["share_change", "fit_eigenprobes", "FrameProbes", "refactor_book"]
+__all__ = ["share_change", "fit_eigenprobes", "FrameProbes", "refactor_book", "solve_weights", "WEIGHT_TIKHONOV"]
+
+#: Tikhonov factor of a frame's weight system, times the largest diagonal element of its Gram matrix
+WEIGHT_TIKHONOV = 1e-3
+
 
 def share_change(U, w, dP, tmp=None):
     """Spread a frame's probe change ``dP`` over the eigen-probes ``U`` (in place); the frame's probe moves by ``dP``.
@@ -212,3 +216,28 @@ def refactor_book(book, reduce=None):
         frames = np.asarray(g.diff.layermap, dtype=np.float64)  # global frame index of each weight row
         done[g.probe.ID] = reparametrize(g.probe.data, W, reduce=reduce, frames=frames)
     return done
+
+
+def solve_weights(G, b, tikhonov=WEIGHT_TIKHONOV):
+    """Solve ``(G_j + t_j I) c_j = b_j`` per frame (``t_j`` = ``tikhonov`` times ``G_j``'s largest diagonal).
+
+    Parameters
+    ----------
+    G : ndarray (frames, K, K) complex128
+        Hermitian positive semi-definite Gram matrices.
+    b : ndarray (frames, K) complex128
+
+    Returns
+    -------
+    ndarray (frames, K) complex128
+        Frames without signal (``G = 0``) get 0.
+    """
+    K = G.shape[-1]
+    diag = np.einsum("fkk->fk", G).real
+    t = tikhonov * diag.max(axis=1)
+    ok = t > 0
+    out = np.zeros(b.shape, np.complex128)
+    if np.any(ok):
+        A = G[ok] + t[ok, None, None] * np.eye(K)[None]
+        out[ok] = np.linalg.solve(A, b[ok][..., None])[..., 0]
+    return out

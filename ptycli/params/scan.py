@@ -291,7 +291,7 @@ ILLUMINATION = ParamSet("illumination", [
     ], "propagation of the modelled probe"),
     _diversity("probe", (0.5, 1.0)),
     Parameter("variable_modes", 0, "int",
-              "variable probe (orthogonal probe relaxation, OPR; ePIE, rPIE, mPIE and LSQML): 0 for one probe shared "
+              "variable probe (orthogonal probe relaxation, OPR; ePIE, rPIE, mPIE, LSQML, DM and RAAR): 0 for one probe shared "
               "by all frames, K >= 1 gives every frame its own probe, a weighted sum of K orthogonal eigen-probes with "
               "weights per frame refined every iteration (written to /scans/<label>/probe_weights)",
               low=0, high=16),

@@ -61,14 +61,10 @@ system: ``K`` products ``O_j U_k`` and ``K (K + 1) / 2 + K`` dot products.
 
 import numpy as np
 
-from ..variable_probe import refactor_book
+from ..variable_probe import WEIGHT_TIKHONOV, refactor_book, solve_weights
 from .batch import GroupBatch
 
 __all__ = ["VariableGroupBatch", "WEIGHT_TIKHONOV", "refactor_book", "solve_weights", "update_weights"]
-
-#: Tikhonov factor of a frame's weight system, times the largest diagonal element of its Gram matrix
-WEIGHT_TIKHONOV = 1e-3
-
 
 class VariableGroupBatch(GroupBatch):
     """:class:`~ptycli.engines.lsqml.batch.GroupBatch` for a group whose probe is variable (module docstring).
@@ -169,28 +165,3 @@ def update_weights(pool, groups, items, states, probes, directions, step, weight
         G.apply_weights(states[i], weight_step * change)
 
     pool.map(one, range(len(items)))
-
-
-def solve_weights(G, b, tikhonov=WEIGHT_TIKHONOV):
-    """Solve ``(G_j + t_j I) c_j = b_j`` per frame (``t_j`` = ``tikhonov`` times ``G_j``'s largest diagonal).
-
-    Parameters
-    ----------
-    G : ndarray (frames, K, K) complex128
-        Hermitian positive semi-definite Gram matrices.
-    b : ndarray (frames, K) complex128
-
-    Returns
-    -------
-    ndarray (frames, K) complex128
-        Frames without signal (``G = 0``) get 0.
-    """
-    K = G.shape[-1]
-    diag = np.einsum("fkk->fk", G).real
-    t = tikhonov * diag.max(axis=1)
-    ok = t > 0
-    out = np.zeros(b.shape, np.complex128)
-    if np.any(ok):
-        A = G[ok] + t[ok, None, None] * np.eye(K)[None]
-        out[ok] = np.linalg.solve(A, b[ok][..., None])[..., 0]
-    return out
