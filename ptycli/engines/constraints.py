@@ -109,13 +109,13 @@ class ConstraintsMixin:
         precision object overflowed. Pinned, the object keeps the scale of a
         transmission (about 1 where the probe carries the counts).
 
+        A variable probe's eigen-probes are scaled (every frame's probe with
+        them; the weights keep their gauge).
+
         Returns ``k``, or None where nothing was scaled: no power, or a
-        multislice object or variable probe (their scale lives in one slice or
-        in the weights).
+        multislice object (``P O_1 O_2 ...`` fixes no single object's scale).
         """
-        groups = self.book.groups
-        if any(int(getattr(g.obj, "slices", 1)) > 1 or getattr(g, "probe_weights", None) is not None
-               for g in groups):
+        if any(int(getattr(g.obj, "slices", 1)) > 1 for g in self.book.groups):
             return None
         probes = list(self.book.probe_storages.values())
         power = sum(float(np.vdot(S.data, S.data).real) for S in probes)

@@ -63,8 +63,8 @@ until the single-precision object overflowed. After each iteration that
 updates the probe the probe power is pinned to the mean counts per frame and
 the object scaled to match
 (:meth:`~ptycli.engines.constraints.ConstraintsMixin.pin_scale`, as DM does;
-mPIE's velocities and anchors are scaled alike; not for multislice objects
-or a variable probe). ``P O`` is unchanged to rounding.
+mPIE's velocities and anchors are scaled alike; a variable probe's
+eigen-probes; not for multislice objects). ``P O`` is unchanged to rounding.
 
 Mixed states (Thibault & Menzel, Nature 494, 68 (2013)): with probe modes
 ``P_k`` and object modes ``O_l`` a frame has exit waves ``psi_kl = P_k O_l``
