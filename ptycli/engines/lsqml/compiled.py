@@ -49,12 +49,18 @@ def exit_waves(F, obj, pr, ol, oy, ox):
     """``F[k] = pr[k] * obj[ol[k], window k]`` (``pr[0]`` for all pods when it has one row)."""
     one = pr.shape[0] == 1
     H, W = F.shape[1], F.shape[2]
+    rt = F.real.dtype
     for k in range(ol.shape[0]):
         p = pr[0] if one else pr[k]
-        o = obj[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
         for i in range(H):
+            # rows as real arrays of (real, imaginary) pairs: the loop vectorises (complex elements do not)
+            o = obj[ol[k], oy[k] + i, ox[k]:ox[k] + W].view(rt)
+            b = p[i].view(rt)
+            f = F[k, i].view(rt)
             for j in range(W):
-                F[k, i, j] = p[i, j] * o[i, j]
+                br, bi, o_r, oi = b[2 * j], b[2 * j + 1], o[2 * j], o[2 * j + 1]
+                f[2 * j] = br * o_r - bi * oi
+                f[2 * j + 1] = br * oi + bi * o_r
 
 
 @njit(**_JIT)
@@ -62,17 +68,19 @@ def direction_sums(numP, denP, obj, chi, ol, oy, ox, pl):
     """The probe direction sums in one pass over the pods: ``numP[pl] += conj(O) chi``, ``denP[pl] += |O|^2``
     (effective plane; see :mod:`.batch`)."""
     H, W = chi.shape[1], chi.shape[2]
+    rt = denP.dtype
     for k in range(ol.shape[0]):
-        o = obj[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
         q = pl[k]
-        nP = numP[q]
-        dP = denP[q]
         for i in range(H):
+            o = obj[ol[k], oy[k] + i, ox[k]:ox[k] + W].view(rt)
+            c = chi[k, i].view(rt)
+            nP = numP[q, i].view(rt)
+            dP = denP[q, i]
             for j in range(W):
-                c = chi[k, i, j]
-                a = o[i, j]
-                nP[i, j] += complex(a.real * c.real + a.imag * c.imag, a.real * c.imag - a.imag * c.real)
-                dP[i, j] += a.real * a.real + a.imag * a.imag
+                o_r, oi, cr, ci = o[2 * j], o[2 * j + 1], c[2 * j], c[2 * j + 1]
+                nP[2 * j] += o_r * cr + oi * ci
+                nP[2 * j + 1] += o_r * ci - oi * cr
+                dP[j] += o_r * o_r + oi * oi
 
 
 @njit(**_JIT)
@@ -87,23 +95,24 @@ def object_sums(numO, denO, chi, pr, ol, oy, ox, r0, r1):
     """
     one = pr.shape[0] == 1
     H, W = chi.shape[1], chi.shape[2]
-    zr = denO.dtype.type(0)
-    zc = numO.dtype.type(0)
+    rt = denO.dtype
+    zr = rt.type(0)
     best = zr
     for k in range(ol.shape[0]):
         p = pr[0] if one else pr[k]
-        no = numO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
-        do = denO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
         for i in range(max(r0 - oy[k], 0), min(r1 - oy[k], H)):
+            no = numO[ol[k], oy[k] + i, ox[k]:ox[k] + W].view(rt)
+            do = denO[ol[k], oy[k] + i, ox[k]:ox[k] + W]
+            b = p[i].view(rt)
+            c = chi[k, i].view(rt)
             for j in range(W):
-                b = p[i, j]
-                c = chi[k, i, j]
-                d = do[i, j]
+                br, bi, cr, ci = b[2 * j], b[2 * j + 1], c[2 * j], c[2 * j + 1]
+                d = do[j]
                 fresh = d < zr
-                n0 = zc if fresh else no[i, j]
-                d = (zr if fresh else d) + (b.real * b.real + b.imag * b.imag)
-                no[i, j] = n0 + complex(b.real * c.real + b.imag * c.imag, b.real * c.imag - b.imag * c.real)
-                do[i, j] = d
+                d = (zr if fresh else d) + (br * br + bi * bi)
+                no[2 * j] = (zr if fresh else no[2 * j]) + (br * cr + bi * ci)
+                no[2 * j + 1] = (zr if fresh else no[2 * j + 1]) + (br * ci - bi * cr)
+                do[j] = d
                 best = max(best, d)
     return best
 
@@ -180,18 +189,22 @@ def step_sums(dO, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, out):
     """
     one = pr.shape[0] == 1
     H, W = chi.shape[1], chi.shape[2]
-    zero = obj.real.dtype.type(0)
+    rt = obj.real.dtype
+    zero = rt.type(0)
     for k in range(ol.shape[0]):
         p = pr[0] if one else pr[k]
         dp = dpe[0] if dpe.shape[0] == 1 else dpe[k]
-        nw = dO[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
-        ob = obj[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
         uu = 0.0
         vv = 0.0
         uv = 0.0
         uc = 0.0
         vc = 0.0
         for i in range(H):
+            nw = dO[ol[k], oy[k] + i, ox[k]:ox[k] + W].view(rt)
+            ob = obj[ol[k], oy[k] + i, ox[k]:ox[k] + W].view(rt)
+            b = p[i].view(rt)
+            e = dp[i].view(rt)
+            c = chi[k, i].view(rt)
             ruu = zero
             ruc = zero
             rvv = zero
@@ -199,29 +212,26 @@ def step_sums(dO, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, out):
             rvc = zero
             if use_probe:
                 for j in range(W):
-                    a = nw[i, j]
-                    b = p[i, j]
-                    ur = a.real * b.real - a.imag * b.imag
-                    ui = a.real * b.imag + a.imag * b.real
-                    o = ob[i, j]
-                    e = dp[i, j]
-                    vr = o.real * e.real - o.imag * e.imag
-                    vi = o.real * e.imag + o.imag * e.real
-                    c = chi[k, i, j]
+                    ar, ai, br, bi = nw[2 * j], nw[2 * j + 1], b[2 * j], b[2 * j + 1]
+                    ur = ar * br - ai * bi
+                    ui = ar * bi + ai * br
+                    o_r, oi, er, ei = ob[2 * j], ob[2 * j + 1], e[2 * j], e[2 * j + 1]
+                    vr = o_r * er - oi * ei
+                    vi = o_r * ei + oi * er
+                    cr, ci = c[2 * j], c[2 * j + 1]
                     ruu += ur * ur + ui * ui
-                    ruc += ur * c.real + ui * c.imag
+                    ruc += ur * cr + ui * ci
                     rvv += vr * vr + vi * vi
                     ruv += ur * vr + ui * vi
-                    rvc += vr * c.real + vi * c.imag
+                    rvc += vr * cr + vi * ci
             else:
                 for j in range(W):
-                    a = nw[i, j]
-                    b = p[i, j]
-                    ur = a.real * b.real - a.imag * b.imag
-                    ui = a.real * b.imag + a.imag * b.real
-                    c = chi[k, i, j]
+                    ar, ai, br, bi = nw[2 * j], nw[2 * j + 1], b[2 * j], b[2 * j + 1]
+                    ur = ar * br - ai * bi
+                    ui = ar * bi + ai * br
+                    cr, ci = c[2 * j], c[2 * j + 1]
                     ruu += ur * ur + ui * ui
-                    ruc += ur * c.real + ui * c.imag
+                    ruc += ur * cr + ui * ci
             uu += ruu
             uc += ruc
             vv += rvv
@@ -241,17 +251,20 @@ def scatter_update(target, chi, pr, wpod, mark, ol, oy, ox, r0, r1):
     ``mark = -1 / (denO + reg)`` (:func:`object_direction`)."""
     one = pr.shape[0] == 1
     H, W = chi.shape[1], chi.shape[2]
+    rt = mark.dtype
     for k in range(ol.shape[0]):
         p = pr[0] if one else pr[k]
-        t = target[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
-        dw = mark[ol[k], oy[k]:oy[k] + H, ox[k]:ox[k] + W]
         w = -wpod[k]
         for i in range(max(r0 - oy[k], 0), min(r1 - oy[k], H)):
+            t = target[ol[k], oy[k] + i, ox[k]:ox[k] + W].view(rt)
+            dw = mark[ol[k], oy[k] + i, ox[k]:ox[k] + W]
+            b = p[i].view(rt)
+            c = chi[k, i].view(rt)
             for j in range(W):
-                b = p[i, j]
-                c = chi[k, i, j]
-                t[i, j] += complex(b.real * c.real + b.imag * c.imag, b.real * c.imag - b.imag * c.real) * (
-                    w * dw[i, j])
+                br, bi, cr, ci = b[2 * j], b[2 * j + 1], c[2 * j], c[2 * j + 1]
+                s = w * dw[j]
+                t[2 * j] += (br * cr + bi * ci) * s
+                t[2 * j + 1] += (br * ci - bi * cr) * s
 
 
 @njit(**_JIT)
