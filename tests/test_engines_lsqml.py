@@ -398,8 +398,8 @@ def test_work_array_reuses_and_grows():
 
 def test_window_spans_and_object_direction_cover_the_union_once():
     """Compiled object passes: the spans cover the windows' union once; ``object_direction`` divides every union
-    pixel once and leaves the mark; ``object_sums`` restarts marked pixels (as from zero) and returns the largest
-    sum written."""
+    pixel once and leaves the mark; ``object_sums`` restarts marked pixels (as from zero), returns the largest
+    sum written and adds the probe sums of the pods' rows in its band (with and without ``conj(pre)``)."""
     C = pytest.importorskip("ptycli.engines.lsqml.compiled")
     rng = np.random.default_rng(3)
     for _ in range(50):
@@ -424,9 +424,29 @@ def test_window_spans_and_object_direction_cover_the_union_once():
     for k in range(5):
         num0[ol[k], oy[k]:oy[k] + 5, ox[k]:ox[k] + 5] += np.conj(pr[0]) * chi[k]
         den0[ol[k], oy[k]:oy[k] + 5, ox[k]:ox[k] + 5] += np.abs(pr[0]) ** 2
+    obj = (rng.normal(size=(2, 20, 20)) + 1j * rng.normal(size=(2, 20, 20))).astype(np.complex64)
+    post = np.exp(1j * rng.normal(size=(5, 5))).astype(np.complex64)
+    pl = np.array([0, 1, 1, 0, 0])
+    for r0, r1 in ((0, 2**62), (4, 9)):  # the probe sums of the rows in the band
+        numP0 = np.zeros((2, 5, 5), np.complex64)
+        denP0 = np.zeros((2, 5, 5), np.float32)
+        for k in range(5):
+            rows = slice(max(r0 - oy[k], 0), max(min(r1 - oy[k], 5), 0))
+            o = obj[ol[k], oy[k]:oy[k] + 5, ox[k]:ox[k] + 5][rows]
+            numP0[pl[k], rows] += np.conj(o) * chi[k, rows]
+            denP0[pl[k], rows] += np.abs(o) ** 2
+        for with_post in (False, True):
+            numP = np.zeros((2, 5, 5), np.complex64)
+            denP = np.zeros((2, 5, 5), np.float32)
+            C.object_sums(np.zeros((2, 20, 20), np.complex64), np.zeros((2, 20, 20), np.float32), numP, denP,
+                          post if with_post else np.zeros((0, 0), np.complex64), obj, chi, pr, ol, oy, ox, pl, r0, r1)
+            np.testing.assert_allclose(numP, numP0 * (post if with_post else 1), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(denP, denP0, rtol=1e-5, atol=1e-6)
     num = np.full((2, 20, 20), 7 + 1j, np.complex64)
     den = np.full((2, 20, 20), -0.5, np.float32)  # marked everywhere: every window pixel starts anew
-    top = C.object_sums(num, den, chi, pr, ol, oy, ox, 0, 2**62)
+    numP = np.zeros((2, 5, 5), np.complex64)
+    denP = np.zeros((2, 5, 5), np.float32)
+    top = C.object_sums(num, den, numP, denP, post, obj, chi, pr, ol, oy, ox, pl, 0, 2**62)
     on = np.zeros((2, 20, 20), bool)
     for l, y, x, h, ww in w:
         on[l, y:y + h, x:x + ww] = True

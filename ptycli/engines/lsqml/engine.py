@@ -514,8 +514,9 @@ class LSQML(Engine):
             wins[G.g.obj.ID].append(G.window_list(st))
         return {sid: np.concatenate(w) if w else np.zeros((0, 5), np.int64) for sid, w in wins.items()}
 
-    def _bands(self, fn):
-        """``fn(r0, r1)`` on row bands ``r0:r1`` of the object storages, one band per thread; the bands' results.
+    def _bands(self, fn, thread=False):
+        """``fn(r0, r1)`` on row bands ``r0:r1`` of the object storages, one band per thread; the bands' results
+        (``fn(k, r0, r1)`` with ``thread``: ``k`` the band's thread, for its own accumulators).
 
         The window operations of a band touch its rows only, so the bands run
         at once and every pixel sees the same operations in the same order as
@@ -523,7 +524,11 @@ class LSQML(Engine):
         of one pass over the batch's frames), whatever the thread count.
         """
         arrays = [self.ptycho.obj.S[sid].data for sid in self.obj_ids]
-        return self._pool.rows(lambda k, sl: fn(sl.start or 0, 2**62 if sl.stop is None else sl.stop), arrays)
+        def band(k, sl):
+            r = (sl.start or 0, 2**62 if sl.stop is None else sl.stop)
+            return fn(k, *r) if thread else fn(*r)
+
+        return self._pool.rows(band, arrays)
 
     def _batch(self, local, probe_on, pos_on, errors):
         """One mini-batch (collective under MPI); returns the step statistics (see :meth:`_epoch`).
@@ -560,23 +565,21 @@ class LSQML(Engine):
         states = [r[1] for r in res]
         for e in errs:
             errors.sums += e.sums
-        for a in acc[1:]:
-            for key in ("numP", "denP"):
-                for sid in self.probe_ids:
-                    acc[0][key][sid] += a[key][sid]
         reduce = parallel.size > 1
         wins = self._windows_of(items, states)
         if reduce:
             every = parallel.allgather(wins)
             wins = {sid: np.concatenate([part[sid] for part in every]) for sid in self.obj_ids}
 
-        # the object sums in row bands on the threads, with their batch maximum (the regulariser)
-        def object_sums(r0, r1):
+        # the object sums in row bands on the threads, with their batch maximum (the regulariser); the compiled
+        # passes add the probe sums there too, into the band's accumulators
+        def object_sums(k, r0, r1):
             top = {sid: 0.0 for sid in self.obj_ids}
             for (gi, _), st in zip(items, states):
                 G = self.groups[gi]
                 sid = G.g.obj.ID
-                m = G.scatter_object_sums(st, a0["numO"][sid], a0["denO"][sid], r0, r1)
+                sub = {key: acc[k][key][G.g.probe.ID] for key in ("numP", "denP")}
+                m = G.scatter_object_sums(st, a0["numO"][sid], a0["denO"][sid], r0, r1, sub)
                 if m is not None:  # the compiled passes: the largest sum written
                     top[sid] = max(top[sid], float(m))
             if not reduce:
@@ -585,7 +588,11 @@ class LSQML(Engine):
         def windows_max(r0, r1):
             return [self._ops.windows_max(a0["denO"][sid], wins[sid], r0, r1) for sid in self.obj_ids]
 
-        best = self._bands(object_sums)
+        best = self._bands(object_sums, thread=True)
+        for a in acc[1:]:
+            for key in ("numP", "denP"):
+                for sid in self.probe_ids:
+                    acc[0][key][sid] += a[key][sid]
         if reduce:
             for sid in self.obj_ids:
                 parallel.allreduce(a0["numO"][sid])
