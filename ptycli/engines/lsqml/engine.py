@@ -640,8 +640,12 @@ class LSQML(Engine):
             slice_steps(self.groups, items, states, lam, self._slices)
         beta = float(self.p.object_step)
 
-        self._pool.map(lambda k, i: self.groups[items[i][0]].object_update_values(states[i], steps[i][0], beta),
-                       range(len(items)))
+        prepare = lambda k, i: self.groups[items[i][0]].object_update_values(states[i], steps[i][0], beta)  # noqa: E731
+        if self._compiled:  # the compiled passes only note the pods' weights: no hand-off to the threads
+            for i in range(len(items)):
+                prepare(0, i)
+        else:
+            self._pool.map(prepare, range(len(items)))
         stats = np.zeros(8)
         aP_sum = np.zeros(2)
         for i, (aO, aP) in enumerate(steps):
