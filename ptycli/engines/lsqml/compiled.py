@@ -16,12 +16,12 @@ Here each is one loop over the windows' pixels:
   the probe sums of the pods' rows in the band into the band's own
   accumulators), with the largest ``denO``; a pixel left marked by the last
   batch starts anew (no zeroing pass);
-* :func:`object_direction` - ``dO = numO / (denO + regO)`` once per pixel,
-  in place, ``denO`` replaced by ``-1 / (denO + regO)`` (the mark);
 * :func:`step_sums` - the five sums of the 2 x 2 step system per frame
-  (float64 accumulators) without forming ``u`` and ``v``, from ``dO``;
-* :func:`scatter_update` - ``target[window] += w_pod conj(P) chi / (denO + regO)`` (row band)
-  (the reciprocals read from the mark rather than written per pod and read back);
+  (float64 accumulators) without forming ``u`` and ``v`` (nor ``dO``: the
+  quotient ``numO / (denO + regO)`` per pod pixel);
+* :func:`scatter_update` - ``target[window] += w_pod conj(P) chi / (denO + regO)`` (row band),
+  marking the pixels (``denO <- -(denO + regO)``) for the next batch's
+  :func:`object_sums` to start anew (no zeroing pass);
 * :func:`finish_windows`, :func:`zero_windows`, :func:`windows_max` - the
   window operations of :mod:`.batch`.
 
@@ -42,8 +42,7 @@ import numpy as np
 from ..fused import njit
 from .batch import GroupBatch, work_array
 
-__all__ = ["CompiledGroupBatch", "amplitude_step", "exit_waves", "object_sums", "window_spans", "object_direction",
-           "step_sums", "scatter_update", "finish_windows", "zero_windows", "windows_max"]
+__all__ = ["CompiledGroupBatch", "amplitude_step", "exit_waves", "object_sums", "step_sums", "scatter_update", "finish_windows", "zero_windows", "windows_max"]
 
 _JIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
 
@@ -73,8 +72,8 @@ def object_sums(numO, denO, numP, denP, post, obj, chi, pr, ol, oy, ox, pl, r0, 
     written (0 without pixels).
 
     Object: ``numO[window k] += conj(P_k) chi[k]``, ``denO[window k] += |P_k|^2`` (``pr``: one shared row or
-    one per pod). A pixel that still holds the last batch's direction (``denO < 0``,
-    :func:`object_direction`) starts from zero: the sums need no zeroing pass between batches. ``denO``
+    one per pod). A pixel that the last batch's update marked (``denO < 0``,
+    :func:`scatter_update`) starts from zero: the sums need no zeroing pass between batches. ``denO``
     only grows within a batch, so the largest value written is the largest final sum on the windows.
 
     Probe (the rows of those pods in the band): ``numP[pl[k]] += post conj(O) chi[k]``,
@@ -129,72 +128,11 @@ def object_sums(numO, denO, numP, denP, post, obj, chi, pr, ol, oy, ox, pl, r0, 
 
 
 @njit(**_JIT)
-def window_spans(windows, r0, r1):
-    """The union of the windows (rows ``layer, y, x, H, W``) in the object rows ``r0:r1`` as row spans: (spans, 4)
-    int64 rows ``layer, row, x0, x1`` (disjoint, every pixel of the union in one span)."""
-    n = windows.shape[0]
-    order = np.argsort(windows[:, 2])
-    layers = np.unique(windows[:, 0])
-    out = np.empty((0, 4), np.int64)
-    if n == 0:
-        return out
-    lo = max(r0, windows[:, 1].min())
-    hi = min(r1, (windows[:, 1] + windows[:, 3]).max())
-    if hi <= lo:
-        return out
-    out = np.empty(((hi - lo) * n * layers.shape[0], 4), np.int64)
-    m = 0
-    for l in layers:
-        for i in range(lo, hi):
-            s = -1
-            e = -1
-            for q in range(n):
-                r = order[q]
-                if windows[r, 0] != l or i < windows[r, 1] or i >= windows[r, 1] + windows[r, 3]:
-                    continue
-                x0, x1 = windows[r, 2], windows[r, 2] + windows[r, 4]
-                if x0 > e:
-                    if e > s:
-                        out[m, 0], out[m, 1], out[m, 2], out[m, 3] = l, i, s, e
-                        m += 1
-                    s = x0
-                    e = x1
-                elif x1 > e:
-                    e = x1
-            if e > s:
-                out[m, 0], out[m, 1], out[m, 2], out[m, 3] = l, i, s, e
-                m += 1
-    return out[:m]
-
-
-@njit(**_JIT)
-def object_direction(numO, denO, reg, windows, r0, r1):
-    """On the union of the windows in rows ``r0:r1``: ``numO <- numO / (denO + reg)`` (the object direction) and
-    ``denO <- -1 / (denO + reg)`` (its negative, at most minus the smallest normal number: the mark of a sum
-    to start anew in :func:`object_sums`). Every pixel once (:func:`window_spans`)."""
-    tiny = denO.dtype.type(np.finfo(denO.dtype).tiny)
-    one = denO.dtype.type(1)
-    spans = window_spans(windows, r0, r1)
-    g = np.empty(numO.shape[2], denO.dtype)
-    for r in range(spans.shape[0]):
-        l, i, x0, x1 = spans[r, 0], spans[r, 1], spans[r, 2], spans[r, 3]
-        no = numO[l, i, x0:x1].view(denO.dtype)  # real, imaginary parts
-        do = denO[l, i, x0:x1]
-        # three simple loops over a row (they vectorise; one fused loop does not)
-        for j in range(x1 - x0):
-            g[j] = one / (do[j] + reg)
-        for j in range(x1 - x0):
-            do[j] = -max(g[j], tiny)
-        for j in range(x1 - x0):
-            no[2 * j] *= g[j]
-            no[2 * j + 1] *= g[j]
-
-
-@njit(**_JIT)
-def step_sums(dO, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, out):
+def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, out):
     """Per-frame ``<u,u>, <v,v>, Re<u,v>, Re<u,chi>, Re<v,chi>`` into ``out`` (5, frames), added.
 
-    ``u = P dO`` on the pod's window (``dO`` the object direction, :func:`object_direction`),
+    ``u = P dO`` on the pod's window (``dO = numO / (denO + reg)``, the object direction, formed here per pod
+    pixel: a vectorised division costs less than a pass over the windows that would store it),
     ``v = O dP_eff`` (``O`` the window of ``obj``). Real arithmetic on the parts, one
     branch-free row loop per case, row sums in the frame's precision added in float64.
     """
@@ -202,6 +140,7 @@ def step_sums(dO, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, out):
     H, W = chi.shape[1], chi.shape[2]
     rt = obj.real.dtype
     zero = rt.type(0)
+    unit = rt.type(1)
     for k in range(ol.shape[0]):
         p = pr[0] if one else pr[k]
         dp = dpe[0] if dpe.shape[0] == 1 else dpe[k]
@@ -211,7 +150,8 @@ def step_sums(dO, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, out):
         uc = 0.0
         vc = 0.0
         for i in range(H):
-            nw = dO[ol[k], oy[k] + i, ox[k]:ox[k] + W].view(rt)
+            nw = numO[ol[k], oy[k] + i, ox[k]:ox[k] + W].view(rt)
+            dd = denO[ol[k], oy[k] + i, ox[k]:ox[k] + W]
             ob = obj[ol[k], oy[k] + i, ox[k]:ox[k] + W].view(rt)
             b = p[i].view(rt)
             e = dp[i].view(rt)
@@ -223,7 +163,8 @@ def step_sums(dO, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, out):
             rvc = zero
             if use_probe:
                 for j in range(W):
-                    ar, ai, br, bi = nw[2 * j], nw[2 * j + 1], b[2 * j], b[2 * j + 1]
+                    g = unit / (dd[j] + reg)
+                    ar, ai, br, bi = nw[2 * j] * g, nw[2 * j + 1] * g, b[2 * j], b[2 * j + 1]
                     ur = ar * br - ai * bi
                     ui = ar * bi + ai * br
                     o_r, oi, er, ei = ob[2 * j], ob[2 * j + 1], e[2 * j], e[2 * j + 1]
@@ -237,7 +178,8 @@ def step_sums(dO, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, out):
                     rvc += vr * cr + vi * ci
             else:
                 for j in range(W):
-                    ar, ai, br, bi = nw[2 * j], nw[2 * j + 1], b[2 * j], b[2 * j + 1]
+                    g = unit / (dd[j] + reg)
+                    ar, ai, br, bi = nw[2 * j] * g, nw[2 * j + 1] * g, b[2 * j], b[2 * j + 1]
                     ur = ar * br - ai * bi
                     ui = ar * bi + ai * br
                     cr, ci = c[2 * j], c[2 * j + 1]
@@ -257,23 +199,32 @@ def step_sums(dO, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, out):
 
 
 @njit(**_JIT)
-def scatter_update(target, chi, pr, wpod, mark, ol, oy, ox, r0, r1):
-    """``target[window k] += wpod[k] * conj(P_k) chi[k] / (denO + reg)``, object rows ``r0:r1``, with
-    ``mark = -1 / (denO + reg)`` (:func:`object_direction`)."""
+def scatter_update(target, chi, pr, wpod, denO, reg, ol, oy, ox, r0, r1):
+    """``target[window k] += wpod[k] * conj(P_k) chi[k] / (denO + reg)``, object rows ``r0:r1``; every pixel
+    written is left marked, ``denO <- -(denO + reg)``.
+
+    The first pod over a pixel marks it; the pods after it read the divisor back from the mark. A marked
+    pixel starts anew in the next batch's :func:`object_sums`: no pass zeroes the sums between batches.
+    """
     one = pr.shape[0] == 1
     H, W = chi.shape[1], chi.shape[2]
-    rt = mark.dtype
+    rt = denO.dtype
+    zr = rt.type(0)
+    unit = rt.type(1)
     for k in range(ol.shape[0]):
         p = pr[0] if one else pr[k]
-        w = -wpod[k]
+        w = wpod[k]
         for i in range(max(r0 - oy[k], 0), min(r1 - oy[k], H)):
             t = target[ol[k], oy[k] + i, ox[k]:ox[k] + W].view(rt)
-            dw = mark[ol[k], oy[k] + i, ox[k]:ox[k] + W]
+            dd = denO[ol[k], oy[k] + i, ox[k]:ox[k] + W]
             b = p[i].view(rt)
             c = chi[k, i].view(rt)
             for j in range(W):
+                d = dd[j]
+                q = d + reg if d >= zr else -d
+                dd[j] = -q
+                s = w * (unit / q)
                 br, bi, cr, ci = b[2 * j], b[2 * j + 1], c[2 * j], c[2 * j + 1]
-                s = w * dw[j]
                 t[2 * j] += (br * cr + bi * ci) * s
                 t[2 * j + 1] += (br * ci - bi * cr) * s
 
@@ -384,10 +335,8 @@ def windows_max(arr, windows, r0, r1):
 class CompiledGroupBatch(GroupBatch):
     """:class:`~ptycli.engines.lsqml.batch.GroupBatch` with the window passes compiled (module docstring).
 
-    Between :meth:`scatter_object_sums` and :meth:`step_sums` the engine runs
-    :func:`object_direction` on the batch's windows; the object-shaped sums
-    are then left marked, not zeroed (the next batch's :func:`object_sums`
-    starts them anew).
+    The object-shaped sums are left marked by :meth:`scatter_object_update`,
+    not zeroed (the next batch's :func:`object_sums` starts them anew).
     """
 
     compiled = True
@@ -415,7 +364,7 @@ class CompiledGroupBatch(GroupBatch):
         return None
 
     def scatter_object_sums(self, c, numO, denO, r0=0, r1=2**62, acc=None):
-        """As :meth:`GroupBatch.scatter_object_sums` (pixels marked by :func:`object_direction` start anew), and
+        """As :meth:`GroupBatch.scatter_object_sums` (pixels marked by :func:`scatter_update` start anew), and
         the probe sums of :meth:`GroupBatch.probe_sums` of the pods' rows in the band into ``acc`` (``numP``,
         ``denP`` probe-shaped, this band's own); returns the largest ``denO`` written."""
         g = self.g
@@ -428,8 +377,7 @@ class CompiledGroupBatch(GroupBatch):
                            g.pr_layer[pods], r0, r1)
 
     def step_sums(self, c, numO, denO, regO, dP):
-        """As :meth:`GroupBatch.step_sums`, after :func:`object_direction`: ``numO`` holds the direction,
-        ``denO`` its mark (``regO`` is in them)."""
+        """As :meth:`GroupBatch.step_sums` (the direction's quotient formed per pod pixel)."""
         g = self.g
         pods, pr, chi = c["pods"], c["pr"], c["chi"]
         nf = len(c["frames"])
@@ -437,9 +385,9 @@ class CompiledGroupBatch(GroupBatch):
         out = np.zeros((5, nf))
         use_probe = dP is not None
         dpe = self.probe_rows(self.probe_eff(dP), pods) if use_probe else pr
-        step_sums(numO, np.ascontiguousarray(pr), c["obj"], chi, np.ascontiguousarray(dpe), use_probe, g.ob_layer[pods],
-                  g.ob_y[pods], g.ob_x[pods], frame, out)
-        c["denO"] = denO  # the update's denominators (their mark), read again there
+        step_sums(numO, denO, regO, np.ascontiguousarray(pr), c["obj"], chi, np.ascontiguousarray(dpe), use_probe,
+                  g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], frame, out)
+        c["denO"], c["regO"] = denO, regO  # the update's denominators, read again there
         return out
 
     def object_update_values(self, c, a_obj, beta):
@@ -449,5 +397,5 @@ class CompiledGroupBatch(GroupBatch):
     def scatter_object_update(self, c, target, r0=0, r1=2**62):
         g = self.g
         pods = c["pods"]
-        scatter_update(target, c["chi"], np.ascontiguousarray(c["pr"]), c["wpod"], c["denO"], g.ob_layer[pods], g.ob_y[pods],
-                       g.ob_x[pods], r0, r1)
+        scatter_update(target, c["chi"], np.ascontiguousarray(c["pr"]), c["wpod"], c["denO"], c["regO"],
+                       g.ob_layer[pods], g.ob_y[pods], g.ob_x[pods], r0, r1)

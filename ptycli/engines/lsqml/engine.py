@@ -308,7 +308,7 @@ class LSQML(Engine):
         self.noise = noise_model(NOISE_MODELS[str(p.noise_model).lower()])
         self.eps = self.noise.eps(self.mean_power)
         n_pixels = sum(g.n_pods * g.shape[0] * g.shape[1] for g in self.book.groups)
-        # the compiled passes keep the object direction in the object-shaped sums (compiled.object_direction),
+        # the compiled passes leave the object-shaped sums marked between batches (compiled.scatter_update),
         # which the numpy passes of a variable probe or a multislice object do not read: all groups or none
         special = [g.label for g in self.book.groups if g.probe_weights is not None or int(g.obj.slices) > 1]
         self._compiled = fused.use_compiled(p.kernels, n_pixels, True)
@@ -566,7 +566,8 @@ class LSQML(Engine):
         for e in errs:
             errors.sums += e.sums
         reduce = parallel.size > 1
-        wins = self._windows_of(items, states)
+        # the batch's windows, for the window operations (the compiled passes of one process need none)
+        wins = self._windows_of(items, states) if reduce or not self._compiled else None
         if reduce:
             every = parallel.allgather(wins)
             wins = {sid: np.concatenate([part[sid] for part in every]) for sid in self.obj_ids}
@@ -600,10 +601,6 @@ class LSQML(Engine):
             best = self._bands(windows_max)
         best = np.max(best, axis=0)
         regO = {sid: max(float(self.p.object_reg) * float(m), 1e-30) for sid, m in zip(self.obj_ids, best)}
-        if self._compiled:  # the object direction once per pixel, in place (compiled.object_direction)
-            self._bands(lambda r0, r1: [self._ops.object_direction(a0["numO"][sid], a0["denO"][sid],
-                                                                   self.ftype.type(regO[sid]), wins[sid], r0, r1)
-                                        for sid in self.obj_ids])
         # the probe's directions in full
         dP = {}
         if probe_on:
@@ -674,7 +671,7 @@ class LSQML(Engine):
 
             def update(r0, r1):
                 scatter(objs, r0, r1)
-                if not self._compiled:  # the compiled sums are left marked (compiled.object_sums starts them anew)
+                if not self._compiled:  # the compiled update leaves the sums marked (compiled.scatter_update)
                     for sid in self.obj_ids:
                         self._ops.zero_windows((a0["numO"][sid], a0["denO"][sid]), wins[sid], r0, r1)
 
