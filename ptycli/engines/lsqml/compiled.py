@@ -40,9 +40,10 @@ did not (one thread, pods of 128 x 128, ns per pod pixel: step sums 4.2 ->
 import numpy as np
 
 from ..fused import njit
-from .batch import GroupBatch, work_array
+from .batch import GroupBatch
 
-__all__ = ["CompiledGroupBatch", "amplitude_step", "exit_waves", "object_sums", "step_sums", "scatter_update", "finish_windows", "zero_windows", "windows_max"]
+__all__ = ["CompiledGroupBatch", "amplitude_step", "exit_waves", "object_sums", "step_sums", "scatter_update",
+           "finish_windows", "zero_windows", "windows_max"]
 
 _JIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
 
