@@ -157,14 +157,17 @@ The passes over a group's frames are :class:`~ptycli.engines.lsqml.batch.GroupBa
 window passes), chosen once by ``kernels`` as in the other engines (``auto``:
 compiled for jobs of at least 2**22 exit-wave pixels). A batch is cut into
 one part per thread (:class:`~ptycli.engines.threads.BlockPool`), each with
-its own probe accumulators and its own work arrays, kept between batches
+its own work arrays, kept between batches
 (:func:`~ptycli.engines.lsqml.batch.work_array`); the object-shaped sums and
 the object update are added in row bands of the object, one per thread
 (every pixel by one thread, the pods in a fixed order: no per-thread object
-accumulators to merge). The object-shaped sums are touched on the batch's
+accumulators to merge), the probe sums into accumulators of each thread
+(numpy: in the part's exit-wave pass; compiled: in the band's object sums,
+one pass over ``chi``). The object-shaped sums are touched on the batch's
 windows only, so a batch costs in proportion to its frames. Per epoch: one
-forward and one inverse FFT of every pod plus about eight compiled passes
-over the pods (numpy: about 40 elementwise passes). Measured (400 frames of
+forward and one inverse FFT of every pod plus five compiled passes over the
+pods (exit waves, amplitude step, direction sums, step sums, update; numpy:
+about 40 elementwise passes). Measured (400 frames of
 128 x 128, batches of 16, ``benchmarks/bench_engines.py``, shared 2-core
 machine): before the row bands 5.2 times the FFT floor in wall time, 5.0 in
 CPU time (DM 2.1 / 2.0, ML 3.6 / 3.6 in the same run; 3.9-7.1 in wall time
