@@ -527,6 +527,7 @@ class LSQML(Engine):
         of one pass over the batch's frames), whatever the thread count.
         """
         arrays = [self.ptycho.obj.S[sid].data for sid in self.obj_ids]
+
         def band(k, sl):
             r = (sl.start or 0, 2**62 if sl.stop is None else sl.stop)
             return fn(k, *r) if thread else fn(*r)
