@@ -189,7 +189,22 @@ epoch of about 250 ms goes (CPU time summed over both threads, ms): FFTs 47,
 step sums 33, object sums 30, update 21, probe sums 20, exit waves 17,
 object direction 12, amplitude step 10, the rest (Python, numpy glue,
 thread hand-offs) 64; 1000 x 256 x 256 (2 pairs) 3.5 -> 2.9 and 4.0 -> 3.1 in CPU time,
-3.5 -> 3.1 and 4.0 -> 3.3 in wall time.
+3.5 -> 3.1 and 4.0 -> 3.3 in wall time. Then the compiled kernels read the
+rows of complex arrays as real arrays of (real, imaginary) pairs, so that
+their loops vectorise; the probe sums joined the object sums' band pass (one
+pass over ``chi``); the object direction's own pass went (the step sums and
+the update divide per pod pixel, the update marks the sums for the next
+batch); the pool's calling thread runs thread 0's items: paired A/B runs
+(5 pairs, medians) at 400 x 128 x 128 5.7 -> 4.35 times the floor in CPU
+time (0.82 of the CPU time per pair, 217 -> 178 ms per epoch), 5.6 -> 4.0
+in wall time; 1000 x 256 x 256 (2 pairs) 3.1 -> 2.3 in CPU time, 3.2 -> 2.4
+in wall time. An epoch at 400 x 128 x 128 now (CPU ms over both threads,
+two runs; before in brackets): FFTs 37-41 (40), object and probe sums 31-39
+(41), step sums 18-20 (32), update 11-12 (19-21), exit waves 7-9 (14),
+amplitude step 8-9 (9), object direction - (9), the rest 32-38 (53-58). The
+window passes are bound by memory: a sparse batch's windows lie apart in
+the object, out of the cache (object and probe sums of one thread: 1.7 ns
+per pod pixel on windows in the cache, 8.5 on others).
 """
 
 import logging
