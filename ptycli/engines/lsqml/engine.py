@@ -195,8 +195,8 @@ their loops vectorise; the probe sums joined the object sums' band pass (one
 pass over ``chi``); the object direction's own pass went (the step sums and
 the update divide per pod pixel, the update marks the sums for the next
 batch); the pool's calling thread runs thread 0's items: paired A/B runs
-(5 pairs, medians) at 400 x 128 x 128 5.7 -> 4.35 times the floor in CPU
-time (0.82 of the CPU time per pair, 217 -> 178 ms per epoch), 5.6 -> 4.0
+(9 pairs, medians) at 400 x 128 x 128 5.7 -> 3.8 times the floor in CPU
+time (0.70 of the CPU time per pair, 217 -> 170 ms per epoch), 4.9 -> 3.7
 in wall time; 1000 x 256 x 256 (2 pairs) 3.1 -> 2.3 in CPU time, 3.2 -> 2.4
 in wall time. An epoch at 400 x 128 x 128 now (CPU ms over both threads,
 two runs; before in brackets): FFTs 37-41 (40), object and probe sums 31-39
