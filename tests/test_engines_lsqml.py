@@ -396,24 +396,13 @@ def test_work_array_reuses_and_grows():
     assert e.shape == (2, 3) and e.dtype == np.float32 and not store.get(("F", np.dtype(np.float32).str))
 
 
-def test_window_spans_and_object_direction_cover_the_union_once():
-    """Compiled object passes: the spans cover the windows' union once; ``object_direction`` divides every union
-    pixel once and leaves the mark; ``object_sums`` restarts marked pixels (as from zero) and returns the largest
-    sum written."""
+def test_compiled_object_passes_mark_and_restart():
+    """Compiled object passes: ``object_sums`` restarts marked pixels (as from zero), returns the largest sum
+    written and adds the probe sums of the pods' rows in its band (with and without ``conj(pre)``);
+    ``scatter_update`` adds ``w conj(P) chi / (denO + reg)`` of overlapping pods, every pod with the batch's
+    divisor, and leaves its pixels marked (``-(denO + reg)``), other pixels untouched."""
     C = pytest.importorskip("ptycli.engines.lsqml.compiled")
     rng = np.random.default_rng(3)
-    for _ in range(50):
-        n = int(rng.integers(0, 7))
-        w = np.column_stack([rng.integers(0, 2, n), rng.integers(0, 12, n), rng.integers(0, 12, n),
-                             np.full(n, 5), np.full(n, 5)]).astype(np.int64)
-        r0, r1 = sorted(rng.integers(0, 20, 2).tolist())
-        truth = np.zeros((2, 20, 20), int)
-        for l, y, x, h, ww in w:
-            truth[l, max(y, r0):min(y + h, r1), x:x + ww] = 1
-        got = np.zeros_like(truth)
-        for l, i, a, b in C.window_spans(w, r0, r1):
-            got[l, i, a:b] += 1
-        np.testing.assert_array_equal(got, truth)
     # five pods of 5 x 5 on a 2 x 20 x 20 object, a shared probe
     ol, oy, ox = np.array([0, 0, 1, 0, 1]), np.array([0, 3, 2, 10, 2]), np.array([0, 2, 4, 10, 5])
     w = np.column_stack([ol, oy, ox, np.full(5, 5), np.full(5, 5)]).astype(np.int64)
@@ -424,9 +413,29 @@ def test_window_spans_and_object_direction_cover_the_union_once():
     for k in range(5):
         num0[ol[k], oy[k]:oy[k] + 5, ox[k]:ox[k] + 5] += np.conj(pr[0]) * chi[k]
         den0[ol[k], oy[k]:oy[k] + 5, ox[k]:ox[k] + 5] += np.abs(pr[0]) ** 2
+    obj = (rng.normal(size=(2, 20, 20)) + 1j * rng.normal(size=(2, 20, 20))).astype(np.complex64)
+    post = np.exp(1j * rng.normal(size=(5, 5))).astype(np.complex64)
+    pl = np.array([0, 1, 1, 0, 0])
+    for r0, r1 in ((0, 2**62), (4, 9)):  # the probe sums of the rows in the band
+        numP0 = np.zeros((2, 5, 5), np.complex64)
+        denP0 = np.zeros((2, 5, 5), np.float32)
+        for k in range(5):
+            rows = slice(max(r0 - oy[k], 0), max(min(r1 - oy[k], 5), 0))
+            o = obj[ol[k], oy[k]:oy[k] + 5, ox[k]:ox[k] + 5][rows]
+            numP0[pl[k], rows] += np.conj(o) * chi[k, rows]
+            denP0[pl[k], rows] += np.abs(o) ** 2
+        for with_post in (False, True):
+            numP = np.zeros((2, 5, 5), np.complex64)
+            denP = np.zeros((2, 5, 5), np.float32)
+            C.object_sums(np.zeros((2, 20, 20), np.complex64), np.zeros((2, 20, 20), np.float32), numP, denP,
+                          post if with_post else np.zeros((0, 0), np.complex64), obj, chi, pr, ol, oy, ox, pl, r0, r1)
+            np.testing.assert_allclose(numP, numP0 * (post if with_post else 1), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(denP, denP0, rtol=1e-5, atol=1e-6)
     num = np.full((2, 20, 20), 7 + 1j, np.complex64)
     den = np.full((2, 20, 20), -0.5, np.float32)  # marked everywhere: every window pixel starts anew
-    top = C.object_sums(num, den, chi, pr, ol, oy, ox, 0, 2**62)
+    numP = np.zeros((2, 5, 5), np.complex64)
+    denP = np.zeros((2, 5, 5), np.float32)
+    top = C.object_sums(num, den, numP, denP, post, obj, chi, pr, ol, oy, ox, pl, 0, 2**62)
     on = np.zeros((2, 20, 20), bool)
     for l, y, x, h, ww in w:
         on[l, y:y + h, x:x + ww] = True
@@ -434,6 +443,17 @@ def test_window_spans_and_object_direction_cover_the_union_once():
     np.testing.assert_allclose(den[on], den0[on], rtol=1e-5)
     assert np.all(den[~on] == -0.5) and top == pytest.approx(den0.max(), rel=1e-6)
     reg = np.float32(0.3)
-    C.object_direction(num, den, reg, w, 0, 2**62)
-    np.testing.assert_allclose(num[on], num0[on] / (den0[on] + reg), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(den[on], -1 / (den0[on] + reg), rtol=1e-6)
+    wpod = rng.random(5).astype(np.float32)
+    upd0 = np.zeros((2, 20, 20), np.complex64)  # pods 0, 1 and 2, 4 overlap
+    for k in range(5):
+        sl = (ol[k], slice(oy[k], oy[k] + 5), slice(ox[k], ox[k] + 5))
+        upd0[sl] += wpod[k] * np.conj(pr[0]) * chi[k] / (den0[sl] + reg)
+    for r0, r1 in ((0, 6), (6, 2**62)):  # two row bands, as on two threads
+        upd = np.zeros((2, 20, 20), np.complex64)
+        C.scatter_update(upd, chi, pr, wpod, den, reg, ol, oy, ox, r0, r1)
+        band = np.zeros((2, 20, 20), bool)
+        band[:, r0:r1] = True
+        np.testing.assert_allclose(upd[band], upd0[band], rtol=1e-5, atol=1e-6)
+        assert np.all(upd[~band] == 0)
+    np.testing.assert_allclose(den[on], -(den0[on] + reg), rtol=1e-6)
+    assert np.all(den[~on] == -0.5)

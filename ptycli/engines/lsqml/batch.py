@@ -271,8 +271,9 @@ class GroupBatch:
         """``conj(P) chi`` (pods, H, W), the object direction's numerator per pod."""
         return np.multiply(np.conj(pr), chi, out=work_array(buffers, "pc", chi.shape, chi.dtype))
 
-    def scatter_object_sums(self, c, numO, denO, r0=0, r1=2**62):
-        """``numO += conj(P) chi``, ``denO += |P|^2`` on the part's windows, in the object rows ``r0:r1``."""
+    def scatter_object_sums(self, c, numO, denO, r0=0, r1=2**62, acc=None):
+        """``numO += conj(P) chi``, ``denO += |P|^2`` on the part's windows, in the object rows ``r0:r1``
+        (``acc`` is not read: the numpy passes add the probe sums in :meth:`exit_update`)."""
         self._scatter(numO, c["pc"], c["pods"], r0, r1)
         self._scatter_abs2(denO, c["pr"], c["pods"], r0, r1)
 

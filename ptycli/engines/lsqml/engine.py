@@ -157,14 +157,17 @@ The passes over a group's frames are :class:`~ptycli.engines.lsqml.batch.GroupBa
 window passes), chosen once by ``kernels`` as in the other engines (``auto``:
 compiled for jobs of at least 2**22 exit-wave pixels). A batch is cut into
 one part per thread (:class:`~ptycli.engines.threads.BlockPool`), each with
-its own probe accumulators and its own work arrays, kept between batches
+its own work arrays, kept between batches
 (:func:`~ptycli.engines.lsqml.batch.work_array`); the object-shaped sums and
 the object update are added in row bands of the object, one per thread
 (every pixel by one thread, the pods in a fixed order: no per-thread object
-accumulators to merge). The object-shaped sums are touched on the batch's
+accumulators to merge), the probe sums into accumulators of each thread
+(numpy: in the part's exit-wave pass; compiled: in the band's object sums,
+one pass over ``chi``). The object-shaped sums are touched on the batch's
 windows only, so a batch costs in proportion to its frames. Per epoch: one
-forward and one inverse FFT of every pod plus about eight compiled passes
-over the pods (numpy: about 40 elementwise passes). Measured (400 frames of
+forward and one inverse FFT of every pod plus five compiled passes over the
+pods (exit waves, amplitude step, direction sums, step sums, update; numpy:
+about 40 elementwise passes). Measured (400 frames of
 128 x 128, batches of 16, ``benchmarks/bench_engines.py``, shared 2-core
 machine): before the row bands 5.2 times the FFT floor in wall time, 5.0 in
 CPU time (DM 2.1 / 2.0, ML 3.6 / 3.6 in the same run; 3.9-7.1 in wall time
@@ -186,7 +189,22 @@ epoch of about 250 ms goes (CPU time summed over both threads, ms): FFTs 47,
 step sums 33, object sums 30, update 21, probe sums 20, exit waves 17,
 object direction 12, amplitude step 10, the rest (Python, numpy glue,
 thread hand-offs) 64; 1000 x 256 x 256 (2 pairs) 3.5 -> 2.9 and 4.0 -> 3.1 in CPU time,
-3.5 -> 3.1 and 4.0 -> 3.3 in wall time.
+3.5 -> 3.1 and 4.0 -> 3.3 in wall time. Then the compiled kernels read the
+rows of complex arrays as real arrays of (real, imaginary) pairs, so that
+their loops vectorise; the probe sums joined the object sums' band pass (one
+pass over ``chi``); the object direction's own pass went (the step sums and
+the update divide per pod pixel, the update marks the sums for the next
+batch); the pool's calling thread runs thread 0's items: paired A/B runs
+(9 pairs, medians) at 400 x 128 x 128 5.7 -> 3.8 times the floor in CPU
+time (0.70 of the CPU time per pair, 217 -> 170 ms per epoch), 4.9 -> 3.7
+in wall time; 1000 x 256 x 256 (2 pairs) 3.1 -> 2.3 in CPU time, 3.2 -> 2.4
+in wall time. An epoch at 400 x 128 x 128 now (CPU ms over both threads,
+two runs; before in brackets): FFTs 37-41 (40), object and probe sums 31-39
+(41), step sums 18-20 (32), update 11-12 (19-21), exit waves 7-9 (14),
+amplitude step 8-9 (9), object direction - (9), the rest 32-38 (53-58). The
+window passes are bound by memory: a sparse batch's windows lie apart in
+the object, out of the cache (object and probe sums of one thread: 1.7 ns
+per pod pixel on windows in the cache, 8.5 on others).
 """
 
 import logging
@@ -309,7 +327,7 @@ class LSQML(Engine):
         self.noise = noise_model(NOISE_MODELS[str(p.noise_model).lower()])
         self.eps = self.noise.eps(self.mean_power)
         n_pixels = sum(g.n_pods * g.shape[0] * g.shape[1] for g in self.book.groups)
-        # the compiled passes keep the object direction in the object-shaped sums (compiled.object_direction),
+        # the compiled passes leave the object-shaped sums marked between batches (compiled.scatter_update),
         # which the numpy passes of a variable probe or a multislice object do not read: all groups or none
         special = [g.label for g in self.book.groups if g.probe_weights is not None or int(g.obj.slices) > 1]
         self._compiled = fused.use_compiled(p.kernels, n_pixels, True)
@@ -515,8 +533,9 @@ class LSQML(Engine):
             wins[G.g.obj.ID].append(G.window_list(st))
         return {sid: np.concatenate(w) if w else np.zeros((0, 5), np.int64) for sid, w in wins.items()}
 
-    def _bands(self, fn):
-        """``fn(r0, r1)`` on row bands ``r0:r1`` of the object storages, one band per thread; the bands' results.
+    def _bands(self, fn, thread=False):
+        """``fn(r0, r1)`` on row bands ``r0:r1`` of the object storages, one band per thread; the bands' results
+        (``fn(k, r0, r1)`` with ``thread``: ``k`` the band's thread, for its own accumulators).
 
         The window operations of a band touch its rows only, so the bands run
         at once and every pixel sees the same operations in the same order as
@@ -524,7 +543,12 @@ class LSQML(Engine):
         of one pass over the batch's frames), whatever the thread count.
         """
         arrays = [self.ptycho.obj.S[sid].data for sid in self.obj_ids]
-        return self._pool.rows(lambda k, sl: fn(sl.start or 0, 2**62 if sl.stop is None else sl.stop), arrays)
+
+        def band(k, sl):
+            r = (sl.start or 0, 2**62 if sl.stop is None else sl.stop)
+            return fn(k, *r) if thread else fn(*r)
+
+        return self._pool.rows(band, arrays)
 
     def _batch(self, local, probe_on, pos_on, errors):
         """One mini-batch (collective under MPI); returns the step statistics (see :meth:`_epoch`).
@@ -561,23 +585,22 @@ class LSQML(Engine):
         states = [r[1] for r in res]
         for e in errs:
             errors.sums += e.sums
-        for a in acc[1:]:
-            for key in ("numP", "denP"):
-                for sid in self.probe_ids:
-                    acc[0][key][sid] += a[key][sid]
         reduce = parallel.size > 1
-        wins = self._windows_of(items, states)
+        # the batch's windows, for the window operations (the compiled passes of one process need none)
+        wins = self._windows_of(items, states) if reduce or not self._compiled else None
         if reduce:
             every = parallel.allgather(wins)
             wins = {sid: np.concatenate([part[sid] for part in every]) for sid in self.obj_ids}
 
-        # the object sums in row bands on the threads, with their batch maximum (the regulariser)
-        def object_sums(r0, r1):
+        # the object sums in row bands on the threads, with their batch maximum (the regulariser); the compiled
+        # passes add the probe sums there too, into the band's accumulators
+        def object_sums(k, r0, r1):
             top = {sid: 0.0 for sid in self.obj_ids}
             for (gi, _), st in zip(items, states):
                 G = self.groups[gi]
                 sid = G.g.obj.ID
-                m = G.scatter_object_sums(st, a0["numO"][sid], a0["denO"][sid], r0, r1)
+                sub = {key: acc[k][key][G.g.probe.ID] for key in ("numP", "denP")}
+                m = G.scatter_object_sums(st, a0["numO"][sid], a0["denO"][sid], r0, r1, sub)
                 if m is not None:  # the compiled passes: the largest sum written
                     top[sid] = max(top[sid], float(m))
             if not reduce:
@@ -586,7 +609,11 @@ class LSQML(Engine):
         def windows_max(r0, r1):
             return [self._ops.windows_max(a0["denO"][sid], wins[sid], r0, r1) for sid in self.obj_ids]
 
-        best = self._bands(object_sums)
+        best = self._bands(object_sums, thread=True)
+        for a in acc[1:]:
+            for key in ("numP", "denP"):
+                for sid in self.probe_ids:
+                    acc[0][key][sid] += a[key][sid]
         if reduce:
             for sid in self.obj_ids:
                 parallel.allreduce(a0["numO"][sid])
@@ -594,10 +621,6 @@ class LSQML(Engine):
             best = self._bands(windows_max)
         best = np.max(best, axis=0)
         regO = {sid: max(float(self.p.object_reg) * float(m), 1e-30) for sid, m in zip(self.obj_ids, best)}
-        if self._compiled:  # the object direction once per pixel, in place (compiled.object_direction)
-            self._bands(lambda r0, r1: [self._ops.object_direction(a0["numO"][sid], a0["denO"][sid],
-                                                                   self.ftype.type(regO[sid]), wins[sid], r0, r1)
-                                        for sid in self.obj_ids])
         # the probe's directions in full
         dP = {}
         if probe_on:
@@ -634,8 +657,12 @@ class LSQML(Engine):
             slice_steps(self.groups, items, states, lam, self._slices)
         beta = float(self.p.object_step)
 
-        self._pool.map(lambda k, i: self.groups[items[i][0]].object_update_values(states[i], steps[i][0], beta),
-                       range(len(items)))
+        prepare = lambda k, i: self.groups[items[i][0]].object_update_values(states[i], steps[i][0], beta)  # noqa: E731
+        if self._compiled:  # the compiled passes only note the pods' weights: no hand-off to the threads
+            for i in range(len(items)):
+                prepare(0, i)
+        else:
+            self._pool.map(prepare, range(len(items)))
         stats = np.zeros(8)
         aP_sum = np.zeros(2)
         for i, (aO, aP) in enumerate(steps):
@@ -664,7 +691,7 @@ class LSQML(Engine):
 
             def update(r0, r1):
                 scatter(objs, r0, r1)
-                if not self._compiled:  # the compiled sums are left marked (compiled.object_sums starts them anew)
+                if not self._compiled:  # the compiled update leaves the sums marked (compiled.scatter_update)
                     for sid in self.obj_ids:
                         self._ops.zero_windows((a0["numO"][sid], a0["denO"][sid]), wins[sid], r0, r1)
 

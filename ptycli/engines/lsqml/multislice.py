@@ -151,8 +151,9 @@ class MultisliceGroupBatch(GroupBatch):
                  slices=dict(ob=obs, phi=phis, chi=chis, pc=pcs))
         return a, c
 
-    def scatter_object_sums(self, c, numO, denO, r0=0, r1=2**62):
-        """Every slice's sums: ``conj(phi_s) chi_s`` and ``|phi_s|^2`` into slice ``s``, object rows ``r0:r1``."""
+    def scatter_object_sums(self, c, numO, denO, r0=0, r1=2**62, acc=None):
+        """Every slice's sums: ``conj(phi_s) chi_s`` and ``|phi_s|^2`` into slice ``s``, object rows ``r0:r1``
+        (``acc``: not read, as :meth:`GroupBatch.scatter_object_sums`)."""
         sl = c["slices"]
         for s in range(self.S):
             self._scatter(numO[s:], sl["pc"][s], c["pods"], r0, r1)
