@@ -73,6 +73,15 @@ _SUBSET_FRACTION = 0.7
 _LARGE_SLOT_BYTES = 16 * 2 ** 20
 
 
+#: the factor still due after a transform that scaled its result itself (:func:`ptycli.core.fft.fft2_deferred`)
+_ONE = np.float32(1.0)
+
+
+def _real_view(a):
+    """A complex stack ``(n, H, W)`` seen as real numbers ``(n, H, 2 W)`` (the kernels scale it in place)."""
+    return a.view(a.real.dtype)
+
+
 def work_probe(g):
     """The probe of group ``g`` in the working frame: ``pre * probe`` (far field) or the probe itself.
 
@@ -457,13 +466,13 @@ class CompiledProjectionPasses(ProjectionPasses):
             buf = self._tbuf[k][g.shape][:p1 - p0]
             psi = g.read_exit(p0, p1)
             fused.projection_input(buf, psi, ob, pt, pre, far, g.addresses, p0, a1, ma)
-            F = fft_inplace(buf, workers=1) if far else g.propagator.fw(buf)
+            F, sf = fft.fft2_deferred(buf, workers=1) if far else (g.propagator.fw(buf), _ONE)
             sums = np.empty((4, f1 - f0))
             fused.modulus_constraint(F, pod_start, g.diff.data, drows, mask, mrows, not g.mask_trivial, pbound,
-                                     True, *sums, bg, use_bg, bgsum)
-            G = ifft_inplace(F, workers=1) if far else g.propagator.bw(F)
+                                     True, *sums, bg, use_bg, bgsum, _real_view(F), sf)
+            G, sb = fft.ifft2_deferred(F, workers=1) if far else (g.propagator.bw(F), _ONE)
             change = fused.projection_update(psi, G, ob, pt, pre, post, far, g.addresses, p0, beta, fuse,
-                                             self._ob_num_t[slot][g.obj.ID], prc)
+                                             self._ob_num_t[slot][g.obj.ID], prc, _real_view(G), sb)
             g.write_exit(psi, p0, p1)
             return float(sums[0].sum()), float(sums[1].sum()), float(sums[2].sum()), change
 
@@ -490,11 +499,11 @@ class CompiledProjectionPasses(ProjectionPasses):
             buf = self._tbuf[k][g.shape][:p1 - p0]
             fused.projection_input(buf, g.read_exit(p0, p1), g.obj.data, pt, pre, g.farfield, g.addresses, p0, one,
                                    zero)
-            F = fft_inplace(buf, workers=1) if g.farfield else g.propagator.fw(buf)
+            F, sf = fft.fft2_deferred(buf, workers=1) if g.farfield else (g.propagator.fw(buf), _ONE)
             sums = np.empty((4, f1 - f0))
             bg = g.background if g.background is not None else self._no_bg[g.shape]
             fused.modulus_constraint(F, pod_start, g.diff.data, drows, mask, mrows, not g.mask_trivial, 0.0, False,
-                                     *sums, bg, False, self._no_bgsum)
+                                     *sums, bg, False, self._no_bgsum, _real_view(F), sf)
             return float(sums[0].sum()), float(sums[1].sum()), float(sums[2].sum())
 
         for fourier, photon, valid in self.pool.map_slots(work, self._items):  # summed in item order
