@@ -27,6 +27,9 @@ Kernels
     the exit-change sum and optionally the object numerator ``sum conj(P) psi``.
 :func:`object_numerator`, :func:`object_den_rows`, :func:`probe_sums`
     Overlap-update numerators and denominators.
+:func:`object_divide_rows`
+    The object update of a band of rows: the numerator's slots folded, the
+    divisor and the division in one sweep.
 
 The kernels of ML are in :mod:`ptycli.engines.fused_ml`, those of ePIE/rPIE
 in :mod:`ptycli.engines.fused_pie`. First use compiles the kernels (about 12
@@ -45,7 +48,7 @@ from ..log import get_logger
 from .threads import BlockPool  # noqa: F401  (the engines' thread pool; old import path)
 
 __all__ = ["available", "use_compiled", "AUTO_MIN_PIXELS", "projection_input",
-           "modulus_constraint", "projection_update", "object_numerator", "object_den_rows", "probe_sums"]
+           "modulus_constraint", "projection_update", "object_numerator", "object_den_rows", "object_divide_rows", "probe_sums"]
 
 try:  # numba is optional: the engines fall back to numpy
     import numba
@@ -534,6 +537,69 @@ def object_den_rows(den, p2, addr, y_lo, y_hi):
             prow = p2[q, y - y0]
             for x in range(W):
                 drow[x] += prow[x]
+
+
+#: IEEE arithmetic in the order written (no fastmath): the numbers of the numpy passes it replaces
+_EXACT = dict(cache=True, nogil=True, error_model="numpy")
+
+
+@njit(**_EXACT)
+def object_divide_rows(parts, den, prior, out, y_lo, y_hi, recompute, c_obj, c_weak, c_weak2):
+    """The object update over rows ``y_lo .. y_hi - 1``: fold, divisor, division in one sweep.
+
+    Per pixel: ``n = parts[0] + parts[1] + ...`` (added in that order, written
+    to ``parts[0]``; ``parts[1:]`` are zeroed); when ``recompute``, the divisor
+    and prior of :func:`ptycli.engines.projection_passes.weak_divisor` from
+    ``den = sum |P|^2`` (``w = c_weak2 / (den + c_weak)``, ``den <- 1 / (den + w +
+    c_obj)``, ``prior <- w den``; no prior when ``c_weak`` is 0), stored in
+    ``den`` and ``prior``; then ``out = n den + prior``. The same float32
+    operations in the same order as those numpy passes, so the same numbers.
+
+    Parameters
+    ----------
+    parts : tuple of float32 (layers, rows, 2 W)
+        The numerator's accumulator slots, complex seen as real numbers.
+    den, prior : float32 (layers, rows, W)
+        ``sum |P|^2`` (``recompute``) or the divisor; the prior's share.
+    out : float32 (layers, rows, 2 W)
+        The object storage, seen as real numbers.
+    c_obj, c_weak, c_weak2 : float32
+        The inertia, the prior's weight ``c_w`` and ``c_w^2``.
+    """
+    L, W = den.shape[0], den.shape[2]
+    weak = c_weak > 0
+    one = np.float32(1.0)
+    S = len(parts)
+    for lay in range(L):
+        for y in range(y_lo, y_hi):
+            drow = den[lay, y]
+            prow = prior[lay, y] if weak else drow
+            orow = out[lay, y]
+            nrow = parts[0][lay, y]
+            for x in range(W):
+                nr, ni = nrow[2 * x], nrow[2 * x + 1]
+                for s in range(1, S):
+                    srow = parts[s][lay, y]
+                    nr += srow[2 * x]
+                    ni += srow[2 * x + 1]
+                    srow[2 * x] = 0
+                    srow[2 * x + 1] = 0
+                nrow[2 * x] = nr
+                nrow[2 * x + 1] = ni
+                d = drow[x]
+                if recompute:
+                    if weak:
+                        w = c_weak2 / (d + c_weak)
+                        d = one / ((d + w) + c_obj)
+                        prow[x] = w * d
+                    else:
+                        d = one / (d + c_obj)
+                    drow[x] = d
+                if weak:
+                    orow[2 * x] = nr * d + prow[x]
+                else:
+                    orow[2 * x] = nr * d
+                orow[2 * x + 1] = ni * d
 
 
 @njit(**_JIT)

@@ -526,15 +526,18 @@ class CompiledProjectionPasses(ProjectionPasses):
         self.pool.map_slots(work, self._items, reverse=True)  # starts with the blocks last in the cache
 
     def object_divide(self, recompute_den):
-        """The object from the slots' sums, in row bands: fold the numerators, gather the denominator, divide.
+        """The object from the slots' sums, in row bands: gather the denominator, fold the numerators, divide.
 
-        One sweep per row band when there is one process; with MPI the
-        folded sums are reduced over the ranks between the fold and the
-        division.
+        One sweep per row band when there is one process
+        (:func:`fused.object_divide_rows` folds the slots, makes the divisor
+        and divides); with MPI the folded sums are reduced over the ranks
+        between the fold and the division.
         """
         e = self.e
         c_obj, c_weak = e.c_obj, e.c_weak
         mpi = parallel.size > 1
+        f32 = e.ftype.type
+        consts = (f32(c_obj), f32(c_weak), f32(c_weak * c_weak))
         # sum |O|^2 for the probe update's c_p, from the bands while they are in cache (unless clipping follows)
         power = {sid: [0.0] * self.pool.n for sid in e.book.obj_storages} if e.p.get("clip_object") is None \
             else None
@@ -542,38 +545,44 @@ class CompiledProjectionPasses(ProjectionPasses):
         p2 = {id(g): (lambda pm: (pm.real ** 2 + pm.imag ** 2).astype(e.ftype))(g.model_probe())
               for g in e.book.groups} if recompute_den else None
 
-        def fold(k, rows):
-            self._fold_sums("_ob_num_t", rows)
-            if recompute_den:
-                for sid, den in e._ob_den.items():
-                    den[..., rows, :] = 0
-                    y_lo, y_hi, _ = rows.indices(den.shape[-2])
-                    for g in e.book.groups:
-                        if g.obj.ID == sid:
-                            fused.object_den_rows(den, p2[id(g)], g.addresses, y_lo, y_hi)
+        def gather_den(rows):
+            for sid, den in e._ob_den.items():
+                den[..., rows, :] = 0
+                y_lo, y_hi, _ = rows.indices(den.shape[-2])
+                for g in e.book.groups:
+                    if g.obj.ID == sid:
+                        fused.object_den_rows(den, p2[id(g)], g.addresses, y_lo, y_hi)
 
-        def divide(k, rows):
+        def divide(k, rows, fold):
             for sid, S in e.book.obj_storages.items():
-                d = e._ob_den[sid][..., rows, :]
-                prior = e._ob_prior[sid][..., rows, :]
-                if recompute_den:
-                    weak_divisor(d, prior, c_obj, c_weak)
-                band = np.multiply(e._ob_num[sid][..., rows, :], d, out=S.data[..., rows, :])
-                if c_weak > 0:
-                    band += prior
+                parts = tuple(_real_view(acc[sid]) for acc in (self._ob_num_t if fold else self._ob_num_t[:1]))
+                y_lo, y_hi, _ = rows.indices(S.data.shape[-2])
+                fused.object_divide_rows(parts, e._ob_den[sid], e._ob_prior[sid], _real_view(S.data), y_lo, y_hi,
+                                         recompute_den, *consts)
                 if power is not None:
+                    band = S.data[..., rows, :]
                     power[sid][k] = float(np.vdot(band, band).real)
 
         arrays = list(e._ob_num.values())
         if mpi:
+            def fold(k, rows):
+                self._fold_sums("_ob_num_t", rows)
+                if recompute_den:
+                    gather_den(rows)
+
             self.pool.rows(fold, arrays)
             for sid in e.book.obj_storages:
                 parallel.allreduce(e._ob_num[sid])
                 if recompute_den:
                     parallel.allreduce(e._ob_den[sid])
-            self.pool.rows(divide, arrays)
+            self.pool.rows(lambda k, rows: divide(k, rows, False), arrays)
         else:
-            self.pool.rows(lambda k, rows: (fold(k, rows), divide(k, rows)), arrays)
+            def sweep(k, rows):
+                if recompute_den:
+                    gather_den(rows)
+                divide(k, rows, True)
+
+            self.pool.rows(sweep, arrays)
         self._sums_folded("_ob_num_t")
         e._obj_power = {sid: sum(parts) for sid, parts in power.items()} if power is not None else None
 
