@@ -134,3 +134,26 @@ def test_fftw_plans_share_scratch_and_let_go_of_the_transformed_array(tmp_path, 
         assert ref() is None  # no plan keeps the caller's array alive
     finally:
         fft.set_backend(None)
+
+
+@pytest.mark.parametrize("library", BACKENDS, indirect=True)
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_deferred_transforms_with_their_factor_give_the_unitary_numbers(library, dtype):
+    """fft2_deferred/ifft2_deferred times the factor they return: the numbers of fft2_inplace/ifft2_inplace,
+    bit for bit (FFTW leaves 1/sqrt(H W) to the caller; pocketfft scales itself and returns 1)."""
+    a = _stack((5, 24, 40), dtype, seed=3)
+    for plain, deferred in ((fft.fft2_inplace, fft.fft2_deferred), (fft.ifft2_inplace, fft.ifft2_deferred)):
+        real = np.finfo(dtype).dtype
+        want = plain(_copy_aligned(a), 1)
+        got, factor = deferred(_copy_aligned(a), 1)
+        assert factor.dtype == real
+        assert factor == (real.type(1 / np.sqrt(24 * 40)) if library == "fftw" else 1)
+        got.view(got.real.dtype)[...] *= factor  # each real and imaginary part, as the kernels do
+        np.testing.assert_array_equal(got, want)
+        assert np.abs(got).max() < 20  # unitary: |x| stays of order one (not sqrt(H W) larger)
+
+
+def _copy_aligned(a):
+    out = fft.empty(a.shape, a.dtype)
+    out[...] = a
+    return out
