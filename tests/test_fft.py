@@ -65,11 +65,11 @@ def test_bound_pair_gives_the_numbers_of_the_plain_calls(library):
 
 
 def test_chunks_cover_the_stack_with_few_sizes():
-    for n in (1, 2, 31, 32, 33, 100, 257):
+    for n in (1, 2, 15, 31, 32, 33, 100, 257):
         sizes = fft._chunks(n)
         assert sum(sizes) == n
-        assert all(s in (1, 2, 4, 8, 16, 32) for s in sizes)
-        assert sizes == sorted(sizes, reverse=True)
+        assert all(s == fft.MAX_CHUNK for s in sizes[:-1]) and 0 < sizes[-1] <= fft.MAX_CHUNK
+    assert fft._chunks(15) == [15] and fft._chunks(37) == [16, 16, 5]
 
 
 def test_backend_choice_and_errors(monkeypatch):
