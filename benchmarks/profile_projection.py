@@ -1,9 +1,10 @@
 """Where the time of a DM/RAAR iteration goes (compiled path): per pass and per kernel.
 
 Wraps the passes of :class:`~ptycli.engines.projection_passes.CompiledProjectionPasses`
-and the kernels called inside the Fourier pass with timers and prints, per iteration
+and the kernels and transforms they call with timers and prints, per iteration
 (median over the timed iterations), the wall time of each pass, the thread-summed time of
-each kernel inside the Fourier pass, the overlap rounds, the FFT floor of
+each kernel and transform (``--cpu``: their CPU time in the thread that calls them, which
+other processes on a shared machine do not inflate), the overlap rounds, the FFT floor of
 bench_engines measured before each iteration, and the medians of the paired
 ratios of iteration to floor (wall and CPU time, as bench_engines).
 
@@ -27,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_engines as B  # noqa: E402
 from ptycli.engines import make_engine, projection_passes as pp  # noqa: E402
 from ptycli.engines import fused  # noqa: E402
+from ptycli.core import fft  # noqa: E402
 
 
 def main(argv=None):
@@ -36,6 +38,7 @@ def main(argv=None):
     ap.add_argument("--iterations", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--block-frames", type=int, default=0, help="the engines' block_frames (0: their default)")
+    ap.add_argument("--cpu", action="store_true", help="kernels and transforms timed in CPU time of their thread")
     a = ap.parse_args(argv)
     n, s = (int(v) for v in a.case.split("x"))
     P = B.build(n, (s, s))
@@ -44,21 +47,24 @@ def main(argv=None):
     lock = threading.Lock()
     acc = defaultdict(float)
 
-    def timed(name, fn):
+    kernel_clock = time.thread_time if a.cpu else time.perf_counter
+
+    def timed(name, fn, clock=time.perf_counter):
         def wrap(*args, **kw):
-            t0 = time.perf_counter()
+            t0 = clock()
             try:
                 return fn(*args, **kw)
             finally:
-                dt = time.perf_counter() - t0
+                dt = clock() - t0
                 with lock:
                     acc[name] += dt
         return wrap
 
-    for name in ("projection_input", "modulus_constraint", "projection_update"):
-        setattr(fused, name, timed("k:" + name, getattr(fused, name)))
-    pp.fft_inplace = timed("k:fft", pp.fft_inplace)
-    pp.ifft_inplace = timed("k:ifft", pp.ifft_inplace)
+    for name in ("projection_input", "modulus_constraint", "projection_update", "probe_sums", "object_numerator",
+                 "object_den_rows", "object_divide_rows"):
+        setattr(fused, name, timed("k:" + name, getattr(fused, name), kernel_clock))
+    fft.fft2_deferred = timed("k:fft", fft.fft2_deferred, kernel_clock)  # the compiled passes' transforms
+    fft.ifft2_deferred = timed("k:ifft", fft.ifft2_deferred, kernel_clock)
     C = pp.CompiledProjectionPasses
     for name in ("fourier_pass", "object_numerator", "object_divide", "probe_sums", "model_errors"):
         setattr(C, name, timed("p:" + name, getattr(C, name)))

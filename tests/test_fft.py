@@ -65,11 +65,11 @@ def test_bound_pair_gives_the_numbers_of_the_plain_calls(library):
 
 
 def test_chunks_cover_the_stack_with_few_sizes():
-    for n in (1, 2, 31, 32, 33, 100, 257):
+    for n in (1, 2, 15, 31, 32, 33, 100, 257):
         sizes = fft._chunks(n)
         assert sum(sizes) == n
-        assert all(s in (1, 2, 4, 8, 16, 32) for s in sizes)
-        assert sizes == sorted(sizes, reverse=True)
+        assert all(s == fft.MAX_CHUNK for s in sizes[:-1]) and 0 < sizes[-1] <= fft.MAX_CHUNK
+    assert fft._chunks(15) == [15] and fft._chunks(37) == [16, 16, 5]
 
 
 def test_backend_choice_and_errors(monkeypatch):
@@ -134,3 +134,26 @@ def test_fftw_plans_share_scratch_and_let_go_of_the_transformed_array(tmp_path, 
         assert ref() is None  # no plan keeps the caller's array alive
     finally:
         fft.set_backend(None)
+
+
+@pytest.mark.parametrize("library", BACKENDS, indirect=True)
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_deferred_transforms_with_their_factor_give_the_unitary_numbers(library, dtype):
+    """fft2_deferred/ifft2_deferred times the factor they return: the numbers of fft2_inplace/ifft2_inplace,
+    bit for bit (FFTW leaves 1/sqrt(H W) to the caller; pocketfft scales itself and returns 1)."""
+    a = _stack((5, 24, 40), dtype, seed=3)
+    for plain, deferred in ((fft.fft2_inplace, fft.fft2_deferred), (fft.ifft2_inplace, fft.ifft2_deferred)):
+        real = np.finfo(dtype).dtype
+        want = plain(_copy_aligned(a), 1)
+        got, factor = deferred(_copy_aligned(a), 1)
+        assert factor.dtype == real
+        assert factor == (real.type(1 / np.sqrt(24 * 40)) if library == "fftw" else 1)
+        got.view(got.real.dtype)[...] *= factor  # each real and imaginary part, as the kernels do
+        np.testing.assert_array_equal(got, want)
+        assert np.abs(got).max() < 20  # unitary: |x| stays of order one (not sqrt(H W) larger)
+
+
+def _copy_aligned(a):
+    out = fft.empty(a.shape, a.dtype)
+    out[...] = a
+    return out

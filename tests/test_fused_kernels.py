@@ -304,3 +304,90 @@ def test_missed_fold_is_zeroed_before_the_next_pass():
         e.finalize()
     finally:
         geometry.set_workers(None)
+
+
+@pytest.mark.parametrize("c_weak", [0.0, 0.3])
+def test_object_divide_rows_is_the_numpy_fold_divisor_and_division(c_weak):
+    """fused.object_divide_rows on a row band: the numbers of the numpy steps it replaces, bit for bit
+    (slots added in order, weak_divisor, num * den + prior); slots 1.. zeroed, rows outside the band untouched."""
+    from ptycli.engines.projection_passes import weak_divisor
+
+    rng = np.random.default_rng(7)
+    shape = (2, 9, 11)
+
+    def cplx():
+        return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+
+    parts = [cplx() for _ in range(3)]
+    den = rng.uniform(0.0, 2.0, shape).astype(np.float32)
+    out = cplx()
+    c_obj = 1e-3
+    rows = slice(2, 7)
+    num = parts[0].copy()
+    for p in parts[1:]:
+        num[..., rows, :] += p[..., rows, :]
+    d, prior = den.copy(), np.zeros_like(den)
+    weak_divisor(d[..., rows, :], prior[..., rows, :], c_obj, c_weak)
+    want = out.copy()
+    band = np.multiply(num[..., rows, :], d[..., rows, :], out=want[..., rows, :])
+    if c_weak > 0:
+        band += prior[..., rows, :]
+    got_den, got_prior = den.copy(), np.zeros_like(den)
+    f32 = np.float32
+    fused.object_divide_rows(tuple(p.view(np.float32) for p in parts), got_den, got_prior, out.view(np.float32),
+                             rows.start, rows.stop, True, f32(c_obj), f32(c_weak), f32(c_weak * c_weak))
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(got_den, d)
+    np.testing.assert_array_equal(parts[0], num)
+    assert not parts[1][..., rows, :].any() and parts[2][..., :rows.start, :].any()
+    if c_weak > 0:
+        np.testing.assert_array_equal(got_prior, prior)
+    # the divisor kept (recompute False): the same object again from the folded numerator
+    again = np.zeros_like(out)
+    fused.object_divide_rows((parts[0].view(np.float32),), got_den, got_prior, again.view(np.float32),
+                             rows.start, rows.stop, False, f32(c_obj), f32(c_weak), f32(c_weak * c_weak))
+    np.testing.assert_array_equal(again[..., rows, :], want[..., rows, :])
+
+
+@pytest.mark.parametrize("beta,use_pre", [(1.0, True), (0.7, True), (1.0, False)])
+def test_kernels_apply_the_deferred_fft_scale_like_a_scaling_pass(beta, use_pre):
+    """modulus_constraint and projection_update given an unscaled transform and its factor: the numbers of
+    the scaled transform with factor 1, bit for bit (ptycli.core.fft.fft2_deferred)."""
+    rng = np.random.default_rng(3)
+
+    def cplx(*shape):
+        return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+
+    n, H, W = 3, 8, 12
+    scale = np.float32(1 / np.sqrt(H * W))
+    F = cplx(n, H, W) * np.float32(10)
+    diff = rng.uniform(0, 200, (n, H, W)).astype(np.float32)
+    pod_start = np.arange(n + 1)
+    rows = np.arange(n)
+    mask = np.ones((1, 1, 1), np.uint8)
+    bg, bgsum = np.zeros((H, W), np.float32), np.zeros((1, 1))
+    results = []
+    for fac in (np.float32(1), scale):
+        X = F.copy()
+        if fac == 1:
+            X.view(np.float32)[...] *= scale  # the scaling pass of fft2_inplace
+        sums = np.empty((4, n))
+        fused.modulus_constraint(X, pod_start, diff, rows, mask, rows, False, 0.5, True, *sums, bg, False, bgsum,
+                                 X.view(np.float32), fac)
+        results.append((X, sums))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert (results[0][1][3] < 1).any()  # some frames were corrected
+    psi, ob, pt, prc, pre = cplx(n, H, W), cplx(1, 20, 20), cplx(1, H, W), cplx(1, H, W), cplx(H, W)
+    addr = (np.zeros(n, np.int64), np.array([0, 3, 7]), np.array([1, 5, 2]), np.zeros(n, np.int64))
+    out = []
+    for fac in (np.float32(1), scale):
+        G, p, num = F.copy(), psi.copy(), np.zeros_like(ob)
+        if fac == 1:
+            G.view(np.float32)[...] *= scale
+        change = fused.projection_update(p, G, ob, pt, pre, np.conj(pre), use_pre, addr, 0, beta, True, num, prc,
+                                         G.view(np.float32), fac)
+        out.append((p, num, change))
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][1], out[1][1])
+    assert out[0][2] == out[1][2]

@@ -20,10 +20,11 @@ libraries sit behind them:
     unaligned stack is transformed through an aligned copy (so buffers that
     are transformed often should come from :func:`empty`), which also keeps
     the numbers independent of where an array lies in memory. Long stacks
-    are transformed in chunks of at most :data:`MAX_CHUNK` frames (sizes
-    16, 8, ..., 1: a few plans per frame shape), shared out to ``workers``
-    threads; the chunks do not depend on the thread count, so neither do
-    the numbers.
+    are transformed in chunks of :data:`MAX_CHUNK` frames and one of the
+    rest (:func:`_chunks`: at most 16 plans per frame shape, in practice
+    one or two: the engines' frame blocks have one or two sizes), shared
+    out to ``workers`` threads; the chunks do not depend on the thread
+    count, so neither do the numbers.
 ``pocketfft``
     :mod:`scipy.fft`'s pocketfft (its ``c2c`` entry point when that matches
     ``scipy.fft.fft2`` bit for bit: it saves about 10 us per call).
@@ -36,6 +37,8 @@ Functions
 ---------
 :func:`fft2_inplace`, :func:`ifft2_inplace`
     The transforms (overwrite and return their argument).
+:func:`fft2_deferred`, :func:`ifft2_deferred`
+    The same, the unitary scaling left to the caller where that saves a pass.
 :func:`bound_pair`
     Transforms bound to one buffer, for per-frame loops.
 :func:`empty`, :func:`zeros`
@@ -56,7 +59,7 @@ import numpy as np
 
 from .. import parallel
 
-__all__ = ["fft2_inplace", "ifft2_inplace", "bound_pair", "empty", "zeros", "backend", "set_backend", "available_backends",
+__all__ = ["fft2_inplace", "ifft2_inplace", "fft2_deferred", "ifft2_deferred", "bound_pair", "empty", "zeros", "backend", "set_backend", "available_backends",
            "get_workers", "set_workers", "wisdom_path", "ALIGNMENT"]
 
 #: Byte alignment of :func:`empty` arrays (at least FFTW's SIMD alignment, 32 with AVX2).
@@ -262,14 +265,19 @@ MAX_CHUNK = 16
 
 
 def _chunks(n):
-    """Split ``n`` frames into chunk sizes from ``MAX_CHUNK, ..., 4, 2, 1`` (few plans per frame shape)."""
-    sizes = []
-    c = MAX_CHUNK
-    while n:
-        while c > n:
-            c //= 2
-        sizes.append(c)
-        n -= c
+    """Split ``n`` frames into chunks of :data:`MAX_CHUNK` and one chunk of the rest.
+
+    One plan for the rest, not the rest in powers of two: a block of 15
+    frames of 128^2 took 42 us per frame and forward transform as one plan
+    against 52 as chunks of 8, 4, 2 and 1 (complex64, one thread), with the
+    same numbers bit for bit (FFTW's plans of one frame shape for different
+    stack lengths ran the same algorithm per frame on the development
+    machine, 64^2 to 256^2; they need not everywhere, and the wisdom keeps
+    each machine's choice fixed).
+    """
+    sizes = [MAX_CHUNK] * (n // MAX_CHUNK)
+    if n % MAX_CHUNK:
+        sizes.append(n % MAX_CHUNK)
     return sizes
 
 
@@ -345,8 +353,11 @@ def _pool(workers):
     return _POOL[0]
 
 
-def _fftw(x, forward, workers):
+def _fftw(x, forward, workers, scale=True):
     """FFTW in place over the last two axes of ``x``, in chunks of :func:`_chunks` frames.
+
+    With ``scale`` the result is multiplied by ``1 / sqrt(H W)`` (unitary);
+    without, it is left unnormalised.
 
     Every plan is single-threaded: with ``workers > 1`` the chunks are shared
     out to a pool of ``workers`` threads (FFTW's own threads wait for each
@@ -372,7 +383,8 @@ def _fftw(x, forward, workers):
     else:
         for part in parts:
             _transform_chunk(part, forward)
-    x *= x.real.dtype.type(1.0 / np.sqrt(H * W))
+    if scale:
+        x *= x.real.dtype.type(1.0 / np.sqrt(H * W))
     return x
 
 
@@ -390,6 +402,35 @@ def ifft2_inplace(x, workers=None):
     if backend() == "fftw":
         return _fftw(x, False, w)
     return _pocketfft(x, False, w)
+
+
+def fft2_deferred(x, workers=None):
+    """:func:`fft2_inplace` that may leave the unitary scaling to the caller: ``(result, factor still due)``.
+
+    With FFTW the transform is left unnormalised and the factor is
+    ``1 / sqrt(H W)`` in ``x``'s real precision: multiplying each real and
+    imaginary part of the result by it gives the numbers of
+    :func:`fft2_inplace` bit for bit (the scaling pass it saves is folded
+    into a kernel that reads the result anyway, :mod:`ptycli.engines.fused`).
+    With pocketfft (which scales inside the transform) the result is
+    already unitary and the factor is 1.
+    """
+    return _deferred(x, True, get_workers() if workers is None else workers)
+
+
+def ifft2_deferred(x, workers=None):
+    """:func:`ifft2_inplace` that may leave the unitary scaling to the caller (see :func:`fft2_deferred`)."""
+    return _deferred(x, False, get_workers() if workers is None else workers)
+
+
+def _deferred(x, forward, workers):
+    """The transform of :func:`fft2_deferred`: FFTW without its scaling pass where :func:`_fftw` takes ``x``."""
+    one = x.real.dtype.type(1.0)
+    if backend() != "fftw" or x.dtype not in (np.complex64, np.complex128) or not x.flags.c_contiguous \
+            or x.ndim < 2 or x.size == 0:
+        return _pocketfft(x, forward, workers), one
+    H, W = x.shape[-2:]
+    return _fftw(x, forward, workers, scale=False), x.real.dtype.type(1.0 / np.sqrt(H * W))
 
 
 def bound_pair(x, workers=1):

@@ -27,6 +27,9 @@ Kernels
     the exit-change sum and optionally the object numerator ``sum conj(P) psi``.
 :func:`object_numerator`, :func:`object_den_rows`, :func:`probe_sums`
     Overlap-update numerators and denominators.
+:func:`object_divide_rows`
+    The object update of a band of rows: the numerator's slots folded, the
+    divisor and the division in one sweep.
 
 The kernels of ML are in :mod:`ptycli.engines.fused_ml`, those of ePIE/rPIE
 in :mod:`ptycli.engines.fused_pie`. First use compiles the kernels (about 12
@@ -45,7 +48,7 @@ from ..log import get_logger
 from .threads import BlockPool  # noqa: F401  (the engines' thread pool; old import path)
 
 __all__ = ["available", "use_compiled", "AUTO_MIN_PIXELS", "projection_input",
-           "modulus_constraint", "projection_update", "object_numerator", "object_den_rows", "probe_sums"]
+           "modulus_constraint", "projection_update", "object_numerator", "object_den_rows", "object_divide_rows", "probe_sums"]
 
 try:  # numba is optional: the engines fall back to numpy
     import numba
@@ -186,7 +189,7 @@ def projection_input(out, psi, ob, pt, pre, use_pre, addr, p0, a1, ma):
 
 @njit(**_JIT)
 def modulus_constraint(F, pod_start, diff, drows, mask, mrows, use_mask, pbound, apply,
-                       ferr, photon, valid, renorm, bg, use_bg, bgsum):
+                       ferr, photon, valid, renorm, bg, use_bg, bgsum, Fv, scale):
     """Errors and the power-bound relaxed modulus correction of a frame block, in place.
 
     Parameters
@@ -212,6 +215,11 @@ def modulus_constraint(F, pod_start, diff, drows, mask, mrows, use_mask, pbound,
         With ``use_bg`` (and ``apply``), ``bgsum += mask * f^2`` per frame, ``f``
         the frame's modulus factor (1 inside the bound): the sums of the
         augmented projection's background update.
+    Fv, scale : float (pods, H, 2 W), float
+        ``F`` seen as real numbers, and the factor still due on ``F`` (the
+        unitary scaling of an unnormalised FFT, :func:`ptycli.core.fft.fft2_deferred`;
+        1: none): each row is multiplied by it in place as it is first read,
+        the numbers a separate scaling pass would give.
     """
     nf = ferr.shape[0]
     H, W = F.shape[1], F.shape[2]
@@ -227,6 +235,8 @@ def modulus_constraint(F, pod_start, diff, drows, mask, mrows, use_mask, pbound,
         ph = 0.0
         v = 0.0
         for y in range(H):
+            if scale != one:
+                _scale_rows(Fv, a, b, y, scale)
             brow = bg[y]
             if not (single and not use_mask):
                 _row_power(F, a, b, y, a2)
@@ -319,6 +329,15 @@ def modulus_constraint(F, pod_start, diff, drows, mask, mrows, use_mask, pbound,
 
 
 @njit(**_INLINE)
+def _scale_rows(Fv, a, b, y, scale):
+    """``Fv[p, y] *= scale`` for ``p = a .. b-1`` (real views of complex rows: each part scaled)."""
+    for p in range(a, b):
+        row = Fv[p, y]
+        for x in range(row.shape[0]):
+            row[x] *= scale
+
+
+@njit(**_INLINE)
 def _row_power(F, a, b, y, out):
     """``out[x] = sum_{p = a .. b-1} |F[p, y, x]|^2``."""
     W = out.shape[0]
@@ -334,13 +353,15 @@ def _row_power(F, a, b, y, out):
 
 
 @njit(**_JIT)
-def projection_update(psi, G, ob, pt, pre, post, use_pre, addr, p0, beta, fuse, num, prc):
+def projection_update(psi, G, ob, pt, pre, post, use_pre, addr, p0, beta, fuse, num, prc, Gv, scale):
     """New exit waves of a pod block; optionally the object numerator. Returns ``sum |delta|^2``.
 
     With ``pw = ob_window * pt`` and ``G`` the projected waves (working
     frame), ``delta = beta (G - pw) + (1 - beta)(pw - pre psi)``;
     ``psi += post * delta`` (``post = conj(pre)``; plain ``delta`` unless
     ``use_pre``); when ``fuse``, ``num[ol, window] += prc[pl] * psi_new``.
+    ``Gv`` is ``G`` seen as real numbers and ``scale`` the factor still due
+    on ``G`` (as in :func:`modulus_constraint`; 1: none).
 
     The fused far-field cases (the hot path of DM and RAAR) run in loop
     nests of their own: a flag tested inside the row loop keeps the
@@ -348,21 +369,24 @@ def projection_update(psi, G, ob, pt, pre, post, use_pre, addr, p0, beta, fuse, 
     """
     if fuse and use_pre:
         if beta == 1.0:
-            return _update_dm_far(psi, G, ob, pt, post, addr, p0, num, prc)
-        return _update_raar_far(psi, G, ob, pt, post, addr, p0, beta, num, prc)
-    return _update_general(psi, G, ob, pt, pre, post, use_pre, addr, p0, beta, fuse, num, prc)
+            return _update_dm_far(psi, G, ob, pt, post, addr, p0, num, prc, Gv, scale)
+        return _update_raar_far(psi, G, ob, pt, post, addr, p0, beta, num, prc, Gv, scale)
+    return _update_general(psi, G, ob, pt, pre, post, use_pre, addr, p0, beta, fuse, num, prc, Gv, scale)
 
 
 @njit(**_JIT)
-def _update_dm_far(psi, G, ob, pt, post, addr, p0, num, prc):
+def _update_dm_far(psi, G, ob, pt, post, addr, p0, num, prc, Gv, scale):
     """:func:`projection_update` for ``beta = 1``, ``use_pre`` and ``fuse``."""
     ol, oy, ox, pl = addr
     npb, H, W = psi.shape
+    unit = np.float32(1.0)
     ch = 0.0
     for k in range(npb):
         i = p0 + k
         lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
         for y in range(H):
+            if scale != unit:
+                _scale_rows(Gv, k, k + 1, y, scale)
             orow = ob[lo, y0 + y, x0:x0 + W]
             prow = pt[q, y]
             grow = G[k, y]
@@ -382,7 +406,7 @@ def _update_dm_far(psi, G, ob, pt, post, addr, p0, num, prc):
 
 
 @njit(**_JIT)
-def _update_raar_far(psi, G, ob, pt, post, addr, p0, beta, num, prc):
+def _update_raar_far(psi, G, ob, pt, post, addr, p0, beta, num, prc, Gv, scale):
     """:func:`projection_update` for ``use_pre`` and ``fuse`` (any ``beta``).
 
     With ``post * pre = 1`` the rule is ``psi_new = beta psi + post (beta G + (1 - 2 beta) pw)``:
@@ -393,11 +417,14 @@ def _update_raar_far(psi, G, ob, pt, post, addr, p0, beta, num, prc):
     bc = np.float32(beta)
     bm = np.float32(beta - 1.0)
     cw = np.float32(1.0 - 2.0 * beta)
+    unit = np.float32(1.0)
     ch = 0.0
     for k in range(npb):
         i = p0 + k
         lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
         for y in range(H):
+            if scale != unit:
+                _scale_rows(Gv, k, k + 1, y, scale)
             orow = ob[lo, y0 + y, x0:x0 + W]
             prow = pt[q, y]
             grow = G[k, y]
@@ -418,7 +445,7 @@ def _update_raar_far(psi, G, ob, pt, post, addr, p0, beta, num, prc):
 
 
 @njit(**_JIT)
-def _update_general(psi, G, ob, pt, pre, post, use_pre, addr, p0, beta, fuse, num, prc):
+def _update_general(psi, G, ob, pt, pre, post, use_pre, addr, p0, beta, fuse, num, prc, Gv, scale):
     """:func:`projection_update` for the other cases (near field, or no object numerator)."""
     ol, oy, ox, pl = addr
     npb, H, W = psi.shape
@@ -426,11 +453,14 @@ def _update_general(psi, G, ob, pt, pre, post, use_pre, addr, p0, beta, fuse, nu
     bc = np.float32(beta)
     ib = np.float32(1.0 - beta)
     d = np.empty(W, dtype=psi.dtype)
+    unit = np.float32(1.0)
     ch = 0.0
     for k in range(npb):
         i = p0 + k
         lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
         for y in range(H):
+            if scale != unit:
+                _scale_rows(Gv, k, k + 1, y, scale)
             orow = ob[lo, y0 + y, x0:x0 + W]
             prow = pt[q, y]
             grow = G[k, y]
@@ -507,6 +537,69 @@ def object_den_rows(den, p2, addr, y_lo, y_hi):
             prow = p2[q, y - y0]
             for x in range(W):
                 drow[x] += prow[x]
+
+
+#: IEEE arithmetic in the order written (no fastmath): the numbers of the numpy passes it replaces
+_EXACT = dict(cache=True, nogil=True, error_model="numpy")
+
+
+@njit(**_EXACT)
+def object_divide_rows(parts, den, prior, out, y_lo, y_hi, recompute, c_obj, c_weak, c_weak2):
+    """The object update over rows ``y_lo .. y_hi - 1``: fold, divisor, division in one sweep.
+
+    Per pixel: ``n = parts[0] + parts[1] + ...`` (added in that order, written
+    to ``parts[0]``; ``parts[1:]`` are zeroed); when ``recompute``, the divisor
+    and prior of :func:`ptycli.engines.projection_passes.weak_divisor` from
+    ``den = sum |P|^2`` (``w = c_weak2 / (den + c_weak)``, ``den <- 1 / (den + w +
+    c_obj)``, ``prior <- w den``; no prior when ``c_weak`` is 0), stored in
+    ``den`` and ``prior``; then ``out = n den + prior``. The same float32
+    operations in the same order as those numpy passes, so the same numbers.
+
+    Parameters
+    ----------
+    parts : tuple of float32 (layers, rows, 2 W)
+        The numerator's accumulator slots, complex seen as real numbers.
+    den, prior : float32 (layers, rows, W)
+        ``sum |P|^2`` (``recompute``) or the divisor; the prior's share.
+    out : float32 (layers, rows, 2 W)
+        The object storage, seen as real numbers.
+    c_obj, c_weak, c_weak2 : float32
+        The inertia, the prior's weight ``c_w`` and ``c_w^2``.
+    """
+    L, W = den.shape[0], den.shape[2]
+    weak = c_weak > 0
+    one = np.float32(1.0)
+    S = len(parts)
+    for lay in range(L):
+        for y in range(y_lo, y_hi):
+            drow = den[lay, y]
+            prow = prior[lay, y] if weak else drow
+            orow = out[lay, y]
+            nrow = parts[0][lay, y]
+            for x in range(W):
+                nr, ni = nrow[2 * x], nrow[2 * x + 1]
+                for s in range(1, S):
+                    srow = parts[s][lay, y]
+                    nr += srow[2 * x]
+                    ni += srow[2 * x + 1]
+                    srow[2 * x] = 0
+                    srow[2 * x + 1] = 0
+                nrow[2 * x] = nr
+                nrow[2 * x + 1] = ni
+                d = drow[x]
+                if recompute:
+                    if weak:
+                        w = c_weak2 / (d + c_weak)
+                        d = one / ((d + w) + c_obj)
+                        prow[x] = w * d
+                    else:
+                        d = one / (d + c_obj)
+                    drow[x] = d
+                if weak:
+                    orow[2 * x] = nr * d + prow[x]
+                else:
+                    orow[2 * x] = nr * d
+                orow[2 * x + 1] = ni * d
 
 
 @njit(**_JIT)

@@ -74,6 +74,15 @@ _SUBSET_FRACTION = 0.7
 _LARGE_SLOT_BYTES = 16 * 2 ** 20
 
 
+#: the factor still due after a transform that scaled its result itself (:func:`ptycli.core.fft.fft2_deferred`)
+_ONE = np.float32(1.0)
+
+
+def _real_view(a):
+    """A complex stack ``(n, H, W)`` seen as real numbers ``(n, H, 2 W)`` (the kernels scale it in place)."""
+    return a.view(a.real.dtype)
+
+
 def work_probe(g):
     """The probe of group ``g`` in the working frame: ``pre * probe`` (far field) or the probe itself.
 
@@ -460,13 +469,13 @@ class CompiledProjectionPasses(ProjectionPasses):
             buf = self._tbuf[k][g.shape][:p1 - p0]
             psi = g.read_exit(p0, p1)
             fused.projection_input(buf, psi, ob, pt, pre, far, g.addresses, p0, a1, ma)
-            F = fft_inplace(buf, workers=1) if far else g.propagator.fw(buf)
+            F, sf = fft.fft2_deferred(buf, workers=1) if far else (g.propagator.fw(buf), _ONE)
             sums = np.empty((4, f1 - f0))
             fused.modulus_constraint(F, pod_start, g.diff.data, drows, mask, mrows, not g.mask_trivial, pbound,
-                                     True, *sums, bg, use_bg, bgsum)
-            G = ifft_inplace(F, workers=1) if far else g.propagator.bw(F)
+                                     True, *sums, bg, use_bg, bgsum, _real_view(F), sf)
+            G, sb = fft.ifft2_deferred(F, workers=1) if far else (g.propagator.bw(F), _ONE)
             change = fused.projection_update(psi, G, ob, pt, pre, post, far, g.addresses, p0, beta, fuse,
-                                             self._ob_num_t[slot][g.obj.ID], prc)
+                                             self._ob_num_t[slot][g.obj.ID], prc, _real_view(G), sb)
             g.write_exit(psi, p0, p1)
             return float(sums[0].sum()), float(sums[1].sum()), float(sums[2].sum()), change
 
@@ -493,11 +502,11 @@ class CompiledProjectionPasses(ProjectionPasses):
             buf = self._tbuf[k][g.shape][:p1 - p0]
             fused.projection_input(buf, g.read_exit(p0, p1), g.obj.data, pt, pre, g.farfield, g.addresses, p0, one,
                                    zero)
-            F = fft_inplace(buf, workers=1) if g.farfield else g.propagator.fw(buf)
+            F, sf = fft.fft2_deferred(buf, workers=1) if g.farfield else (g.propagator.fw(buf), _ONE)
             sums = np.empty((4, f1 - f0))
             bg = g.background if g.background is not None else self._no_bg[g.shape]
             fused.modulus_constraint(F, pod_start, g.diff.data, drows, mask, mrows, not g.mask_trivial, 0.0, False,
-                                     *sums, bg, False, self._no_bgsum)
+                                     *sums, bg, False, self._no_bgsum, _real_view(F), sf)
             return float(sums[0].sum()), float(sums[1].sum()), float(sums[2].sum())
 
         for fourier, photon, valid in self.pool.map_slots(work, self._items):  # summed in item order
@@ -520,15 +529,18 @@ class CompiledProjectionPasses(ProjectionPasses):
         self.pool.map_slots(work, self._items, reverse=True)  # starts with the blocks last in the cache
 
     def object_divide(self, recompute_den):
-        """The object from the slots' sums, in row bands: fold the numerators, gather the denominator, divide.
+        """The object from the slots' sums, in row bands: gather the denominator, fold the numerators, divide.
 
-        One sweep per row band when there is one process; with MPI the
-        folded sums are reduced over the ranks between the fold and the
-        division.
+        One sweep per row band when there is one process
+        (:func:`fused.object_divide_rows` folds the slots, makes the divisor
+        and divides); with MPI the folded sums are reduced over the ranks
+        between the fold and the division.
         """
         e = self.e
         c_obj, c_weak = e.c_obj, e.c_weak
         mpi = parallel.size > 1
+        f32 = e.ftype.type
+        consts = (f32(c_obj), f32(c_weak), f32(c_weak * c_weak))
         # sum |O|^2 for the probe update's c_p, from the bands while they are in cache (unless clipping follows)
         power = {sid: [0.0] * self.pool.n for sid in e.book.obj_storages} if e.p.get("clip_object") is None \
             else None
@@ -536,38 +548,44 @@ class CompiledProjectionPasses(ProjectionPasses):
         p2 = {id(g): (lambda pm: (pm.real ** 2 + pm.imag ** 2).astype(e.ftype))(g.model_probe())
               for g in e.book.groups} if recompute_den else None
 
-        def fold(k, rows):
-            self._fold_sums("_ob_num_t", rows)
-            if recompute_den:
-                for sid, den in e._ob_den.items():
-                    den[..., rows, :] = 0
-                    y_lo, y_hi, _ = rows.indices(den.shape[-2])
-                    for g in e.book.groups:
-                        if g.obj.ID == sid:
-                            fused.object_den_rows(den, p2[id(g)], g.addresses, y_lo, y_hi)
+        def gather_den(rows):
+            for sid, den in e._ob_den.items():
+                den[..., rows, :] = 0
+                y_lo, y_hi, _ = rows.indices(den.shape[-2])
+                for g in e.book.groups:
+                    if g.obj.ID == sid:
+                        fused.object_den_rows(den, p2[id(g)], g.addresses, y_lo, y_hi)
 
-        def divide(k, rows):
+        def divide(k, rows, fold):
             for sid, S in e.book.obj_storages.items():
-                d = e._ob_den[sid][..., rows, :]
-                prior = e._ob_prior[sid][..., rows, :]
-                if recompute_den:
-                    weak_divisor(d, prior, c_obj, c_weak)
-                band = np.multiply(e._ob_num[sid][..., rows, :], d, out=S.data[..., rows, :])
-                if c_weak > 0:
-                    band += prior
+                parts = tuple(_real_view(acc[sid]) for acc in (self._ob_num_t if fold else self._ob_num_t[:1]))
+                y_lo, y_hi, _ = rows.indices(S.data.shape[-2])
+                fused.object_divide_rows(parts, e._ob_den[sid], e._ob_prior[sid], _real_view(S.data), y_lo, y_hi,
+                                         recompute_den, *consts)
                 if power is not None:
+                    band = S.data[..., rows, :]
                     power[sid][k] = float(np.vdot(band, band).real)
 
         arrays = list(e._ob_num.values())
         if mpi:
+            def fold(k, rows):
+                self._fold_sums("_ob_num_t", rows)
+                if recompute_den:
+                    gather_den(rows)
+
             self.pool.rows(fold, arrays)
             for sid in e.book.obj_storages:
                 parallel.allreduce(e._ob_num[sid])
                 if recompute_den:
                     parallel.allreduce(e._ob_den[sid])
-            self.pool.rows(divide, arrays)
+            self.pool.rows(lambda k, rows: divide(k, rows, False), arrays)
         else:
-            self.pool.rows(lambda k, rows: (fold(k, rows), divide(k, rows)), arrays)
+            def sweep(k, rows):
+                if recompute_den:
+                    gather_den(rows)
+                divide(k, rows, True)
+
+            self.pool.rows(sweep, arrays)
         self._sums_folded("_ob_num_t")
         e._obj_power = {sid: sum(parts) for sid, parts in power.items()} if power is not None else None
 

@@ -134,8 +134,10 @@ Performance
 Frames are processed in blocks of ``block_frames`` (about 2 MB of complex
 data per block by default), so that the elementwise passes run in cache and
 the temporaries stay small; each block does one batched in-place forward and
-one inverse FFT over all its frames and modes (``scipy.fft``, workers from
-``ptycli.core.fft.get_workers``). In the far field the work is done on
+one inverse FFT over all its frames and modes (:mod:`ptycli.core.fft`: FFTW,
+else pocketfft; on the compiled path one thread per block, the unitary
+scaling applied by the kernel that reads the transform,
+:func:`~ptycli.core.fft.fft2_deferred`). In the far field the work is done on
 ``pre * psi`` so the FFT needs no phase passes (the exit storage always holds
 the true exit waves). The first object update's numerator is accumulated in
 the Fourier loop, and ``sum |P|^2`` over the object only when the probe
