@@ -382,6 +382,12 @@ def test_nearfield_guess_is_the_back_propagated_mean_pattern():
     assert set(info["trial"]) == {"mean_pattern", "flat"}  # no autocorrelation support in near field
     assert info["method"] == min(info["trial"], key=info["trial"].get)
     assert plain_corr(guess, truth) > 0.6, plain_corr(guess, truth)  # measured 0.77
+    # engines with local probe updates get no plane wave (from it they leave the probe in the object)
+    local = {}
+    guess = probe_from_data(intens, np.ones(intens.shape, bool), prop, positions=pos, info=local,
+                            local_engine=True)
+    assert set(local["trial"]) == {"mean_pattern"} and local["method"] == "mean_pattern"
+    assert plain_corr(guess, truth) > 0.6, plain_corr(guess, truth)
 
 
 @pytest.mark.parametrize("photons", [1e4, 1e3])

@@ -108,7 +108,14 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
     0.98; ``two_modes`` seed 114 0.28 -> 0.92, 0.31 -> 0.93). DM-first chains
     keep the first trial's pick (the held-out pick made DM + ML worse on
     ``lowdose_1e4`` seed 112, 0.94 -> 0.72). The second trial costs as much
-    as the first.
+    as the first. In near field these engines are not offered ``flat``: from a
+    plane wave the probe's structure goes into the object and stays there
+    (``foreign_nearfield``, ``rect_48x80_near``, ``near_diffuser_cxi`` from
+    ``flat`` / ``mean_pattern``: mPIE 100 0.03 / 0.97, 0.17 / 0.96,
+    0.15 / 0.92; ePIE 150 0.03 / 1.00, 0.10 / 0.88, 0.08 / 0.85; LSQML 100
+    0.97 / 0.97, 0.17 / 0.91, 0.12 / 0.92). DM-first chains keep ``flat``
+    (DM + ML on ``foreign_nearfield``: 0.986 from it, 0.988 from
+    ``mean_pattern``).
 
     **The curvature candidate** (far field, with positions). Two properties
     of the data are used:
@@ -191,7 +198,7 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
         the trial's power bound.
     local_engine : bool
         The first engine moves the probe by local steps (see above: the pick
-        is checked on held-out frames).
+        is checked on held-out frames; in near field ``flat`` is not offered).
     info : dict, optional
         Filled with diagnostics: ``method`` (the chosen candidate's name),
         ``trial`` (candidate name -> trial Fourier error, or None without a
@@ -243,7 +250,8 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
     if farfield:
         # (the support comes from the autocorrelation of the exit waves: a far-field notion)
         candidates["support"] = _support_probe(mean_pattern, amplitude, measured, propagator, iterations)
-    else:
+    elif not local_engine:
+        # (no plane wave for engines with local probe updates: from it the object takes up the probe's structure)
         candidates["flat"] = np.ones(shape, dtype=np.complex128)
     for name, probe in candidates.items():
         power = float(np.sum(np.abs(probe) ** 2))
