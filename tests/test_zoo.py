@@ -325,21 +325,25 @@ def test_low_dose_default_start_picks_a_probe_guess_that_converges(tmp_path):
 @pytest.mark.slow
 def test_mpie_noise_bound_ramp_on_low_dose_data(tmp_path):
     """1e4 photons per frame, mPIE 90 from the default start: the noise bound grown in over 60 iterations
-    (the default) reaches the true-probe ceiling where the whole bound from the start stalls.
+    (the default) reaches the true-probe ceiling where the whole bound from the start falls short.
 
-    Measured 0.930 against 0.585 (true probe 0.925 / 0.906); over five seeds (12, 21-24) the mean went
-    from 0.66 to 0.82.
+    First measured 0.930 against 0.585 (seed 21) from the support guess. Since the probe guess checks
+    held-out frames for engines with local probe updates, the start is better and the gap smaller;
+    measured (ramp 0 -> 60) over seeds 12, 21-26: mean 0.868 -> 0.910, every seed better; seed 12
+    0.850 -> 0.910, seed 24 0.838 -> 0.923 (true probe about 0.92).
     """
-    spec = dataclasses.replace(next(c for c in validate_zoo.CASES if c.name == "lowdose_1e4"), seed=21)
-    case = zoo_sim.build_case(spec, str(tmp_path))
-    scores = {}
-    for ramp in (0, 60):
-        config = validate_zoo.natural_config(case["data_section"], spec.propagation, poisson=True,
-                                             chain=[("mPIE", 90, {"noise_bound_ramp": ramp})])
-        result = validate_zoo.reconstruct_and_score(config, case["truth"])
-        assert result["error"] is None, result
-        scores[ramp] = result["score"]
-    assert scores[60] >= 0.9 and scores[60] > scores[0] + 0.1, scores
+    base = next(c for c in validate_zoo.CASES if c.name == "lowdose_1e4")
+    for seed in (12, 24):
+        spec = dataclasses.replace(base, seed=seed)
+        case = zoo_sim.build_case(spec, str(tmp_path / str(seed)))
+        scores = {}
+        for ramp in (0, 60):
+            config = validate_zoo.natural_config(case["data_section"], spec.propagation, poisson=True,
+                                                 chain=[("mPIE", 90, {"noise_bound_ramp": ramp})])
+            result = validate_zoo.reconstruct_and_score(config, case["truth"])
+            assert result["error"] is None, result
+            scores[ramp] = result["score"]
+        assert scores[60] >= 0.9 and scores[60] > scores[0] + 0.04, (seed, scores)
 
 
 @pytest.mark.slow
