@@ -68,8 +68,10 @@ def test_inspect_data_files(files, fmt, kind):
     assert info["kind"] == kind
     assert info["frames"] == 30 and info["frame_shape"] == [32, 32]
     assert info["energy_kev"] == pytest.approx(6.2) and info["distance_m"] == pytest.approx(7.0)
+    assert info["loader"] == {"h5": "Hdf5Scan", "cxi": "CxiScan", "ptyd": "PtydScan"}[fmt]
     res = invoke("inspect", files[fmt])
     assert "frames:      30 of 32x32" in res.stdout
+    assert res.stdout.splitlines()[1].startswith("  loader:      %s (scans.<label>.data.name" % info["loader"])
     if fmt in ("h5", "ptyd"):  # both record the propagation (a .ptyd in /meta/propagation); CXI cannot
         assert info["propagation"] == "farfield"
         assert "  propagation: farfield" in res.stdout.splitlines()

@@ -17,6 +17,7 @@ from ..io.ptyd import read_ptyd_meta
 from ..io.reading import DAMAGED_HINT, reading
 from ..io.reading import h5_text as _str
 from ..log import get_logger
+from ..scans.detect import detect_loader
 from ..utils.nominal_geometry import is_nominal
 
 logger = get_logger(__name__)
@@ -342,6 +343,8 @@ def summarise(path):
     """A JSON-able summary of ``path`` (``kind`` plus what that kind of file holds)."""
     kind = identify(path)
     out = dict(file=path, kind=kind, description=KINDS[kind], size_bytes=os.path.getsize(path))
+    if kind in ("cxi", "ptyd", "data", "hdf5"):
+        out["loader"] = detect_loader(path)[0]
     if kind == "cxi":
         out.update(_summary_cxi(path))
         return out
@@ -410,6 +413,8 @@ def _text(s):
     lines = ["%s: %s" % (s["file"], s["description"])]
     kind = s["kind"]
     add = lines.append
+    if s.get("loader"):
+        add("  loader:      %s (scans.<label>.data.name; chosen from the file when left out)" % s["loader"])
     if kind == "reconstruction":
         add("  kind:        %s, %s, written %s by %s" % (s["kind_of_file"], s["format"], s["created"], s["creator"]))
         if s.get("run"):

@@ -110,6 +110,9 @@ class Registry:
         self.kind = kind
         self.parameter = parameter
         self._entries = {}  # lower-case name -> Registered
+        #: optional ``detector(source) -> (name or None, reason)``: picks an entry for an input when the
+        #: config names none (the scan loaders install :func:`ptycli.scans.detect.detect_loader`)
+        self.detector = None
 
     def register(self, name, paramset=None, factory=None, replace=False):
         """Add ``name``; return the :class:`Registered` entry.

@@ -28,13 +28,17 @@ a strictly positive number, a list of words, a registered name, a path
 template, a verbosity level); :mod:`ptycli.params.tree` uses them too.
 """
 
+import os
 import re
 import string
 
 from ..errors import ConfigError
+from ..log import get_logger
 from ..utils.param_tree import Param
 from .declare import Parameter, ParamSet, describe_value
 from .registry import LOADERS, SCAN_MODELS, suggest
+
+logger = get_logger("ptycli.params")
 
 __all__ = [
     "ModelParameter",
@@ -318,7 +322,8 @@ COHERENCE = ParamSet("coherence", [
 
 #: ``data`` as declared for every loader: only ``name``; the rest comes from the loader.
 DATA = ParamSet("data", [
-    RegistryName("name", None, LOADERS, "scan loader that reads (or simulates) the frames", nullable=True),
+    RegistryName("name", None, LOADERS, "scan loader that reads (or simulates) the frames (null or 'auto': "
+                 "told from dfile's format)", nullable=True),
 ], "the scan's data source: a loader and its parameters")
 
 def _subpixel_mode(value, path):
@@ -407,8 +412,31 @@ def validate_data(tree, path="scans.<label>.data"):
         names = LOADERS.names()
         raise ConfigError("%s: expected a mapping with at least 'name' (the loader%s), got %s" % (
             path, ": one of " + ", ".join(names) if names else "", describe_value(tree)))
+    tree = _with_detected_loader(tree, path)
     entry = LOADERS.get(tree.get("name"), path + ".name")
     return validate_named(entry.name, entry.paramset, tree, path)
+
+
+def _with_detected_loader(tree, path):
+    """``tree`` with ``name`` filled in from ``dfile`` when it is missing or ``auto`` (:mod:`ptycli.scans.detect`)."""
+    name = tree.get("name")
+    if not (name is None or (isinstance(name, str) and name.strip().lower() in ("", "auto"))):
+        return tree
+    dfile = tree.get("dfile")
+    if dfile is None or LOADERS.detector is None:
+        if name is not None:  # 'auto' without a file to look at
+            raise ConfigError("%s.name: 'auto' needs %s.dfile (the file whose format decides the loader)"
+                              % (path, path))
+        return tree
+    detected, reason = LOADERS.detector(dfile)
+    if detected is None and not os.path.exists(os.fspath(dfile)):
+        raise ConfigError("%s.dfile: %s does not exist; check the file name (relative paths start in the "
+                          "current folder)" % (path, dfile))
+    if detected is None:
+        raise ConfigError("%s.name: no loader given, and the format of %s could not be told (%s); expected "
+                          "one of %s" % (path, dfile, reason, ", ".join(LOADERS.names())))
+    logger.info("%s.name: %s (detected: %s is %s)", path, detected, dfile, reason)
+    return dict(tree, name=detected)
 
 
 def validate_scan(tree, path="scans.<label>"):

@@ -26,5 +26,6 @@ for _mod in ("ptyd", "cxi", "moonflower"):
         if getattr(_exc, "name", None) != "%s.%s" % (__name__, _mod):
             raise
 del _mod
+from . import detect  # noqa: E402,F401  (installs LOADERS.detector: the loader told from the file)
 
 __all__ = ["ScanData", "ScanLoader", "LOADERS", "get_loader", "register"]

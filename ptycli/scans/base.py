@@ -128,6 +128,7 @@ from ..params.declare import Parameter
 from ..params.registry import LOADERS, register_loader
 from ..params.scan import validate_named
 from ..utils.param_tree import Param
+from .detect import detect_loader
 from .array_files import load_array_file  # noqa: F401  (re-exported)
 from .frame_steps import (FLOAT_MARKER, checked_frames, checked_indices, checked_positions,  # noqa: F401
                           correct_frames, crop_pad, empty_frames, fftshift_frames, marker_pixels,
@@ -281,6 +282,11 @@ class ScanLoader:
 
     NAME = None
     PARAMS = COMMON_PARAMS
+    #: what marks this loader's format for :mod:`ptycli.scans.detect`: names at the root of an HDF5
+    #: file, file name endings (lower case), whether ``dfile`` is a folder
+    HDF5_SIGNATURE = ()
+    EXTENSIONS = ()
+    READS_FOLDER = False
 
     def __init__(self, pars=None, path=None):
         if pars is None:
@@ -402,7 +408,11 @@ class ScanLoader:
         """:meth:`read_meta`, cached and checked."""
         if self._meta is None:
             with reading(self.source, "the metadata"):
-                m = dict(self.read_meta())
+                try:
+                    m = dict(self.read_meta())
+                except DataError as exc:
+                    self._hint_other_loader(exc)
+                    raise
                 for key in ("num_frames", "frame_shape"):
                     if key not in m:
                         raise DataError("%s: loader %s did not report %s" % (self.source, self.NAME, key))
@@ -413,6 +423,16 @@ class ScanLoader:
                     self.source, m["frame_shape"]))
             self._meta = m
         return self._meta
+
+    def _hint_other_loader(self, exc):
+        """Point ``exc`` to the loader that reads this file when it is not this one (a wrong ``name``)."""
+        dfile = self.pars.get("dfile")
+        if not dfile:
+            return
+        other, reason = detect_loader(dfile)
+        if other is not None and other != self.NAME:
+            exc.hint = "the file is %s, which %s reads: set %s to %s (or leave it out)" % (
+                reason, other, self._where("name"), other)
 
     # -- geometry ---------------------------------------------------------------
     def geometry(self):

@@ -24,6 +24,7 @@ class CxiScan(ScanLoader):
     """Loader of CXI ptychography data files."""
 
     NAME = "CxiScan"
+    HDF5_SIGNATURE = ("entry_1",)
     PARAMS = loader_params("CxiScan", "CXI file (.cxi) to read", [
         Parameter("entry", None, "str", "entry group to read (null = entry_1)", nullable=True),
         Parameter("mask_bits", MASK_INVALID, "int",

@@ -106,6 +106,7 @@ class NpyFolderScan(ScanLoader):
     """A folder of ``.npy`` frames with ``geometry.txt`` and ``positions.txt``."""
 
     NAME = "NpyFolderScan"
+    READS_FOLDER = True
     PARAMS = loader_params("NpyFolderScan", "the folder holding geometry.txt, positions.txt and the frames", [
         Parameter("geometry_file", "geometry.txt", "str",
                   "geometry file in the folder ('' = none: give energy, distance, psize)"),

@@ -181,6 +181,7 @@ class NpzScan(ScanLoader):
     """Frames and positions from a NumPy ``.npz``/``.npy`` file (also ``.bz2``/``.gz``)."""
 
     NAME = "NpzScan"
+    EXTENSIONS = (".npz", ".npy", ".npz.bz2", ".npz.gz", ".npy.bz2", ".npy.gz")
     PARAMS = loader_params("NpzScan", "the .npz or .npy file (also compressed: .npz.bz2, "
                            ".npz.gz, .npy.bz2, .npy.gz)", [
         _key_param("intensities", "the frames, (N, H, W) or (ny, nx, H, W)", FRAME_KEYS,

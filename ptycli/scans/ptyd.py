@@ -32,6 +32,7 @@ class PtydScan(ScanLoader):
     """Loader of PtyPy ``.ptyd`` prepared-data files."""
 
     NAME = "PtydScan"
+    HDF5_SIGNATURE = ("chunks",)
     PARAMS = loader_params("PtydScan", "PtyPy prepared-data file (.ptyd) to read", [
     ], doc="PtyPy prepared data (.ptyd): centred frames, weights, positions in metres")
 

@@ -71,6 +71,7 @@ class PtyLabScan(Hdf5Scan):
     """PtyLab's HDF5 files (ptychogram, encoder, wavelength, zo, dxd)."""
 
     NAME = "PtyLabScan"
+    HDF5_SIGNATURE = ("ptychogram",)
     PATHS = PTYLAB_PATHS
     PARAMS = Hdf5Scan.PARAMS.extended("PtyLabScan", [
         Parameter("intensities", PTYLAB_PATHS["intensities"], "str", "dataset of the frames, (N, Nd, Nd)"),
