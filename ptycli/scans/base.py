@@ -429,10 +429,14 @@ class ScanLoader:
         dfile = self.pars.get("dfile")
         if not dfile:
             return
-        other, reason = detect_loader(dfile)
+        try:
+            other, reason = detect_loader(dfile)
+        except (DataError, OSError):
+            return  # the file itself is the problem: ``exc`` says so
         if other is not None and other != self.NAME:
-            exc.hint = "the file is %s, which %s reads: set %s to %s (or leave it out)" % (
+            hint = "the file is %s, which %s reads: set %s to %s (or leave it out)" % (
                 reason, other, self._where("name"), other)
+            exc.hint = "%s; %s" % (exc.hint, hint) if exc.hint else hint
 
     # -- geometry ---------------------------------------------------------------
     def geometry(self):

@@ -25,6 +25,7 @@ as CXI). Each loader declares what marks its format (``HDF5_SIGNATURE``,
 
 import os
 
+from ..io.h5guard import check_structure
 from ..io.hdf5 import open_hdf5
 from ..params.registry import LOADERS
 
@@ -47,6 +48,7 @@ def _hdf5_top_level(path):
             return None
     except OSError:
         return None
+    check_structure(path, validation=True)  # a damaged input is a usage error, as in the loaders
     with open_hdf5(path) as f:
         return set(f.keys())
 
