@@ -97,6 +97,24 @@ def test_noise_terms_derivatives(model):
         assert np.all(np.abs(noise_terms(model, n + 1e-12, n, weight)[1]) < 1e-6)
 
 
+def test_poisson_cost_is_the_deviance_and_keeps_its_precision_in_single():
+    """Near a fit of bright frames the Poisson cost is small ((I - n)^2 / 2n per pixel) in single precision too.
+
+    The line search compares costs of nearby steps; summed as ``I - n log I``
+    the single-precision rounding of the large terms exceeded their difference
+    and every line search of a converged high-dose run failed.
+    """
+    rng = np.random.default_rng(7)
+    n = rng.poisson(2e5, (8, 64, 64)).astype(np.float64)
+    I = n * (1 + 1e-3 * rng.standard_normal(n.shape))
+    expected = float(np.sum((I - n) ** 2 / (2 * n)))  # second-order deviance
+    cost64 = noise_terms("poisson", I, n, None)[0]
+    assert cost64 == pytest.approx(expected, rel=1e-2)
+    cost32 = noise_terms("poisson", I.astype(np.float32), n.astype(np.float32), None)[0]
+    assert cost32 == pytest.approx(cost64, rel=1e-3)
+    assert noise_terms("poisson", n, n, None)[0] == pytest.approx(0.0, abs=1e-6 * n.size)
+
+
 @pytest.mark.parametrize("model", ML_TYPES)
 def test_floating_scale_is_the_minimiser(model):
     rng = np.random.default_rng(1)

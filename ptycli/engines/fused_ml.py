@@ -387,7 +387,10 @@ def _pixel_terms(model, I, n, m, c, eps):
     ie = I + eps
     if model == 1:
         r = n / ie
-        return m * (I - n * np.log(ie)), c * m * (one - r), m * r / ie
+        dev = I - n  # the deviance, 0 at a perfect fit: small numbers, summed without cancellation
+        if n > 0:
+            dev += n * np.log(r)
+        return m * dev, c * m * (one - r), m * r / ie
     sa = np.sqrt(ie)
     fm = np.sqrt(n)
     da = sa - fm

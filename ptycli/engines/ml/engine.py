@@ -585,6 +585,18 @@ class ML(Engine):
             return float(0.1 * np.sqrt(on) / (hon if hon > 0 else hn))
         return float(dist / hn)
 
+    def _shortest_trial(self):
+        """The shortest trial step worth taking: the object's norm times the rounding unit of its dtype.
+
+        Below it a step changes the object by less than its rounding, and the
+        line-search terms underflow in single precision (once a converged run
+        shrank its trial step by 10 per iteration to 1e-20 and then overflowed).
+        """
+        on = 0.0
+        for S in self.obj_storages.values():
+            on += cdot(S.data, S.data, self._compiled)
+        return float(np.finfo(self.dirn.real.dtype).eps * np.sqrt(on))
+
     def _step_length(self, coefs):
         """The noise model's step along the line (0 when it is not a finite positive number)."""
         u = self.noise.step_length(coefs)
@@ -627,7 +639,7 @@ class ML(Engine):
         else:  # no progress along this line: steepest descent with a shorter trial next time
             self._restart = True
             if self._dist_prev:
-                self._dist_prev *= 0.1
+                self._dist_prev = max(0.1 * self._dist_prev, self._shortest_trial())
         self._L = L
         # constraints that break the line (rare): the next iteration re-evaluates
         if self._constrain():

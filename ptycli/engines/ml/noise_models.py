@@ -238,18 +238,18 @@ class Gaussian(NoiseModel):
 
 
 class Poisson(NoiseModel):
-    """``mask (I - n log(I + e) + n log n - n)``."""
+    """``mask (I - n log(I + e) + n log n - n)``, computed per pixel as the deviance ``mask (I - n + n log(n / (I + e)))``.
+
+    The deviance is small near a fit (about ``(I - n)^2 / 2n``), so its sum
+    keeps the precision that the line search needs: the raw terms
+    ``n log(I + e)`` of bright pixels are large and their rounding in single
+    precision made the summed cost jitter by more than the line search's
+    tolerance (ML then stalled at high counts and its trial steps shrank to
+    underflow).
+    """
 
     name = "poisson"
     code = 1
-
-    def cost_constant(self, blocks):
-        const = 0.0
-        for counts, mask in blocks:
-            n = np.maximum(counts, 0).astype(np.float64)
-            nl = np.where(n > 0, n * np.log(np.where(n > 0, n, 1.0)), 0.0) - n
-            const += float(np.sum(nl * mask if mask is not None else nl))
-        return const
 
     def masked_counts(self, n, mask):
         return n * mask if mask is not None else n
@@ -257,12 +257,17 @@ class Poisson(NoiseModel):
     def cost_terms(self, I, n, weight, fmag, mn, eps, lp, aux, t1, t2, t3, second=True):
         Ie = np.add(I, eps, out=t1)
         r = np.divide(n, Ie, out=t2)
-        logI = np.log(Ie, out=t3)
+        dev = t3
+        dev.fill(0)
+        np.log(r, out=dev, where=r > 0)  # n log(n / (I + e)), 0 where n = 0
+        dev *= n
+        dev += I
+        dev -= n
         if weight is not None:
-            cost = fdot(weight, I) - fdot(mn, logI)
+            cost = fdot(weight, dev)
             np.subtract(weight, np.multiply(weight, r, out=lp), out=lp)
         else:
-            cost = fsum(I) - fdot(n, logI)
+            cost = fsum(dev)
             np.subtract(1.0, r, out=lp)
         if second:
             np.divide(r, Ie, out=aux)
@@ -367,7 +372,7 @@ def noise_terms(model, I, n, weight, fmag=None, eps=0.0, second=False):
     Returns
     -------
     cost : float
-        ``sum l(I)`` (``poisson``: without the constant ``sum mask (n log n - n)``).
+        ``sum l(I)``.
     lp : ndarray like ``I``
         ``dl/dI``.
     aux : ndarray like ``I`` or None
