@@ -36,9 +36,11 @@ ERROR_MEASURES = {
     "likelihood": (
         "",
         "ML and LSQML: the negative log-likelihood of the data under the engine's noise model "
-        "(ML_type: gaussian, poisson, euclid; LSQML's noise_model: gaussian on amplitudes, poisson), "
-        "divided by the number of valid pixels. About 1 at the noise level for ML's gaussian; lower "
-        "is better; null for the other engines."),
+        "(ML_type: gaussian, poisson, euclid, or auto: poisson on photon counts; LSQML's noise_model: "
+        "gaussian on amplitudes, poisson), divided by the number of valid pixels, without terms of "
+        "the data alone (poisson: the deviance, 0 for a perfect fit). About 1 at the noise level for "
+        "ML's gaussian, about 0.5 for poisson where the counts are high; lower is better; null for "
+        "the other engines."),
     "model_fourier_error": (
         "counts per pixel",
         "DM and RAAR: fourier_error of probe x object itself (not of the projection input), "

@@ -61,8 +61,8 @@ def test_registered_by_name_with_parameters():
     for name in ("ML_type", "floating_intensities", "reg_del2", "reg_del2_amplitude", "scale_precond",
                  "scale_probe_object", "probe_update_start", "numiter"):
         assert name in ML.PARAMS
-    assert list(ML.PARAMS["ML_type"].choices) == list(ML_TYPES)
-    assert ML.PARAMS["ML_type"].default == "gaussian"
+    assert list(ML.PARAMS["ML_type"].choices) == ["auto"] + list(ML_TYPES)
+    assert ML.PARAMS["ML_type"].default == "auto"
     assert ML.PARAMS["reg_del2"].default is False and ML.PARAMS["reg_del2_amplitude"].default == 0.01
     assert ML.PARAMS["scale_precond"].default is True
     P = build(shape=32, frames=8)
@@ -70,6 +70,20 @@ def test_registered_by_name_with_parameters():
     assert isinstance(e, ML) and e.p.ML_type == "poisson"
     with pytest.raises(ConfigError):
         make_engine(P, dict(name="ML", ML_type="laplace"), label="ml")
+
+
+def test_auto_noise_model_is_poisson_on_counts_only():
+    """``ML_type: auto`` picks Poisson for photon counts and Gaussian for anything else."""
+    for noise, expected in ((True, "poisson"), (False, "gaussian")):
+        P = build(shape=32, frames=8, noise=noise, photons=1e5)
+        assert P.scans["MF"].counted is noise
+        e = make_engine(P, dict(name="ML", numiter=1), label="ml")
+        e.initialize()
+        assert e.noise.name == expected
+    P = build(shape=32, frames=8, noise=True, photons=1e5)
+    e = make_engine(P, dict(name="ML", ML_type="gaussian", numiter=1), label="ml")
+    e.initialize()
+    assert e.noise.name == "gaussian"  # a stated model is kept
 
 
 # --- pure mathematics ------------------------------------------------------------------
@@ -238,7 +252,8 @@ def test_gradients_match_finite_differences(model, floating, propagation, subpix
 @pytest.mark.parametrize("probe_on", [False, True])
 def test_gaussian_line_coefficients_match_the_cost_along_the_line(probe_on):
     P = build(shape=32, frames=16, dtype="double", photons=1e6, noise=True)
-    e = make_engine(P, dict(name="ML", reg_del2=True, probe_support=None, probe_update_start=0), label="ml")
+    e = make_engine(P, dict(name="ML", ML_type="gaussian", reg_del2=True, probe_support=None, probe_update_start=0),
+                    label="ml")
     e.initialize()
     O, Pr = storages(P)
     e._direction(probe_on)

@@ -84,6 +84,8 @@ class ScanModel:
         self.subpixel = {}
         #: mean squared counting noise of an amplitude per valid pixel (:meth:`measure_noise`), set by load
         self.noise_floor = 0.0
+        #: whether every frame of the scan (on every process) holds photon counts (:meth:`measure_noise`)
+        self.counted = False
         #: the fitted incoherent background (H, W) with ``background: true``, else None (set by :meth:`build`)
         self.background = None
         #: per-frame weights of the eigen-probes (this process's frames, K) with a variable probe, else None
@@ -161,12 +163,14 @@ class ScanModel:
         :func:`~ptycli.core.counting_noise.amplitude_noise_floor` of the mean
         pattern over all processes' frames when every process's frames hold
         counts (:func:`~ptycli.core.counting_noise.looks_like_counts`), else 0.
+        Sets :attr:`counted`.
         """
         d = self.data
         mean_pattern, counts = mean_measured_pattern(d.intensities, d.mask)
         counted = np.array([1.0 if looks_like_counts(d.intensities) else 0.0])
         parallel.allreduce(counted, op="min")
-        if not counted[0]:
+        self.counted = bool(counted[0])
+        if not self.counted:
             return 0.0
         return amplitude_noise_floor(mean_pattern, counts / max(float(d.num_frames_total), 1.0))
 

@@ -605,6 +605,27 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         return int(P.runtime.get("iterations", 0)) == 0 and any(
             bool(getattr(m, "probe_guess", None)) for m in P.scans.values())
 
+    def data_are_counts(self):
+        """Whether every scan's frames hold photon counts (non-negative whole numbers, on every process)."""
+        scans = list(self.ptycho.scans.values())
+        return bool(scans) and all(bool(getattr(m, "counted", False)) for m in scans)
+
+    def choose_noise_model(self, choice, counted_name, other_name, parameter):
+        """The noise model an ``auto`` choice stands for: ``counted_name`` on photon counts, else ``other_name``.
+
+        Any other ``choice`` is returned as given. The choice is logged once
+        (rank 0), naming ``parameter`` so that a user can pin it.
+        """
+        choice = str(choice).lower()
+        if choice != "auto":
+            return choice
+        counted = self.data_are_counts()
+        name = counted_name if counted else other_name
+        if parallel.master:
+            log.info("%s: %s auto -> %s (%s)", self.label, parameter, name,
+                     "the frames hold photon counts" if counted else "the frames are not photon counts")
+        return name
+
     def probe_update_due(self):
         """Whether the probe is updated in the current iteration (``iteration >= probe_update_start``)."""
         return self.iteration >= int(self.p.probe_update_start)

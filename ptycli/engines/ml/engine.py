@@ -162,9 +162,10 @@ class ML(Engine):
     NAME = "ML"
     SUBPIXEL = True
     PARAMS = Engine.PARAMS.extended("ML", [
-        Parameter("ML_type", "gaussian", "str",
+        Parameter("ML_type", "auto", "str",
                   "noise model of the likelihood: gaussian (intensities, weights 1/(I+1)), poisson, "
-                  "or euclid (least squares on amplitudes)", choices=list(ML_TYPES)),
+                  "euclid (least squares on amplitudes), or auto: poisson when the frames hold photon "
+                  "counts (non-negative whole numbers), else gaussian", choices=["auto"] + list(ML_TYPES)),
         Parameter("floating_intensities", False, "bool",
                   "fit a per-frame intensity scale (closed form) at every iteration"),
         Parameter("reg_del2", False, "bool", "add a del^2 (gradient-squared) smoothness prior on the object"),
@@ -196,7 +197,7 @@ class ML(Engine):
             log.warning("%s (ML) starts from the automatic probe guess: ML refines a reconstruction and can stall "
                         "from a poor start; put DM or RAAR before it (e.g. DM 100 iterations, then ML), or leave "
                         "engines.%s.warmup above 0", self.label, self.label)
-        self.noise = noise_model(str(p.ML_type).lower())
+        self.noise = noise_model(self.choose_noise_model(p.ML_type, "poisson", "gaussian", "ML_type"))
         self.floating = bool(p.floating_intensities)
         self.eps = self.noise.eps(self.mean_power)
         book = self.book

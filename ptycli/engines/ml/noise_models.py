@@ -36,7 +36,8 @@ not take over:
 The Gaussian weights ``1 / (n + 1)`` favour low counts, so its background
 comes out low on Poisson data (a flat background of 12 counts per pixel,
 64 x 64 frames, DM 100 + ML 50: 13 % low, relative rms error 0.14, against
-0.06 with ``poisson``): use ``ML_type: poisson`` on counted data.
+0.06 with ``poisson``): ``poisson`` suits counted data, and ``ML_type: auto``
+(the default) takes it there.
 
 Each model (:class:`Gaussian`, :class:`Poisson`, :class:`Euclid`, all
 :class:`NoiseModel`) holds, for the numpy passes, its cost and derivatives
