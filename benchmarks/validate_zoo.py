@@ -7,8 +7,9 @@ and units), then reconstructed in-process through ptycli's Python API twice:
 
 * ``default``: a short natural config as a user writes it: the loader and
   file (plus the dataset mapping for the beamline layout), the propagation,
-  the number of probe modes when the user knows it, the noise model
-  (``ML_type: poisson`` for low dose), position refinement where the
+  the number of probe modes when the user knows it, LSQML's noise model
+  (``noise_model: poisson`` for low dose; ML's default ``ML_type: auto``
+  takes Poisson on counted data by itself), position refinement where the
   positions are known to be poor, DM 200 + ML 100; no illumination settings.
 * ``true probe``: the same, started from the true probe modes
   (``illumination.model: <case>_true_probe.npy``): the reachable ceiling.
@@ -161,7 +162,8 @@ def natural_config(data_section, propagation, *, probe_modes=1, poisson=False, r
     probe_modes : int
         ``coherence.num_probe_modes`` (given only when above 1).
     poisson : bool
-        ``ML_type: poisson`` (low dose).
+        Low dose: LSQML gets ``noise_model: poisson`` (ML is left to its
+        default ``ML_type: auto``, Poisson on counts).
     refine_positions : bool
         Position refinement in DM (from iteration 20) and ML.
     true_probe_file : str, optional
@@ -174,8 +176,8 @@ def natural_config(data_section, propagation, *, probe_modes=1, poisson=False, r
         Engine names and iterations replacing DM + ML (``--engines``). An
         engine that declares ``position_refinement`` refines when
         ``refine_positions`` is set (from iteration 20 for the first engine,
-        0 after); with ``poisson`` an engine declaring ``ML_type`` or
-        ``noise_model`` gets ``poisson``.
+        0 after); with ``poisson`` an engine declaring ``noise_model`` gets
+        ``poisson``.
 
     Returns
     -------
@@ -196,9 +198,8 @@ def natural_config(data_section, propagation, *, probe_modes=1, poisson=False, r
             entry = {"name": name, "numiter": int(numiter)}
             if refine_positions and "position_refinement" in declared:
                 entry["position_refinement"] = {"start": 20 if k == 0 else 0}
-            for key in ("ML_type", "noise_model"):
-                if poisson and key in declared:
-                    entry[key] = "poisson"
+            if poisson and "noise_model" in declared:
+                entry["noise_model"] = "poisson"
             entry.update(extra[0] if extra else {})
             engines["e%d_%s" % (k, name.lower())] = entry
         return {"verbose_level": "error", "scans": {label: scan}, "engines": engines}
@@ -208,8 +209,6 @@ def natural_config(data_section, propagation, *, probe_modes=1, poisson=False, r
             engines["dm"]["position_refinement"] = {"start": 20}
     if ml_iterations:
         engines["ml"] = {"name": "ML", "numiter": int(ml_iterations)}
-        if poisson:
-            engines["ml"]["ML_type"] = "poisson"
         if refine_positions:
             engines["ml"]["position_refinement"] = {"start": 0}
     return {"verbose_level": "error", "scans": {label: scan}, "engines": engines}

@@ -1032,7 +1032,8 @@ class CaseSpec:
     beamstop_radius_px : float
         Beam stop radius (detector pixels), masked; 0 = none.
     poisson_ml : bool
-        The natural config uses ``ML_type: poisson`` (low dose).
+        Low dose: the natural config gives LSQML ``noise_model: poisson`` (ML's
+        default ``ML_type: auto`` is Poisson on counts already).
     position_refinement : bool
         The natural config turns position refinement on.
     seed : int
