@@ -201,6 +201,8 @@ def _mode_engines(config, specs):
                     st["expected_bytes"] += 5 * 8
             if name == "ML":
                 st["grad_bytes"] = int(engine.grad.nbytes)
+                st["line_bytes"] = 8 * (engine.noise.n_line + 3)  # the cost polynomial + 3 exit-change sums
+                st["noise_model"] = engine.noise.name
             calls.append(st)
         digests = parallel.allgather((_digest(P.probe.S), _digest(P.obj.S)))
         frames = parallel.allgather(int(sum(len(m.data.indices) for m in P.scans.values())))

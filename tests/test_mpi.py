@@ -317,9 +317,10 @@ def test_iterations_reduce_numpy_buffers_and_keep_replicas_equal(scan, tmp_path)
             assert it["buffer_bytes"] > 0, (name, k, it)
             if "expected_bytes" in it:  # DM, RAAR: error sums + overlap-update sums
                 assert it["buffer_bytes"] == it["expected_bytes"], (name, k, it)
-            if "grad_bytes" in it:  # ML: line-search terms (12 float64), then per evaluation the
-                # gradient and the cost/error sums (4 float64)
-                rest = it["buffer_bytes"] - 12 * 8
+            if "grad_bytes" in it:  # ML: line-search terms (gaussian 12 float64, poisson 6), then per
+                # evaluation the gradient and the cost/error sums (4 float64)
+                assert it["line_bytes"] == (12 * 8 if it["noise_model"] == "gaussian" else 6 * 8), (name, k, it)
+                rest = it["buffer_bytes"] - it["line_bytes"]
                 assert rest > 0 and rest % (it["grad_bytes"] + 4 * 8) == 0, (name, k, it)
 
 
