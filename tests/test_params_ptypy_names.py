@@ -99,14 +99,33 @@ def test_hdf5_loader_reads_the_same_frames_as_hdf5scan(tmp_path):
     np.testing.assert_array_equal(s.intensities, expect)
 
 
+def test_hdf5_loader_groups_in_other_files_and_normalisation(tmp_path):
+    """Positions and the ion chamber in a master file, frames in the detector's file, as beamlines write them."""
+    from ptycli.scans.hdf5 import FILE_SEPARATOR
+
+    path = tmp_path / "b.h5"
+    frames = beamline_file(path)
+    i0 = np.array([1.0, 2.0, 1.0, 0.5, 1.0, 1.5]) * 1e4
+    with h5py.File(tmp_path / "master.h5", "w") as f:
+        f["sy"] = np.arange(6) * 3.0
+        f["sx"] = np.arange(6) * 1.0
+        f["i0"] = i0
+    config = hdf5_loader_data(path, normalisation={"file": str(tmp_path / "master.h5"), "key": "i0"})
+    config["scans"]["S"]["data"]["positions"].update(file=str(tmp_path / "master.h5"), slow_key="sy", fast_key="sx")
+    data = validate(config).scans.S.data
+    assert data.dfile == str(path) and data.intensities == "/entry/data/eiger"
+    assert data.positions_slow == str(tmp_path / "master.h5") + FILE_SEPARATOR + "sy"
+    s = Hdf5Scan.from_pars(data).load()
+    np.testing.assert_allclose(s.positions[:, 0], np.arange(6) * 3e-6)
+    expect = frames.astype(np.float32) * (i0.mean() / i0)[:, None, None].astype(np.float32)
+    expect[:, 0, 0] = 0
+    np.testing.assert_allclose(s.intensities, expect, rtol=1e-6)
+
+
 def test_hdf5_loader_layouts_ptycli_cannot_read_are_refused(tmp_path):
     path = tmp_path / "b.h5"
     beamline_file(path)
-    with h5py.File(tmp_path / "pos.h5", "w") as f:
-        f["sy"] = np.zeros(6)
-    two_files = hdf5_loader_data(path)
-    two_files["scans"]["S"]["data"]["positions"]["file"] = str(tmp_path / "pos.h5")
-    with pytest.raises(ConfigError, match="reads one file"):
-        validate(two_files)
-    with pytest.raises(ConfigError, match="normalisation.*not supported"):
-        validate(hdf5_loader_data(path, normalisation={"file": str(path), "key": "/entry/i0"}))
+    boxed = hdf5_loader_data(path)
+    boxed["scans"]["S"]["data"]["positions"]["bounding_box"] = {"fast_axis_bounds": [0, 3]}
+    with pytest.raises(ConfigError, match="bounding_box: PtyPy's Hdf5Loader crop of the scan is not supported"):
+        validate(boxed)

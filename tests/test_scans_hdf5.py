@@ -164,3 +164,101 @@ def test_wrong_ndim_and_count_mismatch(tmp_path):
                                         r"\(2, 4, 4\), expected \(4, 4\) or \(3, 4, 4\)"):
         Hdf5Scan.from_pars(dict(base, intensities="/data/frames",
                                 mask_dataset="/data/mask2")).load()
+
+
+# -- beamline layouts: raster axes, grids, other files, a monitor ----------------------------------
+
+def raster_file(path, ny=3, nx=4, h=6, w=6, four_d=True):
+    """Frames on a ny x nx raster (fast axis fastest) with the motor axes as 1-D datasets (um)."""
+    rng = np.random.default_rng(11)
+    frames = rng.poisson(20, (ny * nx, h, w)).astype(np.uint16)
+    with h5py.File(path, "w") as f:
+        f["/entry/data/frames"] = frames.reshape(ny, nx, h, w) if four_d else frames
+        f["/entry/scan/y_axis"] = 10.0 + 2.0 * np.arange(ny)
+        f["/entry/scan/x_axis"] = -5.0 + 1.0 * np.arange(nx)
+    return frames
+
+
+def raster_pars(path, **extra):
+    pars = {"dfile": str(path), "intensities": "/entry/data/frames", "positions_slow": "/entry/scan/y_axis",
+            "positions_fast": "/entry/scan/x_axis", "positions_slow_multiplier": 1e-6,
+            "positions_fast_multiplier": 1e-6, "energy": 6.2, "distance": 2.0, "psize": 75e-6,
+            "center": "geometric"}
+    pars.update(extra)
+    return pars
+
+
+@pytest.mark.parametrize("four_d", [True, False])
+def test_raster_axes_are_meshed_fast_axis_fastest(tmp_path, four_d):
+    frames = raster_file(tmp_path / "r.h5", four_d=four_d)
+    scan = Hdf5Scan.from_pars(raster_pars(tmp_path / "r.h5", chunk_size=5))
+    assert scan.meta()["num_positions"] == 12
+    s = scan.load()
+    expect_y = (10.0 + 2.0 * np.repeat(np.arange(3), 4)) * 1e-6
+    expect_x = (-5.0 + np.tile(np.arange(4), 3)) * 1e-6
+    np.testing.assert_allclose(s.positions[:, 0], expect_y)
+    np.testing.assert_allclose(s.positions[:, 1], expect_x)
+    np.testing.assert_array_equal(s.intensities, frames.astype(np.float32))
+    # a second rank's block gets its own rows of the raster
+    s1 = Hdf5Scan.from_pars(raster_pars(tmp_path / "r.h5", chunk_size=2)).load(rank=1, size=2)
+    np.testing.assert_allclose(s1.positions[:, 1], expect_x[6:])
+
+
+def test_per_frame_grid_positions_of_a_4d_raster(tmp_path):
+    path = tmp_path / "g.h5"
+    frames = raster_file(path)
+    yy, xx = np.meshgrid(np.arange(3) * 3.0, np.arange(4) * 0.5, indexing="ij")
+    with h5py.File(path, "a") as f:
+        f["/entry/scan/y_grid"] = yy + 0.1 * xx  # a slightly skewed raster, one value per frame
+        f["/entry/scan/x_grid"] = xx
+    s = Hdf5Scan.from_pars(raster_pars(path, positions_slow="/entry/scan/y_grid",
+                                       positions_fast="/entry/scan/x_grid")).load()
+    np.testing.assert_allclose(s.positions[:, 0], (yy + 0.1 * xx).ravel() * 1e-6)
+    np.testing.assert_allclose(s.positions[:, 1], xx.ravel() * 1e-6)
+    assert s.intensities.shape == frames.shape
+
+
+def test_datasets_in_other_files(tmp_path):
+    frames = raster_file(tmp_path / "detector.h5", four_d=False)
+    with h5py.File(tmp_path / "master.h5", "w") as f:
+        f["/entry/sy"] = np.arange(12) * 1.5
+        f["/entry/sx"] = np.arange(12) * -0.5
+        f["/entry/energy_ev"] = 8000.0
+    other = str(tmp_path / "master.h5")
+    scan = Hdf5Scan.from_pars(raster_pars(tmp_path / "detector.h5", energy=None,
+                                          positions_slow=other + "::/entry/sy",
+                                          positions_fast=other + "::/entry/sx",
+                                          energy_dataset=other + "::/entry/energy_ev", energy_multiplier=1e-3))
+    s = scan.load()
+    np.testing.assert_allclose(s.positions[:, 0], np.arange(12) * 1.5e-6)
+    np.testing.assert_allclose(s.positions[:, 1], np.arange(12) * -0.5e-6)
+    assert s.energy_kev == pytest.approx(8.0)
+    np.testing.assert_array_equal(s.intensities, frames.astype(np.float32))
+    # a missing file, and a missing dataset in the other file, are named with the parameter
+    with pytest.raises(DataError, match=r"positions_slow: file .*nowhere\.h5 does not exist") as info:
+        Hdf5Scan.from_pars(raster_pars(tmp_path / "detector.h5",
+                                       positions_slow=str(tmp_path / "nowhere.h5") + "::/entry/sy")).load()
+    assert info.value.exit_code == 2
+    with pytest.raises(DataError, match=r"master\.h5: dataset /entry/nothing does not exist; set .*positions_fast"):
+        Hdf5Scan.from_pars(raster_pars(tmp_path / "detector.h5", positions_fast=other + "::/entry/nothing")).load()
+
+
+def test_monitor_normalises_frames_to_its_mean_and_masks_dead_frames(tmp_path, caplog):
+    path = tmp_path / "m.h5"
+    frames = raster_file(path, four_d=False)
+    monitor = np.linspace(0.8, 1.2, 12) * 1e5
+    monitor[5] = 0.0  # a beam dump
+    with h5py.File(path, "a") as f:
+        f["/entry/monitor/i0"] = monitor.reshape(3, 4)  # laid out like the raster
+    s = Hdf5Scan.from_pars(raster_pars(path, normalisation_dataset="/entry/monitor/i0")).load()
+    mean = monitor[monitor > 0].mean()
+    for k in (0, 4, 11):
+        np.testing.assert_allclose(s.intensities[k], frames[k] * mean / monitor[k], rtol=1e-6)
+    assert not s.mask[5].any() and not s.intensities[5].any()
+    assert s.mask[[0, 4, 11]].all()
+    assert any("not positive for 1 frames" in r.getMessage() for r in caplog.records)
+    with h5py.File(path, "a") as f:
+        f["/entry/monitor/short"] = np.ones(5)
+    with pytest.raises(DataError, match=r"monitor dataset /entry/monitor/short has shape \(5,\); expected one "
+                                        r"value per frame \(12\)"):
+        Hdf5Scan.from_pars(raster_pars(path, normalisation_dataset="/entry/monitor/short")).load()

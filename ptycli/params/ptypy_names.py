@@ -27,6 +27,7 @@ here still fails validation with the closest valid names.
 """
 
 import logging
+import os
 
 from .. import parallel
 from ..errors import ConfigError
@@ -248,12 +249,16 @@ def _translate_data(scan, data, path):
     return changed
 
 
+#: how Hdf5Scan names a dataset in another file, ``FILE::PATH`` (:data:`ptycli.scans.hdf5.FILE_SEPARATOR`)
+_FILE_SEPARATOR = "::"
+
 #: Hdf5Loader groups -> (ptycli's dataset parameter, its multiplier parameter or None).
 _HDF5_GROUPS = {
     "intensities": ("intensities", None),
     "mask": ("mask_dataset", None),
     "darkfield": ("dark_dataset", None),
     "flatfield": ("flat_dataset", None),
+    "normalisation": ("normalisation_dataset", None),
     "recorded_energy": ("energy_dataset", "energy_multiplier"),
     "recorded_distance": ("distance_dataset", "distance_multiplier"),
     "recorded_psize": ("psize_dataset", "psize_multiplier"),
@@ -261,46 +266,51 @@ _HDF5_GROUPS = {
 
 
 def _hdf5_loader(data, path):
-    """PtyPy's ``Hdf5Loader`` (``{file, key}`` groups) as ptycli's ``Hdf5Scan`` (one file, dataset paths)."""
-    original = data["name"]
-    files = set()
+    """PtyPy's ``Hdf5Loader`` (``{file, key}`` groups) as ptycli's ``Hdf5Scan`` (dataset paths).
 
-    def take(group):
+    ``dfile`` is the intensities' file; a group in another file becomes a
+    ``FILE::KEY`` dataset path. The per-frame ``normalisation`` divides the
+    frames as in PtyPy, scaled by its mean (a constant factor, which keeps the
+    photon scale).
+    """
+    original = data["name"]
+    groups = {}
+    for group in list(_HDF5_GROUPS) + ["positions"]:
         sub = data.pop(group, None)
         if sub is None:
-            return None
+            continue
         if not isinstance(sub, dict):
             raise ConfigError("%s.%s: PtyPy's Hdf5Loader expects a mapping {file, key}, got %r" % (path, group, sub))
-        if sub.get("file") is not None:
-            files.add(str(sub["file"]))
-        return sub
+        groups[group] = sub
+    main = (groups.get("intensities") or {}).get("file")
+    if data.get("dfile") is None and main is not None:
+        data["dfile"] = str(main)
+    dfile = data.get("dfile")
+
+    def located(sub, key):
+        """``key`` in ``sub``'s file: a plain path in the dfile (or with no file given), else FILE::KEY."""
+        f = sub.get("file")
+        if f is None or dfile is None or os.path.abspath(str(f)) == os.path.abspath(str(dfile)):
+            return str(key)
+        return "%s%s%s" % (os.path.abspath(str(f)), _FILE_SEPARATOR, key)
 
     for group, (dataset, multiplier) in _HDF5_GROUPS.items():
-        sub = take(group)
+        sub = groups.get(group)
         if sub is None or sub.get("key") is None:
             continue
-        data[dataset] = str(sub["key"])
+        data[dataset] = located(sub, sub["key"])
         if multiplier is not None and sub.get("multiplier") is not None:
             data[multiplier] = sub["multiplier"]
-    positions = take("positions")
+    positions = groups.get("positions")
     if positions is not None:
         for axis in ("slow", "fast"):
             if positions.get(axis + "_key") is not None:
-                data["positions_" + axis] = str(positions[axis + "_key"])
+                data["positions_" + axis] = located(positions, positions[axis + "_key"])
             if positions.get(axis + "_multiplier") is not None:
                 data["positions_%s_multiplier" % axis] = positions[axis + "_multiplier"]
         if positions.get("bounding_box") not in (None, {}) and any(
                 v is not None for v in dict(positions["bounding_box"]).values()):
             raise ConfigError("%s.positions.bounding_box: PtyPy's Hdf5Loader crop of the scan is not supported; "
                               "use num_frames, or crop the file" % path)
-    normalisation = take("normalisation")
-    if normalisation is not None and normalisation.get("key") is not None:
-        raise ConfigError("%s.normalisation: per-frame normalisation (ion chamber) is not supported by ptycli's "
-                          "Hdf5Scan; divide the frames by it in the file, or remove it" % path)
-    if len(files) > 1:
-        raise ConfigError("%s: PtyPy's Hdf5Loader reads %s; ptycli's Hdf5Scan reads one file: put the datasets "
-                          "into one file (an HDF5 file of external links will do)" % (path, ", ".join(sorted(files))))
-    if files and data.get("dfile") is None:
-        data["dfile"] = files.pop()
     data["name"] = "Hdf5Scan"
     _say(logging.INFO, "%s.name: PtyPy's %s, read by ptycli's Hdf5Scan (dfile %s)", path, original, data.get("dfile"))

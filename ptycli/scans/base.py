@@ -28,7 +28,7 @@ and implement two methods::
             # frames start..stop-1 (global indices, stop <= num_frames)
             # required: data (n,h,w), positions (n,2) (y, x)
             # optional: mask ((n,h,w) or (h,w), nonzero = valid), dark, flat
-            #           ((n,h,w) or (h,w)), indices (n,)
+            #           ((n,h,w) or (h,w)), indices (n,), frame_scale (n,)
             return {"data": ..., "positions": ...}
 
         def read_static(self):          # optional
@@ -71,7 +71,9 @@ Pipeline (applied by :meth:`ScanLoader.load`, in this order)
    are noise around zero and are clipped to 0 (kept valid).
 4. flat-field division (``flat`` file, else the loader's flat), the flat
    normalised to a mean of 1 over its usable pixels; pixels where the flat is
-   not positive and finite are masked. Every masked pixel holds 0 from here on.
+   not positive and finite are masked; then the reader's per-frame
+   ``frame_scale`` (a monitor's ``mean / value``), a frame whose factor is not
+   positive masked. Every masked pixel holds 0 from here on.
 5. ``fftshifted``: frames with the zero frequency at pixel [0, 0] are shifted
    so that it is at ``frame_shape // 2``.
 6. ``orientation``: transpose, then flip up-down, then flip left-right (see

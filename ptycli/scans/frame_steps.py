@@ -212,7 +212,9 @@ def correct_frames(d, got, static, raw_shape, c0, source, where):
     d : ndarray (n, h, w)
         The raw frames (any number type; :func:`checked_frames`).
     got : dict
-        The reader's result: its optional per-frame ``mask``, ``dark``, ``flat``.
+        The reader's result: its optional per-frame ``mask``, ``dark``, ``flat``,
+        and ``frame_scale`` (n,): factors applied after the flat (a monitor's
+        ``mean / value``; a frame whose factor is not positive is masked).
     static : dict
         Frame-independent ``mask`` (bool), ``dark``, ``flat`` with its usable
         pixels ``flat_ok`` (:func:`normalise_flat`); each None when absent.
@@ -257,6 +259,14 @@ def correct_frames(d, got, static, raw_shape, c0, source, where):
     if flat is not None:
         d /= flat.astype(np.float32)
         valid &= ok
+    scale = got.get("frame_scale")
+    if scale is not None:  # a per-frame monitor: frames where it is not positive are masked
+        scale = np.asarray(scale, dtype=np.float64).reshape(-1)
+        if scale.size != n:
+            raise DataError("%s: %d frame scales for %d frames (frames %d..)" % (source, scale.size, n, c0))
+        usable = np.isfinite(scale) & (scale > 0)
+        d *= np.where(usable, scale, 0.0).astype(np.float32)[:, None, None]
+        valid &= usable[:, None, None]
     d[~valid] = 0.0
     return d, valid, (nbad_pix, nbad_frames) + tuple(nsat)
 

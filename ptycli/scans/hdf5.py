@@ -21,6 +21,23 @@ a file needs no mapping::
 Optional dataset parameters (``mask_dataset``, ``energy_dataset``, ...) left
 null use the default path when the file has it and nothing otherwise; a path
 that is given must exist. Set one to ``''`` to ignore the file's dataset.
+
+A dataset in another file is named ``FILE::PATH`` (``motors.h5::/entry/sy``;
+a relative ``FILE`` is taken from the current directory, as ``dfile``): a
+beamline that writes the motor positions or the ion chamber apart from the
+detector frames needs no merged copy.
+
+Positions come as one ``(N, 2)`` dataset or as two per-axis datasets
+(``positions_slow``, ``positions_fast``), each with one value per frame in any
+shape (``(N,)``, or ``(ny, nx)`` for a raster laid out like ``(ny, nx, H, W)``
+frames), or as a raster's axes: ``ny`` slow and ``nx`` fast values for
+``ny * nx`` frames, the fast axis running fastest (C order, as the frames).
+
+``normalisation_dataset`` names a per-frame monitor (ion chamber, beam
+current; one value per frame, in any shape, extra trailing axes averaged):
+every frame is multiplied by ``mean(monitor) / monitor`` after the dark and
+flat corrections, so the frames keep their photon scale. A frame whose
+monitor is not positive is masked (with one warning).
 A ``units`` attribute on a geometry or position dataset is honoured (``eV``,
 ``keV``, ``J``; ``m``, ``mm``, ``um``, ``nm``; positions also ``pixel``); the
 multiplier is applied on top of that conversion.
@@ -29,6 +46,7 @@ Each rank reads only its block of frames, with h5py slicing; the file is
 always opened read-only.
 """
 
+import contextlib
 import os
 
 import numpy as np
@@ -37,6 +55,7 @@ from ..core.geometry import HC_KEV_M
 from ..errors import ConfigError, DataError
 from ..io.datafile import read_ground_truth
 from ..io.h5guard import check_structure
+from .. import parallel
 from ..log import get_logger
 from ..params.declare import Parameter
 from .base import ScanLoader, register
@@ -44,6 +63,9 @@ from .base import ScanLoader, register
 __all__ = ["Hdf5Scan", "DEFAULT_PATHS"]
 
 logger = get_logger("ptycli.scans.hdf5")
+
+#: separates a file from the dataset path inside it in a dataset parameter (``FILE::PATH``)
+FILE_SEPARATOR = "::"
 
 #: where ptycli's data file keeps things (the defaults of the dataset parameters)
 DEFAULT_PATHS = {
@@ -145,10 +167,45 @@ class Hdf5Scan(ScanLoader):
         _multiplier("psize_multiplier", "pixel size to m (e.g. 1e-6 for um)"),
         _dataset_param("center_dataset", "the diffraction centre (row, col) in raw pixels",
                        DEFAULT_PATHS["center"]),
+        _dataset_param("normalisation_dataset", "a per-frame monitor (ion chamber): each frame is multiplied "
+                       "by mean / its value", None),
     ], doc="frames from an HDF5 file with configurable dataset paths")
 
     # -- file access ------------------------------------------------------------
+    @contextlib.contextmanager
     def _open(self):
+        """The ``dfile`` (read-only) while the block runs; other files named by ``FILE::PATH`` open with it."""
+        f = self._open_file()
+        self._other_files = {}
+        try:
+            yield f
+        finally:
+            for other in self._other_files.values():
+                other.close()
+            self._other_files = {}
+            f.close()
+
+    def _open_other(self, name, param):
+        """The file ``name`` of a ``FILE::PATH`` dataset parameter, opened once per :meth:`_open` block."""
+        import h5py
+        files = getattr(self, "_other_files", None)
+        if files is None:
+            raise RuntimeError("Hdf5Scan._open_other outside an _open block")
+        key = os.path.abspath(name)
+        if key not in files:
+            if not os.path.isfile(name):
+                raise DataError("%s: file %s does not exist" % (self._where(param), name),
+                                hint="check the file part of %s (FILE::PATH; a relative FILE is taken from "
+                                     "the current directory)" % self._where(param), validation=True)
+            check_structure(name, validation=True)
+            try:
+                files[key] = h5py.File(name, "r")
+            except OSError as exc:
+                raise DataError("%s: %s is not a readable HDF5 file (%s)" % (self._where(param), name, exc),
+                                hint="check the file part of %s" % self._where(param), validation=True) from exc
+        return files[key]
+
+    def _open_file(self):
         import h5py
         path = self.require_dfile()
         if os.path.isdir(path):
@@ -164,6 +221,9 @@ class Hdf5Scan(ScanLoader):
 
     def _dataset(self, f, path, param, required=True):
         import h5py
+        if path and FILE_SEPARATOR in path:
+            name, path = path.split(FILE_SEPARATOR, 1)
+            f = self._open_other(name, param)
         obj = f.get(path) if path else None
         if obj is None and path and _has_link(f, path):
             # the name is there but the object cannot be opened: do not call that "missing"
@@ -211,15 +271,7 @@ class Hdf5Scan(ScanLoader):
                 raise ConfigError("%s: needed together with %s" % (
                     self._where(missing), "positions_slow" if missing == "positions_fast"
                     else "positions_fast"), hint="give both datasets, or an (N, 2) positions")
-            out = []
-            for key in ("positions_slow", "positions_fast"):
-                ds = self._dataset(f, p[key], key)
-                if ds.ndim != 1 and not (ds.ndim == 2 and 1 in ds.shape):
-                    raise DataError("%s: dataset %s has shape %s, expected (N,)" % (
-                        f.filename, ds.name, ds.shape), hint="check %s" % self._where(key),
-                        validation=True)
-                out.append(ds)
-            return out
+            return [self._dataset(f, p[key], key) for key in ("positions_slow", "positions_fast")]
         path = p.get("positions") or self.PATHS["positions"]
         ds = self._dataset(f, path, "positions")
         if ds.ndim != 2 or ds.shape[1] != 2:
@@ -228,6 +280,46 @@ class Hdf5Scan(ScanLoader):
                 hint="set %s, or give positions_slow and positions_fast" % self._where("positions"),
                 validation=True)
         return [ds]
+
+    @staticmethod
+    def _raster_axes(sets, n_frames):
+        """``(ny, nx)`` when two per-axis position datasets are a raster's axes for ``n_frames`` frames, else None.
+
+        One value per frame (any shape) is the usual layout; a raster's axes
+        are two 1-D datasets of ``ny`` and ``nx`` values with ``ny * nx``
+        frames, fewer values than frames on each.
+        """
+        if len(sets) != 2:
+            return None
+        sizes = [int(s.size) for s in sets]
+        one_d = all(max(s.shape, default=1) == s.size for s in sets)
+        if one_d and sizes[0] * sizes[1] == n_frames and min(sizes) < n_frames:
+            return sizes[0], sizes[1]
+        return None
+
+    def _monitor(self, f, n_frames):
+        """``mean / value`` of the per-frame monitor (``normalisation_dataset``; 0 where not positive), or None."""
+        ds = self._optional(f, "normalisation_dataset", None)
+        if ds is None:
+            return None
+        values = np.asarray(ds[()], dtype=np.float64)
+        if values.size == n_frames:
+            values = values.reshape(-1)
+        elif values.ndim >= 2 and values.shape[0] == n_frames:
+            values = values.reshape(n_frames, -1).mean(axis=1)
+        elif values.ndim >= 3 and values.shape[0] * values.shape[1] == n_frames:
+            values = values.reshape(n_frames, -1).mean(axis=1)
+        else:
+            raise DataError("%s: monitor dataset %s has shape %s; expected one value per frame (%d)" % (
+                ds.file.filename, ds.name, ds.shape, n_frames),
+                hint="check %s" % self._where("normalisation_dataset"), validation=True)
+        usable = np.isfinite(values) & (values > 0)
+        if not usable.any():
+            raise DataError("%s: monitor dataset %s holds no positive value" % (ds.file.filename, ds.name),
+                            hint="check %s" % self._where("normalisation_dataset"), validation=True)
+        scale = np.zeros(n_frames)
+        scale[usable] = values[usable].mean() / values[usable]
+        return scale
 
     def _length_factor(self, ds):
         u = _units(ds)
@@ -261,10 +353,10 @@ class Hdf5Scan(ScanLoader):
         try:
             v = np.asarray(ds[()], dtype=np.float64).reshape(-1)
         except (TypeError, ValueError) as exc:
-            raise DataError("%s: dataset %s is not numeric" % (f.filename, ds.name),
+            raise DataError("%s: dataset %s is not numeric" % (ds.file.filename, ds.name),
                             hint="check %s" % self._where(key)) from exc
         if v.size == 0:
-            raise DataError("%s: dataset %s is empty" % (f.filename, ds.name))
+            raise DataError("%s: dataset %s is empty" % (ds.file.filename, ds.name))
         u = _units(ds)
         if kind == "energy":
             factor = _ENERGY_UNITS.get(u, 1.0) if u else 1.0
@@ -276,7 +368,7 @@ class Hdf5Scan(ScanLoader):
         if v.size > 1:
             if np.ptp(v) > 1e-6 * abs(v).max():
                 logger.warning("%s: %s varies between %g and %g; using the mean",
-                               f.filename, ds.name, v.min(), v.max())
+                               ds.file.filename, ds.name, v.min(), v.max())
             v = np.array([v.mean()])
         return float(v[0]) if size == 1 else np.repeat(v, 2)
 
@@ -287,7 +379,12 @@ class Hdf5Scan(ScanLoader):
             ds = self._frames_ds(f)
             n = int(np.prod(ds.shape[:-2]))
             sets = self._position_sets(f)
-            npos = min(int(s.size) if len(sets) > 1 else int(s.shape[0]) for s in sets)
+            npos = n if self._raster_axes(sets, n) else min(
+                int(s.size) if len(sets) > 1 else int(s.shape[0]) for s in sets)
+            scale = self._monitor(f, n)
+            if scale is not None and not np.all(scale > 0) and parallel.rank == 0:
+                logger.warning("%s: the monitor (%s) is not positive for %d frames; they are masked", self.source,
+                               self.pars.normalisation_dataset, int(np.count_nonzero(scale <= 0)))
             meta = {
                 "num_frames": n,
                 "frame_shape": tuple(ds.shape[-2:]),
@@ -363,23 +460,27 @@ class Hdf5Scan(ScanLoader):
             ds = self._frames_ds(f)
             out = {"data": self._read_block(ds, start, stop)}
             sets = self._position_sets(f)
+            n = int(np.prod(ds.shape[:-2]))
             if len(sets) == 1:
                 pos = np.asarray(sets[0][start:stop], dtype=np.float64)
                 pos = pos * self._length_factor(sets[0])
             else:
+                frames = np.arange(start, stop)
+                raster = self._raster_axes(sets, n)
+                # per axis: the value of each frame (one per frame in C order, or the raster's row / column)
+                rows = (frames, frames) if raster is None else (frames // raster[1], frames % raster[1])
                 cols = []
-                for s, mult in zip(sets, (p.positions_slow_multiplier,
-                                          p.positions_fast_multiplier)):
-                    v = np.asarray(s[()] if s.ndim == 2 else s[start:stop],
-                                   dtype=np.float64).reshape(-1)
-                    if s.ndim == 2:
-                        v = v[start:stop]
-                    cols.append(v * self._length_factor(s) * float(mult))
+                for s, mult, row in zip(sets, (p.positions_slow_multiplier, p.positions_fast_multiplier), rows):
+                    v = np.asarray(s[()], dtype=np.float64).reshape(-1)
+                    cols.append(v[row[row < v.size]] * self._length_factor(s) * float(mult))
                 if cols[0].size != cols[1].size:
                     raise DataError("%s: %s and %s have different lengths" % (
                         f.filename, sets[0].name, sets[1].name))
                 pos = np.stack(cols, axis=1)
             out["positions"] = pos
+            scale = self._monitor(f, n)
+            if scale is not None:
+                out["frame_scale"] = scale[start:stop]
             mds = self._optional(f, "mask_dataset", self.PATHS["mask"])
             if mds is not None and mds.ndim == 3:
                 out["mask"] = mds[start:stop]
