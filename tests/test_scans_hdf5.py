@@ -257,6 +257,12 @@ def test_monitor_normalises_frames_to_its_mean_and_masks_dead_frames(tmp_path, c
     assert not s.mask[5].any() and not s.intensities[5].any()
     assert s.mask[[0, 4, 11]].all()
     assert any("not positive for 1 frames" in r.getMessage() for r in caplog.records)
+    assert s.meta["monitor_scaled_counts"] is True  # scaled counts: still counting noise
+    with h5py.File(path, "a") as f:
+        f["/entry/data/fractions"] = frames / 3.0
+    s = Hdf5Scan.from_pars(raster_pars(path, intensities="/entry/data/fractions",
+                                       normalisation_dataset="/entry/monitor/i0")).load()
+    assert "monitor_scaled_counts" not in s.meta
     with h5py.File(path, "a") as f:
         f["/entry/monitor/short"] = np.ones(5)
     with pytest.raises(DataError, match=r"monitor dataset /entry/monitor/short has shape \(5,\); expected one "

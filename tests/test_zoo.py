@@ -369,7 +369,7 @@ def test_monitor_and_positions_in_a_master_file_recover_a_flux_varying_scan(tmp_
     binomially: Poisson at each frame's dose), the ion chamber and the motor positions in a master file.
 
     Measured (DM 100 + ML 50, default start): uniform flux 0.997; varying flux with the monitor applied
-    0.995, with the monitor ignored 0.914.
+    0.996 (0.995 before the scaled frames counted as counts for the noise models), ignored 0.914.
     """
     import shutil
 

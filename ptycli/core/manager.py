@@ -162,12 +162,15 @@ class ScanModel:
 
         :func:`~ptycli.core.counting_noise.amplitude_noise_floor` of the mean
         pattern over all processes' frames when every process's frames hold
-        counts (:func:`~ptycli.core.counting_noise.looks_like_counts`), else 0.
-        Sets :attr:`counted`.
+        counts (:func:`~ptycli.core.counting_noise.looks_like_counts`, or the
+        loader's ``monitor_scaled_counts``: counts multiplied by a per-frame
+        monitor), else 0. Sets :attr:`counted`.
         """
         d = self.data
         mean_pattern, counts = mean_measured_pattern(d.intensities, d.mask)
-        counted = np.array([1.0 if looks_like_counts(d.intensities) else 0.0])
+        # (frames scaled by a monitor hold counts that are no longer whole numbers: the loader says so)
+        counts_like = looks_like_counts(d.intensities) or bool(d.meta.get("monitor_scaled_counts"))
+        counted = np.array([1.0 if counts_like else 0.0])
         parallel.allreduce(counted, op="min")
         self.counted = bool(counted[0])
         if not self.counted:

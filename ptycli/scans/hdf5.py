@@ -51,6 +51,7 @@ import os
 
 import numpy as np
 
+from ..core.counting_noise import looks_like_counts
 from ..core.geometry import HC_KEV_M
 from ..errors import ConfigError, DataError
 from ..io.datafile import read_ground_truth
@@ -385,6 +386,9 @@ class Hdf5Scan(ScanLoader):
             if scale is not None and not np.all(scale > 0) and parallel.rank == 0:
                 logger.warning("%s: the monitor (%s) is not positive for %d frames; they are masked", self.source,
                                self.pars.normalisation_dataset, int(np.count_nonzero(scale <= 0)))
+            # monitor-scaled photon counts are no longer whole numbers, yet their noise is still counting
+            # noise (scaled): say so, for the noise models (ptycli.core.manager.ScanModel.measure_noise)
+            scaled_counts = scale is not None and n > 0 and looks_like_counts(ds[(0,) * (ds.ndim - 2)])
             meta = {
                 "num_frames": n,
                 "frame_shape": tuple(ds.shape[-2:]),
@@ -426,6 +430,8 @@ class Hdf5Scan(ScanLoader):
             if gt is not None:
                 meta["ground_truth"] = read_ground_truth(gt)
             meta["meta"] = {"hdf5_intensities": ds.name}
+            if scaled_counts:
+                meta["meta"]["monitor_scaled_counts"] = True
         return meta
 
     def read_static(self):
