@@ -1,5 +1,7 @@
 """Hdf5Scan: dataset mapping, multipliers, units, blocks and error messages."""
 
+import logging
+
 import h5py
 import numpy as np
 import pytest
@@ -268,3 +270,25 @@ def test_monitor_normalises_frames_to_its_mean_and_masks_dead_frames(tmp_path, c
     with pytest.raises(DataError, match=r"monitor dataset /entry/monitor/short has shape \(5,\); expected one "
                                         r"value per frame \(12\)"):
         Hdf5Scan.from_pars(raster_pars(path, normalisation_dataset="/entry/monitor/short")).load()
+
+
+def test_fft_shifted_frames_are_detected_and_shifted_back(tmp_path, caplog):
+    """Frames written straight from ``numpy.fft.fft2`` (zero frequency at [0, 0]) read as the centred ones."""
+    caplog.set_level(logging.INFO, logger="ptycli")
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:16, :16]
+    centred = rng.poisson(1e3 * np.exp(-((yy - 8) ** 2 + (xx - 8) ** 2) / 8.0)[None] + 1, (5, 16, 16))
+    path = tmp_path / "s.h5"
+    with h5py.File(path, "w") as f:
+        f["/data/centred"] = centred.astype(np.uint32)
+        f["/data/shifted"] = np.fft.ifftshift(centred, axes=(-2, -1)).astype(np.uint32)
+        f["/data/positions"] = np.zeros((5, 2))
+    base = {"dfile": str(path), "energy": 6, "distance": 1, "psize": 1e-4}
+    plain = Hdf5Scan.from_pars(dict(base, intensities="/data/centred")).load()
+    shifted = Hdf5Scan.from_pars(dict(base, intensities="/data/shifted")).load()
+    np.testing.assert_array_equal(shifted.intensities, plain.intensities)
+    np.testing.assert_array_equal(shifted.intensities, centred.astype(np.float32))
+    assert any("stored FFT-shifted" in r.getMessage() for r in caplog.records)
+    # a stated centre (or fftshifted: false) keeps the frames as stored
+    kept = Hdf5Scan.from_pars(dict(base, intensities="/data/shifted", center=[8, 8])).load()
+    np.testing.assert_array_equal(kept.intensities, np.fft.ifftshift(centred, axes=(-2, -1)).astype(np.float32))

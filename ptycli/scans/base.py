@@ -132,8 +132,8 @@ from ..params.scan import validate_named
 from ..utils.param_tree import Param
 from .detect import detect_loader
 from .array_files import load_array_file  # noqa: F401  (re-exported)
-from .frame_steps import (FLOAT_MARKER, checked_frames, checked_indices, checked_positions,  # noqa: F401
-                          correct_frames, crop_pad, empty_frames, fftshift_frames, marker_pixels,
+from .frame_steps import (FLOAT_MARKER, announce, checked_frames, checked_indices, checked_positions,  # noqa: F401
+                          correct_frames, crop_pad, detect_fftshift, empty_frames, fftshift_frames, marker_pixels,
                           mass_center, normalise_flat, orient, orient_point, oriented_shape,
                           padding_warning, static_frame, transform_positions)
 from .frame_steps import rebin as rebin_frames
@@ -439,6 +439,36 @@ class ScanLoader:
             hint = "the file is %s, which %s reads: set %s to %s (or leave it out)" % (
                 reason, other, self._where("name"), other)
             exc.hint = "%s; %s" % (exc.hint, hint) if exc.hint else hint
+
+    def settle_fftshift(self, sample, mask=None):
+        """Set ``fftshifted`` (left null in the configuration) from a sample of the frames.
+
+        Far-field frames whose summed intensity peaks within a quarter frame of
+        a corner are stored FFT-shifted (:func:`~.frame_steps.detect_fftshift`):
+        they are shifted back and, without a configured centre, centred
+        geometrically; an INFO line says so. Near-field frames are images and
+        are never shifted.
+
+        Parameters
+        ----------
+        sample : ndarray (n, H, W)
+            A few raw frames (32 are plenty).
+        mask : ndarray (H, W) or (n, H, W), optional
+            Nonzero = valid.
+        """
+        if self.propagation == "nearfield":
+            self.pars["fftshifted"] = False
+            return
+        shifted, peak = detect_fftshift(sample, mask)
+        self.pars["fftshifted"] = shifted
+        if shifted:
+            note = ""
+            if self.center is None:
+                self.center = "geometric"
+                note = " and centred geometrically"
+            announce("fftshift", self.source, "%s: the frames are stored FFT-shifted (intensity maximum at pixel %d, "
+                     "%d, near a corner); they are shifted back%s (set %s: false to keep them as they are)",
+                     self.source, peak[0], peak[1], note, self._where("fftshifted"))
 
     # -- geometry ---------------------------------------------------------------
     def geometry(self):

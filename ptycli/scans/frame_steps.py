@@ -274,6 +274,57 @@ def correct_frames(d, got, static, raw_shape, c0, source, where):
 # -- 5-9: geometry of the frames ----------------------------------------------------
 
 
+#: (message kind, source) already announced in this process: a run opens its input twice
+#: (checked before computing, then loaded), the info lines are printed once
+_ANNOUNCED = set()
+
+
+def announce(kind, source, message, *args):
+    """Log ``message`` at INFO once per process for each ``(kind, source)``."""
+    if (kind, source) not in _ANNOUNCED:
+        _ANNOUNCED.add((kind, source))
+        logger.info(message, *args)
+
+
+def detect_fftshift(frames, mask=None):
+    """Whether frames are stored FFT-shifted, and where their intensity maximum is.
+
+    The frames are summed (NaN and negative values count as 0), smoothed over
+    3 x 3 pixels (cyclically) and the maximum is taken: it lies within a
+    quarter of the frame of a corner for FFT-shifted frames, and near the
+    centre for centred ones.
+
+    Parameters
+    ----------
+    frames : array_like
+        (n, H, W) frames (a few are enough).
+    mask : array_like, optional
+        (H, W) or (n, H, W), nonzero = valid.
+
+    Returns
+    -------
+    (bool, (int, int))
+        Shifted or not, and the (row, column) of the maximum.
+    """
+    d = np.asarray(frames, dtype=np.float64)
+    if d.ndim == 2:
+        d = d[None]
+    d = np.where(np.isfinite(d) & (d > 0), d, 0.0)
+    if mask is not None:
+        d = d * (np.asarray(mask) != 0)
+    total = d.sum(axis=0)
+    smooth = sum(np.roll(np.roll(total, dy, 0), dx, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    h, w = total.shape
+    row, col = (int(v) for v in np.unravel_index(int(np.argmax(smooth)), smooth.shape))
+    if not smooth[row, col] > 0:
+        return False, (row, col)
+
+    def near_edge(i, n):
+        return i < n / 4.0 or i >= 3.0 * n / 4.0
+
+    return bool(near_edge(row, h) and near_edge(col, w)), (row, col)
+
+
 def fftshift_frames(d, mk):
     """Step 5: frames and mask with the zero frequency moved from pixel [0, 0] to the centre."""
     return np.fft.fftshift(d, axes=(-2, -1)), np.fft.fftshift(mk, axes=(-2, -1))

@@ -42,6 +42,11 @@ A ``units`` attribute on a geometry or position dataset is honoured (``eV``,
 ``keV``, ``J``; ``m``, ``mm``, ``um``, ``nm``; positions also ``pixel``); the
 multiplier is applied on top of that conversion.
 
+Far-field frames stored FFT-shifted (the zero frequency at pixel [0, 0], as
+a plain ``numpy.fft.fft2`` writes them) are detected when ``fftshifted`` is
+null and neither the configuration nor the file states a centre, shifted
+back and centred geometrically (an INFO line says so).
+
 Each rank reads only its block of frames, with h5py slicing; the file is
 always opened read-only.
 """
@@ -170,6 +175,9 @@ class Hdf5Scan(ScanLoader):
                        DEFAULT_PATHS["center"]),
         _dataset_param("normalisation_dataset", "a per-frame monitor (ion chamber): each frame is multiplied "
                        "by mean / its value", None),
+        Parameter("fftshifted", None, "bool",
+                  "frames have the zero frequency at pixel [0, 0]; null = detect it (far field: the summed "
+                  "intensity peaks near a corner), shift them back and centre geometrically", nullable=True),
     ], doc="frames from an HDF5 file with configurable dataset paths")
 
     # -- file access ------------------------------------------------------------
@@ -413,6 +421,14 @@ class Hdf5Scan(ScanLoader):
                 c = np.asarray(cds[()], dtype=np.float64).reshape(-1)
                 if c.size == 2 and np.all(np.isfinite(c)):
                     meta["center"] = c
+            if p.get("fftshifted") is None:
+                if self.center is None and "center" not in meta:  # a stated centre: the frames are as stored
+                    sample_mask = None if mds is None else (mds[()] if mds.ndim == 2 else mds[:min(n, 32)])
+                    self.settle_fftshift(self._read_block(ds, 0, min(n, 32)), sample_mask)
+                else:
+                    p["fftshifted"] = False
+            elif p.get("fftshifted") and self.center is None:
+                self.center = "geometric"
             units = {_units(s) for s in sets}
             if units & set(_PIXEL_UNITS):
                 meta["positions_unit"] = "pixel"

@@ -49,6 +49,7 @@ from ..log import get_logger
 from ..params.declare import Parameter
 from ..utils.nominal_geometry import NOMINAL_DISTANCE_M, NOMINAL_ENERGY_KEV
 from .base import ScanLoader, register
+from .frame_steps import announce, detect_fftshift  # noqa: F401 (detect_fftshift: part of this module's API)
 from .npz_arrays import open_arrays
 from .settings import loader_params
 
@@ -60,17 +61,6 @@ logger = get_logger("ptycli.scans.npz")
 #: keys tried, in this order, for the frames and the positions
 FRAME_KEYS = ("intensities", "diffraction", "data", "frames", "patterns", "diff")
 POSITION_KEYS = ("positions", "scan_positions", "pos", "translations", "coords")
-
-
-#: (message kind, source) already announced in this process: a run opens its input twice
-#: (checked before computing, then loaded), the info lines are printed once
-_ANNOUNCED = set()
-
-
-def _announce(kind, source, message, *args):
-    if (kind, source) not in _ANNOUNCED:
-        _ANNOUNCED.add((kind, source))
-        logger.info(message, *args)
 
 
 def squeeze_leading(shape, keep):
@@ -104,45 +94,6 @@ def as_positions(a, where):
         return np.asarray(a, dtype=np.float64).reshape(1, 2)
     raise DataError("%s has shape %s, expected (N, 2) (y, x) positions" % (where, a.shape),
                     hint="store the positions as an (N, 2) array of (y, x)", validation=True)
-
-
-def detect_fftshift(frames, mask=None):
-    """Whether frames are stored FFT-shifted, and where their intensity maximum is.
-
-    The frames are summed (NaN and negative values count as 0), smoothed over
-    3 x 3 pixels (cyclically) and the maximum is taken: it lies within a
-    quarter of the frame of a corner for FFT-shifted frames, and near the
-    centre for centred ones.
-
-    Parameters
-    ----------
-    frames : array_like
-        (n, H, W) frames (a few are enough).
-    mask : array_like, optional
-        (H, W) or (n, H, W), nonzero = valid.
-
-    Returns
-    -------
-    (bool, (int, int))
-        Shifted or not, and the (row, column) of the maximum.
-    """
-    d = np.asarray(frames, dtype=np.float64)
-    if d.ndim == 2:
-        d = d[None]
-    d = np.where(np.isfinite(d) & (d > 0), d, 0.0)
-    if mask is not None:
-        d = d * (np.asarray(mask) != 0)
-    total = d.sum(axis=0)
-    smooth = sum(np.roll(np.roll(total, dy, 0), dx, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
-    h, w = total.shape
-    row, col = (int(v) for v in np.unravel_index(int(np.argmax(smooth)), smooth.shape))
-    if not smooth[row, col] > 0:
-        return False, (row, col)
-
-    def near_edge(i, n):
-        return i < n / 4.0 or i >= 3.0 * n / 4.0
-
-    return bool(near_edge(row, h) and near_edge(col, w)), (row, col)
 
 
 def nominal_pixel_geometry(target_shape, transpose=False):
@@ -364,25 +315,13 @@ class NpzScan(ScanLoader):
         return meta
 
     def _detect_fftshift(self, frames, mask):
-        if self.propagation == "nearfield":  # near-field frames are images: nothing to shift
-            self.pars["fftshifted"] = False
-            return
         sample = np.asarray(frames[:min(int(frames.shape[0]), 32)])
         m2 = None
         if mask is not None:
             m2 = np.asarray(mask).reshape(self._mask_shape)
             if m2.ndim == 3:
                 m2 = m2[:sample.shape[0]]
-        shifted, peak = detect_fftshift(sample, m2)
-        self.pars["fftshifted"] = shifted
-        if shifted:
-            note = ""
-            if self.center is None:
-                self.center = "geometric"
-                note = " and centred geometrically"
-            _announce("fftshift", self.source, "%s: the frames are stored FFT-shifted (intensity maximum at pixel %d, %d, "
-                        "near a corner); they are shifted back%s (set %s: false to keep them as "
-                        "they are)", self.source, peak[0], peak[1], note, self._where("fftshifted"))
+        self.settle_fftshift(sample, m2)
 
     def read_static(self):
         out = {}
@@ -431,7 +370,7 @@ class NpzScan(ScanLoader):
             else:
                 shape = m["frame_shape"][::-1] if self.orientation[0] else m["frame_shape"]
                 target = [(s // rebin) * rebin for s in shape]
-            _announce("nominal", self.source, "%s: positions in pixels and no geometry given: using "
+            announce("nominal", self.source, "%s: positions in pixels and no geometry given: using "
                       "a nominal one whose object pixel is 1 (lengths in the result read as object "
                       "pixels)", self.source)
             return nominal_pixel_geometry(target, transpose=self.orientation[0])

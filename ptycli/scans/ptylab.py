@@ -81,6 +81,8 @@ class PtyLabScan(Hdf5Scan):
         _dataset_param("distance_dataset", "the sample-detector distance (m after the multiplier)",
                        PTYLAB_PATHS["distance"]),
         _dataset_param("psize_dataset", "the detector pixel size (m after the multiplier)", PTYLAB_PATHS["psize"]),
+        Parameter("fftshifted", False, "bool",
+                  "frames have the zero frequency at pixel [0, 0] (PtyLab stores it at Nd // 2)"),
     ], doc="PtyLab's HDF5 files: ptychogram, encoder, wavelength, zo, dxd")
 
     def _position_sets(self, f):
