@@ -16,6 +16,7 @@ from ptycli.engines import make_engine
 from ptycli.engines.lsqml import exit_factor, exit_step, frame_steps
 from ptycli.engines.ml.noise_models import noise_model
 from ptycli.errors import ConfigError
+from ptycli.params import tree
 from ptycli.quality import object_vs_truth, probe_vs_truth
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -306,8 +307,28 @@ def test_low_dose_lsqml_beats_dm_then_ml(tmp_path):
         return vz.reconstruct_and_score(cfg, case["truth"])["score"]
 
     dm_ml = score([("DM", 60), ("ML", 30)])
-    lsqml = score([("LSQML", 60), ("LSQML", 30)], {1: {"batch_size": 50, "object_reg": 1.0}})
+    lsqml = score([("LSQML", 60), ("LSQML", 30)], {0: {"warmup": 0}, 1: {"batch_size": 50, "object_reg": 1.0}})
     assert lsqml > dm_ml + 0.004, (lsqml, dm_ml)  # measured 0.913 against 0.906
+
+
+@pytest.mark.slow
+def test_dm_warmup_takes_lsqml_off_a_poor_probe_guess(tmp_path):
+    """The zoo's integer_spiral scan drawn with seed 119: the automatic probe guess's curvature was about 7x too
+    small there and LSQML 100 alone from it scored 0.093 against the truth; with the default warm-up (DM 50
+    before it, engines.LSQML.warmup) 0.992."""
+    import dataclasses
+
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
+    import validate_zoo as vz
+    import zoo_sim
+
+    spec = dataclasses.replace(next(s for s in vz.CASES if s.name == "integer_spiral"), seed=119)
+    case = zoo_sim.build_case(spec, str(tmp_path))
+    cfg = vz.natural_config(case["data_section"], spec.propagation, chain=[("LSQML", 100)])
+    seq = tree.engine_sequence(tree.validate(cfg))
+    assert [(label, e.name, e.numiter) for label, e in seq] == [("e0_lsqml_warmup", "DM", 50), ("e0_lsqml", "LSQML", 100)]
+    res = vz.reconstruct_and_score(cfg, case["truth"])
+    assert res["score"] > 0.97, res  # measured 0.992
 
 
 @pytest.mark.slow
@@ -321,7 +342,8 @@ def test_near_field_from_the_default_probe_leaves_the_plateau(tmp_path):
 
     fname, loader, propagation = vz.FOREIGN["foreign_nearfield"]
     truth = dict(np.load(FOREIGN / (fname.rsplit(".", 1)[0] + "_truth.npz")))
-    cfg = vz.natural_config({"name": loader, "dfile": str(FOREIGN / fname)}, propagation, chain=[("LSQML", 120)])
+    cfg = vz.natural_config({"name": loader, "dfile": str(FOREIGN / fname)}, propagation,
+                            chain=[("LSQML", 120, {"warmup": 0})])  # LSQML alone (no DM warm-up)
     res = vz.reconstruct_and_score(cfg, truth)
     assert res["score"] > 0.93, res  # measured 0.970
 
@@ -350,7 +372,7 @@ scans:
     propagation: farfield
     data: {name: Hdf5Scan, dfile: %s}
 engines:
-  e: {name: LSQML, numiter: 8, batch_size: 7, noise_model: %s, kernels: %s, position_correction: {start: 4}}
+  e: {name: LSQML, numiter: 8, warmup: 0, batch_size: 7, noise_model: %s, kernels: %s, position_correction: {start: 4}}
 """
 
 
@@ -372,7 +394,9 @@ def test_two_ranks_agree_with_one_process_in_double_precision(tmp_path, noise, k
         res = mh.ptycli(["reconstruct", rec, "-o", out, "--force", "--json"], nprocs=n, timeout=180)
         assert res.returncode == 0, res.describe()
     diffs = mh.compare(two, one)
-    assert max(diffs.values()) <= 1e-10, diffs
+    assert max(diffs["object"], diffs["probe"]) <= 1e-10, diffs
+    # the error metrics sum per-frame terms in rank order (the photon error with cancellation: 6e-10 seen)
+    assert max(diffs.values()) <= 1e-8, diffs
 
 
 def test_work_array_reuses_and_grows():

@@ -40,7 +40,7 @@ import yaml
 from .. import __version__
 from ..errors import ConfigError
 from ..utils.param_tree import Param
-from .capabilities import check_engines
+from .capabilities import CAPABILITIES, check_engines
 from .declare import Parameter, ParamSet, describe_value
 from .ptypy_names import translate as translate_ptypy_names
 from .registry import ENGINES, LOADERS, load_plugins, suggest
@@ -350,15 +350,24 @@ def engine_sequence(p):
     (``illumination.model`` one of ``auto``, ``flat``, ``aperture``, ...,
     not a file), a DM engine of that many iterations, labelled
     ``<label>_warmup``, runs first. The chain is a function of the tree
-    alone, so a resumed run finds the same engines.
+    alone, so a resumed run finds the same engines. No warm-up runs when a
+    scan is multislice or has a variable probe
+    (:data:`~ptycli.params.capabilities.CAPABILITIES`): their engines start
+    the slices and eigen-probes themselves.
     """
     engines = p.get("engines") if isinstance(p, dict) else None
     seq = [(label, sub) for label, sub in (engines or {}).items()]
-    if seq and int(seq[0][1].get("warmup") or 0) > 0 and _probe_from_model(p):
+    if seq and int(seq[0][1].get("warmup") or 0) > 0 and _probe_from_model(p) and _plain_scans(p):
         label, first = seq[0]
         seq.insert(0, (label + WARMUP_SUFFIX, validate_engine(
             {"name": "DM", "numiter": int(first.warmup)}, "engines.%s.warmup" % label)))
     return seq
+
+
+def _plain_scans(p):
+    """Whether no scan of ``p`` asks for a model option (multislice object, variable probe: :data:`CAPABILITIES`)."""
+    return not any(cap.requested(scan or {}) for scan in (p.get("scans") or {}).values()
+                   for cap in CAPABILITIES.values())
 
 
 def _probe_from_model(p):

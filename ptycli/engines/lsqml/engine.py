@@ -306,6 +306,10 @@ class LSQML(Engine):
         Parameter("momentum_restart", False, "bool",
                   "zero a velocity when the epoch's change points against it (adaptive restart)"),
         Parameter("seed", 0, "int", "seed of the batch draws (same seed, same result)", low=0),
+        Parameter("warmup", 50, "int",
+                  "DM iterations run before LSQML when LSQML is the first engine and a scan's probe starts from "
+                  "a model (illumination.model auto, flat, aperture, ...; not a file) and no scan is multislice or "
+                  "has a variable probe: LSQML's local probe steps can lock onto a poor curvature guess; 0: none", low=0),
         POSITION_PARAMS,
         POSREF_PARAMS,
     ], doc="least-squares maximum likelihood in mini-batches (Odstrcil et al. 2018)")
