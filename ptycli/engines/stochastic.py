@@ -343,6 +343,13 @@ _ORDER = Parameter("order", "auto", "str",
                    "measurement), alternate (scan order forth and back); auto: alternate for a scan with a "
                    "variable probe, else random", choices=["auto", "random", "scan", "alternate"])
 
+#: ePIE's and rPIE's own default of the common ``probe_center_tol`` (mPIE keeps the common None)
+_RECENTRE = Parameter("probe_center_tol", 2.0, "float",
+                      "recentre probe, object and exit waves after an iteration whose probe update left the "
+                      "probe's centre of mass more than this many pixels off the frame centre (null: never); "
+                      "far field only, ignored in the near field (the probe fills the frame)",
+                      low=0.0, nullable=True, unit="pixel")
+
 _STEP_PARAMS = [
     Parameter("object_step", 1.0, "float",
               "object step size (ePIE's alpha): the object moves by object_step * conj(P) dpsi / "
@@ -471,6 +478,35 @@ class PIEBase(Engine):
             self.iteration_done(out[-1])
         return out
 
+    def recenter_probe(self):
+        """:meth:`ConstraintsMixin.recenter_probe`; mPIE's velocities and anchors move with the arrays.
+
+        The object's are rolled as the object; the probe's live in the
+        working form ``pre * P`` of the sweep, so they are unfolded, rolled
+        and folded again (``pre`` has unit modulus), and ``X - X_T`` stays
+        the progress of the frame updates.
+        """
+        shifts = super().recenter_probe()
+        m = self.momentum
+        if not shifts or m is None or self.sweeper is None:
+            return shifts
+        for sid, s in shifts.items():
+            shift = tuple(int(v) for v in s)
+            pre = self.sweeper.fold.get(sid)
+            for arr in (m.velocity["probe"].get(sid), m.anchor["probe"].get(sid)):
+                if arr is None:
+                    continue
+                if pre is None:
+                    arr[...] = np.roll(arr, shift, axis=(-2, -1))
+                else:
+                    arr[...] = pre * np.roll(np.conj(pre) * arr, shift, axis=(-2, -1))
+            oids = {g.obj.ID for g in self.book.groups if g.probe.ID == sid}
+            for oid in oids:
+                for arr in (m.velocity["obj"].get(oid), m.anchor["obj"].get(oid)):
+                    if arr is not None:
+                        arr[...] = np.roll(arr, shift, axis=(-2, -1))
+        return shifts
+
     def iteration_done(self, record):
         """Called after each iteration with its error record (:meth:`ErrorSums.reduce`); nothing here."""
 
@@ -556,7 +592,8 @@ class EPIE(PIEBase):
     """ePIE (Maiden & Rodenburg 2009) with mixed states; see the module docstring."""
 
     NAME = "ePIE"
-    PARAMS = Engine.PARAMS.extended("ePIE", _STEP_PARAMS, doc="extended ptychographic iterative engine")
+    PARAMS = Engine.PARAMS.extended("ePIE", _STEP_PARAMS + [_RECENTRE],
+                                    doc="extended ptychographic iterative engine")
 
 
 @register
@@ -571,6 +608,7 @@ class RPIE(PIEBase):
         Parameter("probe_alpha", 1.0, "float",
                   "probe regularisation: denominator (1 - probe_alpha) |O|^2 + probe_alpha max|O|^2 "
                   "(1: the ePIE probe update)", low=0.0, high=1.0),
+        _RECENTRE,
     ], doc="regularised ptychographic iterative engine")
 
     def alphas(self):
