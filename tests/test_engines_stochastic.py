@@ -299,7 +299,7 @@ def test_registered_with_declared_parameters():
     assert eps["object_step"].default == 1.0 and eps["probe_step"].default == 1.0 and eps["seed"].default == 0
     assert "probe_update_start" in eps and "probe_support" in eps and "clip_object" in eps
     rps = engine_paramset("rPIE")
-    assert rps["alpha"].default == 0.05 and rps["probe_alpha"].default == 1.0
+    assert rps["alpha"].default == 0.1 and rps["probe_alpha"].default == 1.0
     P = _model(n=10)
     with pytest.raises(ConfigError):
         make_engine(P, dict(name="rPIE", alpha=1.5))
