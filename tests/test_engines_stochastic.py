@@ -640,14 +640,13 @@ def _probe_mass_centre_offset(S):
     return float(np.hypot(cy - h // 2, cx - w // 2))
 
 
-def test_epie_and_rpie_recentre_by_default_mpie_does_not():
+def test_the_pie_engines_recentre_by_default():
     from ptycli.params.tree import engine_paramset
 
-    assert engine_paramset("ePIE")["probe_center_tol"].default == 2.0
-    assert engine_paramset("rPIE")["probe_center_tol"].default == 2.0
-    assert engine_paramset("mPIE")["probe_center_tol"].default is None
+    for name in ("ePIE", "rPIE", "mPIE"):
+        assert engine_paramset(name)["probe_center_tol"].default == 2.0
+        assert "far field only" in engine_paramset(name)["probe_center_tol"].doc
     assert engine_paramset("DM")["probe_center_tol"].default is None
-    assert "far field only" in engine_paramset("ePIE")["probe_center_tol"].doc
 
 
 @pytest.mark.parametrize("farfield", [True, False])
@@ -684,7 +683,7 @@ def test_mpie_velocities_and_anchors_follow_a_recentring():
     """The object's velocity and anchor roll with the object, the probe's (in the sweep's working form
     pre * P) are unfolded, rolled and folded again: X - X_T is the same field, moved."""
     P = _model(n=20)
-    eng = make_engine(P, dict(name="mPIE", numiter=2, probe_update_start=0, probe_center_tol=2.0))
+    eng = make_engine(P, dict(name="mPIE", numiter=2, probe_update_start=0))
     eng.initialize()
     eng.iterate(2)
     pr, ob = _storages(P)

@@ -67,7 +67,7 @@ the object scaled to match
 mPIE's velocities and anchors are scaled alike; a variable probe's
 eigen-probes; not for multislice objects). ``P O`` is unchanged to rounding.
 
-Recentring (``probe_center_tol``: 2 px in ePIE and rPIE, off in mPIE): nor
+Recentring (``probe_center_tol``: 2 px in ePIE, rPIE and mPIE): nor
 does anything fix where in the frame the probe sits. Probe and object moved
 together by whole pixels shift every exit wave alike, which the far-field
 intensities barely see, and from a probe guess a defocused or zone-plate
@@ -82,8 +82,9 @@ field only: a near-field probe fills the frame, and the tolerance is ignored
 there. Measured on ``benchmarks/validate_zoo.py`` (150 iterations from the
 automatic probe guess, all 27 cases): ``zoneplate_defocus9``, where the
 probe walked 14.5 px off centre, went from 0.919 to 0.995 (ePIE) and 0.917
-to 0.998 (rPIE); rPIE's ``two_modes`` 0.941 to 0.992; no other case moved by
-more than 0.001 (``tests/test_engines_stochastic.py::test_epie_recentres_a_drifting_probe``).
+to 0.998 (rPIE) and 0.936 to 0.997 (mPIE); ``two_modes`` 0.941 to 0.992
+(rPIE) and 0.957 to 0.995 (mPIE); no other case moved by more than 0.001
+(``tests/test_engines_stochastic.py::test_epie_recentres_a_drifting_probe``).
 
 Mixed states (Thibault & Menzel, Nature 494, 68 (2013)): with probe modes
 ``P_k`` and object modes ``O_l`` a frame has exit waves ``psi_kl = P_k O_l``
@@ -374,7 +375,7 @@ _ORDER = Parameter("order", "auto", "str",
                    "measurement), alternate (scan order forth and back); auto: alternate for a scan with a "
                    "variable probe, else random", choices=["auto", "random", "scan", "alternate"])
 
-#: ePIE's and rPIE's own default of the common ``probe_center_tol`` (mPIE keeps the common None)
+#: the PIE engines' own default of the common ``probe_center_tol`` (2 px; the common declaration's is None)
 _RECENTRE = Parameter("probe_center_tol", 2.0, "float",
                       "recentre probe, object and exit waves after an iteration whose probe update left the "
                       "probe's centre of mass more than this many pixels off the frame centre (null: never); "
@@ -686,6 +687,7 @@ class MPIE(PIEBase):
         Parameter("seed", 0, "int", "seed of the random frame visiting order (same seed, same result)", low=0),
         _ORDER,
         POSREF_PARAMS,
+        _RECENTRE,
     ], doc="momentum-accelerated ptychographic iterative engine")
 
     #: iterations after ``probe_update_start`` before ``momentum_error_stop`` watches the error
