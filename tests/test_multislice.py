@@ -364,7 +364,7 @@ def test_block_parallel_keeps_every_slice_equal_on_all_ranks(tmp_path):
 
 @pytest.mark.slow
 def test_rpie_updates_slices_with_the_epie_normalisation(tmp_path):
-    """rPIE (default alpha 0.05) recovers the slices as ePIE does: its local normalisation is not used on slices.
+    """rPIE (alpha 0.05 then, 0.1 now by default) recovers the slices as ePIE does: its local normalisation is not used on slices.
 
     With it, the 8-depth-of-field case gave 0.62, 0.50, 0.63 after rPIE 100
     (0.25 per slice at 5 depths of field after 200); the slice update now

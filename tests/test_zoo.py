@@ -330,7 +330,9 @@ def test_mpie_noise_bound_ramp_on_low_dose_data(tmp_path):
     First measured 0.930 against 0.585 (seed 21) from the support guess. Since the probe guess checks
     held-out frames for engines with local probe updates, the start is better and the gap smaller;
     measured (ramp 0 -> 60) over seeds 12, 21-26: mean 0.868 -> 0.910, every seed better; seed 12
-    0.850 -> 0.910, seed 24 0.838 -> 0.923 (true probe about 0.92).
+    0.850 -> 0.910, seed 24 0.838 -> 0.923 (true probe about 0.92). Measured without recentring, which
+    this test keeps off to compare the ramps alone: mPIE's default ``probe_center_tol`` (2 px) lifts seed
+    24's whole-bound run, whose probe drifts, to 0.890 (ramp 60: 0.918); seed 12 is unchanged.
     """
     base = next(c for c in validate_zoo.CASES if c.name == "lowdose_1e4")
     for seed in (12, 24):
@@ -339,7 +341,8 @@ def test_mpie_noise_bound_ramp_on_low_dose_data(tmp_path):
         scores = {}
         for ramp in (0, 60):
             config = validate_zoo.natural_config(case["data_section"], spec.propagation, poisson=True,
-                                                 chain=[("mPIE", 90, {"noise_bound_ramp": ramp})])
+                                                 chain=[("mPIE", 90, {"noise_bound_ramp": ramp,
+                                                                      "probe_center_tol": None})])
             result = validate_zoo.reconstruct_and_score(config, case["truth"])
             assert result["error"] is None, result
             scores[ramp] = result["score"]

@@ -200,8 +200,8 @@ def _common_params():
                   low=0.0, nullable=True),
         Parameter("probe_center_tol", None, "float",
                   "recentre probe, object and exit waves when the probe's centre of mass is more than "
-                  "this many pixels off the frame centre (null: never)", low=0.0, nullable=True,
-                  unit="pixel"),
+                  "this many pixels off the frame centre (null: never); far field only, ignored in the near "
+                  "field (the probe fills the frame)", low=0.0, nullable=True, unit="pixel"),
         Parameter("record_interval", 1, "int",
                   "keep every n-th iteration's record in the history (the last is always kept)", low=1),
         Parameter("kernels", "auto", "str",

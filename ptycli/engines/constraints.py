@@ -214,6 +214,10 @@ class ConstraintsMixin:
 
         The shift moves all three together, so ``exit = probe * object`` stays
         consistent; the object's coordinate frame moves by the same amount.
+        Each object and exit storage moves once, however many pod groups
+        share it. Far field only: a probe storage used by a near-field group
+        is left alone (the tolerance is ignored there): a near-field probe
+        fills the frame, and its centre of mass says nothing about a drift.
         Returns the applied shift per probe storage.
         """
         tol = self.p.get("probe_center_tol")
@@ -221,6 +225,9 @@ class ConstraintsMixin:
         if tol is None:
             return shifts
         for sid, S in self.book.probe_storages.items():
+            users = [g for g in self.book.groups if g.probe is S]
+            if not users or not all(getattr(g, "farfield", False) for g in users):
+                continue  # near field: recentring is meaningless (see above)
             inten = np.sum(np.abs(S.data) ** 2, axis=0)
             tot = inten.sum()
             if not tot > 0:
@@ -235,10 +242,12 @@ class ConstraintsMixin:
             self.sync()  # the true exit waves (an engine's working form need not commute with the shift)
             S.data[...] = np.roll(S.data, tuple(s), axis=(-2, -1))
             shifts[sid] = s
-            for g in self.book.groups:
-                if g.probe is S:
-                    g.obj.data[...] = np.roll(g.obj.data, tuple(s), axis=(-2, -1))
-                    if not g.exit.released:  # a released exit storage holds nothing to move
-                        g.exit.data[...] = np.roll(g.exit.data, tuple(s), axis=(-2, -1))
+            moved = set()  # storages shared by several groups move once
+            for g in users:
+                for st in (g.obj, g.exit):
+                    if id(st) in moved or (st is g.exit and st.released):
+                        continue  # a released exit storage holds nothing to move
+                    moved.add(id(st))
+                    st.data[...] = np.roll(st.data, tuple(s), axis=(-2, -1))
             log.info("%s: probe %s recentred by %s pixels", self.label, sid, tuple(int(v) for v in s))
         return shifts

@@ -53,7 +53,7 @@ update, ``b`` and the steps those of ePIE (1) or rPIE (``probe_alpha``;
 local normalisation of the slice update (``alpha < 1``) divides by the
 incident intensity, which is small over much of an inner slice, and the
 slices then absorb each other (3 slices 5 depths of field apart, correlation
-per slice: rPIE's default ``alpha`` 0.05 after 200 iterations 0.25 0.26 0.20;
+per slice: rPIE's then default ``alpha`` 0.05 after 200 iterations 0.25 0.26 0.20;
 after 100, ``alpha`` 0.3 0.92 0.80 0.92, ``alpha`` 1 0.94 0.85 0.95, as
 ePIE). The incident waves of the inner slices are updated in every iteration (they carry the correction
 backwards; ``probe_update_start`` only holds the probe itself). With
