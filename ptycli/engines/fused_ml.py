@@ -96,8 +96,13 @@ def line_waves(Fb, Fc, probe_on, ob, hob, pt, hpt, hpt2, pods, p0):
 
 
 @njit(**_JIT)
-def line_sums(F, Fb, Fc, probe_on, pod_start, cscale, diff, drows, mask, mrows, use_mask, model, eps, bg, out):
+def line_sums(F, Fb, Fc, probe_on, pod_start, cscale, diff, drows, mask, mrows, use_mask, model, eps, bg, out,
+              sb=np.float32(1.0), sc=np.float32(1.0)):
     """Per-frame partial sums of the cost polynomial along the line (see the module docstring of ML).
+
+    ``sb``, ``sc``: the factors still due on ``Fb`` and ``Fc`` (the unitary scaling of an
+    unnormalised FFT, :func:`ptycli.core.fft.fft2_deferred`; 1: none), folded into the
+    products that read them instead of a scaling pass over the waves.
 
     ``out[j, 0:9]``: gaussian, the coefficients of ``sum w (D + I1 t + ... + I4 t^4)^2``;
     otherwise ``[0, sum l' I1, sum (l'' I1^2 / 2 + l' I2), 0 ...]`` (Newton model).
@@ -114,7 +119,7 @@ def line_sums(F, Fb, Fc, probe_on, pod_start, cscale, diff, drows, mask, mrows, 
         I = np.empty((5, W), dtype=np.float32)
         mr = mrows[j] if use_mask else 0
         for y in range(H):
-            ex = _line_powers(F, Fb, Fc, probe_on, a, b, y, I)
+            ex = _line_powers(F, Fb, Fc, probe_on, a, b, y, I, sb, sc)
             brow = bg[y]
             for x in range(W):
                 I[0, x] += brow[x]
@@ -137,8 +142,10 @@ def line_sums(F, Fb, Fc, probe_on, pod_start, cscale, diff, drows, mask, mrows, 
 
 
 @njit(**_INLINE)
-def _line_powers(F, Fb, Fc, probe_on, a, b, y, I):
+def _line_powers(F, Fb, Fc, probe_on, a, b, y, I, sb, sc):
     """Row ``y`` of ``I0 .. I4`` (mode sums) into ``I[0:5]``; returns the row's exit-change sums.
+
+    ``sb``, ``sc``: the factors due on ``Fb`` and ``Fc`` (see :func:`line_sums`).
 
     In loops of at most two output rows each (``I0, I1``; ``I2``; ``I3, I4``):
     a loop that wrote the five rows of ``I`` and read three waves needed more
@@ -148,9 +155,14 @@ def _line_powers(F, Fb, Fc, probe_on, a, b, y, I):
     """
     W = I.shape[1]
     two = np.float32(2.0)
-    sb = 0.0
-    sbc = 0.0
-    sc = 0.0
+    t1 = two * sb  # 2 Re(F* Fb)
+    t2 = two * sc  # 2 Re(F* Fc)
+    t3 = two * (sb * sc)  # 2 Re(Fb* Fc)
+    b2s = sb * sb
+    c2s = sc * sc
+    sum_b = 0.0
+    sum_bc = 0.0
+    sum_c = 0.0
     i0 = I[0]
     i1 = I[1]
     i2 = I[2]
@@ -167,24 +179,24 @@ def _line_powers(F, Fb, Fc, probe_on, a, b, y, I):
             for x in range(W):
                 fa, fb = frow[x], brow[x]
                 i0[x] = fa.real * fa.real + fa.imag * fa.imag
-                i1[x] = two * (fa.real * fb.real + fa.imag * fb.imag)
+                i1[x] = t1 * (fa.real * fb.real + fa.imag * fb.imag)
         else:
             for x in range(W):
                 fa, fb = frow[x], brow[x]
                 i0[x] += fa.real * fa.real + fa.imag * fa.imag
-                i1[x] += two * (fa.real * fb.real + fa.imag * fb.imag)
+                i1[x] += t1 * (fa.real * fb.real + fa.imag * fb.imag)
         if probe_on:
             crow = Fc[p, y]
             if first:
                 for x in range(W):
                     fa, fb, fc = frow[x], brow[x], crow[x]
-                    b2 = fb.real * fb.real + fb.imag * fb.imag
-                    i2[x] = b2 + two * (fa.real * fc.real + fa.imag * fc.imag)
+                    b2 = b2s * (fb.real * fb.real + fb.imag * fb.imag)
+                    i2[x] = b2 + t2 * (fa.real * fc.real + fa.imag * fc.imag)
                     rb += b2
                 for x in range(W):
                     fb, fc = brow[x], crow[x]
-                    bc = two * (fb.real * fc.real + fb.imag * fc.imag)
-                    c2 = fc.real * fc.real + fc.imag * fc.imag
+                    bc = t3 * (fb.real * fc.real + fb.imag * fc.imag)
+                    c2 = c2s * (fc.real * fc.real + fc.imag * fc.imag)
                     i3[x] = bc
                     i4[x] = c2
                     rbc += bc
@@ -192,13 +204,13 @@ def _line_powers(F, Fb, Fc, probe_on, a, b, y, I):
             else:
                 for x in range(W):
                     fa, fb, fc = frow[x], brow[x], crow[x]
-                    b2 = fb.real * fb.real + fb.imag * fb.imag
-                    i2[x] += b2 + two * (fa.real * fc.real + fa.imag * fc.imag)
+                    b2 = b2s * (fb.real * fb.real + fb.imag * fb.imag)
+                    i2[x] += b2 + t2 * (fa.real * fc.real + fa.imag * fc.imag)
                     rb += b2
                 for x in range(W):
                     fb, fc = brow[x], crow[x]
-                    bc = two * (fb.real * fc.real + fb.imag * fc.imag)
-                    c2 = fc.real * fc.real + fc.imag * fc.imag
+                    bc = t3 * (fb.real * fc.real + fb.imag * fc.imag)
+                    c2 = c2s * (fc.real * fc.real + fc.imag * fc.imag)
                     i3[x] += bc
                     i4[x] += c2
                     rbc += bc
@@ -207,7 +219,7 @@ def _line_powers(F, Fb, Fc, probe_on, a, b, y, I):
             if first:
                 for x in range(W):
                     fb = brow[x]
-                    b2 = fb.real * fb.real + fb.imag * fb.imag
+                    b2 = b2s * (fb.real * fb.real + fb.imag * fb.imag)
                     i2[x] = b2
                     rb += b2
                 for x in range(W):
@@ -216,13 +228,13 @@ def _line_powers(F, Fb, Fc, probe_on, a, b, y, I):
             else:
                 for x in range(W):
                     fb = brow[x]
-                    b2 = fb.real * fb.real + fb.imag * fb.imag
+                    b2 = b2s * (fb.real * fb.real + fb.imag * fb.imag)
                     i2[x] += b2
                     rb += b2
-        sb += rb
-        sbc += rbc
-        sc += rc
-    return sb, sbc, sc
+        sum_b += rb
+        sum_bc += rbc
+        sum_c += rc
+    return sum_b, sum_bc, sum_c
 
 
 @njit(**_INLINE)
@@ -281,7 +293,7 @@ def _newton_row(I, c, irow, mrow, use_mask, model, eps):
 
 @njit(**_JIT)
 def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, floating, cscale, bg, want_bg,
-             bgsum, out):
+             bgsum, out, gscale=np.float32(1.0)):
     """Cost, errors and the detector-plane gradient of a frame block.
 
     Per frame ``j`` (pods ``pod_start[j] .. pod_start[j + 1] - 1``): with
@@ -291,7 +303,9 @@ def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, f
     (``bg``: the background B, zeros without one; floating scales are not
     combined with it), and ``gF[p] = c l'(I) F[p]`` (the gradient with respect
     to the unscaled waves' intensity, times the waves). With ``want_bg``,
-    ``bgsum[y, x] += l'(I)`` over the frames (float64, (H, W)).
+    ``bgsum[y, x] += l'(I)`` over the frames (float64, (H, W)). ``gF`` is multiplied by
+    ``gscale``: the factor its inverse transform will leave due
+    (:func:`ptycli.core.fft.deferred_factor`), applied here in the weight at no cost.
     """
     nf = out.shape[0]
     H, W = F.shape[1], F.shape[2]
@@ -353,6 +367,9 @@ def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, f
             ferr += r[1]
             perr += r[2]
             valid += r[3]
+            if gscale != one:
+                for x in range(W):
+                    lp[x] *= gscale
             for p in range(a, b):
                 frow = F[p, y]
                 grow = gF[p, y]
