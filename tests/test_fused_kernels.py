@@ -352,7 +352,8 @@ def test_object_divide_rows_is_the_numpy_fold_divisor_and_division(c_weak):
 @pytest.mark.parametrize("beta,use_pre", [(1.0, True), (0.7, True), (1.0, False)])
 def test_kernels_apply_the_deferred_fft_scale_like_a_scaling_pass(beta, use_pre):
     """modulus_constraint and projection_update given an unscaled transform and its factor: the numbers of
-    the scaled transform with factor 1, bit for bit (ptycli.core.fft.fft2_deferred)."""
+    the scaled transform with factor 1 (ptycli.core.fft.fft2_deferred), to float32 rounding; modulus_constraint
+    leaves the factor due on F (the correction multiplies the unscaled waves)."""
     rng = np.random.default_rng(3)
 
     def cplx(*shape):
@@ -373,10 +374,10 @@ def test_kernels_apply_the_deferred_fft_scale_like_a_scaling_pass(beta, use_pre)
             X.view(np.float32)[...] *= scale  # the scaling pass of fft2_inplace
         sums = np.empty((4, n))
         fused.modulus_constraint(X, pod_start, diff, rows, mask, rows, False, 0.5, True, *sums, bg, False, bgsum,
-                                 X.view(np.float32), fac)
-        results.append((X, sums))
-    np.testing.assert_array_equal(results[0][0], results[1][0])
-    np.testing.assert_array_equal(results[0][1], results[1][1])
+                                 fac)
+        results.append((X * fac, sums))  # the factor still due
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-5)
     assert (results[0][1][3] < 1).any()  # some frames were corrected
     psi, ob, pt, prc, pre = cplx(n, H, W), cplx(1, 20, 20), cplx(1, H, W), cplx(1, H, W), cplx(H, W)
     addr = (np.zeros(n, np.int64), np.array([0, 3, 7]), np.array([1, 5, 2]), np.zeros(n, np.int64))
@@ -388,9 +389,9 @@ def test_kernels_apply_the_deferred_fft_scale_like_a_scaling_pass(beta, use_pre)
         change = fused.projection_update(p, G, ob, pt, pre, np.conj(pre), use_pre, addr, 0, beta, True, num, prc,
                                          G.view(np.float32), fac)
         out.append((p, num, change))
-    np.testing.assert_array_equal(out[0][0], out[1][0])
-    np.testing.assert_array_equal(out[0][1], out[1][1])
-    assert out[0][2] == out[1][2]
+    np.testing.assert_allclose(out[1][0], out[0][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[1][1], out[0][1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[1][2], out[0][2], rtol=1e-5)
 
 
 def test_ml_vector_log_matches_log():
