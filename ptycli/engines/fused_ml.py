@@ -37,7 +37,7 @@ import numpy as np
 
 from .fused import njit, _JIT, _INLINE
 
-__all__ = ["exit_product", "line_waves", "line_sums", "evaluate", "gradient_sums", "real_dot"]
+__all__ = ["exit_product", "line_waves", "line_sums", "evaluate", "gradient_sums", "real_dot", "cg_dots", "cg_step"]
 
 #: polynomial coefficients in :func:`line_sums`' output (degree 8, lowest first)
 N_COEF = 9
@@ -584,3 +584,63 @@ def real_dot(a, b):
             part += a[i] * b[i]
         total += part
     return total
+
+
+@njit(**_JIT)
+def cg_dots(g, gp):
+    """``(sum g g, sum g gp)`` of two flat float32 arrays in one pass, summed as :func:`real_dot`.
+
+    The object part of the conjugate-gradient scalars of :meth:`ML._direction
+    <ptycli.engines.ml.ML._direction>` (``|gO|^2`` and ``<gO, gO'>``).
+    """
+    n = g.shape[0]
+    t1 = 0.0
+    t2 = 0.0
+    for start in range(0, n, 4096):
+        p1 = np.float32(0.0)
+        p2 = np.float32(0.0)
+        for i in range(start, min(n, start + 4096)):
+            a = g[i]
+            p1 += a * a
+            p2 += a * gp[i]
+        t1 += p1
+        t2 += p2
+    return t1, t2
+
+
+@njit(**_JIT)
+def cg_step(h, g, gp, beta):
+    """``h <- beta h - g`` (``-g`` when ``beta`` is 0) and ``gp <- g`` in one pass over flat float32 arrays.
+
+    Returns ``(sum g h, sum h h)`` of the new ``h``, summed as :func:`real_dot`:
+    the object part of the slope and of the direction's norm
+    (:meth:`ML._direction <ptycli.engines.ml.ML._direction>`). One pass
+    instead of five (update, copy and three dot products).
+    """
+    n = h.shape[0]
+    b = np.float32(beta)
+    t1 = 0.0
+    t2 = 0.0
+    for start in range(0, n, 4096):
+        stop = min(n, start + 4096)
+        p1 = np.float32(0.0)
+        p2 = np.float32(0.0)
+        if beta == 0.0:
+            for i in range(start, stop):
+                a = g[i]
+                v = -a
+                h[i] = v
+                gp[i] = a
+                p1 += a * v
+                p2 += v * v
+        else:
+            for i in range(start, stop):
+                a = g[i]
+                v = b * h[i] - a
+                h[i] = v
+                gp[i] = a
+                p1 += a * v
+                p2 += v * v
+        t1 += p1
+        t2 += p2
+    return t1, t2
