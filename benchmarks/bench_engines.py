@@ -172,6 +172,8 @@ def model_bytes(P):
 
 
 KERNELS = "auto"
+#: extra engine parameters (``--set``)
+ENGINE_SET = {}
 
 #: Engines sequential over frames: compared with the fastest one-thread transform.
 SEQUENTIAL = ("ePIE", "rPIE", "mPIE")
@@ -184,8 +186,8 @@ def time_engine(P, name, iterations, warmup, floor):
     during the run; CPU time (all threads of this process) is less sensitive
     to other processes than wall time.
     """
-    e = make_engine(P, {"name": name, "numiter": warmup + iterations, "probe_update_start": 0,
-                        "kernels": KERNELS}, name.lower())
+    e = make_engine(P, dict({"name": name, "numiter": warmup + iterations, "probe_update_start": 0,
+                             "kernels": KERNELS}, **ENGINE_SET), name.lower())
     e.initialize()
     e.iterate(warmup)
     one_thread = name in SEQUENTIAL
@@ -214,8 +216,8 @@ def memory_engine(P, name, iterations=2):
     gc.collect()
     tracemalloc.start()
     base_cur, _ = tracemalloc.get_traced_memory()
-    e = make_engine(P, {"name": name, "numiter": iterations, "probe_update_start": 0, "kernels": KERNELS},
-                    name.lower())
+    e = make_engine(P, dict({"name": name, "numiter": iterations, "probe_update_start": 0, "kernels": KERNELS},
+                            **ENGINE_SET), name.lower())
     e.initialize()
     e.iterate(iterations)
     _, peak = tracemalloc.get_traced_memory()
@@ -239,9 +241,16 @@ def main(argv=None):
                     help="eigen-probes of a variable probe (illumination.variable_modes; ePIE, rPIE)")
     ap.add_argument("--kernels", default="auto", choices=("auto", "compiled", "numpy"),
                     help="the engines' kernels parameter (default auto)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an engine parameter for every engine (repeatable; VALUE read as YAML), "
+                         "e.g. --set block_frames=8")
     args = ap.parse_args(argv)
     global KERNELS
     KERNELS = args.kernels
+    import yaml
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        ENGINE_SET[key.strip()] = yaml.safe_load(value)
     if args.cases:
         cases = [tuple(int(v) for v in c.lower().split("x")) for c in args.cases.split(",")]
     else:

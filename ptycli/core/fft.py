@@ -37,7 +37,7 @@ Functions
 ---------
 :func:`fft2_inplace`, :func:`ifft2_inplace`
     The transforms (overwrite and return their argument).
-:func:`fft2_deferred`, :func:`ifft2_deferred`
+:func:`fft2_deferred`, :func:`ifft2_deferred`, :func:`deferred_factor`
     The same, the unitary scaling left to the caller where that saves a pass.
 :func:`bound_pair`
     Transforms bound to one buffer, for per-frame loops.
@@ -423,14 +423,30 @@ def ifft2_deferred(x, workers=None):
     return _deferred(x, False, get_workers() if workers is None else workers)
 
 
+def _defers(x):
+    """Whether the deferred transforms of ``x`` go to FFTW unscaled (else pocketfft, scaled)."""
+    return backend() == "fftw" and x.dtype in (np.complex64, np.complex128) and x.flags.c_contiguous \
+        and x.ndim >= 2 and x.size > 0
+
+
+def deferred_factor(x):
+    """The factor :func:`fft2_deferred` and :func:`ifft2_deferred` leave due on ``x``, without transforming.
+
+    For a kernel that scales its input for the transform to come (ML's
+    gradient waves: the factor goes into a per-pixel weight it multiplies
+    anyway). ``1 / sqrt(H W)`` where the transform goes to FFTW, else 1.
+    """
+    if not _defers(x):
+        return x.real.dtype.type(1.0)
+    H, W = x.shape[-2:]
+    return x.real.dtype.type(1.0 / np.sqrt(H * W))
+
+
 def _deferred(x, forward, workers):
     """The transform of :func:`fft2_deferred`: FFTW without its scaling pass where :func:`_fftw` takes ``x``."""
-    one = x.real.dtype.type(1.0)
-    if backend() != "fftw" or x.dtype not in (np.complex64, np.complex128) or not x.flags.c_contiguous \
-            or x.ndim < 2 or x.size == 0:
-        return _pocketfft(x, forward, workers), one
-    H, W = x.shape[-2:]
-    return _fftw(x, forward, workers, scale=False), x.real.dtype.type(1.0 / np.sqrt(H * W))
+    if not _defers(x):
+        return _pocketfft(x, forward, workers), x.real.dtype.type(1.0)
+    return _fftw(x, forward, workers, scale=False), deferred_factor(x)
 
 
 def bound_pair(x, workers=1):

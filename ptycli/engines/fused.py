@@ -189,7 +189,7 @@ def projection_input(out, psi, ob, pt, pre, use_pre, addr, p0, a1, ma):
 
 @njit(**_JIT)
 def modulus_constraint(F, pod_start, diff, drows, mask, mrows, use_mask, pbound, apply,
-                       ferr, photon, valid, renorm, bg, use_bg, bgsum, Fv, scale):
+                       ferr, photon, valid, renorm, bg, use_bg, bgsum, scale):
     """Errors and the power-bound relaxed modulus correction of a frame block, in place.
 
     Parameters
@@ -215,17 +215,20 @@ def modulus_constraint(F, pod_start, diff, drows, mask, mrows, use_mask, pbound,
         With ``use_bg`` (and ``apply``), ``bgsum += mask * f^2`` per frame, ``f``
         the frame's modulus factor (1 inside the bound): the sums of the
         augmented projection's background update.
-    Fv, scale : float (pods, H, 2 W), float
-        ``F`` seen as real numbers, and the factor still due on ``F`` (the
-        unitary scaling of an unnormalised FFT, :func:`ptycli.core.fft.fft2_deferred`;
-        1: none): each row is multiplied by it in place as it is first read,
-        the numbers a separate scaling pass would give.
+    scale : float
+        The factor still due on ``F`` (the unitary scaling of an unnormalised
+        FFT, :func:`ptycli.core.fft.fft2_deferred`; 1: none): the powers are
+        ``scale^2 |F|^2``, and ``F`` is left unscaled (the correction multiplies
+        it as it is), so the factor is still due on it afterwards: the caller
+        passes it on to :func:`projection_update` with the inverse transform's.
+        Folded into the arithmetic instead of a scaling pass over ``F``.
     """
     nf = ferr.shape[0]
     H, W = F.shape[1], F.shape[2]
     zero = np.float32(0.0)
     one = np.float32(1.0)
     tiny = np.float32(_TINY)
+    s2 = np.float32(scale) * np.float32(scale)
     a2 = np.empty(W, dtype=np.float32)
     q = np.empty((H, W), dtype=np.float32)  # mask * (|F| - sqrt(I)) / |F|, for the correction
     for j in range(nf):
@@ -235,13 +238,11 @@ def modulus_constraint(F, pod_start, diff, drows, mask, mrows, use_mask, pbound,
         ph = 0.0
         v = 0.0
         for y in range(H):
-            if scale != one:
-                _scale_rows(Fv, a, b, y, scale)
             brow = bg[y]
             if not (single and not use_mask):
                 _row_power(F, a, b, y, a2)
                 for x in range(W):
-                    a2[x] += brow[x]
+                    a2[x] = a2[x] * s2 + brow[x]
             irow = diff[drows[j], y]
             qrow = q[y]
             er = zero
@@ -263,7 +264,7 @@ def modulus_constraint(F, pod_start, diff, drows, mask, mrows, use_mask, pbound,
                 frow = F[a, y]
                 for x in range(W):
                     f = frow[x]
-                    f2 = f.real * f.real + f.imag * f.imag + brow[x]
+                    f2 = (f.real * f.real + f.imag * f.imag) * s2 + brow[x]
                     inten = max(irow[x], zero)
                     af = np.sqrt(f2)
                     d = af - np.sqrt(inten)
@@ -361,7 +362,10 @@ def projection_update(psi, G, ob, pt, pre, post, use_pre, addr, p0, beta, fuse, 
     ``psi += post * delta`` (``post = conj(pre)``; plain ``delta`` unless
     ``use_pre``); when ``fuse``, ``num[ol, window] += prc[pl] * psi_new``.
     ``Gv`` is ``G`` seen as real numbers and ``scale`` the factor still due
-    on ``G`` (as in :func:`modulus_constraint`; 1: none).
+    on ``G`` (that of the forward transform, left due by
+    :func:`modulus_constraint`, times the inverse's; 1: none): folded into
+    RAAR's coefficient, a scaling pass over each row of ``G`` in place (in
+    L1) otherwise.
 
     The fused far-field cases (the hot path of DM and RAAR) run in loop
     nests of their own: a flag tested inside the row loop keeps the
@@ -385,7 +389,7 @@ def _update_dm_far(psi, G, ob, pt, post, addr, p0, num, prc, Gv, scale):
         i = p0 + k
         lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
         for y in range(H):
-            if scale != unit:
+            if scale != unit:  # a complex-by-real product in the loop below was slower than this pass in L1
                 _scale_rows(Gv, k, k + 1, y, scale)
             orow = ob[lo, y0 + y, x0:x0 + W]
             prow = pt[q, y]
@@ -414,17 +418,14 @@ def _update_raar_far(psi, G, ob, pt, post, addr, p0, beta, num, prc, Gv, scale):
     """
     ol, oy, ox, pl = addr
     npb, H, W = psi.shape
-    bc = np.float32(beta)
+    bc = np.float32(beta) * np.float32(scale)  # the factor due on G folded in
     bm = np.float32(beta - 1.0)
     cw = np.float32(1.0 - 2.0 * beta)
-    unit = np.float32(1.0)
     ch = 0.0
     for k in range(npb):
         i = p0 + k
         lo, y0, x0, q = ol[i], oy[i], ox[i], pl[i]
         for y in range(H):
-            if scale != unit:
-                _scale_rows(Gv, k, k + 1, y, scale)
             orow = ob[lo, y0 + y, x0:x0 + W]
             prow = pt[q, y]
             grow = G[k, y]

@@ -37,7 +37,7 @@ import numpy as np
 
 from .fused import njit, _JIT, _INLINE
 
-__all__ = ["exit_product", "line_waves", "line_sums", "evaluate", "gradient_sums", "real_dot"]
+__all__ = ["exit_product", "line_waves", "line_sums", "evaluate", "gradient_sums", "real_dot", "cg_dots", "cg_step"]
 
 #: polynomial coefficients in :func:`line_sums`' output (degree 8, lowest first)
 N_COEF = 9
@@ -96,8 +96,13 @@ def line_waves(Fb, Fc, probe_on, ob, hob, pt, hpt, hpt2, pods, p0):
 
 
 @njit(**_JIT)
-def line_sums(F, Fb, Fc, probe_on, pod_start, cscale, diff, drows, mask, mrows, use_mask, model, eps, bg, out):
+def line_sums(F, Fb, Fc, probe_on, pod_start, cscale, diff, drows, mask, mrows, use_mask, model, eps, bg, out,
+              sb=np.float32(1.0), sc=np.float32(1.0)):
     """Per-frame partial sums of the cost polynomial along the line (see the module docstring of ML).
+
+    ``sb``, ``sc``: the factors still due on ``Fb`` and ``Fc`` (the unitary scaling of an
+    unnormalised FFT, :func:`ptycli.core.fft.fft2_deferred`; 1: none), folded into the
+    products that read them instead of a scaling pass over the waves.
 
     ``out[j, 0:9]``: gaussian, the coefficients of ``sum w (D + I1 t + ... + I4 t^4)^2``;
     otherwise ``[0, sum l' I1, sum (l'' I1^2 / 2 + l' I2), 0 ...]`` (Newton model).
@@ -114,7 +119,7 @@ def line_sums(F, Fb, Fc, probe_on, pod_start, cscale, diff, drows, mask, mrows, 
         I = np.empty((5, W), dtype=np.float32)
         mr = mrows[j] if use_mask else 0
         for y in range(H):
-            ex = _line_powers(F, Fb, Fc, probe_on, a, b, y, I)
+            ex = _line_powers(F, Fb, Fc, probe_on, a, b, y, I, sb, sc)
             brow = bg[y]
             for x in range(W):
                 I[0, x] += brow[x]
@@ -125,8 +130,11 @@ def line_sums(F, Fb, Fc, probe_on, pod_start, cscale, diff, drows, mask, mrows, 
                 r = _gauss_row(I, c, diff[drows[j], y], mask[mr, y], use_mask)
                 for k in range(9):
                     acc[k] += r[k]
-            else:
-                r2 = _newton_row(I, c, diff[drows[j], y], mask[mr, y], use_mask, model, np.float32(eps))
+            else:  # the loop once per model (a constant model inside: no branch in the loop)
+                if model == 1:
+                    r2 = _newton_row(I, c, diff[drows[j], y], mask[mr, y], use_mask, 1, np.float32(eps))
+                else:
+                    r2 = _newton_row(I, c, diff[drows[j], y], mask[mr, y], use_mask, 2, np.float32(eps))
                 acc[1] += r2[0]
                 acc[2] += r2[1]
         for k in range(N_LINE):
@@ -134,13 +142,32 @@ def line_sums(F, Fb, Fc, probe_on, pod_start, cscale, diff, drows, mask, mrows, 
 
 
 @njit(**_INLINE)
-def _line_powers(F, Fb, Fc, probe_on, a, b, y, I):
-    """Row ``y`` of ``I0 .. I4`` (mode sums) into ``I[0:5]``; returns the row's exit-change sums."""
+def _line_powers(F, Fb, Fc, probe_on, a, b, y, I, sb, sc):
+    """Row ``y`` of ``I0 .. I4`` (mode sums) into ``I[0:5]``; returns the row's exit-change sums.
+
+    ``sb``, ``sc``: the factors due on ``Fb`` and ``Fc`` (see :func:`line_sums`).
+
+    In loops of at most two output rows each (``I0, I1``; ``I2``; ``I3, I4``):
+    a loop that wrote the five rows of ``I`` and read three waves needed more
+    run-time overlap checks than the compiler allows for vectorising it, and
+    ran scalar (line_sums 2.7 ns per pixel, 1.6 in these loops; 400 x 128^2,
+    one thread).
+    """
     W = I.shape[1]
     two = np.float32(2.0)
-    sb = 0.0
-    sbc = 0.0
-    sc = 0.0
+    t1 = two * sb  # 2 Re(F* Fb)
+    t2 = two * sc  # 2 Re(F* Fc)
+    t3 = two * (sb * sc)  # 2 Re(Fb* Fc)
+    b2s = sb * sb
+    c2s = sc * sc
+    sum_b = 0.0
+    sum_bc = 0.0
+    sum_c = 0.0
+    i0 = I[0]
+    i1 = I[1]
+    i2 = I[2]
+    i3 = I[3]
+    i4 = I[4]
     for p in range(a, b):
         frow = F[p, y]
         brow = Fb[p, y]
@@ -148,52 +175,66 @@ def _line_powers(F, Fb, Fc, probe_on, a, b, y, I):
         rb = np.float32(0.0)
         rbc = np.float32(0.0)
         rc = np.float32(0.0)
-        if probe_on:
-            crow = Fc[p, y]
+        if first:
             for x in range(W):
-                fa, fb, fc = frow[x], brow[x], crow[x]
-                b2 = fb.real * fb.real + fb.imag * fb.imag
-                bc = two * (fb.real * fc.real + fb.imag * fc.imag)
-                c2 = fc.real * fc.real + fc.imag * fc.imag
-                v0 = fa.real * fa.real + fa.imag * fa.imag
-                v1 = two * (fa.real * fb.real + fa.imag * fb.imag)
-                v2 = b2 + two * (fa.real * fc.real + fa.imag * fc.imag)
-                if first:
-                    I[0, x] = v0
-                    I[1, x] = v1
-                    I[2, x] = v2
-                    I[3, x] = bc
-                    I[4, x] = c2
-                else:
-                    I[0, x] += v0
-                    I[1, x] += v1
-                    I[2, x] += v2
-                    I[3, x] += bc
-                    I[4, x] += c2
-                rb += b2
-                rbc += bc
-                rc += c2
+                fa, fb = frow[x], brow[x]
+                i0[x] = fa.real * fa.real + fa.imag * fa.imag
+                i1[x] = t1 * (fa.real * fb.real + fa.imag * fb.imag)
         else:
             for x in range(W):
                 fa, fb = frow[x], brow[x]
-                b2 = fb.real * fb.real + fb.imag * fb.imag
-                v0 = fa.real * fa.real + fa.imag * fa.imag
-                v1 = two * (fa.real * fb.real + fa.imag * fb.imag)
-                if first:
-                    I[0, x] = v0
-                    I[1, x] = v1
-                    I[2, x] = b2
-                    I[3, x] = np.float32(0.0)
-                    I[4, x] = np.float32(0.0)
-                else:
-                    I[0, x] += v0
-                    I[1, x] += v1
-                    I[2, x] += b2
-                rb += b2
-        sb += rb
-        sbc += rbc
-        sc += rc
-    return sb, sbc, sc
+                i0[x] += fa.real * fa.real + fa.imag * fa.imag
+                i1[x] += t1 * (fa.real * fb.real + fa.imag * fb.imag)
+        if probe_on:
+            crow = Fc[p, y]
+            if first:
+                for x in range(W):
+                    fa, fb, fc = frow[x], brow[x], crow[x]
+                    b2 = b2s * (fb.real * fb.real + fb.imag * fb.imag)
+                    i2[x] = b2 + t2 * (fa.real * fc.real + fa.imag * fc.imag)
+                    rb += b2
+                for x in range(W):
+                    fb, fc = brow[x], crow[x]
+                    bc = t3 * (fb.real * fc.real + fb.imag * fc.imag)
+                    c2 = c2s * (fc.real * fc.real + fc.imag * fc.imag)
+                    i3[x] = bc
+                    i4[x] = c2
+                    rbc += bc
+                    rc += c2
+            else:
+                for x in range(W):
+                    fa, fb, fc = frow[x], brow[x], crow[x]
+                    b2 = b2s * (fb.real * fb.real + fb.imag * fb.imag)
+                    i2[x] += b2 + t2 * (fa.real * fc.real + fa.imag * fc.imag)
+                    rb += b2
+                for x in range(W):
+                    fb, fc = brow[x], crow[x]
+                    bc = t3 * (fb.real * fc.real + fb.imag * fc.imag)
+                    c2 = c2s * (fc.real * fc.real + fc.imag * fc.imag)
+                    i3[x] += bc
+                    i4[x] += c2
+                    rbc += bc
+                    rc += c2
+        else:
+            if first:
+                for x in range(W):
+                    fb = brow[x]
+                    b2 = b2s * (fb.real * fb.real + fb.imag * fb.imag)
+                    i2[x] = b2
+                    rb += b2
+                for x in range(W):
+                    i3[x] = np.float32(0.0)
+                    i4[x] = np.float32(0.0)
+            else:
+                for x in range(W):
+                    fb = brow[x]
+                    b2 = b2s * (fb.real * fb.real + fb.imag * fb.imag)
+                    i2[x] += b2
+                    rb += b2
+        sum_b += rb
+        sum_bc += rbc
+        sum_c += rc
+    return sum_b, sum_bc, sum_c
 
 
 @njit(**_INLINE)
@@ -252,7 +293,7 @@ def _newton_row(I, c, irow, mrow, use_mask, model, eps):
 
 @njit(**_JIT)
 def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, floating, cscale, bg, want_bg,
-             bgsum, out):
+             bgsum, out, gscale=np.float32(1.0)):
     """Cost, errors and the detector-plane gradient of a frame block.
 
     Per frame ``j`` (pods ``pod_start[j] .. pod_start[j + 1] - 1``): with
@@ -262,7 +303,9 @@ def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, f
     (``bg``: the background B, zeros without one; floating scales are not
     combined with it), and ``gF[p] = c l'(I) F[p]`` (the gradient with respect
     to the unscaled waves' intensity, times the waves). With ``want_bg``,
-    ``bgsum[y, x] += l'(I)`` over the frames (float64, (H, W)).
+    ``bgsum[y, x] += l'(I)`` over the frames (float64, (H, W)). ``gF`` is multiplied by
+    ``gscale``: the factor its inverse transform will leave due
+    (:func:`ptycli.core.fft.deferred_factor`), applied here in the weight at no cost.
     """
     nf = out.shape[0]
     H, W = F.shape[1], F.shape[2]
@@ -273,6 +316,9 @@ def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, f
         a, b = pod_start[j], pod_start[j + 1]
         ir = np.empty(W, dtype=np.float32)
         lp = np.empty(W, dtype=np.float32)
+        rr = np.empty(W, dtype=np.float32)
+        lg = np.empty(W, dtype=np.float32)
+        le = np.empty(W, dtype=np.float32)
         if floating:
             num = 0.0
             den = 0.0
@@ -312,7 +358,7 @@ def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, f
             brow = bg[y]
             for x in range(W):
                 ir[x] += brow[x]
-            r = _eval_row(ir, c, diff[drows[j], y], mask[mr, y], use_mask, model, ep, lp)
+            r = _eval_row(ir, c, diff[drows[j], y], mask[mr, y], use_mask, model, ep, lp, rr, lg, le)
             if want_bg:
                 srow = bgsum[y]
                 for x in range(W):
@@ -321,6 +367,9 @@ def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, f
             ferr += r[1]
             perr += r[2]
             valid += r[3]
+            if gscale != one:
+                for x in range(W):
+                    lp[x] *= gscale
             for p in range(a, b):
                 frow = F[p, y]
                 grow = gF[p, y]
@@ -333,12 +382,15 @@ def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, f
 
 
 @njit(**_INLINE)
-def _eval_row(ir, c, irow, mrow, use_mask, model, eps, lp):
-    """One row of :func:`evaluate`: ``lp = c l'(c ir)``; returns (cost, fourier, photon, valid) sums."""
+def _eval_row(ir, c, irow, mrow, use_mask, model, eps, lp, rr, lg, le):
+    """One row of :func:`evaluate`: ``lp = c l'(c ir)``; returns (cost, fourier, photon, valid) sums.
+
+    ``rr``, ``lg``, ``le``: float32 scratch rows (the Poisson model's ratios, their logarithms, exponents).
+    """
     if model == 0:  # the loop once per model (a constant model inside: no branch in the loop)
         return _eval_pixels(ir, c, irow, mrow, use_mask, 0, eps, lp)
     if model == 1:
-        return _eval_pixels(ir, c, irow, mrow, use_mask, 1, eps, lp)
+        return _eval_poisson(ir, c, irow, mrow, use_mask, eps, lp, rr, lg, le)
     return _eval_pixels(ir, c, irow, mrow, use_mask, 2, eps, lp)
 
 
@@ -368,6 +420,87 @@ def _eval_pixels(ir, c, irow, mrow, use_mask, model, eps, lp):
     if model == 0:
         rp = rc  # the Gaussian cost is the photon error
     return float(rc), float(rf), float(rp), float(rv)
+
+
+@njit(**_INLINE)
+def _eval_poisson(ir, c, irow, mrow, use_mask, eps, lp, rr, lg, le):
+    """:func:`_eval_pixels` of the Poisson model, the logarithm of the deviance in a loop of its own.
+
+    ``log`` has no vector form in numba without Intel's SVML: called per pixel
+    it kept the whole loop scalar (4 ns per pixel for :func:`evaluate`).
+    Here the ratios ``r = n / (I + eps)`` go to ``rr`` and ``lg`` (1 where
+    ``n = 0``), :func:`_log_row` takes the logarithm of ``lg`` in place
+    (vectorised), and the cost ``m (I - n + n log r)`` and the derivative
+    ``c m (1 - r)`` follow in a third loop: the formulas of
+    :func:`_pixel_terms` for ``model = 1``.
+    """
+    W = ir.shape[0]
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    for x in range(W):
+        n = max(irow[x], zero)
+        r = n / (c * ir[x] + eps)
+        rr[x] = r
+        lg[x] = r if n > zero else one
+    _log_row(lg, lg.view(np.int32), le)
+    rc = zero
+    rf = zero
+    rp = zero
+    rv = zero
+    for x in range(W):
+        n = max(irow[x], zero)
+        m = mrow[x] if use_mask else one
+        I = c * ir[x]
+        d = I - n
+        dev = d + n * lg[x]
+        rc += m * dev
+        lp[x] = c * m * (one - rr[x])
+        fa = np.sqrt(I) - np.sqrt(n)
+        rf += m * fa * fa
+        rp += m * d * d / (n + one)
+        rv += m
+    return float(rc), float(rf), float(rp), float(rv)
+
+
+@njit(**_INLINE)
+def _log_row(v, bits, e):
+    """``v = log(v)`` in place for positive normal float32 numbers, in two vectorisable loops.
+
+    ``bits`` is ``v`` seen as int32. The first loop splits every number into
+    ``m 2^e`` (``m`` in ``[sqrt(1/2), sqrt(2))``, written back as the number,
+    ``e`` kept as a float); the second evaluates ``log m + e log 2`` with the
+    minimax polynomial of Cephes' ``logf`` (S. L. Moshier, *Methods and
+    Programs for Mathematical Functions*, 1989; relative error about 1e-7,
+    that of float32 rounding). Each loop reads and writes through one view of
+    the buffer only, so the compiler vectorises both. ``e``: a float32 scratch row.
+    """
+    W = v.shape[0]
+    mant = np.int32(0x007FFFFF)
+    half = np.int32(0x3F000000)  # exponent of 0.5
+    for k in range(W):
+        b = bits[k]
+        ex = ((b >> np.int32(23)) & np.int32(0xFF)) - np.int32(126)  # v = m' 2^ex, m' in [0.5, 1)
+        mb = (b & mant) | half
+        low = mb < np.int32(0x3F3504F3)  # m' < sqrt(1/2): m = 2 m', ex - 1
+        bits[k] = mb + np.int32(0x00800000) if low else mb
+        e[k] = np.float32(ex - np.int32(1) if low else ex)
+    one = np.float32(1.0)
+    for k in range(W):
+        x = v[k] - one
+        z = x * x
+        y = np.float32(7.0376836292e-2) * x - np.float32(1.1514610310e-1)
+        y = y * x + np.float32(1.1676998740e-1)
+        y = y * x - np.float32(1.2420140846e-1)
+        y = y * x + np.float32(1.4249322787e-1)
+        y = y * x - np.float32(1.6668057665e-1)
+        y = y * x + np.float32(2.0000714765e-1)
+        y = y * x - np.float32(2.4999993993e-1)
+        y = y * x + np.float32(3.3333331174e-1)
+        y = y * x * z
+        fe = e[k]
+        y += np.float32(-2.12194440e-4) * fe
+        y -= np.float32(0.5) * z
+        v[k] = (x + y) + np.float32(0.693359375) * fe
 
 
 @njit(**_INLINE)
@@ -451,3 +584,63 @@ def real_dot(a, b):
             part += a[i] * b[i]
         total += part
     return total
+
+
+@njit(**_JIT)
+def cg_dots(g, gp):
+    """``(sum g g, sum g gp)`` of two flat float32 arrays in one pass, summed as :func:`real_dot`.
+
+    The object part of the conjugate-gradient scalars of :meth:`ML._direction
+    <ptycli.engines.ml.ML._direction>` (``|gO|^2`` and ``<gO, gO'>``).
+    """
+    n = g.shape[0]
+    t1 = 0.0
+    t2 = 0.0
+    for start in range(0, n, 4096):
+        p1 = np.float32(0.0)
+        p2 = np.float32(0.0)
+        for i in range(start, min(n, start + 4096)):
+            a = g[i]
+            p1 += a * a
+            p2 += a * gp[i]
+        t1 += p1
+        t2 += p2
+    return t1, t2
+
+
+@njit(**_JIT)
+def cg_step(h, g, gp, beta):
+    """``h <- beta h - g`` (``-g`` when ``beta`` is 0) and ``gp <- g`` in one pass over flat float32 arrays.
+
+    Returns ``(sum g h, sum h h)`` of the new ``h``, summed as :func:`real_dot`:
+    the object part of the slope and of the direction's norm
+    (:meth:`ML._direction <ptycli.engines.ml.ML._direction>`). One pass
+    instead of five (update, copy and three dot products).
+    """
+    n = h.shape[0]
+    b = np.float32(beta)
+    t1 = 0.0
+    t2 = 0.0
+    for start in range(0, n, 4096):
+        stop = min(n, start + 4096)
+        p1 = np.float32(0.0)
+        p2 = np.float32(0.0)
+        if beta == 0.0:
+            for i in range(start, stop):
+                a = g[i]
+                v = -a
+                h[i] = v
+                gp[i] = a
+                p1 += a * v
+                p2 += v * v
+        else:
+            for i in range(start, stop):
+                a = g[i]
+                v = b * h[i] - a
+                h[i] = v
+                gp[i] = a
+                p1 += a * v
+                p2 += v * v
+        t1 += p1
+        t2 += p2
+    return t1, t2

@@ -472,10 +472,10 @@ class CompiledProjectionPasses(ProjectionPasses):
             F, sf = fft.fft2_deferred(buf, workers=1) if far else (g.propagator.fw(buf), _ONE)
             sums = np.empty((4, f1 - f0))
             fused.modulus_constraint(F, pod_start, g.diff.data, drows, mask, mrows, not g.mask_trivial, pbound,
-                                     True, *sums, bg, use_bg, bgsum, _real_view(F), sf)
+                                     True, *sums, bg, use_bg, bgsum, sf)  # leaves sf due on F
             G, sb = fft.ifft2_deferred(F, workers=1) if far else (g.propagator.bw(F), _ONE)
             change = fused.projection_update(psi, G, ob, pt, pre, post, far, g.addresses, p0, beta, fuse,
-                                             self._ob_num_t[slot][g.obj.ID], prc, _real_view(G), sb)
+                                             self._ob_num_t[slot][g.obj.ID], prc, _real_view(G), sf * sb)
             g.write_exit(psi, p0, p1)
             return float(sums[0].sum()), float(sums[1].sum()), float(sums[2].sum()), change
 
@@ -506,7 +506,7 @@ class CompiledProjectionPasses(ProjectionPasses):
             sums = np.empty((4, f1 - f0))
             bg = g.background if g.background is not None else self._no_bg[g.shape]
             fused.modulus_constraint(F, pod_start, g.diff.data, drows, mask, mrows, not g.mask_trivial, 0.0, False,
-                                     *sums, bg, False, self._no_bgsum, _real_view(F), sf)
+                                     *sums, bg, False, self._no_bgsum, sf)
             return float(sums[0].sum()), float(sums[1].sum()), float(sums[2].sum())
 
         for fourier, photon, valid in self.pool.map_slots(work, self._items):  # summed in item order

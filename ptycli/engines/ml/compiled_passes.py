@@ -8,7 +8,11 @@ block-sized buffers and sums the cost polynomial
 transforms at the new point (``fw(P O)``: one more FFT pass, one
 exit-wave-sized array less than keeping ``Fb`` and ``Fc``), then cost,
 errors and ``l' F`` in one fused loop, the inverse FFT and the scatter of
-the gradients. Four FFT passes per iteration (three while the probe is
+the gradients. The transforms of the direction terms and of the gradient
+waves are left unnormalised (:func:`ptycli.core.fft.fft2_deferred`): their
+factor goes into the products of :func:`~ptycli.engines.fused_ml.line_sums`
+and into the weights ``l'`` of :func:`~ptycli.engines.fused_ml.evaluate`
+(two scaling passes over the waves fewer per iteration, three with the probe on). Four FFT passes per iteration (three while the probe is
 fixed), peak memory the model plus one exit-wave-sized array. The noise
 model reaches the kernels as its :attr:`~ptycli.engines.ml.noise_models.NoiseModel.code`.
 """
@@ -64,11 +68,13 @@ class CompiledMLPasses(MLPasses):
             self.propagate_inplace(F, workers)
         gF = ws.cA[:p1 - p0]
         out = np.zeros((f1 - f0, 4))
+        gs = self.deferred_factor(gF)  # the inverse transform's scaling, folded into the weights l'
         fused_ml.evaluate(F, gF, g.pod_start[f0:f1 + 1] - p0, g.diff.data, g.frame_di[f0:f1], self.mask,
                           self.mrows[f0:f1], self.use_mask, self.noise.code, float(eps), floating, self.c[f0:f1],
-                          self.bg, bg_sum is not None, bg_sum if bg_sum is not None else self.bg_dummy, out)
+                          self.bg, bg_sum is not None, bg_sum if bg_sum is not None else self.bg_dummy, out, gs)
         if gradient:
-            self.propagate_inplace(gF, workers, inverse=True)
+            due = self.propagate_deferred(gF, workers, inverse=True)
+            assert due == gs
             fused_ml.gradient_sums(gF, obj, probe_eff, pods, p0, cg_obj, cg_probe)
         return out.sum(axis=0)
 
@@ -84,12 +90,11 @@ class CompiledMLPasses(MLPasses):
         Fb, Fc = ws.cA[:p1 - p0], ws.cT[:p1 - p0]
         dummy = pt if hpt is None else hpt
         fused_ml.line_waves(Fb, Fc, probe_on, obj, hobj, pt, dummy, dummy if hpt2 is None else hpt2, pods, p0)
-        self.propagate_inplace(Fb, workers)
-        if probe_on:
-            self.propagate_inplace(Fc, workers)
+        sb = self.propagate_deferred(Fb, workers)  # the scaling is folded into line_sums' products
+        sc = self.propagate_deferred(Fc, workers) if probe_on else sb
         out = np.zeros((f1 - f0, fused_ml.N_LINE))
         fused_ml.line_sums(self.F[p0:p1], Fb, Fc, probe_on, g.pod_start[f0:f1 + 1] - p0, self.c[f0:f1],
                            g.diff.data, g.frame_di[f0:f1], self.mask, self.mrows[f0:f1], self.use_mask,
-                           self.noise.code, float(eps), self.bg, out)
+                           self.noise.code, float(eps), self.bg, out, sb, sc)
         r = out.sum(axis=0)
         return np.concatenate([r[:self.noise.n_line], r[fused_ml.N_COEF:]])

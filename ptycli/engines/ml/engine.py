@@ -118,10 +118,11 @@ from .compiled_passes import CompiledMLPasses
 from .noise_models import ML_TYPES, noise_model
 from .passes import NumpyMLPasses
 from .regularisers import del2_amplitude, del2_cost, del2_gradient, del2_line_coefficients
-from .sums import cdot
+from .sums import cdot, pairs
 
 # imported at first use: listing the parameters (ptycli params) needs no numba
 fused = lazy_module("ptycli.engines.fused")
+fused_ml = lazy_module("ptycli.engines.fused_ml")
 
 __all__ = ["ML", "BLOCK_BYTES"]
 
@@ -516,8 +517,12 @@ class ML(Engine):
                     self._part(g, "probe", sid)[...] *= sup
         else:
             g[sp] = 0
-        go2 = cdot(g[so], g[so], self._compiled)
-        gp2 = cdot(g[sp], g[sp], self._compiled) if probe_on else 0.0
+        c = self._compiled
+        if c:  # the object part's scalars in one compiled pass (fused_ml.cg_dots)
+            go2, g_gp = fused_ml.cg_dots(pairs(g[so]), pairs(gp[so]))
+        else:
+            go2 = cdot(g[so], g[so])
+        gp2 = cdot(g[sp], g[sp], c) if probe_on else 0.0
         s = float(self.p.scale_probe_object)
         if probe_on and self.p.scale_precond:
             if gp2 > 0 and go2 > 0:
@@ -531,15 +536,23 @@ class ML(Engine):
         restart = self._restart or (probe_on and not self._probe_was_on)
         beta = 0.0
         if not restart:
-            num = go2 - cdot(g[so], gp[so], self._compiled)
+            num = go2 - (g_gp if c else cdot(g[so], gp[so]))
             if probe_on:
-                num += s * (gp2 - cdot(g[sp], gp[sp], self._compiled))
+                num += s * (gp2 - cdot(g[sp], gp[sp], c))
             den = self._gnorm_prev
             beta = num / den if den > 0 else 0.0
             if not beta > 0:
                 beta = 0.0
         # h = -M g + beta h
-        if beta == 0.0:
+        self._hh_obj = None  # |h_O|^2 when the compiled pass has it (for _direction_scale)
+        if c:  # object part: update, copy to gp and its two sums in one pass (fused_ml.cg_step)
+            gh_obj, self._hh_obj = fused_ml.cg_step(pairs(h[so]), pairs(g[so]), pairs(gp[so]), beta)
+            if beta == 0.0:
+                np.negative(g[sp], out=h[sp])
+            else:
+                h[sp] *= beta
+                h[sp] -= g[sp]
+        elif beta == 0.0:
             np.negative(g, out=h)
         else:
             h *= beta
@@ -549,8 +562,7 @@ class ML(Engine):
                 h[sp] -= (s - 1.0) * g[sp]
         else:
             h[sp] = 0
-        c = self._compiled
-        slope = 2.0 * (cdot(g[so], h[so], c) + (cdot(g[sp], h[sp], c) if probe_on else 0.0))
+        slope = 2.0 * ((gh_obj if c else cdot(g[so], h[so])) + (cdot(g[sp], h[sp], c) if probe_on else 0.0))
         if not slope < 0:  # not a descent direction: steepest descent
             np.negative(g, out=h)
             if probe_on:
@@ -559,8 +571,12 @@ class ML(Engine):
                 h[sp] = 0
             slope = -2.0 * (go2 + s * gp2)
             beta = 0.0
+            self._hh_obj = None
         self._gnorm_prev = go2 + s * gp2
-        gp[...] = g
+        if c:
+            gp[sp] = g[sp]  # the object part was copied by cg_step
+        else:
+            gp[...] = g
         self._probe_was_on = probe_on
         self._restart = False
         self._beta = beta
@@ -573,7 +589,13 @@ class ML(Engine):
         new direction's length; on the first iteration a tenth of the object's norm.
         """
         h = self.dirn
-        self._dirn_norm = hn = np.sqrt(cdot(h, h, self._compiled))
+        hh_obj = getattr(self, "_hh_obj", None)  # |h_O|^2 from _direction's compiled pass, if it has it
+        self._hh_obj = None  # used once: h changes after
+        if hh_obj is None:
+            self._dirn_norm = hn = np.sqrt(cdot(h, h, self._compiled))
+            hh_obj = cdot(h[:self._nobj], h[:self._nobj], self._compiled) if not self._dist_prev else None
+        else:
+            self._dirn_norm = hn = np.sqrt(hh_obj + cdot(h[self._nobj:], h[self._nobj:], self._compiled))
         if not hn > 0:
             return 1.0
         dist = self._dist_prev
@@ -581,8 +603,7 @@ class ML(Engine):
             on = 0.0
             for S in self.obj_storages.values():
                 on += cdot(S.data, S.data, self._compiled)
-            ho = h[:self._nobj]
-            hon = np.sqrt(cdot(ho, ho, self._compiled))
+            hon = np.sqrt(hh_obj)
             return float(0.1 * np.sqrt(on) / (hon if hon > 0 else hn))
         return float(dist / hn)
 

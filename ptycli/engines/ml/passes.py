@@ -148,6 +148,25 @@ class MLPasses:
             x[...] = out
         return x
 
+    def propagate_deferred(self, x, workers, inverse=False):
+        """:meth:`propagate_inplace` that may leave the unitary scaling due: returns the factor still due.
+
+        Far field: :func:`ptycli.core.fft.fft2_deferred` (FFTW unnormalised);
+        near field: the propagator's transforms (factor 1).
+        """
+        if self.pre is not None:
+            out, factor = (fft.ifft2_deferred if inverse else fft.fft2_deferred)(x, workers)
+        else:
+            prop = self.g.propagator
+            out, factor = (prop.bw(x) if inverse else prop.fw(x)), x.real.dtype.type(1.0)
+        if not same_buffer(out, x):
+            x[...] = out
+        return factor
+
+    def deferred_factor(self, x):
+        """The factor :meth:`propagate_deferred` will leave due on ``x``."""
+        return fft.deferred_factor(x) if self.pre is not None else x.real.dtype.type(1.0)
+
     def probe_eff(self, probe):
         """The probe as seen by the FFT: ``pre * P`` (far field) or ``P`` (a new array).
 
