@@ -81,7 +81,7 @@ def guess_report(config, true_probe, label="zoo"):
     original = probe_guess.trial_errors
 
     def spy(candidates, *args, **kwargs):
-        if "first" not in captured:
+        if "first" not in captured and "mean_pattern" in candidates:  # the candidates' trial (not the ladder's)
             captured["first"] = {k: np.array(v) for k, v in candidates.items()}
         return original(candidates, *args, **kwargs)
 

@@ -246,6 +246,16 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
                             pairs=int(npairs))
             candidates["curvature" if rank == 0 else "curvature_%d" % (rank + 1)] = _curved_probe(
                 mean_pattern, amplitude, measured, propagator, curvature, iterations)
+        # (not below LOW_COUNTS[0] counts per pixel: there the trial ranks the ladder by the counting noise,
+        # lowdose_1e3 took a = 0.013 where the probe has 0.07 and the shift score 0.055)
+        very_low = per_pixel is not None and per_pixel < LOW_COUNTS[0]
+        if found and central[0].shape[0] >= TRIAL_MIN_FRAMES and not very_low:
+            ladder = _ladder_curvature(found[0][0], central, mean_pattern, amplitude, measured, propagator,
+                                       iterations, photons, noise_floor, per_pixel, farfield)
+            if ladder is not None:
+                info["ladder"] = ladder[1]
+                candidates["curvature_ladder"] = _curved_probe(mean_pattern, amplitude, measured, propagator,
+                                                               (ladder[0], ladder[0]), iterations)
     candidates["mean_pattern"] = np.asarray(propagator.bw(amplitude.astype(np.complex128)), dtype=np.complex128)
     if farfield:
         # (the support comes from the autocorrelation of the exit waves: a far-field notion)
@@ -264,8 +274,7 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
         near = np.sort(np.argsort(np.hypot(*(frame_pos - frame_pos.mean(axis=0)).T), kind="stable")[:TRIAL_FRAMES])
         # at low counts the trial's own fit ranks the candidates by how well they fit the noise, and in
         # near field its fit hardly tells them apart: score them on pixels the trial leaves out instead
-        low_counts = per_pixel is not None and LOW_COUNTS[0] <= per_pixel < LOW_COUNTS[1]
-        holdout = HOLDOUT_FRACTION if low_counts or not farfield else 0.0
+        holdout = _trial_holdout(per_pixel, farfield)
         info["holdout"] = holdout
         errors = trial_errors(candidates, frames[near], frame_valid[near], frame_pos[near], propagator,
                               power_bound=noise_floor, holdout=holdout)
@@ -313,6 +322,68 @@ HELD_MIN_FRAMES = 10
 
 #: The first trial's pick stays unless its held-out-frame error is more than this times the best one.
 HELD_MARGIN = 2.0
+
+
+#: Steps of the curvature ladder: ``|a|`` from the search limit down by factors of ``sqrt(2)``.
+LADDER_STEPS = 9
+
+
+def _trial_holdout(per_pixel, farfield):
+    """Share of the pixels the trial scores on (0: all; see :func:`probe_from_data`)."""
+    low_counts = per_pixel is not None and LOW_COUNTS[0] <= per_pixel < LOW_COUNTS[1]
+    return HOLDOUT_FRACTION if low_counts or not farfield else 0.0
+
+
+def _ladder_curvature(found, central, mean_pattern, amplitude, measured, propagator, iterations, photons,
+                      noise_floor, per_pixel, farfield):
+    """The isotropic curvature whose curved guess the trial ranks best, from a ladder of magnitudes.
+
+    The feature-shift score fixes the sign of the curvature reliably but not
+    always its size: where the hologram features decorrelate quickly between
+    neighbouring frames (fine or strongly scattering objects: a phase span of
+    3 pi with 2-pixel features), what is left of the patterns that do not move
+    still pulls the peak towards ``a = 0`` (0.012 found where the probe has
+    0.07 rad/pixel^2). A short trial reconstruction, on the other hand,
+    separates curvatures clearly: on that scan its Fourier error fell from
+    0.11 (``a = 0.005-0.035``) to 0.024 at ``a = 0.06``, the ladder step whose
+    guess was closest to the true probe. So curved guesses with ``|a|`` from
+    the shift search's limit (:func:`_curvature_limit`) down by factors of
+    ``sqrt(2)`` (:data:`LADDER_STEPS` of them), all with the sign of the
+    shift score's best ``a_y + a_x``, each start the trial of
+    :func:`~ptycli.core.probe_trial.trial_errors` on the central frames, and
+    the best is offered to the candidates' trial as ``curvature_ladder``
+    (the shift score's own, astigmatic, curvature stays a candidate). The
+    ladder costs :data:`LADDER_STEPS` trials.
+
+    Returns
+    -------
+    (a, errors) or None
+        ``a`` in rad per sample pixel squared and the trial error per ladder
+        step (``{a: error}``); None when the shift score gives no sign.
+    """
+    sign = np.sign(float(found[0]) + float(found[1]))
+    frames, frame_valid, frame_pos = central
+    limit = _curvature_limit(frame_pos)
+    if sign == 0 or limit is None:
+        return None
+    values = sign * limit * 2.0 ** (-0.5 * np.arange(LADDER_STEPS))
+    ladder = {}
+    for n, a in enumerate(values):
+        probe = _curved_probe(mean_pattern, amplitude, measured, propagator, (a, a), iterations)
+        power = float(np.sum(np.abs(probe) ** 2))
+        if power > 0 and photons > 0:
+            probe = probe * np.sqrt(photons / power)
+        ladder["a%d" % n] = probe
+    near = np.sort(np.argsort(np.hypot(*(frame_pos - frame_pos.mean(axis=0)).T), kind="stable")[:TRIAL_FRAMES])
+    errors = trial_errors(ladder, frames[near], frame_valid[near], frame_pos[near], propagator,
+                          power_bound=noise_floor, holdout=_trial_holdout(per_pixel, farfield))
+    errs = np.array([errors["a%d" % n] for n in range(len(values))], dtype=np.float64)
+    errs[~np.isfinite(errs)] = np.finfo(np.float64).max
+    parallel.allreduce(errs, op="max")  # one verdict on every rank
+    best = int(np.argmin(errs))
+    log.info("probe guess: curvature ladder %s",
+             ", ".join("%.4g: %.4g" % (a, e) for a, e in zip(values, errs)))
+    return float(values[best]), {float(a): float(e) for a, e in zip(values, errs)}
 
 
 def pick_for_local_engine(chosen, held_errors, margin=HELD_MARGIN):
@@ -518,17 +589,7 @@ def _curvature_from_shifts(frames, frame_valid, sub, mean_pattern, neighbours=4,
 
     shape = tuple(frames.shape[-2:])
     k = frames.shape[0]
-    # pairs: every frame with its nearest neighbours (not at the same position;
-    # all those as near as the 4th, so that the frame order does not matter)
-    pairs = set()
-    for i in range(k):
-        d = np.hypot(*(sub - sub[i]).T)
-        others = np.sort(d[d > 0.5])
-        if others.size == 0:
-            continue
-        reach = others[min(neighbours, others.size) - 1] * (1 + 1e-6)
-        pairs.update((min(i, j), max(i, j)) for j in np.nonzero((d > 0.5) & (d <= reach))[0])
-    pairs = sorted(pairs)
+    pairs = _neighbour_pairs(sub, neighbours)
     if not pairs:
         return []
     steps = np.array([sub[j] - sub[i] for i, j in pairs])
@@ -559,8 +620,7 @@ def _curvature_from_shifts(frames, frame_valid, sub, mean_pattern, neighbours=4,
     # axis (the longest step made the range too short for strongly curved
     # probes on sparse scans: 0.050 rad/pixel^2 where the probe had 0.054)
     span = np.abs(steps).max(axis=0)
-    typical = float(np.median(np.abs(steps).max(axis=1)))
-    limit = min(np.pi / 3 / typical, np.pi / 4)
+    limit = _curvature_limit(sub, neighbours)
     grid = np.linspace(-limit, limit, 401)
     values = score(grid, grid)
     step = float(grid[1] - grid[0])
@@ -592,6 +652,38 @@ def _curvature_from_shifts(frames, frame_valid, sub, mean_pattern, neighbours=4,
         if value > 0 and not any(np.all(np.abs(np.array([ay, ax]) - c) <= 4 * step) for c, _, _ in found):
             found.append((np.array([ay, ax]), value, len(pairs)))
     return found
+
+
+def _neighbour_pairs(sub, neighbours=4):
+    """Pairs ``(i, j)``, ``i < j``: every frame with its nearest neighbours.
+
+    Not at the same position (0.5 pixels apart at least); all those as near
+    as the ``neighbours``-th, so that the frame order does not matter.
+    """
+    pairs = set()
+    for i in range(sub.shape[0]):
+        d = np.hypot(*(sub - sub[i]).T)
+        others = np.sort(d[d > 0.5])
+        if others.size == 0:
+            continue
+        reach = others[min(neighbours, others.size) - 1] * (1 + 1e-6)
+        pairs.update((min(i, j), max(i, j)) for j in np.nonzero((d > 0.5) & (d <= reach))[0])
+    return sorted(pairs)
+
+
+def _curvature_limit(sub, neighbours=4):
+    """Largest curvature searched (rad per sample pixel squared), None without pairs.
+
+    The shift of a typical (median) step between neighbours must stay within
+    a third of the frame, and the local frequency below Nyquist 2 pixels off
+    the axis (``pi / 4``).
+    """
+    pairs = _neighbour_pairs(np.asarray(sub, dtype=float), neighbours)
+    if not pairs:
+        return None
+    steps = np.array([sub[j] - sub[i] for i, j in pairs])
+    typical = float(np.median(np.abs(steps).max(axis=1)))
+    return min(np.pi / 3 / typical, np.pi / 4)
 
 
 #: Principal components of the central frames' contrast maps removed before the curvature's correlations.
