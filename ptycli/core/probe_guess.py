@@ -249,8 +249,14 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
         # (not below LOW_COUNTS[0] counts per pixel: there the trial ranks the ladder by the counting noise,
         # lowdose_1e3 took a = 0.013 where the probe has 0.07 and the shift score 0.055)
         very_low = per_pixel is not None and per_pixel < LOW_COUNTS[0]
-        if found and central[0].shape[0] >= TRIAL_MIN_FRAMES and not very_low:
-            ladder = _ladder_curvature(found[0][0], central, mean_pattern, amplitude, measured, propagator,
+        if central[0].shape[0] >= TRIAL_MIN_FRAMES and not very_low:
+            # the sign from the score without the patterns that do not move (their zero-shift peak
+            # can outscore the true curvature's; the plain score found 0.008 where the probe has 0.07)
+            signed = _curvature_from_shifts(*central, mean_pattern, smooth=smooth, fixed_patterns=True) or found
+        else:
+            signed = []
+        if signed:
+            ladder = _ladder_curvature(signed[0][0], central, mean_pattern, amplitude, measured, propagator,
                                        iterations, photons, noise_floor, per_pixel, farfield)
             if ladder is not None:
                 info["ladder"] = ladder[1]
@@ -348,12 +354,13 @@ def _ladder_curvature(found, central, mean_pattern, amplitude, measured, propaga
     0.11 (``a = 0.005-0.035``) to 0.024 at ``a = 0.06``, the ladder step whose
     guess was closest to the true probe. So curved guesses with ``|a|`` from
     the shift search's limit (:func:`_curvature_limit`) down by factors of
-    ``sqrt(2)`` (:data:`LADDER_STEPS` of them), all with the sign of the
+    ``sqrt(2)`` (:data:`LADDER_STEPS` of them, then the two a quarter octave
+    either side of the best), all with the sign of the
     shift score's best ``a_y + a_x``, each start the trial of
     :func:`~ptycli.core.probe_trial.trial_errors` on the central frames, and
     the best is offered to the candidates' trial as ``curvature_ladder``
     (the shift score's own, astigmatic, curvature stays a candidate). The
-    ladder costs :data:`LADDER_STEPS` trials.
+    ladder costs ``LADDER_STEPS + 2`` trials.
 
     Returns
     -------
@@ -366,20 +373,31 @@ def _ladder_curvature(found, central, mean_pattern, amplitude, measured, propaga
     limit = _curvature_limit(frame_pos)
     if sign == 0 or limit is None:
         return None
-    values = sign * limit * 2.0 ** (-0.5 * np.arange(LADDER_STEPS))
-    ladder = {}
-    for n, a in enumerate(values):
-        probe = _curved_probe(mean_pattern, amplitude, measured, propagator, (a, a), iterations)
-        power = float(np.sum(np.abs(probe) ** 2))
-        if power > 0 and photons > 0:
-            probe = probe * np.sqrt(photons / power)
-        ladder["a%d" % n] = probe
     near = np.sort(np.argsort(np.hypot(*(frame_pos - frame_pos.mean(axis=0)).T), kind="stable")[:TRIAL_FRAMES])
-    errors = trial_errors(ladder, frames[near], frame_valid[near], frame_pos[near], propagator,
-                          power_bound=noise_floor, holdout=_trial_holdout(per_pixel, farfield))
-    errs = np.array([errors["a%d" % n] for n in range(len(values))], dtype=np.float64)
-    errs[~np.isfinite(errs)] = np.finfo(np.float64).max
-    parallel.allreduce(errs, op="max")  # one verdict on every rank
+    holdout = _trial_holdout(per_pixel, farfield)
+
+    def rank(values):
+        ladder = {}
+        for n, a in enumerate(values):
+            probe = _curved_probe(mean_pattern, amplitude, measured, propagator, (a, a), iterations)
+            power = float(np.sum(np.abs(probe) ** 2))
+            if power > 0 and photons > 0:
+                probe = probe * np.sqrt(photons / power)
+            ladder["a%d" % n] = probe
+        errors = trial_errors(ladder, frames[near], frame_valid[near], frame_pos[near], propagator,
+                              power_bound=noise_floor, holdout=holdout)
+        errs = np.array([errors["a%d" % n] for n in range(len(values))], dtype=np.float64)
+        errs[~np.isfinite(errs)] = np.finfo(np.float64).max
+        parallel.allreduce(errs, op="max")  # one verdict on every rank
+        return errs
+
+    values = sign * limit * 2.0 ** (-0.5 * np.arange(LADDER_STEPS))
+    errs = rank(values)
+    # then the rungs a quarter octave either side of the best
+    best = float(values[int(np.argmin(errs))])
+    finer = best * 2.0 ** np.array([-0.25, 0.25])
+    values = np.concatenate([values, finer])
+    errs = np.concatenate([errs, rank(finer)])
     best = int(np.argmin(errs))
     log.info("probe guess: curvature ladder %s",
              ", ".join("%.4g: %.4g" % (a, e) for a, e in zip(values, errs)))
@@ -574,12 +592,15 @@ def _curved_probe(mean_pattern, amplitude, measured, propagator, curvature, iter
     return guess
 
 
-def _curvature_from_shifts(frames, frame_valid, sub, mean_pattern, neighbours=4, smooth=0.0):
+def _curvature_from_shifts(frames, frame_valid, sub, mean_pattern, neighbours=4, smooth=0.0, fixed_patterns=False):
     """Wavefront curvatures ``(a_y, a_x)`` from the shift of patterns between neighbouring frames.
 
     ``frames``, ``frame_valid`` and ``sub`` (positions in sample pixels) are
     the central frames of :func:`central_frames`; ``smooth`` (pixels) is the
-    width of a Gaussian applied to the contrast maps (low counts). Returns a list of
+    width of a Gaussian applied to the contrast maps (low counts); with
+    ``fixed_patterns`` what does not move with the object is taken out first
+    (:func:`_without_fixed_patterns`, :func:`_without_common_correlation`).
+    Returns a list of
     ``(curvature, score, number_of_pairs)``, the best first, then a rival
     local maximum of the score when there is one (see the code); empty when
     the frames cannot be paired (all at one position) or no curvature gives a
@@ -606,14 +627,16 @@ def _curvature_from_shifts(frames, frame_valid, sub, mean_pattern, neighbours=4,
         from scipy.ndimage import gaussian_filter
 
         contrast = gaussian_filter(contrast, (0, smooth, smooth), mode="wrap").astype(np.float32)
-    contrast = _without_fixed_patterns(contrast)
+    if fixed_patterns:
+        contrast = _without_fixed_patterns(contrast)
     spectra = sp_fft.rfft2(contrast)
     norms = np.sqrt(np.sum(contrast.astype(np.float64) ** 2, axis=(1, 2)))
     maps = np.empty((len(pairs),) + shape, dtype=np.float32)
     for n, (i, j) in enumerate(pairs):
         # maps[n](s) = sum_q c_i(q) c_j(q + s) / (|c_i| |c_j|)
         maps[n] = sp_fft.irfft2(np.conj(spectra[i]) * spectra[j], s=shape) / max(norms[i] * norms[j], 1e-30)
-    maps = _without_common_correlation(maps)
+    if fixed_patterns:
+        maps = _without_common_correlation(maps)
     score = _ShiftScore(maps, steps, shape)
     # isotropic scan: the shift of a typical (median) step must stay within a
     # third of the frame, the local frequency below Nyquist 2 pixels off the
