@@ -37,6 +37,19 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
       curvature score when it reaches :data:`RIVAL_FRACTION` of the best
       and refines to another curvature (the true curvature of a rectangular
       foreign scan was the rival: 0.98 where the best peak gave 0.06).
+    * ``curvature_ladder`` (far field, with positions, at least
+      :data:`TRIAL_MIN_FRAMES` frames and one count per pixel or more):
+      isotropic curved guesses with ``|a|`` from the shift search's limit
+      down by factors of ``sqrt(2)``, signed by the shift score computed
+      without the patterns that do not move; the one the trial ranks best
+      (:func:`_ladder_curvature`) is offered when no shift-score curvature
+      lies within a rung of it. It catches a shift score pulled towards
+      ``a = 0``: on the zoo's strong-phase, fine-textured and two-mode
+      zone-plate scans (probe 0.079 rad/pixel^2 by its phase) the score
+      peaked at 0.000-0.012, the guess was ``support`` or a flat curvature
+      (correlation with the true probe 0.15-0.31), and LSQML 100 from it
+      scored 0.09-0.88, ePIE 150 0.26-0.44; with the ladder the guess
+      correlates 0.79-0.84 and those runs score 0.97-0.999 (issue 16).
     * ``mean_pattern``: the square root of the mean pattern propagated back
       with a flat phase (PtyPy's ``stxm`` recipe); suits focused probes,
       whose pattern is the image of the pupil, and near-field illumination,
@@ -139,7 +152,14 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
        maximising the mean over all pairs is taken, first with ``a_y = a_x``
        on a grid up to the value that moves the pattern by a third of the
        frame for the median step, then refined per axis (astigmatism).
-       A probe with a flat wavefront gives ``a ~ 0``. This fixes the *sign*
+       A probe with a flat wavefront gives ``a ~ 0``. Patterns that do not
+       move also correlate at zero shift: an object with a strong, slowly
+       varying phase deflects whole patterns alike in neighbouring frames,
+       and the balance of bright and dark field follows the local
+       transmission; that peak at ``a ~ 0`` can outscore the true one (see
+       ``curvature_ladder`` above, which takes its sign from a score with
+       the fixed patterns removed: :func:`_without_fixed_patterns`,
+       :func:`_without_common_correlation`). This fixes the *sign*
        of the curvature, which no single pattern (nor their mean) can: a
        probe and its complex-conjugate twin give the same patterns, and only
        the known scan positions tell them apart.
@@ -176,7 +196,9 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
     every process) are used, so the guess is the same on every MPI rank and
     for any split of the frames (the trial's verdict is also reduced over the
     ranks). The curvature costs a few tens of 2D FFTs of the frame size per
-    analysed frame pair, the trial 30 transforms of 24 frames per candidate.
+    analysed frame pair (twice: with and without the fixed patterns), the
+    trial 30 transforms of 24 frames per candidate and per ladder rung
+    (:data:`LADDER_STEPS`).
 
     Parameters
     ----------
@@ -206,7 +228,8 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
         None, ``score`` (mean pair correlation at that curvature), ``pairs``,
         ``holdout`` (the share of pixels the trial scored on; 0: all),
         ``held_frames`` (candidate name -> error on the held-out frames, or
-        None without that trial) and ``trial_pick`` (the first trial's pick).
+        None without that trial), ``trial_pick`` (the first trial's pick) and,
+        when the ladder ran, ``ladder`` (curvature -> trial error per rung).
 
     Returns
     -------
@@ -727,9 +750,13 @@ def _without_fixed_patterns(contrast, components=FIXED_PATTERNS):
     an annular pupil) varies from frame to frame by a few amplitudes only
     and fills the first components. Left in, it correlates at zero shift for
     every pair and outscored the true curvature's peak (zoo zone-plate
-    probes of 0.07 rad/pixel^2: 0.006-0.012 found on fine-textured and
-    two-mode scans; see :func:`_curvature_from_shifts`). At most a quarter
-    of the frames' components are removed.
+    probes of 0.079 rad/pixel^2: 0.000-0.012 found on strong-phase,
+    fine-textured and two-mode scans). At most a quarter of the frames'
+    components are removed. Used for the sign of the curvature ladder only
+    (:func:`_ladder_curvature`): it also takes some moving content, and the
+    per-axis values it gave were less accurate where the plain score was
+    right (an astigmatic aperture of (0.02, 0.01): (0.021, 0.012) against
+    (0.018, 0.010)).
 
     Parameters
     ----------
