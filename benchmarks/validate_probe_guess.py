@@ -100,7 +100,7 @@ def guess_report(config, true_probe, label="zoo"):
            "a_guess": curvature(guess)[0], "a_true": curvature(truth)[0],
            "a_info": info.get("curvature"), "r90_guess": radius90(guess), "r90_true": radius90(truth),
            "candidates": {k: shift_correlation(v, truth) for k, v in captured.get("first", {}).items()},
-           "trial": info.get("trial"), "held_frames": info.get("held_frames")}
+           "trial": info.get("trial"), "held_frames": info.get("held_frames"), "ladder": info.get("ladder")}
     return row
 
 

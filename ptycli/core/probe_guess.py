@@ -362,6 +362,14 @@ HELD_MARGIN = 2.0
 LADDER_STEPS = 9
 
 
+#: The ladder's pick counts only when its trial error is at most this share of the worst rung's. On
+#: the zoo's zone-plate, defocused and aperture scans the share was 0.01-0.25; on a fly scan whose
+#: probe changes from frame to frame (``benchmarks/sim_flyscan.py``) the errors were flat (0.67) and
+#: the pick, a = 0.10 where the shift score gave 0.01, made mPIE and LSQML recover the frames'
+#: probes worse (0.80 / 0.79 worst frame against >= 0.95).
+LADDER_CONTRAST = 0.5
+
+
 def _trial_holdout(per_pixel, farfield):
     """Share of the pixels the trial scores on (0: all; see :func:`probe_from_data`)."""
     low_counts = per_pixel is not None and LOW_COUNTS[0] <= per_pixel < LOW_COUNTS[1]
@@ -397,7 +405,9 @@ def _ladder_curvature(found, central, mean_pattern, amplitude, measured, propaga
     -------
     (a, errors) or None
         ``a`` in rad per sample pixel squared and the trial error per ladder
-        step (``{a: error}``); None when the shift score gives no sign.
+        step (``{a: error}``); None when the shift score gives no sign or
+        the best rung's error is above :data:`LADDER_CONTRAST` times the
+        worst's (the trial does not separate the curvatures).
     """
     sign = np.sign(float(found[0]) + float(found[1]))
     frames, frame_valid, frame_pos = central
@@ -427,6 +437,8 @@ def _ladder_curvature(found, central, mean_pattern, amplitude, measured, propaga
     best = int(np.argmin(errs))
     log.info("probe guess: curvature ladder %s",
              ", ".join("%.4g: %.4g" % (a, e) for a, e in zip(values, errs)))
+    if not errs[best] <= LADDER_CONTRAST * errs.max():
+        return None  # the trial does not tell the curvatures apart: its pick would be chance
     return float(values[best]), {float(a): float(e) for a, e in zip(values, errs)}
 
 
