@@ -38,6 +38,7 @@ Usage::
     python benchmarks/validate_zoo.py --cases zoneplate,lowdose --iterations 100,50
     python benchmarks/validate_zoo.py --json zoo.json --keep out/zoo
     python benchmarks/validate_zoo.py --list
+    python benchmarks/validate_zoo.py --cases strong_phase --seed 113   # the case drawn with another seed
     python benchmarks/validate_zoo.py --quick --engines rPIE:100,ML:50   # another engine chain
 
 ``--cases`` takes comma-separated substrings of case names. The data go to a
@@ -403,6 +404,13 @@ def select(names, quick, patterns):
     return keep
 
 
+def with_seed(spec, seed):
+    """``spec`` with another random seed (``--seed``: the same case drawn again)."""
+    from dataclasses import replace
+
+    return replace(spec, seed=int(seed))
+
+
 def parse_engine(text):
     """``'RAAR:150:beta=0.9'`` -> ``('RAAR', 150, {'beta': 0.9})`` (values read as YAML); no options: a pair."""
     name, numiter, *options = text.split(":")
@@ -411,8 +419,12 @@ def parse_engine(text):
     return name, int(numiter), {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in options)}
 
 
-def run_own_case(spec, folder, dm, ml, chain=None):
-    """Simulate, write and reconstruct one zoo case (default and true probe)."""
+def _skipped():
+    return {"score": float("nan"), "time_s": 0.0, "error": None}
+
+
+def run_own_case(spec, folder, dm, ml, chain=None, true_probe=True):
+    """Simulate, write and reconstruct one zoo case (default and, with ``true_probe``, from the true probe)."""
     t0 = time.time()
     case = zoo_sim.build_case(spec, folder)
     sim_s = time.time() - t0
@@ -422,14 +434,14 @@ def run_own_case(spec, folder, dm, ml, chain=None):
         natural_config(case["data_section"], spec.propagation, **common), case["truth"])
     true = reconstruct_and_score(
         natural_config(case["data_section"], spec.propagation, true_probe_file=case["probe_file"], **common),
-        case["truth"])
+        case["truth"]) if true_probe else _skipped()
     return {"case": spec.name, "layout": spec.layout, "notes": spec.notes, "sim_s": sim_s,
             "frames": len(case["truth"]["pos_px"]), "shape": list(spec.frame_shape),
             "default": default, "true": true, "position_case": bool(spec.position_error_px)}
 
 
-def run_foreign_case(name, folder, dm, ml, chain=None):
-    """Reconstruct one foreign scan (default and true probe)."""
+def run_foreign_case(name, folder, dm, ml, chain=None, true_probe=True):
+    """Reconstruct one foreign scan (default and, with ``true_probe``, from the true probe)."""
     fname, loader, propagation = FOREIGN[name]
     path = os.path.join(FOREIGN_DIR, fname)
     truth = dict(np.load(os.path.join(FOREIGN_DIR, fname.rsplit(".", 1)[0] + "_truth.npz")))
@@ -440,7 +452,7 @@ def run_foreign_case(name, folder, dm, ml, chain=None):
     common = dict(probe_modes=modes, dm_iterations=dm, ml_iterations=ml, chain=chain)
     default = reconstruct_and_score(natural_config(section, propagation, **common), truth)
     true = reconstruct_and_score(natural_config(section, propagation, true_probe_file=probe_file, **common),
-                                 truth)
+                                 truth) if true_probe else _skipped()
     layout = {"PtydScan": "ptyd", "CxiScan": "cxi"}[loader]
     return {"case": name, "layout": layout + "*", "notes": "foreign scan " + fname, "sim_s": 0.0,
             "frames": len(truth["pos_px"]), "shape": list(truth["probes"].shape[-2:]),
@@ -513,6 +525,8 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="save the results to this JSON file")
     ap.add_argument("--keep", default=None, help="write the data here and keep them")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
+    ap.add_argument("--no-true", action="store_true", help="skip the runs from the true probe (half the time)")
+    ap.add_argument("--seed", type=int, default=None, help="replace the seed of every simulated case")
     ap.add_argument("--engines", default="",
                     help="engine chain replacing DM + ML, NAME:ITERATIONS[:KEY=VALUE...] comma-separated "
                          "(e.g. mPIE:100,ML:50 or RAAR:150:beta=0.9)")
@@ -524,7 +538,7 @@ def main(argv=None):
         dm, ml = (60, 30) if args.quick else (200, 100)
     patterns = [p for p in args.cases.split(",") if p]
     chain = [parse_engine(e) for e in args.engines.split(",") if e] or None
-    own = {s.name: s for s in CASES}
+    own = {s.name: (s if args.seed is None else with_seed(s, args.seed)) for s in CASES}
     foreign = {} if args.no_foreign or not os.path.isdir(FOREIGN_DIR) else {
         k: v for k, v in FOREIGN.items() if os.path.exists(os.path.join(FOREIGN_DIR, v[0]))}
     names = select(list(own) + list(foreign), args.quick, patterns)
@@ -550,8 +564,8 @@ def main(argv=None):
     t_start = time.time()
     try:
         for n in names:
-            row = (run_own_case(own[n], folder, dm, ml, chain) if n in own
-                   else run_foreign_case(n, folder, dm, ml, chain))
+            row = (run_own_case(own[n], folder, dm, ml, chain, not args.no_true) if n in own
+                   else run_foreign_case(n, folder, dm, ml, chain, not args.no_true))
             rows.append(row)
             d, t = row["default"], row["true"]
             print("  %-24s auto %.3f (%.0fs)  true %.3f (%.0fs)%s" % (

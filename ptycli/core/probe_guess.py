@@ -37,6 +37,19 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
       curvature score when it reaches :data:`RIVAL_FRACTION` of the best
       and refines to another curvature (the true curvature of a rectangular
       foreign scan was the rival: 0.98 where the best peak gave 0.06).
+    * ``curvature_ladder`` (far field, with positions, at least
+      :data:`TRIAL_MIN_FRAMES` frames and one count per pixel or more):
+      isotropic curved guesses with ``|a|`` from the shift search's limit
+      down by factors of ``sqrt(2)``, signed by the shift score computed
+      without the patterns that do not move; the one the trial ranks best
+      (:func:`_ladder_curvature`) is offered when no shift-score curvature
+      lies within a rung of it. It catches a shift score pulled towards
+      ``a = 0``: on the zoo's strong-phase, fine-textured and two-mode
+      zone-plate scans (probe 0.079 rad/pixel^2 by its phase) the score
+      peaked at 0.000-0.012, the guess was ``support`` or a flat curvature
+      (correlation with the true probe 0.15-0.31), and LSQML 100 from it
+      scored 0.09-0.88, ePIE 150 0.26-0.44; with the ladder the guess
+      correlates 0.79-0.84 and those runs score 0.97-0.999 (issue 16).
     * ``mean_pattern``: the square root of the mean pattern propagated back
       with a flat phase (PtyPy's ``stxm`` recipe); suits focused probes,
       whose pattern is the image of the pupil, and near-field illumination,
@@ -139,7 +152,14 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
        maximising the mean over all pairs is taken, first with ``a_y = a_x``
        on a grid up to the value that moves the pattern by a third of the
        frame for the median step, then refined per axis (astigmatism).
-       A probe with a flat wavefront gives ``a ~ 0``. This fixes the *sign*
+       A probe with a flat wavefront gives ``a ~ 0``. Patterns that do not
+       move also correlate at zero shift: an object with a strong, slowly
+       varying phase deflects whole patterns alike in neighbouring frames,
+       and the balance of bright and dark field follows the local
+       transmission; that peak at ``a ~ 0`` can outscore the true one (see
+       ``curvature_ladder`` above, which takes its sign from a score with
+       the fixed patterns removed: :func:`_without_fixed_patterns`,
+       :func:`_without_common_correlation`). This fixes the *sign*
        of the curvature, which no single pattern (nor their mean) can: a
        probe and its complex-conjugate twin give the same patterns, and only
        the known scan positions tell them apart.
@@ -176,7 +196,9 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
     every process) are used, so the guess is the same on every MPI rank and
     for any split of the frames (the trial's verdict is also reduced over the
     ranks). The curvature costs a few tens of 2D FFTs of the frame size per
-    analysed frame pair, the trial 30 transforms of 24 frames per candidate.
+    analysed frame pair (twice: with and without the fixed patterns), the
+    trial 30 transforms of 24 frames per candidate and per ladder rung
+    (:data:`LADDER_STEPS`).
 
     Parameters
     ----------
@@ -206,7 +228,8 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
         None, ``score`` (mean pair correlation at that curvature), ``pairs``,
         ``holdout`` (the share of pixels the trial scored on; 0: all),
         ``held_frames`` (candidate name -> error on the held-out frames, or
-        None without that trial) and ``trial_pick`` (the first trial's pick).
+        None without that trial), ``trial_pick`` (the first trial's pick) and,
+        when the ladder ran, ``ladder`` (curvature -> trial error per rung).
 
     Returns
     -------
@@ -246,6 +269,27 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
                             pairs=int(npairs))
             candidates["curvature" if rank == 0 else "curvature_%d" % (rank + 1)] = _curved_probe(
                 mean_pattern, amplitude, measured, propagator, curvature, iterations)
+        # (not below LOW_COUNTS[0] counts per pixel: there the trial ranks the ladder by the counting noise,
+        # lowdose_1e3 took a = 0.013 where the probe has 0.07 and the shift score 0.055)
+        very_low = per_pixel is not None and per_pixel < LOW_COUNTS[0]
+        if central[0].shape[0] >= TRIAL_MIN_FRAMES and not very_low:
+            # the sign from the score without the patterns that do not move (their zero-shift peak
+            # can outscore the true curvature's; the plain score found 0.008 where the probe has 0.07)
+            signed = _curvature_from_shifts(*central, mean_pattern, smooth=smooth, fixed_patterns=True) or found
+        else:
+            signed = []
+        if signed:
+            ladder = _ladder_curvature(signed[0][0], central, mean_pattern, amplitude, measured, propagator,
+                                       iterations, photons, noise_floor, per_pixel, farfield)
+            # a shift-score curvature within a rung of the ladder's pick is the finer measurement of it
+            # (the trial's minimum is shallow: a rung 25 % off can win by a little and guess worse)
+            agrees = ladder is not None and any(
+                ladder[0] * np.mean(c) > 0 and 2 ** -0.5 <= np.mean(c) / ladder[0] <= 2 ** 0.5 for c, _, _ in found)
+            if ladder is not None:
+                info["ladder"] = ladder[1]
+            if ladder is not None and not agrees:
+                candidates["curvature_ladder"] = _curved_probe(mean_pattern, amplitude, measured, propagator,
+                                                               (ladder[0], ladder[0]), iterations)
     candidates["mean_pattern"] = np.asarray(propagator.bw(amplitude.astype(np.complex128)), dtype=np.complex128)
     if farfield:
         # (the support comes from the autocorrelation of the exit waves: a far-field notion)
@@ -264,8 +308,7 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
         near = np.sort(np.argsort(np.hypot(*(frame_pos - frame_pos.mean(axis=0)).T), kind="stable")[:TRIAL_FRAMES])
         # at low counts the trial's own fit ranks the candidates by how well they fit the noise, and in
         # near field its fit hardly tells them apart: score them on pixels the trial leaves out instead
-        low_counts = per_pixel is not None and LOW_COUNTS[0] <= per_pixel < LOW_COUNTS[1]
-        holdout = HOLDOUT_FRACTION if low_counts or not farfield else 0.0
+        holdout = _trial_holdout(per_pixel, farfield)
         info["holdout"] = holdout
         errors = trial_errors(candidates, frames[near], frame_valid[near], frame_pos[near], propagator,
                               power_bound=noise_floor, holdout=holdout)
@@ -313,6 +356,90 @@ HELD_MIN_FRAMES = 10
 
 #: The first trial's pick stays unless its held-out-frame error is more than this times the best one.
 HELD_MARGIN = 2.0
+
+
+#: Steps of the curvature ladder: ``|a|`` from the search limit down by factors of ``sqrt(2)``.
+LADDER_STEPS = 9
+
+
+#: The ladder's pick counts only when its trial error is at most this share of the worst rung's. On
+#: the zoo's zone-plate, defocused and aperture scans the share was 0.01-0.25; on a fly scan whose
+#: probe changes from frame to frame (``benchmarks/sim_flyscan.py``) the errors were flat (0.67) and
+#: the pick, a = 0.10 where the shift score gave 0.01, made mPIE and LSQML recover the frames'
+#: probes worse (0.80 / 0.79 worst frame against >= 0.95).
+LADDER_CONTRAST = 0.5
+
+
+def _trial_holdout(per_pixel, farfield):
+    """Share of the pixels the trial scores on (0: all; see :func:`probe_from_data`)."""
+    low_counts = per_pixel is not None and LOW_COUNTS[0] <= per_pixel < LOW_COUNTS[1]
+    return HOLDOUT_FRACTION if low_counts or not farfield else 0.0
+
+
+def _ladder_curvature(found, central, mean_pattern, amplitude, measured, propagator, iterations, photons,
+                      noise_floor, per_pixel, farfield):
+    """The isotropic curvature whose curved guess the trial ranks best, from a ladder of magnitudes.
+
+    The feature-shift score fixes the sign of the curvature reliably but not
+    always its size: where the hologram features decorrelate quickly between
+    neighbouring frames (fine or strongly scattering objects: a phase span of
+    3 pi with 2-pixel features), what is left of the patterns that do not move
+    still pulls the peak towards ``a = 0`` (0.012 found where the probe has
+    0.07 rad/pixel^2). A short trial reconstruction, on the other hand,
+    separates curvatures clearly: on that scan its Fourier error fell from
+    0.11 (``a = 0.005-0.035``) to 0.024 at ``a = 0.06``, the ladder step whose
+    guess was closest to the true probe. So curved guesses with ``|a|`` from
+    the shift search's limit (:func:`_curvature_limit`) down by factors of
+    ``sqrt(2)`` (:data:`LADDER_STEPS` of them), all with the sign of the
+    shift score's best ``a_y + a_x``, each start the trial of
+    :func:`~ptycli.core.probe_trial.trial_errors` on the central frames, and
+    the best is offered to the candidates' trial as ``curvature_ladder``
+    (the shift score's own, astigmatic, curvature stays a candidate). The
+    ladder costs :data:`LADDER_STEPS` trials. (Refining the best rung a
+    quarter octave either side lowered the trial error on the zoo's
+    ``strong_phase`` seed 113, a 0.075 -> 0.063 where the probe has 0.079,
+    and LSQML 100 from it scored 0.83 instead of 0.999: the trial's minimum
+    is shallow near the truth and not a finer judge than the rungs.)
+
+    Returns
+    -------
+    (a, errors) or None
+        ``a`` in rad per sample pixel squared and the trial error per ladder
+        step (``{a: error}``); None when the shift score gives no sign or
+        the best rung's error is above :data:`LADDER_CONTRAST` times the
+        worst's (the trial does not separate the curvatures).
+    """
+    sign = np.sign(float(found[0]) + float(found[1]))
+    frames, frame_valid, frame_pos = central
+    limit = _curvature_limit(frame_pos)
+    if sign == 0 or limit is None:
+        return None
+    near = np.sort(np.argsort(np.hypot(*(frame_pos - frame_pos.mean(axis=0)).T), kind="stable")[:TRIAL_FRAMES])
+    holdout = _trial_holdout(per_pixel, farfield)
+
+    def rank(values):
+        ladder = {}
+        for n, a in enumerate(values):
+            probe = _curved_probe(mean_pattern, amplitude, measured, propagator, (a, a), iterations)
+            power = float(np.sum(np.abs(probe) ** 2))
+            if power > 0 and photons > 0:
+                probe = probe * np.sqrt(photons / power)
+            ladder["a%d" % n] = probe
+        errors = trial_errors(ladder, frames[near], frame_valid[near], frame_pos[near], propagator,
+                              power_bound=noise_floor, holdout=holdout)
+        errs = np.array([errors["a%d" % n] for n in range(len(values))], dtype=np.float64)
+        errs[~np.isfinite(errs)] = np.finfo(np.float64).max
+        parallel.allreduce(errs, op="max")  # one verdict on every rank
+        return errs
+
+    values = sign * limit * 2.0 ** (-0.5 * np.arange(LADDER_STEPS))
+    errs = rank(values)
+    best = int(np.argmin(errs))
+    log.info("probe guess: curvature ladder %s",
+             ", ".join("%.4g: %.4g" % (a, e) for a, e in zip(values, errs)))
+    if not errs[best] <= LADDER_CONTRAST * errs.max():
+        return None  # the trial does not tell the curvatures apart: its pick would be chance
+    return float(values[best]), {float(a): float(e) for a, e in zip(values, errs)}
 
 
 def pick_for_local_engine(chosen, held_errors, margin=HELD_MARGIN):
@@ -503,12 +630,15 @@ def _curved_probe(mean_pattern, amplitude, measured, propagator, curvature, iter
     return guess
 
 
-def _curvature_from_shifts(frames, frame_valid, sub, mean_pattern, neighbours=4, smooth=0.0):
+def _curvature_from_shifts(frames, frame_valid, sub, mean_pattern, neighbours=4, smooth=0.0, fixed_patterns=False):
     """Wavefront curvatures ``(a_y, a_x)`` from the shift of patterns between neighbouring frames.
 
     ``frames``, ``frame_valid`` and ``sub`` (positions in sample pixels) are
     the central frames of :func:`central_frames`; ``smooth`` (pixels) is the
-    width of a Gaussian applied to the contrast maps (low counts). Returns a list of
+    width of a Gaussian applied to the contrast maps (low counts); with
+    ``fixed_patterns`` what does not move with the object is taken out first
+    (:func:`_without_fixed_patterns`, :func:`_without_common_correlation`).
+    Returns a list of
     ``(curvature, score, number_of_pairs)``, the best first, then a rival
     local maximum of the score when there is one (see the code); empty when
     the frames cannot be paired (all at one position) or no curvature gives a
@@ -518,17 +648,7 @@ def _curvature_from_shifts(frames, frame_valid, sub, mean_pattern, neighbours=4,
 
     shape = tuple(frames.shape[-2:])
     k = frames.shape[0]
-    # pairs: every frame with its nearest neighbours (not at the same position;
-    # all those as near as the 4th, so that the frame order does not matter)
-    pairs = set()
-    for i in range(k):
-        d = np.hypot(*(sub - sub[i]).T)
-        others = np.sort(d[d > 0.5])
-        if others.size == 0:
-            continue
-        reach = others[min(neighbours, others.size) - 1] * (1 + 1e-6)
-        pairs.update((min(i, j), max(i, j)) for j in np.nonzero((d > 0.5) & (d <= reach))[0])
-    pairs = sorted(pairs)
+    pairs = _neighbour_pairs(sub, neighbours)
     if not pairs:
         return []
     steps = np.array([sub[j] - sub[i] for i, j in pairs])
@@ -545,20 +665,23 @@ def _curvature_from_shifts(frames, frame_valid, sub, mean_pattern, neighbours=4,
         from scipy.ndimage import gaussian_filter
 
         contrast = gaussian_filter(contrast, (0, smooth, smooth), mode="wrap").astype(np.float32)
+    if fixed_patterns:
+        contrast = _without_fixed_patterns(contrast)
     spectra = sp_fft.rfft2(contrast)
     norms = np.sqrt(np.sum(contrast.astype(np.float64) ** 2, axis=(1, 2)))
     maps = np.empty((len(pairs),) + shape, dtype=np.float32)
     for n, (i, j) in enumerate(pairs):
         # maps[n](s) = sum_q c_i(q) c_j(q + s) / (|c_i| |c_j|)
         maps[n] = sp_fft.irfft2(np.conj(spectra[i]) * spectra[j], s=shape) / max(norms[i] * norms[j], 1e-30)
+    if fixed_patterns:
+        maps = _without_common_correlation(maps)
     score = _ShiftScore(maps, steps, shape)
     # isotropic scan: the shift of a typical (median) step must stay within a
     # third of the frame, the local frequency below Nyquist 2 pixels off the
     # axis (the longest step made the range too short for strongly curved
     # probes on sparse scans: 0.050 rad/pixel^2 where the probe had 0.054)
     span = np.abs(steps).max(axis=0)
-    typical = float(np.median(np.abs(steps).max(axis=1)))
-    limit = min(np.pi / 3 / typical, np.pi / 4)
+    limit = _curvature_limit(sub, neighbours)
     grid = np.linspace(-limit, limit, 401)
     values = score(grid, grid)
     step = float(grid[1] - grid[0])
@@ -590,6 +713,105 @@ def _curvature_from_shifts(frames, frame_valid, sub, mean_pattern, neighbours=4,
         if value > 0 and not any(np.all(np.abs(np.array([ay, ax]) - c) <= 4 * step) for c, _, _ in found):
             found.append((np.array([ay, ax]), value, len(pairs)))
     return found
+
+
+def _neighbour_pairs(sub, neighbours=4):
+    """Pairs ``(i, j)``, ``i < j``: every frame with its nearest neighbours.
+
+    Not at the same position (0.5 pixels apart at least); all those as near
+    as the ``neighbours``-th, so that the frame order does not matter.
+    """
+    pairs = set()
+    for i in range(sub.shape[0]):
+        d = np.hypot(*(sub - sub[i]).T)
+        others = np.sort(d[d > 0.5])
+        if others.size == 0:
+            continue
+        reach = others[min(neighbours, others.size) - 1] * (1 + 1e-6)
+        pairs.update((min(i, j), max(i, j)) for j in np.nonzero((d > 0.5) & (d <= reach))[0])
+    return sorted(pairs)
+
+
+def _curvature_limit(sub, neighbours=4):
+    """Largest curvature searched (rad per sample pixel squared), None without pairs.
+
+    The shift of a typical (median) step between neighbours must stay within
+    a third of the frame, and the local frequency below Nyquist 2 pixels off
+    the axis (``pi / 4``).
+    """
+    pairs = _neighbour_pairs(np.asarray(sub, dtype=float), neighbours)
+    if not pairs:
+        return None
+    steps = np.array([sub[j] - sub[i] for i, j in pairs])
+    typical = float(np.median(np.abs(steps).max(axis=1)))
+    return min(np.pi / 3 / typical, np.pi / 4)
+
+
+#: Principal components of the central frames' contrast maps removed before the curvature's correlations.
+FIXED_PATTERNS = 3
+
+
+def _without_fixed_patterns(contrast, components=FIXED_PATTERNS):
+    """The contrast maps less their strongest principal components across frames (patterns that do not move).
+
+    Features that move with the object (the hologram of a curved probe)
+    appear at a different detector place in every frame and spread over
+    many components; what every frame shows at the same place (the bright
+    field of the pupil and the dark-field halo, whose balance changes with
+    the local transmission and scattering power of the object; the edges of
+    an annular pupil) varies from frame to frame by a few amplitudes only
+    and fills the first components. Left in, it correlates at zero shift for
+    every pair and outscored the true curvature's peak (zoo zone-plate
+    probes of 0.079 rad/pixel^2: 0.000-0.012 found on strong-phase,
+    fine-textured and two-mode scans). At most a quarter of the frames'
+    components are removed. Used for the sign of the curvature ladder only
+    (:func:`_ladder_curvature`): it also takes some moving content, and the
+    per-axis values it gave were less accurate where the plain score was
+    right (an astigmatic aperture of (0.02, 0.01): (0.021, 0.012) against
+    (0.018, 0.010)).
+
+    Parameters
+    ----------
+    contrast : ndarray (frames, rows, cols)
+    components : int
+
+    Returns
+    -------
+    ndarray float32, the shape of ``contrast``
+    """
+    count = int(min(components, contrast.shape[0] // 4))
+    if count <= 0:
+        return contrast
+    flat = contrast.reshape(contrast.shape[0], -1).astype(np.float64)
+    u, sv, vt = np.linalg.svd(flat, full_matrices=False)
+    flat -= (u[:, :count] * sv[:count]) @ vt[:count]
+    return flat.reshape(contrast.shape).astype(np.float32)
+
+
+def _without_common_correlation(maps):
+    """Pair correlation maps less their median over all pairs, each pair counted both ways round.
+
+    A pattern shift that follows the scan step lands at a different place
+    for pairs stepping in different directions (the maps of ``(i, j)`` and
+    ``(j, i)`` are mirrored: steps ``d`` and ``-d``), so it is never the
+    median; what all pairs share (the correlation at and about zero shift
+    of what the principal components left of the fixed patterns) is, and
+    it is removed. A probe with a flat wavefront then scores near zero
+    everywhere, and the curvature candidate is a weak guess that the trial
+    judges.
+
+    Parameters
+    ----------
+    maps : ndarray (pairs, rows, cols)
+        ``maps[n](s) = sum_q c_i(q) c_j(q + s)`` (normalised).
+
+    Returns
+    -------
+    ndarray float32, the shape of ``maps``
+    """
+    mirrored = np.roll(maps[:, ::-1, ::-1], 1, axis=(1, 2))  # (j, i): s -> -s
+    common = np.median(np.concatenate([maps, mirrored]), axis=0)
+    return (maps - common).astype(np.float32)
 
 
 class _ShiftScore:
