@@ -706,10 +706,13 @@ def test_mpie_velocities_and_anchors_follow_a_recentring():
 @pytest.mark.slow
 def test_epie_recentres_a_drifting_probe(tmp_path):
     """Zone-plate probe (annular pupil, ring radius 9 px; the zoo's ``zoneplate_defocus9``, independent
-    simulator ``benchmarks/zoo_sim.py``), ePIE 100 from the automatic probe guess. Without recentring the
-    probe walks 14.6 px off the frame centre and the object follows it out of the scanned field
-    (correlation with the truth measured 0.889); with ePIE's default ``probe_center_tol`` of 2 px the
-    probe stays centred (0.2 px) and the object scores 0.987 (true-probe start: 0.997)."""
+    simulator ``benchmarks/zoo_sim.py``), ePIE 100 from a poor start, the back-propagated mean pattern
+    (PtyPy's stxm recipe). Without recentring the probe walks 9.2 px off the frame centre and the object
+    follows it out of the scanned field (correlation with the truth 0.29); with ePIE's default
+    ``probe_center_tol`` of 2 px the probe stays within it (1.6 px) and the object scores 0.38: ePIE's
+    unit steps do not finish from this start in 100 iterations, but it stays in the frame. (From the
+    automatic guess, before its curvature ladder, the probe walked 14.6 px: 0.889, recentred 0.987; the
+    guess is now good enough that it does not walk: 0.99 either way.)"""
     import os
     import sys
 
@@ -718,14 +721,21 @@ def test_epie_recentres_a_drifting_probe(tmp_path):
         sys.path.insert(0, bench)
     import validate_zoo
     import zoo_sim
+    from ptycli.core.probe_guess import mean_measured_pattern
     from ptycli.core.ptycho import Ptycho
 
     spec = zoo_sim.CaseSpec("zp9", layout="cxi", probe="zoneplate", probe_size_px=9.0, frames=120,
                             photons=1e7, seed=3)
     case = zoo_sim.build_case(spec, str(tmp_path))
+    model = Ptycho(validate_zoo.natural_config(case["data_section"], "farfield", chain=[("ePIE", 1)]),
+                   level=2).scans["zoo"]
+    mean, _ = mean_measured_pattern(model.data.intensities, model.data.mask)
+    start = str(tmp_path / "start.npy")
+    np.save(start, np.asarray(model.geometry.propagator.bw(np.sqrt(mean).astype(complex)))[None].astype(np.complex64))
 
     def run(**extra):
-        cfg = validate_zoo.natural_config(case["data_section"], "farfield", chain=[("ePIE", 100, extra)])
+        cfg = validate_zoo.natural_config(case["data_section"], "farfield", true_probe_file=start,
+                                          chain=[("ePIE", 100, extra)])
         P = Ptycho(cfg, level=2)
         P.run()
         return (_probe_mass_centre_offset(next(iter(P.probe.S.values()))),
@@ -733,8 +743,7 @@ def test_epie_recentres_a_drifting_probe(tmp_path):
 
     tol = st.EPIE.PARAMS["probe_center_tol"].default
     offset, score = run()
-    assert offset <= tol, offset
-    assert score > 0.97, score
+    assert offset <= tol, offset                   # measured 1.56 px
     drift, drifted_score = run(probe_center_tol=None)
-    assert drift > 3 * tol, drift                  # the scan does drift without recentring
-    assert drifted_score < score - 0.05, (drifted_score, score)
+    assert drift > 3 * tol, drift                  # the scan does drift without recentring (9.2 px)
+    assert drifted_score < score - 0.05, (drifted_score, score)  # measured 0.286 against 0.376
