@@ -218,6 +218,23 @@ def natural_config(data_section, propagation, *, probe_modes=1, poisson=False, r
 # ----------------------------------------------------------------------------------------------
 # scoring
 # ----------------------------------------------------------------------------------------------
+def mean_pattern_probe_file(data_section, path, propagation="farfield"):
+    """Write a poor but common starting probe to ``path`` (``.npy``) and return the path.
+
+    The start is the square root of the scan's mean measured pattern,
+    propagated back with a flat phase (PtyPy's ``stxm`` recipe). Tests use it
+    where the automatic guess is now too good to show what they test.
+    """
+    from ptycli.core.probe_guess import mean_measured_pattern
+    from ptycli.core.ptycho import Ptycho
+
+    model = Ptycho(natural_config(data_section, propagation, chain=[("DM", 1)]), level=2).scans["zoo"]
+    mean, _ = mean_measured_pattern(model.data.intensities, model.data.mask)
+    probe = np.asarray(model.geometry.propagator.bw(np.sqrt(mean).astype(complex)))[None]
+    np.save(path, probe.astype(np.complex64))
+    return str(path)
+
+
 def frame_windows(P, label):
     """Exact window start (``dlow + sp``, object pixels) of each frame's first pod, in file order.
 

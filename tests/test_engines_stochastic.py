@@ -721,17 +721,12 @@ def test_epie_recentres_a_drifting_probe(tmp_path):
         sys.path.insert(0, bench)
     import validate_zoo
     import zoo_sim
-    from ptycli.core.probe_guess import mean_measured_pattern
     from ptycli.core.ptycho import Ptycho
 
     spec = zoo_sim.CaseSpec("zp9", layout="cxi", probe="zoneplate", probe_size_px=9.0, frames=120,
                             photons=1e7, seed=3)
     case = zoo_sim.build_case(spec, str(tmp_path))
-    model = Ptycho(validate_zoo.natural_config(case["data_section"], "farfield", chain=[("ePIE", 1)]),
-                   level=2).scans["zoo"]
-    mean, _ = mean_measured_pattern(model.data.intensities, model.data.mask)
-    start = str(tmp_path / "start.npy")
-    np.save(start, np.asarray(model.geometry.propagator.bw(np.sqrt(mean).astype(complex)))[None].astype(np.complex64))
+    start = validate_zoo.mean_pattern_probe_file(case["data_section"], tmp_path / "start.npy")
 
     def run(**extra):
         cfg = validate_zoo.natural_config(case["data_section"], "farfield", true_probe_file=start,

@@ -294,17 +294,10 @@ def test_raar_beta_ramp_leaves_the_plateau_of_a_poor_start(tmp_path):
     # (0.96-0.97); the full zoo's table is in RAAR's docstring. The start is the back-propagated
     # mean pattern (PtyPy's stxm recipe; 0.51 against 0.97): the default guess was that poor until its
     # curvature ladder (issue 16), from which the constant beta reached 0.95 here too
-    from ptycli.core.probe_guess import mean_measured_pattern
-    from ptycli.core.ptycho import Ptycho
-
     spec = CaseSpec("diffuser_tiny", layout="ptyd", probe="diffuser", frame_shape=(32, 32), frames=60,
                     photons=1e7, seed=8)
     case = zoo_sim.build_case(spec, str(tmp_path))
-    model = Ptycho(validate_zoo.natural_config(case["data_section"], "farfield", chain=[("RAAR", 1)]),
-                   level=2).scans["zoo"]
-    mean, _ = mean_measured_pattern(model.data.intensities, model.data.mask)
-    start = str(tmp_path / "start.npy")
-    np.save(start, np.asarray(model.geometry.propagator.bw(np.sqrt(mean).astype(complex)))[None].astype(np.complex64))
+    start = validate_zoo.mean_pattern_probe_file(case["data_section"], tmp_path / "start.npy")
     scores = {}
     for ramp in (0, 80):
         cfg = validate_zoo.natural_config(case["data_section"], "farfield", true_probe_file=start,
