@@ -84,6 +84,7 @@ def snapshot(P):
 def restore(P, snap):
     for k, C in (("probe", P.probe), ("obj", P.obj), ("exit", P.exit)):
         for sid, S in C.S.items():
+            S.allocate()  # an engine that keeps no exit waves released them
             S.data[...] = snap[k][sid]
     P.runtime.iterations = 0
     P.runtime.history = []
