@@ -169,32 +169,29 @@ def _line_powers(F, Fb, Fc, probe_on, a, b, y, I, sb, sc):
     i3 = I[3]
     i4 = I[4]
     for p in range(a, b):
-        frow = F[p, y]
-        brow = Fb[p, y]
         first = p == a
         rb = np.float32(0.0)
         rbc = np.float32(0.0)
         rc = np.float32(0.0)
         if first:
             for x in range(W):
-                fa, fb = frow[x], brow[x]
+                fa, fb = F[p, y, x], Fb[p, y, x]
                 i0[x] = fa.real * fa.real + fa.imag * fa.imag
                 i1[x] = t1 * (fa.real * fb.real + fa.imag * fb.imag)
         else:
             for x in range(W):
-                fa, fb = frow[x], brow[x]
+                fa, fb = F[p, y, x], Fb[p, y, x]
                 i0[x] += fa.real * fa.real + fa.imag * fa.imag
                 i1[x] += t1 * (fa.real * fb.real + fa.imag * fb.imag)
         if probe_on:
-            crow = Fc[p, y]
             if first:
                 for x in range(W):
-                    fa, fb, fc = frow[x], brow[x], crow[x]
+                    fa, fb, fc = F[p, y, x], Fb[p, y, x], Fc[p, y, x]
                     b2 = b2s * (fb.real * fb.real + fb.imag * fb.imag)
                     i2[x] = b2 + t2 * (fa.real * fc.real + fa.imag * fc.imag)
                     rb += b2
                 for x in range(W):
-                    fb, fc = brow[x], crow[x]
+                    fb, fc = Fb[p, y, x], Fc[p, y, x]
                     bc = t3 * (fb.real * fc.real + fb.imag * fc.imag)
                     c2 = c2s * (fc.real * fc.real + fc.imag * fc.imag)
                     i3[x] = bc
@@ -203,12 +200,12 @@ def _line_powers(F, Fb, Fc, probe_on, a, b, y, I, sb, sc):
                     rc += c2
             else:
                 for x in range(W):
-                    fa, fb, fc = frow[x], brow[x], crow[x]
+                    fa, fb, fc = F[p, y, x], Fb[p, y, x], Fc[p, y, x]
                     b2 = b2s * (fb.real * fb.real + fb.imag * fb.imag)
                     i2[x] += b2 + t2 * (fa.real * fc.real + fa.imag * fc.imag)
                     rb += b2
                 for x in range(W):
-                    fb, fc = brow[x], crow[x]
+                    fb, fc = Fb[p, y, x], Fc[p, y, x]
                     bc = t3 * (fb.real * fc.real + fb.imag * fc.imag)
                     c2 = c2s * (fc.real * fc.real + fc.imag * fc.imag)
                     i3[x] += bc
@@ -218,7 +215,7 @@ def _line_powers(F, Fb, Fc, probe_on, a, b, y, I, sb, sc):
         else:
             if first:
                 for x in range(W):
-                    fb = brow[x]
+                    fb = Fb[p, y, x]
                     b2 = b2s * (fb.real * fb.real + fb.imag * fb.imag)
                     i2[x] = b2
                     rb += b2
@@ -227,7 +224,7 @@ def _line_powers(F, Fb, Fc, probe_on, a, b, y, I, sb, sc):
                     i4[x] = np.float32(0.0)
             else:
                 for x in range(W):
-                    fb = brow[x]
+                    fb = Fb[p, y, x]
                     b2 = b2s * (fb.real * fb.real + fb.imag * fb.imag)
                     i2[x] += b2
                     rb += b2
