@@ -303,6 +303,10 @@ def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, f
     ``bgsum[y, x] += l'(I)`` over the frames (float64, (H, W)). ``gF`` is multiplied by
     ``gscale``: the factor its inverse transform will leave due
     (:func:`ptycli.core.fft.deferred_factor`), applied here in the weight at no cost.
+
+    Every pixel is computed on its own: the "rows" (the last two axes of ``F``,
+    ``gF``, ``diff``, ``mask``, ``bg``, ``bgsum``) may be any split of the
+    frames' pixels (the ML passes give rows of several detector rows).
     """
     nf = out.shape[0]
     H, W = F.shape[1], F.shape[2]
