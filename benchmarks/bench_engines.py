@@ -176,6 +176,16 @@ KERNELS = "auto"
 #: extra engine parameters (``--set``)
 ENGINE_SET = {}
 
+def engine_settings(pairs):
+    """``--set KEY=VALUE`` options as a dict of engine parameters (values read as YAML)."""
+    import yaml
+    out = {}
+    for kv in pairs:
+        key, _, value = kv.partition("=")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 #: Engines sequential over frames: compared with the fastest one-thread transform.
 SEQUENTIAL = ("ePIE", "rPIE", "mPIE")
 
@@ -248,10 +258,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     global KERNELS
     KERNELS = args.kernels
-    import yaml
-    for kv in args.set:
-        key, _, value = kv.partition("=")
-        ENGINE_SET[key.strip()] = yaml.safe_load(value)
+    ENGINE_SET.update(engine_settings(args.set))
     if args.cases:
         cases = [tuple(int(v) for v in c.lower().split("x")) for c in args.cases.split(",")]
     else:

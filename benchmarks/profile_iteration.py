@@ -11,6 +11,7 @@ Usage::
 
     python benchmarks/profile_iteration.py --case 400x128 --engine DM
     python benchmarks/profile_iteration.py --case 400x128 --engine ML --iterations 10
+    python benchmarks/profile_iteration.py --case 400x128 --engine ML --set ML_type=gaussian
 """
 
 import argparse
@@ -67,6 +68,8 @@ def main(argv=None):
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--kernels", default="auto")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an engine parameter (repeatable; VALUE read as YAML), e.g. --set ML_type=gaussian")
     args = ap.parse_args(argv)
     frames, shape = (int(v) for v in args.case.lower().split("x"))
     P = be.build(frames, shape)
@@ -81,8 +84,8 @@ def main(argv=None):
                        (fft, ["fft2_deferred", "ifft2_deferred", "fft2_inplace", "ifft2_inplace"])):
         for n in names:
             T.wrap(mod, n, "k:" + n)
-    e = make_engine(P, {"name": args.engine, "numiter": 10 ** 6, "probe_update_start": 0, "kernels": args.kernels},
-                    args.engine.lower())
+    e = make_engine(P, dict({"name": args.engine, "numiter": 10 ** 6, "probe_update_start": 0,
+                             "kernels": args.kernels}, **be.engine_settings(args.set)), args.engine.lower())
     e.initialize()
     # engine-level passes (wall of the calling thread)
     if hasattr(e, "passes"):

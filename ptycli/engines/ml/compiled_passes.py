@@ -15,6 +15,13 @@ and into the weights ``l'`` of :func:`~ptycli.engines.fused_ml.evaluate`
 (two scaling passes over the waves fewer per iteration, three with the probe on). Four FFT passes per iteration (three while the probe is
 fixed), peak memory the model plus one exit-wave-sized array. The noise
 model reaches the kernels as its :attr:`~ptycli.engines.ml.noise_models.NoiseModel.code`.
+
+:func:`~ptycli.engines.fused_ml.evaluate` works pixel by pixel (no window,
+no neighbour), so it sees each frame as rows of several detector rows
+(:data:`EVALUATE_ROW`, :meth:`CompiledMLPasses.pixel_rows`): its nine short
+loops per row then run a quarter as often (128^2 frames: 2.6 -> 2.3 ns per
+pixel Poisson, 1.9 -> 1.5 Gaussian, one thread, block in cache; its float32
+partial sums run over the longer rows).
 """
 
 import numpy as np
@@ -25,7 +32,10 @@ from .passes import MLPasses, Workspace
 # imported at first use: listing the parameters (ptycli params) needs no numba
 fused_ml = lazy_module("ptycli.engines.fused_ml")
 
-__all__ = ["CompiledMLPasses"]
+__all__ = ["CompiledMLPasses", "EVALUATE_ROW"]
+
+#: Pixels per row that :func:`~ptycli.engines.fused_ml.evaluate` is given at most (whole detector rows).
+EVALUATE_ROW = 512
 
 
 class CompiledMLPasses(MLPasses):
@@ -44,6 +54,16 @@ class CompiledMLPasses(MLPasses):
         #: the background added to the model intensity (zeros without one: one add per pixel)
         self.bg = g.background if g.background is not None else np.zeros((H, W), self.ftype)
         self.bg_dummy = np.zeros((1, 1), np.float64)
+        H, W = self.shape
+        #: detector rows per row of :meth:`pixel_rows`: the largest divisor of H with at most EVALUATE_ROW pixels
+        self.merge = max([r for r in range(1, H + 1) if H % r == 0 and r * W <= EVALUATE_ROW] or [1])
+
+    def pixel_rows(self, a):
+        """A view of ``a`` (..., H, W) as (..., H / merge, merge * W): rows of ``merge`` detector rows (no copy)."""
+        H, W = a.shape[-2:]
+        v = a.view()
+        v.shape = a.shape[:-2] + (H // self.merge, self.merge * W)  # raises rather than copying
+        return v
 
     def workspace(self):
         """Two block-sized complex buffers."""
@@ -69,9 +89,11 @@ class CompiledMLPasses(MLPasses):
         gF = ws.cA[:p1 - p0]
         out = np.zeros((f1 - f0, 4))
         gs = self.deferred_factor(gF)  # the inverse transform's scaling, folded into the weights l'
-        fused_ml.evaluate(F, gF, g.pod_start[f0:f1 + 1] - p0, g.diff.data, g.frame_di[f0:f1], self.mask,
-                          self.mrows[f0:f1], self.use_mask, self.noise.code, float(eps), floating, self.c[f0:f1],
-                          self.bg, bg_sum is not None, bg_sum if bg_sum is not None else self.bg_dummy, out, gs)
+        rows = self.pixel_rows
+        fused_ml.evaluate(rows(F), rows(gF), g.pod_start[f0:f1 + 1] - p0, rows(g.diff.data), g.frame_di[f0:f1],
+                          rows(self.mask), self.mrows[f0:f1], self.use_mask, self.noise.code, float(eps), floating,
+                          self.c[f0:f1], rows(self.bg), bg_sum is not None,
+                          rows(bg_sum) if bg_sum is not None else self.bg_dummy, out, gs)
         if gradient:
             due = self.propagate_deferred(gF, workers, inverse=True)
             assert due == gs
