@@ -39,6 +39,7 @@ did not (one thread, pods of 128 x 128, ns per pod pixel: step sums 4.2 ->
 
 import numpy as np
 
+from ...core import fft
 from ..fused import njit
 from .batch import GroupBatch
 
@@ -231,46 +232,58 @@ def scatter_update(target, chi, pr, wpod, denO, reg, ol, oy, ox, r0, r1):
 
 
 @njit(**_JIT)
-def amplitude_step(F, starts, frames, fmag, n, mask, has_mask, eps, out):
+def amplitude_step(F, starts, frames, fmag, n, mask, has_mask, eps, sf, sb, out):
     """The ``gaussian`` detector step in place, ``F <- -l' F`` with ``l' = mask (1 - sqrt(n / (I + eps)))``.
 
     ``I`` is the frame's sum over its pods (``starts``: (frames + 1,) pod
     offsets; ``frames``: the frames' rows of ``fmag``, ``n``, ``mask``); adds to ``out`` the Fourier error, photon error, valid pixels,
     cost ``mask (sqrt(I + eps) - sqrt(n))^2`` and ``sum |dPsi|^2`` (as the numpy
     passes: :meth:`~ptycli.engines.lsqml.batch.GroupBatch.detector_step`).
+    ``sf``: the forward transform's unitary factor still due on ``F`` (applied as each value is read);
+    ``sb``: the inverse transform's, applied to the result for the unscaled inverse to come
+    (:func:`ptycli.core.fft.fft2_deferred`; 1 and 1 for transforms that scale themselves).
     """
     nf = starts.shape[0] - 1
     H, W = F.shape[1], F.shape[2]
-    I = np.empty(W, fmag.dtype)
-    g = np.empty(W, fmag.dtype)
+    rt = fmag.dtype
+    zero = rt.type(0)
+    I = np.empty(W, rt)
+    g = np.empty(W, rt)
     for f in range(nf):
         p0, p1 = starts[f], starts[f + 1]
         fm, cnt, mk = fmag[frames[f]], n[frames[f]], mask[frames[f]]
         for i in range(H):
-            # row passes without branches over pods inside, so that they vectorise
+            # row passes without branches over pods inside, on (real, imaginary) pairs, so that they vectorise
             for j in range(W):
-                I[j] = 0
+                I[j] = zero
             for p in range(p0, p1):
+                x = F[p, i].view(rt)
                 for j in range(W):
-                    I[j] += F[p, i, j].real * F[p, i, j].real + F[p, i, j].imag * F[p, i, j].imag
-            fe = pe = va = co = fmag.dtype.type(0)
+                    xr = x[2 * j] * sf
+                    xi = x[2 * j + 1] * sf
+                    I[j] += xr * xr + xi * xi
+            fe = pe = va = co = zero
+            fr, cr, mr = fm[i], cnt[i], mk[i]
             for j in range(W):
-                m = mk[i, j] if has_mask else fmag.dtype.type(1)
-                d = np.sqrt(I[j]) - fm[i, j]
+                m = mr[j] if has_mask else rt.type(1)
+                d = np.sqrt(I[j]) - fr[j]
                 fe += m * d * d
-                di = I[j] - cnt[i, j]
-                pe += m * di * di / (cnt[i, j] + 1)
+                di = I[j] - cr[j]
+                pe += m * di * di / (cr[j] + 1)
                 va += m
                 ae = np.sqrt(I[j] + eps)
-                dc = ae - fm[i, j]
+                dc = ae - fr[j]
                 co += m * dc * dc
-                g[j] = -m * dc / ae if ae > 0 else fmag.dtype.type(0)
-            ch = fmag.dtype.type(0)
+                g[j] = -m * dc / ae if ae > 0 else zero
+            ch = zero
             for p in range(p0, p1):
+                x = F[p, i].view(rt)
                 for j in range(W):
-                    v = F[p, i, j] * g[j]
-                    F[p, i, j] = v
-                    ch += v.real * v.real + v.imag * v.imag
+                    vr = (x[2 * j] * sf) * g[j]
+                    vi = (x[2 * j + 1] * sf) * g[j]
+                    ch += vr * vr + vi * vi
+                    x[2 * j] = vr * sb
+                    x[2 * j + 1] = vi * sb
             out[0] += fe
             out[1] += pe
             out[2] += va
@@ -343,15 +356,37 @@ class CompiledGroupBatch(GroupBatch):
     compiled = True
     _post = None  # conj(pre) (far field) or empty, made at the first use
 
-    def detector_step(self, F, frames, starts, errors):
+    def detector_pass(self, F, frames, starts, errors, workers=1):
+        """As :meth:`GroupBatch.detector_pass`; far field, ``gaussian``: the transforms' unitary scaling is
+        done in :func:`amplitude_step` (no scaling passes over the stack; the same numbers, the factors being
+        powers of two for frames of 2^k x 2^k pixels)."""
+        if self.noise.name == "poisson" or self.pre is None:
+            return super().detector_pass(F, frames, starts, errors, workers)
+        sf = self._transform_unscaled(F, workers)
+        a = self.detector_step(F, frames, starts, errors, sf, fft.deferred_factor(F))
+        self._transform_unscaled(F, workers, inverse=True)  # its factor was applied in the step
+        return a
+
+    @staticmethod
+    def _transform_unscaled(x, workers, inverse=False):
+        """The far-field transform of :meth:`GroupBatch._propagate` in place, the unitary factor left due
+        (:func:`ptycli.core.fft.fft2_deferred`); returns that factor."""
+        out, due = (fft.ifft2_deferred if inverse else fft.fft2_deferred)(x, workers)
+        if out is not x:
+            x[...] = out
+        return due
+
+    def detector_step(self, F, frames, starts, errors, sf=1.0, sb=1.0):
+        """As :meth:`GroupBatch.detector_step`; ``sf``, ``sb``: the factors of :func:`amplitude_step`."""
         if self.noise.name == "poisson":
             return super().detector_step(F, frames, starts, errors)
         nf = len(frames)
         st = np.append(np.asarray(starts, np.int64), F.shape[0])
         mask = self.mask if self.mask is not None else self.n  # not read without a mask
         out = np.zeros(5)
+        rt = self.ftype.type
         amplitude_step(F, st, np.asarray(frames, np.int64), self.fmag, self.n, mask, self.mask is not None,
-                       self.ftype.type(self.eps), out)
+                       rt(self.eps), rt(sf), rt(sb), out)
         errors.add(fourier=out[0], photon=out[1], valid=out[2], exit_change=out[4], likelihood=out[3])
         return np.ones(nf)
 
