@@ -7,7 +7,11 @@ Here each is one loop over the windows' pixels:
 
 * :func:`amplitude_step` - the ``gaussian`` detector-plane step with its
   error sums and cost, in place on the transforms (``poisson``, with its
-  Newton steps, stays numpy);
+  Newton steps, stays numpy); in the far field the FFTs are left unscaled
+  (:func:`ptycli.core.fft.fft2_deferred`) and the step applies both unitary
+  factors as it reads and writes the stack (no scaling passes; for frames of
+  2^k x 2^k pixels the factors are powers of two and the numbers are those of
+  the scaled transforms bit for bit);
 * :func:`exit_waves` - ``P O`` of the pods straight from the object
   (the windows are never gathered: the later passes read them in place);
 * :func:`object_sums` - the object and the probe direction sums in one pass
@@ -35,6 +39,15 @@ The kernels read and write the rows of complex arrays as real arrays of
 (real, imaginary) pairs: those loops vectorise, loops over complex elements
 did not (one thread, pods of 128 x 128, ns per pod pixel: step sums 4.2 ->
 1.0, object update 2.5 -> 1.2, probe sums 1.5 -> 0.7, exit waves 1.0 -> 0.5).
+
+The window passes read the object-shaped arrays row by row on windows that
+lie apart (a sparse batch), one short stream per window row, which the
+hardware prefetchers pick up late; each pass asks for the rows
+:data:`AHEAD` rows on in advance (:func:`_prefetch`, LLVM's prefetch hint:
+no effect on the numbers). Object and probe sums on windows out of the
+cache (one thread, 8 pods of 128 x 128 at random places of a 742 x 768
+object, alternating runs on the loaded 2-core machine): 5.6-6.3 -> 4.8-5.5 ns
+per pod pixel (minimum of 75 runs).
 """
 
 import numpy as np
@@ -43,10 +56,65 @@ from ...core import fft
 from ..fused import njit
 from .batch import GroupBatch
 
+try:  # the prefetch hint is LLVM's; without numba the kernels are plain Python (ptycli.engines.fused.njit)
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+except ImportError:  # pragma: no cover - depends on the installation
+    intrinsic = None
+
 __all__ = ["CompiledGroupBatch", "amplitude_step", "exit_waves", "object_sums", "step_sums", "scatter_update",
            "finish_windows", "zero_windows", "windows_max"]
 
 _JIT = dict(fastmath=True, cache=True, nogil=True, error_model="numpy")
+
+#: rows ahead of the one being read that the window passes ask the cache for (:func:`_prefetch`)
+AHEAD = 2
+
+if intrinsic is not None:
+    @intrinsic
+    def _prefetch(typingctx, row):
+        """Hint the CPU to fetch the cache lines of the contiguous 1-D array ``row`` (LLVM's prefetch; no result).
+
+        The window passes read short rows (one window row: 1 KiB at 128 complex64 pixels) spread over the
+        object, so the hardware prefetchers, which follow a stream within a 4 KiB page, start every row anew;
+        asking for the rows :data:`AHEAD` in advance overlaps their fetch with the arithmetic.
+        """
+        def codegen(context, builder, signature, args):
+            ary = context.make_array(signature.args[0])(context, builder, args[0])
+            data = builder.bitcast(ary.data, ir.IntType(8).as_pointer())
+            item = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+            nbytes = builder.mul(ary.nitems, context.get_constant(types.intp, item))
+            i32 = ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+            with cgutils.for_range_slice(builder, context.get_constant(types.intp, 0), nbytes,
+                                         context.get_constant(types.intp, 64)) as (offset, _):
+                # read, keep in all cache levels, data cache
+                builder.call(fn, [builder.gep(data, [offset]), i32(0), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return types.void(row), codegen
+else:  # pragma: no cover
+    def _prefetch(row):
+        pass
+
+
+@njit(fastmath=True, cache=True, nogil=True, inline="always")
+def _ahead(oy, k, i, r0, r1, H):
+    """The pod and row ``(k', i')`` that a pass over the pods' rows in the object rows ``r0:r1`` reads
+    :data:`AHEAD` rows after row ``i`` of pod ``k`` (the next pod's first rows at the end of a pod); ``k' = -1``:
+    none."""
+    i1 = min(r1 - oy[k], H)
+    if i + AHEAD < i1:
+        return k, i + AHEAD
+    kk = k + 1
+    if kk < oy.shape[0]:
+        ii = max(r0 - oy[kk], 0) + (i + AHEAD - i1)
+        if ii < min(r1 - oy[kk], H):
+            return kk, ii
+    return -1, 0
 
 
 @njit(**_JIT)
@@ -58,6 +126,9 @@ def exit_waves(F, obj, pr, ol, oy, ox):
     for k in range(ol.shape[0]):
         p = pr[0] if one else pr[k]
         for i in range(H):
+            kk, ii = _ahead(oy, k, i, 0, 2**62, H)
+            if kk >= 0:
+                _prefetch(obj[ol[kk], oy[kk] + ii, ox[kk]:ox[kk] + W])
             # rows as real arrays of (real, imaginary) pairs: the loop vectorises (complex elements do not)
             o = obj[ol[k], oy[k] + i, ox[k]:ox[k] + W].view(rt)
             b = p[i].view(rt)
@@ -93,6 +164,11 @@ def object_sums(numO, denO, numP, denP, post, obj, chi, pr, ol, oy, ox, pl, r0, 
         p = pr[0] if one else pr[k]
         q = pl[k]
         for i in range(max(r0 - oy[k], 0), min(r1 - oy[k], H)):
+            kk, ii = _ahead(oy, k, i, r0, r1, H)
+            if kk >= 0:
+                _prefetch(numO[ol[kk], oy[kk] + ii, ox[kk]:ox[kk] + W])
+                _prefetch(denO[ol[kk], oy[kk] + ii, ox[kk]:ox[kk] + W])
+                _prefetch(obj[ol[kk], oy[kk] + ii, ox[kk]:ox[kk] + W])
             # rows as real arrays of (real, imaginary) pairs: the loops vectorise (complex elements do not)
             no = numO[ol[k], oy[k] + i, ox[k]:ox[k] + W].view(rt)
             do = denO[ol[k], oy[k] + i, ox[k]:ox[k] + W]
@@ -152,6 +228,11 @@ def step_sums(numO, denO, reg, pr, obj, chi, dpe, use_probe, ol, oy, ox, frame, 
         uc = 0.0
         vc = 0.0
         for i in range(H):
+            kk, ii = _ahead(oy, k, i, 0, 2**62, H)
+            if kk >= 0:
+                _prefetch(numO[ol[kk], oy[kk] + ii, ox[kk]:ox[kk] + W])
+                _prefetch(denO[ol[kk], oy[kk] + ii, ox[kk]:ox[kk] + W])
+                _prefetch(obj[ol[kk], oy[kk] + ii, ox[kk]:ox[kk] + W])
             nw = numO[ol[k], oy[k] + i, ox[k]:ox[k] + W].view(rt)
             dd = denO[ol[k], oy[k] + i, ox[k]:ox[k] + W]
             ob = obj[ol[k], oy[k] + i, ox[k]:ox[k] + W].view(rt)
@@ -217,6 +298,10 @@ def scatter_update(target, chi, pr, wpod, denO, reg, ol, oy, ox, r0, r1):
         p = pr[0] if one else pr[k]
         w = wpod[k]
         for i in range(max(r0 - oy[k], 0), min(r1 - oy[k], H)):
+            kk, ii = _ahead(oy, k, i, r0, r1, H)
+            if kk >= 0:
+                _prefetch(target[ol[kk], oy[kk] + ii, ox[kk]:ox[kk] + W])
+                _prefetch(denO[ol[kk], oy[kk] + ii, ox[kk]:ox[kk] + W])
             t = target[ol[k], oy[k] + i, ox[k]:ox[k] + W].view(rt)
             dd = denO[ol[k], oy[k] + i, ox[k]:ox[k] + W]
             b = p[i].view(rt)

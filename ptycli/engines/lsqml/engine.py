@@ -329,6 +329,7 @@ class LSQML(Engine):
         self.positions = None
         self.last_batches = None
         self._acc = None
+        self._probe_acc = None  # (probe shapes, per thread numP and denP): see _accumulators
         self._pool = None
         self._buffers = []  # per work item of a batch: work arrays kept between batches
         self.momentum = None
@@ -415,6 +416,7 @@ class LSQML(Engine):
         # the exit storage stays released: an engine that follows and uses it rebuilds probe * object
         self.groups = []
         self._acc = None
+        self._probe_acc = None
         self._buffers = []
         if self._pool is not None:
             self._pool.close()
@@ -513,7 +515,8 @@ class LSQML(Engine):
 
     def _accumulators(self):
         """The object-shaped sums ``numO``, ``denO``, ``upd`` (one set, kept zero between batches outside the
-        windows), and per thread the probe sums ``numP``, ``denP`` (new, zero)."""
+        windows), and per thread the probe sums ``numP``, ``denP`` (zero; kept between batches: new arrays
+        would touch fresh pages in the kernels every batch)."""
         P = self.ptycho
         if self._acc is None:
             self._acc = dict(numO={}, denO={}, upd={})
@@ -523,10 +526,18 @@ class LSQML(Engine):
                 self._acc["denO"][sid] = np.zeros(S.data.shape, self.ftype)
                 if parallel.size > 1:  # the object update's sum over MPI ranks
                     self._acc["upd"][sid] = np.zeros_like(S.data)
-        probe = [dict(numP={sid: np.zeros_like(P.probe.S[sid].data) for sid in self.probe_ids},
-                      denP={sid: np.zeros(P.probe.S[sid].data.shape, self.ftype) for sid in self.probe_ids})
-                 for _ in range(self._pool.n)]
-        return self._acc, probe
+        shapes = [P.probe.S[sid].data.shape for sid in self.probe_ids]
+        if self._probe_acc is None or self._probe_acc[0] != shapes:
+            self._probe_acc = (shapes, [
+                dict(numP={sid: np.zeros_like(P.probe.S[sid].data) for sid in self.probe_ids},
+                     denP={sid: np.zeros(P.probe.S[sid].data.shape, self.ftype) for sid in self.probe_ids})
+                for _ in range(self._pool.n)])
+        else:
+            for a in self._probe_acc[1]:
+                for part in a.values():
+                    for x in part.values():
+                        x.fill(0)
+        return self._acc, self._probe_acc[1]
 
     def _parts(self, local):
         """Work items ``(group index, frames)``: each group's batch frames cut into one part per thread."""
