@@ -221,8 +221,10 @@ the stack fewer per epoch; the same numbers bit for bit for frames of
 2^k x 2^k pixels), the window passes prefetch the object rows two rows
 ahead, and the probe sums' per-thread accumulators are kept between
 batches (no fresh pages per batch): paired A/B runs at 400 x 128 x 128 on
-the shared machine at load 2-12 (6 pairs, medians) 4.56 -> 4.39 times the
-floor in CPU time (0.97 per pair), 4.83 -> 4.58 in wall time. CPU time of an
+the shared machine at load 2-12 (8 pairs, medians) 4.56 -> 4.31 times the
+floor in CPU time (0.95 per pair; the 2 pairs at load 3: 4.38, 4.61 -> 4.06,
+4.08), 4.71 -> 4.55 in wall time (0.95 per pair); 1000 x 256 x 256 (1 pair)
+2.73 -> 2.69 in CPU time. CPU time of an
 epoch (400 x 128 x 128, ms over both threads, load 6-8): FFTs 42-48 (floor
 47-54), object and probe sums 38-43, step sums 30-34, amplitude step 16-19,
 update 14-16, exit waves 11-12, the rest (Python, numpy glue, hand-offs)
