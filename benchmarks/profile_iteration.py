@@ -76,11 +76,13 @@ def main(argv=None):
     floor = be.FFTFloor(P.exit.S["SMF"].data.shape[0], (shape, shape))
     T = Timers()
     from ptycli.engines import fused, fused_ml, projection_passes as pp, projectional as pj  # noqa: F401
-    from ptycli.engines.ml import engine as mle
+    from ptycli.engines.lsqml import compiled as lsqml_compiled
     # kernels and transforms (CPU of the running thread)
     for mod, names in ((fused, ["projection_input", "modulus_constraint", "projection_update", "object_numerator",
                                 "object_den_rows", "object_divide_rows", "probe_sums"]),
                        (fused_ml, ["exit_product", "evaluate", "gradient_sums", "line_waves", "line_sums"]),
+                       (lsqml_compiled, ["exit_waves", "amplitude_step", "object_sums", "step_sums",
+                                         "scatter_update"]),
                        (fft, ["fft2_deferred", "ifft2_deferred", "fft2_inplace", "ifft2_inplace"])):
         for n in names:
             T.wrap(mod, n, "k:" + n)
@@ -94,6 +96,10 @@ def main(argv=None):
         for n in ("background_update", "overlap_update", "object_update", "probe_update", "orthogonalize_probe",
                   "pin_scale", "apply_probe_constraints", "apply_object_constraints", "new_error_sums",
                   "model_errors", "_init_object_numerator", "_record"):
+            T.wrap(e, n, "e:" + n)
+    elif hasattr(e, "draw_batches"):  # LSQML
+        for n in ("_batch", "_momentum_step", "apply_probe_constraints", "orthogonalize_probe",
+                  "apply_object_constraints", "draw_batches", "_local", "_accumulators"):
             T.wrap(e, n, "e:" + n)
     else:
         for n in ("_evaluate", "_line_coefficients", "_direction", "_direction_scale", "_move_to", "_constrain",

@@ -499,3 +499,38 @@ def test_compiled_object_passes_mark_and_restart():
         assert np.all(upd[~band] == 0)
     np.testing.assert_allclose(den[on], -(den0[on] + reg), rtol=1e-6)
     assert np.all(den[~on] == -0.5)
+
+
+def test_compiled_amplitude_step_applies_the_transform_factors():
+    """``amplitude_step`` on an unscaled transform with the factors due (``sf`` read, ``sb`` written) gives the
+    step of the scaled transform times ``sb``, and the same error sums; bit for bit when the factors are powers
+    of two (frames of 2^k x 2^k pixels), to rounding otherwise. Against the step's definition
+    ``F' = -mask (1 - sqrt(n) / sqrt(I + eps)) F`` (two pods per frame, a mask)."""
+    C = pytest.importorskip("ptycli.engines.lsqml.compiled")
+    rng = np.random.default_rng(5)
+    nf, H, W = 3, 8, 6
+    starts = np.array([0, 2, 4, 6], np.int64)
+    frames = np.array([2, 0, 1], np.int64)
+    n = rng.poisson(20.0, size=(nf, H, W)).astype(np.float32)
+    fmag = np.sqrt(n)
+    mask = (rng.random((nf, H, W)) > 0.2).astype(np.float32)
+    eps = np.float32(1e-3)
+    F = (_cplx(rng, 2 * nf, H, W) * 3).astype(np.complex64)
+    # the definition, on the scaled transform
+    I = (np.abs(F) ** 2).reshape(nf, 2, H, W).sum(axis=1)
+    ref = F * np.repeat(-mask[frames] * (1 - fmag[frames] / np.sqrt(I + eps)), 2, axis=0)
+    for sf, sb, exact in ((0.125, 0.25, True), (1 / np.sqrt(48.0), 1 / np.sqrt(80.0), False)):
+        sf, sb = np.float32(sf), np.float32(sb)
+        scaled, out0 = F.copy(), np.zeros(5)
+        C.amplitude_step(scaled, starts, frames, fmag, n, mask, True, eps, np.float32(1), np.float32(1), out0)
+        raw, out = (F / sf).astype(np.complex64), np.zeros(5)
+        if exact:
+            assert np.array_equal(raw * sf, F)
+        C.amplitude_step(raw, starts, frames, fmag, n, mask, True, eps, sf, sb, out)
+        np.testing.assert_allclose(scaled, ref, rtol=1e-5, atol=1e-5)
+        assert out0[2] == mask.sum()  # valid pixels
+        if exact:
+            assert np.array_equal(raw, scaled * sb) and np.array_equal(out, out0)
+        else:
+            np.testing.assert_allclose(raw, scaled * sb, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(out, out0, rtol=1e-5)

@@ -245,9 +245,8 @@ class GroupBatch:
         pr = self.probe_rows(self.probe_eff(probe), pods)
         F = work_array(buffers, "F", (len(pods), H, W), self.ctype)
         ob = self.exit_waves(F, obj, pr, pods)
-        self._propagate(F, workers)
-        a = self.detector_step(F, frames, starts, errors)
-        chi = self._propagate(F, workers, inverse=True)
+        a = self.detector_pass(F, frames, starts, errors, workers)
+        chi = F
         pc = self.direction_sums(acc, obj, ob, pr, chi, pods, buffers)
         return a, dict(frames=frames, pods=pods, starts=starts, obj=obj, ob=ob, pr=pr, chi=chi, pc=pc)
 
@@ -290,6 +289,13 @@ class GroupBatch:
                 s *= np.conj(self.pre)
             acc["numP"][q] += s
             acc["denP"][q] += o2[sel].sum(axis=0)
+
+    def detector_pass(self, F, frames, starts, errors, workers=1):
+        """Exit waves to ``chi`` in place: the transform, :meth:`detector_step`, the inverse; returns the steps."""
+        self._propagate(F, workers)
+        a = self.detector_step(F, frames, starts, errors)
+        self._propagate(F, workers, inverse=True)
+        return a
 
     def detector_step(self, F, frames, starts, errors):
         """The detector-plane update in place: ``F <- (u - 1) F`` with the frames' steps; returns the steps.

@@ -254,6 +254,24 @@ amplitude step 8-9 (9), object direction - (9), the rest 32-38 (53-58). The
 window passes are bound by memory: a sparse batch's windows lie apart in
 the object, out of the cache (object and probe sums of one thread: 1.7 ns
 per pod pixel on windows in the cache, 8.5 on others).
+Per epoch the passes transform every pod once forward and once back, the
+least the algorithm needs (the exit-wave step needs ``Psi``, the directions
+``chi``). Then (issue 16) the far-field transforms were left unscaled and
+their unitary factors applied in the compiled amplitude step (two passes over
+the stack fewer per epoch; the same numbers bit for bit for frames of
+2^k x 2^k pixels), the window passes prefetch the object rows two rows
+ahead, and the probe sums' per-thread accumulators are kept between
+batches (no fresh pages per batch): paired A/B runs at 400 x 128 x 128 on
+the shared machine at load 2-12 (8 pairs, medians) 4.56 -> 4.31 times the
+floor in CPU time (0.95 per pair; the 2 pairs at load 3: 4.38, 4.61 -> 4.06,
+4.08), 4.71 -> 4.55 in wall time (0.95 per pair); 1000 x 256 x 256 (1 pair)
+2.73 -> 2.69 in CPU time. CPU time of an
+epoch (400 x 128 x 128, ms over both threads, load 6-8): FFTs 42-48 (floor
+47-54), object and probe sums 38-43, step sums 30-34, amplitude step 16-19,
+update 14-16, exit waves 11-12, the rest (Python, numpy glue, hand-offs)
+about 35; the calling thread runs the serial steps between the passes
+(142 against 94 ms of thread CPU time per epoch under cProfile, which adds
+to the calling thread's).
 """
 
 import logging
@@ -371,6 +389,7 @@ class LSQML(Engine):
         self.positions = None
         self.last_batches = None
         self._acc = None
+        self._probe_acc = None  # (probe shapes, per thread numP and denP): see _accumulators
         self._pool = None
         self._buffers = []  # per work item of a batch: work arrays kept between batches
         self.momentum = None
@@ -463,6 +482,7 @@ class LSQML(Engine):
         # the exit storage stays released: an engine that follows and uses it rebuilds probe * object
         self.groups = []
         self._acc = None
+        self._probe_acc = None
         self._buffers = []
         if self._pool is not None:
             self._pool.close()
@@ -561,7 +581,8 @@ class LSQML(Engine):
 
     def _accumulators(self):
         """The object-shaped sums ``numO``, ``denO``, ``upd`` (one set, kept zero between batches outside the
-        windows), and per thread the probe sums ``numP``, ``denP`` (new, zero)."""
+        windows), and per thread the probe sums ``numP``, ``denP`` (zero; kept between batches: new arrays
+        would touch fresh pages in the kernels every batch)."""
         P = self.ptycho
         if self._acc is None:
             self._acc = dict(numO={}, denO={}, upd={})
@@ -571,10 +592,18 @@ class LSQML(Engine):
                 self._acc["denO"][sid] = np.zeros(S.data.shape, self.ftype)
                 if parallel.size > 1:  # the object update's sum over MPI ranks
                     self._acc["upd"][sid] = np.zeros_like(S.data)
-        probe = [dict(numP={sid: np.zeros_like(P.probe.S[sid].data) for sid in self.probe_ids},
-                      denP={sid: np.zeros(P.probe.S[sid].data.shape, self.ftype) for sid in self.probe_ids})
-                 for _ in range(self._pool.n)]
-        return self._acc, probe
+        shapes = [P.probe.S[sid].data.shape for sid in self.probe_ids]
+        if self._probe_acc is None or self._probe_acc[0] != shapes:
+            self._probe_acc = (shapes, [
+                dict(numP={sid: np.zeros_like(P.probe.S[sid].data) for sid in self.probe_ids},
+                     denP={sid: np.zeros(P.probe.S[sid].data.shape, self.ftype) for sid in self.probe_ids})
+                for _ in range(self._pool.n)])
+        else:
+            for a in self._probe_acc[1]:
+                for part in a.values():
+                    for x in part.values():
+                        x.fill(0)
+        return self._acc, self._probe_acc[1]
 
     def _parts(self, local):
         """Work items ``(group index, frames)``: each group's batch frames cut into one part per thread."""
