@@ -84,9 +84,8 @@ class MultisliceGroupBatch(GroupBatch):
     slice 1 are the thin object's; ``slices`` holds every slice's.
     """
 
-    def __init__(self, g, noise, eps, object_reg=SLICE_OBJECT_REG):
+    def __init__(self, g, noise, eps):
         super().__init__(g, noise, eps)
-        self.object_reg = float(object_reg)
         self.S = int(g.obj.slices)
         self.far_pre = self.pre                      # the last slice's sample-plane factor (far field)
         self.far_pre_c = None if self.pre is None else np.conj(self.pre)
@@ -168,14 +167,12 @@ class MultisliceGroupBatch(GroupBatch):
     def step_sums(self, c, numO, denO, regO, dP):
         """Slice 1's sums of the engine's 2 x 2 system (returned); slices ``2 .. S``: ``<u_s,u_s>``, ``Re<u_s,chi_s>``.
 
-        The regulariser ``regO`` (``object_reg`` times the batch's largest
-        ``sum |phi|^2``) is raised to :data:`SLICE_OBJECT_REG` times that
-        maximum where ``object_reg`` is smaller (module docstring).
+        The regulariser ``regO`` is at least :data:`SLICE_OBJECT_REG` times
+        the batch's largest ``sum |phi|^2`` (the engine's ``_object_reg``;
+        module docstring).
 
         The latter are kept in the state (``slice_sums``, (S - 1, 2, frames)) for :func:`slice_steps`.
         """
-        if 0 < self.object_reg < SLICE_OBJECT_REG:  # regO = object_reg times the batch maximum
-            regO = regO * type(regO)(SLICE_OBJECT_REG / self.object_reg)
         out = super().step_sums(c, numO, denO, regO, dP)
         sl = c["slices"]
         pods, starts = c["pods"], c["starts"]
