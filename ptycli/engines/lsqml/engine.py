@@ -759,6 +759,10 @@ class LSQML(Engine):
             slice_steps(self.groups, items, states, lam, self._slices)
         beta = float(self.p.object_step)
 
+        # the frames' shifts from the object and probe that made chi (before this batch's updates: the compiled
+        # passes update the object in place, where the numpy passes' gathered windows keep the old values)
+        shifts = self._pool.map(lambda k, i: self.groups[items[i][0]].position_shifts(states[i]),
+                                range(len(items))) if pos_on else None
         prepare = lambda k, i: self.groups[items[i][0]].object_update_values(states[i], steps[i][0], beta)  # noqa: E731
         if self._compiled:  # the compiled passes only note the pods' weights: no hand-off to the threads
             for i in range(len(items)):
@@ -809,8 +813,6 @@ class LSQML(Engine):
             for sid in self.probe_ids:
                 P.probe.S[sid].data += step * dP[sid]
         if pos_on:
-            shifts = self._pool.map(lambda k, i: self.groups[items[i][0]].position_shifts(states[i]),
-                                    range(len(items)))
             for (gi, frames), sh in zip(items, shifts):
                 stats[4] += len(self.positions.update(gi, frames, sh))
         return stats
