@@ -41,7 +41,8 @@ and object ``O`` (pods ``j`` = frame, probe mode ``k``, object mode ``l``;
    least-squares update; the paper's motivation for sparse batches).
 5. **Position correction** (``position_correction``, from its start epoch):
    per-frame shifts from the object gradient and ``chi``
-   (:mod:`ptycli.engines.lsqml.positions`).
+   (:mod:`ptycli.engines.lsqml.positions`), of the object and probe that made
+   ``chi`` (estimated before step 4's updates, applied after them).
 6. **Momentum** (after every epoch; ``probe_momentum``, ``object_momentum``):
    a heavy-ball step along the velocity of the epochs' changes (below).
 
