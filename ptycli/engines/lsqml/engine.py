@@ -160,7 +160,8 @@ defocused_large_random 0.978 -> 0.995, largest drop subpixel_spiral 0.985
 -> 0.996, foreign_rectangular 0.985 -> 0.989, foreign_nearfield 0.988 ->
 0.388 (diverged). Not the default yet: without it the gradient position
 correction test (``tests/test_engines_lsqml.py``) ends at 1.51 px rms
-instead of 0.00 and the fly scan's worst per-frame probe
+instead of 0.11 (1.0: 0.74; the probe drifts to the frame's edge, 54 % of
+its energy there, and wraps around) and the fly scan's worst per-frame probe
 (``tests/test_engines_lsqml_opr_multislice.py``) falls to 0.929. With the
 support, on the three foreign scans (0.968 / 0.979 / 0.973): 200 and 300
 epochs 0.963 / 0.980 / 0.979 and 0.950 / 0.980 / 0.980, batches of 4 and
