@@ -381,7 +381,9 @@ class GroupBatch:
         ``s = Re<P dO/dy, chi> / <P dO/dy, P dO/dy>`` per axis (central
         differences of the object window, one-sided at its edges): the shift
         of the window that best explains the exit-wave update to first order.
-        Frames without gradient signal get 0.
+        Frames without gradient signal get 0. ``O`` and ``P`` are the ones that
+        made ``chi``: called before the batch's updates (the compiled passes
+        update the object in place, which the windows here are read from).
         """
         pods, starts, pr, ob, chi = c["pods"], c["starts"], c["pr"], c["ob"], c["chi"]
         if ob is None:

@@ -41,14 +41,16 @@ its per-frame steps, with the directions of the slices before the update.
 
 Regularisation (measured, ``benchmarks/validate_multislice.py``, 3 slices 8
 depths of field apart, 1e6 photons per frame, from the true probe): with the
-thin object's ``object_reg: 0.1`` the slices reach correlations 0.93 / 0.84 /
-0.92 after 20 epochs and then decline while the Fourier error keeps falling
-(0.85 / 0.71 / 0.84 after 100, with the probe held fixed too: the slices fit
-the noise where the diffracted waves lighting the inner slices are dark);
-with ``object_reg: 1`` they rise to 0.97 / 0.93 / 0.97 after 100 epochs. So
-a multislice object's directions use ``delta_O = max(object_reg,
-SLICE_OBJECT_REG) max sum |phi|^2`` (:data:`SLICE_OBJECT_REG` = 1; the
-per-frame steps grow to make up for it, about 3.5 on average).
+thin object's ``delta_O`` of then, 0.1 of the batch's largest ``sum |phi|^2``,
+the slices reach correlations 0.93 / 0.84 / 0.92 after 20 epochs and then
+decline while the Fourier error keeps falling (0.85 / 0.71 / 0.84 after 100,
+with the probe held fixed too: the slices fit the noise where the diffracted
+waves lighting the inner slices are dark); with 1.0 of it they rise to 0.97 /
+0.93 / 0.97 after 100 epochs. So a multislice object's directions use
+``delta_O = max(r, SLICE_OBJECT_REG) max sum |phi|^2``, ``r`` the thin
+object's fraction of the batch maximum (``object_reg`` in units of the probe's
+mean intensity, :mod:`.engine`; :data:`SLICE_OBJECT_REG` = 1; the per-frame
+steps grow to make up for it, about 3.5 on average).
 
 Supported: one object mode (the parameters refuse more), any probe modes,
 far and near field; numpy passes only (an engine whose ``kernels`` would
@@ -71,7 +73,8 @@ from .steps import frame_steps
 
 __all__ = ["MultisliceGroupBatch", "slice_steps", "SLICE_OBJECT_REG"]
 
-#: the smallest ``object_reg`` a multislice object's directions take (module docstring)
+#: the smallest ``delta_O`` a multislice object's directions take, as a fraction of the batch's largest
+#: ``sum |phi|^2`` (module docstring)
 SLICE_OBJECT_REG = 1.0
 
 
@@ -84,9 +87,8 @@ class MultisliceGroupBatch(GroupBatch):
     slice 1 are the thin object's; ``slices`` holds every slice's.
     """
 
-    def __init__(self, g, noise, eps, object_reg=SLICE_OBJECT_REG):
+    def __init__(self, g, noise, eps):
         super().__init__(g, noise, eps)
-        self.object_reg = float(object_reg)
         self.S = int(g.obj.slices)
         self.far_pre = self.pre                      # the last slice's sample-plane factor (far field)
         self.far_pre_c = None if self.pre is None else np.conj(self.pre)
@@ -168,14 +170,12 @@ class MultisliceGroupBatch(GroupBatch):
     def step_sums(self, c, numO, denO, regO, dP):
         """Slice 1's sums of the engine's 2 x 2 system (returned); slices ``2 .. S``: ``<u_s,u_s>``, ``Re<u_s,chi_s>``.
 
-        The regulariser ``regO`` (``object_reg`` times the batch's largest
-        ``sum |phi|^2``) is raised to :data:`SLICE_OBJECT_REG` times that
-        maximum where ``object_reg`` is smaller (module docstring).
+        The regulariser ``regO`` is at least :data:`SLICE_OBJECT_REG` times
+        the batch's largest ``sum |phi|^2`` (the engine's ``_object_reg``;
+        module docstring).
 
         The latter are kept in the state (``slice_sums``, (S - 1, 2, frames)) for :func:`slice_steps`.
         """
-        if 0 < self.object_reg < SLICE_OBJECT_REG:  # regO = object_reg times the batch maximum
-            regO = regO * type(regO)(SLICE_OBJECT_REG / self.object_reg)
         out = super().step_sums(c, numO, denO, regO, dP)
         sl = c["slices"]
         pods, starts = c["pods"], c["starts"]

@@ -16,7 +16,8 @@ Bookkeeping
 Every frame keeps a *float* position ``pos`` (pixels of the object storage,
 the top-left corner of its window). At the first update it is the current
 window plus the sub-pixel remainder of the reported position. After each
-batch a frame of the batch moves by ``step * s``, each axis clipped to
+batch a frame of the batch moves by ``step * s`` (``s`` from the object and
+probe that made ``chi``, before the batch's updates), each axis clipped to
 ``max_step`` pixels, and ``pos`` is kept within ``max_shift`` pixels
 (Euclidean) of the reported position and inside the object storage. The
 model addresses whole pixels, so the window follows ``round(pos)``: when that

@@ -148,3 +148,31 @@ def frame_steps(uu, vv, uv, uchi, vchi, lam, probe, mean_uu=None, mean_vv=None):
     aO = np.where(ok, (a22 * uchi - uv * vchi) / safe, 0.0)
     aP = np.where(ok, (a11 * vchi - uv * uchi) / safe, 0.0)
     return aO, aP
+
+
+def mean_illumination_fraction(probes):
+    """The probes' mean intensity over their arrays as a fraction of their largest (the scale of ``delta_O``).
+
+    Parameters
+    ----------
+    probes : sequence of ndarray complex (layers, H, W)
+        The probe storages lighting one object (their layers: incoherent
+        modes or eigen-probes, summed as intensities).
+
+    Returns
+    -------
+    float
+        ``mean(I) / max(I)`` with ``I = sum_layers |P|^2`` (dimensionless,
+        in ``(0, 1]``), averaged over the probes; 1 for probes without
+        intensity. A focused spot in a large array gives a few thousandths,
+        a flat or annular probe filling its array a tenth or more
+        (:mod:`ptycli.engines.lsqml.engine`, regularisation).
+    """
+    out = []
+    for P in probes:
+        a = np.asarray(P)
+        intensity = (a.real ** 2 + a.imag ** 2).reshape((-1,) + a.shape[-2:]).sum(axis=0, dtype=np.float64)
+        top = float(intensity.max()) if intensity.size else 0.0
+        if top > 0:
+            out.append(float(intensity.mean()) / top)
+    return float(np.mean(out)) if out else 1.0
