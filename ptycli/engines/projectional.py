@@ -177,9 +177,12 @@ log = logging.getLogger("ptycli.engines")
 fused = lazy_module("ptycli.engines.fused")
 
 _PROJECTION_PARAMS = [
-    Parameter("fourier_relax_factor", 0.05, "float",
+    Parameter("fourier_relax_factor", 0.035, "float",
               "power bound: frames whose rms amplitude deviation is below half this fraction of the rms "
               "measured amplitude are not corrected", low=0.0),
+    Parameter("fourier_relax_start", 30, "int",
+              "engine iteration from which fourier_relax_factor applies; before it the plain modulus projection "
+              "(down to the counting-noise floor of noise_power_bound)", low=0),
     Parameter("noise_power_bound", True, "bool",
               "on counted data (whole numbers), raise the power bound to the counting-noise floor, so that "
               "frames already within the Poisson noise of the data are not corrected"),
@@ -267,10 +270,11 @@ class ProjectionEngine(Engine):
 
     def engine_initialize(self):
         self.set_coefficients()
-        self.pbound = float(self.p.fourier_relax_factor) ** 2 * self.mean_power / 4.0
+        self._noise_bound = 0.0
         if self.p.noise_power_bound:
-            noise = max((float(getattr(m, "noise_floor", 0.0)) for m in self.ptycho.scans.values()), default=0.0)
-            self.pbound = max(self.pbound, noise)
+            self._noise_bound = max((float(getattr(m, "noise_floor", 0.0)) for m in self.ptycho.scans.values()),
+                                    default=0.0)
+        self.pbound = self.power_bound(0)
         ctype, ftype = self.ctype, self.ftype
         # block sizes and scratch buffers (shared by all groups)
         max_pods = max_frames = 1
@@ -373,11 +377,21 @@ class ProjectionEngine(Engine):
         """Key of group ``g``'s probe-update sums: its probe storage's ID, or its own (sub-pixel model)."""
         return g.probe.ID if g.sub is None else ("subpixel", id(g))
 
+    def power_bound(self, iteration):
+        """``pbound`` of engine iteration ``iteration`` (counted from the engine's start).
+
+        ``fourier_relax_factor**2 * mean_power / 4`` from ``fourier_relax_start``
+        on, 0 before; at least the counting-noise floor when ``noise_power_bound``.
+        """
+        relax = float(self.p.fourier_relax_factor) if iteration >= int(self.p.fourier_relax_start) else 0.0
+        return max(relax ** 2 * self.mean_power / 4.0, self._noise_bound)
+
     # -- iteration -----------------------------------------------------------
     def engine_iterate(self, n):
         out = []
         for k in range(n):
             self.update_coefficients(self.iteration + k)
+            self.pbound = self.power_bound(self.iteration + k)
             acc = self.new_error_sums()
             self._obj_power = None  # sum |O|^2 as left by the last object update, if nothing changed O since
             self._fuse_object = bool(self.p.update_object_first) or not self.probe_update_due()
