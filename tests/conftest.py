@@ -5,6 +5,11 @@ import os
 # Plots render off-screen: no display on CI, no windows popping up locally.
 os.environ["MPLBACKEND"] = "Agg"
 
+# Under pytest-xdist (``-n auto``, pyproject.toml) every core runs its own worker: one thread
+# each, instead of each worker's engines starting a thread per core on shared cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("PTYCLI_FFT_WORKERS", "1")
+
 
 def pytest_collection_modifyitems(config, items):
     """Tests that start processes with ``mpirun`` (marker ``mpi``) are long ones too: mark them ``slow``.

@@ -78,6 +78,7 @@ def test_dm_poisson_quality():
     assert pr["correlation"] >= 0.95, pr
 
 
+@pytest.mark.slow
 def test_dm_from_true_probe():
     P = build()
     gt = P.scans["MF"].data.ground_truth
@@ -110,6 +111,7 @@ def test_raar_beta_one_is_dm():
     np.testing.assert_allclose(P1.obj.S["SMF"].data, P2.obj.S["SMF"].data, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_dm_alpha_changes_update():
     P1, P2 = build(frames=30, shape=32), build(frames=30, shape=32)
     reconstruct(P1, "DM", numiter=3)
@@ -160,6 +162,7 @@ def test_mixed_object_modes_run():
     assert all(np.isfinite(r["fourier_error"]) for r in e.history)
 
 
+@pytest.mark.slow
 def test_block_size_does_not_change_result():
     P1, P2 = build(frames=30, shape=32), build(frames=30, shape=32)
     reconstruct(P1, "DM", numiter=4)

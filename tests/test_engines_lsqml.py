@@ -197,6 +197,7 @@ def test_same_seed_same_result_other_seed_other_batches():
         assert sorted(len(x) for x in b) == sizes
 
 
+@pytest.mark.slow
 def test_resume_continues_identically():
     pars = dict(name="LSQML", numiter=4, probe_update_start=1, noise_model="poisson",
                 position_correction=dict(start=1))
@@ -220,6 +221,7 @@ def test_resume_continues_identically():
     assert any(k.startswith("lsqml_mpie_v_probe") for k in state["extra"])  # the probe momentum is resumed
 
 
+@pytest.mark.slow
 def test_momentum_off_is_the_plain_update():
     """probe_momentum 0 (and object_momentum 0) keep no velocities; the probe momentum changes the result."""
     P = _model(n=30)

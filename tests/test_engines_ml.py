@@ -348,6 +348,7 @@ def test_floating_intensities_recover_per_frame_scales():
     assert hist[-1]["likelihood"] < 1e-2 * hist[0]["likelihood"]
 
 
+@pytest.mark.slow
 def test_two_probe_modes_single_precision():
     P = build(shape=64, frames=60, noise=True, probe_modes=2, sim_modes=2)
     make_engine(P, dict(name="DM", numiter=20), label="dm").run()
@@ -387,6 +388,7 @@ def test_probe_update_start_freezes_the_probe():
 
 
 @pytest.mark.parametrize("model", ["poisson", "euclid"])
+@pytest.mark.slow
 def test_other_noise_models_decrease_their_cost(model):
     P = build(shape=64, frames=40, noise=True, photons=1e6)
     make_engine(P, dict(name="DM", numiter=10), label="dm").run()
@@ -402,6 +404,7 @@ def test_clip_object_keeps_amplitudes_in_range():
     assert all(np.isfinite(r["likelihood"]) for r in hist)
 
 
+@pytest.mark.slow
 def test_state_dict_resume_continues_the_same_path():
     def fresh():
         return build(shape=32, frames=16, dtype="double", photons=1e6, noise=True)

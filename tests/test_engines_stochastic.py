@@ -197,6 +197,7 @@ def test_same_seed_same_result_other_seed_other_order():
     assert not np.array_equal(o1, o3)
 
 
+@pytest.mark.slow
 def test_resume_continues_the_random_sequence():
     P = _model(n=60)
     eng = make_engine(P, dict(name="rPIE", numiter=4, probe_update_start=1))
@@ -226,6 +227,7 @@ def test_probe_untouched_before_probe_update_start():
     assert not np.array_equal(ob.data, o_before)
 
 
+@pytest.mark.slow
 def test_two_probe_modes_stay_orthogonal_and_ordered():
     P = _model(n=80, probe_modes=2, sim_modes=2)
     eng = make_engine(P, dict(name="ePIE", numiter=40))
@@ -245,7 +247,7 @@ def _one_rank_reduce(self):
                 exit_change=s[3] / self.total_counts, likelihood=None)
 
 
-@pytest.mark.parametrize("name", ["ePIE", "mPIE"])
+@pytest.mark.parametrize("name", ["ePIE", pytest.param("mPIE", marks=pytest.mark.slow)])
 def test_block_parallel_merge_is_identity_for_identical_ranks(monkeypatch, name):
     """Two simulated ranks holding the same frames and state: the merge must change nothing
     (for mPIE also not the velocities and anchors merged with the object and probe)."""
@@ -307,6 +309,7 @@ def test_registered_with_declared_parameters():
         make_engine(P, dict(name="ePIE", alpha=0.1))  # rPIE's parameter, not ePIE's
 
 
+@pytest.mark.slow
 def test_engine_chain_through_ptycho():
     P = _model(n=40)
     P.run(engines=[("pie", u.Param(name="ePIE", numiter=3)), ("rpie", u.Param(name="rPIE", numiter=2))])
@@ -359,7 +362,7 @@ def test_momentum_step_is_the_published_recurrence():
         Momentum(0.5, 0)
 
 
-@pytest.mark.parametrize("restart", [False, True])
+@pytest.mark.parametrize("restart", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_mpie_without_friction_is_rpie(restart):
     """friction 0: every momentum step leaves X unchanged, so mPIE is rPIE bit for bit (restart or not)."""
     pars = dict(numiter=4, seed=2, probe_update_start=1, alpha=0.1, probe_alpha=0.5, object_step=0.9,
@@ -386,6 +389,7 @@ def _counted_model(n=60, photons=1e4, seed=0):
     return ptycli.core.Ptycho(p, level=2)
 
 
+@pytest.mark.slow
 def test_mpie_without_friction_is_rpie_with_the_same_power_bound():
     """On counted data the power bound acts, in rPIE as in mPIE: friction 0 is still rPIE bit for bit."""
     pars = dict(numiter=3, seed=1, probe_update_start=1, alpha=0.3, noise_bound=0.5, noise_bound_ramp=2)
@@ -473,6 +477,7 @@ def test_momentum_restart_zeroes_an_opposed_velocity():
     np.testing.assert_allclose(m2.velocity["obj"]["S"], 0.5 * (0.5 * d1 + d2) + d3, rtol=0, atol=1e-15)
 
 
+@pytest.mark.slow
 def test_mpie_error_stop_stops_the_momentum_when_the_error_rises():
     """momentum_error_stop (default 0.05): frictions 0 once the error exceeds (1 + tol) x its lowest, after the settling
     iterations; before it and within the tolerance the momentum runs on."""
@@ -504,6 +509,7 @@ def eng_velocity(eng):
     return next(iter(eng.momentum.velocity["obj"].values()))
 
 
+@pytest.mark.slow
 def test_mpie_resume_continues_with_the_velocities():
     """Stop after 2 iterations mid-interval, resume from the state: the uninterrupted result bit for bit."""
     pars = dict(name="mPIE", numiter=4, probe_update_start=1, momentum_interval=25, probe_friction=0.5)

@@ -63,6 +63,7 @@ def test_cxi_energy_round_trip_is_exact(kev):
 # -- the loader told from the file when the config names none ------------------------------------
 
 @pytest.mark.parametrize("ext", sorted(LOADERS))
+@pytest.mark.slow
 def test_loader_is_told_from_the_file(models, ext):
     assert detect_loader(models[ext]["path"])[0] == LOADERS[ext]
     for name in (None, "auto", "AUTO"):

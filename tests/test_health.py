@@ -226,6 +226,7 @@ def pod_model_error(P):
 
 @pytest.mark.parametrize("kernels", ["numpy", "compiled"])
 @pytest.mark.parametrize("name", ["DM", "RAAR"])
+@pytest.mark.slow
 def test_model_error_is_that_of_probe_times_object(name, kernels):
     from ptycli.engines import fused, make_engine
 
@@ -242,6 +243,7 @@ def test_model_error_is_that_of_probe_times_object(name, kernels):
     e.finalize()
 
 
+@pytest.mark.slow
 def test_model_error_schedule():
     from ptycli.engines import make_engine
 
@@ -329,6 +331,7 @@ def test_blown_up_weakly_lit_pixels_are_flagged():
     assert P.engines[0].health == []
 
 
+@pytest.mark.slow
 def test_a_failing_check_does_not_fail_the_run(monkeypatch, caplog):
     def broken(engine):
         raise RuntimeError("broken check")
@@ -350,6 +353,7 @@ def test_a_failing_dm_run_is_flagged():
     assert next(f for f in found if f["code"] == "probe_collapsed")["values"]["detector_ratio"] > 10
 
 
+@pytest.mark.slow
 def test_an_overshooting_engine_is_flagged_error_rising():
     P = moonflower(dict(dm=dict(name="DM", numiter=30),
                         rp=dict(name="rPIE", numiter=10, object_step=2.0, probe_step=2.0)))

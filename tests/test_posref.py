@@ -194,6 +194,7 @@ def test_ml_refinement_halves_the_position_error():
     np.testing.assert_allclose(pod.exit, pod.probe * pod.object, rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_mpie_refinement_halves_the_position_error():
     """mPIE declares the refinement (whole pixels; the frames' windows move in its sweep): noiseless MoonFlower
     with 2 px rms position errors per axis, mPIE 40 from the default start, measured 2.77 -> 0.00 px rms
@@ -253,6 +254,7 @@ def test_stop_and_interval_schedule():
         run(P, "DM", 2, posref=dict(start=5, stop=5))
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_other_seed_other_trials():
     def once(seed):
         P = build(frames=30, shape=32, density=0.15)

@@ -180,6 +180,7 @@ def test_flat_aperture_guess():
 
 
 @pytest.mark.parametrize("curvature", [(0.015, 0.015), (-0.015, -0.015), (0.02, 0.01)])
+@pytest.mark.slow
 def test_curved_aperture_curvature_and_sign(curvature):
     truth = curved_aperture((64, 64), curvature)
     intens, pos, prop = synthetic(truth)
@@ -193,6 +194,7 @@ def test_curved_aperture_curvature_and_sign(curvature):
 
 # -- scale, determinism, cost, MPI ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_scaled_to_counts_and_deterministic():
     truth = curved_aperture((32, 32), (0.03, 0.03))
     intens, pos, prop = synthetic(truth, step=6, shells=3, photons=1e5)
@@ -326,6 +328,7 @@ def test_pick_for_local_engine_keeps_the_trial_pick_within_the_margin():
     assert pick_for_local_engine("a", {"a": float("inf"), "b": 0.1}) == "b"
 
 
+@pytest.mark.slow
 def test_first_engine_decides_the_held_out_frame_check():
     """mPIE first: the probe guess records held-out-frame errors; DM first: the trial's pick alone."""
     from ptycli.core import Ptycho
@@ -353,6 +356,7 @@ def test_first_engine_decides_the_held_out_frame_check():
     assert all(0 < v < 1 for v in info["held_frames"].values()), info
 
 
+@pytest.mark.slow
 def test_auto_guess_records_the_trial():
     truth = curved_aperture((64, 64), (0.02, 0.01))
     intens, pos, prop = synthetic(truth)
@@ -392,6 +396,7 @@ def test_nearfield_guess_is_the_back_propagated_mean_pattern():
 
 
 @pytest.mark.parametrize("photons", [1e4, 1e3])
+@pytest.mark.slow
 def test_low_count_curvature(photons):
     """Counted data at 1e3-1e4 photons per 64 x 64 frame: the curvature is still measured.
 

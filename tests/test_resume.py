@@ -36,6 +36,7 @@ def cfg(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_checkpoint_at_10_resumes_to_the_same_object(cfg, tmp_path):
     """20 iterations in one go vs. stopping at the checkpoint of iteration 10 and resuming."""
     full = tmp_path / "full.h5"
@@ -119,6 +120,7 @@ def test_resume_a_result_with_more_iterations(cfg, tmp_path):
     np.testing.assert_allclose(b.object, a.object, rtol=1e-5, atol=1e-5 * np.abs(a.object).max())
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_engines(cfg, tmp_path):
     """The checkpoint written when DM ends: resuming runs only the next engine."""
     two = ["--set", "engines.raar.name=RAAR", "--set", "engines.raar.numiter=3",

@@ -233,7 +233,8 @@ def test_model_starts_from_the_configured_probe(tmp_path):
         make_engine(P, {"name": "ML", "numiter": 1}).initialize()
 
 
-@pytest.mark.parametrize("engine", ["ePIE", "mPIE", "DM"])
+@pytest.mark.parametrize("engine", ["ePIE", pytest.param("mPIE", marks=pytest.mark.slow),
+                                    pytest.param("DM", marks=pytest.mark.slow)])
 def test_result_file_inspect_and_resume(tmp_path, engine):
     """The result holds the eigen-probes and the weights; inspect names them; a resumed run ends exactly as an
     uninterrupted one (weights read back; mPIE: also its velocities, which follow the eigen-probes' gauge; DM:
@@ -404,6 +405,7 @@ def test_true_per_frame_probes_are_kept(tmp_path):
     assert obj["correlation"] >= 0.99, obj
 
 
+@pytest.mark.slow
 def test_mpie_small_fly_scan_variable_probe_beats_one_probe(tmp_path):
     """mPIE with 2 eigen-probes on a small simulated fly scan (64 frames of 32^2; flux +-30 %, beam +-1.5 px,
     defocus +-15 depths of field) against mPIE with one shared probe, both 20 iterations from the data-driven
