@@ -54,8 +54,7 @@ def test_engine_params_validated_with_defaults():
     p = validate({"engines": {"dm": {"name": "dm", "numiter": 3}}})
     e = p.engines.dm
     assert e.name == "DM" and e.numiter == 3
-    assert e.probe_update_start == 2 and e.alpha == 1.0 and e.fourier_relax_factor == 0.035
-    assert e.fourier_relax_start == 30
+    assert e.probe_update_start == 2 and e.alpha == 1.0 and e.fourier_relax_factor == 0.05
     assert e.object_inertia == 1e-4 and e.probe_inertia == 1e-9 and e.overlap_max_iterations == 10
     r = validate({"engines": {"r": {"name": "RAAR"}}}).engines.r
     assert r.beta == 0.75

@@ -38,44 +38,6 @@ The factor multiplies every mode of the frame; masked pixels are left
 unchanged. With ``fourier_relax_factor = 0`` this is the plain modulus
 projection.
 
-The relaxed bound applies from engine iteration ``fourier_relax_start`` on
-(DM: 30, with ``fourier_relax_factor`` 0.035; RAAR: 0 and 0.05, not measured
-on the zoo; with DM's values RAAR 40 on a small fly scan, two eigen-probes
-against one, kept a median probe correlation margin of only 0.026, 0.935
-against 0.909); before it ``pbound`` is the counting-noise floor below (0 on data that
-are not counts): the plain projection. Why both defaults (0.05 from the first
-iteration before): on the zoo's ``strong_phase`` (zone-plate probe, phase span
-3 pi, 2 px features, 1e8 photons; ``benchmarks/validate_zoo.py``) DM drifted
-away in four of eight draws of the same case (seeds 5-11 and 13), seeds 6
-and 7 (also 8 and 10, below) with an object correlation of
-0.478 and 0.369 after DM 200 + ML 100, 0.48 from the true probe, and 0.46
-when the relaxation started only at iteration 60 from a good object. Its
-model error (``model_fourier_error``) stayed where it is in the draws that
-succeed (47 on both): the wrong object lies inside the relaxed set (0.05 is
-~60 times the counting-noise floor at that dose), so no error trace tells
-the two apart. The plain projection throughout recovers those draws (0.998)
-but does not settle on scans of other simulators (``foreign_zoneplate``: the
-model error climbs from 35 to 336 over DM 200 where 0.05 holds it at 36;
-after ML 0.55 with the factor ramped down to 0), and a constant 0.03 costs
-``defocused_large_random`` 0.986 -> 0.978. Measured on ``strong_phase`` (auto
-start, DM 200 + ML 100), factor / start: 0.05 / 0 0.478 and 0.369 (seeds 6,
-7), 0.05 / 30 0.477 and 0.369, 0.04 / 30 0.478 and 0.370, 0.035 / 30 0.999
-and 0.999, 0.03 / 30 0.999 and 0.999; ``defocused_large_random`` 0.986, 0.987,
-0.987, 0.987, 0.978; ``foreign_zoneplate`` 0.985, 0.986, -, 0.980, 0.988.
-The plain start lets the structure form before the relaxed set can hold a
-wrong one (it also lifted ``foreign_zoneplate`` to 0.986 at 0.05; 0.035 from
-the first iteration: ``strong_phase`` seed 6 0.455, ``defocused_large_random``
-0.984). Full zoo (27 cases, DM 200 + ML 100, auto start), 0.05 / 0 -> 0.035 /
-30: median 0.990 -> 0.991, mean 0.976 -> 0.977, 25 of 27 >= 0.95 both;
-``near_diffuser_cxi`` 0.969 -> 0.977, ``position_errors`` 0.985 -> 0.991,
-``foreign_nearfield`` 0.988 -> 0.993, ``foreign_zoneplate`` 0.985 -> 0.980, the
-others within 0.003. Not solved: the basin DM falls into on ``strong_phase``
-is fragile under any setting. Seeds 8 and 10 fail with the new defaults
-(0.393, 0.323; with the old 0.375 and 0.355; seed 8 with the plain projection
-throughout 0.421, while 0.02 / 30 gives 0.997; seed 10 fails with 0.02 / 30,
-the plain projection and mPIE 150 + ML 100 too: 0.404, 0.341, 0.321), seeds 5, 9, 11, 13 succeed
-(0.999, 0.999, 0.992, 0.999; 0.999, 0.999, 0.971, 1.000 with the old).
-
 On counted data (``noise_power_bound``) ``pbound`` is at least the
 counting-noise floor: the mean over pixels of ``Var(sqrt(N))`` for Poisson
 counts of the mean pattern (:mod:`ptycli.core.counting_noise`; about 1/4 on
@@ -214,24 +176,10 @@ log = logging.getLogger("ptycli.engines")
 #: the compiled kernels, imported (with numba) at first use
 fused = lazy_module("ptycli.engines.fused")
 
-def power_bound_params(factor, start):
-    """The declarations of ``fourier_relax_factor`` and ``fourier_relax_start`` with these defaults.
-
-    DM's defaults (0.035 from iteration 30) were measured on the zoo (module
-    docstring); RAAR keeps 0.05 from the first iteration (not measured there).
-    """
-    return [
-        Parameter("fourier_relax_factor", factor, "float",
-                  "power bound: frames whose rms amplitude deviation is below half this fraction of the rms "
-                  "measured amplitude are not corrected", low=0.0),
-        Parameter("fourier_relax_start", start, "int",
-                  "engine iteration from which fourier_relax_factor applies; before it the plain modulus "
-                  "projection (down to the counting-noise floor of noise_power_bound)", low=0),
-    ]
-
-
 _PROJECTION_PARAMS = [
-    *power_bound_params(0.05, 0),
+    Parameter("fourier_relax_factor", 0.05, "float",
+              "power bound: frames whose rms amplitude deviation is below half this fraction of the rms "
+              "measured amplitude are not corrected", low=0.0),
     Parameter("noise_power_bound", True, "bool",
               "on counted data (whole numbers), raise the power bound to the counting-noise floor, so that "
               "frames already within the Poisson noise of the data are not corrected"),
@@ -319,11 +267,10 @@ class ProjectionEngine(Engine):
 
     def engine_initialize(self):
         self.set_coefficients()
-        self._noise_bound = 0.0
+        self.pbound = float(self.p.fourier_relax_factor) ** 2 * self.mean_power / 4.0
         if self.p.noise_power_bound:
-            self._noise_bound = max((float(getattr(m, "noise_floor", 0.0)) for m in self.ptycho.scans.values()),
-                                    default=0.0)
-        self.pbound = self.power_bound(0)
+            noise = max((float(getattr(m, "noise_floor", 0.0)) for m in self.ptycho.scans.values()), default=0.0)
+            self.pbound = max(self.pbound, noise)
         ctype, ftype = self.ctype, self.ftype
         # block sizes and scratch buffers (shared by all groups)
         max_pods = max_frames = 1
@@ -426,21 +373,11 @@ class ProjectionEngine(Engine):
         """Key of group ``g``'s probe-update sums: its probe storage's ID, or its own (sub-pixel model)."""
         return g.probe.ID if g.sub is None else ("subpixel", id(g))
 
-    def power_bound(self, iteration):
-        """``pbound`` of engine iteration ``iteration`` (counted from the engine's start).
-
-        ``fourier_relax_factor**2 * mean_power / 4`` from ``fourier_relax_start``
-        on, 0 before; at least the counting-noise floor when ``noise_power_bound``.
-        """
-        relax = float(self.p.fourier_relax_factor) if iteration >= int(self.p.fourier_relax_start) else 0.0
-        return max(relax ** 2 * self.mean_power / 4.0, self._noise_bound)
-
     # -- iteration -----------------------------------------------------------
     def engine_iterate(self, n):
         out = []
         for k in range(n):
             self.update_coefficients(self.iteration + k)
-            self.pbound = self.power_bound(self.iteration + k)
             acc = self.new_error_sums()
             self._obj_power = None  # sum |O|^2 as left by the last object update, if nothing changed O since
             self._fuse_object = bool(self.p.update_object_first) or not self.probe_update_due()
@@ -658,7 +595,6 @@ class DM(ProjectionEngine):
     NAME = "DM"
     PARAMS = ProjectionEngine.PARAMS.extended("DM", [
         Parameter("alpha", 1.0, "float", "difference-map mixing parameter (1: classic DM)", low=0.0),
-        *power_bound_params(0.035, 30),
     ], doc="difference map")
 
     def set_coefficients(self):
