@@ -136,8 +136,8 @@ class ConstraintsMixin:
         object correlation): 1.0 lifts DM 200 + ML 100 (mean / median 0.976 /
         0.990 -> 0.979 / 0.996, foreign_zoneplate 0.985 -> 0.996) and LSQML 100
         (0.970 / 0.988 -> 0.975 / 0.995), leaves rPIE, mPIE, ePIE and RAAR
-        within 0.001 in mean, but position refinement loses: DM's whole-pixel
-        refinement (``tests/test_posref.py``) 2-3x further off, LSQML's position
+        within 0.001 in mean, but position refinement loses: the zoo's
+        position_errors ends at 0.28 px rms instead of 0.22 (DM + ML), LSQML's position
         correction 0.74 px rms instead of 0.11, and the LSQML fly scan's worst
         per-frame probe 0.876 instead of 0.982.
         """
