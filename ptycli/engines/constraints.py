@@ -14,11 +14,28 @@ import logging
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..utils.array_utils import smooth_step
 
 __all__ = ["ConstraintsMixin", "circular_support", "clip_object_amplitude"]
 
 log = logging.getLogger("ptycli.engines")
+
+
+#: ``probe_support: auto``: the ellipse inscribed in the frame, and the smaller one used while positions
+#: are refined or a variable probe is fitted (:meth:`ConstraintsMixin.support_fraction_used`)
+AUTO_SUPPORT = 1.0
+AUTO_SUPPORT_MOVING = 0.8
+
+
+def support_fraction(value, path):
+    """``engines.<label>.probe_support`` checked: ``'auto'`` or a fraction >= 0 (null is handled before)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+        raise ConfigError("%s: expected auto, null or a fraction >= 0 of half the frame's sides, got %r"
+                          % (path, value), hint="1.0 is the ellipse inscribed in the frame")
+    return float(value)
 
 
 def circular_support(shape, fraction, edge_px=2.0, dtype=np.float32):
@@ -129,6 +146,23 @@ class ConstraintsMixin:
             S.data *= self.ftype.type(1.0 / k)
         return float(k)
 
+    def support_fraction_used(self):
+        """``probe_support`` as a number (None: no support), ``auto`` resolved for this engine and model.
+
+        ``auto`` is :data:`AUTO_SUPPORT` (the ellipse inscribed in the frame),
+        or :data:`AUTO_SUPPORT_MOVING` while this engine refines positions
+        (``position_refinement`` or LSQML's ``position_correction`` with a
+        start) or a scan fits a variable probe: there the larger support let
+        the probe drift (measurements in :meth:`probe_supports`).
+        """
+        fraction = self.p.get("probe_support")
+        if fraction != "auto":
+            return fraction
+        moving = any(self.p.get(name) and self.p.get(name).get("start") is not None
+                     for name in ("position_refinement", "position_correction"))
+        variable = any(getattr(S, "variable_modes", 0) for S in self.ptycho.probe.S.values())
+        return AUTO_SUPPORT_MOVING if moving or variable else AUTO_SUPPORT
+
     def probe_supports(self):
         """Probe storage ID -> support mask (:func:`circular_support`); empty for ``probe_support: null``.
 
@@ -141,7 +175,7 @@ class ConstraintsMixin:
         correction 0.74 px rms instead of 0.11, and the LSQML fly scan's worst
         per-frame probe 0.876 instead of 0.982.
         """
-        fraction = self.p.get("probe_support")
+        fraction = self.support_fraction_used()
         if fraction is None:
             return {}
         return {sid: circular_support(S.data.shape[-2:], fraction, dtype=self.ftype)
