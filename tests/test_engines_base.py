@@ -90,6 +90,9 @@ def test_auto_probe_support_is_smaller_while_positions_are_refined():
     with pytest.raises(ConfigError, match="probe_support"):
         DM(P, {"probe_support": "large"}, "f")
     assert support_fraction(" AUTO ", "x") == "auto" and support_fraction(1, "x") == 1.0
+    # an engine of the configured chain that refines later makes the earlier ones keep 0.8 too
+    P.p["engines"] = {"dm": {"name": "DM"}, "ml": {"name": "ML", "position_refinement": {"start": 0}}}
+    assert DM(P, {"numiter": 1}, "g").support_fraction_used() == 0.8
 
 
 # -- address book ----------------------------------------------------------------------------

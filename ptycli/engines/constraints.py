@@ -15,6 +15,7 @@ import logging
 import numpy as np
 
 from ..errors import ConfigError
+from ..params.tree import engine_sequence
 from ..utils.array_utils import smooth_step
 
 __all__ = ["ConstraintsMixin", "circular_support", "clip_object_amplitude"]
@@ -36,6 +37,12 @@ def support_fraction(value, path):
         raise ConfigError("%s: expected auto, null or a fraction >= 0 of half the frame's sides, got %r"
                           % (path, value), hint="1.0 is the ellipse inscribed in the frame")
     return float(value)
+
+
+def refines_positions(engine_pars):
+    """Whether an engine's parameters switch on position refinement or LSQML's position correction."""
+    return any(engine_pars.get(name) and engine_pars.get(name).get("start") is not None
+               for name in ("position_refinement", "position_correction"))
 
 
 def circular_support(shape, fraction, edge_px=2.0, dtype=np.float32):
@@ -150,16 +157,17 @@ class ConstraintsMixin:
         """``probe_support`` as a number (None: no support), ``auto`` resolved for this engine and model.
 
         ``auto`` is :data:`AUTO_SUPPORT` (the ellipse inscribed in the frame),
-        or :data:`AUTO_SUPPORT_MOVING` while this engine refines positions
-        (``position_refinement`` or LSQML's ``position_correction`` with a
-        start) or a scan fits a variable probe: there the larger support let
-        the probe drift (measurements in :meth:`probe_supports`).
+        or :data:`AUTO_SUPPORT_MOVING` when this engine or any engine of the
+        run's chain refines positions (:func:`refines_positions`) or a scan
+        fits a variable probe: there the larger support let the probe drift,
+        and absorb position errors before a later engine refines them
+        (measurements in :meth:`probe_supports`).
         """
         fraction = self.p.get("probe_support")
         if fraction != "auto":
             return fraction
-        moving = any(self.p.get(name) and self.p.get(name).get("start") is not None
-                     for name in ("position_refinement", "position_correction"))
+        chain = [pars for _, pars in engine_sequence(getattr(self.ptycho, "p", None))]
+        moving = any(refines_positions(pars) for pars in [self.p] + chain)
         variable = any(getattr(S, "variable_modes", 0) for S in self.ptycho.probe.S.values())
         return AUTO_SUPPORT_MOVING if moving or variable else AUTO_SUPPORT
 
