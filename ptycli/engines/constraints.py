@@ -174,14 +174,16 @@ class ConstraintsMixin:
     def probe_supports(self):
         """Probe storage ID -> support mask (:func:`circular_support`); empty for ``probe_support: null``.
 
-        The default fraction 0.8 was measured against 1.0 (zoo, ``--no-true``,
-        object correlation): 1.0 lifts DM 200 + ML 100 (mean / median 0.976 /
-        0.990 -> 0.979 / 0.996, foreign_zoneplate 0.985 -> 0.996) and LSQML 100
+        Why ``auto`` (zoo, ``--no-true``, object correlation): 1.0 against the
+        former default 0.8 lifts DM 200 + ML 100 (mean / median 0.976 / 0.990
+        -> 0.979 / 0.996, foreign_zoneplate 0.985 -> 0.996) and LSQML 100
         (0.970 / 0.988 -> 0.975 / 0.995), leaves rPIE, mPIE, ePIE and RAAR
-        within 0.001 in mean, but position refinement loses: the zoo's
-        position_errors ends at 0.28 px rms instead of 0.22 (DM + ML), LSQML's position
-        correction 0.74 px rms instead of 0.11, and the LSQML fly scan's worst
-        per-frame probe 0.876 instead of 0.982.
+        within 0.001 in mean, but position refinement and the variable probe
+        lose with it: the zoo's position_errors 0.28 px rms instead of 0.22
+        (DM + ML), LSQML's position correction 0.74 px instead of 0.11, the
+        LSQML fly scan's worst per-frame probe 0.876 instead of 0.982 (0.9 fails
+        the same tests), so ``auto`` keeps 0.8 there. With ``auto`` the default
+        chain's zoo reads mean 0.9790, median 0.996 (position_errors 0.985).
         """
         fraction = self.support_fraction_used()
         if fraction is None:
