@@ -73,7 +73,26 @@ def test_direct_construction_fills_defaults():
     P = model(frames=10)
     e = DM(P, {"numiter": 1}, "first")
     assert e.p.name == "DM" and e.p.numiter == 1 and e.label == "first"
-    assert e.p.probe_support == 0.8
+    assert e.p.probe_support == "auto"
+
+
+def test_auto_probe_support_is_smaller_while_positions_are_refined():
+    from ptycli.engines.constraints import support_fraction
+
+    P = model(frames=10)
+    assert DM(P, {"numiter": 1}, "a").support_fraction_used() == 1.0
+    refining = DM(P, {"numiter": 1, "position_refinement": {"start": 2}}, "b")
+    assert refining.support_fraction_used() == 0.8
+    assert DM(P, {"numiter": 1, "probe_support": 0.5}, "c").support_fraction_used() == 0.5
+    assert DM(P, {"numiter": 1, "probe_support": None}, "d").probe_supports() == {}
+    with pytest.raises(ConfigError, match="probe_support"):
+        DM(P, {"probe_support": -1.0}, "e")
+    with pytest.raises(ConfigError, match="probe_support"):
+        DM(P, {"probe_support": "large"}, "f")
+    assert support_fraction(" AUTO ", "x") == "auto" and support_fraction(1, "x") == 1.0
+    # an engine of the configured chain that refines later makes the earlier ones keep 0.8 too
+    P.p["engines"] = {"dm": {"name": "DM"}, "ml": {"name": "ML", "position_refinement": {"start": 0}}}
+    assert DM(P, {"numiter": 1}, "g").support_fraction_used() == 0.8
 
 
 # -- address book ----------------------------------------------------------------------------

@@ -174,7 +174,7 @@ from ..params.tree import ENGINE, WARMUP_SUFFIX, validate_engine
 from ..params.registry import ENGINES  # the one engine registry (filled by register below)
 from ..utils.parameters import Param
 from .addressing import AddressBook
-from .constraints import ConstraintsMixin, circular_support, clip_object_amplitude  # noqa: F401
+from .constraints import ConstraintsMixin, circular_support, clip_object_amplitude, support_fraction  # noqa: F401
 from .error_sums import ErrorSums
 from .multislice_step import write_exit_waves
 from . import health
@@ -192,9 +192,11 @@ def _common_params():
         Parameter("numiter", 20, "int", "number of iterations", low=0),
         Parameter("probe_update_start", 2, "int",
                   "engine iteration (0-based) from which the probe is updated", low=0),
-        Parameter("probe_support", 0.8, "float",
+        Parameter("probe_support", "auto", "any",
                   "radius of a circular (elliptical on rectangular frames) probe support as a fraction of half "
-                  "the frame's sides, applied after each probe update (null: none)", low=0.0, nullable=True),
+                  "the frame's sides, applied after each probe update (null: none; auto: 1.0, or 0.8 while "
+                  "this engine refines positions or a variable probe is fitted)", nullable=True,
+                  check=lambda v, path: support_fraction(v, path)),
         Parameter("clip_object", None, "range",
                   "[min, max] allowed object amplitude, applied after each object update (null: no clip)",
                   low=0.0, nullable=True),

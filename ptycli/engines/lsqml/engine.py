@@ -148,8 +148,9 @@ case). DM 200 + ML 100 from
 the same start: foreign_zoneplate 0.985, foreign_focused 0.989,
 foreign_nearfield 0.988, foreign_rectangular 0.985, lowdose_1e4 0.909.
 
-Probe support (measured, default kept): ``probe_support`` 0.8 of half the
-frame (the engines' default) cuts the zoo's probes that reach past it, and
+Probe support (measured; ``probe_support: auto`` takes 1.0 now, 0.8 with
+position correction or a variable probe): 0.8 of half the frame cuts the
+zoo's probes that reach past it, and
 LSQML below DM 200 + ML 100 on the foreign scans is mostly that. Full zoo,
 LSQML 100, 0.8 -> null: mean 0.970 -> 0.976, median 0.988 -> 0.996;
 foreign_zoneplate 0.968 -> 0.996, foreign_nearfield 0.979 -> 0.997,
