@@ -312,6 +312,44 @@ def test_invalid_values_masked_with_one_warning(caplog):
     assert s.mask.sum() == 4 * 25 - 3
 
 
+def _noisy_float_frames(n=20, seed=0):
+    """Float frames of read noise around 0 (sigma 1) with a gap pixel flagged -1 in every frame."""
+    raw = np.random.default_rng(seed).normal(0.0, 1.0, (n, 6, 6))
+    raw[:, 1:5, 1:5] += 100.0  # a bright region: never negative
+    raw[:, 0, 5] = -1.0  # the gap
+    return raw
+
+
+def test_negative_float_noise_clipped_and_kept_flags_masked(caplog):
+    raw = _noisy_float_frames()
+    noise = raw < 0
+    noise[:, 0, 5] = False
+    with caplog.at_level(logging.INFO, logger="ptycli"):
+        s = ArrayScan(raw, chunk_size=10).load()
+    assert not s.mask[:, 0, 5].any() and not s.intensities[:, 0, 5].any()  # the gap: masked in every frame
+    assert s.mask[noise].all() and not s.intensities[noise].any()  # the noise: 0 and kept
+    assert s.mask.sum() == 20 * 35
+    np.testing.assert_allclose(s.intensities[raw > 0], raw[raw > 0], rtol=1e-6)
+    infos = [r.getMessage() for r in caplog.records if "read noise" in r.getMessage()]
+    assert len(infos) == 1 and "%d negative values" % noise.sum() in infos[0], infos
+    warnings = [r.getMessage() for r in caplog.records if "invalid pixels" in r.getMessage()]
+    assert len(warnings) == 1 and "20 invalid pixels" in warnings[0], warnings  # the gap, once per frame
+
+
+def test_negative_values_mask_and_clip_and_integer_frames():
+    raw = _noisy_float_frames()
+    masked = ArrayScan(raw, chunk_size=10, negative_values="mask").load()
+    assert np.array_equal(masked.mask, raw >= 0)
+    clipped = ArrayScan(raw, chunk_size=10, negative_values="clip").load()
+    assert clipped.mask.all() and np.array_equal(clipped.intensities, np.maximum(raw, 0).astype(np.float32))
+    counts = np.where(raw < 0, -1, np.rint(raw)).astype(np.int32)  # integer frames: a negative is a flag
+    assert np.array_equal(ArrayScan(counts, chunk_size=10).load().mask, counts >= 0)
+    one_frame = ArrayScan(raw[:1], chunk_size=1).load()  # a chunk of one frame cannot tell noise from a flag
+    assert np.array_equal(one_frame.mask, raw[:1] >= 0)
+    with pytest.raises(ConfigError, match="negative_values"):
+        ArrayScan(raw, negative_values="keep")
+
+
 def test_mask_file_combined_with_file_mask(tmp_path):
     raw = ramp(2, 4, 4)
     fmask = np.ones((2, 4, 4), bool)

