@@ -159,10 +159,8 @@ def test_background_compiled_equals_numpy(name, extra, layout):
 def test_pie_compiled_equals_numpy(name, extra, layout):
     # rPIE's large steps where the probe is weak make it chaotic: a 1e-7 change of the start changes its
     # third iteration's errors by 3e-4 (with numpy alone), so it is compared over two iterations
-    # (rPIE, plain: 9.5e-5 apart with probe_support 0.8, 1.1e-4 with auto's 1.0)
     numiter = 2 if name in ("rPIE", "mPIE") else 4
-    assert_same(build(), dict(name=name, numiter=numiter, **extra), dead_pixels=layout == "mask",
-                tol=2e-4 if name == "rPIE" else 1e-4)
+    assert_same(build(), dict(name=name, numiter=numiter, **extra), dead_pixels=layout == "mask")
 
 
 @pytest.mark.parametrize("name", ["DM", "ML", "ePIE"])

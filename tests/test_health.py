@@ -371,8 +371,10 @@ def test_dm_projection_error_rises_while_the_model_error_does_not():
     from ptycli.core.ptycho import Ptycho
 
     scan = dict(data=dict(name="PtydScan", dfile=str(FOREIGN / "zoneplate_visible.ptyd")), propagation="farfield")
-    P = Ptycho(dict(verbose_level="error", scans=dict(s=scan), engines=dict(dm=dict(name="DM", numiter=60))),
-               level=2)
+    # probe_support 0.8: with auto's 1.0 DM converges further (model error 70 -> 7.4 against 98 -> 35) and the
+    # projection error no longer rises in 60 iterations
+    dm = dict(name="DM", numiter=60, probe_support=0.8)
+    P = Ptycho(dict(verbose_level="error", scans=dict(s=scan), engines=dict(dm=dm)), level=2)
     P.run()
     hist = P.runtime.history
     it = [r["iteration"] for r in hist]

@@ -23,9 +23,8 @@ __all__ = ["ConstraintsMixin", "circular_support", "clip_object_amplitude"]
 log = logging.getLogger("ptycli.engines")
 
 
-#: ``probe_support: auto``: the ellipse inscribed in the frame, and the smaller one used while positions
-#: are refined or a variable probe is fitted (:meth:`ConstraintsMixin.support_fraction_used`)
-AUTO_SUPPORT = 1.0
+#: ``probe_support: auto`` while positions are refined or a variable probe is fitted, and for the engines
+#: whose measured gain from the larger support is nil (:meth:`ConstraintsMixin.support_fraction_used`)
 AUTO_SUPPORT_MOVING = 0.8
 
 
@@ -97,6 +96,10 @@ def clip_object_amplitude(data, clip):
 class ConstraintsMixin:
     """The probe and object constraints of :class:`~ptycli.engines.base.Engine` (see the module docstring)."""
 
+    #: what ``probe_support: auto`` means for this engine when no position is refined and no variable probe
+    #: is fitted (fraction of half the frame's sides; see :meth:`support_fraction_used`)
+    AUTO_PROBE_SUPPORT = AUTO_SUPPORT_MOVING
+
     def apply_probe_constraints(self, storages=None, orthogonalize=True):
         """Support, mode orthogonalisation and recentring of the probe(s), in place.
 
@@ -156,8 +159,10 @@ class ConstraintsMixin:
     def support_fraction_used(self):
         """``probe_support`` as a number (None: no support), ``auto`` resolved for this engine and model.
 
-        ``auto`` is :data:`AUTO_SUPPORT` (the ellipse inscribed in the frame),
-        or :data:`AUTO_SUPPORT_MOVING` when this engine or any engine of the
+        ``auto`` is the engine class's ``AUTO_PROBE_SUPPORT`` (1.0, the ellipse
+        inscribed in the frame, for DM, ML and LSQML; 0.8 for RAAR and the PIE
+        family, where 1.0 gained nothing on the zoo and lost on a poor RAAR
+        start and low-dose mPIE), or :data:`AUTO_SUPPORT_MOVING` when this engine or any engine of the
         run's chain refines positions (:func:`refines_positions`) or a scan
         fits a variable probe: there the larger support let the probe drift,
         and absorb position errors before a later engine refines them
@@ -169,7 +174,7 @@ class ConstraintsMixin:
         chain = [pars for _, pars in engine_sequence(getattr(self.ptycho, "p", None))]
         moving = any(refines_positions(pars) for pars in [self.p] + chain)
         variable = any(getattr(S, "variable_modes", 0) for S in self.ptycho.probe.S.values())
-        return AUTO_SUPPORT_MOVING if moving or variable else AUTO_SUPPORT
+        return AUTO_SUPPORT_MOVING if moving or variable else self.AUTO_PROBE_SUPPORT
 
     def probe_supports(self):
         """Probe storage ID -> support mask (:func:`circular_support`); empty for ``probe_support: null``.

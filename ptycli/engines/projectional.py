@@ -593,6 +593,7 @@ class DM(ProjectionEngine):
     """Difference Map: ``psi <- psi + P_F((1 + alpha) pw - alpha psi) - pw``."""
 
     NAME = "DM"
+    AUTO_PROBE_SUPPORT = 1.0  # probe_support: auto (measured: ConstraintsMixin.probe_supports)
     PARAMS = ProjectionEngine.PARAMS.extended("DM", [
         Parameter("alpha", 1.0, "float", "difference-map mixing parameter (1: classic DM)", low=0.0),
     ], doc="difference map")

@@ -367,6 +367,7 @@ class LSQML(Engine):
     """Least-squares maximum-likelihood ptychography in mini-batches (see the module docstring)."""
 
     NAME = "LSQML"
+    AUTO_PROBE_SUPPORT = 1.0  # probe_support: auto (measured: ConstraintsMixin.probe_supports)
     VARIABLE_PROBE = True  # a probe per frame from eigen-probes: ptycli.engines.lsqml.variable
     MULTISLICE = True  # multislice objects: ptycli.engines.lsqml.multislice
     USES_EXIT_STORAGE = False  # exit waves live per batch in its buffers

@@ -161,6 +161,7 @@ class ML(Engine):
     """Maximum-likelihood refinement by preconditioned conjugate gradients (see the module docstring)."""
 
     NAME = "ML"
+    AUTO_PROBE_SUPPORT = 1.0  # probe_support: auto (measured: ConstraintsMixin.probe_supports)
     SUBPIXEL = True
     PARAMS = Engine.PARAMS.extended("ML", [
         Parameter("ML_type", "auto", "str",
