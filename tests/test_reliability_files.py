@@ -294,7 +294,7 @@ def test_invalid_counts_masked_and_counted(data, tmp_path, caplog):
     assert res.exit_code == 0, res.stderr
     warnings = [ln for ln in res.stderr.splitlines() if "invalid pixels" in ln]
     assert len(warnings) == 1, res.stderr
-    assert "5 invalid pixels (NaN, Inf or negative counts) in 4 frames were set to 0 and masked" in warnings[0]
+    assert "5 invalid pixels (NaN, Inf or negative values) in 4 frames were set to 0 and masked" in warnings[0]
     # the pixels are masked and hold 0 (the pipeline keeps the frames centred: same pixels)
     with caplog.at_level(logging.WARNING, logger="ptycli"):
         sd = get_loader("Hdf5Scan").from_pars({"dfile": str(data), "center": "geometric"}).load()

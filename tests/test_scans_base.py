@@ -344,6 +344,8 @@ def test_negative_values_mask_and_clip_and_integer_frames():
     assert clipped.mask.all() and np.array_equal(clipped.intensities, np.maximum(raw, 0).astype(np.float32))
     counts = np.where(raw < 0, -1, np.rint(raw)).astype(np.int32)  # integer frames: a negative is a flag
     assert np.array_equal(ArrayScan(counts, chunk_size=10).load().mask, counts >= 0)
+    # so it is in float frames that hold whole numbers only (counts stored as floats)
+    assert np.array_equal(ArrayScan(counts.astype(np.float32), chunk_size=10).load().mask, counts >= 0)
     one_frame = ArrayScan(raw[:1], chunk_size=1).load()  # a chunk of one frame cannot tell noise from a flag
     assert np.array_equal(one_frame.mask, raw[:1] >= 0)
     with pytest.raises(ConfigError, match="negative_values"):

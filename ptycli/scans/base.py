@@ -61,9 +61,10 @@ Pipeline (applied by :meth:`ScanLoader.load`, in this order)
 1. mask: the file's mask (per frame or static) AND the ``mask`` file
    (zero = ignore). Shapes are those of the raw frames.
 2. invalid values: NaN, +-Inf and negative raw values that are flags (all
-   negatives in integer frames, whose counts are never negative; in float
-   frames those at pixels negative in >= 90 % of a chunk's frames, gaps and
-   dead pixels; ``negative_values``), and pixels where the dark is not
+   negatives in frames of counts, which are never negative: integers, or
+   floats holding whole numbers only; in other float frames those at pixels
+   negative in >= 90 % of a chunk's frames, gaps and dead pixels;
+   ``negative_values``), and pixels where the dark is not
    finite, are set to 0 and masked; ONE warning on the ``ptycli`` logger gives
    the number of pixels and frames (summed over all ranks). Saturation and
    dead-pixel markers (the largest value of the raw integer type, e.g. 65535

@@ -162,9 +162,10 @@ def negative_noise(d, mode, raw_kind):
     """The negative values of a chunk that are read noise (to be clipped to 0 and kept), per ``mode``.
 
     ``negative_values`` (see the scan parameters): ``mask`` -> none (every
-    negative is a flag), ``clip`` -> all, ``auto`` -> none in integer frames
-    (``raw_kind`` not ``'f'``: counts are never negative, a negative is a
-    flag), and in float frames those at pixels negative in fewer than
+    negative is a flag), ``clip`` -> all, ``auto`` -> none in frames of
+    counts (an integer ``raw_kind``, or float frames whose finite values are
+    all whole numbers: counts are never negative, a negative is a flag), and
+    in other float frames those at pixels negative in fewer than
     :data:`FLAG_FRACTION` of the chunk's frames. Dark-subtracted float frames
     (CCD, sCMOS, integrating electron detectors) scatter around zero where
     the intensity is dim; masking their negatives keeps only the upward
@@ -174,10 +175,13 @@ def negative_noise(d, mode, raw_kind):
     """
     with np.errstate(invalid="ignore"):
         negative = d < 0
-    if mode == "mask" or (mode == "auto" and raw_kind != "f"):
-        return np.zeros_like(negative)
     if mode == "clip":
         return negative
+    if mode == "mask" or raw_kind != "f" or not negative.any():
+        return np.zeros_like(negative)
+    with np.errstate(invalid="ignore"):
+        if np.all(d[np.isfinite(d)] % 1 == 0):  # counts stored as floats
+            return np.zeros_like(negative)
     flagged = negative.mean(axis=0) >= FLAG_FRACTION
     return negative & ~flagged
 

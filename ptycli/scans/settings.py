@@ -165,9 +165,9 @@ COMMON_PARAMS = ParamSet("scan_data", [
               nullable=True),
     Parameter("negative_values", "auto", "str",
               "negative raw values: mask (detector flags: the pixel is ignored in that frame), clip (read "
-              "noise of dark-subtracted frames: set to 0 and kept), or auto: mask in integer frames; in "
-              "float frames clip, except at pixels negative in >= 90 %% of a chunk's frames (gaps, flags), "
-              "which are masked", choices=["auto", "mask", "clip"]),
+              "noise of dark-subtracted frames: set to 0 and kept), or auto: mask in frames of counts (integers, "
+              "or floats holding whole numbers only); in other float frames clip, except at pixels negative in "
+              ">= 90 %% of a chunk's frames (gaps, flags), which are masked", choices=["auto", "mask", "clip"]),
     Parameter("mask", None, "path",
               "mask .npy/.h5 file (0 = ignore pixel), combined with the file's mask; "
               "'file.h5:/dataset' picks a dataset", nullable=True),
