@@ -161,6 +161,7 @@ from .. import parallel
 from ..core import fft
 from ..core import background
 from ..core.background import frame_sums
+from ..errors import ConfigError
 from .._lazy import lazy_module
 from ..params.declare import Parameter
 from .base import Engine, register
@@ -172,6 +173,19 @@ from .variable_probe import refactor_book
 __all__ = ["ProjectionEngine", "DM", "RAAR"]
 
 log = logging.getLogger("ptycli.engines")
+
+#: DM's ``fourier_relax_factor: auto`` while positions are refined or a variable probe is fitted (RAAR's default)
+AUTO_RELAX_MOVING = 0.05
+
+
+def relax_factor(value, path):
+    """``engines.<label>.fourier_relax_factor`` checked: ``'auto'`` or a number >= 0."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError("%s: expected auto or a number >= 0, got %r" % (path, value),
+                          hint="0 is the plain modulus projection, 0.05 PtyPy's default")
+    return float(value)
 
 #: the compiled kernels, imported (with numba) at first use
 fused = lazy_module("ptycli.engines.fused")
@@ -259,6 +273,13 @@ class ProjectionEngine(Engine):
             g.set_frame_probes(True)
 
     # -- set-up ------------------------------------------------------------
+    def relax_factor_used(self):
+        """``fourier_relax_factor`` as a number, ``auto`` resolved (DM: see :class:`DM`)."""
+        factor = self.p.fourier_relax_factor
+        if factor == "auto":
+            return AUTO_RELAX_MOVING if self.probe_or_positions_drift() else 0.0
+        return float(factor)
+
     def set_coefficients(self):
         """Set ``self.alpha`` and ``self.beta`` from the parameters (override)."""
 
@@ -267,7 +288,7 @@ class ProjectionEngine(Engine):
 
     def engine_initialize(self):
         self.set_coefficients()
-        self.pbound = float(self.p.fourier_relax_factor) ** 2 * self.mean_power / 4.0
+        self.pbound = self.relax_factor_used() ** 2 * self.mean_power / 4.0
         if self.p.noise_power_bound:
             noise = max((float(getattr(m, "noise_floor", 0.0)) for m in self.ptycho.scans.values()), default=0.0)
             self.pbound = max(self.pbound, noise)
@@ -596,6 +617,12 @@ class DM(ProjectionEngine):
     AUTO_PROBE_SUPPORT = 1.0  # probe_support: auto (measured: ConstraintsMixin.probe_supports)
     PARAMS = ProjectionEngine.PARAMS.extended("DM", [
         Parameter("alpha", 1.0, "float", "difference-map mixing parameter (1: classic DM)", low=0.0),
+        Parameter("fourier_relax_factor", "auto", "any",
+                  "power bound: frames whose rms amplitude deviation is below half this fraction of the rms "
+                  "measured amplitude are not corrected; auto: 0 (the plain modulus projection; on counted "
+                  "data the counting-noise floor still bounds it, noise_power_bound), or %g while an engine of "
+                  "the run refines positions or a variable probe is fitted" % AUTO_RELAX_MOVING,
+                  check=lambda v, path: relax_factor(v, path)),
     ], doc="difference map")
 
     def set_coefficients(self):
