@@ -54,19 +54,23 @@ def test_dm_noiseless_quality(dm_noiseless):
     obj, pr = quality(P)
     assert obj["correlation"] >= 0.99, obj
     assert pr["correlation"] >= 0.99, pr
-    errs = [r["fourier_error"] for r in P.runtime.history]
-    assert errs[-1] < 0.05 * errs[0]
+    # the plain modulus projection (fourier_relax_factor auto: 0): the model probe x object converges (93 ->
+    # 0.015 measured), the projection input's error need not (DM's iterate keeps a part outside the overlap set)
+    model = [r["model_fourier_error"] for r in P.runtime.history if r.get("model_fourier_error") is not None]
+    assert model[-1] < 1e-3 * model[0], model
     # single precision throughout
     assert P.obj.S["SMF"].data.dtype == np.complex64 and P.probe.S["SMF"].data.dtype == np.complex64
 
 
-def test_dm_exit_waves_consistent(dm_noiseless):
+def test_dm_model_consistent_with_the_data(dm_noiseless):
     P, e = dm_noiseless
-    # after convergence the exit waves agree with probe * object on the illuminated part
+    # after convergence probe * object reproduces the measured amplitudes (noiseless data): 0.09 % measured
+    # with the plain projection, 2.3 % with fourier_relax_factor 0.05 (whose exit waves then equal
+    # probe * object to 6e-5; the plain projection's keep a part outside the overlap set, 30 % here)
     pod = list(P.pods.values())[len(P.pods) // 2]
-    pw = pod.probe * pod.object
-    rel = np.linalg.norm(pod.exit - pw) / np.linalg.norm(pw)
-    assert rel < 0.1
+    amplitude = np.abs(pod.fw(pod.probe * pod.object))
+    measured = np.sqrt(pod.diff)
+    assert np.linalg.norm(amplitude - measured) / np.linalg.norm(measured) < 0.005
 
 
 @pytest.mark.slow
@@ -103,8 +107,8 @@ def test_raar_converges():
 
 def test_raar_beta_one_is_dm():
     P1, P2 = build(frames=30, shape=32), build(frames=30, shape=32)
-    # probe_support auto differs (DM 1.0, RAAR 0.8): the same support given to both
-    reconstruct(P1, "DM", numiter=5, probe_support=0.8)
+    # probe_support and fourier_relax_factor auto differ (DM 1.0 and 0, RAAR 0.8 and 0.05): the same given to both
+    reconstruct(P1, "DM", numiter=5, probe_support=0.8, fourier_relax_factor=0.05)
     reconstruct(P2, "RAAR", numiter=5, beta=1.0, probe_support=0.8)
     a = [r["fourier_error"] for r in P1.runtime.history]
     b = [r["fourier_error"] for r in P2.runtime.history]

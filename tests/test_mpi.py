@@ -156,18 +156,23 @@ def test_mpi_matches_single_process(scan, tmp_path, engine, numiter):
 
 
 @needs_mpi
-def test_double_precision_dm_then_ml_agrees_with_one_process(scan, tmp_path):
+@pytest.mark.parametrize("relax,bound", [(0.05, 1e-6), ("auto", 1e-3)])
+def test_double_precision_dm_then_ml_agrees_with_one_process(scan, tmp_path, relax, bound):
     """The README's claim: in double precision a DM + ML chain on 2 ranks ends within 1e-6 of one
-    process (in single precision the rounding of sums taken in another order grows over the iterations)."""
+    process with DM's power bound 0.05 (in single precision the rounding of sums taken in another order
+    grows over the iterations); DM's plain modulus projection (auto) amplifies those differences more:
+    objects 1.8e-5 apart, the photon error 3.5e-4 (measured), where the power bound contracts them."""
     config = _write(tmp_path / "rec.yaml", REC_YAML.format(data=scan["data"], engine="DM", numiter=30,
                                                            interval=0, verbose="warning")
                     .replace("data_type: single", "data_type: double")
-                    + "  ml:\n    name: ML\n    numiter: 15\n")
+                    + "    fourier_relax_factor: %s\n  ml:\n    name: ML\n    numiter: 15\n" % relax)
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
     _reconstruct(config, one)
     _reconstruct(config, two, nprocs=2)
     diffs = mh.compare(two, one)
-    assert max(diffs.values()) <= 1e-6, diffs
+    assert max(diffs.values()) <= bound, diffs
+    if relax == "auto":
+        assert diffs["object"] <= 1e-4, diffs
 
 
 @needs_mpi

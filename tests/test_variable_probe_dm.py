@@ -119,8 +119,11 @@ def test_small_fly_scan_variable_probe_beats_one_probe(tmp_path, engine):
                    photons=1e6, seed=3)
     truth = sf.simulate(spec, tmp_path / "scan.npz")
     res = {}
+    pars = {"name": engine, "numiter": 40}
+    if engine == "DM":  # the power bound DM's auto takes with a variable probe, given to the one-probe run too
+        pars["fourier_relax_factor"] = 0.05
     for K in (2, 0):
-        P = Ptycho(vo.config(str(tmp_path), spec, K, {"e": {"name": engine, "numiter": 40}}), level=3)
+        P = Ptycho(vo.config(str(tmp_path), spec, K, {"e": dict(pars)}), level=3)
         obj = object_vs_truth(P, dict(object=truth["object"], object_center=truth["object_center"]))["correlation"]
         probes = vo.probe_scores(vo.frame_probes(P)[::2], truth["probes"][::2])
         res[K] = (probes, obj, P.runtime.history[-1]["fourier_error"])
@@ -258,7 +261,10 @@ def test_fly_scan_dm_four_eigenprobes_meet_the_issue(tmp_path):
     0.980 / 0.991); one probe 0.754 / 0.783, object 0.952."""
     import validate_opr as vo
 
-    r = vo.run_case(sf.Spec(photons=1e6), str(tmp_path), {"e": {"name": "DM", "numiter": 200}}, modes=4)
+    # both runs with the power bound 0.05, DM's auto with a variable probe (the one-probe run's auto would be the
+    # plain projection, whose worst frame probe is 0.826 against 0.960: the same bound on both sides)
+    r = vo.run_case(sf.Spec(photons=1e6), str(tmp_path),
+                    {"e": {"name": "DM", "numiter": 200, "fourier_relax_factor": 0.05}}, modes=4)
     v, s = r["variable"], r["single"]
     assert v["probe"].min() >= 0.95 and v["object"] >= 0.95, (np.sort(v["probe"])[:5], v["object"])
     assert s["probe"].min() < v["probe"].min() - 0.15 and s["object"] < v["object"] - 0.03

@@ -171,10 +171,15 @@ class ConstraintsMixin:
         fraction = self.p.get("probe_support")
         if fraction != "auto":
             return fraction
+        return AUTO_SUPPORT_MOVING if self.probe_or_positions_drift() else self.AUTO_PROBE_SUPPORT
+
+    def probe_or_positions_drift(self):
+        """Whether this engine or any engine of the run's chain refines positions
+        (:func:`refines_positions`), or a scan fits a variable probe: the cases
+        where the ``auto`` defaults stay conservative."""
         chain = [pars for _, pars in engine_sequence(getattr(self.ptycho, "p", None))]
         moving = any(refines_positions(pars) for pars in [self.p] + chain)
-        variable = any(getattr(S, "variable_modes", 0) for S in self.ptycho.probe.S.values())
-        return AUTO_SUPPORT_MOVING if moving or variable else self.AUTO_PROBE_SUPPORT
+        return moving or any(getattr(S, "variable_modes", 0) for S in self.ptycho.probe.S.values())
 
     def probe_supports(self):
         """Probe storage ID -> support mask (:func:`circular_support`); empty for ``probe_support: null``.
