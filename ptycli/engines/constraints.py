@@ -28,14 +28,19 @@ log = logging.getLogger("ptycli.engines")
 AUTO_SUPPORT_MOVING = 0.8
 
 
-def support_fraction(value, path):
-    """``engines.<label>.probe_support`` checked: ``'auto'`` or a fraction >= 0 (null is handled before)."""
+def auto_or_nonnegative(value, path, expected, hint):
+    """An engine parameter that is ``'auto'`` or a finite number >= 0, checked (ConfigError naming ``path``)."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
-        raise ConfigError("%s: expected auto, null or a fraction >= 0 of half the frame's sides, got %r"
-                          % (path, value), hint="1.0 is the ellipse inscribed in the frame")
+        raise ConfigError("%s: expected %s, got %r" % (path, expected, value), hint=hint)
     return float(value)
+
+
+def support_fraction(value, path):
+    """``engines.<label>.probe_support`` checked: ``'auto'`` or a fraction >= 0 (null is handled before)."""
+    return auto_or_nonnegative(value, path, "auto, null or a fraction >= 0 of half the frame's sides",
+                               "1.0 is the ellipse inscribed in the frame")
 
 
 def refines_positions(engine_pars):

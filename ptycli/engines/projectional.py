@@ -177,10 +177,10 @@ from .. import parallel
 from ..core import fft
 from ..core import background
 from ..core.background import frame_sums
-from ..errors import ConfigError
 from .._lazy import lazy_module
 from ..params.declare import Parameter
 from .base import Engine, register
+from .constraints import auto_or_nonnegative
 from .posref import POSREF_PARAMS
 from .projection_passes import CompiledProjectionPasses, NumpyProjectionPasses
 from .projection_variable import probe_step
@@ -196,12 +196,8 @@ AUTO_RELAX_MOVING = 0.05
 
 def relax_factor(value, path):
     """``engines.<label>.fourier_relax_factor`` checked: ``'auto'`` or a number >= 0."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ConfigError("%s: expected auto or a number >= 0, got %r" % (path, value),
-                          hint="0 is the plain modulus projection, 0.05 PtyPy's default")
-    return float(value)
+    return auto_or_nonnegative(value, path, "auto or a number >= 0",
+                               "0 is the plain modulus projection, 0.05 PtyPy's default")
 
 #: the compiled kernels, imported (with numba) at first use
 fused = lazy_module("ptycli.engines.fused")
