@@ -14,7 +14,7 @@ constraints); the trial of candidate probes uses it too.
 
 import numpy as np
 
-__all__ = ["sqrt_poisson_variance", "amplitude_noise_floor", "looks_like_counts"]
+__all__ = ["sqrt_poisson_variance", "amplitude_noise_floor", "looks_like_counts", "whole_numbers"]
 
 _TABLE_MEANS = np.concatenate([[0.0], np.logspace(-4, np.log10(200.0), 240)])
 
@@ -106,4 +106,12 @@ def looks_like_counts(frames, sample=4096):
     if flat.size == 0:
         return False
     values = flat[:: max(1, flat.size // sample)].astype(np.float64)
-    return bool(np.all(values >= 0) and np.all(values == np.round(values)))
+    return bool(np.all(values >= 0)) and whole_numbers(values, sample)
+
+
+def whole_numbers(frames, sample=4096):
+    """Whether the finite values of ``frames`` (about ``sample`` of them, evenly spread) are all whole numbers."""
+    flat = np.asarray(frames).ravel()
+    values = flat[:: max(1, flat.size // sample)].astype(np.float64)
+    values = values[np.isfinite(values)]
+    return bool(np.all(values == np.round(values)))

@@ -23,6 +23,7 @@ other MPI ranks.
 
 import numpy as np
 
+from ..core.counting_noise import whole_numbers
 from ..errors import ConfigError, DataError
 from ..log import get_logger
 
@@ -179,9 +180,8 @@ def negative_noise(d, mode, raw_kind):
         return negative
     if mode == "mask" or raw_kind != "f" or not negative.any():
         return np.zeros_like(negative)
-    with np.errstate(invalid="ignore"):
-        if np.all(d[np.isfinite(d)] % 1 == 0):  # counts stored as floats
-            return np.zeros_like(negative)
+    if whole_numbers(d):  # counts stored as floats
+        return np.zeros_like(negative)
     flagged = negative.mean(axis=0) >= FLAG_FRACTION
     return negative & ~flagged
 
