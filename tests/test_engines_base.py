@@ -57,7 +57,7 @@ def test_engine_params_validated_with_defaults():
     assert e.probe_update_start == 2 and e.alpha == 1.0 and e.fourier_relax_factor == "auto"
     assert e.object_inertia == 1e-4 and e.probe_inertia == 1e-9 and e.overlap_max_iterations == 10
     r = validate({"engines": {"r": {"name": "RAAR"}}}).engines.r
-    assert r.beta == 0.75 and r.fourier_relax_factor == 0.05
+    assert r.beta == 0.75 and r.fourier_relax_factor == "auto"
     with pytest.raises(ConfigError, match="numiter"):
         validate({"engines": {"dm": {"name": "DM", "numiter": -1}}})
     with pytest.raises(ConfigError, match="alpa"):
@@ -102,7 +102,8 @@ def test_auto_power_bound_is_plain_unless_positions_are_refined():
     assert DM(P, {"numiter": 1}, "a").relax_factor_used() == 0.0
     assert DM(P, {"numiter": 1, "position_refinement": {"start": 2}}, "b").relax_factor_used() == 0.05
     assert DM(P, {"numiter": 1, "fourier_relax_factor": 0.1}, "c").relax_factor_used() == 0.1
-    assert RAAR(P, {"numiter": 1}, "d").relax_factor_used() == 0.05
+    assert RAAR(P, {"numiter": 1}, "d").relax_factor_used() == 0.0
+    assert RAAR(P, {"numiter": 1, "position_refinement": {"start": 2}}, "d").relax_factor_used() == 0.05
     for bad in (-0.1, "loose", True):
         with pytest.raises(ConfigError, match="fourier_relax_factor"):
             DM(P, {"fourier_relax_factor": bad}, "e")

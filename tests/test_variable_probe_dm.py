@@ -120,8 +120,7 @@ def test_small_fly_scan_variable_probe_beats_one_probe(tmp_path, engine):
     truth = sf.simulate(spec, tmp_path / "scan.npz")
     res = {}
     pars = {"name": engine, "numiter": 40}
-    if engine == "DM":  # the power bound DM's auto takes with a variable probe, given to the one-probe run too
-        pars["fourier_relax_factor"] = 0.05
+    pars["fourier_relax_factor"] = 0.05  # the power bound auto takes with a variable probe, given to one probe too
     for K in (2, 0):
         P = Ptycho(vo.config(str(tmp_path), spec, K, {"e": dict(pars)}), level=3)
         obj = object_vs_truth(P, dict(object=truth["object"], object_center=truth["object_center"]))["correlation"]

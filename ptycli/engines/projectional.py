@@ -38,8 +38,8 @@ The factor multiplies every mode of the frame; masked pixels are left
 unchanged. With ``fourier_relax_factor = 0`` this is the plain modulus
 projection.
 
-DM's ``fourier_relax_factor: auto`` is 0, or 0.05 (RAAR's default,
-PtyPy's) while an engine of the run refines positions or a scan fits a
+``fourier_relax_factor: auto`` (DM and RAAR) is 0, or 0.05 (PtyPy's
+default) while an engine of the run refines positions or a scan fits a
 variable probe. The bound stops DM short of the data: frames inside it are
 left as they are, and on bright data DM alone plateaus (DM 100 / 200 / 400
 on the foreign focused-probe scan: 0.841 / 0.845 / 0.846, the foreign
@@ -52,7 +52,12 @@ for position refinement and for the agreement of MPI ranks (the bound's
 per-frame switch turns small differences into large ones): DM's sub-pixel
 position stage ends at 1.07 px rms with 0.02, 0.40 with 0, 0.15 with 0.05,
 hence 0.05 with refinement. DM 200 + ML 100, full zoo: mean 0.9790 ->
-0.9801, median 0.996 -> 0.997.
+0.9801, median 0.996 -> 0.997. RAAR alone, the same 13 cases, 0.05 -> 0:
+RAAR 100 mean 0.938 -> 0.950, RAAR 200 0.941 -> 0.955 (foreign focused
+0.812 -> 0.882, foreign rectangular 0.888 -> 0.965, near-field diffuser
+0.904 -> 0.929, foreign near field 0.984 -> 0.971); RAAR 50, still mostly
+DM on its ``beta_ramp``, 0.891 -> 0.880 (foreign near field 0.50 -> 0.34,
+foreign focused 0.86 -> 0.94).
 
 On counted data (``noise_power_bound``) ``pbound`` is at least the
 counting-noise floor: the mean over pixels of ``Var(sqrt(N))`` for Poisson
@@ -203,9 +208,12 @@ def relax_factor(value, path):
 fused = lazy_module("ptycli.engines.fused")
 
 _PROJECTION_PARAMS = [
-    Parameter("fourier_relax_factor", 0.05, "float",
+    Parameter("fourier_relax_factor", "auto", "any",
               "power bound: frames whose rms amplitude deviation is below half this fraction of the rms "
-              "measured amplitude are not corrected", low=0.0),
+              "measured amplitude are not corrected; auto: 0 (the plain modulus projection; on counted "
+              "data the counting-noise floor still bounds it, noise_power_bound), or %g while an engine of "
+              "the run refines positions or a variable probe is fitted" % AUTO_RELAX_MOVING,
+              check=lambda v, path: relax_factor(v, path)),
     Parameter("noise_power_bound", True, "bool",
               "on counted data (whole numbers), raise the power bound to the counting-noise floor, so that "
               "frames already within the Poisson noise of the data are not corrected"),
@@ -286,7 +294,7 @@ class ProjectionEngine(Engine):
 
     # -- set-up ------------------------------------------------------------
     def relax_factor_used(self):
-        """``fourier_relax_factor`` as a number, ``auto`` resolved (DM: see :class:`DM`)."""
+        """``fourier_relax_factor`` as a number, ``auto`` resolved (the module docstring)."""
         factor = self.p.fourier_relax_factor
         if factor == "auto":
             return AUTO_RELAX_MOVING if self.probe_or_positions_drift() else 0.0
@@ -629,12 +637,6 @@ class DM(ProjectionEngine):
     AUTO_PROBE_SUPPORT = 1.0  # probe_support: auto (measured: ConstraintsMixin.probe_supports)
     PARAMS = ProjectionEngine.PARAMS.extended("DM", [
         Parameter("alpha", 1.0, "float", "difference-map mixing parameter (1: classic DM)", low=0.0),
-        Parameter("fourier_relax_factor", "auto", "any",
-                  "power bound: frames whose rms amplitude deviation is below half this fraction of the rms "
-                  "measured amplitude are not corrected; auto: 0 (the plain modulus projection; on counted "
-                  "data the counting-noise floor still bounds it, noise_power_bound), or %g while an engine of "
-                  "the run refines positions or a variable probe is fitted" % AUTO_RELAX_MOVING,
-                  check=lambda v, path: relax_factor(v, path)),
     ], doc="difference map")
 
     def set_coefficients(self):
