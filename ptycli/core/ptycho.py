@@ -20,6 +20,7 @@ from ..errors import ConfigError, DataError
 from ..log import _PtycliHandler, setup_logging
 from ..params.registry import build_engine
 from ..params.tree import engine_sequence, validate
+from ..utils.heap import release_freed_memory
 from ..utils.param_tree import Param
 from .base import Base
 from .classes import Container
@@ -126,6 +127,7 @@ class Ptycho(Base):
         for model in self.scans.values():
             model.init_exit()
         self._check_finite()
+        release_freed_memory()  # the loader's and the probe guess's temporaries (ptycli.utils.heap)
         log.info("model ready: %d pods; %s; %s", len(self.pods), self.probe.info(), self.obj.info())
         self.level = 2
 
