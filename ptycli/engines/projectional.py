@@ -213,7 +213,7 @@ _PROJECTION_PARAMS = [
               "measured amplitude are not corrected; auto: 0 (the plain modulus projection; on counted "
               "data the counting-noise floor still bounds it, noise_power_bound), or %g while an engine of "
               "the run refines positions or a variable probe is fitted" % AUTO_RELAX_MOVING,
-              check=lambda v, path: relax_factor(v, path)),
+              check=relax_factor),
     Parameter("noise_power_bound", True, "bool",
               "on counted data (whole numbers), raise the power bound to the counting-noise floor, so that "
               "frames already within the Poisson noise of the data are not corrected"),
