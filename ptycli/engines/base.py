@@ -196,7 +196,7 @@ def _common_params():
                   "radius of a circular (elliptical on rectangular frames) probe support as a fraction of half "
                   "the frame's sides, applied after each probe update (null: none; auto: 1.0 for DM, ML and LSQML, "
                   "0.8 for the others and while an engine of the run refines positions or a variable probe is "
-                  "fitted)", nullable=True, check=lambda v, path: support_fraction(v, path)),
+                  "fitted)", nullable=True, check=support_fraction),
         Parameter("clip_object", None, "range",
                   "[min, max] allowed object amplitude, applied after each object update (null: no clip)",
                   low=0.0, nullable=True),

@@ -195,7 +195,7 @@ __all__ = ["ProjectionEngine", "DM", "RAAR"]
 
 log = logging.getLogger("ptycli.engines")
 
-#: DM's ``fourier_relax_factor: auto`` while positions are refined or a variable probe is fitted (RAAR's default)
+#: ``fourier_relax_factor: auto`` (DM, RAAR) while positions are refined or a variable probe is fitted (PtyPy's default)
 AUTO_RELAX_MOVING = 0.05
 
 
