@@ -168,11 +168,14 @@ local engines (no plane wave). Near-field cases of the zoo
 ``--no-true``), ``warmup: 0`` -> ``auto``: DM 50 + ML 50 0.897 / 0.869 /
 0.649 -> 0.913 / 0.913 / 0.992; DM 100 + ML 50 0.971 / 0.957 / 0.995 ->
 0.968 / 0.971 / 0.994 (ML 50 alone runs that chain: its DM 100 warm-up
-first); RAAR 50 0.794 / 0.759 / 0.342 -> 0.838 / 0.822 / 0.936; RAAR 100
-0.934 / 0.906 / 0.935 -> 0.939 / 0.931 / 0.981; LSQML 100 (after its DM 50)
-0.948 / 0.921 / 0.992 -> 0.953 / 0.939 / 0.990.
-In far field the same 10 sweeps changed DM 100 + ML 50 by at most 0.008 on
-10 cases (mean 0.9823 -> 0.9830), so ``auto`` is 0 there. Under MPI the
+first); DM 200 + ML 100 0.989 / 0.977 / 0.997 -> 0.991 / 0.976 / 0.991;
+DM 100 0.918 / 0.918 / 0.965 -> 0.916 / 0.958 / 0.933; RAAR 50 0.794 /
+0.759 / 0.342 -> 0.838 / 0.822 / 0.936; RAAR 100 0.934 / 0.906 / 0.935 ->
+0.939 / 0.931 / 0.981; LSQML 100 (after its DM 50) 0.948 / 0.921 / 0.992 ->
+0.953 / 0.939 / 0.990. Short chains gain most; from 100 DM iterations on
+the changes are small and of either sign. In far field 10 ePIE sweeps
+before DM 90 + ML 50 moved the 10 far-field cases by at most 0.008 against
+DM 100 + ML 50 (6 unchanged), so ``auto`` is 0 there. Under MPI the
 warm-up is block-parallel ePIE (:mod:`ptycli.engines.stochastic`), whose
 result depends on the number of ranks; ``warmup: 0`` keeps a near-field DM
 chain independent of it.
