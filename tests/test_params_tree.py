@@ -405,14 +405,51 @@ def test_engine_order_is_the_yaml_order(plugins):
     ("{MF: {data: {name: MoonFlowerScan}}}", "{l: {name: LSQML, numiter: 5, warmup: 0}}", [("l", "LSQML", 5)]),
     # engines without a warm-up (ePIE) run as written
     ("{MF: {data: {name: MoonFlowerScan}}}", "{e: {name: ePIE, numiter: 5}}", [("e", "ePIE", 5)]),
+    ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{e: {name: ePIE, numiter: 5}}",
+     [("e", "ePIE", 5)]),
+    # DM and RAAR first: warmup auto is 10 ePIE sweeps in near field, none in far field; a number applies anywhere
+    ("{MF: {data: {name: MoonFlowerScan}}}", "{dm: {name: DM, numiter: 3}}", [("dm", "DM", 3)]),
+    ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{dm: {name: DM, numiter: 3}}",
+     [("dm_warmup", "ePIE", 10), ("dm", "DM", 3)]),
+    ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{r: {name: RAAR, numiter: 3}}",
+     [("r_warmup", "ePIE", 10), ("r", "RAAR", 3)]),
+    ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{dm: {name: DM, numiter: 3, warmup: 0}}",
+     [("dm", "DM", 3)]),
+    ("{MF: {data: {name: MoonFlowerScan}}}", "{dm: {name: DM, numiter: 3, warmup: 4}}",
+     [("dm_warmup", "ePIE", 4), ("dm", "DM", 3)]),
+    ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield, illumination: {model: probe.npy}}}",
+     "{dm: {name: DM, numiter: 3}}", [("dm", "DM", 3)]),
+    ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield, illumination: {variable_modes: 2}}}",
+     "{dm: {name: DM, numiter: 3}}", [("dm", "DM", 3)]),
+    # ML and LSQML first in near field: their DM warm-up has its own ePIE warm-up
+    ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{ml: {name: ML, numiter: 5}}",
+     [("ml_warmup_warmup", "ePIE", 10), ("ml_warmup", "DM", 100), ("ml", "ML", 5)]),
+    ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{l: {name: LSQML, numiter: 5}}",
+     [("l_warmup_warmup", "ePIE", 10), ("l_warmup", "DM", 50), ("l", "LSQML", 5)]),
 ])
-def test_engine_sequence_puts_a_dm_warmup_before_ml_from_a_model_probe(scans, engines, want):
+def test_engine_sequence_puts_a_warmup_before_the_first_engine_from_a_model_probe(scans, engines, want):
     p = tree.validate(load_config("scans: %s\nengines: %s\n" % (scans, engines)))
     seq = tree.engine_sequence(p)
     assert [(label, e.name, e.numiter) for label, e in seq] == want
     if len(want) == 2 and want[0][1] == "DM":
         assert seq[0][1] == tree.validate_engine({"name": "DM", "numiter": want[0][2]})  # DM's own defaults
     assert tree.engine_sequence(p) == seq  # a function of the tree: a resumed run finds the same chain
+
+
+def test_engine_sequence_takes_the_near_field_from_the_caller():
+    """A scan whose propagation is null (the data file's) is near field when the caller says so."""
+    p = tree.validate(load_config("scans: {MF: {data: {name: MoonFlowerScan}}}\nengines: {dm: {name: DM}}\n"))
+    assert [label for label, _ in tree.engine_sequence(p)] == ["dm"]
+    assert [label for label, _ in tree.engine_sequence(p, near_field=True)] == ["dm_warmup", "dm"]
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "some", True, [3]])
+def test_dm_warmup_must_be_auto_or_a_whole_number(value):
+    with pytest.raises(ConfigError) as info:
+        tree.validate_engine({"name": "DM", "warmup": value}, "engines.dm")
+    assert "engines.dm.warmup" in str(info.value) and "auto or a whole number >= 0" in str(info.value)
+    assert tree.validate_engine({"name": "RAAR", "warmup": 3.0}).warmup == 3
+    assert tree.validate_engine({"name": "DM", "warmup": "AUTO"}).warmup == "auto"
 
 
 # -- overrides -----------------------------------------------------------------------

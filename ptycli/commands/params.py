@@ -11,7 +11,7 @@ from ..log import get_logger
 from ..measures import ERROR_MEASURES
 from ..params.tree import describe, dump_defaults_yaml, engine_sequence, result_path
 from ..params.yamlio import to_plain
-from ..runner import check_inputs
+from ..runner import check_inputs, near_field
 from .common import emit_result, load_tree, set_option
 
 logger = get_logger(__name__)
@@ -99,10 +99,10 @@ def params(path, config, purpose, no_data, overrides, dump, output, force, as_js
 
     if config:
         p = validate_config(config, overrides, purpose=purpose, check_data=not no_data)
+        chain = engine_sequence(p, near_field=None if no_data else near_field(p))  # as the run's (Job)
         summary = dict(valid=True, config=config, run=p.run, scans=list(p.scans),
-                       engines=[dict(label=label, name=e.name, numiter=int(e.numiter))
-                                for label, e in engine_sequence(p)],
-                       output=result_path(p, iterations=sum(int(e.numiter) for _, e in engine_sequence(p))))
+                       engines=[dict(label=label, name=e.name, numiter=int(e.numiter)) for label, e in chain],
+                       output=result_path(p, iterations=sum(int(e.numiter) for _, e in chain)))
         emit_result(summary, as_json, "OK")
         return
 

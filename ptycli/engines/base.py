@@ -273,6 +273,12 @@ class Engine(ConstraintsMixin, SnapshotMixin):
     #: has the ``auto`` probe guess check its pick on frames left out of the trial
     #: (:func:`ptycli.core.probe_guess.probe_from_data`)
     LOCAL_PROBE_UPDATES = False
+    #: the engine whose ``engines.<label>.warmup`` iterations run before this one when it is the first engine
+    #: of a chain and a scan's probe starts from a model (:func:`ptycli.params.tree.engine_sequence`); None:
+    #: the engine has no warm-up
+    WARMUP_ENGINE = None
+    #: what ``warmup: auto`` means in near field (in far field ``auto`` is 0), for engines that accept ``auto``
+    AUTO_WARMUP_NEAR_FIELD = 0
 
     def __init__(self, ptycho, pars=None, label=None):
         self.ptycho = ptycho

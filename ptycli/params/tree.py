@@ -334,34 +334,70 @@ def scan_defaults(loader="MoonFlowerScan"):
     return validate_scan({"data": {"name": loader}}, "scans.<label>")
 
 
-#: Label suffix of the DM warm-up put before a first engine that declares ``warmup`` (:func:`engine_sequence`).
+#: Label suffix of the warm-up engine put before a first engine that declares ``warmup`` (:func:`engine_sequence`).
 WARMUP_SUFFIX = "_warmup"
 
 
-def engine_sequence(p):
+def engine_sequence(p, near_field=None):
     """The engines of tree ``p`` in run order: a list of ``(label, Param)``.
 
     The order is the order of the labels in the ``engines`` mapping as
     written in the YAML file (see the module docstring).
 
-    Warm-up: a refining engine (ML) stalls when it starts from a probe that
-    is not a reconstruction. When the first engine declares ``warmup`` (DM
-    iterations) above 0 and a scan's probe starts from a model
-    (``illumination.model`` one of ``auto``, ``flat``, ``aperture``, ...,
-    not a file), a DM engine of that many iterations, labelled
-    ``<label>_warmup``, runs first. The chain is a function of the tree
-    alone, so a resumed run finds the same engines. No warm-up runs when a
-    scan is multislice or has a variable probe
+    Warm-up: an engine's first iterations from a model probe can decide
+    where it ends. A refining engine (ML, LSQML) stalls when it starts from
+    a probe that is not a reconstruction, and the difference map (DM, RAAR)
+    leaves the plane-wave start of a near-field scan slowly. When a scan's
+    probe starts from a model (``illumination.model`` one of ``auto``,
+    ``flat``, ``aperture``, ..., not a file) and the first engine's
+    ``warmup`` is above 0, an engine of that many iterations runs first,
+    labelled ``<label>_warmup``: DM before ML and LSQML, ePIE before DM and
+    RAAR (their ``warmup: auto`` is above 0 in near field only). A warm-up
+    engine may have its own (``<label>_warmup_warmup``). The chain is a
+    function of the tree alone, so a resumed run finds the same engines.
+    No warm-up runs when a scan is multislice or has a variable probe
     (:data:`~ptycli.params.capabilities.CAPABILITIES`): their engines start
     the slices and eigen-probes themselves.
+
+    Parameters
+    ----------
+    p : Param
+        A validated tree.
+    near_field : bool, optional
+        Whether a scan is near field; default: a scan's ``propagation`` in
+        ``p`` is ``nearfield`` (the scan model writes the resolved value
+        there when it loads the data; before that, a caller that read the
+        inputs' recorded propagation passes it).
     """
     engines = p.get("engines") if isinstance(p, dict) else None
     seq = [(label, sub) for label, sub in (engines or {}).items()]
-    if seq and int(seq[0][1].get("warmup") or 0) > 0 and _probe_from_model(p) and _plain_scans(p):
+    if not seq or not _probe_from_model(p) or not _plain_scans(p):
+        return seq
+    if near_field is None:
+        near_field = any(str((scan or {}).get("propagation")).lower() == "nearfield"
+                         for scan in (p.get("scans") or {}).values())
+    for _ in range(len(ENGINES.names())):  # each warm-up engine at most once (no cycle can repeat)
         label, first = seq[0]
+        engine, iterations = _warmup(first, near_field)
+        if not engine or iterations <= 0:
+            return seq
         seq.insert(0, (label + WARMUP_SUFFIX, validate_engine(
-            {"name": "DM", "numiter": int(first.warmup)}, "engines.%s.warmup" % label)))
+            {"name": engine, "numiter": iterations}, "engines.%s.warmup" % label)))
     return seq
+
+
+def _warmup(engine_pars, near_field):
+    """The warm-up of an engine as the first of a chain: ``(engine name or None, iterations)``.
+
+    The engine class declares which engine warms it up (``WARMUP_ENGINE``) and
+    what ``warmup: auto`` means in near field (``AUTO_WARMUP_NEAR_FIELD``).
+    """
+    entry = ENGINES.find(str(engine_pars.get("name")))
+    factory = getattr(entry, "factory", None)
+    iterations = engine_pars.get("warmup") or 0
+    if iterations == "auto":
+        iterations = getattr(factory, "AUTO_WARMUP_NEAR_FIELD", 0) if near_field else 0
+    return getattr(factory, "WARMUP_ENGINE", None), int(iterations)
 
 
 def _plain_scans(p):

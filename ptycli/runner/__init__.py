@@ -11,8 +11,8 @@ The output planning and checks live in :mod:`ptycli.io.outputs`.
 """
 
 from .chain import ERROR_KEYS, ChainRunner, Stopped, final_errors
-from .job import Job, check_inputs, provenance, write_cxi
+from .job import Job, check_inputs, near_field, provenance, write_cxi
 from .signals import EXIT_TERMINATED, SIGNAL_EXIT, exit_code
 
-__all__ = ["Job", "ChainRunner", "Stopped", "check_inputs", "provenance", "write_cxi", "final_errors",
+__all__ = ["Job", "ChainRunner", "Stopped", "check_inputs", "near_field", "provenance", "write_cxi", "final_errors",
            "ERROR_KEYS", "EXIT_TERMINATED", "SIGNAL_EXIT", "exit_code"]

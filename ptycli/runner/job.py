@@ -32,7 +32,7 @@ import numpy as np
 from .. import __version__, parallel
 from ..core.geometry import set_workers
 from ..core.ptycho import Ptycho
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, PtycliError
 from ..io.checkpoint import collect_model, load_checkpoint, plan_resume, restore_model, write_snapshot
 from ..io.cxi import write_cxi_result
 from ..io.outputs import CheckpointNames, check_outputs, checkpoint_ranges, input_files, remove_checkpoints
@@ -64,6 +64,25 @@ def check_inputs(p):
         except DataError as exc:
             raise DataError("%s: %s" % (where, exc.message) if not exc.message.startswith(where) else exc.message,
                             hint=exc.hint, validation=True) from None
+
+
+def near_field(p):
+    """Whether a scan of tree ``p`` is near field: so configured, or (``propagation`` null) so recorded by its input.
+
+    Only metadata are read. An input that cannot be read counts as far field
+    here: :func:`check_inputs` reports it. The engine chain depends on it
+    (:func:`~ptycli.params.tree.engine_sequence`: DM's near-field warm-up).
+    """
+    for label, scan in (p.get("scans") or {}).items():
+        propagation = scan.get("propagation")
+        if propagation is None:
+            try:
+                propagation = get_loader(scan.data.name)(scan.data, path="scans.%s.data" % label).recorded_propagation()
+            except (PtycliError, OSError):
+                propagation = None
+        if propagation == "nearfield":
+            return True
+    return False
 
 
 def provenance(start, end=None, command_line=None):
@@ -152,7 +171,7 @@ class Job:
         self.p = p
         self.config = config
         self.overrides = list(overrides or ())
-        self.chain = engine_sequence(p)
+        self.chain = engine_sequence(p, near_field=near_field(p))
         total_numiter = sum(int(e.numiter) for _, e in self.chain)
         if output is None:
             output = result_path(p, iterations=total_numiter)

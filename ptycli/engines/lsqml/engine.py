@@ -368,6 +368,7 @@ class LSQML(Engine):
 
     NAME = "LSQML"
     AUTO_PROBE_SUPPORT = 1.0  # probe_support: auto (measured: ConstraintsMixin.probe_supports)
+    WARMUP_ENGINE = "DM"  # engines.<label>.warmup DM iterations first (the parameter's doc)
     VARIABLE_PROBE = True  # a probe per frame from eigen-probes: ptycli.engines.lsqml.variable
     MULTISLICE = True  # multislice objects: ptycli.engines.lsqml.multislice
     USES_EXIT_STORAGE = False  # exit waves live per batch in its buffers

@@ -162,6 +162,7 @@ class ML(Engine):
 
     NAME = "ML"
     AUTO_PROBE_SUPPORT = 1.0  # probe_support: auto (measured: ConstraintsMixin.probe_supports)
+    WARMUP_ENGINE = "DM"  # engines.<label>.warmup DM iterations first (the parameter's doc)
     SUBPIXEL = True
     PARAMS = Engine.PARAMS.extended("ML", [
         Parameter("ML_type", "auto", "str",
