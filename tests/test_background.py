@@ -276,3 +276,14 @@ def test_background_file_round_trip(tmp_path):
     R = _moonflower(background=False, frames=8, data_type="single")
     restore_model(R, rec)
     assert R.scans["MF"].background is None
+
+
+def test_a_warmup_engine_leaves_the_background_without_a_warning(caplog):
+    """The near-field ePIE warm-up before DM does not fit the background: logged as information, not a warning."""
+    P = _moonflower(frames=8, data_type="single")
+    B0 = P.scans["MF"].background.copy()
+    with caplog.at_level("INFO", logger="ptycli.engines"):
+        make_engine(P, dict(name="ePIE", numiter=1), "dm_warmup").run()
+    assert "the warm-up leaves scan MF's background as it is; dm fits it" in caplog.text
+    assert "neither uses nor updates" not in caplog.text
+    np.testing.assert_array_equal(P.scans["MF"].background, B0)
