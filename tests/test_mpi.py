@@ -302,6 +302,25 @@ def test_more_ranks_than_frames(scan, tmp_path):
     assert not (tmp_path / "four.h5").exists()
 
 
+@needs_mpi
+def test_near_field_dm_runs_its_warmup_on_every_rank(scan, tmp_path):
+    """DM first on a near-field file (propagation recorded, not configured) from the automatic probe guess:
+    the job's chain starts with the ePIE warm-up under mpirun too, and it counts in the iterations."""
+    sim = _write(tmp_path / "near.yaml", SIM_YAML.format(shape=SHAPE, frames=FRAMES).replace("farfield", "nearfield"))
+    data = tmp_path / "near.h5"
+    res = mh.ptycli(["simulate", sim, "-o", data, "--force"])
+    assert res.returncode == 0, res.describe()
+    config = _config(tmp_path, data, engine="DM", numiter=4, verbose="info")
+    config.write_text(config.read_text().replace("    propagation: farfield\n", ""))
+    res = _reconstruct(config, tmp_path / "near_rec.h5", nprocs=2)
+    assert res.json()["iterations"] == 10 + 4
+    assert "e_warmup: 10 ePIE iterations before e" in res.stderr, res.describe()
+    from ptycli.io import load_reconstruction
+
+    labels = [row.get("engine") for row in load_reconstruction(str(tmp_path / "near_rec.h5")).history]
+    assert labels[:10] == ["e_warmup"] * 10 and labels[10:] == ["e"] * 4, labels
+
+
 # -- what the iterations communicate ------------------------------------------------------------------
 
 @needs_mpi
