@@ -241,7 +241,8 @@ NEAR_FIELD_WARMUP_SWEEPS = 10
 
 def warmup_sweeps(value, path):
     """``engines.<label>.warmup`` (DM, RAAR) checked: ``'auto'`` or a whole number >= 0."""
-    expected, hint = "auto or a whole number >= 0", "0 runs no warm-up; auto is %d in near field" % NEAR_FIELD_WARMUP_SWEEPS
+    expected = "auto or a whole number >= 0"
+    hint = "0 runs no warm-up; auto is %d in near field" % NEAR_FIELD_WARMUP_SWEEPS
     value = auto_or_nonnegative(value, path, expected, hint)
     if value == "auto":
         return value

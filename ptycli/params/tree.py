@@ -354,7 +354,8 @@ def engine_sequence(p, near_field=None):
     labelled ``<label>_warmup``: DM before ML and LSQML, ePIE before DM and
     RAAR (their ``warmup: auto`` is above 0 in near field only). A warm-up
     engine may have its own (``<label>_warmup_warmup``). The chain is a
-    function of the tree alone, so a resumed run finds the same engines.
+    function of the tree and the scans' propagation, so a resumed run finds
+    the same engines.
     No warm-up runs when a scan is multislice or has a variable probe
     (:data:`~ptycli.params.capabilities.CAPABILITIES`): their engines start
     the slices and eigen-probes themselves.

@@ -32,7 +32,7 @@ import numpy as np
 from .. import __version__, parallel
 from ..core.geometry import set_workers
 from ..core.ptycho import Ptycho
-from ..errors import ConfigError, DataError, PtycliError
+from ..errors import ConfigError, DataError
 from ..io.checkpoint import collect_model, load_checkpoint, plan_resume, restore_model, write_snapshot
 from ..io.cxi import write_cxi_result
 from ..io.outputs import CheckpointNames, check_outputs, checkpoint_ranges, input_files, remove_checkpoints
@@ -78,7 +78,7 @@ def near_field(p):
         if propagation is None:
             try:
                 propagation = get_loader(scan.data.name)(scan.data, path="scans.%s.data" % label).recorded_propagation()
-            except (PtycliError, OSError):
+            except Exception:  # noqa: BLE001 - whatever the input's fault, check_inputs reports it in one line
                 propagation = None
         if propagation == "nearfield":
             return True
