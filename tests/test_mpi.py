@@ -34,6 +34,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import mpi_helpers as mh  # noqa: E402
+from ptycli.engines.projectional import NEAR_FIELD_WARMUP_SWEEPS  # noqa: E402
 
 SKIP = mh.skip_reason()
 
@@ -313,12 +314,13 @@ def test_near_field_dm_runs_its_warmup_on_every_rank(scan, tmp_path):
     config = _config(tmp_path, data, engine="DM", numiter=4, verbose="info")
     config.write_text(config.read_text().replace("    propagation: farfield\n", ""))
     res = _reconstruct(config, tmp_path / "near_rec.h5", nprocs=2)
-    assert res.json()["iterations"] == 10 + 4
-    assert "e_warmup: 10 ePIE iterations before e" in res.stderr, res.describe()
+    sweeps = NEAR_FIELD_WARMUP_SWEEPS
+    assert res.json()["iterations"] == sweeps + 4
+    assert "e_warmup: %d ePIE iterations before e" % sweeps in res.stderr, res.describe()
     from ptycli.io import load_reconstruction
 
     labels = [row.get("engine") for row in load_reconstruction(str(tmp_path / "near_rec.h5")).history]
-    assert labels[:10] == ["e_warmup"] * 10 and labels[10:] == ["e"] * 4, labels
+    assert labels[:sweeps] == ["e_warmup"] * sweeps and labels[sweeps:] == ["e"] * 4, labels
 
 
 # -- what the iterations communicate ------------------------------------------------------------------

@@ -407,12 +407,12 @@ def test_engine_order_is_the_yaml_order(plugins):
     ("{MF: {data: {name: MoonFlowerScan}}}", "{e: {name: ePIE, numiter: 5}}", [("e", "ePIE", 5)]),
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{e: {name: ePIE, numiter: 5}}",
      [("e", "ePIE", 5)]),
-    # DM and RAAR first: warmup auto is 10 ePIE sweeps in near field, none in far field; a number applies anywhere
+    # DM and RAAR first: warmup auto is 30 ePIE sweeps in near field, none in far field; a number applies anywhere
     ("{MF: {data: {name: MoonFlowerScan}}}", "{dm: {name: DM, numiter: 3}}", [("dm", "DM", 3)]),
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{dm: {name: DM, numiter: 3}}",
-     [("dm_warmup", "ePIE", 10), ("dm", "DM", 3)]),
+     [("dm_warmup", "ePIE", 30), ("dm", "DM", 3)]),
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{r: {name: RAAR, numiter: 3}}",
-     [("r_warmup", "ePIE", 10), ("r", "RAAR", 3)]),
+     [("r_warmup", "ePIE", 30), ("r", "RAAR", 3)]),
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{dm: {name: DM, numiter: 3, warmup: 0}}",
      [("dm", "DM", 3)]),
     ("{MF: {data: {name: MoonFlowerScan}}}", "{dm: {name: DM, numiter: 3, warmup: 4}}",
@@ -423,9 +423,9 @@ def test_engine_order_is_the_yaml_order(plugins):
      "{dm: {name: DM, numiter: 3}}", [("dm", "DM", 3)]),
     # ML and LSQML first in near field: their DM warm-up has its own ePIE warm-up
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{ml: {name: ML, numiter: 5}}",
-     [("ml_warmup_warmup", "ePIE", 10), ("ml_warmup", "DM", 100), ("ml", "ML", 5)]),
+     [("ml_warmup_warmup", "ePIE", 30), ("ml_warmup", "DM", 100), ("ml", "ML", 5)]),
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{l: {name: LSQML, numiter: 5}}",
-     [("l_warmup_warmup", "ePIE", 10), ("l_warmup", "DM", 50), ("l", "LSQML", 5)]),
+     [("l_warmup_warmup", "ePIE", 30), ("l_warmup", "DM", 50), ("l", "LSQML", 5)]),
 ])
 def test_engine_sequence_puts_a_warmup_before_the_first_engine_from_a_model_probe(scans, engines, want):
     p = tree.validate(load_config("scans: %s\nengines: %s\n" % (scans, engines)))

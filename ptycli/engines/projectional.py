@@ -165,20 +165,29 @@ engine when a scan is near field and its probe starts from a model
 LSQML gets its own); with ePIE first the probe guess is the one made for
 local engines (no plane wave). Near-field cases of the zoo
 (``rect_48x80_near`` / ``near_diffuser_cxi`` / ``foreign_nearfield``,
-``--no-true``), ``warmup: 0`` -> ``auto``: DM 50 + ML 50 0.897 / 0.869 /
-0.649 -> 0.913 / 0.913 / 0.992; DM 100 + ML 50 0.971 / 0.957 / 0.995 ->
-0.968 / 0.971 / 0.994 (ML 50 alone runs that chain: its DM 100 warm-up
-first); DM 200 + ML 100 0.989 / 0.977 / 0.997 -> 0.991 / 0.976 / 0.991;
-DM 100 0.918 / 0.918 / 0.965 -> 0.916 / 0.958 / 0.933; RAAR 50 0.794 /
-0.759 / 0.342 -> 0.838 / 0.822 / 0.936; RAAR 100 0.934 / 0.906 / 0.935 ->
-0.939 / 0.931 / 0.981; LSQML 100 (after its DM 50) 0.948 / 0.921 / 0.992 ->
-0.953 / 0.939 / 0.990. Short chains gain most; from 100 DM iterations on
-the changes are small and of either sign. In far field 10 ePIE sweeps
-before DM 90 + ML 50 moved the 10 far-field cases by at most 0.008 against
-DM 100 + ML 50 (6 unchanged), so ``auto`` is 0 there. Under MPI the
-warm-up is block-parallel ePIE (:mod:`ptycli.engines.stochastic`), whose
-result depends on the number of ranks; ``warmup: 0`` keeps a near-field DM
-chain independent of it.
+``--no-true``), ``warmup`` 0 -> 10 -> 30:
+
+============== ===================== ===================== =====================
+chain          0                     10                    30
+============== ===================== ===================== =====================
+DM 50 + ML 50  0.897 / 0.869 / 0.649 0.913 / 0.913 / 0.992 0.937 / 0.941 / 0.997
+DM 100 + ML 50 0.971 / 0.957 / 0.995 0.968 / 0.971 / 0.994 0.970 / 0.973 / 0.996
+DM 200 + ML100 0.989 / 0.977 / 0.997 0.991 / 0.976 / 0.991 0.993 / 0.976 / 0.997
+DM 100         0.918 / 0.918 / 0.965 0.916 / 0.958 / 0.933 0.925 / 0.967 / 0.948
+RAAR 50        0.794 / 0.759 / 0.342 0.838 / 0.822 / 0.936 0.878 / 0.896 / 0.932
+RAAR 100       0.934 / 0.906 / 0.935 0.939 / 0.931 / 0.981 0.955 / 0.949 / 0.983
+============== ===================== ===================== =====================
+
+20 sweeps fell between 10 and 30 in every chain but RAAR 50's
+foreign_nearfield (0.930); 50 gained more on DM 50 + ML 50 (0.953 /
+0.963 / 0.997) and lost on DM 100 (0.916 / 0.972 / 0.939). ML 50 alone
+runs DM 100 + ML 50 (its DM warm-up first); LSQML 100 (after its DM 50)
+with 10 sweeps: 0.948 / 0.921 / 0.992 -> 0.953 / 0.939 / 0.990. In far
+field 10 ePIE sweeps before DM 90 + ML 50 moved the 10 far-field cases by
+at most 0.008 against DM 100 + ML 50 (6 unchanged), so ``auto`` is 0
+there. Under MPI the warm-up is block-parallel ePIE
+(:mod:`ptycli.engines.stochastic`), whose result depends on the number of
+ranks; ``warmup: 0`` keeps a near-field DM chain independent of it.
 
 Performance
 -----------
@@ -236,7 +245,7 @@ def relax_factor(value, path):
                                "0 is the plain modulus projection, 0.05 PtyPy's default")
 
 #: ``warmup: auto`` (DM, RAAR): ePIE sweeps before the engine when a scan is near field (module docstring)
-NEAR_FIELD_WARMUP_SWEEPS = 10
+NEAR_FIELD_WARMUP_SWEEPS = 30
 
 
 def warmup_sweeps(value, path):
