@@ -182,7 +182,7 @@ RAAR 100       0.934 / 0.906 / 0.935 0.939 / 0.931 / 0.981 0.955 / 0.949 / 0.983
 foreign_nearfield (0.930); 50 gained more on DM 50 + ML 50 (0.953 /
 0.963 / 0.997) and lost on DM 100 (0.916 / 0.972 / 0.939). ML 50 alone
 runs DM 100 + ML 50 (its DM warm-up first); LSQML 100 (after its DM 50)
-with 10 sweeps: 0.948 / 0.921 / 0.992 -> 0.953 / 0.939 / 0.990. In far
+0.948 / 0.921 / 0.992 -> 0.953 / 0.939 / 0.990 -> 0.965 / 0.950 / 0.995. In far
 field 10 ePIE sweeps before DM 90 + ML 50 moved the 10 far-field cases by
 at most 0.008 against DM 100 + ML 50 (6 unchanged), so ``auto`` is 0
 there. Under MPI the warm-up is block-parallel ePIE
