@@ -354,7 +354,7 @@ def test_short_dm_chain_leaves_the_plane_wave_start_with_its_warmup(tmp_path):
     scores = {}
     for warmup in ("auto", 0):
         scan = dict(propagation="nearfield", data=dict(name="PtydScan", dfile=path))
-        P = reconstruct(scan, dm=60, ml=20, engine_pars=None, dm_pars=dict(warmup=warmup))
+        P = reconstruct(scan, dm=60, ml=20, dm_pars=dict(warmup=warmup))
         scores[warmup] = score(P, sim)
         assert [e.label for e in P.engines] == (["dm_warmup", "dm", "ml"] if warmup == "auto" else ["dm", "ml"])
     assert scores["auto"] > 0.98 and scores[0] < 0.9, scores
