@@ -419,6 +419,13 @@ def test_engine_order_is_the_yaml_order(plugins):
      [("dm_warmup", "ePIE", 4), ("dm", "DM", 3)]),
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield, illumination: {model: probe.npy}}}",
      "{dm: {name: DM, numiter: 3}}", [("dm", "DM", 3)]),
+    # auto only from the automatic guess: not from a plane wave or another model; a number from any model
+    ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield, illumination: {model: flat}}}",
+     "{dm: {name: DM, numiter: 3}}", [("dm", "DM", 3)]),
+    ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield, illumination: {model: aperture}}}",
+     "{dm: {name: DM, numiter: 3}}", [("dm", "DM", 3)]),
+    ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield, illumination: {model: flat}}}",
+     "{dm: {name: DM, numiter: 3, warmup: 5}}", [("dm_warmup", "ePIE", 5), ("dm", "DM", 3)]),
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield, illumination: {variable_modes: 2}}}",
      "{dm: {name: DM, numiter: 3}}", [("dm", "DM", 3)]),
     # ML and LSQML first in near field: their DM warm-up has its own ePIE warm-up
