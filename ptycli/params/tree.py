@@ -382,7 +382,7 @@ def engine_sequence(p, near_field=None):
     # plane wave (model: flat) ePIE puts the probe's structure into the object (foreign_nearfield, DM 50 + ML 50
     # from flat: 0.649 without the warm-up, 0.029 with it)
     near_field_guess = near_field and _probe_from_model(p, models=("auto",))
-    for _ in range(len(ENGINES.names())):  # each warm-up engine at most once (no cycle can repeat)
+    for _ in range(len(ENGINES.names())):  # bounded: declarations that form a cycle cannot loop forever
         label, first = seq[0]
         engine, iterations = _warmup(first, near_field_guess)
         if not engine or iterations <= 0:
