@@ -67,6 +67,52 @@ def test_smooth_step_limits():
     assert np.all(np.diff(u.smooth_step(x, 0.3)) >= 0)
 
 
+def test_smooth_step_error_function_values():
+    # 0.5 (1 + erf(2 sqrt(ln 2) x / mfs)) at x = mfs / 2: erf(sqrt(ln 2)) = 0.7609681...
+    assert u.smooth_step(0.5, 1.0) == pytest.approx(0.5 * (1 + 0.7609681085504880), abs=1e-15)
+    assert isinstance(u.smooth_step(0.5, 1.0), float)
+    steps = u.smooth_step(np.array([[-0.5, 0.5]]), 1.0)
+    assert steps.dtype == np.float64 and steps.shape == (1, 2)
+    np.testing.assert_allclose(steps.sum(), 1.0, atol=1e-15)  # odd around 0.5
+
+
+def test_bilinear_reproduces_planes_and_zeroes_outside():
+    yy, xx = np.mgrid[0:6, 0:9]
+    plane = (2.0 + 0.5 * yy - 0.25 * xx).astype(np.float32)
+    y = np.array([0.0, 2.5, 4.75, 5.0, 1.2])
+    x = np.array([0.0, 3.5, 7.25, 8.0, 0.3])
+    values = u.bilinear(plane, y, x)
+    assert values.dtype == np.float32
+    np.testing.assert_allclose(values, 2.0 + 0.5 * y - 0.25 * x, rtol=1e-6)
+    # outside the samples: 0 (just past either edge too)
+    np.testing.assert_array_equal(u.bilinear(plane, np.array([-0.01, 5.01, 1.0, 1.0]),
+                                             np.array([1.0, 1.0, -0.5, 8.5])), 0)
+
+
+def test_bilinear_wrap_is_periodic():
+    image = np.arange(12.0).reshape(3, 4)
+    # between the last column and the first: halfway from 3 to 0; whole periods change nothing
+    assert u.bilinear(image, 0.0, 3.5, wrap=True) == pytest.approx(1.5)
+    assert u.bilinear(image, 2.5, 0.0, wrap=True) == pytest.approx(4.0)  # rows 2 and 0: (8 + 0) / 2
+    y, x = np.array([0.3, 1.7]), np.array([2.2, 0.9])
+    np.testing.assert_allclose(u.bilinear(image, y + 3, x - 8, wrap=True), u.bilinear(image, y, x, wrap=True))
+
+
+def test_gaussian_wrap_weights_and_periodicity():
+    stack = np.zeros((2, 16, 20), np.float32)
+    stack[0, 0, 0] = 1.0
+    out = u.gaussian_wrap(stack, 1.0)
+    assert out.dtype == np.float32 and out.shape == stack.shape
+    assert float(out.sum()) == pytest.approx(1.0, abs=1e-6)  # normalised, nothing lost over the edges
+    d = np.arange(-4, 5)
+    w = np.exp(-0.5 * d ** 2)
+    w /= w.sum()
+    # a point at the corner spreads to the opposite edges: w(dy) w(dx), truncated at 4 sigma
+    np.testing.assert_allclose(out[0, -1, -2], w[3] * w[2], rtol=1e-5)
+    np.testing.assert_allclose(out[0, 4, 0], w[8] * w[4], rtol=1e-5)
+    assert out[0, 5, 0] == 0 and not out[1].any()
+
+
 def test_crop_pad_shapes_and_values():
     a = np.arange(12.0).reshape(3, 4)
     p = u.crop_pad(a, 1)

@@ -11,7 +11,7 @@ import pytest
 
 from ptycli.core import Ptycho
 from ptycli.engines import fused, make_engine
-from ptycli.engines.threads import BlockPool
+from ptycli.engines.threads import LARGE_SLOT_BYTES, BlockPool, slots_per_thread
 from ptycli.errors import EngineError
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="numba is not installed")
@@ -228,15 +228,21 @@ def test_block_pool_slots_keep_order_and_balance():
     assert one.map_slots(lambda k, s, it: (k, s, it), [5, 6]) == [(0, 0, 5), (0, 0, 6)]
 
 
+def test_slots_per_thread_drops_to_one_for_large_objects():
+    assert slots_per_thread(LARGE_SLOT_BYTES) == 2
+    assert slots_per_thread(LARGE_SLOT_BYTES + 1) == 1
+    assert BlockPool(2, slots_per_thread(LARGE_SLOT_BYTES + 1)).slots == 2
+
+
 @pytest.mark.parametrize("name,extra,large", [("DM", {}, False), ("RAAR", {"beta": 0.7}, False), ("DM", {}, True)])
 def test_projection_result_does_not_depend_on_thread_timing(name, extra, large, monkeypatch):
     """Two threads, one of them delayed at random: the blocks go to other threads, the results stay
     bit-identical (accumulator slots take their blocks in a fixed order); also with one slot per
-    thread, as for objects larger than ``_LARGE_SLOT_BYTES``."""
+    thread, as for objects larger than ``LARGE_SLOT_BYTES``."""
     import time
 
     from ptycli.core import geometry
-    from ptycli.engines import projection_passes
+    from ptycli.engines import projection_passes, threads
 
     slots = []
 
@@ -247,7 +253,7 @@ def test_projection_result_does_not_depend_on_thread_timing(name, extra, large, 
 
     monkeypatch.setattr(projection_passes, "BlockPool", Pool)
     if large:
-        monkeypatch.setattr(projection_passes, "_LARGE_SLOT_BYTES", 0)
+        monkeypatch.setattr(threads, "LARGE_SLOT_BYTES", 0)
     geometry.set_workers(2)
     try:
         pars = dict(name=name, block_frames=3, **extra)
@@ -257,9 +263,9 @@ def test_projection_result_does_not_depend_on_thread_timing(name, extra, large, 
         assert slots[0] == (2 if large else 4)
         if large:  # one slot per thread gives the same object as two, up to the order of the sums
             restore(P, start)
-            monkeypatch.setattr(projection_passes, "_LARGE_SLOT_BYTES", 2 ** 62)
+            monkeypatch.setattr(threads, "LARGE_SLOT_BYTES", 2 ** 62)
             _, two = run(P, "compiled", **pars)
-            monkeypatch.setattr(projection_passes, "_LARGE_SLOT_BYTES", 0)
+            monkeypatch.setattr(threads, "LARGE_SLOT_BYTES", 0)
             for sid in plain["obj"]:
                 np.testing.assert_allclose(plain["obj"][sid], two["obj"][sid], rtol=1e-4, atol=1e-5)
         restore(P, start)

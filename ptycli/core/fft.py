@@ -51,6 +51,7 @@ Functions
 
 import os
 import pickle
+import sys
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -71,10 +72,19 @@ _PYFFTW = []  # [module or None], imported at the first transform (``import ptyc
 def _fftw_module():
     """:mod:`pyfftw`, or None when it does not import."""
     if not _PYFFTW:
+        # pyfftw's package import builds its scipy interfaces when it can import scipy.fftpack, which loads
+        # scipy.fft and its shared libraries (about 12 MB of resident memory that no ptycli pass uses): a None
+        # entry in sys.modules makes that import fail for the moment of pyfftw's own import
+        hide = "scipy.fftpack" not in sys.modules
+        if hide:
+            sys.modules["scipy.fftpack"] = None
         try:  # optional at run time: pocketfft is the fallback
             import pyfftw
         except Exception:  # noqa: BLE001 - any import failure means: not available
             pyfftw = None
+        finally:
+            if hide and sys.modules.get("scipy.fftpack", 0) is None:
+                del sys.modules["scipy.fftpack"]
         _PYFFTW.append(pyfftw)
     return _PYFFTW[0]
 

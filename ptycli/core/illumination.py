@@ -182,11 +182,11 @@ def add_modes(first, num_modes, noise=(0.5, 1.0), power=0.1, seed=1):
     phase noise ``noise[1]`` (radians, smooth over a few pixels), with power
     ``power`` times the first mode's; the stack is then orthogonalised.
     """
-    from scipy.ndimage import gaussian_filter
-
     first = np.asarray(first, dtype=np.complex128)
     if num_modes <= 1:
         return first[None].copy()
+    from scipy.ndimage import gaussian_filter  # (here: one mode, the common case, needs no scipy)
+
     rng = np.random.default_rng(seed)
     p0 = float(np.sum(np.abs(first) ** 2))
     modes = [first]

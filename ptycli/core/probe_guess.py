@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import parallel
 from ..errors import DataError
-from ..utils.array_utils import smooth_step
+from ..utils.array_utils import bilinear, gaussian_wrap, smooth_step
 from .probe_trial import HOLDOUT_FRACTION, trial_errors
 
 __all__ = ["probe_from_data", "mean_measured_pattern", "central_frames", "valid_pixels",
@@ -604,8 +604,6 @@ def _support_probe(mean_pattern, amplitude, measured, propagator, iterations):
 
 def _curved_probe(mean_pattern, amplitude, measured, propagator, curvature, iterations):
     """Envelope = the mean pattern mapped back geometrically, phase = the curvature; then ER."""
-    from scipy.ndimage import map_coordinates
-
     shape = mean_pattern.shape
     origin = _centre(propagator, "origin", shape)
     centre = _centre(propagator, "center", shape)
@@ -615,7 +613,7 @@ def _curved_probe(mean_pattern, amplitude, measured, propagator, curvature, iter
     ky = centre[0] + shape[0] * ay * y / np.pi
     kx = centre[1] + shape[1] * ax * x / np.pi
     kyy, kxx = np.meshgrid(ky, kx, indexing="ij")
-    image = map_coordinates(mean_pattern, [kyy, kxx], order=1, mode="constant", cval=0.0)
+    image = bilinear(mean_pattern, kyy, kxx)
     envelope = np.sqrt(np.clip(image, 0, None))
     chirp = np.exp(1j * np.add.outer(ay * y ** 2, ax * x ** 2))
     # keep clear of the frame edge (3 pixels, soft)
@@ -646,8 +644,6 @@ def _curvature_from_shifts(frames, frame_valid, sub, mean_pattern, neighbours=4,
     the frames cannot be paired (all at one position) or no curvature gives a
     positive correlation. Identical on every rank.
     """
-    import scipy.fft as sp_fft
-
     shape = tuple(frames.shape[-2:])
     k = frames.shape[0]
     pairs = _neighbour_pairs(sub, neighbours)
@@ -664,17 +660,15 @@ def _curvature_from_shifts(frames, frame_valid, sub, mean_pattern, neighbours=4,
     contrast = np.where(frame_valid, (frames - scale[:, None, None].astype(np.float32) * mean)
                         / np.sqrt(mean + floor), 0).astype(np.float32)
     if smooth > 0:
-        from scipy.ndimage import gaussian_filter
-
-        contrast = gaussian_filter(contrast, (0, smooth, smooth), mode="wrap").astype(np.float32)
+        contrast = gaussian_wrap(contrast, smooth).astype(np.float32)
     if fixed_patterns:
         contrast = _without_fixed_patterns(contrast)
-    spectra = sp_fft.rfft2(contrast)
+    spectra = np.fft.rfft2(contrast)
     norms = np.sqrt(np.sum(contrast.astype(np.float64) ** 2, axis=(1, 2)))
     maps = np.empty((len(pairs),) + shape, dtype=np.float32)
     for n, (i, j) in enumerate(pairs):
         # maps[n](s) = sum_q c_i(q) c_j(q + s) / (|c_i| |c_j|)
-        maps[n] = sp_fft.irfft2(np.conj(spectra[i]) * spectra[j], s=shape) / max(norms[i] * norms[j], 1e-30)
+        maps[n] = np.fft.irfft2(np.conj(spectra[i]) * spectra[j], s=shape) / max(norms[i] * norms[j], 1e-30)
     if fixed_patterns:
         maps = _without_common_correlation(maps)
     score = _ShiftScore(maps, steps, shape)
@@ -823,8 +817,6 @@ class _ShiftScore:
         self.maps, self.steps, self.shape = maps, steps, shape
 
     def __call__(self, ay, ax):
-        from scipy.ndimage import map_coordinates
-
         ay = np.asarray(ay, dtype=float)
         ax = np.asarray(ax, dtype=float)
         h, w = self.shape
@@ -832,5 +824,5 @@ class _ShiftScore:
         for cmap, (dy, dx) in zip(self.maps, self.steps):
             sy = np.mod(-h * ay * dy / np.pi, h)
             sx = np.mod(-w * ax * dx / np.pi, w)
-            total += map_coordinates(cmap, [sy, sx], order=1, mode="grid-wrap")
+            total += bilinear(cmap, sy, sx, wrap=True)
         return total / len(self.maps)

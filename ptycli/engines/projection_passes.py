@@ -41,7 +41,7 @@ compute the same numbers (tests compare them), chosen once in
     errors, one for the exit-wave update with the object numerator; blocks
     load-balanced over the FFT threads (:class:`~ptycli.engines.threads.BlockPool`)
     with accumulator slots that keep the sums independent of timing (two
-    per thread; one for objects larger than :data:`_LARGE_SLOT_BYTES`); the
+    per thread; one for objects larger than :data:`~ptycli.engines.threads.LARGE_SLOT_BYTES`); the
     object denominator, the division and the folding of the slots in one
     sweep per object row band; passes after the Fourier pass run the blocks
     last to first, starting where the cache is warm.
@@ -53,7 +53,7 @@ from .. import parallel
 from ..core import fft
 from .._lazy import lazy_module
 from .kernels import fft_inplace, ifft_inplace, model_amplitude, fourier_errors, modulus_factor, power_bound_renorm
-from .threads import BlockPool
+from .threads import BlockPool, slots_per_thread
 
 __all__ = ["ProjectionPasses", "NumpyProjectionPasses", "CompiledProjectionPasses", "weak_divisor", "work_probe"]
 
@@ -64,15 +64,6 @@ fused = lazy_module("ptycli.engines.fused")
 #: bound) when at most this fraction of its frames is outside; otherwise all
 #: frames are transformed (those inside get the factor 1).
 _SUBSET_FRACTION = 0.7
-
-#: Object numerators larger than this (bytes per accumulator slot) get one slot per thread instead of
-#: two (:class:`~ptycli.engines.threads.BlockPool`): each slot is an object-sized array, and beyond the
-#: last-level cache the extra slots' read-modify-writes and their fold cost more than the load
-#: balancing saves (1000 x 256^2, a 2253 x 2296 object, 40 MiB a slot: DM's CPU-time ratio to the FFT
-#: floor, median of four paired rounds, 1.83 against 2.06; wall 1.88 against 2.12). At 400 x 128^2
-#: (4.3 MiB a slot) one slot per thread was no faster (1.92 against 1.98).
-_LARGE_SLOT_BYTES = 16 * 2 ** 20
-
 
 #: the factor still due after a transform that scaled its result itself (:func:`ptycli.core.fft.fft2_deferred`)
 _ONE = np.float32(1.0)
@@ -400,7 +391,7 @@ class CompiledProjectionPasses(ProjectionPasses):
         """
         self.e = e = engine
         slot_bytes = sum(S.data.nbytes for S in e.book.obj_storages.values())
-        self.pool = e._pool = BlockPool(fft.get_workers(), slots_per_thread=1 if slot_bytes > _LARGE_SLOT_BYTES else 2)
+        self.pool = e._pool = BlockPool(fft.get_workers(), slots_per_thread=slots_per_thread(slot_bytes))
         T = self.pool.n
         self._no_mask = np.ones((1, 1, 1), dtype=np.uint8)  # the mask storage's type
         # work items: one per frame block, with the block's constant index arrays

@@ -65,7 +65,8 @@ group, chosen once at initialisation. Blocks are shared out among
 ``get_workers()`` threads (numpy's elementwise loops, pocketfft and the
 compiled kernels release the GIL) by
 :meth:`ptycli.engines.fused.BlockPool.map_slots`: load-balanced, while each
-accumulator slot (two per thread) takes its blocks in a fixed order; the
+accumulator slot (two per thread; one for objects above
+:data:`~ptycli.engines.threads.LARGE_SLOT_BYTES`) takes its blocks in a fixed order; the
 slots' (conjugate) gradients are summed in a fixed order, in object row bands
 on the threads, so a run is deterministic for a given thread count (and
 agrees with other thread counts to rounding).
@@ -114,6 +115,7 @@ from ...errors import ConfigError
 from ...params.declare import Parameter
 from ..base import Engine, register
 from ..posref import POSREF_PARAMS
+from ..threads import BlockPool, slots_per_thread
 from .compiled_passes import CompiledMLPasses
 from .noise_models import ML_TYPES, noise_model
 from .passes import NumpyMLPasses
@@ -218,7 +220,8 @@ class ML(Engine):
         total = max(1, int(_workers()))
         self._nthreads = max(1, min(total, len(self._items)))
         self._fft_workers = max(1, total // self._nthreads)
-        self._pool = fused.BlockPool(self._nthreads)
+        slot_bytes = sum(S.data.nbytes for S in book.obj_storages.values())  # an accumulator: the object's gradient
+        self._pool = BlockPool(self._nthreads, slots_per_thread=slots_per_thread(slot_bytes))
         self._ws = [[G.workspace() for G in self.groups] for _ in range(self._nthreads)]
         self._acc = [_Accumulator(book, self.groups) for _ in range(self._pool.slots)]  # one per slot
         # the cost's constant (so that a perfect fit costs about zero); local, summed with the costs
