@@ -73,7 +73,7 @@ def _fftw_module():
     """:mod:`pyfftw`, or None when it does not import."""
     if not _PYFFTW:
         # pyfftw's package import builds its scipy interfaces when it can import scipy.fftpack, which loads
-        # scipy.fft and its shared libraries (about 12 MB of resident memory that no ptycli pass uses): a None
+        # scipy.fft and its shared libraries (about 10 MB of resident memory that no ptycli pass uses): a None
         # entry in sys.modules makes that import fail for the moment of pyfftw's own import
         hide = "scipy.fftpack" not in sys.modules
         if hide:

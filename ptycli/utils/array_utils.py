@@ -223,8 +223,8 @@ def norm(a):
 def _erf(x):
     """The error function of each element of ``x`` (float64): the C library's ``erf`` through :mod:`math`.
 
-    (:func:`scipy.special.erf` would load scipy.special's libraries, about 10 MB of resident memory, for
-    arrays of frame size at most, made once per probe model or support.)
+    (:func:`scipy.special.erf` would load scipy.special and its shared libraries into every
+    reconstruction, for arrays of frame size at most, made once per probe model or support.)
     """
     return np.asarray(_ERF(x), dtype=float)
 

@@ -64,7 +64,7 @@ the block passes of :mod:`ptycli.engines.ml.passes` (numpy) or
 group, chosen once at initialisation. Blocks are shared out among
 ``get_workers()`` threads (numpy's elementwise loops, pocketfft and the
 compiled kernels release the GIL) by
-:meth:`ptycli.engines.fused.BlockPool.map_slots`: load-balanced, while each
+:meth:`ptycli.engines.threads.BlockPool.map_slots`: load-balanced, while each
 accumulator slot (two per thread; one for objects above
 :data:`~ptycli.engines.threads.LARGE_SLOT_BYTES`) takes its blocks in a fixed order; the
 slots' (conjugate) gradients are summed in a fixed order, in object row bands
@@ -363,7 +363,7 @@ class ML(Engine):
     def _run(self, fn, zero_acc=False):
         """Run ``fn(gi, G, b, ws, acc)`` on every block; return the results in block order.
 
-        Blocks are shared out by :meth:`ptycli.engines.fused.BlockPool.map_slots`
+        Blocks are shared out by :meth:`ptycli.engines.threads.BlockPool.map_slots`
         (load-balanced; each accumulator slot takes its blocks in a fixed
         order, so the result does not depend on timing); ``ws`` is the
         thread's workspace, ``acc`` the slot's accumulators, which with
