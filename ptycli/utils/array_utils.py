@@ -482,6 +482,11 @@ def gaussian_wrap(stack, sigma):
     stack : ndarray (..., rows, cols), real
     sigma : float
         Width (pixels, > 0).
+
+    Returns
+    -------
+    ndarray
+        The smoothed stack, same shape and dtype as ``stack``.
     """
     stack = np.asarray(stack)
     radius = int(4.0 * float(sigma) + 0.5)
