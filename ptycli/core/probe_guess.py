@@ -80,7 +80,10 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
     pixels it never saw); 7 of 7 seeds then scored 0.91-0.93. Below one
     count per pixel the held-out pixels' own counting noise decides (1e3
     photons per frame, 8 seeds: mean 0.52 with the held-out score, 0.57
-    without, true probe 0.69), so the plain score stays. In near field the
+    without, true probe 0.69), so the plain score stays; what fails there is
+    the curvature measured on 40 frames' noise, and the frames it analyses
+    become :data:`VERY_LOW_COUNT_FRAMES` (7 seeds: mean 0.53 -> 0.71, the
+    worst 0.13 -> 0.68). In near field the
     held-out score is used at any count: there the plain score hardly
     separates ``mean_pattern`` from ``flat`` (0.0194 against 0.0193 on a
     rectangular near-field scan where ``flat`` then gave 0.739 and
@@ -251,13 +254,15 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
                 trial_pick=None)
     farfield = getattr(propagator, "kind", "farfield") == "farfield"
 
-    central = None
-    if positions is not None:
-        central = central_frames(intensities, valid, positions)
-    # the candidates, most trusted first (the order breaks near-ties of the trial)
-    candidates = {}
     # counted data with few counts per pixel (None: not counted)
     per_pixel = photons / max(float(np.count_nonzero(measured)), 1.0) if noise_floor > 0 else None
+    very_low = per_pixel is not None and per_pixel < LOW_COUNTS[0]
+    central = None
+    if positions is not None:
+        central = central_frames(intensities, valid, positions,
+                                 max_frames=VERY_LOW_COUNT_FRAMES if very_low else CENTRAL_FRAMES)
+    # the candidates, most trusted first (the order breaks near-ties of the trial)
+    candidates = {}
     if central is not None and farfield:
         smooth = 0.0
         if per_pixel is not None:
@@ -273,7 +278,6 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
                 mean_pattern, amplitude, measured, propagator, curvature, iterations)
         # (not below LOW_COUNTS[0] counts per pixel: there the trial ranks the ladder by the counting noise,
         # lowdose_1e3 took a = 0.013 where the probe has 0.07 and the shift score 0.055)
-        very_low = per_pixel is not None and per_pixel < LOW_COUNTS[0]
         if central[0].shape[0] >= TRIAL_MIN_FRAMES and not very_low:
             # the sign from the score without the patterns that do not move (their zero-shift peak
             # can outscore the true curvature's; the plain score found 0.008 where the probe has 0.07)
@@ -342,6 +346,18 @@ RIVAL_FRACTION = 0.5
 #: Mean counts per measured pixel below which (counted data only) the curvature's contrast maps are
 #: smoothed by a Gaussian of 2 pixels (below the first) or 1 pixel (below the second).
 LOW_COUNTS = (1.0, 50.0)
+
+#: Frames nearest the scan centre whose patterns the curvature and the trial analyse.
+CENTRAL_FRAMES = 40
+
+#: Frames analysed below ``LOW_COUNTS[0]`` counts per pixel (counted data; at most ``2**22`` pixels).
+#: Their pairs' correlation maps are mostly counting noise there: on the zoo's ``lowdose_1e3``
+#: (zone-plate probe, 1e3 photons per 64 x 64 frame, 150 frames) the curvature from the 40 central
+#: frames ranged 0.010-0.057 rad/pixel^2 over 7 simulation seeds (probe 0.051) and DM 200 + ML 100
+#: scored 0.13-0.73 (mean 0.53); from all 150 frames 0.028-0.041 and 0.68-0.73 (mean 0.71; from the
+#: true probe 0.71-0.73 on the three seeds measured). Above it 40 frames did as well (lowdose_1e4,
+#: 5 seeds: mean 0.925 from 40, 0.923 from 150).
+VERY_LOW_COUNT_FRAMES = 160
 
 #: Fewest frames for a trial of the candidate probes (fewer: the most trusted candidate is taken).
 TRIAL_MIN_FRAMES = 6
@@ -485,7 +501,7 @@ def _held_frame_errors(candidates, frames, frame_valid, frame_pos, propagator, n
     return {name: float(v) for name, v in zip(candidates, values)}
 
 
-def central_frames(intensities, valid, positions, max_frames=40):
+def central_frames(intensities, valid, positions, max_frames=CENTRAL_FRAMES):
     """The frames nearest the scan centre, gathered to every process.
 
     Parameters
