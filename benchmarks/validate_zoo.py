@@ -292,7 +292,9 @@ def score_object(P, truth, label="zoo"):
     mapped[np.ix_(vy, vx)] = truth_obj[np.ix_(ys[vy], xs[vx])]
     weight[np.ix_(vy, vx)] = np.asarray(truth["lit_mask"])[np.ix_(ys[vy], xs[vx])]
     cmp = metrics.align_and_compare(recon, mapped, weight)
+    plain = metrics.align_and_compare(recon, mapped, weight, remove_ramp=False)
     return {"correlation": mean_removed_correlation(recon, mapped, weight, cmp["shift"], cmp["ramp"]),
+            "correlation_no_ramp": mean_removed_correlation(recon, mapped, weight, plain["shift"], (0.0, 0.0)),
             "correlation_raw": float(cmp["correlation"]), "shift_px": [float(v) for v in cmp["shift"]],
             "offset_px": offset.tolist(), "dlow": dlow, "indices": indices, "true_start": true_start}
 
@@ -400,7 +402,7 @@ def reconstruct_and_score(config, truth, label="zoo"):
     except Exception as exc:  # a failing case is a result, not the end of the zoo
         return {"score": float("nan"), "time_s": time.time() - t0, "error": "%s: %s" % (
             type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")}
-    out = {"score": s["correlation"], "score_raw": s["correlation_raw"], "time_s": time.time() - t0, "error": None,
+    out = {"score": s["correlation"], "score_no_ramp": s["correlation_no_ramp"], "score_raw": s["correlation_raw"], "time_s": time.time() - t0, "error": None,
            "pos_rms_px": position_rms(s["dlow"], s["true_start"]),
            "pos_rms_initial_px": position_rms(dlow0, s["true_start"])}
     return out
@@ -493,8 +495,8 @@ def flags(row):
 
 def print_table(rows, out=sys.stdout):
     """The result table: case, layout, scores and times, refined-position rms, flags."""
-    header = "%-24s %-9s %6s %7s %6s %7s  %-14s %s" % (
-        "case", "layout", "auto", "t_auto", "true", "t_true", "pos rms (px)", "flags")
+    header = "%-24s %-9s %6s %6s %7s %6s %7s  %-14s %s" % (
+        "case", "layout", "auto", "ramp", "t_auto", "true", "t_true", "pos rms (px)", "flags")
     print(header, file=out)
     print("-" * len(header), file=out)
     for r in rows:
@@ -502,8 +504,9 @@ def print_table(rows, out=sys.stdout):
         pos = ""
         if r["position_case"]:
             pos = "%.2f->%.2f" % (d.get("pos_rms_initial_px", np.nan), d.get("pos_rms_px", np.nan))
-        print("%-24s %-9s %6.3f %6.1fs %6.3f %6.1fs  %-14s %s" % (
-            r["case"], r["layout"], d["score"], d["time_s"], t["score"], t["time_s"], pos,
+        print("%-24s %-9s %6.3f %6.3f %6.1fs %6.3f %6.1fs  %-14s %s" % (
+            r["case"], r["layout"], d["score"], d.get("score_no_ramp", np.nan), d["time_s"], t["score"],
+            t["time_s"], pos,
             " ".join(flags(r))), file=out)
         for what, res in (("auto", d), ("true", t)):
             if res.get("error"):

@@ -170,7 +170,7 @@ from ..log import progress_bar, progress_fields, stderr_is_tty
 from ..params import registry
 from ..params.declare import Parameter, ParamSet
 from ..params.capabilities import CAPABILITIES, refusal
-from ..params.tree import ENGINE, WARMUP_SUFFIX, validate_engine
+from ..params.tree import ENGINE, WARMUP_SUFFIX, engine_sequence, validate_engine
 from ..params.registry import ENGINES  # the one engine registry (filled by register below)
 from ..utils.parameters import Param
 from .addressing import AddressBook
@@ -204,6 +204,12 @@ def _common_params():
                   "recentre probe, object and exit waves when the probe's centre of mass is more than "
                   "this many pixels off the frame centre (null: never); far field only, ignored in the near "
                   "field (the probe fills the frame)", low=0.0, nullable=True, unit="pixel"),
+        Parameter("center_probe_spectrum", False, "bool",
+                  "when the run's last engine ends, trade the linear phase ramp that probe and object share (it "
+                  "changes no intensity) so that the probe's far-field intensity centroid sits at the detector "
+                  "centre, the undiffracted beam (far field, compact beams: focused, zone plate, aperture; not "
+                  "a diffuser's speckle); the object keeps no ramp of the probe's (off by default: a finished result resumed "
+                  "with more iterations would go on from the moved ramp, not bit for bit as one longer run)"),
         Parameter("record_interval", 1, "int",
                   "keep every n-th iteration's record in the history (the last is always kept)", low=1),
         Parameter("kernels", "auto", "str",
@@ -442,17 +448,25 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         """
 
     def finalize(self):
-        """``sync()``, ``engine_release()``, the health check (:meth:`check_health`), ``engine_finalize()``, free caches."""
+        """``sync()``, ``engine_release()``, the health check (:meth:`check_health`), ``engine_finalize()``,
+        the probe/object phase ramp (:meth:`center_probe_spectrum`), free caches."""
         self.sync()
         self.engine_release()
         if self.book is not None and self.iteration > 0:
             self.check_health()
         self.engine_finalize()
+        if self.iteration > int(self.p.get("probe_update_start") or 0) and self.ends_the_chain():
+            self.center_probe_spectrum()  # (not where the probe was held: it stays as given)
         if self.book is not None:
             for g in self.book.groups:
                 g.drop_caches()
         self._good = None
         return self
+
+    def ends_the_chain(self):
+        """Whether no engine of the run's chain (``engines``) follows this one (an engine outside the chain: True)."""
+        labels = [label for label, _ in engine_sequence(getattr(self.ptycho, "p", None))]
+        return self.label not in labels or labels[-1] == self.label
 
     def iterate(self, n=1):
         """Run ``n`` iterations with records, divergence checks and callbacks.

@@ -2,7 +2,8 @@
 
 :class:`ConstraintsMixin` gives :class:`~ptycli.engines.base.Engine` its
 constraint methods (``apply_probe_constraints``, ``probe_supports``,
-``orthogonalize_probe``, ``apply_object_constraints``, ``recenter_probe``, ``pin_scale``);
+``orthogonalize_probe``, ``apply_object_constraints``, ``recenter_probe``, ``pin_scale``,
+``center_probe_spectrum``);
 they read the engine's parameters (``probe_support``, ``probe_center_tol``,
 ``clip_object``), its address book and ``self.supports``. The array
 operations behind them are functions that engines with their own update
@@ -17,6 +18,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..params.tree import engine_sequence
 from ..utils.array_utils import smooth_step
+from .phase_ramp import MIN_CONCENTRATION, phase_ramp, spectrum_centroid
 
 __all__ = ["ConstraintsMixin", "circular_support", "clip_object_amplitude"]
 
@@ -160,6 +162,63 @@ class ConstraintsMixin:
         for S in self.book.obj_storages.values():
             S.data *= self.ftype.type(1.0 / k)
         return float(k)
+
+    def center_probe_spectrum(self):
+        """Move the probe/object phase ramp so that the probe's beam direction is the detector centre.
+
+        See :mod:`ptycli.engines.phase_ramp`: the probe gets ``exp(-2 pi i
+        f.n)`` with ``f`` its far-field (near field: angular-spectrum)
+        centroid, the object ``exp(2 pi i f.N)`` over its pixels, and each
+        exit wave the constant phase that keeps ``exit = probe * object``
+        (exact for whole-pixel windows; the sub-pixel model's fraction is left).
+        One ``f`` per object storage, the power-weighted mean over the probes
+        that light it. Left alone: near-field scans, a probe whose far field is
+        spread (:data:`~ptycli.engines.phase_ramp.MIN_CONCENTRATION`), a
+        multislice object (the ramp of ``P O_1 O_2 ...`` is not the first
+        slice's alone) and a probe storage that lights more than one object
+        storage. Run by :meth:`finalize` of the chain's last engine only. Returns ``{object storage ID: f}``
+        (cycles per pixel) of what was moved; nothing with
+        ``center_probe_spectrum: false``.
+        """
+        moved = {}
+        if not self.p.get("center_probe_spectrum") or self.book is None:
+            return moved
+        self.sync()
+        lit_by = {}
+        for g in self.book.groups:
+            lit_by.setdefault(id(g.probe), set()).add(id(g.obj))
+        by_object = {}
+        for g in self.book.groups:
+            by_object.setdefault(id(g.obj), []).append(g)
+        for groups in by_object.values():
+            obj = groups[0].obj
+            probes = {id(g.probe): g for g in groups}  # one group (its propagator) per probe storage
+            if int(getattr(obj, "slices", 1)) > 1 or any(len(lit_by[k]) > 1 for k in probes):
+                continue
+            if not all(g.farfield for g in groups):
+                continue
+            weights = [float(np.vdot(g.probe.data, g.probe.data).real) for g in probes.values()]
+            if not sum(weights) > 0:
+                continue
+            centroids = [spectrum_centroid(g.probe.data, g.propagator) for g in probes.values()]
+            if any(np.any(conc < MIN_CONCENTRATION) for _, conc in centroids):
+                continue  # a speckled (diffuser) beam: its centroid is not the beam's direction
+            f = sum(w * c for w, (c, _) in zip(weights, centroids)) / sum(weights)
+            if not np.all(np.isfinite(f)) or not np.any(f != 0):
+                continue
+            for g in probes.values():
+                g.probe.data *= phase_ramp(g.probe.data.shape, -f, g.probe.data.dtype)
+            obj.data *= phase_ramp(obj.data.shape, f, obj.data.dtype)
+            for g in groups:
+                if g.exit.released:
+                    continue
+                pods = np.exp(2j * np.pi * (f[0] * g.ob_y + f[1] * g.ob_x)).astype(g.exit.data.dtype)
+                for layer, factor in zip(g.ex_layer, pods):  # in place, frame by frame (no exit-sized copy)
+                    g.exit.data[layer] *= factor
+            moved[obj.ID] = f
+            log.debug("%s: probe/object phase ramp of %s cycles per pixel moved to the object", self.label,
+                      tuple(round(float(v), 5) for v in f))
+        return moved
 
     def support_fraction_used(self):
         """``probe_support`` as a number (None: no support), ``auto`` resolved for this engine and model.

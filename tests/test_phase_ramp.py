@@ -1,0 +1,67 @@
+"""The probe/object phase ramp (``center_probe_spectrum``, :mod:`ptycli.engines.phase_ramp`)."""
+import numpy as np
+import pytest
+
+from ptycli.core.propagation import get_propagator
+from ptycli.engines.phase_ramp import phase_ramp, spectrum_centroid
+
+from test_engines_dm import build, reconstruct
+
+
+def _disc(shape, radius):
+    y, x = np.indices(shape) - np.array(shape)[:, None, None] // 2
+    return (np.hypot(y, x) < radius).astype(np.complex128)
+
+
+@pytest.mark.parametrize("kind", ["farfield", "nearfield"])
+def test_centroid_of_a_tilted_probe_is_its_tilt(kind):
+    """The circular centroid moves exactly with a ramp; a disc's spectrum is concentrated, a random screen's not."""
+    shape = (64, 48)
+    prop = get_propagator(kind, shape, 1e-10, 5.0 if kind == "farfield" else 1e-3, 1e-6 if kind == "nearfield"
+                          else 172e-6)
+    f = np.array([0.031, -0.047])  # cycles per pixel
+    probe = _disc(shape, 8.0)[None] * phase_ramp(shape, f, np.complex128)
+    got, concentration = spectrum_centroid(probe, prop)
+    np.testing.assert_allclose(got, f, atol=2e-3)  # the untilted disc's own centroid is not quite 0 (pre factor)
+    assert np.all(concentration > 0.8), concentration
+    # centred by the opposite ramp, exactly
+    np.testing.assert_allclose(spectrum_centroid(probe * phase_ramp(shape, -got, np.complex128), prop)[0], 0,
+                               atol=1e-9)
+    assert np.all(spectrum_centroid(np.zeros((1,) + shape), prop)[0] == 0)
+    screen = np.exp(2.5j * np.random.default_rng(0).standard_normal(shape))  # uncorrelated phase: a flat spectrum
+    assert np.all(spectrum_centroid((_disc(shape, 20.0) * screen)[None], prop)[1] < 0.3)
+
+
+def test_ramp_moves_between_probe_and_object_and_leaves_the_data_model_alone():
+    """A ramp put on the probe (the opposite on the object) after DM is taken back off the probe,
+    the object returns to the reconstruction without it, and exit = probe * object still holds."""
+    P = build(frames=50, shape=32)
+    e = reconstruct(P, numiter=20, center_probe_spectrum=False)
+    probe = P.probe.S["SMF"].data
+    obj = P.obj.S["SMF"].data
+    f = np.array([0.06, -0.04])
+    ref_obj = obj.copy()
+    f0 = spectrum_centroid(probe, e.book.groups[0].propagator)[0]  # the reconstruction's own (small)
+    probe *= phase_ramp(probe.shape, f, probe.dtype)
+    obj *= phase_ramp(obj.shape, -f, obj.dtype)
+    g = e.book.groups[0]
+    for layer, y, x in zip(g.ex_layer, g.ob_y, g.ob_x):  # the exit waves follow (exit = probe * object)
+        g.exit.data[layer] *= np.exp(-2j * np.pi * (f[0] * y + f[1] * x))
+    pods = list(P.pods.values())[:10]
+    exit_before = [pod.exit.copy() for pod in pods]
+    model_before = [pod.probe * pod.object for pod in pods]
+    e.p.center_probe_spectrum = True
+    moved = e.center_probe_spectrum()
+    (moved_f,) = moved.values()
+    np.testing.assert_allclose(moved_f, f0 + f, atol=1e-6)  # the ramp put on, found again
+    assert np.all(np.abs(spectrum_centroid(probe, g.propagator)[0]) < 1e-6)
+    # the object gets back its form before the ramp (and the probe's own f0) up to a constant phase
+    ratio = obj / (ref_obj * phase_ramp(obj.shape, f0, np.complex128))
+    np.testing.assert_allclose(ratio / ratio.flat[ratio.size // 2], 1, atol=3e-4)  # single precision: 1.2e-4
+    # each exit wave turned by the constant phase that turned probe * object: exit = probe * object still holds
+    for pod, ex0, m0 in zip(pods, exit_before, model_before):
+        model_turn = (pod.probe * pod.object) / m0
+        np.testing.assert_allclose(model_turn, model_turn.flat[0], atol=1e-4)
+        np.testing.assert_allclose(pod.exit, ex0 * model_turn.flat[0], rtol=1e-5, atol=1e-5 * np.abs(ex0).max())
+    e2 = reconstruct(P, numiter=2)  # DM goes on from the moved state without a jump in the error
+    assert e2.history[-1]["fourier_error"] < 1.5 * e.history[-1]["fourier_error"]
