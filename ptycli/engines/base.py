@@ -208,8 +208,9 @@ def _common_params():
                   "when the run's last engine ends, trade the linear phase ramp that probe and object share (it "
                   "changes no intensity) so that the probe's far-field intensity centroid sits at the detector "
                   "centre, the undiffracted beam (far field, compact beams: focused, zone plate, aperture; not "
-                  "a diffuser's speckle); the object keeps no ramp of the probe's (off by default: a finished result resumed "
-                  "with more iterations would go on from the moved ramp, not bit for bit as one longer run)"),
+                  "a diffuser's speckle); the object keeps no ramp of the probe's (off by default: a finished "
+                  "result resumed with more iterations would go on from the moved ramp, not bit for bit as one "
+                  "longer run)"),
         Parameter("record_interval", 1, "int",
                   "keep every n-th iteration's record in the history (the last is always kept)", low=1),
         Parameter("kernels", "auto", "str",

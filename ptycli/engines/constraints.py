@@ -167,8 +167,7 @@ class ConstraintsMixin:
         """Move the probe/object phase ramp so that the probe's beam direction is the detector centre.
 
         See :mod:`ptycli.engines.phase_ramp`: the probe gets ``exp(-2 pi i
-        f.n)`` with ``f`` its far-field (near field: angular-spectrum)
-        centroid, the object ``exp(2 pi i f.N)`` over its pixels, and each
+        f.n)`` with ``f`` its far-field centroid, the object ``exp(2 pi i f.N)`` over its pixels, and each
         exit wave the constant phase that keeps ``exit = probe * object``
         (exact for whole-pixel windows; the sub-pixel model's fraction is left).
         One ``f`` per object storage, the power-weighted mean over the probes
@@ -176,9 +175,9 @@ class ConstraintsMixin:
         spread (:data:`~ptycli.engines.phase_ramp.MIN_CONCENTRATION`), a
         multislice object (the ramp of ``P O_1 O_2 ...`` is not the first
         slice's alone) and a probe storage that lights more than one object
-        storage. Run by :meth:`finalize` of the chain's last engine only. Returns ``{object storage ID: f}``
-        (cycles per pixel) of what was moved; nothing with
-        ``center_probe_spectrum: false``.
+        storage. Run by :meth:`finalize` of the chain's last engine only.
+        Returns ``{object storage ID: f}`` (cycles per pixel) of what was
+        moved; nothing with ``center_probe_spectrum: false``.
         """
         moved = {}
         if not self.p.get("center_probe_spectrum") or self.book is None:
