@@ -402,7 +402,8 @@ def reconstruct_and_score(config, truth, label="zoo"):
     except Exception as exc:  # a failing case is a result, not the end of the zoo
         return {"score": float("nan"), "time_s": time.time() - t0, "error": "%s: %s" % (
             type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")}
-    out = {"score": s["correlation"], "score_no_ramp": s["correlation_no_ramp"], "score_raw": s["correlation_raw"], "time_s": time.time() - t0, "error": None,
+    out = {"score": s["correlation"], "score_no_ramp": s["correlation_no_ramp"], "score_raw": s["correlation_raw"],
+           "time_s": time.time() - t0, "error": None,
            "pos_rms_px": position_rms(s["dlow"], s["true_start"]),
            "pos_rms_initial_px": position_rms(dlow0, s["true_start"])}
     return out

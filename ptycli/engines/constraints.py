@@ -183,11 +183,9 @@ class ConstraintsMixin:
         if not self.p.get("center_probe_spectrum") or self.book is None:
             return moved
         self.sync()
-        lit_by = {}
+        lit_by, by_object = {}, {}
         for g in self.book.groups:
             lit_by.setdefault(id(g.probe), set()).add(id(g.obj))
-        by_object = {}
-        for g in self.book.groups:
             by_object.setdefault(id(g.obj), []).append(g)
         for groups in by_object.values():
             obj = groups[0].obj

@@ -9,15 +9,15 @@ mPIE 50 or LSQML 50), and an object compared with a reference by shift and
 global phase only then scores 0.22-0.87 where it scores 0.997-1.000 with
 the ramp removed.
 
+With ``center_probe_spectrum: true`` (an engine parameter, off by default)
 ptycli fixes it by the direction of the undiffracted beam: the probe's
 far-field intensity centroid is put at the detector centre (the
 propagator's ``center``, the pixel of zero scattering angle) when that
-centroid is well defined (a focused, zone-plate or aperture beam, whose
-far field is a compact pupil: :data:`MIN_CONCENTRATION`); the opposite ramp
-goes to the object. A diffuser's speckled beam and near-field scans are left
-as reconstructed. A sample that deflects the
-whole beam (a wedge) keeps its ramp in the object; a probe that comes in at
-an angle keeps it in the probe. On the strong-phase scan the probe's
+centroid is well defined (a focused, zone-plate or aperture beam, whose far
+field is a compact pupil: :data:`MIN_CONCENTRATION`); the opposite ramp goes
+to the object. A diffuser's speckled beam and near-field scans are left as
+reconstructed. A sample that deflects the whole beam (a wedge) keeps its
+ramp in the object; a probe that comes in at an angle keeps it in the probe. On the strong-phase scan the probe's
 centroid predicted the object's ramp against the truth to 0.03 cycles across
 the field in four runs, while the object's own mean phase gradient was off
 by the truth's gradient (0.3 cycles).
