@@ -118,6 +118,14 @@ def test_sample_data_matches_its_config(tmp_path):
     with h5py.File(out, "r") as f:
         again = f["data/intensities"][()]
         np.testing.assert_array_equal(f["data/positions"][()], bundled_pos)
-    # same seed, same counts; the FFT library may round an expected count across a Poisson draw's edge
-    assert np.mean(again == bundled) > 0.999
-    assert np.abs(again.astype(float) - bundled).max() <= 2
+    # Same seed, same counts where the expected counts agree to the last bit. The machine's floating point
+    # (FFT library, the CPU's vector maths) can change an expected count by a rounding; a Poisson draw then
+    # takes another number of random values and that frame's later pixels are other draws of the same
+    # expectations (5.4 % of the pixels on an AMD EPYC without AVX-512, where the data were made on another CPU).
+    # Two draws of one expectation differ by (a - b)^2 / (a + b) = 1 on average; a config that changed the
+    # photons by 10 % gives 91.
+    a, b = again.astype(float), bundled.astype(float)
+    assert np.mean(a == b) > 0.9
+    differ = a != b
+    assert not differ.any() or np.mean((a[differ] - b[differ]) ** 2 / (a[differ] + b[differ])) < 1.5
+    np.testing.assert_allclose(a.sum(axis=(1, 2)), b.sum(axis=(1, 2)), rtol=2e-3)
