@@ -1,9 +1,11 @@
-"""The probe/object phase ramp (``center_probe_spectrum``, :mod:`ptycli.engines.phase_ramp`)."""
+"""The probe/object phase ramp (engine parameter ``phase_ramp``, :mod:`ptycli.engines.phase_ramp`)."""
 import numpy as np
 import pytest
 
 from ptycli.core.propagation import get_propagator
-from ptycli.engines.phase_ramp import phase_ramp, spectrum_centroid
+from ptycli.engines.phase_ramp import object_phase_gradient, phase_ramp, spectrum_centroid
+
+from ptycli.engines import make_engine
 
 from test_engines_dm import build, reconstruct
 
@@ -36,7 +38,7 @@ def test_ramp_moves_between_probe_and_object_and_leaves_the_data_model_alone():
     """A ramp put on the probe (the opposite on the object) after DM is taken back off the probe,
     the object returns to the reconstruction without it, and exit = probe * object still holds."""
     P = build(frames=50, shape=32)
-    e = reconstruct(P, numiter=20, center_probe_spectrum=False)
+    e = reconstruct(P, numiter=20, phase_ramp="none")
     probe = P.probe.S["SMF"].data
     obj = P.obj.S["SMF"].data
     f = np.array([0.06, -0.04])
@@ -50,18 +52,66 @@ def test_ramp_moves_between_probe_and_object_and_leaves_the_data_model_alone():
     pods = list(P.pods.values())[:10]
     exit_before = [pod.exit.copy() for pod in pods]
     model_before = [pod.probe * pod.object for pod in pods]
-    e.p.center_probe_spectrum = True
-    moved = e.center_probe_spectrum()
+    e.p.phase_ramp = "probe"
+    moved = e.fix_phase_ramp()
     (moved_f,) = moved.values()
     np.testing.assert_allclose(moved_f, f0 + f, atol=1e-6)  # the ramp put on, found again
     assert np.all(np.abs(spectrum_centroid(probe, g.propagator)[0]) < 1e-6)
     # the object gets back its form before the ramp (and the probe's own f0) up to a constant phase
     ratio = obj / (ref_obj * phase_ramp(obj.shape, f0, np.complex128))
     np.testing.assert_allclose(ratio / ratio.flat[ratio.size // 2], 1, atol=3e-4)  # single precision: 1.2e-4
-    # each exit wave turned by the constant phase that turned probe * object: exit = probe * object still holds
+    # the exit waves wait (they belong with the state before the move, which a resume goes on from) ...
+    for pod, ex0 in zip(pods, exit_before):
+        np.testing.assert_array_equal(pod.exit, ex0)
+    assert set(e.state_dict()["unmoved"]) == {"probe", "obj"}  # the state before the move, for a resume
+    # ... until the next engine starts: each turned by the constant phase that turned probe * object
+    e2 = make_engine(P, dict(name="DM", numiter=2), "dm2").initialize()
     for pod, ex0, m0 in zip(pods, exit_before, model_before):
         model_turn = (pod.probe * pod.object) / m0
         np.testing.assert_allclose(model_turn, model_turn.flat[0], atol=1e-4)
         np.testing.assert_allclose(pod.exit, ex0 * model_turn.flat[0], rtol=1e-5, atol=1e-5 * np.abs(ex0).max())
-    e2 = reconstruct(P, numiter=2)  # DM goes on from the moved state without a jump in the error
+    e2.run()  # DM goes on from the moved state without a jump in the error
     assert e2.history[-1]["fourier_error"] < 1.5 * e.history[-1]["fourier_error"]
+
+
+def test_object_phase_gradient_is_the_ramp_put_on():
+    """The coverage-weighted circular mean of the neighbour phase steps moves exactly with a ramp, in row
+    blocks as in one; a random phase has no coherence."""
+    rng = np.random.default_rng(3)
+    shape = (3, 70, 50)  # three layers (object modes) add
+    smooth = np.fft.ifft2(np.fft.fft2(rng.standard_normal(shape)) * (np.hypot(*np.meshgrid(
+        np.fft.fftfreq(50), np.fft.fftfreq(70))) < 0.05)).real
+    obj = (0.8 + 0.2 * rng.random(shape)) * np.exp(3j * smooth / smooth.std())  # a strong phase (wraps)
+    coverage = rng.random(shape[1:])
+    g0, c0 = object_phase_gradient(obj, coverage)
+    h = np.array([0.013, -0.021])
+    g1, c1 = object_phase_gradient(obj * phase_ramp(shape, h, np.complex128), coverage)
+    np.testing.assert_allclose(g1, g0 + h, atol=1e-12)
+    np.testing.assert_allclose(c1, c0, atol=1e-12)
+    assert np.all(c0 > 0.8), c0
+    np.testing.assert_allclose(object_phase_gradient(obj, coverage, rows_per_block=7), (g0, c0), atol=1e-12)
+    noise = np.exp(2j * np.pi * rng.random(shape))
+    assert np.all(object_phase_gradient(noise, coverage)[1] < 0.05)
+    assert np.all(object_phase_gradient(obj, np.zeros(shape[1:]))[0] == 0)
+
+
+def test_object_rule_leaves_no_mean_phase_gradient():
+    """``phase_ramp: object`` (near field's ``auto``): after DM the object's coverage-weighted phase gradient is 0
+    and the probe carries the ramp; ``none`` leaves the ramp that was put on."""
+    from ptycli.engines.health import coverage
+
+    P = build(frames=50, shape=32)
+    e = reconstruct(P, numiter=10, phase_ramp="none")
+    obj = P.obj.S["SMF"].data
+    probe = P.probe.S["SMF"].data
+    f = np.array([0.02, 0.03])
+    obj *= phase_ramp(obj.shape, f, obj.dtype)
+    probe *= phase_ramp(probe.shape, -f, probe.dtype)
+    cov = coverage(e.book)["SMF"]
+    before = object_phase_gradient(obj, cov)[0]
+    e.p.phase_ramp = "object"
+    (moved,) = e.fix_phase_ramp().values()
+    np.testing.assert_allclose(moved, -before, atol=1e-9)
+    np.testing.assert_allclose(object_phase_gradient(obj, cov)[0], 0, atol=2e-6)  # single precision
+    e.p.phase_ramp = "none"
+    assert e.fix_phase_ramp() == {}

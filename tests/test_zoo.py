@@ -446,11 +446,11 @@ def test_monitor_and_positions_in_a_master_file_recover_a_flux_varying_scan(tmp_
 def test_strong_phase_object_holds_no_ramp_against_the_truth(tmp_path):
     """The zoo's strong-phase scan (seed 21), mPIE 50 from the default start, compared by shift and global
     phase only (as the foreign scans' README scores): 0.225 before (a ramp of 1.1 / -0.55 cycles across the
-    field), 0.999 with the ramp moved to the probe (``center_probe_spectrum: true``)."""
+    field), 0.999 with the ramp moved to the probe (``phase_ramp: auto``, the default)."""
     spec = dataclasses.replace(next(c for c in validate_zoo.CASES if c.name == "strong_phase"), seed=21)
     case = zoo_sim.build_case(spec, str(tmp_path))
     config = validate_zoo.natural_config(case["data_section"], spec.propagation,
-                                         chain=[("mPIE", 50, {"center_probe_spectrum": True})])
+                                         chain=[("mPIE", 50)])
     result = validate_zoo.reconstruct_and_score(config, case["truth"])
     assert result["error"] is None, result
     assert result["score_no_ramp"] >= 0.98, result

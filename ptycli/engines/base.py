@@ -177,6 +177,7 @@ from .addressing import AddressBook
 from .constraints import ConstraintsMixin, circular_support, clip_object_amplitude, support_fraction  # noqa: F401
 from .error_sums import ErrorSums
 from .multislice_step import write_exit_waves
+from .phase_ramp import RULES
 from . import health
 from .posref import make_refiner
 from .snapshot import SnapshotMixin
@@ -204,13 +205,13 @@ def _common_params():
                   "recentre probe, object and exit waves when the probe's centre of mass is more than "
                   "this many pixels off the frame centre (null: never); far field only, ignored in the near "
                   "field (the probe fills the frame)", low=0.0, nullable=True, unit="pixel"),
-        Parameter("center_probe_spectrum", False, "bool",
-                  "when the run's last engine ends, trade the linear phase ramp that probe and object share (it "
-                  "changes no intensity) so that the probe's far-field intensity centroid sits at the detector "
-                  "centre, the undiffracted beam (far field, compact beams: focused, zone plate, aperture; not "
-                  "a diffuser's speckle); the object keeps no ramp of the probe's (off by default: a finished "
-                  "result resumed with more iterations would go on from the moved ramp, not bit for bit as one "
-                  "longer run)"),
+        Parameter("phase_ramp", "auto", "str",
+                  "where the linear phase ramp that probe and object can trade (it changes no intensity) goes "
+                  "when the run's last engine ends: probe (the probe's far-field intensity centroid at the "
+                  "detector centre, the undiffracted beam), object (no mean phase gradient over the "
+                  "illuminated object), auto (probe in the far field for a compact beam: focused, zone plate, "
+                  "aperture; object in the near field; left for a far-field diffuser's speckle), none",
+                  choices=RULES),
         Parameter("record_interval", 1, "int",
                   "keep every n-th iteration's record in the history (the last is always kept)", low=1),
         Parameter("kernels", "auto", "str",
@@ -309,6 +310,11 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         self.health = None
         #: probe storage ID -> fraction of the probe energy the support removed at the last probe update
         self.support_cut = {}
+        #: object storage ID -> the phase ramp :meth:`fix_phase_ramp` moved when this engine ended (cycles per pixel)
+        self.phase_ramp_moved = {}
+        #: ``{'probe': {storage ID: array}, 'obj': {...}}``: the probe and object as they were before
+        #: :meth:`fix_phase_ramp` moved the ramp (the state a resumed run goes on from: :meth:`state_dict`)
+        self.phase_ramp_unmoved = {}
         if not hasattr(ptycho, "runtime") or ptycho.runtime is None:
             ptycho.runtime = Param(iterations=0, history=[])
         ptycho.runtime.setdefault("iterations", 0)
@@ -369,6 +375,7 @@ class Engine(ConstraintsMixin, SnapshotMixin):
                 elif g.background is not None:
                     log.warning("%s (%s): scan %s fits a background, which this engine neither uses nor updates "
                                 "(DM, RAAR and ML do)", self.label, self.NAME, g.label)
+        self.catch_up_exit_phase_ramp()
         if self.USES_EXIT_STORAGE:
             self.need_exit_storage()
         else:
@@ -450,14 +457,14 @@ class Engine(ConstraintsMixin, SnapshotMixin):
 
     def finalize(self):
         """``sync()``, ``engine_release()``, the health check (:meth:`check_health`), ``engine_finalize()``,
-        the probe/object phase ramp (:meth:`center_probe_spectrum`), free caches."""
+        the probe/object phase ramp (:meth:`fix_phase_ramp`), free caches."""
         self.sync()
         self.engine_release()
         if self.book is not None and self.iteration > 0:
             self.check_health()
         self.engine_finalize()
         if self.iteration > int(self.p.get("probe_update_start") or 0) and self.ends_the_chain():
-            self.center_probe_spectrum()  # (not where the probe was held: it stays as given)
+            self.fix_phase_ramp()  # (not where the probe was held: it stays as given)
         if self.book is not None:
             for g in self.book.groups:
                 g.drop_caches()
@@ -672,6 +679,7 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         """
         for S in self.ptycho.exit.S.values():
             S.allocate()
+            S.phase_ramp_pending = None  # (made from probe * object as they are now)
         for g in self.book.groups:
             if g.obj.slices > 1:
                 write_exit_waves(g)

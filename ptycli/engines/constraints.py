@@ -3,7 +3,7 @@
 :class:`ConstraintsMixin` gives :class:`~ptycli.engines.base.Engine` its
 constraint methods (``apply_probe_constraints``, ``probe_supports``,
 ``orthogonalize_probe``, ``apply_object_constraints``, ``recenter_probe``, ``pin_scale``,
-``center_probe_spectrum``);
+``fix_phase_ramp``);
 they read the engine's parameters (``probe_support``, ``probe_center_tol``,
 ``clip_object``), its address book and ``self.supports``. The array
 operations behind them are functions that engines with their own update
@@ -15,10 +15,13 @@ import logging
 
 import numpy as np
 
+from .. import parallel
 from ..errors import ConfigError
 from ..params.tree import engine_sequence
 from ..utils.array_utils import smooth_step
-from .phase_ramp import MIN_CONCENTRATION, phase_ramp, spectrum_centroid
+from . import health
+from .phase_ramp import (MIN_COHERENCE, MIN_CONCENTRATION, object_phase_gradient, phase_ramp,
+                         spectrum_centroid)
 
 __all__ = ["ConstraintsMixin", "circular_support", "clip_object_amplitude"]
 
@@ -100,6 +103,20 @@ def clip_object_amplitude(data, clip):
     return True
 
 
+#: ``phase_ramp`` rules as numbers (the MPI ranks compare their plans in one reduction)
+_RULE_CODES = {"none": 0, "probe": 1, "object": 2}
+
+
+def _stamp(groups):
+    """A few samples of the probe and object storages of ``groups`` (which moved ramp they carry)."""
+    storages = [groups[0].obj] + list({id(g.probe): g.probe for g in groups}.values())
+    return [S.data.ravel()[:: max(1, S.data.size // 64)].copy() for S in storages]
+
+
+def _same_stamp(a, b):
+    return a is not None and len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
 class ConstraintsMixin:
     """The probe and object constraints of :class:`~ptycli.engines.base.Engine` (see the module docstring)."""
 
@@ -163,59 +180,149 @@ class ConstraintsMixin:
             S.data *= self.ftype.type(1.0 / k)
         return float(k)
 
-    def center_probe_spectrum(self):
-        """Move the probe/object phase ramp so that the probe's beam direction is the detector centre.
+    def fix_phase_ramp(self):
+        """Put the linear phase ramp that probe and object share where ``phase_ramp`` says (collective).
 
-        See :mod:`ptycli.engines.phase_ramp`: the probe gets ``exp(-2 pi i
-        f.n)`` with ``f`` its far-field centroid, the object ``exp(2 pi i f.N)`` over its pixels, and each
-        exit wave the constant phase that keeps ``exit = probe * object``
-        (exact for whole-pixel windows; the sub-pixel model's fraction is left).
-        One ``f`` per object storage, the power-weighted mean over the probes
-        that light it. Left alone: near-field scans, a probe whose far field is
-        spread (:data:`~ptycli.engines.phase_ramp.MIN_CONCENTRATION`), a
-        multislice object (the ramp of ``P O_1 O_2 ...`` is not the first
-        slice's alone) and a probe storage that lights more than one object
-        storage. Run by :meth:`finalize` of the chain's last engine only.
-        Returns ``{object storage ID: f}`` (cycles per pixel) of what was
-        moved; nothing with ``center_probe_spectrum: false``.
+        See :mod:`ptycli.engines.phase_ramp` for the rules (``auto``, ``probe``,
+        ``object``, ``none``). One ramp per object storage: ``probe`` takes the
+        power-weighted mean of the spectrum centroids of the probes that light
+        it, ``object`` the object's mean phase gradient over its coverage (the
+        sum over all ranks' frames). Left alone: a multislice object (the ramp
+        of ``P O_1 O_2 ...`` is not the first slice's alone), a probe storage
+        that lights more than one object storage, and (``auto``) a far-field
+        probe whose spectrum is spread. Run by :meth:`finalize` of the chain's
+        last engine only.
+
+        The probe and object are moved in place (:meth:`move_phase_ramp`); the
+        exit waves follow when an engine next starts on this model
+        (:meth:`catch_up_exit_phase_ramp`). Until then they belong with the
+        probe and object as they were, which :meth:`state_dict` keeps
+        (``unmoved``): a result resumed with more iterations goes on from that
+        state, bit for bit as one longer run.
+
+        Returns
+        -------
+        dict
+            ``{object storage ID: f}``: the ramp moved (cycles per pixel; the
+            probe got ``exp(-2 pi i f.n)``, the object ``exp(2 pi i f.N)``);
+            added to ``self.phase_ramp_moved``.
         """
-        moved = {}
-        if not self.p.get("center_probe_spectrum") or self.book is None:
-            return moved
+        rule = self.p.get("phase_ramp") or "none"
+        if rule == "none" or self.book is None:
+            return {}
         self.sync()
         lit_by, by_object = {}, {}
         for g in self.book.groups:
             lit_by.setdefault(id(g.probe), set()).add(id(g.obj))
-            by_object.setdefault(id(g.obj), []).append(g)
-        for groups in by_object.values():
-            obj = groups[0].obj
-            probes = {id(g.probe): g for g in groups}  # one group (its propagator) per probe storage
-            if int(getattr(obj, "slices", 1)) > 1 or any(len(lit_by[k]) > 1 for k in probes):
+            by_object.setdefault(g.obj.ID, []).append(g)
+        # per object storage (the same list on every MPI rank): [the rule, f_y, f_x] from this rank's groups
+        plans = np.zeros((len(self.book.obj_storages), 3))
+        for k, (sid, obj) in enumerate(self.book.obj_storages.items()):
+            groups = by_object.get(sid)
+            if not groups:
+                plans[k, 0] = -1  # no frame of it here: no MPI rank moves it (the replicas stay equal)
                 continue
-            if not all(g.farfield for g in groups):
+            probes = {id(g.probe): g for g in groups}  # one group (its propagator) per probe storage
+            if int(getattr(obj, "slices", 1)) > 1 or any(len(lit_by[i]) > 1 for i in probes):
                 continue
             weights = [float(np.vdot(g.probe.data, g.probe.data).real) for g in probes.values()]
             if not sum(weights) > 0:
                 continue
             centroids = [spectrum_centroid(g.probe.data, g.propagator) for g in probes.values()]
-            if any(np.any(conc < MIN_CONCENTRATION) for _, conc in centroids):
-                continue  # a speckled (diffuser) beam: its centroid is not the beam's direction
-            f = sum(w * c for w, (c, _) in zip(weights, centroids)) / sum(weights)
+            farfield = all(g.farfield for g in groups)
+            compact = all(np.all(conc >= MIN_CONCENTRATION) for _, conc in centroids)
+            use = rule if rule != "auto" else ("probe" if farfield and compact else
+                                              "object" if not farfield else "none")
+            plans[k, 0] = _RULE_CODES.get(use, 0)
+            if use == "probe":
+                plans[k, 1:] = sum(w * c for w, (c, _) in zip(weights, centroids)) / sum(weights)
+        if parallel.size > 1:  # every rank computed the same from replicas; a rank without frames vetoes
+            plans = parallel.allreduce(np.where(plans[:, :1] < 0, -1.0, plans), op="min")
+        coverage = None
+        moved = {}
+        for (sid, obj), (code, fy, fx) in zip(self.book.obj_storages.items(), plans):
+            if code == _RULE_CODES["object"]:
+                if coverage is None:  # collective, on every rank alike (the plans agree)
+                    coverage = health.coverage(self.book)
+                gradient, coherence = object_phase_gradient(obj.data, coverage[sid])
+                if np.any(coherence < MIN_COHERENCE):
+                    continue
+                f = -gradient
+            elif code == _RULE_CODES["probe"]:
+                f = np.array([fy, fx])
+            else:
+                continue
             if not np.all(np.isfinite(f)) or not np.any(f != 0):
                 continue
-            for g in probes.values():
-                g.probe.data *= phase_ramp(g.probe.data.shape, -f, g.probe.data.dtype)
-            obj.data *= phase_ramp(obj.data.shape, f, obj.data.dtype)
+            groups = by_object[sid]
+            unmoved = self.phase_ramp_unmoved  # the first state (a second move keeps it)
+            unmoved.setdefault("obj", {}).setdefault(sid, obj.data.copy())
             for g in groups:
-                if g.exit.released:
-                    continue
-                pods = np.exp(2j * np.pi * (f[0] * g.ob_y + f[1] * g.ob_x)).astype(g.exit.data.dtype)
-                for layer, factor in zip(g.ex_layer, pods):  # in place, frame by frame (no exit-sized copy)
-                    g.exit.data[layer] *= factor
-            moved[obj.ID] = f
-            log.debug("%s: probe/object phase ramp of %s cycles per pixel moved to the object", self.label,
-                      tuple(round(float(v), 5) for v in f))
+                unmoved.setdefault("probe", {}).setdefault(g.probe.ID, g.probe.data.copy())
+            self.move_phase_ramp(groups, f)
+            moved[sid] = np.asarray(f, dtype=np.float64)
+            self.phase_ramp_moved[sid] = self.phase_ramp_moved.get(sid, 0) + moved[sid]
+            log.debug("%s: probe/object phase ramp of %s cycles per pixel moved to the object (%s rule)",
+                      self.label, tuple(round(float(v), 5) for v in f),
+                      "object" if code == _RULE_CODES["object"] else "probe")
         return moved
+
+    @staticmethod
+    def move_phase_ramp(groups, f):
+        """Trade the ramp ``f`` (cycles per pixel) from the probe to the object.
+
+        The probe is multiplied by ``exp(-2 pi i f.n)`` over its pixels, the
+        object by ``exp(2 pi i f.N)`` over its own; ``probe * object`` of
+        the frame whose window starts at ``d`` turns by ``exp(2 pi i f.d)``
+        (exact for whole-pixel windows; the sub-pixel model's fraction is
+        left), which the exit waves of ``groups`` are marked to catch up
+        (:meth:`catch_up_exit_phase_ramp`).
+
+        Parameters
+        ----------
+        groups : list of PodGroup
+            The groups of one object storage (its probes are the groups' probe storages).
+        f : pair of float
+            ``(f_y, f_x)``.
+        """
+        obj = groups[0].obj
+        for probe in {id(g.probe): g.probe for g in groups}.values():
+            probe.data *= phase_ramp(probe.data.shape, -np.asarray(f), probe.data.dtype)
+        obj.data *= phase_ramp(obj.data.shape, f, obj.data.dtype)
+        stamp = _stamp(groups)
+        for exit_storage in {id(g.exit): g.exit for g in groups}.values():
+            pending = getattr(exit_storage, "phase_ramp_pending", None) or {}
+            before = pending.get(obj.ID, (0, None))[0]
+            pending[obj.ID] = (before + np.asarray(f, dtype=np.float64), stamp)
+            exit_storage.phase_ramp_pending = pending
+
+    def catch_up_exit_phase_ramp(self):
+        """Turn each exit wave by the constant phase that turned its ``probe * object`` since it was made.
+
+        :meth:`move_phase_ramp` marks the exit storages (``phase_ramp_pending``:
+        object storage ID -> the ramp and a stamp of the moved probe and
+        object); an engine starting on the model calls this
+        (:meth:`initialize`), so that ``exit = probe * object`` holds again
+        frame by frame (in place; released storages are rebuilt from
+        ``probe * object`` anyway). A mark whose stamp no longer matches (the
+        probe or object were written since, by a restore or a load) is dropped.
+        """
+        marked, stamps = set(), {}
+        for g in self.book.groups:
+            stamps.setdefault(id(g.obj), []).append(g)
+        for g in self.book.groups:
+            pending = getattr(g.exit, "phase_ramp_pending", None)
+            if not pending:
+                continue
+            marked.add(g.exit)
+            f, stamp = pending.get(g.obj.ID, (None, None))
+            if f is None or g.exit.released or not _same_stamp(stamp, _stamp(stamps[id(g.obj)])):
+                continue  # the probe or object were set otherwise since (restored, loaded): nothing to follow
+            turns = np.exp(2j * np.pi * (f[0] * g.ob_y + f[1] * g.ob_x)).astype(g.exit.data.dtype)
+            for layer, factor in zip(g.ex_layer, turns):  # frame by frame (no exit-sized copy)
+                g.exit.data[layer] *= factor
+        for S in marked:
+            S.phase_ramp_pending = None
 
     def support_fraction_used(self):
         """``probe_support`` as a number (None: no support), ``auto`` resolved for this engine and model.

@@ -107,7 +107,11 @@ class SnapshotMixin:
         ``global_iteration``, ``probe``/``obj``/``exit`` (storage ID ->
         array copy; left out with ``arrays=False``, for a checkpoint file that
         stores the storages itself), ``rng`` (bit-generator state), ``extra``
-        (:meth:`engine_state`).
+        (:meth:`engine_state`), ``phase_ramp`` (object storage ID -> the ramp
+        that :meth:`fix_phase_ramp` moved when the engine ended; empty before)
+        and, once it moved one, ``unmoved`` (``probe``/``obj`` -> storage ID ->
+        array before the move: the state to go on from; on MPI rank 0 only,
+        the replicas being equal).
         """
         P = self.ptycho
         if self.initialized:
@@ -115,14 +119,24 @@ class SnapshotMixin:
         out = dict(engine=self.label, name=self.NAME, iteration=int(self.iteration),
                    global_iteration=int(P.runtime.get("iterations", 0)),
                    rng=self.rng.bit_generator.state,
-                   extra={k: np.array(v, copy=True) for k, v in self.engine_state().items()})
+                   extra={k: np.array(v, copy=True) for k, v in self.engine_state().items()},
+                   phase_ramp={sid: np.asarray(f, dtype=np.float64) for sid, f in self.phase_ramp_moved.items()})
+        if self.phase_ramp_unmoved and parallel.master:
+            out["unmoved"] = {key: {sid: a.copy() for sid, a in arrays.items()}
+                              for key, arrays in self.phase_ramp_unmoved.items()}
         if arrays:
             for key, C in (("probe", P.probe), ("obj", P.obj), ("exit", P.exit)):
                 out[key] = {sid: S.data.copy() for sid, S in C.S.items() if not S.released}
         return out
 
     def load_state(self, state):
-        """Restore a :meth:`state_dict` in place (storage shapes must match)."""
+        """Restore a :meth:`state_dict` in place (storage shapes must match).
+
+        The probe and object as they were before the phase ramp was moved
+        (``unmoved``, :meth:`fix_phase_ramp`) replace the moved ones, so that
+        more iterations go on from the state an uninterrupted run had; the
+        loaded state is consistent, so no exit wave waits for a ramp.
+        """
         P = self.ptycho
         for key, C in (("probe", P.probe), ("obj", P.obj), ("exit", P.exit)):
             for sid, arr in (state.get(key) or {}).items():
@@ -134,6 +148,14 @@ class SnapshotMixin:
                     raise EngineError("checkpoint %s storage %s has shape %s, the model %s"
                                       % (key, sid, np.shape(arr), S.data.shape))
                 S.data[...] = arr
+        for key, C in (("probe", P.probe), ("obj", P.obj)):
+            for sid, arr in ((state.get("unmoved") or {}).get(key) or {}).items():
+                if sid not in C.S or tuple(C.S[sid].data.shape) != tuple(np.shape(arr)):
+                    raise EngineError("checkpoint has an unmoved %s storage %s that does not fit the model"
+                                      % (key, sid))
+                C.S[sid].data[...] = arr
+        for S in P.exit.S.values():
+            S.phase_ramp_pending = None
         self.iteration = int(state.get("iteration", 0))
         if "global_iteration" in state:
             P.runtime.iterations = int(state["global_iteration"])

@@ -434,6 +434,8 @@ def engine_state_for_rank(tree):
     if parallel.rank > 0:
         mine = ranks.get(str(parallel.rank))
         if mine is not None:
+            if "unmoved" in tree:  # kept once, by rank 0 (the probe and object are replicas)
+                mine = dict(mine, unmoved=tree["unmoved"])
             return mine
     return tree
 
