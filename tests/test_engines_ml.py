@@ -369,7 +369,8 @@ def test_two_probe_modes_single_precision():
     powers = np.sum(np.abs(Pr) ** 2, axis=(1, 2))
     assert powers[1] > 1e-3 * powers[0]  # both modes carry power
     assert abs(np.vdot(Pr[0], Pr[1])) < 1e-3 * np.sqrt(powers[0] * powers[1])  # orthogonal at the end
-    g = e.book.groups[0]  # exit waves are rewritten as probe * object
+    g = e.book.groups[0]  # exit waves are rewritten as probe * object (before the phase ramp moved: they
+    O, Pr = (e.phase_ramp_unmoved.get(k, {}).get("SMF", a) for k, a in (("obj", O), ("probe", Pr)))  # follow later)
     k = 1
     y, x = g.ob_y[k], g.ob_x[k]
     ex = P.exit.S["SMF"].data[g.ex_layer[k]]
