@@ -262,9 +262,10 @@ class ConstraintsMixin:
             self.move_phase_ramp(groups, f)
             moved[sid] = np.asarray(f, dtype=np.float64)
             self.phase_ramp_moved[sid] = self.phase_ramp_moved.get(sid, 0) + moved[sid]
-            log.debug("%s: probe/object phase ramp of %s cycles per pixel moved to the object (%s rule)",
-                      self.label, tuple(round(float(v), 5) for v in f),
-                      "object" if code == _RULE_CODES["object"] else "probe")
+            if parallel.master:
+                log.info("%s: phase ramp (%.5f, %.5f) cycles per pixel moved from the probe to the object (%s)",
+                         self.label, f[0], f[1], "no mean object phase gradient" if code == _RULE_CODES["object"]
+                         else "the probe's far-field centroid at the detector centre")
         return moved
 
     @staticmethod
