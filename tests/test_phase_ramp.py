@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from ptycli.core.propagation import get_propagator
-from ptycli.engines.phase_ramp import object_phase_gradient, phase_ramp, spectrum_centroid
+from ptycli.engines.phase_ramp import (object_phase_gradient, object_plane_fit, object_ramp, phase_ramp,
+                                       spectrum_centroid)
 
 from ptycli.engines import make_engine
 
@@ -96,8 +97,8 @@ def test_object_phase_gradient_is_the_ramp_put_on():
 
 
 def test_object_rule_leaves_no_mean_phase_gradient():
-    """``phase_ramp: object`` (near field's ``auto``): after DM the object's coverage-weighted phase gradient is 0
-    and the probe carries the ramp; ``none`` leaves the ramp that was put on."""
+    """``phase_ramp: object`` (near field's ``auto``): after DM the object's best plane-wave fit over its coverage
+    is flat and the probe carries the ramp; ``none`` leaves the ramp that was put on."""
     from ptycli.engines.health import coverage
 
     P = build(frames=50, shape=32)
@@ -108,10 +109,35 @@ def test_object_rule_leaves_no_mean_phase_gradient():
     obj *= phase_ramp(obj.shape, f, obj.dtype)
     probe *= phase_ramp(probe.shape, -f, probe.dtype)
     cov = coverage(e.book)["SMF"]
-    before = object_phase_gradient(obj, cov)[0]
+    before = object_ramp(obj, cov)
+    np.testing.assert_allclose(before, f + object_ramp(obj * phase_ramp(obj.shape, -f), cov), atol=1e-6)
     e.p.phase_ramp = "object"
     (moved,) = e.fix_phase_ramp().values()
     np.testing.assert_allclose(moved, -before, atol=1e-9)
-    np.testing.assert_allclose(object_phase_gradient(obj, cov)[0], 0, atol=2e-6)  # single precision
+    np.testing.assert_allclose(object_plane_fit(obj, cov, (0.0, 0.0))[0], 0, atol=2e-6)  # single precision
     e.p.phase_ramp = "none"
     assert e.fix_phase_ramp() == {}
+
+
+def test_object_plane_fit_moves_exactly_with_a_ramp():
+    """The weighted spectrum's peak moves exactly with a ramp, from any nearby start, in row blocks as in one
+    pass; a strong phase object has no such peak and ``object_ramp`` keeps the mean phase step there; noise
+    has no ramp."""
+    rng = np.random.default_rng(5)
+    rows, cols = 90, 70
+    y, x = np.indices((rows, cols))
+    weak = (0.7 + 0.3 * rng.random((rows, cols))) * np.exp(0.4j * rng.standard_normal((rows, cols)))
+    coverage = np.exp(-((y - 45) ** 2 + (x - 35) ** 2) / (2 * 18.0 ** 2))
+    h = np.array([0.004, -0.007])
+    f0, c0 = object_plane_fit(weak[None], coverage, object_phase_gradient(weak, coverage)[0])
+    f1, c1 = object_plane_fit((weak * phase_ramp(weak.shape, h, np.complex128))[None], coverage, (0.0, 0.0))
+    np.testing.assert_allclose(f1, f0 + h, atol=1e-8)
+    np.testing.assert_allclose(c1, c0, atol=1e-9)
+    assert c0 > 0.8 and np.max(np.abs(f0)) < 1e-3, (f0, c0)  # a texture without a ramp: about none
+    np.testing.assert_allclose(object_plane_fit(weak, coverage, (0.0, 0.0), rows_per_block=11)[0], f0, atol=1e-10)
+    np.testing.assert_allclose(object_ramp(weak * phase_ramp(weak.shape, h, np.complex128), coverage), f1,
+                               atol=1e-8)
+    strong = np.exp(6j * np.sin(x / 7.0) * np.cos(y / 9.0)) * np.exp(1j * rng.random((rows, cols)))
+    assert object_plane_fit(strong, coverage, (0.0, 0.0))[1] < 0.8
+    np.testing.assert_array_equal(object_ramp(strong, coverage), object_phase_gradient(strong, coverage)[0])
+    assert object_ramp(np.exp(2j * np.pi * rng.random((rows, cols))), coverage) is None  # noise: no ramp

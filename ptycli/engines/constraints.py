@@ -20,8 +20,7 @@ from ..errors import ConfigError
 from ..params.tree import engine_sequence
 from ..utils.array_utils import smooth_step
 from . import health
-from .phase_ramp import (MIN_COHERENCE, MIN_CONCENTRATION, object_phase_gradient, phase_ramp,
-                         spectrum_centroid)
+from .phase_ramp import MIN_CONCENTRATION, object_ramp, phase_ramp, spectrum_centroid
 
 __all__ = ["ConstraintsMixin", "circular_support", "clip_object_amplitude"]
 
@@ -186,11 +185,13 @@ class ConstraintsMixin:
         See :mod:`ptycli.engines.phase_ramp` for the rules (``auto``, ``probe``,
         ``object``, ``none``). One ramp per object storage: ``probe`` takes the
         power-weighted mean of the spectrum centroids of the probes that light
-        it, ``object`` the object's mean phase gradient over its coverage (the
-        sum over all ranks' frames). Left alone: a multislice object (the ramp
-        of ``P O_1 O_2 ...`` is not the first slice's alone), a probe storage
-        that lights more than one object storage, and (``auto``) a far-field
-        probe whose spectrum is spread. Run by :meth:`finalize` of the chain's
+        it, ``object`` the ramp of the object's best plane-wave fit over its
+        coverage (summed over all ranks' frames;
+        :func:`~ptycli.engines.phase_ramp.object_ramp`). Left alone: a
+        multislice object (the ramp of ``P O_1 O_2 ...`` is not the first
+        slice's alone), a probe storage that lights more than one object
+        storage, and (``auto``) a far-field probe whose spectrum is spread.
+        Run by :meth:`finalize` of the chain's
         last engine only.
 
         The probe and object are moved in place (:meth:`move_phase_ramp`); the
@@ -244,8 +245,8 @@ class ConstraintsMixin:
             if code == _RULE_CODES["object"]:
                 if coverage is None:  # collective, on every rank alike (the plans agree)
                     coverage = health.coverage(self.book)
-                gradient, coherence = object_phase_gradient(obj.data, coverage[sid])
-                if np.any(coherence < MIN_COHERENCE):
+                gradient = object_ramp(obj.data, coverage[sid])
+                if gradient is None:
                     continue
                 f = -gradient
             elif code == _RULE_CODES["probe"]:
