@@ -208,8 +208,8 @@ def _common_params():
         Parameter("phase_ramp", "auto", "str",
                   "where the linear phase ramp that probe and object can trade (it changes no intensity) goes "
                   "when the run's last engine ends: probe (the probe's far-field intensity centroid at the "
-                  "detector centre, the undiffracted beam), object (no mean phase gradient over the "
-                  "illuminated object), auto (probe in the far field for a compact beam: focused, zone plate, "
+                  "detector centre, the undiffracted beam), object (the plane wave that fits the illuminated "
+                  "object best made flat), auto (probe in the far field for a compact beam: focused, zone plate, "
                   "aperture; object in the near field; left for a far-field diffuser's speckle), none",
                   choices=RULES),
         Parameter("record_interval", 1, "int",

@@ -264,9 +264,10 @@ class ConstraintsMixin:
             moved[sid] = np.asarray(f, dtype=np.float64)
             self.phase_ramp_moved[sid] = self.phase_ramp_moved.get(sid, 0) + moved[sid]
             if parallel.master:
+                why = ("the object's best plane-wave fit made flat" if code == _RULE_CODES["object"]
+                       else "the probe's far-field centroid at the detector centre")
                 log.info("%s: phase ramp (%.5f, %.5f) cycles per pixel moved from the probe to the object (%s)",
-                         self.label, f[0], f[1], "no mean object phase gradient" if code == _RULE_CODES["object"]
-                         else "the probe's far-field centroid at the detector centre")
+                         self.label, f[0], f[1], why)
         return moved
 
     @staticmethod

@@ -36,17 +36,19 @@ run's last engine ends (:meth:`~ptycli.engines.constraints.ConstraintsMixin.fix_
     (DM 200 + ML 100, default start): strong_phase 0.483 -> 1.000 and
     subpixel_spiral 0.975 -> 0.998 (probe); foreign_nearfield 0.349 ->
     0.991, near_diffuser_cxi 0.970 -> 0.983, rect_48x80_near 0.963 -> 0.988
-    (object, with the mean phase step alone); the object rule on far-field compact beams would lose
-    (zoneplate_defocus5 0.994 -> 0.894), and on the far-field diffuser
-    (0.985 -> 0.969) as the probe rule does (0.985 -> 0.229). On two more
-    seeds the mean phase step alone was mixed on the zoo's own near-field
-    cases (rect_48x80_near 0.900 -> 0.965 and 0.981 -> 0.977,
-    near_diffuser_cxi 0.978 -> 0.927 and 0.977 -> 0.968): its sum telescopes
-    to the phase difference between the lit area's edges. The plane fit
-    weighs every pixel: over those six runs and the foreign scan 0.981 in
-    mean against 0.971 (0.967-0.989 each, 0.874 left alone); MoonFlower (DM 100 + ML 50) favours it in the
-    far field too (0.929 with the probe rule, 0.986 with the object rule:
-    its probe's spectrum is 0.0007 cycles per pixel off centre).
+    (object, with the mean phase step alone). The object rule on far-field
+    compact beams would lose (zoneplate_defocus5 0.994 -> 0.894), and on
+    the far-field diffuser (0.985 -> 0.969) as the probe rule does (0.985
+    -> 0.229). On two more seeds the mean phase step alone was mixed on the
+    zoo's own near-field cases (rect_48x80_near 0.900 -> 0.965 and 0.981 ->
+    0.977, near_diffuser_cxi 0.978 -> 0.927 and 0.977 -> 0.968): its sum
+    telescopes to the phase difference between the lit area's edges. The
+    plane fit weighs every pixel: over those six runs and the foreign scan
+    0.981 in mean against 0.971 (0.967-0.989 each; 0.874 left alone).
+    MoonFlower (ptycli's own simulator, DM 100 + ML 50) would prefer the
+    object rule in the far field too (0.929 with the probe rule, 0.990 with
+    the object rule: its probe's spectrum is 0.0007 cycles per pixel off
+    centre), the zoo's and the foreign scans' beams the probe rule.
 ``none``
     Leave the ramp where the reconstruction put it.
 
