@@ -162,9 +162,7 @@ def object_phase_gradient(obj, coverage, rows_per_block=256):
         ``|sum w O(n + e) conj(O(n))| / sum w |O|^2`` per axis: 1 for a pure
         ramp, about 0 for a random phase (see :data:`MIN_COHERENCE`).
     """
-    obj = np.asarray(obj).reshape((-1,) + np.shape(obj)[-2:])
-    weight = np.broadcast_to(np.asarray(coverage, dtype=np.float64).reshape((-1,) + np.shape(coverage)[-2:]),
-                             obj.shape)
+    obj, weight = _layers(obj, coverage)
     rows = obj.shape[-2]
     sums = np.zeros(2, dtype=np.complex128)
     power = 0.0
@@ -218,9 +216,7 @@ def object_plane_fit(obj, coverage, start=(0.0, 0.0), iterations=12, rows_per_bl
         ``sqrt(sum_l |F_l(f)|^2) / sum w |O|``: 1 for an object that is a
         plane wave times a positive amplitude.
     """
-    obj = np.asarray(obj).reshape((-1,) + np.shape(obj)[-2:])
-    weight = np.broadcast_to(np.asarray(coverage, dtype=np.float64).reshape((-1,) + np.shape(coverage)[-2:]),
-                             obj.shape)
+    obj, weight = _layers(obj, coverage)
     rows = obj.shape[-2]
     blocks = [slice(r0, r0 + rows_per_block) for r0 in range(0, rows, rows_per_block)]
     total = sum(float(np.sum(weight[:, b] * np.abs(obj[:, b]))) for b in blocks)
@@ -250,6 +246,13 @@ def object_plane_fit(obj, coverage, start=(0.0, 0.0), iterations=12, rows_per_bl
         if np.max(np.abs(step)) < 1e-9:
             break
     return f, float(np.sqrt(np.sum(np.abs(F) ** 2)) / total)
+
+
+def _layers(obj, coverage):
+    """``obj`` as (layers, rows, cols) and the coverage (float64) broadcast to it."""
+    obj = np.asarray(obj).reshape((-1,) + np.shape(obj)[-2:])
+    coverage = np.asarray(coverage, dtype=np.float64).reshape((-1,) + np.shape(coverage)[-2:])
+    return obj, np.broadcast_to(coverage, obj.shape)
 
 
 def _plane_sums(obj, weight, f, blocks):

@@ -138,8 +138,10 @@ class SnapshotMixin:
         loaded state is consistent, so no exit wave waits for a ramp.
         """
         P = self.ptycho
+        unmoved = state.get("unmoved") or {}
         for key, C in (("probe", P.probe), ("obj", P.obj), ("exit", P.exit)):
-            for sid, arr in (state.get(key) or {}).items():
+            # (the probe and object before the phase ramp moved, where kept, are the state to go on from)
+            for sid, arr in dict(state.get(key) or {}, **(unmoved.get(key) or {})).items():
                 if sid not in C.S:
                     raise EngineError("checkpoint has %s storage %s that the model lacks" % (key, sid))
                 S = C.S[sid]
@@ -148,12 +150,6 @@ class SnapshotMixin:
                     raise EngineError("checkpoint %s storage %s has shape %s, the model %s"
                                       % (key, sid, np.shape(arr), S.data.shape))
                 S.data[...] = arr
-        for key, C in (("probe", P.probe), ("obj", P.obj)):
-            for sid, arr in ((state.get("unmoved") or {}).get(key) or {}).items():
-                if sid not in C.S or tuple(C.S[sid].data.shape) != tuple(np.shape(arr)):
-                    raise EngineError("checkpoint has an unmoved %s storage %s that does not fit the model"
-                                      % (key, sid))
-                C.S[sid].data[...] = arr
         for S in P.exit.S.values():
             S.phase_ramp_pending = None
         self.iteration = int(state.get("iteration", 0))
