@@ -191,8 +191,7 @@ class ConstraintsMixin:
         multislice object (the ramp of ``P O_1 O_2 ...`` is not the first
         slice's alone), a probe storage that lights more than one object
         storage, and (``auto``) a far-field probe whose spectrum is spread.
-        Run by :meth:`finalize` of the chain's
-        last engine only.
+        Run by :meth:`finalize` of the chain's last engine only.
 
         The probe and object are moved in place (:meth:`move_phase_ramp`); the
         exit waves follow when an engine next starts on this model
