@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from ptycli.core import Ptycho
-from ptycli.core.background import frame_sums, initial_background, projection_update, relative_error, smooth
+from ptycli.core.background import (AUTO_FLOOR_FRACTION, AUTO_STEADINESS, detector_floor, frame_sums,
+                                   initial_background, projection_update, relative_error, smooth)
 from ptycli.engines import make_engine
 from ptycli.engines.ml.noise_models import noise_model, noise_terms
 
@@ -109,6 +110,71 @@ def test_initial_background_is_the_smallest_valid_count():
     assert relative_error(np.array([1.1, 0.9]), np.array([1.0, 1.0])) == pytest.approx(0.1)
 
 
+def test_detector_floor_of_a_steady_background_under_moving_spots():
+    """Frames of 16 x 16: a background of 3 counts plus a bright spot that visits a different tile in every frame."""
+    frames = np.full((8, 16, 16), 3.0)
+    for j in range(8):
+        frames[j, (j // 2) * 4:(j // 2) * 4 + 2, (j % 2) * 8:(j % 2) * 8 + 2] += 100.0 + j
+    mask = np.ones(frames.shape, bool)
+    floor, fraction, steadiness = detector_floor(frames, mask, tile=8)
+    np.testing.assert_array_equal(floor, 3.0)  # every tile is spot-free in some frame
+    mean = frames.mean()
+    assert fraction == pytest.approx(3.0 / mean)
+    # each tile's mean over the frames: 3 + (its spots' counts) / 64 / 8
+    tile_means = [3.0 + sum(4 * (100.0 + j) for j in range(8) if (j // 2) // 2 == ty and j % 2 == tx) / 64 / 8
+                  for ty in range(2) for tx in range(2)]
+    assert steadiness == pytest.approx(np.median([3.0 / t for t in tile_means]))
+    # a masked hot pixel in every frame changes nothing; a tile never valid reads 0 and is left out
+    hot = frames.copy()
+    hot[:, 9, 9] = 1e6
+    mask[:, 9, 9] = False
+    mask[:, :8, :8] = False
+    floor2, fraction2, _ = detector_floor(hot, mask, tile=8)
+    assert np.all(floor2[:8, :8] == 0.0) and np.all(floor2[8:, 8:] == 3.0)
+    assert fraction2 == pytest.approx(3.0 / hot[mask].mean())
+
+
+def test_detector_floor_of_a_coherent_pattern_without_background_is_low():
+    """A compact probe's speckle moves with the object: in some frame every tile is dark (Poisson counts)."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(3)
+    y, x = np.indices((32, 32)) - 16
+    probe = np.exp(-(y ** 2 + x ** 2) / (2 * 3.0 ** 2)) * np.exp(0.05j * (y ** 2 + x ** 2))  # a defocused spot
+    texture = gaussian_filter(rng.standard_normal((96, 96)), 2.0)
+    obj = np.exp(1j * texture / texture.std())  # a phase texture of 1 rad rms, 2 px correlation
+    counts = np.array([rng.poisson(1e3 * np.abs(np.fft.fftshift(np.fft.fft2(probe * obj[r:r + 32, c:c + 32]))) ** 2
+                                   / 1024.0)
+                       for r in range(0, 64, 8) for c in range(0, 64, 8)], dtype=float)
+    _, fraction, steadiness = detector_floor(counts, None)
+    assert fraction < AUTO_FLOOR_FRACTION and steadiness < AUTO_STEADINESS, (fraction, steadiness)
+    _, fraction_bg, steadiness_bg = detector_floor(counts + rng.poisson(0.05 * counts.mean(), counts.shape), None)
+    assert fraction_bg > AUTO_FLOOR_FRACTION and steadiness_bg > AUTO_STEADINESS, (fraction_bg, steadiness_bg)
+
+
+@pytest.mark.parametrize("background, fitted", [(0.05, True), (0.0, False)])
+def test_auto_fits_a_background_where_the_frames_hold_one(tmp_path, background, fitted):
+    """``background: auto`` (the default) decides from the data: a zoo scan with 5 % background, and without."""
+    case = _case(tmp_path, background=background, frames=60)
+    cfg = validate_zoo.natural_config(case["data_section"], "farfield", dm_iterations=1, ml_iterations=0)
+    P = Ptycho(cfg, level=2)
+    assert (P.scans["zoo"].background is not None) == fitted
+    small = _case(tmp_path / "small", background=background, frames=30)  # fewer than 50 frames: never
+    cfg = validate_zoo.natural_config(small["data_section"], "farfield", dm_iterations=1, ml_iterations=0)
+    assert Ptycho(cfg, level=2).scans["zoo"].background is None
+
+
+def test_background_option_words():
+    from ptycli.errors import ConfigError
+    from ptycli.params.scan import scan_paramset
+
+    declared = scan_paramset()
+    for given, read in ((True, "on"), (False, "off"), ("auto", "auto"), ("AUTO", "auto"), ("on", "on")):
+        assert declared.validate({"background": given}, "scans.MF")["background"] == read
+    with pytest.raises(ConfigError, match="expected auto, true or false"):
+        declared.validate({"background": "maybe"}, "scans.MF")
+
+
 # -- the engines --------------------------------------------------------------------------------------
 def _moonflower(background=True, frames=16, shape=32, data_type="double"):
     scan = dict(background=background, background_smoothing=0.0, illumination=dict(model="moon"),
@@ -155,6 +221,28 @@ def test_engines_without_background_support_say_so(caplog, label, said, not_said
         make_engine(P, dict(name="ePIE", numiter=1), label).run()
     assert said in caplog.text and not_said not in caplog.text
     np.testing.assert_array_equal(P.scans["MF"].background, B0)
+
+
+def test_engine_state_carries_the_background():
+    """An in-memory resume (state_dict -> load_state) goes on with the fitted background, not the start."""
+    def run(state=None):
+        P = _moonflower(frames=12, data_type="double")
+        e = make_engine(P, dict(name="DM", numiter=6), "dm")
+        if state is None:
+            e.initialize()
+            e.iterate(3)
+            state = e.state_dict()
+            e.iterate(3)
+        else:
+            e.load_state(state)
+            e.iterate(3)
+        return P, state
+
+    P1, state = run()
+    assert set(state["background"]) == {"MF"}
+    P2, _ = run(state)
+    np.testing.assert_allclose(P2.scans["MF"].background, P1.scans["MF"].background, rtol=1e-10)
+    np.testing.assert_allclose(P2.obj.S["SMF"].data, P1.obj.S["SMF"].data, rtol=1e-8, atol=1e-10)
 
 
 def test_floating_intensities_with_background_is_refused():

@@ -38,7 +38,8 @@ from .. import parallel
 from ..errors import ConfigError, DataError
 from ..params.registry import ENGINES, LOADERS, load_plugins
 from ..params.tree import engine_sequence
-from .background import initial_background
+from .background import (AUTO_FLOOR_FRACTION, AUTO_MIN_FRAMES, AUTO_STEADINESS, FLOOR_TILE, detector_floor,
+                         initial_background)
 from .classes import POD, View
 from .counting_noise import amplitude_noise_floor, looks_like_counts
 from .geometry import Geo
@@ -224,7 +225,7 @@ class ScanModel:
             self._check_shared("object", P.obj.S[self.object_sid], nob * self.slices, None, res)
         #: the incoherent background (counts per detector pixel, every frame; :mod:`ptycli.core.background`)
         self.background = initial_background(d.intensities, d.mask, self.background_sigma, P.FType) \
-            if self.p.get("background") else None
+            if self.fits_background(d) else None
         exit_layers = [int(g) * self.modes + k for g in d.indices for k in range(self.modes)]
         P.exit.new_storage(ID=self.sid, shape=(len(exit_layers),) + shape, psize=res, layermap=exit_layers)
         positions = self.positions_m()
@@ -266,6 +267,32 @@ class ScanModel:
         log.info("scan %s: sub-pixel positions %s%s", self.label, self.subpixel["reason"],
                  ", resolution 1/%d px" % res if self.subpixel["on"] else "")
         return self.subpixel
+
+    def fits_background(self, data):
+        """Decide ``scans.<label>.background`` (collective under ``auto``); log what ``auto`` found.
+
+        ``auto`` fits a background where every frame holds a floor of counts
+        (:func:`~ptycli.core.background.detector_floor`): at least
+        :data:`~ptycli.core.background.AUTO_FLOOR_FRACTION` of the mean count
+        per pixel, and at least :data:`~ptycli.core.background.AUTO_STEADINESS`
+        of each tile's mean over the frames (the same in every frame, unlike
+        coherent signal), in scans of at least
+        :data:`~ptycli.core.background.AUTO_MIN_FRAMES` frames.
+        """
+        mode = self.p.get("background") or "off"
+        if mode != "auto":
+            return mode == "on"
+        frames = parallel.allreduce(np.array([float(len(data.indices))]))[0]
+        if frames < AUTO_MIN_FRAMES:
+            log.info("scan %s: no background fitted (background: auto looks for one in scans of %d frames or "
+                     "more)", self.label, AUTO_MIN_FRAMES)
+            return False
+        _, fraction, steadiness = detector_floor(data.intensities, data.mask)
+        fit = fraction >= AUTO_FLOOR_FRACTION and steadiness >= AUTO_STEADINESS
+        log.info("scan %s: every frame holds %.2g %% of the mean count per pixel, %.2f of each tile's mean "
+                 "(medians over %d x %d tiles): %s", self.label, 100.0 * fraction, steadiness, FLOOR_TILE,
+                 FLOOR_TILE, "fitting an incoherent background" if fit else "no background fitted")
+        return fit
 
     def _check_extent(self, positions, shape, res, modes, itemsize):
         """Refuse positions that would need an object larger than this machine's memory.

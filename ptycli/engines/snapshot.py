@@ -105,8 +105,9 @@ class SnapshotMixin:
 
         Keys: ``engine`` (label), ``name``, ``iteration`` (this engine),
         ``global_iteration``, ``probe``/``obj``/``exit`` (storage ID ->
-        array copy; left out with ``arrays=False``, for a checkpoint file that
-        stores the storages itself), ``rng`` (bit-generator state), ``extra``
+        array copy) and ``background`` (scan label -> the fitted incoherent
+        background, :mod:`ptycli.core.background`), all left out with
+        ``arrays=False``, for a checkpoint file that stores them itself, ``rng`` (bit-generator state), ``extra``
         (:meth:`engine_state`), ``phase_ramp`` (object storage ID -> the ramp
         that :meth:`fix_phase_ramp` moved when the engine ended; empty before)
         and, once it moved one, ``unmoved`` (``probe``/``obj`` -> storage ID ->
@@ -127,6 +128,8 @@ class SnapshotMixin:
         if arrays:
             for key, C in (("probe", P.probe), ("obj", P.obj), ("exit", P.exit)):
                 out[key] = {sid: S.data.copy() for sid, S in C.S.items() if not S.released}
+            out["background"] = {label: model.background.copy() for label, model in P.scans.items()
+                                 if getattr(model, "background", None) is not None}
         return out
 
     def load_state(self, state):
@@ -150,6 +153,11 @@ class SnapshotMixin:
                     raise EngineError("checkpoint %s storage %s has shape %s, the model %s"
                                       % (key, sid, np.shape(arr), S.data.shape))
                 S.data[...] = arr
+        for label, arr in (state.get("background") or {}).items():
+            model = P.scans.get(label)
+            if model is None or getattr(model, "background", None) is None:
+                raise EngineError("checkpoint has a background of scan %s, which fits none here" % label)
+            model.background[...] = arr
         for S in P.exit.S.values():
             S.phase_ramp_pending = None
         self.iteration = int(state.get("iteration", 0))

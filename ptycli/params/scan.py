@@ -14,7 +14,7 @@ Names follow PtyPy where PtyPy users know them::
         sample: {model: fill, fill: 1.0, fill_phase: 0.0, diversity: {...},
                  slices: 1, slice_distance_m: null}   # slices > 1: a thick (multislice) sample
         coherence: {num_probe_modes: 1, num_object_modes: 1}
-        background: false       # fit an incoherent background (ptycli.core.background)
+        background: auto        # fit an incoherent background (ptycli.core.background); auto: where the frames show one
         probe_share: null       # label of another scan whose probe this one uses
         object_share: null
         tags: []
@@ -337,6 +337,17 @@ def _subpixel_mode(value, path):
     return text
 
 
+def _background_mode(value, path):
+    """``scans.<label>.background`` as 'auto', 'on' or 'off' (YAML true/false read as on/off)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value).strip().lower()
+    if text not in ("auto", "on", "off"):
+        raise ConfigError("%s: expected auto, true or false, got %r" % (path, value),
+                          hint="auto fits a background where every frame holds a floor of counts")
+    return text
+
+
 SCAN = ParamSet("scan", [
     RegistryName("name", "Full", SCAN_MODELS, "scan model: Full (mixed states) or Vanilla (single mode)"),
     Parameter("propagation", None, "str", "propagation between sample and detector (null: the one the data "
@@ -360,9 +371,12 @@ SCAN = ParamSet("scan", [
               "null for its own probe"),
     Parameter("object_share", None, "str", "label of another scan whose object this scan uses; "
               "null for its own object"),
-    Parameter("background", False, "bool",
+    Parameter("background", "auto", "any",
               "fit an incoherent background (counts per detector pixel, the same in every frame) that adds to the "
-              "model intensity, in DM, RAAR and ML; written to /scans/<label>/background"),
+              "model intensity, in DM, RAAR and ML; written to /scans/<label>/background: auto, true or false "
+              "(auto: fitted where every frame of a scan of 50 frames or more holds the same floor of counts, at "
+              "least 1 % of the mean count per pixel; ptycli.core.background.detector_floor)",
+              check=lambda v, path: _background_mode(v, path)),
     Parameter("background_smoothing", 1.0, "float",
               "Gaussian smoothing of the fitted background, weighted by the counting statistics of each pixel "
               "(0: every pixel on its own)", low=0.0, high=1000.0, unit="pixel"),

@@ -687,8 +687,9 @@ class ML(Engine):
         self._has_background = any(G.g.background is not None for G in self.groups)
         if self._has_background and self.floating:
             raise ConfigError("engines.%s: floating_intensities cannot be combined with a fitted background "
-                              "(scans.<label>.background)" % self.label,
-                              hint="turn one of them off")
+                              "(scans.<label>.background; auto fits one where every frame holds a floor of "
+                              "counts)" % self.label,
+                              hint="set scans.<label>.background: false or floating_intensities: false")
         self._bg_const = []
         for G in self.groups:
             g = G.g
