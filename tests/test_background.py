@@ -171,7 +171,7 @@ def test_background_option_words():
     declared = scan_paramset()
     for given, read in ((True, "on"), (False, "off"), ("auto", "auto"), ("AUTO", "auto"), ("on", "on")):
         assert declared.validate({"background": given}, "scans.MF")["background"] == read
-    with pytest.raises(ConfigError, match="expected auto, true or false"):
+    with pytest.raises(ConfigError, match="expected auto, on or off"):
         declared.validate({"background": "maybe"}, "scans.MF")
 
 

@@ -210,9 +210,10 @@ def test_a_subpixel_scan_reconstructs_as_well_as_its_integer_twin(tmp_path):
 
 def test_the_switch_reads_yaml_booleans_and_refuses_other_values():
     from ptycli.errors import ConfigError
-    from ptycli.params.scan import _subpixel_mode
+    from ptycli.params.scan import _auto_on_off
 
-    assert _subpixel_mode(False, "p") == "off" and _subpixel_mode(True, "p") == "on"
-    assert _subpixel_mode(" Auto ", "p") == "auto"
+    mode = _auto_on_off("a hint")
+    assert mode(False, "p") == "off" and mode(True, "p") == "on"
+    assert mode(" Auto ", "p") == "auto"
     with pytest.raises(ConfigError, match="scans.MF.subpixel: expected auto, on or off"):
         build(frames=4, subpixel="maybe")

@@ -326,26 +326,16 @@ DATA = ParamSet("data", [
                  "told from dfile's format)", nullable=True),
 ], "the scan's data source: a loader and its parameters")
 
-def _subpixel_mode(value, path):
-    """``scans.<label>.subpixel`` as 'auto', 'on' or 'off' (YAML reads a bare on/off as a boolean)."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    text = str(value).strip().lower()
-    if text not in ("auto", "on", "off"):
-        raise ConfigError("%s: expected auto, on or off, got %r" % (path, value),
-                          hint="auto uses the model when the positions lie off the pixel grid")
-    return text
-
-
-def _background_mode(value, path):
-    """``scans.<label>.background`` as 'auto', 'on' or 'off' (YAML true/false read as on/off)."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    text = str(value).strip().lower()
-    if text not in ("auto", "on", "off"):
-        raise ConfigError("%s: expected auto, true or false, got %r" % (path, value),
-                          hint="auto fits a background where every frame holds a floor of counts")
-    return text
+def _auto_on_off(hint):
+    """A check reading a value as 'auto', 'on' or 'off' (YAML reads a bare on/off or true/false as a boolean)."""
+    def check(value, path):
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        text = str(value).strip().lower()
+        if text not in ("auto", "on", "off"):
+            raise ConfigError("%s: expected auto, on or off (true, false), got %r" % (path, value), hint=hint)
+        return text
+    return check
 
 
 SCAN = ParamSet("scan", [
@@ -360,7 +350,7 @@ SCAN = ParamSet("scan", [
     Parameter("subpixel", "auto", "any",
               "sub-pixel scan positions: auto, on or off (YAML true/false too); on shifts each frame's probe by "
               "the remainder of its position (auto: on when the positions lie off the pixel grid; far field only)",
-              check=lambda v, path: _subpixel_mode(v, path)),
+              check=_auto_on_off("auto uses the model when the positions lie off the pixel grid")),
     Parameter("subpixel_resolution", 4, "int",
               "steps per pixel to which the sub-pixel remainders are quantised (frames of one step share a "
               "shifted probe: at most (resolution + 1)^2 of them)", low=1, high=64, unit="1/pixel"),
@@ -376,7 +366,7 @@ SCAN = ParamSet("scan", [
               "model intensity, in DM, RAAR and ML; written to /scans/<label>/background: auto, true or false "
               "(auto: fitted where every frame of a scan of 50 frames or more holds the same floor of counts, at "
               "least 1 % of the mean count per pixel; ptycli.core.background.detector_floor)",
-              check=lambda v, path: _background_mode(v, path)),
+              check=_auto_on_off("auto fits a background where every frame holds the same floor of counts")),
     Parameter("background_smoothing", 1.0, "float",
               "Gaussian smoothing of the fitted background, weighted by the counting statistics of each pixel "
               "(0: every pixel on its own)", low=0.0, high=1000.0, unit="pixel"),
