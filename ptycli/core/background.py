@@ -124,7 +124,7 @@ def _tile_means(counts, mask, tile):
 
 
 def detector_floor(counts, mask, tile=FLOOR_TILE):
-    """The counts every frame holds: per tile of the detector, the smallest mean count over the frames (collective).
+    """How much of the counts every frame holds: per detector tile, the smallest mean count over the frames (collective).
 
     A background (air scattering, a dark offset) adds the same counts to every
     frame; a coherent pattern from a compact probe leaves most of the detector
@@ -158,8 +158,6 @@ def detector_floor(counts, mask, tile=FLOOR_TILE):
 
     Returns
     -------
-    floor : ndarray (H, W), float64
-        Every pixel's tile floor (counts per pixel; 0 in tiles never valid).
     fraction : float
         Median of the floors over the tiles ever valid, over the mean count
         per valid pixel of all frames (0 for a scan without counts).
@@ -172,9 +170,10 @@ def detector_floor(counts, mask, tile=FLOOR_TILE):
     low = np.full((rows, cols), np.inf)
     tiles = np.zeros((2, rows, cols))  # sums over frames of the tile means, frames where the tile is valid
     sums = np.zeros(2)  # valid counts, valid pixels
-    for j0 in range(0, n, _BLOCK):
-        block = counts[j0:j0 + _BLOCK]
-        valid = None if mask is None else mask[j0:j0 + _BLOCK]
+    step = max(1, min(_BLOCK, (1 << 22) // (H * W)))  # frames per block: float64 temporaries of 32 MiB at most
+    for j0 in range(0, n, step):
+        block = counts[j0:j0 + step]
+        valid = None if mask is None else mask[j0:j0 + step]
         means = _tile_means(block, valid, tile)
         seen = np.isfinite(means)
         np.minimum(low, np.where(seen, means, np.inf).min(axis=0), out=low)
@@ -189,14 +188,13 @@ def detector_floor(counts, mask, tile=FLOOR_TILE):
         parallel.allreduce(tiles)
         parallel.allreduce(sums)
     seen = np.isfinite(low)
-    low[~seen] = 0.0
+    if not seen.any():
+        return 0.0, 0.0
+    low, tile_mean = low[seen], tiles[0][seen] / np.maximum(tiles[1][seen], 1.0)
     mean = sums[0] / max(sums[1], 1.0)
-    fraction = float(np.median(low[seen]) / mean) if seen.any() and mean > 0 else 0.0
-    tile_mean = tiles[0] / np.maximum(tiles[1], 1.0)
-    ratio = np.where(tile_mean > 0, low / np.where(tile_mean > 0, tile_mean, 1.0), 0.0)
-    steadiness = float(np.median(ratio[seen])) if seen.any() else 0.0
-    floor = np.repeat(np.repeat(low, tile, axis=0), tile, axis=1)[:H, :W]
-    return floor, fraction, steadiness
+    fraction = float(np.median(low) / mean) if mean > 0 else 0.0
+    steadiness = float(np.median(np.where(tile_mean > 0, low / np.where(tile_mean > 0, tile_mean, 1.0), 0.0)))
+    return fraction, steadiness
 
 
 def frame_sums(counts, mask=None):

@@ -287,7 +287,7 @@ class ScanModel:
             log.info("scan %s: no background fitted (background: auto looks for one in scans of %d frames or "
                      "more)", self.label, AUTO_MIN_FRAMES)
             return False
-        _, fraction, steadiness = detector_floor(data.intensities, data.mask)
+        fraction, steadiness = detector_floor(data.intensities, data.mask)
         fit = fraction >= AUTO_FLOOR_FRACTION and steadiness >= AUTO_STEADINESS
         log.info("scan %s: every frame holds %.2g %% of the mean count per pixel, %.2f of each tile's mean "
                  "(medians over %d x %d tiles): %s", self.label, 100.0 * fraction, steadiness, FLOOR_TILE,

@@ -107,7 +107,8 @@ class SnapshotMixin:
         ``global_iteration``, ``probe``/``obj``/``exit`` (storage ID ->
         array copy) and ``background`` (scan label -> the fitted incoherent
         background, :mod:`ptycli.core.background`), all left out with
-        ``arrays=False``, for a checkpoint file that stores them itself, ``rng`` (bit-generator state), ``extra``
+        ``arrays=False``, for a checkpoint file that stores them itself,
+        ``rng`` (bit-generator state), ``extra``
         (:meth:`engine_state`), ``phase_ramp`` (object storage ID -> the ramp
         that :meth:`fix_phase_ramp` moved when the engine ended; empty before)
         and, once it moved one, ``unmoved`` (``probe``/``obj`` -> storage ID ->
