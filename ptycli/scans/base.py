@@ -130,6 +130,7 @@ from typing import Optional
 import numpy as np
 
 from .. import errors, parallel
+from ..core.geometry import electron_wavelength_m, m2keV
 from ..errors import ConfigError, DataError, PtycliError
 from ..io.reading import READ_ERRORS, reading  # noqa: F401  (re-exported)
 from ..log import get_logger
@@ -479,7 +480,14 @@ class ScanLoader:
 
     # -- geometry ---------------------------------------------------------------
     def geometry(self):
-        """``(energy_kev, distance_m, psize_m (2,))`` of the raw detector, config first."""
+        """``(energy_kev, distance_m, psize_m (2,))`` of the raw detector, config first.
+
+        With ``radiation: electron`` the energy given (the electrons' kinetic
+        energy) is replaced by the photon energy of the same wavelength
+        (:func:`ptycli.core.geometry.electron_wavelength_m`), so that the
+        geometry, which works with photon energies, propagates with the
+        electrons' wavelength.
+        """
         m = self.meta()
         p = self.pars
         values = {}
@@ -503,6 +511,12 @@ class ScanLoader:
             if not np.all(np.isfinite(v)) or not np.all(np.asarray(v) > 0):
                 raise DataError("%s: %s is %s; it must be positive" % (self.source, key, v),
                                 hint="set %s in the configuration" % self._where(key))
+        if p.get("radiation") == "electron":
+            lam = electron_wavelength_m(energy)
+            announce("electron", self.source, "%s: electrons of %.6g keV, wavelength %.6g pm (the geometry "
+                     "records %.6g keV, the photon energy of that wavelength)", self.source, energy, lam * 1e12,
+                     m2keV(lam))
+            energy = m2keV(lam)
         return energy, distance, psize
 
     # -- checks before reading frames ------------------------------------------

@@ -145,8 +145,12 @@ COMMON_PARAMS = ParamSet("scan_data", [
               check=_checked_by("orientation_flags")),
     Parameter("rebin", 1, "int", "sum r x r detector pixels (the pixel size grows r times)",
               low=1, high=64),
-    Parameter("energy", None, "float", "photon energy (overrides the file)", low=0.0,
-              nullable=True, unit="keV"),
+    Parameter("energy", None, "float", "photon energy, or with radiation: electron the electrons' kinetic "
+              "energy (overrides the file)", low=0.0, nullable=True, unit="keV"),
+    Parameter("radiation", "xray", "str",
+              "what the beam is: xray (photons; the wavelength is hc / energy) or electron (the energy is the "
+              "electrons' kinetic energy; relativistic wavelength hc / sqrt(E (E + 2 m0 c^2)); the geometry "
+              "records the photon energy of that wavelength)", choices=["xray", "electron"]),
     Parameter("distance", None, "float", "sample-detector distance (overrides the file)",
               low=0.0, nullable=True, unit="m"),
     Parameter("psize", None, "pair", "detector pixel size (overrides the file)", low=0.0,
