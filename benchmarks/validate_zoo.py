@@ -118,6 +118,9 @@ CASES = [
     CaseSpec("mask_beamstop_beamline", layout="beamline", probe="focused", probe_size_px=3.0,
              scan="raster", frames=144, photons=2e6, defects=True, beamstop_radius_px=3.0, seed=18,
              notes="uint16 (saturation masked), hot/dead, beam stop r=3"),
+    CaseSpec("background_air", layout="beamline", probe="zoneplate", probe_size_px=9.0, frames=120,
+             photons=1e7, background=0.05, background_profile="radial", seed=21,
+             notes="air-scattering background, 5 % of the mean counts (background: auto finds it)"),
     # sub-pixel positions and their integer-grid twin (same seed)
     CaseSpec("subpixel_spiral", layout="ptyd", probe="zoneplate", probe_size_px=9.0, frames=120,
              photons=1e7, subpixel=True, feature_px=0.7, seed=19,
