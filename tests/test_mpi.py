@@ -418,3 +418,37 @@ def test_auto_kernels_decide_on_all_ranks_pixels(tmp_path):
     assert serial.returncode == 0, serial.describe()
     one = json.loads(serial.stdout.split("CHOICE ", 1)[1].splitlines()[0])
     assert one["size"] == 1 and not one["job"] and not one["small"]
+
+
+# -- background: auto decides on all ranks' frames -------------------------------------------------------
+
+FLOOR_SCRIPT = r"""
+import json
+import numpy as np
+from ptycli import parallel
+from ptycli.core.background import detector_floor
+rng = np.random.default_rng(4)
+frames = rng.poisson(3.0, (12, 16, 16)).astype(float)
+frames[np.arange(12), (np.arange(12) * 5) % 16, (np.arange(12) * 3) % 16] += 500.0  # a moving bright pixel
+frames[:6, :8, :8] += 40.0  # a tile bright in half the frames (its floor is the other half's)
+mask = rng.random(frames.shape) > 0.05
+mine = slice(parallel.rank, None, parallel.size)  # this rank's frames
+print("FLOOR " + json.dumps(detector_floor(frames[mine], mask[mine], tile=4)), flush=True)
+"""
+
+
+@needs_mpi
+def test_detector_floor_is_the_same_on_every_rank_as_in_one_process(tmp_path):
+    """``background: auto``'s statistics reduce over the ranks: 2 ranks holding half of the frames each
+    read the numbers of one process holding all."""
+    script = tmp_path / "floor.py"
+    script.write_text(FLOOR_SCRIPT)
+    res = mh.run([script], nprocs=2, timeout=120)
+    assert res.returncode == 0, res.describe()
+    two = [json.loads(line.split(" ", 1)[1]) for line in res.stdout.splitlines() if line.startswith("FLOOR ")]
+    one = mh.run([script], timeout=120)
+    assert one.returncode == 0, one.describe()
+    single = json.loads(one.stdout.split("FLOOR ", 1)[1].splitlines()[0])
+    assert len(two) == 2 and 0.1 < single[0] < 1.0 and 0.1 < single[1] < 1.0, single
+    for values in two:
+        np.testing.assert_allclose(values, single, rtol=1e-12)
