@@ -60,6 +60,37 @@ def test_kernel_matches_published_formulas(npr, nob, alphas, fold, masked):
     np.testing.assert_array_equal(big[:, :4], 1)  # nothing outside the window touched
 
 
+@pytest.mark.parametrize("npr,nob", [(1, 1), (2, 1)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_kernel_with_a_background_matches_the_augmented_projection(npr, nob, masked):
+    """``B`` in the model amplitude ``sqrt(sum |F|^2 + B)``; the background's factor ``mask (sqrt I / A)^2``."""
+    rng = np.random.default_rng(40 + npr + 2 * masked)
+    h = 32
+    prop = FarfieldPropagator((h, h), 1e-10, 5.0, 172e-6)
+    f = prop.factors(np.complex64)
+    probe, obj, sqrt_i, mask = _random_frame(rng, h, npr, nob)
+    mask = mask if masked else None
+    B = (30.0 * rng.random((h, h))).astype(np.float32)
+    ref_p, ref_o, err = pie_step(probe.astype(np.complex128), obj.astype(np.complex128), sqrt_i.astype(float),
+                                 prop.fw, prop.bw, mask, object_step=0.9, probe_step=0.8, update_probe=True,
+                                 background=B.astype(float))
+    k = st.FrameKernel((h, h), npr, nob, np.complex64, pre=f.pre, object_step=0.9, probe_step=0.8)
+    p, o = probe.copy(), obj.copy()
+    ratio = np.zeros((h, h))
+    fe, pe, ch = k.step(p, o, sqrt_i, mask, sqrt_i ** 2, update_probe=True, background=B, ratio=ratio)
+    assert _rel(p, ref_p) < 2e-5 and _rel(o, ref_o) < 2e-5
+    assert fe == pytest.approx(err["fourier"], rel=1e-4)
+    assert pe == pytest.approx(err["photon"], rel=1e-3)
+    assert ch == pytest.approx(err["exit_change"], rel=1e-4)
+    np.testing.assert_allclose(ratio, err["ratio"], rtol=1e-4, atol=1e-6)
+    # without a background the same step as before, and B = 0 gives it too
+    p0, o0 = probe.copy(), obj.copy()
+    k.step(p0, o0, sqrt_i, mask, sqrt_i ** 2, update_probe=True)
+    pz, oz = probe.copy(), obj.copy()
+    k.step(pz, oz, sqrt_i, mask, sqrt_i ** 2, update_probe=True, background=np.zeros_like(B), ratio=ratio)
+    assert _rel(pz, p0) < 1e-6 and _rel(oz, o0) < 1e-6
+
+
 def test_kernel_object_only_and_nearfield():
     rng = np.random.default_rng(3)
     h = 24

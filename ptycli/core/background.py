@@ -25,8 +25,8 @@ Start
 measured counts (no frame can hold less than the background, apart from the
 noise), smoothed as below. Collective under MPI (a minimum over all ranks).
 
-Projection engines (DM, RAAR): the augmented modulus projection
------------------------------------------------------------------
+Projection engines (DM, RAAR, the PIE family): the augmented modulus projection
+------------------------------------------------------------------------------
 Following Marchesini et al., the background amplitude ``sqrt(B)`` is one
 more incoherent component of every frame. The model amplitude of a pixel is
 ``A = sqrt(sum_k |F_k|^2 + B)``; the (power-bound relaxed) modulus
@@ -46,6 +46,11 @@ flat background of 5 % of the mean counts (64 x 64 frames, DM 100 from the
 true probe, smoothing 3 pixels) the augmented update came within 0.11
 relative rms, the least-squares one within 0.19 (unsmoothed both were off by
 10 to 15 times in the bright ring of the pattern, see "Smoothing").
+
+The PIE family (ePIE, rPIE, mPIE) makes the same projection frame by frame
+(:meth:`ptycli.engines.pie_step.FrameKernel.step`; the numpy step, the
+compiled kernels have no background) and updates ``B`` after every sweep
+from the frames' ``m_j f_j^2`` (:mod:`ptycli.engines.background_sums`).
 
 Maximum likelihood (ML)
 -----------------------

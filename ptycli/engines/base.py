@@ -369,12 +369,9 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         self.supports = self.probe_supports()
         if not self.FITS_BACKGROUND and parallel.master:
             for g in self.book.groups:
-                if g.background is not None and self.label.endswith(WARMUP_SUFFIX):
-                    log.info("%s (%s): the warm-up leaves scan %s's background as it is; %s fits it",
-                             self.label, self.NAME, g.label, self.label[:-len(WARMUP_SUFFIX)])
-                elif g.background is not None:
+                if g.background is not None:
                     log.warning("%s (%s): scan %s fits a background, which this engine neither uses nor updates "
-                                "(DM, RAAR and ML do)", self.label, self.NAME, g.label)
+                                "(DM, RAAR, ML and the PIE family do)", self.label, self.NAME, g.label)
         self.catch_up_exit_phase_ramp()
         if self.USES_EXIT_STORAGE:
             self.need_exit_storage()

@@ -260,7 +260,8 @@ class FrameKernel:
             np.multiply(ex, self.pre_c, out=ex)
 
     # -- the step ----------------------------------------------------------
-    def step(self, probe, obj, sqrt_i, mask=None, intensity=None, update_probe=False, bound=0.0):
+    def step(self, probe, obj, sqrt_i, mask=None, intensity=None, update_probe=False, bound=0.0, background=None,
+             ratio=None):
         """Update ``obj`` (and ``probe``) in place from one frame.
 
         Parameters
@@ -284,6 +285,13 @@ class FrameKernel:
             updates are scaled by ``relaxed_fraction(fourier, bound)``, and a
             frame within the bound changes nothing (0: the plain modulus
             constraint).
+        background : ndarray (h, w), real, optional
+            The scan's incoherent background ``B`` (:mod:`ptycli.core.background`):
+            the model amplitude is ``A = sqrt(sum_modes |F|^2 + B)`` and the
+            modes take the augmented projection's factor ``f = 1 + keep (sqrt(I) / A - 1)``.
+        ratio : ndarray (h, w), float64, optional
+            With ``background``: the frame's ``mask f^2`` is added here (the
+            background's share of the projection, :mod:`ptycli.engines.background_sums`).
 
         Returns
         -------
@@ -306,13 +314,18 @@ class FrameKernel:
             mul(probe[:, None], obj[None, :], out=self.ex)
         self._forward()
         # 2. modulus constraint; ex3 becomes the detector-plane change g (sqrt_i / |g| - 1)
-        fourier, photon, change = self._modulus(sqrt_i, mask, intensity)
+        fourier, photon, change = self._modulus(sqrt_i, mask, intensity, background)
+        keep = 1.0
         if bound > 0.0:
             keep = relaxed_fraction(fourier, bound)
-            if keep == 0.0:
-                return fourier, photon, 0.0  # within the bound: nothing moves
+            if keep == 0.0:  # within the bound: nothing moves
+                if ratio is not None:
+                    ratio += 1.0 if mask is None else mask
+                return fourier, photon, 0.0
             np.multiply(self.ex_m, self.ctype.type(keep), out=self.ex_m)
             change *= keep * keep
+        if ratio is not None:
+            self._add_ratio(ratio, keep, mask)
         self._backward()  # ex3 = dpsi
         # 3. probe increment from the object before its update
         if update_probe:
@@ -379,21 +392,34 @@ class FrameKernel:
         r1 /= r2
         return np.dot(self.r1_flat, self.ones_flat)
 
-    def _modulus(self, sqrt_i, mask, intensity):
+    def _modulus(self, sqrt_i, mask, intensity, background=None):
         """Fourier modulus constraint on the detector waves in ``ex3``, in place.
 
-        Leaves ``g * (sqrt_i / |F| - 1)`` (zero on masked pixels) there;
-        returns the frame's (fourier, photon, exit change) sums. The exit
-        change ``sum |psi' - psi|^2`` needs no extra pass: the propagator is
-        unitary and the modulus projection moves every valid detector pixel
-        by exactly ``|sqrt(I) - |F||`` (all modes together), so it equals the
-        Fourier error sum (with 0/1 masks).
+        Leaves ``g * (sqrt_i / |F| - 1)`` (zero on masked pixels) there, and
+        ``(sqrt_i - |F|) / |F|`` in ``self.d``; returns the frame's (fourier,
+        photon, exit change) sums. The exit change ``sum |psi' - psi|^2``
+        needs no extra pass: the propagator is unitary and the modulus
+        projection moves every valid detector pixel by exactly
+        ``|sqrt(I) - |F||`` (all modes together), so it equals the Fourier
+        error sum (with 0/1 masks). With a ``background`` ``|F|`` stands for
+        the model amplitude ``A = sqrt(sum_modes |g|^2 + B)``, and the exit
+        waves move by ``sum |g|^2 ((sqrt_i - A) / A)^2`` (the rest is the
+        background's share).
         """
         amp, d, g = self.amp, self.d, self.ex_m
-        if self.M == 1:
+        coherent = None
+        if self.M == 1 and background is None:
             np.abs(g, out=amp)
         else:
-            self._abs2_sum(g, amp, self.r2)
+            if self.M == 1:
+                np.abs(g, out=amp)
+                np.multiply(amp, amp, out=amp)
+            else:
+                self._abs2_sum(g, amp, self.r2)
+            if background is not None:
+                coherent = self._coherent_buffer()
+                np.copyto(coherent, amp)
+                amp += background
             np.sqrt(amp, out=amp)
         np.subtract(sqrt_i, amp, out=d)
         if mask is not None:
@@ -405,6 +431,27 @@ class FrameKernel:
         amp += self.eps
         np.divide(d, amp, out=d)
         np.multiply(g, d, out=g)
+        if coherent is not None:
+            coherent *= d
+            coherent *= d
+            return fourier, photon, float(np.sum(coherent, dtype=np.float64))
         # sum |dpsi|^2 = sum_det |g (sqrt I / |F| - 1)|^2 (unitary propagation)
         #              = sum mask (sqrt I - |F|)^2: the exit change is the Fourier error sum
         return fourier, photon, fourier
+
+    def _coherent_buffer(self):
+        """A frame-sized real buffer for the coherent power (made at the first frame with a background)."""
+        buf = getattr(self, "_coherent", None)
+        if buf is None:
+            buf = self._coherent = np.empty_like(self.amp)
+        return buf
+
+    def _add_ratio(self, ratio, keep, mask):
+        """``ratio += mask f^2`` with the frame's factor ``f = 1 + keep (sqrt_i - A) / A`` (``self.d`` holds the quotient)."""
+        f = self.r1
+        np.multiply(self.d, self.amp.dtype.type(keep), out=f)
+        f += 1
+        f *= f
+        if mask is not None:
+            f *= mask
+        ratio += f

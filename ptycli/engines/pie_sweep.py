@@ -103,6 +103,12 @@ class PIESweep:
         0: none): a frame whose ``sum mask (|F| - sqrt I)^2`` lies within
         ``noise_bound`` times its valid pixels is left alone, the others are
         moved only onto that bound (:func:`ptycli.engines.pie_step.relaxed_fraction`).
+    background_sums : dict, optional
+        Scan label -> the detector-sized float64 sum of the augmented
+        projection's background factors (:mod:`ptycli.engines.background_sums`)
+        for the scans that fit a background: their frames take the numpy step
+        with the background in the model amplitude (the compiled kernels have
+        none). Multislice groups leave the background alone.
 
     Attributes
     ----------
@@ -117,7 +123,7 @@ class PIESweep:
     """
 
     def __init__(self, book, object_step=1.0, probe_step=1.0, object_alpha=1.0, probe_alpha=1.0,
-                 photon_error=True, compiled=False, noise_bound=0.0):
+                 photon_error=True, compiled=False, noise_bound=0.0, background_sums=None):
         self.book = book
         self.plans = []
         self.fold = {}
@@ -134,18 +140,22 @@ class PIESweep:
             self.fold[sid] = first if same else None
         self._fold_c = {sid: np.conj(f) for sid, f in self.fold.items() if f is not None}
         self._work = {}
+        background_sums = background_sums or {}
         for g in book.groups:
             pr_rows, ob_rows = _mode_rows(g)
             folded = self.fold[g.probe.ID] is not None
+            fits = g.background is not None and g.label in background_sums and g.obj.slices == 1
             make = FrameKernel if g.obj.slices == 1 else MultisliceKernel.for_group(g)
             kernel = make(
                 g.shape, pr_rows[1] - pr_rows[0], ob_rows[1] - ob_rows[0], g.ctype,
                 pre=None if (folded or not g.farfield) else g.factors.pre,
                 transfer=None if g.farfield else g.factors.pre,
                 object_step=object_step, probe_step=probe_step, object_alpha=object_alpha,
-                probe_alpha=probe_alpha, photon_error=photon_error, compiled=compiled)
-            self.plans.append(_GroupPlan(g, kernel, pr_rows, (ob_rows[0], ob_rows[1] + g.obj.slices - 1),
-                                         noise_bound))
+                probe_alpha=probe_alpha, photon_error=photon_error, compiled=compiled and not fits)
+            plan = _GroupPlan(g, kernel, pr_rows, (ob_rows[0], ob_rows[1] + g.obj.slices - 1), noise_bound)
+            plan.background = g.background if fits else None
+            plan.ratio = background_sums[g.label] if fits else None
+            self.plans.append(plan)
         n = [p.group.n_frames for p in self.plans]
         self.n_frames = int(sum(n))
         self._gidx = np.repeat(np.arange(len(n), dtype=np.int64), n)
@@ -235,6 +245,10 @@ class PIESweep:
                 fe, pe, ch = p.kernel.step_compiled(probe, p.obj_data, p.ob0, p.frame_y[f], p.frame_x[f],
                                                     p.amplitude(f), None if p.mask is None else p.mask[f],
                                                     p.intensity[f], update_probe, p.bound[f])
+            elif p.background is not None:
+                fe, pe, ch = p.kernel.step(probe, views[gi][f], p.amplitude(f),
+                                           None if p.mask is None else p.mask[f], p.intensity[f],
+                                           update_probe, p.bound[f], p.background, p.ratio)
             else:
                 fe, pe, ch = p.kernel.step(probe, views[gi][f], p.amplitude(f),
                                            None if p.mask is None else p.mask[f], p.intensity[f],

@@ -222,11 +222,10 @@ import numpy as np
 
 from .. import parallel
 from ..core import fft
-from ..core import background
-from ..core.background import frame_sums
 from .._lazy import lazy_module
 from ..errors import ConfigError
 from ..params.declare import Parameter
+from .background_sums import BackgroundSums
 from .base import Engine, register
 from .constraints import auto_or_nonnegative
 from .posref import POSREF_PARAMS
@@ -313,7 +312,7 @@ def _balanced_blocks(g, max_frames):
     return [(int(f0), int(f1), int(g.pod_start[f0]), int(g.pod_start[f1])) for f0, f1 in zip(edges[:-1], edges[1:])]
 
 
-class ProjectionEngine(Engine):
+class ProjectionEngine(BackgroundSums, Engine):
     """Generalised projection update (see the module docstring).
 
     Subclasses set :attr:`alpha` and :attr:`beta` from their parameters in
@@ -438,31 +437,7 @@ class ProjectionEngine(Engine):
                           for sid, S in self.book.probe_storages.items() if getattr(S, "variable_modes", 0)}
         self.passes = CompiledProjectionPasses(self, shapes, max_pods) if self._compiled \
             else NumpyProjectionPasses(self)
-        self._init_background()
-
-    def _init_background(self):
-        """Constants of the background update (:mod:`ptycli.core.background`) for the scans that fit one."""
-        self._bg_sums, self._bg_const = {}, {}
-        for g in self.book.groups:
-            if g.background is None:
-                continue
-            const = frame_sums(g.diff_frames(), g.mask_frames())
-            for a in const.values():
-                parallel.allreduce(a)
-            model = self.ptycho.scans.get(g.label)
-            const["sigma"] = model.background_sigma if model is not None else 0.0
-            self._bg_const[g.label] = const
-            self._bg_sums[g.label] = np.zeros(g.shape, np.float64)
-
-    def background_update(self):
-        """The augmented projection's background update of every scan that fits one (sums over all ranks)."""
-        for g in self.book.groups:
-            if g.background is None:
-                continue
-            s = self._bg_sums[g.label]
-            parallel.allreduce(s)
-            c = self._bg_const[g.label]
-            background.projection_update(g.background, s, c["m"], c["w"], c["sigma"])
+        self.init_background_sums()
 
     def engine_release(self):
         """Free the passes, scratch, accumulators and threads (before the health check; safe to call twice)."""
@@ -490,9 +465,7 @@ class ProjectionEngine(Engine):
             self._fuse_object = bool(self.p.update_object_first) or not self.probe_update_due()
             if self._fuse_object:
                 self._init_object_numerator()
-            if self._bg_sums:
-                for a in self._bg_sums.values():
-                    a.fill(0)
+            self.zero_background_sums()
             self.passes.fourier_pass(acc)
             self.background_update()
             self.overlap_update()

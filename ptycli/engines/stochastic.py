@@ -348,6 +348,7 @@ import numpy as np
 from .. import parallel
 from .._lazy import lazy_module
 from ..params.declare import Parameter
+from .background_sums import BackgroundSums
 from .base import Engine, register
 from .momentum import Momentum
 from .pie_step import EPS, THREADED_FFT_PIXELS, FrameKernel  # noqa: F401  (names of this module before the split)
@@ -398,7 +399,7 @@ _STEP_PARAMS = [
 ] + _noise_bound(0.0, 0)
 
 
-class PIEBase(Engine):
+class PIEBase(BackgroundSums, Engine):
     """Shared machinery of ePIE and rPIE (see the module docstring).
 
     Subclasses set :meth:`alphas` (the denominators' regularisation; 1, 1
@@ -420,6 +421,8 @@ class PIEBase(Engine):
     MULTISLICE = True  # multislice objects: the 3PIE step of ptycli.engines.multislice_step
     VARIABLE_PROBE = True  # a probe per frame from eigen-probes: ptycli.engines.variable_probe
     USES_EXIT_STORAGE = False  # exit waves live per frame in the step's buffers
+    #: the incoherent background in the model amplitude, its update after every sweep (ptycli.engines.background_sums)
+    FITS_BACKGROUND = True
     LOCAL_PROBE_UPDATES = True  # a probe step per frame: the probe guess checks its pick for it
 
     def __init__(self, ptycho, pars=None, label=None):
@@ -449,9 +452,15 @@ class PIEBase(Engine):
         oa, pa = self.alphas()
         n_pixels = sum(g.n_pods * g.shape[0] * g.shape[1] for g in self.book.groups)
         self._compiled = fused.use_compiled(self.p.kernels, n_pixels, self.ctype == np.complex64)
+        self.init_background_sums()
         self.sweeper = PIESweep(self.book, object_step=self.p.object_step, probe_step=self.p.probe_step,
                                 object_alpha=oa, probe_alpha=pa, compiled=self._compiled,
-                                noise_bound=self.noise_bound())
+                                noise_bound=self.noise_bound(), background_sums=self._bg_sums)
+        for g in self.book.groups:
+            if g.background is not None and g.obj.slices > 1 and parallel.master:
+                logging.getLogger("ptycli").warning(
+                    "%s (%s): the multislice step leaves scan %s's background as it is", self.label, self.NAME,
+                    g.label)
 
     def noise_bound(self):
         """Power bound per valid pixel: ``noise_bound`` times the scans' largest counting-noise floor (photons).
@@ -488,7 +497,9 @@ class PIEBase(Engine):
             self.last_order = order
             weights = self._merge_weights() if parallel.size > 1 else None
             self.sweeper.scale_bound(self.noise_bound_share())
+            self.zero_background_sums()
             sums = self.sweeper.sweep(order, update_probe, self.momentum)
+            self.background_update()
             if weights is not None:
                 self._merge(weights, update_probe)
             if update_probe:
