@@ -402,6 +402,7 @@ scans:
   MF:
     name: Full
     propagation: farfield
+    background: %s
     data: {name: Hdf5Scan, dfile: %s}
 engines:
   e: {name: LSQML, numiter: 8, warmup: 0, batch_size: 7, noise_model: %s, kernels: %s, position_correction: {start: 4}}
@@ -409,8 +410,10 @@ engines:
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("noise,kernels", [("gaussian", "auto"), ("poisson", "auto"), ("gaussian", "compiled")])
-def test_two_ranks_agree_with_one_process_in_double_precision(tmp_path, noise, kernels):
+@pytest.mark.parametrize("noise,kernels,background", [
+    ("gaussian", "auto", False), ("poisson", "auto", False), ("gaussian", "compiled", False),
+    ("gaussian", "compiled", True), ("poisson", "auto", True)])
+def test_two_ranks_agree_with_one_process_in_double_precision(tmp_path, noise, kernels, background):
     import mpi_helpers as mh
 
     if mh.skip_reason():
@@ -420,7 +423,7 @@ def test_two_ranks_agree_with_one_process_in_double_precision(tmp_path, noise, k
     data = tmp_path / "scan.h5"
     assert mh.ptycli(["simulate", sim, "-o", data, "--force"]).returncode == 0
     rec = tmp_path / "rec.yaml"
-    rec.write_text(REC % (data, noise, kernels))
+    rec.write_text(REC % ("true" if background else "false", data, noise, kernels))
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
     for out, n in ((one, None), (two, 2)):
         res = mh.ptycli(["reconstruct", rec, "-o", out, "--force", "--json"], nprocs=n, timeout=180)
@@ -429,6 +432,11 @@ def test_two_ranks_agree_with_one_process_in_double_precision(tmp_path, noise, k
     assert max(diffs["object"], diffs["probe"]) <= 1e-10, diffs
     # the error metrics sum per-frame terms in rank order (the photon error with cancellation: 6e-10 seen)
     assert max(diffs.values()) <= 1e-8, diffs
+    if background:  # the epochs' background sums are reduced over the ranks
+        from ptycli.io import load_reconstruction
+
+        b1, b2 = (load_reconstruction(str(f)).scans["MF"]["background"] for f in (one, two))
+        assert mh.rel_diff(b2, b1) <= 1e-10
 
 
 def test_work_array_reuses_and_grows():
@@ -536,11 +544,13 @@ def test_compiled_amplitude_step_applies_the_transform_factors():
     for sf, sb, exact in ((0.125, 0.25, True), (1 / np.sqrt(48.0), 1 / np.sqrt(80.0), False)):
         sf, sb = np.float32(sf), np.float32(sb)
         scaled, out0 = F.copy(), np.zeros(5)
-        C.amplitude_step(scaled, starts, frames, fmag, n, mask, True, eps, np.float32(1), np.float32(1), out0)
+        no_bg, no_ratio = fmag[0], np.zeros((H, W))  # not read without a background
+        C.amplitude_step(scaled, starts, frames, fmag, n, mask, True, eps, np.float32(1), np.float32(1), out0,
+                         no_bg, False, no_ratio)
         raw, out = (F / sf).astype(np.complex64), np.zeros(5)
         if exact:
             assert np.array_equal(raw * sf, F)
-        C.amplitude_step(raw, starts, frames, fmag, n, mask, True, eps, sf, sb, out)
+        C.amplitude_step(raw, starts, frames, fmag, n, mask, True, eps, sf, sb, out, no_bg, False, no_ratio)
         np.testing.assert_allclose(scaled, ref, rtol=1e-5, atol=1e-5)
         assert out0[2] == mask.sum()  # valid pixels
         if exact:

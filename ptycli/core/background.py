@@ -51,6 +51,9 @@ The PIE family (ePIE, rPIE, mPIE) makes the same projection frame by frame
 (:meth:`ptycli.engines.pie_step.FrameKernel.step`; the numpy step, the
 compiled kernels have no background) and updates ``B`` after every sweep
 from the frames' ``m_j f_j^2`` (:mod:`ptycli.engines.background_sums`).
+LSQML adds ``B`` to every frame's model intensity (its exit-wave step moves
+the coherent part, ``I(a) = C u^2 + B``, :func:`ptycli.engines.lsqml.steps.exit_step`)
+and updates ``B`` after every epoch from the frames' ``m_j u_j^2``, the same way.
 
 Maximum likelihood (ML)
 -----------------------

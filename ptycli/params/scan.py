@@ -363,8 +363,7 @@ SCAN = ParamSet("scan", [
               "null for its own object"),
     Parameter("background", "auto", "any",
               "fit an incoherent background (counts per detector pixel, the same in every frame) that adds to the "
-              "model intensity, in DM, RAAR, ML and the PIE family; written to /scans/<label>/background: auto, "
-              "true or false "
+              "model intensity, in every engine; written to /scans/<label>/background: auto, true or false "
               "(auto: fitted in far field where every frame of a scan of 50 frames or more holds the same floor of "
               "counts, at least 1 % of the mean count per pixel; ptycli.core.background.detector_floor)",
               check=_auto_on_off("auto fits a background where every frame holds the same floor of counts")),

@@ -150,6 +150,8 @@ class GroupBatch:
         self.mask = None if m is None else np.asarray(m, dtype=self.ftype)
         self.fmag = np.asarray(g.fmag(), dtype=self.ftype)
         self.npod = np.diff(g.pod_start)
+        #: the scan's incoherent background (live, :mod:`ptycli.core.background`), or None
+        self.background = g.background
 
     # -- helpers -------------------------------------------------------------------
     def pods_of(self, frames):
@@ -211,7 +213,7 @@ class GroupBatch:
         self._scatter(target, values.real * values.real + values.imag * values.imag, pods, r0, r1)
 
     # -- passes ---------------------------------------------------------------------
-    def exit_update(self, frames, obj, probe, acc, errors, workers=1, buffers=None):
+    def exit_update(self, frames, obj, probe, acc, errors, workers=1, buffers=None, ratio=None):
         """Exit-wave update of ``frames`` and the direction sums (module docstring).
 
         Parameters
@@ -231,6 +233,9 @@ class GroupBatch:
             Work arrays kept between batches (:func:`work_array`); the
             returned state holds views of them until the next call with the
             same dict.
+        ratio : ndarray (H, W) float64, optional
+            With a background: receives ``sum_frames mask u^2``, the
+            background's factors (:mod:`ptycli.engines.background_sums`).
 
         Returns
         -------
@@ -245,7 +250,7 @@ class GroupBatch:
         pr = self.probe_rows(self.probe_eff(probe), pods)
         F = work_array(buffers, "F", (len(pods), H, W), self.ctype)
         ob = self.exit_waves(F, obj, pr, pods)
-        a = self.detector_pass(F, frames, starts, errors, workers)
+        a = self.detector_pass(F, frames, starts, errors, workers, ratio)
         chi = F
         pc = self.direction_sums(acc, obj, ob, pr, chi, pods, buffers)
         return a, dict(frames=frames, pods=pods, starts=starts, obj=obj, ob=ob, pr=pr, chi=chi, pc=pc)
@@ -290,22 +295,26 @@ class GroupBatch:
             acc["numP"][q] += s
             acc["denP"][q] += o2[sel].sum(axis=0)
 
-    def detector_pass(self, F, frames, starts, errors, workers=1):
+    def detector_pass(self, F, frames, starts, errors, workers=1, ratio=None):
         """Exit waves to ``chi`` in place: the transform, :meth:`detector_step`, the inverse; returns the steps."""
         self._propagate(F, workers)
-        a = self.detector_step(F, frames, starts, errors)
+        a = self.detector_step(F, frames, starts, errors, ratio)
         self._propagate(F, workers, inverse=True)
         return a
 
-    def detector_step(self, F, frames, starts, errors):
+    def detector_step(self, F, frames, starts, errors, ratio=None):
         """The detector-plane update in place: ``F <- (u - 1) F`` with the frames' steps; returns the steps.
 
-        Adds the frames' Fourier/photon errors, cost and exit change to ``errors``.
+        Adds the frames' Fourier/photon errors, cost and exit change to ``errors``. With a background
+        the model intensity is ``sum_modes |F|^2 + B`` and ``ratio`` receives ``sum_frames mask u^2``.
         """
         nf = len(frames)
         a2 = F.real * F.real
         a2 += F.imag * F.imag
         I = self.per_frame(a2, starts)
+        B = self.background
+        if B is not None:
+            I += B
         n = self.n[frames]
         mask = None if self.mask is None else self.mask[frames]
         fmag = self.fmag[frames]
@@ -315,8 +324,14 @@ class GroupBatch:
         scratch = [np.empty_like(I) for _ in range(5 if self.noise.name == "poisson" else 4)]
         cost = self.noise.cost_terms(I, n, mask, fmag, mn, self.eps, lp, scratch[0], scratch[1], scratch[2],
                                      scratch[3], second=False)
-        a = exit_step(self.noise, I, n, mask, mn, self.eps, lp, scratch)
+        a = exit_step(self.noise, I, n, mask, mn, self.eps, lp, scratch, B)
         factor = exit_factor(self.noise, a, lp, I, n, self.eps)
+        if B is not None and ratio is not None:
+            u2 = factor + 1
+            u2 *= u2
+            if mask is not None:
+                u2 *= mask
+            ratio += u2.sum(axis=0, dtype=np.float64)
         if F.shape[0] != nf:
             factor = factor[np.repeat(np.arange(nf), self.npod[frames])]
         F *= factor  # dPsi = (u - 1) Psi, u = 1 - a l' (safeguarded)

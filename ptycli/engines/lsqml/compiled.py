@@ -317,8 +317,12 @@ def scatter_update(target, chi, pr, wpod, denO, reg, ol, oy, ox, r0, r1):
 
 
 @njit(**_JIT)
-def amplitude_step(F, starts, frames, fmag, n, mask, has_mask, eps, sf, sb, out):
+def amplitude_step(F, starts, frames, fmag, n, mask, has_mask, eps, sf, sb, out, bg, has_bg, ratio):
     """The ``gaussian`` detector step in place, ``F <- -l' F`` with ``l' = mask (1 - sqrt(n / (I + eps)))``.
+
+    With ``has_bg`` the model intensity includes the background ``bg`` (H, W)
+    and ``ratio`` (H, W, float64) receives ``sum_frames mask u^2``, ``u = 1 - l'``
+    (:mod:`ptycli.engines.background_sums`); both are not read otherwise.
 
     ``I`` is the frame's sum over its pods (``starts``: (frames + 1,) pod
     offsets; ``frames``: the frames' rows of ``fmag``, ``n``, ``mask``); adds to ``out`` the Fourier error, photon error, valid pixels,
@@ -347,6 +351,10 @@ def amplitude_step(F, starts, frames, fmag, n, mask, has_mask, eps, sf, sb, out)
                     xr = x[2 * j] * sf
                     xi = x[2 * j + 1] * sf
                     I[j] += xr * xr + xi * xi
+            if has_bg:
+                brow = bg[i]
+                for j in range(W):
+                    I[j] += brow[j]
             fe = pe = va = co = zero
             fr, cr, mr = fm[i], cnt[i], mk[i]
             for j in range(W):
@@ -360,6 +368,12 @@ def amplitude_step(F, starts, frames, fmag, n, mask, has_mask, eps, sf, sb, out)
                 dc = ae - fr[j]
                 co += m * dc * dc
                 g[j] = -m * dc / ae if ae > 0 else zero
+            if has_bg:
+                rrow = ratio[i]
+                for j in range(W):
+                    m = mr[j] if has_mask else rt.type(1)
+                    u = rt.type(1) + g[j]
+                    rrow[j] += m * u * u
             ch = zero
             for p in range(p0, p1):
                 x = F[p, i].view(rt)
@@ -441,14 +455,14 @@ class CompiledGroupBatch(GroupBatch):
     compiled = True
     _post = None  # conj(pre) (far field) or empty, made at the first use
 
-    def detector_pass(self, F, frames, starts, errors, workers=1):
+    def detector_pass(self, F, frames, starts, errors, workers=1, ratio=None):
         """As :meth:`GroupBatch.detector_pass`; far field, ``gaussian``: the transforms' unitary scaling is
         done in :func:`amplitude_step` (no scaling passes over the stack; the same numbers, the factors being
         powers of two for frames of 2^k x 2^k pixels)."""
         if self.noise.name == "poisson" or self.pre is None:
-            return super().detector_pass(F, frames, starts, errors, workers)
+            return super().detector_pass(F, frames, starts, errors, workers, ratio)
         sf = self._transform_unscaled(F, workers)
-        a = self.detector_step(F, frames, starts, errors, sf, fft.deferred_factor(F))
+        a = self.detector_step(F, frames, starts, errors, ratio, sf, fft.deferred_factor(F))
         self._transform_unscaled(F, workers, inverse=True)  # its factor was applied in the step
         return a
 
@@ -461,19 +475,28 @@ class CompiledGroupBatch(GroupBatch):
             x[...] = out
         return due
 
-    def detector_step(self, F, frames, starts, errors, sf=1.0, sb=1.0):
+    def detector_step(self, F, frames, starts, errors, ratio=None, sf=1.0, sb=1.0):
         """As :meth:`GroupBatch.detector_step`; ``sf``, ``sb``: the factors of :func:`amplitude_step`."""
         if self.noise.name == "poisson":
-            return super().detector_step(F, frames, starts, errors)
+            return super().detector_step(F, frames, starts, errors, ratio)
         nf = len(frames)
         st = np.append(np.asarray(starts, np.int64), F.shape[0])
         mask = self.mask if self.mask is not None else self.n  # not read without a mask
         out = np.zeros(5)
         rt = self.ftype.type
+        has_bg = self.background is not None
         amplitude_step(F, st, np.asarray(frames, np.int64), self.fmag, self.n, mask, self.mask is not None,
-                       rt(self.eps), rt(sf), rt(sb), out)
+                       rt(self.eps), rt(sf), rt(sb), out, self.background if has_bg else self.fmag[0], has_bg,
+                       ratio if ratio is not None else self._no_ratio(F.shape[1:]))
         errors.add(fourier=out[0], photon=out[1], valid=out[2], exit_change=out[4], likelihood=out[3])
         return np.ones(nf)
+
+    def _no_ratio(self, shape):
+        """A (H, W) float64 stand-in for :func:`amplitude_step`'s ``ratio`` when none is asked for (its sums are dropped)."""
+        buf = getattr(self, "_ratio_stub", None)
+        if buf is None or buf.shape != tuple(shape):
+            buf = self._ratio_stub = np.zeros(tuple(shape))
+        return buf
 
     def exit_waves(self, F, obj, pr, pods):
         g = self.g

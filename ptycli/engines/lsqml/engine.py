@@ -65,6 +65,13 @@ the *amplitudes*, ``sum mask (sqrt(I) - sqrt(n))^2`` (ML's ``euclid`` cost);
 ``gaussian`` (intensities weighted by ``1 / (n + 1)``) is not offered: the
 paper's exit-wave step is derived for the two above.
 
+Incoherent background: a scan that fits one (``scans.<label>.background``,
+:mod:`ptycli.core.background`) has ``I = sum_modes |Psi|^2 + B`` in the
+exit-wave step (only the coherent part moves with the step), and after
+every epoch ``B <- B sum_j m_j u_j^2 / sum_j m_j`` from the frames' factors
+``u`` (:mod:`ptycli.engines.background_sums`; per-thread sums added in a
+fixed order, then over the MPI ranks). Multislice groups use ``B`` as it is.
+
 Records: ``fourier_error``, ``photon_error`` (of the model of each batch
 just before its update, like ePIE), ``exit_change`` (``sum |Psi' - Psi|^2 /
 sum I``), ``likelihood`` (the noise model's cost per valid pixel, with the
@@ -309,6 +316,7 @@ import numpy as np
 from ... import parallel
 from ...core import fft
 from ...params.declare import Parameter
+from ..background_sums import BackgroundSums
 from ..base import Engine, register
 from ..._lazy import lazy_module
 from ..ml.noise_models import noise_model
@@ -363,11 +371,13 @@ def sparse_segments(positions, labels, nseg):
 
 
 @register
-class LSQML(Engine):
+class LSQML(BackgroundSums, Engine):
     """Least-squares maximum-likelihood ptychography in mini-batches (see the module docstring)."""
 
     NAME = "LSQML"
     AUTO_PROBE_SUPPORT = 1.0  # probe_support: auto (measured: ConstraintsMixin.probe_supports)
+    #: the incoherent background in the model intensity, its update after every epoch (module docstring)
+    FITS_BACKGROUND = True
     WARMUP_ENGINE = "DM"  # engines.<label>.warmup DM iterations first (the parameter's doc)
     VARIABLE_PROBE = True  # a probe per frame from eigen-probes: ptycli.engines.lsqml.variable
     MULTISLICE = True  # multislice objects: ptycli.engines.lsqml.multislice
@@ -442,6 +452,8 @@ class LSQML(Engine):
         kind = compiled_passes.CompiledGroupBatch if self._compiled else GroupBatch
         self._ops = compiled_passes if self._compiled else numpy_passes  # the window operations
         self.groups = [self._group_passes(g, kind) for g in self.book.groups]
+        self.init_background_sums()
+        self._bg_parts = None  # per-thread background sums, made at the first epoch (_background_parts)
         self._variable = any(isinstance(G, VariableGroupBatch) for G in self.groups)
         self._slices = max([int(getattr(S, "slices", 1)) for S in self.ptycho.obj.S.values()] + [1])  # same on every rank
         self._cost_const = self.noise.cost_constant((G.n, G.mask) for G in self.groups)
@@ -569,8 +581,17 @@ class LSQML(Engine):
         batches = self.draw_batches()
         self.last_batches = batches
         stats = np.zeros(8)  # sum a, sum a_O, sum a_P, frames, frames moved
+        for sums in self._background_parts():
+            for a in sums.values():
+                a.fill(0)
         for batch in batches:
             stats += self._batch(self._local(batch), probe_on, pos_on, errors)
+        if self._bg_sums:  # the epoch's background factors, thread by thread in a fixed order
+            self.zero_background_sums()
+            for sums in self._background_parts():
+                for label, a in sums.items():
+                    self._bg_sums[label] += a
+            self.background_update()
         self._momentum_step(probe_on)  # before the constraints: the epoch ends with them
         if probe_on:
             if self._variable:  # the eigen-probes' gauge (ptycli.engines.lsqml.variable)
@@ -608,6 +629,16 @@ class LSQML(Engine):
                 m.step("probe", probes)
             else:  # no probe update yet: the velocity stays zero, the anchor follows the probe
                 m.reset("probe", probes)
+
+    def _background_parts(self):
+        """Per thread, scan label -> the ``sum mask u^2`` of the frames it stepped this epoch (scans with a
+        background whose passes take them: not multislice ones, which use ``B`` as it is)."""
+        if getattr(self, "_bg_parts", None) is None:
+            labels = [G.g.label for G in self.groups
+                      if G.g.background is not None and not isinstance(G, MultisliceGroupBatch)]
+            self._bg_parts = [{label: np.zeros(self._bg_sums[label].shape) for label in labels}
+                              for _ in range(self._pool.n)]
+        return self._bg_parts
 
     def _accumulators(self):
         """The object-shaped sums ``numO``, ``denO``, ``upd`` (one set, kept zero between batches outside the
@@ -705,11 +736,16 @@ class LSQML(Engine):
         while len(self._buffers) < len(items):
             self._buffers.append({})
 
+        ratios = self._background_parts()
+
         def exit_pass(k, i):
             gi, frames = items[i]
             G = self.groups[gi]
             g = G.g
             sub = {key: acc[k][key][g.probe.ID] for key in ("numP", "denP")}
+            if g.label in ratios[k]:
+                return G.exit_update(frames, g.obj.data, g.probe.data, sub, errs[k], workers, self._buffers[i],
+                                     ratios[k][g.label])
             return G.exit_update(frames, g.obj.data, g.probe.data, sub, errs[k], workers, self._buffers[i])
 
         res = self._pool.map(exit_pass, range(len(items)))

@@ -51,8 +51,12 @@ __all__ = ["exit_step", "exit_factor", "frame_steps", "NEWTON_STEPS"]
 NEWTON_STEPS = 3
 
 
-def exit_step(noise, I, n, weight, mn, eps, lp, scratch):
+def exit_step(noise, I, n, weight, mn, eps, lp, scratch, background=None):
     """Per-frame exit-wave step ``a_j`` along ``-l' Psi`` (see the module docstring).
+
+    With an incoherent ``background`` ``B`` (:mod:`ptycli.core.background`) in
+    the model, ``I = C + B`` and only the coherent part moves with the step:
+    ``I(a) = C u^2 + B`` (``C`` in place of ``I`` in the derivatives).
 
     Parameters
     ----------
@@ -69,6 +73,8 @@ def exit_step(noise, I, n, weight, mn, eps, lp, scratch):
         ``l'(I)`` (from the noise model's ``cost_terms``).
     scratch : list of ndarrays like ``I``
         Work arrays (5 for ``poisson``).
+    background : ndarray (H, W), optional
+        ``B``, included in ``I``.
 
     Returns
     -------
@@ -80,6 +86,8 @@ def exit_step(noise, I, n, weight, mn, eps, lp, scratch):
     a = np.full(nf, 0.5)
     lp0 = lp.reshape(nf, -1).astype(np.float64)
     I0 = I.reshape(nf, -1).astype(np.float64)
+    B = 0.0 if background is None else np.asarray(background, np.float64).reshape(1, -1)
+    C0 = I0 - B  # the coherent part, the one the step moves
     lpa, l2a, t1, t2, t3 = scratch
     # the pixel optima u* = sqrt(n / I): the safeguard of exit_factor keeps u between 1 and u*
     s = np.sqrt(np.asarray(n, np.float64).reshape(nf, -1) / (I0 + eps))
@@ -87,12 +95,12 @@ def exit_step(noise, I, n, weight, mn, eps, lp, scratch):
     for _ in range(NEWTON_STEPS):
         u = 1.0 - a[:, None] * lp0
         free = u <= hi  # pixels the safeguard clips do not move with a
-        Ia = (I0 * u * u).astype(I.dtype).reshape(I.shape)
+        Ia = (C0 * u * u + B).astype(I.dtype).reshape(I.shape)
         noise.cost_terms(Ia, n, weight, None, mn, eps, lpa, l2a, t1, t2, t3, second=True)
         la = np.where(free, lpa.reshape(nf, -1), 0.0)
         l2 = np.where(free, l2a.reshape(nf, -1), 0.0)
-        d1 = -2.0 * np.sum(la * lp0 * I0 * u, axis=1)
-        d2 = 4.0 * np.sum(l2 * (lp0 * I0 * u) ** 2, axis=1) + 2.0 * np.sum(la * lp0 * lp0 * I0, axis=1)
+        d1 = -2.0 * np.sum(la * lp0 * C0 * u, axis=1)
+        d2 = 4.0 * np.sum(l2 * (lp0 * C0 * u) ** 2, axis=1) + 2.0 * np.sum(la * lp0 * lp0 * C0, axis=1)
         ok = d2 > 0
         a = np.where(ok, a - np.where(ok, d1, 0.0) / np.where(ok, d2, 1.0), a)
         a = np.clip(a, 0.0, 1.0)
