@@ -371,7 +371,7 @@ class Engine(ConstraintsMixin, SnapshotMixin):
             for g in self.book.groups:
                 if g.background is not None:
                     log.warning("%s (%s): scan %s fits a background, which this engine neither uses nor updates "
-                                "(DM, RAAR, ML and the PIE family do)", self.label, self.NAME, g.label)
+                                "(ptycli's own engines all do)", self.label, self.NAME, g.label)
         self.catch_up_exit_phase_ramp()
         if self.USES_EXIT_STORAGE:
             self.need_exit_storage()

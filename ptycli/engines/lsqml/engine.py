@@ -633,7 +633,7 @@ class LSQML(BackgroundSums, Engine):
     def _background_parts(self):
         """Per thread, scan label -> the ``sum mask u^2`` of the frames it stepped this epoch (scans with a
         background whose passes take them: not multislice ones, which use ``B`` as it is)."""
-        if getattr(self, "_bg_parts", None) is None:
+        if self._bg_parts is None:
             labels = [G.g.label for G in self.groups
                       if G.g.background is not None and not isinstance(G, MultisliceGroupBatch)]
             self._bg_parts = [{label: np.zeros(self._bg_sums[label].shape) for label in labels}
