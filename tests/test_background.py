@@ -231,6 +231,19 @@ def test_pie_family_and_lsqml_fit_the_background(caplog, name):
     assert np.all(np.isfinite(B)) and np.all(B >= 0) and not np.array_equal(B, B0)
 
 
+@pytest.mark.parametrize("name", ["ePIE", "LSQML"])
+def test_multislice_steps_keep_the_background_as_it_is(name):
+    """The 3PIE step and LSQML's multislice passes have no background update: B stays (it was wiped to 0)."""
+    scan = dict(background=True, background_smoothing=0.0, illumination=dict(model="moon"),
+                sample=dict(slices=2, slice_distance_m=2e-6),
+                data=dict(name="MoonFlowerScan", shape=32, num_frames=8, photons=1e6, add_poisson_noise=True))
+    P = Ptycho(dict(verbose_level="error", data_type="single", scans=dict(MF=scan)), level=2)
+    B0 = P.scans["MF"].background.copy()
+    assert B0.max() > 0
+    make_engine(P, dict(name=name, numiter=2), "e").run()
+    np.testing.assert_array_equal(P.scans["MF"].background, B0)
+
+
 def test_engine_state_carries_the_background():
     """An in-memory resume (state_dict -> load_state) goes on with the fitted background, not the start."""
     def run(state=None):

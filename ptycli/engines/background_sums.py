@@ -23,14 +23,15 @@ __all__ = ["BackgroundSums"]
 class BackgroundSums:
     """Per-scan sums and constants of the augmented projection's background update (a mixin of engines)."""
 
-    def init_background_sums(self):
+    def init_background_sums(self, groups=None):
         """Constants of the update (``sum_j m_j``, the statistical weights, the smoothing) and zeroed sums.
 
-        Only for the groups whose scan fits a background; collective (the
-        constants are summed over the ranks).
+        For the ``groups`` (default: all) whose scan fits a background; only
+        their backgrounds are updated (a group left out keeps its ``B`` as it
+        is). Collective (the constants are summed over the ranks).
         """
         self._bg_sums, self._bg_const = {}, {}
-        for g in self.book.groups:
+        for g in (self.book.groups if groups is None else groups):
             if g.background is None:
                 continue
             const = frame_sums(g.diff_frames(), g.mask_frames())
@@ -49,7 +50,7 @@ class BackgroundSums:
     def background_update(self):
         """The augmented projection's background update of every scan that fits one (sums over all ranks)."""
         for g in self.book.groups:
-            if g.background is None:
+            if g.label not in self._bg_sums:
                 continue
             s = self._bg_sums[g.label]
             parallel.allreduce(s)

@@ -452,7 +452,7 @@ class PIEBase(BackgroundSums, Engine):
         oa, pa = self.alphas()
         n_pixels = sum(g.n_pods * g.shape[0] * g.shape[1] for g in self.book.groups)
         self._compiled = fused.use_compiled(self.p.kernels, n_pixels, self.ctype == np.complex64)
-        self.init_background_sums()
+        self.init_background_sums([g for g in self.book.groups if g.obj.slices == 1])  # 3PIE: B as it is
         self.sweeper = PIESweep(self.book, object_step=self.p.object_step, probe_step=self.p.probe_step,
                                 object_alpha=oa, probe_alpha=pa, compiled=self._compiled,
                                 noise_bound=self.noise_bound(), background_sums=self._bg_sums)

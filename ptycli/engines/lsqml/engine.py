@@ -452,7 +452,7 @@ class LSQML(BackgroundSums, Engine):
         kind = compiled_passes.CompiledGroupBatch if self._compiled else GroupBatch
         self._ops = compiled_passes if self._compiled else numpy_passes  # the window operations
         self.groups = [self._group_passes(g, kind) for g in self.book.groups]
-        self.init_background_sums()
+        self.init_background_sums([G.g for G in self.groups if not isinstance(G, MultisliceGroupBatch)])
         self._bg_parts = None  # per-thread background sums, made at the first epoch (_background_parts)
         self._variable = any(isinstance(G, VariableGroupBatch) for G in self.groups)
         self._slices = max([int(getattr(S, "slices", 1)) for S in self.ptycho.obj.S.values()] + [1])  # same on every rank
@@ -634,9 +634,7 @@ class LSQML(BackgroundSums, Engine):
         """Per thread, scan label -> the ``sum mask u^2`` of the frames it stepped this epoch (scans with a
         background whose passes take them: not multislice ones, which use ``B`` as it is)."""
         if self._bg_parts is None:
-            labels = [G.g.label for G in self.groups
-                      if G.g.background is not None and not isinstance(G, MultisliceGroupBatch)]
-            self._bg_parts = [{label: np.zeros(self._bg_sums[label].shape) for label in labels}
+            self._bg_parts = [{label: np.zeros(a.shape) for label, a in self._bg_sums.items()}
                               for _ in range(self._pool.n)]
         return self._bg_parts
 
