@@ -4,7 +4,7 @@ import pytest
 
 from ptycli.core.propagation import get_propagator
 from ptycli.engines.phase_ramp import (object_phase_gradient, object_plane_fit, object_ramp, phase_ramp,
-                                       spectrum_centroid)
+                                       spectrum_centroid, spectrum_symmetry_centre)
 
 from ptycli.engines import make_engine
 
@@ -35,6 +35,42 @@ def test_centroid_of_a_tilted_probe_is_its_tilt(kind):
     assert np.all(spectrum_centroid((_disc(shape, 20.0) * screen)[None], prop)[1] < 0.3)
 
 
+@pytest.mark.parametrize("kind", ["farfield", "nearfield"])
+@pytest.mark.parametrize("f", [(0.031, -0.047), (0.29, -0.41)])
+def test_symmetry_centre_of_a_tilted_probe_is_its_tilt(kind, f):
+    """A ramp moves the symmetry centre exactly, also by more than a quarter of the detector (the centroid
+    picks among the centres half a detector apart); no power, no move."""
+    shape = (64, 48)
+    prop = get_propagator(kind, shape, 1e-10, 5.0 if kind == "farfield" else 1e-3, 1e-6 if kind == "nearfield"
+                          else 172e-6)
+    f = np.array(f)
+    disc = _disc(shape, 8.0)[None]
+    f0 = spectrum_symmetry_centre(disc, prop)  # the untilted disc's own
+    assert np.all(np.abs(f0) < 1e-3), f0
+    got = spectrum_symmetry_centre(disc * phase_ramp(shape, f, np.complex128), prop)
+    np.testing.assert_allclose(got, f0 + f, atol=1e-7)
+    assert np.all(spectrum_symmetry_centre(np.zeros((1,) + shape), prop) == 0)
+
+
+def test_symmetry_centre_ignores_faint_power_to_one_side():
+    """A centred pupil plus a faint ring brighter on one side (as a low-dose reconstruction's probe can carry):
+    the intensity centroid moves with the ring's power, the symmetry centre stays at the centre."""
+    shape = (64, 64)
+    prop = get_propagator("farfield", shape, 1e-10, 5.0, 172e-6)
+    y, x = np.indices(shape) - np.asarray(prop.center, dtype=float)[:, None, None]
+    r = np.hypot(y, x)
+    pupil = (r < 10).astype(float)
+    ring = ((r > 16) & (r < 22)) * (1 + 0.9 * x / np.maximum(r, 1))
+    screen = np.exp(1j * np.random.default_rng(1).uniform(0, 6, shape))
+    for fraction in (0.02, 0.05, 0.1):  # the ring's share of the pupil's power
+        far = np.sqrt(pupil + fraction * ring * pupil.sum() / ring.sum()) * np.where(r > 14, screen, 1)
+        probe = prop.bw(far[None].astype(np.complex128))
+        pulled = spectrum_centroid(probe, prop)[0][1]
+        assert pulled > 0.08 * fraction  # towards the bright side: 0.0018-0.009 cycles per pixel
+        # (between the pixels the ring's random phases are not symmetric: 2.5e-4)
+        np.testing.assert_allclose(spectrum_symmetry_centre(probe, prop), 0, atol=3e-4)
+
+
 def test_ramp_moves_between_probe_and_object_and_leaves_the_data_model_alone():
     """A ramp put on the probe (the opposite on the object) after DM is taken back off the probe,
     the object returns to the reconstruction without it, and exit = probe * object still holds."""
@@ -44,7 +80,7 @@ def test_ramp_moves_between_probe_and_object_and_leaves_the_data_model_alone():
     obj = P.obj.S["SMF"].data
     f = np.array([0.06, -0.04])
     ref_obj = obj.copy()
-    f0 = spectrum_centroid(probe, e.book.groups[0].propagator)[0]  # the reconstruction's own (small)
+    f0 = spectrum_symmetry_centre(probe, e.book.groups[0].propagator)  # the reconstruction's own (small)
     probe *= phase_ramp(probe.shape, f, probe.dtype)
     obj *= phase_ramp(obj.shape, -f, obj.dtype)
     g = e.book.groups[0]
@@ -57,7 +93,7 @@ def test_ramp_moves_between_probe_and_object_and_leaves_the_data_model_alone():
     moved = e.fix_phase_ramp()
     (moved_f,) = moved.values()
     np.testing.assert_allclose(moved_f, f0 + f, atol=1e-6)  # the ramp put on, found again
-    assert np.all(np.abs(spectrum_centroid(probe, g.propagator)[0]) < 1e-6)
+    assert np.all(np.abs(spectrum_symmetry_centre(probe, g.propagator)) < 1e-6)
     # the object gets back its form before the ramp (and the probe's own f0) up to a constant phase
     ratio = obj / (ref_obj * phase_ramp(obj.shape, f0, np.complex128))
     np.testing.assert_allclose(ratio / ratio.flat[ratio.size // 2], 1, atol=3e-4)  # single precision: 1.2e-4

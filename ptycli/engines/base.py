@@ -207,8 +207,8 @@ def _common_params():
                   "field (the probe fills the frame)", low=0.0, nullable=True, unit="pixel"),
         Parameter("phase_ramp", "auto", "str",
                   "where the linear phase ramp that probe and object can trade (it changes no intensity) goes "
-                  "when the run's last engine ends: probe (the probe's far-field intensity centroid at the "
-                  "detector centre, the undiffracted beam), object (the plane wave that fits the illuminated "
+                  "when the run's last engine ends: probe (the probe's far-field intensity made symmetric about "
+                  "the detector centre, the undiffracted beam), object (the plane wave that fits the illuminated "
                   "object best made flat), auto (probe in the far field for a compact beam: focused, zone plate, "
                   "aperture; object in the near field; left for a far-field diffuser's speckle), none",
                   choices=RULES),

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..params.tree import engine_sequence
 from ..utils.array_utils import smooth_step
 from . import health
-from .phase_ramp import MIN_CONCENTRATION, object_ramp, phase_ramp, spectrum_centroid
+from .phase_ramp import MIN_CONCENTRATION, object_ramp, phase_ramp, spectrum_centroid, spectrum_symmetry_centre
 
 __all__ = ["ConstraintsMixin", "circular_support", "clip_object_amplitude"]
 
@@ -184,7 +184,7 @@ class ConstraintsMixin:
 
         See :mod:`ptycli.engines.phase_ramp` for the rules (``auto``, ``probe``,
         ``object``, ``none``). One ramp per object storage: ``probe`` takes the
-        power-weighted mean of the spectrum centroids of the probes that light
+        power-weighted mean of the far-field symmetry centres of the probes that light
         it, ``object`` the ramp of the object's best plane-wave fit over its
         coverage (summed over all ranks' frames;
         :func:`~ptycli.engines.phase_ramp.object_ramp`). Left alone: a
@@ -228,14 +228,15 @@ class ConstraintsMixin:
             weights = [float(np.vdot(g.probe.data, g.probe.data).real) for g in probes.values()]
             if not sum(weights) > 0:
                 continue
-            centroids = [spectrum_centroid(g.probe.data, g.propagator) for g in probes.values()]
+            concentrations = [spectrum_centroid(g.probe.data, g.propagator)[1] for g in probes.values()]
             farfield = all(g.farfield for g in groups)
-            compact = all(np.all(conc >= MIN_CONCENTRATION) for _, conc in centroids)
+            compact = all(np.all(conc >= MIN_CONCENTRATION) for conc in concentrations)
             use = rule if rule != "auto" else ("probe" if farfield and compact else
                                               "object" if not farfield else "none")
             plans[k, 0] = _RULE_CODES.get(use, 0)
             if use == "probe":
-                plans[k, 1:] = sum(w * c for w, (c, _) in zip(weights, centroids)) / sum(weights)
+                centres = [spectrum_symmetry_centre(g.probe.data, g.propagator) for g in probes.values()]
+                plans[k, 1:] = sum(w * c for w, c in zip(weights, centres)) / sum(weights)
         if parallel.size > 1:  # every rank computed the same from replicas; a rank without frames vetoes
             plans = parallel.allreduce(np.where(plans[:, :1] < 0, -1.0, plans), op="min")
         coverage = None
@@ -264,7 +265,7 @@ class ConstraintsMixin:
             self.phase_ramp_moved[sid] = self.phase_ramp_moved.get(sid, 0) + moved[sid]
             if parallel.master:
                 why = ("the object's best plane-wave fit made flat" if code == _RULE_CODES["object"]
-                       else "the probe's far-field centroid at the detector centre")
+                       else "the centre of the probe's far-field symmetry at the detector centre")
                 log.info("%s: phase ramp (%.5f, %.5f) cycles per pixel moved from the probe to the object (%s)",
                          self.label, f[0], f[1], why)
         return moved
