@@ -257,6 +257,8 @@ def test_projection_result_does_not_depend_on_thread_timing(name, extra, large, 
     geometry.set_workers(2)
     try:
         pars = dict(name=name, block_frames=3, **extra)
+        if large:  # the noise bound leaves a frame at its edge or corrects it: a jump, not a rounding difference
+            pars["noise_power_bound"] = False
         P = build(frames=30)
         start = state(P)
         recs, plain = run(P, "compiled", **pars)

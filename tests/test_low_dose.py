@@ -75,6 +75,41 @@ def test_noise_power_bound_keeps_dm_from_fitting_the_noise(low_dose_case):
     assert bounded > unbounded + 0.2, (bounded, unbounded)  # measured 0.54 without the bound
 
 
+def test_noise_bound_is_the_declared_fraction_of_the_floor(low_dose_case):
+    """DM's power bound on counted data: noise_bound_fraction (default 0.7) of the scan's counting-noise floor."""
+    from ptycli.core.ptycho import Ptycho
+    from ptycli.engines import make_engine
+
+    cfg = validate_zoo.natural_config(low_dose_case["data_section"], "farfield", dm_iterations=1, ml_iterations=0,
+                                      true_probe_file=low_dose_case["probe_file"])
+    P = Ptycho(cfg, level=2)
+    floor = P.scans["zoo"].noise_floor
+    assert floor > 0.05  # measured 0.13
+    for fraction, expected in ((None, 0.7), (1.0, 1.0), (0.0, 0.0)):
+        params = dict(name="DM", numiter=1) if fraction is None else dict(name="DM", numiter=1,
+                                                                          noise_bound_fraction=fraction)
+        engine = make_engine(P, params, "dm_%s" % fraction).initialize()
+        relaxed = engine.relax_factor_used() ** 2 * engine.mean_power / 4.0  # 0 here (plain projection)
+        assert engine.pbound == pytest.approx(max(relaxed, expected * floor), rel=1e-12)
+        engine.finalize()
+
+
+@pytest.mark.slow
+def test_noise_bound_fraction_lets_dm_alone_fit_low_dose_data(tmp_path):
+    """The zoo's lowdose_1e4 scan (1e4 photons per 64 x 64 frame), DM 200 alone from the default start: 0.873
+    with the bound at the whole noise floor, 0.907 at 0.7 of it (the default)."""
+    spec = next(c for c in validate_zoo.CASES if c.name == "lowdose_1e4")
+    case = zoo_sim.build_case(spec, str(tmp_path))
+    scores = {}
+    for fraction in (1.0, 0.7):
+        config = validate_zoo.natural_config(case["data_section"], spec.propagation,
+                                             chain=[("DM", 200, {"noise_bound_fraction": fraction})])
+        result = validate_zoo.reconstruct_and_score(config, case["truth"])
+        assert result["error"] is None, result
+        scores[fraction] = result["score"]
+    assert scores[0.7] >= 0.895 and scores[0.7] > scores[1.0] + 0.02, scores
+
+
 def test_weak_illumination_prior_keeps_unlit_pixels_sane(low_dose_case):
     from ptycli import quality as metrics
 
