@@ -74,15 +74,15 @@ floor every frame within the expected Poisson deviation is left, also where
 the model is still wrong by that much (the floor is one number for all
 frames and pixels; a focused beam's frames hold most of their counts in a
 few pixels). Full zoo (28 cases, the default start; mean correlation, the
-ramp removed) at 1.0 -> 0.7 of the floor, seeds 20 / 21 / 22: DM 200 alone
-0.968 / 0.972 / 0.964 -> 0.974 / 0.975 / 0.972 (``lowdose_1e4`` 0.873 /
-0.899 / 0.842 -> 0.907 / 0.928 / 0.912, the foreign focused scan 0.945 ->
-0.964; the bright cases 0.001-0.007 lower), RAAR 200 (seed 20) 0.959 ->
-0.966 (no case lower), DM 100 (seed 20) 0.964 -> 0.969; DM 200 + ML 100
-0.9825 / 0.9848 / 0.9826 -> 0.9821 / 0.9846 / 0.9830,
-LSQML 100 (after its DM warm-up) 0.9786 -> 0.9785. DM 200 (seed 20) at 0.5,
-0.6, 0.7, 0.8 of the floor: 0.9694, 0.9722, 0.9740, 0.9735; without the
-bound 0.893.
+ramp removed), 1.0 -> 0.7 of the floor, the cases' own seeds / seed 21 /
+seed 22 for all: DM 200 alone 0.968 / 0.972 / 0.964 -> 0.974 / 0.975 /
+0.972 (``lowdose_1e4`` 0.873 / 0.899 / 0.842 -> 0.907 / 0.928 / 0.912, the
+foreign focused scan 0.945 -> 0.964; the bright cases 0.001-0.007 lower);
+DM 200 + ML 100 0.9825 / 0.9848 / 0.9826 -> 0.9821 / 0.9846 / 0.9830. Own
+seeds: RAAR 200 0.959 -> 0.966 (no case lower), DM 100 0.964 -> 0.969,
+LSQML 100 (after its DM warm-up) 0.9786 -> 0.9785; DM 200 at 0.5, 0.6,
+0.7, 0.8 of the floor 0.9694, 0.9722, 0.9740, 0.9735, without the bound
+0.893.
 
 In the far field the projection is computed as
 ``conj(pre) * IFFT(m * FFT(pre * w))``: the propagator's post-FFT phase
