@@ -49,6 +49,7 @@ from .variable_probe import frame_probe, initial_eigenprobes
 from .probe_guess import mean_measured_pattern
 from .sample import init_object
 from .subpixel import choose as choose_subpixel
+from .symmetry import symmetry_centre
 
 __all__ = ["ScanModel", "Full", "Vanilla", "SCAN_MODELS", "get_scan_model"]
 
@@ -85,6 +86,10 @@ class ScanModel:
         self.subpixel = {}
         #: mean squared counting noise of an amplitude per valid pixel (:meth:`measure_noise`), set by load
         self.noise_floor = 0.0
+        #: where the mean measured pattern (all processes' frames) is point-symmetric, (row, column) detector
+        #: pixels (:func:`~ptycli.core.symmetry.symmetry_centre`): the undiffracted beam's place; where it lies
+        #: off the detector centre (measured data), phase_ramp auto flattens the object; set by load
+        self.beam_centre_px = None
         #: whether every frame of the scan (on every process) holds photon counts (:meth:`measure_noise`)
         self.counted = False
         #: the fitted incoherent background (H, W) with ``background: true``, else None (set by :meth:`build`)
@@ -155,10 +160,15 @@ class ScanModel:
         log.info("scan %s: %d frames of %d x %d on this process (%d in all), loader %s",
                  self.label, len(d.indices), d.shape[0], d.shape[1], d.num_frames_total,
                  loader_cls.NAME)
-        self.noise_floor = self.measure_noise()
+        mean_pattern, counts = mean_measured_pattern(d.intensities, d.mask)
+        self.noise_floor = self.measure_noise(mean_pattern, counts)
+        self.beam_centre_px = symmetry_centre(mean_pattern)
+        if self.beam_centre_px is not None:
+            log.debug("scan %s: the mean pattern is symmetric about pixel (%.3f, %.3f)", self.label,
+                      *self.beam_centre_px)
         return d
 
-    def measure_noise(self):
+    def measure_noise(self, mean_pattern, counts):
         """The counting-noise floor of the scan's amplitudes (collective).
 
         :func:`~ptycli.core.counting_noise.amplitude_noise_floor` of the mean
@@ -166,9 +176,13 @@ class ScanModel:
         counts (:func:`~ptycli.core.counting_noise.looks_like_counts`, or the
         loader's ``monitor_scaled_counts``: counts multiplied by a per-frame
         monitor), else 0. Sets :attr:`counted`.
+
+        Parameters
+        ----------
+        mean_pattern, counts : ndarray (rows, cols)
+            :func:`~ptycli.core.probe_guess.mean_measured_pattern` of the scan's frames.
         """
         d = self.data
-        mean_pattern, counts = mean_measured_pattern(d.intensities, d.mask)
         # (frames scaled by a monitor hold counts that are no longer whole numbers: the loader says so)
         counts_like = looks_like_counts(d.intensities) or bool(d.meta.get("monitor_scaled_counts"))
         counted = np.array([1.0 if counts_like else 0.0])

@@ -162,6 +162,9 @@ class PodGroup:
         The scan's incoherent background (the scan model's live array), None when it is not fitted.
     probe_weights : ndarray (frames, K) complex128 or None
         A variable probe's weights (the scan model's live array; row = diffraction row), else None.
+    beam_centre_px : ndarray (2,) or None
+        Where the undiffracted beam meets the detector, as the scan's mean pattern shows it
+        (:attr:`ptycli.core.manager.ScanModel.beam_centre_px`), or None.
     pods : list of POD
         The pods, in book order.
     """
@@ -182,6 +185,7 @@ class PodGroup:
         #: a variable probe's per-frame weights (the scan model's live (frames, K) array, rows = diffraction
         #: rows), or None (:mod:`ptycli.core.variable_probe`)
         self.probe_weights = getattr(getattr(first, "model", None), "probe_weights", None)
+        self.beam_centre_px = getattr(getattr(first, "model", None), "beam_centre_px", None)
         self.label = str(self.exit.ID)[1:] if str(self.exit.ID).startswith("S") else str(self.exit.ID)
         self.shape = tuple(int(s) for s in first.pr_view.shape)
         H, W = self.shape

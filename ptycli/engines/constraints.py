@@ -20,7 +20,8 @@ from ..errors import ConfigError
 from ..params.tree import engine_sequence
 from ..utils.array_utils import smooth_step
 from . import health
-from .phase_ramp import MIN_CONCENTRATION, object_ramp, phase_ramp, spectrum_centroid, spectrum_symmetry_centre
+from .phase_ramp import (MIN_CONCENTRATION, beam_is_off_centre, object_ramp, phase_ramp, spectrum_centroid,
+                         spectrum_symmetry_centre)
 
 __all__ = ["ConstraintsMixin", "circular_support", "clip_object_amplitude"]
 
@@ -235,7 +236,9 @@ class ConstraintsMixin:
                                               "object" if not farfield else "none")
             plans[k, 0] = _RULE_CODES.get(use, 0)
             if use == "probe":
-                centres = [spectrum_symmetry_centre(g.probe.data, g.propagator) for g in probes.values()]
+                centres = [spectrum_symmetry_centre(g.probe.data, g.propagator,
+                                                    g.beam_centre_px if beam_is_off_centre(g) else None)
+                           for g in probes.values()]
                 plans[k, 1:] = sum(w * c for w, c in zip(weights, centres)) / sum(weights)
         if parallel.size > 1:  # every rank computed the same from replicas; a rank without frames vetoes
             plans = parallel.allreduce(np.where(plans[:, :1] < 0, -1.0, plans), op="min")

@@ -66,8 +66,10 @@ keeps it only with ``object`` (or ``none``).
 
 import numpy as np
 
-__all__ = ["spectrum_centroid", "spectrum_symmetry_centre", "object_phase_gradient", "object_plane_fit", "object_ramp", "phase_ramp",
-           "MIN_CONCENTRATION", "MIN_COHERENCE", "MIN_PLANE_COHERENCE", "RULES"]
+from ..core.symmetry import symmetry_centre
+
+__all__ = ["spectrum_centroid", "spectrum_symmetry_centre", "beam_is_off_centre", "object_phase_gradient", "object_plane_fit",
+           "object_ramp", "phase_ramp", "MIN_CONCENTRATION", "BEAM_OFFSET_PX", "MIN_COHERENCE", "MIN_PLANE_COHERENCE", "RULES"]
 
 #: the values of the engine parameter ``phase_ramp``
 RULES = ("auto", "probe", "object", "none")
@@ -78,6 +80,16 @@ RULES = ("auto", "probe", "object", "none")
 #: a diffuser probe 0.67 (far field) and 0.30-0.69 (near field), whose random phase screen tilts the
 #: beam by its own amount: moving the ramp there made the shift-and-phase score 0.99 -> 0.23.
 MIN_CONCENTRATION = 0.72
+
+#: The probe rule centres the beam where the scan's mean pattern is symmetric (the undiffracted beam's place on
+#: the detector, :attr:`ptycli.core.manager.ScanModel.beam_centre_px`) instead of on the detector centre when the
+#: two lie more than this many pixels apart on an axis: the detector centre is then not the beam's axis. Measured: 0.00-0.06 px on the zoo's and the foreign scans with compact beams, 0.12 px where a strong
+#: phase object deflects the beam (``strong_phase``); 1.27 px on the measured Siemens-star scan (shared data),
+#: whose object kept 0.010 cycles per pixel of ramp (4.6 cycles across it) on the detector centre, 0.0001 on
+#: the beam's. A simulation puts the beam on the centre its transform defines, a measurement where it fell.
+#: The mean pattern also holds the object's own deflection (the 0.06-0.12 px above), which the probe rule
+#: then leaves with the probe.
+BEAM_OFFSET_PX = 0.25
 
 #: The object rule moves nothing when the object's neighbouring pixels agree in phase less than this
 #: (:func:`object_phase_gradient`'s ``coherence``; a noise object has no mean gradient to speak of).
@@ -134,28 +146,25 @@ def spectrum_centroid(modes, propagator):
     return f, concentration
 
 
-def spectrum_symmetry_centre(modes, propagator, iterations=10):
-    """Centre of point symmetry of the probe's far-field intensity (near field: angular spectrum), cycles per pixel.
+def spectrum_symmetry_centre(modes, propagator, beam_centre_px=None, iterations=10):
+    """The ramp that centres the probe's far-field intensity (near field: angular spectrum), cycles per pixel.
 
-    The pupil of a beam from optics (a lens, a zone plate, an aperture) is
-    point-symmetric about the undiffracted beam's direction. A
-    reconstruction's probe can carry faint power off to one side (LSQML's
-    at 1e4 photons per frame: a ring outside the pupil, brighter on one
-    side), which pulls the intensity centroid (:func:`spectrum_centroid`) as
-    if the beam were tilted. The symmetry centre ``m`` maximises the
-    self-convolution ``C(s) = sum_k I(k) I(s - k)`` at ``s = 2 m``
-    (Cauchy-Schwarz: ``C(s) <= sum_k I(k)^2``, equal where ``I(k) = I(s - k)``
-    for every ``k``), where faint power counts with its square. ``C`` comes
-    from two transforms (``FFT(C) = FFT(I)^2``), its peak to a fraction of a
-    pixel from Newton steps on its trigonometric interpolant, started at the
-    largest sample. ``s`` is periodic over the detector, so ``m`` is known up
-    to half the detector: the candidate nearest the centroid is taken. A
-    ramp moves it exactly (``modes * exp(2 pi i g.n)`` gives ``f + g``).
+    The pupil of a beam from optics is point-symmetric about the
+    undiffracted beam's direction. A reconstruction's probe can carry faint
+    power off to one side (LSQML's at 1e4 photons per frame: a ring outside
+    the pupil, brighter on one side), which pulls the intensity centroid
+    (:func:`spectrum_centroid`) as if the beam were tilted; the symmetry
+    centre (:func:`ptycli.core.symmetry.symmetry_centre`) holds. The
+    intensity is taken at half-pixel steps (the waves padded with zeros to
+    twice their size): those samples hold all of its Fourier series, so a
+    ramp moves the centre exactly (``modes * exp(2 pi i g.n)`` gives
+    ``f + g``). Of the candidates half a detector apart, the one nearest the
+    centroid is taken.
 
     Measured (zoo scans, the probe rule with this centre instead of the
     centroid; correlation by shift and global phase): LSQML 100 on
-    lowdose_1e4 0.541 -> 0.884, mPIE 100 on subpixel_spiral 0.936 -> 0.990
-    and on ptylab_defocused 0.946 -> 0.989.
+    lowdose_1e4 0.541 -> 0.888, mPIE 100 on subpixel_spiral 0.936 -> 0.990
+    and on ptylab_defocused 0.946 -> 0.988.
 
     Parameters
     ----------
@@ -163,15 +172,21 @@ def spectrum_symmetry_centre(modes, propagator, iterations=10):
         The probe modes (their intensities add).
     propagator : FarfieldPropagator or NearfieldPropagator
         The scan's propagator (as :func:`spectrum_centroid`).
+    beam_centre_px : pair of float, optional
+        Detector pixel (row, column) about which the intensity is to be
+        symmetric: where a measured beam fell (the scan's
+        :attr:`~ptycli.core.manager.ScanModel.beam_centre_px`). Default: the
+        detector centre (the propagator's ``center``; near field: zero
+        frequency).
     iterations : int
-        Newton steps at most (each under a pixel; they stop where ``C`` does
-        not curve down in every direction).
+        Newton steps at most (see :func:`~ptycli.core.symmetry.symmetry_centre`).
 
     Returns
     -------
     f : ndarray (2,) float64
-        ``(f_y, f_x)`` in ``(-1/2, 1/2]``, with ``modes * exp(-2 pi i f.n)``
-        symmetric about the detector centre; zeros when the probe holds no power.
+        ``(f_y, f_x)`` in ``(-1/2, 1/2]``: ``modes * exp(-2 pi i f.n)`` is
+        symmetric about the detector centre or ``beam_centre_px``; zeros
+        when the probe holds no power.
     """
     modes = np.asarray(modes, dtype=np.complex128).reshape((-1,) + np.shape(modes)[-2:])
     size = np.array(modes.shape[-2:], dtype=np.float64)
@@ -182,36 +197,31 @@ def spectrum_symmetry_centre(modes, propagator, iterations=10):
     else:
         waves = modes
         centre = np.zeros(2)
-    # at half-pixel steps (the waves padded with zeros to twice their size): then the samples hold all of the
-    # intensity's Fourier series (the waves' autocorrelation), a ramp moves them exactly, and so does the centre
     power = np.sum(np.abs(np.fft.fft2(waves, s=tuple(2 * int(n) for n in size))) ** 2, axis=0)
-    total = float(power.sum())
-    if not (total > 0 and np.isfinite(total)):
-        return np.zeros(2)
-    spectrum = np.fft.fft2(power) ** 2  # the self-convolution's transform
-    conv = np.fft.ifft2(spectrum).real
-    s = np.array(np.unravel_index(int(np.argmax(conv)), conv.shape), dtype=np.float64)
-    qy = 2j * np.pi * np.fft.fftfreq(power.shape[0])[:, None]
-    qx = 2j * np.pi * np.fft.fftfreq(power.shape[1])[None, :]
-    for _ in range(int(iterations)):
-        t = spectrum * (np.exp(qy * s[0]) * np.exp(qx * s[1]))
-        grad = np.array([np.sum(qy * t).real, np.sum(qx * t).real])
-        hyx = np.sum(qy * qx * t).real
-        hess = np.array([[np.sum(qy * qy * t).real, hyx], [hyx, np.sum(qx * qx * t).real]])
-        if not (np.all(np.isfinite(hess)) and np.all(np.linalg.eigvalsh(hess) < 0)):
-            break
-        step = -np.linalg.solve(hess, grad)
-        if not (np.all(np.isfinite(step)) and np.max(np.abs(step)) < 1.0):
-            break
-        s = s + step
-        if np.max(np.abs(step)) < 1e-9:
-            break
-    # s is twice the centre in half pixels, periodic over the padded array: the centre in pixels is s / 4, known
-    # up to half the detector; the centroid picks the candidate
     near = centre + spectrum_centroid(modes, propagator)[0] * size
-    m = 0.25 * s + np.round((near - 0.25 * s) / (0.5 * size)) * (0.5 * size)
-    f = (m - centre) / size
+    found = symmetry_centre(power, near=2 * near, iterations=iterations)  # in half pixels
+    if found is None:
+        return np.zeros(2)
+    target = centre if beam_centre_px is None else np.asarray(beam_centre_px, dtype=np.float64)
+    f = (0.5 * found - target) / size
     return (f + 0.5) % 1.0 - 0.5
+
+
+def beam_is_off_centre(group):
+    """Whether a far-field group's scan has its mean pattern symmetric about a pixel more than
+    :data:`BEAM_OFFSET_PX` away from the detector centre on an axis (the probe rule then centres the beam there).
+
+    Parameters
+    ----------
+    group : PodGroup
+        Its ``propagator`` (far field) and ``beam_centre_px`` (None: not measured) are used.
+    """
+    found = getattr(group, "beam_centre_px", None)
+    if found is None or getattr(group.propagator, "kind", "farfield") != "farfield":
+        return False
+    found = np.asarray(found, dtype=np.float64)
+    centre = np.asarray(group.propagator.center, dtype=np.float64)
+    return bool(np.all(np.isfinite(found)) and np.any(np.abs(found - centre) > BEAM_OFFSET_PX))
 
 
 def _spectrum_power(modes, propagator):
