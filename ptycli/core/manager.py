@@ -88,7 +88,7 @@ class ScanModel:
         self.noise_floor = 0.0
         #: where the mean measured pattern (all processes' frames) is point-symmetric, (row, column) detector
         #: pixels (:func:`~ptycli.core.symmetry.symmetry_centre`): the undiffracted beam's place; where it lies
-        #: off the detector centre (measured data), phase_ramp auto flattens the object; set by load
+        #: off the detector centre (measured data), the phase_ramp probe rule centres the beam there; set by load
         self.beam_centre_px = None
         #: whether every frame of the scan (on every process) holds photon counts (:meth:`measure_noise`)
         self.counted = False

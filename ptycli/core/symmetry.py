@@ -12,7 +12,7 @@ its square, where it pulls an intensity centroid linearly.
 Used by the probe rule of the engines' ``phase_ramp``
 (:func:`ptycli.engines.phase_ramp.spectrum_symmetry_centre`) and for the
 beam's place on the detector (:attr:`ptycli.core.manager.ScanModel.beam_centre_px`),
-which decides between that rule and the object rule.
+where that rule centres a measured beam that missed the detector centre.
 """
 
 import numpy as np
@@ -26,9 +26,9 @@ def symmetry_centre(power, near=None, iterations=10):
     ``C`` comes from two transforms (``FFT(C) = FFT(I)^2``, periodic over the
     array), its peak to a fraction of a pixel from Newton steps on its
     trigonometric interpolant, started at its largest value on a grid of
-    eighth samples around the largest sample. ``s`` is
-    periodic over the array, so the centre is known up to half the array
-    along each axis: the candidate nearest ``near`` is returned.
+    eighth samples around the largest sample. ``s`` is periodic over the
+    array, so the centre is known up to half the array along each axis: the
+    candidate nearest ``near`` is returned.
 
     Parameters
     ----------

@@ -267,8 +267,10 @@ class ConstraintsMixin:
             moved[sid] = np.asarray(f, dtype=np.float64)
             self.phase_ramp_moved[sid] = self.phase_ramp_moved.get(sid, 0) + moved[sid]
             if parallel.master:
+                off_centre = any(beam_is_off_centre(g) for g in groups)
+                beam = "the measured beam's place" if off_centre else "the detector centre"
                 why = ("the object's best plane-wave fit made flat" if code == _RULE_CODES["object"]
-                       else "the centre of the probe's far-field symmetry at the detector centre")
+                       else "the probe's far-field intensity made symmetric about %s" % beam)
                 log.info("%s: phase ramp (%.5f, %.5f) cycles per pixel moved from the probe to the object (%s)",
                          self.label, f[0], f[1], why)
         return moved

@@ -25,7 +25,9 @@ run's last engine ends (:meth:`~ptycli.engines.constraints.ConstraintsMixin.fix_
     object's ramp against the truth to 0.03 cycles across the field in four
     runs; the symmetry centre also holds where faint power off to one side
     pulls the centroid (LSQML at 1e4 photons per frame, mPIE on scans with
-    a defocused beam).
+    a defocused beam). A measured beam that fell off the detector centre
+    (the scan's mean pattern symmetric about a pixel more than
+    :data:`BEAM_OFFSET_PX` away) is centred where it fell.
 ``object``
     The object's best plane-wave fit over its illuminated area
     (:func:`object_ramp`: :func:`object_plane_fit` from the mean phase step
@@ -68,8 +70,9 @@ import numpy as np
 
 from ..core.symmetry import symmetry_centre
 
-__all__ = ["spectrum_centroid", "spectrum_symmetry_centre", "beam_is_off_centre", "object_phase_gradient", "object_plane_fit",
-           "object_ramp", "phase_ramp", "MIN_CONCENTRATION", "BEAM_OFFSET_PX", "MIN_COHERENCE", "MIN_PLANE_COHERENCE", "RULES"]
+__all__ = ["spectrum_centroid", "spectrum_symmetry_centre", "beam_is_off_centre", "object_phase_gradient",
+           "object_plane_fit", "object_ramp", "phase_ramp", "MIN_CONCENTRATION", "BEAM_OFFSET_PX", "MIN_COHERENCE",
+           "MIN_PLANE_COHERENCE", "RULES"]
 
 #: the values of the engine parameter ``phase_ramp``
 RULES = ("auto", "probe", "object", "none")
@@ -83,13 +86,15 @@ MIN_CONCENTRATION = 0.72
 
 #: The probe rule centres the beam where the scan's mean pattern is symmetric (the undiffracted beam's place on
 #: the detector, :attr:`ptycli.core.manager.ScanModel.beam_centre_px`) instead of on the detector centre when the
-#: two lie more than this many pixels apart on an axis: the detector centre is then not the beam's axis. Measured: 0.00-0.06 px on the zoo's and the foreign scans with compact beams, 0.12 px where a strong
-#: phase object deflects the beam (``strong_phase``); 1.27 px on the measured Siemens-star scan (shared data),
-#: whose object kept 0.010 cycles per pixel of ramp (4.6 cycles across it) on the detector centre, 0.0001 on
-#: the beam's. A simulation puts the beam on the centre its transform defines, a measurement where it fell.
-#: The mean pattern also holds the object's own deflection (the 0.06-0.12 px above), which the probe rule
-#: then leaves with the probe.
-BEAM_OFFSET_PX = 0.25
+#: two lie more than this many pixels apart on an axis: the detector centre is then not the beam's axis.
+#: The mean pattern also holds the object's own deflection: measured 0.00-0.08 px on the zoo's and the foreign
+#: scans with compact beams (four seeds of focused_raster and two_modes), but 0.07-0.47 px for the strong
+#: phase object (``strong_phase``, seeds 20-24), whose truth carries a mean gradient: centred on its mean
+#: pattern (at 0.25 px), seed 21 scored 0.51 by shift and phase instead of 1.00. The measured Siemens-star
+#: scan (shared data) has its beam 1.27 px off: its object kept 0.010 cycles per pixel of ramp (4.6 cycles
+#: across it) on the detector centre, 0.0001 on the beam's. A simulation puts the beam on the centre its
+#: transform defines, a measurement where it fell.
+BEAM_OFFSET_PX = 1.0
 
 #: The object rule moves nothing when the object's neighbouring pixels agree in phase less than this
 #: (:func:`object_phase_gradient`'s ``coherence``; a noise object has no mean gradient to speak of).
