@@ -7,8 +7,7 @@ from ptycli.engines.phase_ramp import BEAM_OFFSET_PX, beam_is_off_centre
 
 
 def _ring_intensity(shape, centre, padded=True):
-    """A zone-plate-like far field (an annulus of uniform amplitude, one side of it brighter by a smooth
-    factor that keeps it point-symmetric about ``centre`` only in its support) sampled on the detector grid,
+    """A zone-plate-like far field (an annulus of uniform amplitude) centred at ``centre`` on the detector grid,
     computed from a sample-plane wave so that a sub-pixel centre is exact (the intensity at half pixels when
     ``padded``)."""
     rows, cols = shape

@@ -137,12 +137,18 @@ def spectrum_centroid(modes, propagator):
         one pixel, about 0 for power spread over the whole detector (see
         :data:`MIN_CONCENTRATION`).
     """
-    power, centre = _spectrum_power(modes, propagator)
+    modes = np.asarray(modes, dtype=np.complex128).reshape((-1,) + np.shape(modes)[-2:])
+    if getattr(propagator, "kind", "farfield") == "farfield":
+        power = np.sum(np.abs(np.asarray(propagator.fw(modes))) ** 2, axis=0)
+        centre = np.asarray(propagator.center, dtype=np.float64)
+    else:
+        power = np.sum(np.abs(np.fft.fft2(modes)) ** 2, axis=0)
+        centre = np.zeros(2)
     f = np.zeros(2)
     concentration = np.zeros(2)
-    if power is None:
-        return f, concentration
     total = float(power.sum())
+    if not (total > 0 and np.isfinite(total)):
+        return f, concentration
     for axis, marginal in enumerate((power.sum(axis=1), power.sum(axis=0))):
         n = power.shape[axis]
         moment = np.sum(marginal * np.exp(2j * np.pi * (np.arange(n) - centre[axis]) / n))
@@ -227,22 +233,6 @@ def beam_is_off_centre(group):
     found = np.asarray(found, dtype=np.float64)
     centre = np.asarray(group.propagator.center, dtype=np.float64)
     return bool(np.all(np.isfinite(found)) and np.any(np.abs(found - centre) > BEAM_OFFSET_PX))
-
-
-def _spectrum_power(modes, propagator):
-    """The probe's far-field (near field: angular-spectrum) intensity summed over modes, and the pixel of zero
-    angle; ``(None, None)`` when it holds no power."""
-    modes = np.asarray(modes, dtype=np.complex128).reshape((-1,) + np.shape(modes)[-2:])
-    if getattr(propagator, "kind", "farfield") == "farfield":
-        power = np.sum(np.abs(np.asarray(propagator.fw(modes))) ** 2, axis=0)
-        centre = np.asarray(propagator.center, dtype=np.float64)
-    else:
-        power = np.sum(np.abs(np.fft.fft2(modes)) ** 2, axis=0)
-        centre = np.zeros(2)
-    total = float(power.sum())
-    if not (total > 0 and np.isfinite(total)):
-        return None, None
-    return power, centre
 
 
 def object_phase_gradient(obj, coverage, rows_per_block=256):
