@@ -549,17 +549,18 @@ FOREIGN_NEARFIELD = os.path.join(validate_zoo.FOREIGN_DIR, validate_zoo.FOREIGN[
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(FOREIGN_NEARFIELD), reason="shared foreign scans absent")
-@pytest.mark.parametrize("rule, low, high", [("auto", 0.97, 1.0), ("none", 0.0, 0.6)])
-def test_near_field_object_holds_no_ramp_against_the_truth(rule, low, high):
+def test_near_field_object_holds_no_ramp_against_the_truth():
     """The foreign near-field scan (a diffuser probe, written by another package), DM 200 + ML 100 from the
     default start, scored by shift and global phase only (as its README scores): with ``phase_ramp: auto``
-    the object's mean phase gradient goes to the probe, 0.991; left where the reconstruction put it
-    (``none``), the object carries 0.45 cycles of ramp across the field and scores 0.349."""
+    the object's mean phase gradient goes to the probe, 0.994. How much ramp the object holds when left
+    where the reconstruction put it (``none``) is the engines' drift, not a property of the data: 0.45
+    cycles across the field (score 0.349) before DM bounded its Fourier step by the noise floor, 0.71 after;
+    so only the rule's result is asserted."""
     fname, loader, propagation = validate_zoo.FOREIGN["foreign_nearfield"]
     truth = dict(np.load(FOREIGN_NEARFIELD.rsplit(".", 1)[0] + "_truth.npz"))
     config = validate_zoo.natural_config({"name": loader, "dfile": FOREIGN_NEARFIELD}, propagation,
-                                         chain=[("DM", 200), ("ML", 100, {"phase_ramp": rule})])
+                                         chain=[("DM", 200), ("ML", 100, {"phase_ramp": "auto"})])
     result = validate_zoo.reconstruct_and_score(config, truth)
     assert result["error"] is None, result
-    assert low <= result["score_no_ramp"] <= high, result
-    assert result["score"] >= 0.98, result  # the ramp-removing score: 0.991-0.997 either way
+    assert result["score_no_ramp"] >= 0.97, result
+    assert result["score"] >= 0.98, result  # the ramp-removing score
