@@ -303,7 +303,8 @@ def test_flat_background_recovered_quick(tmp_path):
     assert score_on > 0.95 and score_on > score_off + 0.07, (score_on, score_off)
 
 
-@pytest.mark.parametrize("chain", [[("mPIE", 40)], [("LSQML", 40, {"warmup": 0})]])
+@pytest.mark.parametrize("chain", [[("mPIE", 40)],
+                                   pytest.param([("LSQML", 40, {"warmup": 0})], marks=pytest.mark.slow)])
 def test_pie_and_lsqml_fit_a_flat_background_quick(tmp_path, chain):
     """The same scan as above, mPIE 40 or LSQML 40 alone: the background in the model of every frame step."""
     case = _case(tmp_path)

@@ -45,6 +45,7 @@ def _reconstruct(case, data_extra):
     return P, validate_zoo.score_object(P, case["truth"])["correlation"]
 
 
+@pytest.mark.slow
 def test_electron_scan_reconstructs_with_the_electrons_wavelength(tmp_path):
     case = _electron_case(tmp_path)
     P, score = _reconstruct(case, {"energy": 300.0, "radiation": "electron"})

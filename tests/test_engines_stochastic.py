@@ -182,7 +182,7 @@ def _storages(P):
     return next(iter(P.probe.S.values())), next(iter(P.obj.S.values()))
 
 
-@pytest.mark.parametrize("name", ["ePIE", "rPIE"])
+@pytest.mark.parametrize("name", [pytest.param("ePIE", marks=pytest.mark.slow), "rPIE"])
 def test_engine_converges_to_the_truth(name):
     P = _model()
     eng = make_engine(P, dict(name=name, numiter=50))
@@ -278,7 +278,8 @@ def _one_rank_reduce(self):
                 exit_change=s[3] / self.total_counts, likelihood=None)
 
 
-@pytest.mark.parametrize("name", ["ePIE", pytest.param("mPIE", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ePIE", "mPIE"])
 def test_block_parallel_merge_is_identity_for_identical_ranks(monkeypatch, name):
     """Two simulated ranks holding the same frames and state: the merge must change nothing
     (for mPIE also not the velocities and anchors merged with the object and probe)."""
@@ -394,7 +395,8 @@ def test_momentum_step_is_the_published_recurrence():
         Momentum(0.5, 0)
 
 
-@pytest.mark.parametrize("restart", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("restart", [False, True])
 def test_mpie_without_friction_is_rpie(restart):
     """friction 0: every momentum step leaves X unchanged, so mPIE is rPIE bit for bit (restart or not)."""
     pars = dict(numiter=4, seed=2, probe_update_start=1, alpha=0.1, probe_alpha=0.5, object_step=0.9,
@@ -454,6 +456,24 @@ def test_mpie_power_bound_gains_on_low_dose_data():
         assert q[1.0]["correlation"] > 0.96 and q[1.0]["correlation"] > q[0.0]["correlation"] + 0.01, q
 
 
+@pytest.mark.slow
+def test_rpie_power_bound_gains_on_low_dose_data():
+    """Ground truth, 1e4 photons per frame, rPIE 30 from the default start: its default bound (0.7 of the
+    floor, grown in over 60 iterations) lowers the object error by a fifth against the published constraint
+    (measured 0.172/0.173 against 0.221/0.226, correlation 0.986/0.985 against 0.976/0.975) on two noise
+    and visiting-order seeds."""
+    assert st.RPIE.PARAMS["noise_bound"].default == 0.7 and st.RPIE.PARAMS["noise_bound_ramp"].default == 60
+    for seed in (0, 1):
+        q = {}
+        for nb in (0.0, None):
+            P = _counted_model(n=60, photons=1e4, seed=seed)
+            pars = dict(name="rPIE", numiter=30, seed=seed)
+            make_engine(P, pars if nb is None else dict(pars, noise_bound=nb)).run()
+            q[nb] = object_vs_truth(P)
+        assert q[None]["error"] < 0.85 * q[0.0]["error"], q
+        assert q[None]["correlation"] > q[0.0]["correlation"] + 0.005, q
+
+
 def test_noise_bound_grows_in_over_the_ramp():
     """Iteration n (0-based) sweeps with min(1, (n + 1) / noise_bound_ramp) of each frame's bound."""
     P = _counted_model(n=12)
@@ -472,7 +492,7 @@ def test_noise_bound_grows_in_over_the_ramp():
     e.sweeper.sweep = sweep
     e.iterate(5)
     np.testing.assert_allclose([np.mean(s) for s in seen], [1 / 3, 2 / 3, 1.0, 1.0, 1.0], rtol=1e-12)
-    assert st.MPIE.PARAMS["noise_bound_ramp"].default == 60 and st.RPIE.PARAMS["noise_bound_ramp"].default == 0
+    assert st.MPIE.PARAMS["noise_bound_ramp"].default == 60 and st.EPIE.PARAMS["noise_bound_ramp"].default == 0
 
 
 def test_momentum_restart_zeroes_an_opposed_velocity():
@@ -637,7 +657,7 @@ def test_pie_gives_the_exit_storage_back_and_dm_after_it_starts_from_probe_times
         np.testing.assert_allclose(pod.exit, pod.probe * pod.object, rtol=1e-6, atol=1e-6 * np.abs(pod.exit).max())
 
 
-@pytest.mark.parametrize("name", ["ePIE", "rPIE", "mPIE"])
+@pytest.mark.parametrize("name", ["ePIE", "rPIE", pytest.param("mPIE", marks=pytest.mark.slow)])
 def test_pie_pins_the_probe_power_and_leaves_probe_times_object_alone(name, monkeypatch):
     # ePIE's and mPIE's steps are unchanged by P -> k P, O -> O / k (the velocities scaled alike), so nothing
     # in an iteration fixes k: the engine pins the probe power to the mean counts per frame. From a probe
@@ -689,7 +709,7 @@ def test_the_pie_engines_recentre_by_default():
     assert engine_paramset("DM")["probe_center_tol"].default is None
 
 
-@pytest.mark.parametrize("farfield", [True, False])
+@pytest.mark.parametrize("farfield", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_recentring_moves_probe_and_object_together_in_the_far_field_only(farfield):
     """A probe rolled 5 px off centre comes back by whole pixels with the object, P O of every frame kept
     (up to the object's wrap-around at its border); a near-field scan is left alone."""

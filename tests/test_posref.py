@@ -303,7 +303,7 @@ def invoke(*args):
     return r.invoke(main, [str(a) for a in args])
 
 
-@pytest.mark.parametrize("subpixel", ["auto", "off"])
+@pytest.mark.parametrize("subpixel", ["auto", pytest.param("off", marks=pytest.mark.slow)])
 def test_result_file_has_refined_positions_and_resume_agrees(tmp_path, subpixel):
     # the reported positions lie off the grid: auto takes the sub-pixel model (and its refinement stage)
     text = CONFIG.replace("  MF:\n", "  MF:\n    subpixel: %s\n" % subpixel)

@@ -464,7 +464,7 @@ def phase_curvature(field):
     return float(np.mean(out))
 
 
-@pytest.mark.parametrize("engine", ["LSQML", "DM"])
+@pytest.mark.parametrize("engine", [pytest.param("LSQML", marks=pytest.mark.slow), "DM"])
 def test_zone_plate_on_strong_phase_object_gets_the_curvature(tmp_path, engine):
     """The zoo's ``strong_phase`` scan (seed 13): zone-plate probe, phase span 3 pi (issue 16).
 

@@ -167,7 +167,8 @@ def test_auto_is_on_off_the_grid_and_stored():
     assert attrs["subpixel"] == "on" and attrs["subpixel_resolution"] == 4
 
 
-@pytest.mark.parametrize("name,modes", [("DM", 1), ("ML", 1), ("RAAR", 2), ("ML", 2)])
+@pytest.mark.parametrize("name,modes", [("DM", 1), ("ML", 1), ("RAAR", 2),
+                                        pytest.param("ML", 2, marks=pytest.mark.slow)])
 def test_numpy_and_compiled_paths_agree(name, modes):
     pytest.importorskip("numba")
     out = {}
