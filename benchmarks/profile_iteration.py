@@ -68,11 +68,16 @@ def main(argv=None):
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--kernels", default="auto")
+    ap.add_argument("--gap", type=int, default=0, metavar="ROWS",
+                    help="mask this many detector rows across the middle (a detector gap: the masked kernels)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an engine parameter (repeatable; VALUE read as YAML), e.g. --set ML_type=gaussian")
     args = ap.parse_args(argv)
     frames, shape = (int(v) for v in args.case.lower().split("x"))
     P = be.build(frames, shape)
+    if args.gap:
+        for S in P.mask.S.values():
+            S.data[:, shape // 2 - args.gap // 2:shape // 2 - args.gap // 2 + args.gap, :] = 0
     floor = be.FFTFloor(P.exit.S["SMF"].data.shape[0], (shape, shape))
     T = Timers()
     from ptycli.engines import fused, fused_ml, projection_passes as pp, projectional as pj  # noqa: F401

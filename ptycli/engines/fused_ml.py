@@ -117,24 +117,26 @@ def line_sums(F, Fb, Fc, probe_on, pod_start, cscale, diff, drows, mask, mrows, 
         c = np.float32(cscale[j])
         acc = np.zeros(N_LINE)
         I = np.empty((5, W), dtype=np.float32)
+        mf = np.ones(W, dtype=np.float32)
         mr = mrows[j] if use_mask else 0
         for y in range(H):
             ex = _line_powers(F, Fb, Fc, probe_on, a, b, y, I, sb, sc)
             brow = bg[y]
             for x in range(W):
                 I[0, x] += brow[x]
+            mrow = _mask_row(mask, mr, y, use_mask, mf)
             acc[9] += ex[0]
             acc[10] += ex[1]
             acc[11] += ex[2]
             if model == 0:
-                r = _gauss_row(I, c, diff[drows[j], y], mask[mr, y], use_mask)
+                r = _gauss_row(I, c, diff[drows[j], y], mrow, use_mask)
                 for k in range(9):
                     acc[k] += r[k]
             else:  # the loop once per model (a constant model inside: no branch in the loop)
                 if model == 1:
-                    r2 = _newton_row(I, c, diff[drows[j], y], mask[mr, y], use_mask, 1, np.float32(eps))
+                    r2 = _newton_row(I, c, diff[drows[j], y], mrow, use_mask, 1, np.float32(eps))
                 else:
-                    r2 = _newton_row(I, c, diff[drows[j], y], mask[mr, y], use_mask, 2, np.float32(eps))
+                    r2 = _newton_row(I, c, diff[drows[j], y], mrow, use_mask, 2, np.float32(eps))
                 acc[1] += r2[0]
                 acc[2] += r2[1]
         for k in range(N_LINE):
@@ -323,13 +325,15 @@ def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, f
         rr = np.empty(W, dtype=np.float32)
         lg = np.empty(W, dtype=np.float32)
         le = np.empty(W, dtype=np.float32)
+        mf = np.ones(W, dtype=np.float32)
+        mr = mrows[j] if use_mask else 0
         if floating:
             num = 0.0
             den = 0.0
             for y in range(H):
                 _power(F, a, b, y, ir)
                 irow = diff[drows[j], y]
-                mrow = mask[mrows[j], y]
+                mrow = _mask_row(mask, mr, y, use_mask, mf)
                 rn = zero
                 rd = zero
                 for x in range(W):
@@ -356,13 +360,13 @@ def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, f
         ferr = 0.0
         perr = 0.0
         valid = 0.0
-        mr = mrows[j] if use_mask else 0
         for y in range(H):
             _power(F, a, b, y, ir)
             brow = bg[y]
             for x in range(W):
                 ir[x] += brow[x]
-            r = _eval_row(ir, c, diff[drows[j], y], mask[mr, y], use_mask, model, ep, lp, rr, lg, le)
+            mrow = _mask_row(mask, mr, y, use_mask, mf)
+            r = _eval_row(ir, c, diff[drows[j], y], mrow, use_mask, model, ep, lp, rr, lg, le)
             if want_bg:
                 srow = bgsum[y]
                 for x in range(W):
@@ -383,6 +387,22 @@ def evaluate(F, gF, pod_start, diff, drows, mask, mrows, use_mask, model, eps, f
         out[j, 1] = ferr
         out[j, 2] = perr
         out[j, 3] = valid
+
+
+@njit(**_INLINE)
+def _mask_row(mask, mr, y, use_mask, out):
+    """``out = mask[mr, y]`` as float32 when ``use_mask`` (else ``out`` as it is: ones), returned.
+
+    The pixel loops read this row, never the mask's own (uint8): a uint8 row read in a loop that
+    writes float32 rows kept LLVM from vectorising it, also where the flag skips the read (the
+    Poisson ``evaluate`` of 400 x 128^2 frames, no mask: 6.1 -> 2.1 ns per pixel; ``line_sums``
+    31 -> 16 ms per iteration).
+    """
+    if use_mask:
+        mrow = mask[mr, y]
+        for x in range(out.shape[0]):
+            out[x] = np.float32(mrow[x])
+    return out
 
 
 @njit(**_INLINE)
