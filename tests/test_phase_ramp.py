@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from ptycli.core.propagation import get_propagator
-from ptycli.engines.phase_ramp import (object_phase_gradient, object_plane_fit, object_ramp, phase_ramp,
+from ptycli.engines.phase_ramp import (edge_power, object_phase_gradient, object_plane_fit, object_ramp, phase_ramp,
                                        spectrum_centroid, spectrum_symmetry_centre)
 
 from ptycli.engines import make_engine
@@ -50,6 +50,20 @@ def test_symmetry_centre_of_a_tilted_probe_is_its_tilt(kind, f):
     got = spectrum_symmetry_centre(disc * phase_ramp(shape, f, np.complex128), prop)
     np.testing.assert_allclose(got, f0 + f, atol=1e-7)
     assert np.all(spectrum_symmetry_centre(np.zeros((1,) + shape), prop) == 0)
+
+
+def test_edge_power_is_the_power_in_the_frame_margin():
+    """A flat frame of 64 x 48 pixels has margins of 4 and 3 pixels (1/16): 1 - (56 x 42) / (64 x 48) of its
+    power there; a centred disc of radius 8 none; two modes add their intensities; no power, 0."""
+    shape = (64, 48)
+    flat = np.ones((1,) + shape, np.complex64)
+    assert edge_power(flat) == pytest.approx(1 - 56 * 42 / (64 * 48), rel=1e-12)
+    assert edge_power(_disc(shape, 8.0)[None]) == 0
+    corner = np.zeros((1,) + shape, np.complex128)
+    corner[0, 0, 0] = 1
+    assert edge_power(np.concatenate([_disc(shape, 8.0)[None] / np.sqrt(np.pi * 64), corner])) == pytest.approx(
+        1 / (1 + np.sum(np.abs(_disc(shape, 8.0)) ** 2) / (np.pi * 64)), rel=1e-12)
+    assert edge_power(np.zeros((2,) + shape)) == 0
 
 
 def test_symmetry_centre_ignores_faint_power_to_one_side():

@@ -20,8 +20,8 @@ from ..errors import ConfigError
 from ..params.tree import engine_sequence
 from ..utils.array_utils import smooth_step
 from . import health
-from .phase_ramp import (MIN_CONCENTRATION, beam_is_off_centre, object_ramp, phase_ramp, spectrum_centroid,
-                         spectrum_symmetry_centre)
+from .phase_ramp import (MAX_EDGE_POWER, MIN_CONCENTRATION, beam_is_off_centre, edge_power, object_ramp, phase_ramp,
+                         spectrum_centroid, spectrum_symmetry_centre)
 
 __all__ = ["ConstraintsMixin", "circular_support", "clip_object_amplitude"]
 
@@ -232,8 +232,9 @@ class ConstraintsMixin:
             concentrations = [spectrum_centroid(g.probe.data, g.propagator)[1] for g in probes.values()]
             farfield = all(g.farfield for g in groups)
             compact = all(np.all(conc >= MIN_CONCENTRATION) for conc in concentrations)
-            use = rule if rule != "auto" else ("probe" if farfield and compact else
-                                              "object" if not farfield else "none")
+            fills = any(edge_power(g.probe.data) > MAX_EDGE_POWER for g in probes.values())
+            use = rule if rule != "auto" else ("probe" if farfield and compact and not fills else
+                                              "object" if not farfield or compact else "none")
             plans[k, 0] = _RULE_CODES.get(use, 0)
             if use == "probe":
                 centres = [spectrum_symmetry_centre(g.probe.data, g.propagator,
