@@ -107,9 +107,9 @@ def test_raar_converges():
 
 def test_raar_beta_one_is_dm():
     P1, P2 = build(frames=30, shape=32), build(frames=30, shape=32)
-    # probe_support auto differs (DM 1.0, RAAR 0.8): the same given to both
-    reconstruct(P1, "DM", numiter=5, probe_support=0.8)
-    reconstruct(P2, "RAAR", numiter=5, beta=1.0, probe_support=0.8)
+    # probe_support auto is 1.0 for both
+    reconstruct(P1, "DM", numiter=5)
+    reconstruct(P2, "RAAR", numiter=5, beta=1.0)
     a = [r["fourier_error"] for r in P1.runtime.history]
     b = [r["fourier_error"] for r in P2.runtime.history]
     np.testing.assert_allclose(a, b, rtol=1e-4)

@@ -564,6 +564,23 @@ def test_probe_that_fills_its_frame_takes_the_object_rule(tmp_path):
     assert scores["auto"] >= 0.98 and scores["probe"] < scores["auto"] - 0.03, scores
 
 
+@pytest.mark.slow
+def test_raar_support_holds_a_probe_that_fills_its_frame(tmp_path):
+    """The scan of the test above (a defocused probe of ring radius 26 px in 64 x 64 frames), RAAR 200 from the
+    default start: inside ``probe_support: 0.8`` (RAAR's ``auto`` until 2026-12-06) the probe is cut, 0.734;
+    ``auto`` (1.0, the ellipse inscribed in the frame, as DM's) 0.991."""
+    spec = CaseSpec("filled_frame", probe="defocused", probe_size_px=26.0, frames=100, overlap=0.8, seed=46)
+    case = zoo_sim.build_case(spec, str(tmp_path))
+    scores = {}
+    for support in ("auto", 0.8):
+        config = validate_zoo.natural_config(case["data_section"], spec.propagation,
+                                             chain=[("RAAR", 200, {"probe_support": support})])
+        result = validate_zoo.reconstruct_and_score(config, case["truth"])
+        assert result["error"] is None, result
+        scores[support] = result["score"]
+    assert scores["auto"] >= 0.98 and scores[0.8] < 0.9, scores
+
+
 FOREIGN_NEARFIELD = os.path.join(validate_zoo.FOREIGN_DIR, validate_zoo.FOREIGN["foreign_nearfield"][0])
 
 

@@ -727,6 +727,7 @@ class RAAR(ProjectionEngine):
     """
 
     NAME = "RAAR"
+    AUTO_PROBE_SUPPORT = 1.0  # probe_support: auto (measured: ConstraintsMixin.probe_supports)
     PARAMS = ProjectionEngine.PARAMS.extended("RAAR", [
         Parameter("beta", 0.75, "float", "RAAR relaxation (1: DM with alpha = 1)", low=0.0, high=1.0),
         Parameter("beta_ramp", 80, "int", "iterations over which beta relaxes from 1 (DM) to beta: "
