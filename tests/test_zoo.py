@@ -544,6 +544,10 @@ def test_probe_rule_centres_the_beam_where_it_meets_the_detector(tmp_path, monke
     assert scores["auto"] >= 0.92 and scores["detector centre"] < 0.5, scores
 
 
+#: a far-field scan whose defocused probe (ring radius 26 px) fills most of its 64 x 64 frame
+FILLED_FRAME = CaseSpec("filled_frame", probe="defocused", probe_size_px=26.0, frames=100, overlap=0.8, seed=46)
+
+
 @pytest.mark.slow
 def test_probe_that_fills_its_frame_takes_the_object_rule(tmp_path):
     """A far-field scan whose defocused probe (ring radius 26 px) fills its 64 x 64 frame (2.5 % of its power
@@ -551,11 +555,10 @@ def test_probe_that_fills_its_frame_takes_the_object_rule(tmp_path):
     by shift and global phase: the reconstructed probe's far-field intensity is 0.002-0.004 cycles per pixel
     off the pupil's symmetry, so the probe rule leaves a ramp in the object (0.933); ``auto`` takes the object
     rule for such a probe (0.994). Ramp-removed, both 0.99."""
-    spec = CaseSpec("filled_frame", probe="defocused", probe_size_px=26.0, frames=100, overlap=0.8, seed=46)
-    case = zoo_sim.build_case(spec, str(tmp_path))
+    case = zoo_sim.build_case(FILLED_FRAME, str(tmp_path))
     scores = {}
     for rule in ("auto", "probe"):
-        config = validate_zoo.natural_config(case["data_section"], spec.propagation,
+        config = validate_zoo.natural_config(case["data_section"], FILLED_FRAME.propagation,
                                              chain=[("DM", 200), ("ML", 100, {"phase_ramp": rule})])
         result = validate_zoo.reconstruct_and_score(config, case["truth"])
         assert result["error"] is None, result
@@ -569,11 +572,10 @@ def test_raar_support_holds_a_probe_that_fills_its_frame(tmp_path):
     """The scan of the test above (a defocused probe of ring radius 26 px in 64 x 64 frames), RAAR 200 from the
     default start: inside ``probe_support: 0.8`` (RAAR's ``auto`` until 2026-12-06) the probe is cut, 0.734;
     ``auto`` (1.0, the ellipse inscribed in the frame, as DM's) 0.991."""
-    spec = CaseSpec("filled_frame", probe="defocused", probe_size_px=26.0, frames=100, overlap=0.8, seed=46)
-    case = zoo_sim.build_case(spec, str(tmp_path))
+    case = zoo_sim.build_case(FILLED_FRAME, str(tmp_path))
     scores = {}
     for support in ("auto", 0.8):
-        config = validate_zoo.natural_config(case["data_section"], spec.propagation,
+        config = validate_zoo.natural_config(case["data_section"], FILLED_FRAME.propagation,
                                              chain=[("RAAR", 200, {"probe_support": support})])
         result = validate_zoo.reconstruct_and_score(config, case["truth"])
         assert result["error"] is None, result
