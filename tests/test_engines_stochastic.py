@@ -334,10 +334,11 @@ def test_registered_with_declared_parameters():
     assert eps["object_step"].default == 1.0 and eps["probe_step"].default == 1.0 and eps["seed"].default == 0
     assert "probe_update_start" in eps and "probe_support" in eps and "clip_object" in eps
     rps = engine_paramset("rPIE")
-    assert rps["alpha"].default == 0.1 and rps["probe_alpha"].default == 1.0
+    assert rps["alpha"].default == "auto" and rps["probe_alpha"].default == 1.0
     P = _model(n=10)
-    with pytest.raises(ConfigError):
-        make_engine(P, dict(name="rPIE", alpha=1.5))
+    for bad in (1.5, -0.1, "often", True):
+        with pytest.raises(ConfigError):
+            make_engine(P, dict(name="rPIE", alpha=bad))
     with pytest.raises(ConfigError):
         make_engine(P, dict(name="ePIE", alpha=0.1))  # rPIE's parameter, not ePIE's
 
@@ -585,6 +586,27 @@ def test_mpie_resume_continues_with_the_velocities():
     eng3.load_state({k: v for k, v in state.items() if k != "extra"} | {"extra": {}})
     eng3.iterate(2)
     assert not np.array_equal(_storages(R)[1].data, want[1])
+
+
+@pytest.mark.parametrize("name", ["rPIE", "mPIE"])
+def test_alpha_auto_is_larger_in_the_near_field(name):
+    """``alpha: auto`` resolves to 0.1 on a far-field scan and to 0.3 on a near-field one (the
+    ground-truth case is tests/test_zoo.py::test_mpie_near_field_aperture_takes_the_larger_alpha); a number
+    is kept as given."""
+    resolved = {}
+    for propagation in ("farfield", "nearfield"):
+        p = u.Param()
+        p.verbose_level = 1
+        p.data_type = "single"
+        p.scans = u.Param(MF=u.Param(name="Full", propagation=propagation, data=u.Param(
+            name="MoonFlowerScan", shape=64, num_frames=10, add_poisson_noise=False)))
+        P = ptycli.core.Ptycho(p, level=2)
+        eng = make_engine(P, dict(name=name, numiter=1))
+        eng.initialize()
+        resolved[propagation] = eng.alphas()[0]
+        assert make_engine(P, dict(name=name, alpha=0.45)).p.alpha == 0.45
+    assert resolved == {"farfield": st.FAR_FIELD_ALPHA, "nearfield": st.NEAR_FIELD_ALPHA} == {
+        "farfield": 0.1, "nearfield": 0.3}
 
 
 def test_mpie_parameters_declared_and_validated():

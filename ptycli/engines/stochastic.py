@@ -253,6 +253,44 @@ either way dropped a little (``rect_48x80_near`` 0.940 -> 0.934,
 ``lowdose_1e3`` 0.046 -> 0.038); median 0.992 -> 0.995, cases >= 0.95 21 ->
 22. Earlier, on MoonFlower data (noiseless and 1e6 photons per frame), 0.05
 converged and 0.01 stalled from the default probe guess.
+``alpha: auto`` (rPIE and mPIE) is 0.1 in the far field (above and below)
+and 0.3 when a scan of the run is near field. With 0.1 the near-field scans
+lit by a probe with dark surroundings diverged: mPIE or rPIE from the true
+probe, held fixed, on an aperture (a flat disc of radius 20 px in 64 x 64
+frames, ``benchmarks/zoo_sim.py``, noiseless too) brought the Fourier error
+down for 10 iterations and then up tenfold by iteration 90, the object lost
+(0.08); dropping the object update where ``|P|^2`` is below 0.05 or 0.3 of
+its maximum gave 0.58 and 0.74, so the large relative steps that a small
+``alpha`` gives the dim rim of the probe drive it (in the near field the
+modulus correction is spread over the propagation blur, into that rim).
+Switching 0.1 to 0.3 after 15 or 25 iterations recovered only part
+(0.57 / 0.50 against 0.69 from the start). Scored with shift, phase ramp
+and phase removed, default start, 0.1 -> 0.3 (new simulations: aperture radius 20 px, seeds 42 and
+53, 14 px seed 52; zone plate ring 18 and 12 px; defocused ring 16 px;
+diffuser at Fresnel numbers 4 and 12):
+
+====================  ==============  ==============  ===============
+scan                  rPIE 100        mPIE 200        DM 200 + ML 100
+====================  ==============  ==============  ===============
+aperture 20, 42       0.159 -> 0.692  0.111 -> 0.714  0.899
+aperture 20, 53       0.175 -> 0.709  0.093 -> 0.736  0.918
+aperture 14           0.227 -> 0.792  0.147 -> 0.824  0.970
+zone plate 18         0.500 -> 0.641  0.514 -> 0.745  0.984
+zone plate 12         0.689 -> 0.787  0.737 -> 0.904  0.994
+defocused 16          0.302 -> 0.485  0.242 -> 0.627  0.963
+diffuser, Fresnel 4   0.787 -> 0.759  0.871 -> 0.856  0.974
+diffuser, Fresnel 12  0.956 -> 0.937  0.971 -> 0.969  0.992
+rect_48x80_near       0.911 -> 0.900  0.967 -> 0.961
+near_diffuser_cxi     0.903 -> 0.870  0.944 -> 0.922
+foreign_nearfield     0.988 -> 0.990  0.986 -> 0.992
+====================  ==============  ==============  ===============
+
+(the last three: zoo cases, diffuser probes.) 0.5 did a little better on
+the apertures (mPIE 100: 0.74-0.84 against 0.71-0.81) and worse on the
+diffusers (0.79 / 0.95 against 0.81 / 0.96). On the smooth near-field probes
+the PIE family converges slowly at any ``alpha`` (ePIE 400 from the true
+probe, held fixed: 0.86 on the aperture; DM 800 0.94, ML 300 0.95).
+
 ``rPIE.probe_alpha = 1`` (the ePIE probe update): 0.05 fitted noiseless
 MoonFlower data better, but diverged on Poisson-noisy data (1e6 and 1e4
 photons per frame) where 1.0 converged.
@@ -361,10 +399,12 @@ import logging
 import numpy as np
 
 from .. import parallel
+from ..errors import ConfigError
 from .._lazy import lazy_module
 from ..params.declare import Parameter
 from .background_sums import BackgroundSums
 from .base import Engine, register
+from .constraints import auto_or_nonnegative
 from .momentum import Momentum
 from .pie_step import EPS, THREADED_FFT_PIXELS, FrameKernel  # noqa: F401  (names of this module before the split)
 from .pie_sweep import PIESweep, visiting_order
@@ -416,6 +456,30 @@ _STEP_PARAMS = [
 #: rPIE's bound (0.7 of the floor, grown in over 60 iterations; measured in the module docstring)
 RPIE_NOISE_BOUND = 0.7
 
+#: ``alpha: auto`` of rPIE and mPIE: far field, and near field (any scan of the run); module docstring, Defaults
+FAR_FIELD_ALPHA = 0.1
+NEAR_FIELD_ALPHA = 0.3
+
+
+def object_alpha(value, path):
+    """``engines.<label>.alpha`` (rPIE, mPIE) checked: ``'auto'`` or a number in [0, 1]."""
+    expected = "auto or a number in [0, 1]"
+    hint = "auto is %g in the far field, %g in the near field; 1 gives ePIE's object update" % (
+        FAR_FIELD_ALPHA, NEAR_FIELD_ALPHA)
+    checked = auto_or_nonnegative(value, path, expected, hint)
+    if checked != "auto" and checked > 1.0:
+        raise ConfigError("%s: %r is above the upper limit 1 (%s)" % (path, value, expected), hint=hint)
+    return checked
+
+
+def _alpha_parameter(doc):
+    return Parameter("alpha", "auto", "any",
+                     "object regularisation: denominator (1 - alpha) |P|^2 + alpha max|P|^2 (1: ePIE; Maiden, "
+                     "Johnson & Li, Optica 4, 736 (2017), doi:10.1364/OPTICA.4.000736); auto: %g in the far "
+                     "field, %g when a scan is near field (smaller values diverged there on probes with dark "
+                     "surroundings; measured in ptycli.engines.stochastic)%s"
+                     % (FAR_FIELD_ALPHA, NEAR_FIELD_ALPHA, doc), check=object_alpha)
+
 
 class PIEBase(BackgroundSums, Engine):
     """Shared machinery of ePIE and rPIE (see the module docstring).
@@ -453,6 +517,17 @@ class PIEBase(BackgroundSums, Engine):
     def alphas(self):
         """``(object_alpha, probe_alpha)`` regularisation of the update denominators."""
         return 1.0, 1.0
+
+    def resolved_alpha(self):
+        """The ``alpha`` parameter as a number: ``auto`` is :data:`NEAR_FIELD_ALPHA` when any pod group
+        of this engine propagates to the near field, else :data:`FAR_FIELD_ALPHA`."""
+        alpha = self.p.alpha
+        if alpha != "auto":
+            return float(alpha)
+        near = any(not g.farfield for g in self.book.groups)
+        if parallel.size > 1:  # a rank without frames must agree with the others
+            near = bool(parallel.allreduce(np.array([float(near)]), op="max")[0])
+        return NEAR_FIELD_ALPHA if near else FAR_FIELD_ALPHA
 
     def engine_initialize(self):
         if parallel.size > 1:
@@ -667,10 +742,7 @@ class RPIE(PIEBase):
 
     NAME = "rPIE"
     PARAMS = Engine.PARAMS.extended("rPIE", _STEP_PARAMS + _noise_bound(RPIE_NOISE_BOUND, 60) + [
-        Parameter("alpha", 0.1, "float",
-                  "object regularisation: denominator (1 - alpha) |P|^2 + alpha max|P|^2 (1: ePIE; Maiden, "
-                  "Johnson & Li, Optica 4, 736 (2017), doi:10.1364/OPTICA.4.000736; 0.1 measured on the "
-                  "validation zoo, see ptycli.engines.stochastic)", low=0.0, high=1.0),
+        _alpha_parameter(""),
         Parameter("probe_alpha", 1.0, "float",
                   "probe regularisation: denominator (1 - probe_alpha) |O|^2 + probe_alpha max|O|^2 "
                   "(1: the ePIE probe update)", low=0.0, high=1.0),
@@ -678,7 +750,7 @@ class RPIE(PIEBase):
     ], doc="regularised ptychographic iterative engine")
 
     def alphas(self):
-        return float(self.p.alpha), float(self.p.probe_alpha)
+        return self.resolved_alpha(), float(self.p.probe_alpha)
 
 
 @register
@@ -693,10 +765,7 @@ class MPIE(PIEBase):
         Parameter("probe_step", 1.0, "float",
                   "probe step size (the paper's gamma_prb): the probe moves by probe_step * conj(O) dpsi "
                   "over the regularised denominator", low=0.0, high=2.0),
-        Parameter("alpha", 0.1, "float",
-                  "object regularisation: denominator (1 - alpha) |P|^2 + alpha max|P|^2 (1: ePIE; "
-                  "small values with momentum need the noise bound on noisy data, see the module docstring)",
-                  low=0.0, high=1.0),
+        _alpha_parameter("; small values with momentum need the noise bound on noisy data"),
         Parameter("probe_alpha", 1.0, "float",
                   "probe regularisation: denominator (1 - probe_alpha) |O|^2 + probe_alpha max|O|^2 "
                   "(1: the ePIE probe update)", low=0.0, high=1.0),
@@ -727,7 +796,7 @@ class MPIE(PIEBase):
     ERROR_STOP_SETTLE = 5
 
     def alphas(self):
-        return float(self.p.alpha), float(self.p.probe_alpha)
+        return self.resolved_alpha(), float(self.p.probe_alpha)
 
     def engine_initialize(self):
         super().engine_initialize()
