@@ -54,6 +54,31 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
       with a flat phase (PtyPy's ``stxm`` recipe); suits focused probes,
       whose pattern is the image of the pupil, and near-field illumination,
       whose mean intensity is that of the propagated probe.
+    * ``curvature_ladder`` in near field (with positions, at least
+      :data:`TRIAL_MIN_FRAMES` frames and one count per pixel or more): a
+      beam with a curved wavefront (``exp(i a r^2)``: a zone-plate or
+      defocused beam, ``a`` in rad per pixel squared) reaches the detector
+      magnified by ``1 + F a / pi`` (``F = lam z / dx^2``: its local
+      frequency ``a r / pi`` moves by ``F a r / pi`` pixels), so the
+      flat-phase guess has neither its phase nor its size. No feature shifts
+      measure ``a`` there (the patterns are holograms of the object, not of
+      the probe's far field), so the trial does: first the sign, from the two
+      guesses ``a = +-a_mid`` (the ladder's middle rung), then the size, from
+      :data:`LADDER_STEPS` magnitudes down from ``2 pi / N`` (the local
+      frequency at Nyquist a quarter frame from the centre) by factors of
+      ``sqrt(2)`` (:func:`_near_field_rungs`), each a curved guess
+      (:func:`_curved_probe` with the near-field magnification) whose trial
+      error is compared; the best rung is offered when it separates
+      (:data:`LADDER_CONTRAST`). Measured on new near-field simulations
+      (``benchmarks/zoo_sim.py``, 100 frames of 64 x 64, Fresnel number 12,
+      default start, by shift, ramp and phase; flat-phase guess -> ladder):
+      defocused beam of ring radius 16 px (``a`` 0.036, picked 0.035) DM 200
+      0.797 -> 0.987 (true probe 0.987), RAAR 200 0.475 -> 0.923, LSQML 100
+      0.763 -> 0.943, DM 200 + ML 100 0.963 -> 0.992; zone plate ring 18 px
+      (0.032, picked 0.035) RAAR 0.847 -> 0.943, LSQML 0.900 -> 0.958; ring
+      24 px (0.025, picked 0.025) RAAR 0.910 -> 0.967; diffusers (the ladder
+      does not separate) and plain apertures (the smallest rung, or the mean
+      pattern) unchanged. The ladder costs :data:`LADDER_STEPS` + 2 trials.
     * ``support`` (far field): error reduction on the mean pattern in a
       support sized from its autocorrelation (described at the end); suits
       plain apertures. In near field ``flat`` (a plane wave) takes its place.
@@ -302,6 +327,18 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
                 candidates["curvature_x%g" % factor] = _curved_probe(mean_pattern, amplitude, measured, propagator,
                                                                     tuple(factor * measured_curvature), iterations)
     candidates["mean_pattern"] = np.asarray(propagator.bw(amplitude.astype(np.complex128)), dtype=np.complex128)
+    if central is not None and not farfield and central[0].shape[0] >= TRIAL_MIN_FRAMES and not very_low:
+        # near field: no feature shifts give the curvature; the trial picks its sign, then a ladder its size
+        rungs = _near_field_rungs(shape)
+        sign = _best_rung([rungs[LADDER_STEPS // 2], -rungs[LADDER_STEPS // 2]], central, mean_pattern, amplitude,
+                          measured, propagator, iterations, photons, noise_floor, per_pixel, farfield, contrast=1.0)
+        ladder = None if sign is None else _best_rung(
+            np.sign(sign[0]) * rungs, central, mean_pattern, amplitude, measured, propagator,
+            iterations, photons, noise_floor, per_pixel, farfield)
+        if ladder is not None:
+            info["ladder"] = ladder[1]
+            candidates["curvature_ladder"] = _curved_probe(mean_pattern, amplitude, measured, propagator,
+                                                           (ladder[0], ladder[0]), iterations)
     if farfield:
         # (the support comes from the autocorrelation of the exit waves: a far-field notion)
         candidates["support"] = _support_probe(mean_pattern, amplitude, measured, propagator, iterations)
@@ -442,6 +479,15 @@ def _ladder_curvature(found, central, mean_pattern, amplitude, measured, propaga
     limit = _curvature_limit(frame_pos)
     if sign == 0 or limit is None:
         return None
+    return _best_rung(sign * limit * 2.0 ** (-0.5 * np.arange(LADDER_STEPS)), central, mean_pattern, amplitude,
+                      measured, propagator, iterations, photons, noise_floor, per_pixel, farfield)
+
+
+def _best_rung(values, central, mean_pattern, amplitude, measured, propagator, iterations, photons, noise_floor,
+               per_pixel, farfield, contrast=LADDER_CONTRAST):
+    """The curvature among ``values`` (isotropic) whose curved guess the trial ranks best (see
+    :func:`_ladder_curvature`); None when the trial does not separate them."""
+    frames, frame_valid, frame_pos = central
     near = np.sort(np.argsort(np.hypot(*(frame_pos - frame_pos.mean(axis=0)).T), kind="stable")[:TRIAL_FRAMES])
     holdout = _trial_holdout(per_pixel, farfield)
 
@@ -460,14 +506,21 @@ def _ladder_curvature(found, central, mean_pattern, amplitude, measured, propaga
         parallel.allreduce(errs, op="max")  # one verdict on every rank
         return errs
 
-    values = sign * limit * 2.0 ** (-0.5 * np.arange(LADDER_STEPS))
+    values = np.asarray(values, dtype=np.float64)
     errs = rank(values)
     best = int(np.argmin(errs))
     log.info("probe guess: curvature ladder %s",
              ", ".join("%.4g: %.4g" % (a, e) for a, e in zip(values, errs)))
-    if not errs[best] <= LADDER_CONTRAST * errs.max():
+    if not errs[best] <= contrast * errs.max():
         return None  # the trial does not tell the curvatures apart: its pick would be chance
     return float(values[best]), {float(a): float(e) for a, e in zip(values, errs)}
+
+
+def _near_field_rungs(shape):
+    """Curvatures (rad per pixel squared) the near-field ladder tries: ``|a|`` from ``pi / N`` (the local
+    frequency ``a r / pi`` reaches Nyquist at the frame's edge, ``r = N / 2``) down by factors of
+    ``sqrt(2)``, :data:`LADDER_STEPS` of them."""
+    return 2 * np.pi / float(min(shape)) * 2.0 ** (-0.5 * np.arange(LADDER_STEPS))
 
 
 def pick_for_local_engine(chosen, held_errors, margin=HELD_MARGIN):
@@ -635,9 +688,16 @@ def _curved_probe(mean_pattern, amplitude, measured, propagator, curvature, iter
     centre = _centre(propagator, "center", shape)
     y, x = _axis_coords(shape, origin)
     ay, ax = float(curvature[0]), float(curvature[1])
-    # sample pixel r -> detector pixel N a r / pi (local phase gradient 2 a r, in cycles N a r / pi)
-    ky = centre[0] + shape[0] * ay * y / np.pi
-    kx = centre[1] + shape[1] * ax * x / np.pi
+    if getattr(propagator, "kind", "farfield") == "farfield":
+        # sample pixel r -> detector pixel N a r / pi (local phase gradient 2 a r, in cycles N a r / pi)
+        ky = centre[0] + shape[0] * ay * y / np.pi
+        kx = centre[1] + shape[1] * ax * x / np.pi
+    else:
+        # near field: the local frequency a r / pi (cycles per pixel) moves by F a r / pi pixels on the way,
+        # F = lam z / dx^2: the beam is magnified by 1 + F a / pi
+        fresnel = propagator.lam * propagator.distance / np.asarray(propagator.psize_sam, dtype=float) ** 2
+        ky = centre[0] + (1.0 + fresnel[0] * ay / np.pi) * y
+        kx = centre[1] + (1.0 + fresnel[1] * ax / np.pi) * x
     kyy, kxx = np.meshgrid(ky, kx, indexing="ij")
     image = bilinear(mean_pattern, kyy, kxx)
     envelope = np.sqrt(np.clip(image, 0, None))
