@@ -590,9 +590,9 @@ def test_mpie_resume_continues_with_the_velocities():
 
 @pytest.mark.parametrize("name", ["rPIE", "mPIE"])
 def test_alpha_auto_is_larger_in_the_near_field(name):
-    """``alpha: auto`` resolves to 0.1 on a far-field scan and to 0.3 on a near-field one (the
-    ground-truth case is tests/test_zoo.py::test_mpie_near_field_aperture_takes_the_larger_alpha); a number
-    is kept as given."""
+    """``alpha: auto`` resolves to 0.1 on a far-field scan and to 0.3 on a near-field one, ``probe_support:
+    auto`` to 0.8 and 1.0 (the ground-truth cases are tests/test_zoo.py::test_mpie_near_field_aperture_takes_
+    the_larger_alpha and ::test_near_field_support_holds_a_wide_defocused_beam); a number is kept as given."""
     resolved = {}
     for propagation in ("farfield", "nearfield"):
         p = u.Param()
@@ -604,7 +604,11 @@ def test_alpha_auto_is_larger_in_the_near_field(name):
         eng = make_engine(P, dict(name=name, numiter=1))
         eng.initialize()
         resolved[propagation] = eng.alphas()[0]
-        assert make_engine(P, dict(name=name, alpha=0.45)).p.alpha == 0.45
+        # and the probe support: 0.8 of the PIE family in the far field, 1.0 for a near-field probe
+        assert eng.support_fraction_used() == {"farfield": 0.8, "nearfield": 1.0}[propagation]
+        kept = make_engine(P, dict(name=name, numiter=1, alpha=0.45))
+        kept.initialize()
+        assert kept.alphas()[0] == 0.45
     assert resolved == {"farfield": st.FAR_FIELD_ALPHA, "nearfield": st.NEAR_FIELD_ALPHA} == {
         "farfield": 0.1, "nearfield": 0.3}
 

@@ -255,7 +255,7 @@ either way dropped a little (``rect_48x80_near`` 0.940 -> 0.934,
 converged and 0.01 stalled from the default probe guess.
 ``alpha: auto`` (rPIE and mPIE) is 0.1 in the far field (above and below)
 and 0.3 when a scan of the run is near field. With 0.1 the near-field scans
-lit by a probe with dark surroundings diverged: mPIE or rPIE from the true
+lit by a flat-topped or wide beam diverged: mPIE or rPIE from the true
 probe, held fixed, on an aperture (a flat disc of radius 20 px in 64 x 64
 frames, ``benchmarks/zoo_sim.py``, noiseless too) brought the Fourier error
 down for 10 iterations and then up tenfold by iteration 90, the object lost
@@ -264,32 +264,33 @@ its maximum gave 0.58 and 0.74, so the large relative steps that a small
 ``alpha`` gives the dim rim of the probe drive it (in the near field the
 modulus correction is spread over the propagation blur, into that rim).
 Switching 0.1 to 0.3 after 15 or 25 iterations recovered only part
-(0.57 / 0.50 against 0.69 from the start). Scored with shift, phase ramp
-and phase removed, default start, 0.1 -> 0.3 (new simulations: aperture radius 20 px, seeds 42 and
-53, 14 px seed 52; zone plate ring 18 and 12 px; defocused ring 16 px;
-diffuser at Fresnel numbers 4 and 12):
+(0.57 / 0.50 against 0.69 from the start), and no measure of the probe's
+shape told the diverging scans apart (an aperture's flatness, the power-
+weighted mean intensity over the peak, is 0.95, a defocused beam's 0.42,
+a zone plate's 0.27-0.55), so the near field takes 0.3 throughout. mPIE
+100, default start (with the near-field curvature guess of
+:mod:`ptycli.core.probe_guess` and the near-field probe support 1.0 of
+:meth:`~ptycli.engines.constraints.ConstraintsMixin.support_fraction_used`),
+new simulations of 100 frames of 64 x 64 at Fresnel number 12 unless
+stated, scored with shift, phase ramp and phase removed:
 
-====================  ==============  ==============  ===============
-scan                  rPIE 100        mPIE 200        DM 200 + ML 100
-====================  ==============  ==============  ===============
-aperture 20, 42       0.159 -> 0.692  0.111 -> 0.714  0.899
-aperture 20, 53       0.175 -> 0.709  0.093 -> 0.736  0.918
-aperture 14           0.227 -> 0.792  0.147 -> 0.824  0.970
-zone plate 18         0.500 -> 0.641  0.514 -> 0.745  0.984
-zone plate 12         0.689 -> 0.787  0.737 -> 0.904  0.994
-defocused 16          0.302 -> 0.485  0.242 -> 0.627  0.963
-diffuser, Fresnel 4   0.787 -> 0.759  0.871 -> 0.856  0.974
-diffuser, Fresnel 12  0.956 -> 0.937  0.971 -> 0.969  0.992
-rect_48x80_near       0.911 -> 0.900  0.967 -> 0.961
-near_diffuser_cxi     0.903 -> 0.870  0.944 -> 0.922
-foreign_nearfield     0.988 -> 0.990  0.986 -> 0.992
-====================  ==============  ==============  ===============
+======================  ==========  ==========  ================
+near-field probe        alpha 0.1   alpha 0.3   DM 200 + ML 100
+======================  ==========  ==========  ================
+aperture, radius 20 px  0.174       0.707       0.893
+defocused, ring 24 px   0.175       0.975       0.987
+zone plate, ring 18 px  0.953       0.914       0.986
+zone plate, ring 12 px  0.961       0.931       0.993
+defocused, ring 16 px   0.949       0.895       0.993
+diffuser                0.972       0.946       0.992
+diffuser, Fresnel 4     0.838       0.813       0.974
+======================  ==========  ==========  ================
 
-(the last three: zoo cases, diffuser probes.) 0.5 did a little better on
-the apertures (mPIE 100: 0.74-0.84 against 0.71-0.81) and worse on the
-diffusers (0.79 / 0.95 against 0.81 / 0.96). On the smooth near-field probes
+(the zoo's near-field diffuser scans, mPIE 100: ``rect_48x80_near`` 0.939,
+``near_diffuser_cxi`` 0.905 -> 0.904, ``foreign_nearfield`` 0.992 -> 0.994
+with 0.3; rPIE 100 lost 0.01-0.03 there.) On the smooth near-field probes
 the PIE family converges slowly at any ``alpha`` (ePIE 400 from the true
-probe, held fixed: 0.86 on the aperture; DM 800 0.94, ML 300 0.95).
+aperture probe, held fixed: 0.86; DM 800 0.94, ML 300 0.95).
 
 ``rPIE.probe_alpha = 1`` (the ePIE probe update): 0.05 fitted noiseless
 MoonFlower data better, but diverged on Poisson-noisy data (1e6 and 1e4
@@ -476,8 +477,8 @@ def _alpha_parameter(doc):
     return Parameter("alpha", "auto", "any",
                      "object regularisation: denominator (1 - alpha) |P|^2 + alpha max|P|^2 (1: ePIE; Maiden, "
                      "Johnson & Li, Optica 4, 736 (2017), doi:10.1364/OPTICA.4.000736); auto: %g in the far "
-                     "field, %g when a scan is near field (smaller values diverged there on probes with dark "
-                     "surroundings; measured in ptycli.engines.stochastic)%s"
+                     "field, %g when a scan is near field (0.1 diverged there on aperture and wide defocused "
+                     "beams; measured in ptycli.engines.stochastic)%s"
                      % (FAR_FIELD_ALPHA, NEAR_FIELD_ALPHA, doc), check=object_alpha)
 
 
@@ -519,15 +520,12 @@ class PIEBase(BackgroundSums, Engine):
         return 1.0, 1.0
 
     def resolved_alpha(self):
-        """The ``alpha`` parameter as a number: ``auto`` is :data:`NEAR_FIELD_ALPHA` when any pod group
-        of this engine propagates to the near field, else :data:`FAR_FIELD_ALPHA`."""
+        """The ``alpha`` parameter as a number: ``auto`` is :data:`NEAR_FIELD_ALPHA` on a near-field scan
+        (:meth:`~ptycli.engines.constraints.ConstraintsMixin.near_field`), else :data:`FAR_FIELD_ALPHA`."""
         alpha = self.p.alpha
         if alpha != "auto":
             return float(alpha)
-        near = any(not g.farfield for g in self.book.groups)
-        if parallel.size > 1:  # a rank without frames must agree with the others
-            near = bool(parallel.allreduce(np.array([float(near)]), op="max")[0])
-        return NEAR_FIELD_ALPHA if near else FAR_FIELD_ALPHA
+        return NEAR_FIELD_ALPHA if self.near_field() else FAR_FIELD_ALPHA
 
     def engine_initialize(self):
         if parallel.size > 1:
