@@ -369,6 +369,18 @@ def test_auto_guess_records_the_trial():
     assert weighted_corr(guess, truth) > 0.9
 
 
+def nearfield_scan(probe, distance_m, rng, frames=60):
+    """Noiseless near-field frames (wavelength 1 nm, 1 um pixels: Fresnel number ``distance_m / 1e-3``) of a
+    48 x 48 ``probe`` over the flower object at random whole-pixel positions. Returns intensities, positions
+    (pixels), propagator."""
+    shape = probe.shape
+    prop = get_propagator("nearfield", shape, 1e-9, distance_m, 1e-6)
+    pos = rng.uniform(0, 30, (frames, 2)).round()
+    obj = flower_obj((shape[0] + 32, shape[1] + 32)).astype(complex)
+    exits = np.stack([probe * obj[int(y):int(y) + shape[0], int(x):int(x) + shape[1]] for y, x in pos])
+    return (np.abs(prop.fw(exits)) ** 2 * 1e4).astype(np.float32), pos, prop
+
+
 def test_nearfield_guess_is_the_back_propagated_mean_pattern():
     """A near-field scan of a structured probe: the trial keeps a full-frame guess, not a disk (nor a curved
     one: the curvature ladder's errors fall towards its smallest rung, 0.0053 there against 0.0028)."""
@@ -378,11 +390,7 @@ def test_nearfield_guess_is_the_back_propagated_mean_pattern():
     shape = (48, 48)
     screen = np.exp(1j * 6 * gaussian_filter(rng.standard_normal(shape), 2.0))
     truth = screen * aperture(shape, (1.0, 1.0), size_fraction=0.9, edge_px=3.0)
-    prop = get_propagator("nearfield", shape, 1e-9, 5e-3, 1e-6)
-    pos = rng.uniform(0, 30, (60, 2)).round()
-    obj = flower_obj((80, 80)).astype(complex)
-    exits = np.stack([truth * obj[int(y):int(y) + 48, int(x):int(x) + 48] for y, x in pos])
-    intens = (np.abs(prop.fw(exits)) ** 2 * 1e4).astype(np.float32)
+    intens, pos, prop = nearfield_scan(truth, 5e-3, rng)
     info = {}
     guess = probe_from_data(intens, np.ones(intens.shape, bool), prop, positions=pos, info=info)
     assert "support" not in info["trial"] and {"mean_pattern", "flat"} <= set(info["trial"])  # support: far field
@@ -406,11 +414,7 @@ def test_nearfield_guess_finds_the_curvature_of_a_curved_beam(curvature):
     rng = np.random.default_rng(5)
     shape = (48, 48)
     truth = curved_aperture(shape, (curvature, curvature), size=0.6)
-    prop = get_propagator("nearfield", shape, 1e-9, 1.2e-2, 1e-6)
-    pos = rng.uniform(0, 30, (60, 2)).round()
-    obj = flower_obj((80, 80)).astype(complex)
-    exits = np.stack([truth * obj[int(y):int(y) + 48, int(x):int(x) + 48] for y, x in pos])
-    intens = (np.abs(prop.fw(exits)) ** 2 * 1e4).astype(np.float32)
+    intens, pos, prop = nearfield_scan(truth, 1.2e-2, rng)
     info = {}
     guess = probe_from_data(intens, np.ones(intens.shape, bool), prop, positions=pos, info=info)
     mean, _ = mean_measured_pattern(intens, np.ones(intens.shape, bool))

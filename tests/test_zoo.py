@@ -544,6 +544,20 @@ def test_probe_rule_centres_the_beam_where_it_meets_the_detector(tmp_path, monke
     assert scores["auto"] >= 0.92 and scores["detector centre"] < 0.5, scores
 
 
+def scores_by_option(spec, folder, engine, numiter, option, values, score="score"):
+    """``{value: score}`` of ``engine`` (``numiter`` iterations from the default start) on the zoo case
+    ``spec`` written to ``folder``, once per value of the engine option ``option``."""
+    case = zoo_sim.build_case(spec, str(folder))
+    scores = {}
+    for value in values:
+        config = validate_zoo.natural_config(case["data_section"], spec.propagation,
+                                             chain=[(engine, numiter, {option: value})])
+        result = validate_zoo.reconstruct_and_score(config, case["truth"])
+        assert result["error"] is None, result
+        scores[value] = result[score]
+    return scores
+
+
 #: a far-field scan whose defocused probe (ring radius 26 px) fills most of its 64 x 64 frame
 FILLED_FRAME = CaseSpec("filled_frame", probe="defocused", probe_size_px=26.0, frames=100, overlap=0.8, seed=46)
 
@@ -572,14 +586,7 @@ def test_raar_support_holds_a_probe_that_fills_its_frame(tmp_path):
     """The scan of the test above (a defocused probe of ring radius 26 px in 64 x 64 frames), RAAR 200 from the
     default start: inside ``probe_support: 0.8`` (RAAR's ``auto`` until 2026-12-06) the probe is cut, 0.734;
     ``auto`` (1.0, the ellipse inscribed in the frame, as DM's) 0.991."""
-    case = zoo_sim.build_case(FILLED_FRAME, str(tmp_path))
-    scores = {}
-    for support in ("auto", 0.8):
-        config = validate_zoo.natural_config(case["data_section"], FILLED_FRAME.propagation,
-                                             chain=[("RAAR", 200, {"probe_support": support})])
-        result = validate_zoo.reconstruct_and_score(config, case["truth"])
-        assert result["error"] is None, result
-        scores[support] = result["score"]
+    scores = scores_by_option(FILLED_FRAME, tmp_path, "RAAR", 200, "probe_support", ("auto", 0.8))
     assert scores["auto"] >= 0.98 and scores[0.8] < 0.9, scores
 
 
@@ -594,14 +601,7 @@ def test_mpie_near_field_aperture_takes_the_larger_alpha(tmp_path):
     far-field default) the Fourier error falls for 10 iterations and then grows (from the true probe, held
     fixed, too) and the object is lost (0.17 by shift, ramp and phase); ``auto`` takes 0.3 in the near field
     (0.71; ePIE 100 0.77, DM 200 + ML 100 0.89 still converge there)."""
-    case = zoo_sim.build_case(NEAR_APERTURE, str(tmp_path))
-    scores = {}
-    for alpha in ("auto", 0.1):
-        config = validate_zoo.natural_config(case["data_section"], NEAR_APERTURE.propagation,
-                                             chain=[("mPIE", 100, {"alpha": alpha})])
-        result = validate_zoo.reconstruct_and_score(config, case["truth"])
-        assert result["error"] is None, result
-        scores[alpha] = result["score"]
+    scores = scores_by_option(NEAR_APERTURE, tmp_path, "mPIE", 100, "alpha", ("auto", 0.1))
     assert scores["auto"] >= 0.65 and scores[0.1] < 0.4, scores
 
 
@@ -615,14 +615,7 @@ def test_near_field_support_holds_a_wide_defocused_beam(tmp_path):
     """mPIE 100 from the default start on a near-field scan of a defocused beam (ring radius 24 px in 64 x 64
     frames): the far-field support of the PIE family (0.8 of half the frame) cuts the beam and the object is
     lost (0.16); ``auto`` is 1.0 in the near field (0.975)."""
-    case = zoo_sim.build_case(NEAR_DEFOCUSED, str(tmp_path))
-    scores = {}
-    for support in ("auto", 0.8):
-        config = validate_zoo.natural_config(case["data_section"], NEAR_DEFOCUSED.propagation,
-                                             chain=[("mPIE", 100, {"probe_support": support})])
-        result = validate_zoo.reconstruct_and_score(config, case["truth"])
-        assert result["error"] is None, result
-        scores[support] = result["score"]
+    scores = scores_by_option(NEAR_DEFOCUSED, tmp_path, "mPIE", 100, "probe_support", ("auto", 0.8))
     assert scores["auto"] >= 0.95 and scores[0.8] < 0.4, scores
 
 
