@@ -286,9 +286,10 @@ diffuser                0.972       0.946       0.992
 diffuser, Fresnel 4     0.838       0.813       0.974
 ======================  ==========  ==========  ================
 
-(the zoo's near-field diffuser scans, mPIE 100: ``rect_48x80_near`` 0.939,
-``near_diffuser_cxi`` 0.905 -> 0.904, ``foreign_nearfield`` 0.992 -> 0.994
-with 0.3; rPIE 100 lost 0.01-0.03 there.) On the smooth near-field probes
+(the zoo's near-field diffuser scans, mPIE 100, 0.1 -> 0.3:
+``rect_48x80_near`` 0.954 -> 0.939, ``near_diffuser_cxi`` 0.924 -> 0.904,
+``foreign_nearfield`` 0.987 -> 0.994; rPIE 100 0.911 / 0.903 / 0.988 ->
+0.900 / 0.870 / 0.990.) On the smooth near-field probes
 the PIE family converges slowly at any ``alpha`` (ePIE 400 from the true
 aperture probe, held fixed: 0.86; DM 800 0.94, ML 300 0.95).
 
