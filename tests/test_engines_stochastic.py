@@ -602,7 +602,9 @@ def test_alpha_auto_is_larger_in_the_near_field(name):
             name="MoonFlowerScan", shape=64, num_frames=10, add_poisson_noise=False)))
         P = ptycli.core.Ptycho(p, level=2)
         eng = make_engine(P, dict(name=name, numiter=1))
+        support_before = eng.support_fraction_used()  # from the model's scans, before the address book exists
         eng.initialize()
+        assert eng.support_fraction_used() == support_before
         resolved[propagation] = eng.alphas()[0]
         # and the probe support: 0.8 of the PIE family in the far field, 1.0 for a near-field probe
         assert eng.support_fraction_used() == {"farfield": 0.8, "nearfield": 1.0}[propagation]

@@ -544,7 +544,7 @@ def test_probe_rule_centres_the_beam_where_it_meets_the_detector(tmp_path, monke
     assert scores["auto"] >= 0.92 and scores["detector centre"] < 0.5, scores
 
 
-def scores_by_option(spec, folder, engine, numiter, option, values, score="score"):
+def scores_by_option(spec, folder, engine, numiter, option, values):
     """``{value: score}`` of ``engine`` (``numiter`` iterations from the default start) on the zoo case
     ``spec`` written to ``folder``, once per value of the engine option ``option``."""
     case = zoo_sim.build_case(spec, str(folder))
@@ -554,7 +554,7 @@ def scores_by_option(spec, folder, engine, numiter, option, values, score="score
                                              chain=[(engine, numiter, {option: value})])
         result = validate_zoo.reconstruct_and_score(config, case["truth"])
         assert result["error"] is None, result
-        scores[value] = result[score]
+        scores[value] = result["score"]
     return scores
 
 

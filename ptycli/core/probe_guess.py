@@ -517,9 +517,9 @@ def _best_rung(values, central, mean_pattern, amplitude, measured, propagator, i
 
 
 def _near_field_rungs(shape):
-    """Curvatures (rad per pixel squared) the near-field ladder tries: ``|a|`` from ``pi / N`` (the local
-    frequency ``a r / pi`` reaches Nyquist at the frame's edge, ``r = N / 2``) down by factors of
-    ``sqrt(2)``, :data:`LADDER_STEPS` of them."""
+    """Curvatures (rad per pixel squared) the near-field ladder tries: ``|a|`` from ``2 pi / N`` (the local
+    frequency ``a r / pi`` reaches Nyquist a quarter frame from the centre, ``r = N / 4``) down by factors
+    of ``sqrt(2)``, :data:`LADDER_STEPS` of them (``N`` the shorter side)."""
     return 2 * np.pi / float(min(shape)) * 2.0 ** (-0.5 * np.arange(LADDER_STEPS))
 
 

@@ -197,7 +197,8 @@ def _common_params():
                   "radius of a circular (elliptical on rectangular frames) probe support as a fraction of half "
                   "the frame's sides, applied after each probe update (null: none; auto: 1.0 for DM, RAAR, ML and "
                   "LSQML and for every engine on a near-field scan, 0.8 for the PIE family in the far field and "
-                  "while an engine of the run refines positions or a variable probe is fitted)", nullable=True, check=support_fraction),
+                  "while an engine of the run refines positions or a variable probe is fitted)",
+                  nullable=True, check=support_fraction),
         Parameter("clip_object", None, "range",
                   "[min, max] allowed object amplitude, applied after each object update (null: no clip)",
                   low=0.0, nullable=True),

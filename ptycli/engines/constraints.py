@@ -358,8 +358,13 @@ class ConstraintsMixin:
         return NEAR_FIELD_SUPPORT if self.near_field() else self.AUTO_PROBE_SUPPORT
 
     def near_field(self):
-        """Whether any pod group of this engine propagates to the near field (the same answer on every rank)."""
-        near = any(not g.farfield for g in self.book.groups)
+        """Whether any pod group of this engine propagates to the near field (before :meth:`initialize`: any
+        scan of the model); the same answer on every rank."""
+        if getattr(self, "book", None) is not None:
+            near = any(not g.farfield for g in self.book.groups)
+        else:
+            near = any(getattr(s.geometry, "propagation", "farfield") == "nearfield"
+                       for s in self.ptycho.scans.values() if s.geometry is not None)
         if parallel.size > 1:  # a rank without frames agrees with the others
             near = bool(parallel.allreduce(np.array([float(near)]), op="max")[0])
         return near

@@ -401,8 +401,8 @@ import logging
 import numpy as np
 
 from .. import parallel
-from ..errors import ConfigError
 from .._lazy import lazy_module
+from ..errors import ConfigError
 from ..params.declare import Parameter
 from .background_sums import BackgroundSums
 from .base import Engine, register
