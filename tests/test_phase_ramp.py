@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from ptycli.core.propagation import get_propagator
-from ptycli.engines.phase_ramp import (edge_power, object_phase_gradient, object_plane_fit, object_ramp, phase_ramp,
-                                       spectrum_centroid, spectrum_symmetry_centre)
+from ptycli.engines.phase_ramp import (RAMP_BLOCK_ROWS, apply_phase_ramp, edge_power, object_phase_gradient,
+                                       object_plane_fit, object_ramp, phase_ramp, spectrum_centroid,
+                                       spectrum_symmetry_centre)
 
 from ptycli.engines import make_engine
 
@@ -191,3 +192,20 @@ def test_object_plane_fit_moves_exactly_with_a_ramp():
     assert object_plane_fit(strong, coverage, (0.0, 0.0))[1] < 0.8
     np.testing.assert_array_equal(object_ramp(strong, coverage), object_phase_gradient(strong, coverage)[0])
     assert object_ramp(np.exp(2j * np.pi * rng.random((rows, cols))), coverage) is None  # noise: no ramp
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_apply_phase_ramp_in_blocks_gives_the_whole_ramps_numbers(dtype):
+    # rows beyond one block and not a multiple of it, a leading axis (object layers)
+    rng = np.random.default_rng(3)
+    shape = (2, 2 * RAMP_BLOCK_ROWS + 7, 93)
+    arr = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(dtype)
+    f = (0.0123, -0.0371)
+    expected = arr * phase_ramp(shape, f, dtype)
+    apply_phase_ramp(arr, f)
+    assert arr.dtype == dtype
+    np.testing.assert_array_equal(arr, expected)
+    # and it is the ramp: exp(2 pi i f.n) at one pixel
+    one = np.ones(shape, dtype)
+    apply_phase_ramp(one, f)
+    np.testing.assert_allclose(one[1, 100, 50], np.exp(2j * np.pi * (f[0] * 100 + f[1] * 50)), rtol=1e-6)

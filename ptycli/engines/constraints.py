@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..params.tree import engine_sequence
 from ..utils.array_utils import smooth_step
 from . import health
-from .phase_ramp import (MAX_EDGE_POWER, MIN_CONCENTRATION, beam_is_off_centre, edge_power, object_ramp, phase_ramp,
+from .phase_ramp import (MAX_EDGE_POWER, MIN_CONCENTRATION, apply_phase_ramp, beam_is_off_centre, edge_power, object_ramp,
                          spectrum_centroid, spectrum_symmetry_centre)
 
 __all__ = ["ConstraintsMixin", "circular_support", "clip_object_amplitude"]
@@ -300,8 +300,8 @@ class ConstraintsMixin:
         """
         obj = groups[0].obj
         for probe in {id(g.probe): g.probe for g in groups}.values():
-            probe.data *= phase_ramp(probe.data.shape, -np.asarray(f), probe.data.dtype)
-        obj.data *= phase_ramp(obj.data.shape, f, obj.data.dtype)
+            apply_phase_ramp(probe.data, -np.asarray(f))
+        apply_phase_ramp(obj.data, f)
         stamp = _stamp(groups)
         for exit_storage in {id(g.exit): g.exit for g in groups}.values():
             pending = getattr(exit_storage, "phase_ramp_pending", None) or {}

@@ -73,7 +73,7 @@ import numpy as np
 from ..core.symmetry import symmetry_centre
 
 __all__ = ["spectrum_centroid", "spectrum_symmetry_centre", "beam_is_off_centre", "object_phase_gradient",
-           "object_plane_fit", "object_ramp", "phase_ramp", "edge_power", "MIN_CONCENTRATION", "MAX_EDGE_POWER",
+           "object_plane_fit", "object_ramp", "phase_ramp", "apply_phase_ramp", "edge_power", "MIN_CONCENTRATION", "MAX_EDGE_POWER",
            "BEAM_OFFSET_PX", "MIN_COHERENCE", "MIN_PLANE_COHERENCE", "RULES"]
 
 #: the values of the engine parameter ``phase_ramp``
@@ -448,6 +448,38 @@ def phase_ramp(shape, f, dtype=np.complex64):
         Complex type of the result (computed in double precision).
     """
     rows, cols = shape[-2:]
-    y = np.exp(2j * np.pi * float(f[0]) * np.arange(rows))
-    x = np.exp(2j * np.pi * float(f[1]) * np.arange(cols))
+    y, x = _ramp_axes(rows, cols, f)
     return np.multiply.outer(y, x).astype(dtype)
+
+
+def _ramp_axes(rows, cols, f):
+    """The two complex128 factors of :func:`phase_ramp`: along rows and along columns."""
+    return (np.exp(2j * np.pi * float(f[0]) * np.arange(rows)),
+            np.exp(2j * np.pi * float(f[1]) * np.arange(cols)))
+
+
+#: rows of the ramp made at once by :func:`apply_phase_ramp` (its temporaries stay below a few MB)
+RAMP_BLOCK_ROWS = 64
+
+
+def apply_phase_ramp(arr, f):
+    """``arr *= phase_ramp(arr.shape, f, arr.dtype)`` in place, the ramp made in blocks of rows.
+
+    The same numbers as the product with :func:`phase_ramp` (each block of
+    the ramp is computed in double precision and cast to ``arr``'s type), but
+    without the two object-sized temporaries (double and ``arr``'s
+    precision) that the whole ramp takes: at the end of a run they set the
+    peak memory of the process.
+
+    Parameters
+    ----------
+    arr : ndarray (..., rows, cols), complex
+        Changed in place.
+    f : pair of float
+        Cycles per pixel along rows and columns.
+    """
+    rows, cols = arr.shape[-2:]
+    y, x = _ramp_axes(rows, cols, f)
+    for r0 in range(0, rows, RAMP_BLOCK_ROWS):
+        r1 = min(r0 + RAMP_BLOCK_ROWS, rows)
+        arr[..., r0:r1, :] *= np.multiply.outer(y[r0:r1], x).astype(arr.dtype)
