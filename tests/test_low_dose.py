@@ -6,12 +6,16 @@ Poisson noise, reconstructed by DM from the true probe.
 """
 
 import os
+import shutil
 import sys
 
 import numpy as np
 import pytest
 
-from ptycli.core.counting_noise import amplitude_noise_floor, looks_like_counts, sqrt_poisson_variance
+import h5py
+
+from ptycli.core.counting_noise import (amplitude_noise_floor, frame_photon_scales, lattice_step, looks_like_counts,
+                                        photon_scale, sqrt_poisson_variance)
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 if BENCHMARKS not in sys.path:
@@ -123,3 +127,96 @@ def test_weak_illumination_prior_keeps_unlit_pixels_sane(low_dose_case):
             assert ratio < most, ratio  # measured 1.4
         else:
             assert ratio > 20, ratio  # measured 137: without the prior, barely lit pixels blow up
+
+
+@pytest.mark.parametrize("scale", [2.0, 3.7e-3, 1e-6, 123.4, 1 / 0.37])
+@pytest.mark.parametrize("mean_counts", [0.5, 1e3])
+def test_photon_scale_finds_counts_times_a_constant(scale, mean_counts):
+    """Counts per second, in other units, doubled by a gain: the lattice step is the scale, to 1e-6."""
+    rng = np.random.default_rng(5)
+    counts = rng.poisson(rng.gamma(0.5, 2.0 * mean_counts, size=(60, 32, 32))).astype(np.float64)
+    for dtype in (np.float32, np.float64):
+        assert photon_scale((counts * scale).astype(dtype)) == pytest.approx(scale, rel=1e-6)
+    assert lattice_step(np.array([3.0, 6.0, 9.0] * 6)) == 3.0
+
+
+def test_photon_scale_leaves_other_data_alone():
+    rng = np.random.default_rng(6)
+    counts = rng.poisson(rng.gamma(0.5, 2.0, size=(60, 32, 32))).astype(np.float32)
+    assert photon_scale(counts) is None  # whole counts already
+    assert photon_scale(rng.random((60, 32, 32)).astype(np.float32)) is None  # continuous
+    assert photon_scale(rng.gamma(0.5, 77.0, size=(60, 32, 32))) is None  # noise-free intensities
+    assert photon_scale(np.clip(counts + rng.normal(0, 0.3, counts.shape), 0, None)) is None  # read noise
+    per_frame = counts * rng.uniform(0.9, 1.1, (60, 1, 1))  # each frame its own factor (a monitor)
+    assert photon_scale(per_frame.astype(np.float32)) is None
+    assert photon_scale(-counts * 0.5) is None  # negative values
+    valid = np.ones(counts.shape, bool)
+    spoiled = counts * 0.25
+    spoiled[:, 0, 0] = 0.1  # off the lattice, but masked
+    valid[:, 0, 0] = False
+    assert photon_scale(spoiled, valid) == pytest.approx(0.25, rel=1e-6)
+
+
+def test_frame_photon_scales_find_each_frames_factor():
+    """Counts normalised by a monitor before they were stored: one lattice per frame, none shared."""
+    rng = np.random.default_rng(8)
+    counts = rng.poisson(rng.gamma(0.5, 2.0, size=(40, 32, 32))).astype(np.float64)
+    factors = 0.02 * rng.uniform(0.9, 1.1, 40)
+    steps = frame_photon_scales((counts * factors[:, None, None]).astype(np.float32))
+    tested = np.unique(np.linspace(0, 39, 16).round().astype(int))
+    np.testing.assert_allclose(steps, factors[tested], rtol=1e-6)
+    assert frame_photon_scales(rng.random((40, 32, 32))) is None
+
+
+def _scaled_copy(path, folder, scale, per_frame=None):
+    """A copy of a .ptyd file with its frames stored as float32 counts times ``scale`` (and ``per_frame[i]``)."""
+    out = os.path.join(folder, "scaled_" + os.path.basename(path))
+    shutil.copy(path, out)
+    with h5py.File(out, "r+") as f:
+        for key in f["chunks"]:
+            group = f["chunks"][key]
+            frames, attrs = group["data"][...], dict(group["data"].attrs)
+            del group["data"]
+            factors = 1.0 if per_frame is None else per_frame[group["indices"][...]][:, None, None]
+            ds = group.create_dataset("data", data=(frames * scale * factors).astype(np.float32))
+            for name, value in attrs.items():
+                ds.attrs[name] = value
+    return out
+
+
+def test_scaled_counts_build_the_model_of_the_counts(low_dose_case, tmp_path):
+    """Frames stored as counts times 3.7e-3 (float32) are divided back to the very same counts: the same
+    diffraction data, counting-noise floor and probe guess as the file of whole counts."""
+    from ptycli.core.ptycho import Ptycho
+
+    models = {}
+    for scale in (1.0, 3.7e-3):
+        section = dict(low_dose_case["data_section"])
+        if scale != 1.0:
+            section["dfile"] = _scaled_copy(section["dfile"], str(tmp_path), scale)
+        P = Ptycho(validate_zoo.natural_config(section, "farfield", dm_iterations=1, ml_iterations=0), level=2)
+        models[scale] = P
+    plain, scaled = models[1.0], models[3.7e-3]
+    assert scaled.scans["zoo"].photon_scale == pytest.approx(3.7e-3, rel=1e-6)
+    assert plain.scans["zoo"].photon_scale == 1.0
+    assert scaled.scans["zoo"].counted and scaled.scans["zoo"].noise_floor == plain.scans["zoo"].noise_floor > 0.05
+    for sid, S in plain.diff.S.items():
+        np.testing.assert_array_equal(scaled.diff.S[sid].data, S.data)
+    for sid, S in plain.probe.S.items():
+        np.testing.assert_array_equal(scaled.probe.S[sid].data, S.data)
+
+
+def test_monitor_normalised_counts_are_counted(low_dose_case, tmp_path):
+    """Counts each multiplied by its own factor (0.9-1.1 times 3.7e-3): divided by the mean step and marked as
+    monitor-scaled counts (the noise floor of the counts, within the factors' spread)."""
+    from ptycli.core.ptycho import Ptycho
+
+    section = dict(low_dose_case["data_section"])
+    plain = Ptycho(validate_zoo.natural_config(section, "farfield", dm_iterations=1, ml_iterations=0), level=2)
+    factors = np.random.default_rng(9).uniform(0.9, 1.1, len(low_dose_case["truth"]["pos_px"]))
+    section["dfile"] = _scaled_copy(section["dfile"], str(tmp_path), 3.7e-3, factors)
+    P = Ptycho(validate_zoo.natural_config(section, "farfield", dm_iterations=1, ml_iterations=0), level=2)
+    model = P.scans["zoo"]
+    assert model.photon_scale == pytest.approx(3.7e-3, rel=0.03)
+    assert model.counted and model.data.meta["monitor_scaled_counts"]
+    assert model.noise_floor == pytest.approx(plain.scans["zoo"].noise_floor, rel=0.03)

@@ -14,7 +14,8 @@ constraints); the trial of candidate probes uses it too.
 
 import numpy as np
 
-__all__ = ["sqrt_poisson_variance", "amplitude_noise_floor", "looks_like_counts", "whole_numbers"]
+__all__ = ["sqrt_poisson_variance", "amplitude_noise_floor", "looks_like_counts", "whole_numbers", "lattice_step",
+           "photon_scale", "frame_photon_scales", "LATTICE_SAMPLE", "LATTICE_FRACTION", "MAX_LATTICE_COUNT"]
 
 _TABLE_MEANS = np.concatenate([[0.0], np.logspace(-4, np.log10(200.0), 240)])
 
@@ -115,3 +116,149 @@ def whole_numbers(frames, sample=4096):
     values = flat[:: max(1, flat.size // sample)].astype(np.float64)
     values = values[np.isfinite(values)]
     return bool(np.all(values == np.round(values)))
+
+
+#: valid values of a scan sampled (evenly spread over its frames) by :func:`photon_scale`
+LATTICE_SAMPLE = 200_000
+#: fraction of the sampled values that must lie on the lattice (a few stray values: hot pixels, rounding)
+LATTICE_FRACTION = 0.999
+#: largest value over the step at which a lattice is tested: float32 resolves whole counts up to 2**24, and
+#: values of continuous (unquantised) data differ by steps so small that they exceed this
+MAX_LATTICE_COUNT = 2 ** 20
+#: levels up to this multiple of the smallest fix the lattice step (:func:`lattice_step`)
+LOW_LEVELS = 1024
+
+
+def lattice_step(values):
+    """The step ``G`` of a lattice ``{0, G, 2G, ...}`` that holds the values, or None.
+
+    The step is the smallest positive value or difference between distinct
+    values up to :data:`LOW_LEVELS` times the smallest (both are whole
+    multiples of ``G`` on a lattice, and a scan holds neighbouring levels),
+    refined by least squares over the levels ``k = round(v / G)`` (of those
+    values, then of all); the values lie on the lattice when at least
+    :data:`LATTICE_FRACTION` of them are within ``1e-3 + 4 eps32 k`` of
+    ``k G`` (float32 rounding of ``k G``).
+
+    Parameters
+    ----------
+    values : ndarray
+        Non-negative measured values (any shape; non-finite ones are ignored).
+
+    Returns
+    -------
+    float or None
+        None when fewer than 16 positive values or 3 levels are present, when
+        a value would be more than :data:`MAX_LATTICE_COUNT` steps, or when the
+        values do not lie on the lattice.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size < 16:
+        return None
+    levels = np.unique(v)
+    if levels.size < 3:
+        return None
+    # the low levels fix the step: a difference of stored values near k G carries k times their rounding
+    low = levels[levels <= LOW_LEVELS * levels[0]]
+    step = float(min(low[0], np.min(np.diff(low)))) if low.size > 1 else float(low[0])
+    if not step > 0 or levels[-1] / step > MAX_LATTICE_COUNT:
+        return None
+    for _ in range(2):  # least squares over ever more levels: the step's error shrinks as k grows
+        near = v[v <= LOW_LEVELS * step] if _ == 0 else v
+        k = np.rint(near / step)
+        if not np.any(k > 0):
+            return None
+        step = float(np.dot(near, k) / np.dot(k, k))
+    r = v / step
+    on = np.abs(r - np.rint(r)) <= 1e-3 + 4.0 * 2.0 ** -24 * r
+    return step if np.mean(on) >= LATTICE_FRACTION else None
+
+
+def photon_scale(frames, valid=None, sample=LATTICE_SAMPLE):
+    """Detector units per photon of frames that hold photon counts times one constant, or None.
+
+    Counts divided by an exposure time (counts per second), converted to
+    other units by a constant or stored doubled by a detector's gain are no
+    longer whole numbers of photons, yet their noise is the counting noise of
+    those photons: the noise models need them in photons. Such frames lie on
+    a lattice ``{0, G, 2G, ...}`` (:func:`lattice_step`), which continuous
+    data (dark-subtracted, flat-fielded, simulated without noise) do not.
+
+    Parameters
+    ----------
+    frames : ndarray (n, rows, cols)
+        Measured intensities, non-negative.
+    valid : ndarray (n, rows, cols) of bool, optional
+        Valid pixels (None: all); only these are sampled.
+    sample : int
+        About this many valid values are tested, evenly spread over the frames.
+
+    Returns
+    -------
+    float or None
+        ``G`` (the frames divided by it are photon counts), or None: the frames
+        are whole counts already (``G`` 1) or not counts times a constant.
+    """
+    frames = np.asarray(frames)
+    n = frames.shape[0] if frames.ndim == 3 else 1
+    per_frame = max(16, -(-int(sample) // max(n, 1)))
+    parts = []
+    for f in range(0, n, max(1, n // max(1, int(sample) // per_frame))):
+        values = frames[f] if frames.ndim == 3 else frames
+        if valid is not None:
+            values = values[np.asarray(valid[f] if np.ndim(valid) == frames.ndim else valid, dtype=bool)]
+        values = np.ravel(values)
+        parts.append(values[:: max(1, values.size // per_frame)])
+    values = np.concatenate(parts) if parts else np.zeros(0)
+    if values.size == 0 or np.any(values[np.isfinite(values)] < 0):
+        return None
+    step = lattice_step(values)
+    if step is None or abs(step - 1.0) <= 1e-6:
+        return None
+    return step
+
+
+#: frames whose own lattices :func:`frame_photon_scales` tests, spread over the scan
+LATTICE_FRAMES = 16
+
+
+def frame_photon_scales(frames, valid=None, count=LATTICE_FRAMES):
+    """Each frame's own lattice step, for frames of counts each multiplied by its own factor; or None.
+
+    Frames normalised by a monitor (ion chamber, beam current) before they
+    were stored hold ``N_f c_f``: one lattice per frame (:func:`lattice_step`),
+    none shared. Up to ``count`` frames spread over the scan (those with at
+    least 16 positive valid values) are tested.
+
+    Parameters
+    ----------
+    frames : ndarray (n, rows, cols)
+        Measured intensities, non-negative.
+    valid : ndarray (n, rows, cols) of bool, optional
+        Valid pixels (None: all).
+    count : int
+        Frames tested.
+
+    Returns
+    -------
+    ndarray or None
+        The tested frames' steps, or None when a tested frame has no lattice
+        (or no frame could be tested).
+    """
+    frames = np.asarray(frames)
+    n = frames.shape[0]
+    steps = []
+    for f in np.unique(np.linspace(0, n - 1, min(n, int(count))).round().astype(int)) if n else []:
+        values = frames[f]
+        if valid is not None:
+            values = values[np.asarray(valid[f], dtype=bool)]
+        if np.count_nonzero(values > 0) < 16:
+            continue
+        if np.any(values[np.isfinite(values)] < 0):
+            return None
+        step = lattice_step(values)
+        if step is None:
+            return None
+        steps.append(step)
+    return np.array(steps) if steps else None

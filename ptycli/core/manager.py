@@ -41,7 +41,7 @@ from ..params.tree import engine_sequence
 from .background import (AUTO_FLOOR_FRACTION, AUTO_MIN_FRAMES, AUTO_STEADINESS, FLOOR_TILE, detector_floor,
                          initial_background)
 from .classes import POD, View
-from .counting_noise import amplitude_noise_floor, looks_like_counts
+from .counting_noise import amplitude_noise_floor, frame_photon_scales, looks_like_counts, photon_scale
 from .geometry import Geo
 from .illumination import init_probe
 from .position_check import RATIO as POSITION_RATIO, convention_errors
@@ -92,6 +92,8 @@ class ScanModel:
         self.beam_centre_px = None
         #: whether every frame of the scan (on every process) holds photon counts (:meth:`measure_noise`)
         self.counted = False
+        #: detector units per photon that :meth:`to_photon_counts` divided the frames by (1: none)
+        self.photon_scale = 1.0
         #: the fitted incoherent background (H, W) with ``background: true``, else None (set by :meth:`build`)
         self.background = None
         #: per-frame weights of the eigen-probes (this process's frames, K) with a variable probe, else None
@@ -160,6 +162,7 @@ class ScanModel:
         log.info("scan %s: %d frames of %d x %d on this process (%d in all), loader %s",
                  self.label, len(d.indices), d.shape[0], d.shape[1], d.num_frames_total,
                  loader_cls.NAME)
+        self.photon_scale = self.to_photon_counts()
         mean_pattern, counts = mean_measured_pattern(d.intensities, d.mask)
         self.noise_floor = self.measure_noise(mean_pattern, counts)
         self.beam_centre_px = symmetry_centre(mean_pattern)
@@ -167,6 +170,56 @@ class ScanModel:
             log.debug("scan %s: the mean pattern is symmetric about pixel (%.3f, %.3f)", self.label,
                       *self.beam_centre_px)
         return d
+
+    def to_photon_counts(self):
+        """Put frames of photon counts times a constant (or a constant per frame) in photons (collective).
+
+        Returns the detector units per photon divided out (1: none).
+        :func:`~ptycli.core.counting_noise.photon_scale` on every process's
+        frames: when every process finds the same step ``G`` (to 1e-6), the
+        frames are divided by it and rounded to whole counts. Otherwise, when
+        every tested frame has a lattice of its own
+        (:func:`~ptycli.core.counting_noise.frame_photon_scales`: counts
+        normalised by a monitor before they were stored), the frames are
+        divided by the mean step and marked ``monitor_scaled_counts``, as the
+        HDF5 loader marks the frames it normalises itself. Counts per second,
+        counts in other units or doubled by a detector's gain then get the
+        noise models of counted data (:meth:`measure_noise`, ML's and LSQML's
+        Poisson likelihood, the engines' counting-noise bounds); the probe
+        comes out in the scale of photons (its power the mean number of
+        photons per frame).
+        """
+        d = self.data
+        meta = d.meta if d.meta is not None else {}
+        if meta.get("monitor_scaled_counts") or looks_like_counts(d.intensities):
+            return 1.0
+        step = photon_scale(d.intensities, d.mask) if len(d.indices) else None
+        steps = np.array([step or 0.0, -(step or 0.0)])
+        parallel.allreduce(steps, op="min")
+        low, high = steps[0], -steps[1]
+        per_frame = False
+        if not low > 0 or abs(high - low) > 1e-6 * high:
+            own = frame_photon_scales(d.intensities, d.mask) if len(d.indices) else None
+            sums = np.array([0.0 if own is None else 1.0, 0.0 if own is None else own.sum(),
+                             0.0 if own is None else own.size])
+            found = np.array([sums[0]])
+            parallel.allreduce(found, op="min")
+            parallel.allreduce(sums)
+            if not found[0] > 0 or not sums[2] > 0:
+                return 1.0
+            low, per_frame = sums[1] / sums[2], True
+        step = float(low)
+        np.divide(d.intensities, step, out=d.intensities, casting="unsafe")
+        if per_frame:
+            meta["monitor_scaled_counts"] = True
+            d.meta = meta
+        else:
+            np.rint(d.intensities, out=d.intensities)
+        if parallel.master:
+            log.info("scan %s: the frames are photon counts times %s%.6g: divided by it, so the noise models "
+                     "treat them as counts", self.label, "a factor per frame (a monitor), on average " if per_frame
+                     else "", step)
+        return step
 
     def measure_noise(self, mean_pattern, counts):
         """The counting-noise floor of the scan's amplitudes (collective).
