@@ -168,9 +168,10 @@ def test_frame_photon_scales_find_each_frames_factor():
     assert frame_photon_scales(rng.random((40, 32, 32))) is None
 
 
-def _scaled_copy(path, folder, scale, per_frame=None):
-    """A copy of a .ptyd file with its frames stored as float32 counts times ``scale`` (and ``per_frame[i]``)."""
-    out = os.path.join(folder, "scaled_" + os.path.basename(path))
+def _scaled_copy(path, folder, scale, per_frame=None, dither=False):
+    """A copy of a .ptyd file with its frames stored as float32 counts times ``scale`` (and ``per_frame[i]``;
+    with ``dither``, plus uniform 0-1 noise before the scale: continuous values, no lattice)."""
+    out = os.path.join(folder, "scaled_%g_" % scale + os.path.basename(path))
     shutil.copy(path, out)
     with h5py.File(out, "r+") as f:
         for key in f["chunks"]:
@@ -178,6 +179,8 @@ def _scaled_copy(path, folder, scale, per_frame=None):
             frames, attrs = group["data"][...], dict(group["data"].attrs)
             del group["data"]
             factors = 1.0 if per_frame is None else per_frame[group["indices"][...]][:, None, None]
+            if dither:
+                frames = frames + np.random.default_rng(int(key)).random(frames.shape)
             ds = group.create_dataset("data", data=(frames * scale * factors).astype(np.float32))
             for name, value in attrs.items():
                 ds.attrs[name] = value
@@ -197,8 +200,8 @@ def test_scaled_counts_build_the_model_of_the_counts(low_dose_case, tmp_path):
         P = Ptycho(validate_zoo.natural_config(section, "farfield", dm_iterations=1, ml_iterations=0), level=2)
         models[scale] = P
     plain, scaled = models[1.0], models[3.7e-3]
-    assert scaled.scans["zoo"].photon_scale == pytest.approx(3.7e-3, rel=1e-6)
-    assert plain.scans["zoo"].photon_scale == 1.0
+    assert scaled.scans["zoo"].intensity_scale == pytest.approx(3.7e-3, rel=1e-6)
+    assert plain.scans["zoo"].intensity_scale == 1.0
     assert scaled.scans["zoo"].counted and scaled.scans["zoo"].noise_floor == plain.scans["zoo"].noise_floor > 0.05
     for sid, S in plain.diff.S.items():
         np.testing.assert_array_equal(scaled.diff.S[sid].data, S.data)
@@ -217,6 +220,34 @@ def test_monitor_normalised_counts_are_counted(low_dose_case, tmp_path):
     section["dfile"] = _scaled_copy(section["dfile"], str(tmp_path), 3.7e-3, factors)
     P = Ptycho(validate_zoo.natural_config(section, "farfield", dm_iterations=1, ml_iterations=0), level=2)
     model = P.scans["zoo"]
-    assert model.photon_scale == pytest.approx(3.7e-3, rel=0.03)
+    assert model.intensity_scale == pytest.approx(3.7e-3, rel=0.03)
     assert model.counted and model.data.meta["monitor_scaled_counts"]
     assert model.noise_floor == pytest.approx(plain.scans["zoo"].noise_floor, rel=0.03)
+
+
+def test_frames_without_a_unit_reconstruct_alike_at_any_scale(low_dose_case, tmp_path):
+    """Continuous frames (counts plus uniform dither, no lattice) stored times 1e-12 and 1e9 are put in one unit
+    (mean 1000 per valid pixel): the same model intensities to rounding, the same reconstruction (as they were:
+    0.853 and 0.778); stored as they are (10 per pixel, photon-like) they are left alone."""
+    from ptycli.core.manager import UNITLESS_MEAN
+    from ptycli.core.ptycho import Ptycho
+
+    scores, data = {}, {}
+    for scale in (1.0, 1e-12, 1e9):
+        section = dict(low_dose_case["data_section"])
+        section["dfile"] = _scaled_copy(section["dfile"], str(tmp_path), scale, dither=True)
+        config = validate_zoo.natural_config(section, "farfield", dm_iterations=40, ml_iterations=20)
+        P = Ptycho(config, level=2)
+        model = P.scans["zoo"]
+        assert not model.counted
+        S = next(iter(P.diff.S.values()))
+        mask = next(iter(P.mask.S.values())).data.astype(bool)
+        data[scale] = (S.data.copy(), model.intensity_scale, S.data[mask].mean())
+        P.run()
+        scores[scale] = validate_zoo.score_object(P, low_dose_case["truth"])["correlation"]
+    assert data[1.0][1] == 1.0 and 5 < data[1.0][2] < 20  # photon-like: kept
+    for scale in (1e-12, 1e9):
+        assert data[scale][2] == pytest.approx(UNITLESS_MEAN, rel=1e-3)
+        assert data[scale][1] == pytest.approx(scale * data[1.0][2] / UNITLESS_MEAN, rel=1e-3)
+    np.testing.assert_allclose(data[1e9][0], data[1e-12][0], rtol=1e-5, atol=1e-3)
+    assert abs(scores[1e9] - scores[1e-12]) < 0.005 and scores[1e9] > 0.8, scores  # measured 0.833 both

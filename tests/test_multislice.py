@@ -74,8 +74,10 @@ def test_parameters_declared_and_checked():
 @pytest.mark.parametrize("engine", ["DM", "RAAR", "ML"])
 def test_engines_without_multislice_refuse(engine):
     from ptycli.params.capabilities import capable_engines
+    from ptycli.params.registry import load_plugins
     from ptycli.params.tree import validate
 
+    load_plugins()  # the engines register as they are imported (validate does this; the first assert comes before)
     assert {"ePIE", "rPIE", "LSQML"} <= set(capable_engines("MULTISLICE"))
     assert not {"DM", "RAAR", "ML"} & set(capable_engines("MULTISLICE"))
     tree = _tree(slices=2, slice_distance_m=1e-6)
@@ -186,7 +188,8 @@ def test_ptycli_model_fits_the_simulated_frames(tmp_path):
         off = vm.truth_offset(S, truth)
         h, w = S.data.shape[-2:]
         S.data[...] = truth["slices"][list(order), off[0]:off[0] + h, off[1]:off[1] + w]
-        P.probe.S["Sms"].data[0] = truth["probe"]  # the model scaled it to the mean counts
+        # in the model's unit: frames far from photons' scale are divided by intensity_scale as they load
+        P.probe.S["Sms"].data[0] = truth["probe"] / np.sqrt(next(iter(P.scans.values())).intensity_scale)
         book = AddressBook(P)
         sw = PIESweep(book, object_step=0.0, probe_step=0.0)
         sums = sw.sweep(np.arange(sw.n_frames), update_probe=False)

@@ -56,6 +56,14 @@ __all__ = ["ScanModel", "Full", "Vanilla", "SCAN_MODELS", "get_scan_model"]
 log = logging.getLogger("ptycli")
 
 
+#: mean intensity per valid pixel that frames which are not photon counts are scaled to when their own mean lies
+#: outside :data:`PHOTON_LIKE_MEAN` (:meth:`ScanModel.unitless_scale`)
+UNITLESS_MEAN = 1000.0
+#: means per valid pixel that frames of photons have (1e2 photons over 256 x 256 pixels to 1e10 over 128 x 128):
+#: frames that are not counts and lie in this range are taken to be in about photons, and left alone
+PHOTON_LIKE_MEAN = (1e-3, 1e6)
+
+
 class ScanModel:
     """Base of the scan models (see the module docstring).
 
@@ -92,8 +100,10 @@ class ScanModel:
         self.beam_centre_px = None
         #: whether every frame of the scan (on every process) holds photon counts (:meth:`measure_noise`)
         self.counted = False
-        #: detector units per photon that :meth:`to_photon_counts` divided the frames by (1: none)
-        self.photon_scale = 1.0
+        #: what the frames were divided by as they were loaded, detector units per unit of the model's
+        #: intensities: photons (:meth:`to_photon_counts`) or, for frames that are not counts and far from
+        #: photons' means, the unit that puts their mean at :data:`UNITLESS_MEAN` (:meth:`unitless_scale`); 1: none
+        self.intensity_scale = 1.0
         #: the fitted incoherent background (H, W) with ``background: true``, else None (set by :meth:`build`)
         self.background = None
         #: per-frame weights of the eigen-probes (this process's frames, K) with a variable probe, else None
@@ -162,9 +172,13 @@ class ScanModel:
         log.info("scan %s: %d frames of %d x %d on this process (%d in all), loader %s",
                  self.label, len(d.indices), d.shape[0], d.shape[1], d.num_frames_total,
                  loader_cls.NAME)
-        self.photon_scale = self.to_photon_counts()
+        self.intensity_scale = self.to_photon_counts()
         mean_pattern, counts = mean_measured_pattern(d.intensities, d.mask)
         self.noise_floor = self.measure_noise(mean_pattern, counts)
+        if not self.counted:
+            unit = self.unitless_scale(mean_pattern, counts)
+            mean_pattern /= unit
+            self.intensity_scale *= unit
         self.beam_centre_px = symmetry_centre(mean_pattern)
         if self.beam_centre_px is not None:
             log.debug("scan %s: the mean pattern is symmetric about pixel (%.3f, %.3f)", self.label,
@@ -191,7 +205,9 @@ class ScanModel:
         """
         d = self.data
         meta = d.meta if d.meta is not None else {}
-        if meta.get("monitor_scaled_counts") or looks_like_counts(d.intensities):
+        counted = np.array([1.0 if meta.get("monitor_scaled_counts") or looks_like_counts(d.intensities) else 0.0])
+        parallel.allreduce(counted, op="min")  # every process takes the same branch (collective below)
+        if counted[0] > 0:
             return 1.0
         step = photon_scale(d.intensities, d.mask) if len(d.indices) else None
         steps = np.array([step or 0.0, -(step or 0.0)])
@@ -220,6 +236,42 @@ class ScanModel:
                      "treat them as counts", self.label, "a factor per frame (a monitor), on average " if per_frame
                      else "", step)
         return step
+
+    def unitless_scale(self, mean_pattern, counts):
+        """Scale frames that are not photon counts and whose mean lies outside :data:`PHOTON_LIKE_MEAN` to a
+        mean of :data:`UNITLESS_MEAN` per valid pixel; return the factor they were divided by (1: left alone).
+
+        Frames without a photon scale (noise-free simulations, flat-fielded or
+        dark-subtracted data) come in any unit, from 1e-12 to 1e12 per pixel.
+        Single-precision sums of squared intensities overflow above about
+        1e17 per pixel and lose their small terms below about 1e-10: ML's line
+        search then stalled or crept (noise-free zoo scans, DM 200 + ML 100,
+        raster / near field: stored times 1e9 0.987 / 0.929, times 1e-12
+        0.927 / 0.961, in photons 1.000 / 0.989; scaled to the common mean
+        1.000 / 0.990 from any unit). Inside the photon-like range the unit is
+        kept: the Gaussian likelihood's weights ``1 / (I + 1)`` read ``I`` in
+        about photons there, which suits noisy frames of a few counts (counts
+        plus a uniform 0-1 dither, 10 per pixel: 0.866 as they are, 0.833
+        scaled to the common mean).
+
+        Parameters
+        ----------
+        mean_pattern, counts : ndarray (rows, cols)
+            The mean measured pattern of all processes' frames and the frames
+            per pixel that measured it (:func:`~ptycli.core.probe_guess.mean_measured_pattern`).
+        """
+        weight = float(np.sum(counts))
+        mean = float(np.sum(mean_pattern * counts) / weight) if weight > 0 else 0.0
+        if not (np.isfinite(mean) and mean > 0) or PHOTON_LIKE_MEAN[0] <= mean <= PHOTON_LIKE_MEAN[1]:
+            return 1.0
+        unit = mean / UNITLESS_MEAN
+        d = self.data
+        np.divide(d.intensities, unit, out=d.intensities, casting="unsafe")
+        if parallel.master:
+            log.info("scan %s: the frames are not photon counts and their mean per valid pixel, %.6g, is not "
+                     "that of photons; divided by %.6g (mean %g: a unit for the noise models and single-precision "
+                     "sums)", self.label, mean, unit, UNITLESS_MEAN)
+        return unit
 
     def measure_noise(self, mean_pattern, counts):
         """The counting-noise floor of the scan's amplitudes (collective).

@@ -92,6 +92,8 @@ def _scan_entry(model):
         source=str(d.source or ""), probe=model.probe_sid, object=model.object_sid,
         model=str(model.p.name), slices=int(model.slices),
         slice_distance_m=float(model.p.sample.slice_distance_m) if model.slices > 1 else None,
+        # detector units per unit of the model's intensities (the frames were divided by it as they were loaded)
+        intensity_scale=float(getattr(model, "intensity_scale", 1.0)),
     )
     guess = getattr(model, "probe_guess", None) or {}
     if guess.get("method"):

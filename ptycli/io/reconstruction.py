@@ -37,7 +37,11 @@ Layout (format version 1)
                                                num_frames, propagation, loader, source,
                                                probe (storage ID), object (storage ID),
                                                slices (object slices; 1: thin),
-                                               slice_distance_m (m, when slices > 1)
+                                               slice_distance_m (m, when slices > 1),
+                                               intensity_scale (detector units per unit of the
+                                               model's intensities: the frames were divided by it as
+                                               they were loaded, photon counts times a constant or
+                                               frames far from photons' scale; 1: as stored)
     /history/<column>                   the error history, one row per engine iteration:
                                           iteration        int64   iteration over the whole chain (1-based)
                                           engine_iteration int64   iteration within its engine (1-based)
