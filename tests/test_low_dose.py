@@ -9,10 +9,10 @@ import os
 import shutil
 import sys
 
+import h5py
 import numpy as np
 import pytest
-
-import h5py
+import yaml
 
 from ptycli.core.counting_noise import (amplitude_noise_floor, frame_photon_scales, lattice_step, looks_like_counts,
                                         photon_scale, sqrt_poisson_variance)
@@ -23,6 +23,7 @@ if BENCHMARKS not in sys.path:
 
 import validate_zoo  # noqa: E402
 import zoo_sim  # noqa: E402
+from cli_helpers import invoke  # noqa: E402
 
 
 @pytest.mark.parametrize("lam", [0.01, 0.3, 1.0, 4.0, 50.0])
@@ -251,3 +252,18 @@ def test_frames_without_a_unit_reconstruct_alike_at_any_scale(low_dose_case, tmp
         assert data[scale][1] == pytest.approx(scale * data[1.0][2] / UNITLESS_MEAN, rel=1e-3)
     np.testing.assert_allclose(data[1e9][0], data[1e-12][0], rtol=1e-5, atol=1e-3)
     assert abs(scores[1e9] - scores[1e-12]) < 0.005 and scores[1e9] > 0.8, scores  # measured 0.833 both
+
+
+def test_the_result_says_what_the_frames_were_divided_by(low_dose_case, tmp_path):
+    """``/scans/<label>`` attribute ``intensity_scale`` and ``ptycli inspect``'s units line."""
+    section = dict(low_dose_case["data_section"], dfile=_scaled_copy(low_dose_case["data_section"]["dfile"],
+                                                                     str(tmp_path), 3.7e-3))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(validate_zoo.natural_config(section, "farfield", dm_iterations=2,
+                                                                 ml_iterations=0)))
+    out = tmp_path / "result.h5"
+    assert invoke("-q", "reconstruct", config, "-o", out).exit_code == 0
+    with h5py.File(out, "r") as f:
+        assert f["scans/zoo"].attrs["intensity_scale"] == pytest.approx(3.7e-3, rel=1e-6)
+    res = invoke("inspect", out)
+    assert res.exit_code == 0 and "units  zoo      frames divided by 0.0037 as they loaded" in res.stdout

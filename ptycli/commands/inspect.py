@@ -448,6 +448,10 @@ def _text(s):
             add("  scan   %-8s %s frames of %s, %s, loader %s" % (
                 label, sc.get("frames", "?"), "x".join(str(int(v)) for v in sc.get("shape", [])) or "?",
                 geometry, sc.get("loader", "?")))
+            unit = sc.get("intensity_scale")
+            if unit is not None and float(unit) != 1.0:
+                add("  units  %-8s frames divided by %s as they loaded (photon counts, or a common unit; the probe "
+                    "is in its square root)" % (label, _g(unit)))
             bg = sc.get("background")
             if bg and bg.get("mean") is not None:
                 add("  backgr %-8s fitted: mean %s, min %s, max %s counts per pixel and frame" % (
