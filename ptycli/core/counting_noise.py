@@ -15,7 +15,8 @@ constraints); the trial of candidate probes uses it too.
 import numpy as np
 
 __all__ = ["sqrt_poisson_variance", "amplitude_noise_floor", "looks_like_counts", "whole_numbers", "lattice_step",
-           "photon_scale", "frame_photon_scales", "LATTICE_SAMPLE", "LATTICE_FRACTION", "MAX_LATTICE_COUNT"]
+           "photon_scale", "frame_photon_scales", "LATTICE_SAMPLE", "LATTICE_FRACTION", "MAX_LATTICE_COUNT", "LOW_LEVELS",
+           "LATTICE_FRAMES"]
 
 _TABLE_MEANS = np.concatenate([[0.0], np.logspace(-4, np.log10(200.0), 240)])
 
@@ -164,8 +165,8 @@ def lattice_step(values):
     step = float(min(low[0], np.min(np.diff(low)))) if low.size > 1 else float(low[0])
     if not step > 0 or levels[-1] / step > MAX_LATTICE_COUNT:
         return None
-    for _ in range(2):  # least squares over ever more levels: the step's error shrinks as k grows
-        near = v[v <= LOW_LEVELS * step] if _ == 0 else v
+    for only_low in (True, False):  # least squares over the low levels, then all: its error shrinks as k grows
+        near = v[v <= LOW_LEVELS * step] if only_low else v
         k = np.rint(near / step)
         if not np.any(k > 0):
             return None
@@ -173,6 +174,16 @@ def lattice_step(values):
     r = v / step
     on = np.abs(r - np.rint(r)) <= 1e-3 + 4.0 * 2.0 ** -24 * r
     return step if np.mean(on) >= LATTICE_FRACTION else None
+
+
+def _stack(frames, valid):
+    """``frames`` as (n, rows, cols) and ``valid`` (None, or bool broadcast to them)."""
+    frames = np.asarray(frames)
+    if frames.ndim == 2:
+        frames = frames[None]
+    if valid is not None:
+        valid = np.broadcast_to(np.asarray(valid, dtype=bool), frames.shape)
+    return frames, valid
 
 
 def photon_scale(frames, valid=None, sample=LATTICE_SAMPLE):
@@ -189,7 +200,7 @@ def photon_scale(frames, valid=None, sample=LATTICE_SAMPLE):
     ----------
     frames : ndarray (n, rows, cols)
         Measured intensities, non-negative.
-    valid : ndarray (n, rows, cols) of bool, optional
+    valid : ndarray (n, rows, cols) or (rows, cols) of bool, optional
         Valid pixels (None: all); only these are sampled.
     sample : int
         About this many valid values are tested, evenly spread over the frames.
@@ -200,15 +211,13 @@ def photon_scale(frames, valid=None, sample=LATTICE_SAMPLE):
         ``G`` (the frames divided by it are photon counts), or None: the frames
         are whole counts already (``G`` 1) or not counts times a constant.
     """
-    frames = np.asarray(frames)
-    n = frames.shape[0] if frames.ndim == 3 else 1
-    per_frame = max(16, -(-int(sample) // max(n, 1)))
+    frames, valid = _stack(frames, valid)
+    n = frames.shape[0]
+    used = min(n, max(1, int(sample) // 16))  # frames sampled, at least 16 values each
+    per_frame = -(-int(sample) // max(used, 1))
     parts = []
-    for f in range(0, n, max(1, n // max(1, int(sample) // per_frame))):
-        values = frames[f] if frames.ndim == 3 else frames
-        if valid is not None:
-            values = values[np.asarray(valid[f] if np.ndim(valid) == frames.ndim else valid, dtype=bool)]
-        values = np.ravel(values)
+    for f in np.unique(np.linspace(0, n - 1, used).round().astype(int)) if n else []:
+        values = np.ravel(frames[f] if valid is None else frames[f][valid[f]])
         parts.append(values[:: max(1, values.size // per_frame)])
     values = np.concatenate(parts) if parts else np.zeros(0)
     if values.size == 0 or np.any(values[np.isfinite(values)] < 0):
@@ -235,7 +244,7 @@ def frame_photon_scales(frames, valid=None, count=LATTICE_FRAMES):
     ----------
     frames : ndarray (n, rows, cols)
         Measured intensities, non-negative.
-    valid : ndarray (n, rows, cols) of bool, optional
+    valid : ndarray (n, rows, cols) or (rows, cols) of bool, optional
         Valid pixels (None: all).
     count : int
         Frames tested.
@@ -246,13 +255,11 @@ def frame_photon_scales(frames, valid=None, count=LATTICE_FRAMES):
         The tested frames' steps, or None when a tested frame has no lattice
         (or no frame could be tested).
     """
-    frames = np.asarray(frames)
+    frames, valid = _stack(frames, valid)
     n = frames.shape[0]
     steps = []
     for f in np.unique(np.linspace(0, n - 1, min(n, int(count))).round().astype(int)) if n else []:
-        values = frames[f]
-        if valid is not None:
-            values = values[np.asarray(valid[f], dtype=bool)]
+        values = frames[f] if valid is None else frames[f][valid[f]]
         if np.count_nonzero(values > 0) < 16:
             continue
         if np.any(values[np.isfinite(values)] < 0):

@@ -20,8 +20,8 @@ from ..errors import ConfigError
 from ..params.tree import engine_sequence
 from ..utils.array_utils import smooth_step
 from . import health
-from .phase_ramp import (MAX_EDGE_POWER, MIN_CONCENTRATION, apply_phase_ramp, beam_is_off_centre, edge_power, object_ramp,
-                         spectrum_centroid, spectrum_symmetry_centre)
+from .phase_ramp import (MAX_EDGE_POWER, MIN_CONCENTRATION, apply_phase_ramp, beam_is_off_centre, edge_power,
+                         object_ramp, spectrum_centroid, spectrum_symmetry_centre)
 
 __all__ = ["ConstraintsMixin", "circular_support", "clip_object_amplitude"]
 

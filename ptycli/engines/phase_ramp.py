@@ -73,8 +73,8 @@ import numpy as np
 from ..core.symmetry import symmetry_centre
 
 __all__ = ["spectrum_centroid", "spectrum_symmetry_centre", "beam_is_off_centre", "object_phase_gradient",
-           "object_plane_fit", "object_ramp", "phase_ramp", "apply_phase_ramp", "edge_power", "MIN_CONCENTRATION", "MAX_EDGE_POWER",
-           "BEAM_OFFSET_PX", "MIN_COHERENCE", "MIN_PLANE_COHERENCE", "RULES"]
+           "object_plane_fit", "object_ramp", "phase_ramp", "apply_phase_ramp", "edge_power", "MIN_CONCENTRATION",
+           "MAX_EDGE_POWER", "BEAM_OFFSET_PX", "MIN_COHERENCE", "MIN_PLANE_COHERENCE", "RULES"]
 
 #: the values of the engine parameter ``phase_ramp``
 RULES = ("auto", "probe", "object", "none")
