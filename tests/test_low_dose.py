@@ -267,3 +267,29 @@ def test_the_result_says_what_the_frames_were_divided_by(low_dose_case, tmp_path
         assert f["scans/zoo"].attrs["intensity_scale"] == pytest.approx(3.7e-3, rel=1e-6)
     res = invoke("inspect", out)
     assert res.exit_code == 0 and "units  zoo      frames divided by 0.0037 as they loaded" in res.stdout
+
+
+def test_photon_scale_given_or_off(low_dose_case, tmp_path):
+    """``scans.<label>.photon_scale``: a number divides the frames by it and makes them counts; null keeps them
+    as stored (not counted); anything else is refused with one line."""
+    from ptycli.core.ptycho import Ptycho
+    from ptycli.errors import ConfigError
+
+    section = dict(low_dose_case["data_section"])
+    section["dfile"] = _scaled_copy(section["dfile"], str(tmp_path), 3.7e-3)
+    models = {}
+    for setting in ("auto", 3.7e-3, None, "none"):
+        config = validate_zoo.natural_config(section, "farfield", dm_iterations=1, ml_iterations=0)
+        config["scans"]["zoo"]["photon_scale"] = setting
+        models[setting] = Ptycho(config, level=2).scans["zoo"]
+    auto, given = models["auto"], models[3.7e-3]
+    assert given.intensity_scale == 3.7e-3 and given.counted
+    np.testing.assert_allclose(given.data.intensities, auto.data.intensities, rtol=1e-5, atol=1e-4)
+    assert given.noise_floor == pytest.approx(auto.noise_floor, rel=1e-4)
+    for off in (None, "none"):
+        assert models[off].intensity_scale == 1.0 and not models[off].counted and models[off].noise_floor == 0.0
+    for bad in (0, -2.0, "photons", True):
+        config = validate_zoo.natural_config(section, "farfield", dm_iterations=1, ml_iterations=0)
+        config["scans"]["zoo"]["photon_scale"] = bad
+        with pytest.raises(ConfigError, match="photon_scale: expected auto, null or a number > 0"):
+            Ptycho(config, level=2)

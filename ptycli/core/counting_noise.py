@@ -15,8 +15,8 @@ constraints); the trial of candidate probes uses it too.
 import numpy as np
 
 __all__ = ["sqrt_poisson_variance", "amplitude_noise_floor", "looks_like_counts", "whole_numbers", "lattice_step",
-           "photon_scale", "frame_photon_scales", "LATTICE_SAMPLE", "LATTICE_FRACTION", "MAX_LATTICE_COUNT", "LOW_LEVELS",
-           "LATTICE_FRAMES"]
+           "photon_scale", "frame_photon_scales", "LATTICE_SAMPLE", "LATTICE_FRACTION", "MAX_LATTICE_COUNT",
+           "LOW_LEVELS", "LATTICE_FRAMES"]
 
 _TABLE_MEANS = np.concatenate([[0.0], np.logspace(-4, np.log10(200.0), 240)])
 

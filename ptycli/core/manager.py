@@ -172,10 +172,11 @@ class ScanModel:
         log.info("scan %s: %d frames of %d x %d on this process (%d in all), loader %s",
                  self.label, len(d.indices), d.shape[0], d.shape[1], d.num_frames_total,
                  loader_cls.NAME)
-        self.intensity_scale = self.to_photon_counts()
+        setting = self.p.get("photon_scale", "auto")
+        self.intensity_scale = self.to_photon_counts() if setting == "auto" else self.divide_by_gain(setting)
         mean_pattern, counts = mean_measured_pattern(d.intensities, d.mask)
         self.noise_floor = self.measure_noise(mean_pattern, counts)
-        if not self.counted:
+        if not self.counted and setting == "auto":
             unit = self.unitless_scale(mean_pattern, counts)
             mean_pattern /= unit
             self.intensity_scale *= unit
@@ -236,6 +237,19 @@ class ScanModel:
                      "treat them as counts", self.label, "a factor per frame (a monitor), on average " if per_frame
                      else "", step)
         return step
+
+    def divide_by_gain(self, gain):
+        """``photon_scale`` given: divide the frames by ``gain`` (detector units per photon) and mark them as counts
+        (``monitor_scaled_counts``: counts that need not be whole numbers); None: leave them; return the factor."""
+        if gain is None:
+            return 1.0
+        d = self.data
+        np.divide(d.intensities, gain, out=d.intensities, casting="unsafe")
+        d.meta = dict(d.meta or {}, monitor_scaled_counts=True)
+        if parallel.master:
+            log.info("scan %s: the frames divided by photon_scale %g; the noise models treat them as photon counts",
+                     self.label, gain)
+        return float(gain)
 
     def unitless_scale(self, mean_pattern, counts):
         """Scale frames that are not photon counts and whose mean lies outside :data:`PHOTON_LIKE_MEAN` to a

@@ -15,6 +15,7 @@ Names follow PtyPy where PtyPy users know them::
                  slices: 1, slice_distance_m: null}   # slices > 1: a thick (multislice) sample
         coherence: {num_probe_modes: 1, num_object_modes: 1}
         background: auto        # fit an incoherent background (ptycli.core.background); auto: where the frames show one
+        photon_scale: auto      # detector units per photon (auto: found from the frames; null: frames as stored)
         probe_share: null       # label of another scan whose probe this one uses
         object_share: null
         tags: []
@@ -326,6 +327,20 @@ DATA = ParamSet("data", [
                  "told from dfile's format)", nullable=True),
 ], "the scan's data source: a loader and its parameters")
 
+def _photon_scale(value, path):
+    """``scans.<label>.photon_scale`` checked: ``'auto'``, a finite number > 0, or None (also ``'none'``)."""
+    if isinstance(value, str) and value.strip().lower() in ("auto", "none", "null"):
+        return "auto" if value.strip().lower() == "auto" else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+        raise ConfigError("%s: expected auto, null or a number > 0 (detector units per photon), got %r"
+                          % (path, value),
+                          hint="auto finds counts times a constant from the frames; an integrating detector's gain "
+                               "(units per photon) divides the frames by it; null uses them as stored")
+    return float(value)
+
+
 def _auto_on_off(hint):
     """A check reading a value as 'auto', 'on' or 'off' (YAML reads a bare on/off or true/false as a boolean)."""
     def check(value, path):
@@ -357,6 +372,13 @@ SCAN = ParamSet("scan", [
     Parameter("position_check", True, "bool",
               "before the engines, try the positions flipped and with y and x swapped on the central frames and "
               "warn when another convention fits the frames clearly better (nothing is changed)"),
+    Parameter("photon_scale", "auto", "any",
+              "detector units per photon: the frames are divided by it as they load and the noise models treat "
+              "them as photon counts (an integrating detector's gain; for counts per second, 1 / the exposure "
+              "time); auto: 1 for whole counts, found from frames of counts times a constant or a constant per "
+              "frame (a lattice of values), and frames that are not counts with a mean per valid pixel outside "
+              "1e-3..1e6 are divided to a mean of 1000; null: the frames as stored (ptycli.core.manager; the "
+              "factor is written to /scans/<label> as intensity_scale)", check=_photon_scale, nullable=True),
     Parameter("probe_share", None, "str", "label of another scan whose probe this scan uses; "
               "null for its own probe"),
     Parameter("object_share", None, "str", "label of another scan whose object this scan uses; "
