@@ -292,9 +292,11 @@ class ScanModel:
 
         :func:`~ptycli.core.counting_noise.amplitude_noise_floor` of the mean
         pattern over all processes' frames when every process's frames hold
-        counts (:func:`~ptycli.core.counting_noise.looks_like_counts`, or the
-        loader's ``monitor_scaled_counts``: counts multiplied by a per-frame
-        monitor), else 0. Sets :attr:`counted`.
+        counts (:func:`~ptycli.core.counting_noise.looks_like_counts`, or
+        ``monitor_scaled_counts`` in the data's meta: counts that need not be
+        whole numbers, set by the HDF5 loader's monitor normalisation,
+        :meth:`to_photon_counts` for a lattice per frame and
+        :meth:`divide_by_gain`), else 0. Sets :attr:`counted`.
 
         Parameters
         ----------
