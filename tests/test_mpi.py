@@ -307,7 +307,7 @@ def test_more_ranks_than_frames(scan, tmp_path):
 @needs_mpi
 def test_near_field_dm_runs_its_warmup_on_every_rank(scan, tmp_path):
     """DM first on a near-field file (propagation recorded, not configured) from the automatic probe guess:
-    the job's chain starts with the ePIE warm-up under mpirun too, and it counts in the iterations."""
+    the job's chain starts with the mPIE warm-up under mpirun too, and it counts in the iterations."""
     sim = _write(tmp_path / "near.yaml", SIM_YAML.format(shape=SHAPE, frames=FRAMES).replace("farfield", "nearfield"))
     data = tmp_path / "near.h5"
     res = mh.ptycli(["simulate", sim, "-o", data, "--force"])
@@ -319,7 +319,7 @@ def test_near_field_dm_runs_its_warmup_on_every_rank(scan, tmp_path):
     from ptycli.io import load_reconstruction
 
     assert res.json()["iterations"] == sweeps + 4
-    assert "e_warmup: %d ePIE iterations before e" % sweeps in res.stderr, res.describe()
+    assert "e_warmup: %d mPIE iterations before e" % sweeps in res.stderr, res.describe()
     rec = load_reconstruction(str(tmp_path / "near_rec.h5"), with_state=True)
     labels = [row.get("engine") for row in rec.history]
     assert labels[:sweeps] == ["e_warmup"] * sweeps and labels[sweeps:] == ["e"] * 4, labels

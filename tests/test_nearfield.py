@@ -335,7 +335,7 @@ def test_job_chain_has_the_near_field_warmup_the_file_records(simulated, fmt, lo
                       "engines": {"dm": {"name": "DM", "numiter": 2}}})
         job = Job(p, output=str(tmp_path / ("%s.h5" % prop)))
         assert [label for label, _ in job.chain] == want
-        assert job.chain[0][1].name == ("ePIE" if prop == "nearfield" else "DM")
+        assert job.chain[0][1].name == ("mPIE" if prop == "nearfield" else "DM")
 
 
 @pytest.mark.slow

@@ -407,16 +407,16 @@ def test_engine_order_is_the_yaml_order(plugins):
     ("{MF: {data: {name: MoonFlowerScan}}}", "{e: {name: ePIE, numiter: 5}}", [("e", "ePIE", 5)]),
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{e: {name: ePIE, numiter: 5}}",
      [("e", "ePIE", 5)]),
-    # DM and RAAR first: warmup auto is 30 ePIE sweeps in near field, none in far field; a number applies anywhere
+    # DM and RAAR first: warmup auto is 30 mPIE sweeps in near field, none in far field; a number applies anywhere
     ("{MF: {data: {name: MoonFlowerScan}}}", "{dm: {name: DM, numiter: 3}}", [("dm", "DM", 3)]),
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{dm: {name: DM, numiter: 3}}",
-     [("dm_warmup", "ePIE", 30), ("dm", "DM", 3)]),
+     [("dm_warmup", "mPIE", 30), ("dm", "DM", 3)]),
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{r: {name: RAAR, numiter: 3}}",
-     [("r_warmup", "ePIE", 30), ("r", "RAAR", 3)]),
+     [("r_warmup", "mPIE", 30), ("r", "RAAR", 3)]),
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{dm: {name: DM, numiter: 3, warmup: 0}}",
      [("dm", "DM", 3)]),
     ("{MF: {data: {name: MoonFlowerScan}}}", "{dm: {name: DM, numiter: 3, warmup: 4}}",
-     [("dm_warmup", "ePIE", 4), ("dm", "DM", 3)]),
+     [("dm_warmup", "mPIE", 4), ("dm", "DM", 3)]),
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield, illumination: {model: probe.npy}}}",
      "{dm: {name: DM, numiter: 3}}", [("dm", "DM", 3)]),
     # auto only from the automatic guess: not from a plane wave or another model; a number from any model
@@ -425,14 +425,14 @@ def test_engine_order_is_the_yaml_order(plugins):
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield, illumination: {model: aperture}}}",
      "{dm: {name: DM, numiter: 3}}", [("dm", "DM", 3)]),
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield, illumination: {model: flat}}}",
-     "{dm: {name: DM, numiter: 3, warmup: 5}}", [("dm_warmup", "ePIE", 5), ("dm", "DM", 3)]),
+     "{dm: {name: DM, numiter: 3, warmup: 5}}", [("dm_warmup", "mPIE", 5), ("dm", "DM", 3)]),
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield, illumination: {variable_modes: 2}}}",
      "{dm: {name: DM, numiter: 3}}", [("dm", "DM", 3)]),
-    # ML and LSQML first in near field: their DM warm-up has its own ePIE warm-up
+    # ML and LSQML first in near field: their DM warm-up has its own mPIE warm-up
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{ml: {name: ML, numiter: 5}}",
-     [("ml_warmup_warmup", "ePIE", 30), ("ml_warmup", "DM", 100), ("ml", "ML", 5)]),
+     [("ml_warmup_warmup", "mPIE", 30), ("ml_warmup", "DM", 100), ("ml", "ML", 5)]),
     ("{MF: {data: {name: MoonFlowerScan}, propagation: nearfield}}", "{l: {name: LSQML, numiter: 5}}",
-     [("l_warmup_warmup", "ePIE", 30), ("l_warmup", "DM", 50), ("l", "LSQML", 5)]),
+     [("l_warmup_warmup", "mPIE", 30), ("l_warmup", "DM", 50), ("l", "LSQML", 5)]),
 ])
 def test_engine_sequence_puts_a_warmup_before_the_first_engine_from_a_model_probe(scans, engines, want):
     p = tree.validate(load_config("scans: %s\nengines: %s\n" % (scans, engines)))

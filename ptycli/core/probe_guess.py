@@ -155,7 +155,7 @@ def probe_from_data(intensities, mask, propagator, iterations=50, positions=None
     ``flat`` / ``mean_pattern``: mPIE 100 0.03 / 0.97, 0.17 / 0.96,
     0.15 / 0.92; ePIE 150 0.03 / 1.00, 0.10 / 0.88, 0.08 / 0.85; LSQML 100
     0.97 / 0.97, 0.17 / 0.91, 0.12 / 0.92). A near-field chain that starts
-    with DM or RAAR from a model probe starts with their ePIE warm-up
+    with DM or RAAR from a model probe starts with their mPIE warm-up
     (``warmup: auto``, :mod:`ptycli.engines.projectional`), so it gets this
     guess too; with ``warmup: 0`` DM keeps ``flat`` (DM + ML on
     ``foreign_nearfield``: 0.986 from it, 0.988 from ``mean_pattern``).

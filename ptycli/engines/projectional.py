@@ -172,18 +172,21 @@ or the back-propagated mean pattern) DM leaves its start slowly: the
 probe's structure sits in the object for tens of iterations, and on the
 foreign near-field scan (``benchmarks/validate_zoo.py``) DM alone scored
 0.07 / 0.17 / 0.24 / 0.57 / 0.97 after 10 / 30 / 50 / 70 / 100 iterations
-(20 from the true probe: 0.99). ePIE, whose probe moves frame by frame,
-leaves it in a few sweeps. So ``warmup: auto`` runs
-:data:`NEAR_FIELD_WARMUP_SWEEPS` ePIE sweeps before a first DM or RAAR
-engine when a scan is near field and its probe starts from the automatic
-guess (``illumination.model: auto``; :func:`ptycli.params.tree.engine_sequence`;
-a DM warm-up before ML or LSQML gets its own); with ePIE first the guess is
-the one made for local engines (no plane wave). From a plane wave
-(``model: flat``) ePIE puts the probe's structure into the object, so no
-warm-up runs there (foreign_nearfield, DM 50 + ML 50 from ``flat``: 0.649
-without, 0.029 with it). Near-field cases of the zoo
-(``rect_48x80_near`` / ``near_diffuser_cxi`` / ``foreign_nearfield``,
-``--no-true``), ``warmup`` 0 -> 10 -> 30:
+(20 from the true probe: 0.99). The PIE family, whose probe moves frame by
+frame, leaves it in a few sweeps. So ``warmup: auto`` runs
+:data:`NEAR_FIELD_WARMUP_SWEEPS` mPIE sweeps (its defaults: rPIE's
+regularised steps with momentum, Maiden, Johnson & Li, Optica 4, 736
+(2017), doi:10.1364/OPTICA.4.000736; :mod:`ptycli.engines.stochastic`)
+before a first DM or RAAR engine when a scan is near field and its probe
+starts from the automatic guess (``illumination.model: auto``;
+:func:`ptycli.params.tree.engine_sequence`; a DM warm-up before ML or LSQML
+gets its own); with a PIE engine first the guess is the one made for local
+engines (no plane wave). From a plane wave (``model: flat``) the PIE
+engines put the probe's structure into the object, so no warm-up runs
+there (foreign_nearfield, DM 50 + ML 50 from ``flat``: 0.649 without, 0.029
+with an ePIE warm-up). Near-field cases of the zoo (``rect_48x80_near`` /
+``near_diffuser_cxi`` / ``foreign_nearfield``, ``--no-true``), ``warmup``
+0 -> 10 -> 30 ePIE sweeps (the warm-up engine until 2026-12-06):
 
 ============== ===================== ===================== =====================
 chain          0                     10                    30
@@ -203,7 +206,40 @@ runs DM 100 + ML 50 (its DM warm-up first); LSQML 100 (after its DM 50)
 0.948 / 0.921 / 0.992 -> 0.953 / 0.939 / 0.990 -> 0.965 / 0.950 / 0.995. In far
 field 10 ePIE sweeps before DM 90 + ML 50 moved the 10 far-field cases by
 at most 0.008 against DM 100 + ML 50 (6 unchanged), so ``auto`` is 0
-there. Under MPI the warm-up is block-parallel ePIE
+there.
+
+mPIE instead of ePIE sweeps (30, 2026-12-06). Scans of a near-field
+diffuser at large Fresnel numbers (``lam z / dx**2`` 100-200: a pixel's
+wave spreads over most of a 64-pixel frame), simulated with
+``benchmarks/zoo_sim.py`` (150 frames, 1e7-1e9 photons), showed DM after
+the ePIE warm-up stalling far below the true probe's result (Fresnel number
+200, 1e8 photons: DM 200 + ML 100 0.944, true probe 0.993); after mPIE
+sweeps 0.985. Object correlation, ePIE -> mPIE warm-up, ``--no-true``:
+
+* zoo, the three near-field cases above: DM 200 + ML 100 0.988 / 0.980 /
+  0.991 -> 0.990 / 0.982 / 0.994; DM 100 0.915 / 0.969 / 0.934 -> 0.960 /
+  0.977 / 0.977; RAAR 100 0.953 / 0.952 / 0.991 -> 0.959 / 0.965 / 0.993;
+  LSQML 100 0.952 / 0.952 / 0.990 -> 0.977 / 0.974 / 0.993;
+* Fresnel number 200, 1e8 / 1e7 photons: DM 200 + ML 100 0.944 / 0.973 ->
+  0.985 / 0.973; DM 100 0.888 / 0.972 -> 0.984 / 0.971; RAAR 100 0.958 ->
+  0.983;
+* Fresnel number 150 / 400, 1e8 photons: DM 200 + ML 100 0.980 / 0.993 ->
+  0.991 / 0.993; DM 100 0.961 / 0.993 -> 0.964 / 0.993; LSQML 100 0.984 /
+  0.993 -> 0.992 / 0.993;
+* Fresnel number 100, 1e8 photons, three scans: DM 200 + ML 100 0.997 /
+  0.992 / 0.995 -> 0.993 / 0.988 / 0.997; DM 100 0.980 / 0.967 / 0.973 ->
+  0.950 / 0.936 / 0.997;
+* Fresnel number 100 at 1e9 photons, 12, 30 and 50 at 1e8: DM 200 + ML 100
+  unchanged (0.991 / 0.993 / 0.995 / 0.999); DM 100 0.896 / 0.983 / 0.967 /
+  0.999 -> 0.895 / 0.990 / 0.974 / 0.999.
+
+Nineteen further near-field scans at Fresnel number 12 (apertures,
+zone plates, defocused beams, diffusers, rectangular frames, two modes,
+position errors, low dose; DM 200 + ML 100 and DM 100): within 0.01 of the
+ePIE warm-up's scores except a diffuser at 1e4 photons (0.579 -> 0.621,
+DM 100 0.575 -> 0.611), another diffuser under DM 100 alone (0.963 ->
+0.983) and an aperture at 1e5 photons under DM 100 alone
+(0.634 -> 0.614). Under MPI the warm-up is block-parallel mPIE
 (:mod:`ptycli.engines.stochastic`), whose result depends on the number of
 ranks; ``warmup: 0`` keeps a near-field DM chain independent of it.
 
@@ -261,7 +297,7 @@ def relax_factor(value, path):
     return auto_or_nonnegative(value, path, "auto or a number >= 0",
                                "0 is the plain modulus projection, 0.05 PtyPy's default")
 
-#: ``warmup: auto`` (DM, RAAR): ePIE sweeps before the engine when a scan is near field (module docstring)
+#: ``warmup: auto`` (DM, RAAR): mPIE sweeps before the engine when a scan is near field (module docstring)
 NEAR_FIELD_WARMUP_SWEEPS = 30
 
 
@@ -310,7 +346,7 @@ _PROJECTION_PARAMS = [
     Parameter("overlap_max_iterations", 10, "int", "most object/probe rounds per iteration", low=1),
     Parameter("update_object_first", True, "bool", "update the object before the probe in each round"),
     Parameter("warmup", "auto", "any",
-              "ePIE sweeps run before this engine when it is the first engine and a scan's probe starts from a "
+              "sweeps of mPIE run before this engine when it is the first engine and a scan's probe starts from a "
               "model (illumination.model auto, flat, aperture, ...; not a file); auto: %d when a scan is near "
               "field and its probe the automatic guess (model auto; the difference map leaves it slowly there), "
               "else 0; 0: none"
@@ -356,7 +392,7 @@ class ProjectionEngine(BackgroundSums, Engine):
     FITS_BACKGROUND = True
     KEEPS_EXIT_WAVES = True
     VARIABLE_PROBE = True  # every frame's probe from eigen-probes: ptycli.engines.projection_variable
-    WARMUP_ENGINE = "ePIE"  # engines.<label>.warmup ePIE sweeps first (the module docstring)
+    WARMUP_ENGINE = "mPIE"  # engines.<label>.warmup mPIE sweeps first (the module docstring)
     AUTO_WARMUP_NEAR_FIELD = NEAR_FIELD_WARMUP_SWEEPS
 
     # -- variable probes ---------------------------------------------------

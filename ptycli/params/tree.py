@@ -351,7 +351,7 @@ def engine_sequence(p, near_field=None):
     probe starts from a model (``illumination.model`` one of ``auto``,
     ``flat``, ``aperture``, ..., not a file) and the first engine's
     ``warmup`` is above 0, an engine of that many iterations runs first,
-    labelled ``<label>_warmup``: DM before ML and LSQML, ePIE before DM and
+    labelled ``<label>_warmup``: DM before ML and LSQML, mPIE before DM and
     RAAR (their ``warmup: auto`` is above 0 only in near field from the
     automatic guess, ``illumination.model: auto``). A warm-up
     engine may have its own (``<label>_warmup_warmup``). The chain is a
