@@ -175,6 +175,65 @@ def test_block_size_does_not_change_result():
     np.testing.assert_allclose(P1.obj.S["SMF"].data, P2.obj.S["SMF"].data, rtol=1e-3, atol=1e-3)
 
 
+def test_weak_prior_weight_is_capped_by_the_counting_noise_on_counts():
+    """object_weak_floor times the probe's peak; on counted data at most WEAK_FLOOR_NOISE_MULTIPLE times the larger
+    of the counting-noise floor and the iteration's misfit (mean squared amplitude deviation per pixel)."""
+    from ptycli.engines.projectional import WEAK_FLOOR_NOISE_MULTIPLE
+
+    for noise in (True, False):
+        P = build(frames=20, shape=32, noise=noise, photons=1e9)
+        e = make_engine(P, dict(name="DM", numiter=2), "dm")
+        e.initialize()
+        peak = float(np.max(np.abs(P.probe.S["SMF"].data) ** 2))
+        assert e.c_weak == pytest.approx(0.01 * peak, rel=1e-5)  # before any misfit is known: the fraction
+        records = e.iterate(2)
+        assert e._misfit == records[-1]["fourier_error"]  # the last iteration's, summed over all frames
+        peak = float(np.max(np.abs(P.probe.S["SMF"].data) ** 2))
+        floor = float(P.scans["MF"].noise_floor)
+        if not noise:  # noise-free intensities: no counting noise, the fraction of the peak
+            assert floor == 0 and e.c_weak == pytest.approx(0.01 * peak, rel=1e-5)
+            continue
+        assert 0.2 < floor < 0.3  # Var(sqrt N) of Poisson counts far above 1
+        e._misfit = 0.1 * floor  # a fit within the noise: the noise floor caps
+        assert WEAK_FLOOR_NOISE_MULTIPLE * floor < 0.01 * peak
+        assert e.c_weak == pytest.approx(WEAK_FLOOR_NOISE_MULTIPLE * floor, rel=1e-5)
+        e._misfit = 100.0  # a misfit above the noise caps instead
+        assert e.c_weak == pytest.approx(WEAK_FLOOR_NOISE_MULTIPLE * 100.0, rel=1e-5)
+        e._misfit = 1e12  # far from a fit (the first iterations): the fraction of the peak
+        assert e.c_weak == pytest.approx(0.01 * peak, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_focused_probe_tails_reconstruct_at_high_dose(tmp_path, monkeypatch):
+    """A focused probe (soft pupil) at 5e6 photons per frame: the scored area lies partly in the probe's tails,
+    below 1 % of its peak; with the weak-illumination prior's weight capped by the misfit RAAR 100 from
+    the default start recovers it, with the prior at 1 % of the peak it holds the tails near 1 (measured 0.992
+    against 0.966)."""
+    import ptycli.engines.projectional as projectional
+    from test_nearfield import score, simulate, write_ptyd
+
+    freq = np.hypot(*np.meshgrid(np.fft.fftfreq(64) * 64, np.fft.fftfreq(64) * 64, indexing="ij"))
+    probe = np.fft.fftshift(np.fft.ifft2(np.exp(-(freq / 6.0) ** 4)))
+    sim = simulate((64, 64), "farfield", n=64, step=0.1, photons=5e6, probe=probe, seed=1)
+    central = np.zeros(sim["object"].shape, bool)  # covered by the central half of a frame ...
+    coverage = np.zeros(sim["object"].shape)
+    for y0, x0 in sim["pos_px"] + sim["corner"]:
+        central[y0 + 16:y0 + 48, x0 + 16:x0 + 48] = True
+        coverage[y0:y0 + 64, x0:x0 + 64] += np.abs(sim["probe"]) ** 2
+    scored = central & (coverage > 50)  # ... and lit by 50 photons or more (in the tails: below 1 % of the peak)
+    assert 0.2 < np.mean(coverage[scored] < 0.01 * np.max(np.abs(sim["probe"]) ** 2)) < 0.5
+    scan = dict(data=dict(name="PtydScan", dfile=write_ptyd(tmp_path / "focused.ptyd", sim)))
+    scores, default_cap = {}, projectional.WEAK_FLOOR_NOISE_MULTIPLE
+    for cap in (default_cap, np.inf):
+        monkeypatch.setattr(projectional, "WEAK_FLOOR_NOISE_MULTIPLE", cap)
+        P = Ptycho(dict(verbose_level="error", scans=dict(s=scan), engines=dict(r=dict(name="RAAR", numiter=100))),
+                   level=2)
+        P.run()
+        scores[cap] = score(P, dict(sim, lit=scored))
+    capped, uncapped = scores[default_cap], scores[np.inf]
+    assert capped > 0.99 and uncapped < capped - 0.015, scores
+
+
 MPI_DM_SCRIPT = r"""
 import sys
 import numpy as np

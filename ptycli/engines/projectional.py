@@ -105,7 +105,9 @@ Object (per object mode; sums over pods and MPI ranks)::
 
     O = (sum conj(P) psi + c_o O_old + w) / (sum |P|^2 + c_o + w),
     c_o = object_inertia * mean_power * modes,
-    w = c_w^2 / (sum |P|^2 + c_w),   c_w = object_weak_floor * max sum_modes |P|^2
+    w = c_w^2 / (sum |P|^2 + c_w),
+    c_w = min(object_weak_floor * max sum_modes |P|^2,
+              WEAK_FLOOR_NOISE_MULTIPLE * max(noise_floor, misfit))
 
 The inertia ``c_o`` leaves the fixed point unchanged. The weak-illumination
 prior ``w`` pulls pixels that are barely lit by any frame (``sum |P|^2`` below
@@ -117,6 +119,37 @@ divided by a tiny ``sum |P|^2`` drove 10 % of a low-dose scan's object pixels
 3-3000 times the lit amplitude. A prior of constant weight ``c_w`` stopped that
 too, but biased the well-lit object (MoonFlower, DM 150: correlation 0.989
 against 0.997).
+
+On counted data ``c_w`` is at most :data:`WEAK_FLOOR_NOISE_MULTIPLE` (200)
+times the larger of the scan's counting-noise floor (``noise_floor``, the
+mean ``Var(sqrt N)`` per valid pixel, about 0.25 photons) and the
+iteration's misfit (its ``fourier_error``, the mean squared amplitude
+deviation per valid pixel, computed before the overlap update): the exit
+waves' error per pixel, counting noise or model error, divided by the
+coverage is the error of a pixel's object estimate, and at ``sum |P|^2 =
+200 x`` that error it is 1/sqrt(200), about 7 % of a unit amplitude. A
+fraction of the peak is no measure of what the data tell at high dose: on
+the foreign focused scan (5e6 photons per frame in a spot) 24 % of the scored
+pixels lie in the probe's tails below 1 % of its peak, with 20-2000 photons
+of coverage, and the prior held them near 1. The misfit term keeps the prior
+strong while the model is still far from the data: capped by the noise
+floor alone, DM blew up 0.5 % of a MoonFlower scan's lit pixels to 20 x
+within two iterations of the start (``tests/test_mpi.py``).
+
+Measured (2026-12-06), object correlation without -> with the cap: full zoo
+(``--no-true``), RAAR 100 mean 0.9719 -> 0.9759 (foreign_focused 0.893 ->
+0.990, foreign_rectangular 0.979 -> 0.987, no case lower), DM 100 0.9720 ->
+0.9724 (foreign_focused 0.964 -> 0.974, no other case changed; DM's misfit,
+that of its projection input, stays far above the noise, so the cap seldom
+binds); DM 200 + ML 100 0.9822 -> 0.9822 (foreign_focused 0.993 -> 0.995, no
+other case changed). Independent simulations (``tests/test_nearfield.py``'s far-field
+model, focused probes from a soft and from a hard-edged pupil, 64-81
+frames, 5e6-1e7 photons, two seeds each, default start, scored over the
+central halves of the frames where lit by 50 photons or more): soft pupil
+RAAR 100 +0.018 to +0.035, DM 100 and DM 200 + ML 100 unchanged; hard pupil
+unchanged. A cap by the noise floor alone (no misfit term) had gained more
+on the foreign focused scan with DM 100 (0.996) but lost 0.005-0.04 with DM
+alone on the hard pupil and blew up the MoonFlower pixels above.
 
 Probe (per probe mode)::
 
@@ -318,6 +351,10 @@ fused = lazy_module("ptycli.engines.fused")
 #: ``noise_bound_fraction``'s default (see the module docstring, "On counted data")
 NOISE_BOUND_FRACTION = 0.7
 
+#: on counted data the weak-illumination prior's weight ``c_w`` is at most this many times the larger of the
+#: counting-noise floor and the iteration's misfit (the module docstring, "Overlap update")
+WEAK_FLOOR_NOISE_MULTIPLE = 200.0
+
 _PROJECTION_PARAMS = [
     Parameter("fourier_relax_factor", "auto", "any",
               "power bound: frames whose rms amplitude deviation is below half this fraction of the rms "
@@ -337,7 +374,8 @@ _PROJECTION_PARAMS = [
               "weight of the previous object in the object update, relative to the mean probe power", low=0.0),
     Parameter("object_weak_floor", 1e-2, "float",
               "weight of a prior that pulls barely lit object pixels to 1, as a fraction of the probe's peak "
-              "intensity (keeps them from blowing up; 0: off)", low=0.0),
+              "intensity, on counted data at most %g times the larger of the counting-noise floor and the "
+              "iteration's misfit per pixel (keeps them from blowing up; 0: off)" % WEAK_FLOOR_NOISE_MULTIPLE, low=0.0),
     Parameter("probe_inertia", 1e-9, "float",
               "weight of the previous probe in the probe update, relative to the frames' object power",
               low=0.0),
@@ -432,10 +470,10 @@ class ProjectionEngine(BackgroundSums, Engine):
 
     def engine_initialize(self):
         self.set_coefficients()
+        self._misfit = None  # the last iteration's fourier_error (the weak-illumination prior, c_weak)
         self.pbound = self.relax_factor_used() ** 2 * self.mean_power / 4.0
         if self.p.noise_power_bound:
-            noise = max((float(getattr(m, "noise_floor", 0.0)) for m in self.ptycho.scans.values()), default=0.0)
-            self.pbound = max(self.pbound, self.p.noise_bound_fraction * noise)
+            self.pbound = max(self.pbound, self.p.noise_bound_fraction * self.noise_floor())
         ctype, ftype = self.ctype, self.ftype
         # block sizes and scratch buffers (shared by all groups)
         max_pods = max_frames = 1
@@ -526,9 +564,11 @@ class ProjectionEngine(BackgroundSums, Engine):
                 self._init_object_numerator()
             self.zero_background_sums()
             self.passes.fourier_pass(acc)
+            record = acc.reduce()  # collective: this iteration's misfit sets the weak-illumination prior
+            self._misfit = record["fourier_error"]
             self.background_update()
             self.overlap_update()
-            out.append(acc.reduce())
+            out.append(record)
         return out
 
     # -- the model's own errors ------------------------------------------------------------
@@ -586,12 +626,23 @@ class ProjectionEngine(BackgroundSums, Engine):
 
     @property
     def c_weak(self):
-        """Weight of the weak-illumination prior: ``object_weak_floor`` times the probe's peak intensity."""
+        """Weight of the weak-illumination prior: ``object_weak_floor`` times the probe's peak intensity,
+        on counted data at most :data:`WEAK_FLOOR_NOISE_MULTIPLE` times the larger of the counting-noise floor
+        and the last misfit (the module docstring, "Overlap update")."""
         floor = float(self.p.object_weak_floor)
         if floor <= 0:
             return 0.0
-        return floor * max((float(np.max(np.sum(S.data.real ** 2 + S.data.imag ** 2, axis=0)))
-                            for S in self.book.probe_storages.values()), default=0.0)
+        weight = floor * max((float(np.max(np.sum(S.data.real ** 2 + S.data.imag ** 2, axis=0)))
+                              for S in self.book.probe_storages.values()), default=0.0)
+        noise = self.noise_floor()
+        if noise <= 0:
+            return weight
+        misfit = self._misfit if self._misfit is not None and np.isfinite(self._misfit) else np.inf
+        return min(weight, WEAK_FLOOR_NOISE_MULTIPLE * max(noise, misfit))
+
+    def noise_floor(self):
+        """The largest counting-noise floor of the scans (mean ``Var(sqrt N)`` per valid pixel; 0: not counted)."""
+        return max((float(getattr(m, "noise_floor", 0.0)) for m in self.ptycho.scans.values()), default=0.0)
 
     def _init_object_numerator(self):
         c = self.ctype.type(self.c_obj)
