@@ -175,7 +175,7 @@ def test_block_size_does_not_change_result():
     np.testing.assert_allclose(P1.obj.S["SMF"].data, P2.obj.S["SMF"].data, rtol=1e-3, atol=1e-3)
 
 
-def test_weak_prior_weight_is_capped_by_the_counting_noise_on_counts():
+def test_weak_prior_weight_is_capped_by_noise_and_misfit_on_counts():
     """object_weak_floor times the probe's peak; on counted data at most WEAK_FLOOR_NOISE_MULTIPLE times the larger
     of the counting-noise floor and the iteration's misfit (mean squared amplitude deviation per pixel)."""
     from ptycli.engines.projectional import WEAK_FLOOR_NOISE_MULTIPLE

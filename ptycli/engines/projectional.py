@@ -125,9 +125,10 @@ times the larger of the scan's counting-noise floor (``noise_floor``, the
 mean ``Var(sqrt N)`` per valid pixel, about 0.25 photons) and the
 iteration's misfit (its ``fourier_error``, the mean squared amplitude
 deviation per valid pixel, computed before the overlap update): the exit
-waves' error per pixel, counting noise or model error, divided by the
-coverage is the error of a pixel's object estimate, and at ``sum |P|^2 =
-200 x`` that error it is 1/sqrt(200), about 7 % of a unit amplitude. A
+waves' error per pixel (counting noise or model error) divided by the
+coverage ``sum |P|^2`` is the squared error of a pixel's object estimate,
+so where the coverage is 200 times that error the estimate is good to
+1/sqrt(200), about 7 % of a unit amplitude. A
 fraction of the peak is no measure of what the data tell at high dose: on
 the foreign focused scan (5e6 photons per frame in a spot) 24 % of the scored
 pixels lie in the probe's tails below 1 % of its peak, with 20-2000 photons
@@ -141,9 +142,9 @@ Measured (2026-12-06), object correlation without -> with the cap: full zoo
 0.990, foreign_rectangular 0.979 -> 0.987, no case lower), DM 100 0.9720 ->
 0.9724 (foreign_focused 0.964 -> 0.974, no other case changed; DM's misfit,
 that of its projection input, stays far above the noise, so the cap seldom
-binds); DM 200 + ML 100 0.9822 -> 0.9822 (foreign_focused 0.993 -> 0.995, no
-other case changed). Independent simulations (``tests/test_nearfield.py``'s far-field
-model, focused probes from a soft and from a hard-edged pupil, 64-81
+binds); DM 200 + ML 100 0.9822 -> 0.9822 (foreign_focused 0.993 -> 0.995,
+no other case changed). Independent simulations (the far-field model of
+``tests/test_nearfield.py``, focused probes from a soft and from a hard-edged pupil, 64-81
 frames, 5e6-1e7 photons, two seeds each, default start, scored over the
 central halves of the frames where lit by 50 photons or more): soft pupil
 RAAR 100 +0.018 to +0.035, DM 100 and DM 200 + ML 100 unchanged; hard pupil
