@@ -594,6 +594,10 @@ class Engine(ConstraintsMixin, SnapshotMixin):
         k = -(-k // every) * every
         return i % k == 0
 
+    def noise_floor(self):
+        """The largest counting-noise floor of the scans (mean ``Var(sqrt N)`` per valid pixel; 0: not counted)."""
+        return max((float(getattr(m, "noise_floor", 0.0)) for m in self.ptycho.scans.values()), default=0.0)
+
     def check_health(self):
         """Run the health checks of :mod:`ptycli.engines.health` on the current state; return the findings.
 

@@ -376,7 +376,8 @@ _PROJECTION_PARAMS = [
     Parameter("object_weak_floor", 1e-2, "float",
               "weight of a prior that pulls barely lit object pixels to 1, as a fraction of the probe's peak "
               "intensity, on counted data at most %g times the larger of the counting-noise floor and the "
-              "iteration's misfit per pixel (keeps them from blowing up; 0: off)" % WEAK_FLOOR_NOISE_MULTIPLE, low=0.0),
+              "iteration's misfit per pixel (keeps them from blowing up; 0: off)" % WEAK_FLOOR_NOISE_MULTIPLE,
+              low=0.0),
     Parameter("probe_inertia", 1e-9, "float",
               "weight of the previous probe in the probe update, relative to the frames' object power",
               low=0.0),
@@ -640,10 +641,6 @@ class ProjectionEngine(BackgroundSums, Engine):
             return weight
         misfit = self._misfit if self._misfit is not None and np.isfinite(self._misfit) else np.inf
         return min(weight, WEAK_FLOOR_NOISE_MULTIPLE * max(noise, misfit))
-
-    def noise_floor(self):
-        """The largest counting-noise floor of the scans (mean ``Var(sqrt N)`` per valid pixel; 0: not counted)."""
-        return max((float(getattr(m, "noise_floor", 0.0)) for m in self.ptycho.scans.values()), default=0.0)
 
     def _init_object_numerator(self):
         c = self.ctype.type(self.c_obj)

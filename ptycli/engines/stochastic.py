@@ -562,8 +562,7 @@ class PIEBase(BackgroundSums, Engine):
         factor = float(self.p.noise_bound)
         if factor <= 0.0:
             return 0.0
-        floor = max((float(getattr(m, "noise_floor", 0.0)) for m in self.ptycho.scans.values()), default=0.0)
-        return factor * floor
+        return factor * self.noise_floor()
 
     def noise_bound_share(self):
         """Share of the noise bound in force this iteration: ``min(1, (n + 1) / noise_bound_ramp)`` (1 without a ramp)."""
